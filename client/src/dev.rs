@@ -1,0 +1,173 @@
+//! `ferry dev`: a whole cluster in one process — a coordinator and one worker with
+//! this machine's capacity — with its own CA and certificates in the data directory
+//! and a client config written where every `ferry` command looks by default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferry_common::pki::{self, Role, TlsFiles};
+use ferry_coordinator::config::{CoordinatorConfig, DEFAULT_MAX_BLOB_BYTES, TlsConfig};
+use ferry_coordinator::{Coordinator, CoordinatorError};
+use ferry_worker::WorkerConfig;
+use tokio::sync::watch;
+
+use crate::config::{ClientConfig, ConfigError, TlsPaths, default_config_path};
+
+const COORDINATOR_NAME: &str = "dev-coordinator";
+const CLIENT_NAME: &str = "dev-user";
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub data_dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")]
+    NoHome,
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error(transparent)]
+    Worker(#[from] ferry_worker::WorkerError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// `$XDG_DATA_HOME/ferry/dev`, else `$HOME/.local/share/ferry/dev`.
+pub fn default_data_dir() -> Result<PathBuf, DevError> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("ferry/dev"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or(DevError::NoHome)?;
+    Ok(PathBuf::from(home).join(".local/share/ferry/dev"))
+}
+
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| pki::validate_name(h).is_ok());
+    host.unwrap_or_else(|| "local".to_string())
+}
+
+/// Issues whatever certificate is still missing in `dir`.
+fn ensure_certificates(dir: &Path, worker: &str) -> Result<(), DevError> {
+    if !dir.join(pki::CA_CERT_FILE).exists() {
+        pki::init_ca(dir)?;
+    }
+    let wanted = [
+        (Role::Coordinator, COORDINATOR_NAME),
+        (Role::Worker, worker),
+        (Role::Client, CLIENT_NAME),
+    ];
+    for (role, name) in wanted {
+        if !dir.join(format!("{name}.pem")).exists() {
+            pki::issue(dir, dir, role, name, &[], &[])?;
+        }
+    }
+    Ok(())
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// Runs the local cluster until `shutdown` turns true.
+pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Result<(), DevError> {
+    let data_dir = absolute(match options.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    });
+    let certs = data_dir.join("certs");
+    std::fs::create_dir_all(&certs).map_err(|source| DevError::Io {
+        path: certs.display().to_string(),
+        source,
+    })?;
+    let worker = worker_name();
+    ensure_certificates(&certs, &worker)?;
+    let files = |name: &str| TlsFiles::in_dir(&certs, name);
+
+    let coordinator_tls = files(COORDINATOR_NAME);
+    let coordinator = Coordinator::bind(CoordinatorConfig {
+        listen: options.listen,
+        data_dir: data_dir.join("coordinator"),
+        tls: TlsConfig {
+            ca: coordinator_tls.ca,
+            cert: coordinator_tls.cert,
+            key: coordinator_tls.key,
+        },
+        max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+    })
+    .await?;
+    let address = coordinator.local_addr();
+    println!(
+        "ferry dev: coordinator listening on {address} (data in {})",
+        data_dir.display()
+    );
+
+    let client_tls = files(CLIENT_NAME);
+    let client = ClientConfig {
+        coordinator: address.to_string(),
+        tls: TlsPaths {
+            ca: client_tls.ca,
+            cert: client_tls.cert,
+            key: client_tls.key,
+        },
+    };
+    let client_path = default_config_path()?;
+    client.write(&client_path)?;
+
+    let worker_tls = files(&worker);
+    let worker_config = WorkerConfig {
+        name: worker.clone(),
+        coordinator: address.to_string(),
+        data_dir: data_dir.join("worker"),
+        tls: ferry_worker::config::TlsPaths {
+            ca: worker_tls.ca,
+            cert: worker_tls.cert,
+            key: worker_tls.key,
+        },
+        labels: [("mode".to_string(), "dev".to_string())].into(),
+        cpus: options.cpus,
+        memory: options.memory,
+        gpus: None,
+        max_log_bytes_per_attempt: 64 * 1024 * 1024,
+    };
+    let capacity = ferry_worker::fingerprint::discover(&worker_config)
+        .map_err(ferry_worker::WorkerError::from)?;
+    println!(
+        "ferry dev: worker \"{worker}\" joined: {} CPUs, {:.1} GiB, {}",
+        capacity.cpu_millis as f64 / 1000.0,
+        capacity.memory_bytes as f64 / (1u64 << 30) as f64,
+        match capacity.gpus.len() {
+            0 => "no GPUs".to_string(),
+            n => format!("{n} GPUs"),
+        }
+    );
+    println!(
+        "ferry dev: client config written to {}",
+        client_path.display()
+    );
+    println!(
+        "ferry dev: try 'ferry run examples/iris/pipeline.yaml --watch'; Ctrl-C stops the cluster"
+    );
+
+    let serving = coordinator.serve(shutdown.clone());
+    let working = ferry_worker::run(worker_config, shutdown.clone());
+    let (served, worked) = tokio::join!(serving, working);
+    served?;
+    worked?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! `ferry`: submit and follow pipelines, read logs and artifacts, manage
+//! certificates, and run a local cluster with `ferry dev`.
+
+mod commands;
+mod render;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_client::config::Overrides;
+
+/// Ferry: run ML pipelines on your cluster.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    /// Output format of listing commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Where the coordinator is and which certificate to present. Flags win over
+/// environment variables, which win over the config file.
+#[derive(Args, Clone)]
+struct Connection {
+    /// Client config file [default: ~/.config/ferry/config.toml, written by 'ferry dev'].
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The coordinator's address, HOST:PORT.
+    #[arg(long, global = true, env = "FERRY_COORDINATOR")]
+    coordinator: Option<String>,
+    /// The cluster CA certificate.
+    #[arg(long, global = true, env = "FERRY_CA")]
+    ca: Option<PathBuf>,
+    /// Your client certificate.
+    #[arg(long, global = true, env = "FERRY_CERT")]
+    cert: Option<PathBuf>,
+    /// Your client certificate's private key.
+    #[arg(long, global = true, env = "FERRY_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a pipeline, upload its code bundle and submit a run.
+    Run {
+        /// The pipeline file (YAML); its folder is the code bundle.
+        pipeline: PathBuf,
+        /// Override a parameter: --param k=v (repeatable).
+        #[arg(long = "param", short = 'p')]
+        params: Vec<String>,
+        /// Follow the run until it ends; exit 0 only if it succeeded.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
+    /// List runs.
+    Runs,
+    /// Show every step of a run: state, attempt, worker, duration, exit code, reason.
+    Status {
+        run: u64,
+        /// Also list every attempt of every step.
+        #[arg(long)]
+        attempts: bool,
+    },
+    /// Follow a run until it ends, showing each step's state.
+    Watch { run: u64 },
+    /// Cancel a run: running steps are killed, nothing new starts.
+    Cancel { run: u64 },
+    /// List workers: capacity, what is in use, labels, last heartbeat.
+    Workers,
+    /// Print a run's logs (all steps, or one); -f follows live output.
+    Logs {
+        run: u64,
+        step: Option<String>,
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// List a run's artifacts, or download one with 'ferry artifacts get'.
+    #[command(args_conflicts_with_subcommands = true)]
+    Artifacts {
+        run: Option<u64>,
+        #[command(subcommand)]
+        get: Option<ArtifactsCommand>,
+    },
+    /// Create a cluster CA and issue certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run a one-process local cluster (a coordinator and one worker).
+    Dev {
+        /// Where the cluster keeps its state, certificates and work directories
+        /// [default: ~/.local/share/ferry/dev].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// CPUs the worker offers [default: all of this machine's].
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory the worker offers, e.g. 8Gi [default: all of this machine's].
+        #[arg(long)]
+        memory: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactsCommand {
+    /// Download one artifact and verify its digest.
+    Get {
+        run: u64,
+        step: String,
+        name: String,
+        /// Where to write it [default: the artifact's file name].
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA (ca.pem, ca-key.pem) in a directory.
+    Init {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Issue a key and certificate with a role bound into it.
+    Issue {
+        /// Directory holding the CA; the new files go there too unless --out is given.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_parser = ["coordinator", "worker", "client"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+        /// DNS names the certificate is valid for (coordinators).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses the certificate is valid for (coordinators).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+    },
+}
+
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let overrides = Overrides {
+        config: cli.connection.config.clone(),
+        coordinator: cli.connection.coordinator.clone(),
+        ca: cli.connection.ca.clone(),
+        cert: cli.connection.cert.clone(),
+        key: cli.connection.key.clone(),
+    };
+    let output = cli.output;
+    let ok = std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Command::Certs { command } => {
+            init_tracing("warn");
+            commands::certs(command)?;
+            Ok(ok)
+        }
+        Command::Dev {
+            data_dir,
+            listen,
+            cpus,
+            memory,
+        } => {
+            init_tracing("warn,ferry_coordinator=info,ferry_worker=info");
+            let (stop, shutdown) = tokio::sync::watch::channel(false);
+            let signal = tokio::spawn(async move {
+                ferry_common::signals::terminated().await;
+                eprintln!("ferry dev: stopping");
+                let _ = stop.send(true);
+            });
+            let result = ferry_client::dev::run_dev(
+                ferry_client::dev::DevOptions {
+                    data_dir,
+                    listen,
+                    cpus,
+                    memory,
+                },
+                shutdown,
+            )
+            .await;
+            signal.abort();
+            result?;
+            Ok(ok)
+        }
+        command => {
+            init_tracing("warn");
+            let config = ferry_client::ClientConfig::resolve(&overrides)?;
+            let mut client = ferry_client::connect(&config).await?;
+            commands::remote(&mut client, command, output).await
+        }
+    }
+}

@@ -1,0 +1,2713 @@
+//! Pipeline specs: parsing, validation and resolution.
+//!
+//! A pipeline is written in YAML (see [`parse_pipeline`]) and resolved into a
+//! [`Pipeline`]: parameters substituted, dependencies made explicit, resources
+//! parsed, steps in a topological order. The module is pure (no IO, no clock) so
+//! the client and the coordinator accept exactly the same specs and report the
+//! same, user-facing diagnostics.
+//!
+//! serde_yaml gives no positions for values, so semantic errors are located with a
+//! small heuristic over the source text (`Locator`): it finds the block of each
+//! step under `steps:`, then the field, then the offending token. When it is
+//! unsure it gives no position rather than a wrong one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+/// CPU reserved for a step that declares none (half a core).
+pub const DEFAULT_CPU_MILLIS: u64 = 500;
+/// Memory reserved for a step that declares none (256 MiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest accepted `retries`.
+pub const MAX_RETRIES: u32 = 20;
+/// Longest accepted pipeline or step name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A validated, resolved pipeline, as the coordinator stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// Resolved parameter values (defaults overridden by `--param`), rendered as
+    /// strings: `42`, `0.3`, `true`, `text`.
+    pub params: BTreeMap<String, String>,
+    /// In a topological order: every step after all its dependencies; ties broken
+    /// by the order in the file.
+    pub steps: Vec<Step>,
+}
+
+/// One resolved step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    /// Argument vector, parameters substituted. `shell: S` becomes
+    /// `["/bin/sh", "-c", S]`.
+    pub command: Vec<String>,
+    /// Explicit `needs` ∪ steps referenced by inputs; sorted, deduplicated.
+    pub needs: Vec<String>,
+    /// Sorted by name.
+    pub inputs: Vec<Input>,
+    /// As declared, normalized (no `./`, no empty components).
+    pub outputs: Vec<String>,
+    /// Parameters substituted.
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub retries: u32,
+    pub timeout_ms: Option<u64>,
+}
+
+/// An input of a step: the output `output` of step `step`, made available to the
+/// step under the local name `name` (env var `FERRY_INPUT_<NAME>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub step: String,
+    pub output: String,
+}
+
+/// Resources a step reserves on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+/// One or more problems with a spec (or with a `--param`), ready to show to a user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.diagnostics))]
+pub struct SpecError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One problem, with its position in the file when known (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `file` of diagnostics about the command line rather than a spec file.
+const COMMAND_LINE: &str = "command line";
+
+impl SpecError {
+    fn single(file: &str, message: String) -> Self {
+        SpecError {
+            diagnostics: vec![Diagnostic {
+                file: file.to_string(),
+                line: None,
+                column: None,
+                message,
+            }],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw, as written in the file.
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pipeline: a map with `name`, `params` and `steps`"
+)]
+struct RawPipeline {
+    name: Option<String>,
+    params: Option<UniqueMap<Value>>,
+    steps: Option<Vec<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a step: a map with `name` and `command` or `shell`"
+)]
+struct RawStep {
+    name: Option<String>,
+    command: Option<Value>,
+    shell: Option<String>,
+    needs: Option<Vec<String>>,
+    inputs: Option<UniqueMap<String>>,
+    outputs: Option<Vec<String>>,
+    env: Option<UniqueMap<Value>>,
+    resources: Option<RawResources>,
+    retries: Option<Value>,
+    timeout: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "resources: a map with `cpu`, `memory` and `gpu`"
+)]
+struct RawResources {
+    cpu: Option<Value>,
+    memory: Option<Value>,
+    gpu: Option<Value>,
+}
+
+/// A string-keyed map that rejects duplicate keys (serde_yaml keeps the last one
+/// when deserializing into a `BTreeMap`). `null` is an empty map.
+struct UniqueMap<V>(BTreeMap<String, V>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(BTreeMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = UniqueMap<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(UniqueMap::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate key {key:?}"
+                        )));
+                    }
+                    let value = access.next_value()?;
+                    map.insert(key, value);
+                }
+                Ok(UniqueMap(map))
+            }
+        }
+
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Public helpers.
+
+/// Parses one `--param NAME=VALUE` argument. The value may be empty and may contain
+/// `=`; the name must be a valid parameter name.
+pub fn parse_param_override(text: &str) -> Result<(String, String), SpecError> {
+    let Some((name, value)) = text.split_once('=') else {
+        return Err(SpecError::single(
+            COMMAND_LINE,
+            format!("--param {text:?} is not of the form NAME=VALUE (e.g. --param seed=42)"),
+        ));
+    };
+    if !is_param_name(name) {
+        return Err(SpecError::single(
+            COMMAND_LINE,
+            format!(
+                "--param {text:?}: {name:?} is not a valid parameter name \
+                 (letters, digits and '_', not starting with a digit)"
+            ),
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// Parses a duration such as `500ms`, `30s`, `10m`, `1h`, `1h30m`, `1.5h` or `2d`
+/// into milliseconds. Components are `<number><unit>` with units `ms`, `s`, `m`,
+/// `h`, `d`; fractions of a millisecond are dropped. `0s` gives `Ok(0)`: callers
+/// that need a positive duration check that themselves.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    const HINT: &str = "use e.g. 500ms, 30s, 10m, 1h or 1h30m";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the duration is empty ({HINT})"));
+    }
+    let bytes = t.as_bytes();
+    let mut pos = 0;
+    let mut total: u128 = 0;
+    while pos < bytes.len() {
+        let num_start = pos;
+        while pos < bytes.len() && (bytes[pos].is_ascii_digit() || bytes[pos] == b'.') {
+            pos += 1;
+        }
+        let number = &t[num_start..pos];
+        let unit_start = pos;
+        while pos < bytes.len() && bytes[pos].is_ascii_alphabetic() {
+            pos += 1;
+        }
+        let unit = &t[unit_start..pos];
+        if number.is_empty() {
+            return Err(format!("{text:?} is not a duration ({HINT})"));
+        }
+        if unit.is_empty() {
+            return Err(format!(
+                "{text:?} is not a duration: {number:?} has no unit ({HINT})"
+            ));
+        }
+        let unit_ms: u128 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a duration: unknown unit {unit:?} (units are ms, s, m, h, d)"
+                ));
+            }
+        };
+        let (value, _exact) = scaled_decimal(number, unit_ms)
+            .map_err(|why| format!("{text:?} is not a duration: {why}"))?;
+        total = total
+            .checked_add(value)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+    }
+    u64::try_from(total).map_err(|_| format!("{text:?} is too long a duration"))
+}
+
+/// Parses a memory size: a plain number of bytes (`1048576`) or a number with a
+/// binary (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`K`, `M`, `G`, `T`) suffix, e.g.
+/// `512Mi`, `1.5Gi`, `2G`. Fractions of a byte are dropped; the size must be > 0.
+pub fn parse_memory_bytes(text: &str) -> Result<u64, String> {
+    const HINT: &str =
+        "use bytes or a suffix: Ki, Mi, Gi, Ti (powers of 1024) or K, M, G, T (powers of 1000)";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the memory size is empty ({HINT})"));
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative; a memory size must be positive"
+        ));
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, suffix) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!("{text:?} is not a memory size ({HINT})"));
+    }
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a memory size: unknown suffix {suffix:?} ({HINT})"
+            ));
+        }
+    };
+    let (bytes, _exact) = scaled_decimal(number, multiplier)
+        .map_err(|why| format!("{text:?} is not a memory size: {why}"))?;
+    if bytes == 0 {
+        return Err(format!("memory size {text:?} must be greater than zero"));
+    }
+    u64::try_from(bytes).map_err(|_| format!("memory size {text:?} is too large"))
+}
+
+/// Parses a CPU amount: a number of cores (`2`, `0.5`) or millicores (`500m`).
+/// The amount must be a whole number of millicores and greater than zero.
+pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
+    const HINT: &str = "use a number of cores such as 0.5 or 2, or millicores such as \"500m\"";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the CPU amount is empty ({HINT})"));
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative; a CPU amount must be positive"
+        ));
+    }
+    let millis = if let Some(m) = t.strip_suffix('m') {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{text:?} is not a CPU amount: millicores must be a whole number ({HINT})"
+            ));
+        }
+        m.parse::<u64>()
+            .map_err(|_| format!("CPU amount {text:?} is too large"))?
+    } else {
+        if !t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!("{text:?} is not a CPU amount ({HINT})"));
+        }
+        let (millis, exact) = scaled_decimal(t, 1_000)
+            .map_err(|why| format!("{text:?} is not a CPU amount: {why}"))?;
+        if !exact {
+            return Err(format!(
+                "CPU amount {text:?} is finer than one millicore (0.001 cores)"
+            ));
+        }
+        u64::try_from(millis).map_err(|_| format!("CPU amount {text:?} is too large"))?
+    };
+    if millis == 0 {
+        return Err(format!("CPU amount {text:?} must be greater than zero"));
+    }
+    Ok(millis)
+}
+
+/// Validates and normalizes an output path: relative, naming a file inside the
+/// step's work directory. `./a//b.txt` becomes `a/b.txt`. The error reads as a
+/// sentence: `output path "../x" leaves the step's work directory`.
+pub fn validate_output_path(path: &str) -> Result<String, String> {
+    normalize_output(path).map_err(|why| format!("output path {path:?} {why}"))
+}
+
+/// The problem with an output path, as a predicate: `is empty`, `leaves the step's
+/// work directory`, ...
+fn normalize_output(path: &str) -> Result<String, String> {
+    if path.trim().is_empty() {
+        return Err("is empty".to_string());
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL character".to_string());
+    }
+    if path.contains('\\') {
+        return Err("contains a backslash; separate directories with '/'".to_string());
+    }
+    if path.starts_with('/') {
+        return Err(
+            "is absolute; outputs are paths relative to the step's work directory".to_string(),
+        );
+    }
+    if path.ends_with('/') {
+        return Err("ends with '/'; an output must name a file".to_string());
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    let mut depth: i64 = 0;
+    let mut escapes = false;
+    let mut dotdot = false;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                dotdot = true;
+                depth -= 1;
+                if depth < 0 {
+                    escapes = true;
+                }
+            }
+            _ => {
+                depth += 1;
+                parts.push(part);
+            }
+        }
+    }
+    if escapes {
+        return Err("leaves the step's work directory".to_string());
+    }
+    if dotdot {
+        return Err("contains a '..' component; write the path without it".to_string());
+    }
+    if parts.is_empty() {
+        return Err("does not name a file".to_string());
+    }
+    Ok(parts.join("/"))
+}
+
+/// Environment variable naming: `prefix` followed by `name` upper-cased, with every
+/// character outside `[A-Z0-9_]` replaced by `_`. A `_` is inserted after a
+/// non-empty prefix that does not end with one, so `("FERRY_INPUT", "model")` and
+/// `("FERRY_INPUT_", "model")` both give `FERRY_INPUT_MODEL`.
+pub fn env_var_name(prefix: &str, name: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + name.len() + 1);
+    out.push_str(prefix);
+    if !prefix.is_empty() && !prefix.ends_with('_') {
+        out.push('_');
+    }
+    out.extend(name.chars().map(|c| {
+        let c = c.to_ascii_uppercase();
+        if c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// `digits[.digits]` times `scale`, exactly, rounded down. Returns whether the
+/// result was exact.
+fn scaled_decimal(number: &str, scale: u128) -> Result<(u128, bool), String> {
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("{number:?} is not a number"));
+    }
+    let too_large = || format!("{number:?} is too large");
+    let mut value: u128 = 0;
+    for b in int.bytes() {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u128::from(b - b'0')))
+            .ok_or_else(too_large)?;
+    }
+    value = value.checked_mul(scale).ok_or_else(too_large)?;
+    // Fraction digits beyond 30 cannot change the result for any scale we use.
+    let frac = &frac[..frac.len().min(30)];
+    let mut numerator: u128 = 0;
+    let mut denominator: u128 = 1;
+    for b in frac.bytes() {
+        numerator = numerator * 10 + u128::from(b - b'0');
+        denominator *= 10;
+    }
+    let scaled = numerator.checked_mul(scale).ok_or_else(too_large)?;
+    let value = value
+        .checked_add(scaled / denominator)
+        .ok_or_else(too_large)?;
+    Ok((value, scaled % denominator == 0))
+}
+
+// ---------------------------------------------------------------------------
+// Name rules.
+
+fn is_pipeline_name(s: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_step_name(s: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+fn is_input_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: parameter and env var names.
+fn is_param_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn describe_name_rule(chars: &str) -> String {
+    format!("use 1 to {MAX_NAME_LEN} characters from {chars}")
+}
+
+// ---------------------------------------------------------------------------
+// Values.
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "no value (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a map",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A value for a message: numbers and booleans as written, strings quoted, others
+/// by kind.
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        other => kind_of(other).to_string(),
+    }
+}
+
+/// A problem with a `${...}` placeholder.
+enum PlaceholderError {
+    Unclosed(String),
+    Malformed(String),
+    Unknown { raw: String, name: String },
+}
+
+/// Substitutes `${params.NAME}` placeholders. Only `${` starts a placeholder.
+fn substitute(
+    text: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<String, Vec<PlaceholderError>> {
+    let mut out = String::with_capacity(text.len());
+    let mut errors = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            errors.push(PlaceholderError::Unclosed(rest[start..].to_string()));
+            rest = "";
+            break;
+        };
+        let inner = &after[..end];
+        let raw = &rest[start..start + 2 + end + 1];
+        match inner.strip_prefix("params.") {
+            Some(name) if is_param_name(name) => match params.get(name) {
+                Some(value) => out.push_str(value),
+                None => errors.push(PlaceholderError::Unknown {
+                    raw: raw.to_string(),
+                    name: name.to_string(),
+                }),
+            },
+            _ => errors.push(PlaceholderError::Malformed(raw.to_string())),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Suggestions.
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within edit distance 2 (and closer than the typed
+/// name's own length, so `ab` never suggests `cd`); ties go to the first.
+fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let len = name.chars().count();
+    let mut best: Option<(usize, &'a str)> = None;
+    for candidate in candidates {
+        if candidate == name {
+            continue;
+        }
+        let d = levenshtein(name, candidate);
+        if d <= 2 && d < len && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+fn did_you_mean(s: Option<&str>) -> String {
+    s.map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Locating things in the source text.
+
+/// 1-based (line, column).
+type Pos = (usize, usize);
+
+/// The lines of one step item under `steps:`: `[start, end)`, with `col` the byte
+/// column at which its keys start (`name` in `  - name: x`).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    start: usize,
+    end: usize,
+    col: usize,
+}
+
+/// Heuristic positions of things in the YAML text, for block-style YAML. Every
+/// lookup returns `None` rather than guessing when the text does not look as
+/// expected (flow style, odd indentation, ...).
+struct Locator<'a> {
+    /// Source lines with comments removed.
+    lines: Vec<&'a str>,
+    /// One block per step, or `None` if the items could not be matched to the
+    /// parsed steps one to one.
+    steps: Option<Vec<Block>>,
+}
+
+/// Characters that make up names and paths; a token match must not be glued to
+/// more of these.
+fn is_token_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
+}
+
+/// The line without a trailing `# comment` (a `#` at the start or after
+/// whitespace, outside quotes).
+fn strip_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut prev: Option<char> = None;
+    let mut escaped = false;
+    let mut chars = line.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match quote {
+            Some('"') => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    quote = None;
+                }
+            }
+            Some(q) => {
+                if c == q {
+                    if chars.peek().is_some_and(|&(_, n)| n == q) {
+                        chars.next(); // '' is an escaped quote
+                    } else {
+                        quote = None;
+                    }
+                }
+            }
+            None => {
+                let at_boundary =
+                    prev.is_none_or(|p| p.is_whitespace() || matches!(p, '[' | '{' | ','));
+                if (c == '"' || c == '\'') && at_boundary {
+                    quote = Some(c);
+                } else if c == '#' && prev.is_none_or(char::is_whitespace) {
+                    return &line[..i];
+                }
+            }
+        }
+        prev = Some(c);
+    }
+    line
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_blank(line: &str) -> bool {
+    line.trim().is_empty()
+}
+
+fn is_item_line(trimmed: &str) -> bool {
+    trimmed == "-" || trimmed.starts_with("- ") || trimmed.starts_with("-\t")
+}
+
+/// The byte offset of the first occurrence of `token` in `line` at or after
+/// `from` that is not glued to other name characters.
+fn find_token(line: &str, from: usize, token: &str) -> Option<usize> {
+    if token.is_empty() {
+        return None;
+    }
+    let hay = line.get(from..)?;
+    let first = token.chars().next()?;
+    let last = token.chars().next_back()?;
+    hay.match_indices(token).map(|(i, _)| from + i).find(|&i| {
+        let before_ok = !is_token_char(first)
+            || line[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !is_token_char(c));
+        let after_ok = !is_token_char(last)
+            || line[i + token.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !is_token_char(c));
+        before_ok && after_ok
+    })
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str, step_count: usize) -> Self {
+        let lines: Vec<&str> = text.lines().map(strip_comment).collect();
+        let mut locator = Locator { lines, steps: None };
+        locator.steps = locator.find_steps(step_count);
+        locator
+    }
+
+    fn pos(&self, line: usize, byte: usize) -> Option<Pos> {
+        let text = self.lines.get(line)?;
+        let column = text.get(..byte)?.chars().count() + 1;
+        Some((line + 1, column))
+    }
+
+    /// The field `key` among the lines `[start, end)` whose keys sit at byte column
+    /// `col`: (line, end of the field's lines).
+    fn find_field(
+        &self,
+        start: usize,
+        end: usize,
+        col: usize,
+        key: &str,
+    ) -> Option<(usize, usize)> {
+        let end = end.min(self.lines.len());
+        let line = (start..end).find(|&l| {
+            let text = self.lines[l];
+            let (Some(prefix), Some(rest)) = (text.get(..col), text.get(col..)) else {
+                return false;
+            };
+            let prefix_ok = if l == start {
+                prefix.chars().all(|c| c == ' ' || c == '-')
+            } else {
+                prefix.chars().all(|c| c == ' ')
+            };
+            prefix_ok
+                && rest
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.trim_start_matches(' ').starts_with(':'))
+        })?;
+        let field_end = (line + 1..end)
+            .find(|&l| {
+                let text = self.lines[l];
+                if is_blank(text) {
+                    return false;
+                }
+                let indent = indent_of(text);
+                indent < col || indent == col && !is_item_line(text.trim_start())
+            })
+            .unwrap_or(end);
+        Some((line, field_end))
+    }
+
+    /// The first occurrence of `token` in the lines `[start, end)`, searching the
+    /// first line only from byte `from`.
+    fn search(&self, start: usize, end: usize, from: usize, token: &str) -> Option<Pos> {
+        let end = end.min(self.lines.len());
+        (start..end).find_map(|l| {
+            let skip = if l == start { from } else { 0 };
+            find_token(self.lines[l], skip, token).and_then(|b| self.pos(l, b))
+        })
+    }
+
+    /// Position of `token` within the field `key` of a block (or of the key itself
+    /// when the token is not found); `None` if the field is not found.
+    fn in_field(&self, block: Block, key: &str, token: Option<&str>) -> Option<Pos> {
+        let (line, field_end) = self.find_field(block.start, block.end, block.col, key)?;
+        if let Some(token) = token {
+            let after_key = block.col + key.len();
+            if let Some(p) = self.search(line, field_end, after_key, token) {
+                return Some(p);
+            }
+        }
+        self.pos(line, block.col)
+    }
+
+    fn top_block(&self) -> Block {
+        Block {
+            start: 0,
+            end: self.lines.len(),
+            col: 0,
+        }
+    }
+
+    /// A top-level field (or `token` inside it).
+    fn top(&self, key: &str, token: Option<&str>) -> Option<Pos> {
+        self.in_field(self.top_block(), key, token)
+    }
+
+    fn find_steps(&self, step_count: usize) -> Option<Vec<Block>> {
+        let (line, end) = self.find_field(0, self.lines.len(), 0, "steps")?;
+        let after = self.lines[line].get("steps".len()..)?.trim_start();
+        if after.trim() != ":" {
+            return None; // flow style or something unexpected
+        }
+        let mut starts = Vec::new();
+        let mut item_indent = None;
+        for l in line + 1..end {
+            let text = self.lines[l];
+            if is_blank(text) {
+                continue;
+            }
+            let indent = indent_of(text);
+            let item = is_item_line(text.trim_start());
+            match item_indent {
+                None if item => {
+                    item_indent = Some(indent);
+                    starts.push(l);
+                }
+                None => return None,
+                Some(ii) if indent == ii && item => starts.push(l),
+                Some(ii) if indent <= ii => return None,
+                Some(_) => {}
+            }
+        }
+        if starts.len() != step_count {
+            return None;
+        }
+        let blocks = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &start)| {
+                let end = starts.get(k + 1).copied().unwrap_or(end);
+                let text = self.lines[start];
+                let dash = indent_of(text);
+                let after_dash = &text[dash + 1..];
+                let col = if after_dash.trim().is_empty() {
+                    (start + 1..end)
+                        .find(|&l| !is_blank(self.lines[l]))
+                        .map_or(dash + 2, |l| indent_of(self.lines[l]))
+                } else {
+                    dash + 1 + indent_of(after_dash)
+                };
+                Block { start, end, col }
+            })
+            .collect();
+        Some(blocks)
+    }
+
+    fn step_block(&self, i: usize) -> Option<Block> {
+        self.steps.as_ref()?.get(i).copied()
+    }
+
+    /// The start of step `i`: its `name` value, or its `-`.
+    fn step_head(&self, i: usize, name: Option<&str>) -> Option<Pos> {
+        let block = self.step_block(i)?;
+        self.in_field(block, "name", name)
+            .or_else(|| self.pos(block.start, indent_of(self.lines[block.start])))
+    }
+
+    /// `token` within field `key` of step `i`, else the field, else `token`
+    /// anywhere in the step, else the step's head.
+    fn step(&self, i: usize, name: Option<&str>, key: &str, token: Option<&str>) -> Option<Pos> {
+        let block = self.step_block(i)?;
+        self.in_field(block, key, token)
+            .or_else(|| token.and_then(|t| self.search(block.start, block.end, 0, t)))
+            .or_else(|| self.step_head(i, name))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+struct Checker<'a> {
+    file: &'a str,
+    loc: Locator<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: Option<Pos>, message: String) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_string(),
+            line: at.map(|p| p.0),
+            column: at.map(|p| p.1),
+            message,
+        });
+    }
+}
+
+/// What one step resolves to on its own, before looking at other steps.
+struct Partial {
+    name: String,
+    command: Vec<String>,
+    outputs: Vec<String>,
+    env: BTreeMap<String, String>,
+    resources: Resources,
+    retries: u32,
+    timeout_ms: Option<u64>,
+}
+
+/// Parses, validates and resolves a pipeline spec. `file_name` is used only in
+/// messages; `overrides` are the `--param NAME=VALUE` values (see
+/// [`parse_param_override`]). All semantic problems found are reported together;
+/// a YAML syntax, unknown-field or type error is reported alone.
+pub fn parse_pipeline(
+    file_name: &str,
+    yaml: &str,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Pipeline, SpecError> {
+    let empty = yaml.lines().all(|l| {
+        let t = strip_comment(l).trim();
+        t.is_empty() || t == "---"
+    });
+    if empty {
+        return Err(SpecError::single(
+            file_name,
+            "the file is empty; a pipeline needs a `name` and `steps`".to_string(),
+        ));
+    }
+    let raw: RawPipeline = serde_yaml::from_str(yaml).map_err(|e| yaml_error(file_name, &e))?;
+    let steps = raw.steps.unwrap_or_default();
+    let mut ck = Checker {
+        file: file_name,
+        loc: Locator::new(yaml, steps.len()),
+        diagnostics: Vec::new(),
+    };
+
+    // Pipeline name.
+    let name = match raw.name {
+        Some(name) => {
+            if !is_pipeline_name(&name) {
+                let at = ck.loc.top("name", Some(&name));
+                ck.error(
+                    at,
+                    format!(
+                        "pipeline name {name:?} is invalid: {}",
+                        describe_name_rule("A-Z, a-z, 0-9, '_', '.', '-'")
+                    ),
+                );
+            }
+            name
+        }
+        None => {
+            ck.error(
+                None,
+                "the pipeline has no `name` (add e.g. `name: my-pipeline` at the top)".to_string(),
+            );
+            String::new()
+        }
+    };
+    let params = check_params(&mut ck, raw.params.unwrap_or_default().0, overrides);
+
+    if steps.is_empty() {
+        let at = ck.loc.top("steps", None);
+        ck.error(at, "the pipeline has no steps".to_string());
+    }
+
+    // Step names.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut names_in_order: Vec<&str> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let Some(name) = step.name.as_deref() else {
+            let at = ck.loc.step_head(i, None);
+            ck.error(at, format!("step #{} has no `name`", i + 1));
+            continue;
+        };
+        if !is_step_name(name) {
+            let at = ck.loc.step_head(i, Some(name));
+            ck.error(
+                at,
+                format!(
+                    "step name {name:?} is invalid: {}",
+                    describe_name_rule("A-Z, a-z, 0-9, '_', '-'")
+                ),
+            );
+        }
+        match index.get(name) {
+            Some(&first) => {
+                let first_line = ck.loc.step_head(first, Some(name)).map(|p| p.0);
+                let at = ck.loc.step_head(i, Some(name));
+                let first = first_line
+                    .map(|l| format!(" (first at line {l})"))
+                    .unwrap_or_default();
+                ck.error(
+                    at,
+                    format!("step {name:?} is defined more than once{first}"),
+                );
+            }
+            None => {
+                index.insert(name.to_string(), i);
+                names_in_order.push(name);
+            }
+        }
+    }
+
+    // Each step on its own.
+    let partials: Vec<Partial> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| check_step(&mut ck, i, step, &params))
+        .collect();
+
+    // References between steps.
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); steps.len()];
+    let mut inputs: Vec<Vec<Input>> = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        let me = step.name.as_deref();
+        let label = me.unwrap_or("?");
+        for need in step.needs.iter().flatten() {
+            if Some(need.as_str()) == me {
+                let at = ck.loc.step(i, me, "needs", Some(need));
+                ck.error(at, format!("step {label:?} needs itself"));
+            } else if let Some(&j) = index.get(need.as_str()) {
+                deps[i].insert(j);
+            } else {
+                let at = ck.loc.step(i, me, "needs", Some(need));
+                let hint = did_you_mean(suggest(need, names_in_order.iter().copied()));
+                ck.error(
+                    at,
+                    format!("step {label:?} needs {need:?}, which is not a step{hint}"),
+                );
+            }
+        }
+
+        let mut input_vars: BTreeMap<String, &str> = BTreeMap::new();
+        for (local, reference) in step.inputs.iter().flat_map(|m| &m.0) {
+            if !is_input_name(local) {
+                let at = ck.loc.step(i, me, "inputs", Some(local));
+                ck.error(
+                    at,
+                    format!(
+                        "input name {local:?} of step {label:?} is invalid: \
+                         use only letters, digits and '_'"
+                    ),
+                );
+            } else {
+                let var = env_var_name("FERRY_INPUT_", local);
+                if let Some(other) = input_vars.get(&var) {
+                    let at = ck.loc.step(i, me, "inputs", Some(local)).max(ck.loc.step(
+                        i,
+                        me,
+                        "inputs",
+                        Some(other),
+                    ));
+                    ck.error(
+                        at,
+                        format!(
+                            "inputs {other:?} and {local:?} of step {label:?} both become \
+                             the environment variable {var}"
+                        ),
+                    );
+                } else {
+                    input_vars.insert(var, local);
+                }
+            }
+            let at = ck.loc.step(i, me, "inputs", Some(reference));
+            let what = format!("input {local:?} of step {label:?}");
+            let parts = reference
+                .split_once('/')
+                .filter(|(s, o)| !s.is_empty() && !o.is_empty());
+            let Some((source, output)) = parts else {
+                ck.error(
+                    at,
+                    format!(
+                        "{what} is {reference:?}, which is not of the form <step>/<output> \
+                         (e.g. \"train/model.json\")"
+                    ),
+                );
+                continue;
+            };
+            if Some(source) == me {
+                ck.error(
+                    at,
+                    format!("{what} points at {reference:?}, an output of the step itself"),
+                );
+                continue;
+            }
+            let Some(&j) = index.get(source) else {
+                let hint = did_you_mean(suggest(source, names_in_order.iter().copied()));
+                ck.error(
+                    at,
+                    format!(
+                        "{what} points at {reference:?}, but there is no step {source:?}{hint}"
+                    ),
+                );
+                continue;
+            };
+            deps[i].insert(j);
+            let output = normalize_output(output).unwrap_or_else(|_| output.to_string());
+            let declared = &partials[j].outputs;
+            if !declared.contains(&output) {
+                let list: Vec<&str> = declared.iter().map(String::as_str).collect();
+                let (start, end) = if list.is_empty() {
+                    ("", "declares no outputs")
+                } else {
+                    ("declares: ", "")
+                };
+                let hint = suggest(&output, list.iter().copied())
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                ck.error(
+                    at,
+                    format!(
+                        "{what} points at {reference:?}, but step {source:?} declares no \
+                         output {output:?} (it {start}{}{end}{hint})",
+                        list.join(", ")
+                    ),
+                );
+                continue;
+            }
+            inputs[i].push(Input {
+                name: local.clone(),
+                step: source.to_string(),
+                output,
+            });
+        }
+    }
+
+    let order = topological_order(&mut ck, &steps, &deps);
+
+    if !ck.diagnostics.is_empty() {
+        // In file order; unlocated ones (e.g. about `--param`) first.
+        let mut diagnostics = ck.diagnostics;
+        diagnostics.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
+        return Err(SpecError { diagnostics });
+    }
+
+    let mut partials: Vec<Option<Partial>> = partials.into_iter().map(Some).collect();
+    let resolved = order
+        .into_iter()
+        .filter_map(|i| {
+            let p = partials[i].take()?;
+            let needs: BTreeSet<String> = deps[i]
+                .iter()
+                .filter_map(|&j| steps[j].name.clone())
+                .collect();
+            Some(Step {
+                name: p.name,
+                command: p.command,
+                needs: needs.into_iter().collect(),
+                inputs: std::mem::take(&mut inputs[i]),
+                outputs: p.outputs,
+                env: p.env,
+                resources: p.resources,
+                retries: p.retries,
+                timeout_ms: p.timeout_ms,
+            })
+        })
+        .collect();
+    Ok(Pipeline {
+        name,
+        params,
+        steps: resolved,
+    })
+}
+
+/// A serde_yaml error as a diagnostic, its position taken out of the message.
+fn yaml_error(file: &str, err: &serde_yaml::Error) -> SpecError {
+    let mut message = err.to_string();
+    let location = err.location();
+    if let Some(loc) = &location {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(i) = message.find(&suffix) {
+            message.replace_range(i..i + suffix.len(), "");
+        }
+    }
+    SpecError {
+        diagnostics: vec![Diagnostic {
+            file: file.to_string(),
+            line: location.as_ref().map(serde_yaml::Location::line),
+            column: location.as_ref().map(serde_yaml::Location::column),
+            message,
+        }],
+    }
+}
+
+/// Checks parameter names and defaults, applies overrides; returns the resolved
+/// values of every declared parameter.
+fn check_params(
+    ck: &mut Checker<'_>,
+    raw: BTreeMap<String, Value>,
+    overrides: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &raw {
+        if !is_param_name(name) {
+            let at = ck.loc.top("params", Some(name));
+            ck.error(
+                at,
+                format!(
+                    "parameter name {name:?} is invalid: it must start with a letter or '_' \
+                     and contain only letters, digits and '_'"
+                ),
+            );
+        } else {
+            let var = env_var_name("FERRY_PARAM_", name);
+            if let Some(other) = vars.get(&var) {
+                let at = ck
+                    .loc
+                    .top("params", Some(name))
+                    .max(ck.loc.top("params", Some(other)));
+                ck.error(
+                    at,
+                    format!(
+                        "parameters {other:?} and {name:?} both become the environment \
+                         variable {var}"
+                    ),
+                );
+            } else {
+                vars.insert(var, name.clone());
+            }
+        }
+        let text = scalar_text(value).unwrap_or_else(|| {
+            let at = ck.loc.top("params", Some(name));
+            ck.error(
+                at,
+                format!(
+                    "parameter {name:?} has {} as its default; a default must be a string, \
+                     integer, float or bool",
+                    kind_of(value)
+                ),
+            );
+            String::new()
+        });
+        values.insert(name.clone(), text);
+    }
+    let declared: Vec<&str> = raw.keys().map(String::as_str).collect();
+    for (name, value) in overrides {
+        match values.get_mut(name) {
+            Some(slot) => *slot = value.clone(),
+            None => {
+                let hint = suggest(name, declared.iter().copied())
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                let list = if declared.is_empty() {
+                    "it declares no parameters".to_string()
+                } else {
+                    format!("it declares: {}", declared.join(", "))
+                };
+                ck.error(
+                    None,
+                    format!(
+                        "--param {name}={value}: the pipeline has no parameter {name:?} \
+                         ({list}{hint})"
+                    ),
+                );
+            }
+        }
+    }
+    values
+}
+
+/// Substitutes parameters in `text`, reporting problems as being in `what`
+/// (e.g. `the command of step "x"`), located in field `key` of step `i`.
+fn substitute_in(
+    ck: &mut Checker<'_>,
+    i: usize,
+    step: Option<&str>,
+    key: &str,
+    what: &str,
+    text: &str,
+    params: &BTreeMap<String, String>,
+) -> String {
+    match substitute(text, params) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                match e {
+                    PlaceholderError::Unclosed(raw) => {
+                        let token = raw.lines().next().unwrap_or_default().trim_end();
+                        let at = ck.loc.step(i, step, key, Some(token));
+                        ck.error(
+                            at,
+                            format!("placeholder {raw:?} in {what} is not closed (missing '}}')"),
+                        );
+                    }
+                    PlaceholderError::Malformed(raw) => {
+                        let at = ck.loc.step(i, step, key, Some(&raw));
+                        ck.error(
+                            at,
+                            format!(
+                                "placeholder {raw:?} in {what} is not of the form ${{params.NAME}}"
+                            ),
+                        );
+                    }
+                    PlaceholderError::Unknown { raw, name } => {
+                        let at = ck.loc.step(i, step, key, Some(&raw));
+                        let hint = did_you_mean(suggest(&name, params.keys().map(String::as_str)));
+                        ck.error(
+                            at,
+                            format!(
+                                "{raw} in {what} refers to parameter {name:?}, which is not \
+                                 declared{hint}"
+                            ),
+                        );
+                    }
+                }
+            }
+            String::new()
+        }
+    }
+}
+
+/// Checks everything about one step that does not involve other steps.
+fn check_step(
+    ck: &mut Checker<'_>,
+    i: usize,
+    step: &RawStep,
+    params: &BTreeMap<String, String>,
+) -> Partial {
+    let me = step.name.as_deref();
+    let label = me.map_or_else(|| format!("#{}", i + 1), |n| format!("{n:?}"));
+
+    // Command.
+    let command = match (&step.command, &step.shell) {
+        (Some(_), Some(_)) => {
+            let at = ck.loc.step(i, me, "shell", None);
+            ck.error(
+                at,
+                format!("step {label} has both `command` and `shell`; use exactly one"),
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            let at = ck.loc.step_head(i, me);
+            ck.error(
+                at,
+                format!(
+                    "step {label} has neither `command` (an argument list) nor `shell` \
+                     (a command line for /bin/sh)"
+                ),
+            );
+            Vec::new()
+        }
+        (None, Some(script)) => {
+            if script.trim().is_empty() {
+                let at = ck.loc.step(i, me, "shell", None);
+                ck.error(at, format!("step {label} has an empty `shell` script"));
+            }
+            let what = format!("the shell script of step {label}");
+            let script = substitute_in(ck, i, me, "shell", &what, script, params);
+            vec!["/bin/sh".to_string(), "-c".to_string(), script]
+        }
+        (Some(command), None) => check_command(ck, i, me, &label, command, params),
+    };
+
+    // Outputs.
+    let mut outputs: Vec<String> = Vec::new();
+    for output in step.outputs.iter().flatten() {
+        let token = if output.is_empty() { "\"\"" } else { output };
+        let at = ck.loc.step(i, me, "outputs", Some(token));
+        match normalize_output(output) {
+            Err(why) => ck.error(at, format!("output {output:?} of step {label} {why}")),
+            Ok(norm) if outputs.contains(&norm) => {
+                ck.error(
+                    at,
+                    format!("output {output:?} of step {label} is declared twice"),
+                );
+            }
+            Ok(norm) => {
+                let clash = outputs.iter().find(|o| {
+                    norm.strip_prefix(o.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                        || o.strip_prefix(norm.as_str())
+                            .is_some_and(|r| r.starts_with('/'))
+                });
+                if let Some(other) = clash {
+                    ck.error(
+                        at,
+                        format!(
+                            "output {output:?} of step {label} clashes with output {other:?}: \
+                             one would be a file inside the other"
+                        ),
+                    );
+                } else {
+                    outputs.push(norm);
+                }
+            }
+        }
+    }
+
+    // Env.
+    let mut env = BTreeMap::new();
+    for (key, value) in step.env.iter().flat_map(|m| &m.0) {
+        if !is_param_name(key) {
+            let at = ck.loc.step(i, me, "env", Some(key));
+            ck.error(
+                at,
+                format!(
+                    "env var name {key:?} of step {label} is invalid: it must start with a \
+                     letter or '_' and contain only letters, digits and '_'"
+                ),
+            );
+            continue;
+        }
+        if key.starts_with("FERRY_") {
+            let at = ck.loc.step(i, me, "env", Some(key));
+            ck.error(
+                at,
+                format!(
+                    "env var {key:?} of step {label} uses the reserved prefix FERRY_ \
+                     (Ferry sets those variables itself)"
+                ),
+            );
+            continue;
+        }
+        let Some(text) = scalar_text(value) else {
+            let at = ck.loc.step(i, me, "env", Some(key));
+            ck.error(
+                at,
+                format!(
+                    "env var {key:?} of step {label} has {} as its value; env values must be \
+                     strings, numbers or booleans",
+                    kind_of(value)
+                ),
+            );
+            continue;
+        };
+        let what = format!("env var {key} of step {label}");
+        let value = substitute_in(ck, i, me, "env", &what, &text, params);
+        env.insert(key.clone(), value);
+    }
+
+    // Resources.
+    let mut resources = Resources {
+        cpu_millis: DEFAULT_CPU_MILLIS,
+        memory_bytes: DEFAULT_MEMORY_BYTES,
+        gpus: 0,
+    };
+    if let Some(r) = &step.resources {
+        if let Some(v) = &r.cpu {
+            let parsed = match v {
+                Value::Number(_) | Value::String(_) => {
+                    parse_cpu_millis(&scalar_text(v).unwrap_or_default())
+                }
+                _ => Err(format!(
+                    "it is {}; use a number of cores such as 0.5 or 2, or millicores such as \
+                     \"500m\"",
+                    kind_of(v)
+                )),
+            };
+            match parsed {
+                Ok(m) => resources.cpu_millis = m,
+                Err(e) => {
+                    let at = ck.loc.step(i, me, "resources", Some("cpu"));
+                    ck.error(at, format!("resources.cpu of step {label} is invalid: {e}"));
+                }
+            }
+        }
+        if let Some(v) = &r.memory {
+            let parsed = match v {
+                Value::Number(_) | Value::String(_) => {
+                    parse_memory_bytes(&scalar_text(v).unwrap_or_default())
+                }
+                _ => Err(format!(
+                    "it is {}; use bytes or a size such as \"512Mi\" or \"2G\"",
+                    kind_of(v)
+                )),
+            };
+            match parsed {
+                Ok(b) => resources.memory_bytes = b,
+                Err(e) => {
+                    let at = ck.loc.step(i, me, "resources", Some("memory"));
+                    ck.error(
+                        at,
+                        format!("resources.memory of step {label} is invalid: {e}"),
+                    );
+                }
+            }
+        }
+        if let Some(v) = &r.gpu {
+            let parsed = match v {
+                Value::Number(n) => n.as_u64().and_then(|g| u32::try_from(g).ok()),
+                Value::String(s) => s.trim().parse::<u32>().ok(),
+                _ => None,
+            };
+            match parsed {
+                Some(g) => resources.gpus = g,
+                None => {
+                    let at = ck.loc.step(i, me, "resources", Some("gpu"));
+                    let got = describe_value(v);
+                    ck.error(
+                        at,
+                        format!(
+                            "resources.gpu of step {label} must be a non-negative integer, got {got}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // Retries.
+    let mut retries = 0;
+    if let Some(v) = &step.retries {
+        match v.as_u64().filter(|&r| r <= u64::from(MAX_RETRIES)) {
+            Some(r) => retries = u32::try_from(r).unwrap_or(MAX_RETRIES),
+            None => {
+                let at = ck.loc.step(i, me, "retries", None);
+                let got = describe_value(v);
+                ck.error(
+                    at,
+                    format!(
+                        "retries of step {label} must be an integer from 0 to {MAX_RETRIES}, got {got}"
+                    ),
+                );
+            }
+        }
+    }
+
+    // Timeout.
+    let mut timeout_ms = None;
+    if let Some(v) = &step.timeout {
+        let at = ck.loc.step(i, me, "timeout", None);
+        match v {
+            Value::String(s) => match parse_duration_ms(s) {
+                Ok(0) => ck.error(at, format!("timeout of step {label} must be greater than zero")),
+                Ok(ms) => timeout_ms = Some(ms),
+                Err(e) => ck.error(at, format!("timeout of step {label} is invalid: {e}")),
+            },
+            Value::Number(n) => ck.error(
+                at,
+                format!(
+                    "timeout of step {label} is {n}, which has no unit; write e.g. \"{n}s\" or \"{n}m\""
+                ),
+            ),
+            other => ck.error(
+                at,
+                format!(
+                    "timeout of step {label} is {}; write a duration such as \"30s\", \"10m\" or \"1h30m\"",
+                    kind_of(other)
+                ),
+            ),
+        }
+    }
+
+    Partial {
+        name: me.unwrap_or_default().to_string(),
+        command,
+        outputs,
+        env,
+        resources,
+        retries,
+        timeout_ms,
+    }
+}
+
+fn check_command(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    command: &Value,
+    params: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let items = match command {
+        Value::Sequence(items) => items,
+        Value::String(_) => {
+            let at = ck.loc.step(i, me, "command", None);
+            ck.error(
+                at,
+                format!(
+                    "the command of step {label} is a string, but it must be a list of arguments \
+                     such as [\"python3\", \"train.py\"]; to run a command line with /bin/sh, use \
+                     `shell:` instead"
+                ),
+            );
+            return Vec::new();
+        }
+        other => {
+            let at = ck.loc.step(i, me, "command", None);
+            ck.error(
+                at,
+                format!(
+                    "the command of step {label} is {}, but it must be a list of arguments such as \
+                     [\"python3\", \"train.py\"]",
+                    kind_of(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        let at = ck.loc.step(i, me, "command", None);
+        ck.error(at, format!("step {label} has an empty command"));
+        return Vec::new();
+    }
+    let what = format!("the command of step {label}");
+    let mut argv = Vec::with_capacity(items.len());
+    for (n, item) in items.iter().enumerate() {
+        let Some(text) = scalar_text(item) else {
+            let at = ck.loc.step(i, me, "command", None);
+            ck.error(
+                at,
+                format!(
+                    "argument {} of the command of step {label} is {}; arguments must be strings, \
+                     numbers or booleans",
+                    n + 1,
+                    kind_of(item)
+                ),
+            );
+            continue;
+        };
+        argv.push(substitute_in(ck, i, me, "command", &what, &text, params));
+    }
+    if argv.first().is_some_and(|p| p.trim().is_empty()) {
+        let at = ck.loc.step(i, me, "command", None);
+        ck.error(
+            at,
+            format!("the first argument of the command of step {label} (the program) is empty"),
+        );
+    }
+    argv
+}
+
+/// Kahn's algorithm, ties broken by file order. Reports every cycle it can
+/// separate; returns the (possibly partial) order.
+fn topological_order(
+    ck: &mut Checker<'_>,
+    steps: &[RawStep],
+    deps: &[BTreeSet<usize>],
+) -> Vec<usize> {
+    let n = deps.len();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = deps.iter().map(BTreeSet::len).collect();
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &d in &dependents[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    if order.len() == n {
+        return order;
+    }
+
+    let name = |i: usize| steps[i].name.as_deref().unwrap_or("?");
+    let mut remaining: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
+    loop {
+        // Drop steps that are merely downstream of a cycle.
+        loop {
+            let free: Vec<usize> = remaining
+                .iter()
+                .copied()
+                .filter(|&i| deps[i].iter().all(|d| !remaining.contains(d)))
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            for i in free {
+                remaining.remove(&i);
+            }
+        }
+        let Some(&start) = remaining.first() else {
+            break;
+        };
+        // Every remaining step needs another remaining step: walk until a repeat.
+        let mut path = vec![start];
+        let mut cur = start;
+        let cycle = loop {
+            let Some(&next) = deps[cur].iter().find(|d| remaining.contains(d)) else {
+                break None; // cannot happen after pruning; stay safe
+            };
+            if let Some(k) = path.iter().position(|&p| p == next) {
+                break Some(path[k..].to_vec());
+            }
+            path.push(next);
+            cur = next;
+        };
+        let Some(mut cycle) = cycle else { break };
+        // `cycle` runs in "needs" order; print it in execution order, starting
+        // at the step that comes first in the file.
+        cycle.reverse();
+        let first = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &s)| s)
+            .map_or(0, |(k, _)| k);
+        cycle.rotate_left(first);
+        let head = cycle[0];
+        let before = cycle[cycle.len() - 1]; // `head` needs `before`
+        let mut text: Vec<&str> = cycle.iter().map(|&s| name(s)).collect();
+        text.push(name(head));
+        let at = locate_edge(&ck.loc, head, &steps[head], name(before));
+        ck.error(at, format!("steps form a cycle: {}", text.join(" → ")));
+        for s in cycle {
+            remaining.remove(&s);
+        }
+    }
+    order
+}
+
+/// Where step `i` refers to step `target` (its `needs` entry or an input).
+fn locate_edge(loc: &Locator<'_>, i: usize, step: &RawStep, target: &str) -> Option<Pos> {
+    let me = step.name.as_deref();
+    if step.needs.iter().flatten().any(|n| n == target) {
+        return loc.step(i, me, "needs", Some(target));
+    }
+    let reference = step
+        .inputs
+        .iter()
+        .flat_map(|m| m.0.values())
+        .find(|r| r.split_once('/').is_some_and(|(s, _)| s == target));
+    match reference {
+        Some(r) => loc.step(i, me, "inputs", Some(r)),
+        None => loc.step_head(i, me),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Pipeline, SpecError> {
+        parse_pipeline("pipeline.yaml", yaml, &BTreeMap::new())
+    }
+
+    fn parse_with(yaml: &str, overrides: &[(&str, &str)]) -> Result<Pipeline, SpecError> {
+        let overrides = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_pipeline("pipeline.yaml", yaml, &overrides)
+    }
+
+    fn errors(yaml: &str) -> Vec<Diagnostic> {
+        match parse(yaml) {
+            Ok(p) => panic!("expected an error, got {p:#?}"),
+            Err(e) => e.diagnostics,
+        }
+    }
+
+    /// The only diagnostic whose message contains all of `words`; panics with
+    /// every diagnostic otherwise.
+    fn find<'a>(diags: &'a [Diagnostic], words: &[&str]) -> &'a Diagnostic {
+        let hits: Vec<&Diagnostic> = diags
+            .iter()
+            .filter(|d| words.iter().all(|w| d.message.contains(w)))
+            .collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "expected one diagnostic with {words:?}, got:\n{}",
+            render(diags)
+        );
+        hits[0]
+    }
+
+    /// Exactly one diagnostic, containing `words`, at `line` (if given).
+    fn single(yaml: &str, words: &[&str], line: Option<usize>) -> Diagnostic {
+        let diags = errors(yaml);
+        assert_eq!(
+            diags.len(),
+            1,
+            "expected one diagnostic:\n{}",
+            render(&diags)
+        );
+        let d = find(&diags, words).clone();
+        assert_eq!(d.line, line, "wrong line for {d}");
+        d
+    }
+
+    const IRIS: &str = r#"
+name: iris
+params:
+  seed: 42
+  test_fraction: 0.3
+  verbose: true
+  label: species
+steps:
+  - name: evaluate
+    command: ["python3", "eval.py", "--model", "model.json"]
+    inputs:
+      test: split/test.csv
+      model: train/model.json
+    outputs: [report.json]
+  - name: split        # first real step
+    command: ["python3", "split.py", "--seed", "${params.seed}", "--fraction=${params.test_fraction}", 3]
+    outputs: [train.csv, ./test.csv]
+    resources: {cpu: 2, memory: 1Gi, gpu: 1}
+  - name: train
+    shell: "python3 train.py --label ${params.label} | tee log.txt"
+    needs: [split, split]
+    inputs:
+      train: split/train.csv
+    outputs:
+      - model.json
+      - models/m.json
+    env:
+      VERBOSE: "${params.verbose}"
+      SEED: ${params.seed}
+      N: 3
+      LITERAL: "$$HOME costs $5"
+    retries: 2
+    timeout: 1h30m
+"#;
+
+    #[test]
+    fn valid_pipeline_resolves() {
+        let p = parse(IRIS).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.name, "iris");
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["split", "train", "evaluate"]);
+        assert_eq!(
+            p.params,
+            BTreeMap::from([
+                ("label".to_string(), "species".to_string()),
+                ("seed".to_string(), "42".to_string()),
+                ("test_fraction".to_string(), "0.3".to_string()),
+                ("verbose".to_string(), "true".to_string()),
+            ])
+        );
+
+        let split = &p.steps[0];
+        assert_eq!(
+            split.command,
+            ["python3", "split.py", "--seed", "42", "--fraction=0.3", "3"]
+        );
+        assert_eq!(split.outputs, ["train.csv", "test.csv"]);
+        assert!(split.needs.is_empty());
+        assert_eq!(
+            split.resources,
+            Resources {
+                cpu_millis: 2000,
+                memory_bytes: 1 << 30,
+                gpus: 1
+            }
+        );
+        assert_eq!(split.retries, 0);
+        assert_eq!(split.timeout_ms, None);
+
+        let train = &p.steps[1];
+        assert_eq!(
+            train.command,
+            [
+                "/bin/sh",
+                "-c",
+                "python3 train.py --label species | tee log.txt"
+            ]
+        );
+        assert_eq!(train.needs, ["split"]);
+        assert_eq!(
+            train.inputs,
+            [Input {
+                name: "train".into(),
+                step: "split".into(),
+                output: "train.csv".into()
+            }]
+        );
+        assert_eq!(train.outputs, ["model.json", "models/m.json"]);
+        assert_eq!(train.env["VERBOSE"], "true");
+        assert_eq!(train.env["SEED"], "42");
+        assert_eq!(train.env["N"], "3");
+        assert_eq!(train.env["LITERAL"], "$$HOME costs $5");
+        assert_eq!(train.retries, 2);
+        assert_eq!(train.timeout_ms, Some(90 * 60 * 1000));
+        assert_eq!(
+            train.resources,
+            Resources {
+                cpu_millis: DEFAULT_CPU_MILLIS,
+                memory_bytes: DEFAULT_MEMORY_BYTES,
+                gpus: 0
+            }
+        );
+
+        let evaluate = &p.steps[2];
+        assert_eq!(evaluate.needs, ["split", "train"]);
+        let inputs: Vec<(&str, &str, &str)> = evaluate
+            .inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.step.as_str(), i.output.as_str()))
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                ("model", "train", "model.json"),
+                ("test", "split", "test.csv")
+            ]
+        );
+    }
+
+    #[test]
+    fn resolved_pipeline_round_trips_through_json() {
+        let p = parse(IRIS).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Pipeline = serde_json::from_str(&json).unwrap();
+        assert_eq!(p, back);
+    }
+
+    #[test]
+    fn overrides_beat_defaults() {
+        let p = parse_with(IRIS, &[("seed", "7"), ("label", "petal width")]).unwrap();
+        assert_eq!(p.params["seed"], "7");
+        assert_eq!(p.params["test_fraction"], "0.3");
+        assert_eq!(p.steps[0].command[3], "7");
+        assert_eq!(p.steps[1].env["SEED"], "7");
+        assert_eq!(
+            p.steps[1].command[2],
+            "python3 train.py --label petal width | tee log.txt"
+        );
+    }
+
+    #[test]
+    fn ties_follow_file_order() {
+        let yaml = "name: t\nsteps:\n- name: d\n  command: [x]\n  needs: [c]\n- name: b\n  command: [x]\n- name: c\n  command: [x]\n  needs: [a]\n- name: a\n  command: [x]\n- name: e\n  command: [x]\n";
+        let p = parse(yaml).unwrap();
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b", "a", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn minimal_pipeline_gets_defaults() {
+        let p = parse("name: one\nsteps:\n  - name: only\n    command: [true]\n").unwrap();
+        assert!(p.params.is_empty());
+        let s = &p.steps[0];
+        assert_eq!(s.command, ["true"]);
+        assert!(s.needs.is_empty() && s.inputs.is_empty() && s.outputs.is_empty());
+        assert!(s.env.is_empty());
+        assert_eq!(s.resources.cpu_millis, 500);
+        assert_eq!(s.resources.memory_bytes, 256 * 1024 * 1024);
+        assert_eq!(s.resources.gpus, 0);
+        assert_eq!(s.retries, 0);
+        assert_eq!(s.timeout_ms, None);
+    }
+
+    #[test]
+    fn null_collections_are_empty() {
+        let p = parse(
+            "name: n\nparams:\nsteps:\n  - name: a\n    command: [x]\n    needs:\n    inputs:\n    outputs:\n    env:\n    resources:\n",
+        )
+        .unwrap();
+        assert!(p.steps[0].needs.is_empty());
+    }
+
+    #[test]
+    fn resources_in_all_forms() {
+        let yaml = "name: r\nsteps:\n  - name: a\n    command: [x]\n    resources: {cpu: 0.5, memory: 1048576, gpu: 2}\n  - name: b\n    command: [x]\n    resources:\n      cpu: \"250m\"\n      memory: 2G\n";
+        let p = parse(yaml).unwrap();
+        assert_eq!(
+            p.steps[0].resources,
+            Resources {
+                cpu_millis: 500,
+                memory_bytes: 1 << 20,
+                gpus: 2
+            }
+        );
+        assert_eq!(
+            p.steps[1].resources,
+            Resources {
+                cpu_millis: 250,
+                memory_bytes: 2_000_000_000,
+                gpus: 0
+            }
+        );
+    }
+
+    #[test]
+    fn display_format() {
+        let d = Diagnostic {
+            file: "pipeline.yaml".into(),
+            line: Some(14),
+            column: Some(7),
+            message: "boom".into(),
+        };
+        assert_eq!(d.to_string(), "error: pipeline.yaml:14:7: boom");
+        let e = SpecError {
+            diagnostics: vec![
+                d,
+                Diagnostic {
+                    file: "p.yaml".into(),
+                    line: None,
+                    column: None,
+                    message: "bang".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "error: pipeline.yaml:14:7: boom\nerror: p.yaml: bang"
+        );
+    }
+
+    // ---- YAML-level errors --------------------------------------------------
+
+    #[test]
+    fn yaml_syntax_error_is_located() {
+        let d = single(
+            "name: x\nsteps:\n  - name: a\n    command: [x\n",
+            &["flow sequence"],
+            Some(5),
+        );
+        assert!(!d.message.contains("at line 5"), "{d}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let d = single(
+            "name: x\nsteps:\n  - name: a\n    comand: [x]\n",
+            &["unknown field `comand`", "`command`"],
+            Some(4),
+        );
+        assert_eq!(d.column, Some(5));
+        assert!(!d.to_string().contains("column 5"), "{d}");
+        single(
+            "name: x\nowner: me\nsteps:\n  - name: a\n    command: [x]\n",
+            &["unknown field `owner`"],
+            Some(2),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n    resources: {cpu: 1, disk: 3}\n",
+            &["unknown field `disk`", "`memory`"],
+            Some(5),
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n    needs: a\n",
+            &["needs", "expected a sequence"],
+            Some(5),
+        );
+        single("name: x\nsteps: {a: 1}\n", &["steps", "sequence"], Some(2));
+        single("just text\n", &["expected a pipeline"], Some(1));
+        single(
+            "name: x\nparams:\n  a: 1\n  a: 2\nsteps:\n  - name: a\n    command: [x]\n",
+            &["duplicate key \"a\""],
+            Some(3),
+        );
+        single(
+            "name: x\nname: y\nsteps:\n  - name: a\n    command: [x]\n",
+            &["duplicate field `name`"],
+            Some(1),
+        );
+    }
+
+    #[test]
+    fn empty_file() {
+        single("", &["empty"], None);
+        single("# nothing\n\n---\n", &["empty"], None);
+    }
+
+    // ---- names and structure -------------------------------------------------
+
+    #[test]
+    fn missing_name_and_steps() {
+        let diags = errors("params: {a: 1}\n");
+        find(&diags, &["no `name`"]);
+        find(&diags, &["no steps"]);
+        single("name: x\nsteps: []\n", &["no steps"], Some(2));
+    }
+
+    #[test]
+    fn invalid_names() {
+        single(
+            "name: my pipeline\nsteps:\n  - name: a\n    command: [x]\n",
+            &["pipeline name \"my pipeline\" is invalid"],
+            Some(1),
+        );
+        let long = "a".repeat(65);
+        single(
+            &format!("name: {long}\nsteps:\n  - name: a\n    command: [x]\n"),
+            &["pipeline name", "invalid"],
+            Some(1),
+        );
+        let d = single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n  - name: b.c\n    command: [x]\n",
+            &["step name \"b.c\" is invalid"],
+            Some(5),
+        );
+        assert_eq!(d.column, Some(11));
+        single(
+            "name: x\nsteps:\n  - command: [x]\n",
+            &["step #1 has no `name`"],
+            Some(3),
+        );
+    }
+
+    #[test]
+    fn duplicate_step_points_at_second() {
+        let d = single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n  - name: b\n    command: [x]\n  - name: a\n    command: [y]\n",
+            &["step \"a\" is defined more than once", "first at line 3"],
+            Some(7),
+        );
+        assert_eq!(d.column, Some(11));
+    }
+
+    #[test]
+    fn command_and_shell() {
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n    shell: echo hi\n",
+            &["step \"a\" has both `command` and `shell`"],
+            Some(5),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    outputs: [o]\n",
+            &["step \"a\" has neither `command`", "shell"],
+            Some(3),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: []\n",
+            &["step \"a\" has an empty command"],
+            Some(4),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    shell: \"  \"\n",
+            &["empty `shell`"],
+            Some(4),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: python3 train.py\n",
+            &["command of step \"a\" is a string", "shell"],
+            Some(4),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [python3, [a]]\n",
+            &["argument 2", "a list"],
+            Some(4),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [\"\", a]\n",
+            &["the program", "empty"],
+            Some(4),
+        );
+    }
+
+    // ---- dependencies --------------------------------------------------------
+
+    #[test]
+    fn unknown_need_with_suggestion() {
+        let yaml = "name: x\nsteps:\n  - name: split\n    command: [x]\n  - name: train\n    command: [x]\n    needs:\n      - split\n      - splt\n";
+        let d = single(
+            yaml,
+            &["step \"train\" needs \"splt\", which is not a step (did you mean \"split\"?)"],
+            Some(9),
+        );
+        assert_eq!(d.column, Some(9));
+        assert_eq!(
+            d.to_string(),
+            "error: pipeline.yaml:9:9: step \"train\" needs \"splt\", which is not a step (did you mean \"split\"?)"
+        );
+        let d = single(
+            "name: x\nsteps:\n  - name: split\n    command: [x]\n  - name: train\n    command: [x]\n    needs: [zzzzzz]\n",
+            &["needs \"zzzzzz\", which is not a step"],
+            Some(7),
+        );
+        assert!(!d.message.contains("did you mean"), "{d}");
+    }
+
+    #[test]
+    fn need_token_is_not_matched_inside_other_words() {
+        // "a" appears inside "data" and "ab" before the real entry.
+        let yaml = "name: x\nsteps:\n  - name: data\n    command: [x]\n  - name: ab\n    command: [x]\n  - name: c\n    command: [x]\n    needs: [data, ab, a]\n";
+        let d = single(yaml, &["needs \"a\""], Some(9));
+        assert_eq!(d.column, Some(23));
+    }
+
+    #[test]
+    fn self_need() {
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n    needs: [a]\n",
+            &["step \"a\" needs itself"],
+            Some(5),
+        );
+    }
+
+    #[test]
+    fn cycle_is_printed() {
+        let yaml = "name: x\nsteps:\n  - name: a\n    command: [x]\n    needs: [c]\n  - name: b\n    command: [x]\n    needs: [a]\n  - name: c\n    command: [x]\n    needs: [b]\n  - name: d\n    command: [x]\n    needs: [c]\n";
+        let d = single(yaml, &["steps form a cycle: a → b → c → a"], Some(5));
+        assert_eq!(d.column, Some(13));
+    }
+
+    #[test]
+    fn cycle_through_inputs_and_two_cycles() {
+        let yaml = "name: x\nsteps:\n  - name: a\n    command: [x]\n    inputs: {i: b/o}\n    outputs: [o]\n  - name: b\n    command: [x]\n    inputs: {i: a/o}\n    outputs: [o]\n  - name: c\n    command: [x]\n    needs: [d]\n  - name: d\n    command: [x]\n    needs: [c]\n";
+        let diags = errors(yaml);
+        assert_eq!(diags.len(), 2, "{}", render(&diags));
+        let d = find(&diags, &["a → b → a"]);
+        assert_eq!(d.line, Some(5));
+        let d = find(&diags, &["c → d → c"]);
+        assert_eq!(d.line, Some(13));
+    }
+
+    // ---- inputs --------------------------------------------------------------
+
+    const TWO: &str = "name: x\nsteps:\n  - name: train\n    command: [x]\n    outputs: [weights.bin]\n  - name: evaluate\n    command: [x]\n    inputs:\n";
+
+    #[test]
+    fn input_points_at_undeclared_output() {
+        let d = single(
+            &format!("{TWO}      model: train/model.json\n"),
+            &[
+                "input \"model\" of step \"evaluate\" points at \"train/model.json\", but step \"train\" declares no output \"model.json\" (it declares: weights.bin)",
+            ],
+            Some(9),
+        );
+        assert_eq!(d.column, Some(14));
+    }
+
+    #[test]
+    fn input_errors() {
+        single(
+            &format!("{TWO}      model: model.json\n"),
+            &["\"model.json\"", "not of the form <step>/<output>"],
+            Some(9),
+        );
+        single(
+            &format!("{TWO}      model: trian/weights.bin\n"),
+            &["no step \"trian\"", "did you mean \"train\""],
+            Some(9),
+        );
+        single(
+            &format!("{TWO}      my-model: train/weights.bin\n"),
+            &["input name \"my-model\"", "invalid"],
+            Some(9),
+        );
+        single(
+            &format!("{TWO}      model: evaluate/x\n"),
+            &["output of the step itself"],
+            Some(9),
+        );
+        single(
+            &format!("{TWO}      model: train/./weights.bin\n      Model: train/weights.bin\n"),
+            &["FERRY_INPUT_MODEL"],
+            Some(10),
+        );
+        single(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n  - name: b\n    command: [x]\n    inputs: {i: a/o}\n",
+            &["declares no output \"o\"", "declares no outputs"],
+            Some(7),
+        );
+    }
+
+    #[test]
+    fn input_reference_splits_at_first_slash() {
+        let p = parse(&format!(
+            "{TWO}      w: train/weights.bin\n  - name: deep\n    command: [x]\n    outputs: [models/m.json]\n  - name: use\n    command: [x]\n    inputs: {{m: deep/models/m.json}}\n"
+        ))
+        .unwrap();
+        let step = p.steps.iter().find(|s| s.name == "use").unwrap();
+        assert_eq!(step.inputs[0].step, "deep");
+        assert_eq!(step.inputs[0].output, "models/m.json");
+        assert_eq!(step.needs, ["deep"]);
+    }
+
+    // ---- outputs -------------------------------------------------------------
+
+    #[test]
+    fn output_errors() {
+        let base = "name: x\nsteps:\n  - name: train\n    command: [x]\n    outputs:\n";
+        let d = single(
+            &format!("{base}      - ok.txt\n      - ../model.json\n"),
+            &["output \"../model.json\" of step \"train\" leaves the step's work directory"],
+            Some(7),
+        );
+        assert_eq!(d.column, Some(9));
+        single(
+            &format!("{base}      - /etc/passwd\n"),
+            &["\"/etc/passwd\"", "absolute"],
+            Some(6),
+        );
+        single(&format!("{base}      - \"\"\n"), &["is empty"], Some(6));
+        single(
+            &format!("{base}      - a.txt\n      - ./a.txt\n"),
+            &["\"./a.txt\"", "declared twice"],
+            Some(7),
+        );
+        single(
+            &format!("{base}      - models\n      - models/m.json\n"),
+            &["clashes"],
+            Some(7),
+        );
+    }
+
+    // ---- resources, retries, timeout ------------------------------------------
+
+    #[test]
+    fn resource_errors() {
+        let base = "name: x\nsteps:\n  - name: a\n    command: [x]\n    resources:\n";
+        let d = single(
+            &format!("{base}      cpu: 1\n      memory: 12GB\n"),
+            &["resources.memory of step \"a\"", "\"12GB\"", "suffix"],
+            Some(7),
+        );
+        assert_eq!(d.column, Some(7));
+        single(
+            &format!("{base}      cpu: lots\n"),
+            &["resources.cpu", "\"lots\""],
+            Some(6),
+        );
+        single(
+            &format!("{base}      cpu: 0\n"),
+            &["resources.cpu", "greater than zero"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      gpu: -1\n"),
+            &["resources.gpu", "non-negative integer", "-1"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      gpu: 1.5\n"),
+            &["resources.gpu"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      memory: [1]\n"),
+            &["resources.memory", "a list"],
+            Some(6),
+        );
+    }
+
+    #[test]
+    fn retries_and_timeout_errors() {
+        let base = "name: x\nsteps:\n  - name: a\n    command: [x]\n";
+        single(
+            &format!("{base}    retries: 21\n"),
+            &["retries of step \"a\"", "0 to 20", "21"],
+            Some(5),
+        );
+        single(
+            &format!("{base}    retries: -1\n"),
+            &["retries", "-1"],
+            Some(5),
+        );
+        single(
+            &format!("{base}    retries: two\n"),
+            &["retries", "\"two\""],
+            Some(5),
+        );
+        single(
+            &format!("{base}    timeout: 10 minutes\n"),
+            &["timeout of step \"a\"", "\"10 minutes\""],
+            Some(5),
+        );
+        single(
+            &format!("{base}    timeout: 0s\n"),
+            &["timeout", "greater than zero"],
+            Some(5),
+        );
+        single(
+            &format!("{base}    timeout: 30\n"),
+            &["timeout", "no unit", "30s"],
+            Some(5),
+        );
+        let p = parse(&format!("{base}    retries: 20\n    timeout: 500ms\n")).unwrap();
+        assert_eq!(p.steps[0].retries, 20);
+        assert_eq!(p.steps[0].timeout_ms, Some(500));
+    }
+
+    // ---- parameters ----------------------------------------------------------
+
+    #[test]
+    fn param_default_must_be_scalar() {
+        let yaml = "name: x\nparams:\n  ok: 1\n  list: [1, 2]\n  map: {a: 1}\n  none:\nsteps:\n  - name: a\n    command: [x]\n";
+        let diags = errors(yaml);
+        assert_eq!(diags.len(), 3, "{}", render(&diags));
+        assert_eq!(
+            find(&diags, &["parameter \"list\"", "a list"]).line,
+            Some(4)
+        );
+        assert_eq!(find(&diags, &["parameter \"map\"", "a map"]).line, Some(5));
+        assert_eq!(find(&diags, &["parameter \"none\"", "null"]).line, Some(6));
+    }
+
+    #[test]
+    fn invalid_param_name() {
+        single(
+            "name: x\nparams:\n  1seed: 1\nsteps:\n  - name: a\n    command: [x]\n",
+            &["parameter name \"1seed\" is invalid"],
+            Some(3),
+        );
+        single(
+            "name: x\nparams:\n  seed: 1\n  SEED: 2\nsteps:\n  - name: a\n    command: [x]\n",
+            &["FERRY_PARAM_SEED"],
+            Some(4),
+        );
+    }
+
+    #[test]
+    fn unknown_override() {
+        let err = parse_with(IRIS, &[("sed", "1")]).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1);
+        let d = &err.diagnostics[0];
+        assert!(d.message.contains("no parameter \"sed\""), "{d}");
+        assert!(d.message.contains("did you mean \"seed\""), "{d}");
+        assert!(
+            d.message
+                .contains("it declares: label, seed, test_fraction, verbose"),
+            "{d}"
+        );
+        assert_eq!(d.line, None);
+        let err = parse_with(
+            "name: x\nsteps:\n  - name: a\n    command: [x]\n",
+            &[("seed", "1")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("declares no parameters"), "{err}");
+    }
+
+    #[test]
+    fn param_override_parsing() {
+        assert_eq!(
+            parse_param_override("seed=42").unwrap(),
+            ("seed".to_string(), "42".to_string())
+        );
+        assert_eq!(
+            parse_param_override("q=a=b").unwrap(),
+            ("q".to_string(), "a=b".to_string())
+        );
+        assert_eq!(
+            parse_param_override("empty=").unwrap(),
+            ("empty".to_string(), String::new())
+        );
+        let e = parse_param_override("seed").unwrap_err();
+        assert!(e.to_string().contains("\"seed\""), "{e}");
+        assert!(e.to_string().contains("NAME=VALUE"), "{e}");
+        let e = parse_param_override("=3").unwrap_err();
+        assert!(e.to_string().contains("not a valid parameter name"), "{e}");
+    }
+
+    #[test]
+    fn undeclared_placeholder() {
+        let yaml = "name: x\nparams:\n  seed: 1\nsteps:\n  - name: a\n    command:\n      - run\n      - \"--seed=${params.sed}\"\n";
+        let d = single(
+            yaml,
+            &[
+                "${params.sed}",
+                "the command of step \"a\"",
+                "not declared",
+                "did you mean \"seed\"",
+            ],
+            Some(8),
+        );
+        assert_eq!(d.column, Some(17));
+    }
+
+    #[test]
+    fn malformed_placeholders() {
+        let base = "name: x\nparams:\n  seed: 1\nsteps:\n  - name: a\n";
+        single(
+            &format!("{base}    command: [run, \"${{params.seed\"]\n"),
+            &["\"${params.seed\"", "not closed"],
+            Some(6),
+        );
+        single(
+            &format!("{base}    command: [run]\n    env:\n      A: \"${{seed}}\"\n"),
+            &[
+                "\"${seed}\"",
+                "env var A of step \"a\"",
+                "not of the form ${params.NAME}",
+            ],
+            Some(8),
+        );
+        single(
+            &format!("{base}    shell: echo ${{params.}}\n"),
+            &["\"${params.}\"", "shell script"],
+            Some(6),
+        );
+        // `$$` and a lone `$` are not special.
+        let p = parse(&format!(
+            "{base}    shell: echo $$ $HOME ${{params.seed}}$\n"
+        ))
+        .unwrap();
+        assert_eq!(p.steps[0].command[2], "echo $$ $HOME 1$");
+    }
+
+    #[test]
+    fn env_names() {
+        let base = "name: x\nsteps:\n  - name: a\n    command: [x]\n    env:\n";
+        single(
+            &format!("{base}      OK: 1\n      1BAD: x\n"),
+            &["env var name \"1BAD\"", "invalid"],
+            Some(7),
+        );
+        single(
+            &format!("{base}      FERRY_TOKEN: x\n"),
+            &["\"FERRY_TOKEN\"", "reserved prefix FERRY_"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      LIST: [1]\n"),
+            &["env var \"LIST\"", "a list"],
+            Some(6),
+        );
+    }
+
+    #[test]
+    fn collects_many_errors() {
+        let yaml = "name: x\nsteps:\n  - name: a\n    command: [x]\n    needs: [b, zz]\n    outputs: [../o]\n    retries: 99\n  - name: b\n    command: [x]\n    needs: [a]\n    timeout: soon\n";
+        let diags = errors(yaml);
+        assert_eq!(diags.len(), 5, "{}", render(&diags));
+        assert_eq!(find(&diags, &["\"zz\""]).line, Some(5));
+        assert_eq!(find(&diags, &["../o"]).line, Some(6));
+        assert_eq!(find(&diags, &["retries"]).line, Some(7));
+        assert_eq!(find(&diags, &["timeout"]).line, Some(11));
+        assert_eq!(find(&diags, &["cycle: a → b → a"]).line, Some(5));
+    }
+
+    // ---- locator robustness --------------------------------------------------
+
+    #[test]
+    fn flow_style_steps_still_validate() {
+        let d = single(
+            "name: x\nsteps: [{name: a, command: [x], needs: [q]}]\n",
+            &["needs \"q\""],
+            None,
+        );
+        assert_eq!(d.column, None);
+    }
+
+    #[test]
+    fn zero_indented_steps_and_comments() {
+        let yaml = "# header: needs\nname: x # trailing\nsteps:\n# a comment mentioning zz\n- name: a   # zz\n  command: [x]\n  needs: [zz]  # zz\n";
+        let d = single(yaml, &["needs \"zz\""], Some(7));
+        assert_eq!(d.column, Some(11));
+    }
+
+    #[test]
+    fn bare_dash_items() {
+        let yaml = "name: x\nsteps:\n  -\n    name: a\n    command: [x]\n    needs: [b]\n";
+        single(yaml, &["needs \"b\""], Some(6));
+    }
+
+    #[test]
+    fn locator_never_panics_on_odd_text() {
+        for yaml in [
+            "name: x\nsteps:\n  - name: é\n    command: [x]\n",
+            "name: x\nsteps:\n\t- name: a\n",
+            "name: x\nsteps:\n  - name: a\n    command: [\"${params.ü\"]\n",
+            "name: \"x\"\nsteps:\n  - \"name\": a\n    command: [x]\n    needs: [ü]\n",
+            "name: x\nsteps:\n  - name: a\n    shell: |\n      echo ${oops}\n      - fake item\n",
+            "---\nname: x\nsteps:\n- {name: a}\n-\n- name: b\n",
+        ] {
+            let _ = parse(yaml);
+        }
+        let loc = Locator::new("a:\n  - é: ü\n- x\n", 2);
+        assert!(loc.steps.is_none());
+        assert_eq!(find_token("ééé", 1, "é"), None);
+    }
+
+    #[test]
+    fn comment_stripping() {
+        assert_eq!(strip_comment("a: b # c"), "a: b ");
+        assert_eq!(strip_comment("a: \"b # c\" # d"), "a: \"b # c\" ");
+        assert_eq!(strip_comment("a: 'it''s # x'"), "a: 'it''s # x'");
+        assert_eq!(strip_comment("a: b#c"), "a: b#c");
+        assert_eq!(strip_comment("# all"), "");
+    }
+
+    // ---- parsers ---------------------------------------------------------------
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("1m30s500ms"), Ok(90_500));
+        assert_eq!(parse_duration_ms("1.5h"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("2d"), Ok(172_800_000));
+        assert_eq!(parse_duration_ms(" 5s "), Ok(5_000));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
+        for bad in [
+            "", "10", "1h30", "10 m", "10M", "5us", "m", "-1s", "1..5s", "ms5",
+        ] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?} should fail");
+        }
+        assert!(parse_duration_ms("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration_ms("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_bytes("1024"), Ok(1024));
+        assert_eq!(parse_memory_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory_bytes("1Ki"), Ok(1024));
+        assert_eq!(parse_memory_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_memory_bytes("1Ti"), Ok(1 << 40));
+        assert_eq!(parse_memory_bytes("1K"), Ok(1000));
+        assert_eq!(parse_memory_bytes("3M"), Ok(3_000_000));
+        assert_eq!(parse_memory_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_memory_bytes("1T"), Ok(1_000_000_000_000));
+        assert_eq!(parse_memory_bytes("1.5Gi"), Ok(3 << 29));
+        for bad in [
+            "", "0", "12GB", "1 Gi", "Mi", "-1Mi", "1mi", "lots", "1.2.3M",
+        ] {
+            assert!(parse_memory_bytes(bad).is_err(), "{bad:?} should fail");
+        }
+        assert!(parse_memory_bytes("12GB").unwrap_err().contains("\"GB\""));
+        assert!(parse_memory_bytes("99999999999999999999Ti").is_err());
+    }
+
+    #[test]
+    fn cpu_amounts() {
+        assert_eq!(parse_cpu_millis("500m"), Ok(500));
+        assert_eq!(parse_cpu_millis("0.5"), Ok(500));
+        assert_eq!(parse_cpu_millis("2"), Ok(2000));
+        assert_eq!(parse_cpu_millis("1.25"), Ok(1250));
+        assert_eq!(parse_cpu_millis("2.0"), Ok(2000));
+        assert_eq!(parse_cpu_millis(".5"), Ok(500));
+        for bad in ["", "0", "0m", "0.0001", "1.5m", "m", "-1", "two", "1e3"] {
+            assert!(parse_cpu_millis(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn output_paths() {
+        assert_eq!(validate_output_path("./ok.txt"), Ok("ok.txt".to_string()));
+        assert_eq!(validate_output_path("a/b.json"), Ok("a/b.json".to_string()));
+        assert_eq!(
+            validate_output_path("models//m.json"),
+            Ok("models/m.json".to_string())
+        );
+        let e = validate_output_path("../x").unwrap_err();
+        assert!(e.contains("leaves the step's work directory"), "{e}");
+        assert!(
+            validate_output_path("/etc/passwd")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            validate_output_path("a/../../b")
+                .unwrap_err()
+                .contains("leaves")
+        );
+        assert!(validate_output_path("a/../b").unwrap_err().contains(".."));
+        for bad in ["", " ", ".", "./", "dir/", "a\\b"] {
+            assert!(validate_output_path(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(env_var_name("FERRY_INPUT_", "model"), "FERRY_INPUT_MODEL");
+        assert_eq!(env_var_name("FERRY_INPUT", "model"), "FERRY_INPUT_MODEL");
+        assert_eq!(
+            env_var_name("FERRY_PARAM_", "test-fraction.x"),
+            "FERRY_PARAM_TEST_FRACTION_X"
+        );
+        assert_eq!(env_var_name("", "a b"), "A_B");
+        assert_eq!(env_var_name("P_", "é1"), "P__1");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("splt", ["train", "split"]), Some("split"));
+        assert_eq!(suggest("ab", ["cd"]), None);
+        assert_eq!(suggest("tran", ["train", "trains"]), Some("train"));
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,347 @@
+//! The agent service, for workers: register, heartbeat, receive assignments over one
+//! stream, report starts and ends, ship logs and artifacts, fetch bundles and inputs.
+//! Only worker certificates may call it, and a worker may speak only for itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_common::pki::{Identity, Role, require_role};
+use ferry_common::proto::{self, agent_server::Agent};
+use ferry_common::spec::Resources;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ResponseStream, propose_status, receive_blob, send_blob};
+use crate::node::{Node, now_ms};
+use crate::state::{AttemptKey, AttemptReport, Command, GpuInfo, Outcome, ReportedOutcome, Worker};
+use crate::store::LogRecord;
+
+/// Bounds on what one worker message may carry.
+const MAX_LOG_LINES_PER_BATCH: usize = 5000;
+const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
+const MAX_LABELS: usize = 64;
+const HEARTBEAT_INTERVAL_MS: u32 = 2000;
+
+pub struct AgentService {
+    node: Arc<Node>,
+}
+
+impl AgentService {
+    pub fn new(node: Arc<Node>) -> AgentService {
+        AgentService { node }
+    }
+}
+
+/// The caller must be a worker, and must speak under its own certificate's name.
+fn worker_identity<T>(request: &Request<T>, claimed: Option<&str>) -> Result<Identity, Status> {
+    let identity = require_role(request, Role::Worker)?;
+    if let Some(claimed) = claimed
+        && claimed != identity.name
+    {
+        return Err(Status::permission_denied(format!(
+            "worker certificate \"{}\" cannot act as worker \"{claimed}\"",
+            identity.name
+        )));
+    }
+    Ok(identity)
+}
+
+fn attempt_key(attempt: Option<proto::AttemptRef>) -> Result<AttemptKey, Status> {
+    let attempt =
+        attempt.ok_or_else(|| Status::invalid_argument("the request names no attempt"))?;
+    Ok(AttemptKey {
+        run: attempt.run_id,
+        step: attempt.step,
+        attempt: attempt.attempt,
+    })
+}
+
+fn report_ack(outcome: Outcome) -> proto::Ack {
+    match outcome {
+        Outcome::Report { accepted, detail } => proto::Ack { accepted, detail },
+        _ => proto::Ack {
+            accepted: true,
+            detail: String::new(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        let register = request.into_inner();
+        if register.labels.len() > MAX_LABELS {
+            return Err(Status::invalid_argument(format!(
+                "a worker may carry at most {MAX_LABELS} labels"
+            )));
+        }
+        let capacity = register
+            .capacity
+            .ok_or_else(|| Status::invalid_argument("the registration carries no capacity"))?;
+        let gpus: Vec<GpuInfo> = register
+            .gpus
+            .into_iter()
+            .map(|g| GpuInfo {
+                index: g.index,
+                uuid: g.uuid,
+                model: g.model,
+                memory_bytes: g.memory_bytes,
+            })
+            .collect();
+        let session = format!("{}-{}", identity.name, now_ms());
+        let worker = Worker {
+            name: identity.name.clone(),
+            capacity: Resources {
+                cpu_millis: capacity.cpu_millis,
+                memory_bytes: capacity.memory_bytes,
+                gpus: gpus.len() as u32,
+            },
+            gpus,
+            labels: register.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            registered_ms: now_ms(),
+            session: session.clone(),
+        };
+        let running = register
+            .running
+            .into_iter()
+            .map(|a| AttemptKey {
+                run: a.run_id,
+                step: a.step,
+                attempt: a.attempt,
+            })
+            .collect();
+        self.node
+            .propose(Command::RegisterWorker {
+                worker,
+                running,
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(propose_status)?;
+        self.node.heartbeat(&identity.name);
+        tracing::info!(worker = %identity.name, %session, "worker registered");
+        Ok(Response::new(proto::RegisterResponse {
+            session,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        let registered = self
+            .node
+            .read(|state| state.workers.contains_key(&identity.name));
+        if !registered {
+            return Err(Status::failed_precondition(format!(
+                "worker \"{}\" is not registered; register first",
+                identity.name
+            )));
+        }
+        self.node.heartbeat(&identity.name);
+        Ok(Response::new(proto::Ack {
+            accepted: true,
+            detail: String::new(),
+        }))
+    }
+
+    type AssignmentsStream = ResponseStream<proto::WorkerMessage>;
+
+    async fn assignments(
+        &self,
+        request: Request<proto::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        let session = request.into_inner().session;
+        let current = self
+            .node
+            .read(|state| state.workers.get(&identity.name).map(|w| w.session.clone()));
+        if current.as_deref() != Some(session.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "session \"{session}\" of worker \"{}\" is not current; register again",
+                identity.name
+            )));
+        }
+        let (sender, receiver) = mpsc::channel(crate::node::WORKER_STREAM_DEPTH);
+        self.node.attach_worker(&identity.name, &session, sender);
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn step_started(
+        &self,
+        request: Request<proto::StepStartedRequest>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let key = attempt_key(request.into_inner().attempt)?;
+        let outcome = self
+            .node
+            .propose(Command::StepStarted {
+                key: key.clone(),
+                worker: identity.name.clone(),
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step started");
+        Ok(Response::new(report_ack(outcome)))
+    }
+
+    async fn push_logs(
+        &self,
+        request: Request<proto::LogBatch>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let batch = request.into_inner();
+        let key = attempt_key(batch.attempt)?;
+        if batch.lines.len() > MAX_LOG_LINES_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a log batch may carry at most {MAX_LOG_LINES_PER_BATCH} lines"
+            )));
+        }
+        let owner = self.node.read(|state| {
+            state
+                .runs
+                .get(&key.run)
+                .and_then(|run| run.step(&key.step))
+                .and_then(|step| step.attempts.iter().find(|a| a.number == key.attempt))
+                .map(|attempt| attempt.worker.clone())
+        });
+        if owner.as_deref() != Some(identity.name.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "{key} was not assigned to worker \"{}\"",
+                identity.name
+            )));
+        }
+        let records: Vec<LogRecord> = batch
+            .lines
+            .into_iter()
+            .map(|line| {
+                let mut text = line.text;
+                if text.len() > MAX_LOG_LINE_BYTES {
+                    let mut cut = MAX_LOG_LINE_BYTES;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push_str(" …[line truncated]");
+                }
+                LogRecord {
+                    step: key.step.clone(),
+                    attempt: key.attempt,
+                    stream: if line.stream == "stderr" {
+                        "stderr"
+                    } else {
+                        "stdout"
+                    }
+                    .to_string(),
+                    seq: line.seq,
+                    timestamp_ms: line.timestamp_ms,
+                    text,
+                }
+            })
+            .collect();
+        self.node
+            .store
+            .append_logs(key.run, &records)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.node
+            .store
+            .flush()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.node.logs_appended();
+        Ok(Response::new(proto::Ack {
+            accepted: true,
+            detail: String::new(),
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<proto::Chunk>>,
+    ) -> Result<Response<proto::BlobRef>, Status> {
+        worker_identity(&request, None)?;
+        Ok(Response::new(
+            receive_blob(&self.node.blobs, request.into_inner()).await?,
+        ))
+    }
+
+    type FetchBlobStream = ResponseStream<proto::Chunk>;
+
+    async fn fetch_blob(
+        &self,
+        request: Request<proto::BlobRef>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        worker_identity(&request, None)?;
+        Ok(Response::new(
+            send_blob(&self.node.blobs, &request.get_ref().digest).await?,
+        ))
+    }
+
+    async fn step_finished(
+        &self,
+        request: Request<proto::StepFinishedRequest>,
+    ) -> Result<Response<proto::Ack>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let finished = request.into_inner();
+        let key = attempt_key(finished.attempt)?;
+        let outcome = match finished.outcome.as_str() {
+            "exited" => ReportedOutcome::Exited,
+            "timed_out" => ReportedOutcome::TimedOut,
+            "cancelled" => ReportedOutcome::Cancelled,
+            "error" => ReportedOutcome::Error,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown outcome \"{other}\"; expected exited, timed_out, cancelled or error"
+                )));
+            }
+        };
+        for output in &finished.outputs {
+            let stored = self
+                .node
+                .blobs
+                .size_of(&output.digest)
+                .await
+                .map_err(super::blob_status)?;
+            if stored != Some(output.size) {
+                return Err(Status::failed_precondition(format!(
+                    "output \"{}\" ({}) was not uploaded before the report",
+                    output.name, output.digest
+                )));
+            }
+        }
+        let report = AttemptReport {
+            outcome,
+            exit_code: finished.has_exit_code.then_some(finished.exit_code),
+            reason: (!finished.reason.is_empty()).then_some(finished.reason),
+            outputs: finished
+                .outputs
+                .into_iter()
+                .map(|o| (o.name, o.digest, o.size))
+                .collect(),
+        };
+        let outcome = self
+            .node
+            .propose(Command::StepFinished {
+                key: key.clone(),
+                worker: identity.name.clone(),
+                report,
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(propose_status)?;
+        let ack = report_ack(outcome);
+        tracing::info!(
+            run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name,
+            accepted = ack.accepted, detail = %ack.detail, "step finished"
+        );
+        Ok(Response::new(ack))
+    }
+}

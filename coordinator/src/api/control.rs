@@ -1,0 +1,442 @@
+//! The control service, for clients: submit, inspect and cancel runs, follow logs,
+//! list and download artifacts, list workers. Only client certificates may call it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::pki::{Role, require_role};
+use ferry_common::proto::{self, control_server::Control};
+use ferry_common::spec::parse_pipeline;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ResponseStream, propose_status, receive_blob, send_blob};
+use crate::node::{Node, now_ms};
+use crate::scheduler;
+use crate::state::{Command, Outcome, Run, RunId, State, StepState};
+
+/// Upper bound on a submitted pipeline file.
+const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+pub struct ControlService {
+    node: Arc<Node>,
+}
+
+impl ControlService {
+    pub fn new(node: Arc<Node>) -> ControlService {
+        ControlService { node }
+    }
+
+    fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
+        self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
+            Ok(run_view(state, run, &|name| self.node.is_connected(name)))
+        })
+    }
+}
+
+fn resources(resources: ferry_common::spec::Resources) -> proto::Resources {
+    proto::Resources {
+        cpu_millis: resources.cpu_millis,
+        memory_bytes: resources.memory_bytes,
+        gpus: resources.gpus,
+    }
+}
+
+pub(crate) fn run_summary(run: &Run) -> proto::RunSummary {
+    proto::RunSummary {
+        run_id: run.id,
+        pipeline: run.pipeline.name.clone(),
+        state: run.state.as_str().to_string(),
+        submitter: run.submitter.clone(),
+        submitted_ms: run.submitted_ms,
+        finished_ms: run.finished_ms.unwrap_or(0),
+        steps_total: run.steps.len() as u32,
+        steps_done: run.steps.iter().filter(|s| s.state.is_terminal()).count() as u32,
+    }
+}
+
+fn run_view(state: &State, run: &Run, connected: &dyn Fn(&str) -> bool) -> proto::RunView {
+    let accepting = state
+        .workers
+        .keys()
+        .filter(|name| connected(name))
+        .cloned()
+        .collect();
+    let (_, workers) = scheduler::snapshot(state, &accepting);
+    let steps =
+        run.steps
+            .iter()
+            .zip(&run.pipeline.steps)
+            .map(|(record, spec)| {
+                let current = record.current_attempt();
+                let reason = match record.state {
+                    StepState::Queued => scheduler::never_fits_reason(spec.resources, &workers)
+                        .or_else(|| record.reason.clone())
+                        .unwrap_or_else(|| "waiting for a worker with room".to_string()),
+                    StepState::Waiting => {
+                        let pending: Vec<&str> = spec
+                            .needs
+                            .iter()
+                            .filter(|need| {
+                                run.step(need)
+                                    .is_some_and(|s| s.state != StepState::Succeeded)
+                            })
+                            .map(String::as_str)
+                            .collect();
+                        format!("needs {}", pending.join(", "))
+                    }
+                    _ => record
+                        .reason
+                        .clone()
+                        .or_else(|| current.and_then(|a| a.reason.clone()))
+                        .unwrap_or_default(),
+                };
+                proto::StepView {
+                    name: record.name.clone(),
+                    state: record.state.as_str().to_string(),
+                    attempt: current.map(|a| a.number).unwrap_or(0),
+                    worker: current.map(|a| a.worker.clone()).unwrap_or_default(),
+                    started_ms: current.and_then(|a| a.started_ms).unwrap_or(0),
+                    finished_ms: current.and_then(|a| a.finished_ms).unwrap_or(0),
+                    has_exit_code: current.and_then(|a| a.exit_code).is_some(),
+                    exit_code: current.and_then(|a| a.exit_code).unwrap_or(0),
+                    reason,
+                    needs: spec.needs.clone(),
+                    resources: Some(resources(spec.resources)),
+                    attempts: record
+                        .attempts
+                        .iter()
+                        .map(|a| proto::AttemptView {
+                            attempt: a.number,
+                            worker: a.worker.clone(),
+                            outcome: a.outcome.map(|o| o.as_str().to_string()).unwrap_or_else(
+                                || {
+                                    if a.started_ms.is_some() {
+                                        "running"
+                                    } else {
+                                        "assigned"
+                                    }
+                                    .to_string()
+                                },
+                            ),
+                            started_ms: a.started_ms.unwrap_or(0),
+                            finished_ms: a.finished_ms.unwrap_or(0),
+                            has_exit_code: a.exit_code.is_some(),
+                            exit_code: a.exit_code.unwrap_or(0),
+                            reason: a.reason.clone().unwrap_or_default(),
+                            gpus: a.gpus.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+    proto::RunView {
+        summary: Some(run_summary(run)),
+        steps,
+        params: run
+            .pipeline
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        bundle_digest: run.bundle_digest.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn upload_bundle(
+        &self,
+        request: Request<Streaming<proto::Chunk>>,
+    ) -> Result<Response<proto::BlobRef>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let blob = receive_blob(&self.node.blobs, request.into_inner()).await?;
+        tracing::info!(client = %caller.name, digest = %blob.digest, size = blob.size, "bundle stored");
+        Ok(Response::new(blob))
+    }
+
+    async fn has_blob(
+        &self,
+        request: Request<proto::BlobRef>,
+    ) -> Result<Response<proto::HasBlobResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        let present = self
+            .node
+            .blobs
+            .size_of(&request.get_ref().digest)
+            .await
+            .map_err(super::blob_status)?
+            .is_some();
+        Ok(Response::new(proto::HasBlobResponse { present }))
+    }
+
+    async fn submit_run(
+        &self,
+        request: Request<proto::SubmitRunRequest>,
+    ) -> Result<Response<proto::SubmitRunResponse>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let submit = request.into_inner();
+        if submit.spec_yaml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                submit.spec_yaml.len()
+            )));
+        }
+        let file = if submit.spec_file.is_empty() {
+            "pipeline.yaml".to_string()
+        } else {
+            submit.spec_file.clone()
+        };
+        let overrides: BTreeMap<String, String> = submit.params.into_iter().collect();
+        let pipeline = parse_pipeline(&file, &submit.spec_yaml, &overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let present = self
+            .node
+            .blobs
+            .size_of(&submit.bundle_digest)
+            .await
+            .map_err(super::blob_status)?;
+        if present.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "code bundle {} is not stored on the coordinator; upload it first",
+                submit.bundle_digest
+            )));
+        }
+        let outcome = self
+            .node
+            .propose(Command::SubmitRun {
+                pipeline,
+                bundle_digest: submit.bundle_digest,
+                submitter: caller.name.clone(),
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(propose_status)?;
+        let Outcome::RunSubmitted(run_id) = outcome else {
+            return Err(Status::internal("unexpected outcome of a submission"));
+        };
+        tracing::info!(run = run_id, client = %caller.name, "run submitted");
+        Ok(Response::new(proto::SubmitRunResponse { run_id }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<proto::ListRunsRequest>,
+    ) -> Result<Response<proto::ListRunsResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        let runs = self
+            .node
+            .read(|state| state.runs.values().map(run_summary).collect());
+        Ok(Response::new(proto::ListRunsResponse { runs }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<proto::GetRunRequest>,
+    ) -> Result<Response<proto::RunView>, Status> {
+        require_role(&request, Role::Client)?;
+        Ok(Response::new(self.run_view(request.get_ref().run_id)?))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<proto::CancelRunRequest>,
+    ) -> Result<Response<proto::RunView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let run_id = request.get_ref().run_id;
+        self.node
+            .propose(Command::CancelRun {
+                run: run_id,
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(run = run_id, client = %caller.name, "run cancelled");
+        Ok(Response::new(self.run_view(run_id)?))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<proto::ListWorkersRequest>,
+    ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        let workers = self.node.read(|state| {
+            state
+                .workers
+                .values()
+                .map(|worker| {
+                    let load = state.loads.get(&worker.name).cloned().unwrap_or_default();
+                    proto::WorkerView {
+                        name: worker.name.clone(),
+                        capacity: Some(resources(worker.capacity)),
+                        in_use: Some(resources(load.in_use())),
+                        labels: worker
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        gpus: worker
+                            .gpus
+                            .iter()
+                            .map(|g| proto::Gpu {
+                                index: g.index,
+                                uuid: g.uuid.clone(),
+                                model: g.model.clone(),
+                                memory_bytes: g.memory_bytes,
+                            })
+                            .collect(),
+                        last_heartbeat_ms: self.node.last_heartbeat(&worker.name).unwrap_or(0),
+                        connected: self.node.is_connected(&worker.name),
+                        running: load.attempts.len() as u32,
+                    }
+                })
+                .collect()
+        });
+        Ok(Response::new(proto::ListWorkersResponse { workers }))
+    }
+
+    type StreamLogsStream = ResponseStream<proto::LogLine>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<proto::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        require_role(&request, Role::Client)?;
+        let query = request.into_inner();
+        let run_id = query.run_id;
+        self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&run_id)
+                .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+            if !query.step.is_empty() && run.step(&query.step).is_none() {
+                return Err(Status::not_found(format!(
+                    "run {run_id} has no step \"{}\"",
+                    query.step
+                )));
+            }
+            Ok(())
+        })?;
+        let node = self.node.clone();
+        let stream = async_stream::try_stream! {
+            let mut log_changes = node.subscribe_logs();
+            let mut state_changes = node.subscribe_state();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                // Read whether the run had ended *before* reading the logs, so that
+                // lines stored before the end are never missed.
+                let finished = node.read(|state| {
+                    state.runs.get(&run_id).is_none_or(|run| run.state.is_terminal())
+                });
+                loop {
+                    let (lines, next) = node
+                        .store
+                        .read_logs(run_id, cursor.as_deref(), 1000)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    let count = lines.len();
+                    cursor = next;
+                    for line in lines {
+                        if !query.step.is_empty() && line.step != query.step {
+                            continue;
+                        }
+                        yield proto::LogLine {
+                            run_id,
+                            step: line.step,
+                            attempt: line.attempt,
+                            stream: line.stream,
+                            seq: line.seq,
+                            timestamp_ms: line.timestamp_ms,
+                            text: line.text,
+                        };
+                    }
+                    if count < 1000 {
+                        break;
+                    }
+                }
+                if !query.follow || finished {
+                    break;
+                }
+                tokio::select! {
+                    _ = log_changes.changed() => {}
+                    _ = state_changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<proto::ListArtifactsRequest>,
+    ) -> Result<Response<proto::ListArtifactsResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        let run_id = request.get_ref().run_id;
+        let artifacts = self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&run_id)
+                .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+            Ok::<_, Status>(
+                run.steps
+                    .iter()
+                    .flat_map(|step| {
+                        step.outputs.iter().map(|artifact| proto::ArtifactView {
+                            step: step.name.clone(),
+                            name: artifact.name.clone(),
+                            digest: artifact.digest.clone(),
+                            size: artifact.size,
+                            attempt: artifact.attempt,
+                        })
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok(Response::new(proto::ListArtifactsResponse { artifacts }))
+    }
+
+    type DownloadArtifactStream = ResponseStream<proto::Chunk>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<proto::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        require_role(&request, Role::Client)?;
+        let query = request.into_inner();
+        let digest = self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&query.run_id)
+                .ok_or_else(|| Status::not_found(format!("run {} does not exist", query.run_id)))?;
+            let step = run.step(&query.step).ok_or_else(|| {
+                Status::not_found(format!(
+                    "run {} has no step \"{}\"",
+                    query.run_id, query.step
+                ))
+            })?;
+            step.outputs
+                .iter()
+                .find(|a| a.name == query.name)
+                .map(|a| a.digest.clone())
+                .ok_or_else(|| {
+                    let have: Vec<&str> = step.outputs.iter().map(|a| a.name.as_str()).collect();
+                    Status::not_found(format!(
+                        "step \"{}\" of run {} has no artifact \"{}\" (it has: {})",
+                        query.step,
+                        query.run_id,
+                        query.name,
+                        if have.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            have.join(", ")
+                        }
+                    ))
+                })
+        })?;
+        Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
+    }
+}

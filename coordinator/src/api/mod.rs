@@ -1,0 +1,111 @@
+//! The gRPC services: thin adapters that check the caller's role, convert wire types
+//! into Ferry's own, propose commands or read the state, and map errors to precise
+//! status codes.
+
+mod agent;
+mod control;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use ferry_common::proto;
+use futures::{Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+pub use agent::AgentService;
+pub use control::ControlService;
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::node::ProposeError;
+use crate::state::StateError;
+
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub(crate) fn propose_status(error: ProposeError) -> Status {
+    match error {
+        ProposeError::Rejected(error) => state_status(error),
+        ProposeError::Storage(message) => Status::unavailable(message),
+        ProposeError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
+    }
+}
+
+pub(crate) fn state_status(error: StateError) -> Status {
+    match error {
+        StateError::RunNotFound(_) | StateError::StepNotFound { .. } => {
+            Status::not_found(error.to_string())
+        }
+        StateError::RunAlreadyFinished { .. } => Status::failed_precondition(error.to_string()),
+        StateError::WorkerNotFound(_) => Status::failed_precondition(error.to_string()),
+    }
+}
+
+pub(crate) fn blob_status(error: BlobError) -> Status {
+    match &error {
+        BlobError::BadDigest(_) | BlobError::SizeMismatch { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        BlobError::DigestMismatch { .. } => Status::data_loss(error.to_string()),
+        BlobError::NotFound(_) => Status::not_found(error.to_string()),
+        BlobError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+        BlobError::Storage(_) => Status::internal(error.to_string()),
+    }
+}
+
+/// Receives a blob sent as a stream of chunks (the first one names digest and
+/// size), verifying it before it becomes visible.
+pub(crate) async fn receive_blob(
+    blobs: &BlobStore,
+    mut chunks: Streaming<proto::Chunk>,
+) -> Result<proto::BlobRef, Status> {
+    let first = chunks
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("the upload carried no chunk"))?;
+    let mut upload = blobs
+        .begin(&first.digest, first.size)
+        .await
+        .map_err(blob_status)?;
+    if !first.data.is_empty() {
+        upload
+            .write(Bytes::from(first.data))
+            .await
+            .map_err(blob_status)?;
+    }
+    loop {
+        match chunks.message().await {
+            Ok(Some(chunk)) => upload
+                .write(Bytes::from(chunk.data))
+                .await
+                .map_err(blob_status)?,
+            Ok(None) => break,
+            Err(status) => {
+                upload.abort().await;
+                return Err(status);
+            }
+        }
+    }
+    let (digest, size) = upload.finish().await.map_err(|error| match error {
+        BlobError::DigestMismatch { .. } => Status::invalid_argument(error.to_string()),
+        other => blob_status(other),
+    })?;
+    Ok(proto::BlobRef { digest, size })
+}
+
+/// Sends a stored blob as chunks; a digest mismatch found while reading ends the
+/// stream with `DataLoss`.
+pub(crate) async fn send_blob(
+    blobs: &BlobStore,
+    digest: &str,
+) -> Result<ResponseStream<proto::Chunk>, Status> {
+    let (size, stream) = blobs.read(digest).await.map_err(blob_status)?;
+    let digest = digest.to_string();
+    let chunks = stream.map(move |item| {
+        item.map(|data| proto::Chunk {
+            digest: digest.clone(),
+            size,
+            data: data.to_vec(),
+        })
+        .map_err(blob_status)
+    });
+    Ok(Box::pin(chunks))
+}

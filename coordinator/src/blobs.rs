@@ -1,0 +1,290 @@
+//! The blob store: code bundles and artifacts, content-addressed by BLAKE3 and kept
+//! through the `object_store` crate (the local filesystem today).
+//!
+//! Architecture invariant: a blob is visible under its digest only after every byte
+//! of it has been hashed and the hash matched the digest the sender claimed; a blob
+//! is hashed again while it is read, and a mismatch ends the read with an error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_common::digest::is_valid_digest;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("\"{0}\" is not a BLAKE3 digest (64 lowercase hex characters)")]
+    BadDigest(String),
+    #[error("blob {0} is not stored here")]
+    NotFound(String),
+    #[error("blob is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("blob content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("blob size does not match: the sender announced {announced} bytes and sent {sent}")]
+    SizeMismatch { announced: u64, sent: u64 },
+    #[error("blob storage error: {0}")]
+    Storage(#[from] object_store::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    store: Arc<LocalFileSystem>,
+    max_blob_bytes: u64,
+}
+
+fn location(digest: &str) -> ObjectPath {
+    ObjectPath::from(format!("{}/{}", &digest[..2], digest))
+}
+
+impl BlobStore {
+    pub fn open(dir: &Path, max_blob_bytes: u64) -> Result<BlobStore, BlobError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            BlobError::Storage(object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })
+        })?;
+        Ok(BlobStore {
+            store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            max_blob_bytes,
+        })
+    }
+
+    pub async fn size_of(&self, digest: &str) -> Result<Option<u64>, BlobError> {
+        if !is_valid_digest(digest) {
+            return Err(BlobError::BadDigest(digest.to_string()));
+        }
+        match self.store.head(&location(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts receiving a blob that the sender says has this digest and size.
+    pub async fn begin(&self, digest: &str, size: u64) -> Result<Upload, BlobError> {
+        if !is_valid_digest(digest) {
+            return Err(BlobError::BadDigest(digest.to_string()));
+        }
+        if size > self.max_blob_bytes {
+            return Err(BlobError::TooLarge {
+                limit: self.max_blob_bytes,
+            });
+        }
+        let sink = if self.size_of(digest).await?.is_some() {
+            // Already stored: the bytes are still hashed, to answer honestly, but not kept.
+            None
+        } else {
+            Some(self.store.put_multipart(&location(digest)).await?)
+        };
+        Ok(Upload {
+            expected: digest.to_string(),
+            announced: size,
+            received: 0,
+            hasher: blake3::Hasher::new(),
+            sink,
+        })
+    }
+
+    /// Reads a blob as a stream of chunks; the last item is an error if the bytes
+    /// on disk no longer match the digest.
+    pub async fn read(
+        &self,
+        digest: &str,
+    ) -> Result<(u64, BoxStream<'static, Result<Bytes, BlobError>>), BlobError> {
+        if !is_valid_digest(digest) {
+            return Err(BlobError::BadDigest(digest.to_string()));
+        }
+        let result = match self.store.get(&location(digest)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BlobError::NotFound(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let size = result.meta.size;
+        let expected = digest.to_string();
+        let inner = result.into_stream();
+        let stream = futures::stream::unfold(
+            (inner, blake3::Hasher::new(), false),
+            move |(mut inner, mut hasher, done)| {
+                let expected = expected.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    match inner.next().await {
+                        Some(Ok(bytes)) => {
+                            hasher.update(&bytes);
+                            Some((Ok(bytes), (inner, hasher, false)))
+                        }
+                        Some(Err(e)) => Some((Err(BlobError::from(e)), (inner, hasher, true))),
+                        None => {
+                            let actual = hasher.finalize().to_hex().to_string();
+                            if actual == expected {
+                                None
+                            } else {
+                                Some((
+                                    Err(BlobError::DigestMismatch { expected, actual }),
+                                    (inner, hasher, true),
+                                ))
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok((size, stream.boxed()))
+    }
+}
+
+/// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
+/// when the digest matches.
+pub struct Upload {
+    expected: String,
+    announced: u64,
+    received: u64,
+    hasher: blake3::Hasher,
+    sink: Option<Box<dyn MultipartUpload>>,
+}
+
+impl Upload {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), BlobError> {
+        self.received += data.len() as u64;
+        if self.received > self.announced {
+            self.abort().await;
+            return Err(BlobError::SizeMismatch {
+                announced: self.announced,
+                sent: self.received,
+            });
+        }
+        self.hasher.update(&data);
+        if let Some(sink) = self.sink.as_mut()
+            && let Err(e) = sink.put_part(PutPayload::from(data)).await
+        {
+            self.abort().await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
+        if self.received != self.announced {
+            self.abort().await;
+            return Err(BlobError::SizeMismatch {
+                announced: self.announced,
+                sent: self.received,
+            });
+        }
+        let actual = self.hasher.finalize().to_hex().to_string();
+        if actual != self.expected {
+            self.abort().await;
+            return Err(BlobError::DigestMismatch {
+                expected: self.expected.clone(),
+                actual,
+            });
+        }
+        if let Some(mut sink) = self.sink.take() {
+            sink.complete().await?;
+        }
+        Ok((actual, self.received))
+    }
+
+    pub async fn abort(&mut self) {
+        if let Some(mut sink) = self.sink.take() {
+            let _ = sink.abort().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(store: &BlobStore, digest: &str) -> Result<Vec<u8>, BlobError> {
+        let (_, mut stream) = store.read(digest).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn roundtrip_and_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let data = b"hello blob".repeat(100);
+        let digest = blake3::hash(&data).to_hex().to_string();
+        for _ in 0..2 {
+            let mut upload = store.begin(&digest, data.len() as u64).await.unwrap();
+            upload
+                .write(Bytes::from(data[..500].to_vec()))
+                .await
+                .unwrap();
+            upload
+                .write(Bytes::from(data[500..].to_vec()))
+                .await
+                .unwrap();
+            assert_eq!(upload.finish().await.unwrap().1, 1000);
+        }
+        assert_eq!(read_all(&store, &digest).await.unwrap(), data);
+        assert_eq!(store.size_of(&digest).await.unwrap(), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let claimed = blake3::hash(b"something else").to_hex().to_string();
+        let mut upload = store.begin(&claimed, 5).await.unwrap();
+        upload.write(Bytes::from_static(b"hello")).await.unwrap();
+        assert!(matches!(
+            upload.finish().await,
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.size_of(&claimed).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn corruption_on_disk_is_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let data = b"precious model weights";
+        let digest = blake3::hash(data).to_hex().to_string();
+        let mut upload = store.begin(&digest, data.len() as u64).await.unwrap();
+        upload.write(Bytes::from_static(data)).await.unwrap();
+        upload.finish().await.unwrap();
+        let file = dir.path().join(&digest[..2]).join(&digest);
+        std::fs::write(&file, b"tampered model weights").unwrap();
+        assert!(matches!(
+            read_all(&store, &digest).await,
+            Err(BlobError::DigestMismatch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn size_limits_and_bad_digests_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 10).unwrap();
+        let digest = blake3::hash(b"x").to_hex().to_string();
+        assert!(matches!(
+            store.begin(&digest, 11).await,
+            Err(BlobError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            store.begin("../../etc/passwd", 1).await,
+            Err(BlobError::BadDigest(_))
+        ));
+        let mut upload = store.begin(&digest, 1).await.unwrap();
+        assert!(matches!(
+            upload.write(Bytes::from_static(b"xx")).await,
+            Err(BlobError::SizeMismatch { .. })
+        ));
+    }
+}

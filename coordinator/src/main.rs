@@ -1,0 +1,44 @@
+//! `ferry-coordinator --config coordinator.toml`
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferry_coordinator::{Coordinator, CoordinatorConfig};
+
+/// Ferry's coordinator: holds all pipeline state and schedules steps onto workers.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The coordinator's configuration file.
+    #[arg(long, env = "FERRY_COORDINATOR_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = CoordinatorConfig::load(&args.config)?;
+    let coordinator = Coordinator::bind(config)
+        .await
+        .context("the coordinator cannot start")?;
+    println!(
+        "ferry-coordinator: listening on {}",
+        coordinator.local_addr()
+    );
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        ferry_common::signals::terminated().await;
+        tracing::info!("stopping");
+        let _ = stop.send(true);
+    });
+    coordinator.serve(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,865 @@
+//! The coordinator's state machine: every pipeline, run, step, attempt, worker and
+//! artifact record, changed only by applying a [`Command`].
+//!
+//! Architecture invariant: `apply` is deterministic. It reads no clock (time travels
+//! inside each command), uses no randomness, does no IO, and iterates only ordered
+//! collections, so every replica that applies the same commands in the same order
+//! holds the same state. The store persists what `apply` marks dirty together with
+//! the applied index.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ferry_common::spec::{Pipeline, Resources};
+use serde::{Deserialize, Serialize};
+
+pub type RunId = u64;
+
+/// Names one attempt of one step of one run: the unit of fencing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttemptKey {
+    pub run: RunId,
+    pub step: String,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for AttemptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} step {} attempt {}", self.run, self.step, self.attempt)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Some dependency has not succeeded yet.
+    Waiting,
+    /// Ready to run, waiting for a worker with room.
+    Queued,
+    /// Placed on a worker, not yet reported as started.
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// Never started because a dependency did not succeed.
+    Skipped,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Waiting => "waiting",
+            StepState::Queued => "queued",
+            StepState::Assigned => "assigned",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::TimedOut => "timed_out",
+            StepState::Cancelled => "cancelled",
+            StepState::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepState::Succeeded
+                | StepState::Failed
+                | StepState::TimedOut
+                | StepState::Cancelled
+                | StepState::Skipped
+        )
+    }
+
+    /// Whether an attempt of the step holds capacity on a worker.
+    pub fn is_active(self) -> bool {
+        matches!(self, StepState::Assigned | StepState::Running)
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// The worker no longer runs it (it restarted, or was declared lost).
+    Lost,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub worker: String,
+    pub gpus: Vec<u32>,
+    pub resources: Resources,
+    pub assigned_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub outcome: Option<AttemptOutcome>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub state: StepState,
+    pub attempts: Vec<Attempt>,
+    pub outputs: Vec<ArtifactRecord>,
+    pub reason: Option<String>,
+}
+
+impl StepRecord {
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub pipeline: Pipeline,
+    pub bundle_digest: String,
+    pub submitter: String,
+    pub submitted_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub state: RunState,
+    /// One record per pipeline step, in the pipeline's (topological) order.
+    pub steps: Vec<StepRecord>,
+}
+
+impl Run {
+    pub fn step(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub name: String,
+    pub capacity: Resources,
+    pub gpus: Vec<GpuInfo>,
+    pub labels: BTreeMap<String, String>,
+    pub registered_ms: i64,
+    pub session: String,
+}
+
+/// What an attempt holds on its worker while it is assigned or running. Derived
+/// from the runs when the state is loaded; kept up to date by `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerLoad {
+    pub attempts: BTreeMap<AttemptKey, (Resources, Vec<u32>)>,
+}
+
+impl WorkerLoad {
+    pub fn in_use(&self) -> Resources {
+        let mut total = Resources::default();
+        for (resources, _) in self.attempts.values() {
+            total.cpu_millis += resources.cpu_millis;
+            total.memory_bytes += resources.memory_bytes;
+            total.gpus += resources.gpus;
+        }
+        total
+    }
+
+    pub fn gpus_in_use(&self) -> BTreeSet<u32> {
+        self.attempts
+            .values()
+            .flat_map(|(_, gpus)| gpus.iter().copied())
+            .collect()
+    }
+}
+
+/// One placement decided by the scheduler and carried by [`Command::Assign`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub run: RunId,
+    pub step: String,
+    pub worker: String,
+    pub gpus: Vec<u32>,
+}
+
+/// What a worker reports when an attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub outcome: ReportedOutcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub outputs: Vec<(String, String, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedOutcome {
+    Exited,
+    TimedOut,
+    Cancelled,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SubmitRun {
+        pipeline: Pipeline,
+        bundle_digest: String,
+        submitter: String,
+        now_ms: i64,
+    },
+    RegisterWorker {
+        worker: Worker,
+        /// Attempts the worker still runs or has not yet reported.
+        running: Vec<AttemptKey>,
+        now_ms: i64,
+    },
+    Assign {
+        placements: Vec<Placement>,
+        now_ms: i64,
+    },
+    StepStarted {
+        key: AttemptKey,
+        worker: String,
+        now_ms: i64,
+    },
+    StepFinished {
+        key: AttemptKey,
+        worker: String,
+        report: AttemptReport,
+        now_ms: i64,
+    },
+    CancelRun {
+        run: RunId,
+        now_ms: i64,
+    },
+}
+
+/// The result of applying a command that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    RunSubmitted(RunId),
+    /// Attempts that were placed and must now be pushed to their workers.
+    Assigned(Vec<(AttemptKey, String)>),
+    /// A worker registered; these attempts, still assigned to it but not started,
+    /// must be pushed to it again.
+    Registered { resend: Vec<AttemptKey> },
+    /// A worker report: `accepted` is false for a stale or fenced report.
+    Report { accepted: bool, detail: String },
+    /// A run was cancelled; these attempts must be stopped on their workers.
+    Cancelled { stop: Vec<(AttemptKey, String)> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("run {0} does not exist")]
+    RunNotFound(RunId),
+    #[error("run {run} has no step \"{step}\"")]
+    StepNotFound { run: RunId, step: String },
+    #[error("run {run} already {state}; only a running run can be cancelled")]
+    RunAlreadyFinished { run: RunId, state: &'static str },
+    #[error("worker \"{0}\" is not registered")]
+    WorkerNotFound(String),
+}
+
+/// Records changed by the commands applied since the last persist.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub runs: BTreeSet<RunId>,
+    pub workers: BTreeSet<String>,
+    pub meta: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub runs: BTreeMap<RunId, Run>,
+    pub workers: BTreeMap<String, Worker>,
+    pub loads: BTreeMap<String, WorkerLoad>,
+    pub next_run_id: RunId,
+    pub dirty: Dirty,
+}
+
+impl State {
+    /// Rebuilds the derived worker loads from persisted runs and workers.
+    pub fn from_records(runs: Vec<Run>, workers: Vec<Worker>, next_run_id: RunId) -> State {
+        let mut state = State {
+            runs: runs.into_iter().map(|r| (r.id, r)).collect(),
+            workers: workers.into_iter().map(|w| (w.name.clone(), w)).collect(),
+            loads: BTreeMap::new(),
+            next_run_id: next_run_id.max(1),
+            dirty: Dirty::default(),
+        };
+        for name in state.workers.keys() {
+            state.loads.insert(name.clone(), WorkerLoad::default());
+        }
+        for run in state.runs.values() {
+            for step in &run.steps {
+                if !step.state.is_active() {
+                    continue;
+                }
+                if let Some(attempt) = step.current_attempt() {
+                    let key = AttemptKey {
+                        run: run.id,
+                        step: step.name.clone(),
+                        attempt: attempt.number,
+                    };
+                    state
+                        .loads
+                        .entry(attempt.worker.clone())
+                        .or_default()
+                        .attempts
+                        .insert(key, (attempt.resources, attempt.gpus.clone()));
+                }
+            }
+        }
+        state
+    }
+
+    pub fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
+        match command {
+            Command::SubmitRun {
+                pipeline,
+                bundle_digest,
+                submitter,
+                now_ms,
+            } => Ok(self.submit_run(pipeline, bundle_digest, submitter, now_ms)),
+            Command::RegisterWorker {
+                worker,
+                running,
+                now_ms,
+            } => Ok(self.register_worker(worker, running, now_ms)),
+            Command::Assign { placements, now_ms } => Ok(self.assign(placements, now_ms)),
+            Command::StepStarted {
+                key,
+                worker,
+                now_ms,
+            } => self.step_started(&key, &worker, now_ms),
+            Command::StepFinished {
+                key,
+                worker,
+                report,
+                now_ms,
+            } => self.step_finished(&key, &worker, report, now_ms),
+            Command::CancelRun { run, now_ms } => self.cancel_run(run, now_ms),
+        }
+    }
+
+    fn submit_run(
+        &mut self,
+        pipeline: Pipeline,
+        bundle_digest: String,
+        submitter: String,
+        now_ms: i64,
+    ) -> Outcome {
+        let id = self.next_run_id.max(1);
+        self.next_run_id = id + 1;
+        self.dirty.meta = true;
+        let steps = pipeline
+            .steps
+            .iter()
+            .map(|step| StepRecord {
+                name: step.name.clone(),
+                state: if step.needs.is_empty() {
+                    StepState::Queued
+                } else {
+                    StepState::Waiting
+                },
+                attempts: Vec::new(),
+                outputs: Vec::new(),
+                reason: None,
+            })
+            .collect();
+        let run = Run {
+            id,
+            pipeline,
+            bundle_digest,
+            submitter,
+            submitted_ms: now_ms,
+            finished_ms: None,
+            state: RunState::Running,
+            steps,
+        };
+        self.runs.insert(id, run);
+        self.dirty.runs.insert(id);
+        Outcome::RunSubmitted(id)
+    }
+
+    fn register_worker(&mut self, worker: Worker, running: Vec<AttemptKey>, now_ms: i64) -> Outcome {
+        let name = worker.name.clone();
+        self.workers.insert(name.clone(), worker);
+        self.dirty.workers.insert(name.clone());
+        let load = self.loads.entry(name.clone()).or_default().clone();
+        let still_running: BTreeSet<AttemptKey> = running.into_iter().collect();
+        let mut resend = Vec::new();
+        for key in load.attempts.keys() {
+            let Some(step) = self
+                .runs
+                .get(&key.run)
+                .and_then(|run| run.step(&key.step))
+            else {
+                continue;
+            };
+            if step.state == StepState::Assigned && !still_running.contains(key) {
+                // Never reached the worker (or it was lost in transit): send it again.
+                resend.push(key.clone());
+            } else if !still_running.contains(key) {
+                self.end_attempt(
+                    key,
+                    AttemptOutcome::Lost,
+                    None,
+                    Some(format!(
+                        "worker \"{name}\" re-registered without this attempt (it restarted)"
+                    )),
+                    Vec::new(),
+                    now_ms,
+                );
+            }
+        }
+        Outcome::Registered { resend }
+    }
+
+    fn assign(&mut self, placements: Vec<Placement>, now_ms: i64) -> Outcome {
+        let mut assigned = Vec::new();
+        for placement in placements {
+            if let Some(key) = self.assign_one(&placement, now_ms) {
+                assigned.push((key, placement.worker));
+            }
+        }
+        Outcome::Assigned(assigned)
+    }
+
+    /// Applies one placement if it is still valid: the step is queued, the worker is
+    /// registered, and the worker has room (the no-oversubscription invariant is
+    /// enforced here as well as in the scheduler).
+    fn assign_one(&mut self, placement: &Placement, now_ms: i64) -> Option<AttemptKey> {
+        let worker = self.workers.get(&placement.worker)?;
+        let run = self.runs.get(&placement.run)?;
+        if run.state.is_terminal() {
+            return None;
+        }
+        let index = run.step_index(&placement.step)?;
+        if run.steps[index].state != StepState::Queued {
+            return None;
+        }
+        let resources = run.pipeline.steps.iter().find(|s| s.name == placement.step)?.resources;
+        let load = self.loads.entry(worker.name.clone()).or_default();
+        let used = load.in_use();
+        let gpus_in_use = load.gpus_in_use();
+        let fits = used.cpu_millis + resources.cpu_millis <= worker.capacity.cpu_millis
+            && used.memory_bytes + resources.memory_bytes <= worker.capacity.memory_bytes
+            && placement.gpus.len() == resources.gpus as usize
+            && placement.gpus.iter().all(|g| {
+                !gpus_in_use.contains(g) && worker.gpus.iter().any(|known| known.index == *g)
+            })
+            && placement.gpus.iter().collect::<BTreeSet<_>>().len() == placement.gpus.len();
+        if !fits {
+            return None;
+        }
+        let run = self.runs.get_mut(&placement.run)?;
+        let step = &mut run.steps[index];
+        let number = step.attempts.len() as u32 + 1;
+        step.attempts.push(Attempt {
+            number,
+            worker: placement.worker.clone(),
+            gpus: placement.gpus.clone(),
+            resources,
+            assigned_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            outcome: None,
+            exit_code: None,
+            reason: None,
+        });
+        step.state = StepState::Assigned;
+        step.reason = None;
+        let key = AttemptKey {
+            run: placement.run,
+            step: placement.step.clone(),
+            attempt: number,
+        };
+        load.attempts
+            .insert(key.clone(), (resources, placement.gpus.clone()));
+        self.dirty.runs.insert(placement.run);
+        Some(key)
+    }
+
+    /// Checks that a report names the current attempt of an active step, made by the
+    /// worker that attempt was given to. Anything else is stale and must be refused.
+    fn fence(&self, key: &AttemptKey, worker: &str) -> Result<Result<(), String>, StateError> {
+        let run = self
+            .runs
+            .get(&key.run)
+            .ok_or(StateError::RunNotFound(key.run))?;
+        let step = run.step(&key.step).ok_or_else(|| StateError::StepNotFound {
+            run: key.run,
+            step: key.step.clone(),
+        })?;
+        let Some(current) = step.current_attempt() else {
+            return Ok(Err(format!("{key} was never assigned")));
+        };
+        if current.number != key.attempt {
+            return Ok(Err(format!(
+                "{key} is stale: the current attempt is {}",
+                current.number
+            )));
+        }
+        if current.worker != worker {
+            return Ok(Err(format!(
+                "{key} belongs to worker \"{}\", not \"{worker}\"",
+                current.worker
+            )));
+        }
+        if !step.state.is_active() {
+            return Ok(Err(format!("{key} already ended ({})", step.state.as_str())));
+        }
+        Ok(Ok(()))
+    }
+
+    fn step_started(
+        &mut self,
+        key: &AttemptKey,
+        worker: &str,
+        now_ms: i64,
+    ) -> Result<Outcome, StateError> {
+        if let Err(detail) = self.fence(key, worker)? {
+            return Ok(Outcome::Report {
+                accepted: false,
+                detail,
+            });
+        }
+        let run = self.runs.get_mut(&key.run).expect("fenced");
+        let index = run.step_index(&key.step).expect("fenced");
+        let step = &mut run.steps[index];
+        step.state = StepState::Running;
+        if let Some(attempt) = step.attempts.last_mut() {
+            attempt.started_ms.get_or_insert(now_ms);
+        }
+        self.dirty.runs.insert(key.run);
+        Ok(Outcome::Report {
+            accepted: true,
+            detail: String::new(),
+        })
+    }
+
+    fn step_finished(
+        &mut self,
+        key: &AttemptKey,
+        worker: &str,
+        report: AttemptReport,
+        now_ms: i64,
+    ) -> Result<Outcome, StateError> {
+        if let Err(detail) = self.fence(key, worker)? {
+            return Ok(Outcome::Report {
+                accepted: false,
+                detail,
+            });
+        }
+        let declared = self.runs[&key.run]
+            .pipeline
+            .steps
+            .iter()
+            .find(|s| s.name == key.step)
+            .map(|s| s.outputs.clone())
+            .unwrap_or_default();
+        let (outcome, reason) = match report.outcome {
+            ReportedOutcome::Exited if report.exit_code == Some(0) => {
+                let missing: Vec<&String> = declared
+                    .iter()
+                    .filter(|d| !report.outputs.iter().any(|(name, _, _)| name == *d))
+                    .collect();
+                if missing.is_empty() {
+                    (AttemptOutcome::Succeeded, report.reason)
+                } else {
+                    (
+                        AttemptOutcome::Failed,
+                        Some(format!("declared outputs were not reported: {missing:?}")),
+                    )
+                }
+            }
+            ReportedOutcome::Exited => (
+                AttemptOutcome::Failed,
+                report.reason.or_else(|| {
+                    Some(match report.exit_code {
+                        Some(code) => format!("exited with code {code}"),
+                        None => "killed by a signal".to_string(),
+                    })
+                }),
+            ),
+            ReportedOutcome::TimedOut => (AttemptOutcome::TimedOut, report.reason),
+            ReportedOutcome::Cancelled => (AttemptOutcome::Cancelled, report.reason),
+            ReportedOutcome::Error => (AttemptOutcome::Failed, report.reason),
+        };
+        let outputs = if outcome == AttemptOutcome::Succeeded {
+            report.outputs
+        } else {
+            Vec::new()
+        };
+        self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
+        Ok(Outcome::Report {
+            accepted: true,
+            detail: String::new(),
+        })
+    }
+
+    /// Ends the current attempt of a step, frees its worker capacity, and moves the
+    /// step (and through it the run) forward: success readies dependents, a failure
+    /// is retried while retries remain, and a final failure skips every dependent.
+    fn end_attempt(
+        &mut self,
+        key: &AttemptKey,
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        outputs: Vec<(String, String, u64)>,
+        now_ms: i64,
+    ) {
+        let Some(run) = self.runs.get_mut(&key.run) else {
+            return;
+        };
+        let Some(index) = run.step_index(&key.step) else {
+            return;
+        };
+        let retries = run.pipeline.steps[index].retries;
+        let step = &mut run.steps[index];
+        let Some(attempt) = step.attempts.last_mut() else {
+            return;
+        };
+        attempt.finished_ms = Some(now_ms);
+        attempt.outcome = Some(outcome);
+        attempt.exit_code = exit_code;
+        attempt.reason = reason.clone();
+        let worker = attempt.worker.clone();
+        if let Some(load) = self.loads.get_mut(&worker) {
+            load.attempts.remove(key);
+        }
+        self.dirty.runs.insert(key.run);
+        match outcome {
+            AttemptOutcome::Succeeded => {
+                step.state = StepState::Succeeded;
+                step.reason = None;
+                step.outputs = outputs
+                    .into_iter()
+                    .map(|(name, digest, size)| ArtifactRecord {
+                        name,
+                        digest,
+                        size,
+                        attempt: key.attempt,
+                    })
+                    .collect();
+                Self::ready_dependents(run);
+            }
+            AttemptOutcome::Cancelled => {
+                step.state = StepState::Cancelled;
+                step.reason = reason;
+            }
+            AttemptOutcome::Failed | AttemptOutcome::TimedOut | AttemptOutcome::Lost => {
+                if (step.attempts.len() as u32) <= retries {
+                    step.state = StepState::Queued;
+                    step.reason = Some(format!(
+                        "retrying after attempt {}: {}",
+                        key.attempt,
+                        reason.unwrap_or_else(|| outcome.as_str().to_string())
+                    ));
+                } else {
+                    step.state = if outcome == AttemptOutcome::TimedOut {
+                        StepState::TimedOut
+                    } else {
+                        StepState::Failed
+                    };
+                    step.reason = reason;
+                    let failed = step.name.clone();
+                    Self::skip_dependents(run, &failed);
+                }
+            }
+        }
+        Self::finish_run_if_done(run, now_ms);
+    }
+
+    fn ready_dependents(run: &mut Run) {
+        let succeeded: BTreeSet<String> = run
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Succeeded)
+            .map(|s| s.name.clone())
+            .collect();
+        for (record, spec) in run.steps.iter_mut().zip(&run.pipeline.steps) {
+            if record.state == StepState::Waiting
+                && spec.needs.iter().all(|need| succeeded.contains(need))
+            {
+                record.state = StepState::Queued;
+            }
+        }
+    }
+
+    /// Marks every step that depends, directly or not, on `failed` as skipped. The
+    /// steps are in topological order, so one forward pass reaches them all.
+    fn skip_dependents(run: &mut Run, failed: &str) {
+        let mut blocked: BTreeSet<String> = BTreeSet::from([failed.to_string()]);
+        for (record, spec) in run.steps.iter_mut().zip(&run.pipeline.steps) {
+            if let Some(cause) = spec.needs.iter().find(|need| blocked.contains(*need)) {
+                if record.state == StepState::Waiting {
+                    record.state = StepState::Skipped;
+                    record.reason = Some(format!("dependency \"{cause}\" did not succeed"));
+                }
+                blocked.insert(record.name.clone());
+            }
+        }
+    }
+
+    fn finish_run_if_done(run: &mut Run, now_ms: i64) {
+        if run.state.is_terminal() || !run.steps.iter().all(|s| s.state.is_terminal()) {
+            return;
+        }
+        run.state = if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
+            RunState::Succeeded
+        } else if run.steps.iter().any(|s| s.state == StepState::Cancelled) {
+            RunState::Cancelled
+        } else {
+            RunState::Failed
+        };
+        run.finished_ms = Some(now_ms);
+    }
+
+    fn cancel_run(&mut self, run_id: RunId, now_ms: i64) -> Result<Outcome, StateError> {
+        let run = self
+            .runs
+            .get_mut(&run_id)
+            .ok_or(StateError::RunNotFound(run_id))?;
+        if run.state.is_terminal() {
+            return Err(StateError::RunAlreadyFinished {
+                run: run_id,
+                state: run.state.as_str(),
+            });
+        }
+        let mut stop = Vec::new();
+        for step in &mut run.steps {
+            if step.state.is_terminal() {
+                continue;
+            }
+            if step.state.is_active()
+                && let Some(attempt) = step.attempts.last_mut()
+            {
+                attempt.finished_ms = Some(now_ms);
+                attempt.outcome = Some(AttemptOutcome::Cancelled);
+                attempt.reason = Some("run cancelled".to_string());
+                let key = AttemptKey {
+                    run: run_id,
+                    step: step.name.clone(),
+                    attempt: attempt.number,
+                };
+                if let Some(load) = self.loads.get_mut(&attempt.worker) {
+                    load.attempts.remove(&key);
+                }
+                stop.push((key, attempt.worker.clone()));
+            }
+            step.state = StepState::Cancelled;
+            step.reason = Some("run cancelled".to_string());
+        }
+        run.state = RunState::Cancelled;
+        run.finished_ms = Some(now_ms);
+        self.dirty.runs.insert(run_id);
+        Ok(Outcome::Cancelled { stop })
+    }
+
+    /// The steps waiting for a worker, oldest run first, in pipeline order within a run.
+    pub fn queued_steps(&self) -> Vec<(RunId, &ferry_common::spec::Step)> {
+        let mut queue = Vec::new();
+        for run in self.runs.values().filter(|r| !r.state.is_terminal()) {
+            for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+                if record.state == StepState::Queued {
+                    queue.push((run.id, spec));
+                }
+            }
+        }
+        queue
+    }
+
+    /// The attempts currently assigned to (not yet started on) a worker.
+    pub fn assigned_to(&self, worker: &str) -> Vec<AttemptKey> {
+        self.loads
+            .get(worker)
+            .map(|load| {
+                load.attempts
+                    .keys()
+                    .filter(|key| {
+                        self.runs
+                            .get(&key.run)
+                            .and_then(|run| run.step(&key.step))
+                            .is_some_and(|step| step.state == StepState::Assigned)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The artifact an input of a step resolves to, from the producing step's record.
+    pub fn resolve_output(&self, run: RunId, step: &str, output: &str) -> Option<&ArtifactRecord> {
+        self.runs
+            .get(&run)?
+            .step(step)?
+            .outputs
+            .iter()
+            .find(|artifact| artifact.name == output)
+    }
+}
+
+#[cfg(test)]
+mod tests;

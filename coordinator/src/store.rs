@@ -1,0 +1,280 @@
+//! Durable storage of the state machine and of log lines, in sled.
+//!
+//! The `state` tree holds one record per run (`run/<id>`), per worker
+//! (`worker/<name>`), the run-id counter and the applied index. Every persist writes
+//! the records the applied commands dirtied *and* the applied index in one atomic
+//! sled batch, then flushes, so a restart neither loses nor re-applies a command.
+//!
+//! The `logs` tree holds log lines keyed by run and arrival order; `log_index`
+//! makes a resent batch idempotent. Logs are bytes beside the state, not commands.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Run, RunId, State, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database in {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("state database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(
+        "the state database is corrupt: record {key:?} cannot be decoded ({detail}); \
+         restore the data directory from a backup or remove it to start empty"
+    )]
+    Corrupt { key: String, detail: String },
+}
+
+const APPLIED_KEY: &[u8] = b"meta/applied_index";
+const NEXT_RUN_KEY: &[u8] = b"meta/next_run_id";
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+    logs: sled::Tree,
+    log_index: sled::Tree,
+}
+
+/// A stored log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub step: String,
+    pub attempt: u32,
+    pub stream: String,
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub text: String,
+}
+
+fn corrupt(key: &[u8], detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| corrupt(key, format!("expected 8 bytes, found {}", value.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(Store {
+            state: db.open_tree("state")?,
+            logs: db.open_tree("logs")?,
+            log_index: db.open_tree("log_index")?,
+            db,
+        })
+    }
+
+    /// Loads the state machine and its applied index. A record that does not decode
+    /// is reported, never skipped: serving a partial state would be serving wrong state.
+    pub fn load(&self) -> Result<(State, u64), StoreError> {
+        let mut runs = Vec::new();
+        for item in self.state.scan_prefix(b"run/") {
+            let (key, value) = item?;
+            runs.push(serde_json::from_slice::<Run>(&value).map_err(|e| corrupt(&key, e))?);
+        }
+        let mut workers = Vec::new();
+        for item in self.state.scan_prefix(b"worker/") {
+            let (key, value) = item?;
+            workers.push(serde_json::from_slice::<Worker>(&value).map_err(|e| corrupt(&key, e))?);
+        }
+        let next_run_id = match self.state.get(NEXT_RUN_KEY)? {
+            Some(value) => decode_u64(NEXT_RUN_KEY, &value)?,
+            None => 1,
+        };
+        let applied = match self.state.get(APPLIED_KEY)? {
+            Some(value) => decode_u64(APPLIED_KEY, &value)?,
+            None => 0,
+        };
+        if let Some(highest) = runs.iter().map(|r| r.id).max()
+            && highest >= next_run_id
+        {
+            return Err(corrupt(
+                NEXT_RUN_KEY,
+                format!("run {highest} exists but the next run id is {next_run_id}"),
+            ));
+        }
+        Ok((State::from_records(runs, workers, next_run_id), applied))
+    }
+
+    /// Writes what the applied commands changed, with the new applied index, in one
+    /// atomic batch. Durable only after [`Store::flush`].
+    pub fn stage(&self, state: &mut State, applied_index: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let dirty = std::mem::take(&mut state.dirty);
+        for id in dirty.runs {
+            if let Some(run) = state.runs.get(&id) {
+                let value = serde_json::to_vec(run).expect("runs always serialize");
+                batch.insert(run_key(id), value);
+            }
+        }
+        for name in dirty.workers {
+            if let Some(worker) = state.workers.get(&name) {
+                let value = serde_json::to_vec(worker).expect("workers always serialize");
+                batch.insert(format!("worker/{name}").into_bytes(), value);
+            }
+        }
+        batch.insert(NEXT_RUN_KEY, &state.next_run_id.to_be_bytes());
+        batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
+        self.state.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Appends log lines of one attempt; lines already stored (same step, attempt
+    /// and sequence number) are skipped, so a resent batch is harmless.
+    pub fn append_logs(&self, run: RunId, lines: &[LogRecord]) -> Result<usize, StoreError> {
+        let mut stored = 0;
+        for line in lines {
+            let mut index_key = run.to_be_bytes().to_vec();
+            index_key.extend_from_slice(line.step.as_bytes());
+            index_key.push(0);
+            index_key.extend_from_slice(&line.attempt.to_be_bytes());
+            index_key.extend_from_slice(&line.seq.to_be_bytes());
+            if self
+                .log_index
+                .compare_and_swap(&index_key, None as Option<&[u8]>, Some(&[] as &[u8]))?
+                .is_err()
+            {
+                continue;
+            }
+            let mut key = run.to_be_bytes().to_vec();
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            self.logs
+                .insert(key, serde_json::to_vec(line).expect("log lines serialize"))?;
+            stored += 1;
+        }
+        Ok(stored)
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Log lines of a run in arrival order, after `cursor` (an opaque key returned
+    /// earlier), at most `limit` of them; returns the new cursor.
+    pub fn read_logs(
+        &self,
+        run: RunId,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<LogRecord>, Option<Vec<u8>>), StoreError> {
+        let prefix = run.to_be_bytes();
+        let mut end = prefix.to_vec();
+        end.extend_from_slice(&[0xff; 9]);
+        let range = match cursor {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                self.logs.range(start..end)
+            }
+            None => self.logs.range(prefix.to_vec()..end),
+        };
+        let mut lines = Vec::new();
+        let mut last = cursor.map(|c| c.to_vec());
+        for item in range.take(limit) {
+            let (key, value) = item?;
+            lines.push(serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?);
+            last = Some(key.to_vec());
+        }
+        Ok((lines, last))
+    }
+}
+
+fn run_key(id: RunId) -> Vec<u8> {
+    format!("run/{id:020}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::spec::parse_pipeline;
+
+    fn pipeline() -> ferry_common::spec::Pipeline {
+        parse_pipeline(
+            "p.yaml",
+            "name: p\nsteps:\n  - name: a\n    command: [\"true\"]\n",
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn state_and_applied_index_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let (mut state, applied) = store.load().unwrap();
+            assert_eq!(applied, 0);
+            state
+                .apply(crate::state::Command::SubmitRun {
+                    pipeline: pipeline(),
+                    bundle_digest: "d".into(),
+                    submitter: "alice".into(),
+                    now_ms: 5,
+                })
+                .unwrap();
+            store.stage(&mut state, 1).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (state, applied) = store.load().unwrap();
+        assert_eq!(applied, 1);
+        assert_eq!(state.runs.len(), 1);
+        assert_eq!(state.next_run_id, 2);
+        assert_eq!(state.runs[&1].submitter, "alice");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .state
+            .insert(run_key(1), b"{not json".to_vec())
+            .unwrap();
+        store
+            .state
+            .insert(NEXT_RUN_KEY, &2u64.to_be_bytes())
+            .unwrap();
+        let error = store.load().unwrap_err().to_string();
+        assert!(error.contains("corrupt"), "{error}");
+        assert!(error.contains("run/00000000000000000001"), "{error}");
+    }
+
+    #[test]
+    fn logs_are_idempotent_and_read_in_order_with_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let line = |seq: u64| LogRecord {
+            step: "a".into(),
+            attempt: 1,
+            stream: "stdout".into(),
+            seq,
+            timestamp_ms: 0,
+            text: format!("line {seq}"),
+        };
+        assert_eq!(store.append_logs(7, &[line(0), line(1)]).unwrap(), 2);
+        assert_eq!(store.append_logs(7, &[line(1), line(2)]).unwrap(), 1);
+        store.append_logs(8, &[line(0)]).unwrap();
+        let (first, cursor) = store.read_logs(7, None, 2).unwrap();
+        assert_eq!(first.iter().map(|l| l.seq).collect::<Vec<_>>(), [0, 1]);
+        let (rest, _) = store.read_logs(7, cursor.as_deref(), 100).unwrap();
+        assert_eq!(rest.iter().map(|l| l.seq).collect::<Vec<_>>(), [2]);
+    }
+}

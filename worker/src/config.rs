@@ -1,0 +1,101 @@
+//! `worker.toml`: the worker's name, its coordinator, where it keeps work
+//! directories, its TLS files, labels, and optional capacity overrides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ferry_common::pki::TlsFiles;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Must match the name in the worker's certificate.
+    pub name: String,
+    /// The coordinator's address, `HOST:PORT`.
+    pub coordinator: String,
+    /// Work directories, cached bundles.
+    pub data_dir: PathBuf,
+    pub tls: TlsPaths,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the discovered number of CPUs (may be fractional).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Overrides the discovered memory, e.g. "8Gi".
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// An explicit GPU inventory that replaces discovery (for machines without
+    /// drivers, and for tests). An empty list means "no GPUs".
+    #[serde(default)]
+    pub gpus: Option<Vec<GpuEntry>>,
+    /// Most bytes of stdout+stderr kept per attempt; the rest is dropped with a marker.
+    #[serde(default = "default_log_limit")]
+    pub max_log_bytes_per_attempt: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuEntry {
+    pub index: u32,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// e.g. "80Gi"
+    #[serde(default)]
+    pub memory: Option<String>,
+}
+
+fn default_log_limit() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl TlsPaths {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl WorkerConfig {
+    /// Reads the file; relative paths in it are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<WorkerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config: WorkerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        config.tls.ca = base.join(&config.tls.ca);
+        config.tls.cert = base.join(&config.tls.cert);
+        config.tls.key = base.join(&config.tls.key);
+        Ok(config)
+    }
+}

@@ -1,0 +1,638 @@
+//! Runs one attempt of a step: a fresh work directory with the code bundle and the
+//! input artifacts staged into it, the command as a process in its own process
+//! group, stdout and stderr shipped line by line, timeout and cancellation enforced
+//! on the whole group, and the declared outputs checked and uploaded.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ferry_common::digest::{CHUNK_SIZE, digest_file};
+use ferry_common::proto::{self, agent_client::AgentClient};
+use ferry_common::spec::env_var_name;
+use futures::StreamExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+/// Longest log line kept; a longer one is split.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+/// How long a process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Log lines are shipped in batches of at most this many, at least this often.
+const LOG_BATCH_LINES: usize = 500;
+const LOG_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+pub type Agent = AgentClient<Channel>;
+
+/// What every attempt on this worker shares.
+#[derive(Clone)]
+pub struct ExecutorContext {
+    pub agent: Agent,
+    pub data_dir: PathBuf,
+    pub gpus: Vec<proto::Gpu>,
+    pub max_log_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error("{0}")]
+    Io(String),
+    #[error("cannot fetch blob {digest}: {status}")]
+    Fetch {
+        digest: String,
+        status: tonic::Status,
+    },
+    #[error("blob {digest} arrived corrupted (its content hashes to {actual})")]
+    Corrupt { digest: String, actual: String },
+    #[error("the code bundle cannot be unpacked: {0}")]
+    Bundle(String),
+}
+
+fn io_error(what: impl std::fmt::Display, error: std::io::Error) -> StageError {
+    StageError::Io(format!("{what}: {error}"))
+}
+
+/// Runs one attempt and returns the report to send. Never panics on a bad step:
+/// every failure becomes an outcome with a reason.
+pub async fn run_attempt(
+    ctx: &ExecutorContext,
+    assignment: proto::Assignment,
+    mut cancel: watch::Receiver<bool>,
+) -> proto::StepFinishedRequest {
+    let attempt = assignment.attempt.clone().unwrap_or_default();
+    let report =
+        |outcome: &str, exit: Option<i32>, reason: String, outputs| proto::StepFinishedRequest {
+            attempt: Some(attempt.clone()),
+            outcome: outcome.to_string(),
+            has_exit_code: exit.is_some(),
+            exit_code: exit.unwrap_or(0),
+            reason,
+            outputs,
+        };
+    let work_dir = ctx
+        .data_dir
+        .join("work")
+        .join(format!("run-{}", attempt.run_id))
+        .join(&attempt.step)
+        .join(format!("attempt-{}", attempt.attempt));
+    let staged = tokio::select! {
+        staged = stage(ctx, &assignment, &work_dir) => staged,
+        _ = cancel.wait_for(|c| *c) => {
+            return report("cancelled", None, "cancelled before it started".into(), Vec::new());
+        }
+    };
+    let input_paths = match staged {
+        Ok(paths) => paths,
+        Err(error) => {
+            return report(
+                "error",
+                None,
+                format!("staging failed: {error}"),
+                Vec::new(),
+            );
+        }
+    };
+    let mut agent = ctx.agent.clone();
+    let _ = agent
+        .step_started(proto::StepStartedRequest {
+            attempt: Some(attempt.clone()),
+        })
+        .await;
+
+    let ended = execute(ctx, &assignment, &work_dir, &input_paths, &mut cancel).await;
+    let result = match ended {
+        Err(reason) => report("error", None, reason, Vec::new()),
+        Ok(Ended::TimedOut) => report(
+            "timed_out",
+            None,
+            format!(
+                "timed out after {}; its process group was killed",
+                humanize_ms(assignment.timeout_ms)
+            ),
+            Vec::new(),
+        ),
+        Ok(Ended::Cancelled) => report("cancelled", None, "cancelled".into(), Vec::new()),
+        Ok(Ended::Exited(status)) => match status.code() {
+            Some(0) => match collect_outputs(ctx, &assignment.outputs, &work_dir).await {
+                Ok(outputs) => report("exited", Some(0), String::new(), outputs),
+                Err(reason) => report("error", Some(0), reason, Vec::new()),
+            },
+            Some(code) => report(
+                "exited",
+                Some(code),
+                format!("exited with code {code}"),
+                Vec::new(),
+            ),
+            None => report(
+                "exited",
+                None,
+                format!("killed by signal {}", status.signal().unwrap_or(0)),
+                Vec::new(),
+            ),
+        },
+    };
+    if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
+        tracing::debug!(%error, dir = %work_dir.display(), "could not remove the work directory");
+    }
+    result
+}
+
+fn humanize_ms(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Creates the work directory with the bundle unpacked and the inputs staged at
+/// `inputs/<name>/<file name>`; returns the input paths by input name.
+async fn stage(
+    ctx: &ExecutorContext,
+    assignment: &proto::Assignment,
+    work_dir: &Path,
+) -> Result<Vec<(String, PathBuf)>, StageError> {
+    if work_dir.exists() {
+        tokio::fs::remove_dir_all(work_dir)
+            .await
+            .map_err(|e| io_error(format!("cannot clear {}", work_dir.display()), e))?;
+    }
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .map_err(|e| io_error(format!("cannot create {}", work_dir.display()), e))?;
+    let bundles = ctx.data_dir.join("bundles");
+    let bundle_path = bundles.join(format!("{}.tar.gz", assignment.bundle_digest));
+    if !bundle_path.exists() {
+        fetch_blob(&ctx.agent, &assignment.bundle_digest, &bundle_path).await?;
+    }
+    let bytes = tokio::fs::read(&bundle_path)
+        .await
+        .map_err(|e| io_error(format!("cannot read {}", bundle_path.display()), e))?;
+    let actual = blake3::hash(&bytes).to_hex().to_string();
+    if actual != assignment.bundle_digest {
+        let _ = tokio::fs::remove_file(&bundle_path).await;
+        return Err(StageError::Corrupt {
+            digest: assignment.bundle_digest.clone(),
+            actual,
+        });
+    }
+    let dest = work_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || ferry_common::bundle::unpack_bundle(&bytes, &dest))
+        .await
+        .map_err(|e| StageError::Bundle(e.to_string()))?
+        .map_err(|e| StageError::Bundle(e.to_string()))?;
+    let mut paths = Vec::new();
+    for input in &assignment.inputs {
+        if input.file_name.contains('/') || input.file_name == ".." || input.file_name.is_empty() {
+            return Err(StageError::Io(format!(
+                "input file name {:?} is not a plain file name",
+                input.file_name
+            )));
+        }
+        let path = work_dir
+            .join("inputs")
+            .join(&input.name)
+            .join(&input.file_name);
+        fetch_blob(&ctx.agent, &input.digest, &path).await?;
+        paths.push((input.name.clone(), path));
+    }
+    Ok(paths)
+}
+
+/// Downloads a blob to `path`, hashing it on the way; only a verified blob is
+/// renamed into place.
+async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), StageError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| io_error(format!("cannot create {}", parent.display()), e))?;
+    let fetch = |status| StageError::Fetch {
+        digest: digest.to_string(),
+        status,
+    };
+    let mut stream = agent
+        .clone()
+        .fetch_blob(proto::BlobRef {
+            digest: digest.to_string(),
+            size: 0,
+        })
+        .await
+        .map_err(fetch)?
+        .into_inner();
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
+    let mut hasher = blake3::Hasher::new();
+    while let Some(chunk) = stream.message().await.map_err(fetch)? {
+        hasher.update(&chunk.data);
+        file.write_all(&chunk.data)
+            .await
+            .map_err(|e| io_error(format!("cannot write {}", partial.display()), e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| io_error(format!("cannot write {}", partial.display()), e))?;
+    drop(file);
+    let actual = hasher.finalize().to_hex().to_string();
+    if actual != digest {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(StageError::Corrupt {
+            digest: digest.to_string(),
+            actual,
+        });
+    }
+    tokio::fs::rename(&partial, path)
+        .await
+        .map_err(|e| io_error(format!("cannot move {} into place", path.display()), e))
+}
+
+enum Ended {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Cancelled,
+}
+
+/// The environment a step sees beyond the worker's own: its parameters and env,
+/// where its inputs are, who it is, and exactly which GPUs it may use.
+fn step_environment(
+    ctx: &ExecutorContext,
+    assignment: &proto::Assignment,
+    work_dir: &Path,
+    inputs: &[(String, PathBuf)],
+) -> HashMap<String, String> {
+    let attempt = assignment.attempt.clone().unwrap_or_default();
+    let mut env: HashMap<String, String> = assignment.env.clone().into_iter().collect();
+    env.insert("FERRY_RUN_ID".into(), attempt.run_id.to_string());
+    env.insert("FERRY_STEP".into(), attempt.step.clone());
+    env.insert("FERRY_ATTEMPT".into(), attempt.attempt.to_string());
+    env.insert("FERRY_PIPELINE".into(), assignment.pipeline.clone());
+    env.insert("FERRY_WORK_DIR".into(), work_dir.display().to_string());
+    for (name, path) in inputs {
+        env.insert(
+            env_var_name("FERRY_INPUT_", name),
+            path.display().to_string(),
+        );
+    }
+    let indices: Vec<String> = assignment.gpu_indices.iter().map(u32::to_string).collect();
+    let uuids: Vec<String> = assignment
+        .gpu_indices
+        .iter()
+        .filter_map(|i| ctx.gpus.iter().find(|g| g.index == *i))
+        .map(|g| g.uuid.clone())
+        .collect();
+    env.insert("CUDA_VISIBLE_DEVICES".into(), indices.join(","));
+    env.insert(
+        "NVIDIA_VISIBLE_DEVICES".into(),
+        if indices.is_empty() {
+            "void".into()
+        } else {
+            indices.join(",")
+        },
+    );
+    env.insert("FERRY_GPUS".into(), uuids.join(","));
+    env
+}
+
+async fn execute(
+    ctx: &ExecutorContext,
+    assignment: &proto::Assignment,
+    work_dir: &Path,
+    inputs: &[(String, PathBuf)],
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<Ended, String> {
+    let Some(program) = assignment.command.first() else {
+        return Err("the step has an empty command".into());
+    };
+    let program_path = if program.contains('/') && !program.starts_with('/') {
+        work_dir.join(program)
+    } else {
+        PathBuf::from(program)
+    };
+    let mut command = tokio::process::Command::new(&program_path);
+    command
+        .args(&assignment.command[1..])
+        .current_dir(work_dir)
+        .envs(step_environment(ctx, assignment, work_dir, inputs))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let attempt = assignment.attempt.clone().unwrap_or_default();
+    tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid = ?group, "step process started");
+
+    let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let readers = [
+        tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
+        tokio::spawn(read_lines(stderr, "stderr", lines)),
+    ];
+    let shipper = tokio::spawn(ship_logs(
+        ctx.agent.clone(),
+        attempt.clone(),
+        receiver,
+        ctx.max_log_bytes,
+    ));
+
+    let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status.map_err(|e| format!("waiting for the process failed: {e}"))?),
+        _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Ended::TimedOut,
+        _ = cancel.wait_for(|c| *c) => Ended::Cancelled,
+    };
+    if let Some(group) = group {
+        if !matches!(ended, Ended::Exited(_)) {
+            let _ = killpg(group, Signal::SIGTERM);
+            if tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::info!(?group, "process group ignored SIGTERM; sending SIGKILL");
+            }
+        }
+        // Whatever the leader left behind in its group goes too, so that no process
+        // of a finished attempt outlives it.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+    for reader in readers {
+        // A process that left the group may still hold the pipe open: do not wait
+        // for it forever.
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(KILL_GRACE, reader).await.is_err() {
+            abort.abort();
+        }
+    }
+    let _ = shipper.await;
+    Ok(ended)
+}
+
+/// Reads lines (split at `MAX_LINE_BYTES`), lossily decoded, until end of file.
+async fn read_lines(
+    pipe: impl AsyncRead + Unpin,
+    stream: &'static str,
+    lines: mpsc::Sender<(&'static str, String)>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut line = Vec::new();
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok(available) => available,
+            Err(_) => break,
+        };
+        if available.is_empty() {
+            break;
+        }
+        let room = MAX_LINE_BYTES - line.len();
+        let (take, complete) = match available.iter().take(room).position(|b| *b == b'\n') {
+            Some(newline) => (newline + 1, true),
+            None => {
+                let take = available.len().min(room);
+                (take, line.len() + take >= MAX_LINE_BYTES)
+            }
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if complete {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            line.clear();
+            if lines.send((stream, text)).await.is_err() {
+                break;
+            }
+        }
+    }
+    if !line.is_empty() {
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        let _ = lines.send((stream, text)).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Batches log lines with sequence numbers and pushes them; past `max_bytes` the
+/// rest is dropped after one marker line (the pipes are still drained, so the step
+/// never blocks on a full pipe).
+async fn ship_logs(
+    agent: Agent,
+    attempt: proto::AttemptRef,
+    mut receiver: mpsc::Receiver<(&'static str, String)>,
+    max_bytes: u64,
+) {
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    let mut capped = false;
+    let mut batch: Vec<proto::LogLine> = Vec::new();
+    let mut ticker = tokio::time::interval(LOG_BATCH_INTERVAL);
+    let mut open = true;
+    while open || !batch.is_empty() {
+        tokio::select! {
+            line = receiver.recv(), if open => match line {
+                Some((stream, text)) => {
+                    if capped {
+                        continue;
+                    }
+                    bytes += text.len() as u64 + 1;
+                    let text = if bytes > max_bytes {
+                        capped = true;
+                        format!("[ferry: this attempt's output passed the limit of {max_bytes} bytes; the rest is dropped]")
+                    } else {
+                        text
+                    };
+                    batch.push(proto::LogLine {
+                        run_id: attempt.run_id,
+                        step: attempt.step.clone(),
+                        attempt: attempt.attempt,
+                        stream: stream.to_string(),
+                        seq,
+                        timestamp_ms: now_ms(),
+                        text,
+                    });
+                    seq += 1;
+                    if batch.len() < LOG_BATCH_LINES {
+                        continue;
+                    }
+                }
+                None => open = false,
+            },
+            _ = ticker.tick() => {}
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let lines = std::mem::take(&mut batch);
+        push_with_retry(&agent, &attempt, lines).await;
+    }
+}
+
+async fn push_with_retry(agent: &Agent, attempt: &proto::AttemptRef, lines: Vec<proto::LogLine>) {
+    let request = proto::LogBatch {
+        attempt: Some(attempt.clone()),
+        lines,
+    };
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..20 {
+        match agent.clone().push_logs(request.clone()).await {
+            Ok(_) => return,
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                tracing::warn!(%status, "log batch refused");
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(%status, "log batch not delivered; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+        }
+    }
+    tracing::warn!(
+        run = attempt.run_id,
+        step = %attempt.step,
+        "giving up on a log batch after repeated failures"
+    );
+}
+
+/// Checks every declared output (a regular file inside the work directory, not a
+/// link out of it) and uploads it.
+async fn collect_outputs(
+    ctx: &ExecutorContext,
+    outputs: &[String],
+    work_dir: &Path,
+) -> Result<Vec<proto::OutputFile>, String> {
+    let root = work_dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the work directory: {e}"))?;
+    let mut files = Vec::new();
+    for name in outputs {
+        let path = checked_output_path(&root, name)?;
+        let (digest, size) = upload_file(&ctx.agent, &path)
+            .await
+            .map_err(|e| format!("cannot upload output \"{name}\": {e}"))?;
+        files.push(proto::OutputFile {
+            name: name.clone(),
+            digest,
+            size,
+        });
+    }
+    Ok(files)
+}
+
+/// Resolves a declared output inside the (canonical) work directory, refusing
+/// anything that is missing, not a regular file, or resolves outside it.
+pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
+    if ferry_common::spec::validate_output_path(name).is_err() {
+        return Err(format!(
+            "output \"{name}\" leaves the step's work directory"
+        ));
+    }
+    let path = root.join(name);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(format!("declared output \"{name}\" was not written"));
+    }
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| format!("output \"{name}\" cannot be resolved: {e}"))?;
+    if !resolved.starts_with(root) {
+        return Err(format!(
+            "output \"{name}\" resolves to {}, outside the step's work directory; refused",
+            resolved.display()
+        ));
+    }
+    if !resolved.is_file() {
+        return Err(format!("output \"{name}\" is not a regular file"));
+    }
+    Ok(resolved)
+}
+
+async fn upload_file(agent: &Agent, path: &Path) -> Result<(String, u64), String> {
+    let owned = path.to_path_buf();
+    let (digest, size) = tokio::task::spawn_blocking(move || digest_file(&owned))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = proto::Chunk {
+        digest: digest.clone(),
+        size,
+        data: Vec::new(),
+    };
+    let rest = futures::stream::unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; CHUNK_SIZE];
+        match file.read(&mut buffer).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((
+                    proto::Chunk {
+                        digest: String::new(),
+                        size: 0,
+                        data: buffer,
+                    },
+                    file,
+                ))
+            }
+        }
+    });
+    let chunks = futures::stream::iter([first]).chain(rest);
+    let blob = agent
+        .clone()
+        .upload_artifact(chunks)
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    Ok((blob.digest, blob.size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_must_stay_inside_the_work_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("model.json"), b"{}").unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/inner.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("model.json"), root.join("alias")).unwrap();
+        assert!(checked_output_path(&root, "model.json").is_ok());
+        assert!(checked_output_path(&root, "sub/inner.txt").is_ok());
+        assert!(checked_output_path(&root, "alias").is_ok());
+        let escape = checked_output_path(&root, "escape").unwrap_err();
+        assert!(escape.contains("outside"), "{escape}");
+        assert!(checked_output_path(&root, "../x").is_err());
+        assert!(checked_output_path(&root, "/etc/passwd").is_err());
+        assert!(
+            checked_output_path(&root, "missing")
+                .unwrap_err()
+                .contains("not written")
+        );
+        assert!(
+            checked_output_path(&root, "sub")
+                .unwrap_err()
+                .contains("regular file")
+        );
+    }
+}
