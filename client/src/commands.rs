@@ -92,9 +92,9 @@ pub async fn remote(
                     run,
                     step,
                     name,
-                    output: path,
+                    dest,
                 }),
-            ) => download(client, run, &step, &name, path.as_deref()).await?,
+            ) => download(client, run, &step, &name, dest.as_deref()).await?,
             (Some(run), None) => artifacts(client, run, output).await?,
             (None, None) => {
                 bail!("name a run: 'ferry artifacts RUN' or 'ferry artifacts get RUN STEP NAME'")

@@ -123,8 +123,8 @@ enum ArtifactsCommand {
         step: String,
         name: String,
         /// Where to write it [default: the artifact's file name].
-        #[arg(long, short = 'o')]
-        output: Option<PathBuf>,
+        #[arg(short = 'o', long = "out", value_name = "PATH")]
+        dest: Option<PathBuf>,
     },
 }
 

@@ -74,3 +74,33 @@ impl CoordinatorConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+        let config = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(config.listen.port(), 7443);
+        assert!(config.tls.key.ends_with("coord1-key.pem"));
+        assert_eq!(config.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nlisen = 1\n",
+        )
+        .unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("c.toml") && error.contains("lisen"),
+            "{error}"
+        );
+    }
+}

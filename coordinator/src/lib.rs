@@ -66,12 +66,13 @@ impl Coordinator {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| CoordinatorError::Bind {
-                address: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| CoordinatorError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
         Ok(Coordinator {
             tls,
             config,

@@ -134,7 +134,7 @@ pub fn never_fits_reason(need: Resources, workers: &[WorkerSlot]) -> Option<Stri
 }
 
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         format!("{:.2}", millis as f64 / 1000.0)

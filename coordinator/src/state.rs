@@ -24,7 +24,11 @@ pub struct AttemptKey {
 
 impl std::fmt::Display for AttemptKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "run {} step {} attempt {}", self.run, self.step, self.attempt)
+        write!(
+            f,
+            "run {} step {} attempt {}",
+            self.run, self.step, self.attempt
+        )
     }
 }
 
@@ -300,11 +304,18 @@ pub enum Outcome {
     Assigned(Vec<(AttemptKey, String)>),
     /// A worker registered; these attempts, still assigned to it but not started,
     /// must be pushed to it again.
-    Registered { resend: Vec<AttemptKey> },
+    Registered {
+        resend: Vec<AttemptKey>,
+    },
     /// A worker report: `accepted` is false for a stale or fenced report.
-    Report { accepted: bool, detail: String },
+    Report {
+        accepted: bool,
+        detail: String,
+    },
     /// A run was cancelled; these attempts must be stopped on their workers.
-    Cancelled { stop: Vec<(AttemptKey, String)> },
+    Cancelled {
+        stop: Vec<(AttemptKey, String)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -441,7 +452,12 @@ impl State {
         Outcome::RunSubmitted(id)
     }
 
-    fn register_worker(&mut self, worker: Worker, running: Vec<AttemptKey>, now_ms: i64) -> Outcome {
+    fn register_worker(
+        &mut self,
+        worker: Worker,
+        running: Vec<AttemptKey>,
+        now_ms: i64,
+    ) -> Outcome {
         let name = worker.name.clone();
         self.workers.insert(name.clone(), worker);
         self.dirty.workers.insert(name.clone());
@@ -449,11 +465,7 @@ impl State {
         let still_running: BTreeSet<AttemptKey> = running.into_iter().collect();
         let mut resend = Vec::new();
         for key in load.attempts.keys() {
-            let Some(step) = self
-                .runs
-                .get(&key.run)
-                .and_then(|run| run.step(&key.step))
-            else {
+            let Some(step) = self.runs.get(&key.run).and_then(|run| run.step(&key.step)) else {
                 continue;
             };
             if step.state == StepState::Assigned && !still_running.contains(key) {
@@ -498,7 +510,12 @@ impl State {
         if run.steps[index].state != StepState::Queued {
             return None;
         }
-        let resources = run.pipeline.steps.iter().find(|s| s.name == placement.step)?.resources;
+        let resources = run
+            .pipeline
+            .steps
+            .iter()
+            .find(|s| s.name == placement.step)?
+            .resources;
         let load = self.loads.entry(worker.name.clone()).or_default();
         let used = load.in_use();
         let gpus_in_use = load.gpus_in_use();
@@ -547,10 +564,12 @@ impl State {
             .runs
             .get(&key.run)
             .ok_or(StateError::RunNotFound(key.run))?;
-        let step = run.step(&key.step).ok_or_else(|| StateError::StepNotFound {
-            run: key.run,
-            step: key.step.clone(),
-        })?;
+        let step = run
+            .step(&key.step)
+            .ok_or_else(|| StateError::StepNotFound {
+                run: key.run,
+                step: key.step.clone(),
+            })?;
         let Some(current) = step.current_attempt() else {
             return Ok(Err(format!("{key} was never assigned")));
         };
@@ -567,7 +586,10 @@ impl State {
             )));
         }
         if !step.state.is_active() {
-            return Ok(Err(format!("{key} already ended ({})", step.state.as_str())));
+            return Ok(Err(format!(
+                "{key} already ended ({})",
+                step.state.as_str()
+            )));
         }
         Ok(Ok(()))
     }
@@ -643,11 +665,26 @@ impl State {
                 }),
             ),
             ReportedOutcome::TimedOut => (AttemptOutcome::TimedOut, report.reason),
-            ReportedOutcome::Cancelled => (AttemptOutcome::Cancelled, report.reason),
+            // The run was not cancelled (the fence passed), so the worker stopped the
+            // attempt on its own, e.g. while shutting down: the attempt is lost and the
+            // step is retried per its policy, like any other lost attempt.
+            ReportedOutcome::Cancelled => (
+                AttemptOutcome::Lost,
+                Some(format!(
+                    "stopped by the worker: {}",
+                    report.reason.as_deref().unwrap_or("no reason given")
+                )),
+            ),
             ReportedOutcome::Error => (AttemptOutcome::Failed, report.reason),
         };
         let outputs = if outcome == AttemptOutcome::Succeeded {
-            report.outputs
+            // Only declared outputs become artifacts: downstream steps and users
+            // can rely on the spec for what a step produced.
+            report
+                .outputs
+                .into_iter()
+                .filter(|(name, _, _)| declared.contains(name))
+                .collect()
         } else {
             Vec::new()
         };

@@ -99,3 +99,27 @@ impl WorkerConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_parses_and_paths_are_relative_to_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.toml");
+        let config = WorkerConfig::load(&path).unwrap();
+        assert_eq!(config.name, "gpu-01");
+        assert_eq!(config.labels["zone"], "a");
+        assert!(config.gpus.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "name = \"w\"\ncoordinator = \"127.0.0.1:1\"\ndata_dir = \"data\"\ngpus = [{ index = 0, memory = \"80Gi\" }]\n[tls]\nca = \"ca.pem\"\ncert = \"w.pem\"\nkey = \"w-key.pem\"\n",
+        )
+        .unwrap();
+        let config = WorkerConfig::load(&file).unwrap();
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        assert_eq!(config.gpus.unwrap()[0].memory.as_deref(), Some("80Gi"));
+    }
+}

@@ -143,7 +143,7 @@ pub async fn run_attempt(
 }
 
 fn humanize_ms(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -386,11 +386,7 @@ async fn read_lines(
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, pipe);
     let mut line = Vec::new();
-    loop {
-        let available = match reader.fill_buf().await {
-            Ok(available) => available,
-            Err(_) => break,
-        };
+    while let Ok(available) = reader.fill_buf().await {
         if available.is_empty() {
             break;
         }
