@@ -11,15 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub coordinator: String,
-    pub tls: TlsPaths,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub tls: TlsFiles,
 }
 
 /// Values given on the command line or in the environment; each wins over the file.
@@ -126,20 +118,12 @@ impl ClientConfig {
         };
         Ok(ClientConfig {
             coordinator,
-            tls: TlsPaths {
+            tls: TlsFiles {
                 ca: pick(&overrides.ca, tls.ca, "ca", "CA")?,
                 cert: pick(&overrides.cert, tls.cert, "cert", "CERT")?,
                 key: pick(&overrides.key, tls.key, "key", "KEY")?,
             },
         })
-    }
-
-    pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.tls.ca.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        }
     }
 
     pub fn write(&self, path: &Path) -> Result<(), ConfigError> {

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ferry_common::pki::{self, Role, TlsFiles};
-use ferry_coordinator::config::{CoordinatorConfig, DEFAULT_MAX_BLOB_BYTES, TlsConfig};
+use ferry_coordinator::config::{CoordinatorConfig, DEFAULT_MAX_BLOB_BYTES};
 use ferry_coordinator::{Coordinator, CoordinatorError};
 use ferry_worker::WorkerConfig;
 use tokio::sync::watch;
 
-use crate::config::{ClientConfig, ConfigError, TlsPaths, default_config_path};
+use crate::config::{ClientConfig, ConfigError, default_config_path};
 
 const COORDINATOR_NAME: &str = "dev-coordinator";
 const CLIENT_NAME: &str = "dev-user";
@@ -99,15 +99,10 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
     ensure_certificates(&certs, &worker)?;
     let files = |name: &str| TlsFiles::in_dir(&certs, name);
 
-    let coordinator_tls = files(COORDINATOR_NAME);
     let coordinator = Coordinator::bind(CoordinatorConfig {
         listen: options.listen,
         data_dir: data_dir.join("coordinator"),
-        tls: TlsConfig {
-            ca: coordinator_tls.ca,
-            cert: coordinator_tls.cert,
-            key: coordinator_tls.key,
-        },
+        tls: files(COORDINATOR_NAME),
         max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
     })
     .await?;
@@ -117,28 +112,18 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         data_dir.display()
     );
 
-    let client_tls = files(CLIENT_NAME);
     let client = ClientConfig {
         coordinator: address.to_string(),
-        tls: TlsPaths {
-            ca: client_tls.ca,
-            cert: client_tls.cert,
-            key: client_tls.key,
-        },
+        tls: files(CLIENT_NAME),
     };
     let client_path = default_config_path()?;
     client.write(&client_path)?;
 
-    let worker_tls = files(&worker);
     let worker_config = WorkerConfig {
         name: worker.clone(),
         coordinator: address.to_string(),
         data_dir: data_dir.join("worker"),
-        tls: ferry_worker::config::TlsPaths {
-            ca: worker_tls.ca,
-            cert: worker_tls.cert,
-            key: worker_tls.key,
-        },
+        tls: files(&worker),
         labels: [("mode".to_string(), "dev".to_string())].into(),
         cpus: options.cpus,
         memory: options.memory,

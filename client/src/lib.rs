@@ -31,7 +31,7 @@ pub enum ConnectError {
 /// Connects to the coordinator now, so that an unreachable address is reported
 /// before any work is done.
 pub async fn connect(config: &ClientConfig) -> Result<ControlClient<Channel>, ConnectError> {
-    let tls = config.tls_files().load()?;
+    let tls = config.tls.load()?;
     let channel = ferry_common::channel::endpoint(&config.coordinator, &tls)?
         .connect()
         .await

@@ -457,8 +457,10 @@ fn parse_identity_path(rest: &str) -> Result<Identity, String> {
     })
 }
 
-/// Where the three TLS files of one cluster member are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the three TLS files of one cluster member are; the `[tls]` table of every
+/// Ferry configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The cluster CA certificate (`ca.pem`).
     pub ca: PathBuf,
@@ -483,6 +485,16 @@ pub struct TlsMaterial {
 }
 
 impl TlsFiles {
+    /// The same files with relative paths taken relative to `base` (the folder of
+    /// the configuration file that named them).
+    pub fn relative_to(&self, base: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: base.join(&self.ca),
+            cert: base.join(&self.cert),
+            key: base.join(&self.key),
+        }
+    }
+
     /// The conventional layout: `dir/ca.pem`, `dir/<name>.pem`, `dir/<name>-key.pem`.
     pub fn in_dir(dir: &Path, name: &str) -> TlsFiles {
         TlsFiles {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ferry_common::config_file::{ConfigFileError, load_toml};
 use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
 
@@ -16,61 +17,22 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Directory for the state database and the blob store.
     pub data_dir: PathBuf,
-    pub tls: TlsConfig,
+    pub tls: TlsFiles,
     #[serde(default = "default_max_blob_bytes")]
     pub max_blob_bytes: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsConfig {
-    pub fn files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
-    }
 }
 
 fn default_max_blob_bytes() -> u64 {
     DEFAULT_MAX_BLOB_BYTES
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the configuration file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-}
-
 impl CoordinatorConfig {
     /// Reads the file; relative paths in it are taken relative to the file's folder.
-    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut config: CoordinatorConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigFileError> {
+        let mut config: CoordinatorConfig = load_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
-        config.tls.ca = base.join(&config.tls.ca);
-        config.tls.cert = base.join(&config.tls.cert);
-        config.tls.key = base.join(&config.tls.key);
+        config.tls = config.tls.relative_to(base);
         Ok(config)
     }
 }

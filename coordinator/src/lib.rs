@@ -61,7 +61,7 @@ impl Coordinator {
     /// Loads the TLS material (refusing to start without it), opens the data
     /// directory and binds the listening port.
     pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
-        let tls = config.tls.files().load()?;
+        let tls = config.tls.load()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| CoordinatorError::DataDir {
             path: config.data_dir.display().to_string(),
             source,

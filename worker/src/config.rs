@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ferry_common::config_file::{ConfigFileError, load_toml};
 use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
 
@@ -16,7 +17,7 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// Work directories, cached bundles.
     pub data_dir: PathBuf,
-    pub tls: TlsPaths,
+    pub tls: TlsFiles,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Overrides the discovered number of CPUs (may be fractional).
@@ -32,14 +33,6 @@ pub struct WorkerConfig {
     /// Most bytes of stdout+stderr kept per attempt; the rest is dropped with a marker.
     #[serde(default = "default_log_limit")]
     pub max_log_bytes_per_attempt: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -59,43 +52,13 @@ fn default_log_limit() -> u64 {
     64 * 1024 * 1024
 }
 
-impl TlsPaths {
-    pub fn files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the configuration file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-}
-
 impl WorkerConfig {
     /// Reads the file; relative paths in it are taken relative to the file's folder.
-    pub fn load(path: &Path) -> Result<WorkerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut config: WorkerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    pub fn load(path: &Path) -> Result<WorkerConfig, ConfigFileError> {
+        let mut config: WorkerConfig = load_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
-        config.tls.ca = base.join(&config.tls.ca);
-        config.tls.cert = base.join(&config.tls.cert);
-        config.tls.key = base.join(&config.tls.key);
+        config.tls = config.tls.relative_to(base);
         Ok(config)
     }
 }

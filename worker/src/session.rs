@@ -66,7 +66,7 @@ impl Attempts {
 
 /// Runs the worker until `shutdown` turns true; then cancels what still runs.
 pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
-    let tls = config.tls.files().load()?;
+    let tls = config.tls.load()?;
     if tls.identity.name != config.name {
         return Err(WorkerError::NameMismatch {
             config: config.name.clone(),
