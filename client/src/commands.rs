@@ -105,7 +105,16 @@ pub async fn remote(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn submit(client: &mut Client, pipeline: &Path, params: &[String]) -> anyhow::Result<u64> {
+/// A pipeline file read and validated locally, with the same code the coordinator
+/// runs, so that a bad spec fails before anything is uploaded.
+pub struct LocalSpec {
+    yaml: String,
+    file_name: String,
+    overrides: BTreeMap<String, String>,
+    spec: ferry_common::spec::Pipeline,
+}
+
+pub fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec> {
     let yaml = std::fs::read_to_string(pipeline)
         .with_context(|| format!("cannot read {}", pipeline.display()))?;
     let file_name = pipeline
@@ -117,8 +126,22 @@ async fn submit(client: &mut Client, pipeline: &Path, params: &[String]) -> anyh
         let (key, value) = parse_param_override(text)?;
         overrides.insert(key, value);
     }
-    // The same validation the coordinator runs: fail before uploading anything.
     let spec = parse_pipeline(&file_name, &yaml, &overrides)?;
+    Ok(LocalSpec {
+        yaml,
+        file_name,
+        overrides,
+        spec,
+    })
+}
+
+async fn submit(client: &mut Client, pipeline: &Path, params: &[String]) -> anyhow::Result<u64> {
+    let LocalSpec {
+        yaml,
+        file_name,
+        overrides,
+        spec,
+    } = validate(pipeline, params)?;
     let folder = pipeline
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

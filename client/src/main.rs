@@ -175,7 +175,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Spec diagnostics already start with "error: ", one per line.
+            match error.downcast_ref::<ferry_common::spec::SpecError>() {
+                Some(spec) => eprintln!("{spec}"),
+                None => eprintln!("error: {error:#}"),
+            }
             std::process::ExitCode::from(2)
         }
     }
@@ -226,6 +230,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         command => {
             init_tracing("warn");
+            if let Command::Run {
+                pipeline, params, ..
+            } = &command
+            {
+                // A bad spec is reported even when no coordinator is reachable.
+                commands::validate(pipeline, params)?;
+            }
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
             let mut client = ferry_client::connect(&config).await?;
             commands::remote(&mut client, command, output).await

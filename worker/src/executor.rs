@@ -224,7 +224,18 @@ async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), Stag
         .await
         .map_err(fetch)?
         .into_inner();
-    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    // A name of its own per download: attempts started together may fetch the same
+    // bundle at once, and each must write its own file before the atomic rename.
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = path.with_file_name(format!(
+        ".{file_name}.partial-{}-{number}",
+        std::process::id()
+    ));
     let mut file = tokio::fs::File::create(&partial)
         .await
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
