@@ -1,1 +1,10 @@
-fn main() {}
+//! Ferry's integration tests: one test binary, real processes, real certificates,
+//! ports picked at run time on 127.0.0.1. Build the workspace first
+//! (`cargo build --workspace`); the harness is in `tests/src/lib.rs`.
+
+mod t10_iris;
+mod t20_failures;
+mod t30_restart;
+mod t40_security;
+mod t50_specs;
+mod t60_dev;

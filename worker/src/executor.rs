@@ -576,11 +576,53 @@ async fn upload_file(agent: &Agent, path: &Path) -> Result<(String, u64), String
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The coordinator may be restarting when a step ends: retry what a restart
+    // causes, with backoff, reading the file afresh each time.
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        match agent
+            .clone()
+            .upload_artifact(file_chunks(file, &digest, size))
+            .await
+        {
+            Ok(blob) => {
+                let blob = blob.into_inner();
+                return Ok((blob.digest, blob.size));
+            }
+            Err(status) if is_transient(&status) && tries < UPLOAD_TRIES => {
+                tracing::debug!(%status, file = %path.display(), "upload failed; retrying");
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(status) => return Err(status.message().to_string()),
+        }
+    }
+}
+
+/// How often an output upload is tried through a coordinator outage (about two minutes).
+const UPLOAD_TRIES: u32 = 45;
+
+/// Errors that a coordinator restart or a dropped connection produces.
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// A file as upload chunks: the first names digest and size, the rest carry data.
+fn file_chunks(
+    file: tokio::fs::File,
+    digest: &str,
+    size: u64,
+) -> impl futures::Stream<Item = proto::Chunk> + Send + 'static {
     let first = proto::Chunk {
-        digest: digest.clone(),
+        digest: digest.to_string(),
         size,
         data: Vec::new(),
     };
@@ -601,14 +643,7 @@ async fn upload_file(agent: &Agent, path: &Path) -> Result<(String, u64), String
             }
         }
     });
-    let chunks = futures::stream::iter([first]).chain(rest);
-    let blob = agent
-        .clone()
-        .upload_artifact(chunks)
-        .await
-        .map_err(|status| status.message().to_string())?
-        .into_inner();
-    Ok((blob.digest, blob.size))
+    futures::stream::iter([first]).chain(rest)
 }
 
 #[cfg(test)]

@@ -1,0 +1,328 @@
+//! The happy path end to end: the iris example through one coordinator and one
+//! worker, artifacts verified byte for byte, logs complete and in order, `logs -f`
+//! and `--watch` ending with the run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ferry_tests::{Cluster, bin, step_of, wait_for, workspace_root, write_pipeline};
+use serde_json::Value;
+
+const WORKER_CONFIG: &str = "cpus = 4\nmemory = \"4Gi\"";
+
+fn cluster_with_worker() -> Cluster {
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", WORKER_CONFIG);
+    cluster
+}
+
+/// The stdout texts of `[step#attempt stream] text` lines of one step, attempt and stream.
+fn texts(logs: &str, step: &str, attempt: u32, stream: &str) -> Vec<String> {
+    let prefix = format!("[{step}#{attempt} {stream}] ");
+    logs.lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts `ferry ARGS` in the background as the cluster's client, stdout into `out`.
+fn spawn_ferry(cluster: &Cluster, args: &[&str], out: &Path) -> Child {
+    Command::new(bin("ferry"))
+        .args(args)
+        .env("HOME", cluster.root.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("FERRY_CONFIG")
+        .env("FERRY_COORDINATOR", cluster.address())
+        .env("FERRY_CA", cluster.pki.ca())
+        .env("FERRY_CERT", cluster.pki.cert(ferry_tests::CLIENT))
+        .env("FERRY_KEY", cluster.pki.key(ferry_tests::CLIENT))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).expect("output file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferry")
+}
+
+#[test]
+fn iris_pipeline_succeeds_with_verified_artifacts() {
+    let cluster = cluster_with_worker();
+    let pipeline_path = workspace_root().join("examples/iris/pipeline.yaml");
+    let yaml = std::fs::read_to_string(&pipeline_path).expect("iris pipeline");
+    let spec = ferry_common::spec::parse_pipeline("pipeline.yaml", &yaml, &BTreeMap::new())
+        .expect("the iris pipeline is valid");
+    assert_eq!(
+        spec.steps.len(),
+        9,
+        "split, standardize, 3 train, 3 eval, select"
+    );
+
+    let run = cluster.submit(&pipeline_path, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(120));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_eq!(status["pipeline"], "iris");
+    let steps = status["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), spec.steps.len(), "{status:#}");
+    for step in &spec.steps {
+        let view = step_of(&status, &step.name);
+        assert_eq!(view["state"], "succeeded", "{view:#}");
+        assert_eq!(view["attempt"], 1, "{view:#}");
+        assert_eq!(view["worker"], "w1", "{view:#}");
+        assert_eq!(view["exit_code"], 0, "{view:#}");
+        let attempts = view["attempts"].as_array().expect("attempts");
+        assert_eq!(attempts.len(), 1, "{view:#}");
+        assert_eq!(attempts[0]["attempt"], 1);
+        assert_eq!(attempts[0]["outcome"], "succeeded", "{view:#}");
+        assert_eq!(attempts[0]["worker"], "w1");
+    }
+
+    // Every declared output of every step is listed exactly once, and nothing else.
+    let listed = cluster.ferry(&["artifacts", &run.to_string(), "--output", "json"]);
+    assert!(listed.success(), "{listed:?}");
+    let listed = listed.json();
+    let listed = listed.as_array().expect("artifact list");
+    let declared: usize = spec.steps.iter().map(|s| s.outputs.len()).sum();
+    assert_eq!(declared, 13);
+    assert_eq!(listed.len(), declared, "{listed:#?}");
+    let downloads = cluster.path("downloads");
+    std::fs::create_dir_all(&downloads).expect("downloads dir");
+    let mut digests: BTreeMap<(String, String), String> = BTreeMap::new();
+    for step in &spec.steps {
+        for output in &step.outputs {
+            let matching: Vec<&Value> = listed
+                .iter()
+                .filter(|a| a["step"] == step.name.as_str() && a["name"] == output.as_str())
+                .collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "{}/{output} listed once: {listed:#?}",
+                step.name
+            );
+            let artifact = matching[0];
+            assert_eq!(artifact["attempt"], 1, "{artifact}");
+            let digest = artifact["digest"].as_str().expect("digest").to_string();
+            let size = artifact["size"].as_u64().expect("size");
+            let target = downloads.join(format!("{}--{output}", step.name));
+            let got = cluster.ferry(&[
+                "artifacts",
+                "get",
+                &run.to_string(),
+                &step.name,
+                output,
+                "-o",
+                target.to_str().expect("utf-8 path"),
+            ]);
+            assert!(got.success(), "{got:?}");
+            assert!(got.stdout.contains("verified"), "{got:?}");
+            let bytes = std::fs::read(&target).expect("downloaded artifact");
+            assert_eq!(bytes.len() as u64, size, "{}/{output}", step.name);
+            assert!(size > 0, "{}/{output} is empty", step.name);
+            assert_eq!(
+                blake3::hash(&bytes).to_hex().to_string(),
+                digest,
+                "{}/{output}",
+                step.name
+            );
+            digests.insert((step.name.clone(), output.clone()), digest);
+        }
+    }
+
+    // The chosen model is a byte-for-byte copy of the winning training step's model.
+    let best: Value = serde_json::from_slice(
+        &std::fs::read(downloads.join("select--best.json")).expect("best.json"),
+    )
+    .expect("best.json is JSON");
+    let k = best["k"].as_u64().expect("k");
+    assert!([1, 5, 15].contains(&k), "{best}");
+    let accuracy = best["accuracy"].as_f64().expect("accuracy");
+    assert!((0.0..=1.0).contains(&accuracy) && accuracy > 0.5, "{best}");
+    assert_eq!(
+        digests[&("select".to_string(), "best_model.json".to_string())],
+        digests[&(format!("train-k{k}"), "model.json".to_string())]
+    );
+
+    let logs = cluster.ferry(&["logs", &run.to_string(), "select"]);
+    assert!(logs.success(), "{logs:?}");
+    let stdout = texts(&logs.stdout, "select", 1, "stdout");
+    let best_line = stdout
+        .iter()
+        .find(|line| line.starts_with("best model: k="))
+        .unwrap_or_else(|| panic!("no best-model line in {}", logs.stdout));
+    assert_eq!(
+        best_line,
+        &format!("best model: k={k} accuracy={accuracy:.4}")
+    );
+    assert!(
+        logs.stdout
+            .lines()
+            .all(|line| line.starts_with("[select#1 ")),
+        "only the select step's lines: {}",
+        logs.stdout
+    );
+}
+
+#[test]
+fn step_logs_are_complete_and_in_order() {
+    let cluster = cluster_with_worker();
+    let dir = cluster.path("chatty");
+    let pipeline = write_pipeline(
+        &dir,
+        r#"name: chatty
+steps:
+  - name: chatter
+    command: ["./chatter.sh"]
+  - name: other
+    shell: "echo from-the-other-step"
+"#,
+        &[(
+            "chatter.sh",
+            "#!/bin/sh\ni=0\nwhile [ $i -lt 500 ]; do\n  echo \"line $i\"\n  if [ $((i % 50)) -eq 0 ]; then echo \"err $i\" >&2; fi\n  i=$((i + 1))\ndone\n",
+        )],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+
+    let logs = cluster.ferry(&["logs", &run.to_string(), "chatter"]);
+    assert!(logs.success(), "{logs:?}");
+    let expected: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
+    assert_eq!(texts(&logs.stdout, "chatter", 1, "stdout"), expected);
+    let expected_err: Vec<String> = (0..500).step_by(50).map(|i| format!("err {i}")).collect();
+    assert_eq!(texts(&logs.stdout, "chatter", 1, "stderr"), expected_err);
+    assert_eq!(
+        logs.stdout.lines().count(),
+        510,
+        "nothing but the step's lines"
+    );
+    assert!(!logs.stdout.contains("from-the-other-step"));
+
+    // Without a step: every step's lines.
+    let all = cluster.ferry(&["logs", &run.to_string()]);
+    assert!(all.success(), "{all:?}");
+    assert_eq!(texts(&all.stdout, "chatter", 1, "stdout"), expected);
+    assert_eq!(
+        texts(&all.stdout, "other", 1, "stdout"),
+        vec!["from-the-other-step".to_string()]
+    );
+}
+
+#[test]
+fn logs_follow_streams_live_and_ends_with_the_run() {
+    let cluster = cluster_with_worker();
+    let dir = cluster.path("slow");
+    let pipeline = write_pipeline(
+        &dir,
+        r#"name: slow
+steps:
+  - name: slow
+    shell: "for i in 0 1 2 3 4 5 6 7; do echo slow-$i; sleep 0.4; done"
+"#,
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    cluster.wait_step(run, "slow", "running", Duration::from_secs(30));
+    let out = cluster.path("follow.out");
+    let mut follower = spawn_ferry(&cluster, &["logs", &run.to_string(), "-f"], &out);
+
+    // Lines arrive while the step still runs, and the follower keeps waiting.
+    wait_for(
+        Duration::from_secs(10),
+        "the first line to be followed",
+        || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("slow-0")
+                .then_some(())
+        },
+    );
+    assert!(
+        follower.try_wait().expect("try_wait").is_none(),
+        "logs -f exited while the step was still running"
+    );
+
+    let status = cluster.wait_run(run, Duration::from_secs(30));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let exit = wait_for(Duration::from_secs(10), "logs -f to exit by itself", || {
+        follower.try_wait().expect("try_wait")
+    });
+    assert!(exit.success(), "logs -f exited with {exit}");
+    let text = std::fs::read_to_string(&out).expect("follow output");
+    let expected: Vec<String> = (0..8).map(|i| format!("slow-{i}")).collect();
+    assert_eq!(texts(&text, "slow", 1, "stdout"), expected, "{text}");
+}
+
+#[test]
+fn watch_exit_code_follows_the_run_outcome() {
+    let cluster = cluster_with_worker();
+    let good = write_pipeline(
+        &cluster.path("good"),
+        "name: good\nsteps:\n  - name: fine\n    shell: \"echo fine\"\n  - name: after\n    needs: [fine]\n    shell: \"true\"\n",
+        &[],
+    );
+    let bad = write_pipeline(
+        &cluster.path("bad"),
+        "name: bad\nsteps:\n  - name: broken\n    shell: \"echo nope >&2; exit 3\"\n",
+        &[],
+    );
+
+    let result = cluster.ferry(&["run", good.to_str().expect("path"), "--watch"]);
+    assert_eq!(result.code, Some(0), "{result:?}");
+    let run = ferry_tests::parse_run_id(&result.stdout).expect("run id");
+    assert!(
+        result.stdout.contains(&format!("run {run} succeeded")),
+        "{result:?}"
+    );
+    assert_eq!(cluster.status(run)["state"], "succeeded");
+
+    let result = cluster.ferry(&["run", bad.to_str().expect("path"), "--watch"]);
+    assert!(
+        result.code.is_some_and(|code| code != 0),
+        "a failed run must exit non-zero: {result:?}"
+    );
+    let run = ferry_tests::parse_run_id(&result.stdout).expect("run id");
+    assert!(
+        result.stdout.contains(&format!("run {run} failed")),
+        "{result:?}"
+    );
+    let status = cluster.status(run);
+    assert_eq!(status["state"], "failed");
+    assert_eq!(step_of(&status, "broken")["exit_code"], 3);
+
+    // `ferry watch` on runs that already ended answers the same way.
+    let watched = cluster.ferry(&["watch", &run.to_string()]);
+    assert!(watched.code.is_some_and(|code| code != 0), "{watched:?}");
+    let watched = cluster.ferry(&["watch", &(run - 1).to_string()]);
+    assert_eq!(watched.code, Some(0), "{watched:?}");
+}
+
+#[test]
+fn first_steps_started_together_on_a_fresh_worker_all_get_the_bundle() {
+    let cluster = cluster_with_worker();
+    let names: Vec<String> = (1..=6).map(|i| format!("first-{i}")).collect();
+    let mut yaml = String::from("name: fanout\nsteps:\n");
+    for name in &names {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    shell: \"cat data.txt\"\n    resources: {{cpu: 0.5, memory: 64Mi}}\n"
+        ));
+    }
+    let pipeline = write_pipeline(
+        &cluster.path("fanout"),
+        &yaml,
+        &[("data.txt", "shipped in the bundle\n")],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let logs = cluster.ferry(&["logs", &run.to_string()]);
+    assert!(logs.success(), "{logs:?}");
+    for name in &names {
+        let step = step_of(&status, name);
+        assert_eq!(step["attempt"], 1, "{step:#}");
+        assert_eq!(
+            texts(&logs.stdout, name, 1, "stdout"),
+            vec!["shipped in the bundle".to_string()]
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! `ferry dev`: a one-process cluster that writes its own certificates and a client
+//! config, so that a plain `ferry run` works with no flags and no environment; and
+//! the messages a user gets when nothing is configured or nothing is listening.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferry_tests::{CliResult, Pki, bin, free_port, parse_run_id, wait_for, write_pipeline};
+
+/// A `ferry` command with `HOME` set to `home` and no Ferry or XDG variables
+/// inherited, so that only what the test sets up can configure it.
+fn isolated(home: &Path) -> Command {
+    let mut command = Command::new(bin("ferry"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("FERRY_") || key.starts_with("XDG_") {
+            command.env_remove(&key);
+        }
+    }
+    command.env("HOME", home).stdin(Stdio::null());
+    command
+}
+
+fn run_ferry(home: &Path, cwd: &Path, args: &[&str]) -> CliResult {
+    let output = isolated(home)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run ferry");
+    CliResult {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A running `ferry dev`; SIGKILLed when dropped if it is still running.
+struct Dev {
+    child: Child,
+    /// Lines of its stdout, read by a thread.
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    log: PathBuf,
+}
+
+impl Dev {
+    fn start(home: &Path, extra: &[&str]) -> Dev {
+        let log = home.join("dev.log");
+        let mut child = isolated(home)
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--cpus",
+                "2",
+                "--memory",
+                "2Gi",
+            ])
+            .args(extra)
+            .current_dir(home)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start ferry dev");
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Dev {
+            child,
+            lines,
+            stdout: Vec::new(),
+            log,
+        }
+    }
+
+    /// Waits (bounded) for a stdout line containing `text` and returns it.
+    fn wait_line(&mut self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stdout.iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.stdout.push(line),
+                Err(error) => panic!(
+                    "no line with {text:?} from ferry dev ({error}); stdout: {:?}; stderr:\n{}",
+                    self.stdout,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for it to exit by itself.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let child = &mut self.child;
+        wait_for(
+            Duration::from_secs(20),
+            "ferry dev to exit after SIGTERM",
+            || child.try_wait().expect("try_wait"),
+        )
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const TWO_STEPS: &str = "name: dev-smoke
+steps:
+  - name: make
+    shell: \"echo hello from dev > greeting.txt\"
+    outputs: [greeting.txt]
+  - name: check
+    inputs:
+      greeting: make/greeting.txt
+    shell: \"grep -q 'hello from dev' \\\"$FERRY_INPUT_GREETING\\\" && echo checked\"
+";
+
+#[test]
+fn ferry_dev_runs_a_pipeline_with_no_flags_and_stops_on_sigterm() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+    let data = home.join("dev-data");
+    let mut dev = Dev::start(home, &["--data-dir", data.to_str().expect("utf-8 path")]);
+
+    let written = dev.wait_line("client config written", Duration::from_secs(30));
+    let config_path = home.join(".config/ferry/config.toml");
+    assert!(
+        written.contains(&config_path.display().to_string()),
+        "{written}"
+    );
+    let listening = dev.wait_line("coordinator listening on", Duration::from_secs(1));
+    let address = listening
+        .split_whitespace()
+        .find(|word| word.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .to_string();
+    assert_ne!(address, "127.0.0.1:0", "the port was not picked");
+    let config = std::fs::read_to_string(&config_path).expect("client config");
+    assert!(
+        config.contains(&format!("coordinator = \"{address}\"")),
+        "{config}"
+    );
+
+    // Certificates for every member, in the data directory.
+    let certs = data.join("certs");
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "dev-coordinator.pem",
+        "dev-coordinator-key.pem",
+        "dev-user.pem",
+        "dev-user-key.pem",
+    ] {
+        assert!(certs.join(file).is_file(), "{file} missing in {certs:?}");
+    }
+
+    // A plain `ferry run --watch`: no flags, no FERRY_* variables.
+    let work = home.join("project");
+    let pipeline = write_pipeline(&work, TWO_STEPS, &[]);
+    let result = run_ferry(home, &work, &["run", "pipeline.yaml", "--watch"]);
+    assert!(
+        result.success(),
+        "ferry run --watch failed: {result:?}\nferry dev stderr:\n{}",
+        std::fs::read_to_string(&dev.log).unwrap_or_default()
+    );
+    assert!(pipeline.exists());
+    let run = parse_run_id(&result.stdout).expect("run id");
+    assert!(
+        result.stdout.contains(&format!("run {run} succeeded")),
+        "{result:?}"
+    );
+
+    let runs = run_ferry(home, home, &["runs", "--output", "json"]);
+    assert!(runs.success(), "{runs:?}");
+    let runs = runs.json();
+    let list = runs.as_array().expect("a JSON list");
+    assert_eq!(list.len(), 1, "{runs:#}");
+    assert_eq!(list[0]["run"], run);
+    assert_eq!(list[0]["pipeline"], "dev-smoke");
+    assert_eq!(list[0]["state"], "succeeded");
+    assert_eq!(list[0]["submitter"], "dev-user");
+
+    let logs = run_ferry(home, home, &["logs", &run.to_string(), "check"]);
+    assert!(
+        logs.success() && logs.stdout.contains("checked"),
+        "{logs:?}"
+    );
+
+    // The worker offers exactly the capacity asked for.
+    let workers = run_ferry(home, home, &["workers", "--output", "json"]);
+    assert!(workers.success(), "{workers:?}");
+    let workers = workers.json();
+    assert_eq!(workers[0]["capacity"]["cpu_millis"], 2000, "{workers:#}");
+    assert_eq!(
+        workers[0]["capacity"]["memory_bytes"],
+        2u64 << 30,
+        "{workers:#}"
+    );
+    assert_eq!(workers[0]["labels"]["mode"], "dev", "{workers:#}");
+
+    let status = dev.terminate();
+    assert!(status.success(), "ferry dev exited with {status}");
+    let stderr = std::fs::read_to_string(&dev.log).unwrap_or_default();
+    assert!(stderr.contains("ferry dev: stopping"), "{stderr}");
+}
+
+#[test]
+fn ferry_dev_keeps_its_data_under_home_by_default() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+    let mut dev = Dev::start(home, &[]);
+    let listening = dev.wait_line("coordinator listening on", Duration::from_secs(30));
+    let default = home.join(".local/share/ferry/dev");
+    assert!(
+        listening.contains(&format!("data in {}", default.display())),
+        "{listening}"
+    );
+    dev.wait_line("client config written", Duration::from_secs(30));
+    assert!(
+        default.join("certs/ca.pem").is_file(),
+        "no CA in {default:?}"
+    );
+    assert!(default.join("coordinator").is_dir(), "no coordinator data");
+    assert!(home.join(".config/ferry/config.toml").is_file());
+
+    // The cluster answers a plain `ferry` command.
+    let runs = run_ferry(home, home, &["runs", "--output", "json"]);
+    assert!(runs.success(), "{runs:?}");
+    assert_eq!(runs.json(), serde_json::json!([]));
+
+    let status = dev.terminate();
+    assert!(status.success(), "ferry dev exited with {status}");
+}
+
+#[test]
+fn without_configuration_or_coordinator_the_client_says_what_to_do() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+
+    let result = run_ferry(home, home, &["runs"]);
+    assert!(!result.success(), "{result:?}");
+    assert!(
+        result.stderr.contains("no coordinator is configured")
+            && result.stderr.contains("--coordinator")
+            && result.stderr.contains("'ferry dev'"),
+        "{result:?}"
+    );
+
+    // Valid certificates, but nothing listens at the address.
+    let pki = Pki::new(&home.join("certs")).expect("CA");
+    pki.issue("client", "alice").expect("client cert");
+    let address = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let result = run_ferry(
+        home,
+        home,
+        &[
+            "runs",
+            "--coordinator",
+            &address,
+            "--ca",
+            pki.ca().to_str().expect("utf-8 path"),
+            "--cert",
+            pki.cert("alice").to_str().expect("utf-8 path"),
+            "--key",
+            pki.key("alice").to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(!result.success(), "{result:?}");
+    assert!(
+        result
+            .stderr
+            .contains(&format!("cannot reach the coordinator at {address}")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
