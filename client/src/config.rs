@@ -14,6 +14,10 @@ pub struct ClientConfig {
     pub tls: TlsFiles,
 }
 
+/// The first line of a client config written by `ferry dev`.
+pub const DEV_CONFIG_HEADER: &str =
+    "# Written by 'ferry dev'. Used by every 'ferry' command without flags.";
+
 /// Values given on the command line or in the environment; each wins over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -135,13 +139,7 @@ impl ClientConfig {
             std::fs::create_dir_all(parent).map_err(write)?;
         }
         let text = toml::to_string(self).expect("client config serializes");
-        std::fs::write(
-            path,
-            format!(
-                "# Written by 'ferry dev'. Used by every 'ferry' command without flags.\n{text}"
-            ),
-        )
-        .map_err(write)
+        std::fs::write(path, format!("{DEV_CONFIG_HEADER}\n{text}")).map_err(write)
     }
 }
 

@@ -117,6 +117,20 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         tls: files(CLIENT_NAME),
     };
     let client_path = default_config_path()?;
+    if let Ok(previous) = std::fs::read_to_string(&client_path)
+        && !previous.starts_with(crate::config::DEV_CONFIG_HEADER)
+    {
+        // A config for another cluster: keep it rather than lose it silently.
+        let backup = client_path.with_extension("toml.bak");
+        std::fs::rename(&client_path, &backup).map_err(|source| DevError::Io {
+            path: backup.display().to_string(),
+            source,
+        })?;
+        println!(
+            "ferry dev: your previous client config was moved to {}",
+            backup.display()
+        );
+    }
     client.write(&client_path)?;
 
     let worker_config = WorkerConfig {

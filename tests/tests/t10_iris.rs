@@ -326,3 +326,65 @@ fn first_steps_started_together_on_a_fresh_worker_all_get_the_bundle() {
         );
     }
 }
+
+/// The code bundle honours `.ferryignore`, reaches the step's work directory, and
+/// an identical bundle is stored once and not uploaded again.
+#[test]
+fn the_code_bundle_is_filtered_staged_and_uploaded_once() {
+    let cluster = cluster_with_worker();
+    let dir = cluster.path("bundled");
+    let pipeline = write_pipeline(
+        &dir,
+        r#"name: bundled
+steps:
+  - name: look
+    shell: "test -f code/helper.txt && test ! -e secrets.env && test ! -e data/big.bin && cat code/helper.txt > seen.txt"
+    outputs: [seen.txt]
+"#,
+        &[
+            ("code/helper.txt", "shipped with the bundle\n"),
+            ("secrets.env", "TOKEN=do-not-ship\n"),
+            ("data/big.bin", "pretend this is large\n"),
+            (".ferryignore", "secrets.env\ndata/\n"),
+        ],
+    );
+    let path = pipeline.to_str().unwrap();
+    let first = cluster.ferry(&["run", path, "--watch"]);
+    assert!(first.success(), "{first:?}");
+    assert!(first.stdout.contains("uploaded"), "{}", first.stdout);
+    let second = cluster.ferry(&["run", path, "--watch"]);
+    assert!(second.success(), "{second:?}");
+    assert!(
+        second.stdout.contains("already stored"),
+        "an identical bundle must not be uploaded again: {}",
+        second.stdout
+    );
+    let runs = cluster.ferry(&["runs", "--output", "json"]).json();
+    let ids: Vec<u64> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_u64().unwrap())
+        .collect();
+    let bundles: Vec<Value> = ids
+        .iter()
+        .map(|id| cluster.status(*id)["bundle"].clone())
+        .collect();
+    assert_eq!(bundles.len(), 2);
+    assert_eq!(bundles[0], bundles[1], "same folder, same digest");
+    let out = cluster.path("seen.txt");
+    let get = cluster.ferry(&[
+        "artifacts",
+        "get",
+        &ids[0].to_string(),
+        "look",
+        "seen.txt",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(get.success(), "{get:?}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "shipped with the bundle\n"
+    );
+}

@@ -302,3 +302,37 @@ fn without_configuration_or_coordinator_the_client_says_what_to_do() {
         started.elapsed()
     );
 }
+
+/// A client config for another cluster is moved aside, not overwritten; a config
+/// `ferry dev` wrote itself is simply replaced on the next start.
+#[test]
+fn ferry_dev_keeps_a_foreign_client_config_as_a_backup() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+    let config = home.join(".config/ferry/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let foreign = "coordinator = \"prod.example:7443\"\n";
+    std::fs::write(&config, foreign).unwrap();
+    let data = home.join("dev-data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let extra = ["--data-dir", data_arg.as_str()];
+    let mut dev = Dev::start(home, &extra);
+    let moved = dev.wait_line("previous client config was moved", Duration::from_secs(30));
+    let backup = home.join(".config/ferry/config.toml.bak");
+    assert!(moved.contains(backup.to_str().unwrap()), "{moved}");
+    dev.wait_line("client config written", Duration::from_secs(30));
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), foreign);
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("127.0.0.1:")
+    );
+    assert!(dev.terminate().success());
+
+    // Restarting replaces its own config and leaves the backup alone.
+    let mut again = Dev::start(home, &extra);
+    let line = again.wait_line("client config written", Duration::from_secs(30));
+    assert!(line.contains("client config written"), "{line}");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), foreign);
+    assert!(again.terminate().success());
+}
