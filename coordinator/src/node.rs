@@ -209,6 +209,28 @@ impl Node {
         }
     }
 
+    /// Stops, on the worker, every attempt it says it runs that is no longer an
+    /// active attempt of its own (cancelled or retried elsewhere while it was
+    /// disconnected, or a cancel that was lost): fencing for processes, not only
+    /// for reports.
+    pub fn stop_stale_attempts(&self, worker: &str, running: Vec<AttemptKey>) {
+        let stale: Vec<AttemptKey> = self.read(|state| {
+            running
+                .into_iter()
+                .filter(|key| !state.holds(worker, key))
+                .collect()
+        });
+        for key in stale {
+            tracing::info!(run = key.run, step = %key.step, attempt = key.attempt, worker, "stopping a stale attempt");
+            self.send_to_worker(
+                worker,
+                proto::WorkerMessage {
+                    kind: Some(proto::worker_message::Kind::Cancel(attempt_ref(&key))),
+                },
+            );
+        }
+    }
+
     fn push_assignment(&self, key: &AttemptKey, worker: &str) {
         let assignment = self.read(|state| build_assignment(state, key));
         match assignment {

@@ -219,9 +219,9 @@ impl WorkerLoad {
     pub fn in_use(&self) -> Resources {
         let mut total = Resources::default();
         for (resources, _) in self.attempts.values() {
-            total.cpu_millis += resources.cpu_millis;
-            total.memory_bytes += resources.memory_bytes;
-            total.gpus += resources.gpus;
+            total.cpu_millis = total.cpu_millis.saturating_add(resources.cpu_millis);
+            total.memory_bytes = total.memory_bytes.saturating_add(resources.memory_bytes);
+            total.gpus = total.gpus.saturating_add(resources.gpus);
         }
         total
     }
@@ -519,8 +519,10 @@ impl State {
         let load = self.loads.entry(worker.name.clone()).or_default();
         let used = load.in_use();
         let gpus_in_use = load.gpus_in_use();
-        let fits = used.cpu_millis + resources.cpu_millis <= worker.capacity.cpu_millis
-            && used.memory_bytes + resources.memory_bytes <= worker.capacity.memory_bytes
+        let fits = used.cpu_millis.saturating_add(resources.cpu_millis)
+            <= worker.capacity.cpu_millis
+            && used.memory_bytes.saturating_add(resources.memory_bytes)
+                <= worker.capacity.memory_bytes
             && placement.gpus.len() == resources.gpus as usize
             && placement.gpus.iter().all(|g| {
                 !gpus_in_use.contains(g) && worker.gpus.iter().any(|known| known.index == *g)
@@ -866,6 +868,13 @@ impl State {
             }
         }
         queue
+    }
+
+    /// Whether `key` is an assigned or running attempt of `worker`.
+    pub fn holds(&self, worker: &str, key: &AttemptKey) -> bool {
+        self.loads
+            .get(worker)
+            .is_some_and(|load| load.attempts.contains_key(key))
     }
 
     /// The attempts currently assigned to (not yet started on) a worker.

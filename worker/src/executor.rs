@@ -89,6 +89,7 @@ pub async fn run_attempt(
     let input_paths = match staged {
         Ok(paths) => paths,
         Err(error) => {
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
             return report(
                 "error",
                 None,
@@ -117,6 +118,7 @@ pub async fn run_attempt(
             Vec::new(),
         ),
         Ok(Ended::Cancelled) => report("cancelled", None, "cancelled".into(), Vec::new()),
+        Ok(Ended::Lost(reason)) => report("error", None, reason, Vec::new()),
         Ok(Ended::Exited(status)) => match status.code() {
             Some(0) => match collect_outputs(ctx, &assignment.outputs, &work_dir).await {
                 Ok(outputs) => report("exited", Some(0), String::new(), outputs),
@@ -265,6 +267,8 @@ async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), Stag
 
 enum Ended {
     Exited(std::process::ExitStatus),
+    /// The worker could not wait for the process; it is killed like a timed-out one.
+    Lost(String),
     TimedOut,
     Cancelled,
 }
@@ -358,7 +362,10 @@ async fn execute(
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
     let ended = tokio::select! {
-        status = child.wait() => Ended::Exited(status.map_err(|e| format!("waiting for the process failed: {e}"))?),
+        status = child.wait() => match status {
+            Ok(status) => Ended::Exited(status),
+            Err(e) => Ended::Lost(format!("waiting for the process failed: {e}")),
+        },
         _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Ended::TimedOut,
         _ = cancel.wait_for(|c| *c) => Ended::Cancelled,
     };
@@ -386,7 +393,10 @@ async fn execute(
         }
     }
     let _ = shipper.await;
-    Ok(ended)
+    match ended {
+        Ended::Lost(reason) => Err(reason),
+        ended => Ok(ended),
+    }
 }
 
 /// Reads lines (split at `MAX_LINE_BYTES`), lossily decoded, until end of file.

@@ -57,6 +57,17 @@ fn attempt_key(attempt: Option<proto::AttemptRef>) -> Result<AttemptKey, Status>
     })
 }
 
+fn request_running(running: Vec<proto::AttemptRef>) -> Vec<AttemptKey> {
+    running
+        .into_iter()
+        .map(|a| AttemptKey {
+            run: a.run_id,
+            step: a.step,
+            attempt: a.attempt,
+        })
+        .collect()
+}
+
 fn report_ack(outcome: Outcome) -> proto::Ack {
     match outcome {
         Outcome::Report { accepted, detail } => proto::Ack { accepted, detail },
@@ -106,15 +117,7 @@ impl Agent for AgentService {
             registered_ms: now_ms(),
             session: session.clone(),
         };
-        let running = register
-            .running
-            .into_iter()
-            .map(|a| AttemptKey {
-                run: a.run_id,
-                step: a.step,
-                attempt: a.attempt,
-            })
-            .collect();
+        let running = request_running(register.running);
         self.node
             .propose(Command::RegisterWorker {
                 worker,
@@ -136,6 +139,7 @@ impl Agent for AgentService {
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        let heartbeat = request.into_inner();
         let registered = self
             .node
             .read(|state| state.workers.contains_key(&identity.name));
@@ -146,6 +150,8 @@ impl Agent for AgentService {
             )));
         }
         self.node.heartbeat(&identity.name);
+        let running = request_running(heartbeat.running);
+        self.node.stop_stale_attempts(&identity.name, running);
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),

@@ -99,6 +99,12 @@ pub(crate) async fn send_blob(
 ) -> Result<ResponseStream<proto::Chunk>, Status> {
     let (size, stream) = blobs.read(digest).await.map_err(blob_status)?;
     let digest = digest.to_string();
+    // A first chunk names digest and size even for an empty blob.
+    let header = proto::Chunk {
+        digest: digest.clone(),
+        size,
+        data: Vec::new(),
+    };
     let chunks = stream.map(move |item| {
         item.map(|data| proto::Chunk {
             digest: digest.clone(),
@@ -107,5 +113,5 @@ pub(crate) async fn send_blob(
         })
         .map_err(blob_status)
     });
-    Ok(Box::pin(chunks))
+    Ok(Box::pin(futures::stream::iter([Ok(header)]).chain(chunks)))
 }
