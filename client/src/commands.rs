@@ -55,9 +55,12 @@ pub fn certs(command: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command against the coordinator; `validated` is the pipeline of a `run`
+/// command when it was already validated before connecting.
 pub async fn remote(
     client: &mut Client,
     command: Command,
+    validated: Option<LocalSpec>,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     match command {
@@ -66,7 +69,11 @@ pub async fn remote(
             params,
             watch: follow,
         } => {
-            let run = submit(client, &pipeline, &params).await?;
+            let local = match validated {
+                Some(local) => local,
+                None => validate(&pipeline, &params)?,
+            };
+            let run = submit(client, &pipeline, local).await?;
             if follow {
                 return watch(client, run).await;
             }
@@ -135,13 +142,13 @@ pub fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec>
     })
 }
 
-async fn submit(client: &mut Client, pipeline: &Path, params: &[String]) -> anyhow::Result<u64> {
+async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyhow::Result<u64> {
     let LocalSpec {
         yaml,
         file_name,
         overrides,
         spec,
-    } = validate(pipeline, params)?;
+    } = local;
     let folder = pipeline
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

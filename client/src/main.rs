@@ -230,16 +230,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         command => {
             init_tracing("warn");
-            if let Command::Run {
-                pipeline, params, ..
-            } = &command
-            {
-                // A bad spec is reported even when no coordinator is reachable.
-                commands::validate(pipeline, params)?;
-            }
+            // A bad spec is reported even when no coordinator is reachable.
+            let validated = match &command {
+                Command::Run {
+                    pipeline, params, ..
+                } => Some(commands::validate(pipeline, params)?),
+                _ => None,
+            };
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
             let mut client = ferry_client::connect(&config).await?;
-            commands::remote(&mut client, command, output).await
+            commands::remote(&mut client, command, validated, output).await
         }
     }
 }

@@ -158,6 +158,16 @@ pub struct CliResult {
     pub stderr: String,
 }
 
+impl From<Output> for CliResult {
+    fn from(output: Output) -> CliResult {
+        CliResult {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl CliResult {
     pub fn success(&self) -> bool {
         self.code == Some(0)
@@ -313,11 +323,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .expect("run ferry");
-        CliResult {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        CliResult::from(output)
     }
 
     /// Submits a pipeline and returns its run id.
@@ -396,21 +402,29 @@ pub fn write_pipeline(dir: &Path, yaml: &str, files: &[(&str, &str)]) -> PathBuf
     path
 }
 
+/// How many live processes have `marker` in their command line.
+pub fn processes_with_marker(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // Zombies have exited; only count live processes.
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
+        })
+        .count()
+}
+
 /// Whether any process still runs whose command line contains `marker`.
 pub fn process_with_marker_exists(marker: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // Zombies have exited; only count live processes.
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
-    })
+    processes_with_marker(marker) > 0
 }
 
 /// The workspace's root folder (for `examples/`).

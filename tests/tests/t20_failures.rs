@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use ferry_tests::{Cluster, process_with_marker_exists, step_of, wait_for, write_pipeline};
+use ferry_tests::{
+    Cluster, process_with_marker_exists, processes_with_marker, step_of, wait_for, write_pipeline,
+};
 use serde_json::Value;
 
 const WORKER_CONFIG: &str = "cpus = 4\nmemory = \"4Gi\"";
@@ -42,25 +44,6 @@ fn tree_script(marker: &str) -> String {
          echo tree started\n\
          wait\n"
     )
-}
-
-/// How many live processes have `marker` in their command line.
-fn count_marked(marker: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
-        })
-        .count()
 }
 
 fn attempts(step: &Value) -> &Vec<Value> {
@@ -156,7 +139,7 @@ steps:
     );
     let run = cluster.submit(&pipeline, &[]);
     wait_for(Duration::from_secs(30), "the process tree to start", || {
-        (count_marked(&mark) >= 4).then_some(())
+        (processes_with_marker(&mark) >= 4).then_some(())
     });
 
     let status = cluster.wait_run(run, Duration::from_secs(30));
@@ -204,7 +187,7 @@ steps:
     let run = cluster.submit(&pipeline, &[]);
     cluster.wait_step(run, "tree", "running", Duration::from_secs(30));
     wait_for(Duration::from_secs(30), "the process tree to start", || {
-        (count_marked(&mark) >= 4).then_some(())
+        (processes_with_marker(&mark) >= 4).then_some(())
     });
 
     let cancelled = cluster.ferry(&["cancel", &run.to_string()]);

@@ -30,11 +30,7 @@ fn run_ferry(home: &Path, cwd: &Path, args: &[&str]) -> CliResult {
         .current_dir(cwd)
         .output()
         .expect("run ferry");
-    CliResult {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    CliResult::from(output)
 }
 
 /// A running `ferry dev`; SIGKILLed when dropped if it is still running.
