@@ -203,6 +203,7 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
             spec_file: file_name,
             params: overrides.into_iter().collect(),
             bundle_digest: bundle.digest.clone(),
+            request_id: String::new(),
         })
         .await
         .map_err(status_error)?
@@ -264,7 +265,10 @@ const STEP_HEADERS: [&str; 7] = ["STEP", "STATE", "ATTEMPT", "WORKER", "TIME", "
 
 async fn get_run(client: &mut Client, run: u64) -> anyhow::Result<proto::RunView> {
     Ok(client
-        .get_run(proto::GetRunRequest { run_id: run })
+        .get_run(proto::GetRunRequest {
+            run_id: run,
+            stale: false,
+        })
         .await
         .map_err(status_error)?
         .into_inner())
@@ -443,7 +447,7 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
 
 async fn runs(client: &mut Client, output: Output) -> anyhow::Result<()> {
     let runs = client
-        .list_runs(proto::ListRunsRequest {})
+        .list_runs(proto::ListRunsRequest { stale: false })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -502,7 +506,7 @@ async fn runs(client: &mut Client, output: Output) -> anyhow::Result<()> {
 
 async fn workers(client: &mut Client, output: Output) -> anyhow::Result<()> {
     let workers = client
-        .list_workers(proto::ListWorkersRequest {})
+        .list_workers(proto::ListWorkersRequest { stale: false })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -612,7 +616,10 @@ async fn logs(
 
 async fn artifacts(client: &mut Client, run: u64, output: Output) -> anyhow::Result<()> {
     let artifacts = client
-        .list_artifacts(proto::ListArtifactsRequest { run_id: run })
+        .list_artifacts(proto::ListArtifactsRequest {
+            run_id: run,
+            stale: false,
+        })
         .await
         .map_err(status_error)?
         .into_inner()

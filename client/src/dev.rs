@@ -104,6 +104,11 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         data_dir: data_dir.join("coordinator"),
         tls: files(COORDINATOR_NAME),
         max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+        id: 1,
+        peer_listen: None,
+        members: Vec::new(),
+        join: false,
+        raft: Default::default(),
     })
     .await?;
     let address = coordinator.local_addr();

@@ -444,6 +444,17 @@ pub fn identity_from_der(der: &[u8]) -> Result<Identity, PkiError> {
     found.ok_or_else(no_identity)
 }
 
+/// Parses an identity URI (`spiffe://ferry/<role>/<name>`), as a coordinator
+/// forwarding a call names its original caller.
+pub fn identity_from_uri(uri: &str) -> Result<Identity, PkiError> {
+    let rest = uri
+        .strip_prefix(SPIFFE_PREFIX)
+        .ok_or_else(|| PkiError::Certificate(format!("\"{uri}\" is not a Ferry identity URI")))?;
+    parse_identity_path(rest).map_err(|reason| {
+        PkiError::Certificate(format!("the identity URI \"{uri}\" is malformed: {reason}"))
+    })
+}
+
 /// Parses `<role>/<name>`, the part of the identity URI after the prefix.
 fn parse_identity_path(rest: &str) -> Result<Identity, String> {
     let Some((role, name)) = rest.split_once('/') else {

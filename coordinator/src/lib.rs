@@ -10,6 +10,7 @@
 pub mod api;
 pub mod blobs;
 pub mod config;
+pub mod consensus;
 pub mod node;
 pub mod scheduler;
 pub mod state;
@@ -18,7 +19,9 @@ pub mod store;
 use std::net::SocketAddr;
 
 use ferry_common::pki::{PkiError, TlsMaterial};
-use ferry_common::proto::{agent_server::AgentServer, control_server::ControlServer};
+use ferry_common::proto::{
+    agent_server::AgentServer, control_server::ControlServer, peer_server::PeerServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -34,6 +37,10 @@ pub enum CoordinatorError {
     Tls(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    #[error("this coordinator stopped serving: {0}")]
+    Stopped(String),
     #[error(transparent)]
     Blobs(#[from] blobs::BlobError),
     #[error("cannot listen on {address}: {source}")]
@@ -55,6 +62,7 @@ pub struct Coordinator {
     tls: TlsMaterial,
     config: CoordinatorConfig,
     listener: TcpListener,
+    peer_listener: Option<TcpListener>,
 }
 
 impl Coordinator {
@@ -73,42 +81,112 @@ impl Coordinator {
                     address: config.listen,
                     source,
                 })?;
+        let peer_listener = match config.peer_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| CoordinatorError::Bind { address, source })?,
+            ),
+            None => None,
+        };
+        config.initial_members().map_err(node::NodeError::from)?;
+        // Port 0 asks the system for a port: record the one it gave, since a
+        // one-member cluster names itself by its listening address.
+        let mut config = config;
+        if let Ok(address) = listener.local_addr() {
+            config.listen = address;
+        }
+        if let Some(address) = peer_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            config.peer_listen = Some(address);
+        }
         Ok(Coordinator {
             tls,
             config,
             listener,
+            peer_listener,
         })
+    }
+
+    /// Where peers reach this coordinator (the client address unless `peer_listen`).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| self.local_addr())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
-    /// Serves until `shutdown` turns true, then stops the background loops.
-    pub async fn serve(self, shutdown: watch::Receiver<bool>) -> Result<(), CoordinatorError> {
+    /// Serves until `shutdown` turns true; a leader first hands leadership to an
+    /// up-to-date follower. Stops by itself (with an error) when this member can no
+    /// longer serve: its storage failed, or it was removed from the cluster.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<(), CoordinatorError> {
         let store = store::Store::open(&self.config.data_dir.join("state"))?;
         let blobs = blobs::BlobStore::open(
             &self.config.data_dir.join("blobs"),
             self.config.max_blob_bytes,
         )?;
-        let (node, tasks) = node::Node::start(store, blobs, shutdown.clone())?;
-        tracing::info!(address = %self.local_addr(), "coordinator serving");
+        let (stop_tasks, tasks_shutdown) = watch::channel(false);
+        let (node, tasks) = node::Node::start(
+            &self.config,
+            self.tls.clone(),
+            store,
+            blobs,
+            tasks_shutdown.clone(),
+        )?;
+        tracing::info!(id = self.config.id, address = %self.local_addr(), peer_address = %self.peer_addr(), "coordinator serving");
         let control = ControlServer::new(api::ControlService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let agent = AgentServer::new(api::AgentService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let mut stop = shutdown.clone();
-        let result = tonic::transport::Server::builder()
-            .tls_config(self.tls.server_config())?
-            .add_service(control)
-            .add_service(agent)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let peer = PeerServer::new(api::PeerService::new(node.clone()))
+            .max_decoding_message_size(consensus::transport::MAX_PEER_MESSAGE_BYTES);
+        let (stop_servers, servers_shutdown) = watch::channel(false);
+        let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|s| *s).await;
+        };
+        let mut main_server =
+            tonic::transport::Server::builder().tls_config(self.tls.server_config())?;
+        let main_router = main_server.add_service(control).add_service(agent);
+        let (main_router, peer_server) = match self.peer_listener {
+            Some(listener) => {
+                let server = tonic::transport::Server::builder()
+                    .tls_config(self.tls.server_config())?
+                    .add_service(peer)
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        until_stopped(servers_shutdown.clone()),
+                    );
+                (main_router, Some(tokio::spawn(server)))
+            }
+            None => (main_router.add_service(peer), None),
+        };
+        let main = tokio::spawn(main_router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.listener),
+            until_stopped(servers_shutdown),
+        ));
+        let mut stopped = node.subscribe_stop();
+        let failure = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {
+                node.step_down().await;
+                None
+            }
+            reason = stopped.wait_for(|r| r.is_some()) => reason.ok().and_then(|r| r.clone()),
+        };
+        let _ = stop_servers.send(true);
+        let _ = stop_tasks.send(true);
         tasks.join().await;
         node.store.flush().await?;
-        result?;
-        Ok(())
+        let served = main.await.unwrap_or(Ok(()));
+        if let Some(peer_server) = peer_server {
+            peer_server.await.unwrap_or(Ok(()))?;
+        }
+        served?;
+        match failure {
+            Some(reason) => Err(CoordinatorError::Stopped(reason)),
+            None => Ok(()),
+        }
     }
 }

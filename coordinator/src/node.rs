@@ -1,38 +1,36 @@
-//! The coordinator's runtime around the state machine: one apply loop that takes
-//! proposed commands in batches, applies them, persists the result with the applied
-//! index, and only then answers the proposers and pushes work to workers; and the
-//! scheduling loop that turns free capacity into `Assign` commands.
-//!
-//! Raft slots in between `propose` and `apply` in the next step of the design: the
-//! apply loop will consume committed entries instead of local proposals.
+//! The coordinator's runtime around the state machine: the Raft loop
+//! (`consensus::driver`) applies committed commands; this module holds the state it
+//! applies them to, turns a proposal into a Raft proposal here or a forwarded one
+//! on the leader, makes reads linearizable, runs the scheduling loop on the leader
+//! only, and keeps the leader's worker streams.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
+use ferry_common::pki::{Identity, Role, TlsMaterial};
 use ferry_common::proto;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::blobs::BlobStore;
+use crate::config::CoordinatorConfig;
+use crate::consensus::driver::{self, Driver, Input, LocalStatus, Proposal, RoleInfo};
+use crate::consensus::storage::{LogStore, SledLog};
+use crate::consensus::transport::Transport;
 use crate::scheduler;
-use crate::state::{AttemptKey, Command, Outcome, State, StateError};
+use crate::state::{AttemptKey, Command, Member, Outcome, State, StateError};
 use crate::store::{Store, StoreError};
 
-/// Most commands applied (and flushed) together.
-const MAX_BATCH: usize = 512;
 /// Room in each worker's assignment stream before it is considered stuck.
 pub const WORKER_STREAM_DEPTH: usize = 1024;
+/// How long a proposal or a read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 pub type WorkerSender = mpsc::Sender<Result<proto::WorkerMessage, Status>>;
 
-struct Proposal {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
-}
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     #[error(transparent)]
     Rejected(#[from] StateError),
@@ -40,6 +38,45 @@ pub enum ProposeError {
     Storage(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    #[error("this coordinator is not the leader")]
+    NotLeader,
+    #[error(
+        "no leader could be reached within {0:?}: fewer than a majority of coordinators may be up"
+    )]
+    NoLeader(Duration),
+    #[error(
+        "the change was not committed (leadership changed while it was in flight); it is safe to retry"
+    )]
+    NotCommitted,
+    #[error("the change was refused: {0}")]
+    Refused(String),
+    #[error("{}", .0.message())]
+    Remote(Status),
+    #[error("{0}")]
+    Denied(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] crate::consensus::storage::LogStoreError),
+    #[error("invalid cluster configuration: {0}")]
+    Cluster(#[from] crate::config::ClusterConfigError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(
+        "member {id} was removed from the cluster and must not serve again; \
+         to bring this machine back, empty its data directory and add it as a new member"
+    )]
+    Removed { id: u64 },
+    #[error(
+        "the stored state is inconsistent with the Raft log: {detail}; this replica \
+         refuses to serve. Restore its data directory from a backup, or empty it, \
+         remove the member and add it again so it copies the state from the others"
+    )]
+    Inconsistent { detail: String },
 }
 
 struct WorkerLink {
@@ -48,14 +85,20 @@ struct WorkerLink {
 }
 
 pub struct Node {
+    pub id: u64,
     state: RwLock<State>,
     proposals: mpsc::Sender<Proposal>,
+    inputs: mpsc::Sender<Input>,
+    role: watch::Receiver<RoleInfo>,
+    pub transport: Arc<Transport>,
     pub store: Store,
     pub blobs: BlobStore,
     state_version: watch::Sender<u64>,
     log_version: watch::Sender<u64>,
     links: Mutex<HashMap<String, WorkerLink>>,
     heartbeats: Mutex<HashMap<String, i64>>,
+    /// Turns true when this member must stop serving (storage failure, removed).
+    stop: watch::Sender<Option<String>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -78,55 +121,520 @@ impl NodeTasks {
     }
 }
 
+/// Decides whether `caller` may make `command`: a forwarded command is authorized
+/// on the leader on the original caller, not on the forwarding coordinator.
+pub fn authorize(caller: &Identity, command: &Command) -> Result<(), ProposeError> {
+    let worker_named = |worker: &str| {
+        if caller.role == Role::Worker && caller.name == worker {
+            Ok(())
+        } else {
+            Err(ProposeError::Denied(format!(
+                "{caller} may not report for worker \"{worker}\""
+            )))
+        }
+    };
+    match command {
+        Command::SubmitRun { submitter, .. } => {
+            if caller.role == Role::Client && caller.name == *submitter {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not submit runs (client certificates only)"
+                )))
+            }
+        }
+        Command::CancelRun { .. } => {
+            if caller.role == Role::Client {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not cancel runs (client certificates only)"
+                )))
+            }
+        }
+        Command::RegisterWorker { worker, .. } => worker_named(&worker.name),
+        Command::StepStarted { worker, .. } | Command::StepFinished { worker, .. } => {
+            worker_named(worker)
+        }
+        Command::Assign { .. } => {
+            if caller.role == Role::Coordinator {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not assign work (the leader's scheduler only)"
+                )))
+            }
+        }
+    }
+}
+
 impl Node {
-    /// Loads the state from the store and starts the apply and scheduling loops,
-    /// which run until `shutdown` turns true.
+    /// Opens the Raft log beside the state (bootstrapping a new cluster from the
+    /// configured members), checks that the two agree, and starts the Raft loop
+    /// and the scheduling loop, which run until `shutdown` turns true.
     pub fn start(
+        config: &CoordinatorConfig,
+        tls: TlsMaterial,
         store: Store,
         blobs: BlobStore,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<(Arc<Node>, NodeTasks), StoreError> {
+    ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
+        let initial = config.initial_members()?;
+        let log = SledLog::open(store.db())?;
+        if log.is_empty() && !config.join {
+            let members: Vec<Member> = initial
+                .iter()
+                .map(|m| Member {
+                    id: m.id,
+                    client_address: m.client_address.clone(),
+                    peer_address: m
+                        .peer_address
+                        .clone()
+                        .unwrap_or_else(|| m.client_address.clone()),
+                })
+                .collect();
+            let snapshot = driver::bootstrap_snapshot(&members);
+            store.install_snapshot(&snapshot.data, 1)?;
+            log.apply_snapshot(snapshot)?;
+            log.sync()?;
+            tracing::info!(members = ?members.iter().map(|m| m.id).collect::<Vec<_>>(), "bootstrapped a new cluster");
+        }
         let (state, applied) = store.load()?;
+        let hard_state = log.hard_state();
+        let snapshot_index = raft::Storage::first_index(&log)?.saturating_sub(1);
+        if applied > hard_state.commit.max(snapshot_index) {
+            return Err(NodeError::Inconsistent {
+                detail: format!(
+                    "the state has applied index {applied} but the log commits only up to {}",
+                    hard_state.commit
+                ),
+            });
+        }
+        if applied < snapshot_index {
+            return Err(NodeError::Inconsistent {
+                detail: format!(
+                    "the state has applied index {applied} but the log starts after {snapshot_index}"
+                ),
+            });
+        }
+        let conf_state = raft::Storage::initial_state(&log)?.conf_state;
+        if !conf_state.voters.is_empty()
+            && !conf_state.voters.contains(&config.id)
+            && !conf_state.learners.contains(&config.id)
+        {
+            return Err(NodeError::Removed { id: config.id });
+        }
         tracing::info!(
+            id = config.id,
             applied_index = applied,
+            commit_index = hard_state.commit,
+            term = hard_state.term,
             runs = state.runs.len(),
             workers = state.workers.len(),
             "state loaded"
         );
-        let (proposals, receiver) = mpsc::channel(4096);
+        let (feedback_sender, feedback) = mpsc::channel(1024);
+        let transport = Arc::new(Transport::new(config.id, tls, feedback_sender));
+        // A joining member knows no members until the leader's snapshot arrives;
+        // the configured ones let it answer the leader meanwhile.
+        let mut address_book = state.members.clone();
+        if address_book.is_empty() {
+            for m in &config.members {
+                address_book.insert(
+                    m.id,
+                    Member {
+                        id: m.id,
+                        client_address: m.client_address.clone(),
+                        peer_address: m
+                            .peer_address
+                            .clone()
+                            .unwrap_or_else(|| m.client_address.clone()),
+                    },
+                );
+            }
+        }
+        transport.set_members(&address_book);
+        let (proposals, proposal_receiver) = mpsc::channel(8192);
+        let (inputs, input_receiver) = mpsc::channel(8192);
+        let (role_sender, role) = watch::channel(RoleInfo {
+            id: config.id,
+            role: "follower",
+            ..Default::default()
+        });
         let node = Arc::new(Node {
+            id: config.id,
             state: RwLock::new(state),
             proposals,
+            inputs,
+            role,
+            transport: transport.clone(),
             store,
             blobs,
             state_version: watch::channel(0).0,
             log_version: watch::channel(0).0,
             links: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
+            stop: watch::channel(None).0,
         });
-        let apply = tokio::spawn(apply_loop(
-            node.clone(),
-            receiver,
+        let driver = Driver::new(
+            config.id,
+            log,
             applied,
+            node.clone(),
+            transport,
+            config.raft.clone(),
+            role_sender,
+        )?;
+        let raft = tokio::spawn(driver.run(
+            proposal_receiver,
+            input_receiver,
+            feedback,
             shutdown.clone(),
         ));
-        let schedule = tokio::spawn(schedule_loop(node.clone(), shutdown));
+        let schedule = tokio::spawn(schedule_loop(node.clone(), shutdown.clone()));
+        let leadership = tokio::spawn(leadership_loop(node.clone(), shutdown));
         Ok((
             node,
             NodeTasks {
-                handles: vec![apply, schedule],
+                handles: vec![raft, schedule, leadership],
             },
         ))
     }
 
-    /// Proposes a command and waits until it is applied and durable.
+    /// Proposes a command on behalf of `caller` and waits until it is committed,
+    /// applied and durable. On a follower the command is forwarded to the leader
+    /// with the caller's identity.
+    pub async fn propose_as(
+        &self,
+        caller: &Identity,
+        command: Command,
+    ) -> Result<Outcome, ProposeError> {
+        authorize(caller, &command)?;
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut role = self.role.clone();
+        loop {
+            let info = role.borrow_and_update().clone();
+            let attempt = match info.leader {
+                Some(leader) if leader == self.id => self.propose_local(command.clone()).await,
+                Some(leader) => self.forward(leader, caller, &command).await,
+                None => Err(ProposeError::NotLeader),
+            };
+            match attempt {
+                Err(ProposeError::NotLeader) | Err(ProposeError::NotCommitted) => {}
+                Err(ProposeError::Remote(status)) if status.code() == tonic::Code::Unavailable => {}
+                other => return other,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProposeError::NoLeader(LEADER_WAIT));
+            }
+            // Wait for a role change, or retry soon: the leader may have moved.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
+        }
+    }
+
+    /// Proposes a command of the coordinator itself (the scheduler), on the leader.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.propose_local(command).await
+    }
+
+    async fn propose_local(&self, command: Command) -> Result<Outcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Proposal { command, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         answer.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        caller: &Identity,
+        command: &Command,
+    ) -> Result<Outcome, ProposeError> {
+        let Some(mut client) = self.transport.client(leader) else {
+            return Err(ProposeError::NotLeader);
+        };
+        let request = proto::ForwardRequest {
+            caller: caller.uri(),
+            command: serde_json::to_vec(command).expect("commands serialize"),
+        };
+        let response = client
+            .forward(request)
+            .await
+            .map_err(ProposeError::Remote)?
+            .into_inner();
+        serde_json::from_slice(&response.outcome)
+            .map_err(|e| ProposeError::Refused(format!("the leader's answer does not decode: {e}")))
+    }
+
+    /// Waits until this member has applied everything committed when the call
+    /// began (Raft ReadIndex), so that a read after it is linearizable. Fails when
+    /// no quorum confirms a leader in time (a minority answers no such read).
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.inputs
+                .send(Input::ReadIndex(reply))
+                .await
+                .map_err(|_| ProposeError::ShuttingDown)?;
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), answer).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::NoLeader(Duration::from_secs(5)));
+            }
+        }
+    }
+
+    /// Proposes adding (or removing) a member, then waits until it is applied.
+    pub async fn change_membership(
+        &self,
+        add: Option<Member>,
+        remove: Option<u64>,
+    ) -> Result<(), ProposeError> {
+        let mut change = raft::eraftpb::ConfChange::default();
+        let id = match (&add, remove) {
+            (Some(member), _) => {
+                change.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+                change.node_id = member.id;
+                change.context = serde_json::to_vec(member)
+                    .expect("members serialize")
+                    .into();
+                member.id
+            }
+            (None, Some(id)) => {
+                change.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
+                change.node_id = id;
+                id
+            }
+            (None, None) => return Ok(()),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::ConfChange(change, reply))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        answer.await.map_err(|_| ProposeError::ShuttingDown)??;
+        let mut changes = self.subscribe_state();
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let done = self.read(|state| state.members.contains_key(&id) == add.is_some());
+            if done {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProposeError::NotCommitted);
+            }
+            let _ = tokio::time::timeout(left, changes.changed()).await;
+        }
+    }
+
+    /// Hands a Raft message from a peer to the Raft loop.
+    pub async fn step(&self, message: raft::eraftpb::Message) -> Result<(), Status> {
+        self.inputs
+            .send(Input::Message(Box::new(message)))
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// This member's own line of `ferry cluster status`.
+    pub async fn member_status(&self) -> Result<proto::MemberStatus, Status> {
+        let local = self
+            .local_status()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let member = self.read(|state| state.members.get(&self.id).cloned());
+        Ok(proto::MemberStatus {
+            id: self.id,
+            client_address: member
+                .as_ref()
+                .map(|m| m.client_address.clone())
+                .unwrap_or_default(),
+            peer_address: member.map(|m| m.peer_address).unwrap_or_default(),
+            role: local.role.to_string(),
+            term: local.term,
+            commit_index: local.commit,
+            applied_index: local.applied,
+            lag: 0,
+            last_contact_ms: 0,
+            reachable: true,
+            error: String::new(),
+        })
+    }
+
+    /// Every member's status, as seen from this one: each is asked for its own
+    /// view; the lag is measured against the leader's commit index.
+    pub async fn cluster_status(&self) -> proto::ClusterStatusResponse {
+        let members: Vec<Member> = self.read(|state| state.members.values().cloned().collect());
+        let mut statuses = Vec::new();
+        for member in members {
+            let status = if member.id == self.id {
+                self.member_status().await
+            } else {
+                match self.transport.client(member.id) {
+                    Some(mut client) => tokio::time::timeout(
+                        Duration::from_secs(1),
+                        client.describe_self(proto::ClusterStatusRequest {}),
+                    )
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("no answer within 1 s"))
+                    .and_then(|r| r.map(|r| r.into_inner())),
+                    None => Err(Status::unavailable("no link to this member")),
+                }
+            };
+            let mut status = status.unwrap_or_else(|error| proto::MemberStatus {
+                id: member.id,
+                role: "unreachable".to_string(),
+                reachable: false,
+                error: error.message().to_string(),
+                ..Default::default()
+            });
+            status.client_address = member.client_address.clone();
+            status.peer_address = member.peer_address.clone();
+            if member.id != self.id {
+                status.last_contact_ms = self
+                    .transport
+                    .since_contact(member.id)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(-1);
+            }
+            statuses.push(status);
+        }
+        let leader_commit = statuses
+            .iter()
+            .filter(|s| s.role == "leader")
+            .map(|s| s.commit_index)
+            .max()
+            .unwrap_or_else(|| statuses.iter().map(|s| s.commit_index).max().unwrap_or(0));
+        for status in &mut statuses {
+            if status.reachable {
+                status.lag = leader_commit.saturating_sub(status.applied_index);
+            }
+        }
+        proto::ClusterStatusResponse {
+            leader_id: self.role().leader.unwrap_or(0),
+            members: statuses,
+            answered_by: self.id,
+        }
+    }
+
+    /// This member's Raft view.
+    pub async fn local_status(&self) -> Result<LocalStatus, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Status(reply))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        answer.await.map_err(|_| ProposeError::ShuttingDown)
+    }
+
+    /// On SIGTERM: a leader hands leadership to an up-to-date follower and waits
+    /// (briefly) until another member leads, so clients barely notice the stop.
+    pub async fn step_down(&self) {
+        if !self.role().is_leader() {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inputs
+            .send(Input::TransferLeadership(reply))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(Some(to)) = answer.await else {
+            return;
+        };
+        let mut role = self.role.clone();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(2),
+            role.wait_for(|info| info.leader.is_some_and(|leader| leader != self.id)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => tracing::info!(to, "leadership handed over"),
+            _ => tracing::warn!(
+                to,
+                "leadership transfer did not finish in 2 s; stopping anyway"
+            ),
+        }
+    }
+
+    pub fn role(&self) -> RoleInfo {
+        self.role.borrow().clone()
+    }
+
+    pub fn subscribe_role(&self) -> watch::Receiver<RoleInfo> {
+        self.role.clone()
+    }
+
+    /// The leader's client address, when another member leads.
+    pub fn leader_hint(&self) -> Option<String> {
+        let leader = self.role().leader?;
+        self.read(|state| state.members.get(&leader).map(|m| m.client_address.clone()))
+    }
+
+    /// For calls only the leader serves: `Unavailable` naming the leader otherwise.
+    pub fn require_leader(&self) -> Result<(), Status> {
+        let info = self.role();
+        if info.is_leader() {
+            return Ok(());
+        }
+        let hint = self.leader_hint();
+        let mut status = Status::unavailable(match &hint {
+            Some(address) => format!(
+                "coordinator {} is not the leader; the leader is at {address}",
+                self.id
+            ),
+            None => format!(
+                "coordinator {} knows no leader yet (an election may be under way); retry shortly",
+                self.id
+            ),
+        });
+        if let Some(address) = hint
+            && let Ok(value) = address.parse()
+        {
+            status.metadata_mut().insert("ferry-leader", value);
+        }
+        Err(status)
+    }
+
+    /// Turns true (with the reason) when this member must stop serving.
+    pub fn subscribe_stop(&self) -> watch::Receiver<Option<String>> {
+        self.stop.subscribe()
+    }
+
+    pub(crate) fn fail_stop(&self, error: String) {
+        self.stop
+            .send_replace(Some(format!("cannot persist: {error}")));
+    }
+
+    pub(crate) fn removed_from_cluster(&self) {
+        tracing::warn!(
+            id = self.id,
+            "this member was removed from the cluster; it stops serving"
+        );
+        self.stop.send_replace(Some(format!(
+            "member {} was removed from the cluster",
+            self.id
+        )));
+    }
+
+    pub(crate) fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().expect("state lock poisoned")
+    }
+
+    pub(crate) fn replace_state(&self, state: State) {
+        *self.state_mut() = state;
+    }
+
+    pub(crate) fn state_changed(&self) {
+        self.state_version.send_modify(|v| *v += 1);
     }
 
     /// Runs `read` on the current state.
@@ -247,7 +755,7 @@ impl Node {
         }
     }
 
-    fn carry_out(&self, outcome: &Outcome) {
+    pub(crate) fn carry_out(&self, outcome: &Outcome) {
         match outcome {
             Outcome::Assigned(assigned) => {
                 for (key, worker) in assigned {
@@ -333,65 +841,45 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
     })
 }
 
-async fn apply_loop(
-    node: Arc<Node>,
-    mut receiver: mpsc::Receiver<Proposal>,
-    mut applied: u64,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Drops every worker stream when this member stops leading, so that workers
+/// find the new leader; a new leader starts every worker's lease afresh.
+async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut role = node.subscribe_role();
+    let mut leading = false;
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
-            proposal = receiver.recv() => match proposal {
-                Some(proposal) => proposal,
-                None => break,
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(proposal) => batch.push(proposal),
-                Err(_) => break,
-            }
+            changed = role.changed() => if changed.is_err() { break },
         }
-        let mut results = Vec::with_capacity(batch.len());
-        let staged = {
-            let mut state = node.state.write().expect("state lock poisoned");
-            for proposal in &batch {
-                results.push(state.apply(proposal.command.clone()));
-            }
-            applied += batch.len() as u64;
-            node.store.stage(&mut state, applied)
-        };
-        let durable = match staged {
-            Ok(()) => node.store.flush().await,
-            Err(e) => Err(e),
-        };
-        if let Err(error) = durable {
-            // The in-memory state is now ahead of the disk: stop serving rather than
-            // acknowledge something that may be lost.
-            tracing::error!(%error, "cannot persist applied commands; stopping the apply loop");
-            for proposal in batch {
-                let _ = proposal
-                    .reply
-                    .send(Err(ProposeError::Storage(error.to_string())));
-            }
-            break;
+        let now_leading = role.borrow_and_update().is_leader();
+        if leading && !now_leading {
+            let dropped = std::mem::take(&mut *node.links.lock().expect("links lock"));
+            tracing::info!(
+                workers = dropped.len(),
+                "no longer the leader; closing worker streams"
+            );
         }
-        for (proposal, result) in batch.into_iter().zip(results) {
-            if let Ok(outcome) = &result {
-                node.carry_out(outcome);
-            }
-            let _ = proposal.reply.send(result.map_err(ProposeError::from));
+        if !leading && now_leading {
+            node.heartbeats.lock().expect("heartbeat lock").clear();
         }
-        node.state_version.send_modify(|v| *v += 1);
+        leading = now_leading;
+        node.state_changed();
     }
-    tracing::info!("apply loop stopped");
+    node.links.lock().expect("links lock").clear();
 }
 
+/// Only the leader schedules; a new leader resumes from the replicated state.
 async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = node.subscribe_state();
     loop {
+        if !node.role().is_leader() {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         let accepting: BTreeSet<String> = {
             let links = node.links.lock().expect("links lock");
             links

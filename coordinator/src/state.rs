@@ -178,6 +178,9 @@ pub struct Run {
     pub state: RunState,
     /// One record per pipeline step, in the pipeline's (topological) order.
     pub steps: Vec<StepRecord>,
+    /// The client's id for this submission, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Run {
@@ -267,6 +270,8 @@ pub enum Command {
         pipeline: Pipeline,
         bundle_digest: String,
         submitter: String,
+        #[serde(default)]
+        request_id: Option<String>,
         now_ms: i64,
     },
     RegisterWorker {
@@ -297,7 +302,7 @@ pub enum Command {
 }
 
 /// The result of applying a command that was accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     RunSubmitted(RunId),
     /// Attempts that were placed and must now be pushed to their workers.
@@ -318,7 +323,7 @@ pub enum Outcome {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StateError {
     #[error("run {0} does not exist")]
     RunNotFound(RunId),
@@ -335,7 +340,17 @@ pub enum StateError {
 pub struct Dirty {
     pub runs: BTreeSet<RunId>,
     pub workers: BTreeSet<String>,
+    pub members: BTreeSet<u64>,
     pub meta: bool,
+}
+
+/// A coordinator of the Raft group: its id and where clients and peers reach it.
+/// Members change only through applied Raft configuration changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub client_address: String,
+    pub peer_address: String,
 }
 
 #[derive(Debug, Default)]
@@ -344,6 +359,10 @@ pub struct State {
     pub workers: BTreeMap<String, Worker>,
     pub loads: BTreeMap<String, WorkerLoad>,
     pub next_run_id: RunId,
+    /// The coordinators of the cluster, by Raft id.
+    pub members: BTreeMap<u64, Member>,
+    /// Derived: submission request ids to the run they started.
+    pub requests: BTreeMap<String, RunId>,
     pub dirty: Dirty,
 }
 
@@ -355,8 +374,15 @@ impl State {
             workers: workers.into_iter().map(|w| (w.name.clone(), w)).collect(),
             loads: BTreeMap::new(),
             next_run_id: next_run_id.max(1),
+            members: BTreeMap::new(),
+            requests: BTreeMap::new(),
             dirty: Dirty::default(),
         };
+        for run in state.runs.values() {
+            if let Some(request) = &run.request_id {
+                state.requests.insert(request.clone(), run.id);
+            }
+        }
         for name in state.workers.keys() {
             state.loads.insert(name.clone(), WorkerLoad::default());
         }
@@ -383,14 +409,41 @@ impl State {
         state
     }
 
+    /// Sets the cluster's members (a restart or a snapshot); not a change to persist.
+    pub fn with_members(mut self, members: impl IntoIterator<Item = Member>) -> State {
+        self.members = members.into_iter().map(|m| (m.id, m)).collect();
+        self
+    }
+
+    /// Records a member added by an applied configuration change (or the initial
+    /// members at bootstrap).
+    pub fn set_member(&mut self, member: Member) {
+        self.dirty.members.insert(member.id);
+        self.members.insert(member.id, member);
+    }
+
+    /// Forgets a member removed by an applied configuration change.
+    pub fn remove_member(&mut self, id: u64) {
+        self.dirty.members.insert(id);
+        self.members.remove(&id);
+    }
+
     pub fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
         match command {
             Command::SubmitRun {
                 pipeline,
                 bundle_digest,
                 submitter,
+                request_id,
                 now_ms,
-            } => Ok(self.submit_run(pipeline, bundle_digest, submitter, now_ms)),
+            } => {
+                // A retried submission (same request id) answers with the run the
+                // first one started instead of starting another.
+                if let Some(id) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
+                    return Ok(Outcome::RunSubmitted(*id));
+                }
+                Ok(self.submit_run(pipeline, bundle_digest, submitter, request_id, now_ms))
+            }
             Command::RegisterWorker {
                 worker,
                 running,
@@ -417,9 +470,13 @@ impl State {
         pipeline: Pipeline,
         bundle_digest: String,
         submitter: String,
+        request_id: Option<String>,
         now_ms: i64,
     ) -> Outcome {
         let id = self.next_run_id.max(1);
+        if let Some(request) = &request_id {
+            self.requests.insert(request.clone(), id);
+        }
         self.next_run_id = id + 1;
         self.dirty.meta = true;
         let steps = pipeline
@@ -446,6 +503,7 @@ impl State {
             finished_ms: None,
             state: RunState::Running,
             steps,
+            request_id,
         };
         self.runs.insert(id, run);
         self.dirty.runs.insert(id);

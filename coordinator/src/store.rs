@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Run, RunId, State, Worker};
+use crate::state::{Member, Run, RunId, State, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,6 +93,11 @@ impl Store {
             let (key, value) = item?;
             workers.push(serde_json::from_slice::<Worker>(&value).map_err(|e| corrupt(&key, e))?);
         }
+        let mut members = Vec::new();
+        for item in self.state.scan_prefix(b"member/") {
+            let (key, value) = item?;
+            members.push(serde_json::from_slice::<Member>(&value).map_err(|e| corrupt(&key, e))?);
+        }
         let next_run_id = match self.state.get(NEXT_RUN_KEY)? {
             Some(value) => decode_u64(NEXT_RUN_KEY, &value)?,
             None => 1,
@@ -109,13 +114,24 @@ impl Store {
                 format!("run {highest} exists but the next run id is {next_run_id}"),
             ));
         }
-        Ok((State::from_records(runs, workers, next_run_id), applied))
+        Ok((
+            State::from_records(runs, workers, next_run_id).with_members(members),
+            applied,
+        ))
     }
 
     /// Writes what the applied commands changed, with the new applied index, in one
     /// atomic batch. Durable only after [`Store::flush`].
     pub fn stage(&self, state: &mut State, applied_index: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        self.stage_in(sled::Batch::default(), state, applied_index)
+    }
+
+    fn stage_in(
+        &self,
+        mut batch: sled::Batch,
+        state: &mut State,
+        applied_index: u64,
+    ) -> Result<(), StoreError> {
         let dirty = std::mem::take(&mut state.dirty);
         for id in dirty.runs {
             if let Some(run) = state.runs.get(&id) {
@@ -129,10 +145,51 @@ impl Store {
                 batch.insert(format!("worker/{name}").into_bytes(), value);
             }
         }
+        for id in dirty.members {
+            match state.members.get(&id) {
+                Some(member) => batch.insert(
+                    member_key(id),
+                    serde_json::to_vec(member).expect("members always serialize"),
+                ),
+                None => batch.remove(member_key(id)),
+            }
+        }
         batch.insert(NEXT_RUN_KEY, &state.next_run_id.to_be_bytes());
         batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
         self.state.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// The whole state machine as bytes, for a Raft snapshot.
+    pub fn snapshot_data(state: &State) -> Vec<u8> {
+        let data = SnapshotData {
+            runs: state.runs.values().cloned().collect(),
+            workers: state.workers.values().cloned().collect(),
+            members: state.members.values().cloned().collect(),
+            next_run_id: state.next_run_id,
+        };
+        serde_json::to_vec(&data).expect("state always serializes")
+    }
+
+    /// Replaces the whole stored state with a snapshot received from the leader,
+    /// atomically with its applied index, and returns the state it holds.
+    pub fn install_snapshot(&self, data: &[u8], applied_index: u64) -> Result<State, StoreError> {
+        let data: SnapshotData =
+            serde_json::from_slice(data).map_err(|e| corrupt(b"snapshot", e))?;
+        let mut batch = sled::Batch::default();
+        for item in self.state.iter() {
+            let (key, _) = item?;
+            batch.remove(key);
+        }
+        let mut state = State::from_records(data.runs, data.workers, data.next_run_id)
+            .with_members(data.members);
+        state.dirty.runs = state.runs.keys().copied().collect();
+        state.dirty.workers = state.workers.keys().cloned().collect();
+        state.dirty.members = state.members.keys().copied().collect();
+        // Removals first, then every record: one atomic batch, so a crash leaves
+        // either the old state or the snapshot's, never a mix.
+        self.stage_in(batch, &mut state, applied_index)?;
+        Ok(state)
     }
 
     /// Appends log lines of one attempt; lines already stored (same step, attempt
@@ -159,6 +216,16 @@ impl Store {
             stored += 1;
         }
         Ok(stored)
+    }
+
+    /// The database, shared with the Raft log (one flush makes both durable).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -196,6 +263,19 @@ impl Store {
     }
 }
 
+/// What a Raft snapshot carries: every record of the state machine.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    runs: Vec<Run>,
+    workers: Vec<Worker>,
+    members: Vec<Member>,
+    next_run_id: RunId,
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    format!("member/{id:020}").into_bytes()
+}
+
 fn run_key(id: RunId) -> Vec<u8> {
     format!("run/{id:020}").into_bytes()
 }
@@ -226,6 +306,7 @@ mod tests {
                     pipeline: pipeline(),
                     bundle_digest: "d".into(),
                     submitter: "alice".into(),
+                    request_id: None,
                     now_ms: 5,
                 })
                 .unwrap();

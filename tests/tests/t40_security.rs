@@ -84,6 +84,7 @@ fn submit_request(bundle: &str) -> proto::SubmitRunRequest {
         spec_file: "pipeline.yaml".to_string(),
         params: Default::default(),
         bundle_digest: bundle.to_string(),
+        request_id: String::new(),
     }
 }
 
@@ -145,7 +146,7 @@ fn a_certificate_from_another_ca_is_refused() {
             .expect_err("a foreign certificate submitted a run");
         assert_ne!(error.code(), tonic::Code::Ok);
         client
-            .list_runs(proto::ListRunsRequest {})
+            .list_runs(proto::ListRunsRequest { stale: false })
             .await
             .expect_err("a foreign certificate listed runs");
     });
@@ -165,7 +166,7 @@ fn a_connection_without_a_client_certificate_is_refused() {
             .await
             .expect_err("a caller without a certificate submitted a run");
         anonymous
-            .list_runs(proto::ListRunsRequest {})
+            .list_runs(proto::ListRunsRequest { stale: false })
             .await
             .expect_err("a caller without a certificate listed runs");
         let mut agent = AgentClient::new(channel(&cluster, &ca, None));

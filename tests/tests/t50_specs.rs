@@ -455,6 +455,7 @@ fn the_coordinator_validates_specs_on_its_own_api() {
                 .collect(),
             // No bundle at all: the spec is checked before the bundle is looked up.
             bundle_digest: String::new(),
+            request_id: String::new(),
         };
 
         let status = client

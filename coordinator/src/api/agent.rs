@@ -85,6 +85,7 @@ impl Agent for AgentService {
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        self.node.require_leader()?;
         let register = request.into_inner();
         if register.labels.len() > MAX_LABELS {
             return Err(Status::invalid_argument(format!(
@@ -119,11 +120,14 @@ impl Agent for AgentService {
         };
         let running = request_running(register.running);
         self.node
-            .propose(Command::RegisterWorker {
-                worker,
-                running,
-                now_ms: now_ms(),
-            })
+            .propose_as(
+                &identity,
+                Command::RegisterWorker {
+                    worker,
+                    running,
+                    now_ms: now_ms(),
+                },
+            )
             .await
             .map_err(propose_status)?;
         self.node.heartbeat(&identity.name);
@@ -139,6 +143,7 @@ impl Agent for AgentService {
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        self.node.require_leader()?;
         let heartbeat = request.into_inner();
         let registered = self
             .node
@@ -165,6 +170,7 @@ impl Agent for AgentService {
         request: Request<proto::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        self.node.require_leader()?;
         let session = request.into_inner().session;
         let current = self
             .node
@@ -185,14 +191,18 @@ impl Agent for AgentService {
         request: Request<proto::StepStartedRequest>,
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, None)?;
+        self.node.require_leader()?;
         let key = attempt_key(request.into_inner().attempt)?;
         let outcome = self
             .node
-            .propose(Command::StepStarted {
-                key: key.clone(),
-                worker: identity.name.clone(),
-                now_ms: now_ms(),
-            })
+            .propose_as(
+                &identity,
+                Command::StepStarted {
+                    key: key.clone(),
+                    worker: identity.name.clone(),
+                    now_ms: now_ms(),
+                },
+            )
             .await
             .map_err(propose_status)?;
         tracing::info!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step started");
@@ -204,6 +214,7 @@ impl Agent for AgentService {
         request: Request<proto::LogBatch>,
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, None)?;
+        self.node.require_leader()?;
         let batch = request.into_inner();
         let key = attempt_key(batch.attempt)?;
         if batch.lines.len() > MAX_LOG_LINES_PER_BATCH {
@@ -296,6 +307,7 @@ impl Agent for AgentService {
         request: Request<proto::StepFinishedRequest>,
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, None)?;
+        self.node.require_leader()?;
         let finished = request.into_inner();
         let key = attempt_key(finished.attempt)?;
         let outcome = match finished.outcome.as_str() {
@@ -335,12 +347,15 @@ impl Agent for AgentService {
         };
         let outcome = self
             .node
-            .propose(Command::StepFinished {
-                key: key.clone(),
-                worker: identity.name.clone(),
-                report,
-                now_ms: now_ms(),
-            })
+            .propose_as(
+                &identity,
+                Command::StepFinished {
+                    key: key.clone(),
+                    worker: identity.name.clone(),
+                    report,
+                    now_ms: now_ms(),
+                },
+            )
             .await
             .map_err(propose_status)?;
         let ack = report_ack(outcome);

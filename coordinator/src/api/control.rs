@@ -23,6 +23,14 @@ pub struct ControlService {
 }
 
 impl ControlService {
+    /// Linearizable unless the caller asked for this replica's possibly stale view.
+    async fn consistent_read(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        self.node.read_barrier().await.map_err(propose_status)
+    }
+
     pub fn new(node: Arc<Node>) -> ControlService {
         ControlService { node }
     }
@@ -208,12 +216,16 @@ impl Control for ControlService {
         }
         let outcome = self
             .node
-            .propose(Command::SubmitRun {
-                pipeline,
-                bundle_digest: submit.bundle_digest,
-                submitter: caller.name.clone(),
-                now_ms: now_ms(),
-            })
+            .propose_as(
+                &caller,
+                Command::SubmitRun {
+                    pipeline,
+                    bundle_digest: submit.bundle_digest,
+                    submitter: caller.name.clone(),
+                    request_id: (!submit.request_id.is_empty()).then(|| submit.request_id.clone()),
+                    now_ms: now_ms(),
+                },
+            )
             .await
             .map_err(propose_status)?;
         let Outcome::RunSubmitted(run_id) = outcome else {
@@ -228,6 +240,7 @@ impl Control for ControlService {
         request: Request<proto::ListRunsRequest>,
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
         require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
         let runs = self
             .node
             .read(|state| state.runs.values().map(run_summary).collect());
@@ -239,6 +252,7 @@ impl Control for ControlService {
         request: Request<proto::GetRunRequest>,
     ) -> Result<Response<proto::RunView>, Status> {
         require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
         Ok(Response::new(self.run_view(request.get_ref().run_id)?))
     }
 
@@ -249,10 +263,13 @@ impl Control for ControlService {
         let caller = require_role(&request, Role::Client)?;
         let run_id = request.get_ref().run_id;
         self.node
-            .propose(Command::CancelRun {
-                run: run_id,
-                now_ms: now_ms(),
-            })
+            .propose_as(
+                &caller,
+                Command::CancelRun {
+                    run: run_id,
+                    now_ms: now_ms(),
+                },
+            )
             .await
             .map_err(propose_status)?;
         tracing::info!(run = run_id, client = %caller.name, "run cancelled");
@@ -264,6 +281,7 @@ impl Control for ControlService {
         request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
         require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
         let workers = self.node.read(|state| {
             state
                 .workers
@@ -375,6 +393,7 @@ impl Control for ControlService {
         request: Request<proto::ListArtifactsRequest>,
     ) -> Result<Response<proto::ListArtifactsResponse>, Status> {
         require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
         let run_id = request.get_ref().run_id;
         let artifacts = self.node.read(|state| {
             let run = state
@@ -438,5 +457,85 @@ impl Control for ControlService {
                 })
         })?;
         Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        Ok(Response::new(self.node.cluster_status().await))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<proto::AddMemberRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        self.node.require_leader()?;
+        let add = request.into_inner();
+        if add.id == 0 {
+            return Err(Status::invalid_argument(
+                "member id 0 is not allowed; use ids from 1",
+            ));
+        }
+        for (what, address) in [
+            ("client address", &add.client_address),
+            ("peer address", &add.peer_address),
+        ] {
+            if address.is_empty() && what == "peer address" {
+                continue;
+            }
+            ferry_common::channel::parse_address(address).map_err(|e| {
+                Status::invalid_argument(format!("the new member's {what} is not valid: {e}"))
+            })?;
+        }
+        if self.node.read(|state| state.members.contains_key(&add.id)) {
+            return Err(Status::already_exists(format!(
+                "member {} is already in the cluster",
+                add.id
+            )));
+        }
+        let member = crate::state::Member {
+            id: add.id,
+            peer_address: if add.peer_address.is_empty() {
+                add.client_address.clone()
+            } else {
+                add.peer_address
+            },
+            client_address: add.client_address,
+        };
+        tracing::info!(member = member.id, client = %caller.name, "adding a member");
+        self.node
+            .change_membership(Some(member), None)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(self.node.cluster_status().await))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        self.node.require_leader()?;
+        let id = request.get_ref().id;
+        let members = self.node.read(|state| state.members.len());
+        if !self.node.read(|state| state.members.contains_key(&id)) {
+            return Err(Status::not_found(format!(
+                "member {id} is not in the cluster"
+            )));
+        }
+        if members <= 1 {
+            return Err(Status::failed_precondition(
+                "the last member cannot be removed",
+            ));
+        }
+        tracing::info!(member = id, client = %caller.name, "removing a member");
+        self.node
+            .change_membership(None, Some(id))
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(self.node.cluster_status().await))
     }
 }

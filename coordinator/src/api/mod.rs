@@ -4,6 +4,7 @@
 
 mod agent;
 mod control;
+mod peer;
 
 use std::pin::Pin;
 
@@ -14,6 +15,7 @@ use tonic::{Status, Streaming};
 
 pub use agent::AgentService;
 pub use control::ControlService;
+pub use peer::PeerService;
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::node::ProposeError;
@@ -26,6 +28,12 @@ pub(crate) fn propose_status(error: ProposeError) -> Status {
         ProposeError::Rejected(error) => state_status(error),
         ProposeError::Storage(message) => Status::unavailable(message),
         ProposeError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
+        ProposeError::NotLeader | ProposeError::NoLeader(_) | ProposeError::NotCommitted => {
+            Status::unavailable(error.to_string())
+        }
+        ProposeError::Refused(message) => Status::failed_precondition(message),
+        ProposeError::Denied(message) => Status::permission_denied(message),
+        ProposeError::Remote(status) => status,
     }
 }
 

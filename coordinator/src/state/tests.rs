@@ -156,6 +156,7 @@ impl Sim {
             pipeline: pipeline(yaml),
             bundle_digest: "blake3:bundle".to_string(),
             submitter: "alice".to_string(),
+            request_id: None,
             now_ms,
         }) {
             Ok(Outcome::RunSubmitted(id)) => id,
@@ -1553,6 +1554,7 @@ steps:
             pipeline: pipeline(yaml),
             bundle_digest: "blake3:b".to_string(),
             submitter: "bob".to_string(),
+            request_id: None,
             now_ms: at(),
         });
     }
@@ -1836,4 +1838,31 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
     );
     assert!(record.state.is_terminal(), "the run must not be stuck");
     assert_eq!(record.steps[1].state, StepState::Skipped);
+}
+
+#[test]
+fn a_retried_submission_with_the_same_request_id_starts_no_second_run() {
+    let mut state = State::default();
+    let submit = |request: &str| Command::SubmitRun {
+        pipeline: pipeline(CHAIN),
+        bundle_digest: "blake3:b".to_string(),
+        submitter: "alice".to_string(),
+        request_id: Some(request.to_string()),
+        now_ms: 1,
+    };
+    let first = state.apply(submit("r-1")).unwrap();
+    let again = state.apply(submit("r-1")).unwrap();
+    let other = state.apply(submit("r-2")).unwrap();
+    assert_eq!(first, Outcome::RunSubmitted(1));
+    assert_eq!(again, Outcome::RunSubmitted(1));
+    assert_eq!(other, Outcome::RunSubmitted(2));
+    assert_eq!(state.runs.len(), 2);
+    // The index is rebuilt from the records after a restart.
+    let runs: Vec<Run> = state.runs.values().cloned().collect();
+    let mut rebuilt = State::from_records(runs, Vec::new(), state.next_run_id);
+    assert_eq!(
+        rebuilt.apply(submit("r-2")).unwrap(),
+        Outcome::RunSubmitted(2)
+    );
+    assert_eq!(rebuilt.runs.len(), 2);
 }
