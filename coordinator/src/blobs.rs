@@ -34,6 +34,7 @@ pub enum BlobError {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     store: Arc<LocalFileSystem>,
+    dir: std::path::PathBuf,
     max_blob_bytes: u64,
 }
 
@@ -51,6 +52,7 @@ impl BlobStore {
         })?;
         Ok(BlobStore {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            dir: dir.to_path_buf(),
             max_blob_bytes,
         })
     }
@@ -59,7 +61,8 @@ impl BlobStore {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
-        match self.store.head(&location(digest)).await {
+        let location = location(digest);
+        match self.store.head(&location).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -76,8 +79,9 @@ impl BlobStore {
                 limit: self.max_blob_bytes,
             });
         }
-        let sink = if self.size_of(digest).await?.is_some() {
+        let sink = if self.size_of(digest).await? == Some(size) {
             // Already stored: the bytes are still hashed, to answer honestly, but not kept.
+            // (A stored file of another size is damaged and gets replaced.)
             None
         } else {
             Some(self.store.put_multipart(&location(digest)).await?)
@@ -88,6 +92,7 @@ impl BlobStore {
             received: 0,
             hasher: blake3::Hasher::new(),
             sink,
+            path: self.dir.join(&digest[..2]).join(digest),
         })
     }
 
@@ -100,7 +105,10 @@ impl BlobStore {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
-        let result = match self.store.get(&location(digest)).await {
+        // A named location (not a temporary) keeps this future Send for every
+        // lifetime, so that callers can spawn it.
+        let location = location(digest);
+        let result = match self.store.get(&location).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(BlobError::NotFound(digest.to_string()));
@@ -145,12 +153,21 @@ impl BlobStore {
 
 /// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
 /// when the digest matches.
+fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 pub struct Upload {
     expected: String,
     announced: u64,
     received: u64,
     hasher: blake3::Hasher,
     sink: Option<Box<dyn MultipartUpload>>,
+    path: std::path::PathBuf,
 }
 
 impl Upload {
@@ -191,6 +208,19 @@ impl Upload {
         }
         if let Some(mut sink) = self.sink.take() {
             sink.complete().await?;
+            // Durable before it is acknowledged: the file and the directory entry
+            // the rename created.
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || sync_file_and_dir(&path))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|e| {
+                    BlobError::Storage(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    })
+                })?;
         }
         Ok((actual, self.received))
     }

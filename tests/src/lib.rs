@@ -179,14 +179,33 @@ impl CliResult {
     }
 }
 
-/// A coordinator process and any number of worker processes, with certificates.
+/// One coordinator of a cluster: its Raft id, its port, and its process if running.
+pub struct Coordinator {
+    pub id: u64,
+    pub port: u16,
+    pub daemon: Option<Daemon>,
+    starts: usize,
+}
+
+impl Coordinator {
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.daemon.is_some()
+    }
+}
+
+/// Coordinator processes (one, three or five, a Raft group) and any number of
+/// worker processes, with certificates.
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub pki: Pki,
-    pub port: u16,
-    pub coordinator: Option<Daemon>,
+    pub coordinators: Vec<Coordinator>,
     pub workers: BTreeMap<String, Daemon>,
-    coordinator_starts: usize,
+    /// Extra lines for every coordinator's configuration (e.g. `[raft]` settings).
+    pub coordinator_extra: String,
 }
 
 pub const CLIENT: &str = "alice";
@@ -194,6 +213,12 @@ pub const CLIENT: &str = "alice";
 impl Cluster {
     /// A running coordinator with no worker yet.
     pub fn start() -> Cluster {
+        Cluster::start_replicated(1, "")
+    }
+
+    /// `members` coordinators forming one Raft group, all running and answering,
+    /// with `extra` lines appended to each configuration.
+    pub fn start_replicated(members: u64, extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(&root.path().join("certs")).expect("CA");
         pki.issue("coordinator", "coordinator")
@@ -201,56 +226,154 @@ impl Cluster {
         pki.issue("client", CLIENT).expect("client cert");
         let mut cluster = Cluster {
             pki,
-            port: free_port(),
             root,
-            coordinator: None,
+            coordinators: (1..=members)
+                .map(|id| Coordinator {
+                    id,
+                    port: free_port(),
+                    daemon: None,
+                    starts: 0,
+                })
+                .collect(),
             workers: BTreeMap::new(),
-            coordinator_starts: 0,
+            coordinator_extra: extra.to_string(),
         };
-        cluster.start_coordinator();
+        for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
         cluster
     }
 
+    /// The first coordinator's address.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.coordinators[0].address()
+    }
+
+    /// Every coordinator's address, comma-separated (what clients are given).
+    pub fn addresses(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(Coordinator::address)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
         self.root.path().join(relative)
     }
 
-    /// Starts (or restarts) the coordinator on the cluster's port and waits until
-    /// it answers.
-    pub fn start_coordinator(&mut self) {
-        let config = self.path("coordinator.toml");
+    fn members_toml(&self) -> String {
+        if self.coordinators.len() == 1 {
+            return String::new();
+        }
+        self.coordinators
+            .iter()
+            .map(|c| {
+                format!(
+                    "[[members]]\nid = {}\nclient_address = \"{}\"\n",
+                    c.id,
+                    c.address()
+                )
+            })
+            .collect()
+    }
+
+    /// Writes coordinator `id`'s configuration and starts it (without waiting).
+    /// `join`: start empty, to be added with `ferry cluster add-member`.
+    pub fn spawn_coordinator(&mut self, id: u64, join: bool) {
+        let index = self.index_of(id);
+        let config = self.path(&format!("coordinator-{id}.toml"));
+        let address = self.coordinators[index].address();
+        let join_line = if join { "join = true\n" } else { "" };
         std::fs::write(
             &config,
             format!(
-                "listen = \"{}\"\ndata_dir = \"coordinator-data\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n",
-                self.address()
+                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"coordinator-{id}-data\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
+                self.coordinator_extra,
+                self.members_toml(),
             ),
         )
         .expect("coordinator config");
-        self.coordinator_starts += 1;
-        let log = self.path(&format!("coordinator-{}.log", self.coordinator_starts));
+        let slot = &mut self.coordinators[index];
+        slot.starts += 1;
+        let log = self
+            .root
+            .path()
+            .join(format!("coordinator-{id}-{}.log", slot.starts));
         let child = Command::new(bin("ferry-coordinator"))
             .arg("--config")
             .arg(&config)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start coordinator");
-        self.coordinator = Some(Daemon { child, log });
-        wait_for(Duration::from_secs(30), "the coordinator to answer", || {
-            self.ferry(&["runs"]).success().then_some(())
-        });
+        slot.daemon = Some(Daemon { child, log });
     }
 
-    /// SIGKILLs the coordinator.
+    fn index_of(&self, id: u64) -> usize {
+        self.coordinators
+            .iter()
+            .position(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no coordinator {id}"))
+    }
+
+    /// Waits until the cluster answers a linearizable read (it has a leader).
+    pub fn wait_answering(&self) {
+        wait_for(
+            Duration::from_secs(30),
+            "the coordinators to answer",
+            || self.ferry(&["runs"]).success().then_some(()),
+        );
+    }
+
+    /// Starts (or restarts) the first coordinator and waits until it answers.
+    pub fn start_coordinator(&mut self) {
+        let id = self.coordinators[0].id;
+        self.spawn_coordinator(id, false);
+        self.wait_answering();
+    }
+
+    /// SIGKILLs the first coordinator.
     pub fn kill_coordinator(&mut self) {
-        if let Some(mut daemon) = self.coordinator.take() {
+        let id = self.coordinators[0].id;
+        self.kill_member(id);
+    }
+
+    /// SIGKILLs coordinator `id`.
+    pub fn kill_member(&mut self, id: u64) {
+        let index = self.index_of(id);
+        if let Some(mut daemon) = self.coordinators[index].daemon.take() {
             daemon.kill();
         }
+    }
+
+    /// SIGTERMs coordinator `id` and waits for it to exit.
+    pub fn terminate_member(&mut self, id: u64) {
+        let index = self.index_of(id);
+        if let Some(mut daemon) = self.coordinators[index].daemon.take() {
+            daemon.terminate();
+        }
+    }
+
+    /// `ferry cluster status --output json`, asked of any live member.
+    pub fn cluster_status(&self) -> Option<Value> {
+        let result = self.ferry(&["cluster", "status", "--output", "json"]);
+        result.success().then(|| result.json())
+    }
+
+    /// The current leader's id, once a live member reports one that is running.
+    pub fn leader(&self, timeout: Duration) -> u64 {
+        wait_for(timeout, "a leader", || {
+            let status = self.cluster_status()?;
+            let leader = status["leader_id"].as_u64()?;
+            let running = self
+                .coordinators
+                .iter()
+                .any(|c| c.id == leader && c.is_running());
+            (leader != 0 && running).then_some(leader)
+        })
     }
 
     /// Issues a worker certificate and starts a worker with extra `worker.toml`
@@ -263,8 +386,8 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "name = \"{name}\"\ncoordinator = \"{}\"\ndata_dir = \"{name}-data\"\n{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
-                self.address()
+                "name = \"{name}\"\n{}\ndata_dir = \"{name}-data\"\n{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
+                self.worker_coordinators_line()
             ),
         )
         .expect("worker config");
@@ -278,6 +401,18 @@ impl Cluster {
             .expect("start worker");
         self.workers.insert(name.to_string(), Daemon { child, log });
         self.wait_worker_connected(name);
+    }
+
+    fn worker_coordinators_line(&self) -> String {
+        if self.coordinators.len() == 1 {
+            return format!("coordinator = \"{}\"", self.address());
+        }
+        let list: Vec<String> = self
+            .coordinators
+            .iter()
+            .map(|c| format!("\"{}\"", c.address()))
+            .collect();
+        format!("coordinators = [{}]", list.join(", "))
     }
 
     pub fn wait_worker_connected(&self, name: &str) {
@@ -311,12 +446,35 @@ impl Cluster {
     }
 
     pub fn ferry_with(&self, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> CliResult {
+        self.ferry_to(&self.addresses(), ca, cert, key, args)
+    }
+
+    /// Runs `ferry` as the client user against coordinator `id` only.
+    pub fn ferry_at(&self, id: u64, args: &[&str]) -> CliResult {
+        let address = self.coordinators[self.index_of(id)].address();
+        self.ferry_to(
+            &address,
+            &self.pki.ca(),
+            &self.pki.cert(CLIENT),
+            &self.pki.key(CLIENT),
+            args,
+        )
+    }
+
+    fn ferry_to(
+        &self,
+        addresses: &str,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        args: &[&str],
+    ) -> CliResult {
         let output = Command::new(bin("ferry"))
             .args(args)
             .env("HOME", self.root.path())
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("FERRY_CONFIG")
-            .env("FERRY_COORDINATOR", self.address())
+            .env("FERRY_COORDINATOR", addresses)
             .env("FERRY_CA", ca)
             .env("FERRY_CERT", cert)
             .env("FERRY_KEY", key)

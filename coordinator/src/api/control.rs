@@ -163,6 +163,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::BlobRef>, Status> {
         let caller = require_role(&request, Role::Client)?;
         let blob = receive_blob(&self.node.blobs, request.into_inner()).await?;
+        self.node.replicate_blob(&blob.digest, blob.size).await?;
         tracing::info!(client = %caller.name, digest = %blob.digest, size = blob.size, "bundle stored");
         Ok(Response::new(blob))
     }
@@ -172,13 +173,21 @@ impl Control for ControlService {
         request: Request<proto::BlobRef>,
     ) -> Result<Response<proto::HasBlobResponse>, Status> {
         require_role(&request, Role::Client)?;
-        let present = self
+        let blob = request.into_inner();
+        let stored = self
             .node
             .blobs
-            .size_of(&request.get_ref().digest)
+            .size_of(&blob.digest)
             .await
-            .map_err(super::blob_status)?
-            .is_some();
+            .map_err(super::blob_status)?;
+        // Present only when a majority holds it: otherwise the client uploads it
+        // again, which copies it to the others.
+        let present = match stored {
+            Some(size) if size == blob.size => {
+                self.node.replicate_blob(&blob.digest, size).await.is_ok()
+            }
+            _ => false,
+        };
         Ok(Response::new(proto::HasBlobResponse { present }))
     }
 
@@ -202,18 +211,17 @@ impl Control for ControlService {
         let overrides: BTreeMap<String, String> = submit.params.into_iter().collect();
         let pipeline = parse_pipeline(&file, &submit.spec_yaml, &overrides)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let present = self
-            .node
-            .blobs
-            .size_of(&submit.bundle_digest)
-            .await
-            .map_err(super::blob_status)?;
-        if present.is_none() {
-            return Err(Status::failed_precondition(format!(
-                "code bundle {} is not stored on the coordinator; upload it first",
-                submit.bundle_digest
-            )));
+        if super::is_digest(&submit.bundle_digest) {
+            self.node.ensure_blob(&submit.bundle_digest).await
+        } else {
+            Err(Status::not_found("no bundle"))
         }
+        .map_err(|_| {
+            Status::failed_precondition(format!(
+                "code bundle {} is not stored on the coordinators; upload it first",
+                submit.bundle_digest
+            ))
+        })?;
         let outcome = self
             .node
             .propose_as(
@@ -456,6 +464,7 @@ impl Control for ControlService {
                     ))
                 })
         })?;
+        self.node.ensure_blob(&digest).await?;
         Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
     }
 

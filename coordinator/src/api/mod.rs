@@ -47,7 +47,7 @@ pub(crate) fn state_status(error: StateError) -> Status {
     }
 }
 
-pub(crate) fn blob_status(error: BlobError) -> Status {
+pub fn blob_status(error: BlobError) -> Status {
     match &error {
         BlobError::BadDigest(_) | BlobError::SizeMismatch { .. } => {
             Status::invalid_argument(error.to_string())
@@ -59,9 +59,14 @@ pub(crate) fn blob_status(error: BlobError) -> Status {
     }
 }
 
+/// Whether `digest` is shaped like a blob digest (so that a lookup can be tried).
+pub(crate) fn is_digest(digest: &str) -> bool {
+    ferry_common::digest::is_valid_digest(digest)
+}
+
 /// Receives a blob sent as a stream of chunks (the first one names digest and
 /// size), verifying it before it becomes visible.
-pub(crate) async fn receive_blob(
+pub async fn receive_blob(
     blobs: &BlobStore,
     mut chunks: Streaming<proto::Chunk>,
 ) -> Result<proto::BlobRef, Status> {

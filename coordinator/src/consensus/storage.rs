@@ -15,6 +15,7 @@
 
 use std::cmp;
 use std::convert::Infallible;
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use protobuf::Message as _;
@@ -50,15 +51,15 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     /// last_index + 1), an index at or below the snapshot index, non-contiguous
     /// entries or a decreasing term is an `Invalid` error.
     fn append(&self, entries: &[Entry]) -> Result<(), LogStoreError>;
-    /// Stores the hard state; its commit index must not be beyond the last index,
-    /// so a Ready's entries are appended before its hard state is set.
+    /// Stores the hard state. Its commit index must not be beyond the last index, so
+    /// a Ready's entries are appended before its hard state is set.
     fn set_hard_state(&self, hard_state: &HardState) -> Result<(), LogStoreError>;
     fn hard_state(&self) -> HardState;
     fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), LogStoreError>;
     /// Stores `snapshot` (metadata + state-machine data, made locally from the
     /// applied state) as the latest snapshot and drops log entries up to and including
     /// its index. Its index must be <= last_index and >= the current snapshot index,
-    /// and its term must be the log's term at that index. Conf and hard state stay.
+    /// and its term the log's term there. Hard state and conf state stay as they are.
     fn compact(&self, snapshot: Snapshot) -> Result<(), LogStoreError>;
     /// Installs a snapshot received from the leader: drops every entry (as etcd's
     /// ApplySnapshot), stores the snapshot as latest, sets the conf state from its
@@ -69,112 +70,115 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn sync(&self) -> Result<(), LogStoreError>;
 }
 
-// The rules below are shared by every implementation so that they refuse exactly the
-// same requests with the same messages.
-
-fn check_append(
-    entries: &[Entry],
-    first_index: u64,
-    last_index: u64,
-    term_at: impl FnOnce(u64) -> Result<u64, LogStoreError>,
-) -> Result<(), LogStoreError> {
-    let Some(first) = entries.first() else {
-        return Ok(());
+/// Refuses a request as `Invalid` unless `condition` holds.
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(LogStoreError::Invalid(format!($($message)+)));
+        }
     };
-    if first.index < first_index {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot append at index {}: entries up to {} are compacted into the snapshot",
-            first.index,
-            first_index - 1
-        )));
-    }
-    if first.index > last_index + 1 {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot append at index {}: the log ends at {}, so this would leave a gap",
-            first.index, last_index
-        )));
-    }
-    let (mut previous_index, mut previous_term) = (first.index - 1, term_at(first.index - 1)?);
-    for entry in entries {
-        if entry.index != previous_index + 1 {
-            return Err(LogStoreError::Invalid(format!(
-                "cannot append entries that are not contiguous: index {} follows {}",
-                entry.index, previous_index
-            )));
-        }
-        if entry.term < previous_term {
-            return Err(LogStoreError::Invalid(format!(
-                "cannot append entry {} with term {}: the entry before it has term {}",
-                entry.index, entry.term, previous_term
-            )));
-        }
-        (previous_index, previous_term) = (entry.index, entry.term);
-    }
-    Ok(())
 }
 
-fn check_compact(
-    snapshot: &SnapshotMetadata,
+type Checked = Result<(), LogStoreError>;
+type TermAt<'a> = &'a dyn Fn(u64) -> Result<u64, LogStoreError>;
+
+/// The log's extent, `snapshot_index + 1 ..= last_index`, and the rules every
+/// implementation checks against it, so that all refuse the same requests alike.
+#[derive(Clone, Copy)]
+struct Span {
     snapshot_index: u64,
     last_index: u64,
-    term_at: impl FnOnce(u64) -> Result<u64, LogStoreError>,
-) -> Result<(), LogStoreError> {
-    if snapshot.index < snapshot_index {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot compact to index {}: the log is already compacted to {}",
-            snapshot.index, snapshot_index
-        )));
-    }
-    if snapshot.index > last_index {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot compact to index {}: the log ends at {}",
-            snapshot.index, last_index
-        )));
-    }
-    let log_term = term_at(snapshot.index)?;
-    if snapshot.term != log_term {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot compact to index {}: the snapshot has term {} but the log has term {}",
-            snapshot.index, snapshot.term, log_term
-        )));
-    }
-    Ok(())
 }
 
-fn check_install(snapshot: &SnapshotMetadata, snapshot_index: u64) -> Result<(), LogStoreError> {
-    if snapshot.index <= snapshot_index {
-        return Err(LogStoreError::Invalid(format!(
-            "snapshot out of date: its index {} is not beyond the stored snapshot's index {}",
-            snapshot.index, snapshot_index
-        )));
+impl Span {
+    fn new(snapshot_index: u64, last_index: u64) -> Span {
+        Span {
+            snapshot_index,
+            last_index,
+        }
     }
-    Ok(())
+
+    fn check_append(self, entries: &[Entry], term_at: TermAt) -> Checked {
+        let Some(&Entry { index, .. }) = entries.first() else {
+            return Ok(());
+        };
+        let (compacted, last) = (self.snapshot_index, self.last_index);
+        ensure!(
+            index > compacted,
+            "cannot append at index {index}: the log is compacted up to {compacted}"
+        );
+        ensure!(
+            index <= last + 1,
+            "cannot append at index {index}: the log ends at {last}, so that leaves a gap"
+        );
+        let (mut previous_index, mut previous_term) = (index - 1, term_at(index - 1)?);
+        for &Entry { index, term, .. } in entries {
+            ensure!(
+                index == previous_index + 1,
+                "cannot append entries that are not contiguous: {index} follows {previous_index}"
+            );
+            ensure!(
+                term >= previous_term,
+                "cannot append entry {index} of term {term} after an entry of term {previous_term}"
+            );
+            (previous_index, previous_term) = (index, term);
+        }
+        Ok(())
+    }
+
+    fn check_compact(self, snapshot: &SnapshotMetadata, term_at: TermAt) -> Checked {
+        let (index, term) = (snapshot.index, snapshot.term);
+        let (compacted, last) = (self.snapshot_index, self.last_index);
+        ensure!(
+            index >= compacted,
+            "cannot compact to index {index}: the log is compacted up to {compacted}"
+        );
+        ensure!(
+            index <= last,
+            "cannot compact to index {index}: the log ends at {last}"
+        );
+        let log_term = term_at(index)?;
+        ensure!(
+            term == log_term,
+            "cannot compact to index {index}: the snapshot has term {term}, the log {log_term}"
+        );
+        Ok(())
+    }
+
+    fn check_install(self, snapshot: &SnapshotMetadata) -> Checked {
+        let (index, stored) = (snapshot.index, self.snapshot_index);
+        ensure!(
+            index > stored,
+            "snapshot out of date: index {index} is not beyond the stored snapshot's {stored}"
+        );
+        Ok(())
+    }
+
+    fn check_commit(self, hard_state: &HardState) -> Checked {
+        let (commit, last) = (hard_state.commit, self.last_index);
+        ensure!(
+            commit <= last,
+            "cannot commit index {commit}: the log ends at {last}; append the entries first"
+        );
+        Ok(())
+    }
+
+    /// Checks `entries(low, high)` as `MemStorage` does, but answers `Unavailable`
+    /// instead of panicking when `high` is beyond the log. An empty or inverted range
+    /// inside the log reads as no entries.
+    fn check_range(self, low: u64, high: u64) -> raft::Result<()> {
+        if low <= self.snapshot_index {
+            return refuse(StorageError::Compacted);
+        }
+        if high > self.last_index + 1 {
+            return refuse(StorageError::Unavailable);
+        }
+        Ok(())
+    }
 }
 
-fn check_hard_state(hard_state: &HardState, last_index: u64) -> Result<(), LogStoreError> {
-    if hard_state.commit > last_index {
-        return Err(LogStoreError::Invalid(format!(
-            "cannot commit index {}: the log ends at {}; append the entries first",
-            hard_state.commit, last_index
-        )));
-    }
-    Ok(())
-}
-
-/// Checks `entries(low, high)` as `MemStorage` does, but answers `Unavailable`
-/// instead of panicking when `high` is beyond the log.
-fn check_range(low: u64, high: u64, first_index: u64, last_index: u64) -> raft::Result<()> {
-    if low < first_index {
-        return Err(raft::Error::Store(StorageError::Compacted));
-    }
-    if high > last_index + 1 {
-        return Err(raft::Error::Store(StorageError::Unavailable));
-    }
-    if low > high {
-        let message = format!("invalid entries range: low {low} is above high {high}");
-        return Err(raft::Error::Store(StorageError::Other(message.into())));
-    }
-    Ok(())
+fn refuse<T>(error: StorageError) -> raft::Result<T> {
+    Err(raft::Error::Store(error))
 }
 
 fn store_error(error: LogStoreError) -> raft::Error {
@@ -195,33 +199,33 @@ pub struct MemLog {
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
-impl MemLog {
-    fn bounds(&self) -> raft::Result<(u64, u64)> {
-        Ok((self.storage.first_index()?, self.storage.last_index()?))
-    }
-
-    fn term_for_check(&self, index: u64) -> Result<u64, LogStoreError> {
-        self.storage
-            .term(index)
-            .map_err(|error| LogStoreError::Invalid(error.to_string()))
-    }
-}
-
+/// `MemStorage` fails only on requests the checks have already refused.
 fn mem_error(error: raft::Error) -> LogStoreError {
     LogStoreError::Invalid(error.to_string())
 }
 
+impl MemLog {
+    fn span(&self, snapshot: &Snapshot) -> Result<Span, LogStoreError> {
+        let last_index = self.storage.last_index().map_err(mem_error)?;
+        Ok(Span::new(snapshot.get_metadata().index, last_index))
+    }
+
+    fn term_at(&self, index: u64) -> Result<u64, LogStoreError> {
+        self.storage.term(index).map_err(mem_error)
+    }
+}
+
 impl LogStore for MemLog {
     fn append(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
-        let _serialized = lock(&self.snapshot);
-        let (first, last) = self.bounds().map_err(mem_error)?;
-        check_append(entries, first, last, |index| self.term_for_check(index))?;
+        let stored = lock(&self.snapshot);
+        let span = self.span(&stored)?;
+        span.check_append(entries, &|index| self.term_at(index))?;
         self.storage.wl().append(entries).map_err(mem_error)
     }
 
     fn set_hard_state(&self, hard_state: &HardState) -> Result<(), LogStoreError> {
-        let _serialized = lock(&self.snapshot);
-        check_hard_state(hard_state, self.storage.last_index().map_err(mem_error)?)?;
+        let stored = lock(&self.snapshot);
+        self.span(&stored)?.check_commit(hard_state)?;
         self.storage.wl().set_hardstate(hard_state.clone());
         Ok(())
     }
@@ -238,18 +242,17 @@ impl LogStore for MemLog {
 
     fn compact(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
         let mut stored = lock(&self.snapshot);
-        let (first, last) = self.bounds().map_err(mem_error)?;
+        let span = self.span(&stored)?;
+        span.check_compact(snapshot.get_metadata(), &|index| self.term_at(index))?;
         let index = snapshot.get_metadata().index;
-        check_compact(snapshot.get_metadata(), first - 1, last, |index| {
-            self.term_for_check(index)
-        })?;
-        if index > first - 1 {
-            // MemStorage cannot move its snapshot metadata without dropping the whole
-            // log, so install the snapshot and put back what follows it and the states.
+        if index > span.snapshot_index {
+            // MemStorage moves its snapshot only by dropping the whole log, so install
+            // the snapshot, then put back the entries after it and both states.
+            let context = GetEntriesContext::empty(false);
             let kept = self
                 .storage
-                .entries(index + 1, last + 1, None, GetEntriesContext::empty(false))
-                .map_err(mem_error)?;
+                .entries(index + 1, span.last_index + 1, None, context);
+            let kept = kept.map_err(mem_error)?;
             let states = self.storage.initial_state().map_err(mem_error)?;
             let mut core = self.storage.wl();
             core.apply_snapshot(snapshot.clone()).map_err(mem_error)?;
@@ -263,9 +266,9 @@ impl LogStore for MemLog {
 
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
         let mut stored = lock(&self.snapshot);
-        check_install(snapshot.get_metadata(), stored.get_metadata().index)?;
-        let mut core = self.storage.wl();
-        core.apply_snapshot(snapshot.clone()).map_err(mem_error)?;
+        self.span(&stored)?.check_install(snapshot.get_metadata())?;
+        let installed = self.storage.wl().apply_snapshot(snapshot.clone());
+        installed.map_err(mem_error)?;
         *stored = snapshot;
         Ok(())
     }
@@ -287,10 +290,11 @@ impl Storage for MemLog {
         max_size: impl Into<Option<u64>>,
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let _serialized = lock(&self.snapshot);
-        let (first, last) = self.bounds()?;
-        check_range(low, high, first, last)?;
-        if low == high {
+        let stored = lock(&self.snapshot);
+        self.span(&stored)
+            .map_err(store_error)?
+            .check_range(low, high)?;
+        if low >= high {
             return Ok(Vec::new());
         }
         self.storage.entries(low, high, max_size, context)
@@ -311,9 +315,7 @@ impl Storage for MemLog {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let stored = lock(&self.snapshot);
         if stored.get_metadata().index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return refuse(StorageError::SnapshotTemporarilyUnavailable);
         }
         Ok(stored.clone())
     }
@@ -346,40 +348,43 @@ struct Cache {
 }
 
 impl Cache {
-    fn first_index(&self) -> u64 {
-        self.snapshot.index + 1
+    fn span(&self) -> Span {
+        Span::new(self.snapshot.index, self.last_index)
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> LogStoreError {
-    LogStoreError::Corrupt {
-        what: what.into(),
-        detail: detail.into(),
-    }
+    let (what, detail) = (what.into(), detail.into());
+    LogStoreError::Corrupt { what, detail }
 }
 
 fn encode(message: &impl protobuf::Message) -> Result<Vec<u8>, LogStoreError> {
-    message
-        .write_to_bytes()
-        .map_err(|error| LogStoreError::Invalid(format!("cannot encode a record: {error}")))
+    let encoded = message.write_to_bytes();
+    encoded.map_err(|error| LogStoreError::Invalid(format!("cannot encode: {error}")))
 }
 
 fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, LogStoreError> {
     M::parse_from_bytes(bytes).map_err(|error| corrupt(what, format!("cannot decode: {error}")))
 }
 
-fn read_meta<M: protobuf::Message + Default>(
-    meta: &sled::Tree,
-    key: &str,
-) -> Result<M, LogStoreError> {
+fn read_meta<M: protobuf::Message>(meta: &sled::Tree, key: &str) -> Result<M, LogStoreError> {
     match meta.get(key)? {
         Some(bytes) => decode(&format!("{META_TREE} key {key}"), &bytes),
-        None => Ok(M::default()),
+        None => Ok(M::new()),
     }
+}
+
+/// Decodes entry `index` from its stored bytes, which must be there and agree.
+fn decode_entry(index: u64, bytes: Option<&[u8]>) -> Result<Entry, LogStoreError> {
+    let what = format!("{LOG_TREE} index {index}");
+    let entry: Entry = decode(&what, bytes.ok_or_else(|| corrupt(&what, "missing"))?)?;
+    if entry.index != index {
+        return Err(corrupt(
+            what,
+            format!("the stored entry says index {}", entry.index),
+        ));
+    }
+    Ok(entry)
 }
 
 /// Walks the whole log once and returns its last index, or the first broken rule.
@@ -387,11 +392,10 @@ fn verify_log(log: &sled::Tree, snapshot: &SnapshotMetadata) -> Result<u64, LogS
     let (mut last_index, mut last_term) = (snapshot.index, snapshot.term);
     for item in log.iter() {
         let (key, value) = item?;
-        let Ok(key) = <[u8; 8]>::try_from(key.as_ref()) else {
+        let Ok(index) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
             let what = format!("{LOG_TREE} key {key:?}");
             return Err(corrupt(what, "a key must be an 8-byte index"));
         };
-        let index = u64::from_be_bytes(key);
         let what = format!("{LOG_TREE} index {index}");
         if index <= snapshot.index {
             let detail = format!("at or below the snapshot index {}", snapshot.index);
@@ -402,41 +406,36 @@ fn verify_log(log: &sled::Tree, snapshot: &SnapshotMetadata) -> Result<u64, LogS
             let detail = format!("missing: the log jumps from index {last_index} to {index}");
             return Err(corrupt(what, detail));
         }
-        let entry: Entry = decode(&what, &value)?;
-        if entry.index != index {
-            let detail = format!("the stored entry says index {}", entry.index);
+        let term = decode_entry(index, Some(&value))?.term;
+        if term < last_term {
+            let detail = format!("term {term} is below the term {last_term} of index {last_index}");
             return Err(corrupt(what, detail));
         }
-        if entry.term < last_term {
-            let detail = format!(
-                "term {} is below the term {last_term} of index {last_index}",
-                entry.term
-            );
-            return Err(corrupt(what, detail));
-        }
-        (last_index, last_term) = (index, entry.term);
+        (last_index, last_term) = (index, term);
     }
     Ok(last_index)
+}
+
+/// A batch removing `indexes` from the log.
+fn removal(indexes: RangeInclusive<u64>) -> Batch {
+    let mut batch = Batch::default();
+    indexes.for_each(|index| batch.remove(&index.to_be_bytes()));
+    batch
 }
 
 impl SledLog {
     /// Opens and verifies the log; any broken invariant is `Corrupt`, naming what.
     /// An empty db is fine (a fresh member).
     pub fn open(db: &sled::Db) -> Result<SledLog, LogStoreError> {
-        let log = db.open_tree(LOG_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
+        let (log, meta) = (db.open_tree(LOG_TREE)?, db.open_tree(META_TREE)?);
         let hard_state: HardState = read_meta(&meta, HARD_STATE_KEY)?;
-        let conf_state: ConfState = read_meta(&meta, CONF_STATE_KEY)?;
-        let mut snapshot: Snapshot = read_meta(&meta, SNAPSHOT_KEY)?;
-        let snapshot = snapshot.take_metadata();
+        let conf_state = read_meta(&meta, CONF_STATE_KEY)?;
+        let snapshot = read_meta::<Snapshot>(&meta, SNAPSHOT_KEY)?.take_metadata();
         let last_index = verify_log(&log, &snapshot)?;
-        if hard_state.commit > last_index {
-            let what = format!("{META_TREE} key {HARD_STATE_KEY}");
-            let detail = format!(
-                "commit index {} is beyond the last log index {last_index}",
-                hard_state.commit
-            );
-            return Err(corrupt(what, detail));
+        let commit = hard_state.commit;
+        if commit > last_index {
+            let detail = format!("commit index {commit} is beyond the last log index {last_index}");
+            return Err(corrupt(format!("{META_TREE} key {HARD_STATE_KEY}"), detail));
         }
         let cache = Cache {
             hard_state,
@@ -444,11 +443,8 @@ impl SledLog {
             snapshot,
             last_index,
         };
-        Ok(SledLog {
-            log,
-            meta,
-            cache: Arc::new(Mutex::new(cache)),
-        })
+        let cache = Arc::new(Mutex::new(cache));
+        Ok(SledLog { log, meta, cache })
     }
 
     /// True when nothing was ever stored (no hard state, no conf state, no entries,
@@ -457,57 +453,40 @@ impl SledLog {
         self.log.is_empty() && self.meta.is_empty()
     }
 
-    fn read_entry(&self, index: u64) -> Result<Entry, LogStoreError> {
-        let what = format!("{LOG_TREE} index {index}");
-        let Some(bytes) = self.log.get(index_key(index))? else {
-            return Err(corrupt(what, "missing inside the log"));
-        };
-        let entry: Entry = decode(&what, &bytes)?;
-        if entry.index != index {
-            let detail = format!("the stored entry says index {}", entry.index);
-            return Err(corrupt(what, detail));
-        }
-        Ok(entry)
-    }
-
     /// The term at `index`, which must lie in `snapshot.index ..= last_index`.
-    fn entry_term(&self, cache: &Cache, index: u64) -> Result<u64, LogStoreError> {
+    fn term_at(&self, cache: &Cache, index: u64) -> Result<u64, LogStoreError> {
         if index == cache.snapshot.index {
             return Ok(cache.snapshot.term);
         }
-        Ok(self.read_entry(index)?.term)
+        let bytes = self.log.get(index.to_be_bytes())?;
+        Ok(decode_entry(index, bytes.as_deref())?.term)
     }
 
     /// Applies both batches in one sled transaction, so a crash keeps all or nothing.
     fn write_both(&self, log_batch: Batch, meta_batch: Batch) -> Result<(), LogStoreError> {
-        (&self.log, &self.meta)
-            .transaction(|(log, meta)| {
-                log.apply_batch(&log_batch)?;
-                meta.apply_batch(&meta_batch)?;
-                Ok::<(), ConflictableTransactionError<Infallible>>(())
-            })
-            .map_err(|error| match error {
-                TransactionError::Storage(error) => LogStoreError::Sled(error),
-                TransactionError::Abort(never) => match never {},
-            })
+        let written = (&self.log, &self.meta).transaction(|(log, meta)| {
+            log.apply_batch(&log_batch)?;
+            meta.apply_batch(&meta_batch)?;
+            Ok::<(), ConflictableTransactionError<Infallible>>(())
+        });
+        written.map_err(|error| match error {
+            TransactionError::Storage(error) => LogStoreError::Sled(error),
+            TransactionError::Abort(never) => match never {},
+        })
     }
 }
 
 impl LogStore for SledLog {
     fn append(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
         let mut cache = lock(&self.cache);
-        check_append(entries, cache.first_index(), cache.last_index, |index| {
-            self.entry_term(&cache, index)
-        })?;
+        let span = cache.span();
+        span.check_append(entries, &|index| self.term_at(&cache, index))?;
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        let mut batch = Batch::default();
-        for index in last.index + 1..=cache.last_index {
-            batch.remove(&index_key(index));
-        }
+        let mut batch = removal(last.index + 1..=span.last_index);
         for entry in entries {
-            batch.insert(&index_key(entry.index), encode(entry)?);
+            batch.insert(&entry.index.to_be_bytes(), encode(entry)?);
         }
         self.log.apply_batch(batch)?;
         cache.last_index = last.index;
@@ -516,7 +495,7 @@ impl LogStore for SledLog {
 
     fn set_hard_state(&self, hard_state: &HardState) -> Result<(), LogStoreError> {
         let mut cache = lock(&self.cache);
-        check_hard_state(hard_state, cache.last_index)?;
+        cache.span().check_commit(hard_state)?;
         self.meta.insert(HARD_STATE_KEY, encode(hard_state)?)?;
         cache.hard_state = hard_state.clone();
         Ok(())
@@ -535,37 +514,33 @@ impl LogStore for SledLog {
 
     fn compact(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
         let mut cache = lock(&self.cache);
-        let metadata = snapshot.get_metadata();
-        check_compact(metadata, cache.snapshot.index, cache.last_index, |index| {
-            self.entry_term(&cache, index)
-        })?;
-        let mut log_batch = Batch::default();
-        for index in cache.first_index()..=metadata.index {
-            log_batch.remove(&index_key(index));
-        }
+        let (span, metadata) = (cache.span(), snapshot.get_metadata());
+        span.check_compact(metadata, &|index| self.term_at(&cache, index))?;
         let mut meta_batch = Batch::default();
         meta_batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
-        self.write_both(log_batch, meta_batch)?;
+        self.write_both(
+            removal(span.snapshot_index + 1..=metadata.index),
+            meta_batch,
+        )?;
         cache.snapshot = metadata.clone();
         Ok(())
     }
 
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
         let mut cache = lock(&self.cache);
-        let metadata = snapshot.get_metadata();
-        check_install(metadata, cache.snapshot.index)?;
+        let (span, metadata) = (cache.span(), snapshot.get_metadata());
+        span.check_install(metadata)?;
         let mut hard_state = cache.hard_state.clone();
         hard_state.term = cmp::max(hard_state.term, metadata.term);
         hard_state.commit = metadata.index;
-        let mut log_batch = Batch::default();
-        for index in cache.first_index()..=cache.last_index {
-            log_batch.remove(&index_key(index));
-        }
         let mut meta_batch = Batch::default();
         meta_batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
         meta_batch.insert(CONF_STATE_KEY, encode(metadata.get_conf_state())?);
         meta_batch.insert(HARD_STATE_KEY, encode(&hard_state)?);
-        self.write_both(log_batch, meta_batch)?;
+        self.write_both(
+            removal(span.snapshot_index + 1..=span.last_index),
+            meta_batch,
+        )?;
         cache.conf_state = metadata.get_conf_state().clone();
         cache.hard_state = hard_state;
         cache.snapshot = metadata.clone();
@@ -598,13 +573,16 @@ impl Storage for SledLog {
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into().unwrap_or(raft::NO_LIMIT);
         let cache = lock(&self.cache);
-        check_range(low, high, cache.first_index(), cache.last_index)?;
-        // The same rule as `raft::util::limit_size`, applied while reading so that a
-        // small limit does not read the whole range: the first entry always counts.
-        let mut entries = Vec::new();
-        let mut size = 0u64;
+        cache.span().check_range(low, high)?;
+        // The rule of `raft::util::limit_size` (the first entry always counts),
+        // applied while reading so that a small limit does not read the whole range.
+        let (mut entries, mut size) = (Vec::new(), 0u64);
         for index in low..high {
-            let entry = self.read_entry(index).map_err(store_error)?;
+            let bytes = self
+                .log
+                .get(index.to_be_bytes())
+                .map_err(|e| store_error(e.into()))?;
+            let entry = decode_entry(index, bytes.as_deref()).map_err(store_error)?;
             size = size.saturating_add(u64::from(entry.compute_size()));
             if !entries.is_empty() && size > max_size {
                 break;
@@ -616,20 +594,16 @@ impl Storage for SledLog {
 
     fn term(&self, index: u64) -> raft::Result<u64> {
         let cache = lock(&self.cache);
-        if index == cache.snapshot.index {
-            return Ok(cache.snapshot.term);
+        match index {
+            _ if index == cache.snapshot.index => Ok(cache.snapshot.term),
+            _ if index < cache.snapshot.index => refuse(StorageError::Compacted),
+            _ if index > cache.last_index => refuse(StorageError::Unavailable),
+            _ => self.term_at(&cache, index).map_err(store_error),
         }
-        if index < cache.first_index() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if index > cache.last_index {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        self.entry_term(&cache, index).map_err(store_error)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(lock(&self.cache).first_index())
+        Ok(lock(&self.cache).snapshot.index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -639,9 +613,7 @@ impl Storage for SledLog {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let cache = lock(&self.cache);
         if cache.snapshot.index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return refuse(StorageError::SnapshotTemporarilyUnavailable);
         }
         read_meta(&self.meta, SNAPSHOT_KEY).map_err(store_error)
     }

@@ -1,0 +1,146 @@
+//! Blobs on a majority. Code bundles, artifacts and step logs do not travel
+//! through Raft; instead a blob is copied to a majority of coordinators before the
+//! upload is acknowledged, and every command that references a blob is proposed
+//! only after that acknowledgement. So whichever majority elects the next leader,
+//! at least one of its members holds every blob a committed record names, and any
+//! member that lacks a blob copies it from a peer when it is read (verified by
+//! digest like any upload).
+
+use std::time::Duration;
+
+use ferry_common::proto;
+use futures::StreamExt;
+use tonic::Status;
+
+use crate::api::{blob_status, receive_blob};
+use crate::blobs::BlobStore;
+use crate::node::Node;
+
+/// Longest a peer may take to confirm it has, or to receive, one blob.
+const PEER_BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn copy_to_peer(
+    blobs: BlobStore,
+    mut client: proto::peer_client::PeerClient<tonic::transport::Channel>,
+    digest: String,
+    size: u64,
+) -> futures::future::BoxFuture<'static, Result<(), Status>> {
+    Box::pin(async move {
+        let reference = proto::BlobRef {
+            digest: digest.to_string(),
+            size,
+        };
+        if client.has_blob(reference).await?.into_inner().present {
+            return Ok(());
+        }
+        let (size, stream) = blobs.read(&digest).await.map_err(blob_status)?;
+        // A read error ends the stream early; the peer then refuses the short blob.
+        // The blob is read into a small queue that the call drains; a read error
+        // ends the stream early and the peer then refuses the short blob.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<proto::Chunk>(8);
+        let produce = async move {
+            let mut stream = stream;
+            let header = proto::Chunk {
+                digest: digest.clone(),
+                size,
+                data: Vec::new(),
+            };
+            if sender.send(header).await.is_err() {
+                return;
+            }
+            while let Some(Ok(data)) = stream.next().await {
+                let chunk = proto::Chunk {
+                    digest: digest.clone(),
+                    size,
+                    data: data.to_vec(),
+                };
+                if sender.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let (_, sent) = tokio::join!(
+            produce,
+            client.put_blob(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        );
+        sent?;
+        Ok(())
+    })
+}
+
+impl Node {
+    /// Copies a blob stored here to the other members until a majority of the
+    /// cluster holds it; fails (`Unavailable`) when fewer than a majority could.
+    pub async fn replicate_blob(&self, digest: &str, size: u64) -> Result<(), Status> {
+        let members = self.read(|state| state.members.len()).max(1);
+        let majority = members / 2 + 1;
+        if majority <= 1 {
+            return Ok(());
+        }
+        let mut copies = tokio::task::JoinSet::new();
+        for (id, client) in self.transport.clients() {
+            let blobs = self.blobs.clone();
+            let digest = digest.to_string();
+            copies.spawn(async move {
+                let result =
+                    tokio::time::timeout(PEER_BLOB_TIMEOUT, copy_to_peer(blobs, client, digest.clone(), size))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("timed out")));
+                if let Err(status) = &result {
+                    tracing::warn!(peer = id, digest, error = %status.message(), "blob not copied to a peer");
+                }
+                result.is_ok()
+            });
+        }
+        let mut held = 1;
+        while let Some(copied) = copies.join_next().await {
+            if copied.unwrap_or(false) {
+                held += 1;
+            }
+        }
+        if held >= majority {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "blob {digest} is stored on only {held} of {members} coordinators; a majority \
+                 ({majority}) must hold it before it may be used — are the other coordinators up?"
+            )))
+        }
+    }
+
+    /// Makes sure a blob is stored on this member, copying it from a peer that has
+    /// it; returns its size.
+    pub async fn ensure_blob(&self, digest: &str) -> Result<u64, Status> {
+        if let Some(size) = self.blobs.size_of(digest).await.map_err(blob_status)? {
+            return Ok(size);
+        }
+        let mut last_error =
+            Status::not_found(format!("blob {digest} is not stored on any coordinator"));
+        for (id, mut client) in self.transport.clients() {
+            let request = proto::BlobRef {
+                digest: digest.to_string(),
+                size: 0,
+            };
+            let copied = async {
+                let chunks = client.get_blob(request).await?.into_inner();
+                let stored = receive_blob(&self.blobs, chunks).await?;
+                if stored.digest != digest {
+                    return Err(Status::data_loss(format!(
+                        "peer sent blob {} for {digest}",
+                        stored.digest
+                    )));
+                }
+                Ok::<_, Status>(stored.size)
+            };
+            match tokio::time::timeout(PEER_BLOB_TIMEOUT, copied).await {
+                Ok(Ok(size)) => {
+                    tracing::info!(peer = id, digest, size, "blob copied from a peer");
+                    return Ok(size);
+                }
+                Ok(Err(status)) => last_error = status,
+                Err(_) => last_error = Status::deadline_exceeded("copying the blob timed out"),
+            }
+        }
+        Err(last_error)
+    }
+}
