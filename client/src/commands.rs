@@ -1,4 +1,6 @@
-//! The `ferry` subcommands that talk to a coordinator, and `ferry certs`.
+//! The `ferry` subcommands that talk to the coordinators, and `ferry certs`. Every
+//! call goes through [`Connection::call`], which rides out a failover by moving to
+//! another member and trying again.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -7,17 +9,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ferry_client::Connection;
 use ferry_common::digest::{CHUNK_SIZE, short};
 use ferry_common::pki::{self, Role};
-use ferry_common::proto::{self, control_client::ControlClient};
+use ferry_common::proto;
 use ferry_common::spec::{parse_param_override, parse_pipeline};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::render;
-use crate::{ArtifactsCommand, CertsCommand, Command, Output};
+use crate::{ArtifactsCommand, CertsCommand, ClusterCommand, Command, Output, Read};
 
-type Client = ControlClient<Channel>;
+type Client = Connection;
 
 /// A gRPC error as a user-facing message.
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -78,21 +80,18 @@ pub async fn remote(
                 return watch(client, run).await;
             }
         }
-        Command::Runs => runs(client, output).await?,
-        Command::Status { run, attempts } => status(client, run, attempts, output).await?,
+        Command::Runs { read } => runs(client, read, output).await?,
+        Command::Status {
+            run,
+            attempts,
+            read,
+        } => status(client, run, attempts, read, output).await?,
         Command::Watch { run } => return watch(client, run).await,
-        Command::Cancel { run } => {
-            let view = client
-                .cancel_run(proto::CancelRunRequest { run_id: run })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let killed = view.steps.iter().filter(|s| s.state == "cancelled").count();
-            println!("run {run} cancelled ({killed} steps stopped or never started)");
-        }
-        Command::Workers => workers(client, output).await?,
+        Command::Cancel { run } => cancel(client, run).await?,
+        Command::Workers { read } => workers(client, read, output).await?,
         Command::Logs { run, step, follow } => logs(client, run, step, follow).await?,
-        Command::Artifacts { run, get } => match (run, get) {
+        Command::Cluster { command } => cluster(client, command, output).await?,
+        Command::Artifacts { run, read, get } => match (run, get) {
             (
                 _,
                 Some(ArtifactsCommand::Get {
@@ -102,7 +101,7 @@ pub async fn remote(
                     dest,
                 }),
             ) => download(client, run, &step, &name, dest.as_deref()).await?,
-            (Some(run), None) => artifacts(client, run, output).await?,
+            (Some(run), None) => artifacts(client, run, read, output).await?,
             (None, None) => {
                 bail!("name a run: 'ferry artifacts RUN' or 'ferry artifacts get RUN STEP NAME'")
             }
@@ -156,14 +155,17 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
         .to_path_buf();
     let bundle =
         tokio::task::spawn_blocking(move || ferry_common::bundle::pack_dir(&folder)).await??;
+    let blob = proto::BlobRef {
+        digest: bundle.digest.clone(),
+        size: bundle.bytes.len() as u64,
+    };
     let present = client
-        .has_blob(proto::BlobRef {
-            digest: bundle.digest.clone(),
-            size: bundle.bytes.len() as u64,
+        .call(|mut client| {
+            let blob = blob.clone();
+            async move { client.has_blob(blob).await }
         })
         .await
         .map_err(status_error)?
-        .into_inner()
         .present;
     let size = bundle.bytes.len();
     if !present {
@@ -192,22 +194,32 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
         } else {
             chunks
         };
+        // Content-addressed: sending it again after a failover stores it once.
         client
-            .upload_bundle(tokio_stream::iter(chunks))
+            .call(|mut client| {
+                let chunks = chunks.clone();
+                async move { client.upload_bundle(tokio_stream::iter(chunks)).await }
+            })
             .await
             .map_err(status_error)?;
     }
+    // The same request id on every retry: a submission that was applied before the
+    // answer got lost is answered with its run, never started twice.
+    let request = proto::SubmitRunRequest {
+        spec_yaml: yaml,
+        spec_file: file_name,
+        params: overrides.into_iter().collect(),
+        bundle_digest: bundle.digest.clone(),
+        request_id: ferry_client::new_request_id(),
+    };
+    tracing::debug!(request_id = %request.request_id, "submitting");
     let run = client
-        .submit_run(proto::SubmitRunRequest {
-            spec_yaml: yaml,
-            spec_file: file_name,
-            params: overrides.into_iter().collect(),
-            bundle_digest: bundle.digest.clone(),
-            request_id: String::new(),
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.submit_run(request).await }
         })
         .await
         .map_err(status_error)?
-        .into_inner()
         .run_id;
     println!(
         "run {run} ({}) submitted; code bundle {} ({} files, {}, {})",
@@ -263,15 +275,30 @@ fn step_rows(view: &proto::RunView, now: i64) -> Vec<Vec<String>> {
 
 const STEP_HEADERS: [&str; 7] = ["STEP", "STATE", "ATTEMPT", "WORKER", "TIME", "EXIT", "NOTE"];
 
-async fn get_run(client: &mut Client, run: u64) -> anyhow::Result<proto::RunView> {
-    Ok(client
-        .get_run(proto::GetRunRequest {
-            run_id: run,
-            stale: false,
-        })
+async fn get_run(client: &mut Client, run: u64, read: Read) -> anyhow::Result<proto::RunView> {
+    let request = proto::GetRunRequest {
+        run_id: run,
+        stale: read.stale,
+    };
+    client
+        .call(|mut client| async move { client.get_run(request).await })
         .await
-        .map_err(status_error)?
-        .into_inner())
+        .map_err(status_error)
+}
+
+async fn cancel(client: &mut Client, run: u64) -> anyhow::Result<()> {
+    let request = proto::CancelRunRequest { run_id: run };
+    match client
+        .call(|mut client| async move { client.cancel_run(request).await })
+        .await
+    {
+        Ok(view) => {
+            let killed = view.steps.iter().filter(|s| s.state == "cancelled").count();
+            println!("run {run} cancelled ({killed} steps stopped or never started)");
+            Ok(())
+        }
+        Err(status) => Err(status_error(status)),
+    }
 }
 
 fn view_json(view: &proto::RunView) -> serde_json::Value {
@@ -313,9 +340,10 @@ async fn status(
     client: &mut Client,
     run: u64,
     attempts: bool,
+    read: Read,
     output: Output,
 ) -> anyhow::Result<()> {
-    let view = get_run(client, run).await?;
+    let view = get_run(client, run, read).await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&view_json(&view))?);
         return Ok(());
@@ -380,7 +408,7 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let started = std::time::Instant::now();
     loop {
-        let view = get_run(client, run).await?;
+        let view = get_run(client, run, Read::default()).await?;
         let summary = view.summary.clone().unwrap_or_default();
         let now = render::now_ms();
         let mut out = std::io::stdout().lock();
@@ -445,12 +473,12 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn runs(client: &mut Client, output: Output) -> anyhow::Result<()> {
+async fn runs(client: &mut Client, read: Read, output: Output) -> anyhow::Result<()> {
+    let request = proto::ListRunsRequest { stale: read.stale };
     let runs = client
-        .list_runs(proto::ListRunsRequest { stale: false })
+        .call(|mut client| async move { client.list_runs(request).await })
         .await
         .map_err(status_error)?
-        .into_inner()
         .runs;
     if output == Output::Json {
         let list: Vec<_> = runs
@@ -504,12 +532,12 @@ async fn runs(client: &mut Client, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn workers(client: &mut Client, output: Output) -> anyhow::Result<()> {
+async fn workers(client: &mut Client, read: Read, output: Output) -> anyhow::Result<()> {
+    let request = proto::ListWorkersRequest { stale: read.stale };
     let workers = client
-        .list_workers(proto::ListWorkersRequest { stale: false })
+        .call(|mut client| async move { client.list_workers(request).await })
         .await
         .map_err(status_error)?
-        .into_inner()
         .workers;
     if output == Output::Json {
         let list: Vec<_> = workers
@@ -591,15 +619,18 @@ async fn logs(
     step: Option<String>,
     follow: bool,
 ) -> anyhow::Result<()> {
+    let request = proto::StreamLogsRequest {
+        run_id: run,
+        step: step.unwrap_or_default(),
+        follow,
+    };
     let mut stream = client
-        .stream_logs(proto::StreamLogsRequest {
-            run_id: run,
-            step: step.unwrap_or_default(),
-            follow,
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.stream_logs(request).await }
         })
         .await
-        .map_err(status_error)?
-        .into_inner();
+        .map_err(status_error)?;
     let mut out = std::io::stdout().lock();
     while let Some(line) = stream.message().await.map_err(status_error)? {
         writeln!(
@@ -614,15 +645,20 @@ async fn logs(
     Ok(())
 }
 
-async fn artifacts(client: &mut Client, run: u64, output: Output) -> anyhow::Result<()> {
+async fn artifacts(
+    client: &mut Client,
+    run: u64,
+    read: Read,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = proto::ListArtifactsRequest {
+        run_id: run,
+        stale: read.stale,
+    };
     let artifacts = client
-        .list_artifacts(proto::ListArtifactsRequest {
-            run_id: run,
-            stale: false,
-        })
+        .call(|mut client| async move { client.list_artifacts(request).await })
         .await
         .map_err(status_error)?
-        .into_inner()
         .artifacts;
     if output == Output::Json {
         let list: Vec<_> = artifacts
@@ -661,15 +697,18 @@ async fn download(
         Some(path) => path.to_path_buf(),
         None => Path::new(name.rsplit('/').next().unwrap_or(name)).to_path_buf(),
     };
+    let request = proto::DownloadArtifactRequest {
+        run_id: run,
+        step: step.to_string(),
+        name: name.to_string(),
+    };
     let mut stream = client
-        .download_artifact(proto::DownloadArtifactRequest {
-            run_id: run,
-            step: step.to_string(),
-            name: name.to_string(),
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.download_artifact(request).await }
         })
         .await
-        .map_err(status_error)?
-        .into_inner();
+        .map_err(status_error)?;
     let partial = target.with_extension("ferry-partial");
     let mut file = std::fs::File::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
@@ -712,4 +751,210 @@ async fn download(
         &actual[actual.len() - 2..]
     );
     Ok(())
+}
+
+async fn cluster(
+    client: &mut Client,
+    command: ClusterCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let status = match command {
+        ClusterCommand::Status => client
+            .call(|mut client| async move {
+                client.cluster_status(proto::ClusterStatusRequest {}).await
+            })
+            .await
+            .map_err(status_error)?,
+        // Membership changes are retried through a failover like everything else;
+        // the coordinators answer a change already made with the group as it is.
+        ClusterCommand::AddMember {
+            id,
+            client_address,
+            peer_address,
+        } => {
+            let request = proto::AddMemberRequest {
+                id,
+                client_address,
+                peer_address: peer_address.unwrap_or_default(),
+            };
+            let status = client
+                .call(|mut client| {
+                    let request = request.clone();
+                    async move { client.add_member(request).await }
+                })
+                .await
+                .map_err(status_error)?;
+            if output == Output::Table {
+                println!("member {id} added");
+            }
+            status
+        }
+        ClusterCommand::RemoveMember { id } => {
+            let request = proto::RemoveMemberRequest { id };
+            let status = client
+                .call(|mut client| async move { client.remove_member(request).await })
+                .await
+                .map_err(status_error)?;
+            if output == Output::Table {
+                println!("member {id} removed");
+            }
+            status
+        }
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&cluster_json(&status))?);
+        return Ok(());
+    }
+    println!("{}", cluster_table(&status, client.address()));
+    Ok(())
+}
+
+fn cluster_json(status: &proto::ClusterStatusResponse) -> serde_json::Value {
+    json!({
+        "leader_id": status.leader_id,
+        "answered_by": status.answered_by,
+        "members": status.members.iter().map(|m| json!({
+            "id": m.id,
+            "client_address": m.client_address,
+            "peer_address": m.peer_address,
+            "role": m.role,
+            "term": m.term,
+            "commit_index": m.commit_index,
+            "applied_index": m.applied_index,
+            "lag": m.lag,
+            "last_contact_ms": m.last_contact_ms,
+            "reachable": m.reachable,
+            "error": m.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The group as a table, after a line saying who answered (at `address`) and who
+/// leads.
+fn cluster_table(status: &proto::ClusterStatusResponse, address: &str) -> String {
+    let name = |id: u64| match status.members.iter().find(|m| m.id == id) {
+        Some(member) if !member.client_address.is_empty() => {
+            format!("member {id} ({})", member.client_address)
+        }
+        _ => format!("member {id}"),
+    };
+    let leader = if status.leader_id == 0 {
+        "no leader is known (an election may be running)".to_string()
+    } else {
+        format!("the leader is {}", name(status.leader_id))
+    };
+    let header = format!(
+        "answered by member {} at {address}; {leader}",
+        status.answered_by
+    );
+    let rows: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| {
+            let role = if m.reachable || m.id == status.answered_by {
+                m.role.clone()
+            } else {
+                "unreachable".to_string()
+            };
+            let contact = if m.id == status.answered_by {
+                "(answered)".to_string()
+            } else if m.last_contact_ms < 0 || (!m.reachable && m.last_contact_ms == 0) {
+                "never".to_string()
+            } else {
+                format!("{} ago", render::duration_ms(m.last_contact_ms))
+            };
+            vec![
+                m.id.to_string(),
+                m.client_address.clone(),
+                m.peer_address.clone(),
+                role,
+                m.term.to_string(),
+                m.commit_index.to_string(),
+                m.applied_index.to_string(),
+                m.lag.to_string(),
+                contact,
+                m.error.clone(),
+            ]
+        })
+        .collect();
+    let table = render::table(
+        &[
+            "ID",
+            "CLIENT ADDRESS",
+            "PEER ADDRESS",
+            "ROLE",
+            "TERM",
+            "COMMIT",
+            "APPLIED",
+            "LAG",
+            "LAST CONTACT",
+            "NOTE",
+        ],
+        &rows,
+    );
+    format!("{header}\n{table}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, role: &str, reachable: bool, last_contact_ms: i64) -> proto::MemberStatus {
+        proto::MemberStatus {
+            id,
+            client_address: format!("c{id}:7443"),
+            peer_address: format!("c{id}:7444"),
+            role: role.into(),
+            term: 5,
+            commit_index: 40,
+            applied_index: 40,
+            lag: 0,
+            last_contact_ms,
+            reachable,
+            error: if reachable {
+                String::new()
+            } else {
+                "connection refused".into()
+            },
+        }
+    }
+
+    #[test]
+    fn the_cluster_table_names_who_answered_and_who_leads() {
+        let status = proto::ClusterStatusResponse {
+            leader_id: 1,
+            answered_by: 2,
+            members: vec![
+                member(1, "leader", true, 120),
+                member(2, "follower", true, 0),
+                member(3, "follower", false, 0),
+            ],
+        };
+        let text = cluster_table(&status, "c2:7443");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "answered by member 2 at c2:7443; the leader is member 1 (c1:7443)"
+        );
+        assert!(lines[1].starts_with("ID  CLIENT ADDRESS"), "{text}");
+        assert!(
+            lines[2].contains("leader") && lines[2].contains("0.12s ago"),
+            "{text}"
+        );
+        assert!(lines[3].contains("(answered)"), "{text}");
+        assert!(
+            lines[4].contains("unreachable")
+                && lines[4].contains("never")
+                && lines[4].contains("connection refused"),
+            "{text}"
+        );
+        let json = cluster_json(&status);
+        assert_eq!(json["leader_id"], 1);
+        assert_eq!(json["members"][2]["reachable"], false);
+        let leaderless = proto::ClusterStatusResponse {
+            leader_id: 0,
+            ..status
+        };
+        assert!(cluster_table(&leaderless, "c2:7443").contains("no leader is known"));
+    }
 }

@@ -1,17 +1,30 @@
-//! Where the client finds its coordinator and TLS files: flags, then environment
+//! Where the client finds its coordinators and TLS files: flags, then environment
 //! variables, then the config file (`--config`, `FERRY_CONFIG`, or the default
 //! location `$XDG_CONFIG_HOME/ferry/config.toml`, else `~/.config/ferry/config.toml`).
+//! The coordinators are a list, tried in order: `a:1,b:2` on the command line, in
+//! the environment and in the file's `coordinator`, or the file's
+//! `coordinators = ["a:1", "b:2"]`.
 
 use std::path::{Path, PathBuf};
 
+use ferry_common::channel::{ChannelError, parse_address};
 use ferry_common::pki::TlsFiles;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    pub coordinator: String,
+    /// The coordinators' addresses, `HOST:PORT`, in the order they are tried; never
+    /// empty. Any member answers; the first that connects is used.
+    pub coordinators: Vec<String>,
     pub tls: TlsFiles,
+}
+
+/// A client config file as written: the list as one comma-separated string, the
+/// form a user also types on the command line.
+#[derive(Serialize)]
+struct ConfigFile<'a> {
+    coordinator: String,
+    tls: &'a TlsFiles,
 }
 
 /// The first line of a client config written by `ferry dev`.
@@ -22,6 +35,7 @@ pub const DEV_CONFIG_HEADER: &str =
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    /// One address or a comma-separated list.
     pub coordinator: Option<String>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -42,6 +56,12 @@ pub enum ConfigError {
          or start 'ferry dev', which writes {default}"
     )]
     NoCoordinator { default: String },
+    #[error("the client config {path} gives both `coordinator` and `coordinators`; keep one")]
+    CoordinatorTwice { path: String },
+    #[error(transparent)]
+    BadCoordinator(#[from] ChannelError),
+    #[error("the coordinator list {given:?} names no address (expected HOST:PORT[,HOST:PORT...])")]
+    EmptyCoordinatorList { given: String },
     #[error(
         "no TLS {what} file is configured: pass --{what} (or set FERRY_{upper}), or put it in the client config"
     )]
@@ -73,6 +93,7 @@ pub fn default_config_path() -> Result<PathBuf, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct PartialConfig {
     coordinator: Option<String>,
+    coordinators: Option<Vec<String>>,
     tls: Option<PartialTls>,
 }
 
@@ -103,15 +124,25 @@ impl ClientConfig {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let tls = file.tls.unwrap_or_default();
-        let coordinator = overrides
+        if file.coordinator.is_some() && file.coordinators.is_some() {
+            return Err(ConfigError::CoordinatorTwice {
+                path: file_path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        let coordinators = overrides
             .coordinator
             .clone()
             .or(file.coordinator)
+            .or_else(|| file.coordinators.map(|list| list.join(",")))
             .ok_or_else(|| ConfigError::NoCoordinator {
                 default: default_path
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "~/.config/ferry/config.toml".into()),
             })?;
+        let coordinators = parse_coordinator_list(&coordinators)?;
         let pick = |flag: &Option<PathBuf>,
                     from_file: Option<PathBuf>,
                     what: &'static str,
@@ -121,7 +152,7 @@ impl ClientConfig {
                 .ok_or(ConfigError::NoTls { what, upper })
         };
         Ok(ClientConfig {
-            coordinator,
+            coordinators,
             tls: TlsFiles {
                 ca: pick(&overrides.ca, tls.ca, "ca", "CA")?,
                 cert: pick(&overrides.cert, tls.cert, "cert", "CERT")?,
@@ -138,9 +169,31 @@ impl ClientConfig {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(write)?;
         }
-        let text = toml::to_string(self).expect("client config serializes");
+        let file = ConfigFile {
+            coordinator: self.coordinators.join(","),
+            tls: &self.tls,
+        };
+        let text = toml::to_string(&file).expect("client config serializes");
         std::fs::write(path, format!("{DEV_CONFIG_HEADER}\n{text}")).map_err(write)
     }
+}
+
+/// Splits `a:1, b:2` into its addresses, each checked to be `HOST:PORT`; empty
+/// entries (a trailing comma) and repeats are dropped, the order is kept.
+pub fn parse_coordinator_list(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut addresses: Vec<String> = Vec::new();
+    for address in text.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        parse_address(address)?;
+        if !addresses.iter().any(|known| known == address) {
+            addresses.push(address.to_string());
+        }
+    }
+    if addresses.is_empty() {
+        return Err(ConfigError::EmptyCoordinatorList {
+            given: text.to_string(),
+        });
+    }
+    Ok(addresses)
 }
 
 fn read_partial(path: &Path) -> Result<PartialConfig, ConfigError> {
@@ -172,7 +225,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(config.coordinator, "10.0.0.1:7443");
+        assert_eq!(config.coordinators, ["10.0.0.1:7443"]);
         assert_eq!(config.tls.ca, dir.path().join("ca.pem"));
         let config = ClientConfig::resolve(&Overrides {
             config: Some(path),
@@ -181,7 +234,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(config.coordinator, "127.0.0.1:1");
+        assert_eq!(config.coordinators, ["127.0.0.1:1"]);
         assert_eq!(config.tls.key, PathBuf::from("/k.pem"));
     }
 
@@ -203,5 +256,110 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(error, ConfigError::Read { .. }));
+    }
+
+    fn file_with(dir: &Path, coordinators: &str) -> PathBuf {
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{coordinators}\n[tls]\nca = \"ca.pem\"\ncert = \"me.pem\"\nkey = \"me-key.pem\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn resolve(config: PathBuf, coordinator: Option<&str>) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::resolve(&Overrides {
+            config: Some(config),
+            coordinator: coordinator.map(str::to_string),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn address_lists_split_on_commas() {
+        assert_eq!(parse_coordinator_list("a:1").unwrap(), ["a:1"]);
+        assert_eq!(
+            parse_coordinator_list("a:1,b:2, c:3").unwrap(),
+            ["a:1", "b:2", "c:3"]
+        );
+        assert_eq!(
+            parse_coordinator_list(" a:1 ,, b:2 , a:1 ,").unwrap(),
+            ["a:1", "b:2"]
+        );
+        assert_eq!(
+            parse_coordinator_list("https://a.example:1,[::1]:2").unwrap(),
+            ["https://a.example:1", "[::1]:2"]
+        );
+        assert!(matches!(
+            parse_coordinator_list(" , "),
+            Err(ConfigError::EmptyCoordinatorList { .. })
+        ));
+        let error = parse_coordinator_list("a:1,nohost")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"nohost\""), "{error}");
+        assert!(parse_coordinator_list("a:1,b:port").is_err());
+    }
+
+    #[test]
+    fn the_file_gives_the_list_as_a_string_or_as_an_array_but_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let single = resolve(file_with(dir.path(), "coordinator = \"a:1\""), None).unwrap();
+        assert_eq!(single.coordinators, ["a:1"]);
+        let commas = resolve(file_with(dir.path(), "coordinator = \"a:1,b:2\""), None).unwrap();
+        assert_eq!(commas.coordinators, ["a:1", "b:2"]);
+        let array = resolve(
+            file_with(dir.path(), "coordinators = [\"a:1\", \"b:2\", \"c:3\"]"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(array.coordinators, ["a:1", "b:2", "c:3"]);
+        let both = resolve(
+            file_with(
+                dir.path(),
+                "coordinator = \"a:1\"\ncoordinators = [\"b:2\"]",
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(both, ConfigError::CoordinatorTwice { .. }),
+            "{both}"
+        );
+        let empty = resolve(file_with(dir.path(), "coordinators = []"), None).unwrap_err();
+        assert!(
+            matches!(empty, ConfigError::EmptyCoordinatorList { .. }),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn the_flag_or_environment_list_wins_over_the_file() {
+        // `--coordinator` and FERRY_COORDINATOR arrive here the same way (clap reads
+        // the variable into the flag).
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with(dir.path(), "coordinators = [\"a:1\", \"b:2\"]");
+        let config = resolve(path.clone(), Some("x:1, y:2")).unwrap();
+        assert_eq!(config.coordinators, ["x:1", "y:2"]);
+        let error = resolve(path, Some("x:1,bad")).unwrap_err();
+        assert!(matches!(error, ConfigError::BadCoordinator(_)), "{error}");
+    }
+
+    #[test]
+    fn a_written_config_reads_back_with_its_whole_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("written.toml");
+        let config = ClientConfig {
+            coordinators: vec!["a:1".into(), "b:2".into()],
+            tls: TlsFiles::in_dir(dir.path(), "me"),
+        };
+        config.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(DEV_CONFIG_HEADER), "{text}");
+        assert!(text.contains("coordinator = \"a:1,b:2\""), "{text}");
+        assert_eq!(resolve(path, None).unwrap(), config);
     }
 }

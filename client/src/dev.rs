@@ -118,7 +118,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
     );
 
     let client = ClientConfig {
-        coordinator: address.to_string(),
+        coordinators: vec![address.to_string()],
         tls: files(CLIENT_NAME),
     };
     let client_path = default_config_path()?;
@@ -140,7 +140,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
 
     let worker_config = WorkerConfig {
         name: worker.clone(),
-        coordinator: address.to_string(),
+        coordinators: vec![address.to_string()],
         data_dir: data_dir.join("worker"),
         tls: files(&worker),
         labels: [("mode".to_string(), "dev".to_string())].into(),

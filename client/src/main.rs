@@ -1,5 +1,6 @@
 //! `ferry`: submit and follow pipelines, read logs and artifacts, manage
-//! certificates, and run a local cluster with `ferry dev`.
+//! certificates and the coordinators' membership, and run a local cluster with
+//! `ferry dev`.
 
 mod commands;
 mod render;
@@ -29,14 +30,15 @@ pub enum Output {
     Json,
 }
 
-/// Where the coordinator is and which certificate to present. Flags win over
+/// Where the coordinators are and which certificate to present. Flags win over
 /// environment variables, which win over the config file.
 #[derive(Args, Clone)]
 struct Connection {
     /// Client config file [default: ~/.config/ferry/config.toml, written by 'ferry dev'].
     #[arg(long, global = true, env = "FERRY_CONFIG")]
     config: Option<PathBuf>,
-    /// The coordinator's address, HOST:PORT.
+    /// The coordinators' addresses, HOST:PORT[,HOST:PORT...]; the first that
+    /// answers is used.
     #[arg(long, global = true, env = "FERRY_COORDINATOR")]
     coordinator: Option<String>,
     /// The cluster CA certificate.
@@ -64,20 +66,28 @@ enum Command {
         watch: bool,
     },
     /// List runs.
-    Runs,
+    Runs {
+        #[command(flatten)]
+        read: Read,
+    },
     /// Show every step of a run: state, attempt, worker, duration, exit code, reason.
     Status {
         run: u64,
         /// Also list every attempt of every step.
         #[arg(long)]
         attempts: bool,
+        #[command(flatten)]
+        read: Read,
     },
     /// Follow a run until it ends, showing each step's state.
     Watch { run: u64 },
     /// Cancel a run: running steps are killed, nothing new starts.
     Cancel { run: u64 },
     /// List workers: capacity, what is in use, labels, last heartbeat.
-    Workers,
+    Workers {
+        #[command(flatten)]
+        read: Read,
+    },
     /// Print a run's logs (all steps, or one); -f follows live output.
     Logs {
         run: u64,
@@ -89,8 +99,15 @@ enum Command {
     #[command(args_conflicts_with_subcommands = true)]
     Artifacts {
         run: Option<u64>,
+        #[command(flatten)]
+        read: Read,
         #[command(subcommand)]
         get: Option<ArtifactsCommand>,
+    },
+    /// Show and change the coordinators' replication group.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Create a cluster CA and issue certificates.
     Certs {
@@ -113,6 +130,45 @@ enum Command {
         #[arg(long)]
         memory: Option<String>,
     },
+}
+
+/// How a listing is read.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct Read {
+    /// Answer from the contacted coordinator's own copy without confirming with the
+    /// leader: faster, works without a leader, but may be slightly behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every member: address, role, term, commit and applied index, lag, last
+    /// contact; which member answered and which one leads.
+    Status,
+    /// Add a coordinator to the group, then show the group.
+    AddMember {
+        /// The new member's id (unique in the group, never reused).
+        #[arg(long)]
+        id: u64,
+        /// Where clients and workers reach it, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_address_arg)]
+        client_address: String,
+        /// Where the other coordinators reach it [default: chosen by the cluster].
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_address_arg)]
+        peer_address: Option<String>,
+    },
+    /// Remove a coordinator from the group, then show the group.
+    RemoveMember {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+fn parse_address_arg(text: &str) -> Result<String, String> {
+    ferry_common::channel::parse_address(text.trim())
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -238,8 +294,83 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 _ => None,
             };
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
-            let mut client = ferry_client::connect(&config).await?;
-            commands::remote(&mut client, command, validated, output).await
+            let mut connection = ferry_client::Connection::open(&config).await?;
+            commands::remote(&mut connection, command, validated, output).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ferry").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_coordinator_flag_takes_a_list_anywhere_on_the_line() {
+        let cli = parse(&["runs", "--coordinator", "a:1,b:2"]).unwrap();
+        assert_eq!(cli.connection.coordinator.as_deref(), Some("a:1,b:2"));
+        let cli = parse(&["--coordinator", "a:1", "workers"]).unwrap();
+        assert_eq!(cli.connection.coordinator.as_deref(), Some("a:1"));
+    }
+
+    #[test]
+    fn stale_reads_are_asked_for_per_listing() {
+        let stale = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Runs { read }
+            | Command::Status { read, .. }
+            | Command::Workers { read }
+            | Command::Artifacts { read, .. } => read.stale,
+            _ => panic!("not a listing"),
+        };
+        assert!(stale(&["runs", "--stale"]));
+        assert!(!stale(&["runs"]));
+        assert!(stale(&["status", "3", "--stale", "--attempts"]));
+        assert!(stale(&["workers", "--stale"]));
+        assert!(stale(&["artifacts", "3", "--stale"]));
+        assert!(parse(&["watch", "3", "--stale"]).is_err());
+    }
+
+    #[test]
+    fn cluster_commands_parse_and_check_addresses() {
+        let cli = parse(&[
+            "cluster",
+            "add-member",
+            "--id",
+            "4",
+            "--client-address",
+            "c4.example:7443",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Cluster {
+                command:
+                    ClusterCommand::AddMember {
+                        id,
+                        client_address,
+                        peer_address,
+                    },
+            } => {
+                assert_eq!((id, client_address.as_str()), (4, "c4.example:7443"));
+                assert_eq!(peer_address, None);
+            }
+            _ => panic!("not add-member"),
+        }
+        assert!(
+            parse(&[
+                "cluster",
+                "add-member",
+                "--id",
+                "4",
+                "--client-address",
+                "nohost"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["cluster", "add-member", "--client-address", "a:1"]).is_err());
+        assert!(parse(&["cluster", "remove-member", "--id", "2"]).is_ok());
+        assert!(parse(&["cluster", "status", "--output", "json"]).is_ok());
     }
 }

@@ -142,6 +142,9 @@ pub struct Attempt {
     pub outcome: Option<AttemptOutcome>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// The attempt's whole log as a blob (digest, size), once it has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +256,9 @@ pub struct AttemptReport {
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub outputs: Vec<(String, String, u64)>,
+    /// The attempt's whole log as a blob (digest, size), when the worker sent one.
+    #[serde(default)]
+    pub log: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +609,7 @@ impl State {
             outcome: None,
             exit_code: None,
             reason: None,
+            log: None,
         });
         step.state = StepState::Assigned;
         step.reason = None;
@@ -748,6 +755,15 @@ impl State {
         } else {
             Vec::new()
         };
+        if let Some(log) = report.log
+            && let Some(attempt) = self
+                .runs
+                .get_mut(&key.run)
+                .and_then(|run| run.steps.iter_mut().find(|s| s.name == key.step))
+                .and_then(|step| step.attempts.last_mut())
+        {
+            attempt.log = Some(log);
+        }
         self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
         Ok(Outcome::Report {
             accepted: true,

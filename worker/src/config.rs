@@ -1,4 +1,4 @@
-//! `worker.toml`: the worker's name, its coordinator, where it keeps work
+//! `worker.toml`: the worker's name, its coordinators, where it keeps work
 //! directories, its TLS files, labels, and optional capacity overrides.
 
 use std::collections::BTreeMap;
@@ -9,12 +9,13 @@ use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "WorkerConfigFile")]
 pub struct WorkerConfig {
     /// Must match the name in the worker's certificate.
     pub name: String,
-    /// The coordinator's address, `HOST:PORT`.
-    pub coordinator: String,
+    /// The coordinators' addresses, `HOST:PORT`, in the order they are tried; never
+    /// empty. The worker finds the leader among them.
+    pub coordinators: Vec<String>,
     /// Work directories, cached bundles.
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
@@ -52,6 +53,85 @@ fn default_log_limit() -> u64 {
     64 * 1024 * 1024
 }
 
+/// `worker.toml` as written: the coordinators are given either as the list
+/// `coordinators = ["a:1", "b:2"]` or as the older single `coordinator = "a:1"`
+/// (which may also hold a comma-separated list), never both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerConfigFile {
+    name: String,
+    #[serde(default)]
+    coordinator: Option<String>,
+    #[serde(default)]
+    coordinators: Option<Vec<String>>,
+    data_dir: PathBuf,
+    tls: TlsFiles,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    cpus: Option<f64>,
+    #[serde(default)]
+    memory: Option<String>,
+    #[serde(default)]
+    gpus: Option<Vec<GpuEntry>>,
+    #[serde(default = "default_log_limit")]
+    max_log_bytes_per_attempt: u64,
+}
+
+impl TryFrom<WorkerConfigFile> for WorkerConfig {
+    type Error = String;
+
+    fn try_from(file: WorkerConfigFile) -> Result<WorkerConfig, String> {
+        let coordinators = coordinator_addresses(file.coordinator, file.coordinators)?;
+        Ok(WorkerConfig {
+            name: file.name,
+            coordinators,
+            data_dir: file.data_dir,
+            tls: file.tls,
+            labels: file.labels,
+            cpus: file.cpus,
+            memory: file.memory,
+            gpus: file.gpus,
+            max_log_bytes_per_attempt: file.max_log_bytes_per_attempt,
+        })
+    }
+}
+
+/// The coordinator list from exactly one of `coordinator` and `coordinators`, each
+/// address checked to be `HOST:PORT`, duplicates dropped, order kept.
+fn coordinator_addresses(
+    single: Option<String>,
+    list: Option<Vec<String>>,
+) -> Result<Vec<String>, String> {
+    let given: Vec<String> = match (single, list) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "give either `coordinators = [\"HOST:PORT\", ...]` or the older \
+                        `coordinator = \"HOST:PORT\"`, not both"
+                    .into(),
+            );
+        }
+        (None, None) => {
+            return Err(
+                "no coordinator is configured: add `coordinators = [\"HOST:PORT\", ...]`".into(),
+            );
+        }
+        (Some(single), None) => single.split(',').map(str::to_string).collect(),
+        (None, Some(list)) => list,
+    };
+    let mut addresses: Vec<String> = Vec::new();
+    for address in given.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        ferry_common::channel::parse_address(address).map_err(|e| e.to_string())?;
+        if !addresses.iter().any(|known| known == address) {
+            addresses.push(address.to_string());
+        }
+    }
+    if addresses.is_empty() {
+        return Err("the coordinator list is empty: give at least one HOST:PORT".into());
+    }
+    Ok(addresses)
+}
+
 impl WorkerConfig {
     /// Reads the file; relative paths in it are taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<WorkerConfig, ConfigFileError> {
@@ -72,6 +152,14 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.toml");
         let config = WorkerConfig::load(&path).unwrap();
         assert_eq!(config.name, "gpu-01");
+        assert_eq!(
+            config.coordinators,
+            [
+                "coord1.example:7443",
+                "coord2.example:7443",
+                "coord3.example:7443"
+            ]
+        );
         assert_eq!(config.labels["zone"], "a");
         assert!(config.gpus.is_none());
         let dir = tempfile::tempdir().unwrap();
@@ -84,5 +172,45 @@ mod tests {
         let config = WorkerConfig::load(&file).unwrap();
         assert_eq!(config.data_dir, dir.path().join("data"));
         assert_eq!(config.gpus.unwrap()[0].memory.as_deref(), Some("80Gi"));
+        assert_eq!(config.coordinators, ["127.0.0.1:1"]);
+    }
+
+    fn parse(coordinators: &str) -> Result<WorkerConfig, String> {
+        let text = format!(
+            "name = \"w\"\n{coordinators}\ndata_dir = \"d\"\n[tls]\nca = \"c\"\ncert = \"w\"\nkey = \"k\"\n"
+        );
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn coordinators_come_as_a_list_or_as_the_older_single_address() {
+        let list = parse("coordinators = [\"a:1\", \"b:2\", \"c:3\"]").unwrap();
+        assert_eq!(list.coordinators, ["a:1", "b:2", "c:3"]);
+        let single = parse("coordinator = \"a:1\"").unwrap();
+        assert_eq!(single.coordinators, ["a:1"]);
+        let commas = parse("coordinator = \"a:1, b:2,\"").unwrap();
+        assert_eq!(commas.coordinators, ["a:1", "b:2"]);
+        let duplicates = parse("coordinators = [\"a:1\", \"b:2\", \"a:1\"]").unwrap();
+        assert_eq!(duplicates.coordinators, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn coordinators_must_be_given_exactly_once_and_well_formed() {
+        let both = parse("coordinator = \"a:1\"\ncoordinators = [\"b:2\"]").unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        let neither = parse("").unwrap_err();
+        assert!(
+            neither.contains("no coordinator is configured"),
+            "{neither}"
+        );
+        let empty = parse("coordinators = []").unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
+        let bad = parse("coordinators = [\"a:1\", \"nohost\"]").unwrap_err();
+        assert!(
+            bad.contains("\"nohost\" is not a coordinator address"),
+            "{bad}"
+        );
+        let unknown = parse("coordinatrs = [\"a:1\"]").unwrap_err();
+        assert!(unknown.contains("coordinatrs"), "{unknown}");
     }
 }

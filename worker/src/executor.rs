@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::digest::{CHUNK_SIZE, digest_file};
@@ -17,7 +18,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tonic::transport::Channel;
+
+use crate::session::Coordinators;
 
 /// Longest log line kept; a longer one is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -26,13 +30,20 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Log lines are shipped in batches of at most this many, at least this often.
 const LOG_BATCH_LINES: usize = 500;
 const LOG_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long each call keeps trying through coordinator failovers and restarts
+/// before the attempt goes on without it (or, for a blob it needs, fails).
+const STEP_STARTED_PATIENCE: Duration = Duration::from_secs(10);
+const FETCH_PATIENCE: Duration = Duration::from_secs(60);
+const LOG_PATIENCE: Duration = Duration::from_secs(60);
+const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
 
 pub type Agent = AgentClient<Channel>;
 
 /// What every attempt on this worker shares.
 #[derive(Clone)]
 pub struct ExecutorContext {
-    pub agent: Agent,
+    /// Every call goes to the coordinator chosen now, and follows a switch.
+    pub coordinators: Arc<Coordinators>,
     pub data_dir: PathBuf,
     pub gpus: Vec<proto::Gpu>,
     pub max_log_bytes: u64,
@@ -73,6 +84,7 @@ pub async fn run_attempt(
             exit_code: exit.unwrap_or(0),
             reason,
             outputs,
+            log: None,
         };
     let work_dir = ctx
         .data_dir
@@ -98,15 +110,33 @@ pub async fn run_attempt(
             );
         }
     };
-    let mut agent = ctx.agent.clone();
-    let _ = agent
-        .step_started(proto::StepStartedRequest {
-            attempt: Some(attempt.clone()),
+    let started = proto::StepStartedRequest {
+        attempt: Some(attempt.clone()),
+    };
+    let give_up = Instant::now() + STEP_STARTED_PATIENCE;
+    if let Err(status) = ctx
+        .coordinators
+        .call(Some(give_up), |mut agent| {
+            let started = started.clone();
+            async move { agent.step_started(started).await }
         })
-        .await;
+        .await
+    {
+        // The step runs anyway; its final report carries what matters.
+        tracing::debug!(%status, run = attempt.run_id, step = %attempt.step, "step start not reported");
+    }
 
-    let ended = execute(ctx, &assignment, &work_dir, &input_paths, &mut cancel).await;
-    let result = match ended {
+    let log_path = work_dir.with_extension("log.jsonl");
+    let ended = execute(
+        ctx,
+        &assignment,
+        &work_dir,
+        &log_path,
+        &input_paths,
+        &mut cancel,
+    )
+    .await;
+    let mut result = match ended {
         Err(reason) => report("error", None, reason, Vec::new()),
         Ok(Ended::TimedOut) => report(
             "timed_out",
@@ -141,6 +171,17 @@ pub async fn run_attempt(
     if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
         tracing::debug!(%error, dir = %work_dir.display(), "could not remove the work directory");
     }
+    // The whole log goes up as a blob with the report: the coordinators keep it on
+    // a majority, so it outlives the leader that received the live lines.
+    if tokio::fs::try_exists(&log_path).await.unwrap_or(false) {
+        match upload_file(&ctx.coordinators, &log_path).await {
+            Ok((digest, size)) => result.log = Some(proto::BlobRef { digest, size }),
+            Err(error) => {
+                tracing::warn!(%error, run = attempt.run_id, step = %attempt.step, "the attempt's log could not be uploaded")
+            }
+        }
+        let _ = tokio::fs::remove_file(&log_path).await;
+    }
     result
 }
 
@@ -170,7 +211,7 @@ async fn stage(
     let bundles = ctx.data_dir.join("bundles");
     let bundle_path = bundles.join(format!("{}.tar.gz", assignment.bundle_digest));
     if !bundle_path.exists() {
-        fetch_blob(&ctx.agent, &assignment.bundle_digest, &bundle_path).await?;
+        fetch_blob(&ctx.coordinators, &assignment.bundle_digest, &bundle_path).await?;
     }
     let bytes = tokio::fs::read(&bundle_path)
         .await
@@ -200,19 +241,64 @@ async fn stage(
             .join("inputs")
             .join(&input.name)
             .join(&input.file_name);
-        fetch_blob(&ctx.agent, &input.digest, &path).await?;
+        fetch_blob(&ctx.coordinators, &input.digest, &path).await?;
         paths.push((input.name.clone(), path));
     }
     Ok(paths)
 }
 
 /// Downloads a blob to `path`, hashing it on the way; only a verified blob is
-/// renamed into place.
-async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), StageError> {
+/// renamed into place. A download cut off by a failover starts again on the
+/// coordinator switched to.
+async fn fetch_blob(
+    coordinators: &Coordinators,
+    digest: &str,
+    path: &Path,
+) -> Result<(), StageError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(parent)
         .await
         .map_err(|e| io_error(format!("cannot create {}", parent.display()), e))?;
+    // A name of its own per download: attempts started together may fetch the same
+    // bundle at once, and each must write its own file before the atomic rename.
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = path.with_file_name(format!(
+        ".{file_name}.partial-{}-{number}",
+        std::process::id()
+    ));
+    let give_up = Instant::now() + FETCH_PATIENCE;
+    loop {
+        let coordinator = coordinators.current();
+        let downloaded = download_blob(&coordinator.agent, digest, &partial).await;
+        if downloaded.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        match downloaded {
+            Ok(()) => {
+                coordinators.answered(coordinator.generation);
+                break;
+            }
+            Err(StageError::Fetch { digest, status }) => {
+                match coordinators.retry_after(coordinator.generation, &status, Some(give_up)) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(StageError::Fetch { digest, status }),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    tokio::fs::rename(&partial, path)
+        .await
+        .map_err(|e| io_error(format!("cannot move {} into place", path.display()), e))
+}
+
+/// One try at downloading a blob into `partial`, verified against its digest.
+async fn download_blob(agent: &Agent, digest: &str, partial: &Path) -> Result<(), StageError> {
     let fetch = |status| StageError::Fetch {
         digest: digest.to_string(),
         status,
@@ -226,19 +312,7 @@ async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), Stag
         .await
         .map_err(fetch)?
         .into_inner();
-    // A name of its own per download: attempts started together may fetch the same
-    // bundle at once, and each must write its own file before the atomic rename.
-    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let number = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = path.with_file_name(format!(
-        ".{file_name}.partial-{}-{number}",
-        std::process::id()
-    ));
-    let mut file = tokio::fs::File::create(&partial)
+    let mut file = tokio::fs::File::create(partial)
         .await
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
     let mut hasher = blake3::Hasher::new();
@@ -254,15 +328,12 @@ async fn fetch_blob(agent: &Agent, digest: &str, path: &Path) -> Result<(), Stag
     drop(file);
     let actual = hasher.finalize().to_hex().to_string();
     if actual != digest {
-        let _ = tokio::fs::remove_file(&partial).await;
         return Err(StageError::Corrupt {
             digest: digest.to_string(),
             actual,
         });
     }
-    tokio::fs::rename(&partial, path)
-        .await
-        .map_err(|e| io_error(format!("cannot move {} into place", path.display()), e))
+    Ok(())
 }
 
 enum Ended {
@@ -318,6 +389,7 @@ async fn execute(
     ctx: &ExecutorContext,
     assignment: &proto::Assignment,
     work_dir: &Path,
+    log_path: &Path,
     inputs: &[(String, PathBuf)],
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<Ended, String> {
@@ -354,10 +426,11 @@ async fn execute(
         tokio::spawn(read_lines(stderr, "stderr", lines)),
     ];
     let shipper = tokio::spawn(ship_logs(
-        ctx.agent.clone(),
+        ctx.coordinators.clone(),
         attempt.clone(),
         receiver,
         ctx.max_log_bytes,
+        log_path.to_path_buf(),
     ));
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
@@ -450,11 +523,21 @@ fn now_ms() -> i64 {
 /// rest is dropped after one marker line (the pipes are still drained, so the step
 /// never blocks on a full pipe).
 async fn ship_logs(
-    agent: Agent,
+    coordinators: Arc<Coordinators>,
     attempt: proto::AttemptRef,
     mut receiver: mpsc::Receiver<(&'static str, String)>,
     max_bytes: u64,
+    log_path: PathBuf,
 ) {
+    // Every shipped line is also kept in a local file (JSON lines), uploaded whole
+    // when the attempt ends.
+    let mut log_file = match tokio::fs::File::create(&log_path).await {
+        Ok(file) => Some(tokio::io::BufWriter::new(file)),
+        Err(error) => {
+            tracing::warn!(%error, path = %log_path.display(), "cannot keep the attempt's log file");
+            None
+        }
+    };
     let mut seq = 0u64;
     let mut bytes = 0u64;
     let mut capped = false;
@@ -497,35 +580,77 @@ async fn ship_logs(
             continue;
         }
         let lines = std::mem::take(&mut batch);
-        push_with_retry(&agent, &attempt, lines).await;
+        if let Some(file) = log_file.as_mut() {
+            let mut text = Vec::new();
+            for line in &lines {
+                serde_json::to_writer(
+                    &mut text,
+                    &serde_json::json!({
+                        "stream": line.stream,
+                        "seq": line.seq,
+                        "timestamp_ms": line.timestamp_ms,
+                        "text": line.text,
+                    }),
+                )
+                .expect("log lines serialize");
+                text.push(b'\n');
+            }
+            if let Err(error) = file.write_all(&text).await {
+                tracing::warn!(%error, "cannot write the attempt's log file");
+                log_file = None;
+            }
+        }
+        push_with_retry(&coordinators, &attempt, lines).await;
+    }
+    if let Some(mut file) = log_file
+        && let Err(error) = file.flush().await
+    {
+        tracing::warn!(%error, "cannot write the attempt's log file");
     }
 }
 
-async fn push_with_retry(agent: &Agent, attempt: &proto::AttemptRef, lines: Vec<proto::LogLine>) {
+/// Pushes one batch to the current coordinator, through failovers and restarts;
+/// a batch sent twice is stored once (lines carry their sequence numbers).
+async fn push_with_retry(
+    coordinators: &Coordinators,
+    attempt: &proto::AttemptRef,
+    lines: Vec<proto::LogLine>,
+) {
     let request = proto::LogBatch {
         attempt: Some(attempt.clone()),
         lines,
     };
+    let give_up = Instant::now() + LOG_PATIENCE;
     let mut delay = Duration::from_millis(100);
-    for _ in 0..20 {
-        match agent.clone().push_logs(request.clone()).await {
+    loop {
+        let pushed = coordinators
+            .call(Some(give_up), |mut agent| {
+                let request = request.clone();
+                async move { agent.push_logs(request).await }
+            })
+            .await;
+        match pushed {
             Ok(_) => return,
             Err(status) if status.code() == tonic::Code::PermissionDenied => {
                 tracing::warn!(%status, "log batch refused");
                 return;
             }
-            Err(status) => {
+            Err(status) if Instant::now() + delay < give_up => {
                 tracing::debug!(%status, "log batch not delivered; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(3));
             }
+            Err(status) => {
+                tracing::warn!(
+                    run = attempt.run_id,
+                    step = %attempt.step,
+                    %status,
+                    "giving up on a log batch after repeated failures"
+                );
+                return;
+            }
         }
     }
-    tracing::warn!(
-        run = attempt.run_id,
-        step = %attempt.step,
-        "giving up on a log batch after repeated failures"
-    );
 }
 
 /// Checks every declared output (a regular file inside the work directory, not a
@@ -541,7 +666,7 @@ async fn collect_outputs(
     let mut files = Vec::new();
     for name in outputs {
         let path = checked_output_path(&root, name)?;
-        let (digest, size) = upload_file(&ctx.agent, &path)
+        let (digest, size) = upload_file(&ctx.coordinators, &path)
             .await
             .map_err(|e| format!("cannot upload output \"{name}\": {e}"))?;
         files.push(proto::OutputFile {
@@ -580,49 +705,42 @@ pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
-async fn upload_file(agent: &Agent, path: &Path) -> Result<(String, u64), String> {
+async fn upload_file(coordinators: &Coordinators, path: &Path) -> Result<(String, u64), String> {
     let owned = path.to_path_buf();
     let (digest, size) = tokio::task::spawn_blocking(move || digest_file(&owned))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    // The coordinator may be restarting when a step ends: retry what a restart
-    // causes, with backoff, reading the file afresh each time.
-    let mut delay = Duration::from_millis(100);
-    let mut tries = 0;
+    // The coordinator may be failing over or restarting when a step ends: try
+    // again on the coordinator switched to, reading the file afresh each time.
+    let give_up = Instant::now() + UPLOAD_PATIENCE;
     loop {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| e.to_string())?;
-        match agent
+        let coordinator = coordinators.current();
+        match coordinator
+            .agent
             .clone()
             .upload_artifact(file_chunks(file, &digest, size))
             .await
         {
             Ok(blob) => {
+                coordinators.answered(coordinator.generation);
                 let blob = blob.into_inner();
                 return Ok((blob.digest, blob.size));
             }
-            Err(status) if is_transient(&status) && tries < UPLOAD_TRIES => {
-                tracing::debug!(%status, file = %path.display(), "upload failed; retrying");
-                tries += 1;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(3));
+            Err(status) => {
+                match coordinators.retry_after(coordinator.generation, &status, Some(give_up)) {
+                    Some(delay) => {
+                        tracing::debug!(%status, file = %path.display(), "upload failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(status.message().to_string()),
+                }
             }
-            Err(status) => return Err(status.message().to_string()),
         }
     }
-}
-
-/// How often an output upload is tried through a coordinator outage (about two minutes).
-const UPLOAD_TRIES: u32 = 45;
-
-/// Errors that a coordinator restart or a dropped connection produces.
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
 }
 
 /// A file as upload chunks: the first names digest and size, the rest carry data.

@@ -1,11 +1,12 @@
-//! Ferry's worker daemon: it advertises this machine's capacity to the coordinator,
-//! receives assignments over one long-lived stream, runs each step as a process in
-//! its own process group and work directory, and ships logs, artifacts and results
-//! back.
+//! Ferry's worker daemon: it finds the leader among the coordinators, advertises
+//! this machine's capacity to it, receives assignments over one long-lived stream,
+//! runs each step as a process in its own process group and work directory, and
+//! ships logs, artifacts and results back.
 //!
 //! Code map: [`config`] reads `worker.toml`; [`fingerprint`] discovers CPUs, memory
-//! and GPUs; [`session`] keeps the session with the coordinator (register,
-//! heartbeat, assignments, reconnects); [`executor`] runs one attempt.
+//! and GPUs; [`session`] keeps the session with the leader (register, heartbeat,
+//! assignments, switching coordinators on a leader hint or a failure, report
+//! delivery); [`executor`] runs one attempt, its calls following the same switch.
 
 pub mod config;
 pub mod executor;
@@ -13,4 +14,4 @@ pub mod fingerprint;
 pub mod session;
 
 pub use config::WorkerConfig;
-pub use session::{WorkerError, run};
+pub use session::{Coordinators, WorkerError, leader_hint, run};

@@ -332,7 +332,21 @@ impl Agent for AgentService {
                 )));
             }
         }
+        let log = match finished.log {
+            Some(log) if !log.digest.is_empty() => {
+                let stored = self.node.ensure_blob(&log.digest).await.ok();
+                if stored != Some(log.size) {
+                    return Err(Status::failed_precondition(format!(
+                        "the attempt's log ({}) was not uploaded before the report",
+                        log.digest
+                    )));
+                }
+                Some((log.digest, log.size))
+            }
+            _ => None,
+        };
         let report = AttemptReport {
+            log,
             outcome,
             exit_code: finished.has_exit_code.then_some(finished.exit_code),
             reason: (!finished.reason.is_empty()).then_some(finished.reason),

@@ -1,13 +1,14 @@
 //! The control service, for clients: submit, inspect and cancel runs, follow logs,
 //! list and download artifacts, list workers. Only client certificates may call it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::pki::{Role, require_role};
 use ferry_common::proto::{self, control_server::Control};
 use ferry_common::spec::parse_pipeline;
+use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
@@ -153,6 +154,37 @@ fn run_view(state: &State, run: &Run, connected: &dyn Fn(&str) -> bool) -> proto
             .collect(),
         bundle_digest: run.bundle_digest.clone(),
     }
+}
+
+/// One line of an attempt's log blob, as the worker wrote it.
+#[derive(serde::Deserialize)]
+struct BlobLogLine {
+    stream: String,
+    seq: u64,
+    timestamp_ms: i64,
+    text: String,
+}
+
+/// Reads an attempt's whole log from its blob (copied from a peer if this member
+/// lacks it).
+async fn read_log_blob(node: &Node, digest: &str) -> Result<Vec<BlobLogLine>, Status> {
+    node.ensure_blob(digest).await?;
+    let (_, mut chunks) = node.blobs.read(digest).await.map_err(super::blob_status)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        bytes.extend_from_slice(&chunk.map_err(super::blob_status)?);
+    }
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|e| {
+                Status::data_loss(format!(
+                    "log blob {digest} holds a line that does not decode: {e}"
+                ))
+            })
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -352,12 +384,55 @@ impl Control for ControlService {
             let mut log_changes = node.subscribe_logs();
             let mut state_changes = node.subscribe_state();
             let mut cursor: Option<Vec<u8>> = None;
+            // A finished attempt's log comes from its blob (held by a majority, so
+            // any member serves it); a running attempt's lines come from the live
+            // lines this member received. Both are tracked so no line is sent twice.
+            let mut sent_whole: HashSet<(String, u32)> = HashSet::new();
+            let mut sent_live: HashMap<(String, u32), u64> = HashMap::new();
             loop {
                 // Read whether the run had ended *before* reading the logs, so that
                 // lines stored before the end are never missed.
-                let finished = node.read(|state| {
-                    state.runs.get(&run_id).is_none_or(|run| run.state.is_terminal())
+                let (finished, whole_logs) = node.read(|state| {
+                    let run = state.runs.get(&run_id);
+                    let whole_logs: Vec<(String, u32, String)> = run
+                        .map(|run| {
+                            run.steps
+                                .iter()
+                                .filter(|step| query.step.is_empty() || step.name == query.step)
+                                .flat_map(|step| {
+                                    step.attempts.iter().filter_map(|attempt| {
+                                        attempt.log.as_ref().map(|(digest, _)| {
+                                            (step.name.clone(), attempt.number, digest.clone())
+                                        })
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (run.is_none_or(|run| run.state.is_terminal()), whole_logs)
                 });
+                for (step, attempt, digest) in whole_logs {
+                    let key = (step.clone(), attempt);
+                    if sent_whole.contains(&key) {
+                        continue;
+                    }
+                    let after = sent_live.get(&key).copied();
+                    for line in read_log_blob(&node, &digest).await? {
+                        if after.is_some_and(|seen| line.seq <= seen) {
+                            continue;
+                        }
+                        yield proto::LogLine {
+                            run_id,
+                            step: step.clone(),
+                            attempt,
+                            stream: line.stream,
+                            seq: line.seq,
+                            timestamp_ms: line.timestamp_ms,
+                            text: line.text,
+                        };
+                    }
+                    sent_whole.insert(key);
+                }
                 loop {
                     let (lines, next) = node
                         .store
@@ -369,6 +444,12 @@ impl Control for ControlService {
                         if !query.step.is_empty() && line.step != query.step {
                             continue;
                         }
+                        let key = (line.step.clone(), line.attempt);
+                        if sent_whole.contains(&key) {
+                            continue;
+                        }
+                        let seen = sent_live.entry(key).or_insert(line.seq);
+                        *seen = (*seen).max(line.seq);
                         yield proto::LogLine {
                             run_id,
                             step: line.step,
@@ -499,12 +580,6 @@ impl Control for ControlService {
                 Status::invalid_argument(format!("the new member's {what} is not valid: {e}"))
             })?;
         }
-        if self.node.read(|state| state.members.contains_key(&add.id)) {
-            return Err(Status::already_exists(format!(
-                "member {} is already in the cluster",
-                add.id
-            )));
-        }
         let member = crate::state::Member {
             id: add.id,
             peer_address: if add.peer_address.is_empty() {
@@ -514,6 +589,22 @@ impl Control for ControlService {
             },
             client_address: add.client_address,
         };
+        // A retried call whose change already applied answers with the status.
+        match self
+            .node
+            .read(|state| state.members.get(&member.id).cloned())
+        {
+            Some(existing) if existing == member => {
+                return Ok(Response::new(self.node.cluster_status().await));
+            }
+            Some(_) => {
+                return Err(Status::already_exists(format!(
+                    "member {} is already in the cluster with other addresses; remove it first",
+                    member.id
+                )));
+            }
+            None => {}
+        }
         tracing::info!(member = member.id, client = %caller.name, "adding a member");
         self.node
             .change_membership(Some(member), None)

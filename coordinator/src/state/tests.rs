@@ -89,6 +89,7 @@ fn exited_ok(outputs: &[&str]) -> AttemptReport {
             .iter()
             .map(|o| (o.to_string(), digest(o), o.len() as u64))
             .collect(),
+        log: None,
     }
 }
 
@@ -98,6 +99,7 @@ fn exited(code: i32) -> AttemptReport {
         exit_code: Some(code),
         reason: None,
         outputs: Vec::new(),
+        log: None,
     }
 }
 
@@ -107,6 +109,7 @@ fn timed_out() -> AttemptReport {
         exit_code: None,
         reason: Some("ran past its 10s timeout".to_string()),
         outputs: Vec::new(),
+        log: None,
     }
 }
 
@@ -505,6 +508,7 @@ steps:
             outcome: None,
             exit_code: None,
             reason: None,
+            log: None,
         }
     );
     assert_eq!(
@@ -857,6 +861,7 @@ fn failure_reasons_name_the_exit() {
             exit_code: None,
             reason: None,
             outputs: Vec::new(),
+            log: None,
         },
     );
     assert_eq!(
@@ -872,6 +877,7 @@ fn failure_reasons_name_the_exit() {
             exit_code: None,
             reason: Some("image pull failed".to_string()),
             outputs: Vec::new(),
+            log: None,
         },
     );
     assert_eq!(sim.attempt(&c).outcome, Some(AttemptOutcome::Failed));
@@ -1824,6 +1830,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
             exit_code: None,
             reason: Some("worker shutting down".into()),
             outputs: Vec::new(),
+            log: None,
         },
     );
     let record = sim.run(run);
