@@ -441,6 +441,49 @@ impl Node {
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
     }
 
+    /// Which workers have a live stream and when each last sent a heartbeat: the
+    /// leader's in-memory view (a follower asks the leader; an empty view when no
+    /// leader answers).
+    pub async fn live_workers(&self) -> HashMap<String, (bool, i64)> {
+        let info = self.role();
+        match info.leader {
+            Some(leader) if leader == self.id => self.local_live_workers(),
+            Some(leader) => {
+                let Some(mut client) = self.transport.client(leader) else {
+                    return HashMap::new();
+                };
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.live_workers(proto::ClusterStatusRequest {}),
+                )
+                .await
+                {
+                    Ok(Ok(response)) => response
+                        .into_inner()
+                        .workers
+                        .into_iter()
+                        .map(|w| (w.name, (w.connected, w.last_heartbeat_ms)))
+                        .collect(),
+                    _ => HashMap::new(),
+                }
+            }
+            None => HashMap::new(),
+        }
+    }
+
+    pub fn local_live_workers(&self) -> HashMap<String, (bool, i64)> {
+        let heartbeats = self.heartbeats.lock().expect("heartbeat lock").clone();
+        let links = self.links.lock().expect("links lock");
+        let mut live: HashMap<String, (bool, i64)> = heartbeats
+            .into_iter()
+            .map(|(name, at)| (name, (false, at)))
+            .collect();
+        for (name, link) in links.iter() {
+            live.entry(name.clone()).or_insert((false, 0)).0 = !link.sender.is_closed();
+        }
+        live
+    }
+
     /// This member's own line of `ferry cluster status`.
     pub async fn member_status(&self) -> Result<proto::MemberStatus, Status> {
         let local = self

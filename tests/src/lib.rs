@@ -210,6 +210,26 @@ pub struct Cluster {
 
 pub const CLIENT: &str = "alice";
 
+impl Drop for Cluster {
+    /// A failing test shows the end of every coordinator's log.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for slot in &self.coordinators {
+            let log = self.member_log(slot.id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "---- coordinator {} (last {} lines) ----\n{}",
+                slot.id,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 impl Cluster {
     /// A running coordinator with no worker yet.
     pub fn start() -> Cluster {
@@ -305,6 +325,7 @@ impl Cluster {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -354,6 +375,58 @@ impl Cluster {
         let index = self.index_of(id);
         if let Some(mut daemon) = self.coordinators[index].daemon.take() {
             daemon.terminate();
+        }
+    }
+
+    /// Reserves a port for a coordinator that is not started yet (to be added with
+    /// `ferry cluster add-member`).
+    pub fn add_coordinator_slot(&mut self, id: u64) -> String {
+        self.coordinators.push(Coordinator {
+            id,
+            port: free_port(),
+            daemon: None,
+            starts: 0,
+        });
+        self.coordinators.last().expect("just pushed").address()
+    }
+
+    /// Sends a signal to coordinator `id` without taking it out of the cluster
+    /// (usable while other threads share the cluster); `kill_member` reaps it.
+    pub fn signal_member(&self, id: u64, signal: nix::sys::signal::Signal) {
+        let slot = &self.coordinators[self.index_of(id)];
+        if let Some(daemon) = &slot.daemon {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid()), signal);
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) coordinator `id`: a partition that
+    /// needs no privileges — the process keeps its sockets but answers nothing.
+    pub fn pause_member(&self, id: u64, paused: bool) {
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        self.signal_member(id, signal);
+    }
+
+    /// Everything coordinator `id` has logged in all its starts.
+    pub fn member_log(&self, id: u64) -> String {
+        let slot = &self.coordinators[self.index_of(id)];
+        (1..=slot.starts)
+            .map(|start| {
+                std::fs::read_to_string(self.path(&format!("coordinator-{id}-{start}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Whether coordinator `id`'s process has exited by itself.
+    pub fn member_exited(&mut self, id: u64) -> bool {
+        let index = self.index_of(id);
+        match &mut self.coordinators[index].daemon {
+            Some(daemon) => matches!(daemon.child.try_wait(), Ok(Some(_))),
+            None => true,
         }
     }
 

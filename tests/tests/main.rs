@@ -8,3 +8,4 @@ mod t30_restart;
 mod t40_security;
 mod t50_specs;
 mod t60_dev;
+mod t70_replication;

@@ -36,13 +36,16 @@ impl ControlService {
         ControlService { node }
     }
 
-    fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
+    async fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
+        let live = self.node.live_workers().await;
         self.node.read(|state| {
             let run = state
                 .runs
                 .get(&id)
                 .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
-            Ok(run_view(state, run, &|name| self.node.is_connected(name)))
+            Ok(run_view(state, run, &|name| {
+                live.get(name).is_some_and(|(connected, _)| *connected)
+            }))
         })
     }
 }
@@ -293,7 +296,9 @@ impl Control for ControlService {
     ) -> Result<Response<proto::RunView>, Status> {
         require_role(&request, Role::Client)?;
         self.consistent_read(request.get_ref().stale).await?;
-        Ok(Response::new(self.run_view(request.get_ref().run_id)?))
+        Ok(Response::new(
+            self.run_view(request.get_ref().run_id).await?,
+        ))
     }
 
     async fn cancel_run(
@@ -313,7 +318,7 @@ impl Control for ControlService {
             .await
             .map_err(propose_status)?;
         tracing::info!(run = run_id, client = %caller.name, "run cancelled");
-        Ok(Response::new(self.run_view(run_id)?))
+        Ok(Response::new(self.run_view(run_id).await?))
     }
 
     async fn list_workers(
@@ -322,6 +327,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
         require_role(&request, Role::Client)?;
         self.consistent_read(request.get_ref().stale).await?;
+        let live = self.node.live_workers().await;
         let workers = self.node.read(|state| {
             state
                 .workers
@@ -347,8 +353,10 @@ impl Control for ControlService {
                                 memory_bytes: g.memory_bytes,
                             })
                             .collect(),
-                        last_heartbeat_ms: self.node.last_heartbeat(&worker.name).unwrap_or(0),
-                        connected: self.node.is_connected(&worker.name),
+                        last_heartbeat_ms: live.get(&worker.name).map_or(0, |(_, at)| *at),
+                        connected: live
+                            .get(&worker.name)
+                            .is_some_and(|(connected, _)| *connected),
                         running: load.attempts.len() as u32,
                     }
                 })

@@ -12,7 +12,7 @@ use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
-use crate::consensus::transport::{MAX_PEER_MESSAGE_BYTES, assemble_snapshot};
+use crate::consensus::transport::{MAX_PEER_MESSAGE_BYTES, REMOVED_METADATA, assemble_snapshot};
 use crate::node::Node;
 use crate::state::Command;
 
@@ -35,6 +35,23 @@ impl Peer for PeerService {
         require_role(&request, Role::Coordinator)?;
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
+            // Only the leader, which knows the committed configuration, tells a
+            // member that it was removed (it may have missed the entry that did).
+            if self.node.role().is_leader()
+                && !self
+                    .node
+                    .read(|state| state.members.contains_key(&batch.from))
+            {
+                let mut status = Status::permission_denied(format!(
+                    "member {} was removed from the cluster",
+                    batch.from
+                ));
+                status.metadata_mut().insert(
+                    REMOVED_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                return Err(status);
+            }
             self.node.transport.heard_from(batch.from);
             for bytes in batch.messages {
                 let message = Message::parse_from_bytes(&bytes).map_err(|e| {
@@ -153,5 +170,23 @@ impl Peer for PeerService {
     ) -> Result<Response<proto::MemberStatus>, Status> {
         require_role(&request, Role::Coordinator)?;
         Ok(Response::new(self.node.member_status().await?))
+    }
+
+    async fn live_workers(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::LiveWorkersResponse>, Status> {
+        require_role(&request, Role::Coordinator)?;
+        let workers = self
+            .node
+            .local_live_workers()
+            .into_iter()
+            .map(|(name, (connected, last_heartbeat_ms))| proto::LiveWorker {
+                name,
+                connected,
+                last_heartbeat_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::LiveWorkersResponse { workers }))
     }
 }

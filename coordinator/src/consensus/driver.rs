@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -55,6 +56,66 @@ pub enum Input {
     Status(oneshot::Sender<LocalStatus>),
 }
 
+/// The Raft log as raft-rs sees it: the sled log, except that a snapshot made
+/// before a peer joined is not offered to that peer (it would refuse a snapshot
+/// whose configuration leaves it out). Raft then asks again, and the loop makes a
+/// fresh snapshot meanwhile.
+#[derive(Clone)]
+pub struct DriverLog {
+    log: SledLog,
+    snapshot_wanted: Arc<AtomicBool>,
+}
+
+impl DriverLog {
+    fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Storage for DriverLog {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.log.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.log.term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.log.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.log.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let snapshot = self.log.snapshot(request_index, to);
+        if let Ok(snapshot) = &snapshot {
+            let conf = snapshot.get_metadata().get_conf_state();
+            if !conf.voters.contains(&to) && !conf.learners.contains(&to) {
+                self.snapshot_wanted.store(true, Ordering::SeqCst);
+                return Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ));
+            }
+        } else {
+            self.snapshot_wanted.store(true, Ordering::SeqCst);
+        }
+        snapshot
+    }
+}
+
 /// Who leads, as this member sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoleInfo {
@@ -90,8 +151,9 @@ struct PendingBatch {
 }
 
 pub struct Driver {
-    raw: RawNode<SledLog>,
+    raw: RawNode<DriverLog>,
     log: SledLog,
+    wanted: DriverLog,
     node: Arc<Node>,
     transport: Arc<Transport>,
     settings: RaftSettings,
@@ -160,10 +222,19 @@ impl Driver {
     ) -> Result<Driver, raft::Error> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let snapshot_index = log.first_index()?.saturating_sub(1);
-        let raw = RawNode::new(&raft_config(id, &settings, applied), log.clone(), &logger)?;
+        let wanted = DriverLog {
+            log: log.clone(),
+            snapshot_wanted: Arc::default(),
+        };
+        let raw = RawNode::new(
+            &raft_config(id, &settings, applied),
+            wanted.clone(),
+            &logger,
+        )?;
         Ok(Driver {
             raw,
             log,
+            wanted,
             node,
             transport,
             settings,
@@ -199,6 +270,9 @@ impl Driver {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    if let Err(error) = self.maybe_compact() {
+                        tracing::warn!(%error, "cannot make a snapshot");
+                    }
                 }
                 Some(input) = inputs.recv() => {
                     self.handle_input(input);
@@ -252,6 +326,7 @@ impl Driver {
     fn handle_feedback(&mut self, event: Feedback) {
         match event {
             Feedback::Unreachable(id) => self.raw.report_unreachable(id),
+            Feedback::Removed => self.node.removed_from_cluster(),
             Feedback::SnapshotSent { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -565,7 +640,8 @@ impl Driver {
     }
 
     fn maybe_compact(&mut self) -> Result<(), String> {
-        if self.applied < self.snapshot_index + self.settings.snapshot_every {
+        let wanted = self.wanted.take_snapshot_request();
+        if self.applied < self.snapshot_index + self.settings.snapshot_every && !wanted {
             return Ok(());
         }
         let index = self.applied;

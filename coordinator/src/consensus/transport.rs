@@ -30,11 +30,19 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest gRPC message between peers.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Set on the leader's answer to a member that is no longer in the cluster.
+pub const REMOVED_METADATA: &str = "ferry-member-removed";
+
 /// What the transport tells the Raft loop.
 #[derive(Debug)]
 pub enum Feedback {
     Unreachable(u64),
-    SnapshotSent { to: u64, ok: bool },
+    /// The leader said this member is no longer in the cluster.
+    Removed,
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
 }
 
 struct PeerLink {
@@ -219,6 +227,9 @@ async fn peer_sender(
                         .await;
                     if let Err(status) = result {
                         tracing::debug!(peer = to, %status, "raft stream to peer ended");
+                        if status.metadata().contains_key(REMOVED_METADATA) {
+                            let _ = feedback.try_send(Feedback::Removed);
+                        }
                         let _ = feedback.try_send(Feedback::Unreachable(to));
                     }
                 });
