@@ -3,6 +3,8 @@
 //! 127.0.0.1, starts real coordinator and worker processes, runs the `ferry` CLI
 //! against them, and kills everything it started when dropped.
 
+pub mod linearizability;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

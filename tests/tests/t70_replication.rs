@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_tests::linearizability::{Model, Operation, Verdict, check};
 use ferry_tests::{Cluster, parse_run_id, step_of, wait_for, write_pipeline};
 use serde_json::Value;
 
@@ -445,4 +446,107 @@ fn members_are_added_and_removed_while_runs_are_submitted() {
         || cluster.member_exited(1).then_some(()),
     );
     assert!(cluster.member_log(1).contains("removed from the cluster"));
+}
+
+/// The sequential specification the cluster must look like: a counter of runs,
+/// where a submission returns the new run's id (ids are handed out in order).
+#[derive(Clone, Hash, PartialEq, Eq, Debug)]
+struct RunCounter(u64);
+
+#[derive(Clone, Debug)]
+enum RunOp {
+    Submit,
+    Count,
+}
+
+impl Model for RunCounter {
+    type Input = RunOp;
+    type Output = u64;
+
+    fn step(&self, input: &RunOp) -> (RunCounter, u64) {
+        match input {
+            RunOp::Submit => (RunCounter(self.0 + 1), self.0 + 1),
+            RunOp::Count => (self.clone(), self.0),
+        }
+    }
+}
+
+#[test]
+fn concurrent_clients_see_a_linearizable_history_across_leader_kills() {
+    let cluster = Arc::new(Cluster::start_replicated(5, ""));
+    let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..3)
+        .map(|client| {
+            let (cluster, stop, history) = (cluster.clone(), stop.clone(), history.clone());
+            let path = hello.to_str().unwrap().to_string();
+            std::thread::spawn(move || {
+                // Bounded in count and by the stop flag.
+                for n in 0..60 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let op = if (n + client) % 2 == 0 {
+                        RunOp::Submit
+                    } else {
+                        RunOp::Count
+                    };
+                    let invoked = start.elapsed().as_nanos();
+                    let output = match op {
+                        RunOp::Submit => {
+                            let result = cluster.ferry(&["run", &path]);
+                            result
+                                .success()
+                                .then(|| parse_run_id(&result.stdout))
+                                .flatten()
+                        }
+                        RunOp::Count => run_ids(&cluster, None, false).map(|ids| ids.len() as u64),
+                    };
+                    let returned = output.map(|value| (start.elapsed().as_nanos(), value));
+                    if returned.is_none() && matches!(op, RunOp::Count) {
+                        // A failed read had no effect: leave it out of the history.
+                        continue;
+                    }
+                    history.lock().unwrap().push(Operation {
+                        client,
+                        input: op,
+                        invoked,
+                        returned,
+                    });
+                }
+            })
+        })
+        .collect();
+    let mut killed = Vec::new();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let leader = wait_for(Duration::from_secs(15), "a live leader", || {
+            let leader = cluster.cluster_status()?["leader_id"].as_u64()?;
+            (leader != 0 && !killed.contains(&leader)).then_some(leader)
+        });
+        cluster.signal_member(leader, nix::sys::signal::Signal::SIGKILL);
+        killed.push(leader);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let history = history.lock().unwrap().clone();
+    let completed = history.iter().filter(|op| op.returned.is_some()).count();
+    let submits = history
+        .iter()
+        .filter(|op| matches!(op.input, RunOp::Submit) && op.returned.is_some())
+        .count();
+    println!(
+        "{} operations ({completed} completed, {submits} acknowledged submissions) across the kills of leaders {killed:?}",
+        history.len()
+    );
+    assert!(submits >= 5, "too few writes to mean anything: {history:?}");
+    match check(RunCounter(0), &history, 2_000_000) {
+        Verdict::Linearizable { .. } => {}
+        other => panic!("the history is not linearizable: {other:?}"),
+    }
 }
