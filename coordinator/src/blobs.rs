@@ -36,7 +36,13 @@ pub struct BlobStore {
     store: Arc<LocalFileSystem>,
     dir: std::path::PathBuf,
     max_blob_bytes: u64,
+    /// Sizes of blobs known to be stored (blobs are immutable), so that the hot
+    /// path of a submission does not stat a file each time. Bounded.
+    known: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
+
+/// Most digests remembered as present before the memory is cleared.
+const MAX_KNOWN_BLOBS: usize = 65_536;
 
 fn location(digest: &str) -> ObjectPath {
     ObjectPath::from(format!("{}/{}", &digest[..2], digest))
@@ -54,6 +60,7 @@ impl BlobStore {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
             dir: dir.to_path_buf(),
             max_blob_bytes,
+            known: Arc::default(),
         })
     }
 
@@ -61,12 +68,26 @@ impl BlobStore {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
+        if let Some(size) = self.known.lock().expect("known blobs").get(digest) {
+            return Ok(Some(*size));
+        }
         let location = location(digest);
         match self.store.head(&location).await {
-            Ok(meta) => Ok(Some(meta.size)),
+            Ok(meta) => {
+                self.remember(digest, meta.size);
+                Ok(Some(meta.size))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn remember(&self, digest: &str, size: u64) {
+        let mut known = self.known.lock().expect("known blobs");
+        if known.len() >= MAX_KNOWN_BLOBS {
+            known.clear();
+        }
+        known.insert(digest.to_string(), size);
     }
 
     /// Starts receiving a blob that the sender says has this digest and size.
@@ -93,6 +114,7 @@ impl BlobStore {
             hasher: blake3::Hasher::new(),
             sink,
             path: self.dir.join(&digest[..2]).join(digest),
+            store: self.clone(),
         })
     }
 
@@ -168,6 +190,7 @@ pub struct Upload {
     hasher: blake3::Hasher,
     sink: Option<Box<dyn MultipartUpload>>,
     path: std::path::PathBuf,
+    store: BlobStore,
 }
 
 impl Upload {
@@ -222,6 +245,7 @@ impl Upload {
                     })
                 })?;
         }
+        self.store.remember(&actual, self.received);
         Ok((actual, self.received))
     }
 

@@ -199,4 +199,168 @@ mod tests {
             "{error}"
         );
     }
+
+    /// The deploy examples of a three-coordinator cluster and of a fourth member
+    /// joining it load, and describe the cluster they say they do.
+    #[test]
+    fn the_cluster_deploy_examples_describe_one_cluster() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+        let member = |id: u64| MemberConfig {
+            id,
+            client_address: format!("coord{id}:7443"),
+            peer_address: Some(format!("coord{id}:7444")),
+        };
+        let three: Vec<MemberConfig> = (1..=3).map(member).collect();
+        for id in 1..=3u64 {
+            let path = dir.join(format!("coordinator-{id}.toml"));
+            let config = CoordinatorConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(config.id, id, "{}", path.display());
+            assert_eq!(config.listen, "0.0.0.0:7443".parse().unwrap());
+            assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
+            assert_eq!(config.data_dir, Path::new("/var/lib/ferry"));
+            assert_eq!(config.tls.ca, Path::new("/etc/ferry/ca.pem"));
+            assert_eq!(
+                config.tls.cert,
+                PathBuf::from(format!("/etc/ferry/coord{id}.pem"))
+            );
+            assert_eq!(
+                config.tls.key,
+                PathBuf::from(format!("/etc/ferry/coord{id}-key.pem"))
+            );
+            assert!(!config.join, "{}", path.display());
+            assert_eq!(
+                config.initial_members().unwrap(),
+                three,
+                "{}",
+                path.display()
+            );
+        }
+
+        let path = dir.join("coordinator-4-join.toml");
+        let config = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(config.id, 4);
+        assert!(config.join);
+        assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
+        assert_eq!(config.tls.cert, Path::new("/etc/ferry/coord4.pem"));
+        assert_eq!(config.members, (1..=4).map(member).collect::<Vec<_>>());
+        assert!(config.initial_members().unwrap().is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(
+                "ferry cluster add-member --id 4 --client-address coord4:7443 \
+                 --peer-address coord4:7444"
+            ),
+            "the join example says how to add the member"
+        );
+
+        // The commented-out lines of deploy/coordinator.toml, uncommented, are a
+        // valid configuration of member 1 of the same cluster, with the defaults.
+        let example = dir.join("../coordinator.toml");
+        let uncommented: String = std::fs::read_to_string(&example)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let rest = line.strip_prefix("# ").unwrap_or(line);
+                let setting = rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    });
+                if setting { rest } else { line }
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("coordinator.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let config =
+            CoordinatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(config.id, 1);
+        assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
+        assert!(!config.join);
+        assert_eq!(config.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);
+        assert_eq!(config.initial_members().unwrap(), three);
+        let defaults = RaftSettings::default();
+        assert_eq!(config.raft.tick_ms, defaults.tick_ms);
+        assert_eq!(config.raft.election_ticks, defaults.election_ticks);
+        assert_eq!(config.raft.heartbeat_ticks, defaults.heartbeat_ticks);
+        assert_eq!(config.raft.snapshot_every, defaults.snapshot_every);
+        assert_eq!(
+            (
+                defaults.tick_ms,
+                defaults.election_ticks,
+                defaults.heartbeat_ticks
+            ),
+            (50, 10, 2)
+        );
+        assert_eq!(defaults.snapshot_every, 10_000);
+    }
+
+    /// A cluster configuration that cannot describe a Raft group is refused with a
+    /// message naming the problem.
+    #[test]
+    fn an_impossible_cluster_configuration_is_refused_naming_the_problem() {
+        let scratch = tempfile::tempdir().unwrap();
+        let refusal = |id: u64, members: &[u64], raft: &str| -> String {
+            let mut text = format!(
+                "id = {id}\nlisten = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n\
+                 [tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+            );
+            for member in members {
+                text.push_str(&format!(
+                    "[[members]]\nid = {member}\nclient_address = \"coord{member}:7443\"\n"
+                ));
+            }
+            text.push_str(raft);
+            let path = scratch.path().join("c.toml");
+            std::fs::write(&path, &text).unwrap();
+            let config = CoordinatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            match config.initial_members() {
+                Ok(members) => panic!("accepted {members:?}:\n{text}"),
+                Err(error) => error.to_string(),
+            }
+        };
+        let accepted = {
+            let path = scratch.path().join("ok.toml");
+            std::fs::write(
+                &path,
+                "id = 2\nlisten = \"127.0.0.1:7443\"\ndata_dir = \"d\"\n\
+                 [tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+                 [[members]]\nid = 1\nclient_address = \"coord1:7443\"\n\
+                 [[members]]\nid = 2\nclient_address = \"coord2:7443\"\n\
+                 [raft]\nelection_ticks = 3\nheartbeat_ticks = 2\n",
+            )
+            .unwrap();
+            CoordinatorConfig::load(&path).unwrap().initial_members()
+        };
+        let ids: Vec<u64> = accepted.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 2], "the same shape with nothing wrong is accepted");
+
+        let duplicate = refusal(1, &[1, 2, 2], "");
+        assert_eq!(duplicate, "member 2 is listed twice in `members`");
+        let zero = refusal(0, &[], "");
+        assert!(zero.contains("member id 0 is not allowed"), "{zero}");
+        let zero_member = refusal(1, &[1, 0, 2], "");
+        assert!(
+            zero_member.contains("member id 0 is not allowed"),
+            "{zero_member}"
+        );
+        let absent = refusal(4, &[1, 2, 3], "");
+        assert_eq!(
+            absent,
+            "this coordinator's id 4 is not among the `members` it lists"
+        );
+        let equal = refusal(
+            1,
+            &[1, 2, 3],
+            "[raft]\nelection_ticks = 2\nheartbeat_ticks = 2\n",
+        );
+        assert_eq!(equal, "raft.election_ticks must be at least 3");
+        let below = refusal(
+            1,
+            &[1, 2, 3],
+            "[raft]\nelection_ticks = 4\nheartbeat_ticks = 5\n",
+        );
+        assert_eq!(below, "raft.election_ticks must be at least 6");
+    }
 }

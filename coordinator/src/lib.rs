@@ -58,6 +58,24 @@ pub enum CoordinatorError {
     },
 }
 
+/// How long open calls may take to finish once the servers stop.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for a server task, aborting it after `limit`.
+async fn finish_within(
+    mut task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    limit: std::time::Duration,
+) -> Result<(), tonic::transport::Error> {
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(result) => result.unwrap_or(Ok(())),
+        Err(_) => {
+            task.abort();
+            tracing::info!("open calls ended at shutdown");
+            Ok(())
+        }
+    }
+}
+
 /// A coordinator ready to serve: TLS loaded, state opened, port bound.
 pub struct Coordinator {
     tls: TlsMaterial,
@@ -180,9 +198,12 @@ impl Coordinator {
         let _ = stop_tasks.send(true);
         tasks.join().await;
         node.store.flush().await?;
-        let served = main.await.unwrap_or(Ok(()));
+        // Long-lived calls (worker streams, `logs -f`, other members' Raft streams)
+        // would hold a graceful server shutdown open forever: give them a moment,
+        // then end them; their callers move to another member.
+        let served = finish_within(main, SERVER_DRAIN).await;
         if let Some(peer_server) = peer_server {
-            peer_server.await.unwrap_or(Ok(()))?;
+            finish_within(peer_server, SERVER_DRAIN).await?;
         }
         served?;
         match failure {

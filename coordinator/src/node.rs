@@ -931,10 +931,16 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 .map(|(name, _)| name.clone())
                 .collect()
         };
-        let placements = node.read(|state| {
-            let (queue, workers) = scheduler::snapshot(state, &accepting);
-            scheduler::place(&queue, &workers)
-        });
+        // Nothing can be placed without a connected worker: skip the scan of the
+        // queue (it grows with every queued step).
+        let placements = if accepting.is_empty() {
+            Vec::new()
+        } else {
+            node.read(|state| {
+                let (queue, workers) = scheduler::snapshot(state, &accepting);
+                scheduler::place(&queue, &workers)
+            })
+        };
         if !placements.is_empty() {
             let command = Command::Assign {
                 placements,

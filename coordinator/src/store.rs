@@ -65,8 +65,12 @@ fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        // Ferry flushes explicitly before acknowledging anything, so sled's own
+        // periodic flush would only compete with it.
         let db = sled::Config::new()
             .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Open {
                 path: dir.display().to_string(),

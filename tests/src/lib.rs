@@ -16,11 +16,14 @@ use serde_json::Value;
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/integration-xxxx → target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
+    // target/debug/deps/integration-xxxx → target/debug; target/release/ferry-bench
+    // → target/release.
+    let dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().expect("target directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -9,3 +9,4 @@ mod t40_security;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;
+mod t80_corruption;

@@ -1,0 +1,379 @@
+//! `ferry-bench`: measures the replicated coordinator on real processes, as the
+//! numbers in BENCHMARKS.md were measured.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/ferry-bench [commit|failover|graceful|all] [--seconds N] [--clients N] [--trials N]
+//! ```
+//!
+//! - `commit`: many concurrent clients submit one-step runs to a 3-member cluster
+//!   for N seconds; prints commands committed per second and commit latency.
+//! - `failover`: SIGKILL the leader while a writer retries across the members;
+//!   prints the time until the first acknowledged write, per trial and median.
+//! - `graceful`: SIGTERM the leader while writers run; prints the longest gap
+//!   between acknowledged writes around the stop (write unavailability).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_common::pki::TlsFiles;
+use ferry_common::proto::{self, control_client::ControlClient};
+use ferry_tests::{CLIENT, Cluster, wait_for, write_pipeline};
+use tonic::transport::Channel;
+
+const PIPELINE: &str = "name: bench\nsteps:\n  - name: noop\n    command: [\"true\"]\n";
+
+struct Options {
+    what: String,
+    members: u64,
+    seconds: u64,
+    clients: usize,
+    trials: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        what: "all".to_string(),
+        members: 3,
+        seconds: 10,
+        clients: 256,
+        trials: 10,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> anyhow::Result<u64> {
+            args.next()
+                .with_context(|| format!("{name} needs a number"))?
+                .parse()
+                .with_context(|| format!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--seconds" => options.seconds = number("--seconds")?,
+            "--clients" => options.clients = number("--clients")? as usize,
+            "--trials" => options.trials = number("--trials")? as usize,
+            "--members" => options.members = number("--members")?,
+            "commit" | "failover" | "graceful" | "all" => options.what = arg,
+            other => anyhow::bail!(
+                "unknown argument {other:?}; usage: ferry-bench [commit|failover|graceful|all] \
+                 [--seconds N] [--clients N] [--trials N] [--members N]"
+            ),
+        }
+    }
+    Ok(options)
+}
+
+/// Connections to every member, and a submission ready to send.
+struct Bench {
+    channels: Vec<(u64, Channel)>,
+    request: proto::SubmitRunRequest,
+}
+
+impl Bench {
+    async fn new(cluster: &Cluster) -> anyhow::Result<Bench> {
+        // Upload the bundle once through the CLI, as a user would.
+        let dir = cluster.path("bench-pipeline");
+        let pipeline = write_pipeline(&dir, PIPELINE, &[]);
+        cluster.submit(&pipeline, &[]);
+        let bundle = ferry_common::bundle::pack_dir(&dir)?;
+        let tls = TlsFiles {
+            ca: cluster.pki.ca(),
+            cert: cluster.pki.cert(CLIENT),
+            key: cluster.pki.key(CLIENT),
+        }
+        .load()?;
+        let mut channels = Vec::new();
+        for member in &cluster.coordinators {
+            let channel = ferry_common::channel::endpoint(&member.address(), &tls)?
+                .connect_timeout(Duration::from_millis(200))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy();
+            channels.push((member.id, channel));
+        }
+        Ok(Bench {
+            channels,
+            request: proto::SubmitRunRequest {
+                spec_yaml: PIPELINE.to_string(),
+                spec_file: "pipeline.yaml".to_string(),
+                params: Default::default(),
+                bundle_digest: bundle.digest,
+                request_id: String::new(),
+            },
+        })
+    }
+
+    fn client(&self, id: u64) -> ControlClient<Channel> {
+        let channel = self
+            .channels
+            .iter()
+            .find(|(member, _)| *member == id)
+            .map(|(_, channel)| channel.clone())
+            .expect("member");
+        ControlClient::new(channel)
+    }
+
+    /// One submission to any member but `avoid`, trying them in turn until one
+    /// acknowledges it or `deadline` passes.
+    async fn submit_anywhere(&self, avoid: &[u64], deadline: Instant) -> Option<Instant> {
+        let mut turn = 0usize;
+        while Instant::now() < deadline {
+            let (id, channel) = &self.channels[turn % self.channels.len()];
+            turn += 1;
+            if avoid.contains(id) {
+                continue;
+            }
+            let mut client = ControlClient::new(channel.clone());
+            let call = client.submit_run(self.request.clone());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), call).await {
+                return Some(Instant::now());
+            }
+        }
+        None
+    }
+
+    async fn leader(&self) -> anyhow::Result<u64> {
+        for _ in 0..100 {
+            for (id, _) in &self.channels {
+                let mut client = self.client(*id);
+                if let Ok(Ok(status)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.cluster_status(proto::ClusterStatusRequest {}),
+                )
+                .await
+                {
+                    let leader = status.into_inner().leader_id;
+                    if leader != 0 {
+                        return Ok(leader);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("no leader found")
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+async fn bench_commit(options: &Options) -> anyhow::Result<()> {
+    let cluster = Cluster::start_replicated(options.members, "");
+    let bench = Arc::new(Bench::new(&cluster).await?);
+    let leader = bench.leader().await?;
+    println!(
+        "commit: {} members (leader {leader}), {} concurrent clients on 8 connections to the leader, {} s",
+        options.members, options.clients, options.seconds
+    );
+    // Clients share a few HTTP/2 connections, as many processes behind a few
+    // proxies would.
+    let mut connections = Vec::new();
+    for _ in 0..8 {
+        let tls = TlsFiles {
+            ca: cluster.pki.ca(),
+            cert: cluster.pki.cert(CLIENT),
+            key: cluster.pki.key(CLIENT),
+        }
+        .load()?;
+        let address = cluster.coordinators[(leader - 1) as usize].address();
+        connections.push(
+            ferry_common::channel::endpoint(&address, &tls)?
+                .connect()
+                .await?,
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..options.clients {
+        let mut client = ControlClient::new(connections[n % connections.len()].clone());
+        let request = bench.request.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                match client.submit_run(request.clone()).await {
+                    Ok(_) => latencies.push(began.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(options.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (mut some, failed) = result?;
+        latencies.append(&mut some);
+        errors += failed;
+    }
+    let elapsed = began.elapsed();
+    latencies.sort();
+    println!(
+        "commit: {} commands committed in {:.1} s = {:.0} commands/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Restarts a stopped member and waits until it follows and has caught up.
+async fn rejoin(cluster: &mut Cluster, bench: &Bench, id: u64) -> anyhow::Result<()> {
+    cluster.kill_member(id);
+    cluster.spawn_coordinator(id, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut client = bench.client(id);
+        if let Ok(Ok(status)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.cluster_status(proto::ClusterStatusRequest {}),
+        )
+        .await
+        {
+            let status = status.into_inner();
+            let all_caught_up = status.members.len() == 3
+                && status.members.iter().all(|m| m.reachable && m.lag == 0);
+            if status.leader_id != 0 && all_caught_up {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "member {id} did not rejoin");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn bench_failover(options: &Options) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_replicated(3, "");
+    let bench = Bench::new(&cluster).await?;
+    let mut times = Vec::new();
+    for trial in 1..=options.trials {
+        // Settle: every member up and caught up, a second of steady leadership.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = bench.leader().await?;
+        bench
+            .submit_anywhere(&[], Instant::now() + Duration::from_secs(10))
+            .await
+            .context("the cluster accepts writes before the kill")?;
+        cluster.signal_member(leader, nix::sys::signal::Signal::SIGKILL);
+        let killed = Instant::now();
+        let acked = bench
+            .submit_anywhere(&[leader], killed + Duration::from_secs(30))
+            .await
+            .context("no write was acknowledged after the leader died")?;
+        let took = acked - killed;
+        println!(
+            "failover trial {trial}: leader {leader} SIGKILLed, first acknowledged write after {:.0} ms",
+            took.as_secs_f64() * 1e3
+        );
+        times.push(took);
+        rejoin(&mut cluster, &bench, leader).await?;
+    }
+    times.sort();
+    println!(
+        "failover: {} trials, median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        times.len(),
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        times.first().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+async fn bench_graceful(options: &Options) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_replicated(3, "");
+    let bench = Arc::new(Bench::new(&cluster).await?);
+    let trials = options.trials.min(5);
+    let mut gaps = Vec::new();
+    for trial in 1..=trials {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = bench.leader().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (bench, stop) = (bench.clone(), stop.clone());
+            writers.spawn(async move {
+                let mut acks = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    if let Some(at) = bench.submit_anywhere(&[leader], deadline).await {
+                        acks.push(at);
+                    }
+                }
+                acks
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.signal_member(leader, nix::sys::signal::Signal::SIGTERM);
+        let stopped = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acks = Vec::new();
+        while let Some(result) = writers.join_next().await {
+            acks.append(&mut result?);
+        }
+        acks.sort();
+        let window_start = stopped - Duration::from_millis(200);
+        let mut previous = acks
+            .iter()
+            .rev()
+            .find(|at| **at <= window_start)
+            .copied()
+            .unwrap_or(window_start);
+        let mut longest = Duration::ZERO;
+        for at in acks.iter().filter(|at| **at > window_start) {
+            longest = longest.max(*at - previous);
+            previous = *at;
+        }
+        println!(
+            "graceful trial {trial}: leader {leader} SIGTERMed; longest gap between acknowledged writes {:.1} ms ({} writes in the window)",
+            longest.as_secs_f64() * 1e3,
+            acks.iter().filter(|at| **at > window_start).count()
+        );
+        gaps.push(longest);
+        wait_for(
+            Duration::from_secs(15),
+            "the stopped leader to exit",
+            || cluster.member_exited(leader).then_some(()),
+        );
+        rejoin(&mut cluster, &bench, leader).await?;
+    }
+    gaps.sort();
+    println!(
+        "graceful: {} trials, median unavailability {:.1} ms, max {:.1} ms",
+        gaps.len(),
+        percentile(&gaps, 0.5).as_secs_f64() * 1e3,
+        gaps.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let options = options()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        if matches!(options.what.as_str(), "commit" | "all") {
+            bench_commit(&options).await?;
+        }
+        if matches!(options.what.as_str(), "failover" | "all") {
+            bench_failover(&options).await?;
+        }
+        if matches!(options.what.as_str(), "graceful" | "all") {
+            bench_graceful(&options).await?;
+        }
+        Ok(())
+    })
+}
