@@ -22,7 +22,9 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error(
         "the state database is corrupt: record {key:?} cannot be decoded ({detail}); \
-         restore the data directory from a backup or remove it to start empty"
+         restore the data directory from a backup; in a cluster, instead remove this \
+         member (`ferry cluster remove-member`), empty its data directory and add it \
+         again under a new id with `join = true`, so that it copies the state from the others"
     )]
     Corrupt { key: String, detail: String },
 }

@@ -35,8 +35,9 @@ pub enum LogStoreError {
     /// Stored data breaks the log's invariants; `what` names the key or index.
     #[error(
         "the raft log storage is corrupt at {what}: {detail}; restore the data directory \
-         from a backup, or remove this member from the cluster and add it again so that \
-         it copies its state from the other members"
+         from a backup, or remove this member from the cluster (`ferry cluster \
+         remove-member`), empty its data directory and add it again under a new id with \
+         `join = true`, so that it copies its state from the other members"
     )]
     Corrupt { what: String, detail: String },
     /// A request that would break the log's invariants; nothing was changed.
