@@ -601,9 +601,25 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::
              issued by the cluster CA",
         ));
     };
-    identity_from_der(leaf).map_err(|e| {
+    // The identity is a pure function of the certificate's bytes (the handshake
+    // already verified the chain), so parsed identities are remembered: every
+    // request of a connection presents the same certificate.
+    static KNOWN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Identity>>> =
+        std::sync::LazyLock::new(Default::default);
+    let der: &[u8] = leaf.as_ref();
+    if let Some(identity) = KNOWN.lock().ok().and_then(|known| known.get(der).cloned()) {
+        return Ok(identity);
+    }
+    let identity = identity_from_der(der).map_err(|e| {
         tonic::Status::unauthenticated(format!("the client certificate was not accepted: {e}"))
-    })
+    })?;
+    if let Ok(mut known) = KNOWN.lock() {
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(der.to_vec(), identity.clone());
+    }
+    Ok(identity)
 }
 
 /// Like [`peer_identity`], and also requires the caller's role to be `role`

@@ -435,6 +435,31 @@ impl Cluster {
         }
     }
 
+    /// `ferry runs --output json` (linearizable unless `stale`) at member `id`, or
+    /// through any member when `id` is None; None when the call fails.
+    pub fn runs_listing(&self, id: Option<u64>, stale: bool) -> Option<Value> {
+        let mut args = vec!["runs", "--output", "json"];
+        if stale {
+            args.push("--stale");
+        }
+        let result = match id {
+            Some(id) => self.ferry_at(id, &args),
+            None => self.ferry(&args),
+        };
+        result.success().then(|| result.json())
+    }
+
+    /// The run ids of [`Cluster::runs_listing`].
+    pub fn run_ids(&self, id: Option<u64>, stale: bool) -> Option<std::collections::BTreeSet<u64>> {
+        Some(
+            self.runs_listing(id, stale)?
+                .as_array()?
+                .iter()
+                .filter_map(|run| run["run"].as_u64())
+                .collect(),
+        )
+    }
+
     /// `ferry cluster status --output json`, asked of any live member.
     pub fn cluster_status(&self) -> Option<Value> {
         let result = self.ferry(&["cluster", "status", "--output", "json"]);

@@ -14,30 +14,6 @@ use serde_json::Value;
 
 const HELLO: &str = "name: hello\nsteps:\n  - name: hello\n    command: [\"true\"]\n";
 
-/// Run ids listed by `ferry runs` (linearizable unless `stale`) at member `id`,
-/// or through any member when `id` is None.
-fn run_ids(cluster: &Cluster, id: Option<u64>, stale: bool) -> Option<BTreeSet<u64>> {
-    let mut args = vec!["runs", "--output", "json"];
-    if stale {
-        args.push("--stale");
-    }
-    let result = match id {
-        Some(id) => cluster.ferry_at(id, &args),
-        None => cluster.ferry(&args),
-    };
-    if !result.success() {
-        return None;
-    }
-    Some(
-        result
-            .json()
-            .as_array()?
-            .iter()
-            .filter_map(|run| run["run"].as_u64())
-            .collect(),
-    )
-}
-
 /// Submits runs of a trivial pipeline from a thread until stopped, recording every
 /// acknowledged run id with when its call began and when it was acknowledged.
 struct Submitter {
@@ -201,7 +177,7 @@ steps:
 
     let acked = submitter.finish();
     assert!(acked.len() >= 4, "{acked:?}");
-    let stored = run_ids(&cluster, None, false).expect("runs listed");
+    let stored = cluster.run_ids(None, false).expect("runs listed");
     for (_, _, id) in &acked {
         assert!(
             stored.contains(id),
@@ -229,7 +205,7 @@ fn a_restarted_follower_catches_up_through_a_snapshot() {
     );
     cluster.spawn_coordinator(follower, false);
     let caught_up = wait_for(Duration::from_secs(30), "the follower to catch up", || {
-        let ids = run_ids(&cluster, Some(follower), true)?;
+        let ids = cluster.run_ids(Some(follower), true)?;
         submitted.is_subset(&ids).then_some(ids)
     });
     assert_eq!(caught_up, submitted);
@@ -246,7 +222,8 @@ fn a_restarted_follower_catches_up_through_a_snapshot() {
         Duration::from_secs(30),
         "the later write on the follower",
         || {
-            run_ids(&cluster, Some(follower), true)?
+            cluster
+                .run_ids(Some(follower), true)?
                 .contains(&later)
                 .then_some(())
         },
@@ -273,7 +250,7 @@ fn an_isolated_minority_accepts_no_write_and_answers_no_linearizable_read() {
         "a minority answered a linearizable read: {read:?}"
     );
     // Its own (stale) copy still answers when asked for explicitly.
-    let stale = run_ids(&cluster, Some(leader), true).expect("stale read");
+    let stale = cluster.run_ids(Some(leader), true).expect("stale read");
     assert!(stale.contains(&before));
 
     for id in &followers {
@@ -291,7 +268,7 @@ fn an_isolated_minority_accepts_no_write_and_answers_no_linearizable_read() {
         "every member to hold both runs",
         || {
             let all: Vec<BTreeSet<u64>> = (1..=3)
-                .map(|id| run_ids(&cluster, Some(id), true))
+                .map(|id| cluster.run_ids(Some(id), true))
                 .collect::<Option<_>>()?;
             all.iter()
                 .all(|ids| ids.contains(&before) && ids.contains(&after))
@@ -321,7 +298,7 @@ fn five_members_survive_two_failures() {
                 .flatten()
         },
     );
-    let ids = run_ids(&cluster, None, false).expect("linearizable read");
+    let ids = cluster.run_ids(None, false).expect("linearizable read");
     assert!(ids.contains(&first) && ids.contains(&second), "{ids:?}");
     let status = cluster.cluster_status().expect("status");
     let unreachable = status["members"]
@@ -342,19 +319,7 @@ fn all_members_stopped_and_started_again_hold_identical_state() {
     for run in &runs {
         cluster.wait_run(*run, Duration::from_secs(30));
     }
-    let listing = |cluster: &Cluster, id: Option<u64>| {
-        let mut args = vec!["runs", "--output", "json"];
-        if id.is_some() {
-            args.push("--stale");
-        }
-        let result = match id {
-            Some(id) => cluster.ferry_at(id, &args),
-            None => cluster.ferry(&args),
-        };
-        assert!(result.success(), "{result:?}");
-        result.json()
-    };
-    let before = listing(&cluster, None);
+    let before = cluster.runs_listing(None, false).expect("runs listed");
     let statuses: Vec<Value> = runs.iter().map(|run| cluster.status(*run)).collect();
     for id in 1..=3 {
         cluster.terminate_member(id);
@@ -365,7 +330,7 @@ fn all_members_stopped_and_started_again_hold_identical_state() {
     cluster.wait_answering();
     for id in 1..=3 {
         let same = wait_for(Duration::from_secs(30), "member to catch up", || {
-            let here = listing(&cluster, Some(id));
+            let here = cluster.runs_listing(Some(id), true)?;
             (here == before).then_some(here)
         });
         assert_eq!(same, before);
@@ -429,7 +394,7 @@ fn members_are_added_and_removed_while_runs_are_submitted() {
         Duration::from_secs(30),
         "member 4 to hold every run",
         || {
-            let ids = run_ids(&cluster, Some(4), true)?;
+            let ids = cluster.run_ids(Some(4), true)?;
             acked
                 .iter()
                 .all(|(_, _, id)| ids.contains(id))
@@ -502,7 +467,7 @@ fn concurrent_clients_see_a_linearizable_history_across_leader_kills() {
                                 .then(|| parse_run_id(&result.stdout))
                                 .flatten()
                         }
-                        RunOp::Count => run_ids(&cluster, None, false).map(|ids| ids.len() as u64),
+                        RunOp::Count => cluster.run_ids(None, false).map(|ids| ids.len() as u64),
                     };
                     let returned = output.map(|value| (start.elapsed().as_nanos(), value));
                     if returned.is_none() && matches!(op, RunOp::Count) {

@@ -18,33 +18,6 @@ const RUNS: usize = 4;
 /// What a coordinator logs once it has passed every start-up check and serves.
 const SERVING: &str = "coordinator serving";
 
-/// Run ids listed by `ferry runs` (linearizable unless `stale`) at member `id`,
-/// or through any member when `id` is None.
-fn run_ids(cluster: &Cluster, id: Option<u64>, stale: bool) -> Option<BTreeSet<u64>> {
-    let listing = runs_listing(cluster, id, stale)?;
-    Some(
-        listing
-            .as_array()?
-            .iter()
-            .filter_map(|run| run["run"].as_u64())
-            .collect(),
-    )
-}
-
-/// `ferry runs --output json` (with `--stale` when asked) at member `id`, or
-/// through any member when `id` is None.
-fn runs_listing(cluster: &Cluster, id: Option<u64>, stale: bool) -> Option<Value> {
-    let mut args = vec!["runs", "--output", "json"];
-    if stale {
-        args.push("--stale");
-    }
-    let result = match id {
-        Some(id) => cluster.ferry_at(id, &args),
-        None => cluster.ferry(&args),
-    };
-    result.success().then(|| result.json())
-}
-
 /// A three-member cluster with `RUNS` runs submitted and one follower that held
 /// all of them, stopped with SIGTERM so that its database can be opened.
 struct Stopped {
@@ -65,7 +38,8 @@ fn cluster_with_a_stopped_follower() -> Stopped {
         Duration::from_secs(30),
         "the follower to hold every submitted run",
         || {
-            run_ids(&cluster, Some(follower), true)?
+            cluster
+                .run_ids(Some(follower), true)?
                 .is_superset(&submitted)
                 .then_some(())
         },
@@ -155,7 +129,7 @@ fn survivors_serve_one_state(stopped: &Stopped) -> u64 {
         hello,
     } = stopped;
     let read = wait_for(Duration::from_secs(30), "a linearizable read", || {
-        run_ids(cluster, None, false)
+        cluster.run_ids(None, false)
     });
     assert_eq!(&read, submitted, "the survivors lost or invented runs");
     let later = cluster.submit(hello, &[]);
@@ -168,14 +142,14 @@ fn survivors_serve_one_state(stopped: &Stopped) -> u64 {
         let linearizable = wait_for(
             Duration::from_secs(30),
             &format!("a linearizable read at member {id}"),
-            || run_ids(cluster, Some(id), false),
+            || cluster.run_ids(Some(id), false),
         );
         assert_eq!(linearizable, expected, "member {id}");
         let listing = wait_for(
             Duration::from_secs(30),
             &format!("member {id} to have applied run {later}"),
             || {
-                let listing = runs_listing(cluster, Some(id), true)?;
+                let listing = cluster.runs_listing(Some(id), true)?;
                 let ids: BTreeSet<u64> = listing
                     .as_array()?
                     .iter()
@@ -270,7 +244,7 @@ fn a_replica_with_a_corrupt_raft_log_refuses_to_start() {
     let cluster = &mut stopped.cluster;
     cluster.spawn_coordinator(follower, false);
     let reference = wait_for(Duration::from_secs(30), "a linearizable listing", || {
-        runs_listing(cluster, None, false)
+        cluster.runs_listing(None, false)
     });
     let mut expected = stopped.submitted.clone();
     expected.insert(later);
@@ -284,7 +258,7 @@ fn a_replica_with_a_corrupt_raft_log_refuses_to_start() {
     wait_for(
         Duration::from_secs(30),
         "the repaired member to catch up",
-        || (runs_listing(cluster, Some(follower), true)? == reference).then_some(()),
+        || (cluster.runs_listing(Some(follower), true)? == reference).then_some(()),
     );
     assert!(!cluster.member_exited(follower), "the repaired member runs");
 }
