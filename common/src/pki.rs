@@ -604,8 +604,9 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::
     // The identity is a pure function of the certificate's bytes (the handshake
     // already verified the chain), so parsed identities are remembered: every
     // request of a connection presents the same certificate.
-    static KNOWN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Identity>>> =
-        std::sync::LazyLock::new(Default::default);
+    static KNOWN: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, Identity>>,
+    > = std::sync::LazyLock::new(Default::default);
     let der: &[u8] = leaf.as_ref();
     if let Some(identity) = KNOWN.lock().ok().and_then(|known| known.get(der).cloned()) {
         return Ok(identity);

@@ -193,7 +193,28 @@ impl Node {
                         .unwrap_or_else(|| m.client_address.clone()),
                 })
                 .collect();
-            let snapshot = driver::bootstrap_snapshot(&members);
+            // A data directory from a coordinator that ran before replication holds
+            // state but no Raft log: a one-member cluster carries it over; several
+            // members cannot (each would start from different state).
+            let (existing, applied_before) = store.load()?;
+            if applied_before > 0 && members.len() > 1 {
+                return Err(NodeError::Inconsistent {
+                    detail: format!(
+                        "the data directory holds {} runs from a single coordinator but no Raft \
+                         log, and the configuration names {} members; start it alone first \
+                         (no `members`), then add the others with `ferry cluster add-member`",
+                        existing.runs.len(),
+                        members.len()
+                    ),
+                });
+            }
+            if applied_before > 0 {
+                tracing::info!(
+                    runs = existing.runs.len(),
+                    "carrying the state of a one-coordinator installation into the Raft log"
+                );
+            }
+            let snapshot = driver::bootstrap_snapshot(&members, existing);
             store.install_snapshot(&snapshot.data, 1)?;
             log.apply_snapshot(snapshot)?;
             log.sync()?;

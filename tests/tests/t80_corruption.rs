@@ -336,3 +336,48 @@ fn a_replica_with_an_undecodable_state_record_refuses_to_start() {
 
     survivors_serve_one_state(&stopped);
 }
+
+/// A data directory left by a coordinator from before replication holds state but
+/// no Raft log (simulated by dropping the Raft trees): a one-member cluster carries
+/// the runs over; a three-member configuration refuses it rather than diverge.
+#[test]
+fn state_from_before_replication_is_carried_over_by_one_member_only() {
+    let mut cluster = Cluster::start();
+    let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
+    let runs: BTreeSet<u64> = (0..3).map(|_| cluster.submit(&hello, &[])).collect();
+    cluster.terminate_member(1);
+    let drop_raft_trees = |cluster: &Cluster| {
+        let db = sled::open(state_db(cluster, 1)).expect("open the stopped member's database");
+        for tree in ["raft_log", "raft_meta"] {
+            db.open_tree(tree)
+                .and_then(|t| t.clear())
+                .expect("empty a Raft tree");
+        }
+        db.flush().expect("flush");
+    };
+    drop_raft_trees(&cluster);
+    cluster.start_coordinator();
+    assert_eq!(cluster.run_ids(None, false), Some(runs.clone()));
+    // Still a working cluster: a new run gets the next id.
+    let next = cluster.submit(&hello, &[]);
+    assert_eq!(next, runs.iter().max().unwrap() + 1);
+
+    // The same directory named in a three-member configuration is refused.
+    cluster.terminate_member(1);
+    drop_raft_trees(&cluster);
+    cluster.add_coordinator_slot(2);
+    cluster.add_coordinator_slot(3);
+    let served_before = cluster.member_log(1).matches(SERVING).count();
+    cluster.spawn_coordinator(1, false);
+    wait_for(
+        Duration::from_secs(20),
+        "the member to refuse to start",
+        || cluster.member_exited(1).then_some(()),
+    );
+    let log = cluster.member_log(1);
+    assert!(
+        log.contains("from a single coordinator but no Raft log"),
+        "{log}"
+    );
+    assert_eq!(log.matches(SERVING).count(), served_before, "{log}");
+}

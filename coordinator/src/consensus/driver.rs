@@ -178,9 +178,10 @@ fn role_name(role: StateRole) -> &'static str {
 
 /// The snapshot every initial member starts from: index 1, term 1, the initial
 /// voters, and a state holding only the members. A member added later has an
-/// empty log and so receives the leader's snapshot before any entry.
-pub fn bootstrap_snapshot(members: &[Member]) -> Snapshot {
-    let mut state = crate::state::State::default();
+/// empty log and so receives the leader's snapshot before any entry. `base` is
+/// the state a one-coordinator installation (before replication) left behind.
+pub fn bootstrap_snapshot(members: &[Member], base: crate::state::State) -> Snapshot {
+    let mut state = base;
     for member in members {
         state.set_member(member.clone());
     }
