@@ -48,6 +48,11 @@ pub enum ProposeError {
         "the change was not committed (leadership changed while it was in flight); it is safe to retry"
     )]
     NotCommitted,
+    #[error(
+        "leadership changed before the change was confirmed: it may or may not have been \
+         applied; check before repeating it (a retried `ferry run` is never applied twice)"
+    )]
+    Unknown,
     #[error("the change was refused: {0}")]
     Refused(String),
     #[error("{}", .0.message())]

@@ -28,9 +28,10 @@ pub(crate) fn propose_status(error: ProposeError) -> Status {
         ProposeError::Rejected(error) => state_status(error),
         ProposeError::Storage(message) => Status::unavailable(message),
         ProposeError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
-        ProposeError::NotLeader | ProposeError::NoLeader(_) | ProposeError::NotCommitted => {
-            Status::unavailable(error.to_string())
-        }
+        ProposeError::NotLeader
+        | ProposeError::NoLeader(_)
+        | ProposeError::NotCommitted
+        | ProposeError::Unknown => Status::unavailable(error.to_string()),
         ProposeError::Refused(message) => Status::failed_precondition(message),
         ProposeError::Denied(message) => Status::permission_denied(message),
         ProposeError::Remote(status) => status,

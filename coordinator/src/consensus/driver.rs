@@ -314,6 +314,8 @@ impl Driver {
             term: raft.term,
             role: role_name(raft.state),
         };
+        let was_leader = self.role.borrow().is_leader();
+        let now_leader = info.is_leader();
         self.role.send_if_modified(|current| {
             if *current == info {
                 return false;
@@ -322,6 +324,19 @@ impl Driver {
             *current = info;
             true
         });
+        if was_leader && !now_leader && !self.pending.is_empty() {
+            // Entries proposed here may still commit under the next leader, or may
+            // be lost: the proposers are told the outcome is unknown rather than
+            // left waiting (or told to retry something that may have happened).
+            tracing::info!(
+                batches = self.pending.len(),
+                "leadership lost with proposals in flight"
+            );
+            self.fail_all_pending(ProposeError::Unknown);
+        }
+        // Reads whose callers gave up are forgotten.
+        self.reads_asked.retain(|_, reply| !reply.is_closed());
+        self.reads_waiting.retain(|(_, reply)| !reply.is_closed());
     }
 
     fn handle_feedback(&mut self, event: Feedback) {
