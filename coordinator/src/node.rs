@@ -220,6 +220,8 @@ impl Node {
                 );
             }
             let snapshot = driver::bootstrap_snapshot(&members, existing);
+            // The state first: a crash before the log holds the snapshot simply
+            // bootstraps again from the state now stored.
             store.install_snapshot(&snapshot.data, 1)?;
             log.apply_snapshot(snapshot)?;
             log.sync()?;
@@ -236,13 +238,29 @@ impl Node {
                 ),
             });
         }
-        if applied < snapshot_index {
-            return Err(NodeError::Inconsistent {
-                detail: format!(
-                    "the state has applied index {applied} but the log starts after {snapshot_index}"
-                ),
-            });
-        }
+        let (state, applied) = if applied < snapshot_index {
+            // A crash while a snapshot was being installed: the log holds it, the
+            // state does not yet. Install it from the log.
+            let snapshot = raft::Storage::snapshot(&log, snapshot_index, config.id)?;
+            if snapshot.get_metadata().index != snapshot_index {
+                return Err(NodeError::Inconsistent {
+                    detail: format!(
+                        "the state has applied index {applied} but the log starts after \
+                         {snapshot_index} and holds no snapshot at that index"
+                    ),
+                });
+            }
+            tracing::warn!(
+                applied,
+                snapshot_index,
+                "finishing an interrupted snapshot installation"
+            );
+            let state = store.install_snapshot(&snapshot.data, snapshot_index)?;
+            store.flush_blocking()?;
+            (state, snapshot_index)
+        } else {
+            (state, applied)
+        };
         let conf_state = raft::Storage::initial_state(&log)?.conf_state;
         if !conf_state.voters.is_empty()
             && !conf_state.voters.contains(&config.id)

@@ -381,3 +381,64 @@ fn state_from_before_replication_is_carried_over_by_one_member_only() {
     );
     assert_eq!(log.matches(SERVING).count(), served_before, "{log}");
 }
+
+/// A crash while a follower installs a snapshot can leave the snapshot in its
+/// Raft log but not yet in its state (the log is written first). Simulated by
+/// taking every run out of a stopped follower's state and winding its applied
+/// index back: at start it finishes the installation from the log's snapshot and
+/// catches up, instead of refusing or serving the old state.
+#[test]
+fn an_interrupted_snapshot_installation_is_finished_at_start() {
+    let mut cluster = Cluster::start_replicated(3, "[raft]\nsnapshot_every = 4\n");
+    let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
+    let runs: BTreeSet<u64> = (0..12).map(|_| cluster.submit(&hello, &[])).collect();
+    let leader = cluster.leader(Duration::from_secs(30));
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    wait_for(
+        Duration::from_secs(30),
+        "the follower to hold every run",
+        || (cluster.run_ids(Some(follower), true)? == runs).then_some(()),
+    );
+    cluster.terminate_member(follower);
+    let snapshot_index = edit_db(&cluster, follower, |db| {
+        let state = db.open_tree("state").expect("state tree");
+        let applied = u64::from_be_bytes(
+            state
+                .get(b"meta/applied_index")
+                .expect("read")
+                .expect("an applied index")
+                .as_ref()
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let snapshot_index = match log_indexes(&db.open_tree("raft_log").expect("raft_log")).first()
+        {
+            Some(first) => first - 1,
+            None => applied,
+        };
+        for key in state.scan_prefix(b"run/").keys() {
+            state.remove(key.expect("a run key")).expect("remove a run");
+        }
+        state
+            .insert(b"meta/next_run_id", &1u64.to_be_bytes())
+            .expect("wind the run counter back");
+        state
+            .insert(b"meta/applied_index", &1u64.to_be_bytes())
+            .expect("wind the applied index back");
+        snapshot_index
+    });
+    assert!(snapshot_index > 1, "the follower's log was compacted");
+    cluster.spawn_coordinator(follower, false);
+    wait_for(
+        Duration::from_secs(30),
+        "the follower to hold every run again",
+        || (cluster.run_ids(Some(follower), true)? == runs).then_some(()),
+    );
+    assert!(
+        cluster
+            .member_log(follower)
+            .contains("finishing an interrupted snapshot installation"),
+        "{}",
+        cluster.member_log(follower)
+    );
+}

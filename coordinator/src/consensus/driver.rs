@@ -537,13 +537,16 @@ impl Driver {
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
+        // The log first: a crash between the two leaves a log whose snapshot is
+        // ahead of the state, which `Node::start` repairs from the stored snapshot.
+        let data = snapshot.data.clone();
+        self.log
+            .apply_snapshot(snapshot)
+            .map_err(|e| e.to_string())?;
         let state = self
             .node
             .store
-            .install_snapshot(&snapshot.data, index)
-            .map_err(|e| e.to_string())?;
-        self.log
-            .apply_snapshot(snapshot)
+            .install_snapshot(&data, index)
             .map_err(|e| e.to_string())?;
         self.transport.set_members(&state.members);
         self.node.replace_state(state);
