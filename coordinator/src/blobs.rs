@@ -82,6 +82,11 @@ impl BlobStore {
         }
     }
 
+    /// Whether the blob is stored here with exactly this size.
+    pub async fn holds(&self, digest: &str, size: u64) -> Result<bool, BlobError> {
+        Ok(self.size_of(digest).await? == Some(size))
+    }
+
     fn remember(&self, digest: &str, size: u64) {
         let mut known = self.known.lock().expect("known blobs");
         if known.len() >= MAX_KNOWN_BLOBS {
@@ -100,7 +105,7 @@ impl BlobStore {
                 limit: self.max_blob_bytes,
             });
         }
-        let sink = if self.size_of(digest).await? == Some(size) {
+        let sink = if self.holds(digest, size).await? {
             // Already stored: the bytes are still hashed, to answer honestly, but not kept.
             // (A stored file of another size is damaged and gets replaced.)
             None

@@ -748,22 +748,6 @@ impl Node {
             .insert(worker.to_string(), now_ms());
     }
 
-    pub fn last_heartbeat(&self, worker: &str) -> Option<i64> {
-        self.heartbeats
-            .lock()
-            .expect("heartbeat lock")
-            .get(worker)
-            .copied()
-    }
-
-    pub fn is_connected(&self, worker: &str) -> bool {
-        self.links
-            .lock()
-            .expect("links lock")
-            .get(worker)
-            .is_some_and(|link| !link.sender.is_closed())
-    }
-
     /// Attaches a worker's assignment stream (replacing an older one) and sends it
     /// every attempt that is assigned to it but not yet started.
     pub fn attach_worker(&self, worker: &str, session: &str, sender: WorkerSender) {

@@ -212,17 +212,17 @@ impl Control for ControlService {
         let stored = self
             .node
             .blobs
-            .size_of(&blob.digest)
+            .holds(&blob.digest, blob.size)
             .await
             .map_err(super::blob_status)?;
         // Present only when a majority holds it: otherwise the client uploads it
         // again, which copies it to the others.
-        let present = match stored {
-            Some(size) if size == blob.size => {
-                self.node.replicate_blob(&blob.digest, size).await.is_ok()
-            }
-            _ => false,
-        };
+        let present = stored
+            && self
+                .node
+                .replicate_blob(&blob.digest, blob.size)
+                .await
+                .is_ok();
         Ok(Response::new(proto::HasBlobResponse { present }))
     }
 

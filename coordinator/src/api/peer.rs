@@ -153,15 +153,13 @@ impl Peer for PeerService {
     ) -> Result<Response<proto::HasBlobResponse>, Status> {
         require_role(&request, Role::Coordinator)?;
         let blob = request.into_inner();
-        let stored = self
+        let present = self
             .node
             .blobs
-            .size_of(&blob.digest)
+            .holds(&blob.digest, blob.size)
             .await
             .map_err(super::blob_status)?;
-        Ok(Response::new(proto::HasBlobResponse {
-            present: stored == Some(blob.size),
-        }))
+        Ok(Response::new(proto::HasBlobResponse { present }))
     }
 
     async fn describe_self(
