@@ -31,6 +31,10 @@ const CONNECT_ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// How long a call is retried, on other members, while the cluster has no leader
 /// or the member called goes away.
 const RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// Longest one attempt of a call may go unanswered before it counts as a failure
+/// of that member (a connection can stall without closing, e.g. after the server
+/// dropped it during the TLS handshake); generous enough for a large upload.
+const CALL_ATTEMPT_LIMIT: Duration = Duration::from_secs(120);
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -142,7 +146,15 @@ impl Connection {
         let give_up = Instant::now() + RETRY_BUDGET;
         let mut delay = RETRY_BACKOFF_START;
         loop {
-            let mut last = match call(self.client()).await {
+            let attempt = tokio::time::timeout(CALL_ATTEMPT_LIMIT, call(self.client())).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(tonic::Status::unavailable(format!(
+                    "no answer from {} in {} s",
+                    self.address(),
+                    CALL_ATTEMPT_LIMIT.as_secs()
+                )))
+            });
+            let mut last = match attempt {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if worth_retrying_elsewhere(&status) => status,
                 Err(status) => return Err(status),

@@ -185,7 +185,7 @@ impl Node {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
         let initial = config.initial_members()?;
-        let log = SledLog::open(store.db())?;
+        let log = SledLog::open(store.db(), &config.data_dir.join("snapshots"))?;
         if log.is_empty() && !config.join {
             let members: Vec<Member> = initial
                 .iter()
@@ -201,66 +201,51 @@ impl Node {
             // A data directory from a coordinator that ran before replication holds
             // state but no Raft log: a one-member cluster carries it over; several
             // members cannot (each would start from different state).
-            let (existing, applied_before) = store.load()?;
-            if applied_before > 0 && members.len() > 1 {
-                return Err(NodeError::Inconsistent {
-                    detail: format!(
-                        "the data directory holds {} runs from a single coordinator but no Raft \
-                         log, and the configuration names {} members; start it alone first \
-                         (no `members`), then add the others with `ferry cluster add-member`",
-                        existing.runs.len(),
-                        members.len()
-                    ),
-                });
-            }
-            if applied_before > 0 {
+            let existing = store.load_legacy()?;
+            if let Some(existing) = &existing {
+                if members.len() > 1 {
+                    return Err(NodeError::Inconsistent {
+                        detail: format!(
+                            "the data directory holds {} runs from a single coordinator but no \
+                             Raft log, and the configuration names {} members; start it alone \
+                             first (no `members`), then add the others with `ferry cluster \
+                             add-member`",
+                            existing.runs.len(),
+                            members.len()
+                        ),
+                    });
+                }
                 tracing::info!(
                     runs = existing.runs.len(),
                     "carrying the state of a one-coordinator installation into the Raft log"
                 );
             }
-            let snapshot = driver::bootstrap_snapshot(&members, existing);
-            // The state first: a crash before the log holds the snapshot simply
-            // bootstraps again from the state now stored.
-            store.install_snapshot(&snapshot.data, 1)?;
+            let base = existing.unwrap_or_else(|| State::from_records(Vec::new(), Vec::new(), 1));
+            let snapshot = driver::bootstrap_snapshot(&members, base);
             log.apply_snapshot(snapshot)?;
             log.sync()?;
             tracing::info!(members = ?members.iter().map(|m| m.id).collect::<Vec<_>>(), "bootstrapped a new cluster");
-        }
-        let (state, applied) = store.load()?;
-        let hard_state = log.hard_state();
-        let snapshot_index = raft::Storage::first_index(&log)?.saturating_sub(1);
-        if applied > hard_state.commit.max(snapshot_index) {
+        } else if log.is_empty()
+            && let Some(existing) = store.load_legacy()?
+        {
             return Err(NodeError::Inconsistent {
                 detail: format!(
-                    "the state has applied index {applied} but the log commits only up to {}",
-                    hard_state.commit
+                    "the data directory holds {} runs from a single coordinator, and this \
+                     member is configured to join a cluster; a joining member copies the \
+                     cluster's state and must start with an empty data directory",
+                    existing.runs.len()
                 ),
             });
         }
-        let (state, applied) = if applied < snapshot_index {
-            // A crash while a snapshot was being installed: the log holds it, the
-            // state does not yet. Install it from the log.
-            let snapshot = raft::Storage::snapshot(&log, snapshot_index, config.id)?;
-            if snapshot.get_metadata().index != snapshot_index {
-                return Err(NodeError::Inconsistent {
-                    detail: format!(
-                        "the state has applied index {applied} but the log starts after \
-                         {snapshot_index} and holds no snapshot at that index"
-                    ),
-                });
-            }
-            tracing::warn!(
-                applied,
-                snapshot_index,
-                "finishing an interrupted snapshot installation"
-            );
-            let state = store.install_snapshot(&snapshot.data, snapshot_index)?;
-            store.flush_blocking()?;
-            (state, snapshot_index)
-        } else {
-            (state, applied)
-        };
+        // Whatever the pre-replication layout held is in the log now.
+        store.clear_legacy()?;
+        // The state is the log's snapshot plus its entries: decode the snapshot here;
+        // raft-rs hands the committed entries after it to the Raft loop, which
+        // applies them again.
+        let snapshot = raft::Storage::snapshot(&log, 0, config.id)?;
+        let applied = snapshot.get_metadata().index;
+        let state = Store::state_from_snapshot(&snapshot.data)?;
+        let hard_state = log.hard_state();
         let conf_state = raft::Storage::initial_state(&log)?.conf_state;
         if !conf_state.voters.is_empty()
             && !conf_state.voters.contains(&config.id)
@@ -270,8 +255,9 @@ impl Node {
         }
         tracing::info!(
             id = config.id,
-            applied_index = applied,
+            snapshot_index = applied,
             commit_index = hard_state.commit,
+            to_replay = hard_state.commit.saturating_sub(applied),
             term = hard_state.term,
             runs = state.runs.len(),
             workers = state.workers.len(),

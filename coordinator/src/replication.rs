@@ -18,6 +18,9 @@ use crate::node::Node;
 
 /// Longest a peer may take to confirm it has, or to receive, one blob.
 const PEER_BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a peer may take to say whether it holds a blob: a member that cannot
+/// answer that quickly is treated as down for this copy.
+const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn copy_to_peer(
     blobs: BlobStore,
@@ -30,7 +33,9 @@ fn copy_to_peer(
             digest: digest.to_string(),
             size,
         };
-        if client.has_blob(reference).await?.into_inner().present {
+        let probe = tokio::time::timeout(PEER_PROBE_TIMEOUT, client.has_blob(reference)).await;
+        let probe = probe.map_err(|_| Status::unavailable("the peer did not answer"))?;
+        if probe?.into_inner().present {
             return Ok(());
         }
         let (size, stream) = blobs.read(&digest).await.map_err(blob_status)?;
@@ -77,25 +82,36 @@ impl Node {
         if majority <= 1 {
             return Ok(());
         }
-        let mut copies = tokio::task::JoinSet::new();
-        for (id, client) in self.transport.clients() {
+        // Each copy runs on its own task and reports when done; the caller is
+        // answered as soon as a majority holds the blob, so one slow or unreachable
+        // member delays nothing, and the copies still under way finish in the
+        // background (the other members get the blob too).
+        let clients = self.transport.clients();
+        let (done, mut reports) = tokio::sync::mpsc::channel(clients.len().max(1));
+        for (id, client) in clients {
             let blobs = self.blobs.clone();
             let digest = digest.to_string();
-            copies.spawn(async move {
-                let result =
-                    tokio::time::timeout(PEER_BLOB_TIMEOUT, copy_to_peer(blobs, client, digest.clone(), size))
-                        .await
-                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("timed out")));
+            let done = done.clone();
+            tokio::spawn(async move {
+                let result = tokio::time::timeout(
+                    PEER_BLOB_TIMEOUT,
+                    copy_to_peer(blobs, client, digest.clone(), size),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("timed out")));
                 if let Err(status) = &result {
                     tracing::warn!(peer = id, digest, error = %status.message(), "blob not copied to a peer");
                 }
-                result.is_ok()
+                let _ = done.send(result.is_ok()).await;
             });
         }
+        drop(done);
         let mut held = 1;
-        while let Some(copied) = copies.join_next().await {
-            if copied.unwrap_or(false) {
-                held += 1;
+        while held < majority {
+            match reports.recv().await {
+                Some(true) => held += 1,
+                Some(false) => {}
+                None => break,
             }
         }
         if held >= majority {

@@ -8,6 +8,7 @@
 //! the applied index.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ferry_common::spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
@@ -361,7 +362,9 @@ pub struct Member {
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub runs: BTreeMap<RunId, Run>,
+    /// Shared so that a snapshot can hold the runs of one moment while later
+    /// commands change others (`Arc::make_mut` copies only a run still held).
+    pub runs: BTreeMap<RunId, Arc<Run>>,
     pub workers: BTreeMap<String, Worker>,
     pub loads: BTreeMap<String, WorkerLoad>,
     pub next_run_id: RunId,
@@ -376,7 +379,7 @@ impl State {
     /// Rebuilds the derived worker loads from persisted runs and workers.
     pub fn from_records(runs: Vec<Run>, workers: Vec<Worker>, next_run_id: RunId) -> State {
         let mut state = State {
-            runs: runs.into_iter().map(|r| (r.id, r)).collect(),
+            runs: runs.into_iter().map(|r| (r.id, Arc::new(r))).collect(),
             workers: workers.into_iter().map(|w| (w.name.clone(), w)).collect(),
             loads: BTreeMap::new(),
             next_run_id: next_run_id.max(1),
@@ -511,7 +514,7 @@ impl State {
             steps,
             request_id,
         };
-        self.runs.insert(id, run);
+        self.runs.insert(id, Arc::new(run));
         self.dirty.runs.insert(id);
         Outcome::RunSubmitted(id)
     }
@@ -595,7 +598,7 @@ impl State {
         if !fits {
             return None;
         }
-        let run = self.runs.get_mut(&placement.run)?;
+        let run = self.runs.get_mut(&placement.run).map(Arc::make_mut)?;
         let step = &mut run.steps[index];
         let number = step.attempts.len() as u32 + 1;
         step.attempts.push(Attempt {
@@ -673,7 +676,11 @@ impl State {
                 detail,
             });
         }
-        let run = self.runs.get_mut(&key.run).expect("fenced");
+        let run = self
+            .runs
+            .get_mut(&key.run)
+            .map(Arc::make_mut)
+            .expect("fenced");
         let index = run.step_index(&key.step).expect("fenced");
         let step = &mut run.steps[index];
         step.state = StepState::Running;
@@ -759,6 +766,7 @@ impl State {
             && let Some(attempt) = self
                 .runs
                 .get_mut(&key.run)
+                .map(Arc::make_mut)
                 .and_then(|run| run.steps.iter_mut().find(|s| s.name == key.step))
                 .and_then(|step| step.attempts.last_mut())
         {
@@ -783,7 +791,7 @@ impl State {
         outputs: Vec<(String, String, u64)>,
         now_ms: i64,
     ) {
-        let Some(run) = self.runs.get_mut(&key.run) else {
+        let Some(run) = self.runs.get_mut(&key.run).map(Arc::make_mut) else {
             return;
         };
         let Some(index) = run.step_index(&key.step) else {
@@ -893,7 +901,7 @@ impl State {
     fn cancel_run(&mut self, run_id: RunId, now_ms: i64) -> Result<Outcome, StateError> {
         let run = self
             .runs
-            .get_mut(&run_id)
+            .get(&run_id)
             .ok_or(StateError::RunNotFound(run_id))?;
         if run.state.is_terminal() {
             return Err(StateError::RunAlreadyFinished {
@@ -901,6 +909,11 @@ impl State {
                 state: run.state.as_str(),
             });
         }
+        let run = self
+            .runs
+            .get_mut(&run_id)
+            .map(Arc::make_mut)
+            .expect("checked");
         let mut stop = Vec::new();
         for step in &mut run.steps {
             if step.state.is_terminal() {

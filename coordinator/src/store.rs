@@ -1,9 +1,14 @@
-//! Durable storage of the state machine and of log lines, in sled.
+//! Durable storage beside the Raft log, in the same sled database.
 //!
-//! The `state` tree holds one record per run (`run/<id>`), per worker
-//! (`worker/<name>`), the run-id counter and the applied index. Every persist writes
-//! the records the applied commands dirtied *and* the applied index in one atomic
-//! sled batch, then flushes, so a restart neither loses nor re-applies a command.
+//! The state machine itself is not stored record by record: its durable form is
+//! the Raft log (`consensus::storage`), a snapshot of the whole state plus the
+//! entries after it. A start decodes the snapshot and re-applies the entries
+//! (`apply` is deterministic), so nothing is written per command but the entry.
+//! This module encodes and decodes those snapshots.
+//!
+//! The `state` tree is the layout of a coordinator from before replication (one
+//! record per run, worker and member); it is read once, to carry such a data
+//! directory into a one-member cluster, and then emptied.
 //!
 //! The `logs` tree holds log lines keyed by run and arrival order; `log_index`
 //! makes a resent batch idempotent. Logs are bytes beside the state, not commands.
@@ -29,8 +34,9 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
 }
 
-const APPLIED_KEY: &[u8] = b"meta/applied_index";
 const NEXT_RUN_KEY: &[u8] = b"meta/next_run_id";
+/// How a snapshot that does not decode is named in the error.
+const SNAPSHOT_RECORD: &[u8] = b"raft snapshot (raft_snapshot tree)";
 
 #[derive(Clone)]
 pub struct Store {
@@ -86,9 +92,15 @@ impl Store {
         })
     }
 
-    /// Loads the state machine and its applied index. A record that does not decode
-    /// is reported, never skipped: serving a partial state would be serving wrong state.
-    pub fn load(&self) -> Result<(State, u64), StoreError> {
+    /// The state a coordinator from before replication left in the `state` tree
+    /// (one record per run, worker and member, the run-id counter and the applied
+    /// index), or `None` when the tree holds nothing. A record that does not decode
+    /// is reported, never skipped: serving a partial state would be serving wrong
+    /// state.
+    pub fn load_legacy(&self) -> Result<Option<State>, StoreError> {
+        if self.state.is_empty() {
+            return Ok(None);
+        }
         let mut runs = Vec::new();
         for item in self.state.scan_prefix(b"run/") {
             let (key, value) = item?;
@@ -108,10 +120,6 @@ impl Store {
             Some(value) => decode_u64(NEXT_RUN_KEY, &value)?,
             None => 1,
         };
-        let applied = match self.state.get(APPLIED_KEY)? {
-            Some(value) => decode_u64(APPLIED_KEY, &value)?,
-            None => 0,
-        };
         if let Some(highest) = runs.iter().map(|r| r.id).max()
             && highest >= next_run_id
         {
@@ -120,82 +128,33 @@ impl Store {
                 format!("run {highest} exists but the next run id is {next_run_id}"),
             ));
         }
-        Ok((
+        Ok(Some(
             State::from_records(runs, workers, next_run_id).with_members(members),
-            applied,
         ))
     }
 
-    /// Writes what the applied commands changed, with the new applied index, in one
-    /// atomic batch. Durable only after [`Store::flush`].
-    pub fn stage(&self, state: &mut State, applied_index: u64) -> Result<(), StoreError> {
-        self.stage_in(sled::Batch::default(), state, applied_index)
-    }
-
-    fn stage_in(
-        &self,
-        mut batch: sled::Batch,
-        state: &mut State,
-        applied_index: u64,
-    ) -> Result<(), StoreError> {
-        let dirty = std::mem::take(&mut state.dirty);
-        for id in dirty.runs {
-            if let Some(run) = state.runs.get(&id) {
-                let value = serde_json::to_vec(run).expect("runs always serialize");
-                batch.insert(run_key(id), value);
-            }
-        }
-        for name in dirty.workers {
-            if let Some(worker) = state.workers.get(&name) {
-                let value = serde_json::to_vec(worker).expect("workers always serialize");
-                batch.insert(format!("worker/{name}").into_bytes(), value);
-            }
-        }
-        for id in dirty.members {
-            match state.members.get(&id) {
-                Some(member) => batch.insert(
-                    member_key(id),
-                    serde_json::to_vec(member).expect("members always serialize"),
-                ),
-                None => batch.remove(member_key(id)),
-            }
-        }
-        batch.insert(NEXT_RUN_KEY, &state.next_run_id.to_be_bytes());
-        batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
-        self.state.apply_batch(batch)?;
+    /// Empties the `state` tree once its content lives in the Raft log.
+    pub fn clear_legacy(&self) -> Result<(), StoreError> {
+        self.state.clear()?;
         Ok(())
     }
 
     /// The whole state machine as bytes, for a Raft snapshot.
     pub fn snapshot_data(state: &State) -> Vec<u8> {
-        let data = SnapshotData {
-            runs: state.runs.values().cloned().collect(),
-            workers: state.workers.values().cloned().collect(),
-            members: state.members.values().cloned().collect(),
-            next_run_id: state.next_run_id,
-        };
-        serde_json::to_vec(&data).expect("state always serializes")
+        StateImage::of(state).encode()
     }
 
-    /// Replaces the whole stored state with a snapshot received from the leader,
-    /// atomically with its applied index, and returns the state it holds.
-    pub fn install_snapshot(&self, data: &[u8], applied_index: u64) -> Result<State, StoreError> {
-        let data: SnapshotData =
-            serde_json::from_slice(data).map_err(|e| corrupt(b"snapshot", e))?;
-        let mut batch = sled::Batch::default();
-        for item in self.state.iter() {
-            let (key, _) = item?;
-            batch.remove(key);
+    /// The state a Raft snapshot holds.
+    pub fn state_from_snapshot(data: &[u8]) -> Result<State, StoreError> {
+        if data.is_empty() {
+            return Ok(State::from_records(Vec::new(), Vec::new(), 1));
         }
-        let mut state = State::from_records(data.runs, data.workers, data.next_run_id)
-            .with_members(data.members);
-        state.dirty.runs = state.runs.keys().copied().collect();
-        state.dirty.workers = state.workers.keys().cloned().collect();
-        state.dirty.members = state.members.keys().copied().collect();
-        // Removals first, then every record: one atomic batch, so a crash leaves
-        // either the old state or the snapshot's, never a mix.
-        self.stage_in(batch, &mut state, applied_index)?;
-        Ok(state)
+        let data: SnapshotData =
+            serde_json::from_slice(data).map_err(|e| corrupt(SNAPSHOT_RECORD, e))?;
+        Ok(
+            State::from_records(data.runs, data.workers, data.next_run_id)
+                .with_members(data.members),
+        )
     }
 
     /// Appends log lines of one attempt; lines already stored (same step, attempt
@@ -269,8 +228,47 @@ impl Store {
     }
 }
 
+/// The state machine at one moment, cheap to take (runs are shared, not copied)
+/// so that the Raft loop can hand it to another thread to encode while it goes
+/// on applying commands.
+pub struct StateImage {
+    runs: Vec<std::sync::Arc<Run>>,
+    workers: Vec<Worker>,
+    members: Vec<Member>,
+    next_run_id: RunId,
+}
+
+impl StateImage {
+    pub fn of(state: &State) -> StateImage {
+        StateImage {
+            runs: state.runs.values().cloned().collect(),
+            workers: state.workers.values().cloned().collect(),
+            members: state.members.values().cloned().collect(),
+            next_run_id: state.next_run_id,
+        }
+    }
+
+    /// The same JSON as [`SnapshotData`], encoded from the shared records.
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            runs: Vec<&'a Run>,
+            workers: &'a [Worker],
+            members: &'a [Member],
+            next_run_id: RunId,
+        }
+        let view = View {
+            runs: self.runs.iter().map(|run| run.as_ref()).collect(),
+            workers: &self.workers,
+            members: &self.members,
+            next_run_id: self.next_run_id,
+        };
+        serde_json::to_vec(&view).expect("state always serializes")
+    }
+}
+
 /// What a Raft snapshot carries: every record of the state machine.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotData {
     runs: Vec<Run>,
     workers: Vec<Worker>,
@@ -278,10 +276,7 @@ struct SnapshotData {
     next_run_id: RunId,
 }
 
-fn member_key(id: u64) -> Vec<u8> {
-    format!("member/{id:020}").into_bytes()
-}
-
+#[cfg(test)]
 fn run_key(id: RunId) -> Vec<u8> {
     format!("run/{id:020}").into_bytes()
 }
@@ -300,35 +295,71 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn state_and_applied_index_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let (mut state, applied) = store.load().unwrap();
-            assert_eq!(applied, 0);
-            state
-                .apply(crate::state::Command::SubmitRun {
-                    pipeline: pipeline(),
-                    bundle_digest: "d".into(),
-                    submitter: "alice".into(),
-                    request_id: None,
-                    now_ms: 5,
-                })
-                .unwrap();
-            store.stage(&mut state, 1).unwrap();
-            store.flush().await.unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let (state, applied) = store.load().unwrap();
-        assert_eq!(applied, 1);
-        assert_eq!(state.runs.len(), 1);
-        assert_eq!(state.next_run_id, 2);
-        assert_eq!(state.runs[&1].submitter, "alice");
+    fn one_run_state() -> State {
+        let mut state = State::from_records(Vec::new(), Vec::new(), 1);
+        state
+            .apply(crate::state::Command::SubmitRun {
+                pipeline: pipeline(),
+                bundle_digest: "d".into(),
+                submitter: "alice".into(),
+                request_id: Some("r-1".into()),
+                now_ms: 5,
+            })
+            .unwrap();
+        state
     }
 
     #[test]
-    fn a_corrupt_record_is_refused_with_its_key() {
+    fn a_snapshot_holds_the_whole_state() {
+        let state = one_run_state();
+        let restored = Store::state_from_snapshot(&Store::snapshot_data(&state)).unwrap();
+        assert_eq!(restored.runs, state.runs);
+        assert_eq!(restored.next_run_id, 2);
+        assert_eq!(
+            restored.requests.get("r-1"),
+            Some(&1),
+            "derived index rebuilt"
+        );
+        let empty = Store::state_from_snapshot(&[]).unwrap();
+        assert!(empty.runs.is_empty());
+        assert_eq!(empty.next_run_id, 1);
+    }
+
+    #[test]
+    fn an_undecodable_snapshot_is_refused() {
+        let error = Store::state_from_snapshot(b"{\"runs\": nope")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("corrupt"), "{error}");
+        assert!(error.contains("raft snapshot"), "{error}");
+    }
+
+    #[test]
+    fn state_from_before_replication_is_read_then_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.load_legacy().unwrap().is_none());
+            let state = one_run_state();
+            let run = serde_json::to_vec(state.runs[&1].as_ref()).unwrap();
+            store.state.insert(run_key(1), run).unwrap();
+            store
+                .state
+                .insert(NEXT_RUN_KEY, &2u64.to_be_bytes())
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let state = store.load_legacy().unwrap().expect("legacy state");
+        assert_eq!(state.runs.len(), 1);
+        assert_eq!(state.next_run_id, 2);
+        assert_eq!(state.runs[&1].submitter, "alice");
+        store.clear_legacy().unwrap();
+        assert!(store.load_legacy().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_legacy_record_is_refused_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
@@ -339,7 +370,7 @@ mod tests {
             .state
             .insert(NEXT_RUN_KEY, &2u64.to_be_bytes())
             .unwrap();
-        let error = store.load().unwrap_err().to_string();
+        let error = store.load_legacy().unwrap_err().to_string();
         assert!(error.contains("corrupt"), "{error}");
         assert!(error.contains("run/00000000000000000001"), "{error}");
     }

@@ -1,7 +1,7 @@
 //! A damaged replica refuses to serve: three real coordinator processes, one
 //! follower stopped with SIGTERM, its sled database damaged from the test (a Raft
-//! log entry overwritten or removed, an applied index beyond the log, a run record
-//! that is not JSON), and started again. It must exit by itself naming the damage,
+//! log entry overwritten or removed, a snapshot whose state is not JSON), and
+//! started again. It must exit by itself naming the damage,
 //! never serve, while the other two keep answering linearizable reads, keep
 //! accepting writes and agree on every run.
 
@@ -263,99 +263,113 @@ fn a_replica_with_a_corrupt_raft_log_refuses_to_start() {
     assert!(!cluster.member_exited(follower), "the repaired member runs");
 }
 
-#[test]
-fn a_replica_whose_state_is_ahead_of_its_log_refuses_to_serve() {
-    let mut stopped = cluster_with_a_stopped_follower();
-    let follower = stopped.follower;
-    const AHEAD: u64 = 1_000_000;
-    let (applied, last_index) = edit_db(&stopped.cluster, follower, |db| {
-        let state = db.open_tree("state").expect("state tree");
-        let stored = state
-            .get(b"meta/applied_index")
-            .expect("read")
-            .expect("an applied index");
-        let applied = u64::from_be_bytes(stored.as_ref().try_into().expect("8 bytes"));
-        let log = db.open_tree("raft_log").expect("raft_log tree");
-        let last_index = *log_indexes(&log).last().expect("log entries");
-        state
-            .insert(b"meta/applied_index", &AHEAD.to_be_bytes())
-            .expect("write the applied index");
-        (applied, last_index)
-    });
-    // Bootstrap (index 1), then at least one entry per run.
-    assert!(applied > RUNS as u64, "applied index {applied}");
-    assert!(applied <= last_index, "{applied} <= {last_index}");
-
-    let log = restart_expecting_refusal(&mut stopped.cluster, follower);
-    assert!(
-        log.contains("the stored state is inconsistent with the Raft log")
-            && log.contains("this replica refuses to serve"),
-        "{log}"
-    );
-    let prefix = format!("the state has applied index {AHEAD} but the log commits only up to ");
-    let commit: u64 = log
-        .split_once(&prefix)
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("expected {prefix:?} and a commit index in:\n{log}"));
-    assert!(
-        (applied..=last_index).contains(&commit),
-        "the reported commit {commit} lies between the applied index {applied} and the last \
-         log index {last_index}"
-    );
-
-    survivors_serve_one_state(&stopped);
+/// The file holding a stopped member's latest snapshot data, as its log names it.
+fn snapshot_file(cluster: &Cluster, id: u64, db: &sled::Db) -> (PathBuf, Value) {
+    let snapshots = db.open_tree("raft_snapshot").expect("raft_snapshot tree");
+    let record = snapshots
+        .get("file")
+        .expect("read")
+        .expect("a snapshot file record (every member starts from a snapshot)");
+    let record: Value = serde_json::from_slice(&record).expect("a JSON record");
+    let name = record["name"].as_str().expect("a file name");
+    let path = cluster.path(&format!("coordinator-{id}-data/snapshots/{name}"));
+    (path, record)
 }
 
+/// The state machine's durable form is the Raft log's snapshot plus the entries
+/// after it. A snapshot file whose bytes changed is refused by its digest; one
+/// that is intact but holds no state (recorded with its own digest, as a bug
+/// might have written it) is refused when decoded. Either way, named.
 #[test]
-fn a_replica_with_an_undecodable_state_record_refuses_to_start() {
+fn a_replica_whose_snapshot_is_damaged_refuses_to_start() {
     let mut stopped = cluster_with_a_stopped_follower();
     let follower = stopped.follower;
-    let run = *stopped
-        .submitted
-        .iter()
-        .nth(RUNS / 2)
-        .expect("a run in the middle");
-    let key = format!("run/{run:020}");
-    edit_db(&stopped.cluster, follower, |db| {
-        let state = db.open_tree("state").expect("state tree");
-        let stored = state
-            .get(key.as_bytes())
-            .expect("read")
-            .unwrap_or_else(|| panic!("record {key} is stored"));
-        let record: Value = serde_json::from_slice(&stored).expect("a JSON record");
-        assert_eq!(record["id"], run, "{record}");
-        state
-            .insert(key.as_bytes(), &b"{\"id\": not JSON"[..])
-            .expect("overwrite the record");
+    let path = edit_db(&stopped.cluster, follower, |db| {
+        let (path, _) = snapshot_file(&stopped.cluster, follower, db);
+        let mut data = std::fs::read(&path).expect("read the snapshot file");
+        let state: Value = serde_json::from_slice(&data).expect("JSON state");
+        assert_eq!(
+            state["members"].as_array().map(Vec::len),
+            Some(3),
+            "{state}"
+        );
+        data[0] ^= 0xff;
+        std::fs::write(&path, &data).expect("damage the snapshot file");
+        path
     });
-
     let log = restart_expecting_refusal(&mut stopped.cluster, follower);
-    let named = format!("the state database is corrupt: record {key:?} cannot be decoded");
+    let named = format!(
+        "the raft log storage is corrupt at snapshot file {}",
+        path.display()
+    );
     assert!(log.contains(&named), "expected {named:?} in:\n{log}");
 
+    edit_db(&stopped.cluster, follower, |db| {
+        let (path, mut record) = snapshot_file(&stopped.cluster, follower, db);
+        let data = b"{\"runs\": not JSON";
+        std::fs::write(&path, data).expect("replace the snapshot file");
+        record["size"] = data.len().into();
+        record["blake3"] = blake3::hash(data).to_hex().to_string().into();
+        db.open_tree("raft_snapshot")
+            .expect("raft_snapshot tree")
+            .insert("file", serde_json::to_vec(&record).expect("a record"))
+            .expect("record the new file");
+    });
+    let log = restart_expecting_refusal(&mut stopped.cluster, follower);
+    let named = "the state database is corrupt: record \"raft snapshot (raft_snapshot tree)\" \
+                 cannot be decoded";
+    assert!(log.contains(named), "expected {named:?} in:\n{log}");
+
     survivors_serve_one_state(&stopped);
 }
 
-/// A data directory left by a coordinator from before replication holds state but
-/// no Raft log (simulated by dropping the Raft trees): a one-member cluster carries
-/// the runs over; a three-member configuration refuses it rather than diverge.
+/// A data directory left by a coordinator from before replication holds one
+/// record per run in a `state` tree and no Raft log. It is made here from a
+/// one-member cluster's last snapshot (`snapshot_every = 1`, so the snapshot holds
+/// every run): its runs written as such records, the Raft trees emptied. A
+/// one-member cluster carries the runs over; a three-member configuration refuses
+/// the directory rather than diverge.
 #[test]
 fn state_from_before_replication_is_carried_over_by_one_member_only() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_replicated(1, "[raft]\nsnapshot_every = 1\n");
     let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
     let runs: BTreeSet<u64> = (0..3).map(|_| cluster.submit(&hello, &[])).collect();
     cluster.terminate_member(1);
-    let drop_raft_trees = |cluster: &Cluster| {
+    let drop_raft_trees = |cluster: &Cluster, expected_runs: usize| {
         let db = sled::open(state_db(cluster, 1)).expect("open the stopped member's database");
-        for tree in ["raft_log", "raft_meta"] {
+        {
+            let (path, _) = snapshot_file(cluster, 1, &db);
+            let data = std::fs::read(&path).expect("read the snapshot file");
+            let data: Value = serde_json::from_slice(&data).expect("JSON state");
+            let state = db.open_tree("state").expect("state tree");
+            let stored_runs = data["runs"].as_array().expect("runs");
+            assert_eq!(
+                stored_runs.len(),
+                expected_runs,
+                "the snapshot holds every run: {data}"
+            );
+            for run in stored_runs {
+                let id = run["id"].as_u64().expect("a run id");
+                let record = serde_json::to_vec(run).expect("a record");
+                state
+                    .insert(format!("run/{id:020}"), record)
+                    .expect("write a run record");
+            }
+            let next = data["next_run_id"].as_u64().expect("the next run id");
+            state
+                .insert("meta/next_run_id", &next.to_be_bytes())
+                .expect("write the run counter");
+        }
+        for tree in ["raft_log", "raft_meta", "raft_snapshot"] {
             db.open_tree(tree)
                 .and_then(|t| t.clear())
                 .expect("empty a Raft tree");
         }
+        std::fs::remove_dir_all(cluster.path("coordinator-1-data/snapshots"))
+            .expect("remove the snapshot files");
         db.flush().expect("flush");
     };
-    drop_raft_trees(&cluster);
+    drop_raft_trees(&cluster, runs.len());
     cluster.start_coordinator();
     assert_eq!(cluster.run_ids(None, false), Some(runs.clone()));
     // Still a working cluster: a new run gets the next id.
@@ -364,7 +378,7 @@ fn state_from_before_replication_is_carried_over_by_one_member_only() {
 
     // The same directory named in a three-member configuration is refused.
     cluster.terminate_member(1);
-    drop_raft_trees(&cluster);
+    drop_raft_trees(&cluster, runs.len() + 1);
     cluster.add_coordinator_slot(2);
     cluster.add_coordinator_slot(3);
     let served_before = cluster.member_log(1).matches(SERVING).count();
@@ -382,13 +396,12 @@ fn state_from_before_replication_is_carried_over_by_one_member_only() {
     assert_eq!(log.matches(SERVING).count(), served_before, "{log}");
 }
 
-/// A crash while a follower installs a snapshot can leave the snapshot in its
-/// Raft log but not yet in its state (the log is written first). Simulated by
-/// taking every run out of a stopped follower's state and winding its applied
-/// index back: at start it finishes the installation from the log's snapshot and
-/// catches up, instead of refusing or serving the old state.
+/// A member rebuilds its state from its own log alone: the snapshot left by the
+/// last compaction, then the committed entries after it, applied again. All three
+/// members are stopped and only a former follower is started: with no peer to
+/// copy from, a stale read must still show every run.
 #[test]
-fn an_interrupted_snapshot_installation_is_finished_at_start() {
+fn a_member_alone_rebuilds_its_state_from_snapshot_and_log() {
     let mut cluster = Cluster::start_replicated(3, "[raft]\nsnapshot_every = 4\n");
     let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
     let runs: BTreeSet<u64> = (0..12).map(|_| cluster.submit(&hello, &[])).collect();
@@ -399,46 +412,32 @@ fn an_interrupted_snapshot_installation_is_finished_at_start() {
         "the follower to hold every run",
         || (cluster.run_ids(Some(follower), true)? == runs).then_some(()),
     );
+    let before = cluster
+        .runs_listing(Some(follower), true)
+        .expect("a listing");
+    for id in (1..=3).filter(|id| *id != follower) {
+        cluster.terminate_member(id);
+    }
     cluster.terminate_member(follower);
-    let snapshot_index = edit_db(&cluster, follower, |db| {
-        let state = db.open_tree("state").expect("state tree");
-        let applied = u64::from_be_bytes(
-            state
-                .get(b"meta/applied_index")
-                .expect("read")
-                .expect("an applied index")
-                .as_ref()
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let snapshot_index = match log_indexes(&db.open_tree("raft_log").expect("raft_log")).first()
-        {
-            Some(first) => first - 1,
-            None => applied,
-        };
-        for key in state.scan_prefix(b"run/").keys() {
-            state.remove(key.expect("a run key")).expect("remove a run");
-        }
-        state
-            .insert(b"meta/next_run_id", &1u64.to_be_bytes())
-            .expect("wind the run counter back");
-        state
-            .insert(b"meta/applied_index", &1u64.to_be_bytes())
-            .expect("wind the applied index back");
-        snapshot_index
+    let (snapshot_index, last_index) = edit_db(&cluster, follower, |db| {
+        let indexes = log_indexes(&db.open_tree("raft_log").expect("raft_log"));
+        let first = *indexes.first().expect("entries after the snapshot");
+        (first - 1, *indexes.last().expect("entries"))
     });
     assert!(snapshot_index > 1, "the follower's log was compacted");
     cluster.spawn_coordinator(follower, false);
     wait_for(
         Duration::from_secs(30),
-        "the follower to hold every run again",
-        || (cluster.run_ids(Some(follower), true)? == runs).then_some(()),
+        "the member to serve its own state",
+        || (cluster.runs_listing(Some(follower), true)? == before).then_some(()),
     );
+    let log = cluster.member_log(follower);
+    let loaded = log
+        .lines()
+        .rfind(|line| line.contains("state loaded"))
+        .unwrap_or_else(|| panic!("a `state loaded` line in:\n{log}"));
     assert!(
-        cluster
-            .member_log(follower)
-            .contains("finishing an interrupted snapshot installation"),
-        "{}",
-        cluster.member_log(follower)
+        loaded.contains(&format!("snapshot_index={snapshot_index}")),
+        "started from the snapshot at {snapshot_index} (log up to {last_index}): {loaded}"
     );
 }

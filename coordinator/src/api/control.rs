@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferry_common::pki::{Role, require_role};
 use ferry_common::proto::{self, control_server::Control};
-use ferry_common::spec::parse_pipeline;
+use ferry_common::spec::{Pipeline, SpecError, parse_pipeline};
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,6 +21,56 @@ const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 pub struct ControlService {
     node: Arc<Node>,
+    parsed: ParsedPipelines,
+}
+
+/// Pipelines already parsed and validated, by a hash of what determines the
+/// result (file name, text, parameter overrides): a sweep or a scheduled job
+/// submits the same spec again and again, and YAML parsing was a tenth of a
+/// submission's cost. Only valid specs are kept; parsing is pure, so a hit
+/// answers exactly what parsing would.
+#[derive(Default)]
+struct ParsedPipelines(std::sync::Mutex<HashMap<[u8; 32], Pipeline>>);
+
+/// Distinct specs remembered; when full the cache starts over.
+const PARSED_PIPELINES_KEPT: usize = 256;
+
+impl ParsedPipelines {
+    fn parse(
+        &self,
+        file: &str,
+        yaml: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Pipeline, SpecError> {
+        let mut hasher = blake3::Hasher::new();
+        for part in [file, yaml] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        for (name, value) in overrides {
+            for part in [name, value] {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part.as_bytes());
+            }
+        }
+        let key = *hasher.finalize().as_bytes();
+        if let Some(pipeline) = self.lock().get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = parse_pipeline(file, yaml, overrides)?;
+        let mut parsed = self.lock();
+        if parsed.len() >= PARSED_PIPELINES_KEPT {
+            parsed.clear();
+        }
+        parsed.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pipeline>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl ControlService {
@@ -33,7 +83,10 @@ impl ControlService {
     }
 
     pub fn new(node: Arc<Node>) -> ControlService {
-        ControlService { node }
+        ControlService {
+            node,
+            parsed: ParsedPipelines::default(),
+        }
     }
 
     async fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
@@ -244,7 +297,8 @@ impl Control for ControlService {
             submit.spec_file.clone()
         };
         let overrides: BTreeMap<String, String> = submit.params.into_iter().collect();
-        let pipeline = parse_pipeline(&file, &submit.spec_yaml, &overrides)
+        let pipeline = (self.parsed)
+            .parse(&file, &submit.spec_yaml, &overrides)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if super::is_digest(&submit.bundle_digest) {
             self.node.ensure_blob(&submit.bundle_digest).await
@@ -286,7 +340,7 @@ impl Control for ControlService {
         self.consistent_read(request.get_ref().stale).await?;
         let runs = self
             .node
-            .read(|state| state.runs.values().map(run_summary).collect());
+            .read(|state| state.runs.values().map(|run| run_summary(run)).collect());
         Ok(Response::new(proto::ListRunsResponse { runs }))
     }
 

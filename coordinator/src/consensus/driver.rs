@@ -1,8 +1,8 @@
 //! The Raft loop: one task owns the raft-rs `RawNode` and drives it through
 //! `tick`/`step`/`propose`, then handles each `Ready` in the order raft-rs
 //! requires: send what may go before persistence, install a snapshot, apply the
-//! committed entries to the state machine, append new entries and the hard state,
-//! flush once (the Raft log and the state share one sled database), and only then
+//! committed entries to the in-memory state machine, append new entries and the
+//! hard state, flush the log once, and only then
 //! answer proposers, send the messages that depend on the flush, and push work to
 //! workers.
 //!
@@ -10,6 +10,12 @@
 //! proposer learns its result when that entry is applied. An entry proposed here
 //! but replaced by another leader's entry at the same index fails its callers with
 //! `NotCommitted`, which is safe to retry.
+//!
+//! The state machine is never written record by record: the log (a snapshot of the
+//! whole state plus the entries after it) is its durable form. Compaction every
+//! `snapshot_every` entries replaces the oldest entries with a fresh snapshot; a
+//! start decodes the snapshot and raft-rs hands back the committed entries after
+//! it, which are applied again exactly as the first time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use super::transport::{Feedback, Transport};
 use crate::config::RaftSettings;
 use crate::node::{Node, ProposeError};
 use crate::state::{Command, Member, Outcome, StateError};
-use crate::store::Store;
+use crate::store::{StateImage, Store};
 
 /// Most commands in one Raft entry.
 const MAX_COMMANDS_PER_ENTRY: usize = 4096;
@@ -159,6 +165,10 @@ pub struct Driver {
     settings: RaftSettings,
     applied: u64,
     snapshot_index: u64,
+    /// The index of the snapshot being made on another thread, if any.
+    compacting: Option<u64>,
+    compacted: mpsc::UnboundedSender<Result<u64, String>>,
+    compactions: Option<mpsc::UnboundedReceiver<Result<u64, String>>>,
     next_seq: u64,
     pending: HashMap<u64, PendingBatch>,
     next_read: u64,
@@ -223,6 +233,7 @@ impl Driver {
     ) -> Result<Driver, raft::Error> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let snapshot_index = log.first_index()?.saturating_sub(1);
+        let (compacted, compactions) = mpsc::unbounded_channel();
         let wanted = DriverLog {
             log: log.clone(),
             snapshot_wanted: Arc::default(),
@@ -241,6 +252,9 @@ impl Driver {
             settings,
             applied,
             snapshot_index,
+            compacting: None,
+            compacted,
+            compactions: Some(compactions),
             next_seq: 1,
             pending: HashMap::new(),
             next_read: 1,
@@ -266,9 +280,11 @@ impl Driver {
         {
             tracing::warn!(%error, "cannot start an election");
         }
+        let mut compactions = self.compactions.take().expect("run is called once");
         loop {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(result) = compactions.recv() => self.compaction_finished(result),
                 _ = ticker.tick() => {
                     self.raw.tick();
                     if let Err(error) = self.maybe_compact() {
@@ -537,16 +553,11 @@ impl Driver {
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
-        // The log first: a crash between the two leaves a log whose snapshot is
-        // ahead of the state, which `Node::start` repairs from the stored snapshot.
-        let data = snapshot.data.clone();
+        // Decoded before anything is written: a snapshot that does not decode
+        // changes nothing here.
+        let state = Store::state_from_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
         self.log
             .apply_snapshot(snapshot)
-            .map_err(|e| e.to_string())?;
-        let state = self
-            .node
-            .store
-            .install_snapshot(&data, index)
             .map_err(|e| e.to_string())?;
         self.transport.set_members(&state.members);
         self.node.replace_state(state);
@@ -578,7 +589,15 @@ impl Driver {
                             serde_json::from_slice(&entry.data).map_err(|e| {
                                 format!("raft entry {} does not decode: {e}", entry.index)
                             })?;
-                        let mut replies = if batch.origin == me {
+                        // The index check keeps an entry replayed from before a
+                        // restart (whose sequence number may be reused) from
+                        // answering a new proposal.
+                        let ours = batch.origin == me
+                            && self
+                                .pending
+                                .get(&batch.seq)
+                                .is_some_and(|p| p.index == entry.index);
+                        let mut replies = if ours {
                             self.pending.remove(&batch.seq).map(|p| p.replies)
                         } else {
                             None
@@ -631,10 +650,9 @@ impl Driver {
                 }
                 self.applied = entry.index;
             }
-            self.node
-                .store
-                .stage(&mut state, self.applied)
-                .map_err(|e| e.to_string())?;
+            // The log is the durable form of the state; the change set is only
+            // for callers that look at what the last commands touched.
+            state.dirty = Default::default();
         }
         // Pending batches at or below the applied index that were not matched above
         // were replaced by another leader's entries: they will never commit.
@@ -658,9 +676,17 @@ impl Driver {
         Ok(())
     }
 
+    /// Starts a snapshot of the state at the applied index when `snapshot_every`
+    /// entries were applied since the last one, or a peer needs a fresher one.
+    /// Taking the image is cheap (runs are shared); encoding it and writing it
+    /// happen on a blocking thread while this loop goes on, and the log is
+    /// truncated only once the snapshot is durable (`compaction_finished`).
     fn maybe_compact(&mut self) -> Result<(), String> {
-        let wanted = self.wanted.take_snapshot_request();
-        if self.applied < self.snapshot_index + self.settings.snapshot_every && !wanted {
+        if self.compacting.is_some() {
+            return Ok(());
+        }
+        let due = self.applied >= self.snapshot_index + self.settings.snapshot_every;
+        if !due && !self.wanted.take_snapshot_request() {
             return Ok(());
         }
         let index = self.applied;
@@ -671,20 +697,46 @@ impl Driver {
             .term(index)
             .map_err(|e| e.to_string())?;
         let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
-        let data = self.node.read(Store::snapshot_data);
-        let mut snapshot = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let metadata = snapshot.mut_metadata();
-        metadata.index = index;
-        metadata.term = term;
-        metadata.set_conf_state(conf_state);
-        let bytes = snapshot.data.len();
-        self.log.compact(snapshot).map_err(|e| e.to_string())?;
-        self.snapshot_index = index;
-        tracing::info!(index, bytes, "log compacted into a snapshot");
+        let image = self.node.read(StateImage::of);
+        let (log, done) = (self.log.clone(), self.compacted.clone());
+        self.compacting = Some(index);
+        tokio::task::spawn_blocking(move || {
+            let began = std::time::Instant::now();
+            let data = image.encode();
+            drop(image);
+            let encode_ms = began.elapsed().as_millis() as u64;
+            let bytes = data.len();
+            let mut snapshot = Snapshot {
+                data: data.into(),
+                ..Default::default()
+            };
+            let metadata = snapshot.mut_metadata();
+            metadata.index = index;
+            metadata.term = term;
+            metadata.set_conf_state(conf_state);
+            let result = log.compact(snapshot).map_err(|e| e.to_string());
+            if result.is_ok() {
+                tracing::info!(
+                    index,
+                    bytes,
+                    encode_ms,
+                    total_ms = began.elapsed().as_millis() as u64,
+                    "log compacted into a snapshot"
+                );
+            }
+            let _ = done.send(result.map(|()| index));
+        });
         Ok(())
+    }
+
+    fn compaction_finished(&mut self, result: Result<u64, String>) {
+        self.compacting = None;
+        match result {
+            Ok(index) => self.snapshot_index = self.snapshot_index.max(index),
+            // The log keeps its entries; the next compaction tries again. (Refused
+            // also when a snapshot from the leader was installed meanwhile.)
+            Err(error) => tracing::warn!(%error, "cannot make a snapshot"),
+        }
     }
 }
 

@@ -32,6 +32,11 @@ mod tests;
 pub enum LogStoreError {
     #[error("raft log storage error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("raft snapshot file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     /// Stored data breaks the log's invariants; `what` names the key or index.
     #[error(
         "the raft log storage is corrupt at {what}: {detail}; restore the data directory \
@@ -326,15 +331,28 @@ const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
 const HARD_STATE_KEY: &str = "hard_state";
 const CONF_STATE_KEY: &str = "conf_state";
+const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_KEY: &str = "snapshot";
+const SNAPSHOT_FILE_KEY: &str = "file";
 
-/// On sled, in two trees of the given db: `raft_log` (key = index as 8 big-endian
-/// bytes, value = protobuf-encoded `Entry`) and `raft_meta` (`hard_state`,
-/// `conf_state` and `snapshot`, the full `Snapshot` with its data).
+/// On sled, in three trees of the given db: `raft_log` (key = index as 8
+/// big-endian bytes, value = protobuf-encoded `Entry`), `raft_meta`
+/// (`hard_state`, `conf_state`) and `raft_snapshot` (`snapshot`: the latest
+/// `Snapshot` without its data; `file`: where its data is, with size and BLAKE3
+/// digest). The data itself, the whole state machine, is a file in the snapshot
+/// directory: written and fsynced before the records that name it, outside the
+/// log's lock, so compacting a large state holds up appends only for the short
+/// transaction that switches to it. (Kept in sled, a value of hundreds of
+/// megabytes is rewritten whenever a neighbouring key changes.)
 #[derive(Clone)]
 pub struct SledLog {
     log: sled::Tree,
     meta: sled::Tree,
+    snapshots: sled::Tree,
+    snapshot_dir: Arc<std::path::PathBuf>,
+    /// Held for a whole snapshot store (file, switch, flush, cleanup), so that
+    /// two of them (a compaction and an installation) never remove each other's file.
+    snapshot_writer: Arc<Mutex<()>>,
     /// What raft asks for most, kept in step with sled (the source of truth) by
     /// holding the lock across every write; reads hold it too, so they never see a
     /// half-applied write.
@@ -346,11 +364,54 @@ struct Cache {
     conf_state: ConfState,
     snapshot: SnapshotMetadata,
     last_index: u64,
+    /// The log's terms as runs: `(first index, term)`, ascending, covering
+    /// `snapshot.index + 1 ..= last_index`. Raft asks for terms on every append and
+    /// every message; this answers without reading and decoding a stored entry.
+    terms: TermRuns,
 }
 
 impl Cache {
     fn span(&self) -> Span {
         Span::new(self.snapshot.index, self.last_index)
+    }
+}
+
+/// Runs of equal terms in a log: each `(first index, term)` holds from its index
+/// up to the next run's. Terms never decrease along a log, so a log of millions of
+/// entries has as many runs as it saw leaders.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct TermRuns(std::collections::VecDeque<(u64, u64)>);
+
+impl TermRuns {
+    /// The term of `index`, which the caller knows lies inside the covered range.
+    fn term(&self, index: u64) -> Option<u64> {
+        let after = self.0.partition_point(|(first, _)| *first <= index);
+        after.checked_sub(1).map(|run| self.0[run].1)
+    }
+
+    /// Records `index` with `term`, after everything from `index` on was dropped.
+    fn push(&mut self, index: u64, term: u64) {
+        if self.0.back().is_none_or(|(_, last)| *last != term) {
+            self.0.push_back((index, term));
+        }
+    }
+
+    /// Forgets every index at or after `index`.
+    fn truncate_from(&mut self, index: u64) {
+        while self.0.back().is_some_and(|(first, _)| *first >= index) {
+            self.0.pop_back();
+        }
+    }
+
+    /// Forgets every index at or below `index` (compacted away).
+    fn compact_to(&mut self, index: u64) {
+        while self.0.len() >= 2 && self.0[1].0 <= index + 1 {
+            self.0.pop_front();
+        }
+        match self.0.front_mut() {
+            Some(front) if front.0 <= index => front.0 = index + 1,
+            _ => {}
+        }
     }
 }
 
@@ -369,10 +430,54 @@ fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, LogStoreE
 }
 
 fn read_meta<M: protobuf::Message>(meta: &sled::Tree, key: &str) -> Result<M, LogStoreError> {
-    match meta.get(key)? {
-        Some(bytes) => decode(&format!("{META_TREE} key {key}"), &bytes),
+    read_key(meta, META_TREE, key)
+}
+
+fn read_key<M: protobuf::Message>(
+    tree: &sled::Tree,
+    name: &str,
+    key: &str,
+) -> Result<M, LogStoreError> {
+    match tree.get(key)? {
+        Some(bytes) => decode(&format!("{name} key {key}"), &bytes),
         None => Ok(M::new()),
     }
+}
+
+/// Where a snapshot's data is: a file of the snapshot directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct DataFile {
+    name: String,
+    size: u64,
+    blake3: String,
+}
+
+fn file_error(path: &std::path::Path, source: std::io::Error) -> LogStoreError {
+    LogStoreError::File {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn read_data_file(snapshots: &sled::Tree) -> Result<Option<DataFile>, LogStoreError> {
+    let Some(bytes) = snapshots.get(SNAPSHOT_FILE_KEY)? else {
+        return Ok(None);
+    };
+    let what = format!("{SNAPSHOT_TREE} key {SNAPSHOT_FILE_KEY}");
+    let file: DataFile = serde_json::from_slice(&bytes)
+        .map_err(|error| corrupt(&what, format!("cannot decode: {error}")))?;
+    let plain = !file.name.is_empty()
+        && file
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !plain || file.name.starts_with('.') {
+        return Err(corrupt(
+            what,
+            format!("{:?} is not a snapshot file name", file.name),
+        ));
+    }
+    Ok(Some(file))
 }
 
 /// Decodes entry `index` from its stored bytes, which must be there and agree.
@@ -389,8 +494,12 @@ fn decode_entry(index: u64, bytes: Option<&[u8]>) -> Result<Entry, LogStoreError
 }
 
 /// Walks the whole log once and returns its last index, or the first broken rule.
-fn verify_log(log: &sled::Tree, snapshot: &SnapshotMetadata) -> Result<u64, LogStoreError> {
+fn verify_log(
+    log: &sled::Tree,
+    snapshot: &SnapshotMetadata,
+) -> Result<(u64, TermRuns), LogStoreError> {
     let (mut last_index, mut last_term) = (snapshot.index, snapshot.term);
+    let mut terms = TermRuns::default();
     for item in log.iter() {
         let (key, value) = item?;
         let Ok(index) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
@@ -412,9 +521,17 @@ fn verify_log(log: &sled::Tree, snapshot: &SnapshotMetadata) -> Result<u64, LogS
             let detail = format!("term {term} is below the term {last_term} of index {last_index}");
             return Err(corrupt(what, detail));
         }
+        terms.push(index, term);
         (last_index, last_term) = (index, term);
     }
-    Ok(last_index)
+    Ok((last_index, terms))
+}
+
+fn transaction_error(error: TransactionError<Infallible>) -> LogStoreError {
+    match error {
+        TransactionError::Storage(error) => LogStoreError::Sled(error),
+        TransactionError::Abort(never) => match never {},
+    }
 }
 
 /// A batch removing `indexes` from the log.
@@ -427,12 +544,44 @@ fn removal(indexes: RangeInclusive<u64>) -> Batch {
 impl SledLog {
     /// Opens and verifies the log; any broken invariant is `Corrupt`, naming what.
     /// An empty db is fine (a fresh member).
-    pub fn open(db: &sled::Db) -> Result<SledLog, LogStoreError> {
+    pub fn open(db: &sled::Db, snapshot_dir: &std::path::Path) -> Result<SledLog, LogStoreError> {
         let (log, meta) = (db.open_tree(LOG_TREE)?, db.open_tree(META_TREE)?);
+        let snapshots = db.open_tree(SNAPSHOT_TREE)?;
+        let snapshot_dir = Arc::new(snapshot_dir.to_path_buf());
+        if let Some(old) = meta.get(SNAPSHOT_KEY)? {
+            // Written when the whole snapshot lived in `raft_meta`: its data moves
+            // to a file, its metadata to the snapshot tree.
+            let what = format!("{META_TREE} key {SNAPSHOT_KEY}");
+            let mut snapshot: Snapshot = decode(&what, &old)?;
+            let data = std::mem::take(&mut snapshot.data);
+            let file = write_data_file(&snapshot_dir, snapshot.get_metadata(), &data)?;
+            let moved = (&meta, &snapshots).transaction(|(meta, snapshots)| {
+                snapshots.insert(SNAPSHOT_KEY, encode_tx(&snapshot)?)?;
+                snapshots.insert(SNAPSHOT_FILE_KEY, file_record(&file))?;
+                meta.remove(SNAPSHOT_KEY)?;
+                Ok::<(), ConflictableTransactionError<Infallible>>(())
+            });
+            moved.map_err(transaction_error)?;
+            db.flush()?;
+        }
         let hard_state: HardState = read_meta(&meta, HARD_STATE_KEY)?;
         let conf_state = read_meta(&meta, CONF_STATE_KEY)?;
-        let snapshot = read_meta::<Snapshot>(&meta, SNAPSHOT_KEY)?.take_metadata();
-        let last_index = verify_log(&log, &snapshot)?;
+        let snapshot =
+            read_key::<Snapshot>(&snapshots, SNAPSHOT_TREE, SNAPSHOT_KEY)?.take_metadata();
+        let file = read_data_file(&snapshots)?;
+        if let Some(file) = &file {
+            let path = snapshot_dir.join(&file.name);
+            let found = std::fs::metadata(&path).map(|m| m.len());
+            if found.as_ref().ok() != Some(&file.size) {
+                let detail = match found {
+                    Ok(size) => format!("{size} bytes where {} were written", file.size),
+                    Err(error) => error.to_string(),
+                };
+                return Err(corrupt(format!("snapshot file {}", path.display()), detail));
+            }
+        }
+        remove_other_data_files(&snapshot_dir, file.as_ref().map(|f| f.name.as_str()));
+        let (last_index, terms) = verify_log(&log, &snapshot)?;
         let commit = hard_state.commit;
         if commit > last_index {
             let detail = format!("commit index {commit} is beyond the last log index {last_index}");
@@ -443,15 +592,23 @@ impl SledLog {
             conf_state,
             snapshot,
             last_index,
+            terms,
         };
         let cache = Arc::new(Mutex::new(cache));
-        Ok(SledLog { log, meta, cache })
+        Ok(SledLog {
+            log,
+            meta,
+            snapshots,
+            snapshot_dir,
+            snapshot_writer: Arc::default(),
+            cache,
+        })
     }
 
     /// True when nothing was ever stored (no hard state, no conf state, no entries,
     /// no snapshot).
     pub fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.meta.is_empty()
+        self.log.is_empty() && self.meta.is_empty() && self.snapshots.is_empty()
     }
 
     /// The term at `index`, which must lie in `snapshot.index ..= last_index`.
@@ -459,21 +616,148 @@ impl SledLog {
         if index == cache.snapshot.index {
             return Ok(cache.snapshot.term);
         }
+        if let Some(term) = cache.terms.term(index) {
+            return Ok(term);
+        }
         let bytes = self.log.get(index.to_be_bytes())?;
         Ok(decode_entry(index, bytes.as_deref())?.term)
     }
 
-    /// Applies both batches in one sled transaction, so a crash keeps all or nothing.
-    fn write_both(&self, log_batch: Batch, meta_batch: Batch) -> Result<(), LogStoreError> {
-        let written = (&self.log, &self.meta).transaction(|(log, meta)| {
-            log.apply_batch(&log_batch)?;
-            meta.apply_batch(&meta_batch)?;
-            Ok::<(), ConflictableTransactionError<Infallible>>(())
-        });
-        written.map_err(|error| match error {
-            TransactionError::Storage(error) => LogStoreError::Sled(error),
-            TransactionError::Abort(never) => match never {},
-        })
+    /// Writes a snapshot's data to its file (no lock held: it may be large), then
+    /// under the lock checks the request, switches to the new snapshot and applies
+    /// both batches in one sled transaction (a crash keeps all or nothing), flushes,
+    /// and only then removes older snapshot files. `batches` builds the log and
+    /// meta batches from the checked span.
+    fn store_snapshot(
+        &self,
+        mut snapshot: Snapshot,
+        check: impl Fn(&Self, &Cache) -> Result<(), LogStoreError>,
+        batches: impl FnOnce(&Cache, &SnapshotMetadata) -> (Batch, Batch),
+        update: impl FnOnce(&mut Cache, &SnapshotMetadata),
+    ) -> Result<(), LogStoreError> {
+        let _writer = lock(&self.snapshot_writer);
+        {
+            // Refused before any file is written, when it can be told already.
+            let cache = lock(&self.cache);
+            check(self, &cache)?;
+        }
+        let data = std::mem::take(&mut snapshot.data);
+        let file = (!data.is_empty())
+            .then(|| write_data_file(&self.snapshot_dir, snapshot.get_metadata(), &data))
+            .transpose()?;
+        drop(data);
+        let mut cache = lock(&self.cache);
+        // Again: the log may have changed while the file was written.
+        if let Err(error) = check(self, &cache) {
+            if let Some(file) = &file {
+                let _ = std::fs::remove_file(self.snapshot_dir.join(&file.name));
+            }
+            return Err(error);
+        }
+        let metadata = snapshot.get_metadata().clone();
+        let (log_batch, meta_batch) = batches(&cache, &metadata);
+        let encoded = encode(&snapshot)?;
+        let written =
+            (&self.log, &self.meta, &self.snapshots).transaction(|(log, meta, snapshots)| {
+                log.apply_batch(&log_batch)?;
+                meta.apply_batch(&meta_batch)?;
+                snapshots.insert(SNAPSHOT_KEY, encoded.as_slice())?;
+                match &file {
+                    Some(file) => snapshots.insert(SNAPSHOT_FILE_KEY, file_record(file))?,
+                    None => snapshots.remove(SNAPSHOT_FILE_KEY)?,
+                };
+                Ok::<(), ConflictableTransactionError<Infallible>>(())
+            });
+        written.map_err(transaction_error)?;
+        update(&mut cache, &metadata);
+        drop(cache);
+        // The old file may go only once nothing durable names it any more.
+        self.log.flush()?;
+        remove_other_data_files(&self.snapshot_dir, file.as_ref().map(|f| f.name.as_str()));
+        Ok(())
+    }
+
+    /// The latest snapshot with its data, read from its file and verified.
+    fn read_snapshot(&self) -> Result<Snapshot, LogStoreError> {
+        let mut snapshot: Snapshot = read_key(&self.snapshots, SNAPSHOT_TREE, SNAPSHOT_KEY)?;
+        if let Some(file) = read_data_file(&self.snapshots)? {
+            let path = self.snapshot_dir.join(&file.name);
+            let data = std::fs::read(&path).map_err(|e| file_error(&path, e))?;
+            let digest = blake3::hash(&data).to_hex().to_string();
+            if data.len() as u64 != file.size || digest != file.blake3 {
+                let detail = format!(
+                    "{} bytes with digest {digest}; {} bytes with digest {} were written",
+                    data.len(),
+                    file.size,
+                    file.blake3
+                );
+                return Err(corrupt(format!("snapshot file {}", path.display()), detail));
+            }
+            snapshot.data = data.into();
+        }
+        Ok(snapshot)
+    }
+}
+
+fn encode_tx(
+    message: &impl protobuf::Message,
+) -> Result<Vec<u8>, ConflictableTransactionError<Infallible>> {
+    Ok(message.write_to_bytes().expect("raft messages encode"))
+}
+
+fn file_record(file: &DataFile) -> Vec<u8> {
+    serde_json::to_vec(file).expect("file records encode")
+}
+
+/// Writes `data` to a new file named after the snapshot, durably: a temporary
+/// file, fsynced, renamed into place, the directory fsynced.
+fn write_data_file(
+    dir: &std::path::Path,
+    metadata: &SnapshotMetadata,
+    data: &[u8],
+) -> Result<DataFile, LogStoreError> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    let name = format!(
+        "snapshot-{:020}-{:020}-{}.bin",
+        metadata.index,
+        metadata.term,
+        &blake3::hash(data).to_hex()[..16]
+    );
+    let path = dir.join(&name);
+    let temporary = dir.join(format!(".{name}.partial"));
+    let mut file = std::fs::File::create(&temporary).map_err(|e| file_error(&temporary, e))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| file_error(&temporary, e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| file_error(&path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_error(dir, e))?;
+    Ok(DataFile {
+        name,
+        size: data.len() as u64,
+        blake3: blake3::hash(data).to_hex().to_string(),
+    })
+}
+
+/// Removes snapshot files (and partial ones) other than `keep`. Failures are only
+/// logged: a leftover file wastes space but is never read.
+fn remove_other_data_files(dir: &std::path::Path, keep: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with("snapshot-") || name.starts_with(".snapshot-");
+        if ours
+            && Some(name.as_ref()) != keep
+            && let Err(error) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(file = %entry.path().display(), %error, "cannot remove an old snapshot file");
+        }
     }
 }
 
@@ -490,6 +774,10 @@ impl LogStore for SledLog {
             batch.insert(&entry.index.to_be_bytes(), encode(entry)?);
         }
         self.log.apply_batch(batch)?;
+        cache.terms.truncate_from(entries[0].index);
+        for entry in entries {
+            cache.terms.push(entry.index, entry.term);
+        }
         cache.last_index = last.index;
         Ok(())
     }
@@ -514,39 +802,57 @@ impl LogStore for SledLog {
     }
 
     fn compact(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
-        let mut cache = lock(&self.cache);
-        let (span, metadata) = (cache.span(), snapshot.get_metadata());
-        span.check_compact(metadata, &|index| self.term_at(&cache, index))?;
-        let mut meta_batch = Batch::default();
-        meta_batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
-        self.write_both(
-            removal(span.snapshot_index + 1..=metadata.index),
-            meta_batch,
-        )?;
-        cache.snapshot = metadata.clone();
-        Ok(())
+        let requested = snapshot.get_metadata().clone();
+        self.store_snapshot(
+            snapshot,
+            |log, cache| {
+                cache
+                    .span()
+                    .check_compact(&requested, &|index| log.term_at(cache, index))
+            },
+            |cache, metadata| {
+                let from = cache.snapshot.index + 1;
+                (removal(from..=metadata.index), Batch::default())
+            },
+            |cache, metadata| {
+                cache.terms.compact_to(metadata.index);
+                cache.snapshot = metadata.clone();
+            },
+        )
     }
 
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
-        let mut cache = lock(&self.cache);
-        let (span, metadata) = (cache.span(), snapshot.get_metadata());
-        span.check_install(metadata)?;
-        let mut hard_state = cache.hard_state.clone();
-        hard_state.term = cmp::max(hard_state.term, metadata.term);
-        hard_state.commit = metadata.index;
-        let mut meta_batch = Batch::default();
-        meta_batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
-        meta_batch.insert(CONF_STATE_KEY, encode(metadata.get_conf_state())?);
-        meta_batch.insert(HARD_STATE_KEY, encode(&hard_state)?);
-        self.write_both(
-            removal(span.snapshot_index + 1..=span.last_index),
-            meta_batch,
-        )?;
-        cache.conf_state = metadata.get_conf_state().clone();
-        cache.hard_state = hard_state;
-        cache.snapshot = metadata.clone();
-        cache.last_index = metadata.index;
-        Ok(())
+        let requested = snapshot.get_metadata().clone();
+        // The hard state after installing: the snapshot commits up to its index.
+        let installed = |cache: &Cache, metadata: &SnapshotMetadata| {
+            let mut hard_state = cache.hard_state.clone();
+            hard_state.term = cmp::max(hard_state.term, metadata.term);
+            hard_state.commit = metadata.index;
+            hard_state
+        };
+        self.store_snapshot(
+            snapshot,
+            |_, cache| cache.span().check_install(&requested),
+            |cache, metadata| {
+                let mut meta_batch = Batch::default();
+                let conf_state = metadata.get_conf_state().write_to_bytes();
+                let hard_state = installed(cache, metadata).write_to_bytes();
+                meta_batch.insert(CONF_STATE_KEY, conf_state.expect("raft messages encode"));
+                meta_batch.insert(HARD_STATE_KEY, hard_state.expect("raft messages encode"));
+                let span = cache.span();
+                (
+                    removal(span.snapshot_index + 1..=span.last_index),
+                    meta_batch,
+                )
+            },
+            |cache, metadata| {
+                cache.hard_state = installed(cache, metadata);
+                cache.conf_state = metadata.get_conf_state().clone();
+                cache.snapshot = metadata.clone();
+                cache.last_index = metadata.index;
+                cache.terms = TermRuns::default();
+            },
+        )
     }
 
     /// Flushes sled's page cache, which holds every tree of the db.
@@ -616,6 +922,6 @@ impl Storage for SledLog {
         if cache.snapshot.index < request_index {
             return refuse(StorageError::SnapshotTemporarilyUnavailable);
         }
-        read_meta(&self.meta, SNAPSHOT_KEY).map_err(store_error)
+        self.read_snapshot().map_err(store_error)
     }
 }

@@ -384,7 +384,7 @@ impl Sim {
 
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    runs: BTreeMap<RunId, Run>,
+    runs: BTreeMap<RunId, std::sync::Arc<Run>>,
     workers: BTreeMap<String, Worker>,
     loads: BTreeMap<String, WorkerLoad>,
     next_run_id: RunId,
@@ -1643,7 +1643,7 @@ fn from_records_rebuilds_the_loads_apply_maintains() {
     assert_eq!(sim.run(3).state, RunState::Cancelled);
 
     let rebuilt = State::from_records(
-        sim.state.runs.values().cloned().collect(),
+        sim.state.runs.values().map(|r| Run::clone(r)).collect(),
         sim.state.workers.values().cloned().collect(),
         sim.state.next_run_id,
     );
@@ -1683,7 +1683,7 @@ fn from_records_counts_only_active_attempts_and_registers_empty_loads() {
     let b2 = sim.assign(run, "b", "w1");
 
     let rebuilt = State::from_records(
-        sim.state.runs.values().cloned().collect(),
+        sim.state.runs.values().map(|r| Run::clone(r)).collect(),
         sim.state.workers.values().cloned().collect(),
         sim.state.next_run_id,
     );
@@ -1701,7 +1701,7 @@ fn from_records_counts_only_active_attempts_and_registers_empty_loads() {
 
     // An attempt on a worker that has not re-registered yet still counts.
     let orphan = State::from_records(
-        sim.state.runs.values().cloned().collect(),
+        sim.state.runs.values().map(|r| Run::clone(r)).collect(),
         Vec::new(),
         sim.state.next_run_id,
     );
@@ -1865,7 +1865,7 @@ fn a_retried_submission_with_the_same_request_id_starts_no_second_run() {
     assert_eq!(other, Outcome::RunSubmitted(2));
     assert_eq!(state.runs.len(), 2);
     // The index is rebuilt from the records after a restart.
-    let runs: Vec<Run> = state.runs.values().cloned().collect();
+    let runs: Vec<Run> = state.runs.values().map(|r| Run::clone(r)).collect();
     let mut rebuilt = State::from_records(runs, Vec::new(), state.next_run_id);
     assert_eq!(
         rebuilt.apply(submit("r-2")).unwrap(),

@@ -31,6 +31,8 @@ struct Options {
     seconds: u64,
     clients: usize,
     trials: usize,
+    /// `[raft] snapshot_every` for the commit benchmark's cluster (default 10000).
+    snapshot_every: Option<u64>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -40,6 +42,7 @@ fn options() -> anyhow::Result<Options> {
         seconds: 10,
         clients: 256,
         trials: 10,
+        snapshot_every: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -54,10 +57,11 @@ fn options() -> anyhow::Result<Options> {
             "--clients" => options.clients = number("--clients")? as usize,
             "--trials" => options.trials = number("--trials")? as usize,
             "--members" => options.members = number("--members")?,
+            "--snapshot-every" => options.snapshot_every = Some(number("--snapshot-every")?),
             "commit" | "failover" | "graceful" | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench [commit|failover|graceful|all] \
-                 [--seconds N] [--clients N] [--trials N] [--members N]"
+                 [--seconds N] [--clients N] [--trials N] [--members N] [--snapshot-every N]"
             ),
         }
     }
@@ -163,7 +167,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn bench_commit(options: &Options) -> anyhow::Result<()> {
-    let cluster = Cluster::start_replicated(options.members, "");
+    let extra = options
+        .snapshot_every
+        .map(|n| format!("[raft]\nsnapshot_every = {n}\n"))
+        .unwrap_or_default();
+    let cluster = Cluster::start_replicated(options.members, &extra);
     let bench = Arc::new(Bench::new(&cluster).await?);
     let leader = bench.leader().await?;
     println!(
@@ -188,18 +196,23 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..options.clients {
         let mut client = ControlClient::new(connections[n % connections.len()].clone());
         let request = bench.request.clone();
         let stop = stop.clone();
+        let committed = committed.clone();
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
                 match client.submit_run(request.clone()).await {
-                    Ok(_) => latencies.push(began.elapsed()),
+                    Ok(_) => {
+                        latencies.push(began.elapsed());
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => errors += 1,
                 }
             }
@@ -207,7 +220,16 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
         });
     }
     let began = Instant::now();
-    tokio::time::sleep(Duration::from_secs(options.seconds)).await;
+    // One progress line per second: a stall (a compaction, an election) shows
+    // where it happened instead of vanishing into the average.
+    let (mut previous, mut slowest) = (0u64, u64::MAX);
+    for second in 1..=options.seconds {
+        tokio::time::sleep_until((began + Duration::from_secs(second)).into()).await;
+        let now = committed.load(Ordering::Relaxed);
+        println!("  second {second:>3}: {:>6} commands", now - previous);
+        slowest = slowest.min(now - previous);
+        previous = now;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -219,7 +241,7 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
     let elapsed = began.elapsed();
     latencies.sort();
     println!(
-        "commit: {} commands committed in {:.1} s = {:.0} commands/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
+        "commit: {} commands committed in {:.1} s = {:.0} commands/s (slowest second {slowest}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
         latencies.len(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),

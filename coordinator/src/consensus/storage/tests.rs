@@ -2,7 +2,7 @@
 //! [`SledLog`], and the tests only a durable store can pass (reopen, corruption).
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -184,8 +184,9 @@ fn sled_log_passes_conformance() {
     conformance(&|| {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let log = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
         dirs.borrow_mut().push(dir);
-        SledLog::open(&db).unwrap()
+        log
     });
 }
 
@@ -688,7 +689,7 @@ fn sled_log_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
         let db = open_sled(dir.path());
-        let store = SledLog::open(&db).unwrap();
+        let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
         assert!(store.is_empty());
         store.append(&entries_from(1, &[1, 1, 2, 2, 3, 3])).unwrap();
         store.set_hard_state(&hard_state(3, 2, 5)).unwrap();
@@ -703,7 +704,7 @@ fn sled_log_survives_reopen() {
         observe(&store)
     };
     let db = open_sled(dir.path());
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     assert!(!store.is_empty());
     assert_eq!(observe(&store), before);
     assert_eq!(before.first_index, 5);
@@ -719,7 +720,7 @@ fn sled_log_survives_reopen_after_installing_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = open_sled(dir.path());
-        let store = SledLog::open(&db).unwrap();
+        let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
         store.append(&entries_from(1, &[1, 1, 1])).unwrap();
         store.set_hard_state(&hard_state(1, 1, 3)).unwrap();
         store
@@ -729,7 +730,7 @@ fn sled_log_survives_reopen_after_installing_a_snapshot() {
         store.sync().unwrap();
     }
     let db = open_sled(dir.path());
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     assert_eq!(store.first_index(), Ok(21));
     assert_eq!(store.last_index(), Ok(21));
     assert_eq!(store.term(20), Ok(5));
@@ -747,12 +748,12 @@ fn sled_log_survives_reopen_after_installing_a_snapshot() {
 fn sled_log_is_empty_until_something_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_sled(dir.path());
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     assert!(store.is_empty());
     store.set_conf_state(&conf_state(&[1])).unwrap();
     assert!(!store.is_empty());
     let other = tempfile::tempdir().unwrap();
-    let store = SledLog::open(&open_sled(other.path())).unwrap();
+    let store = SledLog::open(&open_sled(other.path()), &other.path().join("snapshots")).unwrap();
     store.append(&[entry(1, 1)]).unwrap();
     assert!(!store.is_empty());
 }
@@ -760,7 +761,7 @@ fn sled_log_is_empty_until_something_is_stored() {
 /// A db holding entries 1..=5 (terms 1, 1, 2, 2, 2), commit 4, snapshot none.
 fn healthy_db(dir: &Path) -> sled::Db {
     let db = open_sled(dir);
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.join("snapshots")).unwrap();
     store.append(&entries_from(1, &[1, 1, 2, 2, 2])).unwrap();
     store.set_hard_state(&hard_state(2, 1, 4)).unwrap();
     store.sync().unwrap();
@@ -769,8 +770,8 @@ fn healthy_db(dir: &Path) -> sled::Db {
 
 /// Opens `db` and returns the `Corrupt` error's fields and message.
 #[track_caller]
-fn open_corrupt(db: &sled::Db) -> (String, String, String) {
-    match SledLog::open(db) {
+fn open_corrupt(db: &sled::Db, dir: &Path) -> (String, String, String) {
+    match SledLog::open(db, &dir.join("snapshots")) {
         Err(error @ LogStoreError::Corrupt { .. }) => {
             let message = error.to_string();
             let LogStoreError::Corrupt { what, detail } = error else {
@@ -789,7 +790,7 @@ fn sled_log_refuses_an_undecodable_entry() {
     let db = healthy_db(dir.path());
     let log = db.open_tree("raft_log").unwrap();
     log.insert(3u64.to_be_bytes(), &[0xff; 8][..]).unwrap();
-    let (what, detail, message) = open_corrupt(&db);
+    let (what, detail, message) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 3");
     assert!(detail.starts_with("cannot decode"), "{detail}");
     assert!(message.contains("restore the data directory"), "{message}");
@@ -803,7 +804,7 @@ fn sled_log_refuses_an_entry_stored_under_another_index() {
     let log = db.open_tree("raft_log").unwrap();
     log.insert(3u64.to_be_bytes(), entry(9, 2).write_to_bytes().unwrap())
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 3");
     assert_eq!(detail, "the stored entry says index 9");
 }
@@ -816,7 +817,7 @@ fn sled_log_refuses_a_missing_entry() {
         .unwrap()
         .remove(3u64.to_be_bytes())
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 3");
     assert_eq!(detail, "missing: the log jumps from index 2 to 4");
 }
@@ -828,7 +829,7 @@ fn sled_log_refuses_a_decreasing_term() {
     let log = db.open_tree("raft_log").unwrap();
     log.insert(4u64.to_be_bytes(), entry(4, 1).write_to_bytes().unwrap())
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 4");
     assert_eq!(detail, "term 1 is below the term 2 of index 3");
 }
@@ -841,7 +842,7 @@ fn sled_log_refuses_a_malformed_key() {
         .unwrap()
         .insert(b"abc", b"x")
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert!(what.starts_with("raft_log key"), "{what}");
     assert_eq!(detail, "a key must be an 8-byte index");
 }
@@ -850,13 +851,13 @@ fn sled_log_refuses_a_malformed_key() {
 fn sled_log_refuses_entries_left_below_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = healthy_db(dir.path());
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
     drop(store);
     let log = db.open_tree("raft_log").unwrap();
     log.insert(2u64.to_be_bytes(), entry(2, 1).write_to_bytes().unwrap())
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 2");
     assert_eq!(detail, "at or below the snapshot index 3");
 }
@@ -868,7 +869,7 @@ fn sled_log_refuses_a_commit_beyond_the_log() {
     let meta = db.open_tree("raft_meta").unwrap();
     let beyond = hard_state(2, 1, 6).write_to_bytes().unwrap();
     meta.insert("hard_state", beyond).unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_meta key hard_state");
     assert_eq!(detail, "commit index 6 is beyond the last log index 5");
 }
@@ -877,10 +878,10 @@ fn sled_log_refuses_a_commit_beyond_the_log() {
 fn sled_log_refuses_an_undecodable_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = healthy_db(dir.path());
-    let meta = db.open_tree("raft_meta").unwrap();
-    meta.insert("snapshot", &[0xff; 8][..]).unwrap();
-    let (what, detail, _) = open_corrupt(&db);
-    assert_eq!(what, "raft_meta key snapshot");
+    let snapshots = db.open_tree("raft_snapshot").unwrap();
+    snapshots.insert("snapshot", &[0xff; 8][..]).unwrap();
+    let (what, detail, _) = open_corrupt(&db, dir.path());
+    assert_eq!(what, "raft_snapshot key snapshot");
     assert!(detail.starts_with("cannot decode"), "{detail}");
 }
 
@@ -888,13 +889,107 @@ fn sled_log_refuses_an_undecodable_snapshot() {
 fn sled_log_refuses_a_first_entry_older_than_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = healthy_db(dir.path());
-    let store = SledLog::open(&db).unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
     drop(store);
-    let meta = db.open_tree("raft_meta").unwrap();
+    let snapshots = db.open_tree("raft_snapshot").unwrap();
     let newer_term = snapshot(3, 7, &[1], b"at 3").write_to_bytes().unwrap();
-    meta.insert("snapshot", newer_term).unwrap();
-    let (what, detail, _) = open_corrupt(&db);
+    snapshots.insert("snapshot", newer_term).unwrap();
+    let (what, detail, _) = open_corrupt(&db, dir.path());
     assert_eq!(what, "raft_log index 4");
     assert_eq!(detail, "term 2 is below the term 7 of index 3");
+}
+
+#[test]
+fn term_runs_follow_appends_truncations_and_compaction() {
+    let mut runs = TermRuns::default();
+    for (index, term) in [(5, 1), (6, 1), (7, 2), (8, 2), (9, 4)] {
+        runs.push(index, term);
+    }
+    let terms = |runs: &TermRuns| (5..=9).map(|i| runs.term(i)).collect::<Vec<_>>();
+    assert_eq!(terms(&runs), [Some(1), Some(1), Some(2), Some(2), Some(4)]);
+    assert_eq!(runs.term(4), None, "below the first run");
+    // A conflicting suffix from index 8 on, replaced by term 3.
+    runs.truncate_from(8);
+    runs.push(8, 3);
+    assert_eq!(terms(&runs), [Some(1), Some(1), Some(2), Some(3), Some(3)]);
+    // Truncating inside a run keeps the run's start.
+    runs.truncate_from(7);
+    runs.push(7, 2);
+    assert_eq!(runs.0, [(5, 1), (7, 2)]);
+    runs.compact_to(6);
+    assert_eq!(runs.0, [(7, 2)]);
+    runs.push(8, 2);
+    runs.compact_to(7);
+    assert_eq!(runs.0, [(8, 2)]);
+    assert_eq!(runs.term(8), Some(2));
+}
+
+#[test]
+fn sled_log_moves_a_snapshot_stored_beside_the_hard_state_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = healthy_db(dir.path());
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
+    store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
+    let expected = observe(&store);
+    let full = store.snapshot(0, 0).unwrap();
+    drop(store);
+    // The layout before snapshot files: the whole snapshot in `raft_meta`.
+    let (meta, snapshots) = (
+        db.open_tree("raft_meta").unwrap(),
+        db.open_tree("raft_snapshot").unwrap(),
+    );
+    snapshots.clear().unwrap();
+    std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+    meta.insert("snapshot", full.write_to_bytes().unwrap())
+        .unwrap();
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
+    assert_eq!(observe(&store), expected);
+    assert!(
+        meta.get("snapshot").unwrap().is_none(),
+        "moved out of raft_meta"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with("snapshot-00000000000000000003-"),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn sled_log_keeps_one_snapshot_file_and_refuses_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot_dir = dir.path().join("snapshots");
+    let db = healthy_db(dir.path());
+    let store = SledLog::open(&db, &snapshot_dir).unwrap();
+    store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
+    store.compact(snapshot(4, 2, &[1], b"at 4")).unwrap();
+    let files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&snapshot_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    assert_eq!(files().len(), 1, "the older file is gone: {:?}", files());
+    assert_eq!(store.snapshot(0, 0).unwrap().data.as_ref(), b"at 4");
+    drop(store);
+    // Same size, other bytes: the digest finds it when the data is read.
+    std::fs::write(&files()[0], b"at 5").unwrap();
+    let store = SledLog::open(&db, &snapshot_dir).unwrap();
+    let error = store.snapshot(0, 0).unwrap_err().to_string();
+    assert!(error.contains("corrupt at snapshot file"), "{error}");
+    drop(store);
+    // Truncated: refused at open.
+    std::fs::write(&files()[0], b"at").unwrap();
+    let (what, detail, _) = open_corrupt(&db, dir.path());
+    assert!(what.starts_with("snapshot file "), "{what}");
+    assert_eq!(detail, "2 bytes where 4 were written");
+    // Missing: refused at open.
+    std::fs::remove_file(&files()[0]).unwrap();
+    let (what, _, _) = open_corrupt(&db, dir.path());
+    assert!(what.starts_with("snapshot file "), "{what}");
 }
