@@ -38,12 +38,23 @@ use crate::store::{StateImage, Store};
 /// Most commands in one Raft entry.
 const MAX_COMMANDS_PER_ENTRY: usize = 4096;
 
-/// What one Raft entry carries: commands proposed together on one member.
-#[derive(Serialize, Deserialize)]
+/// What one Raft entry carries: commands proposed together on one member
+/// (`origin`, its `seq`-th batch: for reading a log, not for matching).
+#[derive(Deserialize)]
 struct EntryBatch {
+    #[allow(dead_code)]
     origin: u64,
+    #[allow(dead_code)]
     seq: u64,
     commands: Vec<Command>,
+}
+
+/// [`EntryBatch`] as written, from borrowed commands.
+#[derive(Serialize)]
+struct EntryBatchRef<'a> {
+    origin: u64,
+    seq: u64,
+    commands: &'a [Command],
 }
 
 pub struct Proposal {
@@ -151,8 +162,12 @@ pub struct LocalStatus {
     pub matched: BTreeMap<u64, u64>,
 }
 
+/// An entry proposed here and not yet applied, by log index. The entry applied
+/// at that index is this one exactly when its term matches (Raft's log matching),
+/// and then its commands are taken from here instead of decoded again.
 struct PendingBatch {
-    index: u64,
+    term: u64,
+    commands: Vec<Command>,
     replies: Vec<oneshot::Sender<Result<Outcome, ProposeError>>>,
 }
 
@@ -170,7 +185,7 @@ pub struct Driver {
     compacted: mpsc::UnboundedSender<Result<u64, String>>,
     compactions: Option<mpsc::UnboundedReceiver<Result<u64, String>>>,
     next_seq: u64,
-    pending: HashMap<u64, PendingBatch>,
+    pending: BTreeMap<u64, PendingBatch>,
     next_read: u64,
     reads_asked: HashMap<Vec<u8>, oneshot::Sender<()>>,
     reads_waiting: Vec<(u64, oneshot::Sender<()>)>,
@@ -256,7 +271,7 @@ impl Driver {
             compacted,
             compactions: Some(compactions),
             next_seq: 1,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_read: 1,
             reads_asked: HashMap::new(),
             reads_waiting: Vec::new(),
@@ -450,16 +465,22 @@ impl Driver {
         self.next_seq += 1;
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let data = serde_json::to_vec(&EntryBatch {
+        let data = serde_json::to_vec(&EntryBatchRef {
             origin: self.raw.raft.id,
             seq,
-            commands,
+            commands: &commands,
         })
         .expect("commands always serialize");
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
-                self.pending.insert(seq, PendingBatch { index, replies });
+                let term = self.raw.raft.term;
+                let batch = PendingBatch {
+                    term,
+                    commands,
+                    replies,
+                };
+                self.pending.insert(index, batch);
             }
             Err(error) => {
                 // Dropped: a leadership transfer is under way, or the leader just
@@ -473,7 +494,7 @@ impl Driver {
     }
 
     fn fail_all_pending(&mut self, error: ProposeError) {
-        for (_, batch) in self.pending.drain() {
+        for (_, batch) in std::mem::take(&mut self.pending) {
             for reply in batch.replies {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -585,27 +606,25 @@ impl Driver {
                 match entry.get_entry_type() {
                     EntryType::EntryNormal if entry.data.is_empty() => {}
                     EntryType::EntryNormal => {
-                        let batch: EntryBatch =
-                            serde_json::from_slice(&entry.data).map_err(|e| {
-                                format!("raft entry {} does not decode: {e}", entry.index)
-                            })?;
-                        // The index check keeps an entry replayed from before a
-                        // restart (whose sequence number may be reused) from
-                        // answering a new proposal.
-                        let ours = batch.origin == me
-                            && self
-                                .pending
-                                .get(&batch.seq)
-                                .is_some_and(|p| p.index == entry.index);
-                        let mut replies = if ours {
-                            self.pending.remove(&batch.seq).map(|p| p.replies)
-                        } else {
-                            None
-                        }
-                        .map(|r| r.into_iter().map(Some).collect::<Vec<_>>())
-                        .unwrap_or_default();
-                        replies.resize_with(batch.commands.len(), || None);
-                        for (command, reply) in batch.commands.into_iter().zip(replies) {
+                        let ours = self
+                            .pending
+                            .get(&entry.index)
+                            .is_some_and(|p| p.term == entry.term);
+                        let (commands, mut replies) = match self.pending.remove(&entry.index) {
+                            Some(batch) if ours => (
+                                batch.commands,
+                                batch.replies.into_iter().map(Some).collect::<Vec<_>>(),
+                            ),
+                            _ => {
+                                let batch: EntryBatch = serde_json::from_slice(&entry.data)
+                                    .map_err(|e| {
+                                        format!("raft entry {} does not decode: {e}", entry.index)
+                                    })?;
+                                (batch.commands, Vec::new())
+                            }
+                        };
+                        replies.resize_with(commands.len(), || None);
+                        for (command, reply) in commands.into_iter().zip(replies) {
                             answers.push((state.apply(command), reply));
                         }
                     }
@@ -657,17 +676,10 @@ impl Driver {
         // Pending batches at or below the applied index that were not matched above
         // were replaced by another leader's entries: they will never commit.
         let applied = self.applied;
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, batch)| batch.index <= applied)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in lost {
-            if let Some(batch) = self.pending.remove(&seq) {
-                for reply in batch.replies {
-                    let _ = reply.send(Err(ProposeError::NotCommitted));
-                }
+        let later = self.pending.split_off(&(applied + 1));
+        for (_, batch) in std::mem::replace(&mut self.pending, later) {
+            for reply in batch.replies {
+                let _ = reply.send(Err(ProposeError::NotCommitted));
             }
         }
         if removed_self {

@@ -1873,3 +1873,50 @@ fn a_retried_submission_with_the_same_request_id_starts_no_second_run() {
     );
     assert_eq!(rebuilt.runs.len(), 2);
 }
+
+/// The leader applies the commands it proposed as they are; every other member
+/// applies them decoded from the Raft entry. Both must be the same commands.
+#[test]
+fn commands_are_unchanged_by_the_raft_entry_encoding() {
+    let mut report = exited_ok(&["model.bin"]);
+    report.log = Some((digest("log"), 12));
+    let commands = [
+        Command::SubmitRun {
+            pipeline: pipeline(
+                "name: p\nparams:\n  k: 3\nsteps:\n  - name: a\n    command: [\"echo\", \"${params.k}\"]\n    env: {X: \"1\"}\n    timeout: 5s\n",
+            ),
+            bundle_digest: digest("bundle"),
+            submitter: "alice".into(),
+            request_id: Some("r".into()),
+            now_ms: -1,
+        },
+        Command::SubmitRun {
+            pipeline: pipeline("name: p\nsteps:\n  - name: a\n    command: [\"true\"]\n"),
+            bundle_digest: digest("bundle"),
+            submitter: "alice".into(),
+            request_id: None,
+            now_ms: i64::MAX,
+        },
+        Command::RegisterWorker {
+            worker: worker("w1", 4000, 1 << 30, 2),
+            running: vec![key(1, "a", 1)],
+            now_ms: 3,
+        },
+        Command::Assign {
+            placements: vec![placement(1, "a", "w1", &[0, 1])],
+            now_ms: 4,
+        },
+        Command::StepFinished {
+            key: key(1, "a", 1),
+            worker: "w1".into(),
+            report,
+            now_ms: 5,
+        },
+        Command::CancelRun { run: 1, now_ms: 6 },
+    ];
+    for command in commands {
+        let bytes = serde_json::to_vec(&command).unwrap();
+        let decoded: Command = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(decoded, command);
+    }
+}
