@@ -328,7 +328,7 @@ impl Control for ControlService {
         let Outcome::RunSubmitted(run_id) = outcome else {
             return Err(Status::internal("unexpected outcome of a submission"));
         };
-        tracing::info!(run = run_id, client = %caller.name, "run submitted");
+        tracing::debug!(run = run_id, client = %caller.name, "run submitted");
         Ok(Response::new(proto::SubmitRunResponse { run_id }))
     }
 
