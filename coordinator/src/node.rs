@@ -952,7 +952,7 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         } else {
             node.read(|state| {
                 let (queue, workers) = scheduler::snapshot(state, &accepting);
-                scheduler::place(&queue, &workers)
+                scheduler::place(&queue, &workers, &scheduler::limits(state))
             })
         };
         if !placements.is_empty() {

@@ -5,11 +5,57 @@
 //! give the same placements, and no placement ever exceeds a worker's free CPU,
 //! memory or GPUs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ferry_common::spec::Resources;
 
 use crate::state::{Placement, RunId, State};
+
+/// What a step asks of its GPUs beyond their number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GpuNeed {
+    /// A GPU's model name must contain this (case-insensitive), e.g. `A100`.
+    pub model: Option<String>,
+    /// Each GPU must have at least this much memory.
+    pub min_memory_bytes: u64,
+}
+
+impl GpuNeed {
+    fn accepts(&self, gpu: &GpuSlot) -> bool {
+        gpu.memory_bytes >= self.min_memory_bytes
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|model| contains_ignoring_case(&gpu.model, model))
+    }
+
+    fn describe(&self, count: u32) -> String {
+        let mut text = format!("{count} GPU{}", if count == 1 { "" } else { "s" });
+        if let Some(model) = &self.model {
+            text.push_str(&format!(" of model {model}"));
+        }
+        if self.min_memory_bytes > 0 {
+            text.push_str(&format!(" with ≥{}", format_bytes(self.min_memory_bytes)));
+        }
+        text
+    }
+}
+
+fn contains_ignoring_case(text: &str, part: &str) -> bool {
+    let (text, part) = (text.as_bytes(), part.as_bytes());
+    part.is_empty()
+        || text
+            .windows(part.len())
+            .any(|w| w.eq_ignore_ascii_case(part))
+}
+
+/// One GPU of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuSlot {
+    pub index: u32,
+    pub model: String,
+    pub memory_bytes: u64,
+}
 
 /// A worker as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,120 +63,422 @@ pub struct WorkerSlot {
     pub name: String,
     pub capacity: Resources,
     pub free: Resources,
-    pub free_gpus: Vec<u32>,
+    /// Every GPU of the worker, and those no attempt holds.
+    pub gpus: Vec<GpuSlot>,
+    pub free_gpus: Vec<GpuSlot>,
+    pub labels: BTreeMap<String, String>,
     /// Only workers with a live assignment stream receive new work.
     pub accepting: bool,
 }
 
-/// A step waiting for a worker.
+/// A step waiting for a worker. The queue is given oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedStep {
     pub run: RunId,
     pub step: String,
     pub resources: Resources,
+    pub gpu: GpuNeed,
+    /// Labels a worker must carry (`zone=a`).
+    pub selector: BTreeMap<String, String>,
+    /// Higher first.
+    pub priority: i32,
+    pub project: String,
 }
 
-/// Places queued steps in order (oldest run first), each on the worker where it fits
-/// best: the one left with the least free room afterwards, preferring workers without
-/// GPUs for steps that need none, so GPU machines stay free for GPU work.
-pub fn place(queue: &[QueuedStep], workers: &[WorkerSlot]) -> Vec<Placement> {
-    let mut slots: Vec<WorkerSlot> = workers.iter().filter(|w| w.accepting).cloned().collect();
-    let mut placements = Vec::new();
-    for queued in queue {
-        let need = queued.resources;
-        let best = slots
+/// The most a project may hold at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub max_cpu_millis: Option<u64>,
+    pub max_gpus: Option<u32>,
+}
+
+/// What a project holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_millis: u64,
+    pub gpus: u32,
+}
+
+/// A run's limit on attempts at once, and how many it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunLimit {
+    pub max_parallel: Option<u32>,
+    pub active: u32,
+}
+
+/// Everything beyond the queue and the workers that decides a placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub quotas: BTreeMap<String, Quota>,
+    /// What each project holds now (assigned and running attempts).
+    pub usage: BTreeMap<String, Usage>,
+    pub runs: BTreeMap<RunId, RunLimit>,
+}
+
+/// A step left in the queue by this pass, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub run: RunId,
+    pub step: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub waiting: Vec<Waiting>,
+}
+
+/// Why one step stayed queued in a pass (turned into text once, at the end).
+enum Blocked {
+    MaxParallel(u32),
+    Quota(String),
+    NoRoom,
+}
+
+/// The part of a step that decides where it can go.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Shape {
+    resources: Resources,
+    gpu: GpuNeed,
+    selector: BTreeMap<String, String>,
+}
+
+impl Shape {
+    fn of(step: &QueuedStep) -> Shape {
+        Shape {
+            resources: step.resources,
+            gpu: step.gpu.clone(),
+            selector: step.selector.clone(),
+        }
+    }
+
+    fn selects(&self, worker: &WorkerSlot) -> bool {
+        self.selector
             .iter()
-            .enumerate()
-            .filter(|(_, slot)| fits(need, slot))
-            .min_by_key(|(_, slot)| {
-                let wastes_gpus = need.gpus == 0 && slot.capacity.gpus > 0;
-                let cpu_left = slot.free.cpu_millis - need.cpu_millis;
-                let memory_left = (slot.free.memory_bytes - need.memory_bytes) >> 20;
-                (wastes_gpus, cpu_left, memory_left, slot.name.clone())
-            })
-            .map(|(index, _)| index);
-        let Some(index) = best else {
-            continue;
+            .all(|(key, value)| worker.labels.get(key) == Some(value))
+    }
+
+    /// Fits in what the worker has free now.
+    fn fits_now(&self, worker: &WorkerSlot) -> bool {
+        let need = self.resources;
+        need.cpu_millis <= worker.free.cpu_millis
+            && need.memory_bytes <= worker.free.memory_bytes
+            && self.matching(&worker.free_gpus) >= need.gpus as usize
+            && self.selects(worker)
+    }
+
+    /// Would fit on the worker if it were idle.
+    fn fits_idle(&self, worker: &WorkerSlot) -> bool {
+        let need = self.resources;
+        need.cpu_millis <= worker.capacity.cpu_millis
+            && need.memory_bytes <= worker.capacity.memory_bytes
+            && self.matching(&worker.gpus) >= need.gpus as usize
+            && self.selects(worker)
+    }
+
+    fn matching(&self, gpus: &[GpuSlot]) -> usize {
+        if self.resources.gpus == 0 {
+            return 0;
+        }
+        gpus.iter().filter(|gpu| self.gpu.accepts(gpu)).count()
+    }
+}
+
+/// One pass of placement: a pure function of the queue (oldest first), the
+/// workers with what they have free, and the limits.
+///
+/// - Higher priority first; within a priority, projects take turns by fair share
+///   (the project holding the smallest dominant share of the cluster's CPU and
+///   GPUs goes next) and each project's steps go oldest first.
+/// - A step goes to the accepting worker, among those whose labels match its
+///   selector and which have its CPU, memory and GPUs (of the asked model and
+///   memory) free, where it fits best: GPU machines only when no machine without
+///   GPUs fits a step that needs none, then the least CPU and memory left over.
+/// - A step that cannot go now (its run at `max_parallel`, its project at its
+///   quota, no room) does not hold up the steps behind it; it stays queued with a
+///   reason a user can act on.
+///
+/// Nothing is ever oversubscribed and a GPU goes to at most one attempt, because
+/// every placement is taken out of the free amounts before the next is chosen.
+pub fn plan(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Plan {
+    let mut slots: Vec<WorkerSlot> = workers.iter().filter(|w| w.accepting).cloned().collect();
+    slots.sort_by(|a, b| a.name.cmp(&b.name));
+    // Accepting workers by free room, machines without GPUs apart: walking a set
+    // upwards from a step's CPU need meets the best fit first (least CPU, then
+    // memory, left over; then name, as `slots` is sorted by name).
+    let mut by_room: [BTreeSet<RoomKey>; 2] = [BTreeSet::new(), BTreeSet::new()];
+    for (index, slot) in slots.iter().enumerate() {
+        by_room[usize::from(!slot.gpus.is_empty())].insert(room_key(slot, index));
+    }
+    let total_cpu = slots
+        .iter()
+        .map(|w| w.capacity.cpu_millis)
+        .sum::<u64>()
+        .max(1);
+    let total_gpus = slots
+        .iter()
+        .map(|w| w.gpus.len() as u64)
+        .sum::<u64>()
+        .max(1);
+    let mut usage = limits.usage.clone();
+    let mut active: BTreeMap<RunId, u32> =
+        limits.runs.iter().map(|(r, l)| (*r, l.active)).collect();
+    // Shapes found not to fit during this pass: free room only shrinks, so they
+    // will not fit later in it either.
+    let mut full: std::collections::HashSet<Shape> = std::collections::HashSet::new();
+    let mut plan = Plan::default();
+    let mut blocked: Vec<(usize, Blocked)> = Vec::new();
+
+    let mut levels: BTreeMap<std::cmp::Reverse<i32>, BTreeMap<&str, VecDeque<usize>>> =
+        BTreeMap::new();
+    for (index, step) in queue.iter().enumerate() {
+        levels
+            .entry(std::cmp::Reverse(step.priority))
+            .or_default()
+            .entry(step.project.as_str())
+            .or_default()
+            .push_back(index);
+    }
+    for (_, mut projects) in levels {
+        loop {
+            // The project with the smallest dominant share goes next.
+            let share = |project: &str| {
+                let used = usage.get(project).copied().unwrap_or_default();
+                let cpu = u128::from(used.cpu_millis) * 1_000_000 / u128::from(total_cpu);
+                let gpus = u128::from(used.gpus) * 1_000_000 / u128::from(total_gpus);
+                cpu.max(gpus)
+            };
+            let Some(project) = projects
+                .iter()
+                .filter(|(_, steps)| !steps.is_empty())
+                .map(|(project, _)| *project)
+                .min_by_key(|project| (share(project), *project))
+            else {
+                break;
+            };
+            let index = projects
+                .get_mut(project)
+                .and_then(VecDeque::pop_front)
+                .expect("a non-empty project");
+            let step = &queue[index];
+            let need = step.resources;
+            let limit = limits.runs.get(&step.run).copied().unwrap_or_default();
+            let running = active.get(&step.run).copied().unwrap_or(0);
+            if let Some(max) = limit.max_parallel
+                && running >= max
+            {
+                blocked.push((index, Blocked::MaxParallel(max)));
+                continue;
+            }
+            let used = usage.get(project).copied().unwrap_or_default();
+            if let Some(reason) = quota_refusal(project, used, need, limits.quotas.get(project)) {
+                blocked.push((index, Blocked::Quota(reason)));
+                continue;
+            }
+            let shape = Shape::of(step);
+            if full.contains(&shape) {
+                blocked.push((index, Blocked::NoRoom));
+                continue;
+            }
+            // A step without GPUs tries the machines without GPUs first.
+            let sets: &[usize] = if need.gpus == 0 { &[0, 1] } else { &[1] };
+            let best = sets.iter().find_map(|set| {
+                by_room[*set]
+                    .range((need.cpu_millis, 0, 0)..)
+                    .find(|(_, _, index)| shape.fits_now(&slots[*index]))
+                    .map(|(_, _, index)| *index)
+            });
+            let Some(chosen) = best else {
+                full.insert(shape);
+                blocked.push((index, Blocked::NoRoom));
+                continue;
+            };
+            let set = usize::from(!slots[chosen].gpus.is_empty());
+            by_room[set].remove(&room_key(&slots[chosen], chosen));
+            let slot = &mut slots[chosen];
+            slot.free.cpu_millis -= need.cpu_millis;
+            slot.free.memory_bytes -= need.memory_bytes;
+            let mut gpus = Vec::new();
+            slot.free_gpus.retain(|gpu| {
+                let take = gpus.len() < need.gpus as usize && step.gpu.accepts(gpu);
+                if take {
+                    gpus.push(gpu.index);
+                }
+                !take
+            });
+            slot.free.gpus = slot.free_gpus.len() as u32;
+            by_room[set].insert(room_key(slot, chosen));
+            let held = usage.entry(project.to_string()).or_default();
+            held.cpu_millis += need.cpu_millis;
+            held.gpus += need.gpus;
+            *active.entry(step.run).or_default() += 1;
+            plan.placements.push(Placement {
+                run: step.run,
+                step: step.step.clone(),
+                worker: slot.name.clone(),
+                gpus,
+            });
+        }
+    }
+
+    let mut explained: HashMap<Shape, String> = HashMap::new();
+    blocked.sort_by_key(|(index, _)| *index);
+    for (index, why) in blocked {
+        let step = &queue[index];
+        let reason = match why {
+            Blocked::MaxParallel(max) => format!(
+                "run {} already has {max} steps at once, its max_parallel",
+                step.run
+            ),
+            Blocked::Quota(reason) => reason,
+            Blocked::NoRoom => explained
+                .entry(Shape::of(step))
+                .or_insert_with_key(|shape| no_room_reason(shape, workers))
+                .clone(),
         };
-        let slot = &mut slots[index];
-        slot.free.cpu_millis -= need.cpu_millis;
-        slot.free.memory_bytes -= need.memory_bytes;
-        slot.free.gpus -= need.gpus;
-        let gpus: Vec<u32> = slot.free_gpus.drain(..need.gpus as usize).collect();
-        placements.push(Placement {
-            run: queued.run,
-            step: queued.step.clone(),
-            worker: slot.name.clone(),
-            gpus,
+        plan.waiting.push(Waiting {
+            run: step.run,
+            step: step.step.clone(),
+            reason,
         });
     }
-    placements
+    plan
 }
 
-fn fits(need: Resources, slot: &WorkerSlot) -> bool {
-    need.cpu_millis <= slot.free.cpu_millis
-        && need.memory_bytes <= slot.free.memory_bytes
-        && need.gpus as usize <= slot.free_gpus.len()
+/// A worker's place in the best-fit order: free CPU, free memory (MiB), position.
+type RoomKey = (u64, u64, usize);
+
+fn room_key(slot: &WorkerSlot, index: usize) -> RoomKey {
+    (slot.free.cpu_millis, slot.free.memory_bytes >> 20, index)
+}
+
+/// Why taking `need` would break the project's quota, if it would.
+fn quota_refusal(
+    project: &str,
+    used: Usage,
+    need: Resources,
+    quota: Option<&Quota>,
+) -> Option<String> {
+    let quota = quota?;
+    if let Some(max) = quota.max_gpus
+        && need.gpus > 0
+        && used.gpus + need.gpus > max
+    {
+        return Some(format!(
+            "project {project} is at its quota: {} of {max} GPUs in use, the step needs {}",
+            used.gpus, need.gpus
+        ));
+    }
+    if let Some(max) = quota.max_cpu_millis
+        && used.cpu_millis + need.cpu_millis > max
+    {
+        return Some(format!(
+            "project {project} is at its quota: {} of {} CPUs in use, the step needs {}",
+            format_cpu(used.cpu_millis),
+            format_cpu(max),
+            format_cpu(need.cpu_millis)
+        ));
+    }
+    None
+}
+
+/// Why a step of this shape has no worker now: none with its labels, none that
+/// could ever hold it (naming what is short), or none with room at the moment.
+fn no_room_reason(shape: &Shape, workers: &[WorkerSlot]) -> String {
+    let labelled: Vec<&WorkerSlot> = workers.iter().filter(|w| shape.selects(w)).collect();
+    let with_labels = if shape.selector.is_empty() {
+        String::new()
+    } else {
+        let labels: Vec<String> = shape
+            .selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(" with labels {}", labels.join(","))
+    };
+    if labelled.is_empty() {
+        return if workers.is_empty() {
+            "no worker is registered".to_string()
+        } else {
+            format!("no worker{with_labels} is registered")
+        };
+    }
+    if labelled.iter().any(|w| shape.fits_idle(w)) {
+        return if labelled.iter().any(|w| w.accepting) {
+            format!("waiting for room on a worker{with_labels}")
+        } else {
+            format!("waiting for a worker{with_labels} to connect")
+        };
+    }
+    let need = shape.resources;
+    let mut short = Vec::new();
+    let max_cpu = labelled
+        .iter()
+        .map(|w| w.capacity.cpu_millis)
+        .max()
+        .unwrap_or(0);
+    if need.cpu_millis > max_cpu {
+        short.push(format!(
+            "{} CPUs (the largest worker{with_labels} has {})",
+            format_cpu(need.cpu_millis),
+            format_cpu(max_cpu)
+        ));
+    }
+    let max_memory = labelled
+        .iter()
+        .map(|w| w.capacity.memory_bytes)
+        .max()
+        .unwrap_or(0);
+    if need.memory_bytes > max_memory {
+        short.push(format!(
+            "{} memory (the largest worker{with_labels} has {})",
+            format_bytes(need.memory_bytes),
+            format_bytes(max_memory)
+        ));
+    }
+    let max_gpus = labelled
+        .iter()
+        .map(|w| shape.matching(&w.gpus))
+        .max()
+        .unwrap_or(0);
+    if need.gpus as usize > max_gpus {
+        short.push(format!(
+            "{} (the largest worker{with_labels} has {max_gpus})",
+            shape.gpu.describe(need.gpus)
+        ));
+    }
+    if short.is_empty() {
+        short.push(format!(
+            "{} CPUs, {} memory and {} together; no worker{with_labels} has all of them",
+            format_cpu(need.cpu_millis),
+            format_bytes(need.memory_bytes),
+            shape.gpu.describe(need.gpus)
+        ));
+    }
+    format!(
+        "no registered worker can ever fit it: needs {}",
+        short.join(", ")
+    )
+}
+
+/// The placements of one pass (see [`plan`]).
+pub fn place(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Vec<Placement> {
+    plan(queue, workers, limits).placements
 }
 
 /// Why a step with these needs can never run on the registered workers, or `None`
 /// when at least one worker is big enough (it may still have to wait for room).
 pub fn never_fits_reason(need: Resources, workers: &[WorkerSlot]) -> Option<String> {
-    if workers.is_empty() {
-        return Some("no worker is registered".to_string());
-    }
-    let fits_some = workers.iter().any(|w| {
-        need.cpu_millis <= w.capacity.cpu_millis
-            && need.memory_bytes <= w.capacity.memory_bytes
-            && need.gpus <= w.capacity.gpus
-    });
-    if fits_some {
+    let shape = Shape {
+        resources: need,
+        gpu: GpuNeed::default(),
+        selector: BTreeMap::new(),
+    };
+    if workers.iter().any(|w| shape.fits_idle(w)) {
         return None;
     }
-    let max_cpu = workers
-        .iter()
-        .map(|w| w.capacity.cpu_millis)
-        .max()
-        .unwrap_or(0);
-    let max_memory = workers
-        .iter()
-        .map(|w| w.capacity.memory_bytes)
-        .max()
-        .unwrap_or(0);
-    let max_gpus = workers.iter().map(|w| w.capacity.gpus).max().unwrap_or(0);
-    let mut short = Vec::new();
-    if need.cpu_millis > max_cpu {
-        short.push(format!(
-            "{} CPUs (the largest worker has {})",
-            format_cpu(need.cpu_millis),
-            format_cpu(max_cpu)
-        ));
-    }
-    if need.memory_bytes > max_memory {
-        short.push(format!(
-            "{} memory (the largest worker has {})",
-            format_bytes(need.memory_bytes),
-            format_bytes(max_memory)
-        ));
-    }
-    if need.gpus > max_gpus {
-        short.push(format!(
-            "{} GPUs (the largest worker has {})",
-            need.gpus, max_gpus
-        ));
-    }
-    if short.is_empty() {
-        short.push(format!(
-            "{} CPUs, {} memory and {} GPUs together",
-            format_cpu(need.cpu_millis),
-            format_bytes(need.memory_bytes),
-            need.gpus
-        ));
-    }
-    Some(format!(
-        "no registered worker can ever fit it: needs {}",
-        short.join(", ")
-    ))
+    Some(no_room_reason(&shape, workers))
 }
 
 pub fn format_cpu(millis: u64) -> String {
@@ -166,6 +514,10 @@ pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>
             run,
             step: spec.name.clone(),
             resources: spec.resources,
+            gpu: GpuNeed::default(),
+            selector: BTreeMap::new(),
+            priority: 0,
+            project: String::new(),
         })
         .collect();
     let workers = state
@@ -175,11 +527,19 @@ pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>
             let load = state.loads.get(&worker.name).cloned().unwrap_or_default();
             let used = load.in_use();
             let busy_gpus = load.gpus_in_use();
-            let free_gpus: Vec<u32> = worker
+            let gpus: Vec<GpuSlot> = worker
                 .gpus
                 .iter()
-                .map(|g| g.index)
-                .filter(|g| !busy_gpus.contains(g))
+                .map(|g| GpuSlot {
+                    index: g.index,
+                    model: g.model.clone(),
+                    memory_bytes: g.memory_bytes,
+                })
+                .collect();
+            let free_gpus: Vec<GpuSlot> = gpus
+                .iter()
+                .filter(|g| !busy_gpus.contains(&g.index))
+                .cloned()
                 .collect();
             WorkerSlot {
                 name: worker.name.clone(),
@@ -192,7 +552,9 @@ pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>
                         .saturating_sub(used.memory_bytes),
                     gpus: free_gpus.len() as u32,
                 },
+                gpus,
                 free_gpus,
+                labels: worker.labels.clone(),
                 accepting: accepting.contains(&worker.name),
             }
         })
@@ -200,112 +562,17 @@ pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>
     (queue, workers)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn res(cpu_millis: u64, memory_mib: u64, gpus: u32) -> Resources {
-        Resources {
-            cpu_millis,
-            memory_bytes: memory_mib << 20,
-            gpus,
+/// The limits the state knows: how many attempts each run holds now. (Quotas,
+/// priorities and `max_parallel` come from the spec and configuration.)
+pub fn limits(state: &State) -> Limits {
+    let mut limits = Limits::default();
+    for load in state.loads.values() {
+        for key in load.attempts.keys() {
+            limits.runs.entry(key.run).or_default().active += 1;
         }
     }
-
-    fn worker(name: &str, capacity: Resources, gpu_count: u32) -> WorkerSlot {
-        WorkerSlot {
-            name: name.to_string(),
-            capacity: Resources {
-                gpus: gpu_count,
-                ..capacity
-            },
-            free: Resources {
-                gpus: gpu_count,
-                ..capacity
-            },
-            free_gpus: (0..gpu_count).collect(),
-            accepting: true,
-        }
-    }
-
-    fn step(run: RunId, name: &str, resources: Resources) -> QueuedStep {
-        QueuedStep {
-            run,
-            step: name.to_string(),
-            resources,
-        }
-    }
-
-    #[test]
-    fn places_until_capacity_runs_out_and_never_oversubscribes() {
-        let workers = vec![worker("w1", res(2000, 1024, 0), 0)];
-        let queue: Vec<QueuedStep> = (0..5)
-            .map(|i| step(1, &format!("s{i}"), res(500, 256, 0)))
-            .collect();
-        let placed = place(&queue, &workers);
-        assert_eq!(placed.len(), 4);
-        assert_eq!(
-            placed.iter().map(|p| p.step.as_str()).collect::<Vec<_>>(),
-            ["s0", "s1", "s2", "s3"]
-        );
-    }
-
-    #[test]
-    fn cpu_steps_avoid_gpu_workers_while_a_cpu_worker_fits() {
-        let workers = vec![
-            worker("gpu", res(8000, 8192, 0), 2),
-            worker("cpu", res(2000, 2048, 0), 0),
-        ];
-        let placed = place(&[step(1, "a", res(1000, 512, 0))], &workers);
-        assert_eq!(placed[0].worker, "cpu");
-        let placed = place(&[step(1, "big", res(4000, 512, 0))], &workers);
-        assert_eq!(placed[0].worker, "gpu", "falls back to the GPU machine");
-    }
-
-    #[test]
-    fn gpus_are_never_given_twice() {
-        let workers = vec![worker("g", res(8000, 8192, 0), 2)];
-        let queue: Vec<QueuedStep> = (0..3)
-            .map(|i| step(1, &format!("s{i}"), res(100, 1, 1)))
-            .collect();
-        let placed = place(&queue, &workers);
-        assert_eq!(placed.len(), 2);
-        assert_eq!(placed[0].gpus, vec![0]);
-        assert_eq!(placed[1].gpus, vec![1]);
-    }
-
-    #[test]
-    fn workers_without_a_stream_get_nothing() {
-        let mut w = worker("w", res(2000, 1024, 0), 0);
-        w.accepting = false;
-        assert!(place(&[step(1, "a", res(100, 1, 0))], &[w]).is_empty());
-    }
-
-    #[test]
-    fn best_fit_prefers_the_fuller_worker() {
-        let mut busy = worker("busy", res(4000, 4096, 0), 0);
-        busy.free = res(1000, 1024, 0);
-        let idle = worker("idle", res(4000, 4096, 0), 0);
-        let placed = place(&[step(1, "a", res(1000, 512, 0))], &[idle, busy]);
-        assert_eq!(placed[0].worker, "busy");
-    }
-
-    #[test]
-    fn reasons_name_what_is_short() {
-        let workers = vec![worker("w", res(2000, 1024, 0), 1)];
-        assert_eq!(never_fits_reason(res(1000, 100, 1), &workers), None);
-        let reason = never_fits_reason(res(64000, 100, 2), &workers).unwrap();
-        assert!(
-            reason.contains("64 CPUs (the largest worker has 2)"),
-            "{reason}"
-        );
-        assert!(
-            reason.contains("2 GPUs (the largest worker has 1)"),
-            "{reason}"
-        );
-        assert_eq!(
-            never_fits_reason(res(1, 1, 0), &[]).unwrap(),
-            "no worker is registered"
-        );
-    }
+    limits
 }
+
+#[cfg(test)]
+mod tests;
