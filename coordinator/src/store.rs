@@ -36,7 +36,7 @@ pub enum StoreError {
 
 const NEXT_RUN_KEY: &[u8] = b"meta/next_run_id";
 /// How a snapshot that does not decode is named in the error.
-const SNAPSHOT_RECORD: &[u8] = b"raft snapshot (raft_snapshot tree)";
+const SNAPSHOT_RECORD: &[u8] = b"raft snapshot data";
 
 #[derive(Clone)]
 pub struct Store {

@@ -316,8 +316,8 @@ fn a_replica_whose_snapshot_is_damaged_refuses_to_start() {
             .expect("record the new file");
     });
     let log = restart_expecting_refusal(&mut stopped.cluster, follower);
-    let named = "the state database is corrupt: record \"raft snapshot (raft_snapshot tree)\" \
-                 cannot be decoded";
+    let named = "the state database is corrupt: record \"raft snapshot data\" cannot be \
+                 decoded";
     assert!(log.contains(named), "expected {named:?} in:\n{log}");
 
     survivors_serve_one_state(&stopped);

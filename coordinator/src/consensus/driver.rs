@@ -38,18 +38,14 @@ use crate::store::{StateImage, Store};
 /// Most commands in one Raft entry.
 const MAX_COMMANDS_PER_ENTRY: usize = 4096;
 
-/// What one Raft entry carries: commands proposed together on one member
-/// (`origin`, its `seq`-th batch: for reading a log, not for matching).
+/// The commands of one Raft entry, as read back ([`EntryBatchRef`] also names
+/// the proposing member and its batch number, for whoever reads a log).
 #[derive(Deserialize)]
 struct EntryBatch {
-    #[allow(dead_code)]
-    origin: u64,
-    #[allow(dead_code)]
-    seq: u64,
     commands: Vec<Command>,
 }
 
-/// [`EntryBatch`] as written, from borrowed commands.
+/// What one Raft entry carries: commands proposed together on one member.
 #[derive(Serialize)]
 struct EntryBatchRef<'a> {
     origin: u64,

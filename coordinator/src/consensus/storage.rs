@@ -718,11 +718,12 @@ fn write_data_file(
 ) -> Result<DataFile, LogStoreError> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    let digest = blake3::hash(data).to_hex().to_string();
     let name = format!(
         "snapshot-{:020}-{:020}-{}.bin",
         metadata.index,
         metadata.term,
-        &blake3::hash(data).to_hex()[..16]
+        &digest[..16]
     );
     let path = dir.join(&name);
     let temporary = dir.join(format!(".{name}.partial"));
@@ -738,7 +739,7 @@ fn write_data_file(
     Ok(DataFile {
         name,
         size: data.len() as u64,
-        blake3: blake3::hash(data).to_hex().to_string(),
+        blake3: digest,
     })
 }
 

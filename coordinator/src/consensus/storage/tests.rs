@@ -680,8 +680,23 @@ fn matches_reference<S: LogStore>(make: &dyn Fn() -> S) {
 
 // Tests only a durable store can pass.
 
+/// Opens the db in `dir`. A db just dropped in this process may still be locked
+/// for a moment by sled's background IO threads; the lock is waited for (up to
+/// 5 s), any other error fails at once.
 fn open_sled(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).open().unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("cannot open the db in {}: {error}", dir.display()),
+        }
+    }
 }
 
 #[test]
