@@ -17,7 +17,9 @@ use ferry_common::spec::{parse_param_override, parse_pipeline};
 use serde_json::json;
 
 use crate::render;
-use crate::{ArtifactsCommand, CertsCommand, ClusterCommand, Command, Output, Read};
+use crate::{
+    ArtifactsCommand, CertsCommand, ClusterCommand, Command, Output, Read, WorkersCommand,
+};
 
 type Client = Connection;
 
@@ -88,7 +90,14 @@ pub async fn remote(
         } => status(client, run, attempts, read, output).await?,
         Command::Watch { run } => return watch(client, run).await,
         Command::Cancel { run } => cancel(client, run).await?,
-        Command::Workers { read } => workers(client, read, output).await?,
+        Command::Workers {
+            command: Some(command),
+            ..
+        } => set_worker_mode(client, command, output).await?,
+        Command::Workers {
+            read,
+            command: None,
+        } => workers(client, read, output).await?,
         Command::Logs { run, step, follow } => logs(client, run, step, follow).await?,
         Command::Cluster { command } => cluster(client, command, output).await?,
         Command::Artifacts { run, read, get } => match (run, get) {
@@ -312,6 +321,9 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
         "finished_ms": summary.finished_ms,
         "bundle": view.bundle_digest,
         "params": view.params,
+        "reason": summary.reason,
+        "priority": summary.priority,
+        "project": summary.project,
         "steps": view.steps.iter().map(|s| json!({
             "name": s.name,
             "state": s.state,
@@ -359,6 +371,12 @@ async fn status(
         summary.steps_done,
         summary.steps_total
     );
+    if !summary.reason.is_empty() {
+        println!("{}", summary.reason);
+    }
+    if summary.priority != 0 || !matches!(summary.project.as_str(), "" | "default") {
+        println!("project {}, priority {}", summary.project, summary.priority);
+    }
     println!("{}", render::table(&STEP_HEADERS, &step_rows(&view, now)));
     if attempts {
         let rows: Vec<Vec<String>> = view
@@ -532,6 +550,75 @@ async fn runs(client: &mut Client, read: Read, output: Output) -> anyhow::Result
     Ok(())
 }
 
+/// What `ferry workers` shows in its STATE column: whether the worker is connected
+/// (or was declared lost), and what an operator allows on it.
+fn worker_state(w: &proto::WorkerView) -> String {
+    let link = if w.lost_ms > 0 {
+        "lost"
+    } else if w.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    match w.mode.as_str() {
+        "" | "active" => link.to_string(),
+        "draining" if w.running == 0 => format!("{link}, drained"),
+        mode => format!("{link}, {mode}"),
+    }
+}
+
+async fn set_worker_mode(
+    client: &mut Client,
+    command: WorkersCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (name, mode, done) = match command {
+        WorkersCommand::Cordon { name } => (name, "cordoned", "cordoned: it takes no new work"),
+        WorkersCommand::Drain { name } => (
+            name,
+            "draining",
+            "draining: it takes no new work and its running steps finish",
+        ),
+        WorkersCommand::Uncordon { name } => (name, "active", "active: it takes new work"),
+    };
+    let request = proto::SetWorkerModeRequest {
+        name: name.clone(),
+        mode: mode.to_string(),
+    };
+    let view = client
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.set_worker_mode(request).await }
+        })
+        .await
+        .map_err(status_error)?;
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "name": view.name,
+                "mode": view.mode,
+                "running": view.running,
+                "state": worker_state(&view),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("worker {name} is {done}");
+    if mode == "draining" {
+        if view.running == 0 {
+            println!("it runs nothing: it is drained");
+        } else {
+            println!(
+                "{} step{} still running; 'ferry workers' shows \"drained\" once they end",
+                view.running,
+                if view.running == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn workers(client: &mut Client, read: Read, output: Output) -> anyhow::Result<()> {
     let request = proto::ListWorkersRequest { stale: read.stale };
     let workers = client
@@ -548,6 +635,9 @@ async fn workers(client: &mut Client, read: Read, output: Output) -> anyhow::Res
                 json!({
                     "name": w.name,
                     "connected": w.connected,
+                    "mode": w.mode,
+                    "lost": w.lost_ms > 0,
+                    "state": worker_state(w),
                     "capacity": {"cpu_millis": capacity.cpu_millis, "memory_bytes": capacity.memory_bytes, "gpus": capacity.gpus},
                     "in_use": {"cpu_millis": in_use.cpu_millis, "memory_bytes": in_use.memory_bytes, "gpus": in_use.gpus},
                     "labels": w.labels,
@@ -571,12 +661,7 @@ async fn workers(client: &mut Client, read: Read, output: Output) -> anyhow::Res
             labels.sort();
             vec![
                 w.name.clone(),
-                if w.connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-                .to_string(),
+                worker_state(w),
                 format!(
                     "{}/{}",
                     render::cpus(in_use.cpu_millis),

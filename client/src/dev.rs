@@ -109,6 +109,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         members: Vec::new(),
         join: false,
         raft: Default::default(),
+        scheduling: Default::default(),
     })
     .await?;
     let address = coordinator.local_addr();

@@ -83,10 +83,14 @@ enum Command {
     Watch { run: u64 },
     /// Cancel a run: running steps are killed, nothing new starts.
     Cancel { run: u64 },
-    /// List workers: capacity, what is in use, labels, last heartbeat.
+    /// List workers (capacity, what is in use, labels, mode, last heartbeat), or
+    /// cordon, drain or uncordon one.
+    #[command(args_conflicts_with_subcommands = true)]
     Workers {
         #[command(flatten)]
         read: Read,
+        #[command(subcommand)]
+        command: Option<WorkersCommand>,
     },
     /// Print a run's logs (all steps, or one); -f follows live output.
     Logs {
@@ -169,6 +173,17 @@ fn parse_address_arg(text: &str) -> Result<String, String> {
     ferry_common::channel::parse_address(text.trim())
         .map(|_| text.trim().to_string())
         .map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+pub enum WorkersCommand {
+    /// Give the worker no new work; what runs there goes on.
+    Cordon { name: String },
+    /// Give the worker no new work and let its running steps finish, so that it
+    /// can be taken down; 'ferry workers' shows when it is idle.
+    Drain { name: String },
+    /// Let the worker take new work again (undoes cordon and drain).
+    Uncordon { name: String },
 }
 
 #[derive(Subcommand)]
@@ -321,7 +336,7 @@ mod tests {
         let stale = |args: &[&str]| match parse(args).unwrap().command {
             Command::Runs { read }
             | Command::Status { read, .. }
-            | Command::Workers { read }
+            | Command::Workers { read, .. }
             | Command::Artifacts { read, .. } => read.stale,
             _ => panic!("not a listing"),
         };

@@ -25,6 +25,28 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const MAX_RETRIES: u32 = 20;
 /// Longest accepted pipeline or step name.
 pub const MAX_NAME_LEN: usize = 64;
+/// First delay before a failed step is retried (it doubles with each retry).
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
+/// Longest delay between two attempts of a step.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 10 * 60 * 1000;
+/// Accepted `priority` range.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+/// The project of a pipeline that names none.
+pub const DEFAULT_PROJECT: &str = "default";
+/// Most labels a `node_selector` may ask for.
+pub const MAX_SELECTOR_LABELS: usize = 32;
+
+fn default_project() -> String {
+    DEFAULT_PROJECT.to_string()
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    DEFAULT_RETRY_BACKOFF_MS
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
 
 /// A validated, resolved pipeline, as the coordinator stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +58,18 @@ pub struct Pipeline {
     /// In a topological order: every step after all its dependencies; ties broken
     /// by the order in the file.
     pub steps: Vec<Step>,
+    /// Higher runs are placed first (default 0).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: i32,
+    /// Who the run is accounted to for quotas and fair share.
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Most steps of one run that may hold a worker at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// The whole run is stopped (and fails) after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One resolved step.
@@ -56,6 +90,25 @@ pub struct Step {
     pub resources: Resources,
     pub retries: u32,
     pub timeout_ms: Option<u64>,
+    /// Constraints on the GPUs counted in `resources.gpus`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gpu: GpuConstraint,
+    /// Labels a worker must carry to run the step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Delay before the first retry; each further retry waits twice as long.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+}
+
+/// Which GPUs may serve a step: a model (case-insensitive substring of the name
+/// the driver reports, e.g. `H100`) and a minimum of memory per GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct GpuConstraint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub min_memory_bytes: u64,
 }
 
 /// An input of a step: the output `output` of step `step`, made available to the
@@ -140,6 +193,10 @@ struct RawPipeline {
     name: Option<String>,
     params: Option<UniqueMap<Value>>,
     steps: Option<Vec<RawStep>>,
+    priority: Option<Value>,
+    project: Option<Value>,
+    max_parallel: Option<Value>,
+    timeout: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +215,8 @@ struct RawStep {
     resources: Option<RawResources>,
     retries: Option<Value>,
     timeout: Option<Value>,
+    retry_backoff: Option<Value>,
+    node_selector: Option<UniqueMap<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -944,6 +1003,9 @@ struct Partial {
     resources: Resources,
     retries: u32,
     timeout_ms: Option<u64>,
+    gpu: GpuConstraint,
+    node_selector: BTreeMap<String, String>,
+    retry_backoff_ms: u64,
 }
 
 /// Parses, validates and resolves a pipeline spec. `file_name` is used only in
@@ -997,6 +1059,13 @@ pub fn parse_pipeline(
         }
     };
     let params = check_params(&mut ck, raw.params.unwrap_or_default().0, overrides);
+    let run_settings = check_run_settings(
+        &mut ck,
+        &raw.priority,
+        &raw.project,
+        &raw.max_parallel,
+        &raw.timeout,
+    );
 
     if steps.is_empty() {
         let at = ck.loc.top("steps", None);
@@ -1192,6 +1261,9 @@ pub fn parse_pipeline(
                 resources: p.resources,
                 retries: p.retries,
                 timeout_ms: p.timeout_ms,
+                gpu: p.gpu,
+                node_selector: p.node_selector,
+                retry_backoff_ms: p.retry_backoff_ms,
             })
         })
         .collect();
@@ -1199,6 +1271,10 @@ pub fn parse_pipeline(
         name,
         params,
         steps: resolved,
+        priority: run_settings.priority,
+        project: run_settings.project,
+        max_parallel: run_settings.max_parallel,
+        timeout_ms: run_settings.timeout_ms,
     })
 }
 
@@ -1471,6 +1547,7 @@ fn check_step(
     }
 
     // Resources.
+    let mut gpu = GpuConstraint::default();
     let mut resources = Resources {
         cpu_millis: DEFAULT_CPU_MILLIS,
         memory_bytes: DEFAULT_MEMORY_BYTES,
@@ -1518,23 +1595,77 @@ fn check_step(
             }
         }
         if let Some(v) = &r.gpu {
-            let parsed = match v {
+            let count_of = |v: &Value| match v {
                 Value::Number(n) => n.as_u64().and_then(|g| u32::try_from(g).ok()),
                 Value::String(s) => s.trim().parse::<u32>().ok(),
                 _ => None,
             };
-            match parsed {
-                Some(g) => resources.gpus = g,
-                None => {
-                    let at = ck.loc.step(i, me, "resources", Some("gpu"));
-                    let got = describe_value(v);
-                    ck.error(
+            let at = ck.loc.step(i, me, "resources", Some("gpu"));
+            match v {
+                Value::Mapping(map) => {
+                    for (key, value) in map {
+                        match key.as_str() {
+                            Some("count") => match count_of(value) {
+                                Some(g) => resources.gpus = g,
+                                None => ck.error(
+                                    at,
+                                    format!(
+                                        "resources.gpu.count of step {label} must be a non-negative integer, got {}",
+                                        describe_value(value)
+                                    ),
+                                ),
+                            },
+                            Some("model") => match scalar_text(value) {
+                                Some(model) if !model.trim().is_empty() => {
+                                    gpu.model = Some(model.trim().to_string());
+                                }
+                                _ => ck.error(
+                                    at,
+                                    format!(
+                                        "resources.gpu.model of step {label} must be a model name such as \"H100\", got {}",
+                                        describe_value(value)
+                                    ),
+                                ),
+                            },
+                            Some("min_memory") => {
+                                match parse_memory_bytes(&scalar_text(value).unwrap_or_default()) {
+                                    Ok(bytes) => gpu.min_memory_bytes = bytes,
+                                    Err(e) => ck.error(
+                                        at,
+                                        format!(
+                                            "resources.gpu.min_memory of step {label} is invalid: {e}"
+                                        ),
+                                    ),
+                                }
+                            }
+                            _ => ck.error(
+                                at,
+                                format!(
+                                    "resources.gpu of step {label} has an unknown field {}; use `count`, `model` and `min_memory`",
+                                    describe_value(key)
+                                ),
+                            ),
+                        }
+                    }
+                    if resources.gpus == 0 && gpu != GpuConstraint::default() {
+                        ck.error(
+                            at,
+                            format!(
+                                "resources.gpu of step {label} sets a model or min_memory but no `count`; add e.g. `count: 1`"
+                            ),
+                        );
+                    }
+                }
+                other => match count_of(other) {
+                    Some(g) => resources.gpus = g,
+                    None => ck.error(
                         at,
                         format!(
-                            "resources.gpu of step {label} must be a non-negative integer, got {got}"
+                            "resources.gpu of step {label} must be a non-negative integer or a map with `count`, `model` and `min_memory`, got {}",
+                            describe_value(other)
                         ),
-                    );
-                }
+                    ),
+                },
             }
         }
     }
@@ -1557,29 +1688,60 @@ fn check_step(
         }
     }
 
-    // Timeout.
-    let mut timeout_ms = None;
-    if let Some(v) = &step.timeout {
+    // Timeout and retry backoff.
+    let timeout_ms = step.timeout.as_ref().and_then(|v| {
         let at = ck.loc.step(i, me, "timeout", None);
-        match v {
-            Value::String(s) => match parse_duration_ms(s) {
-                Ok(0) => ck.error(at, format!("timeout of step {label} must be greater than zero")),
-                Ok(ms) => timeout_ms = Some(ms),
-                Err(e) => ck.error(at, format!("timeout of step {label} is invalid: {e}")),
-            },
-            Value::Number(n) => ck.error(
+        check_duration(ck, at, &format!("timeout of step {label}"), v)
+    });
+    let retry_backoff_ms = step
+        .retry_backoff
+        .as_ref()
+        .and_then(|v| {
+            let at = ck.loc.step(i, me, "retry_backoff", None);
+            let what = format!("retry_backoff of step {label}");
+            let ms = check_duration(ck, at, &what, v)?;
+            if ms > MAX_RETRY_BACKOFF_MS {
+                ck.error(
+                    at,
+                    format!(
+                        "{what} is {}; at most {} is allowed",
+                        v.as_str().unwrap_or_default(),
+                        human_ms(MAX_RETRY_BACKOFF_MS)
+                    ),
+                );
+                return None;
+            }
+            Some(ms)
+        })
+        .unwrap_or(DEFAULT_RETRY_BACKOFF_MS);
+
+    // Node selector.
+    let mut node_selector = BTreeMap::new();
+    if let Some(map) = &step.node_selector {
+        let at = ck.loc.step(i, me, "node_selector", None);
+        if map.0.len() > MAX_SELECTOR_LABELS {
+            ck.error(
                 at,
                 format!(
-                    "timeout of step {label} is {n}, which has no unit; write e.g. \"{n}s\" or \"{n}m\""
+                    "node_selector of step {label} has {} labels; at most {MAX_SELECTOR_LABELS} are allowed",
+                    map.0.len()
                 ),
-            ),
-            other => ck.error(
-                at,
-                format!(
-                    "timeout of step {label} is {}; write a duration such as \"30s\", \"10m\" or \"1h30m\"",
-                    kind_of(other)
+            );
+        }
+        for (key, value) in &map.0 {
+            match scalar_text(value) {
+                Some(text) if !key.trim().is_empty() => {
+                    node_selector.insert(key.clone(), text);
+                }
+                Some(_) => ck.error(at, format!("node_selector of step {label} has an empty label name")),
+                None => ck.error(
+                    ck.loc.step(i, me, "node_selector", Some(key)),
+                    format!(
+                        "node_selector label {key:?} of step {label} must be a plain value such as \"a\", got {}",
+                        describe_value(value)
+                    ),
                 ),
-            ),
+            }
         }
     }
 
@@ -1591,7 +1753,124 @@ fn check_step(
         resources,
         retries,
         timeout_ms,
+        gpu,
+        node_selector,
+        retry_backoff_ms,
     }
+}
+
+/// A duration field (`30s`, `10m`, `1h30m`): a positive number of milliseconds,
+/// or an error naming `what` and saying how to write one.
+fn check_duration(ck: &mut Checker<'_>, at: Option<Pos>, what: &str, v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => match parse_duration_ms(s) {
+            Ok(0) => ck.error(at, format!("{what} must be greater than zero")),
+            Ok(ms) => return Some(ms),
+            Err(e) => ck.error(at, format!("{what} is invalid: {e}")),
+        },
+        Value::Number(n) => ck.error(
+            at,
+            format!("{what} is {n}, which has no unit; write e.g. \"{n}s\" or \"{n}m\""),
+        ),
+        other => ck.error(
+            at,
+            format!(
+                "{what} is {}; write a duration such as \"30s\", \"10m\" or \"1h30m\"",
+                kind_of(other)
+            ),
+        ),
+    }
+    None
+}
+
+/// Renders a whole number of milliseconds the way specs write durations.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The run-wide settings at the top of a pipeline.
+struct RunSettings {
+    priority: i32,
+    project: String,
+    max_parallel: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+fn check_run_settings(
+    ck: &mut Checker<'_>,
+    priority: &Option<Value>,
+    project: &Option<Value>,
+    max_parallel: &Option<Value>,
+    timeout: &Option<Value>,
+) -> RunSettings {
+    let mut settings = RunSettings {
+        priority: 0,
+        project: DEFAULT_PROJECT.to_string(),
+        max_parallel: None,
+        timeout_ms: None,
+    };
+    if let Some(v) = priority {
+        match v.as_i64().filter(|p| PRIORITY_RANGE.contains(p)) {
+            Some(p) => settings.priority = p as i32,
+            None => {
+                let at = ck.loc.top("priority", None);
+                ck.error(
+                    at,
+                    format!(
+                        "priority must be an integer from {} to {} (higher runs first), got {}",
+                        PRIORITY_RANGE.start(),
+                        PRIORITY_RANGE.end(),
+                        describe_value(v)
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(v) = project {
+        match v.as_str() {
+            Some(name) if is_pipeline_name(name) => settings.project = name.to_string(),
+            _ => {
+                let at = ck.loc.top("project", None);
+                ck.error(
+                    at,
+                    format!(
+                        "project must be a name ({}), got {}",
+                        describe_name_rule("A-Z, a-z, 0-9, '_', '.', '-'"),
+                        describe_value(v)
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(v) = max_parallel {
+        match v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .and_then(|n| u32::try_from(n).ok())
+        {
+            Some(n) => settings.max_parallel = Some(n),
+            None => {
+                let at = ck.loc.top("max_parallel", None);
+                ck.error(
+                    at,
+                    format!(
+                        "max_parallel must be a positive integer (steps of this run at once), got {}",
+                        describe_value(v)
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(v) = timeout {
+        let at = ck.loc.top("timeout", None);
+        settings.timeout_ms = check_duration(ck, at, "the pipeline's timeout", v);
+    }
+    settings
 }
 
 fn check_command(
@@ -2709,5 +2988,114 @@ steps:
         assert_eq!(suggest("ab", ["cd"]), None);
         assert_eq!(suggest("tran", ["train", "trains"]), Some("train"));
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn scheduling_fields_resolve() {
+        let p = parse(
+            r#"name: sched
+project: vision
+priority: 10
+max_parallel: 8
+timeout: 2h
+steps:
+  - name: train
+    command: ["true"]
+    retries: 3
+    retry_backoff: 30s
+    node_selector: {zone: a, accelerator: h100}
+    resources:
+      gpu: {count: 2, model: H100, min_memory: 40Gi}
+  - name: eval
+    command: ["true"]
+    resources: {gpu: 1}
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.project, "vision");
+        assert_eq!(p.priority, 10);
+        assert_eq!(p.max_parallel, Some(8));
+        assert_eq!(p.timeout_ms, Some(2 * 3600 * 1000));
+        let train = &p.steps[0];
+        assert_eq!(train.resources.gpus, 2);
+        assert_eq!(train.gpu.model.as_deref(), Some("H100"));
+        assert_eq!(train.gpu.min_memory_bytes, 40 << 30);
+        assert_eq!(train.retry_backoff_ms, 30_000);
+        assert_eq!(train.node_selector["zone"], "a");
+        assert_eq!(train.node_selector["accelerator"], "h100");
+        let eval = &p.steps[1];
+        assert_eq!(eval.resources.gpus, 1);
+        assert_eq!(eval.gpu, GpuConstraint::default());
+        assert_eq!(eval.retry_backoff_ms, DEFAULT_RETRY_BACKOFF_MS);
+        assert!(eval.node_selector.is_empty());
+
+        let plain = parse("name: p\nsteps:\n  - name: a\n    command: [\"true\"]\n").unwrap();
+        assert_eq!(plain.project, DEFAULT_PROJECT);
+        assert_eq!(plain.priority, 0);
+        assert_eq!(plain.max_parallel, None);
+        assert_eq!(plain.timeout_ms, None);
+        // A pipeline stored before these fields existed reads with their defaults.
+        let mut old = serde_json::to_value(&plain).unwrap();
+        old.as_object_mut().unwrap().remove("project");
+        old["steps"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("retry_backoff_ms");
+        let old: Pipeline = serde_json::from_value(old).unwrap();
+        assert_eq!(old, plain);
+    }
+
+    #[test]
+    fn bad_scheduling_fields_are_named() {
+        let step = "steps:\n  - name: a\n    command: [\"true\"]\n";
+        single(
+            &format!("name: p\npriority: 5000\n{step}"),
+            &["priority must be an integer from -1000 to 1000", "5000"],
+            Some(2),
+        );
+        single(
+            &format!("name: p\nproject: \"a b\"\n{step}"),
+            &["project must be a name", "\"a b\""],
+            Some(2),
+        );
+        single(
+            &format!("name: p\nmax_parallel: 0\n{step}"),
+            &["max_parallel must be a positive integer", "0"],
+            Some(2),
+        );
+        single(
+            &format!("name: p\ntimeout: 30\n{step}"),
+            &["the pipeline's timeout is 30, which has no unit"],
+            Some(2),
+        );
+        let base = "name: p\nsteps:\n  - name: a\n    command: [\"true\"]\n";
+        single(
+            &format!("{base}    retry_backoff: 2h\n"),
+            &["retry_backoff of step \"a\" is 2h; at most 10m is allowed"],
+            Some(5),
+        );
+        single(
+            &format!("{base}    node_selector: {{zone: [a]}}\n"),
+            &["node_selector label \"zone\" of step \"a\" must be a plain value"],
+            Some(5),
+        );
+        single(
+            &format!("{base}    resources:\n      gpu: {{count: 1, modle: H100}}\n"),
+            &[
+                "resources.gpu of step \"a\" has an unknown field \"modle\"",
+                "`model`",
+            ],
+            Some(6),
+        );
+        single(
+            &format!("{base}    resources:\n      gpu: {{model: H100}}\n"),
+            &["sets a model or min_memory but no `count`"],
+            Some(6),
+        );
+        single(
+            &format!("{base}    resources:\n      gpu: {{count: 1, min_memory: lots}}\n"),
+            &["resources.gpu.min_memory of step \"a\" is invalid"],
+            Some(6),
+        );
     }
 }

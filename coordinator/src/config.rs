@@ -4,7 +4,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use ferry_common::config_file::{ConfigFileError, load_toml};
+use ferry_common::spec::parse_cpu_millis;
+
+use crate::scheduler::Quota;
 use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
 
@@ -40,6 +45,76 @@ pub struct CoordinatorConfig {
     pub join: bool,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub scheduling: SchedulingSettings,
+}
+
+/// Worker leases and project quotas. Only the leader schedules, so every member
+/// should carry the same settings (a new leader applies its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingSettings {
+    /// A worker with no heartbeat for this long is declared lost and its attempts
+    /// are retried elsewhere. Workers heartbeat five times per lease.
+    pub worker_lease_ms: u64,
+    /// Most a project may hold at once, by project name.
+    pub quotas: BTreeMap<String, QuotaConfig>,
+}
+
+impl Default for SchedulingSettings {
+    fn default() -> Self {
+        SchedulingSettings {
+            worker_lease_ms: DEFAULT_WORKER_LEASE_MS,
+            quotas: BTreeMap::new(),
+        }
+    }
+}
+
+/// Default worker lease.
+pub const DEFAULT_WORKER_LEASE_MS: u64 = 10_000;
+
+/// `[scheduling.quotas.NAME]`: `cpu` in cores (`8`, `"500m"`), `gpus` a count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    #[serde(default)]
+    pub cpu: Option<toml::Value>,
+    #[serde(default)]
+    pub gpus: Option<u32>,
+}
+
+impl SchedulingSettings {
+    /// The quotas as the scheduler takes them, or which one is wrong and why.
+    pub fn quotas(&self) -> Result<BTreeMap<String, Quota>, ClusterConfigError> {
+        let mut quotas = BTreeMap::new();
+        for (project, quota) in &self.quotas {
+            let max_cpu_millis = match &quota.cpu {
+                None => None,
+                Some(value) => {
+                    let text = match value {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        other => other.to_string(),
+                    };
+                    Some(
+                        parse_cpu_millis(&text).map_err(|error| ClusterConfigError::Quota {
+                            project: project.clone(),
+                            error: format!("cpu {text:?}: {error}"),
+                        })?,
+                    )
+                }
+            };
+            quotas.insert(
+                project.clone(),
+                Quota {
+                    max_cpu_millis,
+                    max_gpus: quota.gpus,
+                },
+            );
+        }
+        Ok(quotas)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -101,6 +176,10 @@ pub enum ClusterConfigError {
     JoinWithoutMembers,
     #[error("raft.{field} must be at least {min}")]
     Raft { field: &'static str, min: u64 },
+    #[error("scheduling.quotas.{project}: {error}")]
+    Quota { project: String, error: String },
+    #[error("scheduling.worker_lease_ms must be at least 500 (it is {0})")]
+    Lease(u64),
 }
 
 impl CoordinatorConfig {
@@ -133,6 +212,10 @@ impl CoordinatorConfig {
                 min: 1,
             });
         }
+        if self.scheduling.worker_lease_ms < 500 {
+            return Err(ClusterConfigError::Lease(self.scheduling.worker_lease_ms));
+        }
+        self.scheduling.quotas()?;
         if self.join {
             if self.members.iter().all(|m| m.id == self.id) {
                 return Err(ClusterConfigError::JoinWithoutMembers);
@@ -362,5 +445,60 @@ mod tests {
             "[raft]\nelection_ticks = 4\nheartbeat_ticks = 5\n",
         );
         assert_eq!(below, "raft.election_ticks must be at least 6");
+    }
+
+    fn with_scheduling(scheduling: &str) -> Result<CoordinatorConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n{scheduling}"
+            ),
+        )
+        .unwrap();
+        let config = CoordinatorConfig::load(&path).map_err(|e| e.to_string())?;
+        config.initial_members().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn quotas_and_the_lease_are_read_and_checked() {
+        let config = with_scheduling(
+            "[scheduling]\nworker_lease_ms = 3000\n[scheduling.quotas.vision]\ncpu = 16\ngpus = 4\n[scheduling.quotas.nlp]\ncpu = \"500m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.scheduling.worker_lease_ms, 3000);
+        let quotas = config.scheduling.quotas().unwrap();
+        assert_eq!(
+            quotas["vision"],
+            Quota {
+                max_cpu_millis: Some(16_000),
+                max_gpus: Some(4)
+            }
+        );
+        assert_eq!(
+            quotas["nlp"],
+            Quota {
+                max_cpu_millis: Some(500),
+                max_gpus: None
+            }
+        );
+        let defaults = with_scheduling("").unwrap();
+        assert_eq!(defaults.scheduling.worker_lease_ms, DEFAULT_WORKER_LEASE_MS);
+        assert!(defaults.scheduling.quotas().unwrap().is_empty());
+
+        let error = with_scheduling("[scheduling.quotas.vision]\ncpu = \"lots\"\n").unwrap_err();
+        assert!(
+            error.contains("scheduling.quotas.vision") && error.contains("\"lots\""),
+            "{error}"
+        );
+        let error = with_scheduling("[scheduling]\nworker_lease_ms = 10\n").unwrap_err();
+        assert!(
+            error.contains("worker_lease_ms must be at least 500"),
+            "{error}"
+        );
+        let error = with_scheduling("[scheduling.quotas.vision]\ngpu = 1\n").unwrap_err();
+        assert!(error.contains("gpu"), "{error}");
     }
 }

@@ -4,7 +4,7 @@
 //! on the leader, makes reads linearizable, runs the scheduling loop on the leader
 //! only, and keeps the leader's worker streams.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::consensus::driver::{self, Driver, Input, LocalStatus, Proposal, RoleI
 use crate::consensus::storage::{LogStore, SledLog};
 use crate::consensus::transport::Transport;
 use crate::scheduler;
-use crate::state::{AttemptKey, Command, Member, Outcome, State, StateError};
+use crate::state::{AttemptKey, Command, Member, Outcome, RunId, State, StateError};
 use crate::store::{Store, StoreError};
 
 /// Room in each worker's assignment stream before it is considered stuck.
@@ -102,6 +102,14 @@ pub struct Node {
     log_version: watch::Sender<u64>,
     links: Mutex<HashMap<String, WorkerLink>>,
     heartbeats: Mutex<HashMap<String, i64>>,
+    /// When this member last became the leader: a worker's lease runs from its last
+    /// heartbeat to this leader, or from here.
+    leading_since_ms: Mutex<i64>,
+    /// The worker lease and project quotas this member schedules with.
+    pub lease_ms: u64,
+    quotas: BTreeMap<String, scheduler::Quota>,
+    /// Why each queued step stayed queued in the last scheduling pass (leader only).
+    waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
     /// Turns true when this member must stop serving (storage failure, removed).
     stop: watch::Sender<Option<String>>,
 }
@@ -161,12 +169,22 @@ pub fn authorize(caller: &Identity, command: &Command) -> Result<(), ProposeErro
         Command::StepStarted { worker, .. } | Command::StepFinished { worker, .. } => {
             worker_named(worker)
         }
-        Command::Assign { .. } => {
+        Command::SetWorkerMode { .. } => {
+            if caller.role == Role::Client {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not cordon or drain workers (client certificates only)"
+                )))
+            }
+        }
+        Command::Assign { .. } | Command::WorkerLost { .. } | Command::TimeOutRun { .. } => {
             if caller.role == Role::Coordinator {
                 Ok(())
             } else {
                 Err(ProposeError::Denied(format!(
-                    "{caller} may not assign work (the leader's scheduler only)"
+                    "{caller} may not assign work, declare workers lost or time out runs \
+                     (the leader only)"
                 )))
             }
         }
@@ -304,6 +322,10 @@ impl Node {
             log_version: watch::channel(0).0,
             links: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
+            leading_since_ms: Mutex::new(now_ms()),
+            lease_ms: config.scheduling.worker_lease_ms,
+            quotas: config.scheduling.quotas()?,
+            waiting: Mutex::new(HashMap::new()),
             stop: watch::channel(None).0,
         });
         let driver = Driver::new(
@@ -322,11 +344,12 @@ impl Node {
             shutdown.clone(),
         ));
         let schedule = tokio::spawn(schedule_loop(node.clone(), shutdown.clone()));
+        let leases = tokio::spawn(lease_loop(node.clone(), shutdown.clone()));
         let leadership = tokio::spawn(leadership_loop(node.clone(), shutdown));
         Ok((
             node,
             NodeTasks {
-                handles: vec![raft, schedule, leadership],
+                handles: vec![raft, schedule, leases, leadership],
             },
         ))
     }
@@ -727,6 +750,17 @@ impl Node {
         self.log_version.send_modify(|v| *v += 1);
     }
 
+    /// Why the last scheduling pass left a run's queued steps queued (on the
+    /// leader; empty elsewhere), by step name.
+    pub fn waiting_reasons(&self, run: RunId) -> BTreeMap<String, String> {
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .get(&run)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn heartbeat(&self, worker: &str) {
         self.heartbeats
             .lock()
@@ -830,7 +864,27 @@ impl Node {
                     );
                 }
             }
-            Outcome::Registered { .. } | Outcome::RunSubmitted(_) | Outcome::Report { .. } => {}
+            Outcome::WorkerLost { worker, ended } => {
+                // Closing its stream makes a worker that is in fact alive register
+                // again; what it still runs is then stopped as stale.
+                if self
+                    .links
+                    .lock()
+                    .expect("links lock")
+                    .remove(worker)
+                    .is_some()
+                {
+                    tracing::info!(worker, "closed the stream of a lost worker");
+                }
+                for key in ended {
+                    tracing::warn!(run = key.run, step = %key.step, attempt = key.attempt, worker, "attempt lost with its worker");
+                }
+            }
+            Outcome::Registered { .. }
+            | Outcome::RunSubmitted(_)
+            | Outcome::Report { .. }
+            | Outcome::WorkerMode(_)
+            | Outcome::Unchanged => {}
         }
     }
 }
@@ -918,6 +972,10 @@ async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         }
         if !leading && now_leading {
             node.heartbeats.lock().expect("heartbeat lock").clear();
+            *node.leading_since_ms.lock().expect("leading lock") = now_ms();
+        }
+        if !now_leading {
+            node.waiting.lock().expect("waiting lock").clear();
         }
         leading = now_leading;
         node.state_changed();
@@ -947,13 +1005,25 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         };
         // Nothing can be placed without a connected worker: skip the scan of the
         // queue (it grows with every queued step).
-        let placements = if accepting.is_empty() {
-            Vec::new()
+        let now = now_ms();
+        let (placements, next_retry) = if accepting.is_empty() {
+            node.waiting.lock().expect("waiting lock").clear();
+            (Vec::new(), None)
         } else {
-            node.read(|state| {
-                let (queue, workers) = scheduler::snapshot(state, &accepting);
-                scheduler::place(&queue, &workers, &scheduler::limits(state))
-            })
+            let (plan, next_retry) = node.read(|state| {
+                let (queue, workers) = scheduler::snapshot(state, &accepting, now);
+                let limits = scheduler::limits(state, &node.quotas);
+                (
+                    scheduler::plan(&queue, &workers, &limits),
+                    state.next_retry_ms(),
+                )
+            });
+            let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
+            for w in plan.waiting {
+                waiting.entry(w.run).or_default().insert(w.step, w.reason);
+            }
+            *node.waiting.lock().expect("waiting lock") = waiting;
+            (plan.placements, next_retry)
         };
         if !placements.is_empty() {
             let command = Command::Assign {
@@ -964,11 +1034,76 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 tracing::warn!(%error, "could not propose assignments");
             }
         }
+        // Wake for the next change, the end of the earliest retry backoff, or a
+        // second from now at the latest.
+        let wait = next_retry
+            .map(|at| Duration::from_millis(at.saturating_sub(now).clamp(1, 1000) as u64))
+            .unwrap_or(Duration::from_secs(1));
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     tracing::info!("scheduler stopped");
+}
+
+/// On the leader: declares lost every worker whose lease ran out (a committed
+/// `WorkerLost`, so its attempts are retried elsewhere), and times out runs past
+/// their pipeline's timeout. Runs five times per lease.
+async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_millis((node.lease_ms / 5).max(50));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if !node.role().is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let since = *node.leading_since_ms.lock().expect("leading lock");
+        let heartbeats = node.heartbeats.lock().expect("heartbeat lock").clone();
+        let (expired, timed_out) = node.read(|state| {
+            let expired: Vec<(String, String, i64)> = state
+                .workers
+                .values()
+                .filter(|w| w.lost_ms.is_none())
+                .filter_map(|w| {
+                    let last = heartbeats.get(&w.name).copied().unwrap_or(since).max(since);
+                    let silent = now.saturating_sub(last);
+                    (silent > node.lease_ms as i64)
+                        .then(|| (w.name.clone(), w.session.clone(), silent))
+                })
+                .collect();
+            (expired, state.runs_past_timeout(now))
+        });
+        for (worker, session, silent) in expired {
+            let reason = format!(
+                "no heartbeat from \"{worker}\" for {} (lease {})",
+                crate::state::human_delay(silent as u64),
+                crate::state::human_delay(node.lease_ms)
+            );
+            tracing::warn!(
+                worker,
+                silent_ms = silent,
+                "worker lease expired; declaring it lost"
+            );
+            let command = Command::WorkerLost {
+                worker,
+                session,
+                reason,
+                now_ms: now,
+            };
+            if let Err(error) = node.propose(command).await {
+                tracing::warn!(%error, "could not declare a worker lost");
+            }
+        }
+        for run in timed_out {
+            tracing::warn!(run, "run timed out");
+            if let Err(error) = node.propose(Command::TimeOutRun { run, now_ms: now }).await {
+                tracing::warn!(run, %error, "could not time out the run");
+            }
+        }
+    }
 }

@@ -408,7 +408,10 @@ fn no_room_reason(shape: &Shape, workers: &[WorkerSlot]) -> String {
         return if labelled.iter().any(|w| w.accepting) {
             format!("waiting for room on a worker{with_labels}")
         } else {
-            format!("waiting for a worker{with_labels} to connect")
+            format!(
+                "waiting: no worker{with_labels} that could run it takes work now \
+                 (disconnected, lost, cordoned or draining)"
+            )
         };
     }
     let need = shape.resources;
@@ -469,11 +472,16 @@ pub fn place(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> V
 
 /// Why a step with these needs can never run on the registered workers, or `None`
 /// when at least one worker is big enough (it may still have to wait for room).
-pub fn never_fits_reason(need: Resources, workers: &[WorkerSlot]) -> Option<String> {
+pub fn never_fits_reason(
+    need: Resources,
+    gpu: &GpuNeed,
+    selector: &BTreeMap<String, String>,
+    workers: &[WorkerSlot],
+) -> Option<String> {
     let shape = Shape {
         resources: need,
-        gpu: GpuNeed::default(),
-        selector: BTreeMap::new(),
+        gpu: gpu.clone(),
+        selector: selector.clone(),
     };
     if workers.iter().any(|w| shape.fits_idle(w)) {
         return None;
@@ -506,21 +514,44 @@ pub fn format_bytes(bytes: u64) -> String {
 
 /// Builds the scheduler's view of the state: the queue and every registered worker
 /// with what is still free on it. `accepting` says which workers have a live stream.
-pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>, Vec<WorkerSlot>) {
-    let queue = state
-        .queued_steps()
+pub fn snapshot(
+    state: &State,
+    accepting: &BTreeSet<String>,
+    now_ms: i64,
+) -> (Vec<QueuedStep>, Vec<WorkerSlot>) {
+    (queue(state, now_ms), worker_slots(state, accepting))
+}
+
+/// What a step's spec asks of its GPUs, as the scheduler matches it.
+pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
+    GpuNeed {
+        model: spec.gpu.model.clone(),
+        min_memory_bytes: spec.gpu.min_memory_bytes,
+    }
+}
+
+/// The steps ready to be placed at `now_ms`, oldest run first.
+pub fn queue(state: &State, now_ms: i64) -> Vec<QueuedStep> {
+    state
+        .queued_steps(now_ms)
         .into_iter()
         .map(|(run, spec)| QueuedStep {
-            run,
+            run: run.id,
             step: spec.name.clone(),
             resources: spec.resources,
-            gpu: GpuNeed::default(),
-            selector: BTreeMap::new(),
-            priority: 0,
-            project: String::new(),
+            gpu: gpu_need(spec),
+            selector: spec.node_selector.clone(),
+            priority: run.pipeline.priority,
+            project: run.pipeline.project.clone(),
         })
-        .collect();
-    let workers = state
+        .collect()
+}
+
+/// Every registered worker with what is free on it; only those in `accepting`
+/// (a live stream) that an operator has not cordoned or drained, and that are not
+/// lost, take new work.
+pub fn worker_slots(state: &State, accepting: &BTreeSet<String>) -> Vec<WorkerSlot> {
+    state
         .workers
         .values()
         .map(|worker| {
@@ -555,20 +586,35 @@ pub fn snapshot(state: &State, accepting: &BTreeSet<String>) -> (Vec<QueuedStep>
                 gpus,
                 free_gpus,
                 labels: worker.labels.clone(),
-                accepting: accepting.contains(&worker.name),
+                accepting: worker.schedulable() && accepting.contains(&worker.name),
             }
         })
-        .collect();
-    (queue, workers)
+        .collect()
 }
 
-/// The limits the state knows: how many attempts each run holds now. (Quotas,
-/// priorities and `max_parallel` come from the spec and configuration.)
-pub fn limits(state: &State) -> Limits {
-    let mut limits = Limits::default();
+/// The limits in force: the configured project quotas, what each project holds
+/// now, and each running run's `max_parallel` with how many attempts it holds.
+pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
+    let mut limits = Limits {
+        quotas: quotas.clone(),
+        ..Limits::default()
+    };
+    for run in state.runs.values().filter(|r| !r.state.is_terminal()) {
+        if let Some(max) = run.pipeline.max_parallel {
+            limits.runs.entry(run.id).or_default().max_parallel = Some(max);
+        }
+    }
     for load in state.loads.values() {
-        for key in load.attempts.keys() {
+        for (key, (resources, _)) in &load.attempts {
             limits.runs.entry(key.run).or_default().active += 1;
+            if let Some(run) = state.runs.get(&key.run) {
+                let usage = limits
+                    .usage
+                    .entry(run.pipeline.project.clone())
+                    .or_default();
+                usage.cpu_millis = usage.cpu_millis.saturating_add(resources.cpu_millis);
+                usage.gpus = usage.gpus.saturating_add(resources.gpus);
+            }
         }
     }
     limits

@@ -163,6 +163,10 @@ pub struct StepRecord {
     pub attempts: Vec<Attempt>,
     pub outputs: Vec<ArtifactRecord>,
     pub reason: Option<String>,
+    /// A step waiting to be retried is not placed before this time (exponential
+    /// backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
 }
 
 impl StepRecord {
@@ -182,6 +186,9 @@ pub struct Run {
     pub state: RunState,
     /// One record per pipeline step, in the pipeline's (topological) order.
     pub steps: Vec<StepRecord>,
+    /// Why the run ended, when not by its steps alone (e.g. its timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The client's id for this submission, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -213,6 +220,44 @@ pub struct Worker {
     pub labels: BTreeMap<String, String>,
     pub registered_ms: i64,
     pub session: String,
+    /// Whether the scheduler may give it new work (kept across re-registrations).
+    #[serde(default)]
+    pub mode: WorkerMode,
+    /// When the leader declared it lost (no heartbeat within the lease); cleared
+    /// when it registers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_ms: Option<i64>,
+}
+
+impl Worker {
+    /// Whether new attempts may be placed on it (its stream must also be live).
+    pub fn schedulable(&self) -> bool {
+        self.mode == WorkerMode::Active && self.lost_ms.is_none()
+    }
+}
+
+/// What an operator allows on a worker: `ferry workers cordon|drain|uncordon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerMode {
+    /// Takes new work.
+    #[default]
+    Active,
+    /// Takes no new work; what runs there goes on.
+    Cordoned,
+    /// Takes no new work and is being emptied: running steps finish, then it is
+    /// idle and can be taken down.
+    Draining,
+}
+
+impl WorkerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerMode::Active => "active",
+            WorkerMode::Cordoned => "cordoned",
+            WorkerMode::Draining => "draining",
+        }
+    }
 }
 
 /// What an attempt holds on its worker while it is assigned or running. Derived
@@ -306,6 +351,26 @@ pub enum Command {
         run: RunId,
         now_ms: i64,
     },
+    /// An operator's `ferry workers cordon|drain|uncordon`.
+    SetWorkerMode {
+        worker: String,
+        mode: WorkerMode,
+        now_ms: i64,
+    },
+    /// The leader saw no heartbeat from the worker's session `session` within the
+    /// lease: its attempts end as lost (and are retried elsewhere). Ignored if the
+    /// worker registered a new session since.
+    WorkerLost {
+        worker: String,
+        session: String,
+        reason: String,
+        now_ms: i64,
+    },
+    /// The run has been running longer than its pipeline's `timeout`.
+    TimeOutRun {
+        run: RunId,
+        now_ms: i64,
+    },
 }
 
 /// The result of applying a command that was accepted.
@@ -324,10 +389,21 @@ pub enum Outcome {
         accepted: bool,
         detail: String,
     },
-    /// A run was cancelled; these attempts must be stopped on their workers.
+    /// A run was cancelled (or timed out); these attempts must be stopped on their
+    /// workers.
     Cancelled {
         stop: Vec<(AttemptKey, String)>,
     },
+    /// A worker's mode changed.
+    WorkerMode(WorkerMode),
+    /// A worker was declared lost (`ended` lists the attempts that ended with it;
+    /// empty when the command was stale). Its stream must be closed.
+    WorkerLost {
+        worker: String,
+        ended: Vec<AttemptKey>,
+    },
+    /// A `TimeOutRun` that came too early or too late changed nothing.
+    Unchanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -340,6 +416,47 @@ pub enum StateError {
     RunAlreadyFinished { run: RunId, state: &'static str },
     #[error("worker \"{0}\" is not registered")]
     WorkerNotFound(String),
+}
+
+/// How many times an attempt lost with its worker is retried (beyond `retries`).
+pub const LOST_RETRIES: u32 = 3;
+
+/// The wait before retry number `retry` (from 1): `backoff_ms` doubled for each
+/// retry after the first, at most [`MAX_RETRY_BACKOFF_MS`].
+pub fn retry_delay_ms(backoff_ms: u64, retry: u32) -> u64 {
+    let doublings = retry.saturating_sub(1).min(32);
+    backoff_ms
+        .saturating_mul(1u64 << doublings)
+        .min(ferry_common::spec::MAX_RETRY_BACKOFF_MS)
+}
+
+/// Renders a delay in milliseconds for reasons: `1.5s`, `2m`, `1h30m`.
+pub fn human_delay(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        return if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{:.1}s", ms as f64 / 1000.0)
+        };
+    }
+    let minutes = ms / 60_000;
+    let seconds = (ms % 60_000) / 1000;
+    if minutes < 60 {
+        return if seconds == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{seconds}s")
+        };
+    }
+    let (hours, minutes) = (minutes / 60, minutes % 60);
+    if minutes == 0 {
+        format!("{hours}h")
+    } else {
+        format!("{hours}h{minutes}m")
+    }
 }
 
 /// Records changed by the commands applied since the last persist.
@@ -471,6 +588,26 @@ impl State {
                 now_ms,
             } => self.step_finished(&key, &worker, report, now_ms),
             Command::CancelRun { run, now_ms } => self.cancel_run(run, now_ms),
+            Command::SetWorkerMode {
+                worker,
+                mode,
+                now_ms: _,
+            } => {
+                let record = self
+                    .workers
+                    .get_mut(&worker)
+                    .ok_or_else(|| StateError::WorkerNotFound(worker.clone()))?;
+                record.mode = mode;
+                self.dirty.workers.insert(worker);
+                Ok(Outcome::WorkerMode(mode))
+            }
+            Command::WorkerLost {
+                worker,
+                session,
+                reason,
+                now_ms,
+            } => Ok(self.worker_lost(worker, &session, &reason, now_ms)),
+            Command::TimeOutRun { run, now_ms } => Ok(self.time_out_run(run, now_ms)),
         }
     }
 
@@ -501,6 +638,7 @@ impl State {
                 attempts: Vec::new(),
                 outputs: Vec::new(),
                 reason: None,
+                not_before_ms: None,
             })
             .collect();
         let run = Run {
@@ -512,6 +650,7 @@ impl State {
             finished_ms: None,
             state: RunState::Running,
             steps,
+            reason: None,
             request_id,
         };
         self.runs.insert(id, Arc::new(run));
@@ -526,6 +665,10 @@ impl State {
         now_ms: i64,
     ) -> Outcome {
         let name = worker.name.clone();
+        let mut worker = worker;
+        // The operator's choice outlives a restart of the worker; being lost does not.
+        worker.mode = self.workers.get(&name).map_or(worker.mode, |w| w.mode);
+        worker.lost_ms = None;
         self.workers.insert(name.clone(), worker);
         self.dirty.workers.insert(name.clone());
         let load = self.loads.entry(name.clone()).or_default().clone();
@@ -616,6 +759,7 @@ impl State {
         });
         step.state = StepState::Assigned;
         step.reason = None;
+        step.not_before_ms = None;
         let key = AttemptKey {
             run: placement.run,
             step: placement.step.clone(),
@@ -798,6 +942,7 @@ impl State {
             return;
         };
         let retries = run.pipeline.steps[index].retries;
+        let backoff_ms = run.pipeline.steps[index].retry_backoff_ms;
         let step = &mut run.steps[index];
         let Some(attempt) = step.attempts.last_mut() else {
             return;
@@ -831,12 +976,28 @@ impl State {
                 step.reason = reason;
             }
             AttemptOutcome::Failed | AttemptOutcome::TimedOut | AttemptOutcome::Lost => {
-                if (step.attempts.len() as u32) <= retries {
+                // A failure of the step itself uses up its `retries` and waits an
+                // exponential backoff; an attempt lost with its worker is retried at
+                // once, up to LOST_RETRIES times, without using up `retries`.
+                let lost = step
+                    .attempts
+                    .iter()
+                    .filter(|a| a.outcome == Some(AttemptOutcome::Lost))
+                    .count() as u32;
+                let failures = step.attempts.len() as u32 - lost;
+                let why = reason.unwrap_or_else(|| outcome.as_str().to_string());
+                if outcome == AttemptOutcome::Lost && lost <= LOST_RETRIES {
                     step.state = StepState::Queued;
+                    step.not_before_ms = None;
+                    step.reason = Some(format!("retrying after attempt {}: {why}", key.attempt));
+                } else if outcome != AttemptOutcome::Lost && failures <= retries {
+                    let delay = retry_delay_ms(backoff_ms, failures);
+                    step.state = StepState::Queued;
+                    step.not_before_ms = Some(now_ms.saturating_add(delay as i64));
                     step.reason = Some(format!(
-                        "retrying after attempt {}: {}",
-                        key.attempt,
-                        reason.unwrap_or_else(|| outcome.as_str().to_string())
+                        "retry {failures} of {retries} in {} after attempt {}: {why}",
+                        human_delay(delay),
+                        key.attempt
                     ));
                 } else {
                     step.state = if outcome == AttemptOutcome::TimedOut {
@@ -844,7 +1005,11 @@ impl State {
                     } else {
                         StepState::Failed
                     };
-                    step.reason = reason;
+                    step.reason = Some(if outcome == AttemptOutcome::Lost {
+                        format!("{why} (lost {lost} times; giving up)")
+                    } else {
+                        why
+                    });
                     let failed = step.name.clone();
                     Self::skip_dependents(run, &failed);
                 }
@@ -944,17 +1109,135 @@ impl State {
         Ok(Outcome::Cancelled { stop })
     }
 
-    /// The steps waiting for a worker, oldest run first, in pipeline order within a run.
-    pub fn queued_steps(&self) -> Vec<(RunId, &ferry_common::spec::Step)> {
+    /// The steps ready for a worker at `now_ms` (a retry waits out its backoff),
+    /// oldest run first, in pipeline order within a run.
+    pub fn queued_steps(&self, now_ms: i64) -> Vec<(&Run, &ferry_common::spec::Step)> {
         let mut queue = Vec::new();
         for run in self.runs.values().filter(|r| !r.state.is_terminal()) {
             for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-                if record.state == StepState::Queued {
-                    queue.push((run.id, spec));
+                if record.state == StepState::Queued
+                    && record.not_before_ms.is_none_or(|t| t <= now_ms)
+                {
+                    queue.push((&**run, spec));
                 }
             }
         }
         queue
+    }
+
+    /// The earliest time a step now waiting out a retry backoff becomes ready.
+    pub fn next_retry_ms(&self) -> Option<i64> {
+        self.runs
+            .values()
+            .filter(|r| !r.state.is_terminal())
+            .flat_map(|r| r.steps.iter())
+            .filter(|s| s.state == StepState::Queued)
+            .filter_map(|s| s.not_before_ms)
+            .min()
+    }
+
+    /// Running runs whose pipeline timeout has passed at `now_ms`.
+    pub fn runs_past_timeout(&self, now_ms: i64) -> Vec<RunId> {
+        self.runs
+            .values()
+            .filter(|r| !r.state.is_terminal())
+            .filter(|r| {
+                r.pipeline
+                    .timeout_ms
+                    .is_some_and(|t| now_ms.saturating_sub(r.submitted_ms) >= t as i64)
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+
+    fn worker_lost(&mut self, name: String, session: &str, reason: &str, now_ms: i64) -> Outcome {
+        let Some(worker) = self.workers.get_mut(&name) else {
+            return Outcome::WorkerLost {
+                worker: name,
+                ended: Vec::new(),
+            };
+        };
+        if worker.session != session || worker.lost_ms.is_some() {
+            // It registered again since the leader decided, or is already lost.
+            return Outcome::WorkerLost {
+                worker: name,
+                ended: Vec::new(),
+            };
+        }
+        worker.lost_ms = Some(now_ms);
+        self.dirty.workers.insert(name.clone());
+        let held: Vec<AttemptKey> = self
+            .loads
+            .get(&name)
+            .map(|load| load.attempts.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in &held {
+            self.end_attempt(
+                key,
+                AttemptOutcome::Lost,
+                None,
+                Some(format!("worker lost: {reason}")),
+                Vec::new(),
+                now_ms,
+            );
+        }
+        Outcome::WorkerLost {
+            worker: name,
+            ended: held,
+        }
+    }
+
+    /// Stops a run that outlived its pipeline's timeout: running attempts end as
+    /// timed out (and are stopped on their workers), steps not yet finished are
+    /// skipped, and the run fails with the reason.
+    fn time_out_run(&mut self, run_id: RunId, now_ms: i64) -> Outcome {
+        let Some(run) = self.runs.get(&run_id) else {
+            return Outcome::Unchanged;
+        };
+        let Some(timeout) = run.pipeline.timeout_ms else {
+            return Outcome::Unchanged;
+        };
+        if run.state.is_terminal() || now_ms.saturating_sub(run.submitted_ms) < timeout as i64 {
+            return Outcome::Unchanged;
+        }
+        let why = format!("the run timed out after {}", human_delay(timeout));
+        let run = self
+            .runs
+            .get_mut(&run_id)
+            .map(Arc::make_mut)
+            .expect("checked");
+        let mut stop = Vec::new();
+        for step in &mut run.steps {
+            if step.state.is_terminal() {
+                continue;
+            }
+            if step.state.is_active()
+                && let Some(attempt) = step.attempts.last_mut()
+            {
+                attempt.finished_ms = Some(now_ms);
+                attempt.outcome = Some(AttemptOutcome::TimedOut);
+                attempt.reason = Some(why.clone());
+                let key = AttemptKey {
+                    run: run_id,
+                    step: step.name.clone(),
+                    attempt: attempt.number,
+                };
+                if let Some(load) = self.loads.get_mut(&attempt.worker) {
+                    load.attempts.remove(&key);
+                }
+                stop.push((key, attempt.worker.clone()));
+                step.state = StepState::TimedOut;
+            } else {
+                step.state = StepState::Skipped;
+            }
+            step.reason = Some(why.clone());
+            step.not_before_ms = None;
+        }
+        run.state = RunState::Failed;
+        run.reason = Some(why);
+        run.finished_ms = Some(now_ms);
+        self.dirty.runs.insert(run_id);
+        Outcome::Cancelled { stop }
     }
 
     /// Whether `key` is an assigned or running attempt of `worker`.

@@ -506,6 +506,21 @@ impl Cluster {
         self.wait_worker_connected(name);
     }
 
+    /// Sends a signal to worker `name` (SIGKILL, or SIGSTOP/SIGCONT to cut it off
+    /// and bring it back without closing its sockets).
+    pub fn signal_worker(&self, name: &str, signal: nix::sys::signal::Signal) {
+        let daemon = self.workers.get(name).expect("no such worker");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid()), signal);
+    }
+
+    /// Everything worker `name` has logged.
+    pub fn worker_log(&self, name: &str) -> String {
+        self.workers
+            .get(name)
+            .map(Daemon::log_text)
+            .unwrap_or_default()
+    }
+
     fn worker_coordinators_line(&self) -> String {
         if self.coordinators.len() == 1 {
             return format!("coordinator = \"{}\"", self.address());
@@ -681,6 +696,40 @@ pub fn processes_with_marker(marker: &str) -> usize {
             !zombie && String::from_utf8_lossy(&cmdline).contains(marker)
         })
         .count()
+}
+
+/// A token no other process on the machine has in its command line.
+pub fn marker(tag: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "ferrymark-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// SIGKILLs every process whose command line contains `marker` (what a test left
+/// behind on purpose, e.g. the orphans of a worker it killed).
+pub fn kill_processes_with_marker(marker: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Whether any process still runs whose command line contains `marker`.

@@ -10,3 +10,4 @@ mod t50_specs;
 mod t60_dev;
 mod t70_replication;
 mod t80_corruption;
+mod t90_scheduling;

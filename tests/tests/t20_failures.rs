@@ -1,11 +1,11 @@
 //! Things going wrong: failing steps and their retries, timeouts and cancellation
 //! killing whole process trees, and a step no worker can ever fit.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_tests::{
-    Cluster, process_with_marker_exists, processes_with_marker, step_of, wait_for, write_pipeline,
+    Cluster, marker, process_with_marker_exists, processes_with_marker, step_of, wait_for,
+    write_pipeline,
 };
 use serde_json::Value;
 
@@ -15,20 +15,6 @@ fn cluster_with_worker() -> Cluster {
     let mut cluster = Cluster::start();
     cluster.add_worker("w1", WORKER_CONFIG);
     cluster
-}
-
-/// A token no other process on the machine has in its command line.
-fn marker(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "ferrymark-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A script that starts a tree of long sleeps whose command lines all carry

@@ -21,7 +21,6 @@ use crate::store::LogRecord;
 const MAX_LOG_LINES_PER_BATCH: usize = 5000;
 const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
 const MAX_LABELS: usize = 64;
-const HEARTBEAT_INTERVAL_MS: u32 = 2000;
 
 pub struct AgentService {
     node: Arc<Node>,
@@ -117,6 +116,8 @@ impl Agent for AgentService {
             labels: register.labels.into_iter().collect::<BTreeMap<_, _>>(),
             registered_ms: now_ms(),
             session: session.clone(),
+            mode: Default::default(),
+            lost_ms: None,
         };
         let running = request_running(register.running);
         self.node
@@ -134,7 +135,7 @@ impl Agent for AgentService {
         tracing::info!(worker = %identity.name, %session, "worker registered");
         Ok(Response::new(proto::RegisterResponse {
             session,
-            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            heartbeat_interval_ms: (self.node.lease_ms / 5).clamp(100, u64::from(u32::MAX)) as u32,
         }))
     }
 
@@ -145,14 +146,35 @@ impl Agent for AgentService {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
         self.node.require_leader()?;
         let heartbeat = request.into_inner();
-        let registered = self
-            .node
-            .read(|state| state.workers.contains_key(&identity.name));
-        if !registered {
-            return Err(Status::failed_precondition(format!(
-                "worker \"{}\" is not registered; register first",
-                identity.name
-            )));
+        let record = self.node.read(|state| {
+            state
+                .workers
+                .get(&identity.name)
+                .map(|w| (w.session.clone(), w.lost_ms))
+        });
+        match record {
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "worker \"{}\" is not registered; register first",
+                    identity.name
+                )));
+            }
+            Some((_, Some(_))) => {
+                return Err(Status::failed_precondition(format!(
+                    "worker \"{}\" was declared lost (no heartbeat within the lease); register \
+                     again (what it still runs will be stopped)",
+                    identity.name
+                )));
+            }
+            Some((session, None))
+                if !heartbeat.session.is_empty() && session != heartbeat.session =>
+            {
+                return Err(Status::failed_precondition(format!(
+                    "session \"{}\" of worker \"{}\" is not current; register again",
+                    heartbeat.session, identity.name
+                )));
+            }
+            Some(_) => {}
         }
         self.node.heartbeat(&identity.name);
         let running = request_running(heartbeat.running);

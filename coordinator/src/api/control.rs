@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
 use crate::node::{Node, now_ms};
 use crate::scheduler;
-use crate::state::{Command, Outcome, Run, RunId, State, StepState};
+use crate::state::{Command, Outcome, Run, RunId, State, StepState, Worker, WorkerMode};
 
 /// Upper bound on a submitted pipeline file.
 const MAX_SPEC_BYTES: usize = 1024 * 1024;
@@ -91,15 +91,55 @@ impl ControlService {
 
     async fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
         let live = self.node.live_workers().await;
+        let waiting = self.node.waiting_reasons(id);
         self.node.read(|state| {
             let run = state
                 .runs
                 .get(&id)
                 .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
-            Ok(run_view(state, run, &|name| {
-                live.get(name).is_some_and(|(connected, _)| *connected)
-            }))
+            Ok(run_view(
+                state,
+                run,
+                &|name| live.get(name).is_some_and(|(connected, _)| *connected),
+                &waiting,
+                now_ms(),
+            ))
         })
+    }
+}
+
+fn worker_view(
+    state: &State,
+    worker: &Worker,
+    live: &HashMap<String, (bool, i64)>,
+) -> proto::WorkerView {
+    let load = state.loads.get(&worker.name).cloned().unwrap_or_default();
+    proto::WorkerView {
+        name: worker.name.clone(),
+        capacity: Some(resources(worker.capacity)),
+        in_use: Some(resources(load.in_use())),
+        labels: worker
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        gpus: worker
+            .gpus
+            .iter()
+            .map(|g| proto::Gpu {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                model: g.model.clone(),
+                memory_bytes: g.memory_bytes,
+            })
+            .collect(),
+        last_heartbeat_ms: live.get(&worker.name).map_or(0, |(_, at)| *at),
+        connected: live
+            .get(&worker.name)
+            .is_some_and(|(connected, _)| *connected),
+        running: load.attempts.len() as u32,
+        mode: worker.mode.as_str().to_string(),
+        lost_ms: worker.lost_ms.unwrap_or(0),
     }
 }
 
@@ -121,17 +161,29 @@ pub(crate) fn run_summary(run: &Run) -> proto::RunSummary {
         finished_ms: run.finished_ms.unwrap_or(0),
         steps_total: run.steps.len() as u32,
         steps_done: run.steps.iter().filter(|s| s.state.is_terminal()).count() as u32,
+        reason: run.reason.clone().unwrap_or_default(),
+        priority: run.pipeline.priority,
+        project: run.pipeline.project.clone(),
     }
 }
 
-fn run_view(state: &State, run: &Run, connected: &dyn Fn(&str) -> bool) -> proto::RunView {
+/// A run as `ferry status` shows it. A queued step's reason is, in order: that no
+/// worker can ever hold it, the retry backoff it waits out, why the leader's last
+/// scheduling pass left it queued (`waiting`), or what its record says.
+fn run_view(
+    state: &State,
+    run: &Run,
+    connected: &dyn Fn(&str) -> bool,
+    waiting: &BTreeMap<String, String>,
+    now_ms: i64,
+) -> proto::RunView {
     let accepting = state
         .workers
         .keys()
         .filter(|name| connected(name))
         .cloned()
         .collect();
-    let (_, workers) = scheduler::snapshot(state, &accepting);
+    let workers = scheduler::worker_slots(state, &accepting);
     let steps =
         run.steps
             .iter()
@@ -139,9 +191,21 @@ fn run_view(state: &State, run: &Run, connected: &dyn Fn(&str) -> bool) -> proto
             .map(|(record, spec)| {
                 let current = record.current_attempt();
                 let reason = match record.state {
-                    StepState::Queued => scheduler::never_fits_reason(spec.resources, &workers)
-                        .or_else(|| record.reason.clone())
-                        .unwrap_or_else(|| "waiting for a worker with room".to_string()),
+                    StepState::Queued => scheduler::never_fits_reason(
+                        spec.resources,
+                        &scheduler::gpu_need(spec),
+                        &spec.node_selector,
+                        &workers,
+                    )
+                    .or_else(|| {
+                        record
+                            .not_before_ms
+                            .filter(|t| *t > now_ms)
+                            .and(record.reason.clone())
+                    })
+                    .or_else(|| waiting.get(&record.name).cloned())
+                    .or_else(|| record.reason.clone())
+                    .unwrap_or_else(|| "waiting for a worker with room".to_string()),
                     StepState::Waiting => {
                         let pending: Vec<&str> = spec
                             .needs
@@ -386,37 +450,50 @@ impl Control for ControlService {
             state
                 .workers
                 .values()
-                .map(|worker| {
-                    let load = state.loads.get(&worker.name).cloned().unwrap_or_default();
-                    proto::WorkerView {
-                        name: worker.name.clone(),
-                        capacity: Some(resources(worker.capacity)),
-                        in_use: Some(resources(load.in_use())),
-                        labels: worker
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                        gpus: worker
-                            .gpus
-                            .iter()
-                            .map(|g| proto::Gpu {
-                                index: g.index,
-                                uuid: g.uuid.clone(),
-                                model: g.model.clone(),
-                                memory_bytes: g.memory_bytes,
-                            })
-                            .collect(),
-                        last_heartbeat_ms: live.get(&worker.name).map_or(0, |(_, at)| *at),
-                        connected: live
-                            .get(&worker.name)
-                            .is_some_and(|(connected, _)| *connected),
-                        running: load.attempts.len() as u32,
-                    }
-                })
+                .map(|worker| worker_view(state, worker, &live))
                 .collect()
         });
         Ok(Response::new(proto::ListWorkersResponse { workers }))
+    }
+
+    async fn set_worker_mode(
+        &self,
+        request: Request<proto::SetWorkerModeRequest>,
+    ) -> Result<Response<proto::WorkerView>, Status> {
+        let identity = require_role(&request, Role::Client)?;
+        let request = request.into_inner();
+        let mode = match request.mode.as_str() {
+            "active" => WorkerMode::Active,
+            "cordoned" => WorkerMode::Cordoned,
+            "draining" => WorkerMode::Draining,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown worker mode {other:?}; use \"active\", \"cordoned\" or \"draining\""
+                )));
+            }
+        };
+        self.node
+            .propose_as(
+                &identity,
+                Command::SetWorkerMode {
+                    worker: request.name.clone(),
+                    mode,
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(worker = %request.name, mode = mode.as_str(), by = %identity, "worker mode set");
+        let live = self.node.live_workers().await;
+        self.node.read(|state| {
+            state
+                .workers
+                .get(&request.name)
+                .map(|worker| Response::new(worker_view(state, worker, &live)))
+                .ok_or_else(|| {
+                    Status::not_found(format!("worker \"{}\" is not registered", request.name))
+                })
+        })
     }
 
     type StreamLogsStream = ResponseStream<proto::LogLine>;

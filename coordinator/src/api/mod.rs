@@ -40,11 +40,10 @@ pub(crate) fn propose_status(error: ProposeError) -> Status {
 
 pub(crate) fn state_status(error: StateError) -> Status {
     match error {
-        StateError::RunNotFound(_) | StateError::StepNotFound { .. } => {
-            Status::not_found(error.to_string())
-        }
+        StateError::RunNotFound(_)
+        | StateError::StepNotFound { .. }
+        | StateError::WorkerNotFound(_) => Status::not_found(error.to_string()),
         StateError::RunAlreadyFinished { .. } => Status::failed_precondition(error.to_string()),
-        StateError::WorkerNotFound(_) => Status::failed_precondition(error.to_string()),
     }
 }
 

@@ -99,7 +99,13 @@ fn workers_without_a_stream_get_nothing() {
     w.accepting = false;
     let plan = plan(&[step(1, "a", res(100, 1, 0))], &[w], &none());
     assert!(plan.placements.is_empty());
-    assert_eq!(plan.waiting[0].reason, "waiting for a worker to connect");
+    assert!(
+        plan.waiting[0]
+            .reason
+            .contains("no worker that could run it takes work now"),
+        "{}",
+        plan.waiting[0].reason
+    );
 }
 
 #[test]
@@ -255,8 +261,22 @@ fn selectors_and_gpu_constraints_choose_the_worker() {
 #[test]
 fn reasons_name_what_is_short() {
     let workers = vec![worker("w", res(2000, 1024, 0), 1)];
-    assert_eq!(never_fits_reason(res(1000, 100, 1), &workers), None);
-    let reason = never_fits_reason(res(64000, 100, 2), &workers).unwrap();
+    assert_eq!(
+        never_fits_reason(
+            res(1000, 100, 1),
+            &GpuNeed::default(),
+            &BTreeMap::new(),
+            &workers
+        ),
+        None
+    );
+    let reason = never_fits_reason(
+        res(64000, 100, 2),
+        &GpuNeed::default(),
+        &BTreeMap::new(),
+        &workers,
+    )
+    .unwrap();
     assert!(
         reason.contains("64 CPUs (the largest worker has 2)"),
         "{reason}"
@@ -266,7 +286,7 @@ fn reasons_name_what_is_short() {
         "{reason}"
     );
     assert_eq!(
-        never_fits_reason(res(1, 1, 0), &[]).unwrap(),
+        never_fits_reason(res(1, 1, 0), &GpuNeed::default(), &BTreeMap::new(), &[]).unwrap(),
         "no worker is registered"
     );
     let mut labelled = step(1, "a", res(100, 1, 2));
@@ -525,4 +545,105 @@ mod properties {
             prop_assert_eq!(plan.placements.len(), usize::from(fits), "{:?}", plan.waiting);
         }
     }
+}
+
+/// The scheduler's view of a real state: spec fields become the queue's
+/// priority, project, selector and GPU needs; active attempts count towards
+/// their project's usage and their run's `max_parallel`; a retry waits out its
+/// backoff.
+#[test]
+fn the_state_view_carries_the_spec_and_the_usage() {
+    use crate::state::{Command, GpuInfo, Worker, WorkerMode};
+    let yaml = r#"name: p
+project: vision
+priority: 7
+max_parallel: 2
+steps:
+  - name: train
+    node_selector: {zone: a}
+    resources: {cpu: 2, gpu: {count: 1, model: H100, min_memory: 40Gi}}
+    command: ["true"]
+  - name: other
+    command: ["true"]
+"#;
+    let pipeline = ferry_common::spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
+    let mut state = State::default();
+    state
+        .apply(Command::SubmitRun {
+            pipeline,
+            bundle_digest: "blake3:b".into(),
+            submitter: "alice".into(),
+            request_id: None,
+            now_ms: 1,
+        })
+        .unwrap();
+    state
+        .apply(Command::RegisterWorker {
+            worker: Worker {
+                name: "w".into(),
+                capacity: res(8000, 8192, 1),
+                gpus: vec![GpuInfo {
+                    index: 0,
+                    uuid: "GPU-0".into(),
+                    model: "NVIDIA H100 80GB HBM3".into(),
+                    memory_bytes: 80 << 30,
+                }],
+                labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+                registered_ms: 1,
+                session: "s".into(),
+                mode: WorkerMode::Active,
+                lost_ms: None,
+            },
+            running: Vec::new(),
+            now_ms: 2,
+        })
+        .unwrap();
+    let accepting = BTreeSet::from(["w".to_string()]);
+    let (queue, workers) = snapshot(&state, &accepting, 3);
+    assert_eq!(queue.len(), 2);
+    let train = &queue[0];
+    assert_eq!((train.priority, train.project.as_str()), (7, "vision"));
+    assert_eq!(train.selector["zone"], "a");
+    assert_eq!(train.gpu.model.as_deref(), Some("H100"));
+    assert_eq!(train.gpu.min_memory_bytes, 40 << 30);
+    let quotas = BTreeMap::from([(
+        "vision".to_string(),
+        Quota {
+            max_cpu_millis: None,
+            max_gpus: Some(1),
+        },
+    )]);
+    let placements = place(&queue, &workers, &limits(&state, &quotas));
+    assert_eq!(placements.len(), 2);
+    assert_eq!(placements[0].gpus, [0]);
+    state
+        .apply(Command::Assign {
+            placements,
+            now_ms: 4,
+        })
+        .unwrap();
+    let limits = limits(&state, &quotas);
+    assert_eq!(
+        limits.usage["vision"],
+        Usage {
+            cpu_millis: 2500,
+            gpus: 1
+        }
+    );
+    assert_eq!(
+        limits.runs[&1],
+        RunLimit {
+            max_parallel: Some(2),
+            active: 2
+        }
+    );
+    // A cordoned worker takes no new work even with a live stream.
+    state
+        .apply(Command::SetWorkerMode {
+            worker: "w".into(),
+            mode: WorkerMode::Cordoned,
+            now_ms: 5,
+        })
+        .unwrap();
+    assert!(!worker_slots(&state, &accepting)[0].accepting);
 }

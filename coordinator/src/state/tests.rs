@@ -50,6 +50,8 @@ fn worker(name: &str, cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Worker {
         labels: BTreeMap::new(),
         registered_ms: 0,
         session: format!("{name}-session-1"),
+        mode: WorkerMode::Active,
+        lost_ms: None,
     }
 }
 
@@ -346,9 +348,9 @@ impl Sim {
 
     fn queued(&self) -> Vec<(RunId, String)> {
         self.state
-            .queued_steps()
+            .queued_steps(i64::MAX)
             .into_iter()
-            .map(|(run, spec)| (run, spec.name.clone()))
+            .map(|(run, spec)| (run.id, spec.name.clone()))
             .collect()
     }
 
@@ -934,11 +936,20 @@ steps:
         if number < 3 {
             assert_eq!(prep.state, StepState::Queued, "attempt {number} is retried");
             let reason = prep.reason.clone().unwrap_or_default();
+            // Exponential backoff from the default 1 s: 1 s, then 2 s.
+            let delay = 1000 << (number - 1);
             assert!(
-                reason.starts_with(&format!("retrying after attempt {number}"))
-                    && reason.contains("exited with code 1"),
+                reason.starts_with(&format!(
+                    "retry {number} of 2 in {}s after attempt {number}",
+                    delay / 1000
+                )) && reason.contains("exited with code 1"),
                 "{reason}"
             );
+            let finished = sim.attempt(&attempt).finished_ms.unwrap();
+            assert_eq!(prep.not_before_ms, Some(finished + delay));
+            assert!(sim.state.queued_steps(finished + delay - 1).is_empty());
+            assert_eq!(sim.state.next_retry_ms(), Some(finished + delay));
+            assert_eq!(sim.state.queued_steps(finished + delay).len(), 1);
             assert_eq!(sim.step_state(run, "train"), StepState::Waiting);
             assert_eq!(sim.step_state(run, "report"), StepState::Waiting);
         } else {
@@ -1462,10 +1473,12 @@ fn reregistering_loses_unlisted_running_attempts_and_resends_unstarted_ones() {
             .unwrap_or_default()
             .starts_with("retrying after attempt 1"),
     );
-    // Running and unlisted, no retries: failed, dependents skipped.
+    // Running and unlisted, no retries: a lost attempt does not use up `retries`,
+    // so it is queued again too; its dependents wait.
     assert_eq!(sim.attempt(&fin).outcome, Some(AttemptOutcome::Lost));
-    assert_eq!(sim.step_state(run, "final"), StepState::Failed);
-    assert_eq!(sim.step_state(run, "after"), StepState::Skipped);
+    assert_eq!(sim.step_state(run, "final"), StepState::Queued);
+    assert_eq!(sim.step(run, "final").not_before_ms, None, "no backoff");
+    assert_eq!(sim.step_state(run, "after"), StepState::Waiting);
     // Listed or merely assigned: untouched.
     assert_eq!(sim.step(run, "kept"), &kept_before);
     assert_eq!(sim.step(run, "kept-pending"), &kept_pending_before);
@@ -1490,7 +1503,8 @@ fn reregistering_loses_unlisted_running_attempts_and_resends_unstarted_ones() {
     sim.start(&pending);
     assert_eq!(sim.step_state(run, "pending"), StepState::Running);
 
-    // A second restart that lists nothing loses the retried one for good.
+    // A second restart that lists nothing loses both again: lost attempts are
+    // retried (up to LOST_RETRIES) without using up `retries`.
     sim.start(&again);
     let resend = sim.register_with(restarted, vec![kept.clone()]);
     assert_eq!(
@@ -1498,9 +1512,9 @@ fn reregistering_loses_unlisted_running_attempts_and_resends_unstarted_ones() {
         std::slice::from_ref(&kept_pending),
         "still unstarted, sent again"
     );
-    assert_eq!(sim.step_state(run, "retry"), StepState::Failed);
+    assert_eq!(sim.step_state(run, "retry"), StepState::Queued);
     assert_eq!(sim.step(run, "retry").attempts.len(), 2);
-    assert_eq!(sim.step_state(run, "pending"), StepState::Failed);
+    assert_eq!(sim.step_state(run, "pending"), StepState::Queued);
     assert_eq!(sim.step_state(run, "kept"), StepState::Running);
     assert_eq!(sim.step_state(run, "kept-pending"), StepState::Assigned);
     assert_eq!(sim.load_keys("w1"), [kept, kept_pending]);
@@ -1624,6 +1638,23 @@ steps:
     commands.push(Command::RegisterWorker {
         worker: big_worker("w1"),
         running: Vec::new(),
+        now_ms: at(),
+    });
+    commands.push(Command::SetWorkerMode {
+        worker: "w2".to_string(),
+        mode: WorkerMode::Cordoned,
+        now_ms: at(),
+    });
+    // Stale: w3 registered a session with another name since.
+    commands.push(Command::WorkerLost {
+        worker: "w3".to_string(),
+        session: "w3-session-0".to_string(),
+        reason: "no heartbeat".to_string(),
+        now_ms: at(),
+    });
+    // No timeout in the pipeline: changes nothing.
+    commands.push(Command::TimeOutRun {
+        run: 1,
         now_ms: at(),
     });
     commands
@@ -1843,7 +1874,31 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
             .unwrap()
             .contains("worker shutting down")
     );
+    // Lost, not failed: queued again at once, without using up `retries`.
+    assert_eq!(record.steps[0].state, StepState::Queued);
+    assert_eq!(record.steps[0].not_before_ms, None);
+    // Lost again and again: after LOST_RETRIES retries the step fails, and the run
+    // ends instead of being stuck.
+    for number in 2..=LOST_RETRIES + 1 {
+        let a = sim.assign(run, "a", "w1");
+        assert_eq!(a.attempt, number);
+        sim.start(&a);
+        sim.finish(
+            &a,
+            AttemptReport {
+                outcome: ReportedOutcome::Cancelled,
+                exit_code: None,
+                reason: Some("worker shutting down".into()),
+                outputs: Vec::new(),
+                log: None,
+            },
+        );
+    }
+    let record = sim.run(run);
     assert!(record.state.is_terminal(), "the run must not be stuck");
+    assert_eq!(record.steps[0].state, StepState::Failed);
+    let reason = record.steps[0].reason.as_deref().unwrap();
+    assert!(reason.contains("lost 4 times; giving up"), "{reason}");
     assert_eq!(record.steps[1].state, StepState::Skipped);
 }
 
@@ -1919,4 +1974,217 @@ fn commands_are_unchanged_by_the_raft_entry_encoding() {
         let decoded: Command = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(decoded, command);
     }
+}
+
+/// Two roomy workers and a run of CHAIN whose step `a` runs on w1.
+fn running_on_w1() -> (Sim, RunId, AttemptKey) {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    sim.register(big_worker("w2"));
+    let run = sim.submit(CHAIN);
+    let a = sim.assign(run, "a", "w1");
+    sim.start(&a);
+    (sim, run, a)
+}
+
+fn lose(sim: &mut Sim, worker: &str, session: &str) -> Outcome {
+    let now_ms = sim.tick();
+    sim.apply(Command::WorkerLost {
+        worker: worker.to_string(),
+        session: session.to_string(),
+        reason: "no heartbeat for 12s (lease 10s)".to_string(),
+        now_ms,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_lost_worker_loses_its_attempts_which_are_retried_elsewhere_and_its_late_report_is_refused() {
+    let (mut sim, run, a) = running_on_w1();
+    let outcome = lose(&mut sim, "w1", "w1-session-1");
+    assert_eq!(
+        outcome,
+        Outcome::WorkerLost {
+            worker: "w1".to_string(),
+            ended: vec![a.clone()]
+        }
+    );
+    let w1 = &sim.state.workers["w1"];
+    assert!(w1.lost_ms.is_some() && !w1.schedulable());
+    assert!(sim.load_keys("w1").is_empty(), "its capacity is free");
+    let attempt = sim.attempt(&a);
+    assert_eq!(attempt.outcome, Some(AttemptOutcome::Lost));
+    assert_eq!(
+        attempt.reason.as_deref(),
+        Some("worker lost: no heartbeat for 12s (lease 10s)")
+    );
+    // Retried at once, without using up `retries` (CHAIN's `a` has none).
+    assert_eq!(sim.step_state(run, "a"), StepState::Queued);
+    assert_eq!(sim.step(run, "a").not_before_ms, None);
+
+    // The second attempt runs on w2 and succeeds.
+    let again = sim.assign(run, "a", "w2");
+    assert_eq!(again.attempt, 2);
+    sim.start(&again);
+    sim.succeed(&again);
+    assert_eq!(sim.step_state(run, "a"), StepState::Succeeded);
+
+    // w1 comes back and reports its old attempt: refused, nothing changes, the
+    // step is not counted twice.
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    let late = sim.finish_as(&a, "w1", exited_ok(&["x.txt"]));
+    assert!(refusal_detail(late.unwrap()).contains("stale"));
+    sim.assert_untouched(&before, "a late report of a lost attempt");
+    assert_eq!(sim.step(run, "a").attempts.len(), 2);
+    assert_eq!(sim.step(run, "a").outputs[0].attempt, 2);
+
+    // Declaring it lost again, or with an old session, changes nothing.
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    for session in ["w1-session-1", "w1-session-0"] {
+        let outcome = lose(&mut sim, "w1", session);
+        assert_eq!(
+            outcome,
+            Outcome::WorkerLost {
+                worker: "w1".to_string(),
+                ended: Vec::new()
+            }
+        );
+    }
+    sim.assert_untouched(&before, "a repeated or stale WorkerLost");
+
+    // Registering again makes it schedulable.
+    sim.register(big_worker("w1"));
+    assert!(sim.state.workers["w1"].schedulable());
+}
+
+#[test]
+fn a_worker_lost_after_it_registered_a_new_session_is_not_declared_lost() {
+    let (mut sim, run, a) = running_on_w1();
+    let mut restarted = big_worker("w1");
+    restarted.session = "w1-session-2".to_string();
+    sim.register_with(restarted, vec![a.clone()]);
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    lose(&mut sim, "w1", "w1-session-1");
+    sim.assert_untouched(&before, "WorkerLost for an old session");
+    assert_eq!(sim.step_state(run, "a"), StepState::Running);
+}
+
+#[test]
+fn cordon_and_drain_stop_new_work_survive_a_restart_and_uncordon_restores_it() {
+    let (mut sim, run, a) = running_on_w1();
+    for mode in [WorkerMode::Cordoned, WorkerMode::Draining] {
+        let now_ms = sim.tick();
+        assert_eq!(
+            sim.apply(Command::SetWorkerMode {
+                worker: "w1".to_string(),
+                mode,
+                now_ms,
+            }),
+            Ok(Outcome::WorkerMode(mode))
+        );
+        assert!(!sim.state.workers["w1"].schedulable());
+        // What runs there goes on.
+        assert_eq!(sim.step_state(run, "a"), StepState::Running);
+        assert_eq!(sim.load_keys("w1"), std::slice::from_ref(&a));
+    }
+    // A restart of the worker keeps the operator's choice.
+    sim.register_with(big_worker("w1"), vec![a.clone()]);
+    assert_eq!(sim.state.workers["w1"].mode, WorkerMode::Draining);
+    let slots =
+        crate::scheduler::worker_slots(&sim.state, &["w1".to_string(), "w2".to_string()].into());
+    assert!(!slots[0].accepting && slots[1].accepting);
+    let now_ms = sim.tick();
+    sim.apply(Command::SetWorkerMode {
+        worker: "w1".to_string(),
+        mode: WorkerMode::Active,
+        now_ms,
+    })
+    .unwrap();
+    assert!(sim.state.workers["w1"].schedulable());
+
+    // An unknown worker is an error that changes nothing.
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    let now_ms = sim.tick();
+    assert_eq!(
+        sim.apply(Command::SetWorkerMode {
+            worker: "nope".to_string(),
+            mode: WorkerMode::Cordoned,
+            now_ms,
+        }),
+        Err(StateError::WorkerNotFound("nope".to_string()))
+    );
+    sim.assert_untouched(&before, "cordoning an unknown worker");
+}
+
+#[test]
+fn a_run_past_its_timeout_stops_its_attempts_skips_the_rest_and_fails() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    let run = sim.submit(&format!("timeout: 1m\n{CHAIN}"));
+    let submitted = sim.run(run).submitted_ms;
+    let a = sim.assign(run, "a", "w1");
+    sim.start(&a);
+    assert!(sim.state.runs_past_timeout(submitted + 59_999).is_empty());
+    assert_eq!(sim.state.runs_past_timeout(submitted + 60_000), [run]);
+
+    // Too early: nothing changes.
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    assert_eq!(
+        sim.apply(Command::TimeOutRun {
+            run,
+            now_ms: submitted + 59_999
+        }),
+        Ok(Outcome::Unchanged)
+    );
+    sim.assert_untouched(&before, "an early TimeOutRun");
+
+    let outcome = sim
+        .apply(Command::TimeOutRun {
+            run,
+            now_ms: submitted + 60_000,
+        })
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Cancelled {
+            stop: vec![(a.clone(), "w1".to_string())]
+        }
+    );
+    let record = sim.run(run);
+    assert_eq!(record.state, RunState::Failed);
+    assert_eq!(record.reason.as_deref(), Some("the run timed out after 1m"));
+    assert_eq!(sim.attempt(&a).outcome, Some(AttemptOutcome::TimedOut));
+    assert_eq!(sim.step_state(run, "a"), StepState::TimedOut);
+    assert_eq!(sim.step_state(run, "b"), StepState::Skipped);
+    assert!(sim.load_keys("w1").is_empty());
+    // Once over, a second TimeOutRun changes nothing.
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    assert_eq!(
+        sim.apply(Command::TimeOutRun {
+            run,
+            now_ms: submitted + 120_000
+        }),
+        Ok(Outcome::Unchanged)
+    );
+    sim.assert_untouched(&before, "a TimeOutRun for a finished run");
+}
+
+#[test]
+fn retry_delays_double_up_to_the_cap() {
+    assert_eq!(retry_delay_ms(1000, 1), 1000);
+    assert_eq!(retry_delay_ms(1000, 2), 2000);
+    assert_eq!(retry_delay_ms(1000, 4), 8000);
+    assert_eq!(
+        retry_delay_ms(1000, 40),
+        ferry_common::spec::MAX_RETRY_BACKOFF_MS
+    );
+    assert_eq!(human_delay(1500), "1.5s");
+    assert_eq!(human_delay(90_000), "1m30s");
+    assert_eq!(human_delay(5_400_000), "1h30m");
 }
