@@ -1,5 +1,9 @@
-//! What this machine offers: CPU cores, memory, NVIDIA GPUs (through `nvidia-smi`
-//! where it is installed, or an explicit inventory from the configuration), labels.
+//! What this machine offers: CPU cores, memory, NVIDIA GPUs, labels.
+//!
+//! GPUs come from an explicit inventory in the configuration when there is one;
+//! otherwise from NVML, loaded at run time (`libnvidia-ml.so.1`, so the binary
+//! also runs where the driver is missing), and from `nvidia-smi` when NVML cannot
+//! be loaded or answers nothing.
 
 use ferry_common::proto;
 use ferry_common::spec::parse_memory_bytes;
@@ -81,7 +85,7 @@ pub fn discover(config: &WorkerConfig) -> Result<Capacity, FingerprintError> {
             }
             gpus
         }
-        None => nvidia_smi_gpus(),
+        None => discover_gpus(),
     };
     Ok(Capacity {
         cpu_millis,
@@ -95,6 +99,58 @@ fn total_memory_bytes() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Where the GPUs of this machine were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuSource {
+    Nvml,
+    NvidiaSmi,
+    None,
+}
+
+/// The GPUs NVML reports, else those `nvidia-smi` reports, else none.
+pub fn discover_gpus() -> Vec<proto::Gpu> {
+    let (gpus, source) = discover_gpus_with_source();
+    tracing::info!(gpus = gpus.len(), source = ?source, "GPU discovery");
+    gpus
+}
+
+pub fn discover_gpus_with_source() -> (Vec<proto::Gpu>, GpuSource) {
+    match nvml_gpus() {
+        Ok(gpus) if !gpus.is_empty() => return (gpus, GpuSource::Nvml),
+        Ok(_) => tracing::debug!("NVML reports no GPUs; asking nvidia-smi"),
+        Err(error) => tracing::debug!(%error, "NVML is not available; asking nvidia-smi"),
+    }
+    let gpus = nvidia_smi_gpus();
+    let source = if gpus.is_empty() {
+        GpuSource::None
+    } else {
+        GpuSource::NvidiaSmi
+    };
+    (gpus, source)
+}
+
+/// Asks NVML, loaded at run time, for every GPU's index, UUID, model and memory.
+fn nvml_gpus() -> Result<Vec<proto::Gpu>, nvml_wrapper::error::NvmlError> {
+    use nvml_wrapper::Nvml;
+    // The versioned name is what the driver installs; the bare name only comes
+    // with development packages.
+    let nvml = Nvml::builder()
+        .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
+        .init()
+        .or_else(|_| Nvml::init())?;
+    let mut gpus = Vec::new();
+    for index in 0..nvml.device_count()? {
+        let device = nvml.device_by_index(index)?;
+        gpus.push(proto::Gpu {
+            index: device.index().unwrap_or(index),
+            uuid: device.uuid()?,
+            model: device.name()?,
+            memory_bytes: device.memory_info()?.total,
+        });
+    }
+    Ok(gpus)
 }
 
 /// Asks `nvidia-smi` for the GPUs; no binary, or no driver, means no GPUs.
@@ -153,5 +209,22 @@ mod tests {
         assert_eq!(gpus[0].model, "NVIDIA H100 80GB HBM3");
         assert_eq!(gpus[0].memory_bytes, 81559 * 1024 * 1024);
         assert!(parse_nvidia_smi("garbage\n").is_empty());
+    }
+
+    /// Where NVML cannot be loaded (this machine has no NVIDIA driver) discovery
+    /// falls back without failing; where it can, every GPU has a UUID and memory.
+    #[test]
+    fn discovery_without_nvml_falls_back_and_never_fails() {
+        let (gpus, source) = discover_gpus_with_source();
+        match source {
+            GpuSource::None => assert!(gpus.is_empty()),
+            GpuSource::Nvml | GpuSource::NvidiaSmi => {
+                assert!(!gpus.is_empty());
+                for gpu in &gpus {
+                    assert!(gpu.uuid.starts_with("GPU-"), "{gpu:?}");
+                    assert!(gpu.memory_bytes > 0, "{gpu:?}");
+                }
+            }
+        }
     }
 }

@@ -1,18 +1,27 @@
-//! `ferry-worker --config worker.toml`
+//! `ferry-worker --config worker.toml`, or `ferry-worker --list-gpus` to see what
+//! GPU discovery finds on this machine.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use ferry_worker::WorkerConfig;
+use ferry_worker::fingerprint::GpuSource;
 
 /// Ferry's worker daemon: runs the steps the coordinator assigns to this machine.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// The worker's configuration file.
-    #[arg(long, env = "FERRY_WORKER_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        env = "FERRY_WORKER_CONFIG",
+        required_unless_present = "list_gpus"
+    )]
+    config: Option<PathBuf>,
+    /// Print the GPUs discovery finds here (through NVML, else nvidia-smi) and exit.
+    #[arg(long)]
+    list_gpus: bool,
 }
 
 #[tokio::main]
@@ -25,7 +34,37 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = WorkerConfig::load(&args.config)?;
+    if args.list_gpus {
+        let (gpus, source) = ferry_worker::fingerprint::discover_gpus_with_source();
+        match source {
+            GpuSource::None => println!(
+                "no NVIDIA GPU found (NVML could not be loaded or lists none, and nvidia-smi \
+                 is missing or lists none)"
+            ),
+            GpuSource::Nvml | GpuSource::NvidiaSmi => {
+                let via = if source == GpuSource::Nvml {
+                    "NVML"
+                } else {
+                    "nvidia-smi"
+                };
+                println!("{} GPU(s) found through {via}:", gpus.len());
+                for gpu in gpus {
+                    println!(
+                        "  {}  {}  {}  {:.1} GiB",
+                        gpu.index,
+                        gpu.uuid,
+                        gpu.model,
+                        gpu.memory_bytes as f64 / (1u64 << 30) as f64
+                    );
+                }
+            }
+        }
+        return Ok(());
+    }
+    let Some(config) = args.config else {
+        anyhow::bail!("--config is required");
+    };
+    let config = WorkerConfig::load(&config)?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let signal = tokio::spawn(async move {
         ferry_common::signals::terminated().await;
