@@ -343,6 +343,8 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
                 "exit_code": if a.has_exit_code { json!(a.exit_code) } else { json!(null) },
                 "reason": a.reason,
                 "gpus": a.gpus,
+                "cpu_time_ms": a.cpu_time_ms,
+                "peak_memory_bytes": a.peak_memory_bytes,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -399,6 +401,21 @@ async fn status(
                         } else {
                             String::new()
                         },
+                        if a.finished_ms > 0 {
+                            render::duration_ms(a.cpu_time_ms as i64)
+                        } else {
+                            String::new()
+                        },
+                        if a.peak_memory_bytes > 0 {
+                            render::bytes(a.peak_memory_bytes)
+                        } else {
+                            String::new()
+                        },
+                        a.gpus
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
                         a.reason.clone(),
                     ]
                 })
@@ -409,7 +426,8 @@ async fn status(
             "{}",
             render::table(
                 &[
-                    "STEP", "ATTEMPT", "WORKER", "OUTCOME", "TIME", "EXIT", "REASON"
+                    "STEP", "ATTEMPT", "WORKER", "OUTCOME", "TIME", "EXIT", "CPU", "PEAK MEM",
+                    "GPUS", "REASON"
                 ],
                 &rows
             )

@@ -149,6 +149,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         memory: options.memory,
         gpus: None,
         max_log_bytes_per_attempt: 64 * 1024 * 1024,
+        memory_limit_factor: ferry_worker::config::DEFAULT_MEMORY_LIMIT_FACTOR,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

@@ -146,6 +146,16 @@ pub struct Attempt {
     /// The attempt's whole log as a blob (digest, size), once it has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<(String, u64)>,
+    /// What its processes used, as the worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AttemptUsage>,
+}
+
+/// CPU time and peak memory of an attempt's processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptUsage {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +315,8 @@ pub struct AttemptReport {
     /// The attempt's whole log as a blob (digest, size), when the worker sent one.
     #[serde(default)]
     pub log: Option<(String, u64)>,
+    #[serde(default)]
+    pub usage: Option<AttemptUsage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -756,6 +768,7 @@ impl State {
             exit_code: None,
             reason: None,
             log: None,
+            usage: None,
         });
         step.state = StepState::Assigned;
         step.reason = None;
@@ -906,7 +919,7 @@ impl State {
         } else {
             Vec::new()
         };
-        if let Some(log) = report.log
+        if (report.log.is_some() || report.usage.is_some())
             && let Some(attempt) = self
                 .runs
                 .get_mut(&key.run)
@@ -914,7 +927,10 @@ impl State {
                 .and_then(|run| run.steps.iter_mut().find(|s| s.name == key.step))
                 .and_then(|step| step.attempts.last_mut())
         {
-            attempt.log = Some(log);
+            if report.log.is_some() {
+                attempt.log = report.log;
+            }
+            attempt.usage = report.usage;
         }
         self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
         Ok(Outcome::Report {

@@ -385,3 +385,82 @@ fn priorities_and_quotas_order_a_contended_queue() {
     let cancel = cluster.ferry(&["cancel", &capped.to_string()]);
     assert!(cancel.success(), "{cancel:?}");
 }
+
+#[test]
+fn the_worker_defends_itself_against_log_floods_and_memory_hogs_and_records_usage() {
+    let mut cluster = Cluster::start_replicated(1, SHORT_LEASE);
+    cluster.add_worker(
+        "w1",
+        "cpus = 2\nmemory = \"2Gi\"\nmax_log_bytes_per_attempt = 1048576\n",
+    );
+    let pipeline = write_pipeline(
+        &cluster.path("defend"),
+        r#"name: defend
+steps:
+  - name: flood
+    shell: "head -c 500000000 /dev/zero | tr '\\0' x; echo; echo done"
+  - name: hog
+    resources: {memory: 64Mi}
+    command: ["python3", "-c", "import time\nx = b'\\x01' * (400 << 20)\ntime.sleep(60)"]
+  - name: busy
+    resources: {memory: 256Mi}
+    command: ["python3", "-c", "import time\nx = b'\\x01' * (100 << 20)\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.6)"]
+"#,
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(120));
+    assert_eq!(status["state"], "failed", "{status:#}");
+
+    // The flood is capped with a marker, and the worker kept its lease.
+    let flood = step_of(&status, "flood");
+    assert_eq!(flood["state"], "succeeded", "{flood:#}");
+    let logs = cluster.ferry(&["logs", &run.to_string(), "flood"]);
+    assert!(logs.success(), "{logs:?}");
+    assert!(logs.stdout.len() < 2 << 20, "{} bytes", logs.stdout.len());
+    let last = logs.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("passed the limit of 1048576 bytes; the rest is dropped"),
+        "{last}"
+    );
+    let worker = worker_json(&cluster, "w1");
+    assert_eq!(worker["state"], "connected", "{worker:#}");
+    assert!(
+        !cluster.member_log(1).contains("declaring it lost"),
+        "the flood must not cost the worker its lease"
+    );
+
+    // Over twice its request: killed with a reason that says so.
+    let hog = step_of(&status, "hog");
+    assert_eq!(hog["state"], "failed", "{hog:#}");
+    let reason = hog["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("killed: its processes held")
+            && reason.contains("over its limit of 128.0 MiB")
+            && reason.contains("memory request of 64.0 MiB"),
+        "{reason}"
+    );
+    let hog_attempt = &attempts(hog)[0];
+    let duration =
+        hog_attempt["finished_ms"].as_i64().unwrap() - hog_attempt["started_ms"].as_i64().unwrap();
+    assert!(
+        duration < 30_000,
+        "killed long before its sleep ended: {duration} ms"
+    );
+
+    // Usage: the CPU it burnt and the memory it held.
+    let busy = &attempts(step_of(&status, "busy"))[0];
+    assert_eq!(busy["outcome"], "succeeded", "{busy:#}");
+    let cpu = busy["cpu_time_ms"].as_u64().unwrap();
+    assert!((500..5_000).contains(&cpu), "{busy:#}");
+    let peak = busy["peak_memory_bytes"].as_u64().unwrap();
+    assert!(peak >= 100 << 20 && peak < 512 << 20, "{busy:#}");
+
+    let table = cluster.ferry(&["status", &run.to_string(), "--attempts"]);
+    assert!(table.success(), "{table:?}");
+    assert!(
+        table.stdout.contains("PEAK MEM") && table.stdout.contains("CPU"),
+        "{}",
+        table.stdout
+    );
+}

@@ -34,6 +34,10 @@ pub struct WorkerConfig {
     /// Most bytes of stdout+stderr kept per attempt; the rest is dropped with a marker.
     #[serde(default = "default_log_limit")]
     pub max_log_bytes_per_attempt: u64,
+    /// A step whose processes hold more than this times its memory request is
+    /// killed (0 turns the limit off).
+    #[serde(default = "default_memory_limit_factor")]
+    pub memory_limit_factor: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -48,6 +52,13 @@ pub struct GpuEntry {
     #[serde(default)]
     pub memory: Option<String>,
 }
+
+fn default_memory_limit_factor() -> f64 {
+    DEFAULT_MEMORY_LIMIT_FACTOR
+}
+
+/// By default a step may hold twice the memory it asked for.
+pub const DEFAULT_MEMORY_LIMIT_FACTOR: f64 = 2.0;
 
 fn default_log_limit() -> u64 {
     64 * 1024 * 1024
@@ -76,6 +87,8 @@ struct WorkerConfigFile {
     gpus: Option<Vec<GpuEntry>>,
     #[serde(default = "default_log_limit")]
     max_log_bytes_per_attempt: u64,
+    #[serde(default = "default_memory_limit_factor")]
+    memory_limit_factor: f64,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -83,6 +96,15 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
 
     fn try_from(file: WorkerConfigFile) -> Result<WorkerConfig, String> {
         let coordinators = coordinator_addresses(file.coordinator, file.coordinators)?;
+        if !(file.memory_limit_factor.is_finite()
+            && (file.memory_limit_factor == 0.0 || file.memory_limit_factor >= 1.0))
+        {
+            return Err(format!(
+                "memory_limit_factor = {} is invalid: use 0 (no limit) or a number of at least 1 \
+                 (a step may hold that many times its memory request)",
+                file.memory_limit_factor
+            ));
+        }
         Ok(WorkerConfig {
             name: file.name,
             coordinators,
@@ -93,6 +115,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             memory: file.memory,
             gpus: file.gpus,
             max_log_bytes_per_attempt: file.max_log_bytes_per_attempt,
+            memory_limit_factor: file.memory_limit_factor,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! on the whole group, and the declared outputs checked and uploaded.
 
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::session::Coordinators;
+use crate::usage::{Monitor, read_stat, ticks_to_ms};
 
 /// Longest log line kept; a longer one is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -47,6 +48,19 @@ pub struct ExecutorContext {
     pub data_dir: PathBuf,
     pub gpus: Vec<proto::Gpu>,
     pub max_log_bytes: u64,
+    /// Samples every attempt's process group (CPU, memory) and flags one over its
+    /// memory limit.
+    pub monitor: Arc<Monitor>,
+    /// A step is killed once its processes hold more than this times its memory
+    /// request (0: never).
+    pub memory_limit_factor: f64,
+}
+
+/// What an attempt's processes used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +99,8 @@ pub async fn run_attempt(
             reason,
             outputs,
             log: None,
+            cpu_time_ms: 0,
+            peak_memory_bytes: 0,
         };
     let work_dir = ctx
         .data_dir
@@ -127,7 +143,7 @@ pub async fn run_attempt(
     }
 
     let log_path = work_dir.with_extension("log.jsonl");
-    let ended = execute(
+    let executed = execute(
         ctx,
         &assignment,
         &work_dir,
@@ -136,6 +152,10 @@ pub async fn run_attempt(
         &mut cancel,
     )
     .await;
+    let (ended, usage) = match executed {
+        Ok((ended, usage)) => (Ok(ended), usage),
+        Err(reason) => (Err(reason), Usage::default()),
+    };
     let mut result = match ended {
         Err(reason) => report("error", None, reason, Vec::new()),
         Ok(Ended::TimedOut) => report(
@@ -149,6 +169,19 @@ pub async fn run_attempt(
         ),
         Ok(Ended::Cancelled) => report("cancelled", None, "cancelled".into(), Vec::new()),
         Ok(Ended::Lost(reason)) => report("error", None, reason, Vec::new()),
+        Ok(Ended::OverMemory { used, limit }) => report(
+            "error",
+            None,
+            format!(
+                "killed: its processes held {} of memory, over its limit of {} ({}× its \
+                 memory request of {}; memory_limit_factor in worker.toml)",
+                human_bytes(used),
+                human_bytes(limit),
+                ctx.memory_limit_factor,
+                human_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
+            ),
+            Vec::new(),
+        ),
         Ok(Ended::Exited(status)) => match status.code() {
             Some(0) => match collect_outputs(ctx, &assignment.outputs, &work_dir).await {
                 Ok(outputs) => report("exited", Some(0), String::new(), outputs),
@@ -168,6 +201,8 @@ pub async fn run_attempt(
             ),
         },
     };
+    result.cpu_time_ms = usage.cpu_time_ms;
+    result.peak_memory_bytes = usage.peak_memory_bytes;
     if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
         tracing::debug!(%error, dir = %work_dir.display(), "could not remove the work directory");
     }
@@ -183,6 +218,21 @@ pub async fn run_attempt(
         let _ = tokio::fs::remove_file(&log_path).await;
     }
     result
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn humanize_ms(ms: u64) -> String {
@@ -342,6 +392,43 @@ enum Ended {
     Lost(String),
     TimedOut,
     Cancelled,
+    /// The group held more memory than its limit and was killed.
+    OverMemory {
+        used: u64,
+        limit: u64,
+    },
+}
+
+/// Waits (blocking) until process `pid` has exited; reads its final CPU time as
+/// a zombie (its own and that of every descendant it waited for), then reaps it.
+fn wait_for_exit(pid: i32) -> Result<(std::process::ExitStatus, Option<u64>), String> {
+    use nix::errno::Errno;
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+    let target = Pid::from_raw(pid);
+    loop {
+        match waitid(Id::Pid(target), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(error) => return Err(format!("waiting for the process failed: {error}")),
+        }
+    }
+    let cpu_ms = read_stat(pid).map(|stat| ticks_to_ms(stat.cpu_ticks));
+    loop {
+        match waitpid(target, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Ok((
+                    std::process::ExitStatus::from_raw((code & 0xff) << 8),
+                    cpu_ms,
+                ));
+            }
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                let raw = signal as i32 | if core { 0x80 } else { 0 };
+                return Ok((std::process::ExitStatus::from_raw(raw), cpu_ms));
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(error) => return Err(format!("waiting for the process failed: {error}")),
+        }
+    }
 }
 
 /// The environment a step sees beyond the worker's own: its parameters and env,
@@ -392,7 +479,7 @@ async fn execute(
     log_path: &Path,
     inputs: &[(String, PathBuf)],
     cancel: &mut watch::Receiver<bool>,
-) -> Result<Ended, String> {
+) -> Result<(Ended, Usage), String> {
     let Some(program) = assignment.command.first() else {
         return Err("the step has an empty command".into());
     };
@@ -401,7 +488,9 @@ async fn execute(
     } else {
         PathBuf::from(program)
     };
-    let mut command = tokio::process::Command::new(&program_path);
+    // A std child, reaped by `wait_for_exit` (not by tokio), so that its final CPU
+    // time can be read before it is reaped.
+    let mut command = std::process::Command::new(&program_path);
     command
         .args(&assignment.command[1..])
         .current_dir(work_dir)
@@ -409,18 +498,30 @@ async fn execute(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let pid = child.id() as i32;
+    let group = Pid::from_raw(pid);
     let attempt = assignment.attempt.clone().unwrap_or_default();
-    tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid = ?group, "step process started");
+    tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid, "step process started");
+    let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
+    let limit = (ctx.memory_limit_factor > 0.0 && request > 0)
+        .then_some((request as f64 * ctx.memory_limit_factor) as u64);
+    let mut watched = ctx.monitor.watch(pid, limit);
+    let mut waiter = tokio::task::spawn_blocking(move || wait_for_exit(pid));
 
     let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let pipes = child
+        .stdout
+        .take()
+        .zip(child.stderr.take())
+        .ok_or("the step's output pipes are missing")?;
+    let stdout = tokio::process::ChildStdout::from_std(pipes.0)
+        .map_err(|e| format!("cannot read the step's stdout: {e}"))?;
+    let stderr = tokio::process::ChildStderr::from_std(pipes.1)
+        .map_err(|e| format!("cannot read the step's stderr: {e}"))?;
     let readers = [
         tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
         tokio::spawn(read_lines(stderr, "stderr", lines)),
@@ -434,29 +535,55 @@ async fn execute(
     ));
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
+    let mut exit: Option<Result<(std::process::ExitStatus, Option<u64>), String>> = None;
     let ended = tokio::select! {
-        status = child.wait() => match status {
-            Ok(status) => Ended::Exited(status),
-            Err(e) => Ended::Lost(format!("waiting for the process failed: {e}")),
+        waited = &mut waiter => {
+            let waited = waited.unwrap_or_else(|e| Err(format!("waiting for the process failed: {e}")));
+            let ended = match &waited {
+                Ok((status, _)) => Ended::Exited(*status),
+                Err(reason) => Ended::Lost(reason.clone()),
+            };
+            exit = Some(waited);
+            ended
         },
         _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Ended::TimedOut,
         _ = cancel.wait_for(|c| *c) => Ended::Cancelled,
+        used = over_limit(&mut watched.over) => Ended::OverMemory { used, limit: limit.unwrap_or(0) },
     };
-    if let Some(group) = group {
-        if !matches!(ended, Ended::Exited(_)) {
+    if exit.is_none() {
+        // Memory is killed at once; otherwise the group gets a grace period.
+        if !matches!(ended, Ended::OverMemory { .. }) {
             let _ = killpg(group, Signal::SIGTERM);
-            if tokio::time::timeout(KILL_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                tracing::info!(?group, "process group ignored SIGTERM; sending SIGKILL");
+            match tokio::time::timeout(KILL_GRACE, &mut waiter).await {
+                Ok(waited) => {
+                    exit = Some(waited.unwrap_or_else(|e| Err(e.to_string())));
+                }
+                Err(_) => {
+                    tracing::info!(?group, "process group ignored SIGTERM; sending SIGKILL")
+                }
             }
         }
-        // Whatever the leader left behind in its group goes too, so that no process
-        // of a finished attempt outlives it.
-        let _ = killpg(group, Signal::SIGKILL);
     }
-    let _ = child.wait().await;
+    // Whatever the leader left behind in its group goes too, so that no process
+    // of a finished attempt outlives it.
+    let _ = killpg(group, Signal::SIGKILL);
+    if exit.is_none() {
+        exit = Some(
+            waiter
+                .await
+                .unwrap_or_else(|e| Err(format!("waiting for the process failed: {e}"))),
+        );
+    }
+    let (sampled_peak, sampled_cpu_ms) = watched.peaks();
+    drop(watched);
+    let usage = Usage {
+        cpu_time_ms: exit
+            .and_then(Result::ok)
+            .and_then(|(_, cpu)| cpu)
+            .unwrap_or(0)
+            .max(sampled_cpu_ms),
+        peak_memory_bytes: sampled_peak,
+    };
     for reader in readers {
         // A process that left the group may still hold the pipe open: do not wait
         // for it forever.
@@ -468,7 +595,20 @@ async fn execute(
     let _ = shipper.await;
     match ended {
         Ended::Lost(reason) => Err(reason),
-        ended => Ok(ended),
+        ended => Ok((ended, usage)),
+    }
+}
+
+/// Resolves with the memory the group held once the monitor sees it over its
+/// limit; never, when it has none.
+async fn over_limit(over: &mut watch::Receiver<Option<u64>>) -> u64 {
+    loop {
+        if let Some(used) = *over.borrow_and_update() {
+            return used;
+        }
+        if over.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

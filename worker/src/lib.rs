@@ -12,6 +12,7 @@ pub mod config;
 pub mod executor;
 pub mod fingerprint;
 pub mod session;
+pub mod usage;
 
 pub use config::WorkerConfig;
 pub use session::{Coordinators, WorkerError, leader_hint, run};

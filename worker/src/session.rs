@@ -20,8 +20,11 @@ use tokio::time::Instant;
 use crate::config::WorkerConfig;
 use crate::executor::{Agent, ExecutorContext, run_attempt};
 use crate::fingerprint::{Capacity, FingerprintError, discover};
+use crate::usage::Monitor;
 
 /// Largest gRPC message accepted from the coordinator.
+/// How often the process groups of running attempts are sampled (CPU, memory).
+const USAGE_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +352,8 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         data_dir: config.data_dir.clone(),
         gpus: capacity.gpus.clone(),
         max_log_bytes: config.max_log_bytes_per_attempt,
+        monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
+        memory_limit_factor: config.memory_limit_factor,
     };
     let attempts = Attempts::default();
     let mut tasks = JoinSet::new();

@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
 use crate::node::{Node, now_ms};
-use crate::state::{AttemptKey, AttemptReport, Command, GpuInfo, Outcome, ReportedOutcome, Worker};
+use crate::state::{
+    AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, Outcome, ReportedOutcome, Worker,
+};
 use crate::store::LogRecord;
 
 /// Bounds on what one worker message may carry.
@@ -377,6 +379,12 @@ impl Agent for AgentService {
                 .into_iter()
                 .map(|o| (o.name, o.digest, o.size))
                 .collect(),
+            usage: (finished.cpu_time_ms > 0 || finished.peak_memory_bytes > 0).then_some(
+                AttemptUsage {
+                    cpu_time_ms: finished.cpu_time_ms,
+                    peak_memory_bytes: finished.peak_memory_bytes,
+                },
+            ),
         };
         let outcome = self
             .node

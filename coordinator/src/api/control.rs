@@ -258,6 +258,8 @@ fn run_view(
                             exit_code: a.exit_code.unwrap_or(0),
                             reason: a.reason.clone().unwrap_or_default(),
                             gpus: a.gpus.clone(),
+                            cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
+                            peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
                         })
                         .collect(),
                 }

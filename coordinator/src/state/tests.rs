@@ -92,6 +92,7 @@ fn exited_ok(outputs: &[&str]) -> AttemptReport {
             .map(|o| (o.to_string(), digest(o), o.len() as u64))
             .collect(),
         log: None,
+        usage: None,
     }
 }
 
@@ -102,6 +103,7 @@ fn exited(code: i32) -> AttemptReport {
         reason: None,
         outputs: Vec::new(),
         log: None,
+        usage: None,
     }
 }
 
@@ -112,6 +114,7 @@ fn timed_out() -> AttemptReport {
         reason: Some("ran past its 10s timeout".to_string()),
         outputs: Vec::new(),
         log: None,
+        usage: None,
     }
 }
 
@@ -511,6 +514,7 @@ steps:
             exit_code: None,
             reason: None,
             log: None,
+            usage: None,
         }
     );
     assert_eq!(
@@ -864,6 +868,7 @@ fn failure_reasons_name_the_exit() {
             reason: None,
             outputs: Vec::new(),
             log: None,
+            usage: None,
         },
     );
     assert_eq!(
@@ -880,6 +885,7 @@ fn failure_reasons_name_the_exit() {
             reason: Some("image pull failed".to_string()),
             outputs: Vec::new(),
             log: None,
+            usage: None,
         },
     );
     assert_eq!(sim.attempt(&c).outcome, Some(AttemptOutcome::Failed));
@@ -1862,6 +1868,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
             reason: Some("worker shutting down".into()),
             outputs: Vec::new(),
             log: None,
+            usage: None,
         },
     );
     let record = sim.run(run);
@@ -1891,6 +1898,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
                 reason: Some("worker shutting down".into()),
                 outputs: Vec::new(),
                 log: None,
+                usage: None,
             },
         );
     }
@@ -2187,4 +2195,22 @@ fn retry_delays_double_up_to_the_cap() {
     assert_eq!(human_delay(1500), "1.5s");
     assert_eq!(human_delay(90_000), "1m30s");
     assert_eq!(human_delay(5_400_000), "1h30m");
+}
+
+#[test]
+fn the_usage_a_worker_measured_is_kept_with_the_attempt() {
+    let (mut sim, _, a) = running_on_w1();
+    let mut report = exited_ok(&["x.txt"]);
+    report.usage = Some(AttemptUsage {
+        cpu_time_ms: 1234,
+        peak_memory_bytes: 56 * MIB,
+    });
+    sim.finish(&a, report);
+    assert_eq!(
+        sim.attempt(&a).usage,
+        Some(AttemptUsage {
+            cpu_time_ms: 1234,
+            peak_memory_bytes: 56 * MIB
+        })
+    );
 }
