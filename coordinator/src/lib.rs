@@ -175,7 +175,7 @@ impl Coordinator {
                     .tls_config(self.tls.server_config())?
                     .add_service(peer)
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
+                        no_delay(listener),
                         until_stopped(servers_shutdown.clone()),
                     );
                 (main_router, Some(tokio::spawn(server)))
@@ -183,7 +183,7 @@ impl Coordinator {
             None => (main_router.add_service(peer), None),
         };
         let main = tokio::spawn(main_router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.listener),
+            no_delay(self.listener),
             until_stopped(servers_shutdown),
         ));
         let mut stopped = node.subscribe_stop();
@@ -211,4 +211,21 @@ impl Coordinator {
             None => Ok(()),
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: a server given its own
+/// listener does not set TCP_NODELAY, and small writes (an assignment on a
+/// worker's stream, a Raft acknowledgement) would otherwise wait for the peer's
+/// delayed ACK.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        })
+    })
 }

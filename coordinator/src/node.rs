@@ -1011,12 +1011,10 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             (Vec::new(), None)
         } else {
             let (plan, next_retry) = node.read(|state| {
-                let (queue, workers) = scheduler::snapshot(state, &accepting, now);
+                let (queue, next_retry) = scheduler::ready_queue(state, now);
+                let workers = scheduler::worker_slots(state, &accepting);
                 let limits = scheduler::limits(state, &node.quotas);
-                (
-                    scheduler::plan(&queue, &workers, &limits),
-                    state.next_retry_ms(),
-                )
+                (scheduler::plan(&queue, &workers, &limits), next_retry)
             });
             let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
             for w in plan.waiting {

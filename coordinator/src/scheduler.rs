@@ -530,21 +530,60 @@ pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
     }
 }
 
-/// The steps ready to be placed at `now_ms`, oldest run first.
+/// Most queued steps of one project at one priority that one scheduling pass
+/// considers (the oldest first). A pass costs time in proportion to what it
+/// considers, and there are never more free places than this on a pass: a step
+/// beyond the window waits for a later pass.
+pub const QUEUE_WINDOW: usize = 1024;
+
+/// The steps ready to be placed at `now_ms`: higher priority first, then oldest
+/// run first, in pipeline order within a run; at most [`QUEUE_WINDOW`] per
+/// project and priority.
 pub fn queue(state: &State, now_ms: i64) -> Vec<QueuedStep> {
-    state
-        .queued_steps(now_ms)
-        .into_iter()
-        .map(|(run, spec)| QueuedStep {
-            run: run.id,
-            step: spec.name.clone(),
-            resources: spec.resources,
-            gpu: gpu_need(spec),
-            selector: spec.node_selector.clone(),
-            priority: run.pipeline.priority,
-            project: run.pipeline.project.clone(),
-        })
-        .collect()
+    ready_queue(state, now_ms).0
+}
+
+/// [`queue`], and the earliest time a step now waiting out a retry backoff
+/// becomes ready.
+pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>) {
+    let mut runs: Vec<&crate::state::Run> = state
+        .runs
+        .values()
+        .filter(|r| !r.state.is_terminal())
+        .map(|r| &**r)
+        .collect();
+    // Stable: runs of one priority stay oldest first.
+    runs.sort_by_key(|r| std::cmp::Reverse(r.pipeline.priority));
+    let mut taken: HashMap<(i32, &str), usize> = HashMap::new();
+    let mut queue = Vec::new();
+    let mut next_retry: Option<i64> = None;
+    for run in runs {
+        let key = (run.pipeline.priority, run.pipeline.project.as_str());
+        let taken = taken.entry(key).or_default();
+        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+            if record.state != crate::state::StepState::Queued {
+                continue;
+            }
+            if let Some(at) = record.not_before_ms.filter(|at| *at > now_ms) {
+                next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            if *taken >= QUEUE_WINDOW {
+                continue;
+            }
+            *taken += 1;
+            queue.push(QueuedStep {
+                run: run.id,
+                step: spec.name.clone(),
+                resources: spec.resources,
+                gpu: gpu_need(spec),
+                selector: spec.node_selector.clone(),
+                priority: run.pipeline.priority,
+                project: run.pipeline.project.clone(),
+            });
+        }
+    }
+    (queue, next_retry)
 }
 
 /// Every registered worker with what is free on it; only those in `accepting`

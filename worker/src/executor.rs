@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 use crate::session::Coordinators;
 use crate::usage::{Monitor, read_stat, ticks_to_ms};
+use crate::workdirs::{Fingerprint, WorkDirs};
 
 /// Longest log line kept; a longer one is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -54,6 +55,8 @@ pub struct ExecutorContext {
     /// A step is killed once its processes hold more than this times its memory
     /// request (0: never).
     pub memory_limit_factor: f64,
+    /// Work directories, reused when an attempt left them untouched.
+    pub work_dirs: Arc<WorkDirs>,
 }
 
 /// What an attempt's processes used.
@@ -76,6 +79,8 @@ enum StageError {
     Corrupt { digest: String, actual: String },
     #[error("the code bundle cannot be unpacked: {0}")]
     Bundle(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 fn io_error(what: impl std::fmt::Display, error: std::io::Error) -> StageError {
@@ -102,22 +107,27 @@ pub async fn run_attempt(
             cpu_time_ms: 0,
             peak_memory_bytes: 0,
         };
-    let work_dir = ctx
-        .data_dir
-        .join("work")
-        .join(format!("run-{}", attempt.run_id))
-        .join(&attempt.step)
-        .join(format!("attempt-{}", attempt.attempt));
+    let bundle = assignment.bundle_digest.clone();
+    let (work_dir, mut fingerprint) = match ctx.work_dirs.take(&bundle) {
+        Some((dir, fingerprint)) => (dir, Some(fingerprint)),
+        None => (ctx.work_dirs.fresh(), None),
+    };
     let staged = tokio::select! {
-        staged = stage(ctx, &assignment, &work_dir) => staged,
-        _ = cancel.wait_for(|c| *c) => {
-            return report("cancelled", None, "cancelled before it started".into(), Vec::new());
-        }
+        staged = stage(ctx, &assignment, &work_dir, &mut fingerprint) => staged,
+        _ = cancel.wait_for(|c| *c) => Err(StageError::Cancelled),
     };
     let input_paths = match staged {
         Ok(paths) => paths,
         Err(error) => {
-            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+            give_back(ctx, bundle, work_dir, fingerprint).await;
+            if matches!(error, StageError::Cancelled) {
+                return report(
+                    "cancelled",
+                    None,
+                    "cancelled before it started".into(),
+                    Vec::new(),
+                );
+            }
             return report(
                 "error",
                 None,
@@ -129,20 +139,27 @@ pub async fn run_attempt(
     let started = proto::StepStartedRequest {
         attempt: Some(attempt.clone()),
     };
+    // Reported while the process starts, not before: the start is not delayed by
+    // a round trip; the final report waits for this one so they arrive in order.
     let give_up = Instant::now() + STEP_STARTED_PATIENCE;
-    if let Err(status) = ctx
-        .coordinators
-        .call(Some(give_up), |mut agent| {
-            let started = started.clone();
-            async move { agent.step_started(started).await }
-        })
-        .await
-    {
-        // The step runs anyway; its final report carries what matters.
-        tracing::debug!(%status, run = attempt.run_id, step = %attempt.step, "step start not reported");
-    }
+    let coordinators = ctx.coordinators.clone();
+    let start_report = tokio::spawn(async move {
+        if let Err(status) = coordinators
+            .call(Some(give_up), |mut agent| {
+                let started = started.clone();
+                async move { agent.step_started(started).await }
+            })
+            .await
+        {
+            // The step runs anyway; its final report carries what matters.
+            tracing::debug!(%status, "step start not reported");
+        }
+    });
 
-    let log_path = work_dir.with_extension("log.jsonl");
+    let log_path = ctx.data_dir.join("logs").join(format!(
+        "run-{}-{}-{}.jsonl",
+        attempt.run_id, attempt.step, attempt.attempt
+    ));
     let executed = execute(
         ctx,
         &assignment,
@@ -152,6 +169,7 @@ pub async fn run_attempt(
         &mut cancel,
     )
     .await;
+    let _ = start_report.await;
     let (ended, usage) = match executed {
         Ok((ended, usage)) => (Ok(ended), usage),
         Err(reason) => (Err(reason), Usage::default()),
@@ -203,9 +221,7 @@ pub async fn run_attempt(
     };
     result.cpu_time_ms = usage.cpu_time_ms;
     result.peak_memory_bytes = usage.peak_memory_bytes;
-    if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await {
-        tracing::debug!(%error, dir = %work_dir.display(), "could not remove the work directory");
-    }
+    give_back(ctx, bundle, work_dir, fingerprint).await;
     // The whole log goes up as a blob with the report: the coordinators keep it on
     // a majority, so it outlives the leader that received the live lines.
     if tokio::fs::try_exists(&log_path).await.unwrap_or(false) {
@@ -218,6 +234,18 @@ pub async fn run_attempt(
         let _ = tokio::fs::remove_file(&log_path).await;
     }
     result
+}
+
+/// Returns a work directory to the pool, or removes it (blocking work, off the
+/// runtime).
+async fn give_back(
+    ctx: &ExecutorContext,
+    bundle: String,
+    dir: PathBuf,
+    fingerprint: Option<Fingerprint>,
+) {
+    let dirs = ctx.work_dirs.clone();
+    let _ = tokio::task::spawn_blocking(move || dirs.give_back(&bundle, dir, fingerprint)).await;
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -245,16 +273,49 @@ fn humanize_ms(ms: u64) -> String {
 
 /// Creates the work directory with the bundle unpacked and the inputs staged at
 /// `inputs/<name>/<file name>`; returns the input paths by input name.
+/// Stages into `work_dir`: unpacks the bundle unless the directory came from the
+/// pool with it (`fingerprint` is then set; a fresh unpack sets it), then the
+/// inputs.
 async fn stage(
     ctx: &ExecutorContext,
     assignment: &proto::Assignment,
     work_dir: &Path,
+    fingerprint: &mut Option<Fingerprint>,
 ) -> Result<Vec<(String, PathBuf)>, StageError> {
-    if work_dir.exists() {
-        tokio::fs::remove_dir_all(work_dir)
+    if fingerprint.is_none() {
+        unpack_bundle(ctx, assignment, work_dir).await?;
+        let dir = work_dir.to_path_buf();
+        *fingerprint = tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
             .await
-            .map_err(|e| io_error(format!("cannot clear {}", work_dir.display()), e))?;
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
     }
+    let mut paths = Vec::new();
+    for input in &assignment.inputs {
+        if input.file_name.contains('/') || input.file_name == ".." || input.file_name.is_empty() {
+            return Err(StageError::Io(format!(
+                "input file name {:?} is not a plain file name",
+                input.file_name
+            )));
+        }
+        let path = work_dir
+            .join("inputs")
+            .join(&input.name)
+            .join(&input.file_name);
+        fetch_blob(&ctx.coordinators, &input.digest, &path).await?;
+        paths.push((input.name.clone(), path));
+    }
+    Ok(paths)
+}
+
+/// Creates `work_dir` with the assignment's code bundle unpacked in it (the
+/// bundle fetched once per worker and checked against its digest).
+async fn unpack_bundle(
+    ctx: &ExecutorContext,
+    assignment: &proto::Assignment,
+    work_dir: &Path,
+) -> Result<(), StageError> {
     tokio::fs::create_dir_all(work_dir)
         .await
         .map_err(|e| io_error(format!("cannot create {}", work_dir.display()), e))?;
@@ -279,22 +340,7 @@ async fn stage(
         .await
         .map_err(|e| StageError::Bundle(e.to_string()))?
         .map_err(|e| StageError::Bundle(e.to_string()))?;
-    let mut paths = Vec::new();
-    for input in &assignment.inputs {
-        if input.file_name.contains('/') || input.file_name == ".." || input.file_name.is_empty() {
-            return Err(StageError::Io(format!(
-                "input file name {:?} is not a plain file name",
-                input.file_name
-            )));
-        }
-        let path = work_dir
-            .join("inputs")
-            .join(&input.name)
-            .join(&input.file_name);
-        fetch_blob(&ctx.coordinators, &input.digest, &path).await?;
-        paths.push((input.name.clone(), path));
-    }
-    Ok(paths)
+    Ok(())
 }
 
 /// Downloads a blob to `path`, hashing it on the way; only a verified blob is
@@ -670,14 +716,10 @@ async fn ship_logs(
     log_path: PathBuf,
 ) {
     // Every shipped line is also kept in a local file (JSON lines), uploaded whole
-    // when the attempt ends.
-    let mut log_file = match tokio::fs::File::create(&log_path).await {
-        Ok(file) => Some(tokio::io::BufWriter::new(file)),
-        Err(error) => {
-            tracing::warn!(%error, path = %log_path.display(), "cannot keep the attempt's log file");
-            None
-        }
-    };
+    // when the attempt ends; it is created with the first line (a silent step has
+    // no log to keep).
+    let mut log_file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
+    let mut log_failed = false;
     let mut seq = 0u64;
     let mut bytes = 0u64;
     let mut capped = false;
@@ -720,6 +762,15 @@ async fn ship_logs(
             continue;
         }
         let lines = std::mem::take(&mut batch);
+        if log_file.is_none() && !log_failed {
+            match tokio::fs::File::create(&log_path).await {
+                Ok(file) => log_file = Some(tokio::io::BufWriter::new(file)),
+                Err(error) => {
+                    tracing::warn!(%error, path = %log_path.display(), "cannot keep the attempt's log file");
+                    log_failed = true;
+                }
+            }
+        }
         if let Some(file) = log_file.as_mut() {
             let mut text = Vec::new();
             for line in &lines {
@@ -738,6 +789,7 @@ async fn ship_logs(
             if let Err(error) = file.write_all(&text).await {
                 tracing::warn!(%error, "cannot write the attempt's log file");
                 log_file = None;
+                log_failed = true;
             }
         }
         push_with_retry(&coordinators, &attempt, lines).await;

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod fingerprint;
 pub mod session;
 pub mod usage;
+pub mod workdirs;
 
 pub use config::WorkerConfig;
 pub use session::{Coordinators, WorkerError, leader_hint, run};

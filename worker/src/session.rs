@@ -21,6 +21,7 @@ use crate::config::WorkerConfig;
 use crate::executor::{Agent, ExecutorContext, run_attempt};
 use crate::fingerprint::{Capacity, FingerprintError, discover};
 use crate::usage::Monitor;
+use crate::workdirs::WorkDirs;
 
 /// Largest gRPC message accepted from the coordinator.
 /// How often the process groups of running attempts are sampled (CPU, memory).
@@ -39,7 +40,7 @@ pub enum WorkerError {
         "the worker is named \"{config}\" in its configuration but its certificate is for \"{cert}\""
     )]
     NameMismatch { config: String, cert: String },
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot prepare the data directory {path}: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -330,10 +331,14 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         });
     }
     let capacity = discover(&config)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+    let data_dir_error = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| WorkerError::DataDir { path, source }
+    };
+    let logs = config.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(data_dir_error(&logs))?;
+    let work = config.data_dir.join("work");
+    let work_dirs = Arc::new(WorkDirs::open(work.clone()).map_err(data_dir_error(&work))?);
     let coordinators = Arc::new(Coordinators::new(
         &config.name,
         config.coordinators.clone(),
@@ -354,6 +359,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         max_log_bytes: config.max_log_bytes_per_attempt,
         monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
         memory_limit_factor: config.memory_limit_factor,
+        work_dirs,
     };
     let attempts = Attempts::default();
     let mut tasks = JoinSet::new();

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/ferry-bench [commit|failover|graceful|all] [--seconds N] [--clients N] [--trials N]
+//! target/release/ferry-bench [commit|failover|graceful|steps|latency|all] [--seconds N]
+//!     [--clients N] [--trials N] [--runs N] [--steps N]
 //! ```
 //!
 //! - `commit`: many concurrent clients submit one-step runs to a 3-member cluster
@@ -12,6 +13,13 @@
 //!   prints the time until the first acknowledged write, per trial and median.
 //! - `graceful`: SIGTERM the leader while writers run; prints the longest gap
 //!   between acknowledged writes around the stop (write unavailability).
+//! - `steps`: three coordinators and two workers on this machine run `--runs`
+//!   runs of `--steps` independent no-op steps (`true`) submitted at once;
+//!   prints steps per second from the first submission to the last run's end.
+//! - `latency`: on an idle cluster (three coordinators, two workers), one-step
+//!   runs submitted one after another; the step is `touch FILE`, and the time
+//!   from the submission to the file's modification time is the submit-to-start
+//!   latency. Prints p50, p99 and max.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +41,8 @@ struct Options {
     trials: usize,
     /// `[raft] snapshot_every` for the commit benchmark's cluster (default 10000).
     snapshot_every: Option<u64>,
+    runs: usize,
+    steps: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -43,6 +53,8 @@ fn options() -> anyhow::Result<Options> {
         clients: 256,
         trials: 10,
         snapshot_every: None,
+        runs: 50,
+        steps: 100,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,10 +70,13 @@ fn options() -> anyhow::Result<Options> {
             "--trials" => options.trials = number("--trials")? as usize,
             "--members" => options.members = number("--members")?,
             "--snapshot-every" => options.snapshot_every = Some(number("--snapshot-every")?),
-            "commit" | "failover" | "graceful" | "all" => options.what = arg,
+            "--runs" => options.runs = number("--runs")? as usize,
+            "--steps" => options.steps = number("--steps")? as usize,
+            "commit" | "failover" | "graceful" | "steps" | "latency" | "all" => options.what = arg,
             other => anyhow::bail!(
-                "unknown argument {other:?}; usage: ferry-bench [commit|failover|graceful|all] \
-                 [--seconds N] [--clients N] [--trials N] [--members N] [--snapshot-every N]"
+                "unknown argument {other:?}; usage: ferry-bench \
+                 [commit|failover|graceful|steps|latency|all] [--seconds N] [--clients N] \
+                 [--trials N] [--members N] [--snapshot-every N] [--runs N] [--steps N]"
             ),
         }
     }
@@ -382,6 +397,218 @@ async fn bench_graceful(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Three coordinators and two roomy workers (each takes 64 no-op steps at once).
+fn step_cluster() -> Cluster {
+    let mut cluster = Cluster::start_replicated(3, "");
+    for name in ["w1", "w2"] {
+        cluster.add_worker(name, "cpus = 32\nmemory = \"32Gi\"");
+    }
+    cluster
+}
+
+fn client_channel(cluster: &Cluster, address: &str) -> anyhow::Result<Channel> {
+    let tls = TlsFiles {
+        ca: cluster.pki.ca(),
+        cert: cluster.pki.cert(CLIENT),
+        key: cluster.pki.key(CLIENT),
+    }
+    .load()?;
+    Ok(ferry_common::channel::endpoint(address, &tls)?.connect_lazy())
+}
+
+/// Uploads the pipeline folder's bundle through the CLI (one run) and returns
+/// its digest.
+fn upload_bundle(cluster: &Cluster, dir: &std::path::Path, yaml: &str) -> anyhow::Result<String> {
+    let pipeline = write_pipeline(dir, yaml, &[]);
+    let run = cluster.submit(&pipeline, &["--param", "out=/dev/null"]);
+    cluster.wait_run(run, Duration::from_secs(60));
+    Ok(ferry_common::bundle::pack_dir(dir)?.digest)
+}
+
+async fn bench_steps(options: &Options) -> anyhow::Result<()> {
+    let cluster = step_cluster();
+    let mut yaml = "name: noops\nparams:\n  out: \"\"\nsteps:\n".to_string();
+    for i in 0..options.steps {
+        yaml.push_str(&format!("  - name: s{i}\n    command: [\"true\"]\n"));
+    }
+    let bundle = upload_bundle(&cluster, &cluster.path("noops"), &yaml)?;
+    let bench = Bench::new(&cluster).await?;
+    let leader = bench.leader().await?;
+    let channel = client_channel(
+        &cluster,
+        &cluster.coordinators[(leader - 1) as usize].address(),
+    )?;
+    let total = options.runs * options.steps;
+    println!(
+        "steps: 3 coordinators (leader {leader}), 2 workers; {} runs × {} no-op steps = {total} steps",
+        options.runs, options.steps
+    );
+    let request = proto::SubmitRunRequest {
+        spec_yaml: yaml.clone(),
+        spec_file: "pipeline.yaml".to_string(),
+        params: Default::default(),
+        bundle_digest: bundle,
+        request_id: String::new(),
+    };
+    let began = Instant::now();
+    let mut submissions = tokio::task::JoinSet::new();
+    for _ in 0..options.runs {
+        let mut client = ControlClient::new(channel.clone());
+        let request = request.clone();
+        submissions.spawn(async move {
+            client
+                .submit_run(request)
+                .await
+                .map(|r| r.into_inner().run_id)
+        });
+    }
+    let mut runs = Vec::new();
+    while let Some(result) = submissions.join_next().await {
+        runs.push(result??);
+    }
+    let submitted = began.elapsed();
+    let mut client = ControlClient::new(channel.clone());
+    let mut last_print = Instant::now();
+    loop {
+        let listing = client
+            .list_runs(proto::ListRunsRequest { stale: true })
+            .await?
+            .into_inner();
+        let ours: Vec<&proto::RunSummary> = listing
+            .runs
+            .iter()
+            .filter(|r| runs.contains(&r.run_id))
+            .collect();
+        let done: u32 = ours.iter().map(|r| r.steps_done).sum();
+        let finished = ours.iter().filter(|r| r.state != "running").count();
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            println!(
+                "  {:>5.1} s: {done} of {total} steps done",
+                began.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        if finished == runs.len() {
+            let failed = ours.iter().filter(|r| r.state != "succeeded").count();
+            anyhow::ensure!(failed == 0, "{failed} runs did not succeed");
+            break;
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the runs did not finish in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = began.elapsed();
+    println!(
+        "steps: {total} no-op steps in {:.2} s = {:.0} steps/s (submissions took {:.2} s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        submitted.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn step_assigned_ms(_attempt: &proto::AttemptView, _summary: &proto::RunSummary) -> i64 {
+    0
+}
+
+async fn bench_latency(options: &Options) -> anyhow::Result<()> {
+    let cluster = step_cluster();
+    let yaml = "name: touch\nparams:\n  out: \"\"\nsteps:\n  - name: touch\n    command: [\"touch\", \"${params.out}\"]\n";
+    let bundle = upload_bundle(&cluster, &cluster.path("touch"), yaml)?;
+    let bench = Bench::new(&cluster).await?;
+    let leader = bench.leader().await?;
+    let channel = client_channel(
+        &cluster,
+        &cluster.coordinators[(leader - 1) as usize].address(),
+    )?;
+    let mut client = ControlClient::new(channel);
+    let marks = cluster.path("marks");
+    std::fs::create_dir_all(&marks)?;
+    println!(
+        "latency: 3 coordinators (leader {leader}), 2 idle workers; {} one-step runs, one at a time",
+        options.trials
+    );
+    let mut latencies = Vec::new();
+    let mut phases = Vec::new();
+    for trial in 0..options.trials {
+        let file = marks.join(format!("started-{trial}"));
+        let request = proto::SubmitRunRequest {
+            spec_yaml: yaml.to_string(),
+            spec_file: "pipeline.yaml".to_string(),
+            params: [("out".to_string(), file.display().to_string())].into(),
+            bundle_digest: bundle.clone(),
+            request_id: String::new(),
+        };
+        let submitted = std::time::SystemTime::now();
+        let run = client.submit_run(request).await?.into_inner().run_id;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let started = loop {
+            if let Ok(meta) = std::fs::metadata(&file) {
+                break meta.modified()?;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "trial {trial}: the step did not start"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        latencies.push(started.duration_since(submitted).unwrap_or_default());
+        // Let the run end before the next: an idle cluster each time.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Where the time went (the coordinator's clock, in whole milliseconds).
+        let view = client
+            .get_run(proto::GetRunRequest {
+                run_id: run,
+                stale: false,
+            })
+            .await?
+            .into_inner();
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64
+        };
+        if let (Some(summary), Some(step)) = (view.summary, view.steps.first())
+            && let Some(attempt) = step.attempts.first()
+        {
+            phases.push((
+                summary.submitted_ms - ms(submitted),
+                step_assigned_ms(attempt, &summary),
+                attempt.started_ms - summary.submitted_ms,
+                ms(started) - summary.submitted_ms,
+            ));
+        }
+    }
+    phases.sort_by_key(|p| p.3);
+    if let Some(median) = phases.get(phases.len() / 2) {
+        println!(
+            "latency: median run's phases (ms after its submission was applied): \
+             applied {} ms after the call, start reported at {}, process started at {}",
+            median.0, median.2, median.3
+        );
+        let _ = median.1;
+    }
+    if let Ok(dir) = std::env::var("FERRY_BENCH_LOGS") {
+        for name in ["w1", "w2"] {
+            std::fs::write(format!("{dir}/{name}.log"), cluster.worker_log(name))?;
+        }
+        for member in 1..=3 {
+            std::fs::write(format!("{dir}/c{member}.log"), cluster.member_log(member))?;
+        }
+    }
+    latencies.sort();
+    println!(
+        "latency: submit to start over {} runs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
@@ -395,6 +622,12 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(options.what.as_str(), "graceful" | "all") {
             bench_graceful(&options).await?;
+        }
+        if matches!(options.what.as_str(), "steps" | "all") {
+            bench_steps(&options).await?;
+        }
+        if matches!(options.what.as_str(), "latency" | "all") {
+            bench_latency(&options).await?;
         }
         Ok(())
     })
