@@ -983,6 +983,9 @@ async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     node.links.lock().expect("links lock").clear();
 }
 
+/// Shortest time between two scheduling passes while changes keep coming.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Only the leader schedules; a new leader resumes from the replicated state.
 async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = node.subscribe_state();
@@ -1006,9 +1009,9 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         // Nothing can be placed without a connected worker: skip the scan of the
         // queue (it grows with every queued step).
         let now = now_ms();
-        let (placements, next_retry) = if accepting.is_empty() {
+        let (placements, next_retry, left_waiting) = if accepting.is_empty() {
             node.waiting.lock().expect("waiting lock").clear();
-            (Vec::new(), None)
+            (Vec::new(), None, false)
         } else {
             let (plan, next_retry) = node.read(|state| {
                 let (queue, next_retry) = scheduler::ready_queue(state, now);
@@ -1016,13 +1019,15 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 let limits = scheduler::limits(state, &node.quotas);
                 (scheduler::plan(&queue, &workers, &limits), next_retry)
             });
+            let left_waiting = !plan.waiting.is_empty();
             let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
             for w in plan.waiting {
                 waiting.entry(w.run).or_default().insert(w.step, w.reason);
             }
             *node.waiting.lock().expect("waiting lock") = waiting;
-            (plan.placements, next_retry)
+            (plan.placements, next_retry, left_waiting)
         };
+        let busy = !placements.is_empty() || left_waiting;
         if !placements.is_empty() {
             let command = Command::Assign {
                 placements,
@@ -1033,14 +1038,22 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         // Wake for the next change, the end of the earliest retry backoff, or a
-        // second from now at the latest.
+        // second from now at the latest. After a pass that placed work or left
+        // some waiting (under load), the next is at least MIN_PASS_INTERVAL later,
+        // so that one pass serves the changes of several commands; after a pass
+        // with nothing to place, the next change is scheduled at once.
         let wait = next_retry
             .map(|at| Duration::from_millis(at.saturating_sub(now).clamp(1, 1000) as u64))
             .unwrap_or(Duration::from_secs(1));
+        let pass_began = Instant::now();
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = changes.changed() => {}
             _ = tokio::time::sleep(wait) => {}
+        }
+        let since = pass_began.elapsed();
+        if busy && since < MIN_PASS_INTERVAL {
+            tokio::time::sleep(MIN_PASS_INTERVAL - since).await;
         }
     }
     tracing::info!("scheduler stopped");

@@ -534,7 +534,7 @@ pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
 /// considers (the oldest first). A pass costs time in proportion to what it
 /// considers, and there are never more free places than this on a pass: a step
 /// beyond the window waits for a later pass.
-pub const QUEUE_WINDOW: usize = 1024;
+pub const QUEUE_WINDOW: usize = 256;
 
 /// The steps ready to be placed at `now_ms`: higher priority first, then oldest
 /// run first, in pipeline order within a run; at most [`QUEUE_WINDOW`] per

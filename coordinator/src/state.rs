@@ -317,6 +317,11 @@ pub struct AttemptReport {
     pub log: Option<(String, u64)>,
     #[serde(default)]
     pub usage: Option<AttemptUsage>,
+    /// How long the process ran, by the worker's clock: gives the start time of
+    /// an attempt whose start was never reported (a short step's worker does not
+    /// report the start).
+    #[serde(default)]
+    pub ran_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -919,7 +924,7 @@ impl State {
         } else {
             Vec::new()
         };
-        if (report.log.is_some() || report.usage.is_some())
+        if (report.log.is_some() || report.usage.is_some() || report.ran_ms.is_some())
             && let Some(attempt) = self
                 .runs
                 .get_mut(&key.run)
@@ -931,6 +936,12 @@ impl State {
                 attempt.log = report.log;
             }
             attempt.usage = report.usage;
+            if attempt.started_ms.is_none()
+                && let Some(ran) = report.ran_ms
+            {
+                attempt.started_ms =
+                    Some(now_ms.saturating_sub(ran as i64).max(attempt.assigned_ms));
+            }
         }
         self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
         Ok(Outcome::Report {

@@ -35,6 +35,9 @@ const LOG_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long each call keeps trying through coordinator failovers and restarts
 /// before the attempt goes on without it (or, for a blob it needs, fails).
 const STEP_STARTED_PATIENCE: Duration = Duration::from_secs(10);
+/// A step that ends sooner is never reported as started (it is a few commands
+/// fewer per short step); its final report says how long it ran.
+const START_REPORT_DELAY: Duration = Duration::from_millis(100);
 const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 const LOG_PATIENCE: Duration = Duration::from_secs(60);
 const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
@@ -106,6 +109,8 @@ pub async fn run_attempt(
             log: None,
             cpu_time_ms: 0,
             peak_memory_bytes: 0,
+            has_ran_ms: false,
+            ran_ms: 0,
         };
     let bundle = assignment.bundle_digest.clone();
     let (work_dir, mut fingerprint) = match ctx.work_dirs.take(&bundle) {
@@ -139,11 +144,18 @@ pub async fn run_attempt(
     let started = proto::StepStartedRequest {
         attempt: Some(attempt.clone()),
     };
-    // Reported while the process starts, not before: the start is not delayed by
-    // a round trip; the final report waits for this one so they arrive in order.
-    let give_up = Instant::now() + STEP_STARTED_PATIENCE;
+    // Reported once the process has run START_REPORT_DELAY, never before it
+    // starts: a short step's start is not reported at all (its final report says
+    // how long it ran), and the final report waits for this one so that they
+    // arrive in order.
+    let give_up = Instant::now() + START_REPORT_DELAY + STEP_STARTED_PATIENCE;
     let coordinators = ctx.coordinators.clone();
+    let (finished, mut finished_early) = watch::channel(false);
     let start_report = tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(START_REPORT_DELAY) => {}
+            _ = finished_early.wait_for(|f| *f) => return,
+        }
         if let Err(status) = coordinators
             .call(Some(give_up), |mut agent| {
                 let started = started.clone();
@@ -160,6 +172,7 @@ pub async fn run_attempt(
         "run-{}-{}-{}.jsonl",
         attempt.run_id, attempt.step, attempt.attempt
     ));
+    let began = Instant::now();
     let executed = execute(
         ctx,
         &assignment,
@@ -169,6 +182,8 @@ pub async fn run_attempt(
         &mut cancel,
     )
     .await;
+    let ran = began.elapsed();
+    let _ = finished.send(true);
     let _ = start_report.await;
     let (ended, usage) = match executed {
         Ok((ended, usage)) => (Ok(ended), usage),
@@ -221,6 +236,8 @@ pub async fn run_attempt(
     };
     result.cpu_time_ms = usage.cpu_time_ms;
     result.peak_memory_bytes = usage.peak_memory_bytes;
+    result.has_ran_ms = true;
+    result.ran_ms = ran.as_millis() as u64;
     give_back(ctx, bundle, work_dir, fingerprint).await;
     // The whole log goes up as a blob with the report: the coordinators keep it on
     // a majority, so it outlives the leader that received the live lines.

@@ -379,6 +379,7 @@ impl Agent for AgentService {
                 .into_iter()
                 .map(|o| (o.name, o.digest, o.size))
                 .collect(),
+            ran_ms: finished.has_ran_ms.then_some(finished.ran_ms),
             usage: (finished.cpu_time_ms > 0 || finished.peak_memory_bytes > 0).then_some(
                 AttemptUsage {
                     cpu_time_ms: finished.cpu_time_ms,

@@ -93,6 +93,7 @@ fn exited_ok(outputs: &[&str]) -> AttemptReport {
             .collect(),
         log: None,
         usage: None,
+        ran_ms: None,
     }
 }
 
@@ -104,6 +105,7 @@ fn exited(code: i32) -> AttemptReport {
         outputs: Vec::new(),
         log: None,
         usage: None,
+        ran_ms: None,
     }
 }
 
@@ -115,6 +117,7 @@ fn timed_out() -> AttemptReport {
         outputs: Vec::new(),
         log: None,
         usage: None,
+        ran_ms: None,
     }
 }
 
@@ -869,6 +872,7 @@ fn failure_reasons_name_the_exit() {
             outputs: Vec::new(),
             log: None,
             usage: None,
+            ran_ms: None,
         },
     );
     assert_eq!(
@@ -886,6 +890,7 @@ fn failure_reasons_name_the_exit() {
             outputs: Vec::new(),
             log: None,
             usage: None,
+            ran_ms: None,
         },
     );
     assert_eq!(sim.attempt(&c).outcome, Some(AttemptOutcome::Failed));
@@ -1869,6 +1874,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
             outputs: Vec::new(),
             log: None,
             usage: None,
+            ran_ms: None,
         },
     );
     let record = sim.run(run);
@@ -1899,6 +1905,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
                 outputs: Vec::new(),
                 log: None,
                 usage: None,
+                ran_ms: None,
             },
         );
     }
@@ -2213,4 +2220,42 @@ fn the_usage_a_worker_measured_is_kept_with_the_attempt() {
             peak_memory_bytes: 56 * MIB
         })
     );
+}
+
+#[test]
+fn a_step_whose_start_was_never_reported_starts_when_the_worker_says_it_ran_from() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    let run = sim.submit(CHAIN);
+    let a = sim.assign(run, "a", "w1");
+    let assigned = sim.attempt(&a).assigned_ms;
+    let mut report = exited_ok(&["x.txt"]);
+    report.ran_ms = Some(3);
+    let at = sim.tick();
+    sim.apply(Command::StepFinished {
+        key: a.clone(),
+        worker: "w1".to_string(),
+        report,
+        now_ms: at,
+    })
+    .unwrap();
+    assert_eq!(sim.step_state(run, "a"), StepState::Succeeded);
+    assert_eq!(sim.attempt(&a).started_ms, Some(at - 3));
+    // Never before it was assigned, whatever the worker's clock says.
+    let b = sim.assign(run, "b", "w1");
+    let mut report = exited_ok(&[]);
+    report.ran_ms = Some(1_000_000);
+    let at = sim.tick();
+    sim.apply(Command::StepFinished {
+        key: b.clone(),
+        worker: "w1".to_string(),
+        report,
+        now_ms: at,
+    })
+    .unwrap();
+    assert_eq!(
+        sim.attempt(&b).started_ms,
+        Some(sim.attempt(&b).assigned_ms)
+    );
+    assert!(assigned < at);
 }
