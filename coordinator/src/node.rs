@@ -831,10 +831,15 @@ impl Node {
     }
 
     fn push_assignment(&self, key: &AttemptKey, worker: &str) {
+        // Only the member holding the worker's stream (the leader) sends it work;
+        // every other member applies the same Assign and has nothing to push.
+        if !self.links.lock().expect("links lock").contains_key(worker) {
+            return;
+        }
         let assignment = self.read(|state| build_assignment(state, key));
         match assignment {
             Some(assignment) => {
-                tracing::info!(run = key.run, step = %key.step, attempt = key.attempt, worker, "assigned");
+                tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker, "assigned");
                 self.send_to_worker(
                     worker,
                     proto::WorkerMessage {

@@ -253,16 +253,18 @@ pub async fn run_attempt(
     result
 }
 
-/// Returns a work directory to the pool, or removes it (blocking work, off the
-/// runtime).
+/// Returns a work directory to the pool (checking it is a few `stat`s, bounded
+/// by the pool's entry limit, done in place), or removes it on a blocking thread.
 async fn give_back(
     ctx: &ExecutorContext,
     bundle: String,
     dir: PathBuf,
     fingerprint: Option<Fingerprint>,
 ) {
-    let dirs = ctx.work_dirs.clone();
-    let _ = tokio::task::spawn_blocking(move || dirs.give_back(&bundle, dir, fingerprint)).await;
+    let Some(dir) = ctx.work_dirs.pool(&bundle, dir, fingerprint) else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || WorkDirs::remove(&dir)).await;
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -568,7 +570,7 @@ async fn execute(
     let pid = child.id() as i32;
     let group = Pid::from_raw(pid);
     let attempt = assignment.attempt.clone().unwrap_or_default();
-    tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid, "step process started");
+    tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid, "step process started");
     let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
     let limit = (ctx.memory_limit_factor > 0.0 && request > 0)
         .then_some((request as f64 * ctx.memory_limit_factor) as u64);

@@ -504,7 +504,7 @@ fn start(
         }
         held.insert(key.clone(), cancel);
     }
-    tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "assignment received");
+    tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "assignment received");
     let ctx = ctx.clone();
     let attempts = attempts.clone();
     tasks.spawn(async move {

@@ -110,6 +110,19 @@ impl WorkDirs {
     /// when `fingerprint` was taken (and the pool has room); removes it otherwise.
     /// Blocking.
     pub fn give_back(&self, bundle: &str, dir: PathBuf, fingerprint: Option<Fingerprint>) {
+        if let Some(dir) = self.pool(bundle, dir, fingerprint) {
+            WorkDirs::remove(&dir);
+        }
+    }
+
+    /// Pools `dir` as [`WorkDirs::give_back`] does, or hands it back to be
+    /// removed. Costs at most one `stat` per pooled entry.
+    pub fn pool(
+        &self,
+        bundle: &str,
+        dir: PathBuf,
+        fingerprint: Option<Fingerprint>,
+    ) -> Option<PathBuf> {
         if let Some(fingerprint) = fingerprint
             && Fingerprint::of(&dir).ok().flatten().as_ref() == Some(&fingerprint)
         {
@@ -118,10 +131,15 @@ impl WorkDirs {
             let pooled = clean.entry(bundle.to_string()).or_default();
             if pooled.len() < POOL_PER_BUNDLE && total < POOL_TOTAL {
                 pooled.push((dir, fingerprint));
-                return;
+                return None;
             }
         }
-        if let Err(error) = std::fs::remove_dir_all(&dir)
+        Some(dir)
+    }
+
+    /// Removes a work directory (blocking).
+    pub fn remove(dir: &Path) {
+        if let Err(error) = std::fs::remove_dir_all(dir)
             && error.kind() != std::io::ErrorKind::NotFound
         {
             tracing::debug!(%error, dir = %dir.display(), "could not remove a work directory");

@@ -229,7 +229,7 @@ impl Agent for AgentService {
             )
             .await
             .map_err(propose_status)?;
-        tracing::info!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step started");
+        tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step started");
         Ok(Response::new(report_ack(outcome)))
     }
 
@@ -401,10 +401,16 @@ impl Agent for AgentService {
             .await
             .map_err(propose_status)?;
         let ack = report_ack(outcome);
-        tracing::info!(
-            run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name,
-            accepted = ack.accepted, detail = %ack.detail, "step finished"
-        );
+        // Routine at debug (one line per step is a write per step at thousands of
+        // steps a second); a refused report is worth a warning.
+        if ack.accepted {
+            tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step finished");
+        } else {
+            tracing::warn!(
+                run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name,
+                detail = %ack.detail, "report refused"
+            );
+        }
         Ok(Response::new(ack))
     }
 }

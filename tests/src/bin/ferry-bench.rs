@@ -467,7 +467,15 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
         runs.push(result??);
     }
     let submitted = began.elapsed();
-    let mut client = ControlClient::new(channel.clone());
+    // Progress is read from a follower's own copy, so that watching costs the
+    // leader nothing.
+    let follower = bench
+        .channels
+        .iter()
+        .find(|(id, _)| *id != leader)
+        .map(|(_, channel)| channel.clone())
+        .expect("a follower");
+    let mut client = ControlClient::new(follower);
     let mut last_print = Instant::now();
     loop {
         let listing = client
