@@ -725,10 +725,15 @@ impl State {
     }
 
     /// Applies one placement if it is still valid: the step is queued, the worker is
-    /// registered, and the worker has room (the no-oversubscription invariant is
-    /// enforced here as well as in the scheduler).
+    /// registered, takes work (not lost, cordoned or draining: a placement decided
+    /// just before that changed is dropped, and the step stays queued), and has
+    /// room (the no-oversubscription invariant is enforced here as well as in the
+    /// scheduler).
     fn assign_one(&mut self, placement: &Placement, now_ms: i64) -> Option<AttemptKey> {
-        let worker = self.workers.get(&placement.worker)?;
+        let worker = self
+            .workers
+            .get(&placement.worker)
+            .filter(|w| w.schedulable())?;
         let run = self.runs.get(&placement.run)?;
         if run.state.is_terminal() {
             return None;

@@ -464,3 +464,36 @@ steps:
         table.stdout
     );
 }
+
+#[test]
+fn a_run_past_its_timeout_fails_and_its_processes_are_killed() {
+    let mut cluster = Cluster::start_replicated(1, SHORT_LEASE);
+    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    let mark = marker("run-timeout");
+    let pipeline = write_pipeline(
+        &cluster.path("slow"),
+        &format!(
+            "name: slow\ntimeout: 2s\nsteps:\n  - name: long\n    shell: |\n      cp \"$(command -v sleep)\" ./{mark}\n      exec ./{mark} 60\n  - name: after\n    needs: [long]\n    command: [\"true\"]\n"
+        ),
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(30));
+    assert_eq!(status["state"], "failed", "{status:#}");
+    assert_eq!(status["reason"], "the run timed out after 2s", "{status:#}");
+    let long = step_of(&status, "long");
+    assert_eq!(long["state"], "timed_out", "{long:#}");
+    assert_eq!(attempts(long)[0]["outcome"], "timed_out", "{long:#}");
+    assert_eq!(step_of(&status, "after")["state"], "skipped", "{status:#}");
+    wait_for(
+        Duration::from_secs(15),
+        "the step's process to be killed",
+        || (!ferry_tests::process_with_marker_exists(&mark)).then_some(()),
+    );
+    let text = cluster.ferry(&["status", &run.to_string()]);
+    assert!(
+        text.stdout.contains("the run timed out after 2s"),
+        "{}",
+        text.stdout
+    );
+}

@@ -2259,3 +2259,26 @@ fn a_step_whose_start_was_never_reported_starts_when_the_worker_says_it_ran_from
     );
     assert!(assigned < at);
 }
+
+#[test]
+fn a_placement_on_a_worker_lost_or_cordoned_since_it_was_decided_is_dropped() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    sim.register(big_worker("w2"));
+    let run = sim.submit(CHAIN);
+    lose(&mut sim, "w1", "w1-session-1");
+    let now_ms = sim.tick();
+    sim.apply(Command::SetWorkerMode {
+        worker: "w2".to_string(),
+        mode: WorkerMode::Cordoned,
+        now_ms,
+    })
+    .unwrap();
+    sim.clear_dirty();
+    let before = sim.snapshot();
+    for worker in ["w1", "w2"] {
+        assert!(sim.try_assign(run, "a", worker, &[]).is_none(), "{worker}");
+    }
+    sim.assert_untouched(&before, "placements on workers that take no work");
+    assert_eq!(sim.step_state(run, "a"), StepState::Queued);
+}
