@@ -43,18 +43,7 @@ pub fn duration_ms(ms: i64) -> String {
 }
 
 pub fn bytes(size: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = size as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{size} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    ferry_common::spec::format_bytes(size)
 }
 
 pub fn cpus(millis: u64) -> String {

@@ -354,6 +354,22 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     u64::try_from(total).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
+/// Renders a size the way Ferry shows sizes: `512 B`, `1.5 KiB`, `40.0 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Parses a memory size: a plain number of bytes (`1048576`) or a number with a
 /// binary (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`K`, `M`, `G`, `T`) suffix, e.g.
 /// `512Mi`, `1.5Gi`, `2G`. Fractions of a byte are dropped; the size must be > 0.

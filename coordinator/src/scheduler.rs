@@ -497,20 +497,7 @@ pub fn format_cpu(millis: u64) -> String {
     }
 }
 
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use ferry_common::spec::format_bytes;
 
 /// Builds the scheduler's view of the state: the queue and every registered worker
 /// with what is still free on it. `accepting` says which workers have a live stream.

@@ -435,6 +435,15 @@ pub enum StateError {
     WorkerNotFound(String),
 }
 
+/// How [`State::end_run`] ends a run and what it leaves behind.
+struct RunEnd {
+    attempts: AttemptOutcome,
+    active_steps: StepState,
+    other_steps: StepState,
+    run: RunState,
+    reason: String,
+}
+
 /// How many times an attempt lost with its worker is retried (beyond `retries`).
 pub const LOST_RETRIES: u32 = 3;
 
@@ -1106,11 +1115,27 @@ impl State {
                 state: run.state.as_str(),
             });
         }
-        let run = self
-            .runs
-            .get_mut(&run_id)
-            .map(Arc::make_mut)
-            .expect("checked");
+        let stop = self.end_run(
+            run_id,
+            now_ms,
+            RunEnd {
+                attempts: AttemptOutcome::Cancelled,
+                active_steps: StepState::Cancelled,
+                other_steps: StepState::Cancelled,
+                run: RunState::Cancelled,
+                reason: "run cancelled".to_string(),
+            },
+        );
+        Ok(Outcome::Cancelled { stop })
+    }
+
+    /// Ends a running run at once: its active attempts end with `end.attempts`
+    /// (their capacity freed; returned, to be stopped on their workers), its open
+    /// steps take the states `end` names, and the run ends in `end.run`.
+    fn end_run(&mut self, run_id: RunId, now_ms: i64, end: RunEnd) -> Vec<(AttemptKey, String)> {
+        let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
+            return Vec::new();
+        };
         let mut stop = Vec::new();
         for step in &mut run.steps {
             if step.state.is_terminal() {
@@ -1120,8 +1145,8 @@ impl State {
                 && let Some(attempt) = step.attempts.last_mut()
             {
                 attempt.finished_ms = Some(now_ms);
-                attempt.outcome = Some(AttemptOutcome::Cancelled);
-                attempt.reason = Some("run cancelled".to_string());
+                attempt.outcome = Some(end.attempts);
+                attempt.reason = Some(end.reason.clone());
                 let key = AttemptKey {
                     run: run_id,
                     step: step.name.clone(),
@@ -1131,14 +1156,20 @@ impl State {
                     load.attempts.remove(&key);
                 }
                 stop.push((key, attempt.worker.clone()));
+                step.state = end.active_steps;
+            } else {
+                step.state = end.other_steps;
             }
-            step.state = StepState::Cancelled;
-            step.reason = Some("run cancelled".to_string());
+            step.reason = Some(end.reason.clone());
+            step.not_before_ms = None;
         }
-        run.state = RunState::Cancelled;
+        run.state = end.run;
+        if end.run != RunState::Cancelled {
+            run.reason = Some(end.reason);
+        }
         run.finished_ms = Some(now_ms);
         self.dirty.runs.insert(run_id);
-        Ok(Outcome::Cancelled { stop })
+        stop
     }
 
     /// The steps ready for a worker at `now_ms` (a retry waits out its backoff),
@@ -1232,43 +1263,17 @@ impl State {
         if run.state.is_terminal() || now_ms.saturating_sub(run.submitted_ms) < timeout as i64 {
             return Outcome::Unchanged;
         }
-        let why = format!("the run timed out after {}", human_delay(timeout));
-        let run = self
-            .runs
-            .get_mut(&run_id)
-            .map(Arc::make_mut)
-            .expect("checked");
-        let mut stop = Vec::new();
-        for step in &mut run.steps {
-            if step.state.is_terminal() {
-                continue;
-            }
-            if step.state.is_active()
-                && let Some(attempt) = step.attempts.last_mut()
-            {
-                attempt.finished_ms = Some(now_ms);
-                attempt.outcome = Some(AttemptOutcome::TimedOut);
-                attempt.reason = Some(why.clone());
-                let key = AttemptKey {
-                    run: run_id,
-                    step: step.name.clone(),
-                    attempt: attempt.number,
-                };
-                if let Some(load) = self.loads.get_mut(&attempt.worker) {
-                    load.attempts.remove(&key);
-                }
-                stop.push((key, attempt.worker.clone()));
-                step.state = StepState::TimedOut;
-            } else {
-                step.state = StepState::Skipped;
-            }
-            step.reason = Some(why.clone());
-            step.not_before_ms = None;
-        }
-        run.state = RunState::Failed;
-        run.reason = Some(why);
-        run.finished_ms = Some(now_ms);
-        self.dirty.runs.insert(run_id);
+        let stop = self.end_run(
+            run_id,
+            now_ms,
+            RunEnd {
+                attempts: AttemptOutcome::TimedOut,
+                active_steps: StepState::TimedOut,
+                other_steps: StepState::Skipped,
+                run: RunState::Failed,
+                reason: format!("the run timed out after {}", human_delay(timeout)),
+            },
+        );
         Outcome::Cancelled { stop }
     }
 

@@ -3,10 +3,9 @@
 //! and a finished run's records, logs and artifacts survive a restart.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use ferry_tests::{Cluster, process_with_marker_exists, step_of, wait_for, write_pipeline};
+use ferry_tests::{Cluster, marker, process_with_marker_exists, step_of, wait_for, write_pipeline};
 use serde_json::Value;
 
 const WORKER_CONFIG: &str = "cpus = 4\nmemory = \"4Gi\"";
@@ -57,20 +56,6 @@ fn run_entry(cluster: &Cluster, run: u64) -> Value {
         .find(|r| r["run"] == run)
         .cloned()
         .unwrap_or_else(|| panic!("run {run} not listed: {}", runs.stdout))
-}
-
-/// A token no other process on the machine has in its command line.
-fn marker(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "ferrymark-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Three sequential steps, each consuming the previous one's output. The

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ferry_common::digest::{CHUNK_SIZE, digest_file};
 use ferry_common::proto::{self, agent_client::AgentClient};
-use ferry_common::spec::env_var_name;
+use ferry_common::spec::{env_var_name, format_bytes};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -208,10 +208,10 @@ pub async fn run_attempt(
             format!(
                 "killed: its processes held {} of memory, over its limit of {} ({}× its \
                  memory request of {}; memory_limit_factor in worker.toml)",
-                human_bytes(used),
-                human_bytes(limit),
+                format_bytes(used),
+                format_bytes(limit),
                 ctx.memory_limit_factor,
-                human_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
+                format_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
             ),
             Vec::new(),
         ),
@@ -265,21 +265,6 @@ async fn give_back(
         return;
     };
     let _ = tokio::task::spawn_blocking(move || WorkDirs::remove(&dir)).await;
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn humanize_ms(ms: u64) -> String {

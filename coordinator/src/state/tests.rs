@@ -121,6 +121,19 @@ fn timed_out() -> AttemptReport {
     }
 }
 
+/// The worker stopped the attempt on its own (it was shutting down).
+fn stopped_by_worker() -> AttemptReport {
+    AttemptReport {
+        outcome: ReportedOutcome::Cancelled,
+        exit_code: None,
+        reason: Some("worker shutting down".into()),
+        outputs: Vec::new(),
+        log: None,
+        usage: None,
+        ran_ms: None,
+    }
+}
+
 fn accepted(outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Report { accepted, .. } => *accepted,
@@ -1865,18 +1878,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
     let run = sim.submit(CHAIN);
     let a = sim.assign(run, "a", "w1");
     sim.start(&a);
-    sim.finish(
-        &a,
-        AttemptReport {
-            outcome: ReportedOutcome::Cancelled,
-            exit_code: None,
-            reason: Some("worker shutting down".into()),
-            outputs: Vec::new(),
-            log: None,
-            usage: None,
-            ran_ms: None,
-        },
-    );
+    sim.finish(&a, stopped_by_worker());
     let record = sim.run(run);
     let attempt = &record.steps[0].attempts[0];
     assert_eq!(attempt.outcome, Some(AttemptOutcome::Lost));
@@ -1896,18 +1898,7 @@ fn a_cancel_reported_by_the_worker_is_a_lost_attempt_and_never_strands_dependent
         let a = sim.assign(run, "a", "w1");
         assert_eq!(a.attempt, number);
         sim.start(&a);
-        sim.finish(
-            &a,
-            AttemptReport {
-                outcome: ReportedOutcome::Cancelled,
-                exit_code: None,
-                reason: Some("worker shutting down".into()),
-                outputs: Vec::new(),
-                log: None,
-                usage: None,
-                ran_ms: None,
-            },
-        );
+        sim.finish(&a, stopped_by_worker());
     }
     let record = sim.run(run);
     assert!(record.state.is_terminal(), "the run must not be stuck");

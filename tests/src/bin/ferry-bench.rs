@@ -406,6 +406,17 @@ fn step_cluster() -> Cluster {
     cluster
 }
 
+/// The benchmark's connections, the leader's id and a client channel to it.
+async fn connect_to_leader(cluster: &Cluster) -> anyhow::Result<(Bench, u64, Channel)> {
+    let bench = Bench::new(cluster).await?;
+    let leader = bench.leader().await?;
+    let channel = client_channel(
+        cluster,
+        &cluster.coordinators[(leader - 1) as usize].address(),
+    )?;
+    Ok((bench, leader, channel))
+}
+
 fn client_channel(cluster: &Cluster, address: &str) -> anyhow::Result<Channel> {
     let tls = TlsFiles {
         ca: cluster.pki.ca(),
@@ -432,12 +443,7 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
         yaml.push_str(&format!("  - name: s{i}\n    command: [\"true\"]\n"));
     }
     let bundle = upload_bundle(&cluster, &cluster.path("noops"), &yaml)?;
-    let bench = Bench::new(&cluster).await?;
-    let leader = bench.leader().await?;
-    let channel = client_channel(
-        &cluster,
-        &cluster.coordinators[(leader - 1) as usize].address(),
-    )?;
+    let (bench, leader, channel) = connect_to_leader(&cluster).await?;
     let total = options.runs * options.steps;
     println!(
         "steps: 3 coordinators (leader {leader}), 2 workers; {} runs × {} no-op steps = {total} steps",
@@ -525,12 +531,7 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     let cluster = step_cluster();
     let yaml = "name: touch\nparams:\n  out: \"\"\nsteps:\n  - name: touch\n    command: [\"touch\", \"${params.out}\"]\n";
     let bundle = upload_bundle(&cluster, &cluster.path("touch"), yaml)?;
-    let bench = Bench::new(&cluster).await?;
-    let leader = bench.leader().await?;
-    let channel = client_channel(
-        &cluster,
-        &cluster.coordinators[(leader - 1) as usize].address(),
-    )?;
+    let (_bench, leader, channel) = connect_to_leader(&cluster).await?;
     let mut client = ControlClient::new(channel);
     let marks = cluster.path("marks");
     std::fs::create_dir_all(&marks)?;
