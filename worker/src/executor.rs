@@ -60,6 +60,8 @@ pub struct ExecutorContext {
     pub memory_limit_factor: f64,
     /// Work directories, reused when an attempt left them untouched.
     pub work_dirs: Arc<WorkDirs>,
+    /// Sends the attempts' final reports, batched.
+    pub reports: crate::session::Reports,
 }
 
 /// What an attempt's processes used.

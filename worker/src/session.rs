@@ -13,7 +13,7 @@ use std::time::Duration;
 use ferry_common::channel::{ChannelError, parse_address};
 use ferry_common::pki::{PkiError, TlsMaterial};
 use ferry_common::proto::{self, agent_client::AgentClient, worker_message::Kind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -358,6 +358,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         gpus: capacity.gpus.clone(),
         max_log_bytes: config.max_log_bytes_per_attempt,
         monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
+        reports: Reports::start(coordinators.clone(), shutdown.clone()),
         memory_limit_factor: config.memory_limit_factor,
         work_dirs,
     };
@@ -514,9 +515,138 @@ fn start(
             outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
             "attempt ended"
         );
-        deliver(&ctx.coordinators, report, shutdown).await;
+        ctx.reports.deliver(report, shutdown).await;
         attempts.0.lock().expect("attempts lock").remove(&key);
     });
+}
+
+/// Most reports sent in one call.
+const REPORT_BATCH: usize = 64;
+
+/// Sends attempts' final reports, several per call: one call is in flight at a
+/// time, and what piles up meanwhile goes in the next, so that a busy worker
+/// sends few calls and an idle one sends each report at once.
+#[derive(Clone)]
+pub struct Reports {
+    queue: mpsc::UnboundedSender<(proto::StepFinishedRequest, oneshot::Sender<()>)>,
+}
+
+impl Reports {
+    /// Starts the sender; it stops when the worker shuts down.
+    pub fn start(coordinators: Arc<Coordinators>, shutdown: watch::Receiver<bool>) -> Reports {
+        let (queue, mut pending) =
+            mpsc::unbounded_channel::<(proto::StepFinishedRequest, oneshot::Sender<()>)>();
+        tokio::spawn(async move {
+            let mut batched = true;
+            while let Some(first) = pending.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < REPORT_BATCH {
+                    match pending.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                if batched {
+                    batched = deliver_batch(&coordinators, &mut batch, shutdown.clone()).await;
+                }
+                // A coordinator without batch calls: one report per call.
+                for (report, done) in batch {
+                    deliver(&coordinators, report, shutdown.clone()).await;
+                    let _ = done.send(());
+                }
+            }
+        });
+        Reports { queue }
+    }
+
+    /// Delivers one report (see [`deliver`]); returns once it was answered or the
+    /// worker stops.
+    pub async fn deliver(
+        &self,
+        report: proto::StepFinishedRequest,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (done, answered) = oneshot::channel();
+        if self.queue.send((report, done)).is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = answered => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// Delivers a batch of reports, retrying what could not be taken, until each is
+/// answered (its sender told) or the worker stops; the batch is left empty. Returns
+/// false, with the batch untouched, when the coordinator has no batch call.
+async fn deliver_batch(
+    coordinators: &Coordinators,
+    batch: &mut Vec<(proto::StepFinishedRequest, oneshot::Sender<()>)>,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    while !batch.is_empty() {
+        let request = proto::StepsFinishedRequest {
+            reports: batch.iter().map(|(report, _)| report.clone()).collect(),
+        };
+        let answer = tokio::select! {
+            answer = coordinators.call(None, |mut agent| {
+                let request = request.clone();
+                async move { agent.steps_finished(request).await }
+            }) => answer,
+            _ = shutdown.wait_for(|s| *s) => return true,
+        };
+        match answer {
+            Ok(answer) if answer.acks.len() == batch.len() => {
+                let mut again = Vec::new();
+                for ((report, done), ack) in batch.drain(..).zip(answer.acks) {
+                    if ack.retry {
+                        again.push((report, done));
+                        continue;
+                    }
+                    if !ack.accepted {
+                        tracing::warn!(detail = %ack.detail, "report refused as stale");
+                    }
+                    let _ = done.send(());
+                }
+                *batch = again;
+            }
+            Ok(answer) => {
+                tracing::warn!(
+                    sent = batch.len(),
+                    answered = answer.acks.len(),
+                    "the coordinator answered a different number of reports; sending them again"
+                );
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => return false,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                tracing::warn!(code = ?status.code(), message = status.message(), "reports refused");
+                for (_, done) in batch.drain(..) {
+                    let _ = done.send(());
+                }
+                return true;
+            }
+            Err(status) => tracing::debug!(%status, "reports not delivered; retrying"),
+        }
+        if batch.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return true,
+        }
+        delay = (delay * 2).min(Duration::from_secs(3));
+    }
+    true
 }
 
 /// Delivers a report to the current coordinator, retrying through failovers and

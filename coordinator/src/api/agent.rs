@@ -69,12 +69,20 @@ fn request_running(running: Vec<proto::AttemptRef>) -> Vec<AttemptKey> {
         .collect()
 }
 
+/// Most reports one `StepsFinished` call may carry.
+const MAX_REPORTS_PER_CALL: usize = 256;
+
 fn report_ack(outcome: Outcome) -> proto::Ack {
     match outcome {
-        Outcome::Report { accepted, detail } => proto::Ack { accepted, detail },
+        Outcome::Report { accepted, detail } => proto::Ack {
+            accepted,
+            detail,
+            retry: false,
+        },
         _ => proto::Ack {
             accepted: true,
             detail: String::new(),
+            retry: false,
         },
     }
 }
@@ -184,6 +192,7 @@ impl Agent for AgentService {
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),
+            retry: false,
         }))
     }
 
@@ -301,6 +310,7 @@ impl Agent for AgentService {
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),
+            retry: false,
         }))
     }
 
@@ -332,7 +342,59 @@ impl Agent for AgentService {
     ) -> Result<Response<proto::Ack>, Status> {
         let identity = worker_identity(&request, None)?;
         self.node.require_leader()?;
-        let finished = request.into_inner();
+        let ack = self.finish(&identity, request.into_inner()).await?;
+        Ok(Response::new(ack))
+    }
+
+    async fn steps_finished(
+        &self,
+        request: Request<proto::StepsFinishedRequest>,
+    ) -> Result<Response<proto::StepsFinishedResponse>, Status> {
+        let identity = worker_identity(&request, None)?;
+        self.node.require_leader()?;
+        let reports = request.into_inner().reports;
+        if reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} reports in one call; at most {MAX_REPORTS_PER_CALL}",
+                reports.len()
+            )));
+        }
+        // Proposed together, so that they share Raft entries.
+        let answers = futures::future::join_all(
+            reports
+                .into_iter()
+                .map(|finished| self.finish(&identity, finished)),
+        )
+        .await;
+        let acks = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(ack) => ack,
+                Err(status) => proto::Ack {
+                    accepted: false,
+                    detail: status.message().to_string(),
+                    retry: !matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::NotFound
+                            | tonic::Code::FailedPrecondition
+                    ),
+                },
+            })
+            .collect();
+        Ok(Response::new(proto::StepsFinishedResponse { acks }))
+    }
+}
+
+impl AgentService {
+    /// Takes one report: checks it, makes sure its outputs and log are stored,
+    /// and proposes `StepFinished`.
+    async fn finish(
+        &self,
+        identity: &Identity,
+        finished: proto::StepFinishedRequest,
+    ) -> Result<proto::Ack, Status> {
         let key = attempt_key(finished.attempt)?;
         let outcome = match finished.outcome.as_str() {
             "exited" => ReportedOutcome::Exited,
@@ -390,7 +452,7 @@ impl Agent for AgentService {
         let outcome = self
             .node
             .propose_as(
-                &identity,
+                identity,
                 Command::StepFinished {
                     key: key.clone(),
                     worker: identity.name.clone(),
@@ -411,6 +473,6 @@ impl Agent for AgentService {
                 detail = %ack.detail, "report refused"
             );
         }
-        Ok(Response::new(ack))
+        Ok(ack)
     }
 }

@@ -63,6 +63,7 @@ impl Peer for PeerService {
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),
+            retry: false,
         }))
     }
 
@@ -96,6 +97,7 @@ impl Peer for PeerService {
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),
+            retry: false,
         }))
     }
 

@@ -436,7 +436,40 @@ fn upload_bundle(cluster: &Cluster, dir: &std::path::Path, yaml: &str) -> anyhow
     Ok(ferry_common::bundle::pack_dir(dir)?.digest)
 }
 
+/// How many `true` processes this machine starts and reaps per second right now,
+/// without Ferry: four threads spawning the way a worker does (own process group,
+/// a working directory), for two seconds.
+fn raw_spawn_rate() -> anyhow::Result<f64> {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    let until = Instant::now() + Duration::from_secs(2);
+    let began = Instant::now();
+    let spawned: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut count = 0u64;
+                    while Instant::now() < until {
+                        let status = std::process::Command::new("true")
+                            .current_dir(dir.path())
+                            .process_group(0)
+                            .status();
+                        if status.is_ok() {
+                            count += 1;
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    Ok(spawned as f64 / began.elapsed().as_secs_f64())
+}
+
 async fn bench_steps(options: &Options) -> anyhow::Result<()> {
+    let raw = raw_spawn_rate()?;
+    println!("steps: this machine starts {raw:.0} `true` processes/s right now without Ferry");
     let cluster = step_cluster();
     let mut yaml = "name: noops\nparams:\n  out: \"\"\nsteps:\n".to_string();
     for i in 0..options.steps {
@@ -514,11 +547,13 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = began.elapsed();
+    let rate = total as f64 / elapsed.as_secs_f64();
     println!(
-        "steps: {total} no-op steps in {:.2} s = {:.0} steps/s (submissions took {:.2} s)",
+        "steps: {total} no-op steps in {:.2} s = {rate:.0} steps/s (submissions took {:.2} s); \
+         {:.0} % of the {raw:.0} processes/s this machine starts without Ferry",
         elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64(),
-        submitted.as_secs_f64()
+        submitted.as_secs_f64(),
+        rate / raw * 100.0
     );
     Ok(())
 }
