@@ -988,8 +988,10 @@ async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     node.links.lock().expect("links lock").clear();
 }
 
-/// Shortest time between two scheduling passes while changes keep coming.
-const MIN_PASS_INTERVAL: Duration = Duration::from_millis(5);
+/// Shortest time between two scheduling passes while work is queued: each pass
+/// then places a bigger batch (measured: 5 ms gave ~1,450 no-op steps/s on two
+/// cores, 20 ms ~1,550); an idle cluster schedules a change at once.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Only the leader schedules; a new leader resumes from the replicated state.
 async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
