@@ -71,6 +71,19 @@ pub fn endpoint(
     Ok(endpoint)
 }
 
+/// Whether an answer refuses a request for good (sending it again changes
+/// nothing): a bad or forbidden request, or one about something that is not
+/// there or not in a state to take it. Anything else may be sent again.
+pub fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -620,15 +620,7 @@ async fn deliver_batch(
                 );
             }
             Err(status) if status.code() == tonic::Code::Unimplemented => return false,
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::InvalidArgument
-                        | tonic::Code::PermissionDenied
-                        | tonic::Code::NotFound
-                        | tonic::Code::FailedPrecondition
-                ) =>
-            {
+            Err(status) if ferry_common::channel::is_refusal(status.code()) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "reports refused");
                 for (_, done) in batch.drain(..) {
                     let _ = done.send(());
@@ -673,15 +665,7 @@ async fn deliver(
                 }
                 return;
             }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::InvalidArgument
-                        | tonic::Code::PermissionDenied
-                        | tonic::Code::NotFound
-                        | tonic::Code::FailedPrecondition
-                ) =>
-            {
+            Err(status) if ferry_common::channel::is_refusal(status.code()) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "report refused");
                 return;
             }

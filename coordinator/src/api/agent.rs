@@ -373,13 +373,7 @@ impl Agent for AgentService {
                 Err(status) => proto::Ack {
                     accepted: false,
                     detail: status.message().to_string(),
-                    retry: !matches!(
-                        status.code(),
-                        tonic::Code::InvalidArgument
-                            | tonic::Code::PermissionDenied
-                            | tonic::Code::NotFound
-                            | tonic::Code::FailedPrecondition
-                    ),
+                    retry: !ferry_common::channel::is_refusal(status.code()),
                 },
             })
             .collect();
