@@ -89,6 +89,7 @@ pub async fn remote(
             read,
         } => status(client, run, attempts, read, output).await?,
         Command::Watch { run } => return watch(client, run).await,
+        Command::Metrics { run, read } => metrics(client, run, read, output).await?,
         Command::Cancel { run } => cancel(client, run).await?,
         Command::Workers {
             command: Some(command),
@@ -293,6 +294,76 @@ async fn get_run(client: &mut Client, run: u64, read: Read) -> anyhow::Result<pr
         .call(|mut client| async move { client.get_run(request).await })
         .await
         .map_err(status_error)
+}
+
+/// `ferry metrics RUN`: the metrics of each step's latest attempt.
+async fn metrics(client: &mut Client, run: u64, read: Read, output: Output) -> anyhow::Result<()> {
+    let view = get_run(client, run, read).await?;
+    let latest = |step: &proto::StepView| step.attempts.last().cloned();
+    if output == Output::Json {
+        let steps: Vec<_> = view
+            .steps
+            .iter()
+            .filter_map(|step| {
+                let attempt = latest(step)?;
+                Some(json!({
+                    "step": step.name,
+                    "attempt": attempt.attempt,
+                    "metrics": attempt.metrics.iter().map(|m| json!({
+                        "name": m.name,
+                        "value": m.value,
+                        "step": if m.has_step { json!(m.step) } else { json!(null) },
+                    })).collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&steps)?);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for step in &view.steps {
+        let Some(attempt) = latest(step) else {
+            continue;
+        };
+        // Metric names in the order first written; each with its last value.
+        let mut names: Vec<&str> = Vec::new();
+        for metric in &attempt.metrics {
+            if !names.contains(&metric.name.as_str()) {
+                names.push(&metric.name);
+            }
+        }
+        for name in names {
+            let values: Vec<&proto::Metric> =
+                attempt.metrics.iter().filter(|m| m.name == name).collect();
+            let last = values.last().expect("a value per name");
+            rows.push(vec![
+                step.name.clone(),
+                attempt.attempt.to_string(),
+                name.to_string(),
+                format!("{}", last.value),
+                if last.has_step {
+                    last.step.to_string()
+                } else {
+                    String::new()
+                },
+                values.len().to_string(),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!(
+            "run {run} has no metrics (a step reports them as JSON lines in the file named by FERRY_METRICS)"
+        );
+        return Ok(());
+    }
+    println!(
+        "{}",
+        render::table(
+            &["STEP", "ATTEMPT", "METRIC", "LAST", "AT STEP", "VALUES"],
+            &rows
+        )
+    );
+    Ok(())
 }
 
 async fn cancel(client: &mut Client, run: u64) -> anyhow::Result<()> {

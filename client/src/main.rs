@@ -81,6 +81,13 @@ enum Command {
     },
     /// Follow a run until it ends, showing each step's state.
     Watch { run: u64 },
+    /// The metrics a run's steps reported (through FERRY_METRICS): per step and
+    /// metric, the last value, its step number and how many values there were.
+    Metrics {
+        run: u64,
+        #[command(flatten)]
+        read: Read,
+    },
     /// Cancel a run: running steps are killed, nothing new starts.
     Cancel { run: u64 },
     /// List workers (capacity, what is in use, labels, mode, last heartbeat), or
@@ -337,6 +344,7 @@ mod tests {
             Command::Runs { read }
             | Command::Status { read, .. }
             | Command::Workers { read, .. }
+            | Command::Metrics { read, .. }
             | Command::Artifacts { read, .. } => read.stale,
             _ => panic!("not a listing"),
         };

@@ -149,7 +149,36 @@ pub struct Attempt {
     /// What its processes used, as the worker measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AttemptUsage>,
+    /// What the step reported through `FERRY_METRICS`, in the order written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricPoint>,
 }
+
+/// One metric value a step reported: a name, a value and an optional step
+/// number (an epoch, an iteration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub name: String,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
+}
+
+// Values are data, never computed on: equal when their bits are (so that a NaN a
+// step reported still compares equal to itself across replicas).
+impl PartialEq for MetricPoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.value.to_bits() == other.value.to_bits()
+            && self.step == other.step
+    }
+}
+
+impl Eq for MetricPoint {}
+
+/// Most metric values kept per attempt, and the longest metric name.
+pub const MAX_METRICS_PER_ATTEMPT: usize = 10_000;
+pub const MAX_METRIC_NAME_LEN: usize = 128;
 
 /// CPU time and peak memory of an attempt's processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,6 +351,8 @@ pub struct AttemptReport {
     /// report the start).
     #[serde(default)]
     pub ran_ms: Option<u64>,
+    #[serde(default)]
+    pub metrics: Vec<MetricPoint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -788,6 +819,7 @@ impl State {
             reason: None,
             log: None,
             usage: None,
+            metrics: Vec::new(),
         });
         step.state = StepState::Assigned;
         step.reason = None;
@@ -938,7 +970,10 @@ impl State {
         } else {
             Vec::new()
         };
-        if (report.log.is_some() || report.usage.is_some() || report.ran_ms.is_some())
+        if (report.log.is_some()
+            || report.usage.is_some()
+            || report.ran_ms.is_some()
+            || !report.metrics.is_empty())
             && let Some(attempt) = self
                 .runs
                 .get_mut(&key.run)
@@ -950,6 +985,7 @@ impl State {
                 attempt.log = report.log;
             }
             attempt.usage = report.usage;
+            attempt.metrics = report.metrics;
             if attempt.started_ms.is_none()
                 && let Some(ran) = report.ran_ms
             {

@@ -11,3 +11,4 @@ mod t60_dev;
 mod t70_replication;
 mod t80_corruption;
 mod t90_scheduling;
+mod t95_metrics;

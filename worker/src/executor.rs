@@ -113,6 +113,7 @@ pub async fn run_attempt(
             peak_memory_bytes: 0,
             has_ran_ms: false,
             ran_ms: 0,
+            metrics: Vec::new(),
         };
     let bundle = assignment.bundle_digest.clone();
     let (work_dir, mut fingerprint) = match ctx.work_dirs.take(&bundle) {
@@ -174,12 +175,18 @@ pub async fn run_attempt(
         "run-{}-{}-{}.jsonl",
         attempt.run_id, attempt.step, attempt.attempt
     ));
+    let metrics_path = ctx.data_dir.join("metrics").join(format!(
+        "run-{}-{}-{}.jsonl",
+        attempt.run_id, attempt.step, attempt.attempt
+    ));
+    let _ = tokio::fs::remove_file(&metrics_path).await;
     let began = Instant::now();
     let executed = execute(
         ctx,
         &assignment,
         &work_dir,
         &log_path,
+        &metrics_path,
         &input_paths,
         &mut cancel,
     )
@@ -236,6 +243,16 @@ pub async fn run_attempt(
             ),
         },
     };
+    let (metrics, problem) = read_metrics(&metrics_path).await;
+    result.metrics = metrics;
+    if let Some(problem) = problem {
+        if result.reason.is_empty() {
+            result.reason = problem;
+        } else {
+            result.reason = format!("{}; {problem}", result.reason);
+        }
+    }
+    let _ = tokio::fs::remove_file(&metrics_path).await;
     result.cpu_time_ms = usage.cpu_time_ms;
     result.peak_memory_bytes = usage.peak_memory_bytes;
     result.has_ran_ms = true;
@@ -253,6 +270,82 @@ pub async fn run_attempt(
         let _ = tokio::fs::remove_file(&log_path).await;
     }
     result
+}
+
+/// Most bytes of a metrics file read, and most values kept per attempt.
+const MAX_METRICS_BYTES: u64 = 4 * 1024 * 1024;
+const MAX_METRICS: usize = 10_000;
+const MAX_METRIC_NAME: usize = 128;
+
+/// One line of a `FERRY_METRICS` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricLine {
+    name: String,
+    value: f64,
+    #[serde(default)]
+    step: Option<i64>,
+}
+
+/// Reads what a step wrote to its `FERRY_METRICS` file (JSON lines: `name`,
+/// `value`, optional `step`). Lines that are not such an object are skipped, and
+/// the second value says how many and why the first was refused.
+pub async fn read_metrics(path: &Path) -> (Vec<proto::Metric>, Option<String>) {
+    let Ok(file) = tokio::fs::File::open(path).await else {
+        return (Vec::new(), None);
+    };
+    let mut text = String::new();
+    let mut limited = file.take(MAX_METRICS_BYTES);
+    if let Err(error) = limited.read_to_string(&mut text).await {
+        return (
+            Vec::new(),
+            Some(format!("the metrics file could not be read: {error}")),
+        );
+    }
+    parse_metrics(&text)
+}
+
+/// The metrics in `text` (see [`read_metrics`]).
+pub fn parse_metrics(text: &str) -> (Vec<proto::Metric>, Option<String>) {
+    let mut metrics = Vec::new();
+    let mut skipped = 0usize;
+    let mut first_problem: Option<String> = None;
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let problem = match serde_json::from_str::<MetricLine>(line) {
+            Ok(metric) if metric.name.is_empty() || metric.name.len() > MAX_METRIC_NAME => {
+                Some(format!("a name must have 1 to {MAX_METRIC_NAME} bytes"))
+            }
+            Ok(_) if metrics.len() >= MAX_METRICS => {
+                Some(format!("more than {MAX_METRICS} values"))
+            }
+            Ok(metric) => {
+                metrics.push(proto::Metric {
+                    name: metric.name,
+                    value: metric.value,
+                    has_step: metric.step.is_some(),
+                    step: metric.step.unwrap_or(0),
+                });
+                None
+            }
+            Err(error) => Some(format!(
+                "{error}; write {{\"name\": \"accuracy\", \"value\": 0.93, \"step\": 3}}"
+            )),
+        };
+        if let Some(problem) = problem {
+            skipped += 1;
+            first_problem.get_or_insert_with(|| format!("line {}: {problem}", number + 1));
+        }
+    }
+    let note = first_problem.map(|first| {
+        format!(
+            "{skipped} line{} of FERRY_METRICS ignored ({first})",
+            if skipped == 1 { "" } else { "s" }
+        )
+    });
+    (metrics, note)
 }
 
 /// Returns a work directory to the pool (checking it is a few `stat`s, bounded
@@ -529,6 +622,7 @@ async fn execute(
     assignment: &proto::Assignment,
     work_dir: &Path,
     log_path: &Path,
+    metrics_path: &Path,
     inputs: &[(String, PathBuf)],
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<(Ended, Usage), String> {
@@ -547,6 +641,7 @@ async fn execute(
         .args(&assignment.command[1..])
         .current_dir(work_dir)
         .envs(step_environment(ctx, assignment, work_dir, inputs))
+        .env("FERRY_METRICS", metrics_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -975,6 +1070,35 @@ fn file_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_lines_are_read_and_bad_ones_skipped_with_the_first_reason() {
+        let text = "{\"name\": \"loss\", \"value\": 0.5, \"step\": 1}\n\
+                    {\"name\": \"loss\", \"value\": 0.25, \"step\": 2}\n\
+                    \n\
+                    accuracy=0.9\n\
+                    {\"name\": \"accuracy\", \"value\": 0.93}\n\
+                    {\"name\": \"\", \"value\": 1}\n";
+        let (metrics, note) = parse_metrics(text);
+        assert_eq!(metrics.len(), 3);
+        assert_eq!(
+            (
+                metrics[1].name.as_str(),
+                metrics[1].value,
+                metrics[1].has_step,
+                metrics[1].step
+            ),
+            ("loss", 0.25, true, 2)
+        );
+        assert!(!metrics[2].has_step);
+        let note = note.unwrap();
+        assert!(
+            note.starts_with("2 lines of FERRY_METRICS ignored (line 4: ")
+                && note.contains("\"value\": 0.93"),
+            "{note}"
+        );
+        assert_eq!(parse_metrics(""), (Vec::new(), None));
+    }
 
     #[test]
     fn outputs_must_stay_inside_the_work_directory() {

@@ -335,8 +335,10 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         let path = path.display().to_string();
         move |source| WorkerError::DataDir { path, source }
     };
-    let logs = config.data_dir.join("logs");
-    std::fs::create_dir_all(&logs).map_err(data_dir_error(&logs))?;
+    for kept in ["logs", "metrics"] {
+        let dir = config.data_dir.join(kept);
+        std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
+    }
     let work = config.data_dir.join("work");
     let work_dirs = Arc::new(WorkDirs::open(work.clone()).map_err(data_dir_error(&work))?);
     let coordinators = Arc::new(Coordinators::new(

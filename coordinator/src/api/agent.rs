@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
 use crate::node::{Node, now_ms};
 use crate::state::{
-    AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, Outcome, ReportedOutcome, Worker,
+    AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, MAX_METRIC_NAME_LEN,
+    MAX_METRICS_PER_ATTEMPT, MetricPoint, Outcome, ReportedOutcome, Worker,
 };
 use crate::store::LogRecord;
 
@@ -425,7 +426,32 @@ impl AgentService {
             }
             _ => None,
         };
+        if finished.metrics.len() > MAX_METRICS_PER_ATTEMPT {
+            return Err(Status::invalid_argument(format!(
+                "{} metric values in one report; at most {MAX_METRICS_PER_ATTEMPT}",
+                finished.metrics.len()
+            )));
+        }
+        if let Some(long) = finished
+            .metrics
+            .iter()
+            .find(|m| m.name.is_empty() || m.name.len() > MAX_METRIC_NAME_LEN)
+        {
+            return Err(Status::invalid_argument(format!(
+                "metric name {:?} must have 1 to {MAX_METRIC_NAME_LEN} bytes",
+                long.name
+            )));
+        }
         let report = AttemptReport {
+            metrics: finished
+                .metrics
+                .into_iter()
+                .map(|m| MetricPoint {
+                    name: m.name,
+                    value: m.value,
+                    step: m.has_step.then_some(m.step),
+                })
+                .collect(),
             log,
             outcome,
             exit_code: finished.has_exit_code.then_some(finished.exit_code),

@@ -260,6 +260,16 @@ fn run_view(
                             gpus: a.gpus.clone(),
                             cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
                             peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
+                            metrics: a
+                                .metrics
+                                .iter()
+                                .map(|m| proto::Metric {
+                                    name: m.name.clone(),
+                                    value: m.value,
+                                    has_step: m.step.is_some(),
+                                    step: m.step.unwrap_or(0),
+                                })
+                                .collect(),
                         })
                         .collect(),
                 }

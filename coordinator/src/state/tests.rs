@@ -94,6 +94,7 @@ fn exited_ok(outputs: &[&str]) -> AttemptReport {
         log: None,
         usage: None,
         ran_ms: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -106,6 +107,7 @@ fn exited(code: i32) -> AttemptReport {
         log: None,
         usage: None,
         ran_ms: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -118,6 +120,7 @@ fn timed_out() -> AttemptReport {
         log: None,
         usage: None,
         ran_ms: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -131,6 +134,7 @@ fn stopped_by_worker() -> AttemptReport {
         log: None,
         usage: None,
         ran_ms: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -531,6 +535,7 @@ steps:
             reason: None,
             log: None,
             usage: None,
+            metrics: Vec::new(),
         }
     );
     assert_eq!(
@@ -886,6 +891,7 @@ fn failure_reasons_name_the_exit() {
             log: None,
             usage: None,
             ran_ms: None,
+            metrics: Vec::new(),
         },
     );
     assert_eq!(
@@ -904,6 +910,7 @@ fn failure_reasons_name_the_exit() {
             log: None,
             usage: None,
             ran_ms: None,
+            metrics: Vec::new(),
         },
     );
     assert_eq!(sim.attempt(&c).outcome, Some(AttemptOutcome::Failed));
@@ -2203,7 +2210,21 @@ fn the_usage_a_worker_measured_is_kept_with_the_attempt() {
         cpu_time_ms: 1234,
         peak_memory_bytes: 56 * MIB,
     });
+    report.metrics = vec![
+        MetricPoint {
+            name: "loss".into(),
+            value: 0.25,
+            step: Some(3),
+        },
+        MetricPoint {
+            name: "weird".into(),
+            value: f64::NAN,
+            step: None,
+        },
+    ];
+    let metrics = report.metrics.clone();
     sim.finish(&a, report);
+    assert_eq!(sim.attempt(&a).metrics, metrics, "a NaN equals itself here");
     assert_eq!(
         sim.attempt(&a).usage,
         Some(AttemptUsage {
