@@ -1208,33 +1208,6 @@ impl State {
         stop
     }
 
-    /// The steps ready for a worker at `now_ms` (a retry waits out its backoff),
-    /// oldest run first, in pipeline order within a run.
-    pub fn queued_steps(&self, now_ms: i64) -> Vec<(&Run, &ferry_common::spec::Step)> {
-        let mut queue = Vec::new();
-        for run in self.runs.values().filter(|r| !r.state.is_terminal()) {
-            for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-                if record.state == StepState::Queued
-                    && record.not_before_ms.is_none_or(|t| t <= now_ms)
-                {
-                    queue.push((&**run, spec));
-                }
-            }
-        }
-        queue
-    }
-
-    /// The earliest time a step now waiting out a retry backoff becomes ready.
-    pub fn next_retry_ms(&self) -> Option<i64> {
-        self.runs
-            .values()
-            .filter(|r| !r.state.is_terminal())
-            .flat_map(|r| r.steps.iter())
-            .filter(|s| s.state == StepState::Queued)
-            .filter_map(|s| s.not_before_ms)
-            .min()
-    }
-
     /// Running runs whose pipeline timeout has passed at `now_ms`.
     pub fn runs_past_timeout(&self, now_ms: i64) -> Vec<RunId> {
         self.runs

@@ -370,10 +370,9 @@ impl Sim {
     }
 
     fn queued(&self) -> Vec<(RunId, String)> {
-        self.state
-            .queued_steps(i64::MAX)
+        crate::scheduler::queue(&self.state, i64::MAX)
             .into_iter()
-            .map(|(run, spec)| (run.id, spec.name.clone()))
+            .map(|step| (step.run, step.step))
             .collect()
     }
 
@@ -978,9 +977,14 @@ steps:
             );
             let finished = sim.attempt(&attempt).finished_ms.unwrap();
             assert_eq!(prep.not_before_ms, Some(finished + delay));
-            assert!(sim.state.queued_steps(finished + delay - 1).is_empty());
-            assert_eq!(sim.state.next_retry_ms(), Some(finished + delay));
-            assert_eq!(sim.state.queued_steps(finished + delay).len(), 1);
+            let (waiting, next_retry) =
+                crate::scheduler::ready_queue(&sim.state, finished + delay - 1);
+            assert!(waiting.is_empty());
+            assert_eq!(next_retry, Some(finished + delay));
+            assert_eq!(
+                crate::scheduler::queue(&sim.state, finished + delay).len(),
+                1
+            );
             assert_eq!(sim.step_state(run, "train"), StepState::Waiting);
             assert_eq!(sim.step_state(run, "report"), StepState::Waiting);
         } else {
