@@ -354,6 +354,36 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     u64::try_from(total).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
+/// Renders a duration in milliseconds the way specs write durations and reasons
+/// say them: `250ms`, `1.5s`, `2m`, `1m30s`, `1h30m`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        return if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{:.1}s", ms as f64 / 1000.0)
+        };
+    }
+    let minutes = ms / 60_000;
+    let seconds = (ms % 60_000) / 1000;
+    if minutes < 60 {
+        return if seconds == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{seconds}s")
+        };
+    }
+    let (hours, minutes) = (minutes / 60, minutes % 60);
+    if minutes == 0 {
+        format!("{hours}h")
+    } else {
+        format!("{hours}h{minutes}m")
+    }
+}
+
 /// Renders a size the way Ferry shows sizes: `512 B`, `1.5 KiB`, `40.0 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -1722,7 +1752,7 @@ fn check_step(
                     format!(
                         "{what} is {}; at most {} is allowed",
                         v.as_str().unwrap_or_default(),
-                        human_ms(MAX_RETRY_BACKOFF_MS)
+                        format_duration_ms(MAX_RETRY_BACKOFF_MS)
                     ),
                 );
                 return None;
@@ -1797,16 +1827,6 @@ fn check_duration(ck: &mut Checker<'_>, at: Option<Pos>, what: &str, v: &Value) 
         ),
     }
     None
-}
-
-/// Renders a whole number of milliseconds the way specs write durations.
-fn human_ms(ms: u64) -> String {
-    match ms {
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
-    }
 }
 
 /// The run-wide settings at the top of a pipeline.

@@ -1099,8 +1099,8 @@ async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         for (worker, session, silent) in expired {
             let reason = format!(
                 "no heartbeat from \"{worker}\" for {} (lease {})",
-                crate::state::human_delay(silent as u64),
-                crate::state::human_delay(node.lease_ms)
+                ferry_common::spec::format_duration_ms(silent as u64),
+                ferry_common::spec::format_duration_ms(node.lease_ms)
             );
             tracing::warn!(
                 worker,

@@ -499,16 +499,6 @@ pub fn format_cpu(millis: u64) -> String {
 
 pub use ferry_common::spec::format_bytes;
 
-/// Builds the scheduler's view of the state: the queue and every registered worker
-/// with what is still free on it. `accepting` says which workers have a live stream.
-pub fn snapshot(
-    state: &State,
-    accepting: &BTreeSet<String>,
-    now_ms: i64,
-) -> (Vec<QueuedStep>, Vec<WorkerSlot>) {
-    (queue(state, now_ms), worker_slots(state, accepting))
-}
-
 /// What a step's spec asks of its GPUs, as the scheduler matches it.
 pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
     GpuNeed {
@@ -523,15 +513,10 @@ pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
 /// beyond the window waits for a later pass.
 pub const QUEUE_WINDOW: usize = 256;
 
-/// The steps ready to be placed at `now_ms`: higher priority first, then oldest
+/// The steps ready to be placed at `now_ms` (higher priority first, then oldest
 /// run first, in pipeline order within a run; at most [`QUEUE_WINDOW`] per
-/// project and priority.
-pub fn queue(state: &State, now_ms: i64) -> Vec<QueuedStep> {
-    ready_queue(state, now_ms).0
-}
-
-/// [`queue`], and the earliest time a step now waiting out a retry backoff
-/// becomes ready.
+/// project and priority), and the earliest time a step now waiting out a retry
+/// backoff becomes ready.
 pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>) {
     let mut runs: Vec<&crate::state::Run> = state
         .runs

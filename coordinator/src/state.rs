@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ferry_common::spec::{Pipeline, Resources};
+use ferry_common::spec::{Pipeline, Resources, format_duration_ms};
 use serde::{Deserialize, Serialize};
 
 pub type RunId = u64;
@@ -485,35 +485,6 @@ pub fn retry_delay_ms(backoff_ms: u64, retry: u32) -> u64 {
     backoff_ms
         .saturating_mul(1u64 << doublings)
         .min(ferry_common::spec::MAX_RETRY_BACKOFF_MS)
-}
-
-/// Renders a delay in milliseconds for reasons: `1.5s`, `2m`, `1h30m`.
-pub fn human_delay(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    if ms < 60_000 {
-        return if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{:.1}s", ms as f64 / 1000.0)
-        };
-    }
-    let minutes = ms / 60_000;
-    let seconds = (ms % 60_000) / 1000;
-    if minutes < 60 {
-        return if seconds == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{seconds}s")
-        };
-    }
-    let (hours, minutes) = (minutes / 60, minutes % 60);
-    if minutes == 0 {
-        format!("{hours}h")
-    } else {
-        format!("{hours}h{minutes}m")
-    }
 }
 
 /// Records changed by the commands applied since the last persist.
@@ -1073,7 +1044,7 @@ impl State {
                     step.not_before_ms = Some(now_ms.saturating_add(delay as i64));
                     step.reason = Some(format!(
                         "retry {failures} of {retries} in {} after attempt {}: {why}",
-                        human_delay(delay),
+                        format_duration_ms(delay),
                         key.attempt
                     ));
                 } else {
@@ -1280,7 +1251,7 @@ impl State {
                 active_steps: StepState::TimedOut,
                 other_steps: StepState::Skipped,
                 run: RunState::Failed,
-                reason: format!("the run timed out after {}", human_delay(timeout)),
+                reason: format!("the run timed out after {}", format_duration_ms(timeout)),
             },
         );
         Outcome::Cancelled { stop }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ferry_common::digest::{CHUNK_SIZE, digest_file};
 use ferry_common::proto::{self, agent_client::AgentClient};
-use ferry_common::spec::{env_var_name, format_bytes};
+use ferry_common::spec::{env_var_name, format_bytes, format_duration_ms};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -205,7 +205,7 @@ pub async fn run_attempt(
             None,
             format!(
                 "timed out after {}; its process group was killed",
-                humanize_ms(assignment.timeout_ms)
+                format_duration_ms(assignment.timeout_ms)
             ),
             Vec::new(),
         ),
@@ -360,14 +360,6 @@ async fn give_back(
         return;
     };
     let _ = tokio::task::spawn_blocking(move || WorkDirs::remove(&dir)).await;
-}
-
-fn humanize_ms(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 /// Creates the work directory with the bundle unpacked and the inputs staged at

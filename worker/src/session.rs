@@ -548,10 +548,12 @@ impl Reports {
                         Err(_) => break,
                     }
                 }
-                if batched {
-                    batched = deliver_batch(&coordinators, &mut batch, shutdown.clone()).await;
+                // Answered, or the worker stops (what is left is dropped with it).
+                if batched && deliver_batch(&coordinators, &mut batch, shutdown.clone()).await {
+                    continue;
                 }
                 // A coordinator without batch calls: one report per call.
+                batched = false;
                 for (report, done) in batch {
                     deliver(&coordinators, report, shutdown.clone()).await;
                     let _ = done.send(());
@@ -580,7 +582,7 @@ impl Reports {
 }
 
 /// Delivers a batch of reports, retrying what could not be taken, until each is
-/// answered (its sender told) or the worker stops; the batch is left empty. Returns
+/// answered (its sender told) or the worker stops, and returns true. Returns
 /// false, with the batch untouched, when the coordinator has no batch call.
 async fn deliver_batch(
     coordinators: &Coordinators,

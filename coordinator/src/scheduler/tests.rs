@@ -599,7 +599,8 @@ steps:
         })
         .unwrap();
     let accepting = BTreeSet::from(["w".to_string()]);
-    let (queue, workers) = snapshot(&state, &accepting, 3);
+    let (queue, _) = ready_queue(&state, 3);
+    let workers = worker_slots(&state, &accepting);
     assert_eq!(queue.len(), 2);
     let train = &queue[0];
     assert_eq!((train.priority, train.project.as_str()), (7, "vision"));

@@ -370,7 +370,8 @@ impl Sim {
     }
 
     fn queued(&self) -> Vec<(RunId, String)> {
-        crate::scheduler::queue(&self.state, i64::MAX)
+        crate::scheduler::ready_queue(&self.state, i64::MAX)
+            .0
             .into_iter()
             .map(|step| (step.run, step.step))
             .collect()
@@ -982,7 +983,9 @@ steps:
             assert!(waiting.is_empty());
             assert_eq!(next_retry, Some(finished + delay));
             assert_eq!(
-                crate::scheduler::queue(&sim.state, finished + delay).len(),
+                crate::scheduler::ready_queue(&sim.state, finished + delay)
+                    .0
+                    .len(),
                 1
             );
             assert_eq!(sim.step_state(run, "train"), StepState::Waiting);
@@ -2201,9 +2204,9 @@ fn retry_delays_double_up_to_the_cap() {
         retry_delay_ms(1000, 40),
         ferry_common::spec::MAX_RETRY_BACKOFF_MS
     );
-    assert_eq!(human_delay(1500), "1.5s");
-    assert_eq!(human_delay(90_000), "1m30s");
-    assert_eq!(human_delay(5_400_000), "1h30m");
+    assert_eq!(ferry_common::spec::format_duration_ms(1500), "1.5s");
+    assert_eq!(ferry_common::spec::format_duration_ms(90_000), "1m30s");
+    assert_eq!(ferry_common::spec::format_duration_ms(5_400_000), "1h30m");
 }
 
 #[test]
