@@ -99,6 +99,107 @@ pub struct Step {
     /// Delay before the first retry; each further retry waits twice as long.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// The pipeline parameters the step sees, by name: those it names as
+    /// `${params.NAME}` in its command, shell or env, and those listed under its
+    /// `params:`. Only these are exported to it (`FERRY_PARAM_<NAME>`) and only
+    /// these enter its cache key. Sorted, deduplicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+    /// Step caching (`cache:`); on unless `cache: false`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cache: CacheSpec,
+    /// Set on each step expanded from a step written with `matrix:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
+    /// Sweeps (steps written with `matrix:`) whose every trial this step receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gather: Vec<Gather>,
+}
+
+/// How a step is cached (`cache:` on a step).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheSpec {
+    /// `cache: false` turns caching off for the step.
+    pub enabled: bool,
+    /// `cache.version`: change it to invalidate earlier results on purpose.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// `cache.paths`: files or folders of the code bundle (relative, normalized)
+    /// that stand for the step's code in its cache key instead of the whole
+    /// bundle. Empty: the whole bundle.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            enabled: true,
+            version: String::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+/// One combination of a step written with `matrix:`; the step is expanded into
+/// one step per combination, named `<step>.<index>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The step as written (`train`).
+    pub of: String,
+    /// 0-based, in expansion order.
+    pub index: u32,
+    /// This combination's values (`${matrix.NAME}`, `FERRY_MATRIX_<NAME>`).
+    pub values: BTreeMap<String, String>,
+    /// Most trials of this sweep that may hold a worker at once (`max_parallel`
+    /// on the matrix step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+}
+
+/// A sweep a step gathers: it needs every trial of `step` and receives their
+/// outputs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gather {
+    /// The matrix step as written (`train`).
+    pub step: String,
+    /// Pick the best trial by this metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestBy>,
+}
+
+/// Which trial is best: the one whose last value of `metric` is highest (`max`)
+/// or lowest (`min`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BestBy {
+    pub metric: String,
+    pub goal: Goal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    #[default]
+    Max,
+    Min,
+}
+
+impl Goal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Max => "max",
+            Goal::Min => "min",
+        }
+    }
+
+    /// Whether `a` is better than `b` (NaN is never better).
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Goal::Max => a > b,
+            Goal::Min => a < b,
+        }
+    }
 }
 
 /// Which GPUs may serve a step: a model (case-insensitive substring of the name
@@ -1310,6 +1411,10 @@ pub fn parse_pipeline(
                 gpu: p.gpu,
                 node_selector: p.node_selector,
                 retry_backoff_ms: p.retry_backoff_ms,
+                params: Vec::new(),
+                cache: CacheSpec::default(),
+                trial: None,
+                gather: Vec::new(),
             })
         })
         .collect();
