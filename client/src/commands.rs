@@ -1,6 +1,7 @@
 //! The `ferry` subcommands that talk to the coordinators, and `ferry certs`. Every
 //! call goes through [`Connection::call`], which rides out a failover by moving to
-//! another member and trying again.
+//! another member and trying again. Schedules, pins, garbage collection and
+//! lineage live in [`crate::catalog`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -16,15 +17,17 @@ use ferry_common::proto;
 use ferry_common::spec::{parse_param_override, parse_pipeline};
 use serde_json::json;
 
+use crate::compare::{self, Goal};
 use crate::render;
 use crate::{
-    ArtifactsCommand, CertsCommand, ClusterCommand, Command, Output, Read, WorkersCommand,
+    ArtifactsCommand, CertsCommand, ClusterCommand, Command, Output, Read, RunsCommand,
+    WorkersCommand, catalog,
 };
 
-type Client = Connection;
+pub(crate) type Client = Connection;
 
 /// A gRPC error as a user-facing message.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -60,7 +63,7 @@ pub fn certs(command: CertsCommand) -> anyhow::Result<()> {
 }
 
 /// Runs a command against the coordinator; `validated` is the pipeline of a `run`
-/// command when it was already validated before connecting.
+/// or `schedules create` command when it was already validated before connecting.
 pub async fn remote(
     client: &mut Client,
     command: Command,
@@ -72,24 +75,61 @@ pub async fn remote(
             pipeline,
             params,
             watch: follow,
+            no_cache,
         } => {
             let local = match validated {
                 Some(local) => local,
                 None => validate(&pipeline, &params)?,
             };
-            let run = submit(client, &pipeline, local).await?;
+            let run = submit(client, &pipeline, local, no_cache).await?;
             if follow {
                 return watch(client, run).await;
             }
         }
-        Command::Runs { read } => runs(client, read, output).await?,
+        Command::Runs {
+            read,
+            conditions,
+            command: None,
+        } => runs(client, read, conditions.as_deref(), output).await?,
+        Command::Runs {
+            command: Some(RunsCommand::Diff { a, b, read }),
+            ..
+        } => diff(client, a, b, read, output).await?,
+        Command::Runs {
+            command:
+                Some(RunsCommand::Compare {
+                    runs,
+                    metric,
+                    goal,
+                    read,
+                }),
+            ..
+        } => compare(client, &runs, metric.as_deref(), goal, read, output).await?,
+        Command::Rerun {
+            run,
+            from,
+            watch: follow,
+        } => {
+            let new_run = rerun(client, run, from).await?;
+            if follow {
+                return watch(client, new_run).await;
+            }
+        }
         Command::Status {
             run,
             attempts,
             read,
         } => status(client, run, attempts, read, output).await?,
         Command::Watch { run } => return watch(client, run).await,
-        Command::Metrics { run, read } => metrics(client, run, read, output).await?,
+        Command::Metrics {
+            run,
+            metric,
+            goal,
+            read,
+        } => metrics(client, run, metric.as_deref(), goal, read, output).await?,
+        Command::Lineage { digest, read } => {
+            catalog::lineage(client, &digest, read, output).await?
+        }
         Command::Cancel { run } => cancel(client, run).await?,
         Command::Workers {
             command: Some(command),
@@ -101,7 +141,7 @@ pub async fn remote(
         } => workers(client, read, output).await?,
         Command::Logs { run, step, follow } => logs(client, run, step, follow).await?,
         Command::Cluster { command } => cluster(client, command, output).await?,
-        Command::Artifacts { run, read, get } => match (run, get) {
+        Command::Artifacts { run, read, command } => match (run, command) {
             (
                 _,
                 Some(ArtifactsCommand::Get {
@@ -111,11 +151,29 @@ pub async fn remote(
                     dest,
                 }),
             ) => download(client, run, &step, &name, dest.as_deref()).await?,
+            (_, Some(ArtifactsCommand::Pin { digest, tag })) => {
+                catalog::pin(client, &digest, tag.as_deref(), output).await?
+            }
+            (_, Some(ArtifactsCommand::Unpin { tag })) => {
+                catalog::unpin(client, &tag, output).await?
+            }
+            (_, Some(ArtifactsCommand::Pins { read })) => {
+                catalog::pins(client, read, output).await?
+            }
             (Some(run), None) => artifacts(client, run, read, output).await?,
             (None, None) => {
-                bail!("name a run: 'ferry artifacts RUN' or 'ferry artifacts get RUN STEP NAME'")
+                bail!(
+                    "name a run: 'ferry artifacts RUN' or 'ferry artifacts get RUN STEP NAME' \
+                     (or list pins: 'ferry artifacts pins')"
+                )
             }
         },
+        Command::Schedules { command } => {
+            catalog::schedules(client, command, validated, output).await?
+        }
+        Command::Gc { keep_last, dry_run } => {
+            catalog::collect_garbage(client, keep_last, dry_run, output).await?
+        }
         Command::Certs { .. } | Command::Dev { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
@@ -124,10 +182,10 @@ pub async fn remote(
 /// A pipeline file read and validated locally, with the same code the coordinator
 /// runs, so that a bad spec fails before anything is uploaded.
 pub struct LocalSpec {
-    yaml: String,
-    file_name: String,
-    overrides: BTreeMap<String, String>,
-    spec: ferry_common::spec::Pipeline,
+    pub(crate) yaml: String,
+    pub(crate) file_name: String,
+    pub(crate) overrides: BTreeMap<String, String>,
+    pub(crate) spec: ferry_common::spec::Pipeline,
 }
 
 pub fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec> {
@@ -151,13 +209,38 @@ pub fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec>
     })
 }
 
-async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyhow::Result<u64> {
-    let LocalSpec {
-        yaml,
-        file_name,
-        overrides,
-        spec,
-    } = local;
+/// A code bundle as stored on the coordinators.
+pub(crate) struct UploadedBundle {
+    pub(crate) digest: String,
+    pub(crate) files: usize,
+    pub(crate) size: u64,
+    /// It was stored already, so nothing was sent.
+    pub(crate) already_stored: bool,
+}
+
+impl UploadedBundle {
+    /// `3f9a1c2d4e5f (12 files, 4.0 KiB, uploaded)`.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} ({} files, {}, {})",
+            short(&self.digest),
+            self.files,
+            render::bytes(self.size),
+            if self.already_stored {
+                "already stored"
+            } else {
+                "uploaded"
+            }
+        )
+    }
+}
+
+/// Packs the folder holding `pipeline` into a code bundle and uploads it unless
+/// the coordinators hold it already.
+pub(crate) async fn upload_bundle(
+    client: &mut Client,
+    pipeline: &Path,
+) -> anyhow::Result<UploadedBundle> {
     let folder = pipeline
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -165,9 +248,10 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
         .to_path_buf();
     let bundle =
         tokio::task::spawn_blocking(move || ferry_common::bundle::pack_dir(&folder)).await??;
+    let size = bundle.bytes.len() as u64;
     let blob = proto::BlobRef {
         digest: bundle.digest.clone(),
-        size: bundle.bytes.len() as u64,
+        size,
     };
     let present = client
         .call(|mut client| {
@@ -177,11 +261,9 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
         .await
         .map_err(status_error)?
         .present;
-    let size = bundle.bytes.len();
     if !present {
         let digest = bundle.digest.clone();
-        let total = size as u64;
-        let chunks: Vec<proto::Chunk> = bundle
+        let mut chunks: Vec<proto::Chunk> = bundle
             .bytes
             .chunks(CHUNK_SIZE)
             .enumerate()
@@ -191,19 +273,17 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
                 } else {
                     String::new()
                 },
-                size: total,
+                size,
                 data: data.to_vec(),
             })
             .collect();
-        let chunks = if chunks.is_empty() {
-            vec![proto::Chunk {
+        if chunks.is_empty() {
+            chunks.push(proto::Chunk {
                 digest,
                 size: 0,
                 data: Vec::new(),
-            }]
-        } else {
-            chunks
-        };
+            });
+        }
         // Content-addressed: sending it again after a failover stores it once.
         client
             .call(|mut client| {
@@ -213,14 +293,30 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
             .await
             .map_err(status_error)?;
     }
+    Ok(UploadedBundle {
+        digest: bundle.digest,
+        files: bundle.files,
+        size,
+        already_stored: present,
+    })
+}
+
+async fn submit(
+    client: &mut Client,
+    pipeline: &Path,
+    local: LocalSpec,
+    no_cache: bool,
+) -> anyhow::Result<u64> {
+    let bundle = upload_bundle(client, pipeline).await?;
     // The same request id on every retry: a submission that was applied before the
     // answer got lost is answered with its run, never started twice.
     let request = proto::SubmitRunRequest {
-        spec_yaml: yaml,
-        spec_file: file_name,
-        params: overrides.into_iter().collect(),
+        spec_yaml: local.yaml,
+        spec_file: local.file_name,
+        params: local.overrides.into_iter().collect(),
         bundle_digest: bundle.digest.clone(),
         request_id: ferry_client::new_request_id(),
+        no_cache,
     };
     tracing::debug!(request_id = %request.request_id, "submitting");
     let run = client
@@ -232,16 +328,43 @@ async fn submit(client: &mut Client, pipeline: &Path, local: LocalSpec) -> anyho
         .map_err(status_error)?
         .run_id;
     println!(
-        "run {run} ({}) submitted; code bundle {} ({} files, {}, {})",
-        spec.name,
-        short(&bundle.digest),
-        bundle.files,
-        render::bytes(size as u64),
-        if present {
-            "already stored"
-        } else {
-            "uploaded"
-        }
+        "run {run} ({}) submitted; code bundle {}{}",
+        local.spec.name,
+        bundle.describe(),
+        if no_cache { "; cache not used" } else { "" }
+    );
+    Ok(run)
+}
+
+/// `ferry rerun`: a new run of `source` that reuses its successful steps; says
+/// how many steps it took over and returns the new run.
+async fn rerun(client: &mut Client, source: u64, from: Option<String>) -> anyhow::Result<u64> {
+    // One id for every retry, so that a re-run whose answer got lost is not
+    // started twice.
+    let request = proto::RerunRunRequest {
+        run_id: source,
+        from: from.clone().unwrap_or_default(),
+        request_id: ferry_client::new_request_id(),
+    };
+    let run = client
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.rerun_run(request).await }
+        })
+        .await
+        .map_err(status_error)?
+        .run_id;
+    let view = get_run(client, run, Read::default()).await?;
+    let reused = view.steps.iter().filter(|s| !s.reused.is_empty()).count() as u64;
+    let summary = view.summary.unwrap_or_default();
+    let from = match from {
+        Some(step) => step,
+        None => "the steps that did not succeed".to_string(),
+    };
+    println!(
+        "run {run} ({}) re-runs run {source} from {from}: {} reused",
+        summary.pipeline,
+        render::count(reused, "step")
     );
     Ok(run)
 }
@@ -258,13 +381,37 @@ fn step_time(step: &proto::StepView, now: i64) -> String {
     render::duration_ms(end - step.started_ms)
 }
 
+/// What a step's STATE column says: "cached" or "reused" for a step that took
+/// an earlier run's result instead of running.
+fn step_state(step: &proto::StepView) -> &str {
+    if step.reused.is_empty() {
+        &step.state
+    } else {
+        &step.reused
+    }
+}
+
+/// What a step's NOTE column says: where a cached or reused result came from,
+/// and the step's reason.
+fn step_note(step: &proto::StepView) -> String {
+    if step.reused.is_empty() {
+        return step.reason.clone();
+    }
+    let from = format!("from run {} step {}", step.reused_run, step.reused_step);
+    if step.reason.is_empty() {
+        from
+    } else {
+        format!("{from}; {}", step.reason)
+    }
+}
+
 fn step_rows(view: &proto::RunView, now: i64) -> Vec<Vec<String>> {
     view.steps
         .iter()
         .map(|step| {
             vec![
                 step.name.clone(),
-                step.state.clone(),
+                step_state(step).to_string(),
                 if step.attempt > 0 {
                     step.attempt.to_string()
                 } else {
@@ -277,7 +424,7 @@ fn step_rows(view: &proto::RunView, now: i64) -> Vec<Vec<String>> {
                 } else {
                     String::new()
                 },
-                step.reason.clone(),
+                step_note(step),
             ]
         })
         .collect()
@@ -285,7 +432,11 @@ fn step_rows(view: &proto::RunView, now: i64) -> Vec<Vec<String>> {
 
 const STEP_HEADERS: [&str; 7] = ["STEP", "STATE", "ATTEMPT", "WORKER", "TIME", "EXIT", "NOTE"];
 
-async fn get_run(client: &mut Client, run: u64, read: Read) -> anyhow::Result<proto::RunView> {
+pub(crate) async fn get_run(
+    client: &mut Client,
+    run: u64,
+    read: Read,
+) -> anyhow::Result<proto::RunView> {
     let request = proto::GetRunRequest {
         run_id: run,
         stale: read.stale,
@@ -296,58 +447,120 @@ async fn get_run(client: &mut Client, run: u64, read: Read) -> anyhow::Result<pr
         .map_err(status_error)
 }
 
-/// `ferry metrics RUN`: the metrics of each step's latest attempt.
-async fn metrics(client: &mut Client, run: u64, read: Read, output: Output) -> anyhow::Result<()> {
+/// The metrics `ferry metrics` shows for a step: those of its latest attempt, or,
+/// for a step that took an earlier run's result, those of the attempt that
+/// produced it. None for a step that has neither.
+fn shown_metrics(step: &proto::StepView) -> Option<(Option<u32>, &[proto::Metric])> {
+    match step.attempts.last() {
+        Some(attempt) => Some((Some(attempt.attempt), attempt.metrics.as_slice())),
+        None if !step.metrics.is_empty() => Some((None, step.metrics.as_slice())),
+        None => None,
+    }
+}
+
+/// `ferry metrics RUN`: the metrics of each step's latest attempt (or, for a
+/// cached step, of the attempt that produced its result). With `metric`, the
+/// steps are sorted by it, best first, and the best one is marked.
+async fn metrics(
+    client: &mut Client,
+    run: u64,
+    metric: Option<&str>,
+    goal: Goal,
+    read: Read,
+    output: Output,
+) -> anyhow::Result<()> {
     let view = get_run(client, run, read).await?;
-    let latest = |step: &proto::StepView| step.attempts.last().cloned();
-    if output == Output::Json {
-        let steps: Vec<_> = view
-            .steps
+    let shown: Vec<(&proto::StepView, Option<u32>, &[proto::Metric])> = view
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let (attempt, metrics) = shown_metrics(step)?;
+            Some((step, attempt, metrics))
+        })
+        .collect();
+    // Steps in pipeline order, or best first by the metric asked for.
+    let value_of = |metrics: &[proto::Metric], name: &str| {
+        metrics
             .iter()
-            .filter_map(|step| {
-                let attempt = latest(step)?;
-                Some(json!({
+            .rev()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    };
+    let (order, best) = match metric {
+        Some(name) => {
+            let values: Vec<Option<f64>> =
+                shown.iter().map(|(_, _, m)| value_of(m, name)).collect();
+            let order = compare::rank(&values, goal);
+            let best = order
+                .first()
+                .copied()
+                .filter(|i| values[*i].is_some_and(|v| !v.is_nan()));
+            (order, best)
+        }
+        None => ((0..shown.len()).collect(), None),
+    };
+    if output == Output::Json {
+        let steps: Vec<_> = order
+            .iter()
+            .map(|i| {
+                let (step, attempt, metrics) = shown[*i];
+                let mut entry = json!({
                     "step": step.name,
-                    "attempt": attempt.attempt,
-                    "metrics": attempt.metrics.iter().map(|m| json!({
+                    "attempt": attempt,
+                    "metrics": metrics.iter().map(|m| json!({
                         "name": m.name,
                         "value": m.value,
                         "step": if m.has_step { json!(m.step) } else { json!(null) },
                     })).collect::<Vec<_>>(),
-                }))
+                });
+                if !step.reused.is_empty() {
+                    entry["reused"] = json!(step.reused);
+                    entry["reused_run"] = json!(step.reused_run);
+                    entry["reused_step"] = json!(step.reused_step);
+                }
+                if !step.trial_of.is_empty() {
+                    entry["trial_of"] = json!(step.trial_of);
+                    entry["matrix"] = json!(step.matrix);
+                }
+                if metric.is_some() {
+                    entry["best"] = json!(best == Some(*i));
+                }
+                entry
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&steps)?);
         return Ok(());
     }
+    let trials = shown.iter().any(|(step, _, _)| !step.matrix.is_empty());
     let mut rows = Vec::new();
-    for step in &view.steps {
-        let Some(attempt) = latest(step) else {
-            continue;
-        };
-        // Metric names in the order first written; each with its last value.
-        let mut names: Vec<&str> = Vec::new();
-        for metric in &attempt.metrics {
-            if !names.contains(&metric.name.as_str()) {
-                names.push(&metric.name);
-            }
-        }
-        for name in names {
-            let values: Vec<&proto::Metric> =
-                attempt.metrics.iter().filter(|m| m.name == name).collect();
+    for i in &order {
+        let (step, attempt, metrics) = shown[*i];
+        for (name, _) in compare::last_values(metrics) {
+            let values: Vec<&proto::Metric> = metrics.iter().filter(|m| m.name == name).collect();
             let last = values.last().expect("a value per name");
-            rows.push(vec![
+            let mut row = vec![
                 step.name.clone(),
-                attempt.attempt.to_string(),
-                name.to_string(),
-                format!("{}", last.value),
+                match attempt {
+                    Some(attempt) => attempt.to_string(),
+                    None => step.reused.clone(),
+                },
+                name.clone(),
+                render::metric(last.value),
                 if last.has_step {
                     last.step.to_string()
                 } else {
                     String::new()
                 },
                 values.len().to_string(),
-            ]);
+            ];
+            if trials {
+                row.push(compare::key_values(&step.matrix));
+            }
+            if metric.is_some() {
+                let marked = best == Some(*i) && Some(name.as_str()) == metric;
+                row.push(if marked { "*".into() } else { String::new() });
+            }
+            rows.push(row);
         }
     }
     if rows.is_empty() {
@@ -356,13 +569,33 @@ async fn metrics(client: &mut Client, run: u64, read: Read, output: Output) -> a
         );
         return Ok(());
     }
-    println!(
-        "{}",
-        render::table(
-            &["STEP", "ATTEMPT", "METRIC", "LAST", "AT STEP", "VALUES"],
-            &rows
-        )
-    );
+    let mut headers = vec!["STEP", "ATTEMPT", "METRIC", "LAST", "AT STEP", "VALUES"];
+    if trials {
+        headers.push("MATRIX");
+    }
+    if metric.is_some() {
+        headers.push("BEST");
+    }
+    println!("{}", render::table(&headers, &rows));
+    if let Some(name) = metric {
+        match best {
+            Some(i) => {
+                let (step, _, metrics) = shown[i];
+                let value = value_of(metrics, name).unwrap_or(f64::NAN);
+                let matrix = if step.matrix.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", compare::key_values(&step.matrix))
+                };
+                println!(
+                    "best: {} ({name} = {}{matrix})",
+                    step.name,
+                    render::metric(value)
+                );
+            }
+            None => println!("best: no step of run {run} reported {name:?}"),
+        }
+    }
     Ok(())
 }
 
@@ -381,8 +614,21 @@ async fn cancel(client: &mut Client, run: u64) -> anyhow::Result<()> {
     }
 }
 
-fn view_json(view: &proto::RunView) -> serde_json::Value {
-    let summary = view.summary.clone().unwrap_or_default();
+fn metrics_json(metrics: &[proto::Metric]) -> serde_json::Value {
+    metrics
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "value": m.value,
+                "step": if m.has_step { json!(m.step) } else { json!(null) },
+            })
+        })
+        .collect()
+}
+
+/// A run's summary fields that `ferry runs` and `ferry status` both give in JSON.
+fn summary_json(summary: &proto::RunSummary) -> serde_json::Value {
     json!({
         "run": summary.run_id,
         "pipeline": summary.pipeline,
@@ -390,35 +636,93 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
         "submitter": summary.submitter,
         "submitted_ms": summary.submitted_ms,
         "finished_ms": summary.finished_ms,
-        "bundle": view.bundle_digest,
-        "params": view.params,
+        "steps_total": summary.steps_total,
+        "steps_done": summary.steps_done,
+        "steps_cached": summary.steps_cached,
         "reason": summary.reason,
         "priority": summary.priority,
         "project": summary.project,
-        "steps": view.steps.iter().map(|s| json!({
-            "name": s.name,
-            "state": s.state,
-            "attempt": s.attempt,
-            "worker": s.worker,
-            "started_ms": s.started_ms,
-            "finished_ms": s.finished_ms,
-            "exit_code": if s.has_exit_code { json!(s.exit_code) } else { json!(null) },
-            "reason": s.reason,
-            "needs": s.needs,
-            "attempts": s.attempts.iter().map(|a| json!({
-                "attempt": a.attempt,
-                "worker": a.worker,
-                "outcome": a.outcome,
-                "started_ms": a.started_ms,
-                "finished_ms": a.finished_ms,
-                "exit_code": if a.has_exit_code { json!(a.exit_code) } else { json!(null) },
-                "reason": a.reason,
-                "gpus": a.gpus,
-                "cpu_time_ms": a.cpu_time_ms,
-                "peak_memory_bytes": a.peak_memory_bytes,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+        "rerun_of": if summary.rerun_of > 0 { json!(summary.rerun_of) } else { json!(null) },
+        "schedule": if summary.schedule.is_empty() { json!(null) } else { json!(summary.schedule) },
+        "schedule_tick_ms": summary.schedule_tick_ms,
+        "collected": summary.collected,
+        "params": summary.params,
+        "metrics": summary.metrics,
     })
+}
+
+fn view_json(view: &proto::RunView) -> serde_json::Value {
+    let summary = view.summary.clone().unwrap_or_default();
+    let mut json = summary_json(&summary);
+    json["bundle"] = json!(view.bundle_digest);
+    json["params"] = json!(view.params);
+    json["steps"] = view
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "state": s.state,
+                "attempt": s.attempt,
+                "worker": s.worker,
+                "started_ms": s.started_ms,
+                "finished_ms": s.finished_ms,
+                "exit_code": if s.has_exit_code { json!(s.exit_code) } else { json!(null) },
+                "reason": s.reason,
+                "needs": s.needs,
+                "reused": if s.reused.is_empty() { json!(null) } else { json!(s.reused) },
+                "reused_run": if s.reused.is_empty() { json!(null) } else { json!(s.reused_run) },
+                "reused_step": if s.reused.is_empty() { json!(null) } else { json!(s.reused_step) },
+                "cache_key": s.cache_key,
+                "inputs": s.inputs.iter().map(|i| json!({
+                    "name": i.name,
+                    "digest": i.digest,
+                    "size": i.size,
+                })).collect::<Vec<_>>(),
+                "trial_of": if s.trial_of.is_empty() { json!(null) } else { json!(s.trial_of) },
+                "matrix": s.matrix,
+                "metrics": metrics_json(&s.metrics),
+                "attempts": s.attempts.iter().map(|a| json!({
+                    "attempt": a.attempt,
+                    "worker": a.worker,
+                    "outcome": a.outcome,
+                    "started_ms": a.started_ms,
+                    "finished_ms": a.finished_ms,
+                    "exit_code": if a.has_exit_code { json!(a.exit_code) } else { json!(null) },
+                    "reason": a.reason,
+                    "gpus": a.gpus,
+                    "cpu_time_ms": a.cpu_time_ms,
+                    "peak_memory_bytes": a.peak_memory_bytes,
+                    "metrics": metrics_json(&a.metrics),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json
+}
+
+/// The lines under `ferry status`'s first line that say how a run came to be
+/// and what is left of it.
+fn origin_lines(summary: &proto::RunSummary) -> Vec<String> {
+    let mut lines = Vec::new();
+    if summary.rerun_of > 0 {
+        lines.push(format!("re-run of run {}", summary.rerun_of));
+    }
+    if !summary.schedule.is_empty() {
+        let tick = if summary.schedule_tick_ms > 0 {
+            format!(
+                " for its tick at {}",
+                render::utc_time(summary.schedule_tick_ms)
+            )
+        } else {
+            String::new()
+        };
+        lines.push(format!("started by schedule {}{tick}", summary.schedule));
+    }
+    if summary.collected {
+        lines.push("collected: its logs and artifacts were deleted by 'ferry gc'".to_string());
+    }
+    lines
 }
 
 async fn status(
@@ -436,14 +740,22 @@ async fn status(
     let summary = view.summary.clone().unwrap_or_default();
     let now = render::now_ms();
     println!(
-        "run {} ({}) {} — submitted by {}, {} of {} steps done",
+        "run {} ({}) {} — submitted by {}, {} of {} steps done{}",
         summary.run_id,
         summary.pipeline,
         summary.state,
         summary.submitter,
         summary.steps_done,
-        summary.steps_total
+        summary.steps_total,
+        if summary.steps_cached > 0 {
+            format!(" ({} from earlier runs)", summary.steps_cached)
+        } else {
+            String::new()
+        }
     );
+    for line in origin_lines(&summary) {
+        println!("{line}");
+    }
     if !summary.reason.is_empty() {
         println!("{}", summary.reason);
     }
@@ -537,11 +849,12 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
             drawn_lines = 2 + table.matches('\n').count();
         } else {
             for step in &view.steps {
-                if seen.get(&step.name) != Some(&step.state) {
-                    seen.insert(step.name.clone(), step.state.clone());
+                let state = step_state(step);
+                if seen.get(&step.name).map(String::as_str) != Some(state) {
+                    seen.insert(step.name.clone(), state.to_string());
                     let mut line = format!(
                         "[{}/{}] {:<12} {}",
-                        summary.steps_done, summary.steps_total, step.name, step.state
+                        summary.steps_done, summary.steps_total, step.name, state
                     );
                     if step.attempt > 0 {
                         line.push_str(&format!(" (attempt {}", step.attempt));
@@ -554,8 +867,9 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
                     if step.finished_ms > 0 && !time.is_empty() {
                         line.push_str(&format!(" in {time}"));
                     }
-                    if !step.reason.is_empty() && step.state != "running" {
-                        line.push_str(&format!(" — {}", step.reason));
+                    let note = step_note(step);
+                    if !note.is_empty() && step.state != "running" {
+                        line.push_str(&format!(" — {note}"));
                     }
                     writeln!(out, "{line}")?;
                 }
@@ -580,37 +894,74 @@ async fn watch(client: &mut Client, run: u64) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn runs(client: &mut Client, read: Read, output: Output) -> anyhow::Result<()> {
-    let request = proto::ListRunsRequest { stale: read.stale };
+/// The NOTE column of `ferry runs`: how a run came to be, and whether it was
+/// collected.
+fn run_note(run: &proto::RunSummary) -> String {
+    let mut notes = Vec::new();
+    if run.rerun_of > 0 {
+        notes.push(format!("rerun of {}", run.rerun_of));
+    }
+    if !run.schedule.is_empty() {
+        notes.push(format!("schedule {}", run.schedule));
+    }
+    if run.collected {
+        notes.push("collected".to_string());
+    }
+    notes.join(", ")
+}
+
+/// The STEPS column of `ferry runs`: done of total, and how many were cached.
+fn run_steps(run: &proto::RunSummary) -> String {
+    if run.steps_cached > 0 {
+        format!(
+            "{}/{} ({} cached)",
+            run.steps_done, run.steps_total, run.steps_cached
+        )
+    } else {
+        format!("{}/{}", run.steps_done, run.steps_total)
+    }
+}
+
+async fn runs(
+    client: &mut Client,
+    read: Read,
+    conditions: Option<&str>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = proto::ListRunsRequest {
+        stale: read.stale,
+        r#where: conditions.unwrap_or_default().to_string(),
+    };
     let runs = client
-        .call(|mut client| async move { client.list_runs(request).await })
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.list_runs(request).await }
+        })
         .await
         .map_err(status_error)?
         .runs;
     if output == Output::Json {
-        let list: Vec<_> = runs
-            .iter()
-            .map(|r| {
-                json!({
-                    "run": r.run_id, "pipeline": r.pipeline, "state": r.state,
-                    "submitter": r.submitter, "submitted_ms": r.submitted_ms,
-                    "finished_ms": r.finished_ms, "steps_total": r.steps_total,
-                    "steps_done": r.steps_done,
-                })
-            })
-            .collect();
+        let list: Vec<_> = runs.iter().map(summary_json).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    if runs.is_empty() && conditions.is_some() {
+        println!("no run meets {:?}", conditions.unwrap_or_default());
+        return Ok(());
+    }
+    let columns = conditions.map(compare::where_names).unwrap_or_default();
     let now = render::now_ms();
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.run_id.to_string(),
                 r.pipeline.clone(),
                 r.state.clone(),
-                format!("{}/{}", r.steps_done, r.steps_total),
+                run_steps(r),
+            ];
+            row.extend(columns.iter().map(|name| compare::where_value(r, name)));
+            row.extend([
                 r.submitter.clone(),
                 render::ago(r.submitted_ms, now),
                 if r.finished_ms > 0 {
@@ -618,24 +969,61 @@ async fn runs(client: &mut Client, read: Read, output: Output) -> anyhow::Result
                 } else {
                     String::new()
                 },
-            ]
+                run_note(r),
+            ]);
+            row
         })
         .collect();
-    println!(
-        "{}",
-        render::table(
-            &[
-                "RUN",
-                "PIPELINE",
-                "STATE",
-                "STEPS",
-                "BY",
-                "SUBMITTED",
-                "TOOK"
-            ],
-            &rows
-        )
-    );
+    let mut headers = vec!["RUN", "PIPELINE", "STATE", "STEPS"];
+    headers.extend(columns.iter().map(String::as_str));
+    headers.extend(["BY", "SUBMITTED", "TOOK", "NOTE"]);
+    println!("{}", render::table(&headers, &rows));
+    Ok(())
+}
+
+/// `ferry runs diff A B`.
+async fn diff(
+    client: &mut Client,
+    a: u64,
+    b: u64,
+    read: Read,
+    output: Output,
+) -> anyhow::Result<()> {
+    let view_a = get_run(client, a, read).await?;
+    let view_b = get_run(client, b, read).await?;
+    let diff = compare::diff_runs(&view_a, &view_b);
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+    } else {
+        println!("{}", compare::render_diff(&diff));
+    }
+    Ok(())
+}
+
+/// `ferry runs compare RUN...`.
+async fn compare(
+    client: &mut Client,
+    runs: &[u64],
+    metric: Option<&str>,
+    goal: Goal,
+    read: Read,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut summaries = Vec::new();
+    for run in runs {
+        summaries.push(
+            get_run(client, *run, read)
+                .await?
+                .summary
+                .unwrap_or_default(),
+        );
+    }
+    let comparison = compare::compare_runs(&summaries, metric, goal);
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        println!("{}", compare::render_comparison(&comparison));
+    }
     Ok(())
 }
 
@@ -805,6 +1193,25 @@ async fn logs(
         })
         .await
         .map_err(status_error)?;
+    // Steps that did not run in this run have their log where they ran.
+    if let Ok(view) = get_run(client, run, Read { stale: true }).await {
+        for step in view
+            .steps
+            .iter()
+            .filter(|s| !s.reused.is_empty())
+            .filter(|s| request.step.is_empty() || s.name == request.step)
+        {
+            eprintln!(
+                "note: step {} is {} from run {} step {}; its log: ferry logs {} {}",
+                step.name,
+                step.reused,
+                step.reused_run,
+                step.reused_step,
+                step.reused_run,
+                step.reused_step
+            );
+        }
+    }
     let mut out = std::io::stdout().lock();
     while let Some(line) = stream.message().await.map_err(status_error)? {
         writeln!(

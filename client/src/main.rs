@@ -2,7 +2,10 @@
 //! certificates and the coordinators' membership, and run a local cluster with
 //! `ferry dev`.
 
+mod catalog;
 mod commands;
+mod compare;
+mod lineage;
 mod render;
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client::config::Overrides;
+
+use crate::compare::Goal;
 
 /// Ferry: run ML pipelines on your cluster.
 #[derive(Parser)]
@@ -64,11 +69,35 @@ enum Command {
         /// Follow the run until it ends; exit 0 only if it succeeded.
         #[arg(long, short = 'w')]
         watch: bool,
+        /// Run every step, taking no results from the cache.
+        #[arg(long)]
+        no_cache: bool,
     },
-    /// List runs.
+    /// List runs, or set them side by side with 'ferry runs diff' and 'ferry runs
+    /// compare'.
+    #[command(args_conflicts_with_subcommands = true)]
     Runs {
         #[command(flatten)]
         read: Read,
+        /// Only the runs whose parameters and metrics meet every condition, e.g.
+        /// 'accuracy>0.9,seed=42' (operators = != < <= > >=); adds a column per
+        /// name.
+        #[arg(long = "where", value_name = "CONDITIONS")]
+        conditions: Option<String>,
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+    },
+    /// Start a new run of an earlier run's pipeline and code, reusing the outputs
+    /// of its steps that succeeded.
+    Rerun {
+        run: u64,
+        /// Run again from this step (or sweep) and every step after it
+        /// [default: from the steps that did not succeed].
+        #[arg(long, value_name = "STEP")]
+        from: Option<String>,
+        /// Follow the new run until it ends; exit 0 only if it succeeded.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Show every step of a run: state, attempt, worker, duration, exit code, reason.
     Status {
@@ -85,6 +114,20 @@ enum Command {
     /// metric, the last value, its step number and how many values there were.
     Metrics {
         run: u64,
+        /// Sort the steps by this metric, best first, and mark the best one.
+        #[arg(long, value_name = "NAME")]
+        metric: Option<String>,
+        /// Whether a higher or a lower --metric is better.
+        #[arg(long, value_enum, default_value_t = Goal::Max, requires = "metric")]
+        goal: Goal,
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Where an artifact came from: the step that made it, its command, code and
+    /// parameters, and the same for each of its inputs, down to the sources.
+    Lineage {
+        /// The artifact's full BLAKE3 digest (as 'ferry artifacts RUN' lists it).
+        digest: String,
         #[command(flatten)]
         read: Read,
     },
@@ -106,14 +149,31 @@ enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
-    /// List a run's artifacts, or download one with 'ferry artifacts get'.
+    /// List a run's artifacts, download one with 'ferry artifacts get', or pin
+    /// one so that garbage collection keeps it.
     #[command(args_conflicts_with_subcommands = true)]
     Artifacts {
         run: Option<u64>,
         #[command(flatten)]
         read: Read,
         #[command(subcommand)]
-        get: Option<ArtifactsCommand>,
+        command: Option<ArtifactsCommand>,
+    },
+    /// Start a pipeline on a cron schedule (UTC), and list, pause, resume or
+    /// delete schedules.
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+    },
+    /// Delete the logs and artifacts of old finished runs (never an artifact a
+    /// kept run, the cache or a pin still uses).
+    Gc {
+        /// Keep the N latest finished runs of each pipeline.
+        #[arg(long, value_name = "N")]
+        keep_last: u32,
+        /// Say what would be deleted without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show and change the coordinators' replication group.
     Cluster {
@@ -194,6 +254,62 @@ pub enum WorkersCommand {
 }
 
 #[derive(Subcommand)]
+pub enum RunsCommand {
+    /// What differs between two runs: parameters, code, inputs, the steps that
+    /// would run again, and metrics.
+    Diff {
+        a: u64,
+        b: u64,
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Runs side by side: state, the parameters that differ between them and
+    /// every metric; --metric ranks them.
+    Compare {
+        #[arg(required = true, value_name = "RUN")]
+        runs: Vec<u64>,
+        /// Sort by this metric, best first, and name the best run.
+        #[arg(long, value_name = "NAME")]
+        metric: Option<String>,
+        /// Whether a higher or a lower --metric is better.
+        #[arg(long, value_enum, default_value_t = Goal::Max, requires = "metric")]
+        goal: Goal,
+        #[command(flatten)]
+        read: Read,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchedulesCommand {
+    /// Validate a pipeline, upload its code bundle and start it on a schedule.
+    Create {
+        /// The schedule's name (letters, digits, '_', '.', '-').
+        name: String,
+        /// When to start a run, in UTC: 5 fields (minute hour day-of-month month
+        /// day-of-week), or 6 with seconds first, e.g. '0 2 * * *'.
+        #[arg(long, value_name = "EXPR")]
+        cron: String,
+        /// The pipeline file (YAML); its folder is the code bundle.
+        #[arg(long, value_name = "PIPELINE_FILE")]
+        pipeline: PathBuf,
+        /// Override a parameter: --param k=v (repeatable).
+        #[arg(long = "param", short = 'p')]
+        params: Vec<String>,
+    },
+    /// Every schedule: cron, pipeline, state, last and next tick, runs started.
+    List {
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Start no runs until resumed (ticks while paused are skipped).
+    Pause { name: String },
+    /// Start runs again from the next tick.
+    Resume { name: String },
+    /// Delete a schedule; the runs it started stay.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 enum ArtifactsCommand {
     /// Download one artifact and verify its digest.
     Get {
@@ -203,6 +319,21 @@ enum ArtifactsCommand {
         /// Where to write it [default: the artifact's file name].
         #[arg(short = 'o', long = "out", value_name = "PATH")]
         dest: Option<PathBuf>,
+    },
+    /// Keep an artifact through garbage collection, under a tag.
+    Pin {
+        /// The artifact's full BLAKE3 digest.
+        digest: String,
+        /// A name for the pin [default: the digest].
+        #[arg(long, value_name = "NAME")]
+        tag: Option<String>,
+    },
+    /// Remove a pin; the artifact can then be collected once no run keeps it.
+    Unpin { tag: String },
+    /// List pins.
+    Pins {
+        #[command(flatten)]
+        read: Read,
     },
 }
 
@@ -313,6 +444,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Run {
                     pipeline, params, ..
                 } => Some(commands::validate(pipeline, params)?),
+                Command::Schedules {
+                    command:
+                        SchedulesCommand::Create {
+                            pipeline,
+                            params,
+                            cron,
+                            ..
+                        },
+                } => {
+                    ferry_common::cron::Cron::parse(cron).map_err(anyhow::Error::msg)?;
+                    Some(commands::validate(pipeline, params)?)
+                }
                 _ => None,
             };
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
@@ -341,10 +484,11 @@ mod tests {
     #[test]
     fn stale_reads_are_asked_for_per_listing() {
         let stale = |args: &[&str]| match parse(args).unwrap().command {
-            Command::Runs { read }
+            Command::Runs { read, .. }
             | Command::Status { read, .. }
             | Command::Workers { read, .. }
             | Command::Metrics { read, .. }
+            | Command::Lineage { read, .. }
             | Command::Artifacts { read, .. } => read.stale,
             _ => panic!("not a listing"),
         };
@@ -354,6 +498,190 @@ mod tests {
         assert!(stale(&["workers", "--stale"]));
         assert!(stale(&["artifacts", "3", "--stale"]));
         assert!(parse(&["watch", "3", "--stale"]).is_err());
+        assert!(stale(&["lineage", &"a".repeat(64), "--stale"]));
+    }
+
+    #[test]
+    fn run_and_rerun_take_their_flags() {
+        match parse(&["run", "p.yaml", "--no-cache", "-p", "k=3", "--watch"])
+            .unwrap()
+            .command
+        {
+            Command::Run {
+                no_cache,
+                watch,
+                params,
+                ..
+            } => assert!(no_cache && watch && params == ["k=3"]),
+            _ => panic!("not run"),
+        }
+        match parse(&["rerun", "7", "--from", "train", "-w"])
+            .unwrap()
+            .command
+        {
+            Command::Rerun { run, from, watch } => {
+                assert_eq!((run, from.as_deref(), watch), (7, Some("train"), true))
+            }
+            _ => panic!("not rerun"),
+        }
+        match parse(&["rerun", "7"]).unwrap().command {
+            Command::Rerun { from, watch, .. } => assert!(from.is_none() && !watch),
+            _ => panic!("not rerun"),
+        }
+    }
+
+    #[test]
+    fn runs_lists_filters_diffs_and_compares() {
+        match parse(&["runs", "--where", "accuracy>0.9,seed=42", "--stale"])
+            .unwrap()
+            .command
+        {
+            Command::Runs {
+                read,
+                conditions,
+                command: None,
+            } => {
+                assert!(read.stale);
+                assert_eq!(conditions.as_deref(), Some("accuracy>0.9,seed=42"));
+            }
+            _ => panic!("not a runs listing"),
+        }
+        assert!(matches!(
+            parse(&["runs", "diff", "3", "4", "--output", "json"])
+                .unwrap()
+                .command,
+            Command::Runs {
+                command: Some(RunsCommand::Diff { a: 3, b: 4, .. }),
+                ..
+            }
+        ));
+        assert!(parse(&["runs", "diff", "3"]).is_err());
+        match parse(&[
+            "runs", "compare", "1", "2", "3", "--metric", "loss", "--goal", "min",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Runs {
+                command:
+                    Some(RunsCommand::Compare {
+                        runs, metric, goal, ..
+                    }),
+                ..
+            } => {
+                assert_eq!(runs, [1, 2, 3]);
+                assert_eq!((metric.as_deref(), goal), (Some("loss"), Goal::Min));
+            }
+            _ => panic!("not compare"),
+        }
+        match parse(&["runs", "compare", "1", "2"]).unwrap().command {
+            Command::Runs {
+                command: Some(RunsCommand::Compare { metric, goal, .. }),
+                ..
+            } => assert_eq!((metric, goal), (None, Goal::Max)),
+            _ => panic!("not compare"),
+        }
+        assert!(parse(&["runs", "compare"]).is_err());
+        assert!(parse(&["runs", "compare", "1", "--goal", "min"]).is_err());
+        assert!(parse(&["runs", "compare", "1", "--metric", "a", "--goal", "up"]).is_err());
+    }
+
+    #[test]
+    fn metrics_rank_by_a_metric_only_when_named() {
+        match parse(&["metrics", "4", "--metric", "accuracy"])
+            .unwrap()
+            .command
+        {
+            Command::Metrics { metric, goal, .. } => {
+                assert_eq!((metric.as_deref(), goal), (Some("accuracy"), Goal::Max))
+            }
+            _ => panic!("not metrics"),
+        }
+        assert!(parse(&["metrics", "4"]).is_ok());
+        assert!(parse(&["metrics", "4", "--goal", "min"]).is_err());
+    }
+
+    #[test]
+    fn schedules_gc_and_pins_parse() {
+        match parse(&[
+            "schedules",
+            "create",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--pipeline",
+            "p.yaml",
+            "--param",
+            "k=5",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Schedules {
+                command:
+                    SchedulesCommand::Create {
+                        name,
+                        cron,
+                        pipeline,
+                        params,
+                    },
+            } => {
+                assert_eq!((name.as_str(), cron.as_str()), ("nightly", "0 2 * * *"));
+                assert_eq!(pipeline, PathBuf::from("p.yaml"));
+                assert_eq!(params, ["k=5"]);
+            }
+            _ => panic!("not schedules create"),
+        }
+        assert!(parse(&["schedules", "create", "n", "--pipeline", "p.yaml"]).is_err());
+        for verb in ["pause", "resume", "delete"] {
+            assert!(parse(&["schedules", verb, "nightly"]).is_ok(), "{verb}");
+        }
+        assert!(parse(&["schedules", "list", "--stale", "--output", "json"]).is_ok());
+        assert!(parse(&["schedules"]).is_err());
+
+        match parse(&["gc", "--keep-last", "0", "--dry-run"])
+            .unwrap()
+            .command
+        {
+            Command::Gc { keep_last, dry_run } => assert!(keep_last == 0 && dry_run),
+            _ => panic!("not gc"),
+        }
+        assert!(parse(&["gc"]).is_err());
+        assert!(parse(&["gc", "--keep-last", "-1"]).is_err());
+
+        match parse(&["artifacts", "pin", "abc", "--tag", "best"])
+            .unwrap()
+            .command
+        {
+            Command::Artifacts {
+                command: Some(ArtifactsCommand::Pin { digest, tag }),
+                ..
+            } => assert_eq!((digest.as_str(), tag.as_deref()), ("abc", Some("best"))),
+            _ => panic!("not pin"),
+        }
+        assert!(matches!(
+            parse(&["artifacts", "unpin", "best"]).unwrap().command,
+            Command::Artifacts {
+                command: Some(ArtifactsCommand::Unpin { .. }),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["artifacts", "pins", "--stale"]).unwrap().command,
+            Command::Artifacts {
+                command: Some(ArtifactsCommand::Pins { read }),
+                ..
+            } if read.stale
+        ));
+        // A run number still lists that run's artifacts.
+        assert!(matches!(
+            parse(&["artifacts", "5"]).unwrap().command,
+            Command::Artifacts {
+                run: Some(5),
+                command: None,
+                ..
+            }
+        ));
     }
 
     #[test]

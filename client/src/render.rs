@@ -74,6 +74,66 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A Unix timestamp in milliseconds as a UTC date and time, `2026-11-25 10:00:00Z`
+/// (whole seconds; the proleptic Gregorian calendar, so no crate is needed).
+pub fn utc_time(timestamp_ms: i64) -> String {
+    let seconds = timestamp_ms.div_euclid(1000);
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        (second_of_day / 60) % 60,
+        second_of_day % 60
+    )
+}
+
+/// The date `days` after 1970-01-01: year, month (1-12), day (1-31). Howard
+/// Hinnant's `civil_from_days`, which counts in 400-year eras of 146,097 days.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months counted from March, so that the leap day ends the year.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A number as a metric value: Rust's shortest exact form (`0.93`, `12`, `1e-7`).
+pub fn metric(value: f64) -> String {
+    format!("{value}")
+}
+
+/// A signed difference between two metric values, rounded to 6 decimals so that
+/// float noise (`0.026000000000000023`) does not show: `+0.026`, `-3`, `+1e-9`.
+pub fn delta(value: f64) -> String {
+    let fixed = format!("{value:+.6}");
+    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
+    if value != 0.0 && matches!(trimmed, "+0" | "-0") {
+        // Too small for 6 decimals: keep its magnitude visible.
+        return format!("{}{value:e}", if value > 0.0 { "+" } else { "" });
+    }
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    trimmed.to_string()
+}
+
+/// "1 run", "3 runs".
+pub fn count(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// A text progress bar, `▕████░░░░▏`.
 pub fn bar(done: u32, total: u32, width: usize) -> String {
     let filled = if total == 0 {
@@ -109,5 +169,29 @@ mod tests {
         assert_eq!(cpus(1500), "1.50");
         assert_eq!(bar(1, 2, 4), "▕██░░▏");
         assert_eq!(ago(1000, 4000), "3s ago");
+        assert_eq!(count(1, "run"), "1 run");
+        assert_eq!(count(0, "blob"), "0 blobs");
+    }
+
+    #[test]
+    fn utc_times_follow_the_calendar() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(1_795_600_800_000), "2026-11-25 10:00:00Z");
+        assert_eq!(utc_time(1_795_600_800_999), "2026-11-25 10:00:00Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_time(4_107_542_399_000), "2100-02-28 23:59:59Z");
+        assert_eq!(utc_time(-86_400_000), "1969-12-31 00:00:00Z");
+        assert_eq!(utc_time(-1), "1969-12-31 23:59:59Z");
+    }
+
+    #[test]
+    fn metric_values_and_deltas() {
+        assert_eq!(metric(0.93), "0.93");
+        assert_eq!(metric(12.0), "12");
+        assert_eq!(delta(0.956 - 0.93), "+0.026");
+        assert_eq!(delta(-3.0), "-3");
+        assert_eq!(delta(0.0), "0");
+        assert_eq!(delta(1e-9), "+1e-9");
+        assert_eq!(delta(-2.5e-8), "-2.5e-8");
     }
 }

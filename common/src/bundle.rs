@@ -338,6 +338,68 @@ impl<R: Read> Read for ExactReader<R> {
     }
 }
 
+/// The digest of the files of a bundle under `paths` (files, or folders and all
+/// they hold; bundle-relative, normalized): BLAKE3 over each matching file's path
+/// and content, in path order. It stands for a step's code in its cache key when
+/// the step lists `cache.paths`. A path that matches nothing is an error naming
+/// it.
+pub fn paths_digest(bytes: &[u8], paths: &[String]) -> Result<String, PathsDigestError> {
+    let mut archive = Archive::new(GzDecoder::new(bytes));
+    let entries = archive
+        .entries()
+        .map_err(|e| PathsDigestError::Archive(e.to_string()))?;
+    let mut files: Vec<(String, [u8; 32])> = Vec::new();
+    let mut matched = vec![false; paths.len()];
+    for entry in entries {
+        let mut entry = entry.map_err(|e| PathsDigestError::Archive(e.to_string()))?;
+        if entry.header().entry_type() != EntryType::Regular {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| PathsDigestError::Archive(e.to_string()))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut hit = false;
+        for (wanted, seen) in paths.iter().zip(matched.iter_mut()) {
+            let under = path
+                .strip_prefix(wanted.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if under {
+                *seen = true;
+                hit = true;
+            }
+        }
+        if !hit {
+            continue;
+        }
+        let mut hasher = blake3::Hasher::new();
+        io::copy(&mut entry, &mut hasher).map_err(|e| PathsDigestError::Archive(e.to_string()))?;
+        files.push((path, *hasher.finalize().as_bytes()));
+    }
+    if let Some((missing, _)) = paths.iter().zip(&matched).find(|(_, seen)| !**seen) {
+        return Err(PathsDigestError::Missing(missing.clone()));
+    }
+    files.sort();
+    let mut hasher = blake3::Hasher::new();
+    for (path, content) in &files {
+        hasher.update(&(path.len() as u64).to_le_bytes());
+        hasher.update(path.as_bytes());
+        hasher.update(content);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Why the digest of `cache.paths` could not be computed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathsDigestError {
+    #[error("{0:?} is not in the code bundle (no file at or under it)")]
+    Missing(String),
+    #[error("the code bundle cannot be read: {0}")]
+    Archive(String),
+}
+
 /// Unpacks a bundle into `dest` (created if needed) and returns the number of
 /// regular files written.
 ///

@@ -14,6 +14,7 @@ pub mod proto {
 pub mod bundle;
 pub mod channel;
 pub mod config_file;
+pub mod cron;
 pub mod digest;
 pub mod pki;
 pub mod signals;

@@ -35,6 +35,13 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 pub const DEFAULT_PROJECT: &str = "default";
 /// Most labels a `node_selector` may ask for.
 pub const MAX_SELECTOR_LABELS: usize = 32;
+/// Most combinations (trials) one step written with `matrix:` may expand to.
+pub const MAX_TRIALS_PER_STEP: usize = 1000;
+/// Most steps a pipeline may have once every `matrix:` step is expanded.
+pub const MAX_STEPS: usize = 5000;
+/// Longest metric name (in bytes) that `gather` may pick the best trial by; the
+/// same bound applies to the metrics steps report.
+pub const MAX_METRIC_NAME_LEN: usize = 128;
 
 fn default_project() -> String {
     DEFAULT_PROJECT.to_string()
@@ -79,7 +86,9 @@ pub struct Step {
     /// Argument vector, parameters substituted. `shell: S` becomes
     /// `["/bin/sh", "-c", S]`.
     pub command: Vec<String>,
-    /// Explicit `needs` ∪ steps referenced by inputs; sorted, deduplicated.
+    /// Explicit `needs` ∪ steps referenced by inputs ∪ the trials of gathered
+    /// sweeps; a matrix step named in `needs` stands for all its trials (`train.0`,
+    /// `train.1`, ...). Sorted, deduplicated.
     pub needs: Vec<String>,
     /// Sorted by name.
     pub inputs: Vec<Input>,
@@ -127,7 +136,8 @@ pub struct CacheSpec {
     pub version: String,
     /// `cache.paths`: files or folders of the code bundle (relative, normalized)
     /// that stand for the step's code in its cache key instead of the whole
-    /// bundle. Empty: the whole bundle.
+    /// bundle. Empty: the whole bundle. Sorted, deduplicated; a folder is
+    /// written without its trailing `/`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
 }
@@ -318,6 +328,11 @@ struct RawStep {
     timeout: Option<Value>,
     retry_backoff: Option<Value>,
     node_selector: Option<UniqueMap<Value>>,
+    params: Option<Vec<String>>,
+    cache: Option<Value>,
+    matrix: Option<Value>,
+    max_parallel: Option<Value>,
+    gather: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +612,37 @@ pub fn validate_output_path(path: &str) -> Result<String, String> {
 /// The problem with an output path, as a predicate: `is empty`, `leaves the step's
 /// work directory`, ...
 fn normalize_output(path: &str) -> Result<String, String> {
+    const ROOT: &str = "the step's work directory";
+    check_relative(path, "outputs", ROOT)?;
+    if path.ends_with('/') {
+        return Err("ends with '/'; an output must name a file".to_string());
+    }
+    let parts = relative_parts(path, ROOT)?;
+    if parts.is_empty() {
+        return Err("does not name a file".to_string());
+    }
+    Ok(parts.join("/"))
+}
+
+/// Like [`normalize_output`], for a file or folder of the code bundle (`cache.paths`):
+/// a trailing `/` marks a folder and is dropped.
+fn normalize_bundle_path(path: &str) -> Result<String, String> {
+    const ROOT: &str = "the code bundle";
+    check_relative(path, "cache paths", ROOT)?;
+    let parts = relative_parts(path, ROOT)?;
+    if parts.is_empty() {
+        return Err(
+            "names the whole code bundle; leave out `paths` to key the cache on all of it"
+                .to_string(),
+        );
+    }
+    Ok(parts.join("/"))
+}
+
+/// The problems a relative path can show before it is split: empty, odd
+/// characters, absolute. `kind` and `root` complete the sentence "`kind` are
+/// paths relative to `root`".
+fn check_relative(path: &str, kind: &str, root: &str) -> Result<(), String> {
     if path.trim().is_empty() {
         return Err("is empty".to_string());
     }
@@ -607,13 +653,14 @@ fn normalize_output(path: &str) -> Result<String, String> {
         return Err("contains a backslash; separate directories with '/'".to_string());
     }
     if path.starts_with('/') {
-        return Err(
-            "is absolute; outputs are paths relative to the step's work directory".to_string(),
-        );
+        return Err(format!("is absolute; {kind} are paths relative to {root}"));
     }
-    if path.ends_with('/') {
-        return Err("ends with '/'; an output must name a file".to_string());
-    }
+    Ok(())
+}
+
+/// The components of a relative path, without empty and `.` ones. A `..` is
+/// refused: one that climbs above `root` says so, any other asks to drop it.
+fn relative_parts<'p>(path: &'p str, root: &str) -> Result<Vec<&'p str>, String> {
     let mut parts: Vec<&str> = Vec::new();
     let mut depth: i64 = 0;
     let mut escapes = false;
@@ -635,15 +682,12 @@ fn normalize_output(path: &str) -> Result<String, String> {
         }
     }
     if escapes {
-        return Err("leaves the step's work directory".to_string());
+        return Err(format!("leaves {root}"));
     }
     if dotdot {
         return Err("contains a '..' component; write the path without it".to_string());
     }
-    if parts.is_empty() {
-        return Err("does not name a file".to_string());
-    }
-    Ok(parts.join("/"))
+    Ok(parts)
 }
 
 /// Environment variable naming: `prefix` followed by `name` upper-cased, with every
@@ -770,19 +814,91 @@ fn describe_value(v: &Value) -> String {
 enum PlaceholderError {
     Unclosed(String),
     Malformed(String),
-    Unknown { raw: String, name: String },
+    /// `${params.NAME}` of an undeclared parameter.
+    Unknown {
+        raw: String,
+        name: String,
+    },
+    /// `${matrix.NAME}` of a key the step's matrix does not define.
+    UnknownMatrixKey {
+        raw: String,
+        name: String,
+    },
+    /// `${matrix.NAME}` in a step without `matrix`.
+    NoMatrix(String),
 }
 
-/// Substitutes `${params.NAME}` placeholders. Only `${` starts a placeholder.
+/// Text with its parameters substituted and its `${matrix.NAME}` placeholders
+/// left to be filled in for each trial, so that a value is never substituted
+/// into twice.
+#[derive(Debug, Clone, Default)]
+struct Template {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone)]
+enum TemplatePart {
+    Text(String),
+    MatrixValue(String),
+}
+
+impl Template {
+    fn literal(text: &str) -> Self {
+        let mut template = Template::default();
+        template.push_text(text);
+        template
+    }
+
+    fn push_text(&mut self, text: &str) {
+        match self.parts.last_mut() {
+            Some(TemplatePart::Text(last)) => last.push_str(text),
+            _ if text.is_empty() => {}
+            _ => self.parts.push(TemplatePart::Text(text.to_string())),
+        }
+    }
+
+    /// Whether the text is only whitespace whatever the matrix values.
+    fn is_blank(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|p| matches!(p, TemplatePart::Text(t) if t.trim().is_empty()))
+    }
+
+    /// The text with the matrix values of one trial (none for a plain step).
+    fn render(&self, matrix_values: &BTreeMap<String, String>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(text) => out.push_str(text),
+                TemplatePart::MatrixValue(name) => {
+                    out.push_str(matrix_values.get(name).map_or("", String::as_str));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What the placeholders of one step may name.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    params: &'a BTreeMap<String, String>,
+    /// The keys of the step's matrix; `None` for a step without `matrix`.
+    matrix_keys: Option<&'a BTreeSet<String>>,
+}
+
+/// Substitutes `${params.NAME}` placeholders and keeps `${matrix.NAME}` ones for
+/// later; only `${` starts a placeholder. Adds every parameter named to `used`.
 fn substitute(
     text: &str,
-    params: &BTreeMap<String, String>,
-) -> Result<String, Vec<PlaceholderError>> {
-    let mut out = String::with_capacity(text.len());
+    scope: Scope<'_>,
+    used: &mut BTreeSet<String>,
+) -> Result<Template, Vec<PlaceholderError>> {
+    let mut out = Template::default();
     let mut errors = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
+        out.push_text(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
             errors.push(PlaceholderError::Unclosed(rest[start..].to_string()));
@@ -791,19 +907,34 @@ fn substitute(
         };
         let inner = &after[..end];
         let raw = &rest[start..start + 2 + end + 1];
-        match inner.strip_prefix("params.") {
-            Some(name) if is_param_name(name) => match params.get(name) {
-                Some(value) => out.push_str(value),
+        let param = inner.strip_prefix("params.").filter(|n| is_param_name(n));
+        let matrix_key = inner.strip_prefix("matrix.").filter(|n| is_param_name(n));
+        match (param, matrix_key) {
+            (Some(name), _) => match scope.params.get(name) {
+                Some(value) => {
+                    out.push_text(value);
+                    used.insert(name.to_string());
+                }
                 None => errors.push(PlaceholderError::Unknown {
                     raw: raw.to_string(),
                     name: name.to_string(),
                 }),
             },
-            _ => errors.push(PlaceholderError::Malformed(raw.to_string())),
+            (None, Some(name)) => match scope.matrix_keys {
+                Some(keys) if keys.contains(name) => {
+                    out.parts.push(TemplatePart::MatrixValue(name.to_string()));
+                }
+                Some(_) => errors.push(PlaceholderError::UnknownMatrixKey {
+                    raw: raw.to_string(),
+                    name: name.to_string(),
+                }),
+                None => errors.push(PlaceholderError::NoMatrix(raw.to_string())),
+            },
+            (None, None) => errors.push(PlaceholderError::Malformed(raw.to_string())),
         }
         rest = &after[end + 1..];
     }
-    out.push_str(rest);
+    out.push_text(rest);
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -1144,15 +1275,24 @@ impl Checker<'_> {
 /// What one step resolves to on its own, before looking at other steps.
 struct Partial {
     name: String,
-    command: Vec<String>,
+    /// Parameters substituted; matrix values still to fill in per trial.
+    command: Vec<Template>,
     outputs: Vec<String>,
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Template>,
     resources: Resources,
     retries: u32,
     timeout_ms: Option<u64>,
     gpu: GpuConstraint,
     node_selector: BTreeMap<String, String>,
     retry_backoff_ms: u64,
+    /// Named in the step's texts or listed under its `params`; sorted.
+    params: Vec<String>,
+    cache: CacheSpec,
+    /// `None` for a plain step, and for a step whose matrix is invalid.
+    matrix: Option<Matrix>,
+    max_parallel: Option<u32>,
+    /// As written: the gathered steps are checked against the others later.
+    gather: Vec<Gather>,
 }
 
 /// Parses, validates and resolves a pipeline spec. `file_name` is used only in
@@ -1350,6 +1490,17 @@ pub fn parse_pipeline(
                 continue;
             };
             deps[i].insert(j);
+            if steps[j].matrix.is_some() {
+                ck.error(
+                    at,
+                    format!(
+                        "{what} points at {reference:?}, but {source:?} is a matrix step (one \
+                         step per combination); use `gather: [{source}]` to receive every \
+                         trial's outputs"
+                    ),
+                );
+                continue;
+            }
             let output = normalize_output(output).unwrap_or_else(|_| output.to_string());
             let declared = &partials[j].outputs;
             if !declared.contains(&output) {
@@ -1380,7 +1531,23 @@ pub fn parse_pipeline(
         }
     }
 
+    let mut gathers: Vec<Vec<Gather>> = partials
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let known = StepNames {
+                steps: &steps,
+                index: &index,
+                in_order: &names_in_order,
+            };
+            check_gathers(&mut ck, i, known, &p.gather, &mut deps[i])
+        })
+        .collect();
+
+    // The order is found on the steps as written; each matrix step is expanded
+    // in its place afterwards.
     let order = topological_order(&mut ck, &steps, &deps);
+    check_step_total(&mut ck, &partials);
 
     if !ck.diagnostics.is_empty() {
         // In file order; unlocated ones (e.g. about `--param`) first.
@@ -1389,35 +1556,29 @@ pub fn parse_pipeline(
         return Err(SpecError { diagnostics });
     }
 
-    let mut partials: Vec<Option<Partial>> = partials.into_iter().map(Some).collect();
-    let resolved = order
-        .into_iter()
-        .filter_map(|i| {
-            let p = partials[i].take()?;
-            let needs: BTreeSet<String> = deps[i]
-                .iter()
-                .filter_map(|&j| steps[j].name.clone())
-                .collect();
-            Some(Step {
-                name: p.name,
-                command: p.command,
-                needs: needs.into_iter().collect(),
-                inputs: std::mem::take(&mut inputs[i]),
-                outputs: p.outputs,
-                env: p.env,
-                resources: p.resources,
-                retries: p.retries,
-                timeout_ms: p.timeout_ms,
-                gpu: p.gpu,
-                node_selector: p.node_selector,
-                retry_backoff_ms: p.retry_backoff_ms,
-                params: Vec::new(),
-                cache: CacheSpec::default(),
-                trial: None,
-                gather: Vec::new(),
-            })
+    // What each step stands for when another step needs it: itself, or every
+    // trial of its matrix.
+    let expanded_names: Vec<Vec<String>> = partials
+        .iter()
+        .map(|p| match &p.matrix {
+            Some(matrix) => (0..matrix.len()).map(|k| trial_name(&p.name, k)).collect(),
+            None => vec![p.name.clone()],
         })
         .collect();
+    let mut partials: Vec<Option<Partial>> = partials.into_iter().map(Some).collect();
+    let mut resolved = Vec::new();
+    for i in order {
+        let Some(p) = partials[i].take() else {
+            continue;
+        };
+        let needs: BTreeSet<&String> = deps[i].iter().flat_map(|&j| &expanded_names[j]).collect();
+        let links = Links {
+            needs: needs.into_iter().cloned().collect(),
+            inputs: std::mem::take(&mut inputs[i]),
+            gather: std::mem::take(&mut gathers[i]),
+        };
+        expand_step(p, links, &mut resolved);
+    }
     Ok(Pipeline {
         name,
         params,
@@ -1427,6 +1588,175 @@ pub fn parse_pipeline(
         max_parallel: run_settings.max_parallel,
         timeout_ms: run_settings.timeout_ms,
     })
+}
+
+/// The steps of a pipeline as written, for resolving references between them.
+#[derive(Clone, Copy)]
+struct StepNames<'a> {
+    steps: &'a [RawStep],
+    /// Step name → position in `steps`.
+    index: &'a HashMap<String, usize>,
+    /// Every distinct name, in file order (for suggestions).
+    in_order: &'a [&'a str],
+}
+
+/// Resolves the `gather:` of step `i`: each entry must be a matrix step other
+/// than the step itself, named once. Adds the gathered steps to `deps`.
+fn check_gathers(
+    ck: &mut Checker<'_>,
+    i: usize,
+    known: StepNames<'_>,
+    wanted: &[Gather],
+    deps: &mut BTreeSet<usize>,
+) -> Vec<Gather> {
+    let me = known.steps[i].name.as_deref();
+    let label = me.unwrap_or("?");
+    let mut gathered: Vec<Gather> = Vec::new();
+    for entry in wanted {
+        let name = entry.step.as_str();
+        let at = ck.loc.step(i, me, "gather", Some(name));
+        if Some(name) == me {
+            ck.error(at, format!("step {label:?} gathers itself"));
+            continue;
+        }
+        let Some(&j) = known.index.get(name) else {
+            let hint = did_you_mean(suggest(name, known.in_order.iter().copied()));
+            ck.error(
+                at,
+                format!("step {label:?} gathers {name:?}, which is not a step{hint}"),
+            );
+            continue;
+        };
+        if known.steps[j].matrix.is_none() {
+            ck.error(
+                at,
+                format!(
+                    "step {label:?} gathers {name:?}, which is not a matrix step; `gather` \
+                     receives every trial of a step written with `matrix` (for a plain step, \
+                     use `needs` or `inputs`)"
+                ),
+            );
+            continue;
+        }
+        if gathered.iter().any(|g| g.step == name) {
+            ck.error(at, format!("step {label:?} gathers {name:?} twice"));
+            continue;
+        }
+        deps.insert(j);
+        gathered.push(entry.clone());
+    }
+    gathered
+}
+
+/// Reports a pipeline with more than [`MAX_STEPS`] steps once its matrices are
+/// expanded. Counts only: nothing is expanded yet.
+fn check_step_total(ck: &mut Checker<'_>, partials: &[Partial]) {
+    let matrix_steps = partials.iter().filter(|p| p.matrix.is_some()).count();
+    let trials = partials
+        .iter()
+        .filter_map(|p| p.matrix.as_ref())
+        .fold(0usize, |sum, m| sum.saturating_add(m.len()));
+    let total = trials.saturating_add(partials.len() - matrix_steps);
+    if total <= MAX_STEPS {
+        return;
+    }
+    let at = ck.loc.top("steps", None);
+    let message = if matrix_steps == 0 {
+        format!("the pipeline has {total} steps; at most {MAX_STEPS} are allowed")
+    } else {
+        format!(
+            "the pipeline expands to {total} steps ({trials} of them trials of matrix steps); \
+             at most {MAX_STEPS} are allowed"
+        )
+    };
+    ck.error(at, message);
+}
+
+/// The name of trial `index` of matrix step `step`. Step names cannot contain
+/// `.`, so it never clashes with a step as written.
+fn trial_name(step: &str, index: usize) -> String {
+    format!("{step}.{index}")
+}
+
+/// What a step receives from other steps, resolved.
+struct Links {
+    needs: Vec<String>,
+    inputs: Vec<Input>,
+    gather: Vec<Gather>,
+}
+
+/// The resolved step(s) of one checked step: the step itself, or one per
+/// combination of its matrix (`<step>.<index>`, in index order), each with the
+/// combination's values substituted and exported as `FERRY_MATRIX_<NAME>`.
+fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
+    let Partial {
+        name,
+        command,
+        outputs,
+        env,
+        resources,
+        retries,
+        timeout_ms,
+        gpu,
+        node_selector,
+        retry_backoff_ms,
+        params,
+        cache,
+        matrix,
+        max_parallel,
+        gather: _,
+    } = p;
+    let render = |values: &BTreeMap<String, String>| {
+        let command: Vec<String> = command.iter().map(|t| t.render(values)).collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.render(values)))
+            .collect();
+        (command, env)
+    };
+    let (plain_command, plain_env) = render(&BTreeMap::new());
+    let plain = Step {
+        name: name.clone(),
+        command: plain_command,
+        needs: links.needs,
+        inputs: links.inputs,
+        outputs,
+        env: plain_env,
+        resources,
+        retries,
+        timeout_ms,
+        gpu,
+        node_selector,
+        retry_backoff_ms,
+        params,
+        cache,
+        trial: None,
+        gather: links.gather,
+    };
+    let Some(matrix) = matrix else {
+        out.push(plain);
+        return;
+    };
+    out.reserve(matrix.len());
+    for index in 0..matrix.len() {
+        let values = matrix.values(index);
+        let (command, mut env) = render(&values);
+        for (key, value) in &values {
+            env.insert(env_var_name("FERRY_MATRIX_", key), value.clone());
+        }
+        out.push(Step {
+            name: trial_name(&name, index),
+            command,
+            env,
+            trial: Some(Trial {
+                of: name.clone(),
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                values,
+                max_parallel,
+            }),
+            ..plain.clone()
+        });
+    }
 }
 
 /// A serde_yaml error as a diagnostic, its position taken out of the message.
@@ -1526,53 +1856,94 @@ fn check_params(
     values
 }
 
-/// Substitutes parameters in `text`, reporting problems as being in `what`
-/// (e.g. `the command of step "x"`), located in field `key` of step `i`.
-fn substitute_in(
-    ck: &mut Checker<'_>,
+/// Substitutes the placeholders in the texts of one step (command, shell, env)
+/// and remembers the parameters they name.
+struct StepText<'a> {
     i: usize,
-    step: Option<&str>,
-    key: &str,
-    what: &str,
-    text: &str,
-    params: &BTreeMap<String, String>,
-) -> String {
-    match substitute(text, params) {
-        Ok(s) => s,
-        Err(errors) => {
-            for e in errors {
-                match e {
-                    PlaceholderError::Unclosed(raw) => {
-                        let token = raw.lines().next().unwrap_or_default().trim_end();
-                        let at = ck.loc.step(i, step, key, Some(token));
-                        ck.error(
-                            at,
-                            format!("placeholder {raw:?} in {what} is not closed (missing '}}')"),
-                        );
-                    }
-                    PlaceholderError::Malformed(raw) => {
-                        let at = ck.loc.step(i, step, key, Some(&raw));
-                        ck.error(
-                            at,
-                            format!(
-                                "placeholder {raw:?} in {what} is not of the form ${{params.NAME}}"
-                            ),
-                        );
-                    }
-                    PlaceholderError::Unknown { raw, name } => {
-                        let at = ck.loc.step(i, step, key, Some(&raw));
-                        let hint = did_you_mean(suggest(&name, params.keys().map(String::as_str)));
-                        ck.error(
-                            at,
-                            format!(
-                                "{raw} in {what} refers to parameter {name:?}, which is not \
-                                 declared{hint}"
-                            ),
-                        );
-                    }
+    me: Option<&'a str>,
+    scope: Scope<'a>,
+    /// Parameters named so far.
+    used_params: BTreeSet<String>,
+}
+
+impl StepText<'_> {
+    /// `text` with its placeholders substituted, reporting problems as being in
+    /// `what` (e.g. `the command of step "x"`), located in field `key` of the step.
+    fn substitute(&mut self, ck: &mut Checker<'_>, key: &str, what: &str, text: &str) -> Template {
+        match substitute(text, self.scope, &mut self.used_params) {
+            Ok(template) => template,
+            Err(errors) => {
+                for error in errors {
+                    self.report(ck, key, what, error);
                 }
+                Template::default()
             }
-            String::new()
+        }
+    }
+
+    fn report(&self, ck: &mut Checker<'_>, key: &str, what: &str, error: PlaceholderError) {
+        let (i, step) = (self.i, self.me);
+        match error {
+            PlaceholderError::Unclosed(raw) => {
+                let token = raw.lines().next().unwrap_or_default().trim_end();
+                let at = ck.loc.step(i, step, key, Some(token));
+                ck.error(
+                    at,
+                    format!("placeholder {raw:?} in {what} is not closed (missing '}}')"),
+                );
+            }
+            PlaceholderError::Malformed(raw) => {
+                let at = ck.loc.step(i, step, key, Some(&raw));
+                let forms = if self.scope.matrix_keys.is_some() {
+                    "${params.NAME} or ${matrix.NAME}"
+                } else {
+                    "${params.NAME}"
+                };
+                ck.error(
+                    at,
+                    format!("placeholder {raw:?} in {what} is not of the form {forms}"),
+                );
+            }
+            PlaceholderError::Unknown { raw, name } => {
+                let at = ck.loc.step(i, step, key, Some(&raw));
+                let names = self.scope.params.keys().map(String::as_str);
+                let hint = did_you_mean(suggest(&name, names));
+                ck.error(
+                    at,
+                    format!(
+                        "{raw} in {what} refers to parameter {name:?}, which is not \
+                         declared{hint}"
+                    ),
+                );
+            }
+            PlaceholderError::UnknownMatrixKey { raw, name } => {
+                let at = ck.loc.step(i, step, key, Some(&raw));
+                let keys = self.scope.matrix_keys.into_iter().flatten();
+                let hint = match suggest(&name, keys.clone().map(String::as_str)) {
+                    Some(s) => format!("did you mean {s:?}?"),
+                    None => format!(
+                        "it defines: {}",
+                        keys.map(String::as_str).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                ck.error(
+                    at,
+                    format!(
+                        "{raw} in {what} refers to matrix key {name:?}, which the step's \
+                         matrix does not define ({hint})"
+                    ),
+                );
+            }
+            PlaceholderError::NoMatrix(raw) => {
+                let at = ck.loc.step(i, step, key, Some(&raw));
+                ck.error(
+                    at,
+                    format!(
+                        "{raw} in {what} refers to a matrix value, but the step has no \
+                         `matrix` (add e.g. `matrix: {{lr: [0.1, 0.01]}}`)"
+                    ),
+                );
+            }
         }
     }
 }
@@ -1586,6 +1957,23 @@ fn check_step(
 ) -> Partial {
     let me = step.name.as_deref();
     let label = me.map_or_else(|| format!("#{}", i + 1), |n| format!("{n:?}"));
+
+    // Matrix first: its keys are what `${matrix.NAME}` may name. They are taken
+    // even from an invalid matrix, so that one mistake is reported once.
+    let matrix = step
+        .matrix
+        .as_ref()
+        .and_then(|m| check_matrix(ck, i, me, &label, m));
+    let matrix_keys = step.matrix.as_ref().map(matrix_keys);
+    let mut text = StepText {
+        i,
+        me,
+        scope: Scope {
+            params,
+            matrix_keys: matrix_keys.as_ref(),
+        },
+        used_params: BTreeSet::new(),
+    };
 
     // Command.
     let command = match (&step.command, &step.shell) {
@@ -1614,10 +2002,14 @@ fn check_step(
                 ck.error(at, format!("step {label} has an empty `shell` script"));
             }
             let what = format!("the shell script of step {label}");
-            let script = substitute_in(ck, i, me, "shell", &what, script, params);
-            vec!["/bin/sh".to_string(), "-c".to_string(), script]
+            let script = text.substitute(ck, "shell", &what, script);
+            vec![
+                Template::literal("/bin/sh"),
+                Template::literal("-c"),
+                script,
+            ]
         }
-        (Some(command), None) => check_command(ck, i, me, &label, command, params),
+        (Some(command), None) => check_command(ck, &mut text, &label, command),
     };
 
     // Outputs.
@@ -1656,7 +2048,7 @@ fn check_step(
     }
 
     // Env.
-    let mut env = BTreeMap::new();
+    let mut env: BTreeMap<String, Template> = BTreeMap::new();
     for (key, value) in step.env.iter().flat_map(|m| &m.0) {
         if !is_param_name(key) {
             let at = ck.loc.step(i, me, "env", Some(key));
@@ -1680,7 +2072,7 @@ fn check_step(
             );
             continue;
         }
-        let Some(text) = scalar_text(value) else {
+        let Some(value_text) = scalar_text(value) else {
             let at = ck.loc.step(i, me, "env", Some(key));
             ck.error(
                 at,
@@ -1693,7 +2085,7 @@ fn check_step(
             continue;
         };
         let what = format!("env var {key} of step {label}");
-        let value = substitute_in(ck, i, me, "env", &what, &text, params);
+        let value = text.substitute(ck, "env", &what, &value_text);
         env.insert(key.clone(), value);
     }
 
@@ -1896,6 +2288,45 @@ fn check_step(
         }
     }
 
+    // What the step reads of the pipeline: the parameters it names, and those it
+    // lists because it reads them from its environment.
+    let mut used_params = text.used_params;
+    for name in step.params.iter().flatten() {
+        if params.contains_key(name) {
+            used_params.insert(name.clone());
+        } else {
+            let at = ck.loc.step(i, me, "params", Some(name));
+            let hint = if params.is_empty() {
+                " (it declares no parameters)".to_string()
+            } else {
+                did_you_mean(suggest(name, params.keys().map(String::as_str)))
+            };
+            ck.error(
+                at,
+                format!(
+                    "step {label} lists {name:?} under `params`, but the pipeline has no \
+                     parameter {name:?}{hint}"
+                ),
+            );
+        }
+    }
+
+    let cache = step
+        .cache
+        .as_ref()
+        .map(|c| check_cache(ck, i, me, &label, c))
+        .unwrap_or_default();
+    let max_parallel = step
+        .max_parallel
+        .as_ref()
+        .and_then(|v| check_step_max_parallel(ck, i, step, &label, v));
+    let gather = step
+        .gather
+        .iter()
+        .flatten()
+        .filter_map(|item| check_gather_item(ck, i, me, &label, item))
+        .collect();
+
     Partial {
         name: me.unwrap_or_default().to_string(),
         command,
@@ -1907,6 +2338,11 @@ fn check_step(
         gpu,
         node_selector,
         retry_backoff_ms,
+        params: used_params.into_iter().collect(),
+        cache,
+        matrix,
+        max_parallel,
+        gather,
     }
 }
 
@@ -1989,11 +2425,7 @@ fn check_run_settings(
         }
     }
     if let Some(v) = max_parallel {
-        match v
-            .as_u64()
-            .filter(|n| *n >= 1)
-            .and_then(|n| u32::try_from(n).ok())
-        {
+        match positive_u32(v) {
             Some(n) => settings.max_parallel = Some(n),
             None => {
                 let at = ck.loc.top("max_parallel", None);
@@ -2016,12 +2448,11 @@ fn check_run_settings(
 
 fn check_command(
     ck: &mut Checker<'_>,
-    i: usize,
-    me: Option<&str>,
+    text: &mut StepText<'_>,
     label: &str,
     command: &Value,
-    params: &BTreeMap<String, String>,
-) -> Vec<String> {
+) -> Vec<Template> {
+    let (i, me) = (text.i, text.me);
     let items = match command {
         Value::Sequence(items) => items,
         Value::String(_) => {
@@ -2057,7 +2488,7 @@ fn check_command(
     let what = format!("the command of step {label}");
     let mut argv = Vec::with_capacity(items.len());
     for (n, item) in items.iter().enumerate() {
-        let Some(text) = scalar_text(item) else {
+        let Some(argument) = scalar_text(item) else {
             let at = ck.loc.step(i, me, "command", None);
             ck.error(
                 at,
@@ -2070,9 +2501,9 @@ fn check_command(
             );
             continue;
         };
-        argv.push(substitute_in(ck, i, me, "command", &what, &text, params));
+        argv.push(text.substitute(ck, "command", &what, &argument));
     }
-    if argv.first().is_some_and(|p| p.trim().is_empty()) {
+    if argv.first().is_some_and(Template::is_blank) {
         let at = ck.loc.step(i, me, "command", None);
         ck.error(
             at,
@@ -2080,6 +2511,746 @@ fn check_command(
         );
     }
     argv
+}
+
+// ---------------------------------------------------------------------------
+// Matrix, cache and gather.
+
+/// A step's checked `matrix:`: its keys, sorted, and its combinations.
+struct Matrix {
+    keys: Vec<String>,
+    combinations: Combinations,
+}
+
+/// The combinations of a matrix, values in the order of its keys.
+enum Combinations {
+    /// Every listed value of each key: the cartesian product, the last key
+    /// varying fastest.
+    Grid(Vec<Vec<String>>),
+    /// One row per combination, in the order written.
+    List(Vec<Vec<String>>),
+}
+
+impl Matrix {
+    /// How many trials the step expands to (at most [`MAX_TRIALS_PER_STEP`]: a
+    /// matrix is only built once its size is checked).
+    fn len(&self) -> usize {
+        match &self.combinations {
+            Combinations::Grid(columns) => columns
+                .iter()
+                .fold(1, |count: usize, column| count.saturating_mul(column.len())),
+            Combinations::List(rows) => rows.len(),
+        }
+    }
+
+    /// The values of trial `index` (0-based, below [`Matrix::len`]), by key.
+    fn values(&self, index: usize) -> BTreeMap<String, String> {
+        let row: Vec<&String> = match &self.combinations {
+            Combinations::List(rows) => rows.get(index).into_iter().flatten().collect(),
+            Combinations::Grid(columns) => {
+                // `index` in a mixed radix, the last column the lowest digit.
+                let mut rest = index;
+                let mut row: Vec<&String> = columns
+                    .iter()
+                    .rev()
+                    .filter_map(|column| {
+                        let size = column.len().max(1);
+                        let value = column.get(rest % size);
+                        rest /= size;
+                        value
+                    })
+                    .collect();
+                row.reverse();
+                row
+            }
+        };
+        self.keys
+            .iter()
+            .cloned()
+            .zip(row.into_iter().cloned())
+            .collect()
+    }
+}
+
+/// The names a matrix uses, as written, even when it is invalid.
+fn matrix_keys(matrix: &Value) -> BTreeSet<String> {
+    let maps: Vec<&serde_yaml::Mapping> = match matrix {
+        Value::Mapping(map) => vec![map],
+        Value::Sequence(items) => items.iter().filter_map(Value::as_mapping).collect(),
+        _ => Vec::new(),
+    };
+    maps.into_iter()
+        .flat_map(|map| map.keys())
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks a step's `matrix:`: a map from names to lists of values (a grid), or
+/// a list of maps (one per combination). `None` when it is invalid; every
+/// problem is reported.
+fn check_matrix(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    matrix: &Value,
+) -> Option<Matrix> {
+    match matrix {
+        Value::Mapping(map) => check_matrix_grid(ck, i, me, label, map),
+        Value::Sequence(items) => check_matrix_list(ck, i, me, label, items),
+        other => {
+            let at = ck.loc.step(i, me, "matrix", None);
+            ck.error(
+                at,
+                format!(
+                    "matrix of step {label} must be a map from names to lists of values \
+                     (e.g. {{lr: [0.1, 0.01]}}) or a list of combinations \
+                     (e.g. [{{lr: 0.1}}, {{lr: 0.01}}]), got {}",
+                    describe_value(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `matrix: {lr: [0.1, 0.01], depth: [3, 5]}`.
+fn check_matrix_grid(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    map: &serde_yaml::Mapping,
+) -> Option<Matrix> {
+    let at = ck.loc.step(i, me, "matrix", None);
+    if map.is_empty() {
+        ck.error(
+            at,
+            format!("matrix of step {label} is empty; give each name its values, e.g. {{lr: [0.1, 0.01]}}"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut names = MatrixNames::default();
+    let mut columns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, values) in map {
+        let Some(name) = names.check(ck, i, me, label, key) else {
+            ok = false;
+            continue;
+        };
+        match check_matrix_column(ck, i, me, label, &name, values) {
+            Some(column) => {
+                columns.insert(name, column);
+            }
+            None => ok = false,
+        }
+    }
+    // Sizes are multiplied with overflow checks before anything is expanded, so
+    // a huge grid costs nothing but this message.
+    let count = columns
+        .values()
+        .try_fold(1usize, |count, column| count.checked_mul(column.len()));
+    ok &= check_trial_count(ck, at, label, count);
+    ok.then(|| Matrix {
+        keys: columns.keys().cloned().collect(),
+        combinations: Combinations::Grid(columns.into_values().collect()),
+    })
+}
+
+/// The values of one key of a grid: a non-empty list of distinct scalars.
+fn check_matrix_column(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    name: &str,
+    values: &Value,
+) -> Option<Vec<String>> {
+    let at = ck.loc.step(i, me, "matrix", Some(name));
+    let Value::Sequence(items) = values else {
+        ck.error(
+            at,
+            format!(
+                "matrix key {name:?} of step {label} must list its values \
+                 (e.g. {name}: [1, 2]), got {}",
+                describe_value(values)
+            ),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        ck.error(
+            at,
+            format!("matrix key {name:?} of step {label} lists no values"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut column = Vec::with_capacity(items.len());
+    for item in items {
+        match scalar_text(item) {
+            Some(text) if seen.contains(&text) => {
+                ok = false;
+                ck.error(
+                    at,
+                    format!(
+                        "matrix key {name:?} of step {label} lists {} twice; every \
+                         combination must be different",
+                        describe_value(item)
+                    ),
+                );
+            }
+            Some(text) => {
+                seen.insert(text.clone());
+                column.push(text);
+            }
+            None => {
+                ok = false;
+                ck.error(
+                    at,
+                    format!(
+                        "a value of matrix key {name:?} of step {label} is {}; matrix values \
+                         must be strings, numbers or booleans",
+                        kind_of(item)
+                    ),
+                );
+            }
+        }
+    }
+    ok.then_some(column)
+}
+
+/// `matrix: [{lr: 0.1, depth: 3}, {lr: 0.01, depth: 5}]`.
+fn check_matrix_list(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    items: &[Value],
+) -> Option<Matrix> {
+    let at = ck.loc.step(i, me, "matrix", None);
+    if items.is_empty() {
+        ck.error(
+            at,
+            format!(
+                "matrix of step {label} is empty; list at least one combination, e.g. [{{lr: 0.1}}]"
+            ),
+        );
+        return None;
+    }
+    if !check_trial_count(ck, at, label, Some(items.len())) {
+        return None;
+    }
+    let mut ok = true;
+    let mut names = MatrixNames::default();
+    // (entry number, values by key) of each valid entry.
+    let mut rows: Vec<(usize, BTreeMap<String, String>)> = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        match check_matrix_entry(ck, i, me, label, n + 1, item, &mut names) {
+            Some(row) => rows.push((n + 1, row)),
+            None => ok = false,
+        }
+    }
+    if let Some((first_entry, first)) = rows.first() {
+        for (entry, row) in &rows[1..] {
+            if row.keys().ne(first.keys()) {
+                ok = false;
+                let keys = |row: &BTreeMap<String, String>| {
+                    row.keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                ck.error(
+                    at,
+                    format!(
+                        "matrix entry #{entry} of step {label} sets {} but entry #{first_entry} \
+                         sets {}; every entry must set the same keys",
+                        keys(row),
+                        keys(first)
+                    ),
+                );
+            }
+        }
+    }
+    let mut seen: HashMap<Vec<&String>, usize> = HashMap::new();
+    for (entry, row) in &rows {
+        let values: Vec<&String> = row.values().collect();
+        if let Some(earlier) = seen.get(&values) {
+            ok = false;
+            let combination: Vec<String> = row.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            ck.error(
+                at,
+                format!(
+                    "matrix entries #{earlier} and #{entry} of step {label} are the same \
+                     combination ({}); every combination must be different",
+                    combination.join(", ")
+                ),
+            );
+        } else {
+            seen.insert(values, *entry);
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let keys: Vec<String> = rows
+        .first()
+        .map(|(_, row)| row.keys().cloned().collect())
+        .unwrap_or_default();
+    let rows = rows
+        .into_iter()
+        .map(|(_, row)| row.into_values().collect())
+        .collect();
+    Some(Matrix {
+        keys,
+        combinations: Combinations::List(rows),
+    })
+}
+
+/// One combination of a list-form matrix: a non-empty map from names to scalars.
+fn check_matrix_entry(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    entry: usize,
+    item: &Value,
+    names: &mut MatrixNames,
+) -> Option<BTreeMap<String, String>> {
+    let at = ck.loc.step(i, me, "matrix", None);
+    let Value::Mapping(map) = item else {
+        ck.error(
+            at,
+            format!(
+                "matrix entry #{entry} of step {label} is {}; each entry must be a map of \
+                 values such as {{lr: 0.1, depth: 3}}",
+                kind_of(item)
+            ),
+        );
+        return None;
+    };
+    if map.is_empty() {
+        ck.error(
+            at,
+            format!("matrix entry #{entry} of step {label} is empty"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut row = BTreeMap::new();
+    for (key, value) in map {
+        let Some(name) = names.check(ck, i, me, label, key) else {
+            ok = false;
+            continue;
+        };
+        match scalar_text(value) {
+            Some(text) => {
+                row.insert(name, text);
+            }
+            None => {
+                ok = false;
+                let at = ck.loc.step(i, me, "matrix", Some(&name));
+                ck.error(
+                    at,
+                    format!(
+                        "value {name:?} of matrix entry #{entry} of step {label} is {}; matrix \
+                         values must be strings, numbers or booleans",
+                        kind_of(value)
+                    ),
+                );
+            }
+        }
+    }
+    ok.then_some(row)
+}
+
+/// Reports a matrix that expands to too many trials; `None` is an overflow.
+fn check_trial_count(
+    ck: &mut Checker<'_>,
+    at: Option<Pos>,
+    label: &str,
+    count: Option<usize>,
+) -> bool {
+    let count = match count {
+        Some(n) if n <= MAX_TRIALS_PER_STEP => return true,
+        Some(n) => n.to_string(),
+        None => format!("more than {}", usize::MAX),
+    };
+    ck.error(
+        at,
+        format!(
+            "matrix of step {label} expands to {count} combinations; at most \
+             {MAX_TRIALS_PER_STEP} are allowed"
+        ),
+    );
+    false
+}
+
+/// Checks the names of one matrix, each once however often it is written, and
+/// that no two of them become the same environment variable.
+#[derive(Default)]
+struct MatrixNames {
+    /// By the key as written (`describe_value`): the name, if valid.
+    checked: HashMap<String, Option<String>>,
+    /// `FERRY_MATRIX_<NAME>` → the name that became it.
+    vars: BTreeMap<String, String>,
+}
+
+impl MatrixNames {
+    fn check(
+        &mut self,
+        ck: &mut Checker<'_>,
+        i: usize,
+        me: Option<&str>,
+        label: &str,
+        key: &Value,
+    ) -> Option<String> {
+        let written = describe_value(key);
+        if let Some(result) = self.checked.get(&written) {
+            return result.clone();
+        }
+        let result = self.check_new(ck, i, me, label, key);
+        self.checked.insert(written, result.clone());
+        result
+    }
+
+    fn check_new(
+        &mut self,
+        ck: &mut Checker<'_>,
+        i: usize,
+        me: Option<&str>,
+        label: &str,
+        key: &Value,
+    ) -> Option<String> {
+        let name = key.as_str().filter(|n| is_param_name(n));
+        let at = ck.loc.step(i, me, "matrix", scalar_text(key).as_deref());
+        let Some(name) = name else {
+            ck.error(
+                at,
+                format!(
+                    "matrix key {} of step {label} is invalid: it must start with a letter or \
+                     '_' and contain only letters, digits and '_'",
+                    describe_value(key)
+                ),
+            );
+            return None;
+        };
+        let var = env_var_name("FERRY_MATRIX_", name);
+        if let Some(other) = self.vars.get(&var) {
+            ck.error(
+                at,
+                format!(
+                    "matrix keys {other:?} and {name:?} of step {label} both become the \
+                     environment variable {var}"
+                ),
+            );
+            return None;
+        }
+        self.vars.insert(var, name.to_string());
+        Some(name.to_string())
+    }
+}
+
+/// `cache: false`, `cache: true` or `cache: {version: 2, paths: [src/], enabled: true}`.
+fn check_cache(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    cache: &Value,
+) -> CacheSpec {
+    let mut spec = CacheSpec::default();
+    let map = match cache {
+        Value::Bool(enabled) => {
+            spec.enabled = *enabled;
+            return spec;
+        }
+        Value::Mapping(map) => map,
+        other => {
+            let at = ck.loc.step(i, me, "cache", None);
+            ck.error(
+                at,
+                format!(
+                    "cache of step {label} must be true, false or a map with `version`, \
+                     `paths` and `enabled`, got {}",
+                    describe_value(other)
+                ),
+            );
+            return spec;
+        }
+    };
+    for (key, value) in map {
+        let at = ck.loc.step(i, me, "cache", key.as_str());
+        match key.as_str() {
+            Some("enabled") => match value {
+                Value::Bool(enabled) => spec.enabled = *enabled,
+                other => ck.error(
+                    at,
+                    format!(
+                        "cache.enabled of step {label} must be true or false, got {}",
+                        describe_value(other)
+                    ),
+                ),
+            },
+            Some("version") => match scalar_text(value) {
+                Some(version) => spec.version = version,
+                None => ck.error(
+                    at,
+                    format!(
+                        "cache.version of step {label} must be a plain value such as 2 or \
+                         \"v2\", got {}",
+                        describe_value(value)
+                    ),
+                ),
+            },
+            Some("paths") => spec.paths = check_cache_paths(ck, i, me, label, value),
+            other => {
+                let hint =
+                    did_you_mean(other.and_then(|k| suggest(k, ["version", "paths", "enabled"])));
+                ck.error(
+                    at,
+                    format!(
+                        "cache of step {label} has an unknown field {}{hint}; use `version`, \
+                         `paths` and `enabled`",
+                        describe_value(key)
+                    ),
+                );
+            }
+        }
+    }
+    spec
+}
+
+/// `cache.paths`: files or folders of the code bundle; normalized, sorted,
+/// deduplicated.
+fn check_cache_paths(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    value: &Value,
+) -> Vec<String> {
+    let items = match value {
+        Value::Null => return Vec::new(),
+        Value::Sequence(items) => items,
+        other => {
+            let at = ck.loc.step(i, me, "cache", Some("paths"));
+            ck.error(
+                at,
+                format!(
+                    "cache.paths of step {label} must be a list of files or folders of the code \
+                     bundle such as [\"src/\", \"train.py\"], got {}",
+                    describe_value(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut paths = BTreeSet::new();
+    for item in items {
+        let path = match item {
+            Value::String(_) | Value::Number(_) => scalar_text(item).unwrap_or_default(),
+            other => {
+                let at = ck.loc.step(i, me, "cache", Some("paths"));
+                ck.error(
+                    at,
+                    format!(
+                        "cache.paths of step {label} lists {}; each entry must be a path such \
+                         as \"src/\" or \"train.py\"",
+                        describe_value(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        match normalize_bundle_path(&path) {
+            Ok(normalized) => {
+                paths.insert(normalized);
+            }
+            Err(why) => {
+                let token = if path.is_empty() { "\"\"" } else { &path };
+                let at = ck.loc.step(i, me, "cache", Some(token));
+                ck.error(at, format!("cache path {path:?} of step {label} {why}"));
+            }
+        }
+    }
+    paths.into_iter().collect()
+}
+
+/// A positive integer that fits a `u32`.
+fn positive_u32(value: &Value) -> Option<u32> {
+    value
+        .as_u64()
+        .filter(|n| *n >= 1)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+/// `max_parallel` on a step: how many of its trials may run at once.
+fn check_step_max_parallel(
+    ck: &mut Checker<'_>,
+    i: usize,
+    step: &RawStep,
+    label: &str,
+    value: &Value,
+) -> Option<u32> {
+    let at = ck.loc.step(i, step.name.as_deref(), "max_parallel", None);
+    if step.matrix.is_none() {
+        ck.error(
+            at,
+            format!(
+                "max_parallel of step {label} limits how many of its trials run at once, but \
+                 the step has no `matrix`; to limit the whole run, set max_parallel at the top \
+                 of the pipeline"
+            ),
+        );
+        return None;
+    }
+    let limit = positive_u32(value);
+    if limit.is_none() {
+        ck.error(
+            at,
+            format!(
+                "max_parallel of step {label} must be a positive integer (trials of this step \
+                 at once), got {}",
+                describe_value(value)
+            ),
+        );
+    }
+    limit
+}
+
+/// One entry of a step's `gather:`: a step name, or a map with `step`, `best`
+/// and `goal`. Whether the step exists and has a matrix is checked later,
+/// against the other steps.
+fn check_gather_item(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    item: &Value,
+) -> Option<Gather> {
+    match item {
+        Value::String(step) => Some(Gather {
+            step: step.clone(),
+            best: None,
+        }),
+        Value::Mapping(map) => check_gather_map(ck, i, me, label, map),
+        other => {
+            let at = ck.loc.step(i, me, "gather", None);
+            ck.error(
+                at,
+                format!(
+                    "gather of step {label} lists {}; each entry must be a step name or a map \
+                     such as {GATHER_EXAMPLE}",
+                    describe_value(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+const GATHER_EXAMPLE: &str = "{step: train, best: accuracy, goal: max}";
+
+fn check_gather_map(
+    ck: &mut Checker<'_>,
+    i: usize,
+    me: Option<&str>,
+    label: &str,
+    map: &serde_yaml::Mapping,
+) -> Option<Gather> {
+    let mut ok = true;
+    let (mut step, mut metric, mut goal) = (None, None, None);
+    for (key, value) in map {
+        let at = ck.loc.step(i, me, "gather", key.as_str());
+        match key.as_str() {
+            Some("step") => match value.as_str() {
+                Some(name) => step = Some(name.to_string()),
+                None => {
+                    ok = false;
+                    ck.error(
+                        at,
+                        format!(
+                            "gather.step of step {label} must be a step name, got {}",
+                            describe_value(value)
+                        ),
+                    );
+                }
+            },
+            Some("best") => match value.as_str() {
+                Some(m) if !m.trim().is_empty() && m.len() <= MAX_METRIC_NAME_LEN => {
+                    metric = Some(m.to_string());
+                }
+                _ => {
+                    ok = false;
+                    ck.error(
+                        at,
+                        format!(
+                            "gather.best of step {label} must be a metric name of 1 to \
+                             {MAX_METRIC_NAME_LEN} bytes, got {}",
+                            describe_value(value)
+                        ),
+                    );
+                }
+            },
+            Some("goal") => match value.as_str() {
+                Some("max") => goal = Some(Goal::Max),
+                Some("min") => goal = Some(Goal::Min),
+                _ => {
+                    ok = false;
+                    ck.error(
+                        at,
+                        format!(
+                            "gather.goal of step {label} must be max or min, got {}",
+                            describe_value(value)
+                        ),
+                    );
+                }
+            },
+            other => {
+                ok = false;
+                let hint = did_you_mean(other.and_then(|k| suggest(k, ["step", "best", "goal"])));
+                ck.error(
+                    at,
+                    format!(
+                        "gather of step {label} has an unknown field {}{hint}; use `step`, \
+                         `best` and `goal`",
+                        describe_value(key)
+                    ),
+                );
+            }
+        }
+    }
+    let at = ck.loc.step(i, me, "gather", step.as_deref());
+    let Some(step) = step else {
+        if ok {
+            ck.error(
+                at,
+                format!(
+                    "an entry of gather of step {label} has no `step`; write e.g. {GATHER_EXAMPLE}"
+                ),
+            );
+        }
+        return None;
+    };
+    if goal.is_some() && metric.is_none() {
+        ck.error(
+            at,
+            format!(
+                "gather of {step:?} by step {label} sets `goal` without `best`; `goal` says \
+                 whether the highest or the lowest value of the `best` metric wins"
+            ),
+        );
+        return None;
+    }
+    let best = metric.map(|metric| BestBy {
+        metric,
+        goal: goal.unwrap_or_default(),
+    });
+    ok.then_some(Gather { step, best })
 }
 
 /// Kahn's algorithm, ties broken by file order. Reports every cycle it can
@@ -2168,7 +3339,8 @@ fn topological_order(
     order
 }
 
-/// Where step `i` refers to step `target` (its `needs` entry or an input).
+/// Where step `i` refers to step `target` (its `needs` entry, an input or a
+/// `gather` entry).
 fn locate_edge(loc: &Locator<'_>, i: usize, step: &RawStep, target: &str) -> Option<Pos> {
     let me = step.name.as_deref();
     if step.needs.iter().flatten().any(|n| n == target) {
@@ -2179,9 +3351,25 @@ fn locate_edge(loc: &Locator<'_>, i: usize, step: &RawStep, target: &str) -> Opt
         .iter()
         .flat_map(|m| m.0.values())
         .find(|r| r.split_once('/').is_some_and(|(s, _)| s == target));
-    match reference {
-        Some(r) => loc.step(i, me, "inputs", Some(r)),
-        None => loc.step_head(i, me),
+    if let Some(r) = reference {
+        return loc.step(i, me, "inputs", Some(r));
+    }
+    let gathers = step
+        .gather
+        .iter()
+        .flatten()
+        .any(|g| gather_target(g) == Some(target));
+    if gathers {
+        return loc.step(i, me, "gather", Some(target));
+    }
+    loc.step_head(i, me)
+}
+
+/// The step a `gather:` entry names, as written.
+fn gather_target(entry: &Value) -> Option<&str> {
+    match entry {
+        Value::Mapping(map) => map.get("step").and_then(Value::as_str),
+        other => other.as_str(),
     }
 }
 
@@ -3238,5 +4426,861 @@ steps:
             &["resources.gpu.min_memory of step \"a\" is invalid"],
             Some(6),
         );
+    }
+
+    // ---- matrix --------------------------------------------------------------
+
+    const SWEEP: &str = r#"name: sweep
+params:
+  epochs: 3
+steps:
+  - name: report
+    command: [report]
+    needs: [train]
+  - name: train
+    command: [python3, train.py, "--lr=${matrix.lr}", --depth, "${matrix.depth}", "--epochs=${params.epochs}"]
+    matrix:
+      lr: [0.1, 0.01]
+      depth: [3, 5, 7]
+    inputs: {data: prep/data.csv}
+    outputs: [model.json]
+    env:
+      TAG: "lr${matrix.lr}-d${matrix.depth}"
+    max_parallel: 2
+  - name: prep
+    command: [prep]
+    outputs: [data.csv]
+"#;
+
+    fn names(p: &Pipeline) -> Vec<&str> {
+        p.steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn step<'a>(p: &'a Pipeline, name: &str) -> &'a Step {
+        p.steps
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no step {name:?} in {:?}", names(p)))
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn grid_matrix_expands_in_place() {
+        let p = parse(SWEEP).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names(&p),
+            [
+                "prep", "train.0", "train.1", "train.2", "train.3", "train.4", "train.5", "report"
+            ]
+        );
+        // Keys in sorted order (depth, lr), the last one varying fastest.
+        let expected = [
+            ("3", "0.1"),
+            ("3", "0.01"),
+            ("5", "0.1"),
+            ("5", "0.01"),
+            ("7", "0.1"),
+            ("7", "0.01"),
+        ];
+        for (index, (depth, lr)) in expected.iter().enumerate() {
+            let s = step(&p, &format!("train.{index}"));
+            assert_eq!(
+                s.command,
+                [
+                    "python3",
+                    "train.py",
+                    &format!("--lr={lr}"),
+                    "--depth",
+                    depth,
+                    "--epochs=3"
+                ]
+            );
+            assert_eq!(
+                s.trial,
+                Some(Trial {
+                    of: "train".into(),
+                    index: index as u32,
+                    values: values(&[("depth", depth), ("lr", lr)]),
+                    max_parallel: Some(2),
+                })
+            );
+            assert_eq!(
+                s.env,
+                values(&[
+                    ("FERRY_MATRIX_DEPTH", depth),
+                    ("FERRY_MATRIX_LR", lr),
+                    ("TAG", &format!("lr{lr}-d{depth}")),
+                ])
+            );
+            // Everything else is the step as written.
+            assert_eq!(s.needs, ["prep"]);
+            assert_eq!(s.inputs[0].step, "prep");
+            assert_eq!(s.outputs, ["model.json"]);
+            assert_eq!(s.params, ["epochs"]);
+            assert!(s.gather.is_empty());
+        }
+        // `needs: [train]` stands for every trial.
+        let report = step(&p, "report");
+        assert_eq!(
+            report.needs,
+            [
+                "train.0", "train.1", "train.2", "train.3", "train.4", "train.5"
+            ]
+        );
+        assert_eq!(report.trial, None);
+        assert!(step(&p, "prep").trial.is_none());
+    }
+
+    #[test]
+    fn list_matrix_keeps_the_written_order() {
+        let yaml = r#"name: sweep
+steps:
+  - name: train
+    shell: "train --lr ${matrix.lr} --opt ${matrix.opt}"
+    matrix:
+      - {lr: 0.1, opt: adam}
+      - {opt: sgd, lr: 0.5}
+      - {lr: 0.1, opt: sgd}
+"#;
+        let p = parse(yaml).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&p), ["train.0", "train.1", "train.2"]);
+        let scripts: Vec<&str> = p.steps.iter().map(|s| s.command[2].as_str()).collect();
+        assert_eq!(
+            scripts,
+            [
+                "train --lr 0.1 --opt adam",
+                "train --lr 0.5 --opt sgd",
+                "train --lr 0.1 --opt sgd"
+            ]
+        );
+        let trial = p.steps[1].trial.as_ref().unwrap();
+        assert_eq!(trial.of, "train");
+        assert_eq!(trial.index, 1);
+        assert_eq!(trial.values, values(&[("lr", "0.5"), ("opt", "sgd")]));
+        assert_eq!(trial.max_parallel, None);
+        assert_eq!(p.steps[1].env["FERRY_MATRIX_OPT"], "sgd");
+    }
+
+    #[test]
+    fn many_trials_are_all_needed() {
+        let yaml = "name: s\nsteps:\n  - name: train\n    command: [t]\n    matrix: {seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}\n  - name: after\n    command: [a]\n    needs: [train, train]\n";
+        let p = parse(yaml).unwrap();
+        let after = step(&p, "after");
+        let expected: BTreeSet<String> = (0..12).map(|k| format!("train.{k}")).collect();
+        assert_eq!(
+            after.needs.iter().cloned().collect::<BTreeSet<_>>(),
+            expected
+        );
+        assert_eq!(after.needs.len(), 12);
+        assert!(after.needs.is_sorted());
+        assert_eq!(p.steps[11].name, "train.11");
+        assert_eq!(p.steps[11].trial.as_ref().unwrap().values["seed"], "11");
+    }
+
+    #[test]
+    fn max_parallel_only_on_matrix_steps() {
+        let base = "name: s\nsteps:\n  - name: a\n    command: [x]\n";
+        single(
+            &format!("{base}    max_parallel: 2\n"),
+            &[
+                "max_parallel of step \"a\" limits how many of its trials run at once, but the step has no `matrix`",
+                "at the top of the pipeline",
+            ],
+            Some(5),
+        );
+        let sweep = format!("{base}    matrix: {{x: [1, 2]}}\n");
+        for bad in ["0", "-1", "1.5", "two", "99999999999"] {
+            single(
+                &format!("{sweep}    max_parallel: {bad}\n"),
+                &["max_parallel of step \"a\" must be a positive integer", bad],
+                Some(6),
+            );
+        }
+        let p = parse(&format!("{sweep}    max_parallel: 1\n")).unwrap();
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| s.trial.as_ref().unwrap().max_parallel == Some(1))
+        );
+        assert_eq!(p.max_parallel, None);
+    }
+
+    /// `count` values `0..count` for a grid key.
+    fn range(count: usize) -> String {
+        let items: Vec<String> = (0..count).map(|n| n.to_string()).collect();
+        format!("[{}]", items.join(", "))
+    }
+
+    #[test]
+    fn trials_per_step_are_limited() {
+        let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
+        let d = single(
+            &format!("{base}    matrix: {{a: {}, b: {}}}\n", range(40), range(30)),
+            &[],
+            Some(5),
+        );
+        assert_eq!(
+            d.message,
+            "matrix of step \"train\" expands to 1200 combinations; at most 1000 are allowed"
+        );
+        let entries: Vec<String> = (0..1001).map(|n| format!("{{a: {n}}}")).collect();
+        single(
+            &format!("{base}    matrix: [{}]\n", entries.join(", ")),
+            &["matrix of step \"train\" expands to 1001 combinations; at most 1000"],
+            Some(5),
+        );
+        let p = parse(&format!(
+            "{base}    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
+            r = range(10)
+        ))
+        .unwrap();
+        assert_eq!(p.steps.len(), MAX_TRIALS_PER_STEP);
+        assert_eq!(p.steps[999].name, "train.999");
+        assert_eq!(
+            p.steps[999].trial.as_ref().unwrap().values,
+            values(&[("a", "9"), ("b", "9"), ("c", "9")])
+        );
+    }
+
+    #[test]
+    fn huge_grids_are_refused_before_expansion() {
+        let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
+        single(
+            &format!(
+                "{base}    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
+                r = range(100)
+            ),
+            &["expands to 1000000 combinations; at most 1000 are allowed"],
+            Some(5),
+        );
+        // 10^40 combinations: only counting, never expanding, can answer this.
+        let keys: Vec<String> = (0..40).map(|k| format!("k{k}: {}", range(10))).collect();
+        single(
+            &format!("{base}    matrix: {{{}}}\n", keys.join(", ")),
+            &[&format!(
+                "expands to more than {} combinations; at most 1000 are allowed",
+                usize::MAX
+            )],
+            Some(5),
+        );
+    }
+
+    #[test]
+    fn expanded_pipeline_is_limited() {
+        let sweep = |name: &str| {
+            format!(
+                "  - name: {name}\n    command: [x]\n    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
+                r = range(10)
+            )
+        };
+        let five: String = (0..5).map(|k| sweep(&format!("s{k}"))).collect();
+        let p = parse(&format!("name: big\nsteps:\n{five}")).unwrap();
+        assert_eq!(p.steps.len(), MAX_STEPS);
+        let d = single(
+            &format!("name: big\nsteps:\n{five}  - name: one_more\n    command: [x]\n"),
+            &[],
+            Some(2),
+        );
+        assert_eq!(
+            d.message,
+            "the pipeline expands to 5001 steps (5000 of them trials of matrix steps); at most 5000 are allowed"
+        );
+        let plain: String = (0..=MAX_STEPS)
+            .map(|k| format!("  - name: s{k}\n    command: [x]\n"))
+            .collect();
+        single(
+            &format!("name: big\nsteps:\n{plain}"),
+            &["the pipeline has 5001 steps; at most 5000 are allowed"],
+            Some(2),
+        );
+    }
+
+    #[test]
+    fn duplicate_combinations() {
+        let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
+        single(
+            &format!("{base}    matrix:\n      depth: [1, 2]\n      lr: [0.1, 0.2, 0.1]\n"),
+            &[
+                "matrix key \"lr\" of step \"train\" lists 0.1 twice; every combination must be different",
+            ],
+            Some(7),
+        );
+        single(
+            &format!("{base}    matrix: {{lr: [1, \"1\"]}}\n"),
+            &["matrix key \"lr\"", "lists \"1\" twice"],
+            Some(5),
+        );
+        single(
+            &format!(
+                "{base}    matrix:\n      - {{lr: 0.1, opt: adam}}\n      - {{lr: 0.1, opt: sgd}}\n      - {{opt: adam, lr: 0.1}}\n"
+            ),
+            &[
+                "matrix entries #1 and #3 of step \"train\" are the same combination (lr=0.1, opt=adam)",
+            ],
+            Some(5),
+        );
+    }
+
+    #[test]
+    fn bad_matrix_shapes() {
+        let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
+        let cases: &[(&str, &[&str], usize)] = &[
+            (
+                "    matrix: 3\n",
+                &[
+                    "matrix of step \"train\" must be a map from names to lists of values",
+                    "got 3",
+                ],
+                5,
+            ),
+            (
+                "    matrix: {}\n",
+                &["matrix of step \"train\" is empty"],
+                5,
+            ),
+            (
+                "    matrix: []\n",
+                &["matrix of step \"train\" is empty"],
+                5,
+            ),
+            (
+                "    matrix:\n      lr: 0.1\n",
+                &[
+                    "matrix key \"lr\" of step \"train\" must list its values",
+                    "got 0.1",
+                ],
+                6,
+            ),
+            (
+                "    matrix:\n      lr: []\n",
+                &["matrix key \"lr\" of step \"train\" lists no values"],
+                6,
+            ),
+            (
+                "    matrix:\n      lr: [0.1, [1]]\n",
+                &[
+                    "a value of matrix key \"lr\" of step \"train\" is a list",
+                    "strings, numbers or booleans",
+                ],
+                6,
+            ),
+            (
+                "    matrix:\n      - {lr: 0.1}\n      - 7\n",
+                &["matrix entry #2 of step \"train\" is a number; each entry must be a map"],
+                5,
+            ),
+            (
+                "    matrix:\n      - {lr: 0.1}\n      - {}\n",
+                &["matrix entry #2 of step \"train\" is empty"],
+                5,
+            ),
+            (
+                "    matrix:\n      - {lr: 0.1, opt: adam}\n      - {lr: 0.2}\n",
+                &[
+                    "matrix entry #2 of step \"train\" sets lr but entry #1 sets lr, opt; every entry must set the same keys",
+                ],
+                5,
+            ),
+            (
+                "    matrix:\n      - {lr: {a: 1}}\n",
+                &["value \"lr\" of matrix entry #1 of step \"train\" is a map"],
+                6,
+            ),
+        ];
+        for (field, words, line) in cases {
+            single(&format!("{base}{field}"), words, Some(*line));
+        }
+    }
+
+    #[test]
+    fn bad_matrix_names() {
+        let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n    matrix:\n";
+        let d = single(
+            &format!("{base}      ok: [1]\n      1lr: [1, 2]\n"),
+            &[
+                "matrix key \"1lr\" of step \"train\" is invalid: it must start with a letter or '_'",
+            ],
+            Some(7),
+        );
+        assert_eq!(d.column, Some(7));
+        single(
+            &format!("{base}      lr-x: [1]\n"),
+            &["matrix key \"lr-x\"", "invalid"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      7: [1]\n"),
+            &["matrix key 7 of step \"train\" is invalid"],
+            Some(6),
+        );
+        single(
+            &format!("{base}      LR: [1]\n      lr: [2]\n"),
+            &[
+                "matrix keys \"LR\" and \"lr\" of step \"train\" both become the environment variable FERRY_MATRIX_LR",
+            ],
+            Some(7),
+        );
+        // A bad name in many entries is reported once.
+        single(
+            &format!("{base}      - {{1x: 1}}\n      - {{1x: 2}}\n"),
+            &["matrix key \"1x\""],
+            Some(6),
+        );
+    }
+
+    #[test]
+    fn matrix_placeholders_are_checked() {
+        let plain = "name: s\nsteps:\n  - name: a\n";
+        let d = single(
+            &format!("{plain}    command: [run, \"--lr=${{matrix.lr}}\"]\n"),
+            &[
+                "${matrix.lr} in the command of step \"a\" refers to a matrix value, but the step has no `matrix`",
+            ],
+            Some(4),
+        );
+        assert_eq!(d.column, Some(26));
+        single(
+            &format!("{plain}    shell: echo\n    env:\n      LR: \"${{matrix.lr}}\"\n"),
+            &[
+                "${matrix.lr} in env var LR of step \"a\"",
+                "has no `matrix`",
+            ],
+            Some(6),
+        );
+        let sweep = "name: s\nsteps:\n  - name: a\n    matrix: {lr: [1, 2], depth: [3]}\n";
+        single(
+            &format!("{sweep}    shell: \"train ${{matrix.lrr}}\"\n"),
+            &[
+                "${matrix.lrr} in the shell script of step \"a\" refers to matrix key \"lrr\", which the step's matrix does not define (did you mean \"lr\"?)",
+            ],
+            Some(5),
+        );
+        single(
+            &format!("{sweep}    shell: \"train ${{matrix.width}}\"\n"),
+            &["matrix key \"width\"", "(it defines: depth, lr)"],
+            Some(5),
+        );
+        single(
+            &format!("{sweep}    shell: \"train ${{matrix}}\"\n"),
+            &[
+                "\"${matrix}\"",
+                "not of the form ${params.NAME} or ${matrix.NAME}",
+            ],
+            Some(5),
+        );
+        // A matrix value may be the program itself.
+        let p = parse(&format!("{sweep}    command: [\"${{matrix.lr}}\"]\n")).unwrap();
+        assert_eq!(p.steps[1].command, ["2"]);
+        // An invalid matrix still defines its keys: one mistake, one message.
+        single(
+            "name: s\nsteps:\n  - name: a\n    matrix: {lr: [1, 1]}\n    shell: \"t ${matrix.lr}\"\n",
+            &["lists 1 twice"],
+            Some(4),
+        );
+        // A parameter whose value looks like a placeholder is not substituted again.
+        let p = parse(
+            "name: s\nparams:\n  raw: \"${matrix.lr}\"\nsteps:\n  - name: a\n    matrix: {lr: [1]}\n    shell: \"t ${params.raw} ${matrix.lr}\"\n"
+        )
+        .unwrap();
+        assert_eq!(p.steps[0].command[2], "t ${matrix.lr} 1");
+    }
+
+    // ---- gather --------------------------------------------------------------
+
+    const GATHER: &str = r#"name: g
+steps:
+  - name: pick
+    command: [p]
+    gather:
+      - {step: train, best: accuracy}
+      - {step: eval, best: loss, goal: min}
+  - name: train
+    command: [t]
+    matrix: {lr: [1, 2]}
+    outputs: [model.json]
+  - name: eval
+    command: [e]
+    matrix: {split: [a, b]}
+    gather: [train]
+"#;
+
+    #[test]
+    fn gather_forms() {
+        let p = parse(GATHER).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names(&p),
+            ["train.0", "train.1", "eval.0", "eval.1", "pick"]
+        );
+        for eval in ["eval.0", "eval.1"] {
+            let s = step(&p, eval);
+            assert_eq!(s.needs, ["train.0", "train.1"]);
+            assert_eq!(
+                s.gather,
+                [Gather {
+                    step: "train".into(),
+                    best: None
+                }]
+            );
+        }
+        let pick = step(&p, "pick");
+        assert_eq!(pick.needs, ["eval.0", "eval.1", "train.0", "train.1"]);
+        assert_eq!(
+            pick.gather,
+            [
+                Gather {
+                    step: "train".into(),
+                    best: Some(BestBy {
+                        metric: "accuracy".into(),
+                        goal: Goal::Max
+                    })
+                },
+                Gather {
+                    step: "eval".into(),
+                    best: Some(BestBy {
+                        metric: "loss".into(),
+                        goal: Goal::Min
+                    })
+                },
+            ]
+        );
+        assert!(pick.inputs.is_empty());
+    }
+
+    #[test]
+    fn gather_errors() {
+        let base = "name: g\nsteps:\n  - name: train\n    command: [t]\n    matrix: {lr: [1, 2]}\n  - name: prep\n    command: [p]\n  - name: pick\n    command: [x]\n";
+        let long = "m".repeat(MAX_METRIC_NAME_LEN + 1);
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                "    gather: [trian]\n".into(),
+                vec![
+                    "step \"pick\" gathers \"trian\", which is not a step (did you mean \"train\"?)",
+                ],
+            ),
+            (
+                "    gather: [prep]\n".into(),
+                vec![
+                    "step \"pick\" gathers \"prep\", which is not a matrix step",
+                    "use `needs` or `inputs`",
+                ],
+            ),
+            (
+                "    gather: [train, {step: train, best: acc}]\n".into(),
+                vec!["step \"pick\" gathers \"train\" twice"],
+            ),
+            (
+                "    gather: [pick]\n".into(),
+                vec!["step \"pick\" gathers itself"],
+            ),
+            (
+                "    gather: [{step: train, goal: min}]\n".into(),
+                vec!["gather of \"train\" by step \"pick\" sets `goal` without `best`"],
+            ),
+            (
+                "    gather: [{step: train, best: acc, goal: up}]\n".into(),
+                vec!["gather.goal of step \"pick\" must be max or min, got \"up\""],
+            ),
+            (
+                "    gather: [{step: train, best: \"\"}]\n".into(),
+                vec![
+                    "gather.best of step \"pick\" must be a metric name of 1 to 128 bytes, got \"\"",
+                ],
+            ),
+            (
+                format!("    gather: [{{step: train, best: {long}}}]\n"),
+                vec!["gather.best of step \"pick\" must be a metric name"],
+            ),
+            (
+                "    gather: [{step: train, best: 3}]\n".into(),
+                vec!["gather.best", "got 3"],
+            ),
+            (
+                "    gather: [{stpe: train}]\n".into(),
+                vec![
+                    "gather of step \"pick\" has an unknown field \"stpe\" (did you mean \"step\"?); use `step`, `best` and `goal`",
+                ],
+            ),
+            (
+                "    gather: [{best: acc}]\n".into(),
+                vec!["an entry of gather of step \"pick\" has no `step`"],
+            ),
+            (
+                "    gather: [{step: [train]}]\n".into(),
+                vec!["gather.step of step \"pick\" must be a step name, got a list"],
+            ),
+            (
+                "    gather: [7]\n".into(),
+                vec!["gather of step \"pick\" lists 7; each entry must be a step name or a map"],
+            ),
+        ];
+        for (field, words) in cases {
+            single(&format!("{base}{field}"), &words, Some(10));
+        }
+        single(
+            "name: g\nsteps:\n  - name: train\n    command: [t]\n    matrix: {lr: [1]}\n    gather: [train]\n",
+            &["step \"train\" gathers itself"],
+            Some(6),
+        );
+        single(
+            &format!("{base}    gather: train\n"),
+            &["gather", "expected a sequence"],
+            Some(10),
+        );
+    }
+
+    #[test]
+    fn gather_cycles_are_found() {
+        let yaml = "name: g\nsteps:\n  - name: a\n    command: [x]\n    matrix: {n: [1]}\n    gather: [b]\n  - name: b\n    command: [x]\n    matrix: {n: [1]}\n    gather: [a]\n";
+        let d = single(yaml, &["steps form a cycle: a → b → a"], Some(6));
+        assert_eq!(d.column, Some(14));
+    }
+
+    #[test]
+    fn input_from_a_matrix_step_is_refused() {
+        let yaml = "name: g\nsteps:\n  - name: train\n    command: [t]\n    matrix: {lr: [1, 2]}\n    outputs: [model.json]\n  - name: select\n    command: [s]\n    inputs:\n      m: train/model.json\n";
+        let d = single(yaml, &[], Some(10));
+        assert_eq!(
+            d.message,
+            "input \"m\" of step \"select\" points at \"train/model.json\", but \"train\" is a matrix step (one step per combination); use `gather: [train]` to receive every trial's outputs"
+        );
+    }
+
+    #[test]
+    fn matrix_steps_take_inputs_and_needs() {
+        let yaml = "name: g\nsteps:\n  - name: prep\n    command: [p]\n    outputs: [d.csv]\n  - name: setup\n    command: [s]\n  - name: train\n    command: [t]\n    needs: [setup]\n    inputs: {d: prep/d.csv}\n    matrix: {lr: [1, 2]}\n";
+        let p = parse(yaml).unwrap();
+        assert_eq!(names(&p), ["prep", "setup", "train.0", "train.1"]);
+        for s in &p.steps[2..] {
+            assert_eq!(s.needs, ["prep", "setup"]);
+            assert_eq!(
+                s.inputs,
+                [Input {
+                    name: "d".into(),
+                    step: "prep".into(),
+                    output: "d.csv".into()
+                }]
+            );
+        }
+        single(
+            "name: g\nsteps:\n  - name: a\n    command: [x]\n    needs: [a.0]\n  - name: b\n    command: [x]\n",
+            &["step \"a\" needs \"a.0\", which is not a step"],
+            Some(5),
+        );
+    }
+
+    // ---- cache ---------------------------------------------------------------
+
+    #[test]
+    fn cache_forms() {
+        let base = "name: c\nsteps:\n  - name: a\n    command: [x]\n";
+        let cache_of = |field: &str| {
+            parse(&format!("{base}{field}")).unwrap().steps[0]
+                .cache
+                .clone()
+        };
+        assert_eq!(cache_of(""), CacheSpec::default());
+        assert!(CacheSpec::default().enabled);
+        assert!(!cache_of("    cache: false\n").enabled);
+        assert_eq!(cache_of("    cache: true\n"), CacheSpec::default());
+        assert_eq!(
+            cache_of(
+                "    cache:\n      version: 2\n      paths: [src/, ./train.py, src, lib//util/]\n      enabled: false\n"
+            ),
+            CacheSpec {
+                enabled: false,
+                version: "2".into(),
+                paths: vec!["lib/util".into(), "src".into(), "train.py".into()],
+            }
+        );
+        let spec = cache_of("    cache: {version: \"v3-${params.x}\"}\n");
+        assert!(spec.enabled);
+        assert_eq!(spec.version, "v3-${params.x}");
+        assert!(cache_of("    cache: {paths: []}\n").paths.is_empty());
+    }
+
+    #[test]
+    fn cache_errors() {
+        let base = "name: c\nsteps:\n  - name: a\n    command: [x]\n";
+        let cases: &[(&str, &[&str], usize)] = &[
+            (
+                "    cache: maybe\n",
+                &[
+                    "cache of step \"a\" must be true, false or a map with `version`, `paths` and `enabled`, got \"maybe\"",
+                ],
+                5,
+            ),
+            (
+                "    cache: {verison: 2}\n",
+                &[
+                    "cache of step \"a\" has an unknown field \"verison\" (did you mean \"version\"?); use `version`, `paths` and `enabled`",
+                ],
+                5,
+            ),
+            (
+                "    cache:\n      enabled: yes\n",
+                &["cache.enabled of step \"a\" must be true or false, got \"yes\""],
+                6,
+            ),
+            (
+                "    cache:\n      version: [1]\n",
+                &[
+                    "cache.version of step \"a\" must be a plain value",
+                    "got a list",
+                ],
+                6,
+            ),
+            (
+                "    cache:\n      paths: src\n",
+                &[
+                    "cache.paths of step \"a\" must be a list of files or folders",
+                    "got \"src\"",
+                ],
+                6,
+            ),
+            (
+                "    cache:\n      paths:\n        - src/\n        - ../shared\n",
+                &["cache path \"../shared\" of step \"a\" leaves the code bundle"],
+                8,
+            ),
+            (
+                "    cache:\n      paths: [/etc]\n",
+                &[
+                    "cache path \"/etc\" of step \"a\" is absolute; cache paths are paths relative to the code bundle",
+                ],
+                6,
+            ),
+            (
+                "    cache:\n      paths: [a/../b]\n",
+                &["cache path \"a/../b\"", "'..'"],
+                6,
+            ),
+            (
+                "    cache:\n      paths: [./]\n",
+                &["cache path \"./\" of step \"a\" names the whole code bundle"],
+                6,
+            ),
+            (
+                "    cache:\n      paths: [\"\"]\n",
+                &["cache path \"\" of step \"a\" is empty"],
+                6,
+            ),
+            (
+                "    cache:\n      paths: [[a]]\n",
+                &["cache.paths of step \"a\" lists a list"],
+                6,
+            ),
+        ];
+        for (field, words, line) in cases {
+            single(&format!("{base}{field}"), words, Some(*line));
+        }
+    }
+
+    // ---- params a step reads ---------------------------------------------------
+
+    #[test]
+    fn step_params_are_referenced_and_listed() {
+        let yaml = r#"name: p
+params:
+  seed: 1
+  lr: 0.1
+  data_dir: /data
+  unused: x
+steps:
+  - name: a
+    command: [run, "--seed=${params.seed}"]
+    env:
+      LR: "${params.lr}"
+    params: [data_dir, seed, data_dir]
+  - name: b
+    shell: "echo ${params.seed} ${params.seed}"
+  - name: c
+    command: [x]
+"#;
+        let p = parse(yaml).unwrap();
+        assert_eq!(step(&p, "a").params, ["data_dir", "lr", "seed"]);
+        assert_eq!(step(&p, "b").params, ["seed"]);
+        assert!(step(&p, "c").params.is_empty());
+
+        let p = parse(IRIS).unwrap();
+        assert_eq!(step(&p, "split").params, ["seed", "test_fraction"]);
+        assert_eq!(step(&p, "train").params, ["label", "seed", "verbose"]);
+        assert!(step(&p, "evaluate").params.is_empty());
+    }
+
+    #[test]
+    fn unknown_listed_params() {
+        let d = single(
+            "name: p\nparams:\n  seed: 1\nsteps:\n  - name: a\n    command: [x]\n    params: [seed, sed]\n",
+            &[],
+            Some(7),
+        );
+        assert_eq!(
+            d.message,
+            "step \"a\" lists \"sed\" under `params`, but the pipeline has no parameter \"sed\" (did you mean \"seed\"?)"
+        );
+        assert_eq!(d.column, Some(20));
+        single(
+            "name: p\nsteps:\n  - name: a\n    command: [x]\n    params: [seed]\n",
+            &["no parameter \"seed\" (it declares no parameters)"],
+            Some(5),
+        );
+    }
+
+    // ---- compatibility ---------------------------------------------------------
+
+    #[test]
+    fn plain_steps_get_the_new_defaults() {
+        let p = parse(IRIS).unwrap();
+        for s in &p.steps {
+            assert_eq!(s.cache, CacheSpec::default());
+            assert_eq!(s.trial, None);
+            assert!(s.gather.is_empty());
+            let json = serde_json::to_value(s).unwrap();
+            for absent in ["cache", "trial", "gather"] {
+                assert!(json.get(absent).is_none(), "{absent} in {json}");
+            }
+        }
+    }
+
+    #[test]
+    fn sweep_round_trips_through_json() {
+        let mut p = parse(GATHER).unwrap();
+        p.steps[0].cache = CacheSpec {
+            enabled: false,
+            version: "7".into(),
+            paths: vec!["src".into()],
+        };
+        p.steps[1].trial.as_mut().unwrap().max_parallel = Some(3);
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Pipeline = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        let p = parse(SWEEP).unwrap();
+        let back: Pipeline = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn old_step_json_reads_with_cache_on() {
+        let p = parse("name: o\nsteps:\n  - name: a\n    command: [x]\n").unwrap();
+        let mut json = serde_json::to_value(&p.steps[0]).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        for new in ["params", "cache", "trial", "gather"] {
+            fields.remove(new);
+        }
+        let old: Step = serde_json::from_value(json).unwrap();
+        assert!(old.cache.enabled);
+        assert_eq!(old, p.steps[0]);
+        // A cache map that leaves `enabled` out means on.
+        let mut json = serde_json::to_value(&p.steps[0]).unwrap();
+        json["cache"] = serde_json::json!({"version": "2"});
+        let step: Step = serde_json::from_value(json).unwrap();
+        assert!(step.cache.enabled);
+        assert_eq!(step.cache.version, "2");
     }
 }

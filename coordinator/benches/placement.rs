@@ -65,6 +65,7 @@ fn queue(count: usize) -> Vec<QueuedStep> {
                 },
                 priority: (i % 3) as i32,
                 project: format!("team-{}", i % 4),
+                sweep: None,
             }
         })
         .collect()
@@ -89,6 +90,7 @@ fn limits() -> Limits {
                 (run, limit)
             })
             .collect(),
+        sweeps: BTreeMap::new(),
     }
 }
 

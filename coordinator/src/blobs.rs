@@ -82,6 +82,18 @@ impl BlobStore {
         }
     }
 
+    /// Deletes a blob (`ferry gc`); returns the bytes freed (0 when absent).
+    pub async fn delete(&self, digest: &str) -> Result<u64, BlobError> {
+        let Some(size) = self.size_of(digest).await? else {
+            return Ok(0);
+        };
+        self.known.lock().expect("known blobs").remove(digest);
+        match self.store.delete(&location(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(size),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether the blob is stored here with exactly this size.
     pub async fn holds(&self, digest: &str, size: u64) -> Result<bool, BlobError> {
         Ok(self.size_of(digest).await? == Some(size))

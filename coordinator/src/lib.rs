@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod config;
 pub mod consensus;
 pub mod node;
+pub mod query;
 pub mod replication;
 pub mod scheduler;
 pub mod state;

@@ -156,6 +156,47 @@ pub fn authorize(caller: &Identity, command: &Command) -> Result<(), ProposeErro
                 )))
             }
         }
+        Command::RerunRun { submitter, .. } => {
+            if caller.role == Role::Client && caller.name == *submitter {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not start runs (client certificates only)"
+                )))
+            }
+        }
+        Command::CreateSchedule { schedule, .. } => {
+            if caller.role == Role::Client && caller.name == schedule.owner {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not create schedules (client certificates only)"
+                )))
+            }
+        }
+        Command::PauseSchedule { .. }
+        | Command::DeleteSchedule { .. }
+        | Command::PinArtifact { .. }
+        | Command::UnpinArtifact { .. }
+        | Command::Collect { .. } => {
+            if caller.role == Role::Client {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not change schedules, pins or collect garbage \
+                     (client certificates only)"
+                )))
+            }
+        }
+        Command::FireSchedule { .. } => {
+            if caller.role == Role::Coordinator {
+                Ok(())
+            } else {
+                Err(ProposeError::Denied(format!(
+                    "{caller} may not fire schedules (the leader only)"
+                )))
+            }
+        }
         Command::CancelRun { .. } => {
             if caller.role == Role::Client {
                 Ok(())
@@ -345,11 +386,12 @@ impl Node {
         ));
         let schedule = tokio::spawn(schedule_loop(node.clone(), shutdown.clone()));
         let leases = tokio::spawn(lease_loop(node.clone(), shutdown.clone()));
+        let cron = tokio::spawn(cron_loop(node.clone(), shutdown.clone()));
         let leadership = tokio::spawn(leadership_loop(node.clone(), shutdown));
         Ok((
             node,
             NodeTasks {
-                handles: vec![raft, schedule, leases, leadership],
+                handles: vec![raft, schedule, leases, cron, leadership],
             },
         ))
     }
@@ -885,10 +927,42 @@ impl Node {
                     tracing::warn!(run = key.run, step = %key.step, attempt = key.attempt, worker, "attempt lost with its worker");
                 }
             }
+            Outcome::Collected { runs, blobs } => {
+                // Every member deletes its own copies; a member that applies the
+                // entry again after a restart deletes nothing more.
+                let store = self.store.clone();
+                let blob_store = self.blobs.clone();
+                let runs = runs.clone();
+                let blobs = blobs.clone();
+                tokio::spawn(async move {
+                    let mut freed = 0u64;
+                    for (digest, _) in &blobs {
+                        match blob_store.delete(digest).await {
+                            Ok(bytes) => freed += bytes,
+                            Err(error) => tracing::warn!(digest, %error, "could not delete a blob"),
+                        }
+                    }
+                    let mut lines = 0;
+                    for run in &runs {
+                        match store.delete_logs(*run) {
+                            Ok(n) => lines += n,
+                            Err(error) => tracing::warn!(run, %error, "could not delete log lines"),
+                        }
+                    }
+                    tracing::info!(
+                        runs = runs.len(),
+                        blobs = blobs.len(),
+                        freed,
+                        lines,
+                        "garbage collected"
+                    );
+                });
+            }
             Outcome::Registered { .. }
             | Outcome::RunSubmitted(_)
             | Outcome::Report { .. }
             | Outcome::WorkerMode(_)
+            | Outcome::Done
             | Outcome::Unchanged => {}
         }
     }
@@ -937,12 +1011,20 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
         });
     }
     let mut env = spec.env.clone();
-    for (name, value) in &run.pipeline.params {
-        env.insert(
-            ferry_common::spec::env_var_name("FERRY_PARAM_", name),
-            value.clone(),
-        );
+    // A step sees the parameters it names (they are what its cache key holds).
+    for name in &spec.params {
+        if let Some(value) = run.pipeline.params.get(name) {
+            env.insert(
+                ferry_common::spec::env_var_name("FERRY_PARAM_", name),
+                value.clone(),
+            );
+        }
     }
+    let gathers = spec
+        .gather
+        .iter()
+        .map(|gather| gather_input(state, run, gather))
+        .collect();
     Some(proto::Assignment {
         attempt: Some(attempt_ref(key)),
         command: spec.command.clone(),
@@ -954,7 +1036,85 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
         gpu_indices: attempt.gpus.clone(),
         timeout_ms: spec.timeout_ms.unwrap_or(0),
         pipeline: run.pipeline.name.clone(),
+        gathers,
     })
+}
+
+/// Every trial of the sweep `gather.step` for a gathering step: their output
+/// files, and a manifest (`trials.json`) with each trial's values, outputs and
+/// metrics (the last value of each), and the best trial when one was asked for.
+fn gather_input(
+    state: &State,
+    run: &crate::state::Run,
+    gather: &ferry_common::spec::Gather,
+) -> proto::GatherInput {
+    let mut files = Vec::new();
+    let mut trials = Vec::new();
+    let mut best: Option<(f64, String)> = None;
+    for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+        let Some(trial) = spec.trial.as_ref().filter(|t| t.of == gather.step) else {
+            continue;
+        };
+        let mut outputs = serde_json::Map::new();
+        for artifact in &record.outputs {
+            let path = format!("{}/{}", record.name, artifact.name);
+            outputs.insert(artifact.name.clone(), serde_json::Value::from(path.clone()));
+            files.push(proto::InputFile {
+                name: path,
+                file_name: artifact.name.clone(),
+                digest: artifact.digest.clone(),
+                size: artifact.size,
+            });
+        }
+        let metrics = last_metrics(state, run.id, &record.name);
+        if let Some(by) = &gather.best
+            && let Some(value) = metrics.get(&by.metric).copied()
+            && !value.is_nan()
+            && best
+                .as_ref()
+                .is_none_or(|(current, _)| by.goal.better(value, *current))
+        {
+            best = Some((value, record.name.clone()));
+        }
+        trials.push(serde_json::json!({
+            "step": record.name,
+            "index": trial.index,
+            "values": trial.values,
+            "state": record.state.as_str(),
+            "dir": record.name,
+            "outputs": outputs,
+            "metrics": metrics,
+        }));
+    }
+    let best_trial = best.map(|(_, name)| name).unwrap_or_default();
+    let manifest = serde_json::json!({
+        "step": gather.step,
+        "best": if best_trial.is_empty() { serde_json::Value::Null } else { best_trial.clone().into() },
+        "metric": gather.best.as_ref().map(|b| b.metric.clone()),
+        "goal": gather.best.as_ref().map(|b| b.goal.as_str()),
+        "trials": trials,
+    });
+    proto::GatherInput {
+        step: gather.step.clone(),
+        files,
+        manifest_json: serde_json::to_string_pretty(&manifest).expect("the manifest serializes"),
+        best_trial,
+    }
+}
+
+/// The last value of each metric the attempt that produced a step's result
+/// reported (following a cached or reused step to the one that ran).
+pub fn last_metrics(state: &State, run: RunId, step: &str) -> BTreeMap<String, f64> {
+    state
+        .producing_attempt(run, step)
+        .map(|attempt| {
+            attempt
+                .metrics
+                .iter()
+                .map(|m| (m.name.clone(), m.value))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Drops every worker stream when this member stops leading, so that workers
@@ -1069,6 +1229,55 @@ async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
 /// On the leader: declares lost every worker whose lease ran out (a committed
 /// `WorkerLost`, so its attempts are retried elsewhere), and times out runs past
 /// their pipeline's timeout. Runs five times per lease.
+/// How often the leader looks for schedule ticks that came.
+const CRON_PERIOD: Duration = Duration::from_millis(250);
+
+/// Most missed ticks counted for one firing (the count is shown, not replayed).
+const MAX_MISSED_COUNT: u64 = 10_000;
+
+/// Leader only: fires each active schedule's latest tick that came since its
+/// last firing. The firing is a command carrying its tick, and the state machine
+/// starts one run per tick at most, so a tick fires once across retries and
+/// failovers; ticks missed while no leader was up are counted, and only the
+/// latest of them fires.
+async fn cron_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = tokio::time::sleep(CRON_PERIOD) => {}
+        }
+        if !node.role().is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let due: Vec<(String, ferry_common::cron::Due)> = node.read(|state| {
+            state
+                .catalog
+                .schedules
+                .values()
+                .filter(|s| !s.paused)
+                .filter_map(|s| {
+                    let cron = ferry_common::cron::Cron::parse(&s.cron).ok()?;
+                    Some((s.name.clone(), cron.due(s.after_ms, now, MAX_MISSED_COUNT)?))
+                })
+                .collect()
+        });
+        for (name, due) in due {
+            let missed = due.count.saturating_sub(1);
+            tracing::info!(schedule = %name, tick_ms = due.latest_ms, missed, "schedule fires");
+            let command = Command::FireSchedule {
+                name: name.clone(),
+                tick_ms: due.latest_ms,
+                missed,
+                now_ms: now,
+            };
+            if let Err(error) = node.propose(command).await {
+                tracing::warn!(schedule = %name, %error, "could not fire the schedule");
+            }
+        }
+    }
+}
+
 async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_millis((node.lease_ms / 5).max(50));
     loop {

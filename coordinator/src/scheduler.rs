@@ -83,6 +83,9 @@ pub struct QueuedStep {
     /// Higher first.
     pub priority: i32,
     pub project: String,
+    /// For a trial of a sweep: the sweep (the step as written), whose
+    /// `max_parallel` limits its trials at once.
+    pub sweep: Option<String>,
 }
 
 /// The most a project may hold at once.
@@ -113,6 +116,8 @@ pub struct Limits {
     /// What each project holds now (assigned and running attempts).
     pub usage: BTreeMap<String, Usage>,
     pub runs: BTreeMap<RunId, RunLimit>,
+    /// Per run and sweep: the sweep's `max_parallel` and its trials at once.
+    pub sweeps: BTreeMap<(RunId, String), RunLimit>,
 }
 
 /// A step left in the queue by this pass, and why.
@@ -132,6 +137,7 @@ pub struct Plan {
 /// Why one step stayed queued in a pass (turned into text once, at the end).
 enum Blocked {
     MaxParallel(u32),
+    SweepParallel(u32),
     Quota(String),
     NoRoom,
 }
@@ -222,6 +228,7 @@ pub fn plan(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Pl
         .sum::<u64>()
         .max(1);
     let mut usage = limits.usage.clone();
+    let mut sweep_active: BTreeMap<(RunId, String), u32> = BTreeMap::new();
     let mut active: BTreeMap<RunId, u32> =
         limits.runs.iter().map(|(r, l)| (*r, l.active)).collect();
     // Shapes found not to fit during this pass: free room only shrinks, so they
@@ -271,6 +278,15 @@ pub fn plan(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Pl
                 blocked.push((index, Blocked::MaxParallel(max)));
                 continue;
             }
+            let sweep_key = step.sweep.as_ref().map(|sweep| (step.run, sweep.clone()));
+            if let Some(key) = &sweep_key
+                && let Some(limit) = limits.sweeps.get(key)
+                && let Some(max) = limit.max_parallel
+                && limit.active + sweep_active.get(key).copied().unwrap_or(0) >= max
+            {
+                blocked.push((index, Blocked::SweepParallel(max)));
+                continue;
+            }
             let used = usage.get(project).copied().unwrap_or_default();
             if let Some(reason) = quota_refusal(project, used, need, limits.quotas.get(project)) {
                 blocked.push((index, Blocked::Quota(reason)));
@@ -313,6 +329,9 @@ pub fn plan(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Pl
             held.cpu_millis += need.cpu_millis;
             held.gpus += need.gpus;
             *active.entry(step.run).or_default() += 1;
+            if let Some(key) = sweep_key {
+                *sweep_active.entry(key).or_default() += 1;
+            }
             plan.placements.push(Placement {
                 run: step.run,
                 step: step.step.clone(),
@@ -330,6 +349,10 @@ pub fn plan(queue: &[QueuedStep], workers: &[WorkerSlot], limits: &Limits) -> Pl
             Blocked::MaxParallel(max) => format!(
                 "run {} already has {max} steps at once, its max_parallel",
                 step.run
+            ),
+            Blocked::SweepParallel(max) => format!(
+                "the sweep {:?} already has {max} trials at once, its max_parallel",
+                step.sweep.as_deref().unwrap_or_default()
             ),
             Blocked::Quota(reason) => reason,
             Blocked::NoRoom => explained
@@ -552,6 +575,7 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
                 selector: spec.node_selector.clone(),
                 priority: run.pipeline.priority,
                 project: run.pipeline.project.clone(),
+                sweep: spec.trial.as_ref().map(|t| t.of.clone()),
             });
         }
     }
@@ -614,11 +638,32 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
         if let Some(max) = run.pipeline.max_parallel {
             limits.runs.entry(run.id).or_default().max_parallel = Some(max);
         }
+        for spec in &run.pipeline.steps {
+            if let Some(trial) = &spec.trial
+                && let Some(max) = trial.max_parallel
+            {
+                limits
+                    .sweeps
+                    .entry((run.id, trial.of.clone()))
+                    .or_default()
+                    .max_parallel = Some(max);
+            }
+        }
     }
     for load in state.loads.values() {
         for (key, (resources, _)) in &load.attempts {
             limits.runs.entry(key.run).or_default().active += 1;
             if let Some(run) = state.runs.get(&key.run) {
+                if let Some(trial) = run
+                    .pipeline
+                    .steps
+                    .iter()
+                    .find(|s| s.name == key.step)
+                    .and_then(|s| s.trial.as_ref())
+                    && let Some(limit) = limits.sweeps.get_mut(&(key.run, trial.of.clone()))
+                {
+                    limit.active += 1;
+                }
                 let usage = limits
                     .usage
                     .entry(run.pipeline.project.clone())

@@ -13,6 +13,14 @@ use std::sync::Arc;
 use ferry_common::spec::{Pipeline, Resources, format_duration_ms};
 use serde::{Deserialize, Serialize};
 
+mod cache;
+pub(crate) mod catalog;
+mod lineage;
+
+pub use cache::cache_key;
+pub use catalog::{CacheEntry, Catalog, GcPlan, Pin, Schedule, gc_plan};
+pub use lineage::LineageNode;
+
 pub type RunId = u64;
 
 /// Names one attempt of one step of one run: the unit of fencing.
@@ -206,6 +214,54 @@ pub struct StepRecord {
     /// backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<i64>,
+    /// The artifacts the step was given, resolved when its dependencies
+    /// succeeded: (input name, digest, size). A gathering step's inputs are every
+    /// trial's outputs, named `<trial>/<output>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputRecord>,
+    /// Its cache key (see [`cache_key`]), once its inputs are known; none when
+    /// caching is off for the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// Set when the step did not run in this run: its outputs are those of the
+    /// step that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reuse>,
+}
+
+/// One resolved input of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRecord {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Where the result of a step that did not run came from: the step (of an
+/// earlier run) that produced it, found through the cache or by `ferry rerun`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reuse {
+    pub run: RunId,
+    pub step: String,
+    pub how: ReuseKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReuseKind {
+    /// Its cache key was known.
+    Cached,
+    /// `ferry rerun` kept the successful step of the run it re-ran.
+    Rerun,
+}
+
+impl ReuseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReuseKind::Cached => "cached",
+            ReuseKind::Rerun => "reused",
+        }
+    }
 }
 
 impl StepRecord {
@@ -231,6 +287,27 @@ pub struct Run {
     /// The client's id for this submission, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// `ferry run --no-cache` (and every `ferry rerun`): its steps do not take
+    /// results from the cache (their own results still enter it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_cache: bool,
+    /// Per step with `cache.paths`: the digest of those files in the bundle,
+    /// which stands for the code in its cache key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub code_digests: BTreeMap<String, String>,
+    /// The run this one re-ran (`ferry rerun`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RunId>,
+    /// The schedule and tick that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<(String, i64)>,
+    /// When `ferry gc` removed its logs and artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_ms: Option<i64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Run {
@@ -240,6 +317,13 @@ impl Run {
 
     fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// What stands for the code of step `name` in its cache key.
+    pub fn code_digest(&self, name: &str) -> &str {
+        self.code_digests
+            .get(name)
+            .map_or(&self.bundle_digest, String::as_str)
     }
 }
 
@@ -372,6 +456,61 @@ pub enum Command {
         submitter: String,
         #[serde(default)]
         request_id: Option<String>,
+        #[serde(default)]
+        options: SubmitOptions,
+        now_ms: i64,
+    },
+    /// `ferry rerun`: a new run of `source`'s pipeline and code that keeps the
+    /// outputs of its successful steps (by reference) and runs again from `from`
+    /// (a step, or a sweep by its name) or else from the steps that did not
+    /// succeed.
+    RerunRun {
+        source: RunId,
+        from: Option<String>,
+        submitter: String,
+        #[serde(default)]
+        request_id: Option<String>,
+        now_ms: i64,
+    },
+    CreateSchedule {
+        schedule: Schedule,
+        now_ms: i64,
+    },
+    /// Pause or resume a schedule; a resumed schedule does not fire for the
+    /// ticks it missed while paused.
+    PauseSchedule {
+        name: String,
+        paused: bool,
+        now_ms: i64,
+    },
+    DeleteSchedule {
+        name: String,
+        now_ms: i64,
+    },
+    /// The leader saw tick `tick_ms` of a schedule come (and `missed` earlier
+    /// ticks go by without firing, e.g. while the cluster was down): starts one
+    /// run for it, unless this tick or a later one already fired.
+    FireSchedule {
+        name: String,
+        tick_ms: i64,
+        missed: u64,
+        now_ms: i64,
+    },
+    /// `ferry artifacts pin`: keeps an artifact through `ferry gc`.
+    PinArtifact {
+        tag: String,
+        digest: String,
+        owner: String,
+        now_ms: i64,
+    },
+    UnpinArtifact {
+        tag: String,
+        now_ms: i64,
+    },
+    /// `ferry gc --keep-last N`: the logs and artifacts of finished runs beyond
+    /// the newest `keep_last` of each pipeline are deleted (see [`gc_plan`]).
+    Collect {
+        keep_last: u32,
         now_ms: i64,
     },
     RegisterWorker {
@@ -421,6 +560,17 @@ pub enum Command {
     },
 }
 
+/// How a run is submitted, beside its pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SubmitOptions {
+    /// `ferry run --no-cache`.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Per step with `cache.paths`: the digest of those files in the bundle.
+    #[serde(default)]
+    pub code_digests: BTreeMap<String, String>,
+}
+
 /// The result of applying a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -452,6 +602,14 @@ pub enum Outcome {
     },
     /// A `TimeOutRun` that came too early or too late changed nothing.
     Unchanged,
+    /// A schedule or pin was created, changed or deleted.
+    Done,
+    /// `ferry gc`: these runs' logs and these blobs are to be deleted on every
+    /// member.
+    Collected {
+        runs: Vec<RunId>,
+        blobs: Vec<(String, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -464,6 +622,28 @@ pub enum StateError {
     RunAlreadyFinished { run: RunId, state: &'static str },
     #[error("worker \"{0}\" is not registered")]
     WorkerNotFound(String),
+    #[error("run {run} is still {state}; rerun it once it has finished (or cancel it)")]
+    RunStillRunning { run: RunId, state: &'static str },
+    #[error(
+        "run {0} succeeded: every step would be reused; name a step to run again from with --from STEP"
+    )]
+    NothingToRerun(RunId),
+    #[error("run {run} has no step or sweep \"{step}\" (it has: {steps})")]
+    NoSuchRerunStep {
+        run: RunId,
+        step: String,
+        steps: String,
+    },
+    #[error("run {0} was garbage-collected: its artifacts are gone, so it cannot be re-run")]
+    RunCollected(RunId),
+    #[error("a schedule named \"{0}\" already exists; delete it first or choose another name")]
+    ScheduleExists(String),
+    #[error("there is no schedule named \"{0}\"")]
+    ScheduleNotFound(String),
+    #[error("no artifact has the digest {0} (see `ferry artifacts RUN` for digests)")]
+    ArtifactNotFound(String),
+    #[error("there is no pin named \"{0}\"")]
+    PinNotFound(String),
 }
 
 /// How [`State::end_run`] ends a run and what it leaves behind.
@@ -517,6 +697,12 @@ pub struct State {
     pub members: BTreeMap<u64, Member>,
     /// Derived: submission request ids to the run they started.
     pub requests: BTreeMap<String, RunId>,
+    /// The cache index, schedules and pins.
+    pub catalog: Catalog,
+    /// Derived: per cache key, the step now computing it (queued or running).
+    pub cache_owners: BTreeMap<String, (RunId, String)>,
+    /// Derived: per cache key, the identical steps waiting for its owner.
+    pub cache_waiters: BTreeMap<String, BTreeSet<(RunId, String)>>,
     pub dirty: Dirty,
 }
 
@@ -530,11 +716,30 @@ impl State {
             next_run_id: next_run_id.max(1),
             members: BTreeMap::new(),
             requests: BTreeMap::new(),
+            catalog: Catalog::default(),
+            cache_owners: BTreeMap::new(),
+            cache_waiters: BTreeMap::new(),
             dirty: Dirty::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
                 state.requests.insert(request.clone(), run.id);
+            }
+            if run.state.is_terminal() {
+                continue;
+            }
+            for step in &run.steps {
+                let Some(key) = &step.cache_key else { continue };
+                let me = (run.id, step.name.clone());
+                if step.state == StepState::Waiting {
+                    state
+                        .cache_waiters
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(me);
+                } else if !step.state.is_terminal() && !run.no_cache {
+                    state.cache_owners.insert(key.clone(), me);
+                }
             }
         }
         for name in state.workers.keys() {
@@ -563,6 +768,12 @@ impl State {
         state
     }
 
+    /// Sets the cache index, schedules and pins (a restart or a snapshot).
+    pub fn with_catalog(mut self, catalog: Catalog) -> State {
+        self.catalog = catalog;
+        self
+    }
+
     /// Sets the cluster's members (a restart or a snapshot); not a change to persist.
     pub fn with_members(mut self, members: impl IntoIterator<Item = Member>) -> State {
         self.members = members.into_iter().map(|m| (m.id, m)).collect();
@@ -589,6 +800,7 @@ impl State {
                 bundle_digest,
                 submitter,
                 request_id,
+                options,
                 now_ms,
             } => {
                 // A retried submission (same request id) answers with the run the
@@ -596,8 +808,50 @@ impl State {
                 if let Some(id) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
                     return Ok(Outcome::RunSubmitted(*id));
                 }
-                Ok(self.submit_run(pipeline, bundle_digest, submitter, request_id, now_ms))
+                let id = self.create_run(
+                    pipeline,
+                    bundle_digest,
+                    submitter,
+                    request_id,
+                    options,
+                    now_ms,
+                );
+                self.advance(id, now_ms);
+                Ok(Outcome::RunSubmitted(id))
             }
+            Command::RerunRun {
+                source,
+                from,
+                submitter,
+                request_id,
+                now_ms,
+            } => {
+                if let Some(id) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
+                    return Ok(Outcome::RunSubmitted(*id));
+                }
+                self.rerun(source, from.as_deref(), submitter, request_id, now_ms)
+            }
+            Command::CreateSchedule { schedule, now_ms } => self.create_schedule(schedule, now_ms),
+            Command::PauseSchedule {
+                name,
+                paused,
+                now_ms,
+            } => self.pause_schedule(&name, paused, now_ms),
+            Command::DeleteSchedule { name, now_ms: _ } => self.delete_schedule(&name),
+            Command::FireSchedule {
+                name,
+                tick_ms,
+                missed,
+                now_ms,
+            } => Ok(self.fire_schedule(&name, tick_ms, missed, now_ms)),
+            Command::PinArtifact {
+                tag,
+                digest,
+                owner,
+                now_ms,
+            } => self.pin(tag, digest, owner, now_ms),
+            Command::UnpinArtifact { tag, now_ms: _ } => self.unpin(&tag),
+            Command::Collect { keep_last, now_ms } => Ok(self.collect(keep_last, now_ms)),
             Command::RegisterWorker {
                 worker,
                 running,
@@ -639,14 +893,17 @@ impl State {
         }
     }
 
-    fn submit_run(
+    /// Records a new run with every step waiting; [`State::advance`] then moves
+    /// the steps whose dependencies are met.
+    fn create_run(
         &mut self,
         pipeline: Pipeline,
         bundle_digest: String,
         submitter: String,
         request_id: Option<String>,
+        options: SubmitOptions,
         now_ms: i64,
-    ) -> Outcome {
+    ) -> RunId {
         let id = self.next_run_id.max(1);
         if let Some(request) = &request_id {
             self.requests.insert(request.clone(), id);
@@ -658,15 +915,14 @@ impl State {
             .iter()
             .map(|step| StepRecord {
                 name: step.name.clone(),
-                state: if step.needs.is_empty() {
-                    StepState::Queued
-                } else {
-                    StepState::Waiting
-                },
+                state: StepState::Waiting,
                 attempts: Vec::new(),
                 outputs: Vec::new(),
                 reason: None,
                 not_before_ms: None,
+                inputs: Vec::new(),
+                cache_key: None,
+                reused: None,
             })
             .collect();
         let run = Run {
@@ -680,10 +936,15 @@ impl State {
             steps,
             reason: None,
             request_id,
+            no_cache: options.no_cache,
+            code_digests: options.code_digests,
+            rerun_of: None,
+            schedule: None,
+            collected_ms: None,
         };
         self.runs.insert(id, Arc::new(run));
         self.dirty.runs.insert(id);
-        Outcome::RunSubmitted(id)
+        id
     }
 
     fn register_worker(
@@ -1017,7 +1278,6 @@ impl State {
                         attempt: key.attempt,
                     })
                     .collect();
-                Self::ready_dependents(run);
             }
             AttemptOutcome::Cancelled => {
                 step.state = StepState::Cancelled;
@@ -1063,22 +1323,12 @@ impl State {
                 }
             }
         }
-        Self::finish_run_if_done(run, now_ms);
-    }
-
-    fn ready_dependents(run: &mut Run) {
-        let succeeded: BTreeSet<String> = run
-            .steps
-            .iter()
-            .filter(|s| s.state == StepState::Succeeded)
-            .map(|s| s.name.clone())
-            .collect();
-        for (record, spec) in run.steps.iter_mut().zip(&run.pipeline.steps) {
-            if record.state == StepState::Waiting
-                && spec.needs.iter().all(|need| succeeded.contains(need))
-            {
-                record.state = StepState::Queued;
-            }
+        let settled = (run.steps[index].cache_key.clone(), run.steps[index].state);
+        // Its own run goes on first, so that its next steps take the lead over
+        // identical steps of runs that wait for this one.
+        self.advance(key.run, now_ms);
+        if let (Some(cache_key), state) = settled {
+            self.settle_cache(&cache_key, key.run, &key.step, state, now_ms);
         }
     }
 
@@ -1140,6 +1390,29 @@ impl State {
     /// (their capacity freed; returned, to be stopped on their workers), its open
     /// steps take the states `end` names, and the run ends in `end.run`.
     fn end_run(&mut self, run_id: RunId, now_ms: i64, end: RunEnd) -> Vec<(AttemptKey, String)> {
+        let Some(run) = self.runs.get(&run_id) else {
+            return Vec::new();
+        };
+        // Steps that own or wait for a cache key give it up.
+        let keyed: Vec<(String, String)> = run
+            .steps
+            .iter()
+            .filter(|s| !s.state.is_terminal())
+            .filter_map(|s| Some((s.cache_key.clone()?, s.name.clone())))
+            .collect();
+        let stop = self.end_run_steps(run_id, now_ms, end);
+        for (cache_key, step) in keyed {
+            self.settle_cache(&cache_key, run_id, &step, StepState::Cancelled, now_ms);
+        }
+        stop
+    }
+
+    fn end_run_steps(
+        &mut self,
+        run_id: RunId,
+        now_ms: i64,
+        end: RunEnd,
+    ) -> Vec<(AttemptKey, String)> {
         let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
             return Vec::new();
         };

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Member, Run, RunId, State, Worker};
+use crate::state::{Catalog, Member, Run, RunId, State, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -153,7 +153,8 @@ impl Store {
             serde_json::from_slice(data).map_err(|e| corrupt(SNAPSHOT_RECORD, e))?;
         Ok(
             State::from_records(data.runs, data.workers, data.next_run_id)
-                .with_members(data.members),
+                .with_members(data.members)
+                .with_catalog(data.catalog),
         )
     }
 
@@ -181,6 +182,21 @@ impl Store {
             stored += 1;
         }
         Ok(stored)
+    }
+
+    /// Deletes every stored log line of a run (`ferry gc`).
+    pub fn delete_logs(&self, run: RunId) -> Result<usize, StoreError> {
+        let prefix = run.to_be_bytes();
+        let mut deleted = 0;
+        for tree in [&self.logs, &self.log_index] {
+            let keys: Vec<sled::IVec> =
+                tree.scan_prefix(prefix).keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                tree.remove(key)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The database, shared with the Raft log (one flush makes both durable).
@@ -236,6 +252,7 @@ pub struct StateImage {
     workers: Vec<Worker>,
     members: Vec<Member>,
     next_run_id: RunId,
+    catalog: Catalog,
 }
 
 impl StateImage {
@@ -245,6 +262,7 @@ impl StateImage {
             workers: state.workers.values().cloned().collect(),
             members: state.members.values().cloned().collect(),
             next_run_id: state.next_run_id,
+            catalog: state.catalog.clone(),
         }
     }
 
@@ -256,12 +274,14 @@ impl StateImage {
             workers: &'a [Worker],
             members: &'a [Member],
             next_run_id: RunId,
+            catalog: &'a Catalog,
         }
         let view = View {
             runs: self.runs.iter().map(|run| run.as_ref()).collect(),
             workers: &self.workers,
             members: &self.members,
             next_run_id: self.next_run_id,
+            catalog: &self.catalog,
         };
         serde_json::to_vec(&view).expect("state always serializes")
     }
@@ -274,6 +294,9 @@ struct SnapshotData {
     workers: Vec<Worker>,
     members: Vec<Member>,
     next_run_id: RunId,
+    /// Absent from snapshots made before the cache, schedules and pins existed.
+    #[serde(default)]
+    catalog: Catalog,
 }
 
 #[cfg(test)]
@@ -303,6 +326,7 @@ mod tests {
                 bundle_digest: "d".into(),
                 submitter: "alice".into(),
                 request_id: Some("r-1".into()),
+                options: Default::default(),
                 now_ms: 5,
             })
             .unwrap();
@@ -311,9 +335,28 @@ mod tests {
 
     #[test]
     fn a_snapshot_holds_the_whole_state() {
-        let state = one_run_state();
+        let mut state = one_run_state();
+        state.catalog.cache.insert(
+            "key".into(),
+            crate::state::CacheEntry {
+                run: 1,
+                step: "a".into(),
+                outputs: Vec::new(),
+                created_ms: 3,
+            },
+        );
+        state.catalog.pins.insert(
+            "best".into(),
+            crate::state::Pin {
+                digest: "d".into(),
+                size: 1,
+                owner: "alice".into(),
+                created_ms: 4,
+            },
+        );
         let restored = Store::state_from_snapshot(&Store::snapshot_data(&state)).unwrap();
         assert_eq!(restored.runs, state.runs);
+        assert_eq!(restored.catalog, state.catalog, "cache index and pins kept");
         assert_eq!(restored.next_run_id, 2);
         assert_eq!(
             restored.requests.get("r-1"),

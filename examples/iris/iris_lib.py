@@ -1,12 +1,15 @@
-"""Shared helpers for the Ferry iris example (standard library only).
+"""Shared helpers for the Ferry iris example (standard library only): CSV and
+JSON I/O, the `FERRY_*` environment (inputs, gathered sweeps, metrics) and
+feature scaling.
 
 Every step script imports this module: it is part of the code bundle that
-Ferry copies into each step's work directory.
+Ferry copies into each step's work directory. `split` and `standardize` list it
+under `cache.paths`, so editing it invalidates their cached results; the
+classifier lives in knn.py for that reason.
 """
 
 import csv
 import json
-import math
 import os
 import sys
 
@@ -39,6 +42,31 @@ def input_path(name):
     if not os.path.isfile(path):
         fail(f"{var} points to {path!r}, which is not a file")
     return path
+
+
+def gather_dir(step):
+    """Return the directory where Ferry staged every trial of sweep `step`
+    (from FERRY_GATHER_<STEP>): `<trial>/<output>` files and trials.json."""
+    var = "FERRY_GATHER_" + step.upper()
+    path = os.environ.get(var)
+    if not path:
+        fail(f"environment variable {var} is not set; "
+             f"add `gather: [{step}]` to this step in pipeline.yaml")
+    if not os.path.isdir(path):
+        fail(f"{var} points to {path!r}, which is not a directory")
+    return path
+
+
+def report_metric(name, value):
+    """Report a metric to Ferry: one JSON line appended to the file named by
+    FERRY_METRICS (`ferry metrics RUN` shows the last value of each name).
+    Outside Ferry, where the variable is unset, the value is only printed."""
+    path = os.environ.get("FERRY_METRICS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"name": name, "value": value}) + "\n")
+    shown = f"{value:.4f}" if isinstance(value, float) else value
+    log(f"metric {name}={shown}")
 
 
 def read_dataset(path):
@@ -88,26 +116,3 @@ def apply_scaler(X, scaler):
     """Standardize rows with a scaler dict {"features", "mean", "std"}."""
     mean, std = scaler["mean"], scaler["std"]
     return [[(v - m) / s for v, m, s in zip(row, mean, std)] for row in X]
-
-
-def euclidean(a, b):
-    return math.sqrt(sum((p - q) ** 2 for p, q in zip(a, b)))
-
-
-def knn_predict(model, x):
-    """Predict the label of one (already standardized) point with k-NN.
-
-    Neighbours are ordered by distance, ties broken by training-set order
-    (stable sort), so results are deterministic. Votes are a simple majority;
-    a tied vote goes to the tied label whose nearest member is closest.
-    """
-    k = model["k"]
-    dists = sorted(
-        (euclidean(x, p), i) for i, p in enumerate(model["points"])
-    )[:k]
-    votes, first_rank = {}, {}
-    for rank, (_, i) in enumerate(dists):
-        label = model["labels"][i]
-        votes[label] = votes.get(label, 0) + 1
-        first_rank.setdefault(label, rank)
-    return min(votes, key=lambda lab: (-votes[lab], first_rank[lab]))

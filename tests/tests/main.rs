@@ -12,3 +12,4 @@ mod t70_replication;
 mod t80_corruption;
 mod t90_scheduling;
 mod t95_metrics;
+mod t97_reproducible;

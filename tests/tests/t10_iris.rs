@@ -1,9 +1,10 @@
 //! The happy path end to end: the iris example through one coordinator and one
-//! worker, artifacts verified byte for byte, logs complete and in order, `logs -f`
-//! and `--watch` ending with the run.
+//! worker (its sweep, the best trial it keeps, artifacts verified byte for byte,
+//! its data preparation cached on a second run), logs complete and in order,
+//! `logs -f` and `--watch` ending with the run.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -45,18 +46,70 @@ fn spawn_ferry(cluster: &Cluster, args: &[&str], out: &Path) -> Child {
         .expect("start ferry")
 }
 
-#[test]
-fn iris_pipeline_succeeds_with_verified_artifacts() {
-    let cluster = cluster_with_worker();
-    let pipeline_path = workspace_root().join("examples/iris/pipeline.yaml");
-    let yaml = std::fs::read_to_string(&pipeline_path).expect("iris pipeline");
+/// The iris example as the coordinator sees it: split, standardize, the sweep
+/// `train` expanded into one step per combination of k and vote weighting, and
+/// select, which gathers every trial.
+fn iris_spec() -> (PathBuf, ferry_common::spec::Pipeline) {
+    let path = workspace_root().join("examples/iris/pipeline.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("iris pipeline");
     let spec = ferry_common::spec::parse_pipeline("pipeline.yaml", &yaml, &BTreeMap::new())
         .expect("the iris pipeline is valid");
-    assert_eq!(
-        spec.steps.len(),
-        9,
-        "split, standardize, 3 train, 3 eval, select"
-    );
+    (path, spec)
+}
+
+/// The trials of the sweep `train`, in expansion order.
+fn trials(spec: &ferry_common::spec::Pipeline) -> Vec<&ferry_common::spec::Step> {
+    spec.steps
+        .iter()
+        .filter(|s| s.trial.as_ref().is_some_and(|t| t.of == "train"))
+        .collect()
+}
+
+/// The last value of `metric` each step reported, from `ferry metrics RUN --output json`.
+fn last_metric(cluster: &Cluster, run: u64, metric: &str) -> BTreeMap<String, f64> {
+    let listed = cluster.ferry(&["metrics", &run.to_string(), "--output", "json"]);
+    assert!(listed.success(), "{listed:?}");
+    let listed = listed.json();
+    listed
+        .as_array()
+        .expect("a list of steps")
+        .iter()
+        .filter_map(|entry| {
+            let value = entry["metrics"]
+                .as_array()?
+                .iter()
+                .rev()
+                .find(|m| m["name"] == metric)?["value"]
+                .as_f64()?;
+            Some((entry["step"].as_str()?.to_string(), value))
+        })
+        .collect()
+}
+
+#[test]
+fn iris_sweep_runs_every_trial_and_select_keeps_the_most_accurate() {
+    let cluster = cluster_with_worker();
+    let (pipeline_path, spec) = iris_spec();
+
+    // 6 values of k times 2 weightings: 12 trials between the data preparation
+    // and select.
+    let trial_steps = trials(&spec);
+    assert_eq!(trial_steps.len(), 12, "{:?}", spec.steps);
+    let mut names: Vec<String> = vec!["split".into(), "standardize".into()];
+    names.extend((0..12).map(|i| format!("train.{i}")));
+    names.push("select".into());
+    let spec_names: Vec<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(spec_names, names);
+    let combinations: BTreeSet<(String, String)> = trial_steps
+        .iter()
+        .map(|s| {
+            let values = &s.trial.as_ref().expect("a trial").values;
+            (values["k"].clone(), values["weights"].clone())
+        })
+        .collect();
+    assert_eq!(combinations.len(), 12, "every combination once");
+    let select_spec = spec.steps.last().expect("select");
+    assert_eq!(select_spec.needs.len(), 12, "select needs every trial");
 
     let run = cluster.submit(&pipeline_path, &[]);
     let status = cluster.wait_run(run, Duration::from_secs(120));
@@ -83,7 +136,7 @@ fn iris_pipeline_succeeds_with_verified_artifacts() {
     let listed = listed.json();
     let listed = listed.as_array().expect("artifact list");
     let declared: usize = spec.steps.iter().map(|s| s.outputs.len()).sum();
-    assert_eq!(declared, 13);
+    assert_eq!(declared, 2 + 3 + 12 * 2 + 2);
     assert_eq!(listed.len(), declared, "{listed:#?}");
     let downloads = cluster.path("downloads");
     std::fs::create_dir_all(&downloads).expect("downloads dir");
@@ -129,30 +182,72 @@ fn iris_pipeline_succeeds_with_verified_artifacts() {
         }
     }
 
-    // The chosen model is a byte-for-byte copy of the winning training step's model.
-    let best: Value = serde_json::from_slice(
+    // Every trial reported its accuracy. The best is the highest; among equals,
+    // the first trial in expansion order (the example's documented tie rule).
+    let accuracy = last_metric(&cluster, run, "accuracy");
+    let mut best: Option<(&str, f64)> = None;
+    for trial in &trial_steps {
+        let value = *accuracy
+            .get(&trial.name)
+            .unwrap_or_else(|| panic!("no accuracy for {}: {accuracy:?}", trial.name));
+        assert!((0.0..=1.0).contains(&value), "{}: {value}", trial.name);
+        if best.is_none_or(|(_, top)| value > top) {
+            best = Some((&trial.name, value));
+        }
+    }
+    let (best_step, best_accuracy) = best.expect("a best trial");
+    assert!(best_accuracy > 0.8, "{accuracy:?}");
+
+    let chosen: Value = serde_json::from_slice(
         &std::fs::read(downloads.join("select--best.json")).expect("best.json"),
     )
     .expect("best.json is JSON");
-    let k = best["k"].as_u64().expect("k");
-    assert!([1, 5, 15].contains(&k), "{best}");
-    let accuracy = best["accuracy"].as_f64().expect("accuracy");
-    assert!((0.0..=1.0).contains(&accuracy) && accuracy > 0.5, "{best}");
+    assert_eq!(chosen["step"], best_step, "{chosen} vs {accuracy:?}");
+    let chosen_accuracy = chosen["accuracy"].as_f64().expect("accuracy");
+    assert!((chosen_accuracy - best_accuracy).abs() < 1e-9, "{chosen}");
+    let values = &trial_steps
+        .iter()
+        .find(|s| s.name == best_step)
+        .and_then(|s| s.trial.as_ref())
+        .expect("the best trial")
+        .values;
+    assert_eq!(chosen["k"].to_string(), values["k"], "{chosen}");
+    assert_eq!(chosen["weights"], values["weights"].as_str(), "{chosen}");
+    // The chosen model is a byte-for-byte copy of the winning trial's model.
     assert_eq!(
         digests[&("select".to_string(), "best_model.json".to_string())],
-        digests[&(format!("train-k{k}"), "model.json".to_string())]
+        digests[&(best_step.to_string(), "model.json".to_string())]
+    );
+    // select reports the chosen model's scores as its own metrics.
+    assert!(
+        (accuracy["select"] - best_accuracy).abs() < 1e-9,
+        "{accuracy:?}"
+    );
+    assert_eq!(
+        last_metric(&cluster, run, "k")["select"].to_string(),
+        values["k"]
     );
 
     let logs = cluster.ferry(&["logs", &run.to_string(), "select"]);
     assert!(logs.success(), "{logs:?}");
     let stdout = texts(&logs.stdout, "select", 1, "stdout");
+    assert!(
+        stdout.contains(&format!(
+            "Ferry picked {best_step} (FERRY_GATHER_TRAIN_BEST)"
+        )),
+        "{}",
+        logs.stdout
+    );
     let best_line = stdout
         .iter()
-        .find(|line| line.starts_with("best model: k="))
+        .find(|line| line.starts_with("best model: "))
         .unwrap_or_else(|| panic!("no best-model line in {}", logs.stdout));
     assert_eq!(
         best_line,
-        &format!("best model: k={k} accuracy={accuracy:.4}")
+        &format!(
+            "best model: {best_step} k={} weights={} accuracy={chosen_accuracy:.4}",
+            values["k"], values["weights"]
+        )
     );
     assert!(
         logs.stdout
@@ -161,6 +256,104 @@ fn iris_pipeline_succeeds_with_verified_artifacts() {
         "only the select step's lines: {}",
         logs.stdout
     );
+}
+
+/// The README's promise: running the example again takes the data preparation
+/// from the cache, while the sweep (`cache: false`) trains again.
+#[test]
+fn iris_second_run_takes_data_preparation_from_the_cache() {
+    let cluster = cluster_with_worker();
+    let (pipeline_path, spec) = iris_spec();
+    let first = cluster.submit(&pipeline_path, &[]);
+    let first_status = cluster.wait_run(first, Duration::from_secs(120));
+    assert_eq!(first_status["state"], "succeeded", "{first_status:#}");
+    let second = cluster.submit(&pipeline_path, &[]);
+    let status = cluster.wait_run(second, Duration::from_secs(120));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+
+    for name in ["split", "standardize"] {
+        let view = step_of(&status, name);
+        assert_eq!(view["state"], "succeeded", "{view:#}");
+        assert_eq!(view["reused"], "cached", "{view:#}");
+        assert_eq!(view["reused_run"], first, "{view:#}");
+        assert_eq!(view["reused_step"], name, "{view:#}");
+        assert_eq!(
+            view["attempts"],
+            serde_json::json!([]),
+            "it did not run: {view:#}"
+        );
+    }
+    for trial in trials(&spec) {
+        let view = step_of(&status, &trial.name);
+        assert_eq!(view["state"], "succeeded", "{view:#}");
+        assert_eq!(
+            view["reused"],
+            Value::Null,
+            "trials are not cached: {view:#}"
+        );
+        assert_eq!(view["attempt"], 1, "it ran again: {view:#}");
+        assert_eq!(
+            view["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "{view:#}"
+        );
+    }
+    // The trials are deterministic, so they gave select the same inputs: it is
+    // cached too (pipeline.yaml explains why).
+    let select = step_of(&status, "select");
+    assert_eq!(select["reused"], "cached", "{select:#}");
+    assert_eq!(select["reused_run"], first, "{select:#}");
+
+    // What a user sees in `ferry status`.
+    let table = cluster.ferry(&["status", &second.to_string()]);
+    assert!(table.success(), "{table:?}");
+    for name in ["split", "standardize"] {
+        let row = table
+            .stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {}", table.stdout));
+        assert!(
+            row.contains("cached") && row.contains(&format!("from run {first} step {name}")),
+            "{}",
+            table.stdout
+        );
+    }
+
+    // The cached steps' outputs are the first run's artifacts.
+    let artifacts = |run: u64| -> BTreeMap<(String, String), String> {
+        let listed = cluster.ferry(&["artifacts", &run.to_string(), "--output", "json"]);
+        assert!(listed.success(), "{listed:?}");
+        listed
+            .json()
+            .as_array()
+            .expect("artifact list")
+            .iter()
+            .map(|a| {
+                (
+                    (
+                        a["step"].as_str().unwrap_or_default().to_string(),
+                        a["name"].as_str().unwrap_or_default().to_string(),
+                    ),
+                    a["digest"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (before, after) = (artifacts(first), artifacts(second));
+    for step in ["split", "standardize", "select"] {
+        let outputs = &spec
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .expect("step")
+            .outputs;
+        for output in outputs {
+            let key = (step.to_string(), output.clone());
+            assert!(before.contains_key(&key), "{key:?} in {before:#?}");
+            assert_eq!(before.get(&key), after.get(&key), "{key:?}");
+        }
+    }
 }
 
 #[test]

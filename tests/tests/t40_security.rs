@@ -85,6 +85,7 @@ fn submit_request(bundle: &str) -> proto::SubmitRunRequest {
         params: Default::default(),
         bundle_digest: bundle.to_string(),
         request_id: String::new(),
+        no_cache: false,
     }
 }
 
@@ -146,7 +147,10 @@ fn a_certificate_from_another_ca_is_refused() {
             .expect_err("a foreign certificate submitted a run");
         assert_ne!(error.code(), tonic::Code::Ok);
         client
-            .list_runs(proto::ListRunsRequest { stale: false })
+            .list_runs(proto::ListRunsRequest {
+                stale: false,
+                ..Default::default()
+            })
             .await
             .expect_err("a foreign certificate listed runs");
     });
@@ -166,7 +170,10 @@ fn a_connection_without_a_client_certificate_is_refused() {
             .await
             .expect_err("a caller without a certificate submitted a run");
         anonymous
-            .list_runs(proto::ListRunsRequest { stale: false })
+            .list_runs(proto::ListRunsRequest {
+                stale: false,
+                ..Default::default()
+            })
             .await
             .expect_err("a caller without a certificate listed runs");
         let mut agent = AgentClient::new(channel(&cluster, &ca, None));

@@ -456,6 +456,7 @@ fn the_coordinator_validates_specs_on_its_own_api() {
             // No bundle at all: the spec is checked before the bundle is looked up.
             bundle_digest: String::new(),
             request_id: String::new(),
+            no_cache: false,
         };
 
         let status = client

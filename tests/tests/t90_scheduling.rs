@@ -50,7 +50,7 @@ fn four_one_gpu_steps_run_at_once_each_on_its_own_gpu() {
     let mut yaml = "name: gpus\nparams:\n  dir: \"\"\nsteps:\n".to_string();
     for i in 1..=4 {
         yaml.push_str(&format!(
-            "  - name: s{i}\n    resources: {{cpu: 0.5, memory: 64Mi, gpu: 1}}\n    shell: |\n      \
+            "  - name: s{i}\n    params: [dir]\n    resources: {{cpu: 0.5, memory: 64Mi, gpu: 1}}\n    shell: |\n      \
              echo \"$CUDA_VISIBLE_DEVICES|$NVIDIA_VISIBLE_DEVICES|$FERRY_GPUS\" > \"$FERRY_PARAM_DIR/$FERRY_STEP\"\n      \
              i=0\n      \
              while [ \"$(ls \"$FERRY_PARAM_DIR\" | wc -l)\" -lt 4 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n      \
@@ -122,6 +122,7 @@ params:
   dir: ""
 steps:
   - name: train
+    params: [dir]
     resources: {{cpu: 0.5, memory: 64Mi}}
     shell: |
       echo $$ > "$FERRY_PARAM_DIR/pid-$FERRY_ATTEMPT"
@@ -274,6 +275,7 @@ params:
   gate: ""
 steps:
   - name: hold
+    params: [gate]
     shell: |
       i=0
       while [ ! -e "$FERRY_PARAM_GATE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
@@ -347,7 +349,7 @@ fn priorities_and_quotas_order_a_contended_queue() {
         let pipeline = write_pipeline(
             &cluster.path(name),
             &format!(
-                "name: {name}\n{header}params:\n  out: \"\"\nsteps:\n  - name: s\n    resources: {{cpu: 1}}\n    shell: echo {name} >> \"$FERRY_PARAM_OUT\"\n"
+                "name: {name}\n{header}params:\n  out: \"\"\nsteps:\n  - name: s\n    params: [out]\n    resources: {{cpu: 1}}\n    shell: echo {name} >> \"$FERRY_PARAM_OUT\"\n"
             ),
             &[],
         );

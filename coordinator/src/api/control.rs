@@ -89,6 +89,77 @@ impl ControlService {
         }
     }
 
+    /// For each step with `cache.paths`: the digest of those files in the
+    /// bundle (read from the blob store), which stands for its code in its cache
+    /// key. A path that is not in the bundle is the caller's error.
+    async fn code_digests(
+        &self,
+        pipeline: &Pipeline,
+        bundle_digest: &str,
+    ) -> Result<BTreeMap<String, String>, Status> {
+        let mut digests = BTreeMap::new();
+        if pipeline
+            .steps
+            .iter()
+            .all(|s| s.cache.paths.is_empty() || !s.cache.enabled)
+        {
+            return Ok(digests);
+        }
+        let (_, mut stream) = self
+            .node
+            .blobs
+            .read(bundle_digest)
+            .await
+            .map_err(super::blob_status)?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.map_err(super::blob_status)?);
+        }
+        let mut by_paths: BTreeMap<Vec<String>, String> = BTreeMap::new();
+        for step in &pipeline.steps {
+            if step.cache.paths.is_empty() || !step.cache.enabled {
+                continue;
+            }
+            let digest = match by_paths.get(&step.cache.paths) {
+                Some(digest) => digest.clone(),
+                None => {
+                    let digest = ferry_common::bundle::paths_digest(&bytes, &step.cache.paths)
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "cache.paths of step \"{}\": {e}",
+                                step.trial.as_ref().map_or(&step.name, |t| &t.of)
+                            ))
+                        })?;
+                    by_paths.insert(step.cache.paths.clone(), digest.clone());
+                    digest
+                }
+            };
+            digests.insert(step.name.clone(), digest);
+        }
+        Ok(digests)
+    }
+
+    fn schedule_view(&self, name: &str) -> Result<Response<proto::ScheduleView>, Status> {
+        let now = now_ms();
+        self.node
+            .read(|state| {
+                state
+                    .catalog
+                    .schedules
+                    .get(name)
+                    .map(|s| schedule_view(s, now))
+            })
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("there is no schedule named {name:?}")))
+    }
+
+    fn pin_view(&self, tag: &str) -> Result<Response<proto::PinView>, Status> {
+        self.node
+            .read(|state| state.catalog.pins.get(tag).map(|p| pin_view(tag, p)))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("there is no pin named {tag:?}")))
+    }
+
     async fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
         let live = self.node.live_workers().await;
         let waiting = self.node.waiting_reasons(id);
@@ -151,7 +222,17 @@ fn resources(resources: ferry_common::spec::Resources) -> proto::Resources {
     }
 }
 
-pub(crate) fn run_summary(run: &Run) -> proto::RunSummary {
+/// Per metric name, the last value reported by the last step (in pipeline order)
+/// that reported it, following cached and reused steps to the attempt that ran.
+pub(crate) fn run_metrics(state: &State, run: &Run) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::new();
+    for step in &run.steps {
+        metrics.extend(crate::node::last_metrics(state, run.id, &step.name));
+    }
+    metrics
+}
+
+pub(crate) fn run_summary(state: &State, run: &Run) -> proto::RunSummary {
     proto::RunSummary {
         run_id: run.id,
         pipeline: run.pipeline.name.clone(),
@@ -164,6 +245,42 @@ pub(crate) fn run_summary(run: &Run) -> proto::RunSummary {
         reason: run.reason.clone().unwrap_or_default(),
         priority: run.pipeline.priority,
         project: run.pipeline.project.clone(),
+        rerun_of: run.rerun_of.unwrap_or(0),
+        schedule: run
+            .schedule
+            .as_ref()
+            .map(|(name, _)| name.clone())
+            .unwrap_or_default(),
+        schedule_tick_ms: run.schedule.as_ref().map_or(0, |(_, tick)| *tick),
+        collected: run.collected_ms.is_some(),
+        params: run
+            .pipeline
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        metrics: run_metrics(state, run).into_iter().collect(),
+        steps_cached: run.steps.iter().filter(|s| s.reused.is_some()).count() as u32,
+    }
+}
+
+fn input_views(inputs: &[crate::state::InputRecord]) -> Vec<proto::InputView> {
+    inputs
+        .iter()
+        .map(|i| proto::InputView {
+            name: i.name.clone(),
+            digest: i.digest.clone(),
+            size: i.size,
+        })
+        .collect()
+}
+
+fn metric_view(m: &crate::state::MetricPoint) -> proto::Metric {
+    proto::Metric {
+        name: m.name.clone(),
+        value: m.value,
+        has_step: m.step.is_some(),
+        step: m.step.unwrap_or(0),
     }
 }
 
@@ -206,6 +323,9 @@ fn run_view(
                     .or_else(|| waiting.get(&record.name).cloned())
                     .or_else(|| record.reason.clone())
                     .unwrap_or_else(|| "waiting for a worker with room".to_string()),
+                    StepState::Waiting if record.cache_key.is_some() => {
+                        record.reason.clone().unwrap_or_default()
+                    }
                     StepState::Waiting => {
                         let pending: Vec<&str> = spec
                             .needs
@@ -260,23 +380,45 @@ fn run_view(
                             gpus: a.gpus.clone(),
                             cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
                             peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
-                            metrics: a
-                                .metrics
-                                .iter()
-                                .map(|m| proto::Metric {
-                                    name: m.name.clone(),
-                                    value: m.value,
-                                    has_step: m.step.is_some(),
-                                    step: m.step.unwrap_or(0),
-                                })
-                                .collect(),
+                            metrics: a.metrics.iter().map(metric_view).collect(),
                         })
                         .collect(),
+                    reused: record
+                        .reused
+                        .as_ref()
+                        .map(|r| r.how.as_str().to_string())
+                        .unwrap_or_default(),
+                    reused_run: record.reused.as_ref().map_or(0, |r| r.run),
+                    reused_step: record
+                        .reused
+                        .as_ref()
+                        .map(|r| r.step.clone())
+                        .unwrap_or_default(),
+                    inputs: input_views(&record.inputs),
+                    cache_key: record.cache_key.clone().unwrap_or_default(),
+                    trial_of: spec
+                        .trial
+                        .as_ref()
+                        .map(|t| t.of.clone())
+                        .unwrap_or_default(),
+                    matrix: spec
+                        .trial
+                        .as_ref()
+                        .map(|t| t.values.clone().into_iter().collect())
+                        .unwrap_or_default(),
+                    metrics: if record.state == StepState::Succeeded {
+                        state
+                            .producing_attempt(run.id, &record.name)
+                            .map(|a| a.metrics.iter().map(metric_view).collect())
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
     proto::RunView {
-        summary: Some(run_summary(run)),
+        summary: Some(run_summary(state, run)),
         steps,
         params: run
             .pipeline
@@ -285,6 +427,65 @@ fn run_view(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         bundle_digest: run.bundle_digest.clone(),
+    }
+}
+
+/// Logs and artifacts of a run `ferry gc` collected are gone: say so.
+fn refuse_collected(run: &Run) -> Result<(), Status> {
+    if run.collected_ms.is_some() {
+        return Err(Status::failed_precondition(format!(
+            "run {} was garbage-collected (ferry gc): its logs and artifacts are deleted; \
+             its record, metrics and lineage remain",
+            run.id
+        )));
+    }
+    Ok(())
+}
+
+fn is_schedule_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn schedule_view(schedule: &crate::state::Schedule, now_ms: i64) -> proto::ScheduleView {
+    let next = if schedule.paused {
+        0
+    } else {
+        ferry_common::cron::Cron::parse(&schedule.cron)
+            .ok()
+            .and_then(|cron| cron.next_after(schedule.after_ms.max(now_ms)))
+            .unwrap_or(0)
+    };
+    proto::ScheduleView {
+        name: schedule.name.clone(),
+        cron: schedule.cron.clone(),
+        pipeline: schedule.pipeline.name.clone(),
+        owner: schedule.owner.clone(),
+        paused: schedule.paused,
+        created_ms: schedule.created_ms,
+        last_tick_ms: schedule.last_tick_ms.unwrap_or(0),
+        last_run: schedule.last_run.unwrap_or(0),
+        next_tick_ms: next,
+        fired: schedule.fired,
+        missed: schedule.missed,
+        params: schedule
+            .pipeline
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn pin_view(tag: &str, pin: &crate::state::Pin) -> proto::PinView {
+    proto::PinView {
+        tag: tag.to_string(),
+        digest: pin.digest.clone(),
+        size: pin.size,
+        owner: pin.owner.clone(),
+        created_ms: pin.created_ms,
     }
 }
 
@@ -387,6 +588,7 @@ impl Control for ControlService {
                 submit.bundle_digest
             ))
         })?;
+        let code_digests = self.code_digests(&pipeline, &submit.bundle_digest).await?;
         let outcome = self
             .node
             .propose_as(
@@ -396,6 +598,10 @@ impl Control for ControlService {
                     bundle_digest: submit.bundle_digest,
                     submitter: caller.name.clone(),
                     request_id: (!submit.request_id.is_empty()).then(|| submit.request_id.clone()),
+                    options: crate::state::SubmitOptions {
+                        no_cache: submit.no_cache,
+                        code_digests,
+                    },
                     now_ms: now_ms(),
                 },
             )
@@ -414,9 +620,26 @@ impl Control for ControlService {
     ) -> Result<Response<proto::ListRunsResponse>, Status> {
         require_role(&request, Role::Client)?;
         self.consistent_read(request.get_ref().stale).await?;
-        let runs = self
-            .node
-            .read(|state| state.runs.values().map(|run| run_summary(run)).collect());
+        let conditions = match request.get_ref().r#where.trim() {
+            "" => None,
+            text => Some(crate::query::parse_where(text).map_err(Status::invalid_argument)?),
+        };
+        let runs = self.node.read(|state| {
+            state
+                .runs
+                .values()
+                .filter(|run| {
+                    conditions.as_ref().is_none_or(|conditions| {
+                        crate::query::matches(
+                            conditions,
+                            &run_metrics(state, run),
+                            &run.pipeline.params,
+                        )
+                    })
+                })
+                .map(|run| run_summary(state, run))
+                .collect()
+        });
         Ok(Response::new(proto::ListRunsResponse { runs }))
     }
 
@@ -522,6 +745,7 @@ impl Control for ControlService {
                 .runs
                 .get(&run_id)
                 .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+            refuse_collected(run)?;
             if !query.step.is_empty() && run.step(&query.step).is_none() {
                 return Err(Status::not_found(format!(
                     "run {run_id} has no step \"{}\"",
@@ -695,9 +919,344 @@ impl Control for ControlService {
                         }
                     ))
                 })
+                .and_then(|digest| {
+                    // A collected run's artifact survives if something live keeps it.
+                    let kept = state.catalog.pins.values().any(|p| p.digest == digest)
+                        || state.artifact_size(&digest).is_some();
+                    if kept {
+                        Ok(digest)
+                    } else {
+                        refuse_collected(run).map(|()| digest)
+                    }
+                })
         })?;
         self.node.ensure_blob(&digest).await?;
         Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<proto::RerunRunRequest>,
+    ) -> Result<Response<proto::SubmitRunResponse>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let rerun = request.into_inner();
+        let outcome = self
+            .node
+            .propose_as(
+                &caller,
+                Command::RerunRun {
+                    source: rerun.run_id,
+                    from: (!rerun.from.is_empty()).then_some(rerun.from),
+                    submitter: caller.name.clone(),
+                    request_id: (!rerun.request_id.is_empty()).then_some(rerun.request_id),
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        let Outcome::RunSubmitted(run_id) = outcome else {
+            return Err(Status::internal("unexpected outcome of a re-run"));
+        };
+        tracing::info!(run = run_id, source = rerun.run_id, client = %caller.name, "run re-run");
+        Ok(Response::new(proto::SubmitRunResponse { run_id }))
+    }
+
+    async fn lineage(
+        &self,
+        request: Request<proto::LineageRequest>,
+    ) -> Result<Response<proto::LineageResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
+        let digest = request.get_ref().digest.trim().to_string();
+        let nodes = self
+            .node
+            .read(|state| state.lineage(&digest))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no step produced an artifact with digest {digest:?} \
+                     (see `ferry artifacts RUN` for digests)"
+                ))
+            })?;
+        let nodes = nodes
+            .into_iter()
+            .map(|n| proto::LineageNode {
+                digest: n.digest,
+                name: n.name,
+                size: n.size,
+                run_id: n.run,
+                step: n.step,
+                attempt: n.attempt,
+                command: n.command,
+                bundle_digest: n.bundle_digest,
+                code_digest: n.code_digest,
+                params: n.params.into_iter().collect(),
+                matrix: n.matrix.into_iter().collect(),
+                inputs: input_views(&n.inputs),
+            })
+            .collect();
+        Ok(Response::new(proto::LineageResponse { nodes }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let create = request.into_inner();
+        if !is_schedule_name(&create.name) {
+            return Err(Status::invalid_argument(format!(
+                "schedule name {:?} is invalid: use 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-'",
+                create.name
+            )));
+        }
+        ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
+        if create.spec_yaml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                create.spec_yaml.len()
+            )));
+        }
+        let file = if create.spec_file.is_empty() {
+            "pipeline.yaml".to_string()
+        } else {
+            create.spec_file.clone()
+        };
+        let overrides: BTreeMap<String, String> = create.params.into_iter().collect();
+        let pipeline = (self.parsed)
+            .parse(&file, &create.spec_yaml, &overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !super::is_digest(&create.bundle_digest)
+            || self.node.ensure_blob(&create.bundle_digest).await.is_err()
+        {
+            return Err(Status::failed_precondition(format!(
+                "code bundle {} is not stored on the coordinators; upload it first",
+                create.bundle_digest
+            )));
+        }
+        let code_digests = self.code_digests(&pipeline, &create.bundle_digest).await?;
+        let schedule = crate::state::Schedule {
+            name: create.name.clone(),
+            cron: create.cron.trim().to_string(),
+            pipeline,
+            bundle_digest: create.bundle_digest,
+            code_digests,
+            owner: caller.name.clone(),
+            created_ms: 0,
+            paused: false,
+            after_ms: 0,
+            last_tick_ms: None,
+            last_run: None,
+            fired: 0,
+            missed: 0,
+        };
+        self.node
+            .propose_as(
+                &caller,
+                Command::CreateSchedule {
+                    schedule,
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(schedule = %create.name, cron = %create.cron, client = %caller.name, "schedule created");
+        // A follower forwarded the command: read once this member has applied it.
+        self.consistent_read(false).await?;
+        self.schedule_view(&create.name)
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
+        let now = now_ms();
+        let schedules = self.node.read(|state| {
+            state
+                .catalog
+                .schedules
+                .values()
+                .map(|s| schedule_view(s, now))
+                .collect()
+        });
+        Ok(Response::new(proto::ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::PauseScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let pause = request.into_inner();
+        self.node
+            .propose_as(
+                &caller,
+                Command::PauseSchedule {
+                    name: pause.name.clone(),
+                    paused: pause.paused,
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        self.consistent_read(false).await?;
+        self.schedule_view(&pause.name)
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::DeleteScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let name = request.into_inner().name;
+        let view = self.schedule_view(&name)?;
+        self.node
+            .propose_as(
+                &caller,
+                Command::DeleteSchedule {
+                    name: name.clone(),
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(schedule = %name, client = %caller.name, "schedule deleted");
+        Ok(view)
+    }
+
+    async fn pin_artifact(
+        &self,
+        request: Request<proto::PinArtifactRequest>,
+    ) -> Result<Response<proto::PinView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let pin = request.into_inner();
+        let digest = pin.digest.trim().to_string();
+        let tag = if pin.tag.trim().is_empty() {
+            digest.clone()
+        } else {
+            pin.tag.trim().to_string()
+        };
+        if tag.len() > 128 || tag.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "pin tag {tag:?} is invalid: at most 128 printable characters"
+            )));
+        }
+        self.node
+            .propose_as(
+                &caller,
+                Command::PinArtifact {
+                    tag: tag.clone(),
+                    digest,
+                    owner: caller.name.clone(),
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        self.consistent_read(false).await?;
+        self.pin_view(&tag)
+    }
+
+    async fn unpin_artifact(
+        &self,
+        request: Request<proto::UnpinArtifactRequest>,
+    ) -> Result<Response<proto::PinView>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let tag = request.into_inner().tag;
+        let view = self.pin_view(&tag)?;
+        self.node
+            .propose_as(
+                &caller,
+                Command::UnpinArtifact {
+                    tag,
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        Ok(view)
+    }
+
+    async fn list_pins(
+        &self,
+        request: Request<proto::ListPinsRequest>,
+    ) -> Result<Response<proto::ListPinsResponse>, Status> {
+        require_role(&request, Role::Client)?;
+        self.consistent_read(request.get_ref().stale).await?;
+        let pins = self.node.read(|state| {
+            state
+                .catalog
+                .pins
+                .iter()
+                .map(|(tag, pin)| pin_view(tag, pin))
+                .collect()
+        });
+        Ok(Response::new(proto::ListPinsResponse { pins }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<proto::CollectGarbageRequest>,
+    ) -> Result<Response<proto::CollectGarbageResponse>, Status> {
+        let caller = require_role(&request, Role::Client)?;
+        let gc = request.into_inner();
+        self.consistent_read(false).await?;
+        // Sizes of blobs no record knows the size of (bundles), from this
+        // member's store, before anything is deleted.
+        let plan = self
+            .node
+            .read(|state| crate::state::gc_plan(state, gc.keep_last));
+        let mut sizes = plan.blobs.clone();
+        for (digest, size) in sizes.iter_mut() {
+            if *size == 0 {
+                *size = self
+                    .node
+                    .blobs
+                    .size_of(digest)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+            }
+        }
+        let (runs, blobs) = if gc.dry_run {
+            (plan.runs, plan.blobs.into_iter().collect::<Vec<_>>())
+        } else {
+            let outcome = self
+                .node
+                .propose_as(
+                    &caller,
+                    Command::Collect {
+                        keep_last: gc.keep_last,
+                        now_ms: now_ms(),
+                    },
+                )
+                .await
+                .map_err(propose_status)?;
+            let Outcome::Collected { runs, blobs } = outcome else {
+                return Err(Status::internal("unexpected outcome of a collection"));
+            };
+            (runs, blobs)
+        };
+        let bytes = blobs
+            .iter()
+            .map(|(digest, size)| sizes.get(digest).copied().unwrap_or(*size).max(*size))
+            .sum();
+        let runs_kept = self.node.read(|state| {
+            state
+                .runs
+                .values()
+                .filter(|r| r.collected_ms.is_none())
+                .count() as u64
+        });
+        tracing::info!(runs = runs.len(), blobs = blobs.len(), bytes, dry_run = gc.dry_run, client = %caller.name, "garbage collection");
+        Ok(Response::new(proto::CollectGarbageResponse {
+            runs,
+            blobs: blobs.len() as u64,
+            bytes,
+            runs_kept,
+        }))
     }
 
     async fn cluster_status(

@@ -40,10 +40,19 @@ pub(crate) fn propose_status(error: ProposeError) -> Status {
 
 pub(crate) fn state_status(error: StateError) -> Status {
     match error {
-        StateError::RunNotFound(_)
-        | StateError::StepNotFound { .. }
-        | StateError::WorkerNotFound(_) => Status::not_found(error.to_string()),
+        StateError::StepNotFound { .. } | StateError::WorkerNotFound(_) => {
+            Status::not_found(error.to_string())
+        }
         StateError::RunAlreadyFinished { .. } => Status::failed_precondition(error.to_string()),
+        StateError::RunNotFound(_)
+        | StateError::ScheduleNotFound(_)
+        | StateError::ArtifactNotFound(_)
+        | StateError::PinNotFound(_) => Status::not_found(error.to_string()),
+        StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
+        StateError::ScheduleExists(_) => Status::already_exists(error.to_string()),
+        StateError::RunStillRunning { .. }
+        | StateError::NothingToRerun(_)
+        | StateError::RunCollected(_) => Status::failed_precondition(error.to_string()),
     }
 }
 

@@ -46,6 +46,7 @@ fn step(run: RunId, name: &str, resources: Resources) -> QueuedStep {
         selector: BTreeMap::new(),
         priority: 0,
         project: String::new(),
+        sweep: None,
     }
 }
 
@@ -395,6 +396,7 @@ mod properties {
                         .unwrap_or_default(),
                     priority,
                     project: format!("p{project}"),
+                    sweep: None,
                 },
             )
     }
@@ -451,6 +453,7 @@ mod properties {
                         (format!("p{i}"), used)
                     })
                     .collect(),
+                sweeps: BTreeMap::new(),
             })
     }
 
@@ -574,6 +577,7 @@ steps:
             bundle_digest: "blake3:b".into(),
             submitter: "alice".into(),
             request_id: None,
+            options: Default::default(),
             now_ms: 1,
         })
         .unwrap();
@@ -647,4 +651,127 @@ steps:
         })
         .unwrap();
     assert!(!worker_slots(&state, &accepting)[0].accepting);
+}
+
+/// A 100-trial sweep with `max_parallel: 8` on a cluster with room for all of
+/// them: no pass, however the trials finish, has more than 8 running at once,
+/// and every trial eventually runs.
+#[test]
+fn a_sweep_never_runs_more_trials_at_once_than_its_max_parallel() {
+    use crate::state::{AttemptKey, Command, Outcome, Worker, WorkerMode};
+    let yaml = r#"name: sweep
+steps:
+  - name: train
+    matrix: {lr: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], depth: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}
+    max_parallel: 8
+    resources: {cpu: 0.1, memory: 1Mi}
+    command: ["train", "${matrix.lr}", "${matrix.depth}"]
+  - name: pick
+    gather: [train]
+    command: ["pick"]
+"#;
+    let pipeline = ferry_common::spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
+    let mut state = State::default();
+    state
+        .apply(Command::SubmitRun {
+            pipeline,
+            bundle_digest: "blake3:b".into(),
+            submitter: "alice".into(),
+            request_id: None,
+            options: Default::default(),
+            now_ms: 1,
+        })
+        .unwrap();
+    state
+        .apply(Command::RegisterWorker {
+            worker: Worker {
+                name: "w".into(),
+                capacity: res(64_000, 65_536, 0),
+                gpus: Vec::new(),
+                labels: BTreeMap::new(),
+                registered_ms: 1,
+                session: "s".into(),
+                mode: WorkerMode::Active,
+                lost_ms: None,
+            },
+            running: Vec::new(),
+            now_ms: 2,
+        })
+        .unwrap();
+    let accepting = BTreeSet::from(["w".to_string()]);
+    let mut now = 3;
+    let mut finished = 0;
+    let mut most = 0;
+    for _pass in 0..200 {
+        let (queue, _) = ready_queue(&state, now);
+        let plan = plan(
+            &queue,
+            &worker_slots(&state, &accepting),
+            &limits(&state, &BTreeMap::new()),
+        );
+        if let Some(waiting) = plan.waiting.first() {
+            assert!(
+                waiting
+                    .reason
+                    .contains("the sweep \"train\" already has 8 trials at once"),
+                "{}",
+                waiting.reason
+            );
+        }
+        now += 1;
+        let Outcome::Assigned(assigned) = state
+            .apply(Command::Assign {
+                placements: plan.placements,
+                now_ms: now,
+            })
+            .unwrap()
+        else {
+            panic!("assign");
+        };
+        let running = state.loads["w"].attempts.len();
+        most = most.max(running);
+        assert!(running <= 8, "{running} trials at once");
+        // Finish some of them (one, or all but one, in turn).
+        let held: Vec<AttemptKey> = state.loads["w"].attempts.keys().cloned().collect();
+        let take = if now % 2 == 0 {
+            1
+        } else {
+            held.len().saturating_sub(1)
+        };
+        for key in held.into_iter().take(take) {
+            now += 1;
+            state
+                .apply(Command::StepFinished {
+                    key,
+                    worker: "w".into(),
+                    report: crate::state::AttemptReport {
+                        outcome: crate::state::ReportedOutcome::Exited,
+                        exit_code: Some(0),
+                        reason: None,
+                        outputs: Vec::new(),
+                        log: None,
+                        usage: None,
+                        ran_ms: None,
+                        metrics: Vec::new(),
+                    },
+                    now_ms: now,
+                })
+                .unwrap();
+            finished += 1;
+        }
+        let _ = assigned;
+        if state.runs[&1].state.is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(most, 8);
+    // 100 trials and the gathering step ran.
+    assert_eq!(finished, 101);
+    assert!(state.runs[&1].state == crate::state::RunState::Succeeded);
+    let pick = state.runs[&1].step("pick").unwrap();
+    assert_eq!(
+        state.runs[&1].pipeline.steps.last().unwrap().needs.len(),
+        100
+    );
+    assert!(pick.inputs.is_empty(), "trials declared no outputs");
 }

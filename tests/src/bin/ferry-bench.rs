@@ -118,6 +118,7 @@ impl Bench {
                 params: Default::default(),
                 bundle_digest: bundle.digest,
                 request_id: String::new(),
+                no_cache: true,
             },
         })
     }
@@ -488,6 +489,8 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
         params: Default::default(),
         bundle_digest: bundle,
         request_id: String::new(),
+        // Every run is the same no-op pipeline: measure scheduling, not the cache.
+        no_cache: true,
     };
     let began = Instant::now();
     let mut submissions = tokio::task::JoinSet::new();
@@ -518,7 +521,10 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
     let mut last_print = Instant::now();
     loop {
         let listing = client
-            .list_runs(proto::ListRunsRequest { stale: true })
+            .list_runs(proto::ListRunsRequest {
+                stale: true,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         let ours: Vec<&proto::RunSummary> = listing
@@ -584,6 +590,7 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
             params: [("out".to_string(), file.display().to_string())].into(),
             bundle_digest: bundle.clone(),
             request_id: String::new(),
+            no_cache: true,
         };
         let submitted = std::time::SystemTime::now();
         let run = client.submit_run(request).await?.into_inner().run_id;

@@ -1,0 +1,343 @@
+//! Step readiness and caching: a step whose dependencies succeeded gets its
+//! inputs resolved and its cache key computed, and is then completed from the
+//! cache, set to wait behind an identical step already computing the same key,
+//! or queued.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ferry_common::spec::{Gather, Step};
+use serde::Serialize;
+
+use super::{
+    ArtifactRecord, CacheEntry, InputRecord, Reuse, ReuseKind, Run, RunId, State, StepState,
+};
+
+/// The version of the cache key's layout; bump it when the layout changes.
+const KEY_LAYOUT: u32 = 1;
+
+/// What a step's cache key is computed over (README: "Step caching").
+#[derive(Serialize)]
+struct KeyMaterial<'a> {
+    ferry_cache_key: u32,
+    step: &'a str,
+    command: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    image: Option<&'a str>,
+    code: &'a str,
+    inputs: BTreeMap<&'a str, &'a str>,
+    params: BTreeMap<&'a str, &'a str>,
+    matrix: Option<&'a BTreeMap<String, String>>,
+    gather: &'a [Gather],
+    outputs: &'a [String],
+    version: &'a str,
+}
+
+/// A step's cache key: the BLAKE3 hash (hex) of the canonical JSON of what
+/// determines its result: the step's name (it sees it as `FERRY_STEP`), the
+/// resolved command, its environment (the `env` of
+/// the spec, parameters substituted; Ferry holds no secret values), its container
+/// image (steps run without one today: `null`), `code` (the code bundle's digest,
+/// or the digest of the files under `cache.paths`), its inputs by name and
+/// digest, the values of the parameters it sees, its matrix values, what it
+/// gathers, its declared outputs, and `cache.version`.
+pub fn cache_key(
+    step: &Step,
+    params: &BTreeMap<String, String>,
+    code: &str,
+    inputs: &[InputRecord],
+) -> String {
+    let material = KeyMaterial {
+        ferry_cache_key: KEY_LAYOUT,
+        step: &step.name,
+        command: &step.command,
+        env: &step.env,
+        image: None,
+        code,
+        inputs: inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.digest.as_str()))
+            .collect(),
+        params: step
+            .params
+            .iter()
+            .filter_map(|name| Some((name.as_str(), params.get(name)?.as_str())))
+            .collect(),
+        matrix: step.trial.as_ref().map(|t| &t.values),
+        gather: &step.gather,
+        outputs: &step.outputs,
+        version: &step.cache.version,
+    };
+    let bytes = serde_json::to_vec(&material).expect("the cache key material serializes");
+    blake3::hash(&bytes).to_hex().to_string()
+}
+
+impl State {
+    /// Moves every waiting step of a running run whose dependencies all
+    /// succeeded: completed from the cache, waiting behind an identical step, or
+    /// queued; then ends the run if every step is done. One forward pass reaches
+    /// every step a cache hit readies, since steps are in topological order.
+    pub(super) fn advance(&mut self, run_id: RunId, now_ms: i64) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        if run.state.is_terminal() {
+            return;
+        }
+        let mut succeeded: BTreeSet<String> = run
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Succeeded)
+            .map(|s| s.name.clone())
+            .collect();
+        for index in 0..run.steps.len() {
+            let Some(run) = self.runs.get(&run_id) else {
+                return;
+            };
+            let record = &run.steps[index];
+            let spec = &run.pipeline.steps[index];
+            // A waiting step with a key is waiting behind an identical step.
+            if record.state == StepState::Waiting
+                && record.cache_key.is_none()
+                && spec.needs.iter().all(|need| succeeded.contains(need))
+            {
+                self.make_ready(run_id, index);
+            }
+            if let Some(record) = self.runs.get(&run_id).map(|r| &r.steps[index])
+                && record.state == StepState::Succeeded
+            {
+                succeeded.insert(record.name.clone());
+            }
+        }
+        if let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) {
+            Self::finish_run_if_done(run, now_ms);
+        }
+    }
+
+    /// The artifacts step `spec` of `run` is given: its inputs, and for each
+    /// sweep it gathers every trial's outputs (named `<trial>/<output>`).
+    fn resolve_inputs(run: &Run, spec: &Step) -> Vec<InputRecord> {
+        let mut inputs = Vec::new();
+        for input in &spec.inputs {
+            if let Some(artifact) = run
+                .step(&input.step)
+                .and_then(|s| s.outputs.iter().find(|a| a.name == input.output))
+            {
+                inputs.push(InputRecord {
+                    name: input.name.clone(),
+                    digest: artifact.digest.clone(),
+                    size: artifact.size,
+                });
+            }
+        }
+        for gather in &spec.gather {
+            for (record, trial) in run.steps.iter().zip(&run.pipeline.steps) {
+                if trial.trial.as_ref().is_some_and(|t| t.of == gather.step) {
+                    for artifact in &record.outputs {
+                        inputs.push(InputRecord {
+                            name: format!("{}/{}", record.name, artifact.name),
+                            digest: artifact.digest.clone(),
+                            size: artifact.size,
+                        });
+                    }
+                }
+            }
+        }
+        inputs
+    }
+
+    fn make_ready(&mut self, run_id: RunId, index: usize) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        let spec = &run.pipeline.steps[index];
+        let inputs = Self::resolve_inputs(run, spec);
+        let key = spec.cache.enabled.then(|| {
+            cache_key(
+                spec,
+                &run.pipeline.params,
+                run.code_digest(&spec.name),
+                &inputs,
+            )
+        });
+        let reads_cache = !run.no_cache;
+        let hit = key
+            .as_ref()
+            .filter(|_| reads_cache)
+            .and_then(|k| self.catalog.cache.get(k))
+            .cloned();
+        let owner = key
+            .as_ref()
+            .filter(|_| reads_cache && hit.is_none())
+            .and_then(|k| self.cache_owners.get(k))
+            .cloned();
+        let name = spec.name.clone();
+        let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
+            return;
+        };
+        let record = &mut run.steps[index];
+        record.inputs = inputs;
+        record.cache_key = key.clone();
+        self.dirty.runs.insert(run_id);
+        if let Some(entry) = hit {
+            Self::complete_from(record, &entry, ReuseKind::Cached);
+        } else if let (Some(key), Some((owner_run, owner_step))) = (key.clone(), owner) {
+            record.state = StepState::Waiting;
+            record.reason = Some(format!(
+                "waiting for the identical step \"{owner_step}\" of run {owner_run} \
+                 (same cache key); its result will be reused"
+            ));
+            self.cache_waiters
+                .entry(key)
+                .or_default()
+                .insert((run_id, name));
+        } else {
+            record.state = StepState::Queued;
+            record.reason = None;
+            if let Some(key) = key
+                && reads_cache
+            {
+                self.cache_owners.entry(key).or_insert((run_id, name));
+            }
+        }
+    }
+
+    /// Completes a step with the outputs of the step that produced them.
+    fn complete_from(record: &mut super::StepRecord, entry: &CacheEntry, how: ReuseKind) {
+        record.state = StepState::Succeeded;
+        record.reason = None;
+        record.not_before_ms = None;
+        record.outputs = entry.outputs.clone();
+        record.reused = Some(Reuse {
+            run: entry.run,
+            step: entry.step.clone(),
+            how,
+        });
+    }
+
+    /// After the step (`run`, `step`) with cache key `key` ended in `state` or
+    /// left the computation: a success enters the cache and completes every step
+    /// waiting for it; a step that will not succeed hands its key to the first
+    /// waiting step, which is queued in its place. A retry changes nothing.
+    pub(super) fn settle_cache(
+        &mut self,
+        key: &str,
+        run: RunId,
+        step: &str,
+        state: StepState,
+        now_ms: i64,
+    ) {
+        let me = (run, step.to_string());
+        if let Some(waiters) = self.cache_waiters.get_mut(key) {
+            waiters.remove(&me);
+            if waiters.is_empty() {
+                self.cache_waiters.remove(key);
+            }
+        }
+        if state == StepState::Succeeded {
+            let Some(record) = self.runs.get(&run).and_then(|r| r.step(step)) else {
+                return;
+            };
+            // A step completed from the cache is not a new result.
+            if record.reused.is_none() {
+                let entry = CacheEntry {
+                    run,
+                    step: step.to_string(),
+                    outputs: record.outputs.clone(),
+                    created_ms: now_ms,
+                };
+                self.catalog.cache.insert(key.to_string(), entry);
+                self.dirty.meta = true;
+            }
+            if self.cache_owners.get(key) == Some(&me) {
+                self.cache_owners.remove(key);
+            }
+            let Some(entry) = self.catalog.cache.get(key).cloned() else {
+                return;
+            };
+            let waiters = self.cache_waiters.remove(key).unwrap_or_default();
+            for (waiting_run, waiting_step) in waiters {
+                let Some(run) = self.runs.get_mut(&waiting_run).map(Arc::make_mut) else {
+                    continue;
+                };
+                if let Some(record) = run.steps.iter_mut().find(|s| s.name == waiting_step) {
+                    Self::complete_from(record, &entry, ReuseKind::Cached);
+                }
+                self.dirty.runs.insert(waiting_run);
+                self.advance(waiting_run, now_ms);
+            }
+        } else if state.is_terminal() {
+            if self.cache_owners.get(key) != Some(&me) {
+                return;
+            }
+            self.cache_owners.remove(key);
+            let next = self
+                .cache_waiters
+                .get_mut(key)
+                .and_then(|waiters| waiters.pop_first());
+            if self.cache_waiters.get(key).is_some_and(BTreeSet::is_empty) {
+                self.cache_waiters.remove(key);
+            }
+            let Some((next_run, next_step)) = next else {
+                return;
+            };
+            if let Some(run) = self.runs.get_mut(&next_run).map(Arc::make_mut)
+                && let Some(record) = run.steps.iter_mut().find(|s| s.name == next_step)
+            {
+                record.state = StepState::Queued;
+                record.reason = None;
+                self.dirty.runs.insert(next_run);
+                self.cache_owners
+                    .insert(key.to_string(), (next_run, next_step));
+            }
+        }
+    }
+
+    /// The outputs a reused step points at, as a cache entry.
+    pub(super) fn reuse_entry(run: &Run, step: &str) -> Option<CacheEntry> {
+        let record = run.step(step)?;
+        let (producer_run, producer_step) = match &record.reused {
+            Some(reuse) => (reuse.run, reuse.step.clone()),
+            None => (run.id, step.to_string()),
+        };
+        Some(CacheEntry {
+            run: producer_run,
+            step: producer_step,
+            outputs: record.outputs.clone(),
+            created_ms: 0,
+        })
+    }
+
+    /// The attempt that produced a step's result: its own last attempt, or that of
+    /// the step it was reused from.
+    pub fn producing_attempt(&self, run: RunId, step: &str) -> Option<&super::Attempt> {
+        let record = self.runs.get(&run)?.step(step)?;
+        match &record.reused {
+            Some(reuse) => self
+                .runs
+                .get(&reuse.run)?
+                .step(&reuse.step)?
+                .attempts
+                .last(),
+            None => record.attempts.last(),
+        }
+    }
+
+    /// Whether some record still names `digest` as an artifact.
+    pub fn artifact_size(&self, digest: &str) -> Option<u64> {
+        let find = |outputs: &[ArtifactRecord]| {
+            outputs.iter().find(|a| a.digest == digest).map(|a| a.size)
+        };
+        self.catalog
+            .cache
+            .values()
+            .find_map(|e| find(&e.outputs))
+            .or_else(|| {
+                self.runs
+                    .values()
+                    .filter(|r| r.collected_ms.is_none())
+                    .flat_map(|r| &r.steps)
+                    .find_map(|s| find(&s.outputs))
+            })
+    }
+}
