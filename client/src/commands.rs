@@ -188,6 +188,24 @@ pub struct LocalSpec {
     pub(crate) spec: ferry_common::spec::Pipeline,
 }
 
+/// The pipeline file a path names: the file itself, or `pipeline.yaml` (else
+/// `pipeline.yml`) in a folder.
+pub fn pipeline_file(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    ["pipeline.yaml", "pipeline.yml"]
+        .iter()
+        .map(|name| path.join(name))
+        .find(|file| file.is_file())
+        .with_context(|| {
+            format!(
+                "{} is a folder without a pipeline.yaml; name the pipeline file instead",
+                path.display()
+            )
+        })
+}
+
 pub fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec> {
     let yaml = std::fs::read_to_string(pipeline)
         .with_context(|| format!("cannot read {}", pipeline.display()))?;

@@ -110,6 +110,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         join: false,
         raft: Default::default(),
         scheduling: Default::default(),
+        retention: Default::default(),
     })
     .await?;
     let address = coordinator.local_addr();

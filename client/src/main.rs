@@ -61,7 +61,8 @@ struct Connection {
 enum Command {
     /// Validate a pipeline, upload its code bundle and submit a run.
     Run {
-        /// The pipeline file (YAML); its folder is the code bundle.
+        /// The pipeline file (YAML), or its folder (holding pipeline.yaml); the
+        /// folder is the code bundle.
         pipeline: PathBuf,
         /// Override a parameter: --param k=v (repeatable).
         #[arg(long = "param", short = 'p')]
@@ -289,8 +290,9 @@ pub enum SchedulesCommand {
         /// day-of-week), or 6 with seconds first, e.g. '0 2 * * *'.
         #[arg(long, value_name = "EXPR")]
         cron: String,
-        /// The pipeline file (YAML); its folder is the code bundle.
-        #[arg(long, value_name = "PIPELINE_FILE")]
+        /// The pipeline file (YAML), or its folder (holding pipeline.yaml); the
+        /// folder is the code bundle.
+        #[arg(long, value_name = "FILE|DIR")]
         pipeline: PathBuf,
         /// Override a parameter: --param k=v (repeatable).
         #[arg(long = "param", short = 'p')]
@@ -437,8 +439,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             result?;
             Ok(ok)
         }
-        command => {
+        mut command => {
             init_tracing("warn");
+            // A pipeline may be named by its file or by its folder.
+            if let Command::Run { pipeline, .. }
+            | Command::Schedules {
+                command: SchedulesCommand::Create { pipeline, .. },
+            } = &mut command
+            {
+                *pipeline = commands::pipeline_file(pipeline)?;
+            }
             // A bad spec is reported even when no coordinator is reachable.
             let validated = match &command {
                 Command::Run {

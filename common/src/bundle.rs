@@ -343,8 +343,8 @@ impl<R: Read> Read for ExactReader<R> {
 /// and content, in path order. It stands for a step's code in its cache key when
 /// the step lists `cache.paths`. A path that matches nothing is an error naming
 /// it.
-pub fn paths_digest(bytes: &[u8], paths: &[String]) -> Result<String, PathsDigestError> {
-    let mut archive = Archive::new(GzDecoder::new(bytes));
+pub fn paths_digest(bundle: impl Read, paths: &[String]) -> Result<String, PathsDigestError> {
+    let mut archive = Archive::new(GzDecoder::new(bundle));
     let entries = archive
         .entries()
         .map_err(|e| PathsDigestError::Archive(e.to_string()))?;

@@ -29,6 +29,9 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
 /// Longest delay between two attempts of a step.
 pub const MAX_RETRY_BACKOFF_MS: u64 = 10 * 60 * 1000;
+/// Most bytes a pipeline may take once its sweeps are expanded (estimated):
+/// the expanded pipeline is what the coordinators store and replicate.
+pub const MAX_EXPANDED_BYTES: usize = 4 * 1024 * 1024;
 /// Accepted `priority` range.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 /// The project of a pipeline that names none.
@@ -1548,6 +1551,7 @@ pub fn parse_pipeline(
     // in its place afterwards.
     let order = topological_order(&mut ck, &steps, &deps);
     check_step_total(&mut ck, &partials);
+    check_expanded_size(&mut ck, &partials, &deps);
 
     if !ck.diagnostics.is_empty() {
         // In file order; unlocated ones (e.g. about `--param`) first.
@@ -1642,10 +1646,41 @@ fn check_gathers(
             ck.error(at, format!("step {label:?} gathers {name:?} twice"));
             continue;
         }
+        // Each gathered sweep is named by FERRY_GATHER_<STEP> (and _BEST): two
+        // sweeps must not end up behind one variable.
+        let vars = gather_vars(entry);
+        if let Some(other) = gathered
+            .iter()
+            .find(|g| gather_vars(g).iter().any(|v| vars.contains(v)))
+        {
+            let var = gather_vars(other)
+                .into_iter()
+                .find(|v| vars.contains(v))
+                .unwrap_or_default();
+            ck.error(
+                at,
+                format!(
+                    "step {label:?} gathers {:?} and {name:?}, which both set the \
+                     environment variable {var}; rename one of the sweeps",
+                    other.step
+                ),
+            );
+            continue;
+        }
         deps.insert(j);
         gathered.push(entry.clone());
     }
     gathered
+}
+
+/// The environment variables a gathered sweep sets in the gathering step.
+fn gather_vars(gather: &Gather) -> Vec<String> {
+    let dir = env_var_name("FERRY_GATHER_", &gather.step);
+    let mut vars = vec![dir.clone()];
+    if gather.best.is_some() {
+        vars.push(format!("{dir}_BEST"));
+    }
+    vars
 }
 
 /// Reports a pipeline with more than [`MAX_STEPS`] steps once its matrices are
@@ -1670,6 +1705,72 @@ fn check_step_total(ck: &mut Checker<'_>, partials: &[Partial]) {
         )
     };
     ck.error(at, message);
+}
+
+/// Reports a pipeline whose expansion would be too large to store and
+/// replicate: each trial carries its own copy of its step's command and
+/// environment, and each step needing a sweep names every trial. Estimated before
+/// anything is expanded.
+fn check_expanded_size(ck: &mut Checker<'_>, partials: &[Partial], deps: &[BTreeSet<usize>]) {
+    // Room for a substituted matrix value, and for a step's fixed fields.
+    const VALUE: usize = 64;
+    const STEP: usize = 256;
+    let template = |t: &Template| -> usize {
+        t.parts
+            .iter()
+            .map(|part| match part {
+                TemplatePart::Text(text) => text.len(),
+                TemplatePart::MatrixValue(_) => VALUE,
+            })
+            .sum()
+    };
+    let copies = |p: &Partial| p.matrix.as_ref().map_or(1, Matrix::len);
+    let mut total = 0usize;
+    let mut largest: Option<(usize, &str)> = None;
+    for (i, p) in partials.iter().enumerate() {
+        let own = STEP
+            .saturating_add(p.name.len())
+            .saturating_add(p.command.iter().map(template).sum::<usize>())
+            .saturating_add(
+                p.env
+                    .iter()
+                    .map(|(k, v)| k.len().saturating_add(template(v)))
+                    .sum::<usize>(),
+            )
+            .saturating_add(p.outputs.iter().map(String::len).sum::<usize>());
+        let needs: usize = deps[i]
+            .iter()
+            .filter_map(|&j| partials.get(j))
+            .map(|d| copies(d).saturating_mul(d.name.len().saturating_add(8)))
+            .sum();
+        let bytes = copies(p).saturating_mul(own.saturating_add(needs));
+        total = total.saturating_add(bytes);
+        if largest.is_none_or(|(b, _)| bytes > b) {
+            largest = Some((bytes, &p.name));
+        }
+    }
+    if total <= MAX_EXPANDED_BYTES {
+        return;
+    }
+    let at = ck.loc.top("steps", None);
+    let biggest = largest
+        .map(|(bytes, name)| {
+            format!(
+                "; step {name:?} alone takes about {}",
+                format_bytes(bytes as u64)
+            )
+        })
+        .unwrap_or_default();
+    ck.error(
+        at,
+        format!(
+            "the pipeline expands to about {} (every trial holds its own command and \
+             environment){biggest}; at most {} are allowed: move long scripts into files \
+             of the code bundle, or use fewer combinations",
+            format_bytes(total as u64),
+            format_bytes(MAX_EXPANDED_BYTES as u64)
+        ),
+    );
 }
 
 /// The name of trial `index` of matrix step `step`. Step names cannot contain
@@ -4953,6 +5054,28 @@ steps:
     }
 
     #[test]
+    fn a_pipeline_too_large_once_expanded_is_refused_before_expansion() {
+        let script = "x".repeat(10_000);
+        let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        let yaml = format!(
+            "name: big\nsteps:\n  - name: t\n    matrix: {{i: [{}]}}\n    shell: \"echo ${{matrix.i}} {script}\"\n",
+            values.join(", ")
+        );
+        single(
+            &yaml,
+            &[
+                "the pipeline expands to about 9.9 MiB",
+                "step \"t\" alone takes about",
+                "at most 4.0 MiB are allowed",
+            ],
+            Some(2),
+        );
+        // The same sweep with the script in a file is fine.
+        let small = yaml.replace(&script, "train.sh");
+        assert!(parse_pipeline("pipeline.yaml", &small, &BTreeMap::new()).is_ok());
+    }
+
+    #[test]
     fn gather_errors() {
         let base = "name: g\nsteps:\n  - name: train\n    command: [t]\n    matrix: {lr: [1, 2]}\n  - name: prep\n    command: [p]\n  - name: pick\n    command: [x]\n";
         let long = "m".repeat(MAX_METRIC_NAME_LEN + 1);
@@ -5031,6 +5154,14 @@ steps:
             &format!("{base}    gather: train\n"),
             &["gather", "expected a sequence"],
             Some(10),
+        );
+        // Two sweeps behind one environment variable.
+        single(
+            "name: g\nsteps:\n  - name: train\n    command: [t]\n    matrix: {lr: [1]}\n  - name: train_best\n    command: [t]\n    matrix: {lr: [1]}\n  - name: pick\n    command: [x]\n    gather: [{step: train, best: acc}, train_best]\n",
+            &[
+                "step \"pick\" gathers \"train\" and \"train_best\", which both set the environment variable FERRY_GATHER_TRAIN_BEST",
+            ],
+            Some(11),
         );
     }
 

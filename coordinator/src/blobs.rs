@@ -82,11 +82,44 @@ impl BlobStore {
         }
     }
 
-    /// Deletes a blob (`ferry gc`); returns the bytes freed (0 when absent).
-    pub async fn delete(&self, digest: &str) -> Result<u64, BlobError> {
+    /// Where a blob is stored (to read it with blocking IO).
+    pub fn file_of(&self, digest: &str) -> std::path::PathBuf {
+        self.dir.join(&digest[..2]).join(digest)
+    }
+
+    /// Marks a stored blob as just written (an upload of a blob already here, a
+    /// client told it need not upload): `ferry gc` keeps blobs written within its
+    /// grace period, so one about to be referenced is not deleted meanwhile.
+    pub fn touch(&self, digest: &str) {
+        if !is_valid_digest(digest) {
+            return;
+        }
+        let file = self.file_of(digest);
+        if let Ok(handle) = std::fs::File::options().append(true).open(&file) {
+            let _ = handle.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Whether the stored blob was last written at or before `before_ms`.
+    pub fn written_before(&self, digest: &str, before_ms: i64) -> bool {
+        is_valid_digest(digest)
+            && std::fs::metadata(self.file_of(digest))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|d| d.as_millis() as i64 <= before_ms)
+    }
+
+    /// Deletes a blob (`ferry gc`) unless it was written after `before_ms`
+    /// (milliseconds since the epoch); returns the bytes freed (0 when absent or
+    /// kept).
+    pub async fn delete(&self, digest: &str, before_ms: i64) -> Result<u64, BlobError> {
         let Some(size) = self.size_of(digest).await? else {
             return Ok(0);
         };
+        if !self.written_before(digest, before_ms) {
+            return Ok(0);
+        }
         self.known.lock().expect("known blobs").remove(digest);
         match self.store.delete(&location(digest)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(size),
@@ -118,6 +151,7 @@ impl BlobStore {
             });
         }
         let sink = if self.holds(digest, size).await? {
+            self.touch(digest);
             // Already stored: the bytes are still hashed, to answer honestly, but not kept.
             // (A stored file of another size is damaged and gets replaced.)
             None

@@ -47,6 +47,31 @@ pub struct CoordinatorConfig {
     pub raft: RaftSettings,
     #[serde(default)]
     pub scheduling: SchedulingSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: garbage collection of old runs' logs and artifacts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// When set, the leader runs `ferry gc --keep-last N` by itself every
+    /// `interval_ms`.
+    pub keep_last: Option<u32>,
+    pub interval_ms: u64,
+    /// A blob written this recently before a collection is kept (an upload whose
+    /// record is not committed yet).
+    pub grace_ms: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            keep_last: None,
+            interval_ms: 60 * 60 * 1000,
+            grace_ms: 10 * 60 * 1000,
+        }
+    }
 }
 
 /// Worker leases and project quotas. Only the leader schedules, so every member
@@ -180,6 +205,8 @@ pub enum ClusterConfigError {
     Quota { project: String, error: String },
     #[error("scheduling.worker_lease_ms must be at least 500 (it is {0})")]
     Lease(u64),
+    #[error("retention.interval_ms must be at least 1000 (it is {0})")]
+    RetentionInterval(u64),
 }
 
 impl CoordinatorConfig {
@@ -216,6 +243,11 @@ impl CoordinatorConfig {
             return Err(ClusterConfigError::Lease(self.scheduling.worker_lease_ms));
         }
         self.scheduling.quotas()?;
+        if self.retention.interval_ms < 1000 {
+            return Err(ClusterConfigError::RetentionInterval(
+                self.retention.interval_ms,
+            ));
+        }
         if self.join {
             if self.members.iter().all(|m| m.id == self.id) {
                 return Err(ClusterConfigError::JoinWithoutMembers);
@@ -493,6 +525,16 @@ mod tests {
             error.contains("scheduling.quotas.vision") && error.contains("\"lots\""),
             "{error}"
         );
+        let retention =
+            with_scheduling("[retention]\nkeep_last = 20\ninterval_ms = 60000\ngrace_ms = 0\n")
+                .unwrap();
+        assert_eq!(retention.retention.keep_last, Some(20));
+        assert_eq!(retention.retention.grace_ms, 0);
+        assert_eq!(defaults.retention.keep_last, None);
+        let error = with_scheduling("[retention]\ninterval_ms = 10\n").unwrap_err();
+        assert!(error.contains("retention.interval_ms"), "{error}");
+        let error = with_scheduling("[retention]\nkeep = 3\n").unwrap_err();
+        assert!(error.contains("keep"), "{error}");
         let error = with_scheduling("[scheduling]\nworker_lease_ms = 10\n").unwrap_err();
         assert!(
             error.contains("worker_lease_ms must be at least 500"),

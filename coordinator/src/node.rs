@@ -107,6 +107,8 @@ pub struct Node {
     leading_since_ms: Mutex<i64>,
     /// The worker lease and project quotas this member schedules with.
     pub lease_ms: u64,
+    /// `[retention]`: the automatic `gc` policy and the grace period of blobs.
+    pub retention: crate::config::RetentionSettings,
     quotas: BTreeMap<String, scheduler::Quota>,
     /// Why each queued step stayed queued in the last scheduling pass (leader only).
     waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
@@ -365,6 +367,7 @@ impl Node {
             heartbeats: Mutex::new(HashMap::new()),
             leading_since_ms: Mutex::new(now_ms()),
             lease_ms: config.scheduling.worker_lease_ms,
+            retention: config.retention.clone(),
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
             stop: watch::channel(None).0,
@@ -387,11 +390,12 @@ impl Node {
         let schedule = tokio::spawn(schedule_loop(node.clone(), shutdown.clone()));
         let leases = tokio::spawn(lease_loop(node.clone(), shutdown.clone()));
         let cron = tokio::spawn(cron_loop(node.clone(), shutdown.clone()));
+        let retention = tokio::spawn(retention_loop(node.clone(), shutdown.clone()));
         let leadership = tokio::spawn(leadership_loop(node.clone(), shutdown));
         Ok((
             node,
             NodeTasks {
-                handles: vec![raft, schedule, leases, cron, leadership],
+                handles: vec![raft, schedule, leases, cron, retention, leadership],
             },
         ))
     }
@@ -927,17 +931,25 @@ impl Node {
                     tracing::warn!(run = key.run, step = %key.step, attempt = key.attempt, worker, "attempt lost with its worker");
                 }
             }
-            Outcome::Collected { runs, blobs } => {
-                // Every member deletes its own copies; a member that applies the
-                // entry again after a restart deletes nothing more.
+            Outcome::Collected { runs, blobs, at_ms } => {
+                // Every member deletes its own copies. What is referenced again
+                // by now (a member applying the entry late or again after a
+                // restart) or was written within the grace period before the
+                // collection (an upload whose record is not committed yet) stays.
+                let live = self.read(crate::state::live_blobs);
+                let before_ms = at_ms.saturating_sub(self.retention.grace_ms as i64);
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();
-                let blobs = blobs.clone();
+                let blobs: Vec<String> = blobs
+                    .iter()
+                    .map(|(digest, _)| digest.clone())
+                    .filter(|digest| !live.contains(digest))
+                    .collect();
                 tokio::spawn(async move {
                     let mut freed = 0u64;
-                    for (digest, _) in &blobs {
-                        match blob_store.delete(digest).await {
+                    for digest in &blobs {
+                        match blob_store.delete(digest, before_ms).await {
                             Ok(bytes) => freed += bytes,
                             Err(error) => tracing::warn!(digest, %error, "could not delete a blob"),
                         }
@@ -1051,7 +1063,7 @@ fn gather_input(
     let mut files = Vec::new();
     let mut trials = Vec::new();
     let mut best: Option<(f64, String)> = None;
-    for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+    for (index, (record, spec)) in run.steps.iter().zip(&run.pipeline.steps).enumerate() {
         let Some(trial) = spec.trial.as_ref().filter(|t| t.of == gather.step) else {
             continue;
         };
@@ -1066,7 +1078,7 @@ fn gather_input(
                 size: artifact.size,
             });
         }
-        let metrics = last_metrics(state, run.id, &record.name);
+        let metrics = last_metrics(state, run.id, index);
         if let Some(by) = &gather.best
             && let Some(value) = metrics.get(&by.metric).copied()
             && !value.is_nan()
@@ -1104,9 +1116,9 @@ fn gather_input(
 
 /// The last value of each metric the attempt that produced a step's result
 /// reported (following a cached or reused step to the one that ran).
-pub fn last_metrics(state: &State, run: RunId, step: &str) -> BTreeMap<String, f64> {
+pub fn last_metrics(state: &State, run: RunId, index: usize) -> BTreeMap<String, f64> {
     state
-        .producing_attempt(run, step)
+        .producing_attempt(run, index)
         .map(|attempt| {
             attempt
                 .metrics
@@ -1274,6 +1286,40 @@ async fn cron_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             if let Err(error) = node.propose(command).await {
                 tracing::warn!(schedule = %name, %error, "could not fire the schedule");
             }
+        }
+    }
+}
+
+/// Leader only: `[retention] keep_last` makes the leader collect garbage by
+/// itself every `interval_ms`, as `ferry gc --keep-last N` would.
+async fn retention_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let Some(keep_last) = node.retention.keep_last else {
+        return;
+    };
+    let period = Duration::from_millis(node.retention.interval_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if !node.role().is_leader() {
+            continue;
+        }
+        let command = Command::Collect {
+            keep_last,
+            now_ms: now_ms(),
+        };
+        match node.propose(command).await {
+            Ok(Outcome::Collected { runs, blobs, .. }) => {
+                tracing::info!(
+                    keep_last,
+                    runs = runs.len(),
+                    blobs = blobs.len(),
+                    "retention policy applied"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not apply the retention policy"),
         }
     }
 }

@@ -555,12 +555,19 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
     for run in runs {
         let key = (run.pipeline.priority, run.pipeline.project.as_str());
         let taken = taken.entry(key).or_default();
+        // A run or sweep at its max_parallel cannot take more steps this pass:
+        // its further steps are left out of the window, so that they do not
+        // crowd out steps that could go.
+        let mut room = RoomInRun::of(run);
         for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
             if record.state != crate::state::StepState::Queued {
                 continue;
             }
             if let Some(at) = record.not_before_ms.filter(|at| *at > now_ms) {
                 next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            if !room.take(spec) {
                 continue;
             }
             if *taken >= QUEUE_WINDOW {
@@ -580,6 +587,71 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
         }
     }
     (queue, next_retry)
+}
+
+/// How many more steps of one run, and of each of its sweeps, `max_parallel`
+/// lets the queue hold this pass.
+struct RoomInRun<'a> {
+    run: Option<u32>,
+    sweeps: HashMap<&'a str, u32>,
+}
+
+impl<'a> RoomInRun<'a> {
+    fn of(run: &'a crate::state::Run) -> RoomInRun<'a> {
+        let limited_sweeps = run
+            .pipeline
+            .steps
+            .iter()
+            .any(|s| s.trial.as_ref().is_some_and(|t| t.max_parallel.is_some()));
+        if run.pipeline.max_parallel.is_none() && !limited_sweeps {
+            return RoomInRun {
+                run: None,
+                sweeps: HashMap::new(),
+            };
+        }
+        let mut active_run = 0u32;
+        let mut active_sweeps: HashMap<&str, u32> = HashMap::new();
+        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+            if record.state.is_active() {
+                active_run += 1;
+                if let Some(trial) = &spec.trial {
+                    *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut sweeps = HashMap::new();
+        for spec in &run.pipeline.steps {
+            if let Some(trial) = &spec.trial
+                && let Some(max) = trial.max_parallel
+            {
+                let active = active_sweeps.get(trial.of.as_str()).copied().unwrap_or(0);
+                sweeps.insert(trial.of.as_str(), max.saturating_sub(active));
+            }
+        }
+        RoomInRun {
+            run: run
+                .pipeline
+                .max_parallel
+                .map(|max| max.saturating_sub(active_run)),
+            sweeps,
+        }
+    }
+
+    /// Whether the step may join the queue; counts it if so.
+    fn take(&mut self, spec: &ferry_common::spec::Step) -> bool {
+        let sweep = spec.trial.as_ref().map(|t| t.of.as_str());
+        let sweep_room = sweep.and_then(|s| self.sweeps.get(s).copied());
+        if self.run == Some(0) || sweep_room == Some(0) {
+            return false;
+        }
+        if let Some(room) = self.run.as_mut() {
+            *room -= 1;
+        }
+        if let Some(room) = sweep.and_then(|s| self.sweeps.get_mut(s)) {
+            *room -= 1;
+        }
+        true
+    }
 }
 
 /// Every registered worker with what is free on it; only those in `accepting`
@@ -654,12 +726,18 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
         for (key, (resources, _)) in &load.attempts {
             limits.runs.entry(key.run).or_default().active += 1;
             if let Some(run) = state.runs.get(&key.run) {
-                if let Some(trial) = run
-                    .pipeline
-                    .steps
-                    .iter()
-                    .find(|s| s.name == key.step)
-                    .and_then(|s| s.trial.as_ref())
+                let has_sweep_limit = limits
+                    .sweeps
+                    .range((key.run, String::new())..)
+                    .next()
+                    .is_some_and(|((r, _), _)| *r == key.run);
+                if has_sweep_limit
+                    && let Some(trial) = run
+                        .pipeline
+                        .steps
+                        .iter()
+                        .find(|s| s.name == key.step)
+                        .and_then(|s| s.trial.as_ref())
                     && let Some(limit) = limits.sweeps.get_mut(&(key.run, trial.of.clone()))
                 {
                     limit.active += 1;

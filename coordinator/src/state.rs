@@ -18,7 +18,7 @@ pub(crate) mod catalog;
 mod lineage;
 
 pub use cache::cache_key;
-pub use catalog::{CacheEntry, Catalog, GcPlan, Pin, Schedule, gc_plan};
+pub use catalog::{CacheEntry, Catalog, GcPlan, Pin, Schedule, gc_plan, live_blobs};
 pub use lineage::LineageNode;
 
 pub type RunId = u64;
@@ -304,6 +304,9 @@ pub struct Run {
     /// When `ferry gc` removed its logs and artifacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collected_ms: Option<i64>,
+    /// Collected, and none of its blobs is kept by anything else any more.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub released: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -604,11 +607,13 @@ pub enum Outcome {
     Unchanged,
     /// A schedule or pin was created, changed or deleted.
     Done,
-    /// `ferry gc`: these runs' logs and these blobs are to be deleted on every
-    /// member.
+    /// `ferry gc` at `at_ms`: these runs' logs and these blobs are to be
+    /// deleted on every member (a blob written since `at_ms` minus a grace period,
+    /// or referenced again by then, is kept).
     Collected {
         runs: Vec<RunId>,
         blobs: Vec<(String, u64)>,
+        at_ms: i64,
     },
 }
 
@@ -699,10 +704,12 @@ pub struct State {
     pub requests: BTreeMap<String, RunId>,
     /// The cache index, schedules and pins.
     pub catalog: Catalog,
-    /// Derived: per cache key, the step now computing it (queued or running).
+    /// Derived: per cache key, the step computing it (assigned or running, in a
+    /// run that reads the cache).
     pub cache_owners: BTreeMap<String, (RunId, String)>,
-    /// Derived: per cache key, the identical steps waiting for its owner.
-    pub cache_waiters: BTreeMap<String, BTreeSet<(RunId, String)>>,
+    /// Derived: per cache key, the other steps (queued, or waiting behind the
+    /// owner) that will take its result.
+    pub cache_pending: BTreeMap<String, BTreeSet<(RunId, String)>>,
     pub dirty: Dirty,
 }
 
@@ -718,27 +725,27 @@ impl State {
             requests: BTreeMap::new(),
             catalog: Catalog::default(),
             cache_owners: BTreeMap::new(),
-            cache_waiters: BTreeMap::new(),
+            cache_pending: BTreeMap::new(),
             dirty: Dirty::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
                 state.requests.insert(request.clone(), run.id);
             }
-            if run.state.is_terminal() {
+            if run.state.is_terminal() || run.no_cache {
                 continue;
             }
             for step in &run.steps {
                 let Some(key) = &step.cache_key else { continue };
                 let me = (run.id, step.name.clone());
-                if step.state == StepState::Waiting {
+                if step.state.is_active() {
+                    state.cache_owners.insert(key.clone(), me);
+                } else if !step.state.is_terminal() {
                     state
-                        .cache_waiters
+                        .cache_pending
                         .entry(key.clone())
                         .or_default()
                         .insert(me);
-                } else if !step.state.is_terminal() && !run.no_cache {
-                    state.cache_owners.insert(key.clone(), me);
                 }
             }
         }
@@ -941,6 +948,7 @@ impl State {
             rerun_of: None,
             schedule: None,
             collected_ms: None,
+            released: false,
         };
         self.runs.insert(id, Arc::new(run));
         self.dirty.runs.insert(id);
@@ -1002,8 +1010,7 @@ impl State {
     /// room (the no-oversubscription invariant is enforced here as well as in the
     /// scheduler).
     fn assign_one(&mut self, placement: &Placement, now_ms: i64) -> Option<AttemptKey> {
-        let worker = self
-            .workers
+        self.workers
             .get(&placement.worker)
             .filter(|w| w.schedulable())?;
         let run = self.runs.get(&placement.run)?;
@@ -1014,6 +1021,15 @@ impl State {
         if run.steps[index].state != StepState::Queued {
             return None;
         }
+        // An identical step computes (or computed) its result: take that instead.
+        if let Some(key) = run.steps[index].cache_key.clone()
+            && !run.no_cache
+            && self.defer_to_cache(&key, placement.run, index, now_ms)
+        {
+            return None;
+        }
+        let worker = self.workers.get(&placement.worker)?;
+        let run = self.runs.get(&placement.run)?;
         let resources = run
             .pipeline
             .steps
@@ -1064,6 +1080,7 @@ impl State {
         load.attempts
             .insert(key.clone(), (resources, placement.gpus.clone()));
         self.dirty.runs.insert(placement.run);
+        self.claim_cache_key(placement.run, index);
         Some(key)
     }
 

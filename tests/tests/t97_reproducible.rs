@@ -477,7 +477,8 @@ steps:
 
 #[test]
 fn gc_deletes_old_runs_artifacts_but_keeps_pinned_and_referenced_ones() {
-    let mut cluster = Cluster::start();
+    // No grace period: the blobs of this test are seconds old.
+    let mut cluster = Cluster::start_replicated(1, "[retention]\ngrace_ms = 0\n");
     cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
     let pipeline = write_pipeline(
         &cluster.path("gc"),
@@ -513,11 +514,40 @@ steps:
 
     let dry = cluster.ferry(&["gc", "--keep-last", "1", "--dry-run"]);
     assert!(dry.success(), "{dry:?}");
+    assert!(
+        dry.stdout.contains("would collect 2 runs"),
+        "{}",
+        dry.stdout
+    );
     let gc = cluster.ferry(&["gc", "--keep-last", "1"]);
     assert!(gc.success(), "{gc:?}");
     // Runs 1 and 2 collected; run 2's artifact (100 kB) reclaimed, run 1's pinned.
-    assert!(gc.stdout.contains("2 runs"), "{}", gc.stdout);
-    assert!(gc.stdout.contains("reclaimed"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("collected 2 runs"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("deleted 1 blob"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("97.7 KiB reclaimed"), "{}", gc.stdout);
+    let blob_file = |digest: &str| {
+        cluster
+            .path("coordinator-1-data/blobs")
+            .join(&digest[..2])
+            .join(digest)
+    };
+    let collected = digest_of(runs[1]);
+    wait_for(Duration::from_secs(10), "the blob to be deleted", || {
+        (!blob_file(&collected).exists()).then_some(())
+    });
+    assert!(blob_file(&pinned).exists(), "the pinned blob stays");
+    assert!(
+        blob_file(&digest_of(runs[2])).exists(),
+        "the kept run's blob stays"
+    );
+    // Nothing more to do: a second collection deletes and reports nothing.
+    let again = cluster.ferry(&["gc", "--keep-last", "1"]);
+    assert!(
+        again.stdout.contains("collected 0 runs"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("deleted 0 blobs"), "{}", again.stdout);
     let get = |run: u64| {
         let out = cluster.path(&format!("got-{run}"));
         cluster.ferry(&[
@@ -537,9 +567,6 @@ steps:
         "{gone:?}"
     );
     assert!(get(runs[2]).success(), "kept");
-    let blobs = cluster.path("coordinator-1/blobs");
-    let stored = |digest: &str| blobs.exists() && blobs.join(&digest[..2]).join(digest).exists();
-    let _ = stored;
     let listed = cluster.ferry(&["runs", "--output", "json"]).json();
     let collected: Vec<bool> = listed
         .as_array()
@@ -581,8 +608,9 @@ fn a_schedule_fires_once_per_tick_across_a_leader_kill() {
         "every-2s",
         "--cron",
         "*/2 * * * * *",
+        // The folder holding pipeline.yaml names the pipeline too.
         "--pipeline",
-        pipeline.to_str().unwrap(),
+        pipeline.parent().unwrap().to_str().unwrap(),
     ]);
     assert!(create.success(), "{create:?}");
     let bad = cluster.ferry(&[

@@ -431,6 +431,7 @@ async fn stage(
     }
     let mut staged = Staged::default();
     for input in &assignment.inputs {
+        check_path_component("input", &input.name)?;
         if input.file_name.contains('/') || input.file_name == ".." || input.file_name.is_empty() {
             return Err(StageError::Io(format!(
                 "input file name {:?} is not a plain file name",

@@ -22,6 +22,8 @@ const MAX_SPEC_BYTES: usize = 1024 * 1024;
 pub struct ControlService {
     node: Arc<Node>,
     parsed: ParsedPipelines,
+    /// (bundle digest, cache.paths) → the digest of those files.
+    code_memo: std::sync::Mutex<HashMap<(String, Vec<String>), String>>,
 }
 
 /// Pipelines already parsed and validated, by a hash of what determines the
@@ -86,6 +88,7 @@ impl ControlService {
         ControlService {
             node,
             parsed: ParsedPipelines::default(),
+            code_memo: Default::default(),
         }
     }
 
@@ -105,36 +108,74 @@ impl ControlService {
         {
             return Ok(digests);
         }
-        let (_, mut stream) = self
-            .node
-            .blobs
-            .read(bundle_digest)
-            .await
-            .map_err(super::blob_status)?;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            bytes.extend_from_slice(&chunk.map_err(super::blob_status)?);
-        }
+        // Each distinct set of paths once, from the bundle file, off the async
+        // threads; remembered per bundle (a schedule or sweep submits the same
+        // bundle again and again).
+        let mut wanted: Vec<Vec<String>> = pipeline
+            .steps
+            .iter()
+            .filter(|s| s.cache.enabled && !s.cache.paths.is_empty())
+            .map(|s| s.cache.paths.clone())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
         let mut by_paths: BTreeMap<Vec<String>, String> = BTreeMap::new();
-        for step in &pipeline.steps {
-            if step.cache.paths.is_empty() || !step.cache.enabled {
-                continue;
-            }
-            let digest = match by_paths.get(&step.cache.paths) {
-                Some(digest) => digest.clone(),
-                None => {
-                    let digest = ferry_common::bundle::paths_digest(&bytes, &step.cache.paths)
-                        .map_err(|e| {
-                            Status::invalid_argument(format!(
-                                "cache.paths of step \"{}\": {e}",
-                                step.trial.as_ref().map_or(&step.name, |t| &t.of)
-                            ))
-                        })?;
-                    by_paths.insert(step.cache.paths.clone(), digest.clone());
-                    digest
+        let mut missing = Vec::new();
+        {
+            let memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            for paths in wanted {
+                match memo.get(&(bundle_digest.to_string(), paths.clone())) {
+                    Some(digest) => {
+                        by_paths.insert(paths, digest.clone());
+                    }
+                    None => missing.push(paths),
                 }
-            };
-            digests.insert(step.name.clone(), digest);
+            }
+        }
+        if !missing.is_empty() {
+            let file = self.node.blobs.file_of(bundle_digest);
+            let computed = tokio::task::spawn_blocking(move || {
+                missing
+                    .into_iter()
+                    .map(|paths| {
+                        let digest = std::fs::File::open(&file)
+                            .map(std::io::BufReader::new)
+                            .map_err(|e| {
+                                ferry_common::bundle::PathsDigestError::Archive(e.to_string())
+                            })
+                            .and_then(|reader| ferry_common::bundle::paths_digest(reader, &paths));
+                        match digest {
+                            Ok(digest) => Ok((paths, digest)),
+                            Err(e) => Err((paths, e)),
+                        }
+                    })
+                    .collect::<Vec<Result<_, (Vec<String>, ferry_common::bundle::PathsDigestError)>>>()
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading the code bundle failed: {e}")))?;
+            let mut memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            if memo.len() >= 1024 {
+                memo.clear();
+            }
+            for result in computed {
+                let (paths, digest) = result.map_err(|(paths, e)| {
+                    let step = pipeline
+                        .steps
+                        .iter()
+                        .find(|s| s.cache.paths == paths)
+                        .map_or("?", |s| s.trial.as_ref().map_or(&s.name, |t| &t.of));
+                    Status::invalid_argument(format!("cache.paths of step \"{step}\": {e}"))
+                })?;
+                memo.insert((bundle_digest.to_string(), paths.clone()), digest.clone());
+                by_paths.insert(paths, digest);
+            }
+        }
+        for step in &pipeline.steps {
+            if let Some(digest) = by_paths.get(&step.cache.paths)
+                && step.cache.enabled
+            {
+                digests.insert(step.name.clone(), digest.clone());
+            }
         }
         Ok(digests)
     }
@@ -226,8 +267,8 @@ fn resources(resources: ferry_common::spec::Resources) -> proto::Resources {
 /// that reported it, following cached and reused steps to the attempt that ran.
 pub(crate) fn run_metrics(state: &State, run: &Run) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::new();
-    for step in &run.steps {
-        metrics.extend(crate::node::last_metrics(state, run.id, &step.name));
+    for index in 0..run.steps.len() {
+        metrics.extend(crate::node::last_metrics(state, run.id, index));
     }
     metrics
 }
@@ -301,11 +342,43 @@ fn run_view(
         .cloned()
         .collect();
     let workers = scheduler::worker_slots(state, &accepting);
+    // Steps a run's or sweep's max_parallel holds back never reach a scheduling
+    // pass: say so.
+    let active_run = run.steps.iter().filter(|s| s.state.is_active()).count() as u32;
+    let mut active_sweeps: BTreeMap<&str, u32> = BTreeMap::new();
+    for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+        if let Some(trial) = &spec.trial
+            && record.state.is_active()
+        {
+            *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+        }
+    }
+    let held_back = |spec: &ferry_common::spec::Step| -> Option<String> {
+        if let Some(trial) = &spec.trial
+            && let Some(max) = trial.max_parallel
+            && active_sweeps.get(trial.of.as_str()).copied().unwrap_or(0) >= max
+        {
+            return Some(format!(
+                "the sweep {:?} already has {max} trials at once, its max_parallel",
+                trial.of
+            ));
+        }
+        run.pipeline
+            .max_parallel
+            .filter(|max| active_run >= *max)
+            .map(|max| {
+                format!(
+                    "run {} already has {max} steps at once, its max_parallel",
+                    run.id
+                )
+            })
+    };
     let steps =
         run.steps
             .iter()
             .zip(&run.pipeline.steps)
-            .map(|(record, spec)| {
+            .enumerate()
+            .map(|(index, (record, spec))| {
                 let current = record.current_attempt();
                 let reason = match record.state {
                     StepState::Queued => scheduler::never_fits_reason(
@@ -321,6 +394,7 @@ fn run_view(
                             .and(record.reason.clone())
                     })
                     .or_else(|| waiting.get(&record.name).cloned())
+                    .or_else(|| held_back(spec))
                     .or_else(|| record.reason.clone())
                     .unwrap_or_else(|| "waiting for a worker with room".to_string()),
                     StepState::Waiting if record.cache_key.is_some() => {
@@ -408,7 +482,7 @@ fn run_view(
                         .unwrap_or_default(),
                     metrics: if record.state == StepState::Succeeded {
                         state
-                            .producing_attempt(run.id, &record.name)
+                            .producing_attempt(run.id, index)
                             .map(|a| a.metrics.iter().map(metric_view).collect())
                             .unwrap_or_default()
                     } else {
@@ -545,6 +619,10 @@ impl Control for ControlService {
             .holds(&blob.digest, blob.size)
             .await
             .map_err(super::blob_status)?;
+        if stored {
+            // About to be referenced: `ferry gc` must not take it meanwhile.
+            self.node.blobs.touch(&blob.digest);
+        }
         // Present only when a majority holds it: otherwise the client uploads it
         // again, which copies it to the others.
         let present = stored
@@ -1110,6 +1188,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::ScheduleView>, Status> {
         let caller = require_role(&request, Role::Client)?;
         let name = request.into_inner().name;
+        self.consistent_read(false).await?;
         let view = self.schedule_view(&name)?;
         self.node
             .propose_as(
@@ -1164,6 +1243,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::PinView>, Status> {
         let caller = require_role(&request, Role::Client)?;
         let tag = request.into_inner().tag;
+        self.consistent_read(false).await?;
         let view = self.pin_view(&tag)?;
         self.node
             .propose_as(
@@ -1202,22 +1282,19 @@ impl Control for ControlService {
         let caller = require_role(&request, Role::Client)?;
         let gc = request.into_inner();
         self.consistent_read(false).await?;
-        // Sizes of blobs no record knows the size of (bundles), from this
-        // member's store, before anything is deleted.
         let plan = self
             .node
             .read(|state| crate::state::gc_plan(state, gc.keep_last));
-        let mut sizes = plan.blobs.clone();
-        for (digest, size) in sizes.iter_mut() {
-            if *size == 0 {
-                *size = self
-                    .node
-                    .blobs
-                    .size_of(digest)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
+        // What is reclaimed: the planned blobs this member still stores that are
+        // old enough to go (measured before the deletion starts; others were
+        // deleted before, or are kept by the grace period).
+        let before_ms = now_ms().saturating_sub(self.node.retention.grace_ms as i64);
+        let mut sizes = HashMap::new();
+        for digest in plan.blobs.keys() {
+            if let Ok(Some(size)) = self.node.blobs.size_of(digest).await
+                && self.node.blobs.written_before(digest, before_ms)
+            {
+                sizes.insert(digest.clone(), size);
             }
         }
         let (runs, blobs) = if gc.dry_run {
@@ -1234,26 +1311,28 @@ impl Control for ControlService {
                 )
                 .await
                 .map_err(propose_status)?;
-            let Outcome::Collected { runs, blobs } = outcome else {
+            let Outcome::Collected { runs, blobs, .. } = outcome else {
                 return Err(Status::internal("unexpected outcome of a collection"));
             };
             (runs, blobs)
         };
-        let bytes = blobs
+        let freed: Vec<u64> = blobs
             .iter()
-            .map(|(digest, size)| sizes.get(digest).copied().unwrap_or(*size).max(*size))
-            .sum();
+            .filter_map(|(digest, _)| sizes.get(digest).copied())
+            .collect();
+        let (deleted, bytes) = (freed.len() as u64, freed.iter().sum::<u64>());
+        self.consistent_read(false).await?;
         let runs_kept = self.node.read(|state| {
             state
                 .runs
                 .values()
-                .filter(|r| r.collected_ms.is_none())
+                .filter(|r| r.state.is_terminal() && r.collected_ms.is_none())
                 .count() as u64
         });
-        tracing::info!(runs = runs.len(), blobs = blobs.len(), bytes, dry_run = gc.dry_run, client = %caller.name, "garbage collection");
+        tracing::info!(runs = runs.len(), blobs = deleted, bytes, dry_run = gc.dry_run, client = %caller.name, "garbage collection");
         Ok(Response::new(proto::CollectGarbageResponse {
             runs,
-            blobs: blobs.len() as u64,
+            blobs: deleted,
             bytes,
             runs_kept,
         }))

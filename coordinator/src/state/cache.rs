@@ -34,8 +34,8 @@ struct KeyMaterial<'a> {
 }
 
 /// A step's cache key: the BLAKE3 hash (hex) of the canonical JSON of what
-/// determines its result: the step's name (it sees it as `FERRY_STEP`), the
-/// resolved command, its environment (the `env` of
+/// determines its result: the step's name as written (a trial is known by its
+/// sweep's name and its matrix values), the resolved command, its environment (the `env` of
 /// the spec, parameters substituted; Ferry holds no secret values), its container
 /// image (steps run without one today: `null`), `code` (the code bundle's digest,
 /// or the digest of the files under `cache.paths`), its inputs by name and
@@ -49,7 +49,9 @@ pub fn cache_key(
 ) -> String {
     let material = KeyMaterial {
         ferry_cache_key: KEY_LAYOUT,
-        step: &step.name,
+        // A trial is known by its values, not its index: adding values to a
+        // sweep renumbers trials without invalidating the unchanged ones.
+        step: step.trial.as_ref().map_or(&step.name, |t| &t.of),
         command: &step.command,
         env: &step.env,
         image: None,
@@ -166,11 +168,6 @@ impl State {
             .filter(|_| reads_cache)
             .and_then(|k| self.catalog.cache.get(k))
             .cloned();
-        let owner = key
-            .as_ref()
-            .filter(|_| reads_cache && hit.is_none())
-            .and_then(|k| self.cache_owners.get(k))
-            .cloned();
         let name = spec.name.clone();
         let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
             return;
@@ -181,23 +178,83 @@ impl State {
         self.dirty.runs.insert(run_id);
         if let Some(entry) = hit {
             Self::complete_from(record, &entry, ReuseKind::Cached);
-        } else if let (Some(key), Some((owner_run, owner_step))) = (key.clone(), owner) {
-            record.state = StepState::Waiting;
-            record.reason = Some(format!(
-                "waiting for the identical step \"{owner_step}\" of run {owner_run} \
-                 (same cache key); its result will be reused"
-            ));
-            self.cache_waiters
+            return;
+        }
+        record.state = StepState::Queued;
+        record.reason = None;
+        if let Some(key) = key
+            && reads_cache
+        {
+            self.cache_pending
                 .entry(key)
                 .or_default()
                 .insert((run_id, name));
-        } else {
-            record.state = StepState::Queued;
-            record.reason = None;
-            if let Some(key) = key
-                && reads_cache
-            {
-                self.cache_owners.entry(key).or_insert((run_id, name));
+        }
+    }
+
+    /// Called when the scheduler places a queued step with cache key `key`:
+    /// whether the step takes another's result instead of running. If the
+    /// result is in the cache now, the step completes from it; if an identical
+    /// step is computing it, the step waits for that one (and runs after all if
+    /// that one fails). Only a step placed on a worker owns a key, so a step never
+    /// waits behind one that cannot be placed.
+    pub(super) fn defer_to_cache(
+        &mut self,
+        key: &str,
+        run_id: RunId,
+        index: usize,
+        now_ms: i64,
+    ) -> bool {
+        let entry = self.catalog.cache.get(key).cloned();
+        let owner = self.cache_owners.get(key).cloned();
+        if entry.is_none() && owner.is_none() {
+            return false;
+        }
+        let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
+            return false;
+        };
+        let record = &mut run.steps[index];
+        let me = (run_id, record.name.clone());
+        self.dirty.runs.insert(run_id);
+        match (entry, owner) {
+            (Some(entry), _) => {
+                Self::complete_from(record, &entry, ReuseKind::Cached);
+                self.forget_pending(key, &me);
+                self.advance(run_id, now_ms);
+            }
+            (None, Some((owner_run, owner_step))) => {
+                record.state = StepState::Waiting;
+                record.reason = Some(format!(
+                    "waiting for the identical step \"{owner_step}\" of run {owner_run} \
+                     (same cache key); its result will be reused"
+                ));
+            }
+            (None, None) => unreachable!("checked above"),
+        }
+        true
+    }
+
+    /// A step of a run that reads the cache was placed: it computes its key now.
+    pub(super) fn claim_cache_key(&mut self, run_id: RunId, index: usize) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        let Some(key) = run.steps[index].cache_key.clone() else {
+            return;
+        };
+        if run.no_cache {
+            return;
+        }
+        let me = (run_id, run.steps[index].name.clone());
+        self.forget_pending(&key, &me);
+        self.cache_owners.entry(key).or_insert(me);
+    }
+
+    fn forget_pending(&mut self, key: &str, me: &(RunId, String)) {
+        if let Some(pending) = self.cache_pending.get_mut(key) {
+            pending.remove(me);
+            if pending.is_empty() {
+                self.cache_pending.remove(key);
             }
         }
     }
@@ -215,10 +272,12 @@ impl State {
         });
     }
 
-    /// After the step (`run`, `step`) with cache key `key` ended in `state` or
-    /// left the computation: a success enters the cache and completes every step
-    /// waiting for it; a step that will not succeed hands its key to the first
-    /// waiting step, which is queued in its place. A retry changes nothing.
+    /// After an attempt of the step (`run`, `step`) with cache key `key` ended, or
+    /// its run ended, with the step now in `state`: a success enters the cache
+    /// and completes every identical step still pending; an owner that will not
+    /// succeed now (a failure, a retry, a cancellation) gives the key up and the
+    /// steps waiting for it are queued again, so that one of them runs. A step
+    /// queued again for a retry is pending again.
     pub(super) fn settle_cache(
         &mut self,
         key: &str,
@@ -228,11 +287,20 @@ impl State {
         now_ms: i64,
     ) {
         let me = (run, step.to_string());
-        if let Some(waiters) = self.cache_waiters.get_mut(key) {
-            waiters.remove(&me);
-            if waiters.is_empty() {
-                self.cache_waiters.remove(key);
-            }
+        self.forget_pending(key, &me);
+        let was_owner = self.cache_owners.get(key) == Some(&me);
+        if was_owner {
+            self.cache_owners.remove(key);
+        }
+        let reads_cache = self
+            .runs
+            .get(&run)
+            .is_some_and(|r| !r.no_cache && !r.state.is_terminal());
+        if state == StepState::Queued && reads_cache {
+            self.cache_pending
+                .entry(key.to_string())
+                .or_default()
+                .insert(me.clone());
         }
         if state == StepState::Succeeded {
             let Some(record) = self.runs.get(&run).and_then(|r| r.step(step)) else {
@@ -249,46 +317,41 @@ impl State {
                 self.catalog.cache.insert(key.to_string(), entry);
                 self.dirty.meta = true;
             }
-            if self.cache_owners.get(key) == Some(&me) {
-                self.cache_owners.remove(key);
-            }
             let Some(entry) = self.catalog.cache.get(key).cloned() else {
                 return;
             };
-            let waiters = self.cache_waiters.remove(key).unwrap_or_default();
-            for (waiting_run, waiting_step) in waiters {
-                let Some(run) = self.runs.get_mut(&waiting_run).map(Arc::make_mut) else {
+            let pending = self.cache_pending.remove(key).unwrap_or_default();
+            for (pending_run, pending_step) in pending {
+                let Some(run) = self.runs.get_mut(&pending_run).map(Arc::make_mut) else {
                     continue;
                 };
-                if let Some(record) = run.steps.iter_mut().find(|s| s.name == waiting_step) {
+                if let Some(record) = run
+                    .steps
+                    .iter_mut()
+                    .find(|s| s.name == pending_step && !s.state.is_active())
+                {
                     Self::complete_from(record, &entry, ReuseKind::Cached);
                 }
-                self.dirty.runs.insert(waiting_run);
-                self.advance(waiting_run, now_ms);
+                self.dirty.runs.insert(pending_run);
+                self.advance(pending_run, now_ms);
             }
-        } else if state.is_terminal() {
-            if self.cache_owners.get(key) != Some(&me) {
-                return;
-            }
-            self.cache_owners.remove(key);
-            let next = self
-                .cache_waiters
-                .get_mut(key)
-                .and_then(|waiters| waiters.pop_first());
-            if self.cache_waiters.get(key).is_some_and(BTreeSet::is_empty) {
-                self.cache_waiters.remove(key);
-            }
-            let Some((next_run, next_step)) = next else {
-                return;
-            };
-            if let Some(run) = self.runs.get_mut(&next_run).map(Arc::make_mut)
-                && let Some(record) = run.steps.iter_mut().find(|s| s.name == next_step)
-            {
-                record.state = StepState::Queued;
-                record.reason = None;
-                self.dirty.runs.insert(next_run);
-                self.cache_owners
-                    .insert(key.to_string(), (next_run, next_step));
+        } else if was_owner {
+            let pending: Vec<(RunId, String)> = self
+                .cache_pending
+                .get(key)
+                .map(|p| p.iter().cloned().collect())
+                .unwrap_or_default();
+            for (pending_run, pending_step) in pending {
+                if let Some(run) = self.runs.get_mut(&pending_run).map(Arc::make_mut)
+                    && let Some(record) = run
+                        .steps
+                        .iter_mut()
+                        .find(|s| s.name == pending_step && s.state == StepState::Waiting)
+                {
+                    record.state = StepState::Queued;
+                    record.reason = None;
+                    self.dirty.runs.insert(pending_run);
+                }
             }
         }
     }
@@ -308,17 +371,22 @@ impl State {
         })
     }
 
-    /// The attempt that produced a step's result: its own last attempt, or that of
-    /// the step it was reused from.
-    pub fn producing_attempt(&self, run: RunId, step: &str) -> Option<&super::Attempt> {
-        let record = self.runs.get(&run)?.step(step)?;
+    /// The attempt that produced the result of step number `index` of `run`: its
+    /// own last attempt, or that of the step it was reused from (found at the
+    /// same position first: reused steps come from runs of the same pipeline).
+    pub fn producing_attempt(&self, run: RunId, index: usize) -> Option<&super::Attempt> {
+        let record = self.runs.get(&run)?.steps.get(index)?;
         match &record.reused {
-            Some(reuse) => self
-                .runs
-                .get(&reuse.run)?
-                .step(&reuse.step)?
-                .attempts
-                .last(),
+            Some(reuse) => {
+                let source = self.runs.get(&reuse.run)?;
+                source
+                    .steps
+                    .get(index)
+                    .filter(|s| s.name == reuse.step)
+                    .or_else(|| source.step(&reuse.step))?
+                    .attempts
+                    .last()
+            }
             None => record.attempts.last(),
         }
     }

@@ -81,6 +81,9 @@ pub struct GcPlan {
     pub blobs: BTreeMap<String, u64>,
     /// Cache entries that go with their runs (keys).
     pub evict: Vec<String>,
+    /// Collected runs none of whose blobs is kept any more: later collections
+    /// need not look at them again.
+    pub release: Vec<RunId>,
 }
 
 /// Every blob a run refers to: its bundle, its steps' inputs and outputs, and
@@ -127,6 +130,9 @@ pub fn gc_plan(state: &State, keep_last: u32) -> GcPlan {
     let mut live = BTreeMap::new();
     let mut dead = BTreeMap::new();
     for run in state.runs.values() {
+        if run.released {
+            continue;
+        }
         if run.collected_ms.is_some() || collect.contains(&run.id) {
             run_blobs(run, &mut dead);
         } else {
@@ -162,11 +168,46 @@ pub fn gc_plan(state: &State, keep_last: u32) -> GcPlan {
         }
     }
     dead.retain(|digest, _| !live.contains_key(digest));
+    let release = state
+        .runs
+        .values()
+        .filter(|run| !run.released)
+        .filter(|run| run.collected_ms.is_some() || collect.contains(&run.id))
+        .filter(|run| {
+            let mut blobs = BTreeMap::new();
+            run_blobs(run, &mut blobs);
+            blobs.keys().all(|digest| !live.contains_key(digest))
+        })
+        .map(|run| run.id)
+        .collect();
     GcPlan {
         runs: collect.into_iter().collect(),
         blobs: dead,
         evict,
+        release,
     }
+}
+
+/// Every blob something live refers to: runs that are not collected, the cache
+/// index, pins and schedules. What a deletion checks again before it deletes.
+pub fn live_blobs(state: &State) -> BTreeSet<String> {
+    let mut live = BTreeMap::new();
+    for run in state.runs.values().filter(|r| r.collected_ms.is_none()) {
+        run_blobs(run, &mut live);
+    }
+    let mut live: BTreeSet<String> = live.into_keys().collect();
+    for entry in state.catalog.cache.values() {
+        live.extend(entry.outputs.iter().map(|a| a.digest.clone()));
+    }
+    live.extend(state.catalog.pins.values().map(|p| p.digest.clone()));
+    live.extend(
+        state
+            .catalog
+            .schedules
+            .values()
+            .map(|s| s.bundle_digest.clone()),
+    );
+    live
 }
 
 impl State {
@@ -406,9 +447,16 @@ impl State {
                 self.dirty.runs.insert(*id);
             }
         }
+        for id in &plan.release {
+            if let Some(run) = self.runs.get_mut(id).map(Arc::make_mut) {
+                run.released = true;
+                self.dirty.runs.insert(*id);
+            }
+        }
         Outcome::Collected {
             runs: plan.runs,
             blobs: plan.blobs.into_iter().collect(),
+            at_ms: now_ms,
         }
     }
 }

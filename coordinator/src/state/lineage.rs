@@ -28,25 +28,31 @@ pub struct LineageNode {
 }
 
 impl State {
-    /// The step that first produced `digest` (not one that reused it): run, step
-    /// index and output index.
-    fn producer_of(&self, digest: &str) -> Option<(RunId, usize, usize)> {
-        self.runs.values().find_map(|run| {
-            run.steps.iter().enumerate().find_map(|(i, step)| {
+    /// Per artifact digest, the step that first produced it (not one that
+    /// reused it): run, step index and output index.
+    fn producers(&self) -> BTreeMap<&str, (RunId, usize, usize)> {
+        let mut producers = BTreeMap::new();
+        for run in self.runs.values() {
+            for (i, step) in run.steps.iter().enumerate() {
                 if step.reused.is_some() || step.state != StepState::Succeeded {
-                    return None;
+                    continue;
                 }
-                let o = step.outputs.iter().position(|a| a.digest == digest)?;
-                Some((run.id, i, o))
-            })
-        })
+                for (o, artifact) in step.outputs.iter().enumerate() {
+                    producers
+                        .entry(artifact.digest.as_str())
+                        .or_insert((run.id, i, o));
+                }
+            }
+        }
+        producers
     }
 
     /// The ancestry of an artifact, breadth first from it: one node per artifact
     /// that a known step produced (inputs no step produced end the walk). `None`
     /// when no step produced `digest`.
     pub fn lineage(&self, digest: &str) -> Option<Vec<LineageNode>> {
-        self.producer_of(digest)?;
+        let producers = self.producers();
+        producers.get(digest)?;
         let mut nodes = Vec::new();
         let mut seen = BTreeSet::new();
         let mut queue = VecDeque::from([digest.to_string()]);
@@ -54,7 +60,7 @@ impl State {
             if !seen.insert(digest.clone()) {
                 continue;
             }
-            let Some((run_id, index, output)) = self.producer_of(&digest) else {
+            let Some(&(run_id, index, output)) = producers.get(digest.as_str()) else {
                 continue;
             };
             let run = &self.runs[&run_id];

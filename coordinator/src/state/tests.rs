@@ -2500,8 +2500,20 @@ fn identical_steps_submitted_at_once_run_once() {
     let yaml = cached_pipeline("train", "");
     let first = sim.submit_cached(&yaml);
     let second = sim.submit_cached(&yaml);
-    // Only the first run's prepare is queued; the second waits for it.
-    assert_eq!(sim.queued(), [(first, "prepare".to_string())]);
+    // Both are queued: neither is computing yet.
+    assert_eq!(
+        sim.queued(),
+        [
+            (first, "prepare".to_string()),
+            (second, "prepare".to_string())
+        ]
+    );
+    // Both placed in one pass: the first owns the key, the second waits for it.
+    let assigned = sim.assign_all(vec![
+        placement(first, "prepare", "w1", &[]),
+        placement(second, "prepare", "w1", &[]),
+    ]);
+    assert_eq!(assigned.len(), 1, "{assigned:?}");
     assert_eq!(sim.step_state(second, "prepare"), StepState::Waiting);
     assert!(
         sim.step(second, "prepare")
@@ -2517,11 +2529,42 @@ fn identical_steps_submitted_at_once_run_once() {
         sim.state.next_run_id,
     );
     assert_eq!(rebuilt.cache_owners, sim.state.cache_owners);
-    assert_eq!(rebuilt.cache_waiters, sim.state.cache_waiters);
+    assert_eq!(rebuilt.cache_pending, sim.state.cache_pending);
+    let key = assigned[0].0.clone();
+    sim.start(&key);
+    sim.succeed(&key);
+    // The waiting twin took the result; the first run goes on.
+    assert_eq!(sim.step_state(second, "prepare"), StepState::Succeeded);
     run_all(&mut sim, first, "r1");
-    // Every step of the second run came from the first, none ran.
-    assert_eq!(sim.run(second).state, RunState::Succeeded);
+    // Every step of the second run came from the first, none ran: its train was
+    // queued beside the first's and completed when that one succeeded.
+    assert_eq!(
+        sim.run(second).state,
+        RunState::Succeeded,
+        "{:?}",
+        sim.states(second)
+    );
     assert!(sim.run(second).steps.iter().all(|s| s.attempts.is_empty()));
+}
+
+#[test]
+fn a_step_never_waits_behind_an_identical_one_that_cannot_be_placed() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    let stuck =
+        "name: p\nsteps:\n  - name: t\n    command: [\"x\"]\n    node_selector: {pool: nowhere}\n";
+    let free = "name: p\nsteps:\n  - name: t\n    command: [\"x\"]\n";
+    let first = sim.submit_cached(stuck);
+    let second = sim.submit_cached(free);
+    // Same key (placement is not part of it); the second runs and the first,
+    // still queued, takes its result.
+    assert_eq!(
+        sim.step(first, "t").cache_key,
+        sim.step(second, "t").cache_key
+    );
+    succeed_with(&mut sim, second, "t", "x");
+    assert_eq!(sim.run(first).state, RunState::Succeeded);
+    assert_eq!(sim.step(first, "t").reused.as_ref().unwrap().run, second);
 }
 
 #[test]
@@ -2838,6 +2881,7 @@ proptest::proptest! {
     ) {
         let mut sim = Sim::new();
         sim.register(big_worker("w1"));
+        let mut deleted_before = BTreeSet::new();
         for (i, (kind, content, fresh)) in history.into_iter().enumerate() {
             let yaml = if kind % 2 == 0 { cached_pipeline("train", "") } else { CHAIN.to_string() };
             let options = SubmitOptions { no_cache: fresh, ..Default::default() };
@@ -2876,7 +2920,13 @@ proptest::proptest! {
                 }
                 _ => {
                     let now_ms = sim.tick();
-                    sim.apply(Command::Collect { keep_last: keep, now_ms }).unwrap();
+                    let Ok(Outcome::Collected { blobs, .. }) =
+                        sim.apply(Command::Collect { keep_last: keep, now_ms }) else { panic!("collect") };
+                    let live = live_digests(&sim.state);
+                    for (digest, _) in blobs {
+                        proptest::prop_assert!(!live.contains(&digest), "{digest} was live");
+                        deleted_before.insert(digest);
+                    }
                 }
             }
         }
@@ -2884,19 +2934,29 @@ proptest::proptest! {
             .filter(|r| r.collected_ms.is_some()).map(|r| r.id).collect();
         let plan = gc_plan(&sim.state, keep);
         let now_ms = sim.tick();
-        let Ok(Outcome::Collected { runs, blobs }) =
+        let Ok(Outcome::Collected { runs, blobs, .. }) =
             sim.apply(Command::Collect { keep_last: keep, now_ms }) else { panic!("collect") };
         proptest::prop_assert_eq!(&runs, &plan.runs);
         let deleted: BTreeSet<String> = blobs.iter().map(|(d, _)| d.clone()).collect();
         let live = live_digests(&sim.state);
         // Never a referenced blob.
         proptest::prop_assert!(deleted.is_disjoint(&live), "{:?}", deleted.intersection(&live).collect::<Vec<_>>());
-        // Every other blob of a collected run goes.
+        // Every other blob of a collected run goes (now, or in an earlier
+        // collection), and a blob is reported once: a run whose blobs all went
+        // is not looked at again.
         for run in sim.state.runs.values().filter(|r| r.collected_ms.is_some()) {
             let mut blobs = BTreeMap::new();
             catalog::run_blobs(run, &mut blobs);
             for digest in blobs.keys() {
-                proptest::prop_assert!(live.contains(digest) || deleted.contains(digest), "{digest} of run {} kept", run.id);
+                proptest::prop_assert!(
+                    live.contains(digest) || deleted.contains(digest) || deleted_before.contains(digest),
+                    "{digest} of run {} kept", run.id
+                );
+            }
+        }
+        for entry in sim.state.catalog.cache.values() {
+            for artifact in &entry.outputs {
+                proptest::prop_assert!(!deleted.contains(&artifact.digest), "the cache names a deleted blob");
             }
         }
         // Running runs are never collected; kept runs are the newest per pipeline.
