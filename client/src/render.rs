@@ -79,34 +79,13 @@ pub fn now_ms() -> i64 {
 pub fn utc_time(timestamp_ms: i64) -> String {
     let seconds = timestamp_ms.div_euclid(1000);
     let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = ferry_common::cron::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
         second_of_day / 3600,
         (second_of_day / 60) % 60,
         second_of_day % 60
     )
-}
-
-/// The date `days` after 1970-01-01: year, month (1-12), day (1-31). Howard
-/// Hinnant's `civil_from_days`, which counts in 400-year eras of 146,097 days.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months counted from March, so that the leap day ends the year.
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A number as a metric value: Rust's shortest exact form (`0.93`, `12`, `1e-7`).

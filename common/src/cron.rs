@@ -489,7 +489,7 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 
 /// The proleptic Gregorian (year, month, day) of a day since the epoch, by Howard
 /// Hinnant's `civil_from_days` algorithm.
-fn civil_from_days(epoch_day: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(epoch_day: i64) -> (i64, u32, u32) {
     let z = epoch_day + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

@@ -92,6 +92,43 @@ impl ControlService {
         }
     }
 
+    /// Validates a submitted pipeline file (with its `--param` overrides) exactly
+    /// as the CLI did.
+    fn parse_spec(
+        &self,
+        yaml: &str,
+        file: &str,
+        params: HashMap<String, String>,
+    ) -> Result<Pipeline, Status> {
+        if yaml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                yaml.len()
+            )));
+        }
+        let file = if file.is_empty() {
+            "pipeline.yaml"
+        } else {
+            file
+        };
+        let overrides: BTreeMap<String, String> = params.into_iter().collect();
+        (self.parsed)
+            .parse(file, yaml, &overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// The code bundle a submission names must be stored (on a majority).
+    async fn require_bundle(&self, digest: &str) -> Result<(), Status> {
+        let stored = super::is_digest(digest) && self.node.ensure_blob(digest).await.is_ok();
+        if stored {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "code bundle {digest} is not stored on the coordinators; upload it first"
+            )))
+        }
+    }
+
     /// For each step with `cache.paths`: the digest of those files in the
     /// bundle (read from the blob store), which stands for its code in its cache
     /// key. A path that is not in the bundle is the caller's error.
@@ -640,32 +677,8 @@ impl Control for ControlService {
     ) -> Result<Response<proto::SubmitRunResponse>, Status> {
         let caller = require_role(&request, Role::Client)?;
         let submit = request.into_inner();
-        if submit.spec_yaml.len() > MAX_SPEC_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
-                submit.spec_yaml.len()
-            )));
-        }
-        let file = if submit.spec_file.is_empty() {
-            "pipeline.yaml".to_string()
-        } else {
-            submit.spec_file.clone()
-        };
-        let overrides: BTreeMap<String, String> = submit.params.into_iter().collect();
-        let pipeline = (self.parsed)
-            .parse(&file, &submit.spec_yaml, &overrides)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if super::is_digest(&submit.bundle_digest) {
-            self.node.ensure_blob(&submit.bundle_digest).await
-        } else {
-            Err(Status::not_found("no bundle"))
-        }
-        .map_err(|_| {
-            Status::failed_precondition(format!(
-                "code bundle {} is not stored on the coordinators; upload it first",
-                submit.bundle_digest
-            ))
-        })?;
+        let pipeline = self.parse_spec(&submit.spec_yaml, &submit.spec_file, submit.params)?;
+        self.require_bundle(&submit.bundle_digest).await?;
         let code_digests = self.code_digests(&pipeline, &submit.bundle_digest).await?;
         let outcome = self
             .node
@@ -1088,29 +1101,8 @@ impl Control for ControlService {
             )));
         }
         ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
-        if create.spec_yaml.len() > MAX_SPEC_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
-                create.spec_yaml.len()
-            )));
-        }
-        let file = if create.spec_file.is_empty() {
-            "pipeline.yaml".to_string()
-        } else {
-            create.spec_file.clone()
-        };
-        let overrides: BTreeMap<String, String> = create.params.into_iter().collect();
-        let pipeline = (self.parsed)
-            .parse(&file, &create.spec_yaml, &overrides)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !super::is_digest(&create.bundle_digest)
-            || self.node.ensure_blob(&create.bundle_digest).await.is_err()
-        {
-            return Err(Status::failed_precondition(format!(
-                "code bundle {} is not stored on the coordinators; upload it first",
-                create.bundle_digest
-            )));
-        }
+        let pipeline = self.parse_spec(&create.spec_yaml, &create.spec_file, create.params)?;
+        self.require_bundle(&create.bundle_digest).await?;
         let code_digests = self.code_digests(&pipeline, &create.bundle_digest).await?;
         let schedule = crate::state::Schedule {
             name: create.name.clone(),
