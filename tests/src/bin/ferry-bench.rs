@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! target/release/ferry-bench [commit|failover|graceful|steps|latency|all] [--seconds N]
-//!     [--clients N] [--trials N] [--runs N] [--steps N]
+//! target/release/ferry-bench [commit|failover|graceful|steps|latency|cache|all]
+//!     [--seconds N] [--clients N] [--trials N] [--runs N] [--steps N] [--sweeps N]
 //! ```
 //!
 //! - `commit`: many concurrent clients submit one-step runs to a 3-member cluster
@@ -20,6 +20,15 @@
 //!   runs submitted one after another; the step is `touch FILE`, and the time
 //!   from the submission to the file's modification time is the submit-to-start
 //!   latency. Prints p50, p99 and max.
+//! - `cache`: on the same kind of cluster, a chain of `--steps` cheap steps is run
+//!   once (which fills the cache), then submitted again `--trials` times one
+//!   after another; each is completed from the cache when its submission is
+//!   applied. Prints the `SubmitRun` call, the first `GetRun` after it and the
+//!   whole submit-to-succeeded time (p50, p90, p99, max), and how often that first
+//!   read already said `succeeded`. Then, `--sweeps` times each (runs cancelled at
+//!   once): the same chain submitted with `no_cache`, for comparison, and a
+//!   1,000-trial sweep (`cache: false`), whose `SubmitRun` call expands, validates
+//!   and replicates the 1,000 steps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +52,9 @@ struct Options {
     snapshot_every: Option<u64>,
     runs: usize,
     steps: usize,
+    /// Submissions of the 1,000-trial sweep, and of the uncached chain it is
+    /// compared with, in the cache benchmark.
+    sweeps: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -55,6 +67,7 @@ fn options() -> anyhow::Result<Options> {
         snapshot_every: None,
         runs: 50,
         steps: 100,
+        sweeps: 10,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,11 +85,15 @@ fn options() -> anyhow::Result<Options> {
             "--snapshot-every" => options.snapshot_every = Some(number("--snapshot-every")?),
             "--runs" => options.runs = number("--runs")? as usize,
             "--steps" => options.steps = number("--steps")? as usize,
-            "commit" | "failover" | "graceful" | "steps" | "latency" | "all" => options.what = arg,
+            "--sweeps" => options.sweeps = number("--sweeps")? as usize,
+            "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "all" => {
+                options.what = arg
+            }
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|all] [--seconds N] [--clients N] \
-                 [--trials N] [--members N] [--snapshot-every N] [--runs N] [--steps N]"
+                 [commit|failover|graceful|steps|latency|cache|all] [--seconds N] \
+                 [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
+                 [--steps N] [--sweeps N]"
             ),
         }
     }
@@ -660,6 +677,308 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the cache benchmark reads a run again while it is not yet done
+/// (tokio's timer has millisecond resolution, so a wait takes 1–2 ms).
+const POLL: Duration = Duration::from_millis(1);
+
+/// A chain of `steps` cheap steps (`touch out`, one declared output each); every
+/// step but the first takes the previous one's output as its input, so its cache
+/// key holds that output's digest and a hit has to resolve the whole chain.
+fn chained_pipeline(steps: usize) -> String {
+    let mut yaml = "name: cached\nsteps:\n".to_string();
+    for i in 0..steps {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    command: [\"touch\", \"out\"]\n    outputs: [out]\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    inputs: {{previous: s{}/out}}\n", i - 1));
+        }
+    }
+    yaml
+}
+
+/// One step written with a 10 × 10 × 10 matrix (1,000 trials), never cached.
+fn sweep_pipeline() -> String {
+    let values = (0..10)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "name: sweep\nsteps:\n  - name: trial\n    matrix: {{a: [{values}], b: [{values}], c: [{values}]}}\n    \
+         command: [\"true\", \"${{matrix.a}}\", \"${{matrix.b}}\", \"${{matrix.c}}\"]\n    cache: false\n"
+    )
+}
+
+/// Reads the run (a linearizable read, as `ferry status` does) every `poll`
+/// until it has ended; returns its view, when the answer saying so arrived and
+/// how many reads it took.
+async fn read_until_ended(
+    client: &mut ControlClient<Channel>,
+    run_id: u64,
+    poll: Duration,
+    timeout: Duration,
+) -> anyhow::Result<(proto::RunView, Instant, usize)> {
+    let deadline = Instant::now() + timeout;
+    let mut reads = 0;
+    loop {
+        let view = client
+            .get_run(proto::GetRunRequest {
+                run_id,
+                stale: false,
+            })
+            .await?
+            .into_inner();
+        reads += 1;
+        let state = view.summary.as_ref().map(|s| s.state.as_str());
+        if state.is_some_and(|state| state != "running") {
+            return Ok((view, Instant::now(), reads));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "run {run_id} did not end in {timeout:?}"
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Cancels a run and waits until no worker runs anything, so that the next
+/// submission meets an idle cluster again.
+async fn cancel_and_settle(client: &mut ControlClient<Channel>, run_id: u64) -> anyhow::Result<()> {
+    client
+        .cancel_run(proto::CancelRunRequest { run_id })
+        .await?;
+    read_until_ended(client, run_id, POLL, Duration::from_secs(10)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = client
+            .list_workers(proto::ListWorkersRequest { stale: false })
+            .await?
+            .into_inner()
+            .workers;
+        if workers.iter().all(|w| w.running == 0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the workers still run steps of cancelled run {run_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `p50 …, p90 …, p99 …, max …` of unsorted durations, in milliseconds.
+fn spread(mut times: Vec<Duration>) -> String {
+    times.sort();
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        millis(percentile(&times, 0.50)),
+        millis(percentile(&times, 0.90)),
+        millis(percentile(&times, 0.99)),
+        millis(times.last().copied().unwrap_or_default()),
+    )
+}
+
+async fn bench_cache(options: &Options) -> anyhow::Result<()> {
+    let cluster = step_cluster();
+    let steps = options.steps;
+    let yaml = chained_pipeline(steps);
+    // The first run, through the CLI, uploads the bundle and fills the cache.
+    let dir = cluster.path("cached");
+    let pipeline = write_pipeline(&dir, &yaml, &[]);
+    let first = cluster.submit(&pipeline, &[]);
+    let bundle = ferry_common::bundle::pack_dir(&dir)?.digest;
+    let (_bench, leader, channel) = connect_to_leader(&cluster).await?;
+    let mut client = ControlClient::new(channel);
+    let (view, _, _) = read_until_ended(
+        &mut client,
+        first,
+        Duration::from_millis(50),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let summary = view.summary.context("a run view without a summary")?;
+    anyhow::ensure!(
+        summary.state == "succeeded",
+        "the first run of the chain ended {}: {}",
+        summary.state,
+        summary.reason
+    );
+    println!(
+        "cache: 3 coordinators (leader {leader}), 2 idle workers; a chain of {steps} steps \
+         ran in {} ms the first time (the coordinator's clock)",
+        summary.finished_ms - summary.submitted_ms
+    );
+    let request = proto::SubmitRunRequest {
+        spec_yaml: yaml,
+        spec_file: "pipeline.yaml".to_string(),
+        params: Default::default(),
+        bundle_digest: bundle,
+        request_id: String::new(),
+        no_cache: false,
+    };
+    measure_cached_runs(&mut client, &request, steps, options.trials).await?;
+    measure_uncached_submissions(&mut client, &request, steps, options.sweeps).await?;
+    measure_sweep_submissions(&mut client, &request, options.sweeps).await
+}
+
+/// Submits the chain `trials` times, one after another, and reads each run
+/// until it has ended; every run must be complete with every step from the cache.
+async fn measure_cached_runs(
+    client: &mut ControlClient<Channel>,
+    request: &proto::SubmitRunRequest,
+    steps: usize,
+    trials: usize,
+) -> anyhow::Result<()> {
+    // One submission first, not counted: it opens the connection, and it shows
+    // that these submissions find the keys the CLI's run stored.
+    let run = client
+        .submit_run(request.clone())
+        .await?
+        .into_inner()
+        .run_id;
+    let (view, _, _) = read_until_ended(client, run, POLL, Duration::from_secs(60)).await?;
+    let cached = view.summary.map(|s| s.steps_cached).unwrap_or_default();
+    anyhow::ensure!(
+        cached as usize == steps,
+        "only {cached} of {steps} steps came from the cache"
+    );
+    let (mut calls, mut reads, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ended_at_first_read, mut ended_when_applied) = (0, 0);
+    for trial in 0..trials {
+        let began = Instant::now();
+        let run = client
+            .submit_run(request.clone())
+            .await?
+            .into_inner()
+            .run_id;
+        let answered = Instant::now();
+        let (view, seen, reads_needed) =
+            read_until_ended(client, run, POLL, Duration::from_secs(10)).await?;
+        let summary = view.summary.context("a run view without a summary")?;
+        anyhow::ensure!(
+            summary.state == "succeeded" && summary.steps_cached as usize == steps,
+            "trial {trial}: run {run} ended {} with {} of {steps} steps from the cache",
+            summary.state,
+            summary.steps_cached
+        );
+        if reads_needed == 1 {
+            ended_at_first_read += 1;
+        }
+        // The state machine stamps a run's end with the time carried by the
+        // command that ended it: equal times mean the submission itself did.
+        if summary.finished_ms == summary.submitted_ms {
+            ended_when_applied += 1;
+        }
+        calls.push(answered - began);
+        reads.push(seen - answered);
+        totals.push(seen - began);
+    }
+    println!(
+        "cache: {trials} fully cached {steps}-step runs, one at a time; reads are linearizable \
+         GetRun calls to the leader, repeated every {} ms until the run has ended",
+        POLL.as_millis()
+    );
+    println!("cache:   SubmitRun call        {}", spread(calls));
+    println!("cache:   first GetRun after it {}", spread(reads));
+    println!("cache:   submit to succeeded   {}", spread(totals));
+    println!(
+        "cache:   the first GetRun after the answer already said succeeded in \
+         {ended_at_first_read} of {trials} runs; the run ended at its submission's \
+         time (the submission itself completed it) in {ended_when_applied}"
+    );
+    Ok(())
+}
+
+/// The same chain with `no_cache`, for comparison: validation, replication and
+/// the first step queued; each run is cancelled at once.
+async fn measure_uncached_submissions(
+    client: &mut ControlClient<Channel>,
+    request: &proto::SubmitRunRequest,
+    steps: usize,
+    submissions: usize,
+) -> anyhow::Result<()> {
+    let uncached = proto::SubmitRunRequest {
+        no_cache: true,
+        ..request.clone()
+    };
+    let mut calls = Vec::new();
+    for _ in 0..submissions {
+        let began = Instant::now();
+        let run = client
+            .submit_run(uncached.clone())
+            .await?
+            .into_inner()
+            .run_id;
+        calls.push(began.elapsed());
+        cancel_and_settle(client, run).await?;
+    }
+    println!(
+        "cache: the same {steps}-step chain with no_cache (cancelled at once), {submissions} \
+         submissions: SubmitRun call {}",
+        spread(calls)
+    );
+    Ok(())
+}
+
+/// A 1,000-trial sweep: the coordinator expands the matrix, validates the 1,000
+/// steps and replicates the run before it answers. It keeps the parsed form of
+/// specs it has seen (by their text), so the first series makes every text new
+/// with a comment, and the second sends one text again and again, as a user
+/// submitting the same sweep again would. The steps need no files, so the
+/// chain's bundle serves.
+async fn measure_sweep_submissions(
+    client: &mut ControlClient<Channel>,
+    request: &proto::SubmitRunRequest,
+    submissions: usize,
+) -> anyhow::Result<()> {
+    for (fresh, what) in [
+        (true, "a new spec text each time: parsed and expanded"),
+        (
+            false,
+            "the same spec text each time: parsed by the first only",
+        ),
+    ] {
+        let mut calls = Vec::new();
+        for submission in 0..submissions {
+            let comment = if fresh {
+                format!("# submission {submission}\n")
+            } else {
+                String::new()
+            };
+            let sweep = proto::SubmitRunRequest {
+                spec_yaml: comment + &sweep_pipeline(),
+                ..request.clone()
+            };
+            let began = Instant::now();
+            let run = client.submit_run(sweep).await?.into_inner().run_id;
+            calls.push(began.elapsed());
+            cancel_and_settle(client, run).await?;
+            let view = client
+                .get_run(proto::GetRunRequest {
+                    run_id: run,
+                    stale: false,
+                })
+                .await?
+                .into_inner();
+            anyhow::ensure!(
+                view.steps.len() == 1000,
+                "the sweep has {} steps, not 1000",
+                view.steps.len()
+            );
+        }
+        println!(
+            "cache: a 1,000-trial sweep (cache: false, cancelled at once), {submissions} \
+             submissions, {what}: SubmitRun call {}",
+            spread(calls)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
@@ -679,6 +998,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(options.what.as_str(), "latency" | "all") {
             bench_latency(&options).await?;
+        }
+        if matches!(options.what.as_str(), "cache" | "all") {
+            bench_cache(&options).await?;
         }
         Ok(())
     })
