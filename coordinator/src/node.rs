@@ -1078,7 +1078,7 @@ fn gather_input(
                 size: artifact.size,
             });
         }
-        let metrics = last_metrics(state, run.id, index);
+        let metrics = last_metrics(state, run, index);
         if let Some(by) = &gather.best
             && let Some(value) = metrics.get(&by.metric).copied()
             && !value.is_nan()
@@ -1116,7 +1116,7 @@ fn gather_input(
 
 /// The last value of each metric the attempt that produced a step's result
 /// reported (following a cached or reused step to the one that ran).
-pub fn last_metrics(state: &State, run: RunId, index: usize) -> BTreeMap<String, f64> {
+fn last_metrics(state: &State, run: &crate::state::Run, index: usize) -> BTreeMap<String, f64> {
     state
         .producing_attempt(run, index)
         .map(|attempt| {

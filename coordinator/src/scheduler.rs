@@ -558,7 +558,8 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
         // A run or sweep at its max_parallel cannot take more steps this pass:
         // its further steps are left out of the window, so that they do not
         // crowd out steps that could go.
-        let mut room = RoomInRun::of(run);
+        // Counted only for a run that gets as far as the window.
+        let mut room: Option<RoomInRun> = None;
         for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
             if record.state != crate::state::StepState::Queued {
                 continue;
@@ -567,10 +568,10 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
                 next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
                 continue;
             }
-            if !room.take(spec) {
+            if *taken >= QUEUE_WINDOW {
                 continue;
             }
-            if *taken >= QUEUE_WINDOW {
+            if !room.get_or_insert_with(|| RoomInRun::of(run)).take(spec) {
                 continue;
             }
             *taken += 1;

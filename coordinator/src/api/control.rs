@@ -305,7 +305,12 @@ fn resources(resources: ferry_common::spec::Resources) -> proto::Resources {
 pub(crate) fn run_metrics(state: &State, run: &Run) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::new();
     for index in 0..run.steps.len() {
-        metrics.extend(crate::node::last_metrics(state, run.id, index));
+        // Later values replace earlier ones: the last value of the last step.
+        if let Some(attempt) = state.producing_attempt(run, index) {
+            for point in &attempt.metrics {
+                metrics.insert(point.name.clone(), point.value);
+            }
+        }
     }
     metrics
 }
@@ -519,7 +524,7 @@ fn run_view(
                         .unwrap_or_default(),
                     metrics: if record.state == StepState::Succeeded {
                         state
-                            .producing_attempt(run.id, index)
+                            .producing_attempt(run, index)
                             .map(|a| a.metrics.iter().map(metric_view).collect())
                             .unwrap_or_default()
                     } else {

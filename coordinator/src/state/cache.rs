@@ -86,13 +86,23 @@ impl State {
         if run.state.is_terminal() {
             return;
         }
-        let mut succeeded: BTreeSet<String> = run
+        // Steps before the first one waiting without a key cannot move in this
+        // pass (most completions, e.g. of independent steps, find none).
+        let first = run
             .steps
             .iter()
-            .filter(|s| s.state == StepState::Succeeded)
-            .map(|s| s.name.clone())
-            .collect();
-        for index in 0..run.steps.len() {
+            .position(|s| s.state == StepState::Waiting && s.cache_key.is_none())
+            .unwrap_or(run.steps.len());
+        let mut succeeded: BTreeSet<String> = if first < run.steps.len() {
+            run.steps
+                .iter()
+                .filter(|s| s.state == StepState::Succeeded)
+                .map(|s| s.name.clone())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        for index in first..run.steps.len() {
             let Some(run) = self.runs.get(&run_id) else {
                 return;
             };
@@ -374,8 +384,12 @@ impl State {
     /// The attempt that produced the result of step number `index` of `run`: its
     /// own last attempt, or that of the step it was reused from (found at the
     /// same position first: reused steps come from runs of the same pipeline).
-    pub fn producing_attempt(&self, run: RunId, index: usize) -> Option<&super::Attempt> {
-        let record = self.runs.get(&run)?.steps.get(index)?;
+    pub fn producing_attempt<'a>(
+        &'a self,
+        run: &'a Run,
+        index: usize,
+    ) -> Option<&'a super::Attempt> {
+        let record = run.steps.get(index)?;
         match &record.reused {
             Some(reuse) => {
                 let source = self.runs.get(&reuse.run)?;
