@@ -399,6 +399,16 @@ pub fn gc_summary(answer: &proto::CollectGarbageResponse, dry_run: bool) -> Stri
             render::count(answer.runs_kept, "run")
         )
     };
+    if answer.recent_blobs > 0 {
+        let grace = ferry_common::spec::format_duration_ms(answer.grace_ms);
+        text.push_str(&format!(
+            "\n{} {} ({}) written in the last {grace}: the first collection \
+             after that deletes them (run 'ferry gc' again then)",
+            if dry_run { "would keep" } else { "kept" },
+            render::count(answer.recent_blobs, "blob"),
+            render::bytes(answer.recent_bytes),
+        ));
+    }
     if !answer.runs.is_empty() {
         const SHOWN: usize = 20;
         let mut ids: Vec<String> = answer.runs.iter().take(SHOWN).map(u64::to_string).collect();
@@ -433,6 +443,9 @@ pub async fn collect_garbage(
                 "blobs": answer.blobs,
                 "bytes": answer.bytes,
                 "runs_kept": answer.runs_kept,
+                "recent_blobs": answer.recent_blobs,
+                "recent_bytes": answer.recent_bytes,
+                "grace_ms": answer.grace_ms,
             }))?
         );
         return Ok(());
@@ -500,6 +513,7 @@ mod tests {
             blobs: 57,
             bytes: 1_288_490_189,
             runs_kept: 34,
+            ..Default::default()
         };
         assert_eq!(
             gc_summary(&answer, false),
@@ -514,10 +528,26 @@ mod tests {
             blobs: 1,
             bytes: 0,
             runs_kept: 1,
+            ..Default::default()
         };
         assert_eq!(
             gc_summary(&nothing, false),
             "collected 0 runs: deleted 1 blob, 0 B reclaimed (1 run kept)"
+        );
+        let recent = proto::CollectGarbageResponse {
+            runs: vec![3],
+            recent_blobs: 4,
+            recent_bytes: 3 * 1024,
+            grace_ms: 600_000,
+            runs_kept: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            gc_summary(&recent, false),
+            "collected 1 run: deleted 0 blobs, 0 B reclaimed (0 runs kept)\n\
+             kept 4 blobs (3.0 KiB) written in the last 10m: the first collection after that \
+             deletes them (run 'ferry gc' again then)\n\
+             runs: 3"
         );
     }
 

@@ -931,13 +931,19 @@ impl Node {
                     tracing::warn!(run = key.run, step = %key.step, attempt = key.attempt, worker, "attempt lost with its worker");
                 }
             }
-            Outcome::Collected { runs, blobs, at_ms } => {
+            Outcome::Collected {
+                runs,
+                blobs,
+                at_ms,
+                grace_ms,
+            } => {
                 // Every member deletes its own copies. What is referenced again
                 // by now (a member applying the entry late or again after a
                 // restart) or was written within the grace period before the
                 // collection (an upload whose record is not committed yet) stays.
                 let live = self.read(crate::state::live_blobs);
-                let before_ms = at_ms.saturating_sub(self.retention.grace_ms as i64);
+                // The proposer's grace period, the same on every member.
+                let before_ms = at_ms.saturating_sub(*grace_ms as i64);
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();
@@ -1308,6 +1314,7 @@ async fn retention_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         let command = Command::Collect {
             keep_last,
             now_ms: now_ms(),
+            grace_ms: node.retention.grace_ms,
         };
         match node.propose(command).await {
             Ok(Outcome::Collected { runs, blobs, .. }) => {

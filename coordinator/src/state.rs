@@ -512,9 +512,13 @@ pub enum Command {
     },
     /// `ferry gc --keep-last N`: the logs and artifacts of finished runs beyond
     /// the newest `keep_last` of each pipeline are deleted (see [`gc_plan`]).
+    /// Blobs written within `grace_ms` before `now_ms` are kept for a later
+    /// collection (absent from entries made before it existed: 0).
     Collect {
         keep_last: u32,
         now_ms: i64,
+        #[serde(default)]
+        grace_ms: u64,
     },
     RegisterWorker {
         worker: Worker,
@@ -614,6 +618,7 @@ pub enum Outcome {
         runs: Vec<RunId>,
         blobs: Vec<(String, u64)>,
         at_ms: i64,
+        grace_ms: u64,
     },
 }
 
@@ -858,7 +863,11 @@ impl State {
                 now_ms,
             } => self.pin(tag, digest, owner, now_ms),
             Command::UnpinArtifact { tag, now_ms: _ } => self.unpin(&tag),
-            Command::Collect { keep_last, now_ms } => Ok(self.collect(keep_last, now_ms)),
+            Command::Collect {
+                keep_last,
+                now_ms,
+                grace_ms,
+            } => Ok(self.collect(keep_last, now_ms, grace_ms)),
             Command::RegisterWorker {
                 worker,
                 running,

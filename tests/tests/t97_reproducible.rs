@@ -477,8 +477,13 @@ steps:
 
 #[test]
 fn gc_deletes_old_runs_artifacts_but_keeps_pinned_and_referenced_ones() {
-    // No grace period: the blobs of this test are seconds old.
-    let mut cluster = Cluster::start_replicated(1, "[retention]\ngrace_ms = 0\n");
+    // A grace period of 8 s: the first collection keeps the blob it plans to
+    // delete (seconds old), a collection after the grace period deletes it.
+    const GRACE: Duration = Duration::from_secs(8);
+    let mut cluster = Cluster::start_replicated(
+        1,
+        &format!("[retention]\ngrace_ms = {}\n", GRACE.as_millis()),
+    );
     cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
     let pipeline = write_pipeline(
         &cluster.path("gc"),
@@ -519,12 +524,6 @@ steps:
         "{}",
         dry.stdout
     );
-    let gc = cluster.ferry(&["gc", "--keep-last", "1"]);
-    assert!(gc.success(), "{gc:?}");
-    // Runs 1 and 2 collected; run 2's artifact (100 kB) reclaimed, run 1's pinned.
-    assert!(gc.stdout.contains("collected 2 runs"), "{}", gc.stdout);
-    assert!(gc.stdout.contains("deleted 1 blob"), "{}", gc.stdout);
-    assert!(gc.stdout.contains("97.7 KiB reclaimed"), "{}", gc.stdout);
     let blob_file = |digest: &str| {
         cluster
             .path("coordinator-1-data/blobs")
@@ -532,6 +531,44 @@ steps:
             .join(digest)
     };
     let collected = digest_of(runs[1]);
+    let written = std::fs::metadata(blob_file(&collected))
+        .and_then(|m| m.modified())
+        .unwrap();
+    let gc = cluster.ferry(&["gc", "--keep-last", "1"]);
+    assert!(gc.success(), "{gc:?}");
+    // Runs 1 and 2 collected; run 1's artifact is pinned, run 2's (100 kB) is
+    // within the grace period: kept for now (unless this machine was so slow
+    // that the period is over already).
+    assert!(gc.stdout.contains("collected 2 runs"), "{}", gc.stdout);
+    if written.elapsed().unwrap() < GRACE - Duration::from_secs(2) {
+        assert!(gc.stdout.contains("deleted 0 blobs"), "{}", gc.stdout);
+        assert!(
+            gc.stdout
+                .contains("kept 1 blob (97.7 KiB) written in the last 8s"),
+            "{}",
+            gc.stdout
+        );
+        assert!(blob_file(&collected).exists(), "kept by the grace period");
+        std::thread::sleep(
+            GRACE.saturating_sub(written.elapsed().unwrap()) + Duration::from_millis(200),
+        );
+        // The first collection after the grace period deletes it.
+        let later = cluster.ferry(&["gc", "--keep-last", "1"]);
+        assert!(later.success(), "{later:?}");
+        assert!(
+            later.stdout.contains("collected 0 runs"),
+            "{}",
+            later.stdout
+        );
+        assert!(later.stdout.contains("deleted 1 blob"), "{}", later.stdout);
+        assert!(
+            later.stdout.contains("97.7 KiB reclaimed"),
+            "{}",
+            later.stdout
+        );
+    } else {
+        assert!(gc.stdout.contains("deleted 1 blob"), "{}", gc.stdout);
+    }
     wait_for(Duration::from_secs(10), "the blob to be deleted", || {
         (!blob_file(&collected).exists()).then_some(())
     });

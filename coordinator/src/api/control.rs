@@ -1279,19 +1279,25 @@ impl Control for ControlService {
         let caller = require_role(&request, Role::Client)?;
         let gc = request.into_inner();
         self.consistent_read(false).await?;
+        let grace_ms = self.node.retention.grace_ms;
+        let started_ms = now_ms();
         let plan = self
             .node
-            .read(|state| crate::state::gc_plan(state, gc.keep_last));
+            .read(|state| crate::state::gc_plan(state, gc.keep_last, started_ms, grace_ms));
         // What is reclaimed: the planned blobs this member still stores that are
         // old enough to go (measured before the deletion starts; others were
-        // deleted before, or are kept by the grace period).
-        let before_ms = now_ms().saturating_sub(self.node.retention.grace_ms as i64);
+        // deleted before). Those written within the grace period are kept for a
+        // later collection, and reported as such.
+        let before_ms = started_ms.saturating_sub(grace_ms as i64);
         let mut sizes = HashMap::new();
+        let mut recent = HashMap::new();
         for digest in plan.blobs.keys() {
-            if let Ok(Some(size)) = self.node.blobs.size_of(digest).await
-                && self.node.blobs.written_before(digest, before_ms)
-            {
-                sizes.insert(digest.clone(), size);
+            if let Ok(Some(size)) = self.node.blobs.size_of(digest).await {
+                if self.node.blobs.written_before(digest, before_ms) {
+                    sizes.insert(digest.clone(), size);
+                } else {
+                    recent.insert(digest.clone(), size);
+                }
             }
         }
         let (runs, blobs) = if gc.dry_run {
@@ -1304,6 +1310,7 @@ impl Control for ControlService {
                     Command::Collect {
                         keep_last: gc.keep_last,
                         now_ms: now_ms(),
+                        grace_ms,
                     },
                 )
                 .await
@@ -1318,6 +1325,10 @@ impl Control for ControlService {
             .filter_map(|(digest, _)| sizes.get(digest).copied())
             .collect();
         let (deleted, bytes) = (freed.len() as u64, freed.iter().sum::<u64>());
+        let held: Vec<u64> = blobs
+            .iter()
+            .filter_map(|(digest, _)| recent.get(digest).copied())
+            .collect();
         self.consistent_read(false).await?;
         let runs_kept = self.node.read(|state| {
             state
@@ -1326,12 +1337,15 @@ impl Control for ControlService {
                 .filter(|r| r.state.is_terminal() && r.collected_ms.is_none())
                 .count() as u64
         });
-        tracing::info!(runs = runs.len(), blobs = deleted, bytes, dry_run = gc.dry_run, client = %caller.name, "garbage collection");
+        tracing::info!(runs = runs.len(), blobs = deleted, bytes, recent = held.len(), dry_run = gc.dry_run, client = %caller.name, "garbage collection");
         Ok(Response::new(proto::CollectGarbageResponse {
             runs,
             blobs: deleted,
             bytes,
             runs_kept,
+            recent_blobs: held.len() as u64,
+            recent_bytes: held.iter().sum(),
+            grace_ms,
         }))
     }
 

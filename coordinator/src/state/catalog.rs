@@ -113,7 +113,16 @@ pub(super) fn run_blobs(run: &super::Run, into: &mut BTreeMap<String, u64>) {
 /// it, unless a live run or a pin still holds every artifact it names (then it
 /// costs nothing to keep); so the cache never keeps an old run's artifacts alive
 /// on its own, and never names a deleted one.
-pub fn gc_plan(state: &State, keep_last: u32) -> GcPlan {
+///
+/// A collected run is looked at again by later collections until one of them
+/// comes `grace_ms` or more after it was collected (the blobs a collection keeps
+/// because they were written within the grace period are deleted by that one),
+/// and then released, never to be looked at again, if each of its blobs is
+/// deleted by that collection or referenced by a run that is not collected (as
+/// a newer run of the same code refers to its bundle): that run plans the blob
+/// when it goes in turn. A run with a blob only a pin, a schedule or the cache
+/// keeps stays in the plans, so the blob goes once they let it go.
+pub fn gc_plan(state: &State, keep_last: u32, now_ms: i64, grace_ms: u64) -> GcPlan {
     let mut kept_per_pipeline: BTreeMap<&str, u32> = BTreeMap::new();
     let mut collect = BTreeSet::new();
     for run in state.runs.values().rev() {
@@ -139,6 +148,9 @@ pub fn gc_plan(state: &State, keep_last: u32) -> GcPlan {
             run_blobs(run, &mut live);
         }
     }
+    // Blobs that a run left uncollected refers to: that run carries them, and
+    // plans them when it is collected in turn.
+    let carried: BTreeSet<String> = live.keys().cloned().collect();
     for pin in state.catalog.pins.values() {
         live.insert(pin.digest.clone(), pin.size);
     }
@@ -172,11 +184,20 @@ pub fn gc_plan(state: &State, keep_last: u32) -> GcPlan {
         .runs
         .values()
         .filter(|run| !run.released)
-        .filter(|run| run.collected_ms.is_some() || collect.contains(&run.id))
+        .filter(|run| {
+            let collected_ms = match run.collected_ms {
+                Some(at) => at,
+                None if collect.contains(&run.id) => now_ms,
+                None => return false,
+            };
+            collected_ms.saturating_add(grace_ms as i64) <= now_ms
+        })
         .filter(|run| {
             let mut blobs = BTreeMap::new();
             run_blobs(run, &mut blobs);
-            blobs.keys().all(|digest| !live.contains_key(digest))
+            blobs
+                .keys()
+                .all(|digest| dead.contains_key(digest) || carried.contains(digest))
         })
         .map(|run| run.id)
         .collect();
@@ -435,8 +456,8 @@ impl State {
         Ok(Outcome::Done)
     }
 
-    pub(super) fn collect(&mut self, keep_last: u32, now_ms: i64) -> Outcome {
-        let plan = gc_plan(self, keep_last);
+    pub(super) fn collect(&mut self, keep_last: u32, now_ms: i64, grace_ms: u64) -> Outcome {
+        let plan = gc_plan(self, keep_last, now_ms, grace_ms);
         for key in &plan.evict {
             self.catalog.cache.remove(key);
             self.dirty.meta = true;
@@ -457,6 +478,7 @@ impl State {
             runs: plan.runs,
             blobs: plan.blobs.into_iter().collect(),
             at_ms: now_ms,
+            grace_ms,
         }
     }
 }

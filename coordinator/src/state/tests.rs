@@ -2821,6 +2821,53 @@ fn pins_need_a_known_artifact() {
     ));
 }
 
+/// A collection keeps the blobs written within the grace period, so a run it
+/// collects stays in later plans until one comes a grace period after it; that
+/// one releases it, and later ones no longer look at it.
+#[test]
+fn a_collected_run_is_planned_again_until_its_grace_period_has_passed() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    let old = sim.submit(CHAIN);
+    run_all(&mut sim, old, "old");
+    let newer = sim.submit(CHAIN);
+    run_all(&mut sim, newer, "new");
+    let a = sim.step(old, "a").outputs[0].digest.clone();
+    let collect = |sim: &mut Sim, now_ms: i64| {
+        let Ok(Outcome::Collected {
+            runs,
+            blobs,
+            grace_ms,
+            ..
+        }) = sim.apply(Command::Collect {
+            keep_last: 1,
+            now_ms,
+            grace_ms: 1000,
+        })
+        else {
+            panic!("collect")
+        };
+        assert_eq!(grace_ms, 1000);
+        let blobs: BTreeSet<String> = blobs.into_iter().map(|(d, _)| d).collect();
+        (runs, blobs)
+    };
+    let (runs, blobs) = collect(&mut sim, 10_000);
+    assert_eq!(runs, vec![old]);
+    assert!(blobs.contains(&a), "{blobs:?}");
+    assert!(!sim.state.runs[&old].released);
+    // Within the grace period: not collected again, but its blobs are planned.
+    let (runs, blobs) = collect(&mut sim, 10_999);
+    assert!(runs.is_empty());
+    assert!(blobs.contains(&a), "{blobs:?}");
+    assert!(!sim.state.runs[&old].released);
+    // The first collection a grace period later deletes them and releases it.
+    let (_, blobs) = collect(&mut sim, 11_000);
+    assert!(blobs.contains(&a), "{blobs:?}");
+    assert!(sim.state.runs[&old].released);
+    let (_, blobs) = collect(&mut sim, 20_000);
+    assert!(!blobs.contains(&a), "{blobs:?}");
+}
+
 /// Every digest a live thing refers to.
 fn live_digests(state: &State) -> BTreeSet<String> {
     let mut live = BTreeSet::new();
@@ -2878,6 +2925,7 @@ proptest::proptest! {
     fn gc_never_removes_a_referenced_artifact_and_removes_the_rest(
         history in proptest::collection::vec((0u8..6, 0u8..4, proptest::bool::ANY), 1..30),
         keep in 0u32..4,
+        grace_ms in proptest::sample::select(vec![0u64, 25, 1000]),
     ) {
         let mut sim = Sim::new();
         sim.register(big_worker("w1"));
@@ -2921,7 +2969,7 @@ proptest::proptest! {
                 _ => {
                     let now_ms = sim.tick();
                     let Ok(Outcome::Collected { blobs, .. }) =
-                        sim.apply(Command::Collect { keep_last: keep, now_ms }) else { panic!("collect") };
+                        sim.apply(Command::Collect { keep_last: keep, now_ms, grace_ms }) else { panic!("collect") };
                     let live = live_digests(&sim.state);
                     for (digest, _) in blobs {
                         proptest::prop_assert!(!live.contains(&digest), "{digest} was live");
@@ -2932,10 +2980,10 @@ proptest::proptest! {
         }
         let before_collected: BTreeSet<RunId> = sim.state.runs.values()
             .filter(|r| r.collected_ms.is_some()).map(|r| r.id).collect();
-        let plan = gc_plan(&sim.state, keep);
         let now_ms = sim.tick();
+        let plan = gc_plan(&sim.state, keep, now_ms, grace_ms);
         let Ok(Outcome::Collected { runs, blobs, .. }) =
-            sim.apply(Command::Collect { keep_last: keep, now_ms }) else { panic!("collect") };
+            sim.apply(Command::Collect { keep_last: keep, now_ms, grace_ms }) else { panic!("collect") };
         proptest::prop_assert_eq!(&runs, &plan.runs);
         let deleted: BTreeSet<String> = blobs.iter().map(|(d, _)| d.clone()).collect();
         let live = live_digests(&sim.state);
@@ -2951,6 +2999,22 @@ proptest::proptest! {
                 proptest::prop_assert!(
                     live.contains(digest) || deleted.contains(digest) || deleted_before.contains(digest),
                     "{digest} of run {} kept", run.id
+                );
+            }
+        }
+        // Nothing leaks: a blob of a run no plan looks at any more (released)
+        // was deleted, or a run that plans still look at refers to it.
+        let mut planned = BTreeMap::new();
+        for run in sim.state.runs.values().filter(|r| !r.released) {
+            catalog::run_blobs(run, &mut planned);
+        }
+        for run in sim.state.runs.values().filter(|r| r.released) {
+            let mut blobs = BTreeMap::new();
+            catalog::run_blobs(run, &mut blobs);
+            for digest in blobs.keys() {
+                proptest::prop_assert!(
+                    deleted.contains(digest) || deleted_before.contains(digest) || planned.contains_key(digest),
+                    "{digest} of released run {} is neither deleted nor planned", run.id
                 );
             }
         }
