@@ -89,8 +89,9 @@ pub async fn remote(
         Command::Runs {
             read,
             conditions,
+            limit,
             command: None,
-        } => runs(client, read, conditions.as_deref(), output).await?,
+        } => runs(client, read, conditions.as_deref(), limit, output).await?,
         Command::Runs {
             command: Some(RunsCommand::Diff { a, b, read }),
             ..
@@ -944,20 +945,38 @@ async fn runs(
     client: &mut Client,
     read: Read,
     conditions: Option<&str>,
+    limit: u32,
     output: Output,
 ) -> anyhow::Result<()> {
     let request = proto::ListRunsRequest {
         stale: read.stale,
         r#where: conditions.unwrap_or_default().to_string(),
+        limit,
     };
-    let runs = client
+    let answer = client
         .call(|mut client| {
             let request = request.clone();
             async move { client.list_runs(request).await }
         })
         .await
-        .map_err(status_error)?
-        .runs;
+        .map_err(status_error)?;
+    let runs = answer.runs;
+    if (runs.len() as u64) < answer.matched {
+        // On stderr, so that the table or the JSON stays whole for scripts.
+        eprintln!(
+            "the newest {} of {} runs{}; --limit N shows more{}",
+            runs.len(),
+            answer.matched,
+            conditions
+                .map(|c| format!(" meeting {c:?}"))
+                .unwrap_or_default(),
+            if limit == 0 {
+                " (the rest did not fit in one answer: narrow it with --where)"
+            } else {
+                ", --limit 0 every run"
+            }
+        );
+    }
     if output == Output::Json {
         let list: Vec<_> = runs.iter().map(summary_json).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);

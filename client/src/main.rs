@@ -85,6 +85,9 @@ enum Command {
         /// name.
         #[arg(long = "where", value_name = "CONDITIONS")]
         conditions: Option<String>,
+        /// Show the newest N runs (that meet --where); 0: every run.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
         #[command(subcommand)]
         command: Option<RunsCommand>,
     },
@@ -549,13 +552,20 @@ mod tests {
             Command::Runs {
                 read,
                 conditions,
+                limit,
                 command: None,
             } => {
                 assert!(read.stale);
                 assert_eq!(conditions.as_deref(), Some("accuracy>0.9,seed=42"));
+                assert_eq!(limit, 100);
             }
             _ => panic!("not a runs listing"),
         }
+        assert!(matches!(
+            parse(&["runs", "--limit", "0"]).unwrap().command,
+            Command::Runs { limit: 0, .. }
+        ));
+        assert!(parse(&["runs", "--limit", "-3"]).is_err());
         assert!(matches!(
             parse(&["runs", "diff", "3", "4", "--output", "json"])
                 .unwrap()

@@ -49,7 +49,7 @@ if [ "$started" != yes ]; then
 fi
 grep -v "Ctrl-C" "$demo/dev.out"
 
-earlier=$("$ferry" runs --output json | python3 -c \
+earlier=$("$ferry" runs --limit 0 --output json | python3 -c \
   'import json, sys; print(sum(r["pipeline"] == "iris" for r in json.load(sys.stdin)))')
 
 echo

@@ -438,7 +438,7 @@ impl Cluster {
     /// `ferry runs --output json` (linearizable unless `stale`) at member `id`, or
     /// through any member when `id` is None; None when the call fails.
     pub fn runs_listing(&self, id: Option<u64>, stale: bool) -> Option<Value> {
-        let mut args = vec!["runs", "--output", "json"];
+        let mut args = vec!["runs", "--output", "json", "--limit", "0"];
         if stale {
             args.push("--stale");
         }

@@ -508,6 +508,24 @@ steps:
             .unwrap()
             .to_string()
     };
+    // A listing shows the newest runs, and says how many it left out.
+    let newest = cluster.ferry(&["runs", "--limit", "2", "--output", "json"]);
+    assert!(newest.success(), "{newest:?}");
+    let listed: Vec<u64> = newest
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, runs[1..]);
+    assert!(
+        newest
+            .stderr
+            .contains("the newest 2 of 3 runs; --limit N shows more, --limit 0 every run"),
+        "{}",
+        newest.stderr
+    );
     let pinned = digest_of(runs[0]);
     let pin = cluster.ferry(&["artifacts", "pin", &pinned, "--tag", "keep-me"]);
     assert!(pin.success(), "{pin:?}");

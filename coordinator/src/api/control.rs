@@ -19,6 +19,10 @@ use crate::state::{Command, Outcome, Run, RunId, State, StepState, Worker, Worke
 /// Upper bound on a submitted pipeline file.
 const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
+/// Run summaries one `ListRuns` answer holds at most (the newest first): well
+/// under the 8 MiB message limit, whatever the cluster's history.
+const LIST_RUNS_BYTES: usize = 6 * 1024 * 1024;
+
 pub struct ControlService {
     node: Arc<Node>,
     parsed: ParsedPipelines,
@@ -313,6 +317,36 @@ pub(crate) fn run_metrics(state: &State, run: &Run) -> BTreeMap<String, f64> {
         }
     }
     metrics
+}
+
+/// Of the items `newest_first`, the first `limit` (0: no limit) whose messages,
+/// made by `make`, fit in `max_bytes` together, oldest first; and how many items
+/// there were. Only the items kept are made.
+fn newest_that_fit<I, M: prost::Message>(
+    newest_first: impl Iterator<Item = I>,
+    limit: usize,
+    max_bytes: usize,
+    make: impl Fn(I) -> M,
+) -> (Vec<M>, u64) {
+    let mut kept = Vec::new();
+    let (mut count, mut bytes, mut full) = (0u64, 0usize, false);
+    for item in newest_first {
+        count += 1;
+        full = full || (limit > 0 && kept.len() >= limit);
+        if full {
+            continue;
+        }
+        let message = make(item);
+        // The field's tag and length prefix included, roughly.
+        bytes += message.encoded_len() + 8;
+        if bytes > max_bytes {
+            full = true;
+            continue;
+        }
+        kept.push(message);
+    }
+    kept.reverse();
+    (kept, count)
 }
 
 pub(crate) fn run_summary(state: &State, run: &Run) -> proto::RunSummary {
@@ -720,23 +754,22 @@ impl Control for ControlService {
             "" => None,
             text => Some(crate::query::parse_where(text).map_err(Status::invalid_argument)?),
         };
-        let runs = self.node.read(|state| {
-            state
-                .runs
-                .values()
-                .filter(|run| {
-                    conditions.as_ref().is_none_or(|conditions| {
-                        crate::query::matches(
-                            conditions,
-                            &run_metrics(state, run),
-                            &run.pipeline.params,
-                        )
-                    })
+        let limit = request.get_ref().limit as usize;
+        let (runs, matched) = self.node.read(|state| {
+            let meeting = state.runs.values().rev().filter(|run| {
+                conditions.as_ref().is_none_or(|conditions| {
+                    crate::query::matches(
+                        conditions,
+                        &run_metrics(state, run),
+                        &run.pipeline.params,
+                    )
                 })
-                .map(|run| run_summary(state, run))
-                .collect()
+            });
+            newest_that_fit(meeting, limit, LIST_RUNS_BYTES, |run| {
+                run_summary(state, run)
+            })
         });
-        Ok(Response::new(proto::ListRunsResponse { runs }))
+        Ok(Response::new(proto::ListRunsResponse { runs, matched }))
     }
 
     async fn get_run(
@@ -1437,5 +1470,44 @@ impl Control for ControlService {
             .await
             .map_err(propose_status)?;
         Ok(Response::new(self.node.cluster_status().await))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(id: u64) -> proto::RunSummary {
+        proto::RunSummary {
+            run_id: id,
+            pipeline: "p".repeat(90),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listings_keep_the_newest_runs_that_fit() {
+        let size = prost::Message::encoded_len(&summary(5)) + 8;
+        let ids = |(kept, count): (Vec<proto::RunSummary>, u64)| {
+            (kept.iter().map(|s| s.run_id).collect::<Vec<_>>(), count)
+        };
+        // Newest first in, oldest first out; every item counted.
+        assert_eq!(
+            ids(newest_that_fit((1..=5).rev(), 0, usize::MAX, summary)),
+            (vec![1, 2, 3, 4, 5], 5)
+        );
+        assert_eq!(
+            ids(newest_that_fit((1..=5).rev(), 2, usize::MAX, summary)),
+            (vec![4, 5], 5)
+        );
+        // The byte budget cuts too: three summaries' worth keeps three.
+        assert_eq!(
+            ids(newest_that_fit((1..=5).rev(), 0, 3 * size + 1, summary)),
+            (vec![3, 4, 5], 5)
+        );
+        assert_eq!(
+            ids(newest_that_fit(std::iter::empty(), 10, 100, summary)),
+            (vec![], 0)
+        );
     }
 }
