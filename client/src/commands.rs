@@ -456,9 +456,21 @@ pub(crate) async fn get_run(
     run: u64,
     read: Read,
 ) -> anyhow::Result<proto::RunView> {
+    get_run_view(client, run, read, false).await
+}
+
+/// A run's view; with `metric_history`, every metric value each attempt
+/// reported instead of the last of each name.
+async fn get_run_view(
+    client: &mut Client,
+    run: u64,
+    read: Read,
+    metric_history: bool,
+) -> anyhow::Result<proto::RunView> {
     let request = proto::GetRunRequest {
         run_id: run,
         stale: read.stale,
+        metric_history,
     };
     client
         .call(|mut client| async move { client.get_run(request).await })
@@ -488,7 +500,9 @@ async fn metrics(
     read: Read,
     output: Output,
 ) -> anyhow::Result<()> {
-    let view = get_run(client, run, read).await?;
+    // JSON is for scripts: every value (a training curve); the table shows the
+    // last value of each metric and how many there were.
+    let view = get_run_view(client, run, read, output == Output::Json).await?;
     let shown: Vec<(&proto::StepView, Option<u32>, &[proto::Metric])> = view
         .steps
         .iter()
@@ -570,7 +584,11 @@ async fn metrics(
                 } else {
                     String::new()
                 },
-                values.len().to_string(),
+                values
+                    .iter()
+                    .map(|m| m.count.max(1))
+                    .sum::<u32>()
+                    .to_string(),
             ];
             if trials {
                 row.push(compare::key_values(&step.matrix));
@@ -641,6 +659,7 @@ fn metrics_json(metrics: &[proto::Metric]) -> serde_json::Value {
                 "name": m.name,
                 "value": m.value,
                 "step": if m.has_step { json!(m.step) } else { json!(null) },
+                "count": m.count.max(1),
             })
         })
         .collect()

@@ -585,6 +585,7 @@ mod tests {
             value,
             has_step: false,
             step: 0,
+            count: 1,
         }
     }
 

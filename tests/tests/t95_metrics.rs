@@ -35,6 +35,16 @@ steps:
         "{reason}"
     );
 
+    // A run's view (`ferry status`) holds the last value of each metric and
+    // how many there were, however long the curve.
+    assert_eq!(
+        train["metrics"],
+        serde_json::json!([
+            {"name": "loss", "value": 0.1, "step": 3, "count": 3},
+            {"name": "accuracy", "value": 0.93, "step": null, "count": 1},
+        ])
+    );
+
     let json = cluster.ferry(&["metrics", &run.to_string(), "--output", "json"]);
     assert!(json.success(), "{json:?}");
     let listed = json.json();

@@ -336,6 +336,7 @@ pub fn parse_metrics(text: &str) -> (Vec<proto::Metric>, Option<String>) {
                     value: metric.value,
                     has_step: metric.step.is_some(),
                     step: metric.step.unwrap_or(0),
+                    count: 0,
                 });
                 None
             }

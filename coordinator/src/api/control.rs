@@ -242,7 +242,7 @@ impl ControlService {
             .ok_or_else(|| Status::not_found(format!("there is no pin named {tag:?}")))
     }
 
-    async fn run_view(&self, id: RunId) -> Result<proto::RunView, Status> {
+    async fn run_view(&self, id: RunId, history: bool) -> Result<proto::RunView, Status> {
         let live = self.node.live_workers().await;
         let waiting = self.node.waiting_reasons(id);
         self.node.read(|state| {
@@ -256,6 +256,7 @@ impl ControlService {
                 &|name| live.get(name).is_some_and(|(connected, _)| *connected),
                 &waiting,
                 now_ms(),
+                history,
             ))
         })
     }
@@ -398,7 +399,39 @@ fn metric_view(m: &crate::state::MetricPoint) -> proto::Metric {
         value: m.value,
         has_step: m.step.is_some(),
         step: m.step.unwrap_or(0),
+        count: 0,
     }
+}
+
+/// An attempt's metrics in a run view: with `history` every value reported;
+/// otherwise the last value of each name with how many there were, in the
+/// order the names first came (a training curve of thousands of points stays
+/// one entry, so a big sweep's view stays small).
+fn metric_views(points: &[crate::state::MetricPoint], history: bool) -> Vec<proto::Metric> {
+    if history {
+        return points.iter().map(metric_view).collect();
+    }
+    let mut views: Vec<proto::Metric> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for point in points {
+        match at.get(point.name.as_str()) {
+            Some(&i) => {
+                let count = views[i].count + 1;
+                views[i] = proto::Metric {
+                    count,
+                    ..metric_view(point)
+                };
+            }
+            None => {
+                at.insert(&point.name, views.len());
+                views.push(proto::Metric {
+                    count: 1,
+                    ..metric_view(point)
+                });
+            }
+        }
+    }
+    views
 }
 
 /// A run as `ferry status` shows it. A queued step's reason is, in order: that no
@@ -410,6 +443,7 @@ fn run_view(
     connected: &dyn Fn(&str) -> bool,
     waiting: &BTreeMap<String, String>,
     now_ms: i64,
+    history: bool,
 ) -> proto::RunView {
     let accepting = state
         .workers
@@ -530,7 +564,7 @@ fn run_view(
                             gpus: a.gpus.clone(),
                             cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
                             peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
-                            metrics: a.metrics.iter().map(metric_view).collect(),
+                            metrics: metric_views(&a.metrics, history),
                         })
                         .collect(),
                     reused: record
@@ -559,7 +593,7 @@ fn run_view(
                     metrics: if record.state == StepState::Succeeded {
                         state
                             .producing_attempt(run, index)
-                            .map(|a| a.metrics.iter().map(metric_view).collect())
+                            .map(|a| metric_views(&a.metrics, history))
                             .unwrap_or_default()
                     } else {
                         Vec::new()
@@ -778,9 +812,28 @@ impl Control for ControlService {
     ) -> Result<Response<proto::RunView>, Status> {
         require_role(&request, Role::Client)?;
         self.consistent_read(request.get_ref().stale).await?;
-        Ok(Response::new(
-            self.run_view(request.get_ref().run_id).await?,
-        ))
+        let proto::GetRunRequest {
+            run_id,
+            metric_history,
+            ..
+        } = *request.get_ref();
+        let view = self.run_view(run_id, metric_history).await?;
+        let size = prost::Message::encoded_len(&view);
+        if metric_history && size > LIST_RUNS_BYTES {
+            let values: usize = view
+                .steps
+                .iter()
+                .flat_map(|s| &s.attempts)
+                .map(|a| a.metrics.len())
+                .sum();
+            return Err(Status::resource_exhausted(format!(
+                "run {run_id} holds {values} metric values ({:.1} MiB with the rest of \
+                 its view): too much for one answer; 'ferry metrics {run_id}' (a table) \
+                 shows the last value of each",
+                size as f64 / (1024.0 * 1024.0)
+            )));
+        }
+        Ok(Response::new(view))
     }
 
     async fn cancel_run(
@@ -800,7 +853,7 @@ impl Control for ControlService {
             .await
             .map_err(propose_status)?;
         tracing::info!(run = run_id, client = %caller.name, "run cancelled");
-        Ok(Response::new(self.run_view(run_id).await?))
+        Ok(Response::new(self.run_view(run_id, false).await?))
     }
 
     async fn list_workers(
@@ -1483,6 +1536,41 @@ mod tests {
             pipeline: "p".repeat(90),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_view_holds_the_last_value_of_each_metric_and_how_many_there_were() {
+        let point = |name: &str, value: f64, step: Option<i64>| crate::state::MetricPoint {
+            name: name.into(),
+            value,
+            step,
+        };
+        let points = [
+            point("loss", 0.5, Some(1)),
+            point("accuracy", 0.8, None),
+            point("loss", 0.25, Some(2)),
+            point("loss", 0.125, Some(3)),
+        ];
+        let views = metric_views(&points, false);
+        let shown: Vec<(&str, f64, Option<i64>, u32)> = views
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    m.value,
+                    m.has_step.then_some(m.step),
+                    m.count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [("loss", 0.125, Some(3), 3), ("accuracy", 0.8, None, 1)]
+        );
+        let history = metric_views(&points, true);
+        assert_eq!(history.len(), 4);
+        assert_eq!(history[2].value, 0.25);
+        assert!(history.iter().all(|m| m.count == 0));
     }
 
     #[test]

@@ -630,6 +630,7 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
             .get_run(proto::GetRunRequest {
                 run_id: run,
                 stale: false,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -725,6 +726,7 @@ async fn read_until_ended(
             .get_run(proto::GetRunRequest {
                 run_id,
                 stale: false,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -961,6 +963,7 @@ async fn measure_sweep_submissions(
                 .get_run(proto::GetRunRequest {
                     run_id: run,
                     stale: false,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
