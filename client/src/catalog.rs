@@ -385,19 +385,11 @@ pub fn gc_summary(answer: &proto::CollectGarbageResponse, dry_run: bool) -> Stri
     let runs = render::count(answer.runs.len() as u64, "run");
     let blobs = render::count(answer.blobs, "blob");
     let bytes = render::bytes(answer.bytes);
+    let kept = render::count(runs_kept(answer, dry_run), "run");
     let mut text = if dry_run {
-        // Nothing was collected, so the runs the coordinator counts as kept
-        // still include the ones that would go.
-        let kept = answer.runs_kept.saturating_sub(answer.runs.len() as u64);
-        format!(
-            "would collect {runs}: would delete {blobs}, reclaiming {bytes} ({} kept)",
-            render::count(kept, "run")
-        )
+        format!("would collect {runs}: would delete {blobs}, reclaiming {bytes} ({kept} kept)")
     } else {
-        format!(
-            "collected {runs}: deleted {blobs}, {bytes} reclaimed ({} kept)",
-            render::count(answer.runs_kept, "run")
-        )
+        format!("collected {runs}: deleted {blobs}, {bytes} reclaimed ({kept} kept)")
     };
     if answer.recent_blobs > 0 {
         let grace = ferry_common::spec::format_duration_ms(answer.grace_ms);
@@ -418,6 +410,17 @@ pub fn gc_summary(answer: &proto::CollectGarbageResponse, dry_run: bool) -> Stri
         text.push_str(&format!("\nruns: {}", ids.join(", ")));
     }
     text
+}
+
+/// Finished runs left uncollected (after the collection, for a dry run too:
+/// nothing was collected then, so the coordinator's count still includes the
+/// runs that would go).
+fn runs_kept(answer: &proto::CollectGarbageResponse, dry_run: bool) -> u64 {
+    if dry_run {
+        answer.runs_kept.saturating_sub(answer.runs.len() as u64)
+    } else {
+        answer.runs_kept
+    }
 }
 
 /// `ferry gc --keep-last N [--dry-run]`.
@@ -442,7 +445,7 @@ pub async fn collect_garbage(
                 "runs": answer.runs,
                 "blobs": answer.blobs,
                 "bytes": answer.bytes,
-                "runs_kept": answer.runs_kept,
+                "runs_kept": runs_kept(&answer, dry_run),
                 "recent_blobs": answer.recent_blobs,
                 "recent_bytes": answer.recent_bytes,
                 "grace_ms": answer.grace_ms,

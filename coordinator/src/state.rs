@@ -654,6 +654,11 @@ pub enum StateError {
     ArtifactNotFound(String),
     #[error("there is no pin named \"{0}\"")]
     PinNotFound(String),
+    #[error(
+        "the tag \"{tag}\" already pins {digest}; unpin it first ('ferry artifacts unpin {tag}') \
+         or choose another tag"
+    )]
+    PinTaken { tag: String, digest: String },
 }
 
 /// How [`State::end_run`] ends a run and what it leaves behind.

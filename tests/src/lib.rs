@@ -587,7 +587,23 @@ impl Cluster {
         key: &Path,
         args: &[&str],
     ) -> CliResult {
-        let output = Command::new(bin("ferry"))
+        let output = self
+            .ferry_command(addresses, ca, cert, key, args)
+            .output()
+            .expect("run ferry");
+        CliResult::from(output)
+    }
+
+    fn ferry_command(
+        &self,
+        addresses: &str,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        args: &[&str],
+    ) -> Command {
+        let mut command = Command::new(bin("ferry"));
+        command
             .args(args)
             .env("HOME", self.root.path())
             .env_remove("XDG_CONFIG_HOME")
@@ -596,10 +612,27 @@ impl Cluster {
             .env("FERRY_CA", ca)
             .env("FERRY_CERT", cert)
             .env("FERRY_KEY", key)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `ferry` as the client user with its standard output a pipe that is
+    /// closed before it writes (`ferry ... | head` once head has had enough).
+    pub fn ferry_into_closed_pipe(&self, args: &[&str]) -> std::process::Output {
+        let mut child = self
+            .ferry_command(
+                &self.addresses(),
+                &self.pki.ca(),
+                &self.pki.cert(CLIENT),
+                &self.pki.key(CLIENT),
+                args,
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run ferry");
-        CliResult::from(output)
+        drop(child.stdout.take());
+        child.wait_with_output().expect("wait for ferry")
     }
 
     /// Submits a pipeline and returns its run id.

@@ -79,4 +79,14 @@ steps:
         table.stdout
     );
     assert!(!table.stdout.contains("quiet"), "{}", table.stdout);
+
+    // `ferry metrics RUN | head` once head has had enough: a quiet end, with
+    // the status of a process stopped by SIGPIPE.
+    let piped = cluster.ferry_into_closed_pipe(&["metrics", &run.to_string()]);
+    assert_eq!(piped.status.code(), Some(141), "{piped:?}");
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
 }

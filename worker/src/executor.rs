@@ -314,8 +314,62 @@ pub async fn read_metrics(path: &Path) -> (Vec<proto::Metric>, Option<String>) {
     parse_metrics(&text)
 }
 
-/// The metrics in `text` (see [`read_metrics`]).
+/// The metrics in `text` (see [`read_metrics`]). Past [`MAX_METRICS`] values,
+/// the first ones and the last value of each name are kept (a training loop
+/// that logs every iteration keeps its final numbers).
 pub fn parse_metrics(text: &str) -> (Vec<proto::Metric>, Option<String>) {
+    let (metrics, skipped) = parse_metric_lines(text);
+    let (metrics, dropped) = keep_first_and_last(metrics);
+    let notes: Vec<String> = skipped
+        .into_iter()
+        .chain((dropped > 0).then(|| {
+            format!(
+                "{dropped} value{} dropped: more than {MAX_METRICS}, so the first ones and \
+                 the last of each name are kept",
+                if dropped == 1 { "" } else { "s" }
+            )
+        }))
+        .collect();
+    (metrics, (!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// At most [`MAX_METRICS`] of `metrics`, in order: the last value of each name,
+/// and as many of the first values as leave room for those; how many went.
+fn keep_first_and_last(metrics: Vec<proto::Metric>) -> (Vec<proto::Metric>, usize) {
+    if metrics.len() <= MAX_METRICS {
+        return (metrics, 0);
+    }
+    let mut last_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, metric) in metrics.iter().enumerate() {
+        last_of.insert(&metric.name, i);
+    }
+    let mut lasts: Vec<usize> = last_of.into_values().collect();
+    lasts.sort_unstable();
+    lasts.truncate(MAX_METRICS);
+    let lasts: std::collections::HashSet<usize> = lasts.into_iter().collect();
+    let mut room = MAX_METRICS - lasts.len();
+    let total = metrics.len();
+    let kept: Vec<proto::Metric> = metrics
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            if lasts.contains(i) {
+                true
+            } else if room > 0 {
+                room -= 1;
+                true
+            } else {
+                false
+            }
+        })
+        .map(|(_, metric)| metric)
+        .collect();
+    let dropped = total - kept.len();
+    (kept, dropped)
+}
+
+/// Every well-formed line of `text`, and what was said of the others.
+fn parse_metric_lines(text: &str) -> (Vec<proto::Metric>, Option<String>) {
     let mut metrics = Vec::new();
     let mut skipped = 0usize;
     let mut first_problem: Option<String> = None;
@@ -327,9 +381,6 @@ pub fn parse_metrics(text: &str) -> (Vec<proto::Metric>, Option<String>) {
             Ok(metric) if metric.name.is_empty() || metric.name.len() > MAX_METRIC_NAME => {
                 Some(format!("a name must have 1 to {MAX_METRIC_NAME} bytes"))
             }
-            Ok(_) if metrics.len() >= MAX_METRICS => {
-                Some(format!("more than {MAX_METRICS} values"))
-            }
             Ok(metric) => {
                 metrics.push(proto::Metric {
                     name: metric.name,
@@ -339,6 +390,9 @@ pub fn parse_metrics(text: &str) -> (Vec<proto::Metric>, Option<String>) {
                     count: 0,
                 });
                 None
+            }
+            Err(_) if line.contains("NaN") || line.contains("Infinity") => {
+                Some("a value must be a finite number, not NaN or Infinity".to_string())
             }
             Err(error) => Some(format!(
                 "{error}; write {{\"name\": \"accuracy\", \"value\": 0.93, \"step\": 3}}"
@@ -1277,6 +1331,49 @@ mod tests {
             "{note}"
         );
         assert_eq!(parse_metrics(""), (Vec::new(), None));
+        // What Python's json.dumps writes for a diverged loss.
+        let (metrics, note) = parse_metrics("{\"name\": \"loss\", \"value\": NaN}\n");
+        assert!(metrics.is_empty());
+        assert!(
+            note.unwrap()
+                .contains("line 1: a value must be a finite number, not NaN")
+        );
+    }
+
+    #[test]
+    fn past_the_limit_the_first_values_and_the_last_of_each_name_are_kept() {
+        let mut text = String::new();
+        for i in 0..MAX_METRICS + 50 {
+            text.push_str(&format!(
+                "{{\"name\": \"loss\", \"value\": {i}, \"step\": {i}}}\n"
+            ));
+        }
+        text.push_str("{\"name\": \"accuracy\", \"value\": 0.97}\n");
+        let (metrics, note) = parse_metrics(&text);
+        assert_eq!(metrics.len(), MAX_METRICS);
+        let last = |name: &str| {
+            metrics
+                .iter()
+                .rev()
+                .find(|m| m.name == name)
+                .map(|m| m.value)
+        };
+        assert_eq!(last("loss"), Some((MAX_METRICS + 49) as f64));
+        assert_eq!(last("accuracy"), Some(0.97));
+        assert_eq!(metrics[0].value, 0.0);
+        // The first 9,998 values of loss, its last, and accuracy; in order.
+        assert_eq!(metrics[MAX_METRICS - 3].value, (MAX_METRICS - 3) as f64);
+        assert!(
+            metrics
+                .windows(2)
+                .all(|w| w[0].name != "loss" || w[1].name != "loss" || w[0].step < w[1].step)
+        );
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                "51 values dropped: more than 10000, so the first ones and the last of each name are kept"
+            )
+        );
     }
 
     fn gather_input(step: &str, names: &[&str], best_trial: &str) -> proto::GatherInput {

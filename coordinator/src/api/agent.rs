@@ -426,22 +426,7 @@ impl AgentService {
             }
             _ => None,
         };
-        if finished.metrics.len() > MAX_METRICS_PER_ATTEMPT {
-            return Err(Status::invalid_argument(format!(
-                "{} metric values in one report; at most {MAX_METRICS_PER_ATTEMPT}",
-                finished.metrics.len()
-            )));
-        }
-        if let Some(long) = finished
-            .metrics
-            .iter()
-            .find(|m| m.name.is_empty() || m.name.len() > MAX_METRIC_NAME_LEN)
-        {
-            return Err(Status::invalid_argument(format!(
-                "metric name {:?} must have 1 to {MAX_METRIC_NAME_LEN} bytes",
-                long.name
-            )));
-        }
+        check_metrics(&finished.metrics)?;
         let report = AttemptReport {
             metrics: finished
                 .metrics
@@ -494,5 +479,60 @@ impl AgentService {
             );
         }
         Ok(ack)
+    }
+}
+
+/// The metrics of a report, before they go into a replicated command: bounded,
+/// named, and finite (a NaN or an infinity has no JSON form, so no record in a
+/// Raft entry or a snapshot could hold it).
+fn check_metrics(metrics: &[proto::Metric]) -> Result<(), Status> {
+    if metrics.len() > MAX_METRICS_PER_ATTEMPT {
+        return Err(Status::invalid_argument(format!(
+            "{} metric values in one report; at most {MAX_METRICS_PER_ATTEMPT}",
+            metrics.len()
+        )));
+    }
+    if let Some(long) = metrics
+        .iter()
+        .find(|m| m.name.is_empty() || m.name.len() > MAX_METRIC_NAME_LEN)
+    {
+        return Err(Status::invalid_argument(format!(
+            "metric name {:?} must have 1 to {MAX_METRIC_NAME_LEN} bytes",
+            long.name
+        )));
+    }
+    if let Some(odd) = metrics.iter().find(|m| !m.value.is_finite()) {
+        return Err(Status::invalid_argument(format!(
+            "metric {:?} has the value {}: only finite numbers are metrics",
+            odd.name, odd.value
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_carry_only_finite_named_metrics() {
+        let metric = |name: &str, value: f64| proto::Metric {
+            name: name.into(),
+            value,
+            ..Default::default()
+        };
+        assert!(check_metrics(&[metric("loss", 0.5), metric("acc", -1e300)]).is_ok());
+        for (bad, says) in [
+            (metric("loss", f64::NAN), "\"loss\" has the value NaN"),
+            (metric("loss", f64::INFINITY), "has the value inf"),
+            (metric("", 1.0), "must have 1 to 128 bytes"),
+            (metric(&"n".repeat(129), 1.0), "must have 1 to 128 bytes"),
+        ] {
+            let status = check_metrics(&[metric("ok", 1.0), bad]).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(says), "{}", status.message());
+        }
+        let many = vec![metric("m", 1.0); MAX_METRICS_PER_ATTEMPT + 1];
+        assert!(check_metrics(&many).is_err());
     }
 }

@@ -1299,9 +1299,9 @@ impl Control for ControlService {
         } else {
             pin.tag.trim().to_string()
         };
-        if tag.len() > 128 || tag.chars().any(char::is_control) {
+        if tag.len() > 128 || tag.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(Status::invalid_argument(format!(
-                "pin tag {tag:?} is invalid: at most 128 printable characters"
+                "pin tag {tag:?} is invalid: at most 128 printable characters, no spaces"
             )));
         }
         self.node

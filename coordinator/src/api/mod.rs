@@ -49,7 +49,9 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::ArtifactNotFound(_)
         | StateError::PinNotFound(_) => Status::not_found(error.to_string()),
         StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
-        StateError::ScheduleExists(_) => Status::already_exists(error.to_string()),
+        StateError::ScheduleExists(_) | StateError::PinTaken { .. } => {
+            Status::already_exists(error.to_string())
+        }
         StateError::RunStillRunning { .. }
         | StateError::NothingToRerun(_)
         | StateError::RunCollected(_) => Status::failed_precondition(error.to_string()),

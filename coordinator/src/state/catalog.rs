@@ -434,6 +434,18 @@ impl State {
         let size = self
             .artifact_size(&digest)
             .ok_or_else(|| StateError::ArtifactNotFound(digest.clone()))?;
+        // Pinning again under the same tag is a no-op; moving a tag silently
+        // would leave the artifact it pinned unprotected.
+        if let Some(pin) = self.catalog.pins.get(&tag) {
+            return if pin.digest == digest {
+                Ok(Outcome::Done)
+            } else {
+                Err(StateError::PinTaken {
+                    tag,
+                    digest: pin.digest.clone(),
+                })
+            };
+        }
         self.catalog.pins.insert(
             tag,
             Pin {

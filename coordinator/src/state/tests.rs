@@ -2803,6 +2803,30 @@ fn pins_need_a_known_artifact() {
     })
     .unwrap();
     assert_eq!(sim.state.catalog.pins["best"].digest, digest);
+    // The same pin again is fine; the tag on another artifact is refused and
+    // changes nothing.
+    sim.apply(Command::PinArtifact {
+        tag: "best".into(),
+        digest: digest.clone(),
+        owner: "bob".into(),
+        now_ms: 2,
+    })
+    .unwrap();
+    let second = sim.submit(CHAIN);
+    run_all(&mut sim, second, "r2");
+    let other = sim.step(second, "a").outputs[0].digest.clone();
+    assert_ne!(other, digest);
+    let before = sim.state.catalog.clone();
+    assert!(matches!(
+        sim.apply(Command::PinArtifact {
+            tag: "best".into(),
+            digest: other.clone(),
+            owner: "bob".into(),
+            now_ms: 3,
+        }),
+        Err(StateError::PinTaken { tag, digest: pinned }) if tag == "best" && pinned == digest
+    ));
+    assert_eq!(sim.state.catalog, before);
     assert!(matches!(
         sim.apply(Command::PinArtifact {
             tag: "x".into(),
@@ -2957,9 +2981,14 @@ proptest::proptest! {
                         .filter(|d| sim.state.artifact_size(d).is_some())
                         .collect();
                     if let Some(digest) = digests.get(content as usize % digests.len().max(1)) {
+                        // A tag in use is moved: unpinned, then pinned again.
+                        let tag = format!("t{content}");
                         let now_ms = sim.tick();
+                        if sim.state.catalog.pins.get(&tag).is_some_and(|p| &p.digest != digest) {
+                            sim.apply(Command::UnpinArtifact { tag: tag.clone(), now_ms }).unwrap();
+                        }
                         sim.apply(Command::PinArtifact {
-                            tag: format!("t{content}"),
+                            tag,
                             digest: digest.clone(),
                             owner: "alice".into(),
                             now_ms,
