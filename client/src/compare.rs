@@ -112,7 +112,8 @@ pub fn where_value(run: &proto::RunSummary, name: &str) -> String {
 pub struct RunDiff {
     pub a: RunSide,
     pub b: RunSide,
-    /// Pipeline parameters, then the matrix values of trials present in both.
+    /// Pipeline parameters. (A sweep's trials are matched by their values, so a
+    /// trial whose values changed is a step only in one run.)
     pub params: Vec<ParamDiff>,
     pub code: CodeDiff,
     pub inputs: Vec<InputDiff>,
@@ -127,12 +128,9 @@ pub struct RunSide {
     pub state: String,
 }
 
-/// A parameter (or, with `step`, a trial's matrix value) set differently; `None`
-/// where a run does not have it.
+/// A parameter set differently; `None` where a run does not have it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ParamDiff {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
     pub name: String,
     pub a: Option<String>,
     pub b: Option<String>,
@@ -203,54 +201,88 @@ fn differing<V: PartialEq + Clone>(
         .collect()
 }
 
+/// How a step is matched between two runs: by name, and a sweep's trial by its
+/// sweep and values (`train (depth=5 lr=0.1)`), as the cache matches it, since
+/// adding values to a grid renumbers the trials.
+pub fn step_identity(step: &proto::StepView) -> String {
+    if step.trial_of.is_empty() {
+        step.name.clone()
+    } else {
+        format!("{} ({})", step.trial_of, key_values(&step.matrix))
+    }
+}
+
+/// The last value of each metric of `step`, in order.
+fn metric_values(step: &proto::StepView) -> Vec<(String, f64)> {
+    last_values(step_metrics(step))
+}
+
 pub fn diff_runs(a: &proto::RunView, b: &proto::RunView) -> RunDiff {
-    let mut params: Vec<ParamDiff> = differing(&a.params, &b.params)
+    let params: Vec<ParamDiff> = differing(&a.params, &b.params)
         .into_iter()
-        .map(|(name, va, vb)| ParamDiff {
-            step: None,
-            name,
-            a: va,
-            b: vb,
-        })
+        .map(|(name, va, vb)| ParamDiff { name, a: va, b: vb })
         .collect();
-    let steps_b: BTreeMap<&str, &proto::StepView> =
-        b.steps.iter().map(|s| (s.name.as_str(), s)).collect();
-    let steps_a: BTreeMap<&str, &proto::StepView> =
-        a.steps.iter().map(|s| (s.name.as_str(), s)).collect();
-    let both: Vec<(&proto::StepView, &proto::StepView)> = a
-        .steps
-        .iter()
-        .filter_map(|step_a| Some((step_a, *steps_b.get(step_a.name.as_str())?)))
-        .collect();
+    let by_identity = |view: &'_ proto::RunView| -> BTreeMap<String, usize> {
+        view.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (step_identity(s), i))
+            .collect()
+    };
+    let (ids_a, ids_b) = (by_identity(a), by_identity(b));
 
     let mut inputs = Vec::new();
     let mut steps = Vec::new();
     let mut metrics = Vec::new();
+    let mut metric_rows = |label: &str, values_a: &[(String, f64)], values_b: &[(String, f64)]| {
+        let mut names: Vec<&String> = values_a.iter().map(|(n, _)| n).collect();
+        for (name, _) in values_b {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let find = |values: &[(String, f64)], name: &str| {
+            values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        };
+        for name in names {
+            let (va, vb) = (find(values_a, name), find(values_b, name));
+            if va != vb {
+                metrics.push(MetricDiff {
+                    step: label.to_string(),
+                    name: name.clone(),
+                    a: va,
+                    b: vb,
+                    delta: va.zip(vb).map(|(va, vb)| vb - va),
+                });
+            }
+        }
+    };
+    // Steps only in one run: listed, with the metrics they reported.
     for step in &a.steps {
-        if !steps_b.contains_key(step.name.as_str()) {
+        let label = step_identity(step);
+        if !ids_b.contains_key(&label) {
             steps.push(StepDiff {
-                step: step.name.clone(),
+                step: label.clone(),
                 change: StepChange::OnlyInA,
             });
+            metric_rows(&label, &metric_values(step), &[]);
         }
     }
     for step in &b.steps {
-        if !steps_a.contains_key(step.name.as_str()) {
+        let label = step_identity(step);
+        if !ids_a.contains_key(&label) {
             steps.push(StepDiff {
-                step: step.name.clone(),
+                step: label.clone(),
                 change: StepChange::OnlyInB,
             });
+            metric_rows(&label, &[], &metric_values(step));
         }
     }
-    for (step_a, step_b) in both {
-        for (name, va, vb) in differing(&step_a.matrix, &step_b.matrix) {
-            params.push(ParamDiff {
-                step: Some(step_a.name.clone()),
-                name,
-                a: va,
-                b: vb,
-            });
-        }
+    for step_a in &a.steps {
+        let label = step_identity(step_a);
+        let Some(step_b) = ids_b.get(&label).map(|i| &b.steps[*i]) else {
+            continue;
+        };
         let digests = |step: &proto::StepView| -> std::collections::HashMap<String, String> {
             step.inputs
                 .iter()
@@ -259,7 +291,7 @@ pub fn diff_runs(a: &proto::RunView, b: &proto::RunView) -> RunDiff {
         };
         for (input, va, vb) in differing(&digests(step_a), &digests(step_b)) {
             inputs.push(InputDiff {
-                step: step_a.name.clone(),
+                step: label.clone(),
                 input,
                 a: va,
                 b: vb,
@@ -272,33 +304,11 @@ pub fn diff_runs(a: &proto::RunView, b: &proto::RunView) -> RunDiff {
             && step_a.cache_key != step_b.cache_key
         {
             steps.push(StepDiff {
-                step: step_a.name.clone(),
+                step: label.clone(),
                 change: StepChange::CacheKeyDiffers,
             });
         }
-        let values_a = last_values(step_metrics(step_a));
-        let values_b = last_values(step_metrics(step_b));
-        let mut names: Vec<&String> = values_a.iter().map(|(n, _)| n).collect();
-        for (name, _) in &values_b {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        let find = |values: &[(String, f64)], name: &str| {
-            values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-        };
-        for name in names {
-            let (va, vb) = (find(&values_a, name), find(&values_b, name));
-            if va != vb {
-                metrics.push(MetricDiff {
-                    step: step_a.name.clone(),
-                    name: name.clone(),
-                    a: va,
-                    b: vb,
-                    delta: va.zip(vb).map(|(va, vb)| vb - va),
-                });
-            }
-        }
+        metric_rows(&label, &metric_values(step_a), &metric_values(step_b));
     }
     RunDiff {
         a: side(a),
@@ -342,10 +352,7 @@ pub fn render_diff(diff: &RunDiff) -> String {
         .iter()
         .map(|p| {
             vec![
-                match &p.step {
-                    Some(step) => format!("{step}: {}", p.name),
-                    None => p.name.clone(),
-                },
+                p.name.clone(),
                 or_dash(p.a.as_deref()),
                 or_dash(p.b.as_deref()),
             ]
@@ -694,16 +701,23 @@ mod tests {
     }
 
     fn two_runs() -> (proto::RunView, proto::RunView) {
+        // The same trial (k=3), renumbered in run 7 by a value added to the grid.
         let mut train_a = step("train.0", "key-a", &[("train", &digest('a'))]);
+        train_a.trial_of = "train".into();
         train_a.matrix = HashMap::from([("k".into(), "3".into()), ("w".into(), "uniform".into())]);
         train_a.metrics = vec![
             metric("acc", 0.93),
             metric("loss", 0.2),
             metric("same", 1.0),
         ];
-        let mut train_b = step("train.0", "key-b", &[("train", &digest('b'))]);
-        train_b.matrix = HashMap::from([("k".into(), "5".into()), ("w".into(), "uniform".into())]);
+        let mut train_b = step("train.1", "key-b", &[("train", &digest('b'))]);
+        train_b.trial_of = "train".into();
+        train_b.matrix = HashMap::from([("k".into(), "3".into()), ("w".into(), "uniform".into())]);
         train_b.metrics = vec![metric("acc", 0.956), metric("same", 1.0)];
+        let mut added = step("train.0", "key-n", &[("train", &digest('b'))]);
+        added.trial_of = "train".into();
+        added.matrix = HashMap::from([("k".into(), "1".into()), ("w".into(), "uniform".into())]);
+        added.metrics = vec![metric("acc", 0.9)];
         let a = run(
             5,
             &[("k", "3"), ("seed", "1")],
@@ -720,6 +734,7 @@ mod tests {
             &digest('c'),
             vec![
                 step("split", "key-s", &[("raw", &digest('d'))]),
+                added,
                 train_b,
                 step("plot", "", &[]),
             ],
@@ -732,8 +747,7 @@ mod tests {
         let (a, b) = two_runs();
         let diff = diff_runs(&a, &b);
         assert_eq!((diff.a.run, diff.b.run), (5, 7));
-        let param = |step: Option<&str>, name: &str, a: Option<&str>, b: Option<&str>| ParamDiff {
-            step: step.map(String::from),
+        let param = |name: &str, a: Option<&str>, b: Option<&str>| ParamDiff {
             name: name.into(),
             a: a.map(String::from),
             b: b.map(String::from),
@@ -741,16 +755,17 @@ mod tests {
         assert_eq!(
             diff.params,
             [
-                param(None, "extra", None, Some("x")),
-                param(None, "k", Some("3"), Some("5")),
-                param(Some("train.0"), "k", Some("3"), Some("5")),
+                param("extra", None, Some("x")),
+                param("k", Some("3"), Some("5"))
             ]
         );
         assert!(diff.code.same);
+        // train.0 of run 5 and train.1 of run 7 are the same trial (k=3).
+        let trial = "train (k=3 w=uniform)";
         assert_eq!(diff.inputs.len(), 1);
         assert_eq!(
             (diff.inputs[0].step.as_str(), diff.inputs[0].input.as_str()),
-            ("train.0", "train")
+            (trial, "train")
         );
         let steps: Vec<(&str, StepChange)> = diff
             .steps
@@ -761,49 +776,69 @@ mod tests {
             steps,
             [
                 ("report", StepChange::OnlyInA),
+                ("train (k=1 w=uniform)", StepChange::OnlyInB),
                 ("plot", StepChange::OnlyInB),
-                ("train.0", StepChange::CacheKeyDiffers),
+                (trial, StepChange::CacheKeyDiffers),
             ]
         );
-        assert_eq!(diff.metrics.len(), 2);
-        assert_eq!(diff.metrics[0].name, "acc");
-        assert!((diff.metrics[0].delta.unwrap() - 0.026).abs() < 1e-9);
-        assert_eq!(diff.metrics[1].name, "loss");
-        assert_eq!((diff.metrics[1].a, diff.metrics[1].b), (Some(0.2), None));
-        assert_eq!(diff.metrics[1].delta, None);
+        // The new trial's metric too, though run 5 has no such trial.
+        let metrics: Vec<(&str, &str, Option<f64>, Option<f64>)> = diff
+            .metrics
+            .iter()
+            .map(|m| (m.step.as_str(), m.name.as_str(), m.a, m.b))
+            .collect();
+        assert_eq!(
+            metrics,
+            [
+                ("train (k=1 w=uniform)", "acc", None, Some(0.9)),
+                (trial, "acc", Some(0.93), Some(0.956)),
+                (trial, "loss", Some(0.2), None),
+            ]
+        );
+        assert!((diff.metrics[1].delta.unwrap() - 0.026).abs() < 1e-9);
+        assert_eq!(diff.metrics[2].delta, None);
 
         let text = render_diff(&diff);
         assert!(
             text.starts_with("run 5 (iris, succeeded) vs run 7 (iris, succeeded)\nparams:\n"),
             "{text}"
         );
-        assert!(text.contains("  PARAM       RUN 5  RUN 7"), "{text}");
-        assert!(text.contains("  train.0: k  3      5"), "{text}");
+        assert!(text.contains("  PARAM  RUN 5  RUN 7"), "{text}");
+        assert!(text.contains("  k      3      5"), "{text}");
         assert!(
             text.contains(&format!("code: same code bundle {}", short(&digest('c')))),
             "{text}"
         );
         assert!(
             text.contains(&format!(
-                "train.0  train  {}  {}",
+                "{trial}  train  {}  {}",
                 short(&digest('a')),
                 short(&digest('b'))
             )),
             "{text}"
         );
-        assert!(text.contains("report   only in run 5"), "{text}");
-        assert!(text.contains("would run again"), "{text}");
         assert!(
-            text.contains("train.0  acc     0.93   0.956  +0.026"),
+            text.contains("report                 only in run 5"),
             "{text}"
         );
-        assert!(text.contains("train.0  loss    0.2    -"), "{text}");
+        assert!(
+            text.contains("train (k=1 w=uniform)  only in run 7"),
+            "{text}"
+        );
+        assert!(text.contains("would run again"), "{text}");
+        assert!(
+            text.contains(&format!("{trial}  acc     0.93   0.956  +0.026")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{trial}  loss    0.2    -")),
+            "{text}"
+        );
 
         let json = serde_json::to_value(&diff).unwrap();
         assert_eq!(json["steps"][0]["change"], "only_in_a");
         assert_eq!(json["params"][0]["a"], serde_json::Value::Null);
-        assert!(json["params"][0].get("step").is_none());
-        assert_eq!(json["params"][2]["step"], "train.0");
+        assert_eq!(json["inputs"][0]["step"], trial);
     }
 
     #[test]
