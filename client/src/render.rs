@@ -88,9 +88,16 @@ pub fn utc_time(timestamp_ms: i64) -> String {
     )
 }
 
-/// A number as a metric value: Rust's shortest exact form (`0.93`, `12`, `1e-7`).
+/// A number as a metric value: Rust's shortest exact form (`0.93`, `12`,
+/// `0.0001`), in scientific notation when it is very large or very small
+/// (`1e300`, `2.5e-7`) so that it never takes a whole screen.
 pub fn metric(value: f64) -> String {
-    format!("{value}")
+    let magnitude = value.abs();
+    if value != 0.0 && !(1e-5..1e15).contains(&magnitude) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
 }
 
 /// A signed difference between two metric values, rounded to 6 decimals so that
@@ -167,6 +174,11 @@ mod tests {
     fn metric_values_and_deltas() {
         assert_eq!(metric(0.93), "0.93");
         assert_eq!(metric(12.0), "12");
+        assert_eq!(metric(0.0001), "0.0001");
+        assert_eq!(metric(1e308), "1e308");
+        assert_eq!(metric(-2.5e-7), "-2.5e-7");
+        assert_eq!(metric(123456789012345.0), "123456789012345");
+        assert_eq!(metric(0.0), "0");
         assert_eq!(delta(0.956 - 0.93), "+0.026");
         assert_eq!(delta(-3.0), "-3");
         assert_eq!(delta(0.0), "0");

@@ -53,6 +53,19 @@ pub fn parse_where(text: &str) -> Result<Vec<Condition>, String> {
                 "--where {part:?}: a condition needs a name and a value (e.g. accuracy>0.9)"
             ));
         }
+        // `acc=>1`, `acc=<1`, `acc<>1`: an operator typed the wrong way round,
+        // not a comparison with the text ">1".
+        if let Some(odd) = value
+            .chars()
+            .next()
+            .filter(|c| matches!(c, '=' | '<' | '>' | '!'))
+        {
+            return Err(format!(
+                "--where {part:?}: {:?} is not an operator; use one of = != < <= > >= \
+                 (a value cannot start with {odd:?})",
+                &rest[..len + odd.len_utf8()]
+            ));
+        }
         if !matches!(op, Op::Eq | Op::Ne) && value.parse::<f64>().is_err() {
             return Err(format!(
                 "--where {part:?}: {value:?} is not a number; only = and != compare text"
@@ -150,5 +163,14 @@ mod tests {
                 .contains("not a number")
         );
         assert!(parse_where(" , ").unwrap_err().contains("empty"));
+        for typo in ["acc=>1", "acc=<1", "acc<>1", "acc>>1", "acc===1"] {
+            let error = parse_where(typo).unwrap_err();
+            assert!(error.contains("is not an operator"), "{typo}: {error}");
+        }
+        assert_eq!(
+            parse_where("acc=>1").unwrap_err(),
+            "--where \"acc=>1\": \"=>\" is not an operator; use one of = != < <= > >= \
+             (a value cannot start with '>')"
+        );
     }
 }

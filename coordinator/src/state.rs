@@ -644,7 +644,10 @@ pub enum StateError {
         step: String,
         steps: String,
     },
-    #[error("run {0} was garbage-collected: its artifacts are gone, so it cannot be re-run")]
+    #[error(
+        "run {0} was garbage-collected: its artifacts are deleted (or will be, once the grace \
+         period is over), so it cannot be re-run; 'ferry run' its pipeline again instead"
+    )]
     RunCollected(RunId),
     #[error("a schedule named \"{0}\" already exists; delete it first or choose another name")]
     ScheduleExists(String),

@@ -681,6 +681,19 @@ fn a_schedule_fires_once_per_tick_across_a_leader_kill() {
         !bad.success() && bad.stderr.contains("out of range"),
         "{bad:?}"
     );
+    let never = cluster.ferry(&[
+        "schedules",
+        "create",
+        "never",
+        "--cron",
+        "0 0 31 2 *",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+    ]);
+    assert!(
+        !never.success() && never.stderr.contains("never fires"),
+        "{never:?}"
+    );
 
     wait_for(Duration::from_secs(20), "two scheduled runs", || {
         (scheduled(&cluster).len() >= 2).then_some(())

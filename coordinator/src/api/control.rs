@@ -1191,7 +1191,14 @@ impl Control for ControlService {
                 create.name
             )));
         }
-        ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
+        let cron =
+            ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
+        if cron.next_after(now_ms()).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "cron expression {:?} never fires: no date in the next 8 years matches it",
+                cron.expr()
+            )));
+        }
         let pipeline = self.parse_spec(&create.spec_yaml, &create.spec_file, create.params)?;
         self.require_bundle(&create.bundle_digest).await?;
         let code_digests = self.code_digests(&pipeline, &create.bundle_digest).await?;
