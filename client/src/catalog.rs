@@ -186,7 +186,7 @@ pub async fn schedules(
                 Some(local) => local,
                 None => validate(&pipeline, &params)?,
             };
-            let bundle = upload_bundle(client, &pipeline).await?;
+            let bundle = upload_bundle(client, &pipeline, &local.spec).await?;
             // A name is created once: a retry after a lost answer is refused
             // (AlreadyExists), never a second schedule.
             let request = proto::CreateScheduleRequest {

@@ -255,18 +255,39 @@ impl UploadedBundle {
 }
 
 /// Packs the folder holding `pipeline` into a code bundle and uploads it unless
-/// the coordinators hold it already.
+/// the coordinators hold it already. Each step's `cache.paths` must be in the
+/// bundle (the coordinator checks it too): checked first, so that a pipeline
+/// it would refuse leaves nothing stored.
 pub(crate) async fn upload_bundle(
     client: &mut Client,
     pipeline: &Path,
+    spec: &ferry_common::spec::Pipeline,
 ) -> anyhow::Result<UploadedBundle> {
     let folder = pipeline
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let bundle =
-        tokio::task::spawn_blocking(move || ferry_common::bundle::pack_dir(&folder)).await??;
+    let mut cache_paths: Vec<(String, Vec<String>)> = Vec::new();
+    for step in spec
+        .steps
+        .iter()
+        .filter(|s| s.cache.enabled && !s.cache.paths.is_empty())
+    {
+        let name = step.trial.as_ref().map_or(&step.name, |t| &t.of);
+        if !cache_paths.iter().any(|(n, _)| n == name) {
+            cache_paths.push((name.clone(), step.cache.paths.clone()));
+        }
+    }
+    let bundle = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let bundle = ferry_common::bundle::pack_dir(&folder)?;
+        for (step, paths) in &cache_paths {
+            ferry_common::bundle::paths_digest(bundle.bytes.as_slice(), paths)
+                .map_err(|e| anyhow::anyhow!("cache.paths of step \"{step}\": {e}"))?;
+        }
+        Ok(bundle)
+    })
+    .await??;
     let size = bundle.bytes.len() as u64;
     let blob = proto::BlobRef {
         digest: bundle.digest.clone(),
@@ -326,7 +347,7 @@ async fn submit(
     local: LocalSpec,
     no_cache: bool,
 ) -> anyhow::Result<u64> {
-    let bundle = upload_bundle(client, pipeline).await?;
+    let bundle = upload_bundle(client, pipeline, &local.spec).await?;
     // The same request id on every retry: a submission that was applied before the
     // answer got lost is answered with its run, never started twice.
     let request = proto::SubmitRunRequest {

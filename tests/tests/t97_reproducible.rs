@@ -179,6 +179,44 @@ fn the_cache_serves_identical_steps_and_reruns_exactly_what_changed() {
     no_cache.push("--no-cache");
     run_and_wait(&cluster, &pipeline, &no_cache);
     assert_eq!(ran(&log), set(&["prepare", "train", "report", "unrelated"]));
+
+    // cache.paths naming a file the folder lacks: refused before anything is
+    // uploaded, so no bundle is left behind.
+    let blobs = || {
+        walk(&cluster.path("coordinator-1-data/blobs"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .count()
+    };
+    let stored = blobs();
+    assert!(stored > 0, "the runs above stored blobs");
+    let missing = write_pipeline(
+        &cluster.path("missing-paths"),
+        "name: missing\nsteps:\n  - name: s\n    command: [\"true\"]\n    cache: {paths: [nope.py]}\n",
+        &[("here.py", "print(1)\n")],
+    );
+    let refused = cluster.ferry(&["run", missing.to_str().unwrap()]);
+    assert!(
+        !refused.success()
+            && refused
+                .stderr
+                .contains("cache.paths of step \"s\": \"nope.py\" is not in the code bundle"),
+        "{refused:?}"
+    );
+    assert_eq!(blobs(), stored, "a refused pipeline's bundle was stored");
+}
+
+/// Every path under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }
 
 #[test]
