@@ -90,3 +90,46 @@ steps:
         String::from_utf8_lossy(&piped.stderr)
     );
 }
+
+/// A run's metrics (`ferry runs --where`, `ferry runs compare`) come from the
+/// steps that succeeded; a name only a failed step reported still counts.
+#[test]
+fn a_runs_metrics_come_from_its_steps_that_succeeded() {
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    let pipeline = write_pipeline(
+        &cluster.path("failing"),
+        r#"name: failing
+steps:
+  - name: good
+    shell: |
+      echo '{"name": "acc", "value": 0.5}' >> "$FERRY_METRICS"
+  - name: bad
+    needs: [good]
+    shell: |
+      echo '{"name": "acc", "value": 0.99}' >> "$FERRY_METRICS"
+      echo '{"name": "loss", "value": 7}' >> "$FERRY_METRICS"
+      exit 1
+"#,
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let listed = |conditions: &str| -> Vec<u64> {
+        let result = cluster.ferry(&["runs", "--where", conditions, "--output", "json"]);
+        assert!(result.success(), "{result:?}");
+        result
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run"].as_u64().unwrap())
+            .collect()
+    };
+    // acc is the succeeded step's 0.5, not the failed step's 0.99.
+    assert_eq!(listed("acc>0.9"), Vec::<u64>::new());
+    assert_eq!(listed("acc=0.5"), [run]);
+    // Only the failed step reported loss: a diverged run can still be found.
+    assert_eq!(listed("loss>5"), [run]);
+}

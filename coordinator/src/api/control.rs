@@ -306,16 +306,27 @@ fn resources(resources: ferry_common::spec::Resources) -> proto::Resources {
 }
 
 /// Per metric name, the last value reported by the last step (in pipeline order)
-/// that reported it, following cached and reused steps to the attempt that ran.
+/// that succeeded and reported it, following cached and reused steps to the
+/// attempt that ran; a name only steps that did not succeed reported (a
+/// diverged training's loss) takes the last of theirs.
 pub(crate) fn run_metrics(state: &State, run: &Run) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::new();
-    for index in 0..run.steps.len() {
+    let mut not_succeeded = BTreeMap::new();
+    for (index, step) in run.steps.iter().enumerate() {
         // Later values replace earlier ones: the last value of the last step.
         if let Some(attempt) = state.producing_attempt(run, index) {
+            let into = if step.state == StepState::Succeeded {
+                &mut metrics
+            } else {
+                &mut not_succeeded
+            };
             for point in &attempt.metrics {
-                metrics.insert(point.name.clone(), point.value);
+                into.insert(point.name.clone(), point.value);
             }
         }
+    }
+    for (name, value) in not_succeeded {
+        metrics.entry(name).or_insert(value);
     }
     metrics
 }
