@@ -626,14 +626,7 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
         // Let the run end before the next: an idle cluster each time.
         tokio::time::sleep(Duration::from_millis(20)).await;
         // Where the time went (the coordinator's clock, in whole milliseconds).
-        let view = client
-            .get_run(proto::GetRunRequest {
-                run_id: run,
-                stale: false,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let view = read_run(&mut client, run).await?;
         let ms = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -722,14 +715,7 @@ async fn read_until_ended(
     let deadline = Instant::now() + timeout;
     let mut reads = 0;
     loop {
-        let view = client
-            .get_run(proto::GetRunRequest {
-                run_id,
-                stale: false,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let view = read_run(client, run_id).await?;
         reads += 1;
         let state = view.summary.as_ref().map(|s| s.state.as_str());
         if state.is_some_and(|state| state != "running") {
@@ -959,14 +945,7 @@ async fn measure_sweep_submissions(
             let run = client.submit_run(sweep).await?.into_inner().run_id;
             calls.push(began.elapsed());
             cancel_and_settle(client, run).await?;
-            let view = client
-                .get_run(proto::GetRunRequest {
-                    run_id: run,
-                    stale: false,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let view = read_run(client, run).await?;
             anyhow::ensure!(
                 view.steps.len() == 1000,
                 "the sweep has {} steps, not 1000",
@@ -1007,4 +986,17 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// A run's view, read linearizably (as `ferry status` reads it).
+async fn read_run(
+    client: &mut ControlClient<Channel>,
+    run_id: u64,
+) -> anyhow::Result<proto::RunView> {
+    let request = proto::GetRunRequest {
+        run_id,
+        stale: false,
+        ..Default::default()
+    };
+    Ok(client.get_run(request).await?.into_inner())
 }
