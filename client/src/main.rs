@@ -442,6 +442,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             memory,
         } => {
             init_tracing("warn,ferry_coordinator=info,ferry_worker=info");
+            // `ferry dev` is a coordinator and a worker in one process: the same
+            // fail-stop rules as the daemons.
+            ferry_common::tasks::install_panic_hook();
             let (stop, shutdown) = tokio::sync::watch::channel(false);
             let signal = tokio::spawn(async move {
                 ferry_common::signals::terminated().await;

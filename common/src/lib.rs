@@ -1,7 +1,8 @@
 //! Ferry's shared core: the generated wire types, the pipeline spec and its
 //! validation, content hashing, code bundles, and identity/TLS loading.
 //!
-//! Architecture invariant: nothing here opens a socket or spawns a task. The
+//! Architecture invariant: nothing here opens a socket, and the only tasks spawned
+//! here are supervision's own (`tasks`) and the debug-build fault trigger. The
 //! coordinator, the worker and the client all validate specs and hash blobs with the
 //! same code, so a spec the client accepts is one the coordinator accepts.
 
@@ -16,6 +17,10 @@ pub mod channel;
 pub mod config_file;
 pub mod cron;
 pub mod digest;
+pub mod faults;
+pub mod locks;
 pub mod pki;
 pub mod signals;
 pub mod spec;
+pub mod tasks;
+pub mod time;

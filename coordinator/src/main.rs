@@ -23,6 +23,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ferry_common::tasks::install_panic_hook();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -30,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    ferry_common::faults::install().map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     let config = CoordinatorConfig::load(&args.config)?;
     let coordinator = Coordinator::bind(config)
@@ -40,11 +42,13 @@ async fn main() -> anyhow::Result<()> {
         coordinator.local_addr()
     );
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+    let signal = tokio::spawn(async move {
         ferry_common::signals::terminated().await;
         tracing::info!("stopping");
         let _ = stop.send(true);
     });
-    coordinator.serve(shutdown).await?;
+    let served = coordinator.serve(shutdown).await;
+    signal.abort();
+    served?;
     Ok(())
 }

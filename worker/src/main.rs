@@ -26,6 +26,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ferry_common::tasks::install_panic_hook();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -33,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    ferry_common::faults::install().map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     if args.list_gpus {
         let (gpus, source) = ferry_worker::fingerprint::discover_gpus_with_source();

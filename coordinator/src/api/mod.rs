@@ -18,6 +18,7 @@ pub use control::ControlService;
 pub use peer::PeerService;
 
 use crate::blobs::{BlobError, BlobStore};
+use crate::consensus::ConsensusError;
 use crate::node::ProposeError;
 use crate::state::StateError;
 
@@ -26,13 +27,12 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub(crate) fn propose_status(error: ProposeError) -> Status {
     match error {
         ProposeError::Rejected(error) => state_status(error),
-        ProposeError::Storage(message) => Status::unavailable(message),
-        ProposeError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
-        ProposeError::NotLeader
-        | ProposeError::NoLeader(_)
-        | ProposeError::NotCommitted
-        | ProposeError::Unknown => Status::unavailable(error.to_string()),
-        ProposeError::Refused(message) => Status::failed_precondition(message),
+        ProposeError::Consensus(ConsensusError::Refused(message)) => {
+            Status::failed_precondition(message)
+        }
+        ProposeError::Consensus(_) | ProposeError::NoLeader(_) => {
+            Status::unavailable(error.to_string())
+        }
         ProposeError::Denied(message) => Status::permission_denied(message),
         ProposeError::Remote(status) => status,
     }

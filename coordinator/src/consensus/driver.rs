@@ -1,14 +1,13 @@
 //! The Raft loop: one task owns the raft-rs `RawNode` and drives it through
 //! `tick`/`step`/`propose`, then handles each `Ready` in the order raft-rs
 //! requires: send what may go before persistence, install a snapshot, apply the
-//! committed entries to the in-memory state machine, append new entries and the
-//! hard state, flush the log once, and only then
-//! answer proposers, send the messages that depend on the flush, and push work to
-//! workers.
+//! committed entries to the state machine, append new entries and the hard state,
+//! make the log durable once, and only then answer proposers, send the messages
+//! that depend on it, and let the state machine carry out the outcomes.
 //!
-//! Proposals from many callers are batched into one entry (`EntryBatch`); the
-//! proposer learns its result when that entry is applied. An entry proposed here
-//! but replaced by another leader's entry at the same index fails its callers with
+//! Proposals from many callers are batched into one entry; the proposer learns its
+//! result when that entry is applied. An entry proposed here but replaced by
+//! another leader's entry at the same index fails its callers with
 //! `NotCommitted`, which is safe to retry.
 //!
 //! The state machine is never written record by record: the log (a snapshot of the
@@ -16,24 +15,30 @@
 //! `snapshot_every` entries replaces the oldest entries with a fresh snapshot; a
 //! start decodes the snapshot and raft-rs hands back the committed entries after
 //! it, which are applied again exactly as the first time.
+//!
+//! The loop is generic over the state machine, the log and the network, so that
+//! `consensus::sim` runs several drivers in one test against an in-memory network.
+//! Work that blocks (encoding and writing a snapshot, reading one for a follower,
+//! installing one from the leader) runs on blocking threads, never on the loop's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::storage::{LogStore, SledLog};
-use super::transport::{Feedback, Transport};
+use super::storage::{LogStore, LogStoreError};
+use super::{
+    Answer, Committed, ConsensusError, DriverError, DriverExit, Feedback, Input, LocalStatus,
+    Network, Proposal, RoleInfo, SnapshotImage, StateMachine,
+};
 use crate::config::RaftSettings;
-use crate::node::{Node, ProposeError};
-use crate::state::{Command, Member, Outcome, StateError};
-use crate::store::{StateImage, Store};
 
 /// Most commands in one Raft entry.
 const MAX_COMMANDS_PER_ENTRY: usize = 4096;
@@ -41,51 +46,61 @@ const MAX_COMMANDS_PER_ENTRY: usize = 4096;
 /// The commands of one Raft entry, as read back ([`EntryBatchRef`] also names
 /// the proposing member and its batch number, for whoever reads a log).
 #[derive(Deserialize)]
-struct EntryBatch {
-    commands: Vec<Command>,
+#[serde(bound = "C: DeserializeOwned")]
+struct EntryBatch<C> {
+    commands: Vec<C>,
 }
 
 /// What one Raft entry carries: commands proposed together on one member.
 #[derive(Serialize)]
-struct EntryBatchRef<'a> {
+struct EntryBatchRef<'a, C: Serialize> {
     origin: u64,
     seq: u64,
-    commands: &'a [Command],
+    commands: &'a [C],
 }
 
-pub struct Proposal {
-    pub command: Command,
-    pub reply: oneshot::Sender<Result<Outcome, ProposeError>>,
-}
-
-/// Requests to the Raft loop other than proposals.
-pub enum Input {
-    Message(Box<Message>),
-    /// A linearizable read: answered once this member has applied everything the
-    /// leader had committed when the read arrived.
-    ReadIndex(oneshot::Sender<()>),
-    ConfChange(ConfChange, oneshot::Sender<Result<(), ProposeError>>),
-    TransferLeadership(oneshot::Sender<Option<u64>>),
-    Status(oneshot::Sender<LocalStatus>),
-}
-
-/// The Raft log as raft-rs sees it: the sled log, except that a snapshot made
-/// before a peer joined is not offered to that peer (it would refuse a snapshot
-/// whose configuration leaves it out). Raft then asks again, and the loop makes a
-/// fresh snapshot meanwhile.
+/// The Raft log as raft-rs sees it: the durable log, except that the snapshot a
+/// follower needs is read on a blocking thread ahead of time (raft-rs asks for it
+/// on the loop, and reading means reading and verifying a whole file), and a
+/// snapshot made before a peer joined is not offered to that peer (it would
+/// refuse a snapshot whose configuration leaves it out). Raft asks again at its
+/// next heartbeat; meanwhile the loop reads the snapshot, or makes a fresh one.
 #[derive(Clone)]
-pub struct DriverLog {
-    log: SledLog,
+pub struct DriverLog<L> {
+    log: L,
+    /// A fresh snapshot is wanted (for a peer the current one leaves out).
     snapshot_wanted: Arc<AtomicBool>,
+    /// The snapshot with its data, read ahead for followers that need it.
+    prepared: Arc<Mutex<Option<Snapshot>>>,
+    /// The snapshot must be read (nothing is prepared, or an older one is).
+    read_wanted: Arc<AtomicBool>,
 }
 
-impl DriverLog {
+impl<L: LogStore> DriverLog<L> {
+    fn new(log: L) -> DriverLog<L> {
+        DriverLog {
+            log,
+            snapshot_wanted: Arc::default(),
+            prepared: Arc::default(),
+            read_wanted: Arc::default(),
+        }
+    }
+
     fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::SeqCst)
     }
+
+    fn take_read_request(&self) -> bool {
+        self.read_wanted.swap(false, Ordering::SeqCst)
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        // A panic aborts the process (panic = "abort"), so no holder can poison it.
+        self.prepared.lock().expect("prepared snapshot lock")
+    }
 }
 
-impl Storage for DriverLog {
+impl<L: LogStore> Storage for DriverLog<L> {
     fn initial_state(&self) -> raft::Result<raft::RaftState> {
         self.log.initial_state()
     }
@@ -113,79 +128,73 @@ impl Storage for DriverLog {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let snapshot = self.log.snapshot(request_index, to);
-        if let Ok(snapshot) = &snapshot {
-            let conf = snapshot.get_metadata().get_conf_state();
-            if !conf.voters.contains(&to) && !conf.learners.contains(&to) {
+        let unavailable = || {
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        };
+        let current = self.log.first_index()?.saturating_sub(1);
+        let prepared = self.prepared().clone();
+        match prepared {
+            Some(snapshot)
+                if snapshot.get_metadata().index == current
+                    && snapshot.get_metadata().index >= request_index =>
+            {
+                let conf = snapshot.get_metadata().get_conf_state();
+                if conf.voters.contains(&to) || conf.learners.contains(&to) {
+                    return Ok(snapshot);
+                }
                 self.snapshot_wanted.store(true, Ordering::SeqCst);
-                return Err(raft::Error::Store(
-                    raft::StorageError::SnapshotTemporarilyUnavailable,
-                ));
+                unavailable()
             }
-        } else {
-            self.snapshot_wanted.store(true, Ordering::SeqCst);
+            _ => {
+                // raft-rs treats any other storage error here as fatal: a snapshot
+                // that cannot be read yet is only "temporarily unavailable".
+                self.read_wanted.store(true, Ordering::SeqCst);
+                unavailable()
+            }
         }
-        snapshot
     }
-}
-
-/// Who leads, as this member sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoleInfo {
-    pub id: u64,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub role: &'static str,
-}
-
-impl RoleInfo {
-    pub fn is_leader(&self) -> bool {
-        self.leader == Some(self.id)
-    }
-}
-
-/// This member's Raft view, for `ferry cluster status`.
-#[derive(Debug, Clone, Default)]
-pub struct LocalStatus {
-    pub id: u64,
-    pub role: &'static str,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub commit: u64,
-    pub applied: u64,
-    pub last_index: u64,
-    /// The leader's record of what each follower has (matched index).
-    pub matched: BTreeMap<u64, u64>,
 }
 
 /// An entry proposed here and not yet applied, by log index. The entry applied
 /// at that index is this one exactly when its term matches (Raft's log matching),
 /// and then its commands are taken from here instead of decoded again.
-struct PendingBatch {
+struct PendingBatch<S: StateMachine> {
     term: u64,
-    commands: Vec<Command>,
-    replies: Vec<oneshot::Sender<Result<Outcome, ProposeError>>>,
+    commands: Vec<S::Command>,
+    replies: Vec<oneshot::Sender<Answer<S>>>,
 }
 
-pub struct Driver {
-    raw: RawNode<DriverLog>,
-    log: SledLog,
-    wanted: DriverLog,
-    node: Arc<Node>,
-    transport: Arc<Transport>,
+/// What a blocking job of the loop finished.
+enum Background {
+    Compacted(Result<u64, LogStoreError>),
+    SnapshotRead(Result<Snapshot, raft::Error>),
+}
+
+pub struct Driver<S: StateMachine, L: LogStore, N: Network> {
+    raw: RawNode<DriverLog<L>>,
+    log: L,
+    wanted: DriverLog<L>,
+    machine: Arc<S>,
+    network: Arc<N>,
     settings: RaftSettings,
     applied: u64,
     snapshot_index: u64,
     /// The index of the snapshot being made on another thread, if any.
     compacting: Option<u64>,
-    compacted: mpsc::UnboundedSender<Result<u64, String>>,
-    compactions: Option<mpsc::UnboundedReceiver<Result<u64, String>>>,
+    /// A snapshot is being read for a follower on another thread.
+    reading: bool,
+    background: mpsc::UnboundedSender<Background>,
+    finished: mpsc::UnboundedReceiver<Background>,
     next_seq: u64,
-    pending: BTreeMap<u64, PendingBatch>,
+    pending: BTreeMap<u64, PendingBatch<S>>,
     next_read: u64,
     reads_asked: HashMap<Vec<u8>, oneshot::Sender<()>>,
     reads_waiting: Vec<(u64, oneshot::Sender<()>)>,
     role: watch::Sender<RoleInfo>,
+    /// Set once this member applied its own removal.
+    removed: bool,
 }
 
 fn role_name(role: StateRole) -> &'static str {
@@ -198,22 +207,17 @@ fn role_name(role: StateRole) -> &'static str {
 }
 
 /// The snapshot every initial member starts from: index 1, term 1, the initial
-/// voters, and a state holding only the members. A member added later has an
-/// empty log and so receives the leader's snapshot before any entry. `base` is
-/// the state a one-coordinator installation (before replication) left behind.
-pub fn bootstrap_snapshot(members: &[Member], base: crate::state::State) -> Snapshot {
-    let mut state = base;
-    for member in members {
-        state.set_member(member.clone());
-    }
+/// voters, and `data`, the state machine holding only the members. A member added
+/// later has an empty log and so receives the leader's snapshot before any entry.
+pub fn bootstrap_snapshot(voters: &[u64], data: Vec<u8>) -> Snapshot {
     let mut snapshot = Snapshot {
-        data: Store::snapshot_data(&state).into(),
+        data: data.into(),
         ..Default::default()
     };
     let metadata = snapshot.mut_metadata();
     metadata.index = 1;
     metadata.term = 1;
-    metadata.mut_conf_state().voters = members.iter().map(|m| m.id).collect();
+    metadata.mut_conf_state().voters = voters.to_vec();
     snapshot
 }
 
@@ -231,24 +235,28 @@ pub fn raft_config(id: u64, settings: &RaftSettings, applied: u64) -> raft::Conf
     }
 }
 
-impl Driver {
-    #[allow(clippy::too_many_arguments)]
+type Answers<S> = Vec<(
+    Result<<S as StateMachine>::Outcome, <S as StateMachine>::Rejection>,
+    Option<oneshot::Sender<Answer<S>>>,
+)>;
+
+impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
+    /// A driver over `log`, whose state machine has applied everything up to
+    /// `applied` (the snapshot's index at start: raft-rs hands back the committed
+    /// entries after it).
     pub fn new(
         id: u64,
-        log: SledLog,
+        log: L,
         applied: u64,
-        node: Arc<Node>,
-        transport: Arc<Transport>,
+        machine: Arc<S>,
+        network: Arc<N>,
         settings: RaftSettings,
         role: watch::Sender<RoleInfo>,
-    ) -> Result<Driver, raft::Error> {
+    ) -> Result<Self, DriverError> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let snapshot_index = log.first_index()?.saturating_sub(1);
-        let (compacted, compactions) = mpsc::unbounded_channel();
-        let wanted = DriverLog {
-            log: log.clone(),
-            snapshot_wanted: Arc::default(),
-        };
+        let (background, finished) = mpsc::unbounded_channel();
+        let wanted = DriverLog::new(log.clone());
         let raw = RawNode::new(
             &raft_config(id, &settings, applied),
             wanted.clone(),
@@ -258,50 +266,42 @@ impl Driver {
             raw,
             log,
             wanted,
-            node,
-            transport,
+            machine,
+            network,
             settings,
             applied,
             snapshot_index,
             compacting: None,
-            compacted,
-            compactions: Some(compactions),
+            reading: false,
+            background,
+            finished,
             next_seq: 1,
             pending: BTreeMap::new(),
             next_read: 1,
             reads_asked: HashMap::new(),
             reads_waiting: Vec::new(),
             role,
+            removed: false,
         })
     }
 
+    /// Runs until `shutdown` turns true, this member is removed from the cluster,
+    /// or the log cannot be written (an error: the member must stop serving).
     pub async fn run(
         mut self,
-        mut proposals: mpsc::Receiver<Proposal>,
+        mut proposals: mpsc::Receiver<Proposal<S>>,
         mut inputs: mpsc::Receiver<Input>,
         mut feedback: mpsc::Receiver<Feedback>,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+    ) -> Result<DriverExit, DriverError> {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.settings.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A one-member cluster elects itself at once instead of after a timeout.
-        if self.raw.raft.prs().conf().voters().ids().len() == 1
-            && self.raw.raft.promotable()
-            && let Err(error) = self.raw.campaign()
-        {
-            tracing::warn!(%error, "cannot start an election");
-        }
-        let mut compactions = self.compactions.take().expect("run is called once");
-        loop {
+        self.campaign_if_alone();
+        let exit = loop {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                Some(result) = compactions.recv() => self.compaction_finished(result),
-                _ = ticker.tick() => {
-                    self.raw.tick();
-                    if let Err(error) = self.maybe_compact() {
-                        tracing::warn!(%error, "cannot make a snapshot");
-                    }
-                }
+                _ = shutdown.wait_for(|stop| *stop) => break Ok(DriverExit::Shutdown),
+                Some(done) = self.finished.recv() => self.background_finished(done),
+                _ = ticker.tick() => self.tick(),
                 Some(input) = inputs.recv() => {
                     self.handle_input(input);
                     while let Ok(input) = inputs.try_recv() {
@@ -320,17 +320,52 @@ impl Driver {
                 }
                 Some(event) = feedback.recv() => self.handle_feedback(event),
             }
-            if self.raw.has_ready()
-                && let Err(error) = self.on_ready().await
-            {
-                tracing::error!(%error, "the Raft loop cannot persist; stopping this member");
-                self.node.fail_stop(error);
-                break;
+            ferry_common::faults::point("raft.loop");
+            if let Err(error) = self.process_ready().await {
+                break Err(error);
             }
-            self.publish_role();
+            if self.removed {
+                break Ok(DriverExit::Removed);
+            }
+        };
+        self.fail_all_pending(ConsensusError::ShuttingDown);
+        exit
+    }
+
+    /// A one-member cluster elects itself at once instead of after a timeout.
+    pub fn campaign_if_alone(&mut self) {
+        if self.raw.raft.prs().conf().voters().ids().len() == 1
+            && self.raw.raft.promotable()
+            && let Err(error) = self.raw.campaign()
+        {
+            tracing::warn!(%error, "cannot start an election");
         }
-        self.fail_all_pending(ProposeError::ShuttingDown);
-        tracing::info!("raft loop stopped");
+    }
+
+    /// One tick of Raft's logical clock; may start a compaction or a snapshot read.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        if let Err(error) = self.start_background_work() {
+            tracing::warn!(%error, "cannot make a snapshot");
+        }
+    }
+
+    /// Handles whatever raft-rs has ready, then publishes the role.
+    pub async fn process_ready(&mut self) -> Result<(), DriverError> {
+        if self.raw.has_ready() {
+            self.on_ready().await?;
+        }
+        self.publish_role();
+        Ok(())
+    }
+
+    /// The id of this member.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
     }
 
     fn publish_role(&mut self) {
@@ -359,17 +394,23 @@ impl Driver {
                 batches = self.pending.len(),
                 "leadership lost with proposals in flight"
             );
-            self.fail_all_pending(ProposeError::Unknown);
+            self.fail_all_pending(ConsensusError::Unknown);
         }
         // Reads whose callers gave up are forgotten.
         self.reads_asked.retain(|_, reply| !reply.is_closed());
         self.reads_waiting.retain(|(_, reply)| !reply.is_closed());
     }
 
-    fn handle_feedback(&mut self, event: Feedback) {
+    pub fn handle_feedback(&mut self, event: Feedback) {
         match event {
             Feedback::Unreachable(id) => self.raw.report_unreachable(id),
-            Feedback::Removed => self.node.removed_from_cluster(),
+            Feedback::Removed => {
+                tracing::warn!(
+                    id = self.id(),
+                    "the leader says this member was removed from the cluster"
+                );
+                self.removed = true;
+            }
             Feedback::SnapshotSent { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -381,7 +422,7 @@ impl Driver {
         }
     }
 
-    fn handle_input(&mut self, input: Input) {
+    pub fn handle_input(&mut self, input: Input) {
         match input {
             Input::Message(message) => {
                 if let Err(error) = self.raw.step(*message) {
@@ -396,11 +437,11 @@ impl Driver {
             }
             Input::ConfChange(change, reply) => {
                 let result = if self.raw.raft.state != StateRole::Leader {
-                    Err(ProposeError::NotLeader)
+                    Err(ConsensusError::NotLeader)
                 } else {
                     self.raw
                         .propose_conf_change(Vec::new(), change)
-                        .map_err(|e| ProposeError::Refused(e.to_string()))
+                        .map_err(|e| ConsensusError::Refused(e.to_string()))
                 };
                 let _ = reply.send(result);
             }
@@ -450,10 +491,11 @@ impl Driver {
         Some(best)
     }
 
-    fn propose(&mut self, batch: Vec<Proposal>) {
+    /// Proposes a batch of commands as one entry (on the leader only).
+    pub fn propose(&mut self, batch: Vec<Proposal<S>>) {
         if self.raw.raft.state != StateRole::Leader {
             for proposal in batch {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader));
+                let _ = proposal.reply.send(Err(ConsensusError::NotLeader));
             }
             return;
         }
@@ -483,13 +525,13 @@ impl Driver {
                 // stepped down. Nothing was appended, so a retry is safe.
                 tracing::debug!(%error, "proposal dropped");
                 for reply in replies {
-                    let _ = reply.send(Err(ProposeError::NotLeader));
+                    let _ = reply.send(Err(ConsensusError::NotLeader));
                 }
             }
         }
     }
 
-    fn fail_all_pending(&mut self, error: ProposeError) {
+    fn fail_all_pending(&mut self, error: ConsensusError) {
         for (_, batch) in std::mem::take(&mut self.pending) {
             for reply in batch.replies {
                 let _ = reply.send(Err(error.clone()));
@@ -497,59 +539,53 @@ impl Driver {
         }
     }
 
-    async fn on_ready(&mut self) -> Result<(), String> {
+    async fn on_ready(&mut self) -> Result<(), DriverError> {
         let mut ready = self.raw.ready();
         // A leader may send before its own write is durable (Raft thesis 10.2.1).
-        self.transport.send(ready.take_messages());
+        self.network.send(ready.take_messages());
         let mut answers = Vec::new();
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot().clone())?;
+            self.install_snapshot(ready.snapshot().clone()).await?;
         }
         self.apply_entries(ready.take_committed_entries(), &mut answers)?;
         if !ready.entries().is_empty() {
-            self.log
-                .append(ready.entries())
-                .map_err(|e| e.to_string())?;
+            self.log.append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
-            self.log
-                .set_hard_state(hard_state)
-                .map_err(|e| e.to_string())?;
+            self.log.set_hard_state(hard_state)?;
         }
         for read in ready.take_read_states() {
             if let Some(reply) = self.reads_asked.remove(&read.request_ctx) {
                 self.reads_waiting.push((read.index, reply));
             }
         }
-        self.node.store.flush().await.map_err(|e| e.to_string())?;
-        self.transport.send(ready.take_persisted_messages());
+        self.log.flush().await?;
+        self.network.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             let mut hard_state = self.log.hard_state();
             hard_state.commit = commit;
-            self.log
-                .set_hard_state(&hard_state)
-                .map_err(|e| e.to_string())?;
+            self.log.set_hard_state(&hard_state)?;
         }
-        self.transport.send(light.take_messages());
+        self.network.send(light.take_messages());
         let more = light.take_committed_entries();
         if !more.is_empty() {
             self.apply_entries(more, &mut answers)?;
-            self.node.store.flush().await.map_err(|e| e.to_string())?;
+            self.log.flush().await?;
         }
         self.raw.advance_apply_to(self.applied);
         self.answer(answers);
-        self.maybe_compact()?;
+        self.start_background_work()?;
         Ok(())
     }
 
-    fn answer(&mut self, answers: Vec<Answer>) {
+    fn answer(&mut self, answers: Answers<S>) {
         for (outcome, reply) in answers {
             if let Ok(outcome) = &outcome {
-                self.node.carry_out(outcome);
+                self.machine.deliver(outcome);
             }
             if let Some(reply) = reply {
-                let _ = reply.send(outcome.map_err(ProposeError::from));
+                let _ = reply.send(Ok(outcome));
             }
         }
         let applied = self.applied;
@@ -560,114 +596,115 @@ impl Driver {
         for (_, reply) in ready {
             let _ = reply.send(());
         }
-        self.node.state_changed();
+        self.machine.applied();
     }
 
-    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), String> {
+    /// Installs a snapshot from the leader: decoding it and writing it to the log
+    /// happen on a blocking thread (the loop waits: raft-rs needs it durable before
+    /// anything else), and the state is replaced only once both succeeded.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), DriverError> {
         let index = snapshot.get_metadata().index;
         tracing::info!(
             index,
             bytes = snapshot.data.len(),
             "installing a snapshot from the leader"
         );
-        // Decoded before anything is written: a snapshot that does not decode
-        // changes nothing here.
-        let state = Store::state_from_snapshot(&snapshot.data).map_err(|e| e.to_string())?;
-        self.log
-            .apply_snapshot(snapshot)
-            .map_err(|e| e.to_string())?;
-        self.transport.set_members(&state.members);
-        self.node.replace_state(state);
+        let (machine, log) = (self.machine.clone(), self.log.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            // Decoded before anything is written: a snapshot that does not decode
+            // changes nothing here.
+            let restored = machine
+                .decode(&snapshot.data)
+                .map_err(|detail| DriverError::Snapshot { index, detail })?;
+            log.apply_snapshot(snapshot)?;
+            Ok::<_, DriverError>(restored)
+        })
+        .await
+        .map_err(|e| DriverError::Background(e.to_string()))??;
+        self.machine.restore(restored);
+        self.network.set_peers(&self.machine.peers());
         self.applied = index;
         self.snapshot_index = index;
+        // A snapshot read ahead for followers is older than this one now.
+        *self.wanted.prepared() = None;
         Ok(())
     }
 
     fn apply_entries(
         &mut self,
         entries: Vec<Entry>,
-        answers: &mut Vec<Answer>,
-    ) -> Result<(), String> {
+        answers: &mut Answers<S>,
+    ) -> Result<(), DriverError> {
         if entries.is_empty() {
             return Ok(());
         }
         let me = self.raw.raft.id;
-        let mut removed_self = false;
-        {
-            let mut state = self.node.state_mut();
-            for entry in &entries {
-                if entry.index <= self.applied {
-                    continue;
-                }
-                match entry.get_entry_type() {
-                    EntryType::EntryNormal if entry.data.is_empty() => {}
-                    EntryType::EntryNormal => {
-                        let ours = self
-                            .pending
-                            .get(&entry.index)
-                            .is_some_and(|p| p.term == entry.term);
-                        let (commands, mut replies) = match self.pending.remove(&entry.index) {
-                            Some(batch) if ours => (
-                                batch.commands,
-                                batch.replies.into_iter().map(Some).collect::<Vec<_>>(),
-                            ),
-                            _ => {
-                                let batch: EntryBatch = serde_json::from_slice(&entry.data)
-                                    .map_err(|e| {
-                                        format!("raft entry {} does not decode: {e}", entry.index)
-                                    })?;
-                                (batch.commands, Vec::new())
-                            }
-                        };
-                        replies.resize_with(commands.len(), || None);
-                        for (command, reply) in commands.into_iter().zip(replies) {
-                            answers.push((state.apply(command), reply));
-                        }
-                    }
-                    EntryType::EntryConfChange => {
-                        let change = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
-                            format!("raft entry {} does not decode: {e}", entry.index)
-                        })?;
-                        let conf_state = self
-                            .raw
-                            .apply_conf_change(&change)
-                            .map_err(|e| e.to_string())?;
-                        self.log
-                            .set_conf_state(&conf_state)
-                            .map_err(|e| e.to_string())?;
-                        match change.get_change_type() {
-                            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                                match serde_json::from_slice::<Member>(&change.context) {
-                                    Ok(member) if member.id == change.node_id => {
-                                        tracing::info!(member = member.id, address = %member.client_address, "member added");
-                                        state.set_member(member);
-                                    }
-                                    _ => tracing::warn!(
-                                        member = change.node_id,
-                                        "a member was added without its addresses"
-                                    ),
-                                }
-                            }
-                            ConfChangeType::RemoveNode => {
-                                tracing::info!(member = change.node_id, "member removed");
-                                state.remove_member(change.node_id);
-                                removed_self |= change.node_id == me;
-                            }
-                        }
-                        self.transport.set_members(&state.members);
-                    }
-                    EntryType::EntryConfChangeV2 => {
-                        return Err(format!(
-                            "raft entry {} is a joint configuration change, which Ferry does not make",
-                            entry.index
-                        ));
-                    }
-                }
-                self.applied = entry.index;
+        let mut committed = Vec::new();
+        let mut replies: Vec<Option<oneshot::Sender<Answer<S>>>> = Vec::new();
+        let mut members_changed = false;
+        for entry in &entries {
+            if entry.index <= self.applied {
+                continue;
             }
-            // The log is the durable form of the state; the change set is only
-            // for callers that look at what the last commands touched.
-            state.dirty = Default::default();
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let ours = self
+                        .pending
+                        .get(&entry.index)
+                        .is_some_and(|p| p.term == entry.term);
+                    let commands = match self.pending.remove(&entry.index) {
+                        Some(batch) if ours => {
+                            // One reply per command, as proposed.
+                            replies.extend(batch.replies.into_iter().map(Some));
+                            batch.commands
+                        }
+                        _ => {
+                            let batch: EntryBatch<S::Command> = serde_json::from_slice(&entry.data)
+                                .map_err(|e| DriverError::Undecodable {
+                                    index: entry.index,
+                                    detail: e.to_string(),
+                                })?;
+                            replies.extend(batch.commands.iter().map(|_| None));
+                            batch.commands
+                        }
+                    };
+                    committed.push(Committed::Commands(commands));
+                }
+                EntryType::EntryConfChange => {
+                    let change = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
+                        DriverError::Undecodable {
+                            index: entry.index,
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    self.log.set_conf_state(&conf_state)?;
+                    members_changed = true;
+                    match change.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            committed.push(Committed::MemberAdded {
+                                id: change.node_id,
+                                context: change.context.to_vec(),
+                            });
+                        }
+                        ConfChangeType::RemoveNode => {
+                            committed.push(Committed::MemberRemoved { id: change.node_id });
+                            self.removed |= change.node_id == me;
+                        }
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    return Err(DriverError::JointChange { index: entry.index });
+                }
+            }
+            self.applied = entry.index;
+        }
+        let outcomes = self.machine.apply(committed);
+        debug_assert_eq!(outcomes.len(), replies.len());
+        answers.extend(outcomes.into_iter().zip(replies));
+        if members_changed {
+            self.network.set_peers(&self.machine.peers());
         }
         // Pending batches at or below the applied index that were not matched above
         // were replaced by another leader's entries: they will never commit.
@@ -675,22 +712,26 @@ impl Driver {
         let later = self.pending.split_off(&(applied + 1));
         for (_, batch) in std::mem::replace(&mut self.pending, later) {
             for reply in batch.replies {
-                let _ = reply.send(Err(ProposeError::NotCommitted));
+                let _ = reply.send(Err(ConsensusError::NotCommitted));
             }
-        }
-        if removed_self {
-            self.node.removed_from_cluster();
         }
         Ok(())
     }
 
-    /// Starts a snapshot of the state at the applied index when `snapshot_every`
-    /// entries were applied since the last one, or a peer needs a fresher one.
-    /// Taking the image is cheap (runs are shared); encoding it and writing it
-    /// happen on a blocking thread while this loop goes on, and the log is
-    /// truncated only once the snapshot is durable (`compaction_finished`).
-    fn maybe_compact(&mut self) -> Result<(), String> {
-        if self.compacting.is_some() {
+    /// Starts, on blocking threads, a snapshot of the state at the applied index
+    /// when `snapshot_every` entries were applied since the last one or a peer
+    /// needs a fresher one, and a read of the current snapshot when a follower
+    /// needs it. Taking the image is cheap (the state machine shares its records);
+    /// the log is truncated only once the snapshot is durable.
+    fn start_background_work(&mut self) -> Result<(), DriverError> {
+        if self.wanted.take_read_request() && !self.reading && self.compacting.is_none() {
+            self.reading = true;
+            let (log, done) = (self.log.clone(), self.background.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = done.send(Background::SnapshotRead(log.snapshot(0, 0)));
+            });
+        }
+        if self.compacting.is_some() || self.reading {
             return Ok(());
         }
         let due = self.applied >= self.snapshot_index + self.settings.snapshot_every;
@@ -698,15 +739,11 @@ impl Driver {
             return Ok(());
         }
         let index = self.applied;
-        let term = self
-            .raw
-            .raft
-            .raft_log
-            .term(index)
-            .map_err(|e| e.to_string())?;
+        let term = self.raw.raft.raft_log.term(index)?;
         let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
-        let image = self.node.read(StateImage::of);
-        let (log, done) = (self.log.clone(), self.compacted.clone());
+        let image = self.machine.image();
+        let (log, done) = (self.log.clone(), self.background.clone());
+        let prepared = self.wanted.prepared.clone();
         self.compacting = Some(index);
         tokio::task::spawn_blocking(move || {
             let began = std::time::Instant::now();
@@ -722,7 +759,7 @@ impl Driver {
             metadata.index = index;
             metadata.term = term;
             metadata.set_conf_state(conf_state);
-            let result = log.compact(snapshot).map_err(|e| e.to_string());
+            let result = log.compact(snapshot.clone());
             if result.is_ok() {
                 tracing::info!(
                     index,
@@ -731,24 +768,58 @@ impl Driver {
                     total_ms = began.elapsed().as_millis() as u64,
                     "log compacted into a snapshot"
                 );
+                // The data is at hand: a follower that needs it gets it without
+                // a read of the file.
+                *prepared.lock().expect("prepared snapshot lock") = Some(snapshot);
             }
-            let _ = done.send(result.map(|()| index));
+            let _ = done.send(Background::Compacted(result.map(|()| index)));
         });
         Ok(())
     }
 
-    fn compaction_finished(&mut self, result: Result<u64, String>) {
-        self.compacting = None;
-        match result {
-            Ok(index) => self.snapshot_index = self.snapshot_index.max(index),
-            // The log keeps its entries; the next compaction tries again. (Refused
-            // also when a snapshot from the leader was installed meanwhile.)
-            Err(error) => tracing::warn!(%error, "cannot make a snapshot"),
+    fn background_finished(&mut self, done: Background) {
+        match done {
+            Background::Compacted(result) => {
+                self.compacting = None;
+                match result {
+                    Ok(index) => self.snapshot_index = self.snapshot_index.max(index),
+                    // The log keeps its entries; the next compaction tries again.
+                    // (Refused also when a snapshot from the leader was installed
+                    // meanwhile.)
+                    Err(error) => tracing::warn!(%error, "cannot make a snapshot"),
+                }
+            }
+            Background::SnapshotRead(result) => {
+                self.reading = false;
+                match result {
+                    Ok(snapshot) => *self.wanted.prepared() = Some(snapshot),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the snapshot for a follower")
+                    }
+                }
+            }
         }
     }
-}
 
-type Answer = (
-    Result<Outcome, StateError>,
-    Option<oneshot::Sender<Result<Outcome, ProposeError>>>,
-);
+    /// Waits for the blocking jobs in flight (tests use it to stay deterministic).
+    #[cfg(test)]
+    pub async fn settle_background(&mut self) {
+        while self.compacting.is_some() || self.reading {
+            match self.finished.recv().await {
+                Some(done) => self.background_finished(done),
+                None => break,
+            }
+        }
+    }
+
+    /// Whether this member applied its own removal.
+    #[cfg(test)]
+    pub fn removed(&self) -> bool {
+        self.removed
+    }
+
+    #[cfg(test)]
+    pub fn raw(&self) -> &RawNode<DriverLog<L>> {
+        &self.raw
+    }
+}

@@ -74,6 +74,8 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError>;
     /// Makes every preceding change durable.
     fn sync(&self) -> Result<(), LogStoreError>;
+    /// Makes every preceding change durable without blocking the caller's thread.
+    fn flush(&self) -> impl Future<Output = Result<(), LogStoreError>> + Send;
 }
 
 /// Refuses a request as `Invalid` unless `condition` holds.
@@ -280,6 +282,10 @@ impl LogStore for MemLog {
     }
 
     fn sync(&self) -> Result<(), LogStoreError> {
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), LogStoreError> {
         Ok(())
     }
 }
@@ -861,6 +867,11 @@ impl LogStore for SledLog {
         self.log.flush()?;
         Ok(())
     }
+
+    async fn flush(&self) -> Result<(), LogStoreError> {
+        self.log.flush_async().await?;
+        Ok(())
+    }
 }
 
 impl Storage for SledLog {
@@ -919,8 +930,11 @@ impl Storage for SledLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let cache = lock(&self.cache);
-        if cache.snapshot.index < request_index {
+        // The whole file is read and verified holding only the writer's lock, so
+        // that appends and term look-ups (the cache's lock) go on meanwhile; no
+        // compaction or installation can replace the file under the read.
+        let _writer = lock(&self.snapshot_writer);
+        if lock(&self.cache).snapshot.index < request_index {
             return refuse(StorageError::SnapshotTemporarilyUnavailable);
         }
         self.read_snapshot().map_err(store_error)

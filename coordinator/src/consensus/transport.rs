@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::state::Member;
+use super::{Feedback, Network};
 
 /// Messages waiting for one peer before newer ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -32,18 +32,6 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Set on the leader's answer to a member that is no longer in the cluster.
 pub const REMOVED_METADATA: &str = "ferry-member-removed";
-
-/// What the transport tells the Raft loop.
-#[derive(Debug)]
-pub enum Feedback {
-    Unreachable(u64),
-    /// The leader said this member is no longer in the cluster.
-    Removed,
-    SnapshotSent {
-        to: u64,
-        ok: bool,
-    },
-}
 
 struct PeerLink {
     address: String,
@@ -98,30 +86,34 @@ impl Transport {
 
     /// Opens links to new members, re-opens those whose address changed, and
     /// closes those that left.
-    pub fn set_members(&self, members: &BTreeMap<u64, Member>) {
+    pub fn set_members(&self, peers: &BTreeMap<u64, String>) {
         let mut links = self.links.lock().expect("links lock");
         links.retain(|id, link| {
-            members
+            peers
                 .get(id)
-                .is_some_and(|m| m.peer_address == link.address)
+                .is_some_and(|address| *address == link.address)
         });
-        for member in members.values() {
-            if member.id == self.id || links.contains_key(&member.id) {
+        for (&id, address) in peers {
+            if id == self.id || links.contains_key(&id) {
                 continue;
             }
-            match self.open(member) {
+            match self.open(id, address) {
                 Ok(link) => {
-                    links.insert(member.id, link);
+                    links.insert(id, link);
                 }
                 Err(error) => {
-                    tracing::error!(member = member.id, address = %member.peer_address, %error, "cannot open a link to a peer")
+                    tracing::error!(member = id, %address, %error, "cannot open a link to a peer")
                 }
             }
         }
     }
 
-    fn open(&self, member: &Member) -> Result<PeerLink, ferry_common::channel::ChannelError> {
-        let channel = ferry_common::channel::endpoint(&member.peer_address, &self.tls)?
+    fn open(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<PeerLink, ferry_common::channel::ChannelError> {
+        let channel = ferry_common::channel::endpoint(address, &self.tls)?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))
             .connect_lazy();
@@ -131,35 +123,17 @@ impl Transport {
         let (queue, receiver) = mpsc::channel(PEER_QUEUE);
         let task = tokio::spawn(peer_sender(
             self.id,
-            member.id,
+            id,
             client.clone(),
             receiver,
             self.feedback.clone(),
         ));
         Ok(PeerLink {
-            address: member.peer_address.clone(),
+            address: address.to_string(),
             client,
             queue,
             task,
         })
-    }
-
-    /// Queues messages for their peers; never waits. A message for a full queue or
-    /// an unknown peer is dropped and the peer reported unreachable.
-    pub fn send(&self, messages: Vec<Message>) {
-        if messages.is_empty() {
-            return;
-        }
-        let links = self.links.lock().expect("links lock");
-        for message in messages {
-            let to = message.to;
-            let delivered = links
-                .get(&to)
-                .is_some_and(|link| link.queue.try_send(message).is_ok());
-            if !delivered {
-                let _ = self.feedback.try_send(Feedback::Unreachable(to));
-            }
-        }
     }
 
     /// A client for calls to one peer (forwarding, blobs, status).
@@ -179,6 +153,30 @@ impl Transport {
             .iter()
             .map(|(id, link)| (*id, link.client.clone()))
             .collect()
+    }
+}
+
+impl Network for Transport {
+    /// Queues messages for their peers; never waits. A message for a full queue or
+    /// an unknown peer is dropped and the peer reported unreachable.
+    fn send(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let links = self.links.lock().expect("links lock");
+        for message in messages {
+            let to = message.to;
+            let delivered = links
+                .get(&to)
+                .is_some_and(|link| link.queue.try_send(message).is_ok());
+            if !delivered {
+                let _ = self.feedback.try_send(Feedback::Unreachable(to));
+            }
+        }
+    }
+
+    fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        self.set_members(peers);
     }
 }
 

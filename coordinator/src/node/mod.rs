@@ -1,0 +1,722 @@
+//! The coordinator's runtime around the state machine: it holds the state that
+//! the Raft loop (`consensus::driver`, through [`machine::Replica`]) applies
+//! committed commands to, turns a proposal into a Raft proposal here or a
+//! forwarded one on the leader, makes reads linearizable, and keeps the leader's
+//! worker streams. `authorize` is the table of who may propose what,
+//! `assignment` builds what a worker is sent, `workers` holds the streams and
+//! carries out outcomes, `loops` the leader's background loops.
+
+mod assignment;
+pub mod authorize;
+mod loops;
+pub mod machine;
+mod workers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+
+use ferry_common::locks::{lock, read as read_lock, write};
+use std::time::{Duration, Instant};
+
+use ferry_common::pki::{Identity, TlsMaterial};
+use ferry_common::proto;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+pub use assignment::{attempt_ref, build_assignment};
+pub use ferry_common::time::now_ms;
+
+use crate::blobs::BlobStore;
+use crate::config::CoordinatorConfig;
+use crate::consensus::driver::{self, Driver};
+use crate::consensus::storage::{LogStore, SledLog};
+use crate::consensus::transport::Transport;
+use crate::consensus::{
+    ConsensusError, DriverError, DriverExit, Input, LocalStatus, Proposal, RoleInfo,
+};
+use crate::scheduler;
+use crate::state::{Command, Member, Outcome, RunId, State, StateError};
+use crate::store::{Store, StoreError};
+
+/// Room in each worker's assignment stream before it is considered stuck.
+pub const WORKER_STREAM_DEPTH: usize = 1024;
+/// How long a proposal or a read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+pub type WorkerSender = mpsc::Sender<Result<proto::WorkerMessage, Status>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error(transparent)]
+    Rejected(#[from] StateError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error(
+        "no leader could be reached within {0:?}: fewer than a majority of coordinators may be up"
+    )]
+    NoLeader(Duration),
+    #[error("{}", .0.message())]
+    Remote(Status),
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl ProposeError {
+    /// Sending the same proposal again (to the leader as it is then) may succeed.
+    fn is_retryable(&self) -> bool {
+        match self {
+            ProposeError::Consensus(ConsensusError::NotLeader | ConsensusError::NotCommitted) => {
+                true
+            }
+            ProposeError::Remote(status) => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] crate::consensus::storage::LogStoreError),
+    #[error("invalid cluster configuration: {0}")]
+    Cluster(#[from] crate::config::ClusterConfigError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(
+        "member {id} was removed from the cluster and must not serve again; \
+         to bring this machine back, empty its data directory and add it as a new member"
+    )]
+    Removed { id: u64 },
+    #[error(
+        "the stored state is inconsistent with the Raft log: {detail}; this replica \
+         refuses to serve. Restore its data directory from a backup, or empty it, \
+         remove the member and add it again so it copies the state from the others"
+    )]
+    Inconsistent { detail: String },
+}
+
+struct WorkerLink {
+    session: String,
+    sender: WorkerSender,
+}
+
+pub struct Node {
+    pub id: u64,
+    state: RwLock<State>,
+    proposals: mpsc::Sender<Proposal<machine::Replica>>,
+    inputs: mpsc::Sender<Input>,
+    role: watch::Receiver<RoleInfo>,
+    pub transport: Arc<Transport>,
+    pub store: Store,
+    pub blobs: BlobStore,
+    state_version: watch::Sender<u64>,
+    log_version: watch::Sender<u64>,
+    links: Mutex<HashMap<String, WorkerLink>>,
+    heartbeats: Mutex<HashMap<String, i64>>,
+    /// When this member last became the leader: a worker's lease runs from its last
+    /// heartbeat to this leader, or from here.
+    leading_since_ms: Mutex<i64>,
+    /// The worker lease and project quotas this member schedules with.
+    pub lease_ms: u64,
+    /// `[retention]`: the automatic `gc` policy and the grace period of blobs.
+    pub retention: crate::config::RetentionSettings,
+    quotas: BTreeMap<String, scheduler::Quota>,
+    /// Why each queued step stayed queued in the last scheduling pass (leader only).
+    waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
+    /// Turns true when this member must stop serving (storage failure, removed).
+    stop: watch::Sender<Option<String>>,
+}
+
+/// The node's background tasks, each supervised (`ferry_common::tasks`): one
+/// that ends before shutdown, or panics, stops the process. Stopping them is part
+/// of shutting the node down.
+pub struct NodeTasks {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl NodeTasks {
+    pub async fn join(self) {
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Node {
+    /// Opens the Raft log beside the state (bootstrapping a new cluster from the
+    /// configured members), checks that the two agree, and starts the Raft loop
+    /// and the scheduling loop, which run until `shutdown` turns true.
+    pub fn start(
+        config: &CoordinatorConfig,
+        tls: TlsMaterial,
+        store: Store,
+        blobs: BlobStore,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
+        let initial = config.initial_members()?;
+        let log = SledLog::open(store.db(), &config.data_dir.join("snapshots"))?;
+        if log.is_empty() && !config.join {
+            let members: Vec<Member> = initial
+                .iter()
+                .map(|m| Member {
+                    id: m.id,
+                    client_address: m.client_address.clone(),
+                    peer_address: m
+                        .peer_address
+                        .clone()
+                        .unwrap_or_else(|| m.client_address.clone()),
+                })
+                .collect();
+            // A data directory from a coordinator that ran before replication holds
+            // state but no Raft log: a one-member cluster carries it over; several
+            // members cannot (each would start from different state).
+            let existing = store.load_legacy()?;
+            if let Some(existing) = &existing {
+                if members.len() > 1 {
+                    return Err(NodeError::Inconsistent {
+                        detail: format!(
+                            "the data directory holds {} runs from a single coordinator but no \
+                             Raft log, and the configuration names {} members; start it alone \
+                             first (no `members`), then add the others with `ferry cluster \
+                             add-member`",
+                            existing.runs.len(),
+                            members.len()
+                        ),
+                    });
+                }
+                tracing::info!(
+                    runs = existing.runs.len(),
+                    "carrying the state of a one-coordinator installation into the Raft log"
+                );
+            }
+            let mut base =
+                existing.unwrap_or_else(|| State::from_records(Vec::new(), Vec::new(), 1));
+            for member in &members {
+                base.set_member(member.clone());
+            }
+            let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+            let snapshot = driver::bootstrap_snapshot(&voters, Store::snapshot_data(&base));
+            log.apply_snapshot(snapshot)?;
+            log.sync()?;
+            tracing::info!(members = ?members.iter().map(|m| m.id).collect::<Vec<_>>(), "bootstrapped a new cluster");
+        } else if log.is_empty()
+            && let Some(existing) = store.load_legacy()?
+        {
+            return Err(NodeError::Inconsistent {
+                detail: format!(
+                    "the data directory holds {} runs from a single coordinator, and this \
+                     member is configured to join a cluster; a joining member copies the \
+                     cluster's state and must start with an empty data directory",
+                    existing.runs.len()
+                ),
+            });
+        }
+        // Whatever the pre-replication layout held is in the log now.
+        store.clear_legacy()?;
+        // The state is the log's snapshot plus its entries: decode the snapshot here;
+        // raft-rs hands the committed entries after it to the Raft loop, which
+        // applies them again.
+        let snapshot = raft::Storage::snapshot(&log, 0, config.id)?;
+        let applied = snapshot.get_metadata().index;
+        let state = Store::state_from_snapshot(&snapshot.data)?;
+        let hard_state = log.hard_state();
+        let conf_state = raft::Storage::initial_state(&log)?.conf_state;
+        if !conf_state.voters.is_empty()
+            && !conf_state.voters.contains(&config.id)
+            && !conf_state.learners.contains(&config.id)
+        {
+            return Err(NodeError::Removed { id: config.id });
+        }
+        tracing::info!(
+            id = config.id,
+            snapshot_index = applied,
+            commit_index = hard_state.commit,
+            to_replay = hard_state.commit.saturating_sub(applied),
+            term = hard_state.term,
+            runs = state.runs.len(),
+            workers = state.workers.len(),
+            "state loaded"
+        );
+        let (feedback_sender, feedback) = mpsc::channel(1024);
+        let transport = Arc::new(Transport::new(config.id, tls, feedback_sender));
+        // A joining member knows no members until the leader's snapshot arrives;
+        // the configured ones let it answer the leader meanwhile.
+        let mut address_book = state.members.clone();
+        if address_book.is_empty() {
+            for m in &config.members {
+                address_book.insert(
+                    m.id,
+                    Member {
+                        id: m.id,
+                        client_address: m.client_address.clone(),
+                        peer_address: m
+                            .peer_address
+                            .clone()
+                            .unwrap_or_else(|| m.client_address.clone()),
+                    },
+                );
+            }
+        }
+        transport.set_members(
+            &address_book
+                .values()
+                .map(|m| (m.id, m.peer_address.clone()))
+                .collect(),
+        );
+        let (proposals, proposal_receiver) = mpsc::channel(8192);
+        let (inputs, input_receiver) = mpsc::channel(8192);
+        let (role_sender, role) = watch::channel(RoleInfo {
+            id: config.id,
+            role: "follower",
+            ..Default::default()
+        });
+        let node = Arc::new(Node {
+            id: config.id,
+            state: RwLock::new(state),
+            proposals,
+            inputs,
+            role,
+            transport: transport.clone(),
+            store,
+            blobs,
+            state_version: watch::channel(0).0,
+            log_version: watch::channel(0).0,
+            links: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(HashMap::new()),
+            leading_since_ms: Mutex::new(now_ms()),
+            lease_ms: config.scheduling.worker_lease_ms,
+            retention: config.retention.clone(),
+            quotas: config.scheduling.quotas()?,
+            waiting: Mutex::new(HashMap::new()),
+            stop: watch::channel(None).0,
+        });
+        let driver = Driver::new(
+            config.id,
+            log,
+            applied,
+            Arc::new(machine::Replica::new(node.clone())),
+            transport,
+            config.raft.clone(),
+            role_sender,
+        )?;
+        let raft = {
+            let (node, shutdown) = (node.clone(), shutdown.clone());
+            async move {
+                let exit = driver
+                    .run(
+                        proposal_receiver,
+                        input_receiver,
+                        feedback,
+                        shutdown.clone(),
+                    )
+                    .await;
+                match exit {
+                    Ok(DriverExit::Shutdown) => return,
+                    Ok(DriverExit::Removed) => node.removed_from_cluster(),
+                    Err(error) => {
+                        tracing::error!(%error, "the Raft loop failed; stopping this member");
+                        node.fail_stop(error);
+                    }
+                }
+                // The member stops serving through `serve`; this task ends with
+                // the rest at shutdown, so its supervisor sees an orderly end.
+                let mut shutdown = shutdown;
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }
+        };
+        let supervise = |name, task| ferry_common::tasks::spawn(name, shutdown.clone(), task);
+        let mut handles = vec![
+            supervise("raft", Box::pin(raft) as loops::Task),
+            supervise(
+                "scheduler",
+                Box::pin(loops::schedule_loop(node.clone(), shutdown.clone())),
+            ),
+            supervise(
+                "leases",
+                Box::pin(loops::lease_loop(node.clone(), shutdown.clone())),
+            ),
+            supervise(
+                "cron",
+                Box::pin(loops::cron_loop(node.clone(), shutdown.clone())),
+            ),
+            supervise(
+                "leadership",
+                Box::pin(loops::leadership_loop(node.clone(), shutdown.clone())),
+            ),
+        ];
+        if let Some(keep_last) = node.retention.keep_last {
+            handles.push(supervise(
+                "retention",
+                Box::pin(loops::retention_loop(
+                    node.clone(),
+                    keep_last,
+                    shutdown.clone(),
+                )),
+            ));
+        }
+        Ok((node, NodeTasks { handles }))
+    }
+
+    /// Proposes a command on behalf of `caller` and waits until it is committed,
+    /// applied and durable. On a follower the command is forwarded to the leader
+    /// with the caller's identity.
+    pub async fn propose_as(
+        &self,
+        caller: &Identity,
+        command: Command,
+    ) -> Result<Outcome, ProposeError> {
+        authorize::authorize(caller, &command).map_err(ProposeError::Denied)?;
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut role = self.role.clone();
+        loop {
+            let info = role.borrow_and_update().clone();
+            let attempt = match info.leader {
+                Some(leader) if leader == self.id => self.propose_local(command.clone()).await,
+                Some(leader) => self.forward(leader, caller, &command).await,
+                None => Err(ConsensusError::NotLeader.into()),
+            };
+            match attempt {
+                Err(error) if error.is_retryable() => {}
+                other => return other,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProposeError::NoLeader(LEADER_WAIT));
+            }
+            // Wait for a role change, or retry soon: the leader may have moved.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
+        }
+    }
+
+    /// Proposes a command of the coordinator itself (the scheduler), on the leader.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.propose_local(command).await
+    }
+
+    async fn propose_local(&self, command: Command) -> Result<Outcome, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| ConsensusError::ShuttingDown)?;
+        Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???)
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        caller: &Identity,
+        command: &Command,
+    ) -> Result<Outcome, ProposeError> {
+        let Some(mut client) = self.transport.client(leader) else {
+            return Err(ConsensusError::NotLeader.into());
+        };
+        let request = proto::ForwardRequest {
+            caller: caller.uri(),
+            command: serde_json::to_vec(command).expect("commands serialize"),
+        };
+        let response = client
+            .forward(request)
+            .await
+            .map_err(ProposeError::Remote)?
+            .into_inner();
+        serde_json::from_slice(&response.outcome).map_err(|e| {
+            ConsensusError::Refused(format!("the leader's answer does not decode: {e}")).into()
+        })
+    }
+
+    /// Waits until this member has applied everything committed when the call
+    /// began (Raft ReadIndex), so that a read after it is linearizable. Fails when
+    /// no quorum confirms a leader in time (a minority answers no such read).
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.inputs
+                .send(Input::ReadIndex(reply))
+                .await
+                .map_err(|_| ConsensusError::ShuttingDown)?;
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), answer).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::NoLeader(Duration::from_secs(5)));
+            }
+        }
+    }
+
+    /// Proposes adding (or removing) a member, then waits until it is applied.
+    pub async fn change_membership(
+        &self,
+        add: Option<Member>,
+        remove: Option<u64>,
+    ) -> Result<(), ProposeError> {
+        let mut change = raft::eraftpb::ConfChange::default();
+        let id = match (&add, remove) {
+            (Some(member), _) => {
+                change.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+                change.node_id = member.id;
+                change.context = serde_json::to_vec(member)
+                    .expect("members serialize")
+                    .into();
+                member.id
+            }
+            (None, Some(id)) => {
+                change.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
+                change.node_id = id;
+                id
+            }
+            (None, None) => return Ok(()),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::ConfChange(change, reply))
+            .await
+            .map_err(|_| ConsensusError::ShuttingDown)?;
+        answer.await.map_err(|_| ConsensusError::ShuttingDown)??;
+        let mut changes = self.subscribe_state();
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let done = self.read(|state| state.members.contains_key(&id) == add.is_some());
+            if done {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConsensusError::NotCommitted.into());
+            }
+            let _ = tokio::time::timeout(left, changes.changed()).await;
+        }
+    }
+
+    /// Hands a Raft message from a peer to the Raft loop.
+    pub async fn step(&self, message: raft::eraftpb::Message) -> Result<(), Status> {
+        self.inputs
+            .send(Input::Message(Box::new(message)))
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
+    /// This member's own line of `ferry cluster status`.
+    pub async fn member_status(&self) -> Result<proto::MemberStatus, Status> {
+        let local = self
+            .local_status()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let member = self.read(|state| state.members.get(&self.id).cloned());
+        Ok(proto::MemberStatus {
+            id: self.id,
+            client_address: member
+                .as_ref()
+                .map(|m| m.client_address.clone())
+                .unwrap_or_default(),
+            peer_address: member.map(|m| m.peer_address).unwrap_or_default(),
+            role: local.role.to_string(),
+            term: local.term,
+            commit_index: local.commit,
+            applied_index: local.applied,
+            lag: 0,
+            last_contact_ms: 0,
+            reachable: true,
+            error: String::new(),
+        })
+    }
+
+    /// Every member's status, as seen from this one: each is asked for its own
+    /// view; the lag is measured against the leader's commit index.
+    pub async fn cluster_status(&self) -> proto::ClusterStatusResponse {
+        let members: Vec<Member> = self.read(|state| state.members.values().cloned().collect());
+        let mut statuses = Vec::new();
+        for member in members {
+            let status = if member.id == self.id {
+                self.member_status().await
+            } else {
+                match self.transport.client(member.id) {
+                    Some(mut client) => tokio::time::timeout(
+                        Duration::from_secs(1),
+                        client.describe_self(proto::ClusterStatusRequest {}),
+                    )
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("no answer within 1 s"))
+                    .and_then(|r| r.map(|r| r.into_inner())),
+                    None => Err(Status::unavailable("no link to this member")),
+                }
+            };
+            let mut status = status.unwrap_or_else(|error| proto::MemberStatus {
+                id: member.id,
+                role: "unreachable".to_string(),
+                reachable: false,
+                error: error.message().to_string(),
+                ..Default::default()
+            });
+            status.client_address = member.client_address.clone();
+            status.peer_address = member.peer_address.clone();
+            if member.id != self.id {
+                status.last_contact_ms = self
+                    .transport
+                    .since_contact(member.id)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(-1);
+            }
+            statuses.push(status);
+        }
+        let leader_commit = statuses
+            .iter()
+            .filter(|s| s.role == "leader")
+            .map(|s| s.commit_index)
+            .max()
+            .unwrap_or_else(|| statuses.iter().map(|s| s.commit_index).max().unwrap_or(0));
+        for status in &mut statuses {
+            if status.reachable {
+                status.lag = leader_commit.saturating_sub(status.applied_index);
+            }
+        }
+        proto::ClusterStatusResponse {
+            leader_id: self.role().leader.unwrap_or(0),
+            members: statuses,
+            answered_by: self.id,
+        }
+    }
+
+    /// This member's Raft view.
+    pub async fn local_status(&self) -> Result<LocalStatus, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Status(reply))
+            .await
+            .map_err(|_| ConsensusError::ShuttingDown)?;
+        Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)?)
+    }
+
+    /// On SIGTERM: a leader hands leadership to an up-to-date follower and waits
+    /// (briefly) until another member leads, so clients barely notice the stop.
+    pub async fn step_down(&self) {
+        if !self.role().is_leader() {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inputs
+            .send(Input::TransferLeadership(reply))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(Some(to)) = answer.await else {
+            return;
+        };
+        let mut role = self.role.clone();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(2),
+            role.wait_for(|info| info.leader.is_some_and(|leader| leader != self.id)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => tracing::info!(to, "leadership handed over"),
+            _ => tracing::warn!(
+                to,
+                "leadership transfer did not finish in 2 s; stopping anyway"
+            ),
+        }
+    }
+
+    pub fn role(&self) -> RoleInfo {
+        self.role.borrow().clone()
+    }
+
+    pub fn subscribe_role(&self) -> watch::Receiver<RoleInfo> {
+        self.role.clone()
+    }
+
+    /// The leader's client address, when another member leads.
+    pub fn leader_hint(&self) -> Option<String> {
+        let leader = self.role().leader?;
+        self.read(|state| state.members.get(&leader).map(|m| m.client_address.clone()))
+    }
+
+    /// For calls only the leader serves: `Unavailable` naming the leader otherwise.
+    pub fn require_leader(&self) -> Result<(), Status> {
+        let info = self.role();
+        if info.is_leader() {
+            return Ok(());
+        }
+        let hint = self.leader_hint();
+        let mut status = Status::unavailable(match &hint {
+            Some(address) => format!(
+                "coordinator {} is not the leader; the leader is at {address}",
+                self.id
+            ),
+            None => format!(
+                "coordinator {} knows no leader yet (an election may be under way); retry shortly",
+                self.id
+            ),
+        });
+        if let Some(address) = hint
+            && let Ok(value) = address.parse()
+        {
+            status.metadata_mut().insert("ferry-leader", value);
+        }
+        Err(status)
+    }
+
+    /// Turns true (with the reason) when this member must stop serving.
+    pub fn subscribe_stop(&self) -> watch::Receiver<Option<String>> {
+        self.stop.subscribe()
+    }
+
+    fn fail_stop(&self, error: DriverError) {
+        self.stop
+            .send_replace(Some(format!("the Raft loop failed: {error}")));
+    }
+
+    fn removed_from_cluster(&self) {
+        tracing::warn!(
+            id = self.id,
+            "this member was removed from the cluster; it stops serving"
+        );
+        self.stop.send_replace(Some(format!(
+            "member {} was removed from the cluster",
+            self.id
+        )));
+    }
+
+    pub(crate) fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        write(&self.state, "state")
+    }
+
+    pub(crate) fn state_changed(&self) {
+        self.state_version.send_modify(|v| *v += 1);
+    }
+
+    /// Runs `read` on the current state.
+    pub fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&read_lock(&self.state, "state"))
+    }
+
+    pub fn subscribe_state(&self) -> watch::Receiver<u64> {
+        self.state_version.subscribe()
+    }
+
+    pub fn subscribe_logs(&self) -> watch::Receiver<u64> {
+        self.log_version.subscribe()
+    }
+
+    pub fn logs_appended(&self) {
+        self.log_version.send_modify(|v| *v += 1);
+    }
+
+    /// Why the last scheduling pass left a run's queued steps queued (on the
+    /// leader; empty elsewhere), by step name.
+    pub fn waiting_reasons(&self, run: RunId) -> BTreeMap<String, String> {
+        lock(&self.waiting, "waiting")
+            .get(&run)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
