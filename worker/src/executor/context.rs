@@ -1,0 +1,34 @@
+//! What every attempt on this worker shares: the choice of coordinator, the data
+//! directory, the GPUs, the limits, the usage monitor, the pool of work
+//! directories and the report sender. Every part of the executor reads it; it
+//! holds no logic.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_common::proto;
+
+use crate::session::leader::Coordinators;
+use crate::session::reports::Reports;
+use crate::usage::Monitor;
+use crate::workdirs::WorkDirs;
+
+/// What every attempt on this worker shares.
+#[derive(Clone)]
+pub struct ExecutorContext {
+    /// Every call goes to the coordinator chosen now, and follows a switch.
+    pub coordinators: Arc<Coordinators>,
+    pub data_dir: PathBuf,
+    pub gpus: Vec<proto::Gpu>,
+    pub max_log_bytes: u64,
+    /// Samples every attempt's process group (CPU, memory) and flags one over its
+    /// memory limit.
+    pub monitor: Arc<Monitor>,
+    /// A step is killed once its processes hold more than this times its memory
+    /// request (0: never).
+    pub memory_limit_factor: f64,
+    /// Work directories, reused when an attempt left them untouched.
+    pub work_dirs: Arc<WorkDirs>,
+    /// Sends the attempts' final reports, batched.
+    pub reports: Reports,
+}

@@ -1,0 +1,211 @@
+//! An attempt's output: reading its stdout and stderr line by line (long lines
+//! split, bytes decoded lossily), keeping every line in a local JSON-lines log
+//! file, and shipping the lines to the coordinator in numbered batches, capped at
+//! the worker's byte limit per attempt.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::proto;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::session::leader::Coordinators;
+
+/// Longest log line kept; a longer one is split.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Log lines are shipped in batches of at most this many, at least this often.
+const LOG_BATCH_LINES: usize = 500;
+const LOG_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a log batch keeps trying through coordinator failovers and restarts
+/// before it is given up.
+const LOG_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Reads lines (split at `MAX_LINE_BYTES`), lossily decoded, until end of file.
+pub(super) async fn read_lines(
+    pipe: impl AsyncRead + Unpin,
+    stream: &'static str,
+    lines: mpsc::Sender<(&'static str, String)>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut line = Vec::new();
+    while let Ok(available) = reader.fill_buf().await {
+        if available.is_empty() {
+            break;
+        }
+        let room = MAX_LINE_BYTES - line.len();
+        let (take, complete) = match available.iter().take(room).position(|b| *b == b'\n') {
+            Some(newline) => (newline + 1, true),
+            None => {
+                let take = available.len().min(room);
+                (take, line.len() + take >= MAX_LINE_BYTES)
+            }
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if complete {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            line.clear();
+            if lines.send((stream, text)).await.is_err() {
+                break;
+            }
+        }
+    }
+    if !line.is_empty() {
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        let _ = lines.send((stream, text)).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Batches log lines with sequence numbers and pushes them; past `max_bytes` the
+/// rest is dropped after one marker line (the pipes are still drained, so the step
+/// never blocks on a full pipe).
+pub(super) async fn ship_logs(
+    coordinators: Arc<Coordinators>,
+    attempt: proto::AttemptRef,
+    mut receiver: mpsc::Receiver<(&'static str, String)>,
+    max_bytes: u64,
+    log_path: PathBuf,
+) {
+    // Every shipped line is also kept in a local file (JSON lines), uploaded whole
+    // when the attempt ends; it is created with the first line (a silent step has
+    // no log to keep).
+    let mut log_file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
+    let mut log_failed = false;
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    let mut capped = false;
+    let mut batch: Vec<proto::LogLine> = Vec::new();
+    let mut ticker = tokio::time::interval(LOG_BATCH_INTERVAL);
+    let mut open = true;
+    while open || !batch.is_empty() {
+        tokio::select! {
+            line = receiver.recv(), if open => match line {
+                Some((stream, text)) => {
+                    if capped {
+                        continue;
+                    }
+                    bytes += text.len() as u64 + 1;
+                    let text = if bytes > max_bytes {
+                        capped = true;
+                        format!("[ferry: this attempt's output passed the limit of {max_bytes} bytes; the rest is dropped]")
+                    } else {
+                        text
+                    };
+                    batch.push(proto::LogLine {
+                        run_id: attempt.run_id,
+                        step: attempt.step.clone(),
+                        attempt: attempt.attempt,
+                        stream: stream.to_string(),
+                        seq,
+                        timestamp_ms: now_ms(),
+                        text,
+                    });
+                    seq += 1;
+                    if batch.len() < LOG_BATCH_LINES {
+                        continue;
+                    }
+                }
+                None => open = false,
+            },
+            _ = ticker.tick() => {}
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let lines = std::mem::take(&mut batch);
+        if log_file.is_none() && !log_failed {
+            match tokio::fs::File::create(&log_path).await {
+                Ok(file) => log_file = Some(tokio::io::BufWriter::new(file)),
+                Err(error) => {
+                    tracing::warn!(%error, path = %log_path.display(), "cannot keep the attempt's log file");
+                    log_failed = true;
+                }
+            }
+        }
+        if let Some(file) = log_file.as_mut() {
+            let mut text = Vec::new();
+            for line in &lines {
+                serde_json::to_writer(
+                    &mut text,
+                    &serde_json::json!({
+                        "stream": line.stream,
+                        "seq": line.seq,
+                        "timestamp_ms": line.timestamp_ms,
+                        "text": line.text,
+                    }),
+                )
+                .expect("log lines serialize");
+                text.push(b'\n');
+            }
+            if let Err(error) = file.write_all(&text).await {
+                tracing::warn!(%error, "cannot write the attempt's log file");
+                log_file = None;
+                log_failed = true;
+            }
+        }
+        push_with_retry(&coordinators, &attempt, lines).await;
+    }
+    if let Some(mut file) = log_file
+        && let Err(error) = file.flush().await
+    {
+        tracing::warn!(%error, "cannot write the attempt's log file");
+    }
+}
+
+/// Pushes one batch to the current coordinator, through failovers and restarts;
+/// a batch sent twice is stored once (lines carry their sequence numbers).
+async fn push_with_retry(
+    coordinators: &Coordinators,
+    attempt: &proto::AttemptRef,
+    lines: Vec<proto::LogLine>,
+) {
+    let request = proto::LogBatch {
+        attempt: Some(attempt.clone()),
+        lines,
+    };
+    let give_up = Instant::now() + LOG_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let pushed = coordinators
+            .call(Some(give_up), |mut agent| {
+                let request = request.clone();
+                async move { agent.push_logs(request).await }
+            })
+            .await;
+        match pushed {
+            Ok(_) => return,
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                tracing::warn!(%status, "log batch refused");
+                return;
+            }
+            Err(status) if Instant::now() + delay < give_up => {
+                tracing::debug!(%status, "log batch not delivered; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(status) => {
+                tracing::warn!(
+                    run = attempt.run_id,
+                    step = %attempt.step,
+                    %status,
+                    "giving up on a log batch after repeated failures"
+                );
+                return;
+            }
+        }
+    }
+}

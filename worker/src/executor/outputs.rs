@@ -1,0 +1,177 @@
+//! What an attempt leaves behind: each declared output checked (a regular file
+//! inside the work directory, not a link out of it), digested and uploaded, and
+//! the upload of a file such as the attempt's whole log, retried through
+//! coordinator failovers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_common::digest::{CHUNK_SIZE, digest_file};
+use ferry_common::proto;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use super::context::ExecutorContext;
+use crate::session::leader::Coordinators;
+
+/// How long an upload keeps trying through coordinator failovers and restarts
+/// before it fails.
+const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Checks every declared output (a regular file inside the work directory, not a
+/// link out of it) and uploads it.
+pub(super) async fn collect_outputs(
+    ctx: &ExecutorContext,
+    outputs: &[String],
+    work_dir: &Path,
+) -> Result<Vec<proto::OutputFile>, String> {
+    let root = work_dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the work directory: {e}"))?;
+    let mut files = Vec::new();
+    for name in outputs {
+        let path = checked_output_path(&root, name)?;
+        let (digest, size) = upload_file(&ctx.coordinators, &path)
+            .await
+            .map_err(|e| format!("cannot upload output \"{name}\": {e}"))?;
+        files.push(proto::OutputFile {
+            name: name.clone(),
+            digest,
+            size,
+        });
+    }
+    Ok(files)
+}
+
+/// Resolves a declared output inside the (canonical) work directory, refusing
+/// anything that is missing, not a regular file, or resolves outside it.
+pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
+    if ferry_common::spec::validate_output_path(name).is_err() {
+        return Err(format!(
+            "output \"{name}\" leaves the step's work directory"
+        ));
+    }
+    let path = root.join(name);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(format!("declared output \"{name}\" was not written"));
+    }
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| format!("output \"{name}\" cannot be resolved: {e}"))?;
+    if !resolved.starts_with(root) {
+        return Err(format!(
+            "output \"{name}\" resolves to {}, outside the step's work directory; refused",
+            resolved.display()
+        ));
+    }
+    if !resolved.is_file() {
+        return Err(format!("output \"{name}\" is not a regular file"));
+    }
+    Ok(resolved)
+}
+
+pub(super) async fn upload_file(
+    coordinators: &Coordinators,
+    path: &Path,
+) -> Result<(String, u64), String> {
+    let owned = path.to_path_buf();
+    let (digest, size) = tokio::task::spawn_blocking(move || digest_file(&owned))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The coordinator may be failing over or restarting when a step ends: try
+    // again on the coordinator switched to, reading the file afresh each time.
+    let give_up = Instant::now() + UPLOAD_PATIENCE;
+    loop {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let coordinator = coordinators.current();
+        match coordinator
+            .agent
+            .clone()
+            .upload_artifact(file_chunks(file, &digest, size))
+            .await
+        {
+            Ok(blob) => {
+                coordinators.answered(coordinator.generation);
+                let blob = blob.into_inner();
+                return Ok((blob.digest, blob.size));
+            }
+            Err(status) => {
+                match coordinators.retry_after(coordinator.generation, &status, Some(give_up)) {
+                    Some(delay) => {
+                        tracing::debug!(%status, file = %path.display(), "upload failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(status.message().to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// A file as upload chunks: the first names digest and size, the rest carry data.
+fn file_chunks(
+    file: tokio::fs::File,
+    digest: &str,
+    size: u64,
+) -> impl futures::Stream<Item = proto::Chunk> + Send + 'static {
+    let first = proto::Chunk {
+        digest: digest.to_string(),
+        size,
+        data: Vec::new(),
+    };
+    let rest = futures::stream::unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; CHUNK_SIZE];
+        match file.read(&mut buffer).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((
+                    proto::Chunk {
+                        digest: String::new(),
+                        size: 0,
+                        data: buffer,
+                    },
+                    file,
+                ))
+            }
+        }
+    });
+    futures::stream::iter([first]).chain(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_must_stay_inside_the_work_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("model.json"), b"{}").unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/inner.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("model.json"), root.join("alias")).unwrap();
+        assert!(checked_output_path(&root, "model.json").is_ok());
+        assert!(checked_output_path(&root, "sub/inner.txt").is_ok());
+        assert!(checked_output_path(&root, "alias").is_ok());
+        let escape = checked_output_path(&root, "escape").unwrap_err();
+        assert!(escape.contains("outside"), "{escape}");
+        assert!(checked_output_path(&root, "../x").is_err());
+        assert!(checked_output_path(&root, "/etc/passwd").is_err());
+        assert!(
+            checked_output_path(&root, "missing")
+                .unwrap_err()
+                .contains("not written")
+        );
+        assert!(
+            checked_output_path(&root, "sub")
+                .unwrap_err()
+                .contains("regular file")
+        );
+    }
+}

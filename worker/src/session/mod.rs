@@ -1,0 +1,279 @@
+//! The worker's session with the coordinators: register with capacity and the
+//! attempts still in hand, heartbeat, take assignments and cancellations from one
+//! stream, and start attempts. Following the leader lives in [`leader`] (the shared
+//! [`Coordinators`] that the session and every attempt call; running attempts carry
+//! on through a switch), delivering the attempts' reports in [`reports`]; neither
+//! knows of the session loop.
+
+pub mod leader;
+pub mod reports;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_common::pki::PkiError;
+use ferry_common::proto::{self, worker_message::Kind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::WorkerConfig;
+use crate::executor::{ExecutorContext, run_attempt};
+use crate::fingerprint::{Capacity, FingerprintError, discover};
+use crate::usage::Monitor;
+use crate::workdirs::WorkDirs;
+
+pub use leader::{
+    Coordinators, CurrentCoordinator, LEADER_METADATA_KEY, calls_for_another_coordinator,
+    leader_hint,
+};
+pub use reports::Reports;
+
+/// How often the process groups of running attempts are sampled (CPU, memory).
+const USAGE_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Tls(#[from] PkiError),
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+    #[error(transparent)]
+    Channel(#[from] ferry_common::channel::ChannelError),
+    #[error(
+        "the worker is named \"{config}\" in its configuration but its certificate is for \"{cert}\""
+    )]
+    NameMismatch { config: String, cert: String },
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+type Key = (u64, String, u32);
+
+fn key_of(attempt: &proto::AttemptRef) -> Key {
+    (attempt.run_id, attempt.step.clone(), attempt.attempt)
+}
+
+/// Attempts this worker holds (running, or finished and not yet reported), with
+/// the switch that cancels each.
+#[derive(Clone, Default)]
+struct Attempts(Arc<Mutex<HashMap<Key, watch::Sender<bool>>>>);
+
+impl Attempts {
+    fn refs(&self) -> Vec<proto::AttemptRef> {
+        self.0
+            .lock()
+            .expect("attempts lock")
+            .keys()
+            .map(|(run_id, step, attempt)| proto::AttemptRef {
+                run_id: *run_id,
+                step: step.clone(),
+                attempt: *attempt,
+            })
+            .collect()
+    }
+}
+
+/// Runs the worker until `shutdown` turns true; then cancels what still runs.
+pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let tls = config.tls.load()?;
+    if tls.identity.name != config.name {
+        return Err(WorkerError::NameMismatch {
+            config: config.name.clone(),
+            cert: tls.identity.name.clone(),
+        });
+    }
+    let capacity = discover(&config)?;
+    let data_dir_error = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| WorkerError::DataDir { path, source }
+    };
+    for kept in ["logs", "metrics"] {
+        let dir = config.data_dir.join(kept);
+        std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
+    }
+    let work = config.data_dir.join("work");
+    let work_dirs = Arc::new(WorkDirs::open(work.clone()).map_err(data_dir_error(&work))?);
+    let coordinators = Arc::new(Coordinators::new(
+        &config.name,
+        config.coordinators.clone(),
+        tls,
+    )?);
+    tracing::info!(
+        worker = %config.name,
+        cpus = capacity.cpu_millis as f64 / 1000.0,
+        memory_bytes = capacity.memory_bytes,
+        gpus = capacity.gpus.len(),
+        coordinators = %config.coordinators.join(","),
+        "worker starting"
+    );
+    let ctx = ExecutorContext {
+        coordinators: coordinators.clone(),
+        data_dir: config.data_dir.clone(),
+        gpus: capacity.gpus.clone(),
+        max_log_bytes: config.max_log_bytes_per_attempt,
+        monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
+        reports: Reports::start(coordinators.clone(), shutdown.clone()),
+        memory_limit_factor: config.memory_limit_factor,
+        work_dirs,
+    };
+    let attempts = Attempts::default();
+    let mut tasks = JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        let coordinator = coordinators.current();
+        let generation = coordinator.generation;
+        let ended = tokio::select! {
+            result = session(&config, &capacity, &ctx, coordinator, &attempts, &mut tasks, shutdown.clone()) => result,
+            _ = stop.wait_for(|s| *s) => Ok(SessionEnd::Switched),
+        };
+        if *shutdown.borrow() {
+            break;
+        }
+        let delay = match ended {
+            // Re-register at once with the coordinator an attempt's call moved to.
+            Ok(SessionEnd::Switched) => Duration::ZERO,
+            Ok(SessionEnd::StreamEnded) => {
+                tracing::warn!(worker = %config.name, "assignment stream ended; reconnecting");
+                coordinators.failed(
+                    generation,
+                    &tonic::Status::unavailable("the assignment stream ended"),
+                )
+            }
+            // `failed` says what happened and where the session goes next.
+            Err(status) => coordinators.failed(generation, &status),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    tracing::info!("worker stopping; cancelling running attempts");
+    for cancel in attempts.0.lock().expect("attempts lock").values() {
+        let _ = cancel.send(true);
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Why a session ended without an error.
+enum SessionEnd {
+    /// The coordinator closed the assignment stream.
+    StreamEnded,
+    /// Another call switched to another coordinator.
+    Switched,
+}
+
+/// One session with `coordinator`: register, then serve the assignment stream and
+/// heartbeat until something fails or the choice of coordinator changes.
+async fn session(
+    config: &WorkerConfig,
+    capacity: &Capacity,
+    ctx: &ExecutorContext,
+    coordinator: CurrentCoordinator,
+    attempts: &Attempts,
+    tasks: &mut JoinSet<()>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, tonic::Status> {
+    let mut switches = ctx.coordinators.switches();
+    if *switches.borrow_and_update() != coordinator.generation {
+        return Ok(SessionEnd::Switched);
+    }
+    let mut agent = coordinator.agent.clone();
+    let registered = agent
+        .register(proto::RegisterRequest {
+            name: config.name.clone(),
+            capacity: Some(proto::Resources {
+                cpu_millis: capacity.cpu_millis,
+                memory_bytes: capacity.memory_bytes,
+                gpus: capacity.gpus.len() as u32,
+            }),
+            labels: config.labels.clone().into_iter().collect(),
+            gpus: capacity.gpus.clone(),
+            running: attempts.refs(),
+        })
+        .await?
+        .into_inner();
+    let mut stream = agent
+        .assignments(proto::AssignmentsRequest {
+            name: config.name.clone(),
+            session: registered.session.clone(),
+        })
+        .await?
+        .into_inner();
+    ctx.coordinators.answered(coordinator.generation);
+    tracing::info!(
+        worker = %config.name,
+        coordinator = %coordinator.address,
+        session = %registered.session,
+        running = attempts.refs().len(),
+        "registered with the coordinator"
+    );
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        registered.heartbeat_interval_ms.max(100) as u64,
+    ));
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                let Some(message) = message? else { return Ok(SessionEnd::StreamEnded) };
+                match message.kind {
+                    Some(Kind::Assign(assignment)) => start(ctx, attempts, tasks, assignment, shutdown.clone()),
+                    Some(Kind::Cancel(attempt)) => {
+                        if let Some(cancel) = attempts.0.lock().expect("attempts lock").get(&key_of(&attempt)) {
+                            tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "cancel requested");
+                            let _ = cancel.send(true);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                agent.heartbeat(proto::HeartbeatRequest {
+                    name: config.name.clone(),
+                    session: registered.session.clone(),
+                    running: attempts.refs(),
+                }).await?;
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = switches.changed() => return Ok(SessionEnd::Switched),
+        }
+    }
+}
+
+fn start(
+    ctx: &ExecutorContext,
+    attempts: &Attempts,
+    tasks: &mut JoinSet<()>,
+    assignment: proto::Assignment,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(attempt) = assignment.attempt.clone() else {
+        return;
+    };
+    let key = key_of(&attempt);
+    let (cancel, cancelled) = watch::channel(false);
+    {
+        let mut held = attempts.0.lock().expect("attempts lock");
+        if held.contains_key(&key) {
+            // Sent again after a reconnect: it is already in hand.
+            return;
+        }
+        held.insert(key.clone(), cancel);
+    }
+    tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "assignment received");
+    let ctx = ctx.clone();
+    let attempts = attempts.clone();
+    tasks.spawn(async move {
+        let report = run_attempt(&ctx, assignment, cancelled).await;
+        tracing::info!(
+            run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt,
+            outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
+            "attempt ended"
+        );
+        ctx.reports.deliver(report, shutdown).await;
+        attempts.0.lock().expect("attempts lock").remove(&key);
+    });
+}
