@@ -2,7 +2,6 @@
 //! certificates and the coordinators' membership, and run a local cluster with
 //! `ferry dev`.
 
-mod catalog;
 mod commands;
 mod compare;
 mod lineage;
@@ -10,10 +9,17 @@ mod render;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
 use ferry_client::config::Overrides;
 
+use crate::commands::shared::{self, Client, LocalSpec, Output, Read};
+use crate::commands::{
+    artifacts, cancel, certs, cluster, gc, logs, metrics, pins, rerun, run, runs, schedules,
+    status, workers,
+};
 use crate::compare::Goal;
 
 /// Ferry: run ML pipelines on your cluster.
@@ -27,12 +33,6 @@ struct Cli {
     output: Output,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// Where the coordinators are and which certificate to present. Flags win over
@@ -205,15 +205,6 @@ enum Command {
         #[arg(long)]
         memory: Option<String>,
     },
-}
-
-/// How a listing is read.
-#[derive(Args, Clone, Copy, Debug, Default)]
-pub struct Read {
-    /// Answer from the contacted coordinator's own copy without confirming with the
-    /// leader: faster, works without a leader, but may be slightly behind.
-    #[arg(long)]
-    pub stale: bool,
 }
 
 #[derive(Subcommand)]
@@ -432,7 +423,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Certs { command } => {
             init_tracing("warn");
-            commands::certs(command)?;
+            match command {
+                CertsCommand::Init { dir } => certs::init(&dir)?,
+                CertsCommand::Issue {
+                    dir,
+                    out,
+                    role,
+                    name,
+                    dns,
+                    ip,
+                } => certs::issue(&dir, out, &role, &name, &dns, &ip)?,
+            }
             Ok(ok)
         }
         Command::Dev {
@@ -473,13 +474,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 command: SchedulesCommand::Create { pipeline, .. },
             } = &mut command
             {
-                *pipeline = commands::pipeline_file(pipeline)?;
+                *pipeline = shared::pipeline_file(pipeline)?;
             }
             // A bad spec is reported even when no coordinator is reachable.
             let validated = match &command {
                 Command::Run {
                     pipeline, params, ..
-                } => Some(commands::validate(pipeline, params)?),
+                } => Some(shared::validate(pipeline, params)?),
                 Command::Schedules {
                     command:
                         SchedulesCommand::Create {
@@ -490,15 +491,158 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         },
                 } => {
                     ferry_common::cron::Cron::parse(cron).map_err(anyhow::Error::msg)?;
-                    Some(commands::validate(pipeline, params)?)
+                    Some(shared::validate(pipeline, params)?)
                 }
                 _ => None,
             };
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
             let mut connection = ferry_client::Connection::open(&config).await?;
-            commands::remote(&mut connection, command, validated, output).await
+            remote(&mut connection, command, validated, output).await
         }
     }
+}
+
+/// Runs a command against the coordinator; `validated` is the pipeline of a `run`
+/// or `schedules create` command when it was already validated before connecting.
+async fn remote(
+    client: &mut Client,
+    command: Command,
+    validated: Option<LocalSpec>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            pipeline,
+            params,
+            watch: follow,
+            no_cache,
+        } => {
+            let local = match validated {
+                Some(local) => local,
+                None => shared::validate(&pipeline, &params)?,
+            };
+            let run = run::submit(client, &pipeline, local, no_cache).await?;
+            if follow {
+                return status::watch(client, run).await;
+            }
+        }
+        Command::Runs {
+            read,
+            conditions,
+            limit,
+            command: None,
+        } => runs::list(client, read, conditions.as_deref(), limit, output).await?,
+        Command::Runs {
+            command: Some(RunsCommand::Diff { a, b, read }),
+            ..
+        } => runs::diff(client, a, b, read, output).await?,
+        Command::Runs {
+            command:
+                Some(RunsCommand::Compare {
+                    runs,
+                    metric,
+                    goal,
+                    read,
+                }),
+            ..
+        } => runs::compare(client, &runs, metric.as_deref(), goal, read, output).await?,
+        Command::Rerun {
+            run,
+            from,
+            watch: follow,
+        } => {
+            let new_run = rerun::rerun(client, run, from).await?;
+            if follow {
+                return status::watch(client, new_run).await;
+            }
+        }
+        Command::Status {
+            run,
+            attempts,
+            read,
+        } => status::status(client, run, attempts, read, output).await?,
+        Command::Watch { run } => return status::watch(client, run).await,
+        Command::Metrics {
+            run,
+            metric,
+            goal,
+            read,
+        } => metrics::metrics(client, run, metric.as_deref(), goal, read, output).await?,
+        Command::Lineage { digest, read } => {
+            commands::lineage::lineage(client, &digest, read, output).await?
+        }
+        Command::Cancel { run } => cancel::cancel(client, run).await?,
+        Command::Workers {
+            command: Some(command),
+            ..
+        } => match command {
+            WorkersCommand::Cordon { name } => workers::cordon(client, name, output).await?,
+            WorkersCommand::Drain { name } => workers::drain(client, name, output).await?,
+            WorkersCommand::Uncordon { name } => workers::uncordon(client, name, output).await?,
+        },
+        Command::Workers {
+            read,
+            command: None,
+        } => workers::list(client, read, output).await?,
+        Command::Logs { run, step, follow } => logs::logs(client, run, step, follow).await?,
+        Command::Cluster { command } => match command {
+            ClusterCommand::Status => cluster::status(client, output).await?,
+            ClusterCommand::AddMember {
+                id,
+                client_address,
+                peer_address,
+            } => cluster::add_member(client, id, client_address, peer_address, output).await?,
+            ClusterCommand::RemoveMember { id } => {
+                cluster::remove_member(client, id, output).await?
+            }
+        },
+        Command::Artifacts { run, read, command } => match (run, command) {
+            (
+                _,
+                Some(ArtifactsCommand::Get {
+                    run,
+                    step,
+                    name,
+                    dest,
+                }),
+            ) => artifacts::download(client, run, &step, &name, dest.as_deref()).await?,
+            (_, Some(ArtifactsCommand::Pin { digest, tag })) => {
+                pins::pin(client, &digest, tag.as_deref(), output).await?
+            }
+            (_, Some(ArtifactsCommand::Unpin { tag })) => pins::unpin(client, &tag, output).await?,
+            (_, Some(ArtifactsCommand::Pins { read })) => pins::list(client, read, output).await?,
+            (Some(run), None) => artifacts::list(client, run, read, output).await?,
+            (None, None) => {
+                bail!(
+                    "name a run: 'ferry artifacts RUN' or 'ferry artifacts get RUN STEP NAME' \
+                     (or list pins: 'ferry artifacts pins')"
+                )
+            }
+        },
+        Command::Schedules { command } => match command {
+            SchedulesCommand::List { read } => schedules::list(client, read, output).await?,
+            SchedulesCommand::Create {
+                name,
+                cron,
+                pipeline,
+                params,
+            } => {
+                let local = match validated {
+                    Some(local) => local,
+                    None => shared::validate(&pipeline, &params)?,
+                };
+                schedules::create(client, name, &cron, &pipeline, local, output).await?
+            }
+            SchedulesCommand::Pause { name } => schedules::pause(client, name, output).await?,
+            SchedulesCommand::Resume { name } => schedules::resume(client, name, output).await?,
+            SchedulesCommand::Delete { name } => schedules::delete(client, name, output).await?,
+        },
+        Command::Gc { keep_last, dry_run } => {
+            gc::collect_garbage(client, keep_last, dry_run, output).await?
+        }
+        Command::Certs { .. } | Command::Dev { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
