@@ -1,0 +1,599 @@
+//! Matrix steps: checking a step's `matrix:` (a grid or a list of
+//! combinations), the limits on trials and on the expanded pipeline, and the
+//! expansion of a checked step into one step per trial.
+//!
+//! Sizes are counted before anything is expanded, so a matrix too large to
+//! accept costs no more than its message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_yaml::Value;
+
+use super::checker::{Checker, StepContext};
+use super::locate::Pos;
+use super::names::{env_var_name, is_param_name};
+use super::raw::{describe_value, kind_of, scalar_text};
+use super::step::Partial;
+use super::template::{Template, TemplatePart};
+use super::types::{Gather, Input, Step, Trial};
+use super::units::format_bytes;
+use super::{MAX_EXPANDED_BYTES, MAX_STEPS, MAX_TRIALS_PER_STEP};
+
+/// A step's checked `matrix:`: its keys, sorted, and its combinations.
+pub(super) struct Matrix {
+    keys: Vec<String>,
+    combinations: Combinations,
+}
+
+/// The combinations of a matrix, values in the order of its keys.
+enum Combinations {
+    /// Every listed value of each key: the cartesian product, the last key
+    /// varying fastest.
+    Grid(Vec<Vec<String>>),
+    /// One row per combination, in the order written.
+    List(Vec<Vec<String>>),
+}
+
+impl Matrix {
+    /// How many trials the step expands to (at most [`MAX_TRIALS_PER_STEP`]: a
+    /// matrix is only built once its size is checked).
+    pub(super) fn len(&self) -> usize {
+        match &self.combinations {
+            Combinations::Grid(columns) => columns
+                .iter()
+                .fold(1, |count: usize, column| count.saturating_mul(column.len())),
+            Combinations::List(rows) => rows.len(),
+        }
+    }
+
+    /// The values of trial `index` (0-based, below [`Matrix::len`]), by key.
+    pub(super) fn values(&self, index: usize) -> BTreeMap<String, String> {
+        let row: Vec<&String> = match &self.combinations {
+            Combinations::List(rows) => rows.get(index).into_iter().flatten().collect(),
+            Combinations::Grid(columns) => {
+                // `index` in a mixed radix, the last column the lowest digit.
+                let mut rest = index;
+                let mut row: Vec<&String> = columns
+                    .iter()
+                    .rev()
+                    .filter_map(|column| {
+                        let size = column.len().max(1);
+                        let value = column.get(rest % size);
+                        rest /= size;
+                        value
+                    })
+                    .collect();
+                row.reverse();
+                row
+            }
+        };
+        self.keys
+            .iter()
+            .cloned()
+            .zip(row.into_iter().cloned())
+            .collect()
+    }
+}
+
+/// The names a matrix uses, as written, even when it is invalid.
+pub(super) fn matrix_keys(matrix: &Value) -> BTreeSet<String> {
+    let maps: Vec<&serde_yaml::Mapping> = match matrix {
+        Value::Mapping(map) => vec![map],
+        Value::Sequence(items) => items.iter().filter_map(Value::as_mapping).collect(),
+        _ => Vec::new(),
+    };
+    maps.into_iter()
+        .flat_map(|map| map.keys())
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks a step's `matrix:`: a map from names to lists of values (a grid), or
+/// a list of maps (one per combination). `None` when it is invalid; every
+/// problem is reported.
+pub(super) fn check_matrix(cx: &StepContext<'_>, matrix: &Value) -> Option<Matrix> {
+    let label = cx.label;
+    match matrix {
+        Value::Mapping(map) => check_matrix_grid(cx, map),
+        Value::Sequence(items) => check_matrix_list(cx, items),
+        other => {
+            let at = cx.at("matrix", None);
+            cx.error(
+                at,
+                format!(
+                    "matrix of step {label} must be a map from names to lists of values \
+                     (e.g. {{lr: [0.1, 0.01]}}) or a list of combinations \
+                     (e.g. [{{lr: 0.1}}, {{lr: 0.01}}]), got {}",
+                    describe_value(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `matrix: {lr: [0.1, 0.01], depth: [3, 5]}`.
+fn check_matrix_grid(cx: &StepContext<'_>, map: &serde_yaml::Mapping) -> Option<Matrix> {
+    let label = cx.label;
+    let at = cx.at("matrix", None);
+    if map.is_empty() {
+        cx.error(
+            at,
+            format!("matrix of step {label} is empty; give each name its values, e.g. {{lr: [0.1, 0.01]}}"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut names = MatrixNames::default();
+    let mut columns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, values) in map {
+        let Some(name) = names.check(cx, key) else {
+            ok = false;
+            continue;
+        };
+        match check_matrix_column(cx, &name, values) {
+            Some(column) => {
+                columns.insert(name, column);
+            }
+            None => ok = false,
+        }
+    }
+    // Sizes are multiplied with overflow checks before anything is expanded, so
+    // a huge grid costs nothing but this message.
+    let count = columns
+        .values()
+        .try_fold(1usize, |count, column| count.checked_mul(column.len()));
+    ok &= check_trial_count(cx, at, count);
+    ok.then(|| Matrix {
+        keys: columns.keys().cloned().collect(),
+        combinations: Combinations::Grid(columns.into_values().collect()),
+    })
+}
+
+/// The values of one key of a grid: a non-empty list of distinct scalars.
+fn check_matrix_column(cx: &StepContext<'_>, name: &str, values: &Value) -> Option<Vec<String>> {
+    let label = cx.label;
+    let at = cx.at("matrix", Some(name));
+    let Value::Sequence(items) = values else {
+        cx.error(
+            at,
+            format!(
+                "matrix key {name:?} of step {label} must list its values \
+                 (e.g. {name}: [1, 2]), got {}",
+                describe_value(values)
+            ),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        cx.error(
+            at,
+            format!("matrix key {name:?} of step {label} lists no values"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut column = Vec::with_capacity(items.len());
+    for item in items {
+        match scalar_text(item) {
+            Some(text) if seen.contains(&text) => {
+                ok = false;
+                cx.error(
+                    at,
+                    format!(
+                        "matrix key {name:?} of step {label} lists {} twice; every \
+                         combination must be different",
+                        describe_value(item)
+                    ),
+                );
+            }
+            Some(text) => {
+                seen.insert(text.clone());
+                column.push(text);
+            }
+            None => {
+                ok = false;
+                cx.error(
+                    at,
+                    format!(
+                        "a value of matrix key {name:?} of step {label} is {}; matrix values \
+                         must be strings, numbers or booleans",
+                        kind_of(item)
+                    ),
+                );
+            }
+        }
+    }
+    ok.then_some(column)
+}
+
+/// `matrix: [{lr: 0.1, depth: 3}, {lr: 0.01, depth: 5}]`.
+fn check_matrix_list(cx: &StepContext<'_>, items: &[Value]) -> Option<Matrix> {
+    let label = cx.label;
+    let at = cx.at("matrix", None);
+    if items.is_empty() {
+        cx.error(
+            at,
+            format!(
+                "matrix of step {label} is empty; list at least one combination, e.g. [{{lr: 0.1}}]"
+            ),
+        );
+        return None;
+    }
+    if !check_trial_count(cx, at, Some(items.len())) {
+        return None;
+    }
+    let mut ok = true;
+    let mut names = MatrixNames::default();
+    // (entry number, values by key) of each valid entry.
+    let mut rows: Vec<(usize, BTreeMap<String, String>)> = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        match check_matrix_entry(cx, n + 1, item, &mut names) {
+            Some(row) => rows.push((n + 1, row)),
+            None => ok = false,
+        }
+    }
+    if let Some((first_entry, first)) = rows.first() {
+        for (entry, row) in &rows[1..] {
+            if row.keys().ne(first.keys()) {
+                ok = false;
+                let keys = |row: &BTreeMap<String, String>| {
+                    row.keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                cx.error(
+                    at,
+                    format!(
+                        "matrix entry #{entry} of step {label} sets {} but entry #{first_entry} \
+                         sets {}; every entry must set the same keys",
+                        keys(row),
+                        keys(first)
+                    ),
+                );
+            }
+        }
+    }
+    let mut seen: HashMap<Vec<&String>, usize> = HashMap::new();
+    for (entry, row) in &rows {
+        let values: Vec<&String> = row.values().collect();
+        if let Some(earlier) = seen.get(&values) {
+            ok = false;
+            let combination: Vec<String> = row.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            cx.error(
+                at,
+                format!(
+                    "matrix entries #{earlier} and #{entry} of step {label} are the same \
+                     combination ({}); every combination must be different",
+                    combination.join(", ")
+                ),
+            );
+        } else {
+            seen.insert(values, *entry);
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let keys: Vec<String> = rows
+        .first()
+        .map(|(_, row)| row.keys().cloned().collect())
+        .unwrap_or_default();
+    let rows = rows
+        .into_iter()
+        .map(|(_, row)| row.into_values().collect())
+        .collect();
+    Some(Matrix {
+        keys,
+        combinations: Combinations::List(rows),
+    })
+}
+
+/// One combination of a list-form matrix: a non-empty map from names to scalars.
+fn check_matrix_entry(
+    cx: &StepContext<'_>,
+    entry: usize,
+    item: &Value,
+    names: &mut MatrixNames,
+) -> Option<BTreeMap<String, String>> {
+    let label = cx.label;
+    let at = cx.at("matrix", None);
+    let Value::Mapping(map) = item else {
+        cx.error(
+            at,
+            format!(
+                "matrix entry #{entry} of step {label} is {}; each entry must be a map of \
+                 values such as {{lr: 0.1, depth: 3}}",
+                kind_of(item)
+            ),
+        );
+        return None;
+    };
+    if map.is_empty() {
+        cx.error(
+            at,
+            format!("matrix entry #{entry} of step {label} is empty"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut row = BTreeMap::new();
+    for (key, value) in map {
+        let Some(name) = names.check(cx, key) else {
+            ok = false;
+            continue;
+        };
+        match scalar_text(value) {
+            Some(text) => {
+                row.insert(name, text);
+            }
+            None => {
+                ok = false;
+                let at = cx.at("matrix", Some(&name));
+                cx.error(
+                    at,
+                    format!(
+                        "value {name:?} of matrix entry #{entry} of step {label} is {}; matrix \
+                         values must be strings, numbers or booleans",
+                        kind_of(value)
+                    ),
+                );
+            }
+        }
+    }
+    ok.then_some(row)
+}
+
+/// Reports a matrix that expands to too many trials; `None` is an overflow.
+fn check_trial_count(cx: &StepContext<'_>, at: Option<Pos>, count: Option<usize>) -> bool {
+    let label = cx.label;
+    let count = match count {
+        Some(n) if n <= MAX_TRIALS_PER_STEP => return true,
+        Some(n) => n.to_string(),
+        None => format!("more than {}", usize::MAX),
+    };
+    cx.error(
+        at,
+        format!(
+            "matrix of step {label} expands to {count} combinations; at most \
+             {MAX_TRIALS_PER_STEP} are allowed"
+        ),
+    );
+    false
+}
+
+/// Checks the names of one matrix, each once however often it is written, and
+/// that no two of them become the same environment variable.
+#[derive(Default)]
+struct MatrixNames {
+    /// By the key as written (`describe_value`): the name, if valid.
+    checked: HashMap<String, Option<String>>,
+    /// `FERRY_MATRIX_<NAME>` → the name that became it.
+    vars: BTreeMap<String, String>,
+}
+
+impl MatrixNames {
+    fn check(&mut self, cx: &StepContext<'_>, key: &Value) -> Option<String> {
+        let written = describe_value(key);
+        if let Some(result) = self.checked.get(&written) {
+            return result.clone();
+        }
+        let result = self.check_new(cx, key);
+        self.checked.insert(written, result.clone());
+        result
+    }
+
+    fn check_new(&mut self, cx: &StepContext<'_>, key: &Value) -> Option<String> {
+        let label = cx.label;
+        let name = key.as_str().filter(|n| is_param_name(n));
+        let at = cx.at("matrix", scalar_text(key).as_deref());
+        let Some(name) = name else {
+            cx.error(
+                at,
+                format!(
+                    "matrix key {} of step {label} is invalid: it must start with a letter or \
+                     '_' and contain only letters, digits and '_'",
+                    describe_value(key)
+                ),
+            );
+            return None;
+        };
+        let var = env_var_name("FERRY_MATRIX_", name);
+        if let Some(other) = self.vars.get(&var) {
+            cx.error(
+                at,
+                format!(
+                    "matrix keys {other:?} and {name:?} of step {label} both become the \
+                     environment variable {var}"
+                ),
+            );
+            return None;
+        }
+        self.vars.insert(var, name.to_string());
+        Some(name.to_string())
+    }
+}
+
+/// Reports a pipeline with more than [`MAX_STEPS`] steps once its matrices are
+/// expanded. Counts only: nothing is expanded yet.
+pub(super) fn check_step_total(ck: &Checker<'_>, partials: &[Partial]) {
+    let matrix_steps = partials.iter().filter(|p| p.matrix.is_some()).count();
+    let trials = partials
+        .iter()
+        .filter_map(|p| p.matrix.as_ref())
+        .fold(0usize, |sum, m| sum.saturating_add(m.len()));
+    let total = trials.saturating_add(partials.len() - matrix_steps);
+    if total <= MAX_STEPS {
+        return;
+    }
+    let at = ck.loc.top("steps", None);
+    let message = if matrix_steps == 0 {
+        format!("the pipeline has {total} steps; at most {MAX_STEPS} are allowed")
+    } else {
+        format!(
+            "the pipeline expands to {total} steps ({trials} of them trials of matrix steps); \
+             at most {MAX_STEPS} are allowed"
+        )
+    };
+    ck.error(at, message);
+}
+
+/// Reports a pipeline whose expansion would be too large to store and
+/// replicate: each trial carries its own copy of its step's command and
+/// environment, and each step needing a sweep names every trial. Estimated before
+/// anything is expanded.
+pub(super) fn check_expanded_size(
+    ck: &Checker<'_>,
+    partials: &[Partial],
+    deps: &[BTreeSet<usize>],
+) {
+    // Room for a substituted matrix value, and for a step's fixed fields.
+    const VALUE: usize = 64;
+    const STEP: usize = 256;
+    let template = |t: &Template| -> usize {
+        t.parts
+            .iter()
+            .map(|part| match part {
+                TemplatePart::Text(text) => text.len(),
+                TemplatePart::MatrixValue(_) => VALUE,
+            })
+            .sum()
+    };
+    let copies = |p: &Partial| p.matrix.as_ref().map_or(1, Matrix::len);
+    let mut total = 0usize;
+    let mut largest: Option<(usize, &str)> = None;
+    for (i, p) in partials.iter().enumerate() {
+        let own = STEP
+            .saturating_add(p.name.len())
+            .saturating_add(p.command.iter().map(template).sum::<usize>())
+            .saturating_add(
+                p.env
+                    .iter()
+                    .map(|(k, v)| k.len().saturating_add(template(v)))
+                    .sum::<usize>(),
+            )
+            .saturating_add(p.outputs.iter().map(String::len).sum::<usize>());
+        let needs: usize = deps[i]
+            .iter()
+            .filter_map(|&j| partials.get(j))
+            .map(|d| copies(d).saturating_mul(d.name.len().saturating_add(8)))
+            .sum();
+        let bytes = copies(p).saturating_mul(own.saturating_add(needs));
+        total = total.saturating_add(bytes);
+        if largest.is_none_or(|(b, _)| bytes > b) {
+            largest = Some((bytes, &p.name));
+        }
+    }
+    if total <= MAX_EXPANDED_BYTES {
+        return;
+    }
+    let at = ck.loc.top("steps", None);
+    let biggest = largest
+        .map(|(bytes, name)| {
+            format!(
+                "; step {name:?} alone takes about {}",
+                format_bytes(bytes as u64)
+            )
+        })
+        .unwrap_or_default();
+    ck.error(
+        at,
+        format!(
+            "the pipeline expands to about {} (every trial holds its own command and \
+             environment){biggest}; at most {} are allowed: move long scripts into files \
+             of the code bundle, or use fewer combinations",
+            format_bytes(total as u64),
+            format_bytes(MAX_EXPANDED_BYTES as u64)
+        ),
+    );
+}
+
+/// The name of trial `index` of matrix step `step`. Step names cannot contain
+/// `.`, so it never clashes with a step as written.
+pub(super) fn trial_name(step: &str, index: usize) -> String {
+    format!("{step}.{index}")
+}
+
+/// What a step receives from other steps, resolved.
+pub(super) struct Links {
+    pub(super) needs: Vec<String>,
+    pub(super) inputs: Vec<Input>,
+    pub(super) gather: Vec<Gather>,
+}
+
+/// The resolved step(s) of one checked step: the step itself, or one per
+/// combination of its matrix (`<step>.<index>`, in index order), each with the
+/// combination's values substituted and exported as `FERRY_MATRIX_<NAME>`.
+pub(super) fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
+    let Partial {
+        name,
+        command,
+        outputs,
+        env,
+        resources,
+        retries,
+        timeout_ms,
+        gpu,
+        node_selector,
+        retry_backoff_ms,
+        params,
+        cache,
+        matrix,
+        max_parallel,
+        gather: _,
+    } = p;
+    let render = |values: &BTreeMap<String, String>| {
+        let command: Vec<String> = command.iter().map(|t| t.render(values)).collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.render(values)))
+            .collect();
+        (command, env)
+    };
+    let (plain_command, plain_env) = render(&BTreeMap::new());
+    let plain = Step {
+        name: name.clone(),
+        command: plain_command,
+        needs: links.needs,
+        inputs: links.inputs,
+        outputs,
+        env: plain_env,
+        resources,
+        retries,
+        timeout_ms,
+        gpu,
+        node_selector,
+        retry_backoff_ms,
+        params,
+        cache,
+        trial: None,
+        gather: links.gather,
+    };
+    let Some(matrix) = matrix else {
+        out.push(plain);
+        return;
+    };
+    out.reserve(matrix.len());
+    for index in 0..matrix.len() {
+        let values = matrix.values(index);
+        let (command, mut env) = render(&values);
+        for (key, value) in &values {
+            env.insert(env_var_name("FERRY_MATRIX_", key), value.clone());
+        }
+        out.push(Step {
+            name: trial_name(&name, index),
+            command,
+            env,
+            trial: Some(Trial {
+                of: name.clone(),
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                values,
+                max_parallel,
+            }),
+            ..plain.clone()
+        });
+    }
+}

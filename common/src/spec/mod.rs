@@ -1,0 +1,86 @@
+//! Pipeline specs: parsing, validation and resolution.
+//!
+//! A pipeline is written in YAML (see [`parse_pipeline`]) and resolved into a
+//! [`Pipeline`]: parameters substituted, dependencies made explicit, resources
+//! parsed, steps in a topological order. The module is pure (no IO, no clock) so
+//! the client and the coordinator accept exactly the same specs and report the
+//! same, user-facing diagnostics.
+//!
+//! serde_yaml gives no positions for values, so semantic errors are located with a
+//! small heuristic over the source text (`Locator`): it finds the block of each
+//! step under `steps:`, then the field, then the offending token. When it is
+//! unsure it gives no position rather than a wrong one.
+//!
+//! The module is split along the stages a spec goes through:
+//!
+//! - `types`: the public, resolved types (`Pipeline`, `Step`, ...) and the
+//!   errors (`SpecError`, `Diagnostic`);
+//! - `raw`: the structs serde reads the YAML into, before any checking;
+//! - `units`, `names`, `paths`: parsing and formatting of durations, sizes and
+//!   CPU amounts, of names and environment variables, and of relative paths;
+//! - `template` and `suggest`: `${...}` substitution and "did you mean" hints;
+//! - `locate` and `checker`: positions in the source text and the diagnostics
+//!   sink that checks report to;
+//! - `pipeline`: [`parse_pipeline`], which drives the checks below;
+//! - `step`, `matrix`, `cache`, `gather`: the checks of one step (and the
+//!   expansion of a step written with `matrix:` into its trials);
+//! - `graph`: references between steps, their order and cycles.
+
+mod cache;
+mod checker;
+mod gather;
+mod graph;
+mod locate;
+mod matrix;
+mod names;
+mod paths;
+mod pipeline;
+mod raw;
+mod step;
+mod suggest;
+mod template;
+mod types;
+mod units;
+
+#[cfg(test)]
+mod tests;
+
+pub use names::{env_var_name, parse_param_override};
+pub use paths::validate_output_path;
+pub use pipeline::parse_pipeline;
+pub use types::{
+    BestBy, CacheSpec, Diagnostic, Gather, Goal, GpuConstraint, Input, Pipeline, Resources,
+    SpecError, Step, Trial,
+};
+pub use units::{
+    format_bytes, format_duration_ms, parse_cpu_millis, parse_duration_ms, parse_memory_bytes,
+};
+
+/// CPU reserved for a step that declares none (half a core).
+pub const DEFAULT_CPU_MILLIS: u64 = 500;
+/// Memory reserved for a step that declares none (256 MiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest accepted `retries`.
+pub const MAX_RETRIES: u32 = 20;
+/// Longest accepted pipeline or step name.
+pub const MAX_NAME_LEN: usize = 64;
+/// First delay before a failed step is retried (it doubles with each retry).
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
+/// Longest delay between two attempts of a step.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 10 * 60 * 1000;
+/// Most bytes a pipeline may take once its sweeps are expanded (estimated):
+/// the expanded pipeline is what the coordinators store and replicate.
+pub const MAX_EXPANDED_BYTES: usize = 4 * 1024 * 1024;
+/// Accepted `priority` range.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+/// The project of a pipeline that names none.
+pub const DEFAULT_PROJECT: &str = "default";
+/// Most labels a `node_selector` may ask for.
+pub const MAX_SELECTOR_LABELS: usize = 32;
+/// Most combinations (trials) one step written with `matrix:` may expand to.
+pub const MAX_TRIALS_PER_STEP: usize = 1000;
+/// Most steps a pipeline may have once every `matrix:` step is expanded.
+pub const MAX_STEPS: usize = 5000;
+/// Longest metric name (in bytes) that `gather` may pick the best trial by; the
+/// same bound applies to the metrics steps report.
+pub const MAX_METRIC_NAME_LEN: usize = 128;
