@@ -665,9 +665,6 @@ impl Driver {
                 }
                 self.applied = entry.index;
             }
-            // The log is the durable form of the state; the change set is only
-            // for callers that look at what the last commands touched.
-            state.dirty = Default::default();
         }
         // Pending batches at or below the applied index that were not matched above
         // were replaced by another leader's entries: they will never commit.
