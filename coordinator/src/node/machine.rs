@@ -59,9 +59,6 @@ impl StateMachine for Replica {
                 }
             }
         }
-        // The log is the durable form of the state; the change set is only for
-        // callers that look at what the last commands touched.
-        state.dirty = Default::default();
         results
     }
 

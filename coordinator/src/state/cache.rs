@@ -185,7 +185,6 @@ impl State {
         let record = &mut run.steps[index];
         record.inputs = inputs;
         record.cache_key = key.clone();
-        self.dirty.runs.insert(run_id);
         if let Some(entry) = hit {
             Self::complete_from(record, &entry, ReuseKind::Cached);
             return;
@@ -225,7 +224,6 @@ impl State {
         };
         let record = &mut run.steps[index];
         let me = (run_id, record.name.clone());
-        self.dirty.runs.insert(run_id);
         match (entry, owner) {
             (Some(entry), _) => {
                 Self::complete_from(record, &entry, ReuseKind::Cached);
@@ -325,7 +323,6 @@ impl State {
                     created_ms: now_ms,
                 };
                 self.catalog.cache.insert(key.to_string(), entry);
-                self.dirty.meta = true;
             }
             let Some(entry) = self.catalog.cache.get(key).cloned() else {
                 return;
@@ -342,7 +339,6 @@ impl State {
                 {
                     Self::complete_from(record, &entry, ReuseKind::Cached);
                 }
-                self.dirty.runs.insert(pending_run);
                 self.advance(pending_run, now_ms);
             }
         } else if was_owner {
@@ -360,7 +356,6 @@ impl State {
                 {
                     record.state = StepState::Queued;
                     record.reason = None;
-                    self.dirty.runs.insert(pending_run);
                 }
             }
         }
@@ -381,28 +376,14 @@ impl State {
         })
     }
 
-    /// The attempt that produced the result of step number `index` of `run`: its
-    /// own last attempt, or that of the step it was reused from (found at the
-    /// same position first: reused steps come from runs of the same pipeline).
+    /// The attempt that produced the result of step number `index` of `run` (see
+    /// [`producing_attempt_of`]), among this state's runs.
     pub fn producing_attempt<'a>(
         &'a self,
         run: &'a Run,
         index: usize,
     ) -> Option<&'a super::Attempt> {
-        let record = run.steps.get(index)?;
-        match &record.reused {
-            Some(reuse) => {
-                let source = self.runs.get(&reuse.run)?;
-                source
-                    .steps
-                    .get(index)
-                    .filter(|s| s.name == reuse.step)
-                    .or_else(|| source.step(&reuse.step))?
-                    .attempts
-                    .last()
-            }
-            None => record.attempts.last(),
-        }
+        producing_attempt_of(run, index, &|id| self.runs.get(&id).map(|run| &**run))
     }
 
     /// Whether some record still names `digest` as an artifact.
@@ -421,5 +402,31 @@ impl State {
                     .flat_map(|r| &r.steps)
                     .find_map(|s| find(&s.outputs))
             })
+    }
+}
+
+/// The attempt that produced the result of step number `index` of `run`: its
+/// own last attempt, or that of the step it was reused from, in the run
+/// `find_run` finds by id (found at the same position first: reused steps come
+/// from runs of the same pipeline). Takes a lookup rather than the state so that
+/// a copy of the runs read outside the state lock answers the same.
+pub fn producing_attempt_of<'a>(
+    run: &'a Run,
+    index: usize,
+    find_run: &dyn Fn(RunId) -> Option<&'a Run>,
+) -> Option<&'a super::Attempt> {
+    let record = run.steps.get(index)?;
+    match &record.reused {
+        Some(reuse) => {
+            let source = find_run(reuse.run)?;
+            source
+                .steps
+                .get(index)
+                .filter(|s| s.name == reuse.step)
+                .or_else(|| source.step(&reuse.step))?
+                .attempts
+                .last()
+        }
+        None => record.attempts.last(),
     }
 }

@@ -352,7 +352,6 @@ impl State {
         self.catalog
             .schedules
             .insert(schedule.name.clone(), schedule);
-        self.dirty.meta = true;
         Ok(Outcome::Done)
     }
 
@@ -372,7 +371,6 @@ impl State {
             schedule.after_ms = schedule.after_ms.max(now_ms);
         }
         schedule.paused = paused;
-        self.dirty.meta = true;
         Ok(Outcome::Done)
     }
 
@@ -381,7 +379,6 @@ impl State {
             .schedules
             .remove(name)
             .ok_or_else(|| StateError::ScheduleNotFound(name.to_string()))?;
-        self.dirty.meta = true;
         Ok(Outcome::Done)
     }
 
@@ -419,7 +416,6 @@ impl State {
             schedule.fired += 1;
             schedule.missed += missed;
         }
-        self.dirty.meta = true;
         self.advance(id, now_ms);
         Outcome::RunSubmitted(id)
     }
@@ -455,7 +451,6 @@ impl State {
                 created_ms: now_ms,
             },
         );
-        self.dirty.meta = true;
         Ok(Outcome::Done)
     }
 
@@ -464,7 +459,6 @@ impl State {
             .pins
             .remove(tag)
             .ok_or_else(|| StateError::PinNotFound(tag.to_string()))?;
-        self.dirty.meta = true;
         Ok(Outcome::Done)
     }
 
@@ -472,18 +466,15 @@ impl State {
         let plan = gc_plan(self, keep_last, now_ms, grace_ms);
         for key in &plan.evict {
             self.catalog.cache.remove(key);
-            self.dirty.meta = true;
         }
         for id in &plan.runs {
             if let Some(run) = self.runs.get_mut(id).map(Arc::make_mut) {
                 run.collected_ms = Some(now_ms);
-                self.dirty.runs.insert(*id);
             }
         }
         for id in &plan.release {
             if let Some(run) = self.runs.get_mut(id).map(Arc::make_mut) {
                 run.released = true;
-                self.dirty.runs.insert(*id);
             }
         }
         Outcome::Collected {

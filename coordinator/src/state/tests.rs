@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_common::spec::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, parse_pipeline};
+use ferry_common::spec::{
+    DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, Pipeline, Resources, parse_pipeline,
+};
 
 use super::*;
 
@@ -155,18 +157,42 @@ fn refusal_detail(outcome: Outcome) -> String {
     }
 }
 
-/// A state plus a clock that ticks once per applied command.
+/// A state plus a clock that ticks once per applied command, and the records as
+/// they were at the last [`Sim::mark`].
 struct Sim {
     state: State,
     now: i64,
+    marked: Marked,
+}
+
+/// The persisted records at one moment: which runs, workers and other records
+/// later commands changed is read by comparing the state with it.
+struct Marked {
+    runs: BTreeMap<RunId, std::sync::Arc<Run>>,
+    workers: BTreeMap<String, Worker>,
+    next_run_id: RunId,
+    catalog: Catalog,
+}
+
+impl Marked {
+    fn of(state: &State) -> Marked {
+        Marked {
+            runs: state.runs.clone(),
+            workers: state.workers.clone(),
+            next_run_id: state.next_run_id,
+            catalog: state.catalog.clone(),
+        }
+    }
 }
 
 impl Sim {
     fn new() -> Sim {
-        Sim {
-            state: State::default(),
-            now: 1_000,
-        }
+        Sim::with_state(State::default(), 1_000)
+    }
+
+    fn with_state(state: State, now: i64) -> Sim {
+        let marked = Marked::of(&state);
+        Sim { state, now, marked }
     }
 
     fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
@@ -391,8 +417,46 @@ impl Sim {
             .collect()
     }
 
-    fn clear_dirty(&mut self) {
-        self.state.dirty = Dirty::default();
+    /// Remembers the records as they are now, for [`Sim::changed_runs`],
+    /// [`Sim::changed_workers`] and [`Sim::meta_changed`].
+    fn mark(&mut self) {
+        self.marked = Marked::of(&self.state);
+    }
+
+    /// The runs created, changed or removed since the last mark, in id order.
+    fn changed_runs(&self) -> Vec<RunId> {
+        let ids: std::collections::BTreeSet<RunId> = self
+            .marked
+            .runs
+            .keys()
+            .chain(self.state.runs.keys())
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.marked.runs.get(id) != self.state.runs.get(id))
+            .collect()
+    }
+
+    /// The workers registered, changed or removed since the last mark, by name.
+    fn changed_workers(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> = self
+            .marked
+            .workers
+            .keys()
+            .chain(self.state.workers.keys())
+            .collect();
+        names
+            .into_iter()
+            .filter(|name| self.marked.workers.get(*name) != self.state.workers.get(*name))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the run id counter or the catalog (cache index, schedules, pins)
+    /// changed since the last mark.
+    fn meta_changed(&self) -> bool {
+        self.marked.next_run_id != self.state.next_run_id
+            || self.marked.catalog != self.state.catalog
     }
 
     /// Everything `apply` may change, for before/after comparisons.
@@ -412,11 +476,14 @@ impl Sim {
             self.snapshot()
         );
         assert!(
-            self.state.dirty.runs.is_empty()
-                && self.state.dirty.workers.is_empty()
-                && !self.state.dirty.meta,
-            "{what} marked records dirty: {:?}",
-            self.state.dirty
+            self.changed_runs().is_empty()
+                && self.changed_workers().is_empty()
+                && !self.meta_changed(),
+            "{what} changed records since the mark: runs {:?}, workers {:?}, \
+             id counter or catalog: {}",
+            self.changed_runs(),
+            self.changed_workers(),
+            self.meta_changed()
         );
     }
 }
@@ -451,12 +518,9 @@ fn submit_numbers_runs_from_one_and_queues_only_steps_without_needs() {
     let third = sim.submit(CHAIN);
     assert_eq!((first, second, third), (1, 2, 3));
     assert_eq!(sim.state.next_run_id, 4);
-    assert!(sim.state.dirty.meta, "next_run_id changed");
-    assert_eq!(
-        sim.state.dirty.runs.iter().copied().collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
-    assert!(sim.state.dirty.workers.is_empty());
+    assert!(sim.meta_changed(), "next_run_id changed");
+    assert_eq!(sim.changed_runs(), [1, 2, 3]);
+    assert!(sim.changed_workers().is_empty());
 
     let run = sim.run(1);
     assert_eq!(run.id, 1);
@@ -476,16 +540,10 @@ fn submit_numbers_runs_from_one_and_queues_only_steps_without_needs() {
     }
 
     // Ids continue from the persisted counter.
-    let mut restored = Sim {
-        state: State::from_records(Vec::new(), Vec::new(), 7),
-        now: 0,
-    };
+    let mut restored = Sim::with_state(State::from_records(Vec::new(), Vec::new(), 7), 0);
     assert_eq!(restored.submit(CHAIN), 7);
     assert_eq!(restored.state.next_run_id, 8);
-    let mut zero = Sim {
-        state: State::from_records(Vec::new(), Vec::new(), 0),
-        now: 0,
-    };
+    let mut zero = Sim::with_state(State::from_records(Vec::new(), Vec::new(), 0), 0);
     assert_eq!(zero.submit(CHAIN), 1, "run ids start at 1");
 }
 
@@ -507,7 +565,7 @@ steps:
     command: [python, plot.py]
 "#,
     );
-    sim.clear_dirty();
+    sim.mark();
 
     let assigned = sim.assign_all(vec![
         placement(run, "train", "w1", &[1]),
@@ -576,10 +634,7 @@ steps:
             vec![1]
         )
     );
-    assert_eq!(
-        sim.state.dirty.runs.iter().copied().collect::<Vec<_>>(),
-        [run]
-    );
+    assert_eq!(sim.changed_runs(), [run]);
     assert!(sim.queued().is_empty());
     assert_eq!(
         sim.state.assigned_to("w1"),
@@ -624,7 +679,7 @@ steps:
     );
     // One GPU taken, so the worker is neither empty nor full.
     let held = sim.try_assign(run, "gpu1", "w1", &[0]).unwrap();
-    sim.clear_dirty();
+    sim.mark();
 
     let refused: Vec<(&str, Placement)> = vec![
         ("a waiting step", placement(run, "after", "w1", &[])),
@@ -1183,7 +1238,7 @@ steps:
     sim.finish(&first, exited(1));
     let second = sim.assign(run, "a", "w2");
     sim.start(&second);
-    sim.clear_dirty();
+    sim.mark();
 
     let check = |sim: &mut Sim, what: &str, key: AttemptKey, worker: &str, needle: &str| {
         let before = sim.snapshot();
@@ -1232,7 +1287,7 @@ steps:
     // The real report goes through; a duplicate of it is then refused.
     sim.finish(&second, exited_ok(&["x.txt"]));
     assert_eq!(sim.step_state(run, "a"), StepState::Succeeded);
-    sim.clear_dirty();
+    sim.mark();
     check(
         &mut sim,
         "a finished attempt",
@@ -1277,7 +1332,7 @@ fn a_report_for_an_attempt_that_is_retried_is_refused() {
     sim.start(&first);
     sim.finish(&first, exited(1));
     assert_eq!(sim.step_state(run, "b"), StepState::Queued);
-    sim.clear_dirty();
+    sim.mark();
 
     // The attempt is current but over; the step waits for its retry.
     let before = sim.snapshot();
@@ -1332,7 +1387,7 @@ steps:
     let running = sim.assign(run, "running", "w1");
     sim.start(&running);
     let assigned = sim.try_assign(run, "assigned", "w2", &[0]).unwrap();
-    sim.clear_dirty();
+    sim.mark();
 
     let stop = match sim.cancel(run) {
         Ok(Outcome::Cancelled { stop }) => stop,
@@ -1375,10 +1430,7 @@ steps:
     let record = sim.run(run);
     assert_eq!(record.state, RunState::Cancelled);
     assert_eq!(record.finished_ms, Some(at));
-    assert_eq!(
-        sim.state.dirty.runs.iter().copied().collect::<Vec<_>>(),
-        [run]
-    );
+    assert_eq!(sim.changed_runs(), [run]);
 
     // Loads: the other run keeps its attempt; the cancelled one holds nothing.
     assert_eq!(sim.load_keys("w1"), [other_a]);
@@ -1388,7 +1440,7 @@ steps:
     assert_eq!(sim.run(other).state, RunState::Running);
 
     // Late reports from the stopped attempts are refused.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     let detail = refusal_detail(sim.finish_as(&running, "w1", exited(0)).unwrap());
     assert!(detail.contains("already ended (cancelled)"), "{detail}");
@@ -1422,7 +1474,7 @@ fn a_finished_run_cannot_be_cancelled() {
     let a = sim.assign(failed, "a", "w1");
     sim.finish(&a, exited(1));
     assert_eq!(sim.run(failed).state, RunState::Failed);
-    sim.clear_dirty();
+    sim.mark();
 
     let before = sim.snapshot();
     assert_eq!(
@@ -1485,7 +1537,7 @@ fn reregistering_loses_unlisted_running_attempts_and_resends_unstarted_ones() {
     let kept_before = sim.step(run, "kept").clone();
     let kept_pending_before = sim.step(run, "kept-pending").clone();
     let pending_before = sim.step(run, "pending").clone();
-    sim.clear_dirty();
+    sim.mark();
 
     let mut restarted = big_worker("w1");
     restarted.session = "w1-session-2".to_string();
@@ -1502,8 +1554,8 @@ fn reregistering_loses_unlisted_running_attempts_and_resends_unstarted_ones() {
         "only the unlisted, unstarted attempt"
     );
     assert_eq!(sim.state.workers["w1"], restarted);
-    assert!(sim.state.dirty.workers.contains("w1"));
-    assert!(sim.state.dirty.runs.contains(&run));
+    assert!(sim.changed_workers().contains(&"w1".to_string()));
+    assert!(sim.changed_runs().contains(&run));
 
     // Running and unlisted, one retry left: lost, then queued again.
     let lost = sim.attempt(&retry);
@@ -1578,14 +1630,14 @@ fn registering_a_new_worker_resends_nothing() {
     sim.register(big_worker("w1"));
     let run = sim.submit(CHAIN);
     let a = sim.assign(run, "a", "w1");
-    sim.clear_dirty();
+    sim.mark();
     let resend = sim.register_with(big_worker("w2"), vec![a]);
     assert!(resend.is_empty());
     assert_eq!(sim.state.workers.len(), 2);
     assert!(sim.state.loads.contains_key("w2"));
     assert_eq!(sim.step_state(run, "a"), StepState::Assigned);
-    assert!(sim.state.dirty.runs.is_empty());
-    assert_eq!(sim.state.dirty.workers.iter().collect::<Vec<_>>(), ["w2"]);
+    assert!(sim.changed_runs().is_empty());
+    assert_eq!(sim.changed_workers(), ["w2"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1738,13 +1790,9 @@ fn from_records_rebuilds_the_loads_apply_maintains() {
     assert_eq!(rebuilt.runs, sim.state.runs);
     assert_eq!(rebuilt.workers, sim.state.workers);
     assert_eq!(rebuilt.next_run_id, 5);
-    assert!(rebuilt.dirty.runs.is_empty() && !rebuilt.dirty.meta);
 
     // The rebuilt state goes on exactly like the original.
-    let mut restored = Sim {
-        state: rebuilt,
-        now: sim.now,
-    };
+    let mut restored = Sim::with_state(rebuilt, sim.now);
     for s in [&mut sim, &mut restored] {
         let b = key(1, "b", 1);
         s.succeed(&b);
@@ -1807,8 +1855,11 @@ fn applying_the_same_commands_gives_the_same_state() {
     assert_eq!(one.workers, two.workers);
     assert_eq!(one.loads, two.loads);
     assert_eq!(one.next_run_id, two.next_run_id);
-    assert_eq!(one.dirty.runs, two.dirty.runs);
-    assert_eq!(one.dirty.workers, two.dirty.workers);
+    assert_eq!(one.members, two.members);
+    assert_eq!(one.requests, two.requests);
+    assert_eq!(one.catalog, two.catalog);
+    assert_eq!(one.cache_owners, two.cache_owners);
+    assert_eq!(one.cache_pending, two.cache_pending);
 
     // The history exercised refusals and errors too.
     assert!(outcomes_one.contains(&Err(StateError::RunNotFound(9))));
@@ -2072,7 +2123,7 @@ fn a_lost_worker_loses_its_attempts_which_are_retried_elsewhere_and_its_late_rep
 
     // w1 comes back and reports its old attempt: refused, nothing changes, the
     // step is not counted twice.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     let late = sim.finish_as(&a, "w1", exited_ok(&["x.txt"]));
     assert!(refusal_detail(late.unwrap()).contains("stale"));
@@ -2081,7 +2132,7 @@ fn a_lost_worker_loses_its_attempts_which_are_retried_elsewhere_and_its_late_rep
     assert_eq!(sim.step(run, "a").outputs[0].attempt, 2);
 
     // Declaring it lost again, or with an old session, changes nothing.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     for session in ["w1-session-1", "w1-session-0"] {
         let outcome = lose(&mut sim, "w1", session);
@@ -2106,7 +2157,7 @@ fn a_worker_lost_after_it_registered_a_new_session_is_not_declared_lost() {
     let mut restarted = big_worker("w1");
     restarted.session = "w1-session-2".to_string();
     sim.register_with(restarted, vec![a.clone()]);
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     lose(&mut sim, "w1", "w1-session-1");
     sim.assert_untouched(&before, "WorkerLost for an old session");
@@ -2147,7 +2198,7 @@ fn cordon_and_drain_stop_new_work_survive_a_restart_and_uncordon_restores_it() {
     assert!(sim.state.workers["w1"].schedulable());
 
     // An unknown worker is an error that changes nothing.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     let now_ms = sim.tick();
     assert_eq!(
@@ -2173,7 +2224,7 @@ fn a_run_past_its_timeout_stops_its_attempts_skips_the_rest_and_fails() {
     assert_eq!(sim.state.runs_past_timeout(submitted + 60_000), [run]);
 
     // Too early: nothing changes.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     assert_eq!(
         sim.apply(Command::TimeOutRun {
@@ -2204,7 +2255,7 @@ fn a_run_past_its_timeout_stops_its_attempts_skips_the_rest_and_fails() {
     assert_eq!(sim.step_state(run, "b"), StepState::Skipped);
     assert!(sim.load_keys("w1").is_empty());
     // Once over, a second TimeOutRun changes nothing.
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     assert_eq!(
         sim.apply(Command::TimeOutRun {
@@ -2314,7 +2365,7 @@ fn a_placement_on_a_worker_lost_or_cordoned_since_it_was_decided_is_dropped() {
         now_ms,
     })
     .unwrap();
-    sim.clear_dirty();
+    sim.mark();
     let before = sim.snapshot();
     for worker in ["w1", "w2"] {
         assert!(sim.try_assign(run, "a", worker, &[]).is_none(), "{worker}");

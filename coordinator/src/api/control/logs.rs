@@ -1,0 +1,168 @@
+//! `ferry logs`: a run's log lines, from the blobs of finished attempts and the
+//! live lines of running ones, followed until the run ends when asked.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use ferry_common::pki::{Role, require_role};
+use ferry_common::proto;
+use futures::StreamExt;
+use tonic::{Request, Response, Status};
+
+use super::{ControlService, refuse_collected};
+use crate::api::ResponseStream;
+use crate::node::Node;
+
+/// One line of an attempt's log blob, as the worker wrote it.
+#[derive(serde::Deserialize)]
+struct BlobLogLine {
+    stream: String,
+    seq: u64,
+    timestamp_ms: i64,
+    text: String,
+}
+
+/// Reads an attempt's whole log from its blob (copied from a peer if this member
+/// lacks it).
+async fn read_log_blob(node: &Node, digest: &str) -> Result<Vec<BlobLogLine>, Status> {
+    node.ensure_blob(digest).await?;
+    let (_, mut chunks) = node
+        .blobs
+        .read(digest)
+        .await
+        .map_err(crate::api::blob_status)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        bytes.extend_from_slice(&chunk.map_err(crate::api::blob_status)?);
+    }
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|e| {
+                Status::data_loss(format!(
+                    "log blob {digest} holds a line that does not decode: {e}"
+                ))
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn stream_logs(
+    service: &ControlService,
+    request: Request<proto::StreamLogsRequest>,
+) -> Result<Response<ResponseStream<proto::LogLine>>, Status> {
+    require_role(&request, Role::Client)?;
+    let query = request.into_inner();
+    let run_id = query.run_id;
+    service.node.read(|state| {
+        let run = state
+            .runs
+            .get(&run_id)
+            .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+        refuse_collected(run)?;
+        if !query.step.is_empty() && run.step(&query.step).is_none() {
+            return Err(Status::not_found(format!(
+                "run {run_id} has no step \"{}\"",
+                query.step
+            )));
+        }
+        Ok(())
+    })?;
+    let node = service.node.clone();
+    let stream = async_stream::try_stream! {
+        let mut log_changes = node.subscribe_logs();
+        let mut state_changes = node.subscribe_state();
+        let mut cursor: Option<Vec<u8>> = None;
+        // A finished attempt's log comes from its blob (held by a majority, so
+        // any member serves it); a running attempt's lines come from the live
+        // lines this member received. Both are tracked so no line is sent twice.
+        let mut sent_whole: HashSet<(String, u32)> = HashSet::new();
+        let mut sent_live: HashMap<(String, u32), u64> = HashMap::new();
+        loop {
+            // Read whether the run had ended *before* reading the logs, so that
+            // lines stored before the end are never missed.
+            let (finished, whole_logs) = node.read(|state| {
+                let run = state.runs.get(&run_id);
+                let whole_logs: Vec<(String, u32, String)> = run
+                    .map(|run| {
+                        run.steps
+                            .iter()
+                            .filter(|step| query.step.is_empty() || step.name == query.step)
+                            .flat_map(|step| {
+                                step.attempts.iter().filter_map(|attempt| {
+                                    attempt.log.as_ref().map(|(digest, _)| {
+                                        (step.name.clone(), attempt.number, digest.clone())
+                                    })
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (run.is_none_or(|run| run.state.is_terminal()), whole_logs)
+            });
+            for (step, attempt, digest) in whole_logs {
+                let key = (step.clone(), attempt);
+                if sent_whole.contains(&key) {
+                    continue;
+                }
+                let after = sent_live.get(&key).copied();
+                for line in read_log_blob(&node, &digest).await? {
+                    if after.is_some_and(|seen| line.seq <= seen) {
+                        continue;
+                    }
+                    yield proto::LogLine {
+                        run_id,
+                        step: step.clone(),
+                        attempt,
+                        stream: line.stream,
+                        seq: line.seq,
+                        timestamp_ms: line.timestamp_ms,
+                        text: line.text,
+                    };
+                }
+                sent_whole.insert(key);
+            }
+            loop {
+                let (lines, next) = node
+                    .store
+                    .read_logs(run_id, cursor.as_deref(), 1000)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let count = lines.len();
+                cursor = next;
+                for line in lines {
+                    if !query.step.is_empty() && line.step != query.step {
+                        continue;
+                    }
+                    let key = (line.step.clone(), line.attempt);
+                    if sent_whole.contains(&key) {
+                        continue;
+                    }
+                    let seen = sent_live.entry(key).or_insert(line.seq);
+                    *seen = (*seen).max(line.seq);
+                    yield proto::LogLine {
+                        run_id,
+                        step: line.step,
+                        attempt: line.attempt,
+                        stream: line.stream,
+                        seq: line.seq,
+                        timestamp_ms: line.timestamp_ms,
+                        text: line.text,
+                    };
+                }
+                if count < 1000 {
+                    break;
+                }
+            }
+            if !query.follow || finished {
+                break;
+            }
+            tokio::select! {
+                _ = log_changes.changed() => {}
+                _ = state_changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    };
+    Ok(Response::new(Box::pin(stream)))
+}

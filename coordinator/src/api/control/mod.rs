@@ -1,0 +1,237 @@
+//! The control service, for clients: submit, inspect and cancel runs, follow logs,
+//! list and download artifacts, list workers. Only client certificates may call it.
+//!
+//! This module holds the service and its tonic trait impl, which only hands each
+//! call to the module of its area; those check the caller's role, convert the
+//! request, propose or read, and build the answer from `views`.
+
+mod artifacts;
+mod cluster;
+mod logs;
+mod runs;
+mod schedules;
+mod submit;
+mod views;
+mod workers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_common::proto::{self, control_server::Control};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ResponseStream, propose_status};
+use crate::node::Node;
+use crate::state::Run;
+
+pub struct ControlService {
+    node: Arc<Node>,
+    parsed: submit::ParsedPipelines,
+    /// (bundle digest, cache.paths) → the digest of those files.
+    code_memo: std::sync::Mutex<HashMap<(String, Vec<String>), String>>,
+}
+
+impl ControlService {
+    pub fn new(node: Arc<Node>) -> ControlService {
+        ControlService {
+            node,
+            parsed: submit::ParsedPipelines::default(),
+            code_memo: Default::default(),
+        }
+    }
+
+    /// Linearizable unless the caller asked for this replica's possibly stale view.
+    async fn consistent_read(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        self.node.read_barrier().await.map_err(propose_status)
+    }
+}
+
+/// Logs and artifacts of a run `ferry gc` collected are gone: say so.
+fn refuse_collected(run: &Run) -> Result<(), Status> {
+    if run.collected_ms.is_some() {
+        return Err(Status::failed_precondition(format!(
+            "run {} was garbage-collected (ferry gc): its logs and artifacts are deleted; \
+             its record, metrics and lineage remain",
+            run.id
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn upload_bundle(
+        &self,
+        request: Request<Streaming<proto::Chunk>>,
+    ) -> Result<Response<proto::BlobRef>, Status> {
+        submit::upload_bundle(self, request).await
+    }
+
+    async fn has_blob(
+        &self,
+        request: Request<proto::BlobRef>,
+    ) -> Result<Response<proto::HasBlobResponse>, Status> {
+        submit::has_blob(self, request).await
+    }
+
+    async fn submit_run(
+        &self,
+        request: Request<proto::SubmitRunRequest>,
+    ) -> Result<Response<proto::SubmitRunResponse>, Status> {
+        submit::submit_run(self, request).await
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<proto::ListRunsRequest>,
+    ) -> Result<Response<proto::ListRunsResponse>, Status> {
+        runs::list_runs(self, request).await
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<proto::GetRunRequest>,
+    ) -> Result<Response<proto::RunView>, Status> {
+        runs::get_run(self, request).await
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<proto::CancelRunRequest>,
+    ) -> Result<Response<proto::RunView>, Status> {
+        runs::cancel_run(self, request).await
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<proto::ListWorkersRequest>,
+    ) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        workers::list_workers(self, request).await
+    }
+
+    async fn set_worker_mode(
+        &self,
+        request: Request<proto::SetWorkerModeRequest>,
+    ) -> Result<Response<proto::WorkerView>, Status> {
+        workers::set_worker_mode(self, request).await
+    }
+
+    type StreamLogsStream = ResponseStream<proto::LogLine>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<proto::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        logs::stream_logs(self, request).await
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<proto::ListArtifactsRequest>,
+    ) -> Result<Response<proto::ListArtifactsResponse>, Status> {
+        artifacts::list_artifacts(self, request).await
+    }
+
+    type DownloadArtifactStream = ResponseStream<proto::Chunk>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<proto::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        artifacts::download_artifact(self, request).await
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<proto::RerunRunRequest>,
+    ) -> Result<Response<proto::SubmitRunResponse>, Status> {
+        submit::rerun_run(self, request).await
+    }
+
+    async fn lineage(
+        &self,
+        request: Request<proto::LineageRequest>,
+    ) -> Result<Response<proto::LineageResponse>, Status> {
+        artifacts::lineage(self, request).await
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        schedules::create_schedule(self, request).await
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        schedules::list_schedules(self, request).await
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::PauseScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        schedules::pause_schedule(self, request).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::DeleteScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleView>, Status> {
+        schedules::delete_schedule(self, request).await
+    }
+
+    async fn pin_artifact(
+        &self,
+        request: Request<proto::PinArtifactRequest>,
+    ) -> Result<Response<proto::PinView>, Status> {
+        artifacts::pin_artifact(self, request).await
+    }
+
+    async fn unpin_artifact(
+        &self,
+        request: Request<proto::UnpinArtifactRequest>,
+    ) -> Result<Response<proto::PinView>, Status> {
+        artifacts::unpin_artifact(self, request).await
+    }
+
+    async fn list_pins(
+        &self,
+        request: Request<proto::ListPinsRequest>,
+    ) -> Result<Response<proto::ListPinsResponse>, Status> {
+        artifacts::list_pins(self, request).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<proto::CollectGarbageRequest>,
+    ) -> Result<Response<proto::CollectGarbageResponse>, Status> {
+        artifacts::collect_garbage(self, request).await
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        cluster::cluster_status(self, request).await
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<proto::AddMemberRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        cluster::add_member(self, request).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        cluster::remove_member(self, request).await
+    }
+}

@@ -1,0 +1,129 @@
+//! Runs as clients list, inspect and cancel them: `ferry runs` (with
+//! `--where`), `ferry status` and `ferry cancel`.
+
+use std::sync::Arc;
+
+use ferry_common::pki::{Role, require_role};
+use ferry_common::proto;
+use tonic::{Request, Response, Status};
+
+use super::ControlService;
+use super::views::{newest_that_fit, run_metrics, run_summary, run_view, run_with_id};
+use crate::api::propose_status;
+use crate::node::now_ms;
+use crate::state::{Command, Run, RunId};
+
+/// Run summaries one `ListRuns` answer holds at most (the newest first): well
+/// under the 8 MiB message limit, whatever the cluster's history.
+const LIST_RUNS_BYTES: usize = 6 * 1024 * 1024;
+
+impl ControlService {
+    async fn run_view(&self, id: RunId, history: bool) -> Result<proto::RunView, Status> {
+        let live = self.node.live_workers().await;
+        let waiting = self.node.waiting_reasons(id);
+        self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
+            Ok(run_view(
+                state,
+                run,
+                &|name| live.get(name).is_some_and(|(connected, _)| *connected),
+                &waiting,
+                now_ms(),
+                history,
+            ))
+        })
+    }
+}
+
+pub(super) async fn list_runs(
+    service: &ControlService,
+    request: Request<proto::ListRunsRequest>,
+) -> Result<Response<proto::ListRunsResponse>, Status> {
+    require_role(&request, Role::Client)?;
+    service.consistent_read(request.get_ref().stale).await?;
+    let conditions = match request.get_ref().r#where.trim() {
+        "" => None,
+        text => Some(crate::query::parse_where(text).map_err(Status::invalid_argument)?),
+    };
+    let limit = request.get_ref().limit as usize;
+    // Under the state lock only a copy of the pointers to the runs, in id order
+    // (as a snapshot takes it): the runs themselves are immutable once shared.
+    // Each run's metrics (for `--where`) and the summaries are computed once the
+    // lock is released, on a blocking thread since a long history makes that
+    // long, so that applying commands never waits on a listing.
+    let runs: Vec<Arc<Run>> = service
+        .node
+        .read(|state| state.runs.values().cloned().collect());
+    let (runs, matched) = tokio::task::spawn_blocking(move || {
+        let find_run = |id: RunId| run_with_id(&runs, id);
+        let meeting = runs.iter().rev().map(|run| &**run).filter(|run| {
+            conditions.as_ref().is_none_or(|conditions| {
+                crate::query::matches(
+                    conditions,
+                    &run_metrics(run, &find_run),
+                    &run.pipeline.params,
+                )
+            })
+        });
+        newest_that_fit(meeting, limit, LIST_RUNS_BYTES, |run| {
+            run_summary(run, &find_run)
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(format!("listing the runs failed: {e}")))?;
+    Ok(Response::new(proto::ListRunsResponse { runs, matched }))
+}
+
+pub(super) async fn get_run(
+    service: &ControlService,
+    request: Request<proto::GetRunRequest>,
+) -> Result<Response<proto::RunView>, Status> {
+    require_role(&request, Role::Client)?;
+    service.consistent_read(request.get_ref().stale).await?;
+    let proto::GetRunRequest {
+        run_id,
+        metric_history,
+        ..
+    } = *request.get_ref();
+    let view = service.run_view(run_id, metric_history).await?;
+    let size = prost::Message::encoded_len(&view);
+    if metric_history && size > LIST_RUNS_BYTES {
+        let values: usize = view
+            .steps
+            .iter()
+            .flat_map(|s| &s.attempts)
+            .map(|a| a.metrics.len())
+            .sum();
+        return Err(Status::resource_exhausted(format!(
+            "run {run_id} holds {values} metric values ({:.1} MiB with the rest of \
+             its view): too much for one answer; 'ferry metrics {run_id}' (a table) \
+             shows the last value of each",
+            size as f64 / (1024.0 * 1024.0)
+        )));
+    }
+    Ok(Response::new(view))
+}
+
+pub(super) async fn cancel_run(
+    service: &ControlService,
+    request: Request<proto::CancelRunRequest>,
+) -> Result<Response<proto::RunView>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let run_id = request.get_ref().run_id;
+    service
+        .node
+        .propose_as(
+            &caller,
+            Command::CancelRun {
+                run: run_id,
+                now_ms: now_ms(),
+            },
+        )
+        .await
+        .map_err(propose_status)?;
+    tracing::info!(run = run_id, client = %caller.name, "run cancelled");
+    Ok(Response::new(service.run_view(run_id, false).await?))
+}

@@ -1,0 +1,345 @@
+//! The submission path: pipeline files parsed once per distinct text, the code
+//! bundle a submission names and the digests of its `cache.paths`, bundle
+//! uploads, and the checks `SubmitRun`, `RerunRun` and `CreateSchedule` make
+//! before they propose.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ferry_common::pki::{Role, require_role};
+use ferry_common::proto;
+use ferry_common::spec::{Pipeline, SpecError, parse_pipeline};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ControlService;
+use crate::api::{propose_status, receive_blob};
+use crate::node::now_ms;
+use crate::state::{Command, Outcome};
+
+/// Upper bound on a submitted pipeline file.
+const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+/// Pipelines already parsed and validated, by a hash of what determines the
+/// result (file name, text, parameter overrides): a sweep or a scheduled job
+/// submits the same spec again and again, and YAML parsing was a tenth of a
+/// submission's cost. Only valid specs are kept; parsing is pure, so a hit
+/// answers exactly what parsing would.
+#[derive(Default)]
+pub(super) struct ParsedPipelines(std::sync::Mutex<HashMap<[u8; 32], Pipeline>>);
+
+/// Distinct specs remembered; when full the cache starts over.
+const PARSED_PIPELINES_KEPT: usize = 256;
+
+impl ParsedPipelines {
+    fn parse(
+        &self,
+        file: &str,
+        yaml: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Pipeline, SpecError> {
+        let mut hasher = blake3::Hasher::new();
+        for part in [file, yaml] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        for (name, value) in overrides {
+            for part in [name, value] {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part.as_bytes());
+            }
+        }
+        let key = *hasher.finalize().as_bytes();
+        if let Some(pipeline) = self.lock().get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = parse_pipeline(file, yaml, overrides)?;
+        let mut parsed = self.lock();
+        if parsed.len() >= PARSED_PIPELINES_KEPT {
+            parsed.clear();
+        }
+        parsed.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pipeline>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ControlService {
+    /// Validates a submitted pipeline file (with its `--param` overrides) exactly
+    /// as the CLI did.
+    fn parse_spec(
+        &self,
+        yaml: &str,
+        file: &str,
+        params: HashMap<String, String>,
+    ) -> Result<Pipeline, Status> {
+        if yaml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                yaml.len()
+            )));
+        }
+        let file = if file.is_empty() {
+            "pipeline.yaml"
+        } else {
+            file
+        };
+        let overrides: BTreeMap<String, String> = params.into_iter().collect();
+        (self.parsed)
+            .parse(file, yaml, &overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// The code bundle a submission names must be stored (on a majority).
+    async fn require_bundle(&self, digest: &str) -> Result<(), Status> {
+        let stored = crate::api::is_digest(digest) && self.node.ensure_blob(digest).await.is_ok();
+        if stored {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "code bundle {digest} is not stored on the coordinators; upload it first"
+            )))
+        }
+    }
+
+    /// For each step with `cache.paths`: the digest of those files in the
+    /// bundle (read from the blob store), which stands for its code in its cache
+    /// key. A path that is not in the bundle is the caller's error.
+    async fn code_digests(
+        &self,
+        pipeline: &Pipeline,
+        bundle_digest: &str,
+    ) -> Result<BTreeMap<String, String>, Status> {
+        let mut digests = BTreeMap::new();
+        if pipeline
+            .steps
+            .iter()
+            .all(|s| s.cache.paths.is_empty() || !s.cache.enabled)
+        {
+            return Ok(digests);
+        }
+        // Each distinct set of paths once, from the bundle file, off the async
+        // threads; remembered per bundle (a schedule or sweep submits the same
+        // bundle again and again).
+        let mut wanted: Vec<Vec<String>> = pipeline
+            .steps
+            .iter()
+            .filter(|s| s.cache.enabled && !s.cache.paths.is_empty())
+            .map(|s| s.cache.paths.clone())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut by_paths: BTreeMap<Vec<String>, String> = BTreeMap::new();
+        let mut missing = Vec::new();
+        {
+            let memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            for paths in wanted {
+                match memo.get(&(bundle_digest.to_string(), paths.clone())) {
+                    Some(digest) => {
+                        by_paths.insert(paths, digest.clone());
+                    }
+                    None => missing.push(paths),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let file = self.node.blobs.file_of(bundle_digest);
+            let computed = tokio::task::spawn_blocking(move || {
+                missing
+                    .into_iter()
+                    .map(|paths| {
+                        let digest = std::fs::File::open(&file)
+                            .map(std::io::BufReader::new)
+                            .map_err(|e| {
+                                ferry_common::bundle::PathsDigestError::Archive(e.to_string())
+                            })
+                            .and_then(|reader| ferry_common::bundle::paths_digest(reader, &paths));
+                        match digest {
+                            Ok(digest) => Ok((paths, digest)),
+                            Err(e) => Err((paths, e)),
+                        }
+                    })
+                    .collect::<Vec<Result<_, (Vec<String>, ferry_common::bundle::PathsDigestError)>>>()
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading the code bundle failed: {e}")))?;
+            let mut memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            if memo.len() >= 1024 {
+                memo.clear();
+            }
+            for result in computed {
+                let (paths, digest) = result.map_err(|(paths, e)| {
+                    let step = pipeline
+                        .steps
+                        .iter()
+                        .find(|s| s.cache.paths == paths)
+                        .map_or("?", |s| s.trial.as_ref().map_or(&s.name, |t| &t.of));
+                    Status::invalid_argument(format!("cache.paths of step \"{step}\": {e}"))
+                })?;
+                memo.insert((bundle_digest.to_string(), paths.clone()), digest.clone());
+                by_paths.insert(paths, digest);
+            }
+        }
+        for step in &pipeline.steps {
+            if let Some(digest) = by_paths.get(&step.cache.paths)
+                && step.cache.enabled
+            {
+                digests.insert(step.name.clone(), digest.clone());
+            }
+        }
+        Ok(digests)
+    }
+}
+
+pub(super) async fn upload_bundle(
+    service: &ControlService,
+    request: Request<Streaming<proto::Chunk>>,
+) -> Result<Response<proto::BlobRef>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let blob = receive_blob(&service.node.blobs, request.into_inner()).await?;
+    service.node.replicate_blob(&blob.digest, blob.size).await?;
+    tracing::info!(client = %caller.name, digest = %blob.digest, size = blob.size, "bundle stored");
+    Ok(Response::new(blob))
+}
+
+pub(super) async fn has_blob(
+    service: &ControlService,
+    request: Request<proto::BlobRef>,
+) -> Result<Response<proto::HasBlobResponse>, Status> {
+    require_role(&request, Role::Client)?;
+    let blob = request.into_inner();
+    let stored = service
+        .node
+        .blobs
+        .holds(&blob.digest, blob.size)
+        .await
+        .map_err(crate::api::blob_status)?;
+    if stored {
+        // About to be referenced: `ferry gc` must not take it meanwhile.
+        service.node.blobs.touch(&blob.digest);
+    }
+    // Present only when a majority holds it: otherwise the client uploads it
+    // again, which copies it to the others.
+    let present = stored
+        && service
+            .node
+            .replicate_blob(&blob.digest, blob.size)
+            .await
+            .is_ok();
+    Ok(Response::new(proto::HasBlobResponse { present }))
+}
+
+pub(super) async fn submit_run(
+    service: &ControlService,
+    request: Request<proto::SubmitRunRequest>,
+) -> Result<Response<proto::SubmitRunResponse>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let submit = request.into_inner();
+    let pipeline = service.parse_spec(&submit.spec_yaml, &submit.spec_file, submit.params)?;
+    service.require_bundle(&submit.bundle_digest).await?;
+    let code_digests = service
+        .code_digests(&pipeline, &submit.bundle_digest)
+        .await?;
+    let outcome = service
+        .node
+        .propose_as(
+            &caller,
+            Command::SubmitRun {
+                pipeline,
+                bundle_digest: submit.bundle_digest,
+                submitter: caller.name.clone(),
+                request_id: (!submit.request_id.is_empty()).then(|| submit.request_id.clone()),
+                options: crate::state::SubmitOptions {
+                    no_cache: submit.no_cache,
+                    code_digests,
+                },
+                now_ms: now_ms(),
+            },
+        )
+        .await
+        .map_err(propose_status)?;
+    let Outcome::RunSubmitted(run_id) = outcome else {
+        return Err(Status::internal("unexpected outcome of a submission"));
+    };
+    tracing::debug!(run = run_id, client = %caller.name, "run submitted");
+    Ok(Response::new(proto::SubmitRunResponse { run_id }))
+}
+
+pub(super) async fn rerun_run(
+    service: &ControlService,
+    request: Request<proto::RerunRunRequest>,
+) -> Result<Response<proto::SubmitRunResponse>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let rerun = request.into_inner();
+    let outcome = service
+        .node
+        .propose_as(
+            &caller,
+            Command::RerunRun {
+                source: rerun.run_id,
+                from: (!rerun.from.is_empty()).then_some(rerun.from),
+                submitter: caller.name.clone(),
+                request_id: (!rerun.request_id.is_empty()).then_some(rerun.request_id),
+                now_ms: now_ms(),
+            },
+        )
+        .await
+        .map_err(propose_status)?;
+    let Outcome::RunSubmitted(run_id) = outcome else {
+        return Err(Status::internal("unexpected outcome of a re-run"));
+    };
+    tracing::info!(run = run_id, source = rerun.run_id, client = %caller.name, "run re-run");
+    Ok(Response::new(proto::SubmitRunResponse { run_id }))
+}
+
+/// A schedule `CreateSchedule` asks for, once its name, cron expression,
+/// pipeline file and code bundle are checked, owned by `owner`.
+pub(super) async fn schedule_to_create(
+    service: &ControlService,
+    create: proto::CreateScheduleRequest,
+    owner: String,
+) -> Result<crate::state::Schedule, Status> {
+    if !is_schedule_name(&create.name) {
+        return Err(Status::invalid_argument(format!(
+            "schedule name {:?} is invalid: use 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-'",
+            create.name
+        )));
+    }
+    let cron = ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
+    if cron.next_after(now_ms()).is_none() {
+        return Err(Status::invalid_argument(format!(
+            "cron expression {:?} never fires: no date in the next 8 years matches it",
+            cron.expr()
+        )));
+    }
+    let pipeline = service.parse_spec(&create.spec_yaml, &create.spec_file, create.params)?;
+    service.require_bundle(&create.bundle_digest).await?;
+    let code_digests = service
+        .code_digests(&pipeline, &create.bundle_digest)
+        .await?;
+    Ok(crate::state::Schedule {
+        name: create.name,
+        cron: create.cron.trim().to_string(),
+        pipeline,
+        bundle_digest: create.bundle_digest,
+        code_digests,
+        owner,
+        created_ms: 0,
+        paused: false,
+        after_ms: 0,
+        last_tick_ms: None,
+        last_run: None,
+        fired: 0,
+        missed: 0,
+    })
+}
+
+fn is_schedule_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}

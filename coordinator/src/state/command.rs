@@ -1,0 +1,176 @@
+//! The commands that change the state, and what they carry: each one is
+//! replicated through the Raft log and applied by [`State::apply`](super::State::apply),
+//! with the time it happened inside it.
+
+use std::collections::BTreeMap;
+
+use ferry_common::spec::Pipeline;
+use serde::{Deserialize, Serialize};
+
+use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};
+
+/// One placement decided by the scheduler and carried by [`Command::Assign`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub run: RunId,
+    pub step: String,
+    pub worker: String,
+    pub gpus: Vec<u32>,
+}
+
+/// What a worker reports when an attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub outcome: ReportedOutcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub outputs: Vec<(String, String, u64)>,
+    /// The attempt's whole log as a blob (digest, size), when the worker sent one.
+    #[serde(default)]
+    pub log: Option<(String, u64)>,
+    #[serde(default)]
+    pub usage: Option<AttemptUsage>,
+    /// How long the process ran, by the worker's clock: gives the start time of
+    /// an attempt whose start was never reported (a short step's worker does not
+    /// report the start).
+    #[serde(default)]
+    pub ran_ms: Option<u64>,
+    #[serde(default)]
+    pub metrics: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedOutcome {
+    Exited,
+    TimedOut,
+    Cancelled,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SubmitRun {
+        pipeline: Pipeline,
+        bundle_digest: String,
+        submitter: String,
+        #[serde(default)]
+        request_id: Option<String>,
+        #[serde(default)]
+        options: SubmitOptions,
+        now_ms: i64,
+    },
+    /// `ferry rerun`: a new run of `source`'s pipeline and code that keeps the
+    /// outputs of its successful steps (by reference) and runs again from `from`
+    /// (a step, or a sweep by its name) or else from the steps that did not
+    /// succeed.
+    RerunRun {
+        source: RunId,
+        from: Option<String>,
+        submitter: String,
+        #[serde(default)]
+        request_id: Option<String>,
+        now_ms: i64,
+    },
+    CreateSchedule {
+        schedule: Schedule,
+        now_ms: i64,
+    },
+    /// Pause or resume a schedule; a resumed schedule does not fire for the
+    /// ticks it missed while paused.
+    PauseSchedule {
+        name: String,
+        paused: bool,
+        now_ms: i64,
+    },
+    DeleteSchedule {
+        name: String,
+        now_ms: i64,
+    },
+    /// The leader saw tick `tick_ms` of a schedule come (and `missed` earlier
+    /// ticks go by without firing, e.g. while the cluster was down): starts one
+    /// run for it, unless this tick or a later one already fired.
+    FireSchedule {
+        name: String,
+        tick_ms: i64,
+        missed: u64,
+        now_ms: i64,
+    },
+    /// `ferry artifacts pin`: keeps an artifact through `ferry gc`.
+    PinArtifact {
+        tag: String,
+        digest: String,
+        owner: String,
+        now_ms: i64,
+    },
+    UnpinArtifact {
+        tag: String,
+        now_ms: i64,
+    },
+    /// `ferry gc --keep-last N`: the logs and artifacts of finished runs beyond
+    /// the newest `keep_last` of each pipeline are deleted (see [`gc_plan`](super::gc_plan)).
+    /// Blobs written within `grace_ms` before `now_ms` are kept for a later
+    /// collection (absent from entries made before it existed: 0).
+    Collect {
+        keep_last: u32,
+        now_ms: i64,
+        #[serde(default)]
+        grace_ms: u64,
+    },
+    RegisterWorker {
+        worker: Worker,
+        /// Attempts the worker still runs or has not yet reported.
+        running: Vec<AttemptKey>,
+        now_ms: i64,
+    },
+    Assign {
+        placements: Vec<Placement>,
+        now_ms: i64,
+    },
+    StepStarted {
+        key: AttemptKey,
+        worker: String,
+        now_ms: i64,
+    },
+    StepFinished {
+        key: AttemptKey,
+        worker: String,
+        report: AttemptReport,
+        now_ms: i64,
+    },
+    CancelRun {
+        run: RunId,
+        now_ms: i64,
+    },
+    /// An operator's `ferry workers cordon|drain|uncordon`.
+    SetWorkerMode {
+        worker: String,
+        mode: WorkerMode,
+        now_ms: i64,
+    },
+    /// The leader saw no heartbeat from the worker's session `session` within the
+    /// lease: its attempts end as lost (and are retried elsewhere). Ignored if the
+    /// worker registered a new session since.
+    WorkerLost {
+        worker: String,
+        session: String,
+        reason: String,
+        now_ms: i64,
+    },
+    /// The run has been running longer than its pipeline's `timeout`.
+    TimeOutRun {
+        run: RunId,
+        now_ms: i64,
+    },
+}
+
+/// How a run is submitted, beside its pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SubmitOptions {
+    /// `ferry run --no-cache`.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Per step with `cache.paths`: the digest of those files in the bundle.
+    #[serde(default)]
+    pub code_digests: BTreeMap<String, String>,
+}
