@@ -8,9 +8,9 @@ use serde_yaml::Value;
 use super::checker::Checker;
 use super::locate::{Locator, Pos};
 use super::names::{env_var_name, is_input_name};
+use super::partial::Partial;
 use super::paths::normalize_output;
 use super::raw::RawStep;
-use super::step::Partial;
 use super::suggest::{did_you_mean, suggest};
 use super::types::Input;
 

@@ -28,11 +28,13 @@
 
 mod cache;
 mod checker;
+mod expand;
 mod gather;
 mod graph;
 mod locate;
 mod matrix;
 mod names;
+mod partial;
 mod paths;
 mod pipeline;
 mod raw;

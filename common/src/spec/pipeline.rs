@@ -8,15 +8,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_yaml::Value;
 
 use super::checker::{Checker, check_duration};
+use super::expand::{Links, check_expanded_size, check_step_total, expand_step, trial_name};
 use super::gather::check_gathers;
 use super::graph::{StepNames, resolve_references, topological_order};
 use super::locate::{Locator, strip_comment};
-use super::matrix::{Links, check_expanded_size, check_step_total, expand_step, trial_name};
 use super::names::{
     describe_name_rule, env_var_name, is_param_name, is_pipeline_name, is_step_name,
 };
+use super::partial::Partial;
 use super::raw::{RawPipeline, describe_value, kind_of, positive_u32, scalar_text};
-use super::step::{Partial, check_step};
+use super::step::check_step;
 use super::suggest::suggest;
 use super::types::{Diagnostic, Gather, Pipeline, SpecError};
 use super::{DEFAULT_PROJECT, PRIORITY_RANGE};

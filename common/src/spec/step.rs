@@ -10,41 +10,19 @@ use serde_yaml::Value;
 use super::cache::check_cache;
 use super::checker::{Checker, StepContext, check_duration};
 use super::gather::check_gather_item;
-use super::matrix::{Matrix, check_matrix, matrix_keys};
+use super::matrix::{check_matrix, matrix_keys};
 use super::names::is_param_name;
+use super::partial::Partial;
 use super::paths::normalize_output;
 use super::raw::{RawStep, describe_value, kind_of, positive_u32, scalar_text};
 use super::suggest::{did_you_mean, suggest};
 use super::template::{Scope, StepText, Template};
-use super::types::{CacheSpec, Gather, GpuConstraint, Resources};
+use super::types::{GpuConstraint, Resources};
 use super::units::{format_duration_ms, parse_cpu_millis, parse_memory_bytes};
 use super::{
     DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, DEFAULT_RETRY_BACKOFF_MS, MAX_RETRIES,
     MAX_RETRY_BACKOFF_MS, MAX_SELECTOR_LABELS,
 };
-
-/// What one step resolves to on its own, before looking at other steps.
-pub(super) struct Partial {
-    pub(super) name: String,
-    /// Parameters substituted; matrix values still to fill in per trial.
-    pub(super) command: Vec<Template>,
-    pub(super) outputs: Vec<String>,
-    pub(super) env: BTreeMap<String, Template>,
-    pub(super) resources: Resources,
-    pub(super) retries: u32,
-    pub(super) timeout_ms: Option<u64>,
-    pub(super) gpu: GpuConstraint,
-    pub(super) node_selector: BTreeMap<String, String>,
-    pub(super) retry_backoff_ms: u64,
-    /// Named in the step's texts or listed under its `params`; sorted.
-    pub(super) params: Vec<String>,
-    pub(super) cache: CacheSpec,
-    /// `None` for a plain step, and for a step whose matrix is invalid.
-    pub(super) matrix: Option<Matrix>,
-    pub(super) max_parallel: Option<u32>,
-    /// As written: the gathered steps are checked against the others later.
-    pub(super) gather: Vec<Gather>,
-}
 
 /// Checks everything about one step that does not involve other steps.
 pub(super) fn check_step(
