@@ -1,9 +1,12 @@
-//! The shared harness of Ferry's integration tests: it finds the built binaries,
-//! makes a CA and certificates at run time with `ferry certs`, picks free ports on
-//! 127.0.0.1, starts real coordinator and worker processes, runs the `ferry` CLI
+//! The shared harness of Ferry's integration tests: it finds the built binaries
+//! (refusing stale ones, `binaries`), makes a CA and certificates at run time with
+//! `ferry certs`, hands out ports on 127.0.0.1 that nothing else can take
+//! (`ports`), starts real coordinator and worker processes, runs the `ferry` CLI
 //! against them, and kills everything it started when dropped.
 
+mod binaries;
 pub mod linearizability;
+mod ports;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,36 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// The directory holding the workspace's built binaries (`target/debug`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/integration-xxxx → target/debug; target/release/ferry-bench
-    // → target/release.
-    let dir = exe.parent().expect("executable directory");
-    if dir.file_name().is_some_and(|name| name == "deps") {
-        dir.parent().expect("target directory").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        path.display()
-    );
-    path
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use binaries::{bin, bin_dir};
+pub use ports::free_port;
 
 /// Polls `check` until it returns `Some`, at most `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -216,23 +191,33 @@ pub struct Cluster {
 pub const CLIENT: &str = "alice";
 
 impl Drop for Cluster {
-    /// A failing test shows the end of every coordinator's log.
+    /// A failing test shows the end of every coordinator's and every worker's log.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
         for slot in &self.coordinators {
-            let log = self.member_log(slot.id);
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "---- coordinator {} (last {} lines) ----\n{}",
-                slot.id,
-                tail.len(),
-                tail.join("\n")
+            print_log_tail(
+                &format!("coordinator {}", slot.id),
+                &self.member_log(slot.id),
             );
         }
+        for (name, worker) in &self.workers {
+            print_log_tail(&format!("worker {name}"), &worker.log_text());
+        }
     }
+}
+
+/// Prints the last lines of a daemon's log to stderr, under a title naming it.
+fn print_log_tail(title: &str, log: &str) {
+    const LINES: usize = 40;
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    eprintln!(
+        "---- {title} (last {} lines) ----\n{}",
+        tail.len(),
+        tail.join("\n")
+    );
 }
 
 impl Cluster {

@@ -405,23 +405,34 @@ steps:
 fn logs_follow_streams_live_and_ends_with_the_run() {
     let cluster = cluster_with_worker();
     let dir = cluster.path("slow");
+    // The step prints half its lines, then waits for the test to open the gate,
+    // so it certainly still runs while the test looks at the follower.
     let pipeline = write_pipeline(
         &dir,
         r#"name: slow
+params:
+  gate: ""
 steps:
   - name: slow
-    shell: "for i in 0 1 2 3 4 5 6 7; do echo slow-$i; sleep 0.4; done"
+    params: [gate]
+    shell: |
+      for i in 0 1 2 3; do echo slow-$i; sleep 0.4; done
+      n=0
+      while [ ! -e "$FERRY_PARAM_GATE" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+      for i in 4 5 6 7; do echo slow-$i; sleep 0.4; done
 "#,
         &[],
     );
-    let run = cluster.submit(&pipeline, &[]);
+    let gate = cluster.path("gate");
+    let gate_param = format!("gate={}", gate.display());
+    let run = cluster.submit(&pipeline, &["--param", &gate_param]);
     cluster.wait_step(run, "slow", "running", Duration::from_secs(30));
     let out = cluster.path("follow.out");
     let mut follower = spawn_ferry(&cluster, &["logs", &run.to_string(), "-f"], &out);
 
     // Lines arrive while the step still runs, and the follower keeps waiting.
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the first line to be followed",
         || {
             std::fs::read_to_string(&out)
@@ -430,11 +441,17 @@ steps:
                 .then_some(())
         },
     );
+    assert_eq!(
+        step_of(&cluster.status(run), "slow")["state"],
+        "running",
+        "the gate holds the step"
+    );
     assert!(
         follower.try_wait().expect("try_wait").is_none(),
         "logs -f exited while the step was still running"
     );
 
+    std::fs::write(&gate, "go").expect("open the gate");
     let status = cluster.wait_run(run, Duration::from_secs(30));
     assert_eq!(status["state"], "succeeded", "{status:#}");
     let exit = wait_for(Duration::from_secs(10), "logs -f to exit by itself", || {

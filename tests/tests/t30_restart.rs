@@ -62,7 +62,9 @@ fn run_entry(cluster: &Cluster, run: u64) -> Value {
 /// coordinator is SIGKILLed while step `two` runs and started again on the same
 /// port and data directory: right away (`two` still runs when the worker
 /// reconnects), or only once `two` has ended on the worker (its output upload and
-/// its report wait out the outage). `two` prints before it sleeps, so nothing of
+/// its report wait out the outage). `two` runs until the test opens a gate (after
+/// the worker has reconnected, or during the outage), so when it ends does not
+/// depend on how fast this machine is. It prints before it waits, so nothing of
 /// it is left to ship when it ends: its upload is the first thing to meet the
 /// outage.
 fn coordinator_killed_mid_run(restart_after_step_ended: bool) {
@@ -73,13 +75,20 @@ fn coordinator_killed_mid_run(restart_after_step_ended: bool) {
         &cluster.path("chain"),
         &format!(
             r#"name: chain
+params:
+  gate: ""
 steps:
   - name: one
     shell: "sleep 1; echo one > a.txt; echo one done"
     outputs: [a.txt]
   - name: two
     inputs: {{a: one/a.txt}}
-    shell: "echo two done; sleep 3; cat \"$FERRY_INPUT_A\" > b.txt; echo two >> b.txt # {mark}"
+    params: [gate]
+    shell: |
+      echo two done
+      n=0
+      while [ ! -e "$FERRY_PARAM_GATE" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+      cat "$FERRY_INPUT_A" > b.txt; echo two >> b.txt # {mark}
     outputs: [b.txt]
   - name: three
     inputs: {{b: two/b.txt}}
@@ -89,7 +98,9 @@ steps:
         ),
         &[],
     );
-    let run = cluster.submit(&pipeline, &[]);
+    let gate = cluster.path("gate");
+    let gate_param = format!("gate={}", gate.display());
+    let run = cluster.submit(&pipeline, &["--param", &gate_param]);
     let two = cluster.wait_step(run, "two", "running", Duration::from_secs(30));
     assert_eq!(two["attempt"], 1, "{two:#}");
     let one = step_of(&cluster.status(run), "one").clone();
@@ -98,6 +109,7 @@ steps:
     let down = cluster.ferry(&["runs"]);
     assert!(!down.success(), "the coordinator is down: {down:?}");
     if restart_after_step_ended {
+        std::fs::write(&gate, "go").expect("open the gate");
         wait_for(
             Duration::from_secs(20),
             "step two to end on the worker during the outage",
@@ -113,6 +125,13 @@ steps:
     cluster.start_coordinator();
     // The very same worker process reconnects by itself.
     cluster.wait_worker_connected("w1");
+    if !restart_after_step_ended {
+        assert!(
+            process_with_marker_exists(&mark),
+            "step two still runs on the worker after it reconnected"
+        );
+        std::fs::write(&gate, "go").expect("open the gate");
+    }
     let status = cluster.wait_run(run, Duration::from_secs(60));
     assert_eq!(status["state"], "succeeded", "{status:#}");
     for name in ["one", "two", "three"] {

@@ -104,13 +104,21 @@ fn killing_the_leader_mid_run_loses_no_acknowledged_write_and_runs_no_step_twice
     let mut cluster = Cluster::start_replicated(3, "");
     cluster.add_worker("worker-a", "");
     cluster.add_worker("worker-b", "");
+    // `slow` runs until the test opens its gate, once a new leader is elected:
+    // it certainly runs across the failover, however slow this machine is.
     let pipeline = write_pipeline(
         &cluster.path("pipeline"),
         r#"
 name: survive
+params:
+  gate: ""
 steps:
   - name: slow
-    command: ["sh", "-c", "sleep 3; echo trained > model.txt"]
+    params: [gate]
+    shell: |
+      n=0
+      while [ ! -e "$FERRY_PARAM_GATE" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+      echo trained > model.txt
     outputs: [model.txt]
   - name: after
     command: ["sh", "-c", "cat inputs/model/model.txt > copy.txt"]
@@ -121,7 +129,9 @@ steps:
         &[],
     );
     let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
-    let run = cluster.submit(&pipeline, &[]);
+    let gate = cluster.path("gate");
+    let gate_param = format!("gate={}", gate.display());
+    let run = cluster.submit(&pipeline, &["--param", &gate_param]);
     cluster.wait_step(run, "slow", "running", Duration::from_secs(30));
     let cluster = Arc::new(cluster);
     let submitter = Submitter::start(&cluster, hello);
@@ -151,6 +161,12 @@ steps:
         let new_leader = status["leader_id"].as_u64()?;
         (new_leader != 0 && new_leader != leader).then_some(())
     });
+    assert_eq!(
+        step_of(&cluster.status(run), "slow")["state"],
+        "running",
+        "the gate holds the step across the failover"
+    );
+    std::fs::write(&gate, "go").expect("open the gate");
 
     let status = cluster.wait_run(run, Duration::from_secs(60));
     assert_eq!(status["state"], "succeeded", "{status:#}");
@@ -197,11 +213,17 @@ fn a_restarted_follower_catches_up_through_a_snapshot() {
     for _ in 0..20 {
         submitted.insert(cluster.submit(&hello, &[]));
     }
-    assert!(
-        cluster
-            .member_log(leader)
-            .contains("log compacted into a snapshot"),
-        "the leader compacted its log"
+    // The leader compacts in the background after applying: wait for it, so
+    // that the follower, far behind, can only catch up through a snapshot.
+    wait_for(
+        Duration::from_secs(30),
+        "the leader to compact its log",
+        || {
+            cluster
+                .member_log(leader)
+                .contains("log compacted into a snapshot")
+                .then_some(())
+        },
     );
     cluster.spawn_coordinator(follower, false);
     let caught_up = wait_for(Duration::from_secs(30), "the follower to catch up", || {
@@ -484,9 +506,31 @@ fn concurrent_clients_see_a_linearizable_history_across_leader_kills() {
             })
         })
         .collect();
+    // Before each kill and after the last one, the clients get two more
+    // submissions acknowledged: waiting for that rather than for a fixed time,
+    // which a slow machine may fill with nothing, is what makes the history
+    // long enough to mean something.
+    let acknowledged = || {
+        history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|op: &&Operation<RunOp, u64>| {
+                matches!(op.input, RunOp::Submit) && op.returned.is_some()
+            })
+            .count()
+    };
+    let two_more_writes = || {
+        let target = acknowledged() + 2;
+        wait_for(
+            Duration::from_secs(60),
+            "two more acknowledged submissions",
+            || (acknowledged() >= target).then_some(()),
+        );
+    };
     let mut killed = Vec::new();
     for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(1500));
+        two_more_writes();
         let leader = wait_for(Duration::from_secs(15), "a live leader", || {
             let leader = cluster.cluster_status()?["leader_id"].as_u64()?;
             (leader != 0 && !killed.contains(&leader)).then_some(leader)
@@ -494,7 +538,7 @@ fn concurrent_clients_see_a_linearizable_history_across_leader_kills() {
         cluster.signal_member(leader, nix::sys::signal::Signal::SIGKILL);
         killed.push(leader);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    two_more_writes();
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().expect("client thread");

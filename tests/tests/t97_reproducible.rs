@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_tests::{Cluster, step_of, wait_for, write_pipeline};
 use serde_json::Value;
@@ -515,9 +515,12 @@ steps:
 
 #[test]
 fn gc_deletes_old_runs_artifacts_but_keeps_pinned_and_referenced_ones() {
-    // A grace period of 8 s: the first collection keeps the blob it plans to
-    // delete (seconds old), a collection after the grace period deletes it.
-    const GRACE: Duration = Duration::from_secs(8);
+    // The first collection comes seconds after the blob it plans to delete was
+    // written, well within a grace period of 30 s (checked below): it keeps the
+    // blob. A later collection, made only once the blob is certainly older than
+    // the grace period, deletes it. No assertion rests on a window that a slow
+    // machine could miss.
+    const GRACE: Duration = Duration::from_secs(30);
     let mut cluster = Cluster::start_replicated(
         1,
         &format!("[retention]\ngrace_ms = {}\n", GRACE.as_millis()),
@@ -587,44 +590,54 @@ steps:
             .join(digest)
     };
     let collected = digest_of(runs[1]);
+    // The coordinator judges a blob's age by its file's modification time.
     let written = std::fs::metadata(blob_file(&collected))
         .and_then(|m| m.modified())
         .unwrap();
     let gc = cluster.ferry(&["gc", "--keep-last", "1"]);
     assert!(gc.success(), "{gc:?}");
+    // The blob was at most this old when the coordinator looked at it.
+    let age_at_collection = written.elapsed().unwrap();
+    assert!(
+        age_at_collection + Duration::from_secs(1) < GRACE,
+        "this machine took {age_at_collection:?} from writing the blob to collecting it, \
+         too close to the grace period of {GRACE:?} for the test to mean anything"
+    );
     // Runs 1 and 2 collected; run 1's artifact is pinned, run 2's (100 kB) is
-    // within the grace period: kept for now (unless this machine was so slow
-    // that the period is over already).
+    // within the grace period: kept for now.
     assert!(gc.stdout.contains("collected 2 runs"), "{}", gc.stdout);
-    if written.elapsed().unwrap() < GRACE - Duration::from_secs(2) {
-        assert!(gc.stdout.contains("deleted 0 blobs"), "{}", gc.stdout);
-        assert!(
-            gc.stdout
-                .contains("kept 1 blob (97.7 KiB) written in the last 8s"),
-            "{}",
-            gc.stdout
-        );
-        assert!(blob_file(&collected).exists(), "kept by the grace period");
-        std::thread::sleep(
-            GRACE.saturating_sub(written.elapsed().unwrap()) + Duration::from_millis(200),
-        );
-        // The first collection after the grace period deletes it.
-        let later = cluster.ferry(&["gc", "--keep-last", "1"]);
-        assert!(later.success(), "{later:?}");
-        assert!(
-            later.stdout.contains("collected 0 runs"),
-            "{}",
-            later.stdout
-        );
-        assert!(later.stdout.contains("deleted 1 blob"), "{}", later.stdout);
-        assert!(
-            later.stdout.contains("97.7 KiB reclaimed"),
-            "{}",
-            later.stdout
-        );
-    } else {
-        assert!(gc.stdout.contains("deleted 1 blob"), "{}", gc.stdout);
-    }
+    assert!(gc.stdout.contains("deleted 0 blobs"), "{}", gc.stdout);
+    assert!(
+        gc.stdout.contains(&format!(
+            "kept 1 blob (97.7 KiB) written in the last {}s",
+            GRACE.as_secs()
+        )),
+        "{}",
+        gc.stdout
+    );
+    assert!(blob_file(&collected).exists(), "kept by the grace period");
+    // The first collection after the grace period deletes it. "After" with a
+    // margin: the coordinator compares whole milliseconds, and a file's
+    // modification time comes from a coarser clock than the one read here.
+    let old_enough = written + GRACE + Duration::from_millis(100);
+    wait_for(
+        GRACE + Duration::from_secs(10),
+        "the blob to be older than the grace period",
+        || (std::time::SystemTime::now() > old_enough).then_some(()),
+    );
+    let later = cluster.ferry(&["gc", "--keep-last", "1"]);
+    assert!(later.success(), "{later:?}");
+    assert!(
+        later.stdout.contains("collected 0 runs"),
+        "{}",
+        later.stdout
+    );
+    assert!(later.stdout.contains("deleted 1 blob"), "{}", later.stdout);
+    assert!(
+        later.stdout.contains("97.7 KiB reclaimed"),
+        "{}",
+        later.stdout
+    );
     wait_for(Duration::from_secs(10), "the blob to be deleted", || {
         (!blob_file(&collected).exists()).then_some(())
     });
@@ -738,7 +751,6 @@ fn a_schedule_fires_once_per_tick_across_a_leader_kill() {
     });
     let leader = cluster.leader(Duration::from_secs(10));
     cluster.kill_member(leader);
-    let killed_at = Instant::now();
     let before = scheduled(&cluster).len();
     wait_for(Duration::from_secs(40), "three more scheduled runs", || {
         (scheduled(&cluster).len() >= before + 3).then_some(())
@@ -770,5 +782,4 @@ fn a_schedule_fires_once_per_tick_across_a_leader_kill() {
         span == ticks.len() as i64 + missed || span >= ticks.len() as i64,
         "{ticks:?} missed {missed}"
     );
-    assert!(killed_at.elapsed() < Duration::from_secs(60));
 }
