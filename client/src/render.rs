@@ -67,12 +67,7 @@ pub fn ago(timestamp_ms: i64, now_ms: i64) -> String {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use ferry_common::time::now_ms;
 
 /// A Unix timestamp in milliseconds as a UTC date and time, `2026-11-25 10:00:00Z`
 /// (whole seconds; the proleptic Gregorian calendar, so no crate is needed).

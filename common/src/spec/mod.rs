@@ -84,5 +84,11 @@ pub const MAX_TRIALS_PER_STEP: usize = 1000;
 /// Most steps a pipeline may have once every `matrix:` step is expanded.
 pub const MAX_STEPS: usize = 5000;
 /// Longest metric name (in bytes) that `gather` may pick the best trial by; the
-/// same bound applies to the metrics steps report.
+/// same bound applies to the metrics steps report (the worker skips longer names,
+/// the coordinator refuses a report with one).
 pub const MAX_METRIC_NAME_LEN: usize = 128;
+/// Most metric values kept per attempt: the worker keeps the first ones and the
+/// last of each name, the coordinator refuses a report with more.
+pub const MAX_METRICS_PER_ATTEMPT: usize = 10_000;
+/// Most bytes of a step's `FERRY_METRICS` file the worker reads.
+pub const MAX_METRICS_FILE_BYTES: u64 = 4 * 1024 * 1024;

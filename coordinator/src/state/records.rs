@@ -171,9 +171,8 @@ impl PartialEq for MetricPoint {
 
 impl Eq for MetricPoint {}
 
-/// Most metric values kept per attempt, and the longest metric name.
-pub const MAX_METRICS_PER_ATTEMPT: usize = 10_000;
-pub const MAX_METRIC_NAME_LEN: usize = 128;
+/// The bounds on an attempt's metrics, defined once with the spec.
+pub use ferry_common::spec::{MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT};
 
 /// CPU time and peak memory of an attempt's processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

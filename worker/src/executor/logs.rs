@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::proto;
+use ferry_common::time::now_ms;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -61,13 +62,6 @@ pub(super) async fn read_lines(
             .to_string();
         let _ = lines.send((stream, text)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Batches log lines with sequence numbers and pushes them; past `max_bytes` the

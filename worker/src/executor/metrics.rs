@@ -7,10 +7,12 @@ use std::path::Path;
 use ferry_common::proto;
 use tokio::io::AsyncReadExt;
 
-/// Most bytes of a metrics file read, and most values kept per attempt.
-const MAX_METRICS_BYTES: u64 = 4 * 1024 * 1024;
-const MAX_METRICS: usize = 10_000;
-const MAX_METRIC_NAME: usize = 128;
+/// Most bytes of a metrics file read, most values kept per attempt and the
+/// longest name: the bounds the coordinator checks, defined once with the spec.
+use ferry_common::spec::{
+    MAX_METRIC_NAME_LEN as MAX_METRIC_NAME, MAX_METRICS_FILE_BYTES as MAX_METRICS_BYTES,
+    MAX_METRICS_PER_ATTEMPT as MAX_METRICS,
+};
 
 /// One line of a `FERRY_METRICS` file.
 #[derive(serde::Deserialize)]
