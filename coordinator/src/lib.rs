@@ -170,7 +170,7 @@ impl Coordinator {
         let mut main_server =
             tonic::transport::Server::builder().tls_config(self.tls.server_config())?;
         let main_router = main_server.add_service(control).add_service(agent);
-        let (main_router, peer_server) = match self.peer_listener {
+        let (main_router, mut peer_server) = match self.peer_listener {
             Some(listener) => {
                 let server = tonic::transport::Server::builder()
                     .tls_config(self.tls.server_config())?
@@ -183,17 +183,27 @@ impl Coordinator {
             }
             None => (main_router.add_service(peer), None),
         };
-        let main = tokio::spawn(main_router.serve_with_incoming_shutdown(
+        let mut main = tokio::spawn(main_router.serve_with_incoming_shutdown(
             no_delay(self.listener),
             until_stopped(servers_shutdown),
         ));
         let mut stopped = node.subscribe_stop();
+        // A server that ends by itself is a death like any other task's: the
+        // member stops (fail-stop) instead of running Raft with nobody to serve.
+        let peer_ended = async {
+            match &mut peer_server {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
         let failure = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
                 node.step_down().await;
                 None
             }
             reason = stopped.wait_for(|r| r.is_some()) => reason.ok().and_then(|r| r.clone()),
+            ended = &mut main => Some(server_death("client and worker", ended)),
+            ended = peer_ended => Some(server_death("peer", ended)),
         };
         let _ = stop_servers.send(true);
         let _ = stop_tasks.send(true);
@@ -212,6 +222,20 @@ impl Coordinator {
             None => Ok(()),
         }
     }
+}
+
+/// Why a server task ended before the coordinator asked it to.
+fn server_death(
+    which: &str,
+    ended: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> String {
+    let detail = match ended {
+        Ok(Ok(())) => "it returned".to_string(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    tracing::error!(server = which, %detail, "a gRPC server stopped by itself; stopping this member");
+    format!("the {which} server stopped by itself: {detail}")
 }
 
 /// Accepted connections with Nagle's algorithm off: a server given its own

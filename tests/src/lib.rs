@@ -186,6 +186,9 @@ pub struct Cluster {
     pub workers: BTreeMap<String, Daemon>,
     /// Extra lines for every coordinator's configuration (e.g. `[raft]` settings).
     pub coordinator_extra: String,
+    /// Extra environment for coordinators started from now on, by member id (e.g.
+    /// `FERRY_FAULTS` to arm fault points).
+    pub coordinator_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 pub const CLIENT: &str = "alice";
@@ -247,6 +250,7 @@ impl Cluster {
                 .collect(),
             workers: BTreeMap::new(),
             coordinator_extra: extra.to_string(),
+            coordinator_env: BTreeMap::new(),
         };
         for id in 1..=members {
             cluster.spawn_coordinator(id, false);
@@ -311,11 +315,14 @@ impl Cluster {
             .root
             .path()
             .join(format!("coordinator-{id}-{}.log", slot.starts));
+        let env = self.coordinator_env.get(&id).cloned().unwrap_or_default();
+        let slot = &mut self.coordinators[index];
         let child = Command::new(bin("ferry-coordinator"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -418,6 +425,14 @@ impl Cluster {
             Some(daemon) => matches!(daemon.child.try_wait(), Ok(Some(_))),
             None => true,
         }
+    }
+
+    /// How member `id`'s process ended, once it has (None while it runs or when
+    /// it was never started).
+    pub fn member_exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let index = self.index_of(id);
+        let daemon = self.coordinators[index].daemon.as_mut()?;
+        daemon.child.try_wait().ok().flatten()
     }
 
     /// `ferry runs --output json` (linearizable unless `stale`) at member `id`, or

@@ -3,6 +3,8 @@
 //! (`cargo build --workspace`); the harness is in `tests/src/lib.rs`.
 
 mod t10_iris;
+mod t15_failstop;
+mod t16_worker_failstop;
 mod t20_failures;
 mod t30_restart;
 mod t40_security;

@@ -320,7 +320,10 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                 }
                 Some(event) = feedback.recv() => self.handle_feedback(event),
             }
-            ferry_common::faults::point("raft.loop");
+            // Test builds only: a Raft loop that dies, or ends by itself.
+            if ferry_common::faults::should_return("coordinator.raft") {
+                break Ok(DriverExit::Shutdown);
+            }
             if let Err(error) = self.process_ready().await {
                 break Err(error);
             }

@@ -25,9 +25,18 @@ pub(super) async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiv
     let mut role = node.subscribe_role();
     let mut leading = false;
     loop {
-        tokio::select! {
+        if ferry_common::faults::should_return("coordinator.leadership") {
+            return;
+        }
+        let role_ended = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
-            changed = role.changed() => if changed.is_err() { break },
+            changed = role.changed() => changed.is_err(),
+        };
+        if role_ended {
+            // The Raft loop ended (this member stops serving): wait for the
+            // shutdown that follows, so that this is not taken for a death.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            break;
         }
         let now_leading = role.borrow_and_update().is_leader();
         if leading && !now_leading {
@@ -59,6 +68,9 @@ const MIN_PASS_INTERVAL: Duration = Duration::from_millis(20);
 pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = node.subscribe_state();
     loop {
+        if ferry_common::faults::should_return("coordinator.scheduler") {
+            return;
+        }
         if !node.role().is_leader() {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -144,6 +156,9 @@ const MAX_MISSED_COUNT: u64 = 10_000;
 /// latest of them fires.
 pub(super) async fn cron_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     loop {
+        if ferry_common::faults::should_return("coordinator.cron") {
+            return;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = tokio::time::sleep(CRON_PERIOD) => {}
@@ -189,6 +204,9 @@ pub(super) async fn retention_loop(
 ) {
     let period = Duration::from_millis(node.retention.interval_ms);
     loop {
+        if ferry_common::faults::should_return("coordinator.retention") {
+            return;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = tokio::time::sleep(period) => {}
@@ -219,6 +237,9 @@ pub(super) async fn retention_loop(
 pub(super) async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_millis((node.lease_ms / 5).max(50));
     loop {
+        if ferry_common::faults::should_return("coordinator.leases") {
+            return;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = tokio::time::sleep(period) => {}
