@@ -608,13 +608,17 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::
         std::sync::Mutex<std::collections::HashMap<Vec<u8>, Identity>>,
     > = std::sync::LazyLock::new(Default::default);
     let der: &[u8] = leaf.as_ref();
-    if let Some(identity) = KNOWN.lock().ok().and_then(|known| known.get(der).cloned()) {
+    if let Some(identity) = crate::locks::lock(&KNOWN, "known identities")
+        .get(der)
+        .cloned()
+    {
         return Ok(identity);
     }
     let identity = identity_from_der(der).map_err(|e| {
         tonic::Status::unauthenticated(format!("the client certificate was not accepted: {e}"))
     })?;
-    if let Ok(mut known) = KNOWN.lock() {
+    {
+        let mut known = crate::locks::lock(&KNOWN, "known identities");
         if known.len() >= 4096 {
             known.clear();
         }

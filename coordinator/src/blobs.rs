@@ -68,7 +68,7 @@ impl BlobStore {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
-        if let Some(size) = self.known.lock().expect("known blobs").get(digest) {
+        if let Some(size) = ferry_common::locks::lock(&self.known, "known blobs").get(digest) {
             return Ok(Some(*size));
         }
         let location = location(digest);
@@ -120,7 +120,7 @@ impl BlobStore {
         if !self.written_before(digest, before_ms) {
             return Ok(0);
         }
-        self.known.lock().expect("known blobs").remove(digest);
+        ferry_common::locks::lock(&self.known, "known blobs").remove(digest);
         match self.store.delete(&location(digest)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(size),
             Err(e) => Err(e.into()),
@@ -133,7 +133,7 @@ impl BlobStore {
     }
 
     fn remember(&self, digest: &str, size: u64) {
-        let mut known = self.known.lock().expect("known blobs");
+        let mut known = ferry_common::locks::lock(&self.known, "known blobs");
         if known.len() >= MAX_KNOWN_BLOBS {
             known.clear();
         }

@@ -96,7 +96,7 @@ impl<L: LogStore> DriverLog<L> {
 
     fn prepared(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
         // A panic aborts the process (panic = "abort"), so no holder can poison it.
-        self.prepared.lock().expect("prepared snapshot lock")
+        ferry_common::locks::lock(&self.prepared, "prepared snapshot")
     }
 }
 
@@ -773,7 +773,7 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                 );
                 // The data is at hand: a follower that needs it gets it without
                 // a read of the file.
-                *prepared.lock().expect("prepared snapshot lock") = Some(snapshot);
+                *ferry_common::locks::lock(&prepared, "prepared snapshot") = Some(snapshot);
             }
             let _ = done.send(Background::Compacted(result.map(|()| index)));
         });

@@ -16,7 +16,7 @@
 use std::cmp;
 use std::convert::Infallible;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -194,7 +194,7 @@ fn store_error(error: LogStoreError) -> raft::Error {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    ferry_common::locks::lock(mutex, "raft log")
 }
 
 /// In memory, wrapping raft-rs's `MemStorage`; for unit tests of the driver and as

@@ -69,17 +69,13 @@ impl Transport {
 
     /// Notes that `peer` was heard from just now.
     pub fn heard_from(&self, peer: u64) {
-        self.last_contact
-            .lock()
-            .expect("contact lock")
+        ferry_common::locks::lock(&self.last_contact, "contact")
             .insert(peer, std::time::Instant::now());
     }
 
     /// How long ago `peer` was last heard from.
     pub fn since_contact(&self, peer: u64) -> Option<Duration> {
-        self.last_contact
-            .lock()
-            .expect("contact lock")
+        ferry_common::locks::lock(&self.last_contact, "contact")
             .get(&peer)
             .map(|at| at.elapsed())
     }
@@ -87,7 +83,7 @@ impl Transport {
     /// Opens links to new members, re-opens those whose address changed, and
     /// closes those that left.
     pub fn set_members(&self, peers: &BTreeMap<u64, String>) {
-        let mut links = self.links.lock().expect("links lock");
+        let mut links = ferry_common::locks::lock(&self.links, "links");
         links.retain(|id, link| {
             peers
                 .get(id)
@@ -138,18 +134,14 @@ impl Transport {
 
     /// A client for calls to one peer (forwarding, blobs, status).
     pub fn client(&self, id: u64) -> Option<PeerClient<Channel>> {
-        self.links
-            .lock()
-            .expect("links lock")
+        ferry_common::locks::lock(&self.links, "links")
             .get(&id)
             .map(|link| link.client.clone())
     }
 
     /// Clients for every other member.
     pub fn clients(&self) -> Vec<(u64, PeerClient<Channel>)> {
-        self.links
-            .lock()
-            .expect("links lock")
+        ferry_common::locks::lock(&self.links, "links")
             .iter()
             .map(|(id, link)| (*id, link.client.clone()))
             .collect()
@@ -163,7 +155,7 @@ impl Network for Transport {
         if messages.is_empty() {
             return;
         }
-        let links = self.links.lock().expect("links lock");
+        let links = ferry_common::locks::lock(&self.links, "links");
         for message in messages {
             let to = message.to;
             let delivered = links

@@ -61,9 +61,7 @@ impl ParsedPipelines {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pipeline>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        ferry_common::locks::lock(&self.0, "parsed pipelines")
     }
 }
 
@@ -135,7 +133,7 @@ impl ControlService {
         let mut by_paths: BTreeMap<Vec<String>, String> = BTreeMap::new();
         let mut missing = Vec::new();
         {
-            let memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            let memo = ferry_common::locks::lock(&self.code_memo, "submit");
             for paths in wanted {
                 match memo.get(&(bundle_digest.to_string(), paths.clone())) {
                     Some(digest) => {
@@ -166,7 +164,7 @@ impl ControlService {
             })
             .await
             .map_err(|e| Status::internal(format!("reading the code bundle failed: {e}")))?;
-            let mut memo = self.code_memo.lock().unwrap_or_else(|p| p.into_inner());
+            let mut memo = ferry_common::locks::lock(&self.code_memo, "submit");
             if memo.len() >= 1024 {
                 memo.clear();
             }
