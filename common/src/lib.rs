@@ -15,12 +15,14 @@ pub mod proto {
 pub mod bundle;
 pub mod channel;
 pub mod config_file;
-pub mod cron;
 pub mod digest;
 pub mod faults;
 pub mod locks;
 pub mod pki;
 pub mod signals;
-pub mod spec;
+/// The pipeline spec, a crate of its own (pure: no IO, no async).
+pub use ferry_spec as spec;
+/// Cron expressions, with the spec.
+pub use ferry_spec::cron;
 pub mod tasks;
 pub mod time;

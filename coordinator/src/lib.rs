@@ -12,11 +12,12 @@ pub mod blobs;
 pub mod config;
 pub mod consensus;
 pub mod node;
-pub mod query;
 pub mod replication;
-pub mod scheduler;
-pub mod state;
 pub mod store;
+
+/// The pure core, a crate of its own: `crate::state`, `crate::scheduler` and
+/// `crate::query` are its modules.
+pub use ferry_coordinator_core::{query, scheduler, state};
 
 use std::net::SocketAddr;
 

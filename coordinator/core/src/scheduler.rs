@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use ferry_common::spec::Resources;
+use ferry_spec::Resources;
 
 use crate::state::{Placement, RunId, State};
 
@@ -520,10 +520,10 @@ pub fn format_cpu(millis: u64) -> String {
     }
 }
 
-pub use ferry_common::spec::format_bytes;
+pub use ferry_spec::format_bytes;
 
 /// What a step's spec asks of its GPUs, as the scheduler matches it.
-pub fn gpu_need(spec: &ferry_common::spec::Step) -> GpuNeed {
+pub fn gpu_need(spec: &ferry_spec::Step) -> GpuNeed {
     GpuNeed {
         model: spec.gpu.model.clone(),
         min_memory_bytes: spec.gpu.min_memory_bytes,
@@ -639,7 +639,7 @@ impl<'a> RoomInRun<'a> {
     }
 
     /// Whether the step may join the queue; counts it if so.
-    fn take(&mut self, spec: &ferry_common::spec::Step) -> bool {
+    fn take(&mut self, spec: &ferry_spec::Step) -> bool {
         let sweep = spec.trial.as_ref().map(|t| t.of.as_str());
         let sweep_room = sweep.and_then(|s| self.sweeps.get(s).copied());
         if self.run == Some(0) || sweep_room == Some(0) {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ferry_common::spec::{Pipeline, format_duration_ms};
+use ferry_spec::{Pipeline, format_duration_ms};
 
 use super::{
     AttemptKey, AttemptOutcome, Outcome, Run, RunId, RunState, State, StateError, StepRecord,

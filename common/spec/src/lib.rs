@@ -1,4 +1,9 @@
-//! Pipeline specs: parsing, validation and resolution.
+//! Pipeline specs: parsing, validation and resolution; and `cron`, the schedule
+//! expressions a pipeline can be run on.
+//!
+//! A crate of its own so that the coordinator's pure core (`ferry-coordinator-core`)
+//! can use it without pulling in any IO or async dependency: the compiler keeps
+//! this crate pure. `ferry_common::spec` and `ferry_common::cron` re-export it.
 //!
 //! A pipeline is written in YAML (see [`parse_pipeline`]) and resolved into a
 //! [`Pipeline`]: parameters substituted, dependencies made explicit, resources
@@ -24,10 +29,13 @@
 //! - `pipeline`: [`parse_pipeline`], which drives the checks below;
 //! - `step`, `matrix`, `cache`, `gather`: the checks of one step (and the
 //!   expansion of a step written with `matrix:` into its trials);
+//! - `partial` and `expand`: a step as checked on its own, and the limits and
+//!   expansion of the whole pipeline into trials;
 //! - `graph`: references between steps, their order and cycles.
 
 mod cache;
 mod checker;
+pub mod cron;
 mod expand;
 mod gather;
 mod graph;

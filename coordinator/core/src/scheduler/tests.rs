@@ -569,7 +569,7 @@ steps:
   - name: other
     command: ["true"]
 "#;
-    let pipeline = ferry_common::spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
+    let pipeline = ferry_spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
     let mut state = State::default();
     state
         .apply(Command::SubmitRun {
@@ -670,7 +670,7 @@ steps:
     gather: [train]
     command: ["pick"]
 "#;
-    let pipeline = ferry_common::spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
+    let pipeline = ferry_spec::parse_pipeline("p.yaml", yaml, &BTreeMap::new()).unwrap();
     let mut state = State::default();
     state
         .apply(Command::SubmitRun {

@@ -282,7 +282,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::spec::{Pipeline, SpecError, parse_pipeline};
+    use crate::{Pipeline, SpecError, parse_pipeline};
 
     fn parse(yaml: &str) -> Result<Pipeline, SpecError> {
         parse_pipeline("pipeline.yaml", yaml, &BTreeMap::new())

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_common::spec::{Pipeline, Resources};
+use ferry_spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
 
 pub type RunId = u64;
@@ -172,7 +172,7 @@ impl PartialEq for MetricPoint {
 impl Eq for MetricPoint {}
 
 /// The bounds on an attempt's metrics, defined once with the spec.
-pub use ferry_common::spec::{MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT};
+pub use ferry_spec::{MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT};
 
 /// CPU time and peak memory of an attempt's processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

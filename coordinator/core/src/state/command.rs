@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_common::spec::Pipeline;
+use ferry_spec::Pipeline;
 use serde::{Deserialize, Serialize};
 
 use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};

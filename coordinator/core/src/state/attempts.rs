@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ferry_common::spec::format_duration_ms;
+use ferry_spec::format_duration_ms;
 
 use super::{
     ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptReport, Outcome, Placement,
@@ -21,7 +21,7 @@ pub fn retry_delay_ms(backoff_ms: u64, retry: u32) -> u64 {
     let doublings = retry.saturating_sub(1).min(32);
     backoff_ms
         .saturating_mul(1u64 << doublings)
-        .min(ferry_common::spec::MAX_RETRY_BACKOFF_MS)
+        .min(ferry_spec::MAX_RETRY_BACKOFF_MS)
 }
 
 impl State {

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_common::spec::{
-    DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, Pipeline, Resources, parse_pipeline,
-};
+use ferry_spec::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, Pipeline, Resources, parse_pipeline};
 
 use super::*;
 
@@ -2272,13 +2270,10 @@ fn retry_delays_double_up_to_the_cap() {
     assert_eq!(retry_delay_ms(1000, 1), 1000);
     assert_eq!(retry_delay_ms(1000, 2), 2000);
     assert_eq!(retry_delay_ms(1000, 4), 8000);
-    assert_eq!(
-        retry_delay_ms(1000, 40),
-        ferry_common::spec::MAX_RETRY_BACKOFF_MS
-    );
-    assert_eq!(ferry_common::spec::format_duration_ms(1500), "1.5s");
-    assert_eq!(ferry_common::spec::format_duration_ms(90_000), "1m30s");
-    assert_eq!(ferry_common::spec::format_duration_ms(5_400_000), "1h30m");
+    assert_eq!(retry_delay_ms(1000, 40), ferry_spec::MAX_RETRY_BACKOFF_MS);
+    assert_eq!(ferry_spec::format_duration_ms(1500), "1.5s");
+    assert_eq!(ferry_spec::format_duration_ms(90_000), "1m30s");
+    assert_eq!(ferry_spec::format_duration_ms(5_400_000), "1h30m");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ferry_common::spec::Pipeline;
+use ferry_spec::Pipeline;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -38,7 +38,7 @@ pub struct CacheEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     pub name: String,
-    /// A cron expression, UTC (checked by `ferry_common::cron` before it gets here).
+    /// A cron expression, UTC (checked by `ferry_spec::cron` before it gets here).
     pub cron: String,
     pub pipeline: Pipeline,
     pub bundle_digest: String,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ferry_common::spec::{Gather, Step};
+use ferry_spec::{Gather, Step};
 use serde::Serialize;
 
 use super::{
