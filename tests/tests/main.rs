@@ -2,6 +2,7 @@
 //! ports picked at run time on 127.0.0.1. Build the workspace first
 //! (`cargo build --workspace`); the harness is in `tests/src/lib.rs`.
 
+mod t05_structure;
 mod t10_iris;
 mod t15_failstop;
 mod t16_worker_failstop;
