@@ -2,10 +2,14 @@
 //! record, schedules ready steps onto workers, and serves the control (clients) and
 //! agent (workers) gRPC services over mutual TLS.
 //!
-//! Code map: [`state`] is the deterministic state machine; [`store`] persists it in
-//! sled with its applied index; [`scheduler`] is pure placement; [`node`] is the
-//! runtime (apply loop, scheduling loop, worker streams); [`blobs`] is the
-//! content-addressed blob store; [`api`] holds the thin tonic services.
+//! Code map: [`state`], [`scheduler`] and [`query`] are the pure core (the crate
+//! `ferry-coordinator-core`, re-exported here); [`consensus`] is Raft around any
+//! state machine (driver, log storage, transport); [`node`] is the runtime that
+//! drives it (authorization, assignments, worker streams, the leader's loops);
+//! [`store`] holds what lives beside the Raft log (live log lines; the snapshot
+//! encoding; the state itself is durable as the log's snapshot plus its entries);
+//! [`blobs`] and [`replication`] keep content-addressed blobs on a majority;
+//! [`api`] holds the thin tonic services.
 
 pub mod api;
 pub mod blobs;
