@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use ferry_common::locks::lock;
 use tokio::sync::watch;
 
 /// What one `/proc/<pid>/stat` says that matters here.
@@ -107,39 +108,44 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts sampling every `period` until `shutdown` turns true.
-    pub fn start(period: Duration, mut shutdown: watch::Receiver<bool>) -> Arc<Monitor> {
+    /// Starts sampling every `period` until `shutdown` turns true, as the
+    /// supervised task "usage-sampler": it must run as long as the worker does,
+    /// since attempts rely on it for their memory limits.
+    pub fn start(period: Duration, shutdown: watch::Receiver<bool>) -> Arc<Monitor> {
         let monitor = Arc::new(Monitor::default());
-        let sampler = monitor.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
-                }
-                let watched: Vec<i32> = sampler
-                    .groups
-                    .lock()
-                    .expect("monitor lock")
-                    .keys()
-                    .copied()
-                    .collect();
-                if watched.is_empty() {
-                    continue;
-                }
-                let totals = tokio::task::spawn_blocking(move || scan(&watched))
-                    .await
-                    .unwrap_or_default();
-                sampler.record(&totals);
-            }
-        });
+        ferry_common::tasks::spawn(
+            "usage-sampler",
+            shutdown.clone(),
+            monitor.clone().sample(period, shutdown),
+        );
         monitor
     }
 
+    /// Samples every `period`; returns only once `shutdown` is true.
+    async fn sample(self: Arc<Self>, period: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if ferry_common::faults::should_return("worker.usage-sampler") {
+                return;
+            }
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let watched: Vec<i32> = lock(&self.groups, "monitor").keys().copied().collect();
+            if watched.is_empty() {
+                continue;
+            }
+            let totals = tokio::task::spawn_blocking(move || scan(&watched))
+                .await
+                .unwrap_or_default();
+            self.record(&totals);
+        }
+    }
+
     fn record(&self, totals: &HashMap<i32, (u64, u64)>) {
-        let mut groups = self.groups.lock().expect("monitor lock");
+        let mut groups = lock(&self.groups, "monitor");
         for (pgid, (rss, ticks)) in totals {
             let Some(watched) = groups.get_mut(pgid) else {
                 continue;
@@ -155,7 +161,7 @@ impl Monitor {
     /// Watches process group `pgid` until the returned handle is dropped.
     pub fn watch(self: &Arc<Self>, pgid: i32, limit_bytes: Option<u64>) -> GroupWatch {
         let (over, receiver) = watch::channel(None);
-        self.groups.lock().expect("monitor lock").insert(
+        lock(&self.groups, "monitor").insert(
             pgid,
             Watched {
                 limit_bytes,
@@ -183,10 +189,7 @@ pub struct GroupWatch {
 impl GroupWatch {
     /// The most memory the group was seen holding, and the most CPU time (ms).
     pub fn peaks(&self) -> (u64, u64) {
-        self.monitor
-            .groups
-            .lock()
-            .expect("monitor lock")
+        lock(&self.monitor.groups, "monitor")
             .get(&self.pgid)
             .map_or((0, 0), |w| (w.peak_bytes, ticks_to_ms(w.cpu_ticks)))
     }
@@ -194,11 +197,7 @@ impl GroupWatch {
 
 impl Drop for GroupWatch {
     fn drop(&mut self) {
-        self.monitor
-            .groups
-            .lock()
-            .expect("monitor lock")
-            .remove(&self.pgid);
+        lock(&self.monitor.groups, "monitor").remove(&self.pgid);
     }
 }
 
@@ -217,6 +216,22 @@ mod tests {
         assert_eq!(stat.rss_pages, 2560);
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1"), None);
+    }
+
+    // The sampler is supervised: ending before the worker stops would be taken for
+    // a death. The clock is paused, so its ticks take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn the_sampler_ends_only_once_the_worker_stops() {
+        let (stop, shutdown) = watch::channel(false);
+        let monitor = Arc::new(Monitor::default());
+        let sampler = tokio::spawn(monitor.sample(Duration::from_millis(250), shutdown));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!sampler.is_finished());
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), sampler)
+            .await
+            .expect("the sampler ends once the worker stops")
+            .unwrap();
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ferry_common::locks::lock;
+
 /// Directories kept per bundle, and in all.
 const POOL_PER_BUNDLE: usize = 64;
 const POOL_TOTAL: usize = 256;
@@ -91,7 +93,7 @@ impl WorkDirs {
     /// A clean directory holding `bundle` unpacked, with its fingerprint, if one is
     /// pooled.
     pub fn take(&self, bundle: &str) -> Option<(PathBuf, Fingerprint)> {
-        let mut clean = self.clean.lock().expect("work dirs lock");
+        let mut clean = lock(&self.clean, "work dirs");
         let pooled = clean.get_mut(bundle)?;
         let taken = pooled.pop();
         if pooled.is_empty() {
@@ -126,7 +128,7 @@ impl WorkDirs {
         if let Some(fingerprint) = fingerprint
             && Fingerprint::of(&dir).ok().flatten().as_ref() == Some(&fingerprint)
         {
-            let mut clean = self.clean.lock().expect("work dirs lock");
+            let mut clean = lock(&self.clean, "work dirs");
             let total: usize = clean.values().map(Vec::len).sum();
             let pooled = clean.entry(bundle.to_string()).or_default();
             if pooled.len() < POOL_PER_BUNDLE && total < POOL_TOTAL {

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_common::channel::{ChannelError, parse_address};
+use ferry_common::locks::lock;
 use ferry_common::pki::TlsMaterial;
 use ferry_common::proto::agent_client::AgentClient;
 use tokio::sync::watch;
@@ -130,11 +131,7 @@ impl Coordinators {
     }
 
     pub fn current(&self) -> CurrentCoordinator {
-        self.choice
-            .lock()
-            .expect("coordinator lock")
-            .current
-            .clone()
+        lock(&self.choice, "coordinator").current.clone()
     }
 
     /// Changes to the generation of the current choice.
@@ -145,7 +142,7 @@ impl Coordinators {
     /// The coordinator of `generation` answered (whatever it said): the backoff
     /// starts over.
     pub fn answered(&self, generation: u64) {
-        let mut choice = self.choice.lock().expect("coordinator lock");
+        let mut choice = lock(&self.choice, "coordinator");
         if choice.current.generation == generation {
             choice.failures = 0;
         }
@@ -155,7 +152,7 @@ impl Coordinators {
     /// moved on from it, switch: to the leader it named, else to the next configured
     /// address. Returns how long to wait before the next try.
     pub fn failed(&self, generation: u64, status: &tonic::Status) -> Duration {
-        let mut choice = self.choice.lock().expect("coordinator lock");
+        let mut choice = lock(&self.choice, "coordinator");
         if choice.current.generation != generation {
             // Another call already switched away from that coordinator.
             return Duration::ZERO;

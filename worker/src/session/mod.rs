@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_common::locks::lock;
 use ferry_common::pki::PkiError;
 use ferry_common::proto::{self, worker_message::Kind};
 use tokio::sync::watch;
@@ -64,9 +65,7 @@ struct Attempts(Arc<Mutex<HashMap<Key, watch::Sender<bool>>>>);
 
 impl Attempts {
     fn refs(&self) -> Vec<proto::AttemptRef> {
-        self.0
-            .lock()
-            .expect("attempts lock")
+        lock(&self.0, "attempts")
             .keys()
             .map(|(run_id, step, attempt)| proto::AttemptRef {
                 run_id: *run_id,
@@ -152,7 +151,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
     }
     tracing::info!("worker stopping; cancelling running attempts");
-    for cancel in attempts.0.lock().expect("attempts lock").values() {
+    for cancel in lock(&attempts.0, "attempts").values() {
         let _ = cancel.send(true);
     }
     while tasks.join_next().await.is_some() {}
@@ -222,7 +221,7 @@ async fn session(
                 match message.kind {
                     Some(Kind::Assign(assignment)) => start(ctx, attempts, tasks, assignment, shutdown.clone()),
                     Some(Kind::Cancel(attempt)) => {
-                        if let Some(cancel) = attempts.0.lock().expect("attempts lock").get(&key_of(&attempt)) {
+                        if let Some(cancel) = lock(&attempts.0, "attempts").get(&key_of(&attempt)) {
                             tracing::info!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "cancel requested");
                             let _ = cancel.send(true);
                         }
@@ -256,7 +255,7 @@ fn start(
     let key = key_of(&attempt);
     let (cancel, cancelled) = watch::channel(false);
     {
-        let mut held = attempts.0.lock().expect("attempts lock");
+        let mut held = lock(&attempts.0, "attempts");
         if held.contains_key(&key) {
             // Sent again after a reconnect: it is already in hand.
             return;
@@ -274,6 +273,6 @@ fn start(
             "attempt ended"
         );
         ctx.reports.deliver(report, shutdown).await;
-        attempts.0.lock().expect("attempts lock").remove(&key);
+        lock(&attempts.0, "attempts").remove(&key);
     });
 }
