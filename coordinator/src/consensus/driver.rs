@@ -70,7 +70,8 @@ pub struct DriverLog<L> {
     log: L,
     /// A fresh snapshot is wanted (for a peer the current one leaves out).
     snapshot_wanted: Arc<AtomicBool>,
-    /// The snapshot with its data, read ahead for followers that need it.
+    /// The snapshot with its data, read for followers that need it (one copy in
+    /// memory, dropped when a newer snapshot replaces it).
     prepared: Arc<Mutex<Option<Snapshot>>>,
     /// The snapshot must be read (nothing is prepared, or an older one is).
     read_wanted: Arc<AtomicBool>,
@@ -95,7 +96,6 @@ impl<L: LogStore> DriverLog<L> {
     }
 
     fn prepared(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
-        // A panic aborts the process (panic = "abort"), so no holder can poison it.
         ferry_common::locks::lock(&self.prepared, "prepared snapshot")
     }
 }
@@ -703,9 +703,11 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
             }
             self.applied = entry.index;
         }
-        let outcomes = self.machine.apply(committed);
-        debug_assert_eq!(outcomes.len(), replies.len());
-        answers.extend(outcomes.into_iter().zip(replies));
+        if !committed.is_empty() {
+            let outcomes = self.machine.apply(committed);
+            debug_assert_eq!(outcomes.len(), replies.len());
+            answers.extend(outcomes.into_iter().zip(replies));
+        }
         if members_changed {
             self.network.set_peers(&self.machine.peers());
         }
@@ -746,7 +748,6 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
         let conf_state: ConfState = self.raw.raft.prs().conf().to_conf_state();
         let image = self.machine.image();
         let (log, done) = (self.log.clone(), self.background.clone());
-        let prepared = self.wanted.prepared.clone();
         self.compacting = Some(index);
         tokio::task::spawn_blocking(move || {
             let began = std::time::Instant::now();
@@ -762,7 +763,7 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
             metadata.index = index;
             metadata.term = term;
             metadata.set_conf_state(conf_state);
-            let result = log.compact(snapshot.clone());
+            let result = log.compact(snapshot);
             if result.is_ok() {
                 tracing::info!(
                     index,
@@ -771,9 +772,6 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                     total_ms = began.elapsed().as_millis() as u64,
                     "log compacted into a snapshot"
                 );
-                // The data is at hand: a follower that needs it gets it without
-                // a read of the file.
-                *ferry_common::locks::lock(&prepared, "prepared snapshot") = Some(snapshot);
             }
             let _ = done.send(Background::Compacted(result.map(|()| index)));
         });
@@ -785,7 +783,12 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
             Background::Compacted(result) => {
                 self.compacting = None;
                 match result {
-                    Ok(index) => self.snapshot_index = self.snapshot_index.max(index),
+                    Ok(index) => {
+                        self.snapshot_index = self.snapshot_index.max(index);
+                        // A copy read for followers is older now: free it; the
+                        // next follower that needs one gets the new one read.
+                        *self.wanted.prepared() = None;
+                    }
                     // The log keeps its entries; the next compaction tries again.
                     // (Refused also when a snapshot from the leader was installed
                     // meanwhile.)
