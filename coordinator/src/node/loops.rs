@@ -14,6 +14,24 @@ use ferry_common::locks::lock;
 
 use super::Node;
 
+/// Waits `period` for a periodic leader loop's next pass: `Some(true)` when this
+/// member leads (run it), `Some(false)` when it does not (skip it), `None` at
+/// shutdown (or when the fault point `fault` says to end, in test builds).
+async fn next_pass(
+    node: &Node,
+    fault: &str,
+    period: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    if ferry_common::faults::should_return(fault) {
+        return None;
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => None,
+        _ = tokio::time::sleep(period) => Some(node.role().is_leader()),
+    }
+}
+
 /// A loop as the supervisor takes it.
 pub(super) type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 use crate::scheduler;
@@ -155,15 +173,9 @@ const MAX_MISSED_COUNT: u64 = 10_000;
 /// failovers; ticks missed while no leader was up are counted, and only the
 /// latest of them fires.
 pub(super) async fn cron_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if ferry_common::faults::should_return("coordinator.cron") {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = tokio::time::sleep(CRON_PERIOD) => {}
-        }
-        if !node.role().is_leader() {
+    while let Some(leading) = next_pass(&node, "coordinator.cron", CRON_PERIOD, &mut shutdown).await
+    {
+        if !leading {
             continue;
         }
         let now = now_ms();
@@ -203,15 +215,9 @@ pub(super) async fn retention_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let period = Duration::from_millis(node.retention.interval_ms);
-    loop {
-        if ferry_common::faults::should_return("coordinator.retention") {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = tokio::time::sleep(period) => {}
-        }
-        if !node.role().is_leader() {
+    while let Some(leading) = next_pass(&node, "coordinator.retention", period, &mut shutdown).await
+    {
+        if !leading {
             continue;
         }
         let command = Command::Collect {
@@ -236,15 +242,8 @@ pub(super) async fn retention_loop(
 
 pub(super) async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_millis((node.lease_ms / 5).max(50));
-    loop {
-        if ferry_common::faults::should_return("coordinator.leases") {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = tokio::time::sleep(period) => {}
-        }
-        if !node.role().is_leader() {
+    while let Some(leading) = next_pass(&node, "coordinator.leases", period, &mut shutdown).await {
+        if !leading {
             continue;
         }
         let now = now_ms();

@@ -329,36 +329,33 @@ impl Node {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             }
         };
-        let supervise = |name, task| ferry_common::tasks::spawn(name, shutdown.clone(), task);
-        let mut handles = vec![
-            supervise("raft", Box::pin(raft) as loops::Task),
-            supervise(
+        let mut tasks: Vec<(&'static str, loops::Task)> = vec![
+            ("raft", Box::pin(raft)),
+            (
                 "scheduler",
                 Box::pin(loops::schedule_loop(node.clone(), shutdown.clone())),
             ),
-            supervise(
+            (
                 "leases",
                 Box::pin(loops::lease_loop(node.clone(), shutdown.clone())),
             ),
-            supervise(
+            (
                 "cron",
                 Box::pin(loops::cron_loop(node.clone(), shutdown.clone())),
             ),
-            supervise(
+            (
                 "leadership",
                 Box::pin(loops::leadership_loop(node.clone(), shutdown.clone())),
             ),
         ];
         if let Some(keep_last) = node.retention.keep_last {
-            handles.push(supervise(
-                "retention",
-                Box::pin(loops::retention_loop(
-                    node.clone(),
-                    keep_last,
-                    shutdown.clone(),
-                )),
-            ));
+            let retention = loops::retention_loop(node.clone(), keep_last, shutdown.clone());
+            tasks.push(("retention", Box::pin(retention)));
         }
+        let handles = tasks
+            .into_iter()
+            .map(|(name, task)| ferry_common::tasks::spawn(name, shutdown.clone(), task))
+            .collect();
         Ok((node, NodeTasks { handles }))
     }
 
