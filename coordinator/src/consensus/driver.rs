@@ -253,15 +253,27 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
         settings: RaftSettings,
         role: watch::Sender<RoleInfo>,
     ) -> Result<Self, DriverError> {
+        let config = raft_config(id, &settings, applied);
+        Self::with_config(config, log, machine, network, settings, role)
+    }
+
+    /// As [`Driver::new`], with raft-rs's configuration given whole (the
+    /// simulation fixes each member's election timeout, which raft-rs otherwise
+    /// draws at random).
+    pub fn with_config(
+        config: raft::Config,
+        log: L,
+        machine: Arc<S>,
+        network: Arc<N>,
+        settings: RaftSettings,
+        role: watch::Sender<RoleInfo>,
+    ) -> Result<Self, DriverError> {
+        let applied = config.applied;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let snapshot_index = log.first_index()?.saturating_sub(1);
         let (background, finished) = mpsc::unbounded_channel();
         let wanted = DriverLog::new(log.clone());
-        let raw = RawNode::new(
-            &raft_config(id, &settings, applied),
-            wanted.clone(),
-            &logger,
-        )?;
+        let raw = RawNode::new(&config, wanted.clone(), &logger)?;
         Ok(Driver {
             raw,
             log,

@@ -158,11 +158,15 @@ impl Network for Transport {
         let links = ferry_common::locks::lock(&self.links, "links");
         for message in messages {
             let to = message.to;
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let delivered = links
                 .get(&to)
                 .is_some_and(|link| link.queue.try_send(message).is_ok());
             if !delivered {
                 let _ = self.feedback.try_send(Feedback::Unreachable(to));
+                if snapshot {
+                    snapshot_lost(&self.feedback, to);
+                }
             }
         }
     }
@@ -240,12 +244,23 @@ async fn peer_sender(
             backoff = (backoff * 2).min(Duration::from_millis(500));
             // Drop what queued up meanwhile except the newest; Raft will resend.
             while queue.len() > PEER_QUEUE / 2 {
-                let _ = queue.try_recv();
+                if let Ok(dropped) = queue.try_recv()
+                    && dropped.get_msg_type() == MessageType::MsgSnapshot
+                {
+                    snapshot_lost(&feedback, to);
+                }
             }
         } else {
             backoff = Duration::from_millis(20);
         }
     }
+}
+
+/// Tells the Raft loop that a snapshot for `to` was dropped before it was sent:
+/// raft-rs keeps a follower waiting for a snapshot until it hears how it went, so
+/// a snapshot lost without a word would leave that follower behind for good.
+fn snapshot_lost(feedback: &mpsc::Sender<Feedback>, to: u64) {
+    let _ = feedback.try_send(Feedback::SnapshotSent { to, ok: false });
 }
 
 async fn send_snapshot(
