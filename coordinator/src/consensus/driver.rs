@@ -309,6 +309,11 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.settings.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.campaign_if_alone();
+        // A loop that does not come round for several ticks cannot answer
+        // heartbeats: followers start elections, a leader loses its quorum. Say
+        // so, with how long, so that a stall is seen where it happens.
+        let stall = Duration::from_millis(self.settings.tick_ms.saturating_mul(4).max(100));
+        let mut last_round = std::time::Instant::now();
         let exit = loop {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break Ok(DriverExit::Shutdown),
@@ -332,12 +337,28 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                 }
                 Some(event) = feedback.recv() => self.handle_feedback(event),
             }
+            let woke = std::time::Instant::now();
+            let away = woke - last_round;
+            if away > stall {
+                tracing::warn!(
+                    away_ms = away.as_millis() as u64,
+                    "the Raft loop did not run for several ticks"
+                );
+            }
             // Test builds only: a Raft loop that dies, or ends by itself.
             if ferry_common::faults::should_return("coordinator.raft") {
                 break Ok(DriverExit::Shutdown);
             }
             if let Err(error) = self.process_ready().await {
                 break Err(error);
+            }
+            last_round = std::time::Instant::now();
+            let busy = last_round - woke;
+            if busy > stall {
+                tracing::warn!(
+                    busy_ms = busy.as_millis() as u64,
+                    "one round of the Raft loop took several ticks"
+                );
             }
             if self.removed {
                 break Ok(DriverExit::Removed);

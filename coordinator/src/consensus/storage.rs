@@ -506,6 +506,7 @@ fn verify_log(
 ) -> Result<(u64, TermRuns), LogStoreError> {
     let (mut last_index, mut last_term) = (snapshot.index, snapshot.term);
     let mut terms = TermRuns::default();
+    let mut stale = Vec::new();
     for item in log.iter() {
         let (key, value) = item?;
         let Ok(index) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
@@ -514,8 +515,10 @@ fn verify_log(
         };
         let what = format!("{LOG_TREE} index {index}");
         if index <= snapshot.index {
-            let detail = format!("at or below the snapshot index {}", snapshot.index);
-            return Err(corrupt(what, detail));
+            // Left by a compaction that stopped after it switched to its
+            // snapshot and before it removed the entries the snapshot covers.
+            stale.push(index);
+            continue;
         }
         if index != last_index + 1 {
             let what = format!("{LOG_TREE} index {}", last_index + 1);
@@ -530,8 +533,28 @@ fn verify_log(
         terms.push(index, term);
         (last_index, last_term) = (index, term);
     }
+    if let (Some(first), Some(last)) = (stale.first(), stale.last()) {
+        tracing::info!(
+            entries = stale.len(),
+            first,
+            last,
+            "removing log entries an interrupted compaction left behind"
+        );
+        for chunk in stale.chunks(REMOVAL_CHUNK) {
+            let mut batch = Batch::default();
+            chunk
+                .iter()
+                .for_each(|index| batch.remove(&index.to_be_bytes()));
+            log.apply_batch(batch)?;
+        }
+        log.flush()?;
+    }
     Ok((last_index, terms))
 }
+
+/// Entries removed per sled batch when a compaction drops what its snapshot
+/// covers: small batches, so that appends never wait long for the tree.
+const REMOVAL_CHUNK: usize = 512;
 
 fn transaction_error(error: TransactionError<Infallible>) -> LogStoreError {
     match error {
@@ -609,6 +632,18 @@ impl SledLog {
             snapshot_writer: Arc::default(),
             cache,
         })
+    }
+
+    /// Removes the entries a compaction's snapshot covers, in small batches, none
+    /// under the cache's lock: nothing reads or writes at or below the snapshot
+    /// index once the switch is made.
+    fn remove_compacted(&self, indexes: RangeInclusive<u64>) -> Result<(), LogStoreError> {
+        let indexes: Vec<u64> = indexes.collect();
+        for chunk in indexes.chunks(REMOVAL_CHUNK) {
+            self.log
+                .apply_batch(removal(chunk[0]..=chunk[chunk.len() - 1]))?;
+        }
+        Ok(())
     }
 
     /// True when nothing was ever stored (no hard state, no conf state, no entries,
@@ -810,6 +845,8 @@ impl LogStore for SledLog {
 
     fn compact(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {
         let requested = snapshot.get_metadata().clone();
+        let previous = lock(&self.cache).snapshot.index;
+        let began = std::time::Instant::now();
         self.store_snapshot(
             snapshot,
             |log, cache| {
@@ -817,15 +854,26 @@ impl LogStore for SledLog {
                     .span()
                     .check_compact(&requested, &|index| log.term_at(cache, index))
             },
-            |cache, metadata| {
-                let from = cache.snapshot.index + 1;
-                (removal(from..=metadata.index), Batch::default())
-            },
+            // The switch only moves the snapshot record: the entries it covers
+            // are removed after it, outside the cache's lock, so that appends
+            // and raft's reads never wait for thousands of removals (an
+            // interrupted removal is finished at the next open).
+            |_, _| (Batch::default(), Batch::default()),
             |cache, metadata| {
                 cache.terms.compact_to(metadata.index);
                 cache.snapshot = metadata.clone();
             },
-        )
+        )?;
+        let switched = began.elapsed();
+        self.remove_compacted(previous + 1..=requested.index)?;
+        tracing::info!(
+            index = requested.index,
+            store_ms = switched.as_millis() as u64,
+            entries_removed = requested.index.saturating_sub(previous),
+            remove_ms = (began.elapsed() - switched).as_millis() as u64,
+            "snapshot stored and the entries it covers removed"
+        );
+        Ok(())
     }
 
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError> {

@@ -230,6 +230,9 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Every sample also keeps the moment its
+    // answer arrived, so latency can be shown per second of the window.
+    let origin = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..options.clients {
         let mut client = ControlClient::new(connections[n % connections.len()].clone());
@@ -238,21 +241,31 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
         let committed = committed.clone();
         tasks.spawn(async move {
             let mut latencies = Vec::new();
+            let mut ended_at = Vec::new();
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
                 match client.submit_run(request.clone()).await {
                     Ok(_) => {
-                        latencies.push(began.elapsed());
+                        let now = Instant::now();
+                        latencies.push(now - began);
+                        ended_at.push(now - origin);
                         committed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => errors += 1,
                 }
             }
-            (latencies, errors)
+            (latencies, ended_at, errors)
         });
     }
     let began = Instant::now();
+    let began_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    println!(
+        "commit: window starts at unix {:.3}",
+        began_unix.as_secs_f64()
+    );
     // One progress line per second: a stall (a compaction, an election) shows
     // where it happened instead of vanishing into the average.
     let (mut previous, mut slowest) = (0u64, u64::MAX);
@@ -265,14 +278,50 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
+    let mut per_second: Vec<Vec<Duration>> = vec![Vec::new(); options.seconds as usize + 2];
     let mut errors = 0;
+    let offset = began - origin;
+    let last = per_second.len() - 1;
     while let Some(result) = tasks.join_next().await {
-        let (mut some, failed) = result?;
+        let (mut some, ended_at, failed) = result?;
+        for (latency, ended) in some.iter().zip(&ended_at) {
+            // The second of the window (1-based, as the progress lines) the answer came in.
+            let second = ended.saturating_sub(offset).as_secs() as usize + 1;
+            per_second[second.min(last)].push(*latency);
+        }
         latencies.append(&mut some);
         errors += failed;
     }
     let elapsed = began.elapsed();
     latencies.sort();
+    for (second, some) in per_second.iter_mut().enumerate().skip(1) {
+        some.sort();
+        println!(
+            "  latency second {second:>3} (unix {:.3}): {:>6} answers, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            began_unix.as_secs_f64() + (second - 1) as f64,
+            some.len(),
+            percentile(some, 0.50).as_secs_f64() * 1e3,
+            percentile(some, 0.99).as_secs_f64() * 1e3,
+            some.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+    }
+    // `FERRY_BENCH_LOGS`: a folder to copy the coordinators' logs into, to line the
+    // per-second latency up with their events (the cluster's folder goes at the end).
+    if let Some(dir) = std::env::var_os("FERRY_BENCH_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        for member in &cluster.coordinators {
+            let log = cluster.member_log(member.id);
+            let role = if member.id == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("coordinator-{}-{role}.log", member.id)),
+                log,
+            )?;
+        }
+    }
     println!(
         "commit: {} commands committed in {:.1} s = {:.0} commands/s (slowest second {slowest}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
         latencies.len(),

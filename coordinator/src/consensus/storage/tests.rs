@@ -863,18 +863,40 @@ fn sled_log_refuses_a_malformed_key() {
 }
 
 #[test]
-fn sled_log_refuses_entries_left_below_the_snapshot() {
+fn sled_log_removes_entries_an_interrupted_compaction_left_below_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let db = healthy_db(dir.path());
     let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
     store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
+    let last = store.last_index().unwrap();
     drop(store);
+    // As if the compaction had stopped after its switch, before its removals.
     let log = db.open_tree("raft_log").unwrap();
     log.insert(2u64.to_be_bytes(), entry(2, 1).write_to_bytes().unwrap())
         .unwrap();
-    let (what, detail, _) = open_corrupt(&db, dir.path());
-    assert_eq!(what, "raft_log index 2");
-    assert_eq!(detail, "at or below the snapshot index 3");
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
+    assert_eq!(store.first_index().unwrap(), 4);
+    assert_eq!(store.last_index().unwrap(), last);
+    assert!(
+        log.get(2u64.to_be_bytes()).unwrap().is_none(),
+        "the leftover is gone"
+    );
+}
+
+#[test]
+fn sled_log_compaction_removes_the_entries_its_snapshot_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = healthy_db(dir.path());
+    let store = SledLog::open(&db, &dir.path().join("snapshots")).unwrap();
+    store.compact(snapshot(3, 2, &[1], b"at 3")).unwrap();
+    let log = db.open_tree("raft_log").unwrap();
+    for index in 1..=3u64 {
+        assert!(
+            log.get(index.to_be_bytes()).unwrap().is_none(),
+            "index {index}"
+        );
+    }
+    assert!(log.get(4u64.to_be_bytes()).unwrap().is_some());
 }
 
 #[test]
