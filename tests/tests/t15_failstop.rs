@@ -19,12 +19,21 @@ fn restart_with_faults(cluster: &mut Cluster, id: u64, faults: &str) {
         .insert(id, vec![("FERRY_FAULTS".to_string(), faults.to_string())]);
     cluster.spawn_coordinator(id, false);
     cluster.wait_answering();
+    // The cluster may answer through the others: wait for this member itself to
+    // serve, which is after it installed its SIGUSR1 handler (a SIGUSR1 before
+    // that would kill it by the signal's default action, not by the fault).
+    wait_for(Duration::from_secs(30), "the member to serve", || {
+        cluster
+            .member_log(id)
+            .contains("coordinator serving")
+            .then_some(())
+    });
 }
 
 /// Arms member `id`'s faults and waits (bounded) for its process to end.
 fn arm_and_wait_for_exit(cluster: &mut Cluster, id: u64) -> std::process::ExitStatus {
-    // The signal handler is installed at start; give the process a moment to be
-    // past that point before arming (it already answered, so it is).
+    // The handler is installed before the member serves (see
+    // `restart_with_faults`).
     cluster.signal_member(id, Signal::SIGUSR1);
     wait_for(Duration::from_secs(30), "the member to exit", || {
         cluster.member_exit_status(id)
