@@ -469,6 +469,30 @@ impl Cluster {
         panic!("no leader after 500 rounds");
     }
 
+    /// Runs until a member not in `excluded` leads (bounded); returns it.
+    async fn elect_other_than(&mut self, excluded: &[u64]) -> u64 {
+        for _ in 0..500 {
+            self.run(1).await;
+            if let Some(leader) = self.leader()
+                && !excluded.contains(&leader)
+            {
+                return leader;
+            }
+        }
+        panic!("no member outside {excluded:?} was elected in 500 rounds");
+    }
+
+    /// The values member `id` has applied, in order.
+    fn applied_values(&self, id: u64) -> Vec<u64> {
+        self.members[&id]
+            .machine
+            .state
+            .lock()
+            .expect("test lock")
+            .values
+            .clone()
+    }
+
     /// Proposes the next value on `id` (which may or may not lead).
     fn propose(&mut self, id: u64) -> u64 {
         let value = self.next_value;
@@ -648,17 +672,7 @@ async fn a_leader_change_mid_proposal_loses_nothing_acknowledged() {
         cut_off.push(cluster.propose(old));
     }
     cluster.run(1).await;
-    let mut new = old;
-    for _ in 0..500 {
-        cluster.run(1).await;
-        if let Some(leader) = cluster.leader()
-            && leader != old
-        {
-            new = leader;
-            break;
-        }
-    }
-    assert_ne!(new, old, "the majority elected a new leader");
+    let new = cluster.elect_other_than(&[old]).await;
     for _ in 0..5 {
         cluster.propose(new);
         cluster.run(1).await;
@@ -670,13 +684,7 @@ async fn a_leader_change_mid_proposal_loses_nothing_acknowledged() {
     // told that the outcome is unknown.
     assert_eq!(report.acknowledged, 10, "{report:?}");
     assert_eq!(report.refused + report.unknown, 5, "{report:?}");
-    let sequence = cluster.members[&1]
-        .machine
-        .state
-        .lock()
-        .expect("test lock")
-        .values
-        .clone();
+    let sequence = cluster.applied_values(1);
     for value in cut_off {
         assert!(
             !sequence.contains(&value),
@@ -686,10 +694,12 @@ async fn a_leader_change_mid_proposal_loses_nothing_acknowledged() {
 }
 
 /// A leader that stops for a while (a long pause, SIGSTOP) with proposals in its
-/// log, and on its return learns at once, in one ready, both that another leader
-/// took over and which entries that leader committed at the same indexes: the
-/// entries applied are the new leader's (log matching by term), and the paused
-/// leader's callers hear that theirs did not commit.
+/// log returns to find that another leader committed its own entries at the same
+/// indexes: the entries applied are the new leader's (log matching by term), and
+/// the paused leader's callers hear that theirs did not commit. (raft-rs probes
+/// the returning member first, so it learns of the new leader one ready before
+/// it learns what was committed; the driver's term check on pending batches is
+/// therefore not what this scenario exercises.)
 #[tokio::test]
 async fn a_paused_leader_returns_to_find_its_indexes_taken() {
     let mut cluster = Cluster::new(3, settings(1_000), 6).await;
@@ -701,17 +711,7 @@ async fn a_paused_leader_returns_to_find_its_indexes_taken() {
         stranded.push(cluster.propose(old));
     }
     cluster.frozen.insert(old);
-    let mut new = old;
-    for _ in 0..500 {
-        cluster.run(1).await;
-        if let Some(leader) = cluster.leader()
-            && leader != old
-        {
-            new = leader;
-            break;
-        }
-    }
-    assert_ne!(new, old, "the others elected a new leader");
+    let new = cluster.elect_other_than(&[old]).await;
     for _ in 0..5 {
         cluster.propose(new);
     }
@@ -719,13 +719,7 @@ async fn a_paused_leader_returns_to_find_its_indexes_taken() {
     cluster.converge().await;
     let report = cluster.check();
     assert_eq!(report.acknowledged, 6, "{report:?}");
-    let sequence = cluster.members[&old]
-        .machine
-        .state
-        .lock()
-        .expect("test lock")
-        .values
-        .clone();
+    let sequence = cluster.applied_values(old);
     for value in stranded {
         assert!(!sequence.contains(&value), "{value} never committed");
     }
@@ -743,18 +737,7 @@ async fn proposals_to_a_minority_leader_are_never_acknowledged() {
         cluster.run(1).await;
     }
     // The majority side elects a leader and goes on.
-    let mut majority_leader = None;
-    for _ in 0..500 {
-        cluster.run(1).await;
-        if let Some(leader) = cluster.leader()
-            && leader != old
-            && leader != other
-        {
-            majority_leader = Some(leader);
-            break;
-        }
-    }
-    let majority_leader = majority_leader.expect("the majority elects a leader");
+    let majority_leader = cluster.elect_other_than(&[old, other]).await;
     for _ in 0..10 {
         cluster.propose(majority_leader);
         cluster.run(1).await;
@@ -773,13 +756,7 @@ async fn proposals_to_a_minority_leader_are_never_acknowledged() {
         "a leader without a quorum steps down"
     );
     cluster.converge().await;
-    let sequence = cluster.members[&1]
-        .machine
-        .state
-        .lock()
-        .expect("test lock")
-        .values
-        .clone();
+    let sequence = cluster.applied_values(1);
     for value in minority_values {
         assert!(
             !sequence.contains(&value),
