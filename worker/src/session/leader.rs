@@ -269,7 +269,7 @@ fn client_for(address: &str, tls: &TlsMaterial) -> Result<Agent, ChannelError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn unavailable_with_hint(hint: &str) -> tonic::Status {
@@ -280,7 +280,11 @@ mod tests {
         status
     }
 
-    fn coordinators(addresses: &[&str]) -> (tempfile::TempDir, Coordinators) {
+    /// A handle for worker `w1` with its own CA and certificate (shared with the
+    /// other session tests).
+    pub(in crate::session) fn coordinators(
+        addresses: &[&str],
+    ) -> (tempfile::TempDir, Coordinators) {
         let dir = tempfile::tempdir().unwrap();
         ferry_common::pki::init_ca(dir.path()).unwrap();
         ferry_common::pki::issue(

@@ -225,21 +225,7 @@ mod tests {
     use super::*;
 
     fn coordinators() -> (tempfile::TempDir, Arc<Coordinators>) {
-        let dir = tempfile::tempdir().unwrap();
-        ferry_common::pki::init_ca(dir.path()).unwrap();
-        ferry_common::pki::issue(
-            dir.path(),
-            dir.path(),
-            ferry_common::pki::Role::Worker,
-            "w1",
-            &[],
-            &[],
-        )
-        .unwrap();
-        let tls = ferry_common::pki::TlsFiles::in_dir(dir.path(), "w1")
-            .load()
-            .unwrap();
-        let coordinators = Coordinators::new("w1", vec!["127.0.0.1:1".to_string()], tls).unwrap();
+        let (dir, coordinators) = super::super::leader::tests::coordinators(&["127.0.0.1:1"]);
         (dir, Arc::new(coordinators))
     }
 
