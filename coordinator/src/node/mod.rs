@@ -30,7 +30,7 @@ pub use ferry_common::time::now_ms;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::consensus::driver::{self, Driver};
-use crate::consensus::storage::{LogStore, SledLog};
+use crate::consensus::storage::{self, LogStore, WalLog};
 use crate::consensus::transport::Transport;
 use crate::consensus::{
     ConsensusError, DriverError, DriverExit, Input, LocalStatus, Proposal, RoleInfo,
@@ -159,7 +159,9 @@ impl Node {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
         let initial = config.initial_members()?;
-        let log = SledLog::open(store.db(), &config.data_dir.join("snapshots"))?;
+        let snapshots = config.data_dir.join("snapshots");
+        let log = WalLog::open(&config.data_dir.join("raft-log"), &snapshots)?;
+        storage::move_sled_log_into(store.db(), &snapshots, &log)?;
         if log.is_empty() && !config.join {
             let members: Vec<Member> = initial
                 .iter()
