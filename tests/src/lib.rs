@@ -5,8 +5,11 @@
 //! against them, and kills everything it started when dropped.
 
 mod binaries;
+pub mod chaos;
 pub mod linearizability;
+pub mod netns;
 mod ports;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,6 +165,9 @@ impl CliResult {
 /// One coordinator of a cluster: its Raft id, its port, and its process if running.
 pub struct Coordinator {
     pub id: u64,
+    /// The address it listens on: 127.0.0.1, or its own in a partitionable
+    /// cluster (`netns`).
+    pub host: std::net::IpAddr,
     pub port: u16,
     pub daemon: Option<Daemon>,
     starts: usize,
@@ -169,7 +175,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.host, self.port).to_string()
     }
 
     pub fn is_running(&self) -> bool {
@@ -189,6 +195,9 @@ pub struct Cluster {
     /// Extra environment for coordinators started from now on, by member id (e.g.
     /// `FERRY_FAULTS` to arm fault points).
     pub coordinator_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// The namespaces and links of a partitionable cluster
+    /// (`Cluster::start_partitionable`); dropped after every process is killed.
+    pub network: Option<netns::Network>,
 }
 
 pub const CLIENT: &str = "alice";
@@ -232,17 +241,28 @@ impl Cluster {
     /// `members` coordinators forming one Raft group, all running and answering,
     /// with `extra` lines appended to each configuration.
     pub fn start_replicated(members: u64, extra: &str) -> Cluster {
+        let mut cluster = Cluster::unstarted(members, extra);
+        for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
+        cluster
+    }
+
+    /// A cluster of `members` coordinators, with certificates, none started.
+    fn unstarted(members: u64, extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(&root.path().join("certs")).expect("CA");
         pki.issue("coordinator", "coordinator")
             .expect("coordinator cert");
         pki.issue("client", CLIENT).expect("client cert");
-        let mut cluster = Cluster {
+        Cluster {
             pki,
             root,
             coordinators: (1..=members)
                 .map(|id| Coordinator {
                     id,
+                    host: std::net::Ipv4Addr::LOCALHOST.into(),
                     port: free_port(),
                     daemon: None,
                     starts: 0,
@@ -251,12 +271,8 @@ impl Cluster {
             workers: BTreeMap::new(),
             coordinator_extra: extra.to_string(),
             coordinator_env: BTreeMap::new(),
-        };
-        for id in 1..=members {
-            cluster.spawn_coordinator(id, false);
+            network: None,
         }
-        cluster.wait_answering();
-        cluster
     }
 
     /// The first coordinator's address.
@@ -316,17 +332,17 @@ impl Cluster {
             .path()
             .join(format!("coordinator-{id}-{}.log", slot.starts));
         let env = self.coordinator_env.get(&id).cloned().unwrap_or_default();
-        let slot = &mut self.coordinators[index];
-        let child = Command::new(bin("ferry-coordinator"))
+        let mut command = self.command_at(netns::Place::Member(id), bin("ferry-coordinator"));
+        command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start coordinator");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("start coordinator");
+        let slot = &mut self.coordinators[index];
         slot.daemon = Some(Daemon { child, log });
     }
 
@@ -380,6 +396,7 @@ impl Cluster {
     pub fn add_coordinator_slot(&mut self, id: u64) -> String {
         self.coordinators.push(Coordinator {
             id,
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             port: free_port(),
             daemon: None,
             starts: 0,
@@ -495,13 +512,13 @@ impl Cluster {
         )
         .expect("worker config");
         let log = self.path(&format!("{name}.log"));
-        let child = Command::new(bin("ferry-worker"))
+        let mut command = self.command_at(netns::Place::Hub, bin("ferry-worker"));
+        command
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start worker");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("start worker");
         self.workers.insert(name.to_string(), Daemon { child, log });
         self.wait_worker_connected(name);
     }
@@ -602,7 +619,7 @@ impl Cluster {
         key: &Path,
         args: &[&str],
     ) -> Command {
-        let mut command = Command::new(bin("ferry"));
+        let mut command = self.command_at(netns::Place::Hub, bin("ferry"));
         command
             .args(args)
             .env("HOME", self.root.path())
