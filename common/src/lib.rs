@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod channel;
 pub mod config_file;
 pub mod digest;
+pub mod durable;
 pub mod faults;
 pub mod locks;
 pub mod pki;

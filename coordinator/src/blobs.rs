@@ -50,7 +50,7 @@ fn location(digest: &str) -> ObjectPath {
 
 impl BlobStore {
     pub fn open(dir: &Path, max_blob_bytes: u64) -> Result<BlobStore, BlobError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        ferry_common::durable::create_dir_all(dir).map_err(|e| {
             BlobError::Storage(object_store::Error::Generic {
                 store: "LocalFileSystem",
                 source: Box::new(e),
@@ -224,15 +224,21 @@ impl BlobStore {
     }
 }
 
-/// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
-/// when the digest matches.
+/// Makes a blob durable: its data, its name in its fan-out directory, and that
+/// directory's name in the store's root (the store creates it on first use).
 fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        ferry_common::durable::sync_dir(dir)?;
+        if let Some(root) = dir.parent() {
+            ferry_common::durable::sync_dir(root)?;
+        }
     }
     Ok(())
 }
+
+/// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
+/// when the digest matches.
 
 pub struct Upload {
     expected: String,

@@ -95,9 +95,12 @@ impl Coordinator {
     /// directory and binds the listening port.
     pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
         let tls = config.tls.load()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| CoordinatorError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
+        // Made durable: the Raft log inside it must not vanish with its name.
+        ferry_common::durable::create_dir_all(&config.data_dir).map_err(|source| {
+            CoordinatorError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
         })?;
         let listener =
             TcpListener::bind(config.listen)

@@ -336,7 +336,12 @@ impl Cluster {
         command
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // FERRY_COORDINATOR_LOG (e.g. `info,ferry_coordinator=debug`) lets a
+            // benchmark see the debug events; workers take RUST_LOG as it is.
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_COORDINATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .envs(env)
             .stdout(Stdio::null())

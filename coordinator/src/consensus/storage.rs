@@ -829,7 +829,7 @@ fn write_data_file(
     data: &[u8],
 ) -> Result<DataFile, LogStoreError> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+    ferry_common::durable::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     let digest = blake3::hash(data).to_hex().to_string();
     let name = format!(
         "snapshot-{:020}-{:020}-{}.bin",

@@ -128,12 +128,15 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
         };
         let busy = !placements.is_empty() || left_waiting;
         if !placements.is_empty() {
+            let count = placements.len();
+            tracing::debug!(placements = count, "scheduling pass placed steps");
             let command = Command::Assign {
                 placements,
                 now_ms: now_ms(),
             };
-            if let Err(error) = node.propose(command).await {
-                tracing::warn!(%error, "could not propose assignments");
+            match node.propose(command).await {
+                Ok(_) => tracing::debug!(placements = count, "assignments committed"),
+                Err(error) => tracing::warn!(%error, "could not propose assignments"),
             }
         }
         // Wake for the next change, the end of the earliest retry backoff, or a

@@ -18,9 +18,11 @@
 //!   runs of `--steps` independent no-op steps (`true`) submitted at once;
 //!   prints steps per second from the first submission to the last run's end.
 //! - `latency`: on an idle cluster (three coordinators, two workers), one-step
-//!   runs submitted one after another; the step is `touch FILE`, and the time
-//!   from the submission to the file's modification time is the submit-to-start
-//!   latency. Prints p50, p99 and max.
+//!   runs submitted one after another; the step is `ferry-bench stamp FILE`,
+//!   which reads the precise clock first thing and writes it to FILE, and the time
+//!   from the submission to that clock reading is the submit-to-start latency
+//!   (signed, never clamped). Prints min, p50, p99 and max, what the stamp's own
+//!   start costs without Ferry, and the median run's phases.
 //! - `cache`: on the same kind of cluster, a chain of `--steps` cheap steps is run
 //!   once (which fills the cache), then submitted again `--trials` times one
 //!   after another; each is completed from the cache when its submission is
@@ -652,11 +654,16 @@ fn step_assigned_ms(_attempt: &proto::AttemptView, _summary: &proto::RunSummary)
 
 async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     let cluster = step_cluster();
-    // The step notes the moment it runs, read from the precise clock inside its
-    // own process (bash's $EPOCHREALTIME, microseconds, no child process): a
-    // file's modification time would come from the kernel's coarse clock, several
-    // milliseconds behind, and flatter the figure.
-    let yaml = "name: stamp\nparams:\n  out: \"\"\nsteps:\n  - name: stamp\n    command: [\"bash\", \"-c\", \"echo $EPOCHREALTIME > \\\"$0.tmp\\\" && mv \\\"$0.tmp\\\" \\\"$0\\\"\", \"${params.out}\"]\n";
+    // The step notes the moment it runs, read from the precise clock first thing
+    // inside its own process (`ferry-bench stamp`, this program: no shell, no
+    // child process): a file's modification time would come from the kernel's
+    // coarse clock, several milliseconds behind, and flatter the figure.
+    let stamp = std::env::current_exe()?;
+    let yaml = format!(
+        "name: stamp\nparams:\n  out: \"\"\nsteps:\n  - name: stamp\n    command: [{:?}, \"stamp\", \"${{params.out}}\"]\n",
+        stamp.display().to_string()
+    );
+    let yaml = yaml.as_str();
     let bundle = upload_bundle(&cluster, &cluster.path("touch"), yaml)?;
     let (_bench, leader, channel) = connect_to_leader(&cluster).await?;
     let mut client = ControlClient::new(channel);
@@ -666,20 +673,23 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
         "latency: 3 coordinators (leader {leader}), 2 idle workers; {} one-step runs, one at a time",
         options.trials
     );
-    // What the step's own start costs, without Ferry: from spawning bash here to
+    // What the step's own start costs, without Ferry: from spawning it here to
     // the moment it reads the clock, the same way the step does.
     let mut own_start = Vec::new();
-    for _ in 0..50 {
+    for trial in 0..50 {
+        let file = marks.join(format!("own-{trial}"));
         let spawned = unix_seconds(std::time::SystemTime::now());
-        let output = std::process::Command::new("bash")
-            .args(["-c", "echo $EPOCHREALTIME"])
-            .output()?;
-        let stamped = parse_epoch_realtime(&String::from_utf8_lossy(&output.stdout))?;
+        let status = std::process::Command::new(&stamp)
+            .arg("stamp")
+            .arg(&file)
+            .status()?;
+        anyhow::ensure!(status.success(), "ferry-bench stamp failed: {status}");
+        let stamped = parse_epoch_realtime(&std::fs::read_to_string(&file)?)?;
         own_start.push((stamped - spawned) * 1e3);
     }
     own_start.sort_by(f64::total_cmp);
     println!(
-        "latency: bash reads the clock {:.2} ms (median of 50) after this machine spawns it, without Ferry",
+        "latency: the step (ferry-bench stamp) reads the clock {:.2} ms (median of 50) after this machine spawns it, without Ferry",
         own_start[own_start.len() / 2]
     );
     let mut latencies = Vec::new();
@@ -762,6 +772,17 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
         at(0.99),
         at(1.0),
     );
+    Ok(())
+}
+
+/// Writes `time` as seconds since the epoch with microseconds (the format of
+/// bash's `$EPOCHREALTIME`) to `file`, through a temporary file and a rename so
+/// that a reader never sees half of it.
+fn write_stamp(file: &std::path::Path, time: std::time::SystemTime) -> anyhow::Result<()> {
+    let seconds = unix_seconds(time);
+    let temporary = file.with_extension("tmp");
+    std::fs::write(&temporary, format!("{seconds:.6}\n"))?;
+    std::fs::rename(&temporary, file)?;
     Ok(())
 }
 
@@ -1071,6 +1092,14 @@ async fn measure_sweep_submissions(
 }
 
 fn main() -> anyhow::Result<()> {
+    // `ferry-bench stamp FILE`: the latency benchmark's step. Reads the precise
+    // clock first thing, then writes it to FILE atomically.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("stamp")) {
+        let now = std::time::SystemTime::now();
+        let file = std::path::PathBuf::from(args.next().context("stamp FILE")?);
+        return write_stamp(&file, now);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
     if options.what == "chaos" {

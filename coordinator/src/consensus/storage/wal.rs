@@ -267,9 +267,7 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|error| file_error(dir, error))
+    ferry_common::durable::sync_dir(dir).map_err(|error| file_error(dir, error))
 }
 
 /// Creates segment `number` (it must not exist) and makes its name durable.
@@ -422,12 +420,7 @@ impl WalLog {
         snapshot_dir: &Path,
         segment_bytes: u64,
     ) -> Result<WalLog, LogStoreError> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|error| file_error(dir, error))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        ferry_common::durable::create_dir_all(dir).map_err(|error| file_error(dir, error))?;
         let lock_path = dir.join("LOCK");
         let lock_file = OpenOptions::new()
             .create(true)
