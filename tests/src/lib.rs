@@ -5,6 +5,7 @@
 //! against them, and kills everything it started when dropped.
 
 mod binaries;
+pub mod lazyfs;
 pub mod linearizability;
 mod ports;
 
@@ -189,6 +190,9 @@ pub struct Cluster {
     /// Extra environment for coordinators started from now on, by member id (e.g.
     /// `FERRY_FAULTS` to arm fault points).
     pub coordinator_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Where members keep their data directories (`coordinator-ID-data` in it);
+    /// None: beside their configurations in `root`.
+    data_root: Option<PathBuf>,
 }
 
 pub const CLIENT: &str = "alice";
@@ -232,6 +236,17 @@ impl Cluster {
     /// `members` coordinators forming one Raft group, all running and answering,
     /// with `extra` lines appended to each configuration.
     pub fn start_replicated(members: u64, extra: &str) -> Cluster {
+        Cluster::start_replicated_in(members, extra, None)
+    }
+
+    /// Like [`Cluster::start_replicated`], with every member's data directory in
+    /// `data_root` (e.g. on a test filesystem) instead of the cluster's temporary
+    /// folder.
+    pub fn start_replicated_on(members: u64, extra: &str, data_root: &Path) -> Cluster {
+        Cluster::start_replicated_in(members, extra, Some(data_root.to_path_buf()))
+    }
+
+    fn start_replicated_in(members: u64, extra: &str, data_root: Option<PathBuf>) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(&root.path().join("certs")).expect("CA");
         pki.issue("coordinator", "coordinator")
@@ -251,6 +266,7 @@ impl Cluster {
             workers: BTreeMap::new(),
             coordinator_extra: extra.to_string(),
             coordinator_env: BTreeMap::new(),
+            data_root,
         };
         for id in 1..=members {
             cluster.spawn_coordinator(id, false);
@@ -300,10 +316,15 @@ impl Cluster {
         let config = self.path(&format!("coordinator-{id}.toml"));
         let address = self.coordinators[index].address();
         let join_line = if join { "join = true\n" } else { "" };
+        let data_dir = match &self.data_root {
+            Some(root) => root.join(format!("coordinator-{id}-data")),
+            None => PathBuf::from(format!("coordinator-{id}-data")),
+        };
+        let data_dir = data_dir.to_str().expect("utf-8 data directory");
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"coordinator-{id}-data\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
+                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
                 self.coordinator_extra,
                 self.members_toml(),
             ),
@@ -614,6 +635,22 @@ impl Cluster {
             .env("FERRY_KEY", key)
             .stdin(Stdio::null());
         command
+    }
+
+    /// Starts `ferry` as the client user against every member without waiting for
+    /// it, its output piped (a call the test may have to abandon).
+    pub fn ferry_spawn(&self, args: &[&str]) -> Child {
+        self.ferry_command(
+            &self.addresses(),
+            &self.pki.ca(),
+            &self.pki.cert(CLIENT),
+            &self.pki.key(CLIENT),
+            args,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferry")
     }
 
     /// Runs `ferry` as the client user with its standard output a pipe that is
