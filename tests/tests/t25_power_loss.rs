@@ -10,9 +10,9 @@
 //!
 //! The schedule comes from a seeded generator; the seed is printed, and
 //! `FERRY_POWER_SEED=N` replays it (the processes' timing still varies).
-//! A second check reads the filesystem's record of syncs: each acknowledgement
-//! must follow, on at least two members, a sync of a file that is neither a blob
-//! nor a snapshot, made after the client's call began.
+//! A second check reads the filesystem's records: each submission is answered
+//! only once its pipeline's unique name is durable on a majority of the members
+//! (`check_durable_before_answer`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,9 +78,16 @@ struct Acked {
 #[derive(Clone, Debug)]
 struct Call {
     what: String,
+    /// A submission's pipeline name, a marker the filesystem watches for.
+    marker: Option<String>,
     began: Instant,
     answered: Instant,
 }
+
+/// Every submitted pipeline is named this and 16 hex digits: a byte string that
+/// occurs in its command's Raft entry and nowhere else.
+const MARKER: &str = "pwrcut";
+const MARKER_LEN: usize = MARKER.len() + 16;
 
 #[derive(Default)]
 struct Ledger {
@@ -136,6 +143,7 @@ fn client(cluster: &Cluster, number: usize, seed: u64, ledger: &Mutex<Ledger>, s
                 ledger.this_trial += 1;
                 ledger.calls.push(Call {
                     what: format!("cancel of run {run}"),
+                    marker: None,
                     began,
                     answered: Instant::now(),
                 });
@@ -144,7 +152,7 @@ fn client(cluster: &Cluster, number: usize, seed: u64, ledger: &Mutex<Ledger>, s
         }
         let token = rng.next();
         let dir = cluster.path(&format!("pipelines/client-{number}/{token:016x}"));
-        let name = format!("p{token:016x}");
+        let name = format!("{MARKER}{token:016x}");
         let pipeline = write_pipeline(
             &dir,
             &format!("name: {name}\nsteps:\n  - name: work\n    command: [\"true\"]\n"),
@@ -160,7 +168,7 @@ fn client(cluster: &Cluster, number: usize, seed: u64, ledger: &Mutex<Ledger>, s
             ledger.runs.insert(
                 run,
                 Acked {
-                    pipeline: name,
+                    pipeline: name.clone(),
                     bundle,
                     cancelled: false,
                 },
@@ -168,6 +176,7 @@ fn client(cluster: &Cluster, number: usize, seed: u64, ledger: &Mutex<Ledger>, s
             ledger.this_trial += 1;
             ledger.calls.push(Call {
                 what: format!("submission of run {run}"),
+                marker: Some(name),
                 began,
                 answered: Instant::now(),
             });
@@ -239,6 +248,7 @@ fn acknowledged_runs_survive_power_loss_on_every_member() {
     // Declared before the cluster, so dropped after it: the members are killed
     // before the filesystem is unmounted.
     let fs = LazyFs::mount(mount_dir.path()).expect("mount the lazy filesystem");
+    fs.watch_markers(MARKER.as_bytes(), MARKER_LEN);
     let mut cluster = Cluster::start_replicated_on(MEMBERS, COORDINATOR_EXTRA, fs.path());
     let ledger = Mutex::new(Ledger::default());
     for trial in 0..TRIALS {
@@ -387,37 +397,73 @@ fn acknowledged_runs_survive_power_loss_on_every_member() {
         fs.refused()
     );
     assert_eq!(dropped, 0, "the sync record overflowed");
-    check_sync_before_answer(&ledger.calls, &syncs);
+    check_durable_before_answer(&ledger.calls, &syncs, &fs.first_durable());
 }
 
-/// Every acknowledged call follows, on at least a majority of the members, a
-/// sync of a file other than a blob or a snapshot (the Raft log's), made after
-/// the call began. (It does not prove that the synced bytes hold the command;
-/// the power cuts test that.)
-fn check_sync_before_answer(calls: &[Call], syncs: &[SyncEvent]) {
+/// The order of syncs and answers, from the filesystem's records: a submission
+/// is answered only once its pipeline's unique name is in durable bytes (of a
+/// file whose name is durable, not a blob) on a majority of the members; a
+/// cancellation (whose command holds nothing unique) only after a sync of a file
+/// other than a blob or a snapshot on a majority while the call was open.
+fn check_durable_before_answer(
+    calls: &[Call],
+    syncs: &[SyncEvent],
+    first_durable: &[(Vec<u8>, String, Instant)],
+) {
+    let majority = MEMBERS as usize / 2 + 1;
+    let mut durable_at: BTreeMap<&[u8], BTreeMap<u64, Instant>> = BTreeMap::new();
+    for (marker, path, at) in first_durable {
+        if path.contains("/blobs/") {
+            continue;
+        }
+        if let Some(member) = member_of(path) {
+            let first = durable_at
+                .entry(marker.as_slice())
+                .or_default()
+                .entry(member)
+                .or_insert(*at);
+            *first = (*first).min(*at);
+        }
+    }
     let log_syncs: Vec<(Instant, u64)> = syncs
         .iter()
         .filter(|s| !s.dir && !s.path.contains("/blobs/") && !s.path.contains("/snapshots/"))
         .filter_map(|s| Some((s.at, member_of(&s.path)?)))
         .collect();
-    let unsynced: Vec<String> = calls
+    let early: Vec<String> = calls
         .iter()
         .filter_map(|call| {
-            let members: BTreeSet<u64> = log_syncs
-                .iter()
-                .filter(|(at, _)| *at >= call.began && *at <= call.answered)
-                .map(|(_, member)| *member)
-                .collect();
-            (members.len() < MEMBERS as usize / 2 + 1)
-                .then(|| format!("{} (log synced on members {members:?})", call.what))
+            let members: BTreeSet<u64> = match &call.marker {
+                Some(marker) => durable_at
+                    .get(marker.as_bytes())
+                    .map(|by_member| {
+                        by_member
+                            .iter()
+                            .filter(|(_, at)| **at <= call.answered)
+                            .map(|(member, _)| *member)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                None => log_syncs
+                    .iter()
+                    .filter(|(at, _)| *at >= call.began && *at <= call.answered)
+                    .map(|(_, member)| *member)
+                    .collect(),
+            };
+            (members.len() < majority).then(|| {
+                format!(
+                    "{} (durable before the answer on members {members:?})",
+                    call.what
+                )
+            })
         })
         .collect();
     assert!(
-        unsynced.is_empty(),
-        "{} of {} acknowledgements came without a log sync on a majority while the call \
-         was open, e.g. {:?}",
-        unsynced.len(),
+        early.is_empty(),
+        "{} of {} acknowledgements came before their command was durable on a majority, \
+         e.g. {:?}",
+        early.len(),
         calls.len(),
-        &unsynced[..unsynced.len().min(5)]
+        &early[..early.len().min(5)]
     );
 }

@@ -118,6 +118,19 @@ impl LazyFs {
         self.model().syncs()
     }
 
+    /// Watches for markers in what becomes durable: `len` bytes starting with
+    /// `prefix` (e.g. a name unique to one command) found in a file's synced
+    /// bytes, once the file's name is durable too.
+    pub fn watch_markers(&self, prefix: &[u8], len: usize) {
+        self.model().watch(prefix, len);
+    }
+
+    /// When each watched marker first became durable, by file: (marker, path
+    /// below the mount point, when), earliest first.
+    pub fn first_durable(&self) -> Vec<(Vec<u8>, String, Instant)> {
+        self.model().first_durable()
+    }
+
     fn model(&self) -> std::sync::MutexGuard<'_, model::Model> {
         self.model
             .lock()

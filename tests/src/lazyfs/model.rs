@@ -174,6 +174,13 @@ pub(crate) struct Model {
     generation: u64,
     syncs: Vec<SyncEvent>,
     syncs_dropped: u64,
+    /// A marker to watch for in durable file content: (prefix, whole length).
+    watch: Option<(Vec<u8>, usize)>,
+    /// When each marker first became durable and reachable, by (marker, path).
+    first_durable: HashMap<(Vec<u8>, String), Instant>,
+    /// The inodes the durable root reaches (changed only by a directory's sync
+    /// and by a cut).
+    reachable: HashSet<u64>,
     /// Requests by operation name.
     pub(crate) ops: BTreeMap<&'static str, u64>,
     /// Requests refused as unsupported: "op: detail".
@@ -209,6 +216,9 @@ impl Model {
             generation: 0,
             syncs: Vec::new(),
             syncs_dropped: 0,
+            watch: None,
+            first_durable: HashMap::new(),
+            reachable: HashSet::from([ROOT]),
             ops: BTreeMap::new(),
             refused: BTreeMap::new(),
         }
@@ -642,8 +652,49 @@ impl Model {
                 stable[start..end].copy_from_slice(&data[start..end]);
             }
         }
-        node.dirty.clear();
+        let synced = std::mem::take(&mut node.dirty);
+        if self.reachable.contains(&ino) {
+            for (start, end) in synced {
+                self.scan_durable(ino, start as usize, end as usize);
+            }
+        }
         self.record_sync(ino, false);
+    }
+
+    /// Records the watched markers that overlap durable bytes [start, end) of a
+    /// reachable file (a marker may straddle bytes that were durable already).
+    fn scan_durable(&mut self, ino: u64, start: usize, end: usize) {
+        let Some((prefix, len)) = &self.watch else {
+            return;
+        };
+        let Some(Durable {
+            content: Content::File(stable),
+            ..
+        }) = self.durable.get(&ino)
+        else {
+            return;
+        };
+        let from = start.saturating_sub(len - 1);
+        let to = end.saturating_add(len - 1).min(stable.len());
+        if from >= to || to - from < *len {
+            return;
+        }
+        let window = &stable[from..to];
+        let found: Vec<Vec<u8>> = window
+            .windows(*len)
+            .filter(|candidate| candidate.starts_with(prefix))
+            .map(<[u8]>::to_vec)
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        let path = self.path(ino);
+        let now = Instant::now();
+        for marker in found {
+            self.first_durable
+                .entry((marker, path.clone()))
+                .or_insert(now);
+        }
     }
 
     fn sync_dir(&mut self, ino: u64) {
@@ -673,7 +724,17 @@ impl Model {
         durable.content = Content::Dir(entries);
         durable.meta = meta;
         self.record_sync(ino, true);
-        self.collect_durable();
+        let reachable = self.collect_durable();
+        // Files whose names just became durable bring their durable bytes along.
+        let newly: Vec<u64> = reachable
+            .iter()
+            .filter(|ino| !self.reachable.contains(ino))
+            .copied()
+            .collect();
+        self.reachable = reachable;
+        for ino in newly {
+            self.scan_durable(ino, 0, usize::MAX);
+        }
     }
 
     fn record_sync(&mut self, ino: u64, dir: bool) {
@@ -691,11 +752,13 @@ impl Model {
 
     /// Forgets durable forms that no durable name reaches and no live inode has
     /// (they can never be reached again).
-    fn collect_durable(&mut self) {
+    /// Returns the inodes the durable root reaches.
+    fn collect_durable(&mut self) -> HashSet<u64> {
         let reachable = self.durably_reachable();
         let live = &self.live;
         self.durable
             .retain(|ino, _| reachable.contains_key(ino) || live.contains_key(ino));
+        reachable.into_keys().collect()
     }
 
     /// Every inode the durable root reaches, with the number of durable names it
@@ -736,6 +799,7 @@ impl Model {
         let report = self.loss_report();
         let reachable = self.durably_reachable();
         self.durable.retain(|ino, _| reachable.contains_key(ino));
+        self.reachable = reachable.keys().copied().collect();
         self.live = self
             .durable
             .iter()
@@ -819,6 +883,27 @@ impl Model {
 
     pub(crate) fn syncs(&self) -> (Vec<SyncEvent>, u64) {
         (self.syncs.clone(), self.syncs_dropped)
+    }
+
+    /// Watches for `len` bytes starting with `prefix` in durable file content.
+    pub(crate) fn watch(&mut self, prefix: &[u8], len: usize) {
+        assert!(
+            len >= prefix.len() && !prefix.is_empty(),
+            "a marker is its prefix and more"
+        );
+        self.watch = Some((prefix.to_vec(), len));
+    }
+
+    /// When each watched marker first became durable in a file the durable root
+    /// reached, by path: (marker, path, when).
+    pub(crate) fn first_durable(&self) -> Vec<(Vec<u8>, String, Instant)> {
+        let mut all: Vec<_> = self
+            .first_durable
+            .iter()
+            .map(|((marker, path), at)| (marker.clone(), path.clone(), *at))
+            .collect();
+        all.sort_by_key(|entry| entry.2);
+        all
     }
 }
 
@@ -974,6 +1059,27 @@ mod tests {
         assert_eq!(m.attr(attr.ino).expect("attr").nlink, 2);
         m.unlink(a, OsStr::new("f")).expect("unlink");
         assert_eq!(file_data(&m, b, "g").as_deref(), Some(&b"data"[..]));
+    }
+
+    #[test]
+    fn a_marker_counts_as_durable_once_its_bytes_and_its_name_are() {
+        let mut m = model();
+        m.watch(b"mk", 4);
+        let (attr, fh) = m
+            .create(ROOT, OsStr::new("f"), meta(), libc::O_RDWR)
+            .expect("create");
+        m.write(fh, attr.ino, 0, b"..mkAB..m", 0).expect("write");
+        m.fsync(fh, attr.ino).expect("fsync");
+        assert!(m.first_durable().is_empty(), "the name is not durable yet");
+        m.fsyncdir_unchecked(ROOT);
+        let found: Vec<Vec<u8>> = m.first_durable().into_iter().map(|f| f.0).collect();
+        assert_eq!(found, vec![b"mkAB".to_vec()]);
+        // A marker completed by a later write, across the earlier durable bytes.
+        m.write(fh, attr.ino, 9, b"kCD", 0).expect("write");
+        m.fsync(fh, attr.ino).expect("fsync");
+        let mut found: Vec<Vec<u8>> = m.first_durable().into_iter().map(|f| f.0).collect();
+        found.sort();
+        assert_eq!(found, vec![b"mkAB".to_vec(), b"mkCD".to_vec()]);
     }
 
     #[test]
