@@ -250,6 +250,13 @@ fn acknowledged_runs_survive_power_loss_on_every_member() {
     let fs = LazyFs::mount(mount_dir.path()).expect("mount the lazy filesystem");
     fs.watch_markers(MARKER.as_bytes(), MARKER_LEN);
     let mut cluster = Cluster::start_replicated_on(MEMBERS, COORDINATOR_EXTRA, fs.path());
+    for id in 1..=MEMBERS {
+        // A member that refuses to start says why on its last line, not under a
+        // backtrace.
+        cluster
+            .coordinator_env
+            .insert(id, vec![("RUST_BACKTRACE".to_string(), "0".to_string())]);
+    }
     let ledger = Mutex::new(Ledger::default());
     for trial in 0..TRIALS {
         // Load, then a cut after a random number of acknowledgements and a
@@ -315,7 +322,25 @@ fn acknowledged_runs_survive_power_loss_on_every_member() {
         for id in 1..=MEMBERS {
             cluster.spawn_coordinator(id, false);
         }
-        cluster.leader(Duration::from_secs(60));
+        wait_for(
+            Duration::from_secs(60),
+            "a leader after the restart",
+            || {
+                for id in 1..=MEMBERS {
+                    if cluster.member_exited(id) {
+                        let log = cluster.member_log(id);
+                        let last = log.lines().last().unwrap_or("").to_string();
+                        let mut all = problems.clone();
+                        all.push(format!(
+                            "member {id} does not start again after the cut: {last}"
+                        ));
+                        fail(seed, trial, &all.join("\n"), &cut_text);
+                    }
+                }
+                let status = cluster.cluster_status()?;
+                (status["leader_id"].as_u64()? != 0).then_some(())
+            },
+        );
         // A write made after the restart: a member that has applied it has
         // applied everything committed before it.
         let barrier_dir = cluster.path(&format!("pipelines/barrier-{trial}"));
