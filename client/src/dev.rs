@@ -111,6 +111,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         raft: Default::default(),
         scheduling: Default::default(),
         retention: Default::default(),
+        // The local user administers its own one-member cluster.
+        admins: vec![CLIENT_NAME.to_string()],
     })
     .await?;
     let address = coordinator.local_addr();

@@ -209,10 +209,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Every member: address, role, term, commit and applied index, lag, last
-    /// contact; which member answered and which one leads.
+    /// Every member: address, role (learners too), term, commit and applied
+    /// index, lag, last contact, what a learner's promotion waits for; which
+    /// member answered and which one leads.
     Status,
-    /// Add a coordinator to the group, then show the group.
+    /// Add a coordinator to the group as a learner (it copies the log but does
+    /// not vote), then show the group. The leader promotes it to voter once its
+    /// peer address answers as a coordinator of this cluster and it has caught
+    /// up. Administrators only (`admins` in coordinator.toml).
     AddMember {
         /// The new member's id (unique in the group, never reused).
         #[arg(long)]
@@ -224,7 +228,10 @@ enum ClusterCommand {
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_address_arg)]
         peer_address: Option<String>,
     },
-    /// Remove a coordinator from the group, then show the group.
+    /// Remove a coordinator (a voter, or a learner even if it never started)
+    /// from the group, then show the group. Refused, with the reason, when the
+    /// voters left that the leader can reach would not be a quorum.
+    /// Administrators only.
     RemoveMember {
         #[arg(long)]
         id: u64,

@@ -49,6 +49,11 @@ pub struct CoordinatorConfig {
     pub scheduling: SchedulingSettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// The names of the client certificates that may change the cluster's
+    /// membership (`ferry cluster add-member`, `remove-member`). Empty: nobody
+    /// may. Every member should list the same names: the leader decides.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// `[retention]`: garbage collection of old runs' logs and artifacts.
@@ -207,6 +212,17 @@ pub enum ClusterConfigError {
     Lease(u64),
     #[error("retention.interval_ms must be at least 1000 (it is {0})")]
     RetentionInterval(u64),
+    #[error(
+        "admins: entry {index} (\"{name}\") is not a certificate name: {reason}; list the names \
+         of client certificates issued with `ferry certs issue --role client --name NAME`"
+    )]
+    Admin {
+        index: usize,
+        name: String,
+        reason: String,
+    },
+    #[error("admins: \"{0}\" is listed twice")]
+    DuplicateAdmin(String),
 }
 
 impl CoordinatorConfig {
@@ -248,6 +264,7 @@ impl CoordinatorConfig {
                 self.retention.interval_ms,
             ));
         }
+        self.admin_names()?;
         if self.join {
             if self.members.iter().all(|m| m.id == self.id) {
                 return Err(ClusterConfigError::JoinWithoutMembers);
@@ -276,9 +293,37 @@ impl CoordinatorConfig {
         Ok(self.members.clone())
     }
 
+    /// The administrators (`admins`), checked: each a valid certificate name,
+    /// none twice.
+    pub fn admin_names(&self) -> Result<std::collections::BTreeSet<String>, ClusterConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (index, name) in self.admins.iter().enumerate() {
+            ferry_common::pki::validate_name(name).map_err(|error| ClusterConfigError::Admin {
+                index,
+                name: name.clone(),
+                reason: match error {
+                    ferry_common::pki::PkiError::InvalidName { reason, .. } => reason.to_string(),
+                    other => other.to_string(),
+                },
+            })?;
+            if !names.insert(name.clone()) {
+                return Err(ClusterConfigError::DuplicateAdmin(name.clone()));
+            }
+        }
+        Ok(names)
+    }
+
     /// Reads the file; relative paths in it are taken relative to the file's folder.
+    /// The administrators' names are checked here, so that a wrong one is named
+    /// with the file.
     pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigFileError> {
         let mut config: CoordinatorConfig = load_toml(path)?;
+        config
+            .admin_names()
+            .map_err(|error| ConfigFileError::Parse {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.tls = config.tls.relative_to(base);
@@ -344,6 +389,7 @@ mod tests {
                 PathBuf::from(format!("/etc/ferry/coord{id}-key.pem"))
             );
             assert!(!config.join, "{}", path.display());
+            assert_eq!(config.admins, ["alice"], "{}", path.display());
             assert_eq!(
                 config.initial_members().unwrap(),
                 three,
@@ -356,6 +402,7 @@ mod tests {
         let config = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(config.id, 4);
         assert!(config.join);
+        assert_eq!(config.admins, ["alice"]);
         assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
         assert_eq!(config.tls.cert, Path::new("/etc/ferry/coord4.pem"));
         assert_eq!(config.members, (1..=4).map(member).collect::<Vec<_>>());
@@ -393,6 +440,7 @@ mod tests {
         assert_eq!(config.id, 1);
         assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
         assert!(!config.join);
+        assert_eq!(config.admins, ["alice"]);
         assert_eq!(config.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);
         assert_eq!(config.initial_members().unwrap(), three);
         let defaults = RaftSettings::default();
@@ -542,5 +590,42 @@ mod tests {
         );
         let error = with_scheduling("[scheduling.quotas.vision]\ngpu = 1\n").unwrap_err();
         assert!(error.contains("gpu"), "{error}");
+    }
+
+    #[test]
+    fn administrators_are_checked_when_the_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |admins: &str| {
+            let path = dir.path().join("c.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n{admins}\n[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+                ),
+            )
+            .unwrap();
+            CoordinatorConfig::load(&path).map_err(|e| e.to_string())
+        };
+        let config = load("admins = [\"alice\", \"ops.bob\"]").unwrap();
+        let names: Vec<String> = config.admin_names().unwrap().into_iter().collect();
+        assert_eq!(names, ["alice", "ops.bob"]);
+        assert!(load("").unwrap().admin_names().unwrap().is_empty());
+
+        let error = load("admins = [\"alice\", \"bob smith\"]").unwrap_err();
+        assert!(
+            error.contains("c.toml")
+                && error.contains("admins: entry 1 (\"bob smith\")")
+                && error.contains("character that is not allowed"),
+            "{error}"
+        );
+        let error = load("admins = [\"\"]").unwrap_err();
+        assert!(
+            error.contains("entry 0 (\"\")") && error.contains("empty"),
+            "{error}"
+        );
+        let error = load("admins = [\"alice\", \"alice\"]").unwrap_err();
+        assert!(error.contains("\"alice\" is listed twice"), "{error}");
+        let error = load("admins = \"alice\"").unwrap_err();
+        assert!(error.contains("admins"), "{error}");
     }
 }

@@ -75,11 +75,22 @@ fn copy_to_peer(
 
 impl Node {
     /// Copies a blob stored here to the other members until a majority of the
-    /// cluster holds it; fails (`Unavailable`) when fewer than a majority could.
+    /// voters holds it; fails (`Unavailable`) when fewer than a majority could.
+    /// Learners get copies too, but do not count: a learner that never started
+    /// must not hold uploads up, and only voters elect the next leader.
     pub async fn replicate_blob(&self, digest: &str, size: u64) -> Result<(), Status> {
-        let members = self.read(|state| state.members.len()).max(1);
+        let voters: std::collections::BTreeSet<u64> = self.read(|state| {
+            state
+                .members
+                .values()
+                .filter(|member| !member.learner)
+                .map(|member| member.id)
+                .collect()
+        });
+        let members = voters.len().max(1);
         let majority = members / 2 + 1;
-        if majority <= 1 {
+        let here = usize::from(voters.contains(&self.id) || voters.is_empty());
+        if here >= majority {
             return Ok(());
         }
         // Each copy runs on its own task and reports when done; the caller is
@@ -89,6 +100,7 @@ impl Node {
         let clients = self.transport.clients();
         let (done, mut reports) = tokio::sync::mpsc::channel(clients.len().max(1));
         for (id, client) in clients {
+            let counts = voters.contains(&id);
             let blobs = self.blobs.clone();
             let digest = digest.to_string();
             let done = done.clone();
@@ -102,11 +114,11 @@ impl Node {
                 if let Err(status) = &result {
                     tracing::warn!(peer = id, digest, error = %status.message(), "blob not copied to a peer");
                 }
-                let _ = done.send(result.is_ok()).await;
+                let _ = done.send(result.is_ok() && counts).await;
             });
         }
         drop(done);
-        let mut held = 1;
+        let mut held = here;
         while held < majority {
             match reports.recv().await {
                 Some(true) => held += 1,
@@ -118,8 +130,9 @@ impl Node {
             Ok(())
         } else {
             Err(Status::unavailable(format!(
-                "blob {digest} is stored on only {held} of {members} coordinators; a majority \
-                 ({majority}) must hold it before it may be used — are the other coordinators up?"
+                "blob {digest} is stored on only {held} of {members} voting coordinators; a \
+                 majority ({majority}) must hold it before it may be used — are the other \
+                 coordinators up?"
             )))
         }
     }

@@ -6,8 +6,11 @@
 
 mod binaries;
 pub mod lazyfs;
+pub mod chaos;
 pub mod linearizability;
+pub mod netns;
 mod ports;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -163,6 +166,9 @@ impl CliResult {
 /// One coordinator of a cluster: its Raft id, its port, and its process if running.
 pub struct Coordinator {
     pub id: u64,
+    /// The address it listens on: 127.0.0.1, or its own in a partitionable
+    /// cluster (`netns`).
+    pub host: std::net::IpAddr,
     pub port: u16,
     pub daemon: Option<Daemon>,
     starts: usize,
@@ -170,7 +176,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.host, self.port).to_string()
     }
 
     pub fn is_running(&self) -> bool {
@@ -190,6 +196,9 @@ pub struct Cluster {
     /// Extra environment for coordinators started from now on, by member id (e.g.
     /// `FERRY_FAULTS` to arm fault points).
     pub coordinator_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// The namespaces and links of a partitionable cluster
+    /// (`Cluster::start_partitionable`); dropped after every process is killed.
+    pub network: Option<netns::Network>,
     /// Where members keep their data directories (`coordinator-ID-data` in it);
     /// None: beside their configurations in `root`.
     data_root: Option<PathBuf>,
@@ -236,28 +245,41 @@ impl Cluster {
     /// `members` coordinators forming one Raft group, all running and answering,
     /// with `extra` lines appended to each configuration.
     pub fn start_replicated(members: u64, extra: &str) -> Cluster {
-        Cluster::start_replicated_in(members, extra, None)
+        let mut cluster = Cluster::unstarted(members, extra);
+        for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
+        cluster
     }
 
     /// Like [`Cluster::start_replicated`], with every member's data directory in
     /// `data_root` (e.g. on a test filesystem) instead of the cluster's temporary
     /// folder.
     pub fn start_replicated_on(members: u64, extra: &str, data_root: &Path) -> Cluster {
-        Cluster::start_replicated_in(members, extra, Some(data_root.to_path_buf()))
+        let mut cluster = Cluster::unstarted(members, extra);
+        cluster.data_root = Some(data_root.to_path_buf());
+        for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
+        cluster
     }
 
-    fn start_replicated_in(members: u64, extra: &str, data_root: Option<PathBuf>) -> Cluster {
+    /// A cluster of `members` coordinators, with certificates, none started.
+    fn unstarted(members: u64, extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(&root.path().join("certs")).expect("CA");
         pki.issue("coordinator", "coordinator")
             .expect("coordinator cert");
         pki.issue("client", CLIENT).expect("client cert");
-        let mut cluster = Cluster {
+        Cluster {
             pki,
             root,
             coordinators: (1..=members)
                 .map(|id| Coordinator {
                     id,
+                    host: std::net::Ipv4Addr::LOCALHOST.into(),
                     port: free_port(),
                     daemon: None,
                     starts: 0,
@@ -266,13 +288,9 @@ impl Cluster {
             workers: BTreeMap::new(),
             coordinator_extra: extra.to_string(),
             coordinator_env: BTreeMap::new(),
-            data_root,
-        };
-        for id in 1..=members {
-            cluster.spawn_coordinator(id, false);
+            network: None,
+            data_root: None,
         }
-        cluster.wait_answering();
-        cluster
     }
 
     /// The first coordinator's address.
@@ -337,17 +355,17 @@ impl Cluster {
             .path()
             .join(format!("coordinator-{id}-{}.log", slot.starts));
         let env = self.coordinator_env.get(&id).cloned().unwrap_or_default();
-        let slot = &mut self.coordinators[index];
-        let child = Command::new(bin("ferry-coordinator"))
+        let mut command = self.command_at(netns::Place::Member(id), bin("ferry-coordinator"));
+        command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start coordinator");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("start coordinator");
+        let slot = &mut self.coordinators[index];
         slot.daemon = Some(Daemon { child, log });
     }
 
@@ -401,6 +419,7 @@ impl Cluster {
     pub fn add_coordinator_slot(&mut self, id: u64) -> String {
         self.coordinators.push(Coordinator {
             id,
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             port: free_port(),
             daemon: None,
             starts: 0,
@@ -516,13 +535,13 @@ impl Cluster {
         )
         .expect("worker config");
         let log = self.path(&format!("{name}.log"));
-        let child = Command::new(bin("ferry-worker"))
+        let mut command = self.command_at(netns::Place::Hub, bin("ferry-worker"));
+        command
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start worker");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("start worker");
         self.workers.insert(name.to_string(), Daemon { child, log });
         self.wait_worker_connected(name);
     }
@@ -623,7 +642,7 @@ impl Cluster {
         key: &Path,
         args: &[&str],
     ) -> Command {
-        let mut command = Command::new(bin("ferry"));
+        let mut command = self.command_at(netns::Place::Hub, bin("ferry"));
         command
             .args(args)
             .env("HOME", self.root.path())

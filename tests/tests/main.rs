@@ -13,6 +13,8 @@ mod t40_security;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;
+mod t71_membership;
+mod t75_partitions;
 mod t80_corruption;
 mod t90_scheduling;
 mod t95_metrics;

@@ -246,6 +246,14 @@ fn ferry_dev_keeps_its_data_under_home_by_default() {
     let runs = run_ferry(home, home, &["runs", "--output", "json"]);
     assert!(runs.success(), "{runs:?}");
     assert_eq!(runs.json(), serde_json::json!([]));
+    // Its user administers it: a membership change passes the administrator
+    // check (and is then refused for what it asks: there is no member 7).
+    let remove = run_ferry(home, home, &["cluster", "remove-member", "--id", "7"]);
+    assert!(!remove.success(), "{remove:?}");
+    assert!(
+        remove.stderr.contains("member 7 is not in the cluster"),
+        "{remove:?}"
+    );
 
     let status = dev.terminate();
     assert!(status.success(), "ferry dev exited with {status}");

@@ -9,21 +9,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_tests::linearizability::{Model, Operation, Verdict, check};
-use ferry_tests::{Cluster, parse_run_id, step_of, wait_for, write_pipeline};
+use ferry_tests::{CLIENT, Cluster, parse_run_id, step_of, wait_for, write_pipeline};
 use serde_json::Value;
 
-const HELLO: &str = "name: hello\nsteps:\n  - name: hello\n    command: [\"true\"]\n";
+pub(crate) const HELLO: &str = "name: hello\nsteps:\n  - name: hello\n    command: [\"true\"]\n";
 
 /// Submits runs of a trivial pipeline from a thread until stopped, recording every
 /// acknowledged run id with when its call began and when it was acknowledged.
-struct Submitter {
+pub(crate) struct Submitter {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(Instant, Instant, u64)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Submitter {
-    fn start(cluster: &Arc<Cluster>, pipeline: std::path::PathBuf) -> Submitter {
+    pub(crate) fn start(cluster: &Arc<Cluster>, pipeline: std::path::PathBuf) -> Submitter {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let thread = {
@@ -52,11 +52,11 @@ impl Submitter {
         }
     }
 
-    fn acked(&self) -> Vec<(Instant, Instant, u64)> {
+    pub(crate) fn acked(&self) -> Vec<(Instant, Instant, u64)> {
         self.acked.lock().unwrap().clone()
     }
 
-    fn finish(mut self) -> Vec<(Instant, Instant, u64)> {
+    pub(crate) fn finish(mut self) -> Vec<(Instant, Instant, u64)> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("submitter thread");
@@ -366,7 +366,7 @@ fn all_members_stopped_and_started_again_hold_identical_state() {
 
 #[test]
 fn members_are_added_and_removed_while_runs_are_submitted() {
-    let mut cluster = Cluster::start_replicated(3, "");
+    let mut cluster = Cluster::start_replicated(3, &format!("admins = [\"{CLIENT}\"]\n"));
     let hello = write_pipeline(&cluster.path("hello"), HELLO, &[]);
     let address = cluster.add_coordinator_slot(4);
     cluster.spawn_coordinator(4, true);

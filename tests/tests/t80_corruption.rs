@@ -1,12 +1,12 @@
 //! A damaged replica refuses to serve: three real coordinator processes, one
-//! follower stopped with SIGTERM, its sled database damaged from the test (a Raft
-//! log entry overwritten or removed, a snapshot whose state is not JSON), and
-//! started again. It must exit by itself naming the damage,
+//! follower stopped with SIGTERM, its Raft log damaged from the test (a bit flipped
+//! in a record of the write-ahead log, a snapshot file changed or holding no
+//! state), and started again. It must exit by itself naming the damage,
 //! never serve, while the other two keep answering linearizable reads, keep
 //! accepting writes and agree on every run.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_tests::{Cluster, wait_for, write_pipeline};
@@ -63,27 +63,59 @@ fn state_db(cluster: &Cluster, id: u64) -> PathBuf {
     cluster.path(&format!("coordinator-{id}-data/state"))
 }
 
-/// Opens a stopped member's database, lets `change` damage (or repair) it,
-/// flushes and closes it again before the member is started.
-fn edit_db<T>(cluster: &Cluster, id: u64, change: impl FnOnce(&sled::Db) -> T) -> T {
-    let path = state_db(cluster, id);
-    assert!(path.is_dir(), "no database at {}", path.display());
-    let db = sled::open(&path).expect("open the stopped member's database");
-    let result = change(&db);
-    db.flush().expect("flush the edited database");
-    drop(db);
-    result
+/// The segments of a stopped member's write-ahead log, oldest first.
+fn wal_segments(cluster: &Cluster, id: u64) -> Vec<PathBuf> {
+    let dir = cluster.path(&format!("coordinator-{id}-data/raft-log"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "no segment in {}", dir.display());
+    found
 }
 
-/// The Raft log's indexes, in order, decoded from their 8-byte big-endian keys.
-fn log_indexes(log: &sled::Tree) -> Vec<u64> {
-    log.iter()
-        .keys()
-        .map(|key| {
-            let key = key.expect("read a raft_log key");
-            u64::from_be_bytes(key.as_ref().try_into().expect("an 8-byte index key"))
-        })
-        .collect()
+/// One record of a segment, in the format ARCHITECTURE.md documents:
+/// `[body length u32 LE][CRC-32 of the body u32 LE][kind byte, payload]`.
+struct Record {
+    /// Where the record (its header) starts in the segment.
+    offset: usize,
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+const ENTRIES: u8 = 1;
+const COMPACTED: u8 = 4;
+const INSTALLED: u8 = 5;
+
+fn read_records(segment: &Path) -> Vec<Record> {
+    let bytes = std::fs::read(segment).expect("read a segment");
+    let (mut records, mut at) = (Vec::new(), 0);
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let body = &bytes[at + 8..at + 8 + len];
+        assert_eq!(crc32fast::hash(body), crc, "record at {at} of {segment:?}");
+        records.push(Record {
+            offset: at,
+            kind: body[0],
+            payload: body[1..].to_vec(),
+        });
+        at += 8 + len;
+    }
+    records
+}
+
+fn write_records(segment: &Path, records: &[Record]) {
+    let mut bytes = Vec::new();
+    for record in records {
+        let body = [&[record.kind][..], &record.payload].concat();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    std::fs::write(segment, bytes).expect("write a segment");
 }
 
 /// Starts member `id` again, waits (bounded) until it exits by itself with a
@@ -186,61 +218,36 @@ fn a_replica_with_a_corrupt_raft_log_refuses_to_start() {
     let mut stopped = cluster_with_a_stopped_follower();
     let follower = stopped.follower;
 
-    // One entry in the middle of the log overwritten with bytes that are no Entry.
-    let (indexes, middle, original) = edit_db(&stopped.cluster, follower, |db| {
-        let log = db.open_tree("raft_log").expect("raft_log tree");
-        let indexes = log_indexes(&log);
-        assert!(
-            indexes.len() > RUNS,
-            "the leader's first (empty) entry and one entry per run: {indexes:?}"
-        );
-        let middle = indexes[indexes.len() / 2];
-        let key = middle.to_be_bytes();
-        let original = log.get(key).expect("read").expect("the middle entry");
-        log.insert(key, &b"\xffgarbage, not a protobuf Entry"[..])
-            .expect("overwrite the entry");
-        (indexes, middle, original)
-    });
+    // One bit flipped in the body of a record of entries in the middle of the log:
+    // every sector after it was written, so this is damage, not a cut-off write.
+    let segment = wal_segments(&stopped.cluster, follower).remove(0);
+    let records = read_records(&segment);
+    let entries: Vec<&Record> = records.iter().filter(|r| r.kind == ENTRIES).collect();
     assert!(
-        middle > indexes[0] && middle < indexes[indexes.len() - 1],
-        "{middle} lies inside {indexes:?}"
+        entries.len() > RUNS,
+        "the leader's first (empty) entry and one entry per run: {} records of entries",
+        entries.len()
     );
-    let log = restart_expecting_refusal(&mut stopped.cluster, follower);
-    let named = format!("the raft log storage is corrupt at raft_log index {middle}");
-    assert!(log.contains(&named), "expected {named:?} in:\n{log}");
-
-    // The entry put back, and the next one removed: a gap in the log.
-    let removed = middle + 1;
-    assert!(
-        removed < indexes[indexes.len() - 1],
-        "{removed} is not last"
-    );
-    let removed_entry = edit_db(&stopped.cluster, follower, |db| {
-        let log = db.open_tree("raft_log").expect("raft_log tree");
-        log.insert(middle.to_be_bytes(), original)
-            .expect("restore the entry");
-        let gone = log.remove(removed.to_be_bytes()).expect("remove an entry");
-        gone.unwrap_or_else(|| panic!("entry {removed} was stored: {indexes:?}"))
-    });
+    let victim = entries[entries.len() / 2].offset;
+    let original = std::fs::read(&segment).expect("read the segment");
+    let mut damaged = original.clone();
+    damaged[victim + 12] ^= 0x10;
+    std::fs::write(&segment, &damaged).expect("damage the segment");
     let log = restart_expecting_refusal(&mut stopped.cluster, follower);
     let named = format!(
-        "the raft log storage is corrupt at raft_log index {removed}: missing: the log jumps \
-         from index {middle} to {}",
-        removed + 1
+        "the raft log storage is corrupt at raft log segment {} at byte {victim}: a record \
+         failing its CRC",
+        segment.display()
     );
     assert!(log.contains(&named), "expected {named:?} in:\n{log}");
 
     let later = survivors_serve_one_state(&stopped);
 
-    // A control: with the log repaired, the same member starts, serves and catches
-    // up with the run written while it was down, so it was the damage, and nothing
-    // else, that it refused.
-    edit_db(&stopped.cluster, follower, |db| {
-        let log = db.open_tree("raft_log").expect("raft_log tree");
-        log.insert(removed.to_be_bytes(), removed_entry)
-            .expect("restore the entry");
-        assert_eq!(log_indexes(&log), indexes, "the log is whole again");
-    });
+    // Repaired, except that the last record is cut short, as a power cut during
+    // its write leaves it: the member drops that record, says so, starts, and
+    // catches up with the run written while it was down.
+    let last = records.last().expect("records").offset;
+    std::fs::write(&segment, &original[..last + 11]).expect("repair, cut the last record short");
     let cluster = &mut stopped.cluster;
     cluster.spawn_coordinator(follower, false);
     let reference = wait_for(Duration::from_secs(30), "a linearizable listing", || {
@@ -261,19 +268,42 @@ fn a_replica_with_a_corrupt_raft_log_refuses_to_start() {
         || (cluster.runs_listing(Some(follower), true)? == reference).then_some(()),
     );
     assert!(!cluster.member_exited(follower), "the repaired member runs");
+    let log = cluster.member_log(follower);
+    assert!(
+        log.contains("cutting off the end of the raft log: a write that never completed"),
+        "{log}"
+    );
+}
+
+/// A stopped member's latest snapshot record: the segment, the records, and
+/// which of them it is.
+fn snapshot_record(cluster: &Cluster, id: u64) -> (PathBuf, Vec<Record>, usize) {
+    let segments = wal_segments(cluster, id);
+    let segment = segments.last().expect("a segment").clone();
+    let records = read_records(&segment);
+    let at = records
+        .iter()
+        .rposition(|r| r.kind == COMPACTED || r.kind == INSTALLED)
+        .expect("a snapshot record (every member starts from a snapshot)");
+    (segment, records, at)
+}
+
+/// Splits a snapshot record's payload into its metadata and its data file record.
+fn split_snapshot_record(payload: &[u8]) -> (&[u8], Value) {
+    let metadata_len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+    let (head, file) = payload.split_at(4 + metadata_len);
+    (
+        head,
+        serde_json::from_slice(file).expect("the data file record"),
+    )
 }
 
 /// The file holding a stopped member's latest snapshot data, as its log names it.
-fn snapshot_file(cluster: &Cluster, id: u64, db: &sled::Db) -> (PathBuf, Value) {
-    let snapshots = db.open_tree("raft_snapshot").expect("raft_snapshot tree");
-    let record = snapshots
-        .get("file")
-        .expect("read")
-        .expect("a snapshot file record (every member starts from a snapshot)");
-    let record: Value = serde_json::from_slice(&record).expect("a JSON record");
-    let name = record["name"].as_str().expect("a file name");
-    let path = cluster.path(&format!("coordinator-{id}-data/snapshots/{name}"));
-    (path, record)
+fn snapshot_file(cluster: &Cluster, id: u64) -> PathBuf {
+    let (_, records, at) = snapshot_record(cluster, id);
+    let (_, file) = split_snapshot_record(&records[at].payload);
+    let name = file["name"].as_str().expect("a file name");
+    cluster.path(&format!("coordinator-{id}-data/snapshots/{name}"))
 }
 
 /// The state machine's durable form is the Raft log's snapshot plus the entries
@@ -284,19 +314,16 @@ fn snapshot_file(cluster: &Cluster, id: u64, db: &sled::Db) -> (PathBuf, Value) 
 fn a_replica_whose_snapshot_is_damaged_refuses_to_start() {
     let mut stopped = cluster_with_a_stopped_follower();
     let follower = stopped.follower;
-    let path = edit_db(&stopped.cluster, follower, |db| {
-        let (path, _) = snapshot_file(&stopped.cluster, follower, db);
-        let mut data = std::fs::read(&path).expect("read the snapshot file");
-        let state: Value = serde_json::from_slice(&data).expect("JSON state");
-        assert_eq!(
-            state["members"].as_array().map(Vec::len),
-            Some(3),
-            "{state}"
-        );
-        data[0] ^= 0xff;
-        std::fs::write(&path, &data).expect("damage the snapshot file");
-        path
-    });
+    let path = snapshot_file(&stopped.cluster, follower);
+    let mut data = std::fs::read(&path).expect("read the snapshot file");
+    let state: Value = serde_json::from_slice(&data).expect("JSON state");
+    assert_eq!(
+        state["members"].as_array().map(Vec::len),
+        Some(3),
+        "{state}"
+    );
+    data[0] ^= 0xff;
+    std::fs::write(&path, &data).expect("damage the snapshot file");
     let log = restart_expecting_refusal(&mut stopped.cluster, follower);
     let named = format!(
         "the raft log storage is corrupt at snapshot file {}",
@@ -304,17 +331,16 @@ fn a_replica_whose_snapshot_is_damaged_refuses_to_start() {
     );
     assert!(log.contains(&named), "expected {named:?} in:\n{log}");
 
-    edit_db(&stopped.cluster, follower, |db| {
-        let (path, mut record) = snapshot_file(&stopped.cluster, follower, db);
-        let data = b"{\"runs\": not JSON";
-        std::fs::write(&path, data).expect("replace the snapshot file");
-        record["size"] = data.len().into();
-        record["blake3"] = blake3::hash(data).to_hex().to_string().into();
-        db.open_tree("raft_snapshot")
-            .expect("raft_snapshot tree")
-            .insert("file", serde_json::to_vec(&record).expect("a record"))
-            .expect("record the new file");
-    });
+    // A file that is intact but holds no state, recorded with its own size and
+    // digest in the log's latest snapshot record.
+    let data = b"{\"runs\": not JSON";
+    std::fs::write(&path, data).expect("replace the snapshot file");
+    let (segment, mut records, at) = snapshot_record(&stopped.cluster, follower);
+    let (head, mut file) = split_snapshot_record(&records[at].payload);
+    file["size"] = data.len().into();
+    file["blake3"] = blake3::hash(data).to_hex().to_string().into();
+    records[at].payload = [head, &serde_json::to_vec(&file).expect("a record")].concat();
+    write_records(&segment, &records);
     let log = restart_expecting_refusal(&mut stopped.cluster, follower);
     let named = "the state database is corrupt: record \"raft snapshot data\" cannot be \
                  decoded";
@@ -338,7 +364,7 @@ fn state_from_before_replication_is_carried_over_by_one_member_only() {
     let drop_raft_trees = |cluster: &Cluster, expected_runs: usize| {
         let db = sled::open(state_db(cluster, 1)).expect("open the stopped member's database");
         {
-            let (path, _) = snapshot_file(cluster, 1, &db);
+            let path = snapshot_file(cluster, 1);
             let data = std::fs::read(&path).expect("read the snapshot file");
             let data: Value = serde_json::from_slice(&data).expect("JSON state");
             let state = db.open_tree("state").expect("state tree");
@@ -360,11 +386,8 @@ fn state_from_before_replication_is_carried_over_by_one_member_only() {
                 .insert("meta/next_run_id", &next.to_be_bytes())
                 .expect("write the run counter");
         }
-        for tree in ["raft_log", "raft_meta", "raft_snapshot"] {
-            db.open_tree(tree)
-                .and_then(|t| t.clear())
-                .expect("empty a Raft tree");
-        }
+        std::fs::remove_dir_all(cluster.path("coordinator-1-data/raft-log"))
+            .expect("remove the write-ahead log");
         std::fs::remove_dir_all(cluster.path("coordinator-1-data/snapshots"))
             .expect("remove the snapshot files");
         db.flush().expect("flush");
@@ -419,11 +442,16 @@ fn a_member_alone_rebuilds_its_state_from_snapshot_and_log() {
         cluster.terminate_member(id);
     }
     cluster.terminate_member(follower);
-    let (snapshot_index, last_index) = edit_db(&cluster, follower, |db| {
-        let indexes = log_indexes(&db.open_tree("raft_log").expect("raft_log"));
-        let first = *indexes.first().expect("entries after the snapshot");
-        (first - 1, *indexes.last().expect("entries"))
-    });
+    // The index of the follower's last compaction, from its own log.
+    let log = cluster.member_log(follower);
+    let stored = log
+        .lines()
+        .rfind(|line| line.contains("snapshot stored and the log compacted to it"))
+        .unwrap_or_else(|| panic!("the follower compacted its log:\n{log}"));
+    let snapshot_index: u64 = stored
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("index=")?.parse().ok())
+        .unwrap_or_else(|| panic!("an index in {stored:?}"));
     assert!(snapshot_index > 1, "the follower's log was compacted");
     cluster.spawn_coordinator(follower, false);
     wait_for(
@@ -438,6 +466,6 @@ fn a_member_alone_rebuilds_its_state_from_snapshot_and_log() {
         .unwrap_or_else(|| panic!("a `state loaded` line in:\n{log}"));
     assert!(
         loaded.contains(&format!("snapshot_index={snapshot_index}")),
-        "started from the snapshot at {snapshot_index} (log up to {last_index}): {loaded}"
+        "started from the snapshot of its last compaction, at {snapshot_index}: {loaded}"
     );
 }

@@ -40,7 +40,10 @@ pub(crate) async fn add_member(
         })
         .await?;
     if output == Output::Table {
-        println!("member {id} added");
+        println!(
+            "member {id} added as a learner: it copies the log without voting, and the leader \
+             promotes it to voter once it answers as a coordinator and has caught up"
+        );
     }
     show(client, &status, output)
 }
@@ -93,6 +96,8 @@ fn cluster_json(status: &proto::ClusterStatusResponse) -> serde_json::Value {
             "last_contact_ms": m.last_contact_ms,
             "reachable": m.reachable,
             "error": m.error,
+            "learner": m.learner,
+            "promotion": m.promotion,
         })).collect::<Vec<_>>(),
     })
 }
@@ -119,10 +124,16 @@ fn cluster_table(status: &proto::ClusterStatusResponse, address: &str) -> String
         .members
         .iter()
         .map(|m| {
-            let role = if m.reachable || m.id == status.answered_by {
-                m.role.clone()
-            } else {
-                "unreachable".to_string()
+            let role = match (m.reachable || m.id == status.answered_by, m.learner) {
+                (true, false) => m.role.clone(),
+                (true, true) => "learner".to_string(),
+                (false, false) => "unreachable".to_string(),
+                (false, true) => "learner (unreachable)".to_string(),
+            };
+            let note = match (m.error.is_empty(), m.promotion.is_empty()) {
+                (_, true) => m.error.clone(),
+                (true, false) => format!("promotion: {}", m.promotion),
+                (false, false) => format!("{}; promotion: {}", m.error, m.promotion),
             };
             let contact = if m.id == status.answered_by {
                 "(answered)".to_string()
@@ -141,7 +152,7 @@ fn cluster_table(status: &proto::ClusterStatusResponse, address: &str) -> String
                 m.applied_index.to_string(),
                 m.lag.to_string(),
                 contact,
-                m.error.clone(),
+                note,
             ]
         })
         .collect();
@@ -184,6 +195,8 @@ mod tests {
             } else {
                 "connection refused".into()
             },
+            learner: false,
+            promotion: String::new(),
         }
     }
 
@@ -219,6 +232,34 @@ mod tests {
         let json = cluster_json(&status);
         assert_eq!(json["leader_id"], 1);
         assert_eq!(json["members"][2]["reachable"], false);
+        let mut with_learners = status.clone();
+        with_learners.members.push(proto::MemberStatus {
+            learner: true,
+            promotion: "catching up: it holds 10 of 400 entries".into(),
+            ..member(4, "learner", true, 50)
+        });
+        with_learners.members.push(proto::MemberStatus {
+            learner: true,
+            promotion: "waiting to reach it as a coordinator of this cluster".into(),
+            ..member(5, "unreachable", false, -1)
+        });
+        let text = cluster_table(&with_learners, "c2:7443");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[5].contains("learner") && lines[5].contains("promotion: catching up"),
+            "{text}"
+        );
+        assert!(
+            lines[6].contains("learner (unreachable)")
+                && lines[6].contains("connection refused; promotion: waiting to reach it"),
+            "{text}"
+        );
+        let json = cluster_json(&with_learners);
+        assert_eq!(json["members"][3]["learner"], true);
+        assert_eq!(
+            json["members"][3]["promotion"],
+            "catching up: it holds 10 of 400 entries"
+        );
         let leaderless = proto::ClusterStatusResponse {
             leader_id: 0,
             ..status

@@ -474,6 +474,13 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
             Input::ConfChange(change, reply) => {
                 let result = if self.raw.raft.state != StateRole::Leader {
                     Err(ConsensusError::NotLeader)
+                } else if self.raw.raft.has_pending_conf() {
+                    // raft-rs would turn the change into an empty entry without a
+                    // word: one change at a time, and the caller hears why.
+                    Err(ConsensusError::Refused(
+                        "another membership change is still being applied; retry once it is"
+                            .to_string(),
+                    ))
                 } else {
                     self.raw
                         .propose_conf_change(Vec::new(), change)
@@ -486,7 +493,8 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
             }
             Input::Status(reply) => {
                 let raft = &self.raw.raft;
-                let matched = if raft.state == StateRole::Leader {
+                let leading = raft.state == StateRole::Leader;
+                let matched = if leading {
                     raft.prs()
                         .iter()
                         .map(|(id, pr)| (*id, pr.matched))
@@ -494,7 +502,17 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                 } else {
                     BTreeMap::new()
                 };
+                let replicating = raft
+                    .prs()
+                    .iter()
+                    .filter(|(_, pr)| leading && pr.state == raft::ProgressState::Replicate)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let conf = raft.prs().conf().to_conf_state();
                 let _ = reply.send(LocalStatus {
+                    replicating,
+                    voters: conf.voters.iter().copied().collect(),
+                    learners: conf.learners.iter().copied().collect(),
                     id: raft.id,
                     role: role_name(raft.state),
                     leader: (raft.leader_id != raft::INVALID_ID).then_some(raft.leader_id),
@@ -718,10 +736,11 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                     self.log.set_conf_state(&conf_state)?;
                     members_changed = true;
                     match change.get_change_type() {
-                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        kind @ (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode) => {
                             committed.push(Committed::MemberAdded {
                                 id: change.node_id,
                                 context: change.context.to_vec(),
+                                learner: kind == ConfChangeType::AddLearnerNode,
                             });
                         }
                         ConfChangeType::RemoveNode => {

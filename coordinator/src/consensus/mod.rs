@@ -16,7 +16,7 @@ pub mod transport;
 #[cfg(test)]
 mod sim;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft::eraftpb::{ConfChange, Message};
 use serde::Serialize;
@@ -30,11 +30,13 @@ pub use storage::LogStoreError;
 pub enum Committed<C> {
     /// The commands of one normal entry.
     Commands(Vec<C>),
-    /// A member joined; `context` is what the proposer of the change attached
-    /// (the coordinator attaches the member's addresses).
+    /// A member joined (as a learner, which does not vote) or a learner was
+    /// promoted to voter (`learner` false); `context` is what the proposer of the
+    /// change attached (the coordinator attaches the member's addresses).
     MemberAdded {
         id: u64,
         context: Vec<u8>,
+        learner: bool,
     },
     MemberRemoved {
         id: u64,
@@ -168,6 +170,12 @@ pub struct LocalStatus {
     pub last_index: u64,
     /// The leader's record of what each follower has (matched index).
     pub matched: BTreeMap<u64, u64>,
+    /// The members the leader is streaming entries to (raft-rs's `Replicate`
+    /// progress state, as opposed to probing or sending a snapshot); leader only.
+    pub replicating: BTreeSet<u64>,
+    /// The configuration this member knows: who votes, who only learns.
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
 }
 
 /// Why the Raft loop stopped.

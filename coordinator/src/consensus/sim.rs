@@ -255,7 +255,9 @@ impl Cluster {
         let member = self.members.get_mut(&id).expect("a member of the test");
         let snapshot = raft::Storage::snapshot(&member.log, 0, id).expect("the log has a snapshot");
         let machine = Arc::new(Machine::default());
-        machine.restore(machine.decode(&snapshot.data).expect("snapshots decode"));
+        if !snapshot.data.is_empty() {
+            machine.restore(machine.decode(&snapshot.data).expect("snapshots decode"));
+        }
         let outbox = Arc::new(Outbox::default());
         let (role_sender, role) = watch::channel(RoleInfo::default());
         // raft-rs draws each election timeout at random (from the thread's
@@ -277,6 +279,53 @@ impl Cluster {
         member.machine = machine;
         member.outbox = outbox;
         member.role = role;
+    }
+
+    /// A new member with an empty log (a coordinator started with `join = true`):
+    /// it knows nothing until the leader sends it a snapshot.
+    fn join(&mut self, id: u64) {
+        let (_, role) = watch::channel(RoleInfo::default());
+        self.members.insert(
+            id,
+            Member {
+                driver: None,
+                log: MemLog::default(),
+                machine: Arc::default(),
+                outbox: Arc::default(),
+                role,
+            },
+        );
+        self.start(id);
+    }
+
+    /// Hands a configuration change for member `id` to member `on`; returns what
+    /// the driver answered at once (refusals come at once, a change is applied
+    /// later).
+    fn change(
+        &mut self,
+        on: u64,
+        kind: raft::eraftpb::ConfChangeType,
+        id: u64,
+    ) -> Result<(), ConsensusError> {
+        let mut change = raft::eraftpb::ConfChange::default();
+        change.set_change_type(kind);
+        change.node_id = id;
+        let (reply, mut answer) = oneshot::channel();
+        let driver = self.members.get_mut(&on).and_then(|m| m.driver.as_mut());
+        driver
+            .expect("the member is up")
+            .handle_input(Input::ConfChange(change, reply));
+        answer.try_recv().expect("answered at once")
+    }
+
+    /// Member `id`'s own view: role, configuration, and (on the leader) progress.
+    fn status(&mut self, id: u64) -> super::LocalStatus {
+        let (reply, mut answer) = oneshot::channel();
+        let driver = self.members.get_mut(&id).and_then(|m| m.driver.as_mut());
+        driver
+            .expect("the member is up")
+            .handle_input(Input::Status(reply));
+        answer.try_recv().expect("answered at once")
     }
 
     /// Stops a member at once, as a crash does: what its driver held in memory is
@@ -892,4 +941,125 @@ async fn random_faults_never_lose_or_reorder_an_acknowledged_command() {
         );
     }
     assert!(acknowledged > 0, "no history acknowledged anything");
+}
+
+/// Membership as the coordinator changes it: a new member joins as a learner
+/// (it copies the log, including by snapshot, but does not vote), is promoted
+/// once it caught up and then counts toward the quorum; a learner that never
+/// starts changes no quorum and is removed; one change at a time.
+#[tokio::test]
+async fn a_learner_catches_up_is_promoted_and_a_phantom_learner_harms_nothing() {
+    use raft::eraftpb::ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+    let mut cluster = Cluster::new(3, settings(20), 7).await;
+    let leader = cluster.elect().await;
+    for _ in 0..40 {
+        cluster.propose(leader);
+        cluster.run(1).await;
+    }
+    // A phantom: nobody runs member 9. The cluster keeps committing.
+    assert_eq!(cluster.change(leader, AddLearnerNode, 9), Ok(()));
+    // The change is not applied yet: a second one is refused with the reason.
+    let refused = cluster.change(leader, AddLearnerNode, 4).unwrap_err();
+    assert!(
+        refused.to_string().contains("another membership change"),
+        "{refused}"
+    );
+    cluster.run(5).await;
+    let status = cluster.status(leader);
+    assert!(status.learners.contains(&9), "{status:?}");
+    assert_eq!(status.voters, BTreeSet::from([1, 2, 3]));
+    for _ in 0..10 {
+        cluster.propose(leader);
+        cluster.run(1).await;
+    }
+
+    // A real new member joins as a learner and copies the compacted log.
+    cluster.join(4);
+    assert_eq!(cluster.change(leader, AddLearnerNode, 4), Ok(()));
+    for _ in 0..200 {
+        cluster.run(1).await;
+        let status = cluster.status(leader);
+        if status.replicating.contains(&4) && status.matched.get(&4) == Some(&status.last_index) {
+            break;
+        }
+    }
+    let status = cluster.status(leader);
+    assert_eq!(
+        status.matched.get(&4),
+        Some(&status.last_index),
+        "the learner caught up: {status:?}"
+    );
+    assert!(status.learners.contains(&4) && !status.voters.contains(&4));
+    assert_eq!(
+        cluster.status(4).learners,
+        status.learners,
+        "it knows it learns"
+    );
+    assert_eq!(cluster.applied_values(4), cluster.applied_values(leader));
+
+    // Promoted, it votes.
+    assert_eq!(cluster.change(leader, AddNode, 4), Ok(()));
+    cluster.run(5).await;
+    assert!(cluster.status(leader).voters.contains(&4));
+    // The phantom goes, whatever state it never reached.
+    assert_eq!(cluster.change(leader, RemoveNode, 9), Ok(()));
+    cluster.run(5).await;
+    let status = cluster.status(leader);
+    assert!(status.learners.is_empty(), "{status:?}");
+    assert_eq!(status.voters, BTreeSet::from([1, 2, 3, 4]));
+    let down = *[1, 2, 3]
+        .iter()
+        .find(|id| **id != leader)
+        .expect("two others");
+    cluster.crash(down);
+    // Four voters with one down: a quorum is 3, so nothing commits without
+    // member 4's vote.
+    let mut acknowledged_with_one_down = Vec::new();
+    for _ in 0..10 {
+        acknowledged_with_one_down.push(cluster.propose(leader));
+        cluster.run(1).await;
+    }
+    cluster.run(10).await;
+    let applied = cluster.applied_values(4);
+    assert!(
+        acknowledged_with_one_down
+            .iter()
+            .all(|v| applied.contains(v)),
+        "member 4 holds what was committed with member {down} down"
+    );
+
+    // Removing voter 4 again: it applies its own removal.
+    cluster.start(down);
+    cluster.run(20).await;
+    let leader = cluster.elect().await;
+    assert_eq!(cluster.change(leader, RemoveNode, 4), Ok(()));
+    for _ in 0..50 {
+        cluster.run(1).await;
+        if cluster.members[&4]
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.removed())
+        {
+            break;
+        }
+    }
+    assert!(
+        cluster.members[&4]
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.removed()),
+        "member 4 applied its removal"
+    );
+    let gone = cluster.members.remove(&4).expect("member 4");
+    assert_eq!(cluster.status(leader).voters, BTreeSet::from([1, 2, 3]));
+    for _ in 0..10 {
+        cluster.propose(leader);
+        cluster.run(1).await;
+    }
+    cluster.converge().await;
+    let report = cluster.check();
+    assert_eq!(report.acknowledged, 70, "{report:?}");
+    // What member 4 applied before it left is a prefix of everyone's sequence.
+    let left_with = gone.machine.state.lock().expect("test lock").values.clone();
+    assert!(cluster.applied_values(1).starts_with(&left_with));
 }

@@ -27,6 +27,9 @@ use sled::{Batch, Transactional};
 
 #[cfg(test)]
 mod tests;
+pub mod wal;
+
+pub use wal::WalLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
@@ -472,6 +475,12 @@ fn read_data_file(snapshots: &sled::Tree) -> Result<Option<DataFile>, LogStoreEr
     let what = format!("{SNAPSHOT_TREE} key {SNAPSHOT_FILE_KEY}");
     let file: DataFile = serde_json::from_slice(&bytes)
         .map_err(|error| corrupt(&what, format!("cannot decode: {error}")))?;
+    check_data_file_name(&what, &file)?;
+    Ok(Some(file))
+}
+
+/// Refuses a record naming anything but a plain file of the snapshot directory.
+fn check_data_file_name(what: &str, file: &DataFile) -> Result<(), LogStoreError> {
     let plain = !file.name.is_empty()
         && file
             .name
@@ -483,7 +492,24 @@ fn read_data_file(snapshots: &sled::Tree) -> Result<Option<DataFile>, LogStoreEr
             format!("{:?} is not a snapshot file name", file.name),
         ));
     }
-    Ok(Some(file))
+    Ok(())
+}
+
+/// Reads a snapshot's data file and checks its size and digest.
+fn read_verified_data(dir: &std::path::Path, file: &DataFile) -> Result<Vec<u8>, LogStoreError> {
+    let path = dir.join(&file.name);
+    let data = std::fs::read(&path).map_err(|e| file_error(&path, e))?;
+    let digest = blake3::hash(&data).to_hex().to_string();
+    if data.len() as u64 != file.size || digest != file.blake3 {
+        let detail = format!(
+            "{} bytes with digest {digest}; {} bytes with digest {} were written",
+            data.len(),
+            file.size,
+            file.blake3
+        );
+        return Err(corrupt(format!("snapshot file {}", path.display()), detail));
+    }
+    Ok(data)
 }
 
 /// Decodes entry `index` from its stored bytes, which must be there and agree.
@@ -722,22 +748,67 @@ impl SledLog {
     fn read_snapshot(&self) -> Result<Snapshot, LogStoreError> {
         let mut snapshot: Snapshot = read_key(&self.snapshots, SNAPSHOT_TREE, SNAPSHOT_KEY)?;
         if let Some(file) = read_data_file(&self.snapshots)? {
-            let path = self.snapshot_dir.join(&file.name);
-            let data = std::fs::read(&path).map_err(|e| file_error(&path, e))?;
-            let digest = blake3::hash(&data).to_hex().to_string();
-            if data.len() as u64 != file.size || digest != file.blake3 {
-                let detail = format!(
-                    "{} bytes with digest {digest}; {} bytes with digest {} were written",
-                    data.len(),
-                    file.size,
-                    file.blake3
-                );
-                return Err(corrupt(format!("snapshot file {}", path.display()), detail));
-            }
-            snapshot.data = data.into();
+            snapshot.data = read_verified_data(&self.snapshot_dir, &file)?.into();
         }
         Ok(snapshot)
     }
+}
+
+/// Moves a Raft log kept in sled (as coordinators did before the write-ahead log)
+/// into `wal`, once, and returns whether there was one. The sled trees are emptied
+/// only after the write-ahead log holds all of it, synced; a move cut short is
+/// finished at the next start.
+pub fn move_sled_log_into(
+    db: &sled::Db,
+    snapshot_dir: &std::path::Path,
+    wal: &WalLog,
+) -> Result<bool, LogStoreError> {
+    let trees = [LOG_TREE, META_TREE, SNAPSHOT_TREE];
+    let names = db.tree_names();
+    let mut stored = false;
+    for tree in trees {
+        if names.iter().any(|name| name.as_ref() == tree.as_bytes()) {
+            stored |= !db.open_tree(tree)?.is_empty();
+        }
+    }
+    if !stored {
+        return Ok(false);
+    }
+    if wal.is_empty() {
+        let sled = SledLog::open(db, snapshot_dir)?;
+        let read = |error: raft::Error| corrupt("the raft log in sled", error.to_string());
+        let snapshot = Storage::snapshot(&sled, 0, 0).map_err(read)?;
+        let conf_state = sled.initial_state().map_err(read)?.conf_state;
+        let hard_state = sled.hard_state();
+        if snapshot.get_metadata().index > 0 {
+            wal.apply_snapshot(snapshot)?;
+        }
+        wal.set_conf_state(&conf_state)?;
+        let (first, last) = (
+            sled.first_index().map_err(read)?,
+            sled.last_index().map_err(read)?,
+        );
+        let mut low = first;
+        while low <= last {
+            let high = (low + REMOVAL_CHUNK as u64).min(last + 1);
+            let entries = sled.entries(low, high, None, GetEntriesContext::empty(false));
+            wal.append(&entries.map_err(read)?)?;
+            low = high;
+        }
+        wal.set_hard_state(&hard_state)?;
+        wal.sync()?;
+        tracing::info!(
+            first_index = first,
+            last_index = last,
+            commit = hard_state.commit,
+            "moved the raft log from sled into the write-ahead log"
+        );
+    }
+    for tree in trees {
+        db.drop_tree(tree)?;
+    }
+    db.flush()?;
+    Ok(true)
 }
 
 fn encode_tx(

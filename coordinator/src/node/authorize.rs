@@ -3,7 +3,8 @@
 //! (on the original caller, not on the forwarding coordinator).
 //!
 //! A pure function of the caller's identity and the command: unit-tested here
-//! without a network.
+//! without a network. Membership changes are decided beside the table
+//! ([`authorize_membership`]): administrators only.
 
 use ferry_common::pki::{Identity, Role};
 
@@ -191,9 +192,62 @@ pub fn authorize(caller: &Identity, command: &Command) -> Result<(), String> {
     })
 }
 
+/// Decides whether `caller` may change the cluster's membership (add, promote or
+/// remove a member): a client certificate whose name is among `admins` (the
+/// `admins` of coordinator.toml). Not a command of the table above: a membership
+/// change is a Raft configuration change, proposed on the leader only. A refusal
+/// says what is needed.
+pub fn authorize_membership(
+    caller: &Identity,
+    admins: &std::collections::BTreeSet<String>,
+) -> Result<(), String> {
+    if caller.role == Role::Client && admins.contains(&caller.name) {
+        return Ok(());
+    }
+    let needed = "changing the cluster's membership needs an administrator: a client \
+                  certificate whose name is listed in `admins` in coordinator.toml";
+    Err(if admins.is_empty() {
+        format!(
+            "{caller} may not change the cluster's membership: no administrators are \
+             configured (`admins` in coordinator.toml is empty); {needed}"
+        )
+    } else if caller.role != Role::Client {
+        format!(
+            "{caller} may not change the cluster's membership (client certificates only); {needed}"
+        )
+    } else {
+        format!(
+            "{caller} may not change the cluster's membership: it is not an administrator; {needed}"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_clients_may_change_the_membership() {
+        let admins: std::collections::BTreeSet<String> = ["alice".to_string()].into();
+        assert!(authorize_membership(&identity(Role::Client, "alice"), &admins).is_ok());
+        let bob = authorize_membership(&identity(Role::Client, "bob"), &admins).unwrap_err();
+        assert!(
+            bob.starts_with(
+                "client \"bob\" may not change the cluster's membership: it is not an administrator"
+            ) && bob.contains("listed in `admins` in coordinator.toml"),
+            "{bob}"
+        );
+        // A worker or a coordinator named like an administrator is not one.
+        let worker = authorize_membership(&identity(Role::Worker, "alice"), &admins).unwrap_err();
+        assert!(worker.contains("(client certificates only)"), "{worker}");
+        assert!(authorize_membership(&identity(Role::Coordinator, "alice"), &admins).is_err());
+        let nobody = std::collections::BTreeSet::new();
+        let refusal = authorize_membership(&identity(Role::Client, "alice"), &nobody).unwrap_err();
+        assert!(
+            refusal.contains("no administrators are configured"),
+            "{refusal}"
+        );
+    }
 
     fn identity(role: Role, name: &str) -> Identity {
         Identity {

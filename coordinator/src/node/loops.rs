@@ -17,7 +17,7 @@ use super::Node;
 /// Waits `period` for a periodic leader loop's next pass: `Some(true)` when this
 /// member leads (run it), `Some(false)` when it does not (skip it), `None` at
 /// shutdown (or when the fault point `fault` says to end, in test builds).
-async fn next_pass(
+pub(super) async fn next_pass(
     node: &Node,
     fault: &str,
     period: Duration,

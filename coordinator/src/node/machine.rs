@@ -42,10 +42,16 @@ impl StateMachine for Replica {
                 Committed::Commands(commands) => {
                     results.extend(commands.into_iter().map(|command| state.apply(command)));
                 }
-                Committed::MemberAdded { id, context } => {
+                Committed::MemberAdded {
+                    id,
+                    context,
+                    learner,
+                } => {
                     match serde_json::from_slice::<Member>(&context) {
-                        Ok(member) if member.id == id => {
-                            tracing::info!(member = member.id, address = %member.client_address, "member added");
+                        Ok(mut member) if member.id == id => {
+                            // What the change did, not what its context says.
+                            member.learner = learner;
+                            tracing::info!(member = member.id, address = %member.client_address, learner, "member added");
                             state.set_member(member);
                         }
                         _ => {

@@ -4,12 +4,14 @@
 //! forwarded one on the leader, makes reads linearizable, and keeps the leader's
 //! worker streams. `authorize` is the table of who may propose what,
 //! `assignment` builds what a worker is sent, `workers` holds the streams and
-//! carries out outcomes, `loops` the leader's background loops.
+//! carries out outcomes, `loops` the leader's background loops, `membership`
+//! membership changes (learners, promotion, safety checks) and cluster status.
 
 mod assignment;
 pub mod authorize;
 mod loops;
 pub mod machine;
+pub mod membership;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +32,7 @@ pub use ferry_common::time::now_ms;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::consensus::driver::{self, Driver};
-use crate::consensus::storage::{LogStore, SledLog};
+use crate::consensus::storage::{self, LogStore, WalLog};
 use crate::consensus::transport::Transport;
 use crate::consensus::{
     ConsensusError, DriverError, DriverExit, Input, LocalStatus, Proposal, RoleInfo,
@@ -130,6 +132,8 @@ pub struct Node {
     waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
     /// Turns true when this member must stop serving (storage failure, removed).
     stop: watch::Sender<Option<String>>,
+    /// Administrators, learners and their promotion.
+    pub membership: membership::Membership,
 }
 
 /// The node's background tasks, each supervised (`ferry_common::tasks`): one
@@ -159,7 +163,9 @@ impl Node {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
         let initial = config.initial_members()?;
-        let log = SledLog::open(store.db(), &config.data_dir.join("snapshots"))?;
+        let snapshots = config.data_dir.join("snapshots");
+        let log = WalLog::open(&config.data_dir.join("raft-log"), &snapshots)?;
+        storage::move_sled_log_into(store.db(), &snapshots, &log)?;
         if log.is_empty() && !config.join {
             let members: Vec<Member> = initial
                 .iter()
@@ -170,6 +176,7 @@ impl Node {
                         .peer_address
                         .clone()
                         .unwrap_or_else(|| m.client_address.clone()),
+                    learner: false,
                 })
                 .collect();
             // A data directory from a coordinator that ran before replication holds
@@ -242,6 +249,11 @@ impl Node {
             workers = state.workers.len(),
             "state loaded"
         );
+        let membership = membership::Membership::new(
+            config.admin_names()?,
+            tls.clone(),
+            Duration::from_millis(config.raft.tick_ms * config.raft.election_ticks as u64),
+        );
         let (feedback_sender, feedback) = mpsc::channel(1024);
         let transport = Arc::new(Transport::new(config.id, tls, feedback_sender));
         // A joining member knows no members until the leader's snapshot arrives;
@@ -258,6 +270,7 @@ impl Node {
                             .peer_address
                             .clone()
                             .unwrap_or_else(|| m.client_address.clone()),
+                        learner: false,
                     },
                 );
             }
@@ -294,6 +307,7 @@ impl Node {
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
             stop: watch::channel(None).0,
+            membership,
         });
         let driver = Driver::new(
             config.id,
@@ -346,6 +360,10 @@ impl Node {
             (
                 "leadership",
                 Box::pin(loops::leadership_loop(node.clone(), shutdown.clone())),
+            ),
+            (
+                "membership",
+                Box::pin(membership::membership_loop(node.clone(), shutdown.clone())),
             ),
         ];
         if let Some(keep_last) = node.retention.keep_last {
@@ -447,137 +465,12 @@ impl Node {
         }
     }
 
-    /// Proposes adding (or removing) a member, then waits until it is applied.
-    pub async fn change_membership(
-        &self,
-        add: Option<Member>,
-        remove: Option<u64>,
-    ) -> Result<(), ProposeError> {
-        let mut change = raft::eraftpb::ConfChange::default();
-        let id = match (&add, remove) {
-            (Some(member), _) => {
-                change.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
-                change.node_id = member.id;
-                change.context = serde_json::to_vec(member)
-                    .expect("members serialize")
-                    .into();
-                member.id
-            }
-            (None, Some(id)) => {
-                change.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
-                change.node_id = id;
-                id
-            }
-            (None, None) => return Ok(()),
-        };
-        let (reply, answer) = oneshot::channel();
-        self.inputs
-            .send(Input::ConfChange(change, reply))
-            .await
-            .map_err(|_| ConsensusError::ShuttingDown)?;
-        answer.await.map_err(|_| ConsensusError::ShuttingDown)??;
-        let mut changes = self.subscribe_state();
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            let done = self.read(|state| state.members.contains_key(&id) == add.is_some());
-            if done {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ConsensusError::NotCommitted.into());
-            }
-            let _ = tokio::time::timeout(left, changes.changed()).await;
-        }
-    }
-
     /// Hands a Raft message from a peer to the Raft loop.
     pub async fn step(&self, message: raft::eraftpb::Message) -> Result<(), Status> {
         self.inputs
             .send(Input::Message(Box::new(message)))
             .await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
-    }
-
-    /// This member's own line of `ferry cluster status`.
-    pub async fn member_status(&self) -> Result<proto::MemberStatus, Status> {
-        let local = self
-            .local_status()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let member = self.read(|state| state.members.get(&self.id).cloned());
-        Ok(proto::MemberStatus {
-            id: self.id,
-            client_address: member
-                .as_ref()
-                .map(|m| m.client_address.clone())
-                .unwrap_or_default(),
-            peer_address: member.map(|m| m.peer_address).unwrap_or_default(),
-            role: local.role.to_string(),
-            term: local.term,
-            commit_index: local.commit,
-            applied_index: local.applied,
-            lag: 0,
-            last_contact_ms: 0,
-            reachable: true,
-            error: String::new(),
-        })
-    }
-
-    /// Every member's status, as seen from this one: each is asked for its own
-    /// view; the lag is measured against the leader's commit index.
-    pub async fn cluster_status(&self) -> proto::ClusterStatusResponse {
-        let members: Vec<Member> = self.read(|state| state.members.values().cloned().collect());
-        let mut statuses = Vec::new();
-        for member in members {
-            let status = if member.id == self.id {
-                self.member_status().await
-            } else {
-                match self.transport.client(member.id) {
-                    Some(mut client) => tokio::time::timeout(
-                        Duration::from_secs(1),
-                        client.describe_self(proto::ClusterStatusRequest {}),
-                    )
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("no answer within 1 s"))
-                    .and_then(|r| r.map(|r| r.into_inner())),
-                    None => Err(Status::unavailable("no link to this member")),
-                }
-            };
-            let mut status = status.unwrap_or_else(|error| proto::MemberStatus {
-                id: member.id,
-                role: "unreachable".to_string(),
-                reachable: false,
-                error: error.message().to_string(),
-                ..Default::default()
-            });
-            status.client_address = member.client_address.clone();
-            status.peer_address = member.peer_address.clone();
-            if member.id != self.id {
-                status.last_contact_ms = self
-                    .transport
-                    .since_contact(member.id)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(-1);
-            }
-            statuses.push(status);
-        }
-        let leader_commit = statuses
-            .iter()
-            .filter(|s| s.role == "leader")
-            .map(|s| s.commit_index)
-            .max()
-            .unwrap_or_else(|| statuses.iter().map(|s| s.commit_index).max().unwrap_or(0));
-        for status in &mut statuses {
-            if status.reachable {
-                status.lag = leader_commit.saturating_sub(status.applied_index);
-            }
-        }
-        proto::ClusterStatusResponse {
-            leader_id: self.role().leader.unwrap_or(0),
-            members: statuses,
-            answered_by: self.id,
-        }
     }
 
     /// This member's Raft view.

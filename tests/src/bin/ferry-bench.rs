@@ -5,6 +5,7 @@
 //! cargo build --release --workspace
 //! target/release/ferry-bench [commit|failover|graceful|steps|latency|cache|all]
 //!     [--seconds N] [--clients N] [--trials N] [--runs N] [--steps N] [--sweeps N]
+//! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
 //! ```
 //!
 //! - `commit`: many concurrent clients submit one-step runs to a 3-member cluster
@@ -29,6 +30,12 @@
 //!   once): the same chain submitted with `no_cache`, for comparison, and a
 //!   1,000-trial sweep (`cache: false`), whose `SubmitRun` call expands, validates
 //!   and replicates the 1,000 steps.
+//! - `chaos` (not part of `all`; needs root for its network namespaces): the
+//!   nemesis of `ferry_tests::chaos` (kills, restarts, partitions, flaky links,
+//!   heals, chosen from `--seed`, default from the clock) for `--seconds` (default
+//!   10) against `--members` coordinators while `--clients` clients (default 3)
+//!   submit and count runs; prints every action, the checker's verdict on the
+//!   history and whether the members converged; exits non-zero when either fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +62,10 @@ struct Options {
     /// Submissions of the 1,000-trial sweep, and of the uncached chain it is
     /// compared with, in the cache benchmark.
     sweeps: usize,
+    /// The chaos nemesis's seed (None: from the clock).
+    seed: Option<u64>,
+    /// Whether `--clients` was given (the chaos run's default differs).
+    clients_given: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -68,6 +79,8 @@ fn options() -> anyhow::Result<Options> {
         runs: 50,
         steps: 100,
         sweeps: 10,
+        seed: None,
+        clients_given: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -79,21 +92,24 @@ fn options() -> anyhow::Result<Options> {
         };
         match arg.as_str() {
             "--seconds" => options.seconds = number("--seconds")?,
-            "--clients" => options.clients = number("--clients")? as usize,
+            "--clients" => {
+                options.clients = number("--clients")? as usize;
+                options.clients_given = true;
+            }
+            "--seed" => options.seed = Some(number("--seed")?),
             "--trials" => options.trials = number("--trials")? as usize,
             "--members" => options.members = number("--members")?,
             "--snapshot-every" => options.snapshot_every = Some(number("--snapshot-every")?),
             "--runs" => options.runs = number("--runs")? as usize,
             "--steps" => options.steps = number("--steps")? as usize,
             "--sweeps" => options.sweeps = number("--sweeps")? as usize,
-            "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "all" => {
-                options.what = arg
-            }
+            "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
+            | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
-                 [--steps N] [--sweeps N]"
+                 [--steps N] [--sweeps N] [--seed N]"
             ),
         }
     }
@@ -1057,6 +1073,9 @@ async fn measure_sweep_submissions(
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
+    if options.what == "chaos" {
+        return bench_chaos(&options);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         if matches!(options.what.as_str(), "commit" | "all") {
@@ -1079,6 +1098,35 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `chaos`: the nemesis against a partitionable cluster, then the verdicts.
+fn bench_chaos(options: &Options) -> anyhow::Result<()> {
+    let seed = options.seed.unwrap_or_else(ferry_tests::chaos::fresh_seed);
+    let mut chaos =
+        ferry_tests::chaos::ChaosOptions::new(Duration::from_secs(options.seconds), seed);
+    chaos.members = options.members;
+    if options.clients_given {
+        chaos.clients = options.clients;
+    }
+    let report = ferry_tests::chaos::run(&chaos, &mut |line| println!("{line}"));
+    println!(
+        "replay with: ferry-bench chaos --seed {seed} --seconds {}",
+        options.seconds
+    );
+    use ferry_tests::linearizability::Verdict;
+    match (&report.verdict, report.converged) {
+        (Verdict::Linearizable { .. }, true) => Ok(()),
+        (Verdict::Linearizable { .. }, false) => {
+            anyhow::bail!("chaos seed {seed}: the members did not converge")
+        }
+        (Verdict::GaveUp { explored }, _) => {
+            anyhow::bail!("chaos seed {seed}: the checker gave up after {explored} states")
+        }
+        (Verdict::NotLinearizable { .. }, _) => {
+            anyhow::bail!("chaos seed {seed}: the history is not linearizable")
+        }
+    }
 }
 
 /// A run's view, read linearizably (as `ferry status` reads it).

@@ -405,4 +405,9 @@ pub struct Member {
     pub id: u64,
     pub client_address: String,
     pub peer_address: String,
+    /// A learner copies the log but does not vote: a member added by `ferry
+    /// cluster add-member` is one until the leader promotes it. (Absent, and so
+    /// false, in records made before learners existed, when every member voted.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learner: bool,
 }

@@ -1,5 +1,6 @@
 //! The cluster's membership as clients see and change it: `ferry cluster status`,
-//! `ferry cluster add` and `ferry cluster remove`.
+//! `ferry cluster add-member` and `ferry cluster remove-member`. Changes are for
+//! administrators only and are made on the leader (`node::membership`).
 
 use ferry_common::pki::{Role, require_role};
 use ferry_common::proto;
@@ -7,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::ControlService;
 use crate::api::propose_status;
+use crate::node::membership::MembershipError;
 
 pub(super) async fn cluster_status(
     service: &ControlService,
@@ -16,11 +18,29 @@ pub(super) async fn cluster_status(
     Ok(Response::new(service.node.cluster_status().await))
 }
 
+fn membership_status(error: MembershipError) -> Status {
+    match error {
+        MembershipError::Denied(message) => Status::permission_denied(message),
+        MembershipError::Invalid(message) => Status::invalid_argument(message),
+        MembershipError::Exists(message) => Status::already_exists(message),
+        MembershipError::NotFound(_) => Status::not_found(error.to_string()),
+        MembershipError::Unsafe(message) => Status::failed_precondition(message),
+        MembershipError::Propose(error) => propose_status(error),
+    }
+}
+
+/// Adds a member as a learner; the leader promotes it to voter once it is
+/// reachable as a coordinator and has caught up.
 pub(super) async fn add_member(
     service: &ControlService,
     request: Request<proto::AddMemberRequest>,
 ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    service
+        .node
+        .membership
+        .authorize(&caller)
+        .map_err(membership_status)?;
     service.node.require_leader()?;
     let add = request.into_inner();
     if add.id == 0 {
@@ -47,55 +67,35 @@ pub(super) async fn add_member(
             add.peer_address
         },
         client_address: add.client_address,
+        learner: true,
     };
-    // A retried call whose change already applied answers with the status.
-    match service
-        .node
-        .read(|state| state.members.get(&member.id).cloned())
-    {
-        Some(existing) if existing == member => {
-            return Ok(Response::new(service.node.cluster_status().await));
-        }
-        Some(_) => {
-            return Err(Status::already_exists(format!(
-                "member {} is already in the cluster with other addresses; remove it first",
-                member.id
-            )));
-        }
-        None => {}
-    }
     tracing::info!(member = member.id, client = %caller.name, "adding a member");
     service
         .node
-        .change_membership(Some(member), None)
+        .add_learner(member)
         .await
-        .map_err(propose_status)?;
+        .map_err(membership_status)?;
     Ok(Response::new(service.node.cluster_status().await))
 }
 
+/// Removes a voter or a learner, unless that would leave no reachable quorum.
 pub(super) async fn remove_member(
     service: &ControlService,
     request: Request<proto::RemoveMemberRequest>,
 ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    service
+        .node
+        .membership
+        .authorize(&caller)
+        .map_err(membership_status)?;
     service.node.require_leader()?;
     let id = request.get_ref().id;
-    let members = service.node.read(|state| state.members.len());
-    if !service.node.read(|state| state.members.contains_key(&id)) {
-        return Err(Status::not_found(format!(
-            "member {id} is not in the cluster"
-        )));
-    }
-    if members <= 1 {
-        return Err(Status::failed_precondition(
-            "the last member cannot be removed",
-        ));
-    }
     tracing::info!(member = id, client = %caller.name, "removing a member");
     service
         .node
-        .change_membership(None, Some(id))
+        .remove_member(id)
         .await
-        .map_err(propose_status)?;
+        .map_err(membership_status)?;
     Ok(Response::new(service.node.cluster_status().await))
 }

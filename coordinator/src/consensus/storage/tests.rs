@@ -10,7 +10,7 @@ use raft::{GetEntriesContext, StorageError};
 
 use super::*;
 
-fn entry(index: u64, term: u64) -> Entry {
+pub(super) fn entry(index: u64, term: u64) -> Entry {
     let data = format!("command {index:03} of term {term:03}");
     Entry {
         index,
@@ -21,21 +21,21 @@ fn entry(index: u64, term: u64) -> Entry {
 }
 
 /// Entries `first..` with the given terms.
-fn entries_from(first: u64, terms: &[u64]) -> Vec<Entry> {
+pub(super) fn entries_from(first: u64, terms: &[u64]) -> Vec<Entry> {
     (first..)
         .zip(terms)
         .map(|(index, &term)| entry(index, term))
         .collect()
 }
 
-fn conf_state(voters: &[u64]) -> ConfState {
+pub(super) fn conf_state(voters: &[u64]) -> ConfState {
     ConfState {
         voters: voters.to_vec(),
         ..ConfState::default()
     }
 }
 
-fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+pub(super) fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
     HardState {
         term,
         vote,
@@ -44,7 +44,7 @@ fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
     }
 }
 
-fn snapshot(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {
+pub(super) fn snapshot(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {
     let mut snapshot = Snapshot::default();
     snapshot.set_data(data.to_vec().into());
     let metadata = snapshot.mut_metadata();
@@ -54,32 +54,32 @@ fn snapshot(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {
     snapshot
 }
 
-fn context() -> GetEntriesContext {
+pub(super) fn context() -> GetEntriesContext {
     GetEntriesContext::empty(false)
 }
 
-fn read<S: LogStore>(store: &S, low: u64, high: u64) -> raft::Result<Vec<Entry>> {
+pub(super) fn read<S: LogStore>(store: &S, low: u64, high: u64) -> raft::Result<Vec<Entry>> {
     store.entries(low, high, None, context())
 }
 
-fn store_error<T>(error: StorageError) -> raft::Result<T> {
+pub(super) fn store_error<T>(error: StorageError) -> raft::Result<T> {
     Err(raft::Error::Store(error))
 }
 
 /// Everything a caller can observe, to compare a store with itself or another.
 #[derive(Debug, PartialEq)]
-struct Observed {
-    first_index: u64,
-    last_index: u64,
-    entries: Vec<Entry>,
-    terms: Vec<u64>,
-    hard_state: HardState,
-    initial_hard_state: HardState,
-    conf_state: ConfState,
-    snapshot: Snapshot,
+pub(super) struct Observed {
+    pub(super) first_index: u64,
+    pub(super) last_index: u64,
+    pub(super) entries: Vec<Entry>,
+    pub(super) terms: Vec<u64>,
+    pub(super) hard_state: HardState,
+    pub(super) initial_hard_state: HardState,
+    pub(super) conf_state: ConfState,
+    pub(super) snapshot: Snapshot,
 }
 
-fn observe<S: LogStore>(store: &S) -> Observed {
+pub(super) fn observe<S: LogStore>(store: &S) -> Observed {
     let first_index = store.first_index().unwrap();
     let last_index = store.last_index().unwrap();
     let state = store.initial_state().unwrap();
@@ -123,7 +123,7 @@ fn assert_refused<S: LogStore>(
 type Case<S> = (&'static str, fn(&dyn Fn() -> S));
 
 /// Runs every case on fresh stores from `make`.
-fn conformance<S: LogStore>(make: &dyn Fn() -> S) {
+pub(super) fn conformance<S: LogStore>(make: &dyn Fn() -> S) {
     let cases: &[Case<S>] = &[
         ("fresh_store_is_empty", fresh_store_is_empty),
         ("append_then_read", append_then_read),
@@ -176,6 +176,29 @@ fn conformance<S: LogStore>(make: &dyn Fn() -> S) {
 #[test]
 fn mem_log_passes_conformance() {
     conformance(&MemLog::default);
+}
+
+#[test]
+fn wal_log_passes_conformance() {
+    let dirs = RefCell::new(Vec::new());
+    conformance(&|| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = WalLog::open(&dir.path().join("raft-log"), &dir.path().join("snapshots"));
+        dirs.borrow_mut().push(dir);
+        log.unwrap()
+    });
+}
+
+/// The same with segments so small that nearly every write starts a new one.
+#[test]
+fn wal_log_with_tiny_segments_passes_conformance() {
+    let dirs = RefCell::new(Vec::new());
+    conformance(&|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_dir, snapshots) = (dir.path().join("raft-log"), dir.path().join("snapshots"));
+        dirs.borrow_mut().push(dir);
+        WalLog::open_with(&log_dir, &snapshots, 200).unwrap()
+    });
 }
 
 #[test]
@@ -587,10 +610,10 @@ fn clones_share_the_log<S: LogStore>(make: &dyn Fn() -> S) {
 }
 
 /// A small deterministic generator, so a failing sequence replays exactly.
-struct Generator(u64);
+pub(super) struct Generator(pub(super) u64);
 
 impl Generator {
-    fn below(&mut self, bound: u64) -> u64 {
+    pub(super) fn below(&mut self, bound: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
@@ -683,7 +706,7 @@ fn matches_reference<S: LogStore>(make: &dyn Fn() -> S) {
 /// Opens the db in `dir`. A db just dropped in this process may still be locked
 /// for a moment by sled's background IO threads; the lock is waited for (up to
 /// 5 s), any other error fails at once.
-fn open_sled(dir: &Path) -> sled::Db {
+pub(super) fn open_sled(dir: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match sled::Config::new().path(dir).open() {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md gives it: installs the system tools the tests
+# need when they are missing (Debian/Ubuntu, as root), then builds and tests.
+#
+# The example pipelines run Python 3 (standard library only); protoc is vendored
+# by a build dependency, and TLS uses ring. The partition tests put members in
+# network namespaces (iproute2, iptables); the power-loss test mounts a FUSE
+# filesystem (fuse3's fusermount3). Both need root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing what the tests need: ${missing[*]}" >&2
+  apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --workspace && cargo test --workspace
