@@ -5,8 +5,8 @@
 //! against them, and kills everything it started when dropped.
 
 mod binaries;
-pub mod lazyfs;
 pub mod chaos;
+pub mod lazyfs;
 pub mod linearizability;
 pub mod netns;
 mod ports;

@@ -390,7 +390,10 @@ fn acknowledged_runs_survive_power_loss_on_every_member() {
             let uncancelled: Vec<(u64, &String)> = acked
                 .iter()
                 .filter(|(run, entry)| {
-                    entry.cancelled && view.get(run).is_some_and(|(_, s)| s != "cancelled")
+                    entry.cancelled
+                        && view
+                            .get(run)
+                            .is_some_and(|(p, s)| *p == entry.pipeline && s != "cancelled")
                 })
                 .map(|(run, _)| (*run, &view[run].1))
                 .collect();
