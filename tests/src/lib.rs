@@ -6,6 +6,7 @@
 
 mod binaries;
 pub mod chaos;
+pub mod lazyfs;
 pub mod linearizability;
 pub mod netns;
 mod ports;
@@ -198,6 +199,9 @@ pub struct Cluster {
     /// The namespaces and links of a partitionable cluster
     /// (`Cluster::start_partitionable`); dropped after every process is killed.
     pub network: Option<netns::Network>,
+    /// Where members keep their data directories (`coordinator-ID-data` in it);
+    /// None: beside their configurations in `root`.
+    data_root: Option<PathBuf>,
 }
 
 pub const CLIENT: &str = "alice";
@@ -249,6 +253,19 @@ impl Cluster {
         cluster
     }
 
+    /// Like [`Cluster::start_replicated`], with every member's data directory in
+    /// `data_root` (e.g. on a test filesystem) instead of the cluster's temporary
+    /// folder.
+    pub fn start_replicated_on(members: u64, extra: &str, data_root: &Path) -> Cluster {
+        let mut cluster = Cluster::unstarted(members, extra);
+        cluster.data_root = Some(data_root.to_path_buf());
+        for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
+        cluster
+    }
+
     /// A cluster of `members` coordinators, with certificates, none started.
     fn unstarted(members: u64, extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
@@ -272,6 +289,7 @@ impl Cluster {
             coordinator_extra: extra.to_string(),
             coordinator_env: BTreeMap::new(),
             network: None,
+            data_root: None,
         }
     }
 
@@ -316,10 +334,15 @@ impl Cluster {
         let config = self.path(&format!("coordinator-{id}.toml"));
         let address = self.coordinators[index].address();
         let join_line = if join { "join = true\n" } else { "" };
+        let data_dir = match &self.data_root {
+            Some(root) => root.join(format!("coordinator-{id}-data")),
+            None => PathBuf::from(format!("coordinator-{id}-data")),
+        };
+        let data_dir = data_dir.to_str().expect("utf-8 data directory");
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"coordinator-{id}-data\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
+                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
                 self.coordinator_extra,
                 self.members_toml(),
             ),
@@ -636,6 +659,22 @@ impl Cluster {
             .env("FERRY_KEY", key)
             .stdin(Stdio::null());
         command
+    }
+
+    /// Starts `ferry` as the client user against every member without waiting for
+    /// it, its output piped (a call the test may have to abandon).
+    pub fn ferry_spawn(&self, args: &[&str]) -> Child {
+        self.ferry_command(
+            &self.addresses(),
+            &self.pki.ca(),
+            &self.pki.cert(CLIENT),
+            &self.pki.key(CLIENT),
+            args,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ferry")
     }
 
     /// Runs `ferry` as the client user with its standard output a pipe that is

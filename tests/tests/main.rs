@@ -7,6 +7,7 @@ mod t10_iris;
 mod t15_failstop;
 mod t16_worker_failstop;
 mod t20_failures;
+mod t25_power_loss;
 mod t30_restart;
 mod t40_security;
 mod t50_specs;
