@@ -239,7 +239,6 @@ fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
 
 /// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
 /// when the digest matches.
-
 pub struct Upload {
     expected: String,
     announced: u64,
