@@ -12,6 +12,7 @@ mod t40_security;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;
+mod t72_failover;
 mod t80_corruption;
 mod t90_scheduling;
 mod t95_metrics;
