@@ -513,4 +513,61 @@ pub(super) mod tests {
             "the call gave up {late:?} after its deadline"
         );
     }
+
+    /// A coordinator that keeps its connection open but never answers (frozen, cut
+    /// off): the call gives up on it at its deadline and is made on the next one.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_nobody_answers_moves_on_at_its_deadline() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2"]);
+        let mut seen = Vec::new();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            coordinators.call(None, |_agent| {
+                let address = coordinators.current().address;
+                seen.push(address.clone());
+                async move {
+                    if address == "a:1" {
+                        std::future::pending::<Result<tonic::Response<u32>, tonic::Status>>().await
+                    } else {
+                        Ok(tonic::Response::new(7))
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("the call does not wait forever on a silent coordinator");
+        assert_eq!(answer.unwrap(), 7);
+        assert_eq!(seen, ["a:1", "b:2"]);
+    }
+
+    /// The session finds the new leader while an attempt's call hangs on the old
+    /// one: the call is made again on the new leader at once, not at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_follows_a_switch_made_by_another() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2", "c:3"]);
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let call = coordinators.call(None, |_agent| {
+            let address = coordinators.current().address;
+            seen.push(address.clone());
+            async move {
+                if address == "a:1" {
+                    std::future::pending::<Result<tonic::Response<u32>, tonic::Status>>().await
+                } else {
+                    Ok(tonic::Response::new(9))
+                }
+            }
+        });
+        let switch = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            coordinators.failed(0, &unavailable_with_hint("c:3"));
+        };
+        let (answer, ()) = tokio::join!(call, switch);
+        assert_eq!(answer.unwrap(), 9);
+        assert_eq!(seen, ["a:1", "c:3"]);
+        assert!(
+            Instant::now() - start < coordinators.timings().worker_call(),
+            "the call waited for its deadline instead of following the switch"
+        );
+    }
 }
