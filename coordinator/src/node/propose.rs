@@ -96,7 +96,12 @@ impl Node {
                 return Err(ProposeError::NoLeader(budget));
             }
             // Wait for a role change, or retry soon: the leader may have moved.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
+            let waited =
+                tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
+            if let Ok(Err(_)) = waited {
+                // The Raft loop is gone: this member is stopping.
+                return Err(ConsensusError::ShuttingDown.into());
+            }
         }
     }
 
@@ -148,9 +153,13 @@ impl Node {
                     "leader {leader} did not answer within {limit:?}"
                 ))),
             },
-            _ = role.wait_for(|info| info.leader != Some(leader)) => Try::Unknown(
-                ProposeError::Unanswered(format!("leader {leader} lost its leadership"))
-            ),
+            changed = role.wait_for(|info| info.leader != Some(leader)) => match changed {
+                Ok(_) => Try::Unknown(ProposeError::Unanswered(format!(
+                    "leader {leader} lost its leadership"
+                ))),
+                // The Raft loop is gone: this member is stopping.
+                Err(_) => Try::Done(Err(ConsensusError::ShuttingDown.into())),
+            },
         }
     }
 
