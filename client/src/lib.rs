@@ -28,13 +28,10 @@ const CONNECT_BUDGET: Duration = Duration::from_secs(5);
 const CONNECT_ONE_LIMIT: Duration = Duration::from_secs(2);
 /// The pause between the first and the second round over the addresses.
 const CONNECT_ROUND_PAUSE: Duration = Duration::from_millis(200);
-/// How long a call is retried, on other members, while the cluster has no leader
-/// or the member called goes away.
-const RETRY_BUDGET: Duration = Duration::from_secs(10);
-/// Longest one attempt of a call may go unanswered before it counts as a failure
-/// of that member (a connection can stall without closing, e.g. after the server
-/// dropped it during the TLS handshake); generous enough for a large upload.
-const CALL_ATTEMPT_LIMIT: Duration = Duration::from_secs(120);
+/// Longest one attempt of an upload may take before it counts as a failure of
+/// that member: generous enough for a large bundle (a member that stops answering
+/// is noticed sooner by keep-alive, `Timings::client_keepalive`).
+const UPLOAD_ATTEMPT_LIMIT: Duration = Duration::from_secs(120);
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -136,22 +133,59 @@ impl Connection {
 
     /// Makes a call; while it fails in a way another member may not (see
     /// [`worth_retrying_elsewhere`]), connects to the next member and calls again,
-    /// with backoff, for up to [`RETRY_BUDGET`]. The call must be safe to repeat: a
-    /// read, or a write made idempotent (a submission carries its `request_id`).
-    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, tonic::Status>
+    /// with backoff, for up to `Timings::client_retry_budget` in all; one attempt
+    /// lasts at most `Timings::client_attempt` (the member's own wait for a leader
+    /// plus a failover) and never past the budget. The call must be safe to
+    /// repeat: a read, or a write made idempotent (a submission carries its
+    /// `request_id`).
+    pub async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, tonic::Status>
     where
         F: FnMut(ControlClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let give_up = Instant::now() + RETRY_BUDGET;
+        let timings = ferry_common::timing::Timings::default();
+        let give_up = Instant::now() + timings.client_retry_budget();
+        self.call_within(call, timings.client_attempt(), Some(give_up))
+            .await
+    }
+
+    /// [`Connection::call`] for an upload: one attempt may last
+    /// [`UPLOAD_ATTEMPT_LIMIT`]; after a failure the retries have the usual budget.
+    pub async fn call_upload<T, F, Fut>(&mut self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_within(call, UPLOAD_ATTEMPT_LIMIT, None).await
+    }
+
+    /// Calls with attempts of at most `attempt_limit`, capped by `give_up`; with
+    /// no `give_up`, the retry budget starts at the first failure.
+    async fn call_within<T, F, Fut>(
+        &mut self,
+        mut call: F,
+        attempt_limit: Duration,
+        give_up: Option<Instant>,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let budget = ferry_common::timing::Timings::default().client_retry_budget();
+        let mut give_up = give_up;
         let mut delay = RETRY_BACKOFF_START;
         loop {
-            let attempt = tokio::time::timeout(CALL_ATTEMPT_LIMIT, call(self.client())).await;
+            let limit = match give_up {
+                Some(give_up) => {
+                    attempt_limit.min(give_up.saturating_duration_since(Instant::now()))
+                }
+                None => attempt_limit,
+            };
+            let attempt = tokio::time::timeout(limit, call(self.client())).await;
             let attempt = attempt.unwrap_or_else(|_| {
                 Err(tonic::Status::unavailable(format!(
-                    "no answer from {} in {} s",
+                    "no answer from {} in {limit:?}",
                     self.address(),
-                    CALL_ATTEMPT_LIMIT.as_secs()
                 )))
             });
             let mut last = match attempt {
@@ -159,6 +193,7 @@ impl Connection {
                 Err(status) if worth_retrying_elsewhere(&status) => status,
                 Err(status) => return Err(status),
             };
+            let give_up = *give_up.get_or_insert_with(|| Instant::now() + budget);
             // Keep trying to reach a member until one connects or time runs out.
             loop {
                 if Instant::now() + delay >= give_up {

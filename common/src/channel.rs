@@ -54,6 +54,8 @@ pub fn endpoint(
     tls: &TlsMaterial,
 ) -> Result<tonic::transport::Endpoint, ChannelError> {
     let (uri, domain) = parse_address(address)?;
+    let (keepalive_interval, keepalive_timeout) =
+        crate::timing::Timings::default().client_keepalive();
     let endpoint = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| ChannelError::BadAddress {
             address: address.to_string(),
@@ -61,8 +63,10 @@ pub fn endpoint(
         })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        // A member that stops answering (stopped, cut off) is given up within
+        // two failovers, whatever call waits on it; callers add their deadlines.
+        .http2_keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(keepalive_timeout)
         .tls_config(tls.client_config(&domain))
         .map_err(|source| ChannelError::Tls {
             address: address.to_string(),

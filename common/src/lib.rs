@@ -27,3 +27,4 @@ pub use ferry_spec as spec;
 pub use ferry_spec::cron;
 pub mod tasks;
 pub mod time;
+pub mod timing;

@@ -101,7 +101,7 @@ impl Default for SchedulingSettings {
 }
 
 /// Default worker lease.
-pub const DEFAULT_WORKER_LEASE_MS: u64 = 10_000;
+pub const DEFAULT_WORKER_LEASE_MS: u64 = ferry_common::timing::DEFAULT_WORKER_LEASE_MS;
 
 /// `[scheduling.quotas.NAME]`: `cpu` in cores (`8`, `"500m"`), `gpus` a count.
 #[derive(Debug, Clone, Deserialize)]
@@ -175,8 +175,8 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            tick_ms: 50,
-            election_ticks: 10,
+            tick_ms: ferry_common::timing::DEFAULT_TICK_MS,
+            election_ticks: ferry_common::timing::DEFAULT_ELECTION_TICKS as usize,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
         }
@@ -226,6 +226,16 @@ pub enum ClusterConfigError {
 }
 
 impl CoordinatorConfig {
+    /// The deadlines of calls between members, workers and clients, derived from
+    /// `[raft]` and `[scheduling]` (`ferry_common::timing`).
+    pub fn timings(&self) -> ferry_common::timing::Timings {
+        ferry_common::timing::Timings::new(
+            self.raft.tick_ms,
+            self.raft.election_ticks as u64,
+            self.scheduling.worker_lease_ms,
+        )
+    }
+
     /// The initial members this configuration describes, checked.
     pub fn initial_members(&self) -> Result<Vec<MemberConfig>, ClusterConfigError> {
         if self.id == 0 {

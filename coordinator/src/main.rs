@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ferry_common::faults::install().map_err(anyhow::Error::msg)?;
+    ferry_common::time::check_offset().map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     let config = CoordinatorConfig::load(&args.config)?;
     let coordinator = Coordinator::bind(config)

@@ -14,6 +14,7 @@ mod t50_specs;
 mod t60_dev;
 mod t70_replication;
 mod t71_membership;
+mod t72_failover;
 mod t75_partitions;
 mod t80_corruption;
 mod t90_scheduling;

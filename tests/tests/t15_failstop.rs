@@ -14,6 +14,11 @@ const PIPELINE: &str = "name: failstop\nsteps:\n  - name: only\n    command: [\"
 /// Restarts member `id` with `faults` ready to be armed.
 fn restart_with_faults(cluster: &mut Cluster, id: u64, faults: &str) {
     cluster.terminate_member(id);
+    // The member's log holds every start: count the starts that served so far.
+    let served_before = cluster
+        .member_log(id)
+        .matches("coordinator serving")
+        .count();
     cluster
         .coordinator_env
         .insert(id, vec![("FERRY_FAULTS".to_string(), faults.to_string())]);
@@ -23,9 +28,11 @@ fn restart_with_faults(cluster: &mut Cluster, id: u64, faults: &str) {
     // serve, which is after it installed its SIGUSR1 handler (a SIGUSR1 before
     // that would kill it by the signal's default action, not by the fault).
     wait_for(Duration::from_secs(30), "the member to serve", || {
-        cluster
+        (cluster
             .member_log(id)
-            .contains("coordinator serving")
+            .matches("coordinator serving")
+            .count()
+            > served_before)
             .then_some(())
     });
 }

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ferry_common::faults::install().map_err(anyhow::Error::msg)?;
+    ferry_common::time::check_offset().map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     if args.list_gpus {
         let (gpus, source) = ferry_worker::fingerprint::discover_gpus_with_source();

@@ -236,10 +236,12 @@ pub(crate) async fn upload_bundle(
         }
         // Content-addressed: sending it again after a failover stores it once.
         client
-            .rpc(chunks, |mut client, chunks| async move {
-                client.upload_bundle(tokio_stream::iter(chunks)).await
+            .call_upload(|mut client| {
+                let chunks = chunks.clone();
+                async move { client.upload_bundle(tokio_stream::iter(chunks)).await }
             })
-            .await?;
+            .await
+            .or_status()?;
     }
     Ok(UploadedBundle {
         digest: bundle.digest,

@@ -23,6 +23,7 @@ mod command;
 mod lineage;
 mod outcome;
 mod records;
+mod resend;
 mod runs;
 mod workers;
 

@@ -30,7 +30,9 @@ pub(crate) fn propose_status(error: ProposeError) -> Status {
         ProposeError::Consensus(ConsensusError::Refused(message)) => {
             Status::failed_precondition(message)
         }
-        ProposeError::Consensus(_) | ProposeError::NoLeader(_) => {
+        // Maybe applied: sending it again is the caller's choice, not a retry's.
+        ProposeError::Consensus(ConsensusError::Unknown) => Status::aborted(error.to_string()),
+        ProposeError::Consensus(_) | ProposeError::NoLeader(_) | ProposeError::Unanswered(_) => {
             Status::unavailable(error.to_string())
         }
         ProposeError::Denied(message) => Status::permission_denied(message),

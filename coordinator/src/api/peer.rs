@@ -119,7 +119,7 @@ impl Peer for PeerService {
         }
         let outcome = self
             .node
-            .propose_as(&caller, command)
+            .propose_forwarded(&caller, command, forwarded.resent)
             .await
             .map_err(propose_status)?;
         Ok(Response::new(proto::ForwardResponse {

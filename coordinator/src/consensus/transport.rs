@@ -1,11 +1,22 @@
 //! Raft messages between coordinators over gRPC with mutual TLS.
 //!
-//! Each peer has its own outbound queue and task, so a slow or dead peer only
-//! fills (and then drops from) its own queue and never blocks the Raft loop or the
-//! other peers: Raft retransmits what is lost. Messages are sent in batches on one
-//! long-lived client stream per peer; snapshots go in pieces on their own call.
-//! Failures are reported back to the Raft loop (`Feedback`) so that the leader
-//! probes an unreachable follower instead of streaming to it.
+//! Each peer has two lanes, each with its own outbound queue, task and TCP
+//! connection: `control` for the small messages that keep the cluster's
+//! leadership (heartbeats, votes, answers) and `bulk` for appends and snapshots,
+//! so that a heartbeat never waits behind a large append on a slow or lossy link
+//! (TCP delivers one connection's bytes in order, so separate HTTP/2 streams on
+//! one connection would not do). A slow or dead peer only fills (and then drops
+//! from) its own queues and never blocks the Raft loop or the other peers: Raft
+//! retransmits what is lost. Messages are sent in batches on one long-lived client
+//! stream per lane; snapshots go in pieces on their own call.
+//!
+//! A lane's connection that stops answering is redialled within an election
+//! timeout: HTTP/2 keep-alive closes a connection whose pings go unanswered
+//! (`Timings::peer_keepalive`), and a batch the connection does not take within
+//! `Timings::peer_send` (a connection in retransmission back-off) drops the
+//! stream and dials a fresh connection. Failures are reported back to the Raft
+//! loop (`Feedback`) so that the leader probes an unreachable follower instead of
+//! streaming to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -13,36 +24,74 @@ use std::time::Duration;
 
 use ferry_common::pki::TlsMaterial;
 use ferry_common::proto::{self, peer_client::PeerClient};
+use ferry_common::timing::Timings;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use super::{Feedback, Network};
 
-/// Messages waiting for one peer before newer ones are dropped.
+/// Messages waiting for one peer's bulk lane before newer ones are dropped.
 const PEER_QUEUE: usize = 4096;
+/// Messages waiting for one peer's control lane (small messages, sent at once).
+const CONTROL_QUEUE: usize = 1024;
+/// Batches handed to a lane's call before the connection has taken them: few, so
+/// that a stuck connection shows within `Timings::peer_send`.
+const STREAM_DEPTH: usize = 8;
 /// Most messages in one batch on the wire.
 const MAX_BATCH_MESSAGES: usize = 512;
 /// Pieces a snapshot is cut into.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest gRPC message between peers.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// A call between peers other than the Raft lanes (a blob, a snapshot) that has
+/// not answered within this fails.
+const PEER_CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Set on the leader's answer to a member that is no longer in the cluster.
 pub const REMOVED_METADATA: &str = "ferry-member-removed";
 
+/// Which of a peer's two lanes a message travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Heartbeats, votes, answers, leadership transfer: small and urgent.
+    Control,
+    /// Appends (entries) and snapshots: large.
+    Bulk,
+}
+
+impl Lane {
+    pub fn of(message: &Message) -> Lane {
+        match message.get_msg_type() {
+            MessageType::MsgAppend | MessageType::MsgSnapshot => Lane::Bulk,
+            _ => Lane::Control,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Control => "control",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
 struct PeerLink {
     address: String,
+    /// For calls: forwarding, blobs, status, snapshots.
     client: PeerClient<Channel>,
-    queue: mpsc::Sender<Message>,
-    task: JoinHandle<()>,
+    control: mpsc::Sender<Message>,
+    bulk: mpsc::Sender<Message>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -51,17 +100,24 @@ pub struct Transport {
     id: u64,
     tls: TlsMaterial,
     feedback: mpsc::Sender<Feedback>,
+    timings: Timings,
     links: Mutex<HashMap<u64, PeerLink>>,
     /// When each peer last sent this member a Raft batch.
     last_contact: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl Transport {
-    pub fn new(id: u64, tls: TlsMaterial, feedback: mpsc::Sender<Feedback>) -> Transport {
+    pub fn new(
+        id: u64,
+        tls: TlsMaterial,
+        feedback: mpsc::Sender<Feedback>,
+        timings: Timings,
+    ) -> Transport {
         Transport {
             id,
             tls,
             feedback,
+            timings,
             links: Mutex::new(HashMap::new()),
             last_contact: Mutex::new(HashMap::new()),
         }
@@ -109,26 +165,42 @@ impl Transport {
         id: u64,
         address: &str,
     ) -> Result<PeerLink, ferry_common::channel::ChannelError> {
-        let channel = ferry_common::channel::endpoint(address, &self.tls)?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
-        let client = PeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-        let (queue, receiver) = mpsc::channel(PEER_QUEUE);
-        let task = tokio::spawn(peer_sender(
-            self.id,
-            id,
-            client.clone(),
-            receiver,
-            self.feedback.clone(),
-        ));
+        let endpoint = ferry_common::channel::endpoint(address, &self.tls)?
+            .connect_timeout(self.timings.peer_connect());
+        let channel = endpoint.clone().timeout(PEER_CALL_LIMIT).connect_lazy();
+        let client = peer_client(channel);
+        // The lanes' connections are their own, with a keep-alive that notices a
+        // silent peer within an election timeout, and no call timeout (the
+        // stream lives as long as the connection).
+        let (interval, timeout) = self.timings.peer_keepalive();
+        let lane_endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+        let open_lane = |lane: Lane, depth: usize| {
+            let (queue, receiver) = mpsc::channel(depth);
+            let task = tokio::spawn(lane_sender(
+                LaneLink {
+                    from: self.id,
+                    to: id,
+                    lane,
+                    endpoint: lane_endpoint.clone(),
+                    calls: client.clone(),
+                    feedback: self.feedback.clone(),
+                    send_limit: self.timings.peer_send(),
+                },
+                receiver,
+            ));
+            (queue, task)
+        };
+        let (control, control_task) = open_lane(Lane::Control, CONTROL_QUEUE);
+        let (bulk, bulk_task) = open_lane(Lane::Bulk, PEER_QUEUE);
         Ok(PeerLink {
             address: address.to_string(),
             client,
-            queue,
-            task,
+            control,
+            bulk,
+            tasks: [control_task, bulk_task],
         })
     }
 
@@ -148,9 +220,15 @@ impl Transport {
     }
 }
 
+fn peer_client(channel: Channel) -> PeerClient<Channel> {
+    PeerClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+}
+
 impl Network for Transport {
-    /// Queues messages for their peers; never waits. A message for a full queue or
-    /// an unknown peer is dropped and the peer reported unreachable.
+    /// Queues messages for their peers' lanes; never waits. A message for a full
+    /// queue or an unknown peer is dropped and the peer reported unreachable.
     fn send(&self, messages: Vec<Message>) {
         if messages.is_empty() {
             return;
@@ -159,9 +237,14 @@ impl Network for Transport {
         for message in messages {
             let to = message.to;
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            let delivered = links
-                .get(&to)
-                .is_some_and(|link| link.queue.try_send(message).is_ok());
+            let lane = Lane::of(&message);
+            let delivered = links.get(&to).is_some_and(|link| {
+                let queue = match lane {
+                    Lane::Control => &link.control,
+                    Lane::Bulk => &link.bulk,
+                };
+                queue.try_send(message).is_ok()
+            });
             if !delivered {
                 let _ = self.feedback.try_send(Feedback::Unreachable(to));
                 if snapshot {
@@ -176,17 +259,39 @@ impl Network for Transport {
     }
 }
 
-/// Sends one peer's queue: batches on a long-lived stream, reconnecting with a
-/// short backoff; snapshots on their own call.
-async fn peer_sender(
+/// What one lane's sender needs.
+struct LaneLink {
     from: u64,
     to: u64,
-    client: PeerClient<Channel>,
-    mut queue: mpsc::Receiver<Message>,
+    lane: Lane,
+    /// Dialled again for a fresh connection when the current one is stuck.
+    endpoint: Endpoint,
+    /// For snapshots, which go on their own call.
+    calls: PeerClient<Channel>,
     feedback: mpsc::Sender<Feedback>,
-) {
+    send_limit: Duration,
+}
+
+/// The open call a lane streams its batches on.
+struct LaneStream {
+    batches: mpsc::Sender<proto::RaftBatch>,
+    call: JoinHandle<()>,
+}
+
+impl Drop for LaneStream {
+    fn drop(&mut self) {
+        self.call.abort();
+    }
+}
+
+/// Sends one lane's queue: batches on a long-lived stream, reconnecting with a
+/// short backoff, and on a fresh connection when the current one does not take a
+/// batch within the send limit; snapshots on their own call.
+async fn lane_sender(link: LaneLink, mut queue: mpsc::Receiver<Message>) {
+    let (from, to) = (link.from, link.to);
+    let mut client = peer_client(link.endpoint.connect_lazy());
     let mut backoff = Duration::from_millis(20);
-    let mut stream: Option<mpsc::Sender<proto::RaftBatch>> = None;
+    let mut stream: Option<LaneStream> = None;
     while let Some(first) = queue.recv().await {
         let mut batch = Vec::new();
         let mut pending = Some(first);
@@ -195,9 +300,9 @@ async fn peer_sender(
                 tokio::spawn(send_snapshot(
                     from,
                     to,
-                    client.clone(),
+                    link.calls.clone(),
                     message,
-                    feedback.clone(),
+                    link.feedback.clone(),
                 ));
             } else {
                 batch.push(message.write_to_bytes().expect("raft messages encode"));
@@ -210,50 +315,73 @@ async fn peer_sender(
             continue;
         }
         let outbound = match &stream {
-            Some(sender) if !sender.is_closed() => sender.clone(),
+            Some(open) if !open.batches.is_closed() => open.batches.clone(),
             _ => {
-                let (sender, receiver) = mpsc::channel(64);
-                let mut call_client = client.clone();
-                let feedback = feedback.clone();
-                tokio::spawn(async move {
-                    let result = call_client
-                        .raft(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                        .await;
-                    if let Err(status) = result {
-                        tracing::debug!(peer = to, %status, "raft stream to peer ended");
-                        if status.metadata().contains_key(REMOVED_METADATA) {
-                            let _ = feedback.try_send(Feedback::Removed);
-                        }
-                        let _ = feedback.try_send(Feedback::Unreachable(to));
-                    }
-                });
-                stream = Some(sender.clone());
-                sender
+                let open = open_stream(&link, &client);
+                let batches = open.batches.clone();
+                stream = Some(open);
+                batches
             }
         };
         let batch = proto::RaftBatch {
             from,
             messages: batch,
         };
-        if outbound.send(batch).await.is_err() {
-            // The call ended (peer down): what was in flight is lost, and Raft
-            // resends. Wait a little before opening the next call.
-            stream = None;
-            let _ = feedback.try_send(Feedback::Unreachable(to));
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-            // Drop what queued up meanwhile except the newest; Raft will resend.
-            while queue.len() > PEER_QUEUE / 2 {
-                if let Ok(dropped) = queue.try_recv()
-                    && dropped.get_msg_type() == MessageType::MsgSnapshot
-                {
-                    snapshot_lost(&feedback, to);
+        match tokio::time::timeout(link.send_limit, outbound.send(batch)).await {
+            Ok(Ok(())) => backoff = Duration::from_millis(20),
+            Ok(Err(_)) => {
+                // The call ended (peer down): what was in flight is lost, and Raft
+                // resends. Wait a little before opening the next call.
+                stream = None;
+                let _ = link.feedback.try_send(Feedback::Unreachable(to));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                // Drop what queued up meanwhile except the newest; Raft will resend.
+                while queue.len() > queue.max_capacity() / 2 {
+                    if let Ok(dropped) = queue.try_recv()
+                        && dropped.get_msg_type() == MessageType::MsgSnapshot
+                    {
+                        snapshot_lost(&link.feedback, to);
+                    }
                 }
             }
-        } else {
-            backoff = Duration::from_millis(20);
+            Err(_) => {
+                // The connection takes nothing (a link dropping packets, a peer
+                // cut off): leave it and dial a fresh one for the next batch.
+                tracing::warn!(
+                    peer = to,
+                    lane = link.lane.name(),
+                    limit = ?link.send_limit,
+                    "the connection to the peer is stuck; dialling it again"
+                );
+                stream = None;
+                client = peer_client(link.endpoint.connect_lazy());
+                let _ = link.feedback.try_send(Feedback::Unreachable(to));
+            }
         }
     }
+}
+
+/// Opens the lane's long-lived call on `client`; its end (an error) is reported
+/// to the Raft loop.
+fn open_stream(link: &LaneLink, client: &PeerClient<Channel>) -> LaneStream {
+    let (batches, receiver) = mpsc::channel(STREAM_DEPTH);
+    let mut call_client = client.clone();
+    let feedback = link.feedback.clone();
+    let (to, lane) = (link.to, link.lane);
+    let call = tokio::spawn(async move {
+        let result = call_client
+            .raft(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await;
+        if let Err(status) = result {
+            tracing::debug!(peer = to, lane = lane.name(), %status, "raft stream to peer ended");
+            if status.metadata().contains_key(REMOVED_METADATA) {
+                let _ = feedback.try_send(Feedback::Removed);
+            }
+            let _ = feedback.try_send(Feedback::Unreachable(to));
+        }
+    });
+    LaneStream { batches, call }
 }
 
 /// Tells the Raft loop that a snapshot for `to` was dropped before it was sent:
@@ -311,4 +439,35 @@ pub fn assemble_snapshot(pieces: Vec<Vec<u8>>, total_size: u64) -> Result<Messag
         return Err("the snapshot call carried a message that is not a snapshot".to_string());
     }
     Ok(message)
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_and_votes_do_not_travel_with_appends() {
+        let of = |kind| {
+            let mut message = Message::default();
+            message.set_msg_type(kind);
+            Lane::of(&message)
+        };
+        for kind in [
+            MessageType::MsgHeartbeat,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestVoteResponse,
+            MessageType::MsgRequestPreVote,
+            MessageType::MsgRequestPreVoteResponse,
+            MessageType::MsgAppendResponse,
+            MessageType::MsgTimeoutNow,
+            MessageType::MsgReadIndex,
+            MessageType::MsgReadIndexResp,
+        ] {
+            assert_eq!(of(kind), Lane::Control, "{kind:?}");
+        }
+        for kind in [MessageType::MsgAppend, MessageType::MsgSnapshot] {
+            assert_eq!(of(kind), Lane::Bulk, "{kind:?}");
+        }
+    }
 }

@@ -27,7 +27,7 @@ use raft::eraftpb::{ConfChange, ConfChangeType};
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
-use super::{LEADER_WAIT, Node, ProposeError};
+use super::{Node, ProposeError};
 use crate::consensus::{ConsensusError, Input, LocalStatus};
 use crate::state::{Member, State};
 use rules::{Change, Configuration, Progress};
@@ -165,7 +165,7 @@ impl Node {
     /// Waits (bounded) until the applied state satisfies `done`.
     async fn wait_applied(&self, done: impl Fn(&State) -> bool) -> Result<(), ProposeError> {
         let mut changes = self.subscribe_state();
-        let deadline = Instant::now() + LEADER_WAIT;
+        let deadline = Instant::now() + self.timings.propose_budget();
         loop {
             if self.read(&done) {
                 return Ok(());
@@ -364,11 +364,16 @@ impl Node {
             } else {
                 match self.transport.client(member.id) {
                     Some(mut client) => tokio::time::timeout(
-                        Duration::from_secs(1),
+                        self.timings.peer_question(),
                         client.describe_self(proto::ClusterStatusRequest {}),
                     )
                     .await
-                    .map_err(|_| Status::deadline_exceeded("no answer within 1 s"))
+                    .map_err(|_| {
+                        Status::deadline_exceeded(format!(
+                            "no answer within {:?}",
+                            self.timings.peer_question()
+                        ))
+                    })
                     .and_then(|r| r.map(|r| r.into_inner())),
                     None => Err(Status::unavailable("no link to this member")),
                 }

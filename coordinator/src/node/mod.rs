@@ -12,15 +12,16 @@ pub mod authorize;
 mod loops;
 pub mod machine;
 pub mod membership;
+mod propose;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use ferry_common::locks::{lock, read as read_lock, write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferry_common::pki::{Identity, TlsMaterial};
+use ferry_common::pki::TlsMaterial;
 use ferry_common::proto;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -38,13 +39,11 @@ use crate::consensus::{
     ConsensusError, DriverError, DriverExit, Input, LocalStatus, Proposal, RoleInfo,
 };
 use crate::scheduler;
-use crate::state::{Command, Member, Outcome, RunId, State, StateError};
+use crate::state::{Member, RunId, State, StateError};
 use crate::store::{Store, StoreError};
 
 /// Room in each worker's assignment stream before it is considered stuck.
 pub const WORKER_STREAM_DEPTH: usize = 1024;
-/// How long a proposal or a read waits for a leader before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 pub type WorkerSender = mpsc::Sender<Result<proto::WorkerMessage, Status>>;
 
@@ -62,19 +61,9 @@ pub enum ProposeError {
     Remote(Status),
     #[error("{0}")]
     Denied(String),
-}
-
-impl ProposeError {
-    /// Sending the same proposal again (to the leader as it is then) may succeed.
-    fn is_retryable(&self) -> bool {
-        match self {
-            ProposeError::Consensus(ConsensusError::NotLeader | ConsensusError::NotCommitted) => {
-                true
-            }
-            ProposeError::Remote(status) => status.code() == tonic::Code::Unavailable,
-            _ => false,
-        }
-    }
+    /// A forward that ended without the leader's answer (it may have been applied).
+    #[error("the leader did not answer: {0}")]
+    Unanswered(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +114,8 @@ pub struct Node {
     leading_since_ms: Mutex<i64>,
     /// The worker lease and project quotas this member schedules with.
     pub lease_ms: u64,
+    /// Every deadline of a call this member makes, from its Raft and lease settings.
+    pub timings: ferry_common::timing::Timings,
     /// `[retention]`: the automatic `gc` policy and the grace period of blobs.
     pub retention: crate::config::RetentionSettings,
     quotas: BTreeMap<String, scheduler::Quota>,
@@ -255,7 +246,12 @@ impl Node {
             Duration::from_millis(config.raft.tick_ms * config.raft.election_ticks as u64),
         );
         let (feedback_sender, feedback) = mpsc::channel(1024);
-        let transport = Arc::new(Transport::new(config.id, tls, feedback_sender));
+        let transport = Arc::new(Transport::new(
+            config.id,
+            tls,
+            feedback_sender,
+            config.timings(),
+        ));
         // A joining member knows no members until the leader's snapshot arrives;
         // the configured ones let it answer the leader meanwhile.
         let mut address_book = state.members.clone();
@@ -303,6 +299,7 @@ impl Node {
             heartbeats: Mutex::new(HashMap::new()),
             leading_since_ms: Mutex::new(now_ms()),
             lease_ms: config.scheduling.worker_lease_ms,
+            timings: config.timings(),
             retention: config.retention.clone(),
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
@@ -375,94 +372,6 @@ impl Node {
             .map(|(name, task)| ferry_common::tasks::spawn(name, shutdown.clone(), task))
             .collect();
         Ok((node, NodeTasks { handles }))
-    }
-
-    /// Proposes a command on behalf of `caller` and waits until it is committed,
-    /// applied and durable. On a follower the command is forwarded to the leader
-    /// with the caller's identity.
-    pub async fn propose_as(
-        &self,
-        caller: &Identity,
-        command: Command,
-    ) -> Result<Outcome, ProposeError> {
-        authorize::authorize(caller, &command).map_err(ProposeError::Denied)?;
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut role = self.role.clone();
-        loop {
-            let info = role.borrow_and_update().clone();
-            let attempt = match info.leader {
-                Some(leader) if leader == self.id => self.propose_local(command.clone()).await,
-                Some(leader) => self.forward(leader, caller, &command).await,
-                None => Err(ConsensusError::NotLeader.into()),
-            };
-            match attempt {
-                Err(error) if error.is_retryable() => {}
-                other => return other,
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ProposeError::NoLeader(LEADER_WAIT));
-            }
-            // Wait for a role change, or retry soon: the leader may have moved.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
-        }
-    }
-
-    /// Proposes a command of the coordinator itself (the scheduler), on the leader.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
-        self.propose_local(command).await
-    }
-
-    async fn propose_local(&self, command: Command) -> Result<Outcome, ProposeError> {
-        let (reply, answer) = oneshot::channel();
-        self.proposals
-            .send(Proposal { command, reply })
-            .await
-            .map_err(|_| ConsensusError::ShuttingDown)?;
-        Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???)
-    }
-
-    async fn forward(
-        &self,
-        leader: u64,
-        caller: &Identity,
-        command: &Command,
-    ) -> Result<Outcome, ProposeError> {
-        let Some(mut client) = self.transport.client(leader) else {
-            return Err(ConsensusError::NotLeader.into());
-        };
-        let request = proto::ForwardRequest {
-            caller: caller.uri(),
-            command: serde_json::to_vec(command).expect("commands serialize"),
-        };
-        let response = client
-            .forward(request)
-            .await
-            .map_err(ProposeError::Remote)?
-            .into_inner();
-        serde_json::from_slice(&response.outcome).map_err(|e| {
-            ConsensusError::Refused(format!("the leader's answer does not decode: {e}")).into()
-        })
-    }
-
-    /// Waits until this member has applied everything committed when the call
-    /// began (Raft ReadIndex), so that a read after it is linearizable. Fails when
-    /// no quorum confirms a leader in time (a minority answers no such read).
-    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (reply, answer) = oneshot::channel();
-            self.inputs
-                .send(Input::ReadIndex(reply))
-                .await
-                .map_err(|_| ConsensusError::ShuttingDown)?;
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), answer).await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ProposeError::NoLeader(Duration::from_secs(5)));
-            }
-        }
     }
 
     /// Hands a Raft message from a peer to the Raft loop.

@@ -182,8 +182,12 @@ impl Node {
                 // restart) or was written within the grace period before the
                 // collection (an upload whose record is not committed yet) stays.
                 let live = self.read(crate::state::live_blobs);
-                // The proposer's grace period, the same on every member.
-                let before_ms = at_ms.saturating_sub(*grace_ms as i64);
+                // The proposer's grace period, the same on every member, counted
+                // back from the leader's time of the collection, or from this
+                // member's clock if that is behind: a blob's write time is by this
+                // member's clock, so a clock running slow must not make a fresh
+                // blob look old (a fast one only keeps more).
+                let before_ms = (*at_ms).min(now_ms()).saturating_sub(*grace_ms as i64);
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();

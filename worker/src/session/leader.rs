@@ -3,7 +3,11 @@
 //! address. A follower's leader hint, a lost connection or a member without a
 //! leader moves it (at once to a named leader, else to the next configured address
 //! after a growing wait), and [`Coordinators::call`] retries a call through such
-//! switches. It knows nothing of sessions or attempts.
+//! switches. Every call has a deadline derived from the lease the leader asked
+//! for (`ferry_common::timing`), and a call under way when another call switches
+//! coordinator is abandoned and made again on the new one: a leader cut off
+//! without closing its connections is left well within the lease. It knows
+//! nothing of sessions or attempts.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,6 +18,7 @@ use ferry_common::channel::{ChannelError, parse_address};
 use ferry_common::locks::lock;
 use ferry_common::pki::TlsMaterial;
 use ferry_common::proto::agent_client::AgentClient;
+use ferry_common::timing::Timings;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -53,8 +58,18 @@ pub fn leader_hint(status: &tonic::Status) -> Option<String> {
 pub fn calls_for_another_coordinator(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
     )
+}
+
+/// The answer of a call that `coordinator` did not answer within `limit`.
+pub fn unanswered(coordinator: &str, limit: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "the coordinator at {coordinator} did not answer within {limit:?}"
+    ))
 }
 
 /// The wait before the next try after `failures` failures in a row.
@@ -83,6 +98,8 @@ pub struct Coordinators {
     /// The generation of the current choice, for the session to notice a switch
     /// made by an attempt's call.
     switched: watch::Sender<u64>,
+    /// The deadlines, from the heartbeat interval the leader asked for.
+    timings: Mutex<Timings>,
 }
 
 struct Choice {
@@ -127,7 +144,19 @@ impl Coordinators {
                 clients,
             }),
             switched,
+            timings: Mutex::new(Timings::default()),
         })
+    }
+
+    /// The deadlines of calls, from the lease the leader last told.
+    pub fn timings(&self) -> Timings {
+        *lock(&self.timings, "timings")
+    }
+
+    /// The leader asked for a heartbeat every `interval_ms`: the lease, and so
+    /// every deadline, follows from it.
+    pub fn set_heartbeat_interval(&self, interval_ms: u64) {
+        *lock(&self.timings, "timings") = Timings::from_heartbeat_interval(interval_ms);
     }
 
     pub fn current(&self) -> CurrentCoordinator {
@@ -227,7 +256,19 @@ impl Coordinators {
     {
         loop {
             let coordinator = self.current();
-            match call(coordinator.agent).await {
+            let mut limit = self.timings().worker_call();
+            if let Some(give_up) = give_up {
+                limit = limit.min(give_up.saturating_duration_since(Instant::now()));
+            }
+            let mut switches = self.switches();
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(limit, call(coordinator.agent)) => answer
+                    .unwrap_or_else(|_| Err(unanswered(&coordinator.address, limit))),
+                // Another call moved on (the session found the new leader): make
+                // this one there, at once.
+                _ = switches.wait_for(|generation| *generation != coordinator.generation) => continue,
+            };
+            match answer {
                 Ok(response) => {
                     self.answered(coordinator.generation);
                     return Ok(response.into_inner());
@@ -336,6 +377,10 @@ pub(super) mod tests {
         )));
         assert!(calls_for_another_coordinator(&tonic::Status::cancelled(
             "x"
+        )));
+        assert!(calls_for_another_coordinator(&unanswered(
+            "a:1",
+            Duration::from_secs(4)
         )));
         assert!(!calls_for_another_coordinator(
             &tonic::Status::permission_denied("x")
@@ -466,6 +511,63 @@ pub(super) mod tests {
         assert!(
             Instant::now() < give_up,
             "the call gave up {late:?} after its deadline"
+        );
+    }
+
+    /// A coordinator that keeps its connection open but never answers (frozen, cut
+    /// off): the call gives up on it at its deadline and is made on the next one.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_nobody_answers_moves_on_at_its_deadline() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2"]);
+        let mut seen = Vec::new();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            coordinators.call(None, |_agent| {
+                let address = coordinators.current().address;
+                seen.push(address.clone());
+                async move {
+                    if address == "a:1" {
+                        std::future::pending::<Result<tonic::Response<u32>, tonic::Status>>().await
+                    } else {
+                        Ok(tonic::Response::new(7))
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("the call does not wait forever on a silent coordinator");
+        assert_eq!(answer.unwrap(), 7);
+        assert_eq!(seen, ["a:1", "b:2"]);
+    }
+
+    /// The session finds the new leader while an attempt's call hangs on the old
+    /// one: the call is made again on the new leader at once, not at its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_follows_a_switch_made_by_another() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2", "c:3"]);
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let call = coordinators.call(None, |_agent| {
+            let address = coordinators.current().address;
+            seen.push(address.clone());
+            async move {
+                if address == "a:1" {
+                    std::future::pending::<Result<tonic::Response<u32>, tonic::Status>>().await
+                } else {
+                    Ok(tonic::Response::new(9))
+                }
+            }
+        });
+        let switch = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            coordinators.failed(0, &unavailable_with_hint("c:3"));
+        };
+        let (answer, ()) = tokio::join!(call, switch);
+        assert_eq!(answer.unwrap(), 9);
+        assert_eq!(seen, ["a:1", "c:3"]);
+        assert!(
+            Instant::now() - start < coordinators.timings().worker_call(),
+            "the call waited for its deadline instead of following the switch"
         );
     }
 }

@@ -26,7 +26,7 @@ use crate::workdirs::WorkDirs;
 
 pub use leader::{
     Coordinators, CurrentCoordinator, LEADER_METADATA_KEY, calls_for_another_coordinator,
-    leader_hint,
+    leader_hint, unanswered,
 };
 pub use reports::Reports;
 
@@ -182,8 +182,16 @@ async fn session(
         return Ok(SessionEnd::Switched);
     }
     let mut agent = coordinator.agent.clone();
-    let registered = agent
-        .register(proto::RegisterRequest {
+    // Every call has a deadline: a leader cut off without closing its connection
+    // would otherwise hold the session past the worker's lease.
+    let call_limit = ctx.coordinators.timings().worker_call();
+    let within = |limit: Duration| {
+        let address = coordinator.address.clone();
+        move |_| leader::unanswered(&address, limit)
+    };
+    let registered = tokio::time::timeout(
+        call_limit,
+        agent.register(proto::RegisterRequest {
             name: config.name.clone(),
             capacity: Some(proto::Resources {
                 cpu_millis: capacity.cpu_millis,
@@ -193,17 +201,25 @@ async fn session(
             labels: config.labels.clone().into_iter().collect(),
             gpus: capacity.gpus.clone(),
             running: attempts.refs(),
-        })
-        .await?
-        .into_inner();
-    let mut stream = agent
-        .assignments(proto::AssignmentsRequest {
+        }),
+    )
+    .await
+    .map_err(within(call_limit))??
+    .into_inner();
+    ctx.coordinators
+        .set_heartbeat_interval(u64::from(registered.heartbeat_interval_ms));
+    let mut stream = tokio::time::timeout(
+        call_limit,
+        agent.assignments(proto::AssignmentsRequest {
             name: config.name.clone(),
             session: registered.session.clone(),
-        })
-        .await?
-        .into_inner();
+        }),
+    )
+    .await
+    .map_err(within(call_limit))??
+    .into_inner();
     ctx.coordinators.answered(coordinator.generation);
+    let heartbeat_limit = ctx.coordinators.timings().heartbeat_deadline();
     tracing::info!(
         worker = %config.name,
         coordinator = %coordinator.address,
@@ -230,11 +246,15 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                agent.heartbeat(proto::HeartbeatRequest {
+                // Unanswered within the interval: the session ends and the worker
+                // looks for the leader (its hint, then the other addresses).
+                tokio::time::timeout(heartbeat_limit, agent.heartbeat(proto::HeartbeatRequest {
                     name: config.name.clone(),
                     session: registered.session.clone(),
                     running: attempts.refs(),
-                }).await?;
+                }))
+                .await
+                .map_err(within(heartbeat_limit))??;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = switches.changed() => return Ok(SessionEnd::Switched),

@@ -174,3 +174,88 @@ pub struct SubmitOptions {
     #[serde(default)]
     pub code_digests: BTreeMap<String, String>,
 }
+
+impl Command {
+    /// Sets the time the command happened to `now_ms`, the clock of the member
+    /// that proposes it. Only the leader proposes, so every time the state machine
+    /// compares (a run's submission against its timeout, a retry's backoff, a
+    /// schedule's ticks) comes from one clock, whichever member a client reached.
+    pub fn stamp(&mut self, now: i64) {
+        match self {
+            Command::SubmitRun { now_ms, .. }
+            | Command::RerunRun { now_ms, .. }
+            | Command::CreateSchedule { now_ms, .. }
+            | Command::PauseSchedule { now_ms, .. }
+            | Command::DeleteSchedule { now_ms, .. }
+            | Command::FireSchedule { now_ms, .. }
+            | Command::PinArtifact { now_ms, .. }
+            | Command::UnpinArtifact { now_ms, .. }
+            | Command::Collect { now_ms, .. }
+            | Command::Assign { now_ms, .. }
+            | Command::StepStarted { now_ms, .. }
+            | Command::StepFinished { now_ms, .. }
+            | Command::CancelRun { now_ms, .. }
+            | Command::SetWorkerMode { now_ms, .. }
+            | Command::WorkerLost { now_ms, .. }
+            | Command::TimeOutRun { now_ms, .. } => *now_ms = now,
+            Command::RegisterWorker { worker, now_ms, .. } => {
+                worker.registered_ms = now;
+                *now_ms = now;
+            }
+        }
+    }
+
+    /// The time the command carries.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Command::SubmitRun { now_ms, .. }
+            | Command::RerunRun { now_ms, .. }
+            | Command::CreateSchedule { now_ms, .. }
+            | Command::PauseSchedule { now_ms, .. }
+            | Command::DeleteSchedule { now_ms, .. }
+            | Command::FireSchedule { now_ms, .. }
+            | Command::PinArtifact { now_ms, .. }
+            | Command::UnpinArtifact { now_ms, .. }
+            | Command::Collect { now_ms, .. }
+            | Command::Assign { now_ms, .. }
+            | Command::StepStarted { now_ms, .. }
+            | Command::StepFinished { now_ms, .. }
+            | Command::CancelRun { now_ms, .. }
+            | Command::SetWorkerMode { now_ms, .. }
+            | Command::WorkerLost { now_ms, .. }
+            | Command::TimeOutRun { now_ms, .. }
+            | Command::RegisterWorker { now_ms, .. } => *now_ms,
+        }
+    }
+
+    /// Whether the command may be proposed again after an attempt whose outcome is
+    /// unknown (the leader went silent or changed while it was in flight, so the
+    /// first may still be committed): applying it twice leaves the state as
+    /// applying it once, and [`State::settle_resend`](super::State::settle_resend)
+    /// turns the refusal a second application meets into the first one's answer.
+    /// Not so: a submission without a request id (it would start a second run),
+    /// and the scheduler's `Assign` (the leader's own, never forwarded; the
+    /// scheduler places again on its next pass).
+    pub fn safe_to_resend(&self) -> bool {
+        match self {
+            Command::SubmitRun { request_id, .. } | Command::RerunRun { request_id, .. } => {
+                request_id.is_some()
+            }
+            Command::Assign { .. } => false,
+            Command::CreateSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::DeleteSchedule { .. }
+            | Command::FireSchedule { .. }
+            | Command::PinArtifact { .. }
+            | Command::UnpinArtifact { .. }
+            | Command::Collect { .. }
+            | Command::RegisterWorker { .. }
+            | Command::StepStarted { .. }
+            | Command::StepFinished { .. }
+            | Command::CancelRun { .. }
+            | Command::SetWorkerMode { .. }
+            | Command::WorkerLost { .. }
+            | Command::TimeOutRun { .. } => true,
+        }
+    }
+}

@@ -16,6 +16,15 @@ impl State {
         let mut worker = worker;
         // The operator's choice outlives a restart of the worker; being lost does not.
         worker.mode = self.workers.get(&name).map_or(worker.mode, |w| w.mode);
+        // The same session registered again is a resent command: it keeps the
+        // time of the first.
+        if let Some(first) = self
+            .workers
+            .get(&name)
+            .filter(|w| w.session == worker.session)
+        {
+            worker.registered_ms = first.registered_ms;
+        }
         worker.lost_ms = None;
         self.workers.insert(name.clone(), worker);
         let load = self.loads.entry(name.clone()).or_default().clone();

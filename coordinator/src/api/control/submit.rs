@@ -249,7 +249,7 @@ pub(super) async fn submit_run(
                 pipeline,
                 bundle_digest: submit.bundle_digest,
                 submitter: caller.name.clone(),
-                request_id: (!submit.request_id.is_empty()).then(|| submit.request_id.clone()),
+                request_id: Some(request_id_or_new(submit.request_id, service.node.id)),
                 options: crate::state::SubmitOptions {
                     no_cache: submit.no_cache,
                     code_digests,
@@ -266,6 +266,18 @@ pub(super) async fn submit_run(
     Ok(Response::new(proto::SubmitRunResponse { run_id }))
 }
 
+/// The client's request id, or one this member makes up: every submission
+/// carries one, so that a forward cut short by a leader change can be sent again
+/// without starting a second run (`Command::safe_to_resend`).
+fn request_id_or_new(given: String, member: u64) -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !given.is_empty() {
+        return given;
+    }
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("member-{member}-{}-{}-{n}", std::process::id(), now_ms())
+}
+
 pub(super) async fn rerun_run(
     service: &ControlService,
     request: Request<proto::RerunRunRequest>,
@@ -280,7 +292,7 @@ pub(super) async fn rerun_run(
                 source: rerun.run_id,
                 from: (!rerun.from.is_empty()).then_some(rerun.from),
                 submitter: caller.name.clone(),
-                request_id: (!rerun.request_id.is_empty()).then_some(rerun.request_id),
+                request_id: Some(request_id_or_new(rerun.request_id, service.node.id)),
                 now_ms: now_ms(),
             },
         )

@@ -13,6 +13,7 @@ mod fencing;
 mod lifecycle;
 mod queries;
 mod replay;
+mod resend;
 mod workers;
 
 const MIB: u64 = 1 << 20;
