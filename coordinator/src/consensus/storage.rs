@@ -77,7 +77,10 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), LogStoreError>;
     /// Makes every preceding change durable.
     fn sync(&self) -> Result<(), LogStoreError>;
-    /// Makes every preceding change durable without blocking the caller's thread.
+    /// Makes every preceding change that Raft's safety rests on durable (entries,
+    /// conf state, snapshots, a hard state's term and vote) without blocking the
+    /// caller's thread; a hard state that only moved the commit index may stay
+    /// unsynced until the next such change or `sync`.
     fn flush(&self) -> impl Future<Output = Result<(), LogStoreError>> + Send;
 }
 

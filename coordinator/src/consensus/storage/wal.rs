@@ -108,9 +108,12 @@ struct Log {
     /// Every segment still on disk, by number, for reads.
     segments: BTreeMap<u64, Arc<File>>,
     active: Segment,
-    /// How far the active segment is durable; `flush` has nothing to do when
+    /// How far the active segment is durable; `sync` has nothing to do when
     /// nothing was written since.
     synced: u64,
+    /// How far the active segment must be durable for Raft: up to the last
+    /// record but one that only moved the commit index (see `flush`).
+    needed: u64,
     /// True once any record was ever written (see `is_empty`).
     written: bool,
 }
@@ -218,6 +221,7 @@ impl Log {
             .write_all_at(&record, offset)
             .map_err(|error| file_error(&path, error))?;
         self.active.size += record.len() as u64;
+        self.needed = self.active.size;
         self.written = true;
         Ok(offset + HEADER as u64 + 1)
     }
@@ -239,6 +243,7 @@ impl Log {
             size: 0,
         };
         self.synced = 0;
+        self.needed = 0;
         let snapshot = snapshot_payload(&self.snapshot, self.data_file.as_ref())?;
         self.write_here(inner, COMPACTED, &snapshot)?;
         let conf_state = encode(&self.conf_state)?;
@@ -496,6 +501,7 @@ impl WalLog {
             }
         };
         let synced = active.size;
+        let needed = synced;
         let log = Log {
             hard_state: log.hard_state,
             conf_state: log.conf_state,
@@ -505,6 +511,7 @@ impl WalLog {
             segments,
             active,
             synced,
+            needed,
             written,
         };
         let inner = Inner {
@@ -615,12 +622,13 @@ impl WalLog {
         self.remove_obsolete_segments()
     }
 
-    /// What must be synced for everything written so far to be durable: the
-    /// active segment up to its size, unless that is done already.
-    fn unsynced(&self) -> Option<(Arc<File>, u64, u64)> {
+    /// What must be synced for everything written so far (`all`), or everything
+    /// Raft needs durable, to be durable: the active segment up to its size,
+    /// unless that is done already.
+    fn unsynced(&self, all: bool) -> Option<(Arc<File>, u64, u64)> {
         let log = lock(&self.inner.log);
-        (log.active.size > log.synced)
-            .then(|| (log.active.file.clone(), log.active.number, log.active.size))
+        let upto = if all { log.active.size } else { log.needed };
+        (upto > log.synced).then(|| (log.active.file.clone(), log.active.number, log.active.size))
     }
 
     fn synced(
@@ -875,7 +883,18 @@ impl LogStore for WalLog {
         if log.hard_state == *hard_state && log.written {
             return Ok(());
         }
+        // A hard state that only moves the commit index need not be durable
+        // before anything is answered or sent (raft-rs learns the commit index
+        // again from the leader; etcd syncs the same way): it is written, and
+        // synced with the next record that must be, or by `sync`.
+        let commit_only = log.written
+            && hard_state.term == log.hard_state.term
+            && hard_state.vote == log.hard_state.vote;
+        let (segment, needed) = (log.active.number, log.needed);
         log.write(&self.inner, HARD_STATE, &encode(hard_state)?)?;
+        if commit_only && log.active.number == segment {
+            log.needed = needed;
+        }
         log.hard_state = hard_state.clone();
         Ok(())
     }
@@ -914,7 +933,7 @@ impl LogStore for WalLog {
     }
 
     fn sync(&self) -> Result<(), LogStoreError> {
-        let Some((file, number, size)) = self.unsynced() else {
+        let Some((file, number, size)) = self.unsynced(true) else {
             return Ok(());
         };
         let path = segment_path(&self.inner.dir, number);
@@ -923,7 +942,7 @@ impl LogStore for WalLog {
     }
 
     async fn flush(&self) -> Result<(), LogStoreError> {
-        let Some((file, number, size)) = self.unsynced() else {
+        let Some((file, number, size)) = self.unsynced(false) else {
             return Ok(());
         };
         let path = segment_path(&self.inner.dir, number);

@@ -411,3 +411,41 @@ fn a_log_kept_in_sled_is_moved_into_the_wal_once() {
     drop(wal);
     assert_eq!(observe(&open(&dirs, super::SEGMENT_BYTES)), kept);
 }
+
+/// `flush` syncs what Raft's safety rests on and leaves a hard state that only
+/// moved the commit index for later; `sync` makes everything durable.
+#[tokio::test]
+async fn flush_leaves_a_commit_only_hard_state_for_later() {
+    let dirs = dirs();
+    let store = open(&dirs, super::SEGMENT_BYTES);
+    store.append(&entries_from(1, &[1, 1, 1])).unwrap();
+    store.set_hard_state(&hard_state(1, 1, 1)).unwrap();
+    assert!(
+        store.unsynced(false).is_some(),
+        "new entries must be synced"
+    );
+    store.flush().await.unwrap();
+    assert!(store.unsynced(true).is_none());
+    store.set_hard_state(&hard_state(1, 1, 3)).unwrap();
+    assert!(
+        store.unsynced(false).is_none(),
+        "a commit-only change waits"
+    );
+    assert!(store.unsynced(true).is_some(), "but it was written");
+    store.flush().await.unwrap();
+    assert!(store.unsynced(true).is_some(), "flush left it");
+    // A vote or term change must be durable before the member answers.
+    store.set_hard_state(&hard_state(2, 3, 3)).unwrap();
+    assert!(store.unsynced(false).is_some());
+    store.flush().await.unwrap();
+    assert!(store.unsynced(true).is_none());
+    store.set_hard_state(&hard_state(2, 3, 3)).unwrap();
+    store.set_conf_state(&conf_state(&[1, 2])).unwrap();
+    assert!(store.unsynced(false).is_some(), "conf states are synced");
+    store.sync().unwrap();
+    drop(store);
+    assert_eq!(
+        open(&dirs, super::SEGMENT_BYTES).hard_state(),
+        hard_state(2, 3, 3)
+    );
+}
