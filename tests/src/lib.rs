@@ -540,7 +540,7 @@ impl Cluster {
         )
         .expect("worker config");
         let log = self.path(&format!("{name}.log"));
-        let mut command = self.command_at(netns::Place::Hub, bin("ferry-worker"));
+        let mut command = self.command_at(netns::Place::Workers, bin("ferry-worker"));
         command
             .arg("--config")
             .arg(&config)

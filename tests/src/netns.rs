@@ -1,8 +1,10 @@
 //! Real network partitions for the integration tests. A partitionable cluster
 //! runs each member in a network namespace of its own, joined by a veth to a
-//! bridge in a hub namespace that the test made; the `ferry` CLI and workers run
-//! in the hub, so they reach every member's client port whatever the members'
-//! links do. Every connection a member opens to another member is redirected
+//! bridge in a hub namespace that the test made; the `ferry` CLI runs in the
+//! hub, so it reaches every member's client port whatever the members' links
+//! do. Workers run in a namespace of their own, bridged like a member, that
+//! reaches every member too unless the test cuts it from one
+//! ([`Network::cut_workers_from`]). Every connection a member opens to another member is redirected
 //! (DNAT in the dialling member's namespace) through a harness [`Proxy`] for that
 //! directed link, which can delay, throttle or reset it; packets of a link are
 //! dropped, all or at random, by iptables rules in the dialling member's
@@ -33,15 +35,20 @@ use crate::proxy::Proxy;
 
 /// The prefix of every namespace the harness makes.
 const PREFIX: &str = "ferrytest-";
-/// Member `id` has address 10.201.0.`id`; the hub's bridge has .254.
+/// Member `id` has address 10.201.0.`id`; the workers' namespace has .253 and
+/// the hub's bridge .254.
 const SUBNET: [u8; 3] = [10, 201, 0];
+const WORKERS_HOST: u8 = 253;
 const HUB_HOST: u8 = 254;
 
 /// Where a process of the test runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
-    /// The hub: clients and workers, which reach every member.
+    /// The hub: clients, which reach every member.
     Hub,
+    /// The workers' namespace: it reaches every member but those it is cut
+    /// from.
+    Workers,
     Member(u64),
 }
 
@@ -67,19 +74,26 @@ impl LinkFault {
 /// The namespaces, links and proxies of one partitionable cluster.
 pub struct Network {
     hub: String,
+    workers: String,
     members: BTreeMap<u64, String>,
     ports: BTreeMap<u64, u16>,
     proxies: BTreeMap<(u64, u64), Proxy>,
     faults: Mutex<BTreeMap<(u64, u64), LinkFault>>,
+    /// The members the workers' namespace is cut from.
+    workers_cut_from: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// The address of member `id` inside the cluster's network.
 pub fn member_ip(id: u64) -> Ipv4Addr {
     let host = u8::try_from(id)
         .ok()
-        .filter(|host| (1..HUB_HOST).contains(host))
+        .filter(|host| (1..WORKERS_HOST).contains(host))
         .unwrap_or_else(|| panic!("member id {id} has no address in a partitionable cluster"));
     Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host)
+}
+
+fn workers_ip() -> Ipv4Addr {
+    Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], WORKERS_HOST)
 }
 
 fn hub_ip() -> Ipv4Addr {
@@ -176,6 +190,7 @@ impl Network {
         let base = format!("{PREFIX}{}-{serial}", std::process::id());
         let mut network = Network {
             hub: format!("{base}-hub"),
+            workers: format!("{base}-workers"),
             members: members
                 .iter()
                 .map(|(id, _)| (*id, format!("{base}-m{id}")))
@@ -183,6 +198,7 @@ impl Network {
             ports: members.iter().copied().collect(),
             proxies: BTreeMap::new(),
             faults: Mutex::new(BTreeMap::new()),
+            workers_cut_from: Mutex::new(std::collections::BTreeSet::new()),
         };
         // From here on, dropping `network` deletes whatever was made.
         ip(&["netns", "add", &network.hub]).context(
@@ -201,10 +217,18 @@ impl Network {
             all.extend(args);
             ip(&all)?;
         }
-        for (&id, name) in &network.members {
+        let attached = network
+            .members
+            .iter()
+            .map(|(&id, name)| (format!("m{id}"), name, member_ip(id)))
+            .chain(std::iter::once((
+                "workers".to_string(),
+                &network.workers,
+                workers_ip(),
+            )));
+        for (veth, name, address) in attached {
             ip(&["netns", "add", name])?;
-            let veth = format!("m{id}");
-            let cidr = format!("{}/24", member_ip(id));
+            let cidr = format!("{address}/24");
             ip(&[
                 "-n", &hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
                 name,
@@ -233,6 +257,15 @@ impl Network {
         for &(id, _) in members {
             network.install_base_rules(id)?;
         }
+        run(
+            "iptables-restore",
+            &[],
+            Some(&network.workers),
+            Some(
+                "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:FERRY-LINKS - [0:0]\n\
+                 -A INPUT -j FERRY-LINKS\n-A OUTPUT -j FERRY-LINKS\nCOMMIT\n",
+            ),
+        )?;
         Ok(network)
     }
 
@@ -240,6 +273,7 @@ impl Network {
     pub fn namespace(&self, place: Place) -> &str {
         match place {
             Place::Hub => &self.hub,
+            Place::Workers => &self.workers,
             Place::Member(id) => self
                 .members
                 .get(&id)
@@ -406,9 +440,53 @@ impl Network {
         self.change(&[(a, b), (b, a)], |fault| *fault = LinkFault::default());
     }
 
-    /// Restores every link.
+    /// Restores every link, the workers' included.
     pub fn heal(&self) {
         self.change(&self.all_links(), |fault| *fault = LinkFault::default());
+        self.change_workers(|cut| cut.clear());
+    }
+
+    /// Drops every packet between the workers and member `id` (the workers'
+    /// connections to it see silence, no reset); the other members, and the
+    /// CLI in the hub, still reach it.
+    pub fn cut_workers_from(&self, id: u64) {
+        assert!(self.members.contains_key(&id), "no member {id}");
+        self.change_workers(|cut| {
+            cut.insert(id);
+        });
+    }
+
+    /// The members the workers are cut from.
+    pub fn workers_cut_from(&self) -> std::collections::BTreeSet<u64> {
+        self.workers_cut_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the set of members the workers are cut from and rewrites the
+    /// workers' rules: by address, both ways (nothing dials the workers, and
+    /// the workers' namespace has no NAT, so connection tracking may have
+    /// started only after a connection did and would not tell its direction).
+    fn change_workers(&self, change: impl FnOnce(&mut std::collections::BTreeSet<u64>)) {
+        let mut cut = self
+            .workers_cut_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        change(&mut cut);
+        let mut rules = String::from("*filter\n:FERRY-LINKS - [0:0]\n-F FERRY-LINKS\n");
+        for id in cut.iter() {
+            let _ = writeln!(rules, "-A FERRY-LINKS -d {}/32 -j DROP", member_ip(*id));
+            let _ = writeln!(rules, "-A FERRY-LINKS -s {}/32 -j DROP", member_ip(*id));
+        }
+        rules.push_str("COMMIT\n");
+        run(
+            "iptables-restore",
+            &["--noflush"],
+            Some(&self.workers),
+            Some(&rules),
+        )
+        .unwrap_or_else(|e| panic!("cannot change the workers' links: {e:#}"));
     }
 
     fn all_links(&self) -> Vec<(u64, u64)> {
@@ -430,7 +508,8 @@ impl Drop for Network {
     /// until they exit; the cluster kills them before its network is dropped.
     fn drop(&mut self) {
         self.proxies.clear();
-        for name in self.members.values().chain(std::iter::once(&self.hub)) {
+        let others = [&self.workers, &self.hub];
+        for name in self.members.values().chain(others) {
             if namespace_path(name).exists()
                 && let Err(error) = ip(&["netns", "delete", name])
             {
@@ -443,8 +522,8 @@ impl Drop for Network {
 impl crate::Cluster {
     /// `members` coordinators forming one Raft group, each in a network
     /// namespace of its own (see the module's documentation), all running and
-    /// answering; the CLI and workers run in the hub. The coordinators'
-    /// certificate names every member's address.
+    /// answering; the CLI runs in the hub, workers in a namespace of their
+    /// own. The coordinators' certificate names every member's address.
     pub fn start_partitionable(members: u64, extra: &str) -> crate::Cluster {
         let mut cluster = crate::Cluster::unstarted(members, extra);
         let mut ips = Vec::new();
