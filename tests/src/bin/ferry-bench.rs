@@ -18,8 +18,9 @@
 //!   runs of `--steps` independent no-op steps (`true`) submitted at once;
 //!   prints steps per second from the first submission to the last run's end.
 //! - `latency`: on an idle cluster (three coordinators, two workers), one-step
-//!   runs submitted one after another; the step is `ferry-bench stamp FILE`,
-//!   which reads the precise clock first thing and writes it to FILE, and the time
+//!   runs submitted one after another; the step is `ferry-stamp FILE` (a tiny
+//!   program built beside this one), which reads the precise clock first thing
+//!   and writes it to FILE, and the time
 //!   from the submission to that clock reading is the submit-to-start latency
 //!   (signed, never clamped). Prints min, p50, p99 and max, what the stamp's own
 //!   start costs without Ferry, and the median run's phases.
@@ -655,12 +656,18 @@ fn step_assigned_ms(_attempt: &proto::AttemptView, _summary: &proto::RunSummary)
 async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     let cluster = step_cluster();
     // The step notes the moment it runs, read from the precise clock first thing
-    // inside its own process (`ferry-bench stamp`, this program: no shell, no
-    // child process): a file's modification time would come from the kernel's
-    // coarse clock, several milliseconds behind, and flatter the figure.
-    let stamp = std::env::current_exe()?;
+    // inside its own process (`ferry-stamp`, built beside this program: no shell,
+    // no child process, standard library only): a file's modification time would
+    // come from the kernel's coarse clock, several milliseconds behind, and
+    // flatter the figure.
+    let stamp = std::env::current_exe()?.with_file_name("ferry-stamp");
+    anyhow::ensure!(
+        stamp.is_file(),
+        "{} is missing: build the workspace (`cargo build --release --workspace`)",
+        stamp.display()
+    );
     let yaml = format!(
-        "name: stamp\nparams:\n  out: \"\"\nsteps:\n  - name: stamp\n    command: [{:?}, \"stamp\", \"${{params.out}}\"]\n",
+        "name: stamp\nparams:\n  out: \"\"\nsteps:\n  - name: stamp\n    command: [{:?}, \"${{params.out}}\"]\n",
         stamp.display().to_string()
     );
     let yaml = yaml.as_str();
@@ -679,17 +686,14 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     for trial in 0..50 {
         let file = marks.join(format!("own-{trial}"));
         let spawned = unix_seconds(std::time::SystemTime::now());
-        let status = std::process::Command::new(&stamp)
-            .arg("stamp")
-            .arg(&file)
-            .status()?;
-        anyhow::ensure!(status.success(), "ferry-bench stamp failed: {status}");
+        let status = std::process::Command::new(&stamp).arg(&file).status()?;
+        anyhow::ensure!(status.success(), "ferry-stamp failed: {status}");
         let stamped = parse_epoch_realtime(&std::fs::read_to_string(&file)?)?;
         own_start.push((stamped - spawned) * 1e3);
     }
     own_start.sort_by(f64::total_cmp);
     println!(
-        "latency: the step (ferry-bench stamp) reads the clock {:.2} ms (median of 50) after this machine spawns it, without Ferry",
+        "latency: the step (ferry-stamp) reads the clock {:.2} ms (median of 50) after this machine spawns it, without Ferry",
         own_start[own_start.len() / 2]
     );
     let mut latencies = Vec::new();
@@ -772,17 +776,6 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
         at(0.99),
         at(1.0),
     );
-    Ok(())
-}
-
-/// Writes `time` as seconds since the epoch with microseconds (the format of
-/// bash's `$EPOCHREALTIME`) to `file`, through a temporary file and a rename so
-/// that a reader never sees half of it.
-fn write_stamp(file: &std::path::Path, time: std::time::SystemTime) -> anyhow::Result<()> {
-    let seconds = unix_seconds(time);
-    let temporary = file.with_extension("tmp");
-    std::fs::write(&temporary, format!("{seconds:.6}\n"))?;
-    std::fs::rename(&temporary, file)?;
     Ok(())
 }
 
@@ -1092,14 +1085,6 @@ async fn measure_sweep_submissions(
 }
 
 fn main() -> anyhow::Result<()> {
-    // `ferry-bench stamp FILE`: the latency benchmark's step. Reads the precise
-    // clock first thing, then writes it to FILE atomically.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() == Some(std::ffi::OsStr::new("stamp")) {
-        let now = std::time::SystemTime::now();
-        let file = std::path::PathBuf::from(args.next().context("stamp FILE")?);
-        return write_stamp(&file, now);
-    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
     if options.what == "chaos" {
