@@ -191,6 +191,26 @@ impl Span {
     }
 }
 
+/// Reads the entries of `indexes` in order with the rule of
+/// `raft::util::limit_size` (the first entry always counts), applied while
+/// reading so that a small limit does not read the whole range.
+fn read_limited(
+    indexes: std::ops::Range<u64>,
+    max_size: u64,
+    read: impl Fn(u64) -> Result<Entry, LogStoreError>,
+) -> raft::Result<Vec<Entry>> {
+    let (mut entries, mut size) = (Vec::new(), 0u64);
+    for index in indexes {
+        let entry = read(index).map_err(store_error)?;
+        size = size.saturating_add(u64::from(entry.compute_size()));
+        if !entries.is_empty() && size > max_size {
+            break;
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
 fn refuse<T>(error: StorageError) -> raft::Result<T> {
     Err(raft::Error::Store(error))
 }
@@ -1015,22 +1035,10 @@ impl Storage for SledLog {
         let max_size = max_size.into().unwrap_or(raft::NO_LIMIT);
         let cache = lock(&self.cache);
         cache.span().check_range(low, high)?;
-        // The rule of `raft::util::limit_size` (the first entry always counts),
-        // applied while reading so that a small limit does not read the whole range.
-        let (mut entries, mut size) = (Vec::new(), 0u64);
-        for index in low..high {
-            let bytes = self
-                .log
-                .get(index.to_be_bytes())
-                .map_err(|e| store_error(e.into()))?;
-            let entry = decode_entry(index, bytes.as_deref()).map_err(store_error)?;
-            size = size.saturating_add(u64::from(entry.compute_size()));
-            if !entries.is_empty() && size > max_size {
-                break;
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+        read_limited(low..high, max_size, |index| {
+            let bytes = self.log.get(index.to_be_bytes())?;
+            decode_entry(index, bytes.as_deref())
+        })
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {

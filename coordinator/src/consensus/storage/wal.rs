@@ -40,13 +40,13 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use super::{
     DataFile, LogStore, LogStoreError, Span, corrupt, decode, encode, file_error, lock,
-    read_verified_data, refuse, remove_other_data_files, store_error, write_data_file,
+    read_limited, read_verified_data, refuse, remove_other_data_files, store_error,
+    write_data_file,
 };
 
 #[cfg(test)]
@@ -972,18 +972,7 @@ impl Storage for WalLog {
         let max_size = max_size.into().unwrap_or(raft::NO_LIMIT);
         let log = lock(&self.inner.log);
         log.span().check_range(low, high)?;
-        // The rule of `raft::util::limit_size` (the first entry always counts),
-        // applied while reading so that a small limit does not read the whole range.
-        let (mut entries, mut size) = (Vec::new(), 0u64);
-        for index in low..high {
-            let entry = log.read_entry(index).map_err(store_error)?;
-            size = size.saturating_add(u64::from(entry.compute_size()));
-            if !entries.is_empty() && size > max_size {
-                break;
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+        read_limited(low..high, max_size, |index| log.read_entry(index))
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
