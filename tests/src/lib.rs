@@ -6,7 +6,10 @@
 
 mod binaries;
 pub mod chaos;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod linearizability;
+pub mod load;
 pub mod netns;
 mod ports;
 mod proxy;
