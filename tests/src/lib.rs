@@ -6,8 +6,11 @@
 
 mod binaries;
 pub mod chaos;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod lazyfs;
 pub mod linearizability;
+pub mod load;
 pub mod netns;
 mod ports;
 mod proxy;

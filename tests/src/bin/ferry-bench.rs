@@ -6,6 +6,9 @@
 //! target/release/ferry-bench [commit|failover|graceful|steps|latency|cache|all]
 //!     [--seconds N] [--clients N] [--trials N] [--runs N] [--steps N] [--sweeps N]
 //! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
+//! cargo build --release -p ferry-tests --features etcd   # needs protoc
+//! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
+//!     [--value-bytes N] [--tls] [--etcd-binary PATH]
 //! ```
 //!
 //! - `commit`: many concurrent clients submit one-step runs to a 3-member cluster
@@ -39,6 +42,9 @@
 //!   10) against `--members` coordinators while `--clients` clients (default 3)
 //!   submit and count runs; prints every action, the checker's verdict on the
 //!   history and whether the members converged; exits non-zero when either fails.
+//! - `etcd` (not part of `all`; needs the `etcd` feature and an installed `etcd`):
+//!   `commit`'s load, the same loop on the same connections, as puts of
+//!   `--value-bytes` to new keys of an etcd cluster it starts (see `etcd.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_common::pki::TlsFiles;
 use ferry_common::proto::{self, control_client::ControlClient};
+use ferry_tests::load::{self, percentile};
 use ferry_tests::{CLIENT, Cluster, wait_for, write_pipeline};
 use tonic::transport::Channel;
 
@@ -69,6 +76,12 @@ struct Options {
     seed: Option<u64>,
     /// Whether `--clients` was given (the chaos run's default differs).
     clients_given: bool,
+    /// The size of each value `etcd` puts.
+    value_bytes: usize,
+    /// Whether the etcd members and clients talk mutual TLS.
+    etcd_tls: bool,
+    /// The `etcd` binary to run.
+    etcd_binary: std::path::PathBuf,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -84,6 +97,9 @@ fn options() -> anyhow::Result<Options> {
         sweeps: 10,
         seed: None,
         clients_given: false,
+        value_bytes: ETCD_VALUE_BYTES,
+        etcd_tls: false,
+        etcd_binary: "etcd".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,13 +122,19 @@ fn options() -> anyhow::Result<Options> {
             "--runs" => options.runs = number("--runs")? as usize,
             "--steps" => options.steps = number("--steps")? as usize,
             "--sweeps" => options.sweeps = number("--sweeps")? as usize,
+            "--value-bytes" => options.value_bytes = number("--value-bytes")? as usize,
+            "--tls" => options.etcd_tls = true,
+            "--etcd-binary" => {
+                options.etcd_binary = args.next().context("--etcd-binary needs a path")?.into()
+            }
             "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
-            | "all" => options.what = arg,
+            | "etcd" | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|chaos|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
-                 [--steps N] [--sweeps N] [--seed N]"
+                 [--steps N] [--sweeps N] [--seed N] [--value-bytes N] [--tls] \
+                 [--etcd-binary PATH]"
             ),
         }
     }
@@ -210,14 +232,6 @@ impl Bench {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
 async fn bench_commit(options: &Options) -> anyhow::Result<()> {
     let extra = options
         .snapshot_every
@@ -227,13 +241,13 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
     let bench = Arc::new(Bench::new(&cluster).await?);
     let leader = bench.leader().await?;
     println!(
-        "commit: {} members (leader {leader}), {} concurrent clients on 8 connections to the leader, {} s",
+        "commit: {} members (leader {leader}), {} concurrent clients on {CONNECTIONS} connections to the leader, {} s",
         options.members, options.clients, options.seconds
     );
     // Clients share a few HTTP/2 connections, as many processes behind a few
     // proxies would.
     let mut connections = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..CONNECTIONS {
         let tls = TlsFiles {
             ca: cluster.pki.ca(),
             cert: cluster.pki.cert(CLIENT),
@@ -247,83 +261,16 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // Every sample also keeps the moment its
-    // answer arrived, so latency can be shown per second of the window.
-    let origin = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..options.clients {
-        let mut client = ControlClient::new(connections[n % connections.len()].clone());
-        let request = bench.request.clone();
-        let stop = stop.clone();
-        let committed = committed.clone();
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut ended_at = Vec::new();
-            let mut errors = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let began = Instant::now();
-                match client.submit_run(request.clone()).await {
-                    Ok(_) => {
-                        let now = Instant::now();
-                        latencies.push(now - began);
-                        ended_at.push(now - origin);
-                        committed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => errors += 1,
-                }
-            }
-            (latencies, ended_at, errors)
-        });
-    }
-    let began = Instant::now();
-    let began_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    println!(
-        "commit: window starts at unix {:.3}",
-        began_unix.as_secs_f64()
-    );
-    // One progress line per second: a stall (a compaction, an election) shows
-    // where it happened instead of vanishing into the average.
-    let (mut previous, mut slowest) = (0u64, u64::MAX);
-    for second in 1..=options.seconds {
-        tokio::time::sleep_until((began + Duration::from_secs(second)).into()).await;
-        let now = committed.load(Ordering::Relaxed);
-        println!("  second {second:>3}: {:>6} commands", now - previous);
-        slowest = slowest.min(now - previous);
-        previous = now;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut per_second: Vec<Vec<Duration>> = vec![Vec::new(); options.seconds as usize + 2];
-    let mut errors = 0;
-    let offset = began - origin;
-    let last = per_second.len() - 1;
-    while let Some(result) = tasks.join_next().await {
-        let (mut some, ended_at, failed) = result?;
-        for (latency, ended) in some.iter().zip(&ended_at) {
-            // The second of the window (1-based, as the progress lines) the answer came in.
-            let second = ended.saturating_sub(offset).as_secs() as usize + 1;
-            per_second[second.min(last)].push(*latency);
-        }
-        latencies.append(&mut some);
-        errors += failed;
-    }
-    let elapsed = began.elapsed();
-    latencies.sort();
-    for (second, some) in per_second.iter_mut().enumerate().skip(1) {
-        some.sort();
-        println!(
-            "  latency second {second:>3} (unix {:.3}): {:>6} answers, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            began_unix.as_secs_f64() + (second - 1) as f64,
-            some.len(),
-            percentile(some, 0.50).as_secs_f64() * 1e3,
-            percentile(some, 0.99).as_secs_f64() * 1e3,
-            some.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        );
-    }
+    let callers = (0..options.clients)
+        .map(|n| SubmitCaller {
+            client: ControlClient::new(connections[n % connections.len()].clone()),
+            request: bench.request.clone(),
+        })
+        .collect();
+    let log_before = raft_log_bytes(&cluster, leader);
+    let report = load::run("commit", "commands", callers, options.seconds).await?;
+    let log_grew = raft_log_bytes(&cluster, leader).saturating_sub(log_before);
+    report.print_seconds();
     // `FERRY_BENCH_LOGS`: a folder to copy the coordinators' logs into, to line the
     // per-second latency up with their events (the cluster's folder goes at the end).
     if let Some(dir) = std::env::var_os("FERRY_BENCH_LOGS") {
@@ -341,16 +288,114 @@ async fn bench_commit(options: &Options) -> anyhow::Result<()> {
             )?;
         }
     }
+    // What one acknowledged command costs in the Raft log (its JSON in an entry of
+    // many, with the entry's and the records' framing): the size to give `etcd`'s
+    // values (`--value-bytes`) for a like-for-like comparison.
     println!(
-        "commit: {} commands committed in {:.1} s = {:.0} commands/s (slowest second {slowest}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
-        latencies.len(),
-        elapsed.as_secs_f64(),
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "commit: the leader's Raft log grew by {log_grew} bytes = {:.0} bytes per acknowledged command (data under {})",
+        log_grew as f64 / report.latencies.len().max(1) as f64,
+        cluster.root.path().display(),
     );
+    report.print_summary("commit", "commands");
     Ok(())
+}
+
+/// The benchmark's client connections to a leader (Ferry's or etcd's).
+const CONNECTIONS: usize = 8;
+
+/// One client of the commit load: `SubmitRun` of a one-step run, again and again.
+struct SubmitCaller {
+    client: ControlClient<Channel>,
+    request: proto::SubmitRunRequest,
+}
+
+impl load::Caller for SubmitCaller {
+    async fn call(&mut self) -> bool {
+        self.client.submit_run(self.request.clone()).await.is_ok()
+    }
+}
+
+/// The bytes in a member's Raft log segments (its write-ahead log folder).
+fn raft_log_bytes(cluster: &Cluster, id: u64) -> u64 {
+    let dir = cluster.path(&format!("coordinator-{id}-data/raft-log"));
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The default size of an etcd value: with its key (about 20 bytes), about what
+/// one acknowledged `SubmitRun` of the commit benchmark adds to Ferry's Raft log
+/// (`commit` prints it: 476 bytes on 2026-12-06).
+const ETCD_VALUE_BYTES: usize = 450;
+
+/// `etcd`: the commit benchmark's load (the same loop, the same number of clients
+/// on the same number of connections to the leader) as puts to an etcd cluster.
+#[cfg(feature = "etcd")]
+async fn bench_etcd(options: &Options) -> anyhow::Result<()> {
+    use ferry_tests::etcd::{EtcdCluster, PutCaller};
+    let members = options.members as usize;
+    let cluster = EtcdCluster::start(&options.etcd_binary, members, options.etcd_tls).await?;
+    let leader = cluster.leader().await?;
+    let pids: Vec<String> = (0..members).map(|m| cluster.pid(m).to_string()).collect();
+    println!(
+        "etcd: {members} members (leader m{leader}; pids {}), {}, {} concurrent clients on {CONNECTIONS} connections to the leader, puts of {} bytes to new keys, {} s; data under {}",
+        pids.join(", "),
+        if options.etcd_tls {
+            "mutual TLS"
+        } else {
+            "plain HTTP/2, no TLS"
+        },
+        options.clients,
+        options.value_bytes,
+        options.seconds,
+        cluster.root().display(),
+    );
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(cluster.connect(leader).await?);
+    }
+    // Printable bytes, as Ferry's JSON commands are; etcd compresses nothing.
+    let value: Vec<u8> = (0..options.value_bytes)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
+        .collect();
+    let mut callers = Vec::new();
+    for n in 0..options.clients {
+        let channel = connections[n % connections.len()].clone();
+        callers.push(PutCaller::new(channel, n, value.clone()).await?);
+    }
+    let report = load::run("etcd", "puts", callers, options.seconds).await?;
+    report.print_seconds();
+    if let Some(dir) = std::env::var_os("FERRY_BENCH_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        for member in 0..members {
+            let role = if member == leader {
+                "leader"
+            } else {
+                "follower"
+            };
+            std::fs::copy(
+                cluster.log_path(member),
+                std::path::Path::new(&dir).join(format!("etcd-m{member}-{role}.log")),
+            )?;
+        }
+    }
+    report.print_summary("etcd", "puts");
+    Ok(())
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn bench_etcd(_options: &Options) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this ferry-bench was built without etcd support: \
+         cargo build --release -p ferry-tests --features etcd (needs protoc on the PATH)"
+    )
 }
 
 /// Restarts a stopped member and waits until it follows and has caught up.
@@ -649,10 +694,6 @@ async fn bench_steps(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn step_assigned_ms(_attempt: &proto::AttemptView, _summary: &proto::RunSummary) -> i64 {
-    0
-}
-
 async fn bench_latency(options: &Options) -> anyhow::Result<()> {
     let cluster = step_cluster();
     // The step notes the moment it runs, read from the precise clock first thing
@@ -740,20 +781,18 @@ async fn bench_latency(options: &Options) -> anyhow::Result<()> {
         {
             phases.push((
                 summary.submitted_ms - ms(submitted),
-                step_assigned_ms(attempt, &summary),
                 attempt.started_ms - summary.submitted_ms,
                 (started * 1e3).round() as i64 - summary.submitted_ms,
             ));
         }
     }
-    phases.sort_by_key(|p| p.3);
+    phases.sort_by_key(|p| p.2);
     if let Some(median) = phases.get(phases.len() / 2) {
         println!(
             "latency: median run's phases (ms after its submission was applied): \
              applied {} ms after the call, start reported at {}, process started at {}",
-            median.0, median.2, median.3
+            median.0, median.1, median.2
         );
-        let _ = median.1;
     }
     if let Ok(dir) = std::env::var("FERRY_BENCH_LOGS") {
         for name in ["w1", "w2"] {
@@ -1094,6 +1133,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         if matches!(options.what.as_str(), "commit" | "all") {
             bench_commit(&options).await?;
+        }
+        if options.what == "etcd" {
+            bench_etcd(&options).await?;
         }
         if matches!(options.what.as_str(), "failover" | "all") {
             bench_failover(&options).await?;
