@@ -543,7 +543,8 @@ impl WalLog {
         !lock(&self.inner.log).written
     }
 
-    /// The segment files on disk, oldest first (for tests and status).
+    /// The segment files the log holds open, oldest first.
+    #[cfg(test)]
     pub fn segment_files(&self) -> Vec<PathBuf> {
         let log = lock(&self.inner.log);
         let numbers = log.segments.keys();
@@ -779,7 +780,7 @@ impl Replay {
     /// Checks what replay found as a whole: one contiguous run of entries right
     /// after the snapshot, terms that never decrease, a commit index inside the log
     /// and a snapshot file of the size written.
-    fn finish(self, dir: &Path, snapshot_dir: &Path) -> Result<Log0, LogStoreError> {
+    fn finish(self, dir: &Path, snapshot_dir: &Path) -> Result<Replayed, LogStoreError> {
         let mut entries = VecDeque::with_capacity(self.entries.len());
         let (mut last, mut last_term) = (self.snapshot.index, self.snapshot.term);
         for (index, position) in self.entries {
@@ -820,7 +821,7 @@ impl Replay {
                 return Err(corrupt(format!("snapshot file {}", path.display()), detail));
             }
         }
-        Ok(Log0 {
+        Ok(Replayed {
             hard_state: self.hard_state,
             conf_state: self.conf_state,
             snapshot: self.snapshot,
@@ -831,7 +832,7 @@ impl Replay {
 }
 
 /// What replay hands to `open`.
-struct Log0 {
+struct Replayed {
     hard_state: HardState,
     conf_state: ConfState,
     snapshot: SnapshotMetadata,
