@@ -328,6 +328,7 @@ mod tests {
                 request_id: Some("r-1".into()),
                 options: Default::default(),
                 now_ms: 5,
+                placements: Vec::new(),
             })
             .unwrap();
         state

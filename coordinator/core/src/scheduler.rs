@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ferry_spec::Resources;
 
-use crate::state::{Placement, RunId, State};
+use crate::state::{FirstPlacement, Placement, RunId, State};
 
 /// What a step asks of its GPUs beyond their number.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -590,6 +590,80 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
     (queue, next_retry)
 }
 
+/// Where the first steps of a run about to be submitted go (those that need no
+/// other step), decided by the leader so that they are assigned in the same
+/// Raft entry as the submission: one round to a started step instead of two.
+///
+/// Only when nothing else is ready to be placed, so that no older or more
+/// important step is overtaken; otherwise (and for whatever this leaves) the
+/// scheduling pass places the run as any other. The same rules as [`plan`]
+/// apply (the run's and its sweeps' `max_parallel`, quotas, best fit), and the
+/// state machine checks each placement again when it applies the submission
+/// (a step found in the cache, a worker gone since: that placement is dropped).
+pub fn first_placements(
+    state: &State,
+    pipeline: &ferry_spec::Pipeline,
+    accepting: &BTreeSet<String>,
+    quotas: &BTreeMap<String, Quota>,
+    now_ms: i64,
+) -> Vec<FirstPlacement> {
+    // Stands for the run the submission creates (no run has this id).
+    const NEW_RUN: RunId = RunId::MAX;
+    if accepting.is_empty() || !ready_queue(state, now_ms).0.is_empty() {
+        return Vec::new();
+    }
+    let queue: Vec<QueuedStep> = pipeline
+        .steps
+        .iter()
+        .filter(|spec| spec.needs.is_empty())
+        .take(QUEUE_WINDOW)
+        .map(|spec| QueuedStep {
+            run: NEW_RUN,
+            step: spec.name.clone(),
+            resources: spec.resources,
+            gpu: gpu_need(spec),
+            selector: spec.node_selector.clone(),
+            priority: pipeline.priority,
+            project: pipeline.project.clone(),
+            sweep: spec.trial.as_ref().map(|t| t.of.clone()),
+        })
+        .collect();
+    if queue.is_empty() {
+        return Vec::new();
+    }
+    let mut limits = limits(state, quotas);
+    limits.runs.insert(
+        NEW_RUN,
+        RunLimit {
+            max_parallel: pipeline.max_parallel,
+            active: 0,
+        },
+    );
+    for spec in &pipeline.steps {
+        if let Some(trial) = &spec.trial
+            && let Some(max) = trial.max_parallel
+        {
+            limits.sweeps.insert(
+                (NEW_RUN, trial.of.clone()),
+                RunLimit {
+                    max_parallel: Some(max),
+                    active: 0,
+                },
+            );
+        }
+    }
+    let workers = worker_slots(state, accepting);
+    plan(&queue, &workers, &limits)
+        .placements
+        .into_iter()
+        .map(|p| FirstPlacement {
+            step: p.step,
+            worker: p.worker,
+            gpus: p.gpus,
+        })
+        .collect()
+}
+
 /// How many more steps of one run, and of each of its sweeps, `max_parallel`
 /// lets the queue hold this pass.
 struct RoomInRun<'a> {
@@ -757,3 +831,6 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod first_tests;

@@ -30,7 +30,9 @@ mod workers;
 pub use attempts::{LOST_RETRIES, retry_delay_ms};
 pub use cache::{cache_key, producing_attempt_of};
 pub use catalog::{CacheEntry, Catalog, GcPlan, Pin, Schedule, gc_plan, live_blobs};
-pub use command::{AttemptReport, Command, Placement, ReportedOutcome, SubmitOptions};
+pub use command::{
+    AttemptReport, Command, FirstPlacement, Placement, ReportedOutcome, SubmitOptions,
+};
 pub use lineage::LineageNode;
 pub use outcome::{Outcome, StateError};
 pub use records::{
@@ -154,11 +156,12 @@ impl State {
                 request_id,
                 options,
                 now_ms,
+                placements,
             } => {
                 // A retried submission (same request id) answers with the run the
                 // first one started instead of starting another.
                 if let Some(id) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
-                    return Ok(Outcome::RunSubmitted(*id));
+                    return Ok(Outcome::submitted(*id));
                 }
                 let id = self.create_run(
                     pipeline,
@@ -169,7 +172,14 @@ impl State {
                     now_ms,
                 );
                 self.advance(id, now_ms);
-                Ok(Outcome::RunSubmitted(id))
+                let placements = placements.into_iter().map(|p| Placement {
+                    run: id,
+                    step: p.step,
+                    worker: p.worker,
+                    gpus: p.gpus,
+                });
+                let assigned = self.assign(placements, now_ms);
+                Ok(Outcome::RunSubmitted { run: id, assigned })
             }
             Command::RerunRun {
                 source,
@@ -179,7 +189,7 @@ impl State {
                 now_ms,
             } => {
                 if let Some(id) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
-                    return Ok(Outcome::RunSubmitted(*id));
+                    return Ok(Outcome::submitted(*id));
                 }
                 self.rerun(source, from.as_deref(), submitter, request_id, now_ms)
             }
@@ -213,7 +223,9 @@ impl State {
                 running,
                 now_ms,
             } => Ok(self.register_worker(worker, running, now_ms)),
-            Command::Assign { placements, now_ms } => Ok(self.assign(placements, now_ms)),
+            Command::Assign { placements, now_ms } => {
+                Ok(Outcome::Assigned(self.assign(placements, now_ms)))
+            }
             Command::StepStarted {
                 key,
                 worker,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry_common::time::now_ms;
@@ -90,6 +91,7 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
             return;
         }
         if !node.role().is_leader() {
+            node.scheduler_idle.store(false, Ordering::Relaxed);
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = changes.changed() => {}
@@ -97,14 +99,7 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
             }
             continue;
         }
-        let accepting: BTreeSet<String> = {
-            let links = lock(&node.links, "links");
-            links
-                .iter()
-                .filter(|(_, link)| !link.sender.is_closed())
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let accepting = node.accepting_workers();
         // Nothing can be placed without a connected worker: skip the scan of the
         // queue (it grows with every queued step).
         let now = now_ms();
@@ -127,6 +122,8 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
             (plan.placements, next_retry, left_waiting)
         };
         let busy = !placements.is_empty() || left_waiting;
+        node.scheduler_idle
+            .store(!busy && !accepting.is_empty(), Ordering::Relaxed);
         if !placements.is_empty() {
             let count = placements.len();
             tracing::debug!(placements = count, "scheduling pass placed steps");
@@ -159,6 +156,42 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
         }
     }
     tracing::info!("scheduler stopped");
+}
+
+impl Node {
+    /// The workers whose assignment stream is open on this member.
+    fn accepting_workers(&self) -> BTreeSet<String> {
+        lock(&self.links, "links")
+            .iter()
+            .filter(|(_, link)| !link.sender.is_closed())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// On the leader, for a submission about to be proposed: its first steps'
+    /// placements when the last scheduling pass left nothing to do
+    /// (`scheduler::first_placements` checks the queue itself), so that they are
+    /// assigned in the submission's own Raft entry; none otherwise.
+    pub(super) fn first_placements(
+        &self,
+        pipeline: &ferry_common::spec::Pipeline,
+        now: i64,
+    ) -> Vec<crate::state::FirstPlacement> {
+        if !self.scheduler_idle.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let accepting = self.accepting_workers();
+        let placements = self.read(|state| {
+            scheduler::first_placements(state, pipeline, &accepting, &self.quotas, now)
+        });
+        if !placements.is_empty() {
+            tracing::debug!(
+                placements = placements.len(),
+                "placing the first steps with the submission"
+            );
+        }
+        placements
+    }
 }
 
 /// On the leader: declares lost every worker whose lease ran out (a committed

@@ -121,6 +121,9 @@ pub struct Node {
     quotas: BTreeMap<String, scheduler::Quota>,
     /// Why each queued step stayed queued in the last scheduling pass (leader only).
     waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
+    /// The last scheduling pass found nothing to place and nothing waiting: a
+    /// submission's first steps may then be placed with it (leader only).
+    scheduler_idle: std::sync::atomic::AtomicBool,
     /// Turns true when this member must stop serving (storage failure, removed).
     stop: watch::Sender<Option<String>>,
     /// Administrators, learners and their promotion.
@@ -303,6 +306,7 @@ impl Node {
             retention: config.retention.clone(),
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
+            scheduler_idle: std::sync::atomic::AtomicBool::new(false),
             stop: watch::channel(None).0,
             membership,
         });

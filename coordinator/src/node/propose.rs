@@ -125,7 +125,16 @@ impl Node {
     /// Proposes on this member, stamped with its clock (it is the leader, or the
     /// proposal fails with `NotLeader`).
     async fn propose_local(&self, mut command: Command) -> Result<Outcome, ProposeError> {
-        command.stamp(now_ms());
+        let now = now_ms();
+        command.stamp(now);
+        if let Command::SubmitRun {
+            pipeline,
+            placements,
+            ..
+        } = &mut command
+        {
+            *placements = self.first_placements(pipeline, now);
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Proposal { command, reply })

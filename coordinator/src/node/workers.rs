@@ -145,7 +145,7 @@ impl Node {
 
     pub(crate) fn carry_out(&self, outcome: &Outcome) {
         match outcome {
-            Outcome::Assigned(assigned) => {
+            Outcome::Assigned(assigned) | Outcome::RunSubmitted { assigned, .. } => {
                 for (key, worker) in assigned {
                     self.push_assignment(key, worker);
                 }
@@ -221,7 +221,6 @@ impl Node {
                 });
             }
             Outcome::Registered { .. }
-            | Outcome::RunSubmitted(_)
             | Outcome::Report { .. }
             | Outcome::WorkerMode(_)
             | Outcome::Done

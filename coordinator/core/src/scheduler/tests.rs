@@ -579,6 +579,7 @@ steps:
             request_id: None,
             options: Default::default(),
             now_ms: 1,
+            placements: Vec::new(),
         })
         .unwrap();
     state
@@ -680,6 +681,7 @@ steps:
             request_id: None,
             options: Default::default(),
             now_ms: 1,
+            placements: Vec::new(),
         })
         .unwrap();
     state

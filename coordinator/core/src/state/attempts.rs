@@ -25,14 +25,20 @@ pub fn retry_delay_ms(backoff_ms: u64, retry: u32) -> u64 {
 }
 
 impl State {
-    pub(super) fn assign(&mut self, placements: Vec<Placement>, now_ms: i64) -> Outcome {
+    /// Applies each placement that is still valid; the attempts made, with their
+    /// workers.
+    pub(super) fn assign(
+        &mut self,
+        placements: impl IntoIterator<Item = Placement>,
+        now_ms: i64,
+    ) -> Vec<(AttemptKey, String)> {
         let mut assigned = Vec::new();
         for placement in placements {
             if let Some(key) = self.assign_one(&placement, now_ms) {
                 assigned.push((key, placement.worker));
             }
         }
-        Outcome::Assigned(assigned)
+        assigned
     }
 
     /// Applies one placement if it is still valid: the step is queued, the worker is

@@ -330,7 +330,7 @@ impl State {
             }
         }
         self.advance(id, now_ms);
-        Ok(Outcome::RunSubmitted(id))
+        Ok(Outcome::submitted(id))
     }
 
     pub(super) fn create_schedule(
@@ -417,7 +417,7 @@ impl State {
             schedule.missed += missed;
         }
         self.advance(id, now_ms);
-        Outcome::RunSubmitted(id)
+        Outcome::submitted(id)
     }
 
     pub(super) fn pin(

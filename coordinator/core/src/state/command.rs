@@ -18,6 +18,16 @@ pub struct Placement {
     pub gpus: Vec<u32>,
 }
 
+/// A placement of one of the first steps of a run that a `SubmitRun` creates,
+/// decided by the leader when it proposes the submission (see
+/// [`first_placements`](crate::scheduler::first_placements)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstPlacement {
+    pub step: String,
+    pub worker: String,
+    pub gpus: Vec<u32>,
+}
+
 /// What a worker reports when an attempt ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptReport {
@@ -59,6 +69,11 @@ pub enum Command {
         #[serde(default)]
         options: SubmitOptions,
         now_ms: i64,
+        /// Set by the leader only (whatever a caller sent is replaced): the
+        /// run's first steps placed in the same entry as the submission, each
+        /// checked again when applied like an `Assign`'s placement.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        placements: Vec<FirstPlacement>,
     },
     /// `ferry rerun`: a new run of `source`'s pipeline and code that keeps the
     /// outputs of its successful steps (by reference) and runs again from `from`

@@ -9,24 +9,22 @@ use super::{AttemptKey, RunId, WorkerMode};
 /// The result of applying a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    RunSubmitted(RunId),
+    /// A run was submitted (or a resubmission named it); `assigned`: its first
+    /// attempts placed with the submission, to be pushed to their workers.
+    RunSubmitted {
+        run: RunId,
+        assigned: Vec<(AttemptKey, String)>,
+    },
     /// Attempts that were placed and must now be pushed to their workers.
     Assigned(Vec<(AttemptKey, String)>),
     /// A worker registered; these attempts, still assigned to it but not started,
     /// must be pushed to it again.
-    Registered {
-        resend: Vec<AttemptKey>,
-    },
+    Registered { resend: Vec<AttemptKey> },
     /// A worker report: `accepted` is false for a stale or fenced report.
-    Report {
-        accepted: bool,
-        detail: String,
-    },
+    Report { accepted: bool, detail: String },
     /// A run was cancelled (or timed out); these attempts must be stopped on their
     /// workers.
-    Cancelled {
-        stop: Vec<(AttemptKey, String)>,
-    },
+    Cancelled { stop: Vec<(AttemptKey, String)> },
     /// A worker's mode changed.
     WorkerMode(WorkerMode),
     /// A worker was declared lost (`ended` lists the attempts that ended with it;
@@ -48,6 +46,16 @@ pub enum Outcome {
         at_ms: i64,
         grace_ms: u64,
     },
+}
+
+impl Outcome {
+    /// A run submitted (or named again by a resubmission) with nothing placed.
+    pub fn submitted(run: RunId) -> Outcome {
+        Outcome::RunSubmitted {
+            run,
+            assigned: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -255,11 +255,12 @@ pub(super) async fn submit_run(
                     code_digests,
                 },
                 now_ms: now_ms(),
+                placements: Vec::new(),
             },
         )
         .await
         .map_err(propose_status)?;
-    let Outcome::RunSubmitted(run_id) = outcome else {
+    let Outcome::RunSubmitted { run: run_id, .. } = outcome else {
         return Err(Status::internal("unexpected outcome of a submission"));
     };
     tracing::debug!(run = run_id, client = %caller.name, "run submitted");
@@ -298,7 +299,7 @@ pub(super) async fn rerun_run(
         )
         .await
         .map_err(propose_status)?;
-    let Outcome::RunSubmitted(run_id) = outcome else {
+    let Outcome::RunSubmitted { run: run_id, .. } = outcome else {
         return Err(Status::internal("unexpected outcome of a re-run"));
     };
     tracing::info!(run = run_id, source = rerun.run_id, client = %caller.name, "run re-run");

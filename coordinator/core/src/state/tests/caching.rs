@@ -83,8 +83,9 @@ impl Sim {
             request_id: None,
             options,
             now_ms,
+            placements: Vec::new(),
         }) {
-            Ok(Outcome::RunSubmitted(id)) => id,
+            Ok(Outcome::RunSubmitted { run: id, .. }) => id,
             other => panic!("submit: {other:?}"),
         }
     }
@@ -294,7 +295,7 @@ fn rerun_from_a_step_reuses_upstream_outputs_and_runs_downstream_again() {
     let first = sim.submit(&yaml);
     run_all(&mut sim, first, "r1");
     let now_ms = sim.tick();
-    let Ok(Outcome::RunSubmitted(rerun)) = sim.apply(Command::RerunRun {
+    let Ok(Outcome::RunSubmitted { run: rerun, .. }) = sim.apply(Command::RerunRun {
         source: first,
         from: Some("train".into()),
         submitter: "alice".into(),
@@ -332,7 +333,7 @@ fn rerun_from_a_step_reuses_upstream_outputs_and_runs_downstream_again() {
     sim.finish(&key, exited(3));
     assert_eq!(sim.run(failing).state, RunState::Failed);
     let now_ms = sim.tick();
-    let Ok(Outcome::RunSubmitted(again)) = sim.apply(Command::RerunRun {
+    let Ok(Outcome::RunSubmitted { run: again, .. }) = sim.apply(Command::RerunRun {
         source: failing,
         from: None,
         submitter: "alice".into(),
@@ -409,7 +410,7 @@ fn a_schedule_fires_once_per_tick_and_not_while_paused() {
     };
     // A tick before the schedule existed never fires.
     assert_eq!(fire(&mut sim, 4_000), Outcome::Unchanged);
-    let Outcome::RunSubmitted(run) = fire(&mut sim, 10_000) else {
+    let Outcome::RunSubmitted { run, .. } = fire(&mut sim, 10_000) else {
         panic!("the tick did not fire");
     };
     assert_eq!(sim.run(run).schedule, Some(("nightly".to_string(), 10_000)));
@@ -431,7 +432,10 @@ fn a_schedule_fires_once_per_tick_and_not_while_paused() {
     })
     .unwrap();
     assert_eq!(fire(&mut sim, 14_000), Outcome::Unchanged);
-    assert!(matches!(fire(&mut sim, 16_000), Outcome::RunSubmitted(_)));
+    assert!(matches!(
+        fire(&mut sim, 16_000),
+        Outcome::RunSubmitted { .. }
+    ));
     let schedule = &sim.state.catalog.schedules["nightly"];
     assert_eq!((schedule.fired, schedule.last_tick_ms), (2, Some(16_000)));
     sim.apply(Command::DeleteSchedule {

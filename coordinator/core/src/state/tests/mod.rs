@@ -232,8 +232,9 @@ impl Sim {
                 ..Default::default()
             },
             now_ms,
+            placements: Vec::new(),
         }) {
-            Ok(Outcome::RunSubmitted(id)) => id,
+            Ok(Outcome::RunSubmitted { run: id, .. }) => id,
             other => panic!("submit: {other:?}"),
         }
     }

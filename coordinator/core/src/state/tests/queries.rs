@@ -129,21 +129,19 @@ fn a_retried_submission_with_the_same_request_id_starts_no_second_run() {
         request_id: Some(request.to_string()),
         options: Default::default(),
         now_ms: 1,
+        placements: Vec::new(),
     };
     let first = state.apply(submit("r-1")).unwrap();
     let again = state.apply(submit("r-1")).unwrap();
     let other = state.apply(submit("r-2")).unwrap();
-    assert_eq!(first, Outcome::RunSubmitted(1));
-    assert_eq!(again, Outcome::RunSubmitted(1));
-    assert_eq!(other, Outcome::RunSubmitted(2));
+    assert_eq!(first, Outcome::submitted(1));
+    assert_eq!(again, Outcome::submitted(1));
+    assert_eq!(other, Outcome::submitted(2));
     assert_eq!(state.runs.len(), 2);
     // The index is rebuilt from the records after a restart.
     let runs: Vec<Run> = state.runs.values().map(|r| Run::clone(r)).collect();
     let mut rebuilt = State::from_records(runs, Vec::new(), state.next_run_id);
-    assert_eq!(
-        rebuilt.apply(submit("r-2")).unwrap(),
-        Outcome::RunSubmitted(2)
-    );
+    assert_eq!(rebuilt.apply(submit("r-2")).unwrap(), Outcome::submitted(2));
     assert_eq!(rebuilt.runs.len(), 2);
 }
 
@@ -163,6 +161,7 @@ fn commands_are_unchanged_by_the_raft_entry_encoding() {
             request_id: Some("r".into()),
             options: Default::default(),
             now_ms: -1,
+            placements: Vec::new(),
         },
         Command::SubmitRun {
             pipeline: pipeline("name: p\nsteps:\n  - name: a\n    command: [\"true\"]\n"),
@@ -171,6 +170,7 @@ fn commands_are_unchanged_by_the_raft_entry_encoding() {
             request_id: None,
             options: Default::default(),
             now_ms: i64::MAX,
+            placements: Vec::new(),
         },
         Command::RegisterWorker {
             worker: worker("w1", 4000, 1 << 30, 2),

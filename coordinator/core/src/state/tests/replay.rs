@@ -46,6 +46,7 @@ steps:
                 ..Default::default()
             },
             now_ms: at(),
+            placements: Vec::new(),
         });
     }
     commands.push(Command::Assign {

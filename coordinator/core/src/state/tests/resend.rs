@@ -63,12 +63,16 @@ fn submissions_with_a_request_id_start_one_run() {
         request_id: Some("req-1".into()),
         options: SubmitOptions::default(),
         now_ms,
+        placements: Vec::new(),
     };
     let (first, second) = twice(&mut sim, submit);
-    assert!(matches!(first, Ok(Outcome::RunSubmitted(_))), "{first:?}");
+    assert!(
+        matches!(first, Ok(Outcome::RunSubmitted { .. })),
+        "{first:?}"
+    );
     assert_eq!(first, second);
     let run = match first {
-        Ok(Outcome::RunSubmitted(run)) => run,
+        Ok(Outcome::RunSubmitted { run, .. }) => run,
         other => panic!("{other:?}"),
     };
     sim.complete(run, "a", "w1");
@@ -83,7 +87,7 @@ fn submissions_with_a_request_id_start_one_run() {
         now_ms,
     };
     let (first, second) = twice(&mut sim, rerun);
-    assert!(matches!(first, Ok(Outcome::RunSubmitted(id)) if id != run));
+    assert!(matches!(first, Ok(Outcome::RunSubmitted { run: id, .. }) if id != run));
     assert_eq!(first, second);
 }
 
@@ -97,6 +101,7 @@ fn a_submission_without_a_request_id_is_never_resent() {
         request_id: None,
         options: SubmitOptions::default(),
         now_ms: 1,
+        placements: Vec::new(),
     };
     assert!(!submit.safe_to_resend());
     // Why: a second application would start a second run.
@@ -244,7 +249,10 @@ fn schedule_and_pin_commands_resent() {
         now_ms,
     };
     let (first, second) = twice(&mut sim, fire);
-    assert!(matches!(first, Ok(Outcome::RunSubmitted(_))), "{first:?}");
+    assert!(
+        matches!(first, Ok(Outcome::RunSubmitted { .. })),
+        "{first:?}"
+    );
     assert_eq!(second, Ok(Outcome::Unchanged));
     assert_eq!(sim.state.catalog.schedules["nightly"].fired, 1);
 
@@ -321,6 +329,7 @@ fn stamping_sets_the_time_of_every_command() {
             request_id: None,
             options: SubmitOptions::default(),
             now_ms: 1,
+            placements: Vec::new(),
         },
         Command::RegisterWorker {
             worker: big_worker("w1"),
@@ -360,6 +369,7 @@ fn a_run_stamped_by_the_leader_times_out_by_the_leaders_clock() {
             request_id: Some("r".into()),
             options: SubmitOptions::default(),
             now_ms: follower_now,
+            placements: Vec::new(),
         };
         if stamped_by_leader {
             submit.stamp(leader_now);
