@@ -25,6 +25,8 @@ pub enum FingerprintError {
         value: String,
         reason: String,
     },
+    #[error("worker configuration: {0} (the coordinator would refuse this registration)")]
+    OutOfBounds(String),
 }
 
 pub fn discover(config: &WorkerConfig) -> Result<Capacity, FingerprintError> {
@@ -87,6 +89,14 @@ pub fn discover(config: &WorkerConfig) -> Result<Capacity, FingerprintError> {
         }
         None => discover_gpus(),
     };
+    // The coordinator refuses a registration past these bounds: refuse to start
+    // instead of retrying a registration that can never succeed.
+    if let Some(problem) = ferry_common::spec::limits::worker_inventory_problem(
+        config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        gpus.iter().map(|g| (g.uuid.as_str(), g.model.as_str())),
+    ) {
+        return Err(FingerprintError::OutOfBounds(problem));
+    }
     Ok(Capacity {
         cpu_millis,
         memory_bytes,
