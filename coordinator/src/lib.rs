@@ -59,7 +59,7 @@ pub enum CoordinatorError {
     },
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path} or make it private: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -104,6 +104,22 @@ impl Coordinator {
                 source,
             }
         })?;
+        // A data directory made by an older version (or by hand) may be open to
+        // other users: its state, snapshots, blobs and log are not theirs.
+        match ferry_common::durable::tighten_tree(&config.data_dir) {
+            Ok(0) => {}
+            Ok(changed) => tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                changed,
+                "took group and other permissions away from files and directories in the data directory"
+            ),
+            Err(source) => {
+                return Err(CoordinatorError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                });
+            }
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
