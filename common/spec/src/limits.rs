@@ -36,6 +36,16 @@ pub fn shown_value(value: &str) -> String {
     format!("{head:?}… ({} bytes)", value.len())
 }
 
+/// `value` for an error message as it is, or cut to its first characters with
+/// how long it was when it is long (unquoted, unlike [`shown_value`]).
+pub fn cut_short(value: &str) -> String {
+    if value.chars().count() <= SHOWN_CHARS {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(SHOWN_CHARS).collect();
+    format!("{head}… ({} bytes)", value.len())
+}
+
 /// The problems with a pipeline's parameter values (`name`, `value` pairs): each
 /// value over [`MAX_PARAM_VALUE_BYTES`], then all of them together over
 /// [`MAX_PARAMS_TOTAL_BYTES`]. Empty when they are within bounds.
@@ -181,6 +191,8 @@ mod tests {
     #[test]
     fn long_values_are_shown_cut_short() {
         assert_eq!(shown_value("abc"), "\"abc\"");
+        assert_eq!(cut_short("abc"), "abc");
+        assert!(cut_short(&"x".repeat(100)).ends_with("… (100 bytes)"));
         let shown = shown_value(&"é".repeat(1000));
         assert!(shown.ends_with("(2000 bytes)") && shown.chars().count() < 100);
     }

@@ -278,7 +278,7 @@ fn check_params(
                     format!(
                         "--param {name}={}: the pipeline has no parameter {name:?} \
                          ({list}{hint})",
-                        super::limits::shown_value(value)
+                        super::limits::cut_short(value)
                     ),
                 );
             }
