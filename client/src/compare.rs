@@ -634,6 +634,7 @@ mod tests {
             steps,
             params,
             bundle_digest: bundle.into(),
+            ..Default::default()
         }
     }
 

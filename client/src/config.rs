@@ -167,14 +167,30 @@ impl ClientConfig {
             source,
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(write)?;
+            ferry_common::durable::create_dir_all(parent).map_err(write)?;
         }
         let file = ConfigFile {
             coordinator: self.coordinators.join(","),
             tls: &self.tls,
         };
         let text = toml::to_string(&file).expect("client config serializes");
-        std::fs::write(path, format!("{DEV_CONFIG_HEADER}\n{text}")).map_err(write)
+        // The user's own (0600): it names the files of their credentials.
+        let mut out = ferry_common::durable::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(write)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            out.set_permissions(std::fs::Permissions::from_mode(
+                ferry_common::durable::PRIVATE_FILE_MODE,
+            ))
+            .map_err(write)?;
+        }
+        std::io::Write::write_all(&mut out, format!("{DEV_CONFIG_HEADER}\n{text}").as_bytes())
+            .map_err(write)
     }
 }
 
@@ -360,6 +376,12 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(DEV_CONFIG_HEADER), "{text}");
         assert!(text.contains("coordinator = \"a:1,b:2\""), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         assert_eq!(resolve(path, None).unwrap(), config);
     }
 }

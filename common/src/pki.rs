@@ -252,7 +252,7 @@ pub fn validate_name(name: &str) -> Result<(), PkiError> {
 /// The CA certificate has the common name "Ferry cluster CA", is valid for 10 years
 /// and may sign certificates (no path length constraint).
 pub fn init_ca(dir: &Path) -> Result<CaPaths, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+    create_private_dir(dir).map_err(|source| PkiError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -280,7 +280,7 @@ pub fn init_ca(dir: &Path) -> Result<CaPaths, PkiError> {
     set_validity(&mut params, CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key)?;
 
-    write_new(&paths.key, key.serialize_pem().as_bytes(), true).map_err(|e| match e {
+    write_new(&paths.key, key.serialize_pem().as_bytes()).map_err(|e| match e {
         WriteError::Exists => PkiError::CaExists {
             path: paths.key.clone(),
         },
@@ -289,7 +289,7 @@ pub fn init_ca(dir: &Path) -> Result<CaPaths, PkiError> {
             source,
         },
     })?;
-    write_new(&paths.cert, cert.pem().as_bytes(), false).map_err(|e| match e {
+    write_new(&paths.cert, cert.pem().as_bytes()).map_err(|e| match e {
         WriteError::Exists => PkiError::CaExists {
             path: paths.cert.clone(),
         },
@@ -380,7 +380,7 @@ pub fn issue(
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
-    fs::create_dir_all(out_dir).map_err(|source| PkiError::Io {
+    create_private_dir(out_dir).map_err(|source| PkiError::Io {
         path: out_dir.to_path_buf(),
         source,
     })?;
@@ -388,13 +388,11 @@ pub fn issue(
         cert: out_dir.join(format!("{name}.pem")),
         key: out_dir.join(format!("{name}-key.pem")),
     };
-    write_replace(&paths.key, key.serialize_pem().as_bytes(), true).map_err(|source| {
-        PkiError::Io {
-            path: paths.key.clone(),
-            source,
-        }
+    write_replace(&paths.key, key.serialize_pem().as_bytes()).map_err(|source| PkiError::Io {
+        path: paths.key.clone(),
+        source,
     })?;
-    write_replace(&paths.cert, cert.pem().as_bytes(), false).map_err(|source| PkiError::Io {
+    write_replace(&paths.cert, cert.pem().as_bytes()).map_err(|source| PkiError::Io {
         path: paths.cert.clone(),
         source,
     })?;
@@ -686,11 +684,25 @@ enum WriteError {
     Io(io::Error),
 }
 
-/// Creates `path`, failing if it exists; `private` files get mode 0600.
-fn write_new(path: &Path, data: &[u8], private: bool) -> Result<(), WriteError> {
+/// Creates `dir` and its missing ancestors with mode 0700 (an existing one keeps
+/// its mode).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Creates `path` with mode 0600, failing if it exists. Certificates are written
+/// 0600 like keys: whoever runs `ferry certs` hands them out.
+fn write_new(path: &Path, data: &[u8]) -> Result<(), WriteError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
-    set_private(&mut options, private);
+    set_private(&mut options);
     let mut file = options.open(path).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             WriteError::Exists
@@ -702,14 +714,14 @@ fn write_new(path: &Path, data: &[u8], private: bool) -> Result<(), WriteError> 
     file.sync_all().map_err(WriteError::Io)
 }
 
-/// Creates or replaces `path`; `private` files get mode 0600 even if they existed.
-fn write_replace(path: &Path, data: &[u8], private: bool) -> io::Result<()> {
+/// Creates or replaces `path`, with mode 0600 even if it existed.
+fn write_replace(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
-    set_private(&mut options, private);
+    set_private(&mut options);
     let mut file = options.open(path)?;
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
     }
@@ -718,13 +730,13 @@ fn write_replace(path: &Path, data: &[u8], private: bool) -> io::Result<()> {
 }
 
 #[cfg(unix)]
-fn set_private(options: &mut OpenOptions, private: bool) {
+fn set_private(options: &mut OpenOptions) {
     use std::os::unix::fs::OpenOptionsExt;
-    options.mode(if private { 0o600 } else { 0o644 });
+    options.mode(0o600);
 }
 
 #[cfg(not(unix))]
-fn set_private(_options: &mut OpenOptions, _private: bool) {}
+fn set_private(_options: &mut OpenOptions) {}
 
 #[cfg(test)]
 mod tests {
@@ -781,8 +793,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&ca.key).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
+            let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&ca.key), 0o600);
+            assert_eq!(mode(&ca.cert), 0o600);
+            assert_eq!(mode(&dir.path().join("ca")), 0o700);
         }
 
         let out = dir.path().join("tls");

@@ -25,13 +25,15 @@ pub use ferry_coordinator_core::{query, scheduler, state};
 
 use std::net::SocketAddr;
 
-use ferry_common::pki::{PkiError, TlsMaterial};
+use api::limits::{MAX_PEER_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_CONNECTION, role_gate};
+use ferry_common::pki::{PkiError, Role, TlsMaterial};
 use ferry_common::proto::{
     agent_server::AgentServer, control_server::ControlServer, peer_server::PeerServer,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::CoordinatorConfig;
 
@@ -57,7 +59,7 @@ pub enum CoordinatorError {
     },
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path} or make it private: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -102,6 +104,22 @@ impl Coordinator {
                 source,
             }
         })?;
+        // A data directory made by an older version (or by hand) may be open to
+        // other users: its state, snapshots, blobs and log are not theirs.
+        match ferry_common::durable::tighten_tree(&config.data_dir) {
+            Ok(0) => {}
+            Ok(changed) => tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                changed,
+                "took group and other permissions away from files and directories in the data directory"
+            ),
+            Err(source) => {
+                return Err(CoordinatorError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                });
+            }
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -165,22 +183,40 @@ impl Coordinator {
             tasks_shutdown.clone(),
         )?;
         tracing::info!(id = self.config.id, address = %self.local_addr(), peer_address = %self.peer_addr(), "coordinator serving");
-        let control = ControlServer::new(api::ControlService::new(node.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let agent = AgentServer::new(api::AgentService::new(node.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let peer = PeerServer::new(api::PeerService::new(node.clone()))
-            .max_decoding_message_size(consensus::transport::MAX_PEER_MESSAGE_BYTES);
+        // Each service checks the caller's role on the call's headers, before its
+        // body is read or decoded (the handlers check again, and take the
+        // caller's identity from the same certificate).
+        let control = InterceptedService::new(
+            ControlServer::new(api::ControlService::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            role_gate(Role::Client),
+        );
+        let agent = InterceptedService::new(
+            AgentServer::new(api::AgentService::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            role_gate(Role::Worker),
+        );
+        let peer = InterceptedService::new(
+            PeerServer::new(api::PeerService::new(node.clone()))
+                .max_decoding_message_size(consensus::transport::MAX_PEER_MESSAGE_BYTES),
+            role_gate(Role::Coordinator),
+        );
         let (stop_servers, servers_shutdown) = watch::channel(false);
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|s| *s).await;
         };
-        let mut main_server =
-            tonic::transport::Server::builder().tls_config(self.tls.server_config())?;
+        let mut main_server = tonic::transport::Server::builder()
+            .max_concurrent_streams(if self.peer_listener.is_some() {
+                MAX_STREAMS_PER_CONNECTION
+            } else {
+                MAX_PEER_STREAMS_PER_CONNECTION
+            })
+            .tls_config(self.tls.server_config())?;
         let main_router = main_server.add_service(control).add_service(agent);
         let (main_router, mut peer_server) = match self.peer_listener {
             Some(listener) => {
                 let server = tonic::transport::Server::builder()
+                    .max_concurrent_streams(MAX_PEER_STREAMS_PER_CONNECTION)
                     .tls_config(self.tls.server_config())?
                     .add_service(peer)
                     .serve_with_incoming_shutdown(

@@ -24,6 +24,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ferry_common::tasks::install_panic_hook();
+    // Every file and directory this process creates, its libraries' too (sled's
+    // state files, the blob store's files and folders), is its user's only:
+    // 0600 and 0700. Ferry's own files are created with those modes anyway
+    // (`ferry_common::durable`), which also covers `ferry dev`.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -73,6 +73,11 @@ fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        // Its own user's only (0700), whatever the process's umask.
+        ferry_common::durable::create_dir_all(dir).map_err(|source| StoreError::Open {
+            path: dir.display().to_string(),
+            source: sled::Error::Io(source),
+        })?;
         // Ferry flushes explicitly before acknowledging anything, so sled's own
         // periodic flush would only compete with it.
         let db = sled::Config::new()

@@ -25,6 +25,8 @@ pub enum FingerprintError {
         value: String,
         reason: String,
     },
+    #[error("worker configuration: {0} (the coordinator would refuse this registration)")]
+    OutOfBounds(String),
 }
 
 pub fn discover(config: &WorkerConfig) -> Result<Capacity, FingerprintError> {
@@ -87,6 +89,14 @@ pub fn discover(config: &WorkerConfig) -> Result<Capacity, FingerprintError> {
         }
         None => discover_gpus(),
     };
+    // The coordinator refuses a registration past these bounds: refuse to start
+    // instead of retrying a registration that can never succeed.
+    if let Some(problem) = ferry_common::spec::limits::worker_inventory_problem(
+        config.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        gpus.iter().map(|g| (g.uuid.as_str(), g.model.as_str())),
+    ) {
+        return Err(FingerprintError::OutOfBounds(problem));
+    }
     Ok(Capacity {
         cpu_millis,
         memory_bytes,
@@ -209,6 +219,27 @@ mod tests {
         assert_eq!(gpus[0].model, "NVIDIA H100 80GB HBM3");
         assert_eq!(gpus[0].memory_bytes, 81559 * 1024 * 1024);
         assert!(parse_nvidia_smi("garbage\n").is_empty());
+    }
+
+    /// A configuration the coordinator would refuse at registration is refused
+    /// at start.
+    #[test]
+    fn an_inventory_past_the_registration_bounds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        let tls = "[tls]\nca = \"ca.pem\"\ncert = \"w.pem\"\nkey = \"w-key.pem\"\n";
+        let head = "name = \"w\"\ncoordinator = \"127.0.0.1:1\"\ndata_dir = \"data\"\ncpus = 1\nmemory = \"1Gi\"\n";
+        let gpus: Vec<String> = (0..65).map(|i| format!("{{ index = {i} }}")).collect();
+        let load = |extra: String| {
+            std::fs::write(&path, format!("{head}{extra}\n{tls}")).unwrap();
+            discover(&crate::config::WorkerConfig::load(&path).unwrap())
+        };
+        let refused = load(format!("gpus = [{}]", gpus.join(", "))).unwrap_err();
+        assert!(refused.to_string().contains("64 GPUs"), "{refused}");
+        let refused = load(format!("labels = {{ zone = \"{}\" }}", "z".repeat(300))).unwrap_err();
+        assert!(refused.to_string().contains("\"zone\""), "{refused}");
+        let accepted = load(format!("gpus = [{}]", gpus[..64].join(", "))).unwrap();
+        assert_eq!(accepted.gpus.len(), 64);
     }
 
     /// Where NVML cannot be loaded (this machine has no NVIDIA driver) discovery

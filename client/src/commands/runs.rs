@@ -54,6 +54,13 @@ pub(crate) async fn list(
         })
         .await?;
     let runs = answer.runs;
+    if !answer.omitted.is_empty() {
+        let ids: Vec<String> = answer.omitted.iter().map(u64::to_string).collect();
+        eprintln!(
+            "left out, too large to list: run {} ('ferry status ID' shows each)",
+            ids.join(", ")
+        );
+    }
     if (runs.len() as u64) < answer.matched {
         // On stderr, so that the table or the JSON stays whole for scripts.
         eprintln!(

@@ -94,6 +94,9 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
     let mut json = summary_json(&summary);
     json["bundle"] = json!(view.bundle_digest);
     json["params"] = json!(view.params);
+    if !view.trimmed.is_empty() {
+        json["trimmed"] = json!(view.trimmed);
+    }
     json["steps"] = view
         .steps
         .iter()
@@ -179,6 +182,9 @@ pub(crate) async fn status(
     }
     let summary = view.summary.clone().unwrap_or_default();
     let now = render::now_ms();
+    if !view.trimmed.is_empty() {
+        eprintln!("note: {}", view.trimmed);
+    }
     println!(
         "run {} ({}) {} — submitted by {}, {} of {} steps done{}",
         summary.run_id,

@@ -31,7 +31,8 @@
 //!   expansion of a step written with `matrix:` into its trials);
 //! - `partial` and `expand`: a step as checked on its own, and the limits and
 //!   expansion of the whole pipeline into trials;
-//! - `graph`: references between steps, their order and cycles.
+//! - `graph`: references between steps, their order and cycles;
+//! - `limits`: bounds on parameter values and on what a worker advertises.
 
 mod cache;
 mod checker;
@@ -39,6 +40,7 @@ pub mod cron;
 mod expand;
 mod gather;
 mod graph;
+pub mod limits;
 mod locate;
 mod matrix;
 mod names;

@@ -10,15 +10,20 @@ pub fn parse_param_override(text: &str) -> Result<(String, String), SpecError> {
     let Some((name, value)) = text.split_once('=') else {
         return Err(SpecError::single(
             COMMAND_LINE,
-            format!("--param {text:?} is not of the form NAME=VALUE (e.g. --param seed=42)"),
+            format!(
+                "--param {} is not of the form NAME=VALUE (e.g. --param seed=42)",
+                super::limits::shown_value(text)
+            ),
         ));
     };
     if !is_param_name(name) {
         return Err(SpecError::single(
             COMMAND_LINE,
             format!(
-                "--param {text:?}: {name:?} is not a valid parameter name \
-                 (letters, digits and '_', not starting with a digit)"
+                "--param {}: {} is not a valid parameter name \
+                 (letters, digits and '_', not starting with a digit)",
+                super::limits::shown_value(text),
+                super::limits::shown_value(name)
             ),
         ));
     }

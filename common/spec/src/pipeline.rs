@@ -276,12 +276,21 @@ fn check_params(
                 ck.error(
                     None,
                     format!(
-                        "--param {name}={value}: the pipeline has no parameter {name:?} \
-                         ({list}{hint})"
+                        "--param {name}={}: the pipeline has no parameter {name:?} \
+                         ({list}{hint})",
+                        super::limits::cut_short(value)
                     ),
                 );
             }
         }
+    }
+    // Parameters travel in every run record and view: bounded like any input.
+    for problem in super::limits::param_value_problems(
+        values
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    ) {
+        ck.error(ck.loc.top("params", None), problem);
     }
     values
 }

@@ -23,7 +23,6 @@ use crate::store::LogRecord;
 /// Bounds on what one worker message may carry.
 const MAX_LOG_LINES_PER_BATCH: usize = 5000;
 const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
-const MAX_LABELS: usize = 64;
 
 pub struct AgentService {
     node: Arc<Node>,
@@ -70,6 +69,38 @@ fn request_running(running: Vec<proto::AttemptRef>) -> Vec<AttemptKey> {
         .collect()
 }
 
+/// A registration's labels, GPU inventory and attempts in hand must be within
+/// the bounds of `ferry_common::spec::limits` (the worker checks the same at
+/// start): refused whole, nothing proposed.
+fn check_registration(register: &proto::RegisterRequest) -> Result<(), Status> {
+    use ferry_common::spec::limits;
+    let problem = limits::worker_inventory_problem(
+        register
+            .labels
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+        register
+            .gpus
+            .iter()
+            .map(|gpu| (gpu.uuid.as_str(), gpu.model.as_str())),
+    );
+    if let Some(problem) = problem {
+        return Err(Status::invalid_argument(format!(
+            "registration of worker {:?} refused: {problem}",
+            register.name
+        )));
+    }
+    if register.running.len() > limits::MAX_RUNNING_AT_REGISTRATION {
+        return Err(Status::invalid_argument(format!(
+            "registration of worker {:?} refused: it names {} attempts in hand; the limit is {}",
+            register.name,
+            register.running.len(),
+            limits::MAX_RUNNING_AT_REGISTRATION
+        )));
+    }
+    Ok(())
+}
+
 /// Most reports one `StepsFinished` call may carry.
 const MAX_REPORTS_PER_CALL: usize = 256;
 
@@ -97,11 +128,7 @@ impl Agent for AgentService {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
         self.node.require_leader()?;
         let register = request.into_inner();
-        if register.labels.len() > MAX_LABELS {
-            return Err(Status::invalid_argument(format!(
-                "a worker may carry at most {MAX_LABELS} labels"
-            )));
-        }
+        check_registration(&register)?;
         let capacity = register
             .capacity
             .ok_or_else(|| Status::invalid_argument("the registration carries no capacity"))?;

@@ -4,6 +4,7 @@
 
 mod agent;
 mod control;
+pub mod limits;
 mod peer;
 
 use std::pin::Pin;

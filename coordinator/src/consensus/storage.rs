@@ -862,7 +862,12 @@ fn write_data_file(
     );
     let path = dir.join(&name);
     let temporary = dir.join(format!(".{name}.partial"));
-    let mut file = std::fs::File::create(&temporary).map_err(|e| file_error(&temporary, e))?;
+    let mut file = ferry_common::durable::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)
+        .map_err(|e| file_error(&temporary, e))?;
     file.write_all(data)
         .and_then(|()| file.sync_all())
         .map_err(|e| file_error(&temporary, e))?;

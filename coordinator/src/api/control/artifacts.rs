@@ -56,7 +56,8 @@ pub(super) async fn download_artifact(
     service: &ControlService,
     request: Request<proto::DownloadArtifactRequest>,
 ) -> Result<Response<ResponseStream<proto::Chunk>>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
+    let slot = service.streams.take(&caller.name)?;
     let query = request.into_inner();
     let digest = service.node.read(|state| {
         let run = state
@@ -99,9 +100,10 @@ pub(super) async fn download_artifact(
             })
     })?;
     service.node.ensure_blob(&digest).await?;
-    Ok(Response::new(
+    Ok(Response::new(crate::api::limits::holding(
         send_blob(&service.node.blobs, &digest).await?,
-    ))
+        slot,
+    )))
 }
 
 pub(super) async fn lineage(

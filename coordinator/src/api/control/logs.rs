@@ -52,7 +52,8 @@ pub(super) async fn stream_logs(
     service: &ControlService,
     request: Request<proto::StreamLogsRequest>,
 ) -> Result<Response<ResponseStream<proto::LogLine>>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
+    let slot = service.streams.take(&caller.name)?;
     let query = request.into_inner();
     let run_id = query.run_id;
     service.node.read(|state| {
@@ -164,5 +165,8 @@ pub(super) async fn stream_logs(
             }
         }
     };
-    Ok(Response::new(Box::pin(stream)))
+    Ok(Response::new(crate::api::limits::holding(
+        Box::pin(stream),
+        slot,
+    )))
 }

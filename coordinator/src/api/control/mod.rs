@@ -29,6 +29,8 @@ pub struct ControlService {
     parsed: submit::ParsedPipelines,
     /// (bundle digest, cache.paths) → the digest of those files.
     code_memo: std::sync::Mutex<HashMap<(String, Vec<String>), String>>,
+    /// Long-lived answer streams (logs, downloads) open per client.
+    streams: Arc<super::limits::StreamSlots>,
 }
 
 impl ControlService {
@@ -37,6 +39,10 @@ impl ControlService {
             node,
             parsed: submit::ParsedPipelines::default(),
             code_memo: Default::default(),
+            streams: super::limits::StreamSlots::new(
+                "log and download streams",
+                super::limits::MAX_CLIENT_STREAMS_PER_CALLER,
+            ),
         }
     }
 

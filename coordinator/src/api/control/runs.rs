@@ -8,7 +8,10 @@ use ferry_common::proto;
 use tonic::{Request, Response, Status};
 
 use super::ControlService;
-use super::views::{newest_that_fit, run_metrics, run_summary, run_view, run_with_id};
+use super::views::{
+    bounded_run_view, bounded_summary, newest_that_fit, run_metrics, run_summary, run_view,
+    run_with_id,
+};
 use crate::api::propose_status;
 use crate::node::now_ms;
 use crate::state::{Command, Run, RunId};
@@ -16,25 +19,40 @@ use crate::state::{Command, Run, RunId};
 /// Run summaries one `ListRuns` answer holds at most (the newest first): well
 /// under the 8 MiB message limit, whatever the cluster's history.
 const LIST_RUNS_BYTES: usize = 6 * 1024 * 1024;
+/// A listed summary larger than this has its long parameter values cut short.
+const SUMMARY_TRIM_BYTES: usize = 256 * 1024;
+/// Largest run view answered whole (`ferry status`; the client accepts 8 MiB):
+/// a larger one is cut down (`bounded_run_view`) rather than refused.
+const RUN_VIEW_BYTES: usize = 6 * 1024 * 1024;
 
 impl ControlService {
     async fn run_view(&self, id: RunId, history: bool) -> Result<proto::RunView, Status> {
         let live = self.node.live_workers().await;
         let waiting = self.node.waiting_reasons(id);
-        self.node.read(|state| {
-            let run = state
-                .runs
-                .get(&id)
-                .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
-            Ok(run_view(
-                state,
-                run,
-                &|name| live.get(name).is_some_and(|(connected, _)| *connected),
-                &waiting,
-                now_ms(),
-                history,
-            ))
-        })
+        self.node
+            .read(|state| {
+                let run = state
+                    .runs
+                    .get(&id)
+                    .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
+                Ok(run_view(
+                    state,
+                    run,
+                    &|name| live.get(name).is_some_and(|(connected, _)| *connected),
+                    &waiting,
+                    now_ms(),
+                    history,
+                ))
+            })
+            .map(|view| {
+                // The whole metric history is refused when too large (see `get_run`);
+                // any other view is cut down to fit rather than refused.
+                if history {
+                    view
+                } else {
+                    bounded_run_view(view, RUN_VIEW_BYTES)
+                }
+            })
     }
 }
 
@@ -57,7 +75,7 @@ pub(super) async fn list_runs(
     let runs: Vec<Arc<Run>> = service
         .node
         .read(|state| state.runs.values().cloned().collect());
-    let (runs, matched) = tokio::task::spawn_blocking(move || {
+    let fitted = tokio::task::spawn_blocking(move || {
         let find_run = |id: RunId| run_with_id(&runs, id);
         let meeting = runs.iter().rev().map(|run| &**run).filter(|run| {
             conditions.as_ref().is_none_or(|conditions| {
@@ -68,13 +86,24 @@ pub(super) async fn list_runs(
                 )
             })
         });
-        newest_that_fit(meeting, limit, LIST_RUNS_BYTES, |run| {
-            run_summary(run, &find_run)
-        })
+        newest_that_fit(
+            meeting,
+            limit,
+            LIST_RUNS_BYTES,
+            |run| bounded_summary(run_summary(run, &find_run), SUMMARY_TRIM_BYTES),
+            |summary| summary.run_id,
+        )
     })
     .await
     .map_err(|e| Status::internal(format!("listing the runs failed: {e}")))?;
-    Ok(Response::new(proto::ListRunsResponse { runs, matched }))
+    if !fitted.omitted.is_empty() {
+        tracing::debug!(omitted = ?fitted.omitted, "runs left out of a listing: their summaries do not fit");
+    }
+    Ok(Response::new(proto::ListRunsResponse {
+        runs: fitted.kept,
+        matched: fitted.count,
+        omitted: fitted.omitted,
+    }))
 }
 
 pub(super) async fn get_run(

@@ -82,34 +82,168 @@ pub(super) fn run_metrics<'a>(
     metrics
 }
 
+/// What [`newest_that_fit`] kept of a listing.
+pub(super) struct Fitted<M> {
+    /// Oldest first.
+    pub(super) kept: Vec<M>,
+    /// How many items there were, kept or not.
+    pub(super) count: u64,
+    /// The ids of items skipped because their message did not fit in what was
+    /// left (at most [`MAX_OMITTED`]), newest first.
+    pub(super) omitted: Vec<u64>,
+}
+
+/// Most omitted ids one listing names.
+pub(super) const MAX_OMITTED: usize = 100;
+/// Consecutive items that do not fit after which a listing stops trying older
+/// ones (the answer is full): a listing costs in proportion to what it holds.
+const MAX_SKIPPED_IN_A_ROW: usize = 64;
+
 /// Of the items `newest_first`, the first `limit` (0: no limit) whose messages,
 /// made by `make`, fit in `max_bytes` together, oldest first; and how many items
-/// there were. Only the items kept are made.
+/// there were. An item whose message does not fit in what is left is skipped
+/// (its id, by `id`, is named in `omitted`) and older ones are still tried, so
+/// one oversize item never hides the others. Only the items tried are made.
 pub(super) fn newest_that_fit<I, M: prost::Message>(
     newest_first: impl Iterator<Item = I>,
     limit: usize,
     max_bytes: usize,
     make: impl Fn(I) -> M,
-) -> (Vec<M>, u64) {
+    id: impl Fn(&M) -> u64,
+) -> Fitted<M> {
     let mut kept = Vec::new();
-    let (mut count, mut bytes, mut full) = (0u64, 0usize, false);
+    let mut omitted = Vec::new();
+    let (mut count, mut bytes, mut skipped_in_a_row, mut full) = (0u64, 0usize, 0usize, false);
     for item in newest_first {
         count += 1;
-        full = full || (limit > 0 && kept.len() >= limit);
+        full =
+            full || (limit > 0 && kept.len() >= limit) || skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW;
         if full {
             continue;
         }
         let message = make(item);
         // The field's tag and length prefix included, roughly.
-        bytes += message.encoded_len() + 8;
-        if bytes > max_bytes {
-            full = true;
+        let size = message.encoded_len() + 8;
+        if bytes + size > max_bytes {
+            skipped_in_a_row += 1;
+            if omitted.len() < MAX_OMITTED {
+                omitted.push(id(&message));
+            }
             continue;
         }
+        skipped_in_a_row = 0;
+        bytes += size;
         kept.push(message);
     }
     kept.reverse();
-    (kept, count)
+    // Only those newer than a kept item were skipped over; older ones are past
+    // the end of what fit.
+    let oldest_kept = kept.first().map(&id);
+    omitted.retain(|skipped| oldest_kept.is_some_and(|oldest| *skipped > oldest));
+    Fitted {
+        kept,
+        count,
+        omitted,
+    }
+}
+
+/// Longest parameter value a trimmed summary or view keeps whole.
+const TRIMMED_VALUE_BYTES: usize = 1024;
+
+/// `value` cut to [`TRIMMED_VALUE_BYTES`] (at a character boundary) with a
+/// marker saying how long it was; `None` when it is short enough.
+fn trimmed_value(value: &str) -> Option<String> {
+    if value.len() <= TRIMMED_VALUE_BYTES {
+        return None;
+    }
+    let mut end = TRIMMED_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(
+        "{}…[trimmed: {} bytes in all]",
+        &value[..end],
+        value.len()
+    ))
+}
+
+/// Cuts long parameter values short (see [`trimmed_value`]); whether any was.
+fn trim_params(params: &mut HashMap<String, String>) -> bool {
+    let mut any = false;
+    for value in params.values_mut() {
+        if let Some(short) = trimmed_value(value) {
+            *value = short;
+            any = true;
+        }
+    }
+    any
+}
+
+/// A summary over `max_bytes` with its long parameter values cut short (a
+/// listing shows them in a column; `ferry status` gives the whole run).
+pub(super) fn bounded_summary(
+    mut summary: proto::RunSummary,
+    max_bytes: usize,
+) -> proto::RunSummary {
+    if prost::Message::encoded_len(&summary) > max_bytes {
+        trim_params(&mut summary.params);
+    }
+    summary
+}
+
+/// A run view cut down to `max_bytes` if it is larger, saying what was cut in
+/// `trimmed`: first long parameter values (which the view carries twice: in
+/// its summary, which `ferry runs` also lists, and on its own), then the
+/// attempts' metric lists where the step shows its own, the summary's metrics,
+/// and last the steps' metric lists to their first values.
+pub(super) fn bounded_run_view(mut view: proto::RunView, max_bytes: usize) -> proto::RunView {
+    let fits = |view: &proto::RunView| prost::Message::encoded_len(view) <= max_bytes;
+    if fits(&view) {
+        return view;
+    }
+    let mut cuts = Vec::new();
+    let mut params_cut = trim_params(&mut view.params);
+    if let Some(summary) = view.summary.as_mut() {
+        params_cut |= trim_params(&mut summary.params);
+    }
+    if params_cut {
+        cuts.push(format!(
+            "parameter values over {TRIMMED_VALUE_BYTES} bytes are cut short"
+        ));
+    }
+    if !fits(&view) {
+        for step in &mut view.steps {
+            let shown = !step.metrics.is_empty();
+            for attempt in &mut step.attempts {
+                if shown || attempt.metrics.len() > 16 {
+                    attempt.metrics.clear();
+                }
+            }
+        }
+        cuts.push("attempts' metrics are left out ('ferry metrics' shows them)".to_string());
+    }
+    if !fits(&view) {
+        if let Some(summary) = view.summary.as_mut() {
+            summary.metrics.clear();
+        }
+        cuts.push("the run's metric summary is left out".to_string());
+    }
+    let mut keep = 1024usize;
+    while !fits(&view) && keep > 0 {
+        keep /= 4;
+        for step in &mut view.steps {
+            step.metrics.truncate(keep);
+        }
+    }
+    if keep < 1024 {
+        cuts.push(format!("each step shows at most {keep} metrics"));
+    }
+    view.trimmed = format!(
+        "this view was over {} MiB and was cut down: {}",
+        max_bytes / (1024 * 1024),
+        cuts.join("; ")
+    );
+    view
 }
 
 /// A run as `ferry runs` lists it; `find_run` finds the runs its reused steps
@@ -378,6 +512,7 @@ pub(super) fn run_view(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         bundle_digest: run.bundle_digest.clone(),
+        trimmed: String::new(),
     }
 }
 
@@ -480,29 +615,183 @@ mod tests {
         assert!(history.iter().all(|m| m.count == 0));
     }
 
+    fn ids(fitted: Fitted<proto::RunSummary>) -> (Vec<u64>, u64, Vec<u64>) {
+        (
+            fitted.kept.iter().map(|s| s.run_id).collect(),
+            fitted.count,
+            fitted.omitted,
+        )
+    }
+
+    fn id(summary: &proto::RunSummary) -> u64 {
+        summary.run_id
+    }
+
     #[test]
     fn listings_keep_the_newest_runs_that_fit() {
         let size = prost::Message::encoded_len(&summary(5)) + 8;
-        let ids = |(kept, count): (Vec<proto::RunSummary>, u64)| {
-            (kept.iter().map(|s| s.run_id).collect::<Vec<_>>(), count)
-        };
         // Newest first in, oldest first out; every item counted.
         assert_eq!(
-            ids(newest_that_fit((1..=5).rev(), 0, usize::MAX, summary)),
-            (vec![1, 2, 3, 4, 5], 5)
+            ids(newest_that_fit((1..=5).rev(), 0, usize::MAX, summary, id)),
+            (vec![1, 2, 3, 4, 5], 5, vec![])
         );
         assert_eq!(
-            ids(newest_that_fit((1..=5).rev(), 2, usize::MAX, summary)),
-            (vec![4, 5], 5)
+            ids(newest_that_fit((1..=5).rev(), 2, usize::MAX, summary, id)),
+            (vec![4, 5], 5, vec![])
         );
         // The byte budget cuts too: three summaries' worth keeps three.
         assert_eq!(
-            ids(newest_that_fit((1..=5).rev(), 0, 3 * size + 1, summary)),
-            (vec![3, 4, 5], 5)
+            ids(newest_that_fit((1..=5).rev(), 0, 3 * size + 1, summary, id)),
+            (vec![3, 4, 5], 5, vec![])
         );
         assert_eq!(
-            ids(newest_that_fit(std::iter::empty(), 10, 100, summary)),
-            (vec![], 0)
+            ids(newest_that_fit(std::iter::empty(), 10, 100, summary, id)),
+            (vec![], 0, vec![])
         );
+    }
+
+    #[test]
+    fn an_oversize_entry_is_skipped_not_a_wall() {
+        let size = prost::Message::encoded_len(&summary(5)) + 8;
+        let make = |id: u64| {
+            let mut s = summary(id);
+            if id == 4 {
+                s.pipeline = "x".repeat(100 * size);
+            }
+            s
+        };
+        // Run 4 alone is over the budget: 5, 3, 2 and 1 are listed, 4 named.
+        assert_eq!(
+            ids(newest_that_fit((1..=5).rev(), 0, 10 * size, make, id)),
+            (vec![1, 2, 3, 5], 5, vec![4])
+        );
+        // The newest one oversize: the older ones are still listed.
+        let newest_huge = |id: u64| {
+            let mut s = summary(id);
+            if id == 5 {
+                s.pipeline = "x".repeat(100 * size);
+            }
+            s
+        };
+        assert_eq!(
+            ids(newest_that_fit(
+                (1..=5).rev(),
+                0,
+                10 * size,
+                newest_huge,
+                id
+            )),
+            (vec![1, 2, 3, 4], 5, vec![5])
+        );
+        // With the limit: the skipped one does not count towards it.
+        assert_eq!(
+            ids(newest_that_fit((1..=5).rev(), 2, 10 * size, make, id)),
+            (vec![3, 5], 5, vec![4])
+        );
+    }
+
+    #[test]
+    fn a_full_listing_stops_trying_older_entries() {
+        let size = prost::Message::encoded_len(&summary(5)) + 8;
+        let made = std::cell::Cell::new(0usize);
+        let make = |id: u64| {
+            made.set(made.get() + 1);
+            summary(id)
+        };
+        let fitted = newest_that_fit((1..=10_000).rev(), 0, 2 * size + 8, make, id);
+        assert_eq!(fitted.kept.len(), 2);
+        assert_eq!(fitted.count, 10_000);
+        // Skipped ones older than every kept one are not "omitted".
+        assert!(fitted.omitted.is_empty());
+        assert!(made.get() <= 2 + MAX_SKIPPED_IN_A_ROW, "{}", made.get());
+    }
+
+    #[test]
+    fn a_view_over_its_bound_is_trimmed_and_says_so() {
+        let huge = "p".repeat(7 * 1024 * 1024);
+        let params: HashMap<String, String> = [
+            ("blob".to_string(), huge.clone()),
+            ("seed".to_string(), "42".to_string()),
+        ]
+        .into();
+        let view = proto::RunView {
+            summary: Some(proto::RunSummary {
+                run_id: 1,
+                params: params.clone(),
+                ..Default::default()
+            }),
+            params,
+            ..Default::default()
+        };
+        let max = 6 * 1024 * 1024;
+        let trimmed = bounded_run_view(view, max);
+        assert!(prost::Message::encoded_len(&trimmed) <= max);
+        assert_eq!(trimmed.params["seed"], "42");
+        assert!(trimmed.params["blob"].ends_with("[trimmed: 7340032 bytes in all]"));
+        assert!(trimmed.params["blob"].starts_with("pppp"));
+        assert_eq!(
+            trimmed.summary.as_ref().unwrap().params["blob"],
+            trimmed.params["blob"]
+        );
+        assert!(
+            trimmed.trimmed.contains("parameter values"),
+            "{}",
+            trimmed.trimmed
+        );
+        // A view within its bound is left alone.
+        let small = proto::RunView::default();
+        assert_eq!(bounded_run_view(small.clone(), max), small);
+    }
+
+    #[test]
+    fn a_view_with_too_many_metrics_is_cut_to_fit() {
+        let metric = |i: usize| proto::Metric {
+            name: format!("{i:0>120}"),
+            value: 1.0,
+            count: 1,
+            ..Default::default()
+        };
+        let metrics: Vec<proto::Metric> = (0..10_000).map(metric).collect();
+        let step = proto::StepView {
+            metrics: metrics.clone(),
+            attempts: vec![proto::AttemptView {
+                metrics: metrics.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let view = proto::RunView {
+            summary: Some(proto::RunSummary {
+                metrics: metrics.iter().map(|m| (m.name.clone(), m.value)).collect(),
+                ..Default::default()
+            }),
+            steps: vec![step; 5],
+            ..Default::default()
+        };
+        let max = 6 * 1024 * 1024;
+        assert!(prost::Message::encoded_len(&view) > max);
+        let trimmed = bounded_run_view(view, max);
+        assert!(prost::Message::encoded_len(&trimmed) <= max);
+        assert!(
+            trimmed
+                .steps
+                .iter()
+                .all(|s| s.attempts[0].metrics.is_empty())
+        );
+        assert!(trimmed.trimmed.contains("metrics"), "{}", trimmed.trimmed);
+    }
+
+    #[test]
+    fn a_long_value_is_cut_at_a_character_boundary() {
+        assert_eq!(trimmed_value("short"), None);
+        let cut = trimmed_value(&"é".repeat(2000)).unwrap();
+        assert!(cut.ends_with("[trimmed: 4000 bytes in all]"));
+        let summary = proto::RunSummary {
+            params: [("a".to_string(), "v".repeat(5000))].into(),
+            ..Default::default()
+        };
+        assert_eq!(bounded_summary(summary.clone(), 1 << 20), summary);
+        let cut = bounded_summary(summary, 100);
+        assert!(cut.params["a"].len() < 1100);
     }
 }

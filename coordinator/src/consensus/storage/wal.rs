@@ -278,7 +278,7 @@ fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
 /// Creates segment `number` (it must not exist) and makes its name durable.
 fn create_segment(dir: &Path, number: u64) -> Result<File, LogStoreError> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new()
+    let file = ferry_common::durable::private_file()
         .read(true)
         .write(true)
         .create_new(true)
@@ -427,7 +427,7 @@ impl WalLog {
     ) -> Result<WalLog, LogStoreError> {
         ferry_common::durable::create_dir_all(dir).map_err(|error| file_error(dir, error))?;
         let lock_path = dir.join("LOCK");
-        let lock_file = OpenOptions::new()
+        let lock_file = ferry_common::durable::private_file()
             .create(true)
             .truncate(false)
             .write(true)

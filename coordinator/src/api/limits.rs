@@ -1,0 +1,157 @@
+//! What bounds a caller before its request reaches a handler: the role check that
+//! runs on a call's headers (the TLS connection's client certificate) before its
+//! body is read or decoded, and how many long-lived streams one caller may hold
+//! open at once. The number of concurrent HTTP/2 streams per connection is set on
+//! the servers (`coordinator/src/lib.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferry_common::pki::{Role, require_role};
+use futures::StreamExt;
+use tonic::Status;
+
+use super::ResponseStream;
+
+/// Most concurrent HTTP/2 streams (calls) one connection to the client and
+/// worker server may have open; more wait in the caller's HTTP/2 client until one
+/// ends.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// The same for the peer server, where a follower forwards the calls of all of
+/// its clients over one connection.
+pub const MAX_PEER_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Most long-lived answer streams (`ferry logs`, artifact downloads) one client
+/// certificate may hold open at once, over all its connections to this member.
+pub const MAX_CLIENT_STREAMS_PER_CALLER: usize = 32;
+// A worker holds one assignment stream at most: a new one replaces the old one
+// (`Node::attach_worker`), whose stream then ends.
+
+/// A tonic interceptor that refuses a call unless the client certificate of its
+/// TLS connection carries `role` (`PermissionDenied`, `Unauthenticated` without a
+/// Ferry identity). It sees only the call's headers and connection: the body is
+/// neither read nor decoded for a refused call.
+pub fn role_gate(
+    role: Role,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |request: tonic::Request<()>| {
+        require_role(&request, role)?;
+        Ok(request)
+    }
+}
+
+/// How many streams of one kind each caller holds open, up to a limit.
+pub struct StreamSlots {
+    what: &'static str,
+    limit: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One caller's open stream; the slot is given back when it is dropped (with the
+/// stream that holds it).
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    caller: String,
+}
+
+impl StreamSlots {
+    pub fn new(what: &'static str, limit: usize) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots {
+            what,
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `caller`, or `ResourceExhausted` when it already holds `limit`.
+    pub fn take(self: &Arc<Self>, caller: &str) -> Result<StreamSlot, Status> {
+        let mut open = ferry_common::locks::lock(&self.open, "stream slots");
+        let count = open.entry(caller.to_string()).or_default();
+        if *count >= self.limit {
+            return Err(Status::resource_exhausted(format!(
+                "\"{caller}\" already has {count} {what} open on this coordinator; the limit \
+                 is {limit} per caller: end one (or wait for one to end) and try again",
+                what = self.what,
+                limit = self.limit
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            caller: caller.to_string(),
+        })
+    }
+
+    #[cfg(test)]
+    fn held_by(&self, caller: &str) -> usize {
+        ferry_common::locks::lock(&self.open, "stream slots")
+            .get(caller)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = ferry_common::locks::lock(&self.slots.open, "stream slots");
+        if let Some(count) = open.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// `stream`, holding `slot` until it ends or is dropped.
+pub fn holding<T: Send + 'static>(
+    stream: ResponseStream<T>,
+    slot: StreamSlot,
+) -> ResponseStream<T> {
+    Box::pin(stream.map(move |item| {
+        let _held = &slot;
+        item
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_gets_at_most_its_limit_and_slots_come_back() {
+        let slots = StreamSlots::new("log streams", 2);
+        let first = slots.take("alice").unwrap();
+        let _second = slots.take("alice").unwrap();
+        let refused = slots.take("alice").err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("limit is 2"),
+            "{}",
+            refused.message()
+        );
+        // Another caller is not affected.
+        let _bob = slots.take("bob").unwrap();
+        drop(first);
+        assert_eq!(slots.held_by("alice"), 1);
+        let _again = slots.take("alice").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_gives_its_slot_back_when_dropped() {
+        let slots = StreamSlots::new("log streams", 1);
+        let slot = slots.take("alice").unwrap();
+        let stream: ResponseStream<u32> = Box::pin(futures::stream::iter([Ok(1), Ok(2)]));
+        let mut stream = holding(stream, slot);
+        assert!(slots.take("alice").is_err());
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
+        drop(stream);
+        assert_eq!(slots.held_by("alice"), 0);
+    }
+
+    #[test]
+    fn the_role_gate_refuses_a_call_without_a_certificate() {
+        let mut gate = role_gate(Role::Coordinator);
+        let refused = gate(tonic::Request::new(())).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+}
