@@ -529,15 +529,29 @@ impl Cluster {
 
     /// Issues a worker certificate and starts a worker with extra `worker.toml`
     /// lines (capacity overrides, GPU inventory, labels); waits until it is connected.
+    ///
+    /// Unless `extra_config` sets `run_as`, steps run as root (`run_as = "root"`):
+    /// most tests share files with their steps through the test's private
+    /// temporary folder. `t41_containment` runs them as an unprivileged user.
     pub fn add_worker(&mut self, name: &str, extra_config: &str) {
+        self.add_worker_with_env(name, extra_config, &[]);
+    }
+
+    /// [`Cluster::add_worker`] with extra variables in the worker's environment.
+    pub fn add_worker_with_env(&mut self, name: &str, extra_config: &str, env: &[(&str, &str)]) {
         if !self.pki.cert(name).exists() {
             self.pki.issue("worker", name).expect("worker cert");
         }
         let config = self.path(&format!("{name}.toml"));
+        let run_as = if extra_config.contains("run_as") {
+            ""
+        } else {
+            "run_as = \"root\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "name = \"{name}\"\n{}\ndata_dir = \"{name}-data\"\n{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
+                "name = \"{name}\"\n{}\ndata_dir = \"{name}-data\"\n{run_as}{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
                 self.worker_coordinators_line()
             ),
         )
@@ -547,11 +561,19 @@ impl Cluster {
         command
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let child = command.spawn().expect("start worker");
         self.workers.insert(name.to_string(), Daemon { child, log });
         self.wait_worker_connected(name);
+    }
+
+    /// Stops worker `name` with SIGTERM and waits (bounded) for it to exit.
+    pub fn terminate_worker(&mut self, name: &str) {
+        if let Some(worker) = self.workers.get_mut(name) {
+            worker.terminate();
+        }
     }
 
     /// Sends a signal to worker `name` (SIGKILL, or SIGSTOP/SIGCONT to cut it off
