@@ -211,10 +211,94 @@ pub const CLIENT: &str = "alice";
 
 impl Drop for Cluster {
     /// A failing test shows the end of every coordinator's and every worker's log.
+    /// The workers are killed, and the cgroups they leave (with any step still in
+    /// them) removed.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        let trees: Vec<String> = self
+            .workers
+            .keys()
+            .map(|name| worker_cgroup_tree(name, &self.path(&format!("{name}-data"))))
+            .collect();
+        if std::thread::panicking() {
+            self.print_logs();
         }
+        for worker in self.workers.values_mut() {
+            worker.kill();
+        }
+        remove_worker_cgroups(&trees);
+    }
+}
+
+/// The name of a worker's cgroup tree (`ferry_worker::cgroup::worker_cgroup_name`
+/// for the names tests use): its name and a hash of its data directory.
+fn worker_cgroup_tree(name: &str, data_dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = blake3::hash(data_dir.as_os_str().as_bytes()).to_hex();
+    format!("{name}-{}", &hash[..12])
+}
+
+/// Kills what is left in the named worker trees (under any `ferry` folder of any
+/// mounted cgroup hierarchy) and removes them.
+fn remove_worker_cgroups(trees: &[String]) {
+    if trees.is_empty() {
+        return;
+    }
+    let mut ferry_folders = Vec::new();
+    let mut pending = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == "ferry" {
+                ferry_folders.push(entry.path());
+            } else if depth < 3 {
+                pending.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    for ferry in ferry_folders {
+        for tree in trees {
+            let tree = ferry.join(tree);
+            let Ok(entries) = std::fs::read_dir(&tree) else {
+                continue;
+            };
+            for attempt in entries.flatten() {
+                if attempt.file_type().is_ok_and(|t| t.is_dir()) {
+                    let attempt = attempt.path();
+                    for _ in 0..100 {
+                        let procs = std::fs::read_to_string(attempt.join("cgroup.procs"))
+                            .unwrap_or_default();
+                        let pids: Vec<i32> = procs
+                            .lines()
+                            .filter_map(|l| l.trim().parse().ok())
+                            .collect();
+                        if pids.is_empty() {
+                            break;
+                        }
+                        for pid in pids {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        // A v1 cgroup left frozen holds its processes until thawed.
+                        let _ = std::fs::write(attempt.join("freezer.state"), "THAWED");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = std::fs::remove_dir(&attempt);
+                }
+            }
+            let _ = std::fs::remove_dir(&tree);
+        }
+    }
+}
+
+impl Cluster {
+    fn print_logs(&self) {
         for slot in &self.coordinators {
             print_log_tail(
                 &format!("coordinator {}", slot.id),

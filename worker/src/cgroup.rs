@@ -310,6 +310,19 @@ impl Hierarchy {
         names.len()
     }
 
+    /// Removes the worker's tree when it stops (what is left in it is killed
+    /// first); the shared `ferry` folder stays.
+    pub fn remove_tree(&self) {
+        self.clean_leftovers();
+        for (_, base) in &self.bases {
+            if let Err(error) = std::fs::remove_dir(base)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(cgroup = %base.display(), %error, "the worker's cgroup could not be removed");
+            }
+        }
+    }
+
     /// Creates an attempt's cgroup with its limits. A leftover of the same name is
     /// killed and removed first.
     pub fn create(
@@ -640,6 +653,43 @@ mod tests {
         let oom_control = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
         assert_eq!(keyed_value(oom_control, "oom_kill"), Some(3));
         assert_eq!(parse_pids("12\n 13\n\nx\n"), vec![12, 13]);
+    }
+
+    // Needs root and a cgroup hierarchy (skipped otherwise): a real cgroup takes a
+    // process, accounts it, kills it and goes away with the worker's tree.
+    #[test]
+    fn a_real_cgroup_holds_accounts_and_kills_a_process() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let worker = format!("unit-test-{}", std::process::id());
+        let Ok(hierarchy) = Hierarchy::detect(&worker) else {
+            return;
+        };
+        let cgroup = hierarchy.create("attempt", Some(64 << 20), 16).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        for file in cgroup.procs_files() {
+            std::fs::write(file.to_str().unwrap(), child.id().to_string()).unwrap();
+        }
+        assert_eq!(cgroup.pids(), vec![child.id() as i32]);
+        // Memory stays charged where it was allocated (the process joined late);
+        // CPU time and the counters are read all the same.
+        let _ = cgroup.usage();
+        assert_eq!(cgroup.oom_kills(), 0);
+        cgroup.kill_all();
+        assert!(cgroup.pids().is_empty());
+        assert!(!child.wait().unwrap().success());
+        cgroup.remove();
+        assert!(cgroup.dirs.iter().all(|(_, dir)| !dir.exists()));
+        // A leftover of a crashed run is cleaned by the next start.
+        let leftover = hierarchy.create("leftover", None, 16).unwrap();
+        assert_eq!(hierarchy.clean_leftovers(), 1);
+        assert!(leftover.dirs.iter().all(|(_, dir)| !dir.exists()));
+        hierarchy.remove_tree();
+        assert!(hierarchy.bases.iter().all(|(_, base)| !base.exists()));
     }
 
     #[test]

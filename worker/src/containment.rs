@@ -120,6 +120,13 @@ impl Containment {
         Ok(Arc::new(containment))
     }
 
+    /// The worker stops (every attempt has ended): its cgroup tree goes.
+    pub fn stop(&self) {
+        if let Some(hierarchy) = &self.hierarchy {
+            hierarchy.remove_tree();
+        }
+    }
+
     /// True when attempts get a cgroup each.
     pub fn uses_cgroups(&self) -> bool {
         self.hierarchy.is_some()

@@ -151,6 +151,8 @@ pub(super) async fn execute(
     unsafe {
         command.pre_exec(move || {
             join_from_child(&procs_files)?;
+            // The worker's own 077 is not the step's business.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
             if let Some((uid, gid)) = switch_to {
                 nix::unistd::setgroups(&[gid])?;
                 nix::unistd::setgid(gid)?;

@@ -112,6 +112,9 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         });
     }
     let capacity = discover(&config)?;
+    // Everything the worker creates (logs, metrics, work directories, staged
+    // files) is its own: 0600 files, 0700 folders. Steps get 022 back (process.rs).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let identity = resolve_run_as(config.run_as.as_deref(), nix::unistd::geteuid())?;
     match &identity.switch_to {
         Some(user) => {
@@ -220,6 +223,8 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         let _ = cancel.send(true);
     }
     while tasks.join_next().await.is_some() {}
+    let containment = ctx.containment.clone();
+    let _ = tokio::task::spawn_blocking(move || containment.stop()).await;
     Ok(())
 }
 
