@@ -13,6 +13,12 @@
 //! restarted worker finds what its previous run left behind. The parsing of the
 //! kernel's files is pure and unit-tested here; the rest needs root and is
 //! tested by `tests/tests/t41_containment.rs`.
+//!
+//! Written here rather than with `cgroups-rs` (which covers v1 and v2): the child
+//! must join its cgroup itself between fork and exec, with a raw write that needs
+//! no allocation, and the v1 tree must nest under the worker's own cgroup of each
+//! controller (a worker confined to a memory cgroup must not place its steps
+//! outside it); what is left is a handful of files per version.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
