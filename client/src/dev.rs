@@ -1,6 +1,8 @@
 //! `ferry dev`: a whole cluster in one process — a coordinator and one worker with
-//! this machine's capacity — with its own CA and certificates in the data directory
-//! and a client config written where every `ferry` command looks by default.
+//! this machine's capacity — with its own certificates in the data directory (0700;
+//! the CA's private key is removed once they are issued, so that no step can mint
+//! a certificate) and a client config written where every `ferry` command looks by
+//! default. Steps run as the user who started it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,22 +64,69 @@ fn worker_name() -> String {
     host.unwrap_or_else(|| "local".to_string())
 }
 
-/// Issues whatever certificate is still missing in `dir`.
+/// Makes sure `dir` holds a certificate and key for every member, then removes
+/// the CA's private key: steps of `ferry dev` run as the user who started it and
+/// could read the key, and with it mint themselves a coordinator certificate.
+/// When a certificate is missing and the CA key is gone, the whole set is issued
+/// again under a new CA (the client config written at start points at the new
+/// files).
 fn ensure_certificates(dir: &Path, worker: &str) -> Result<(), DevError> {
-    if !dir.join(pki::CA_CERT_FILE).exists() {
-        pki::init_ca(dir)?;
-    }
     let wanted = [
         (Role::Coordinator, COORDINATOR_NAME),
         (Role::Worker, worker),
         (Role::Client, CLIENT_NAME),
     ];
-    for (role, name) in wanted {
-        if !dir.join(format!("{name}.pem")).exists() {
-            pki::issue(dir, dir, role, name, &[], &[])?;
+    let missing = |name: &str| {
+        !dir.join(format!("{name}.pem")).exists() || !dir.join(format!("{name}-key.pem")).exists()
+    };
+    let ca_key = dir.join(pki::CA_KEY_FILE);
+    let ca_cert = dir.join(pki::CA_CERT_FILE);
+    let complete = ca_cert.exists() && !wanted.iter().any(|(_, name)| missing(name));
+    if !complete {
+        if !ca_key.exists() {
+            // Start over: a new CA, every certificate issued again.
+            for path in [ca_cert.clone()]
+                .into_iter()
+                .chain(wanted.iter().flat_map(|(_, name)| {
+                    [
+                        dir.join(format!("{name}.pem")),
+                        dir.join(format!("{name}-key.pem")),
+                    ]
+                }))
+            {
+                remove_if_present(&path)?;
+            }
+            pki::init_ca(dir)?;
+        }
+        for (role, name) in wanted {
+            if missing(name) {
+                pki::issue(dir, dir, role, name, &[], &[])?;
+            }
         }
     }
-    Ok(())
+    remove_if_present(&ca_key)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), DevError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DevError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Creates `dir` readable by its owner only.
+fn private_dir(dir: &Path) -> Result<(), DevError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| DevError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
 }
 
 fn absolute(path: PathBuf) -> PathBuf {
@@ -91,10 +140,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         None => default_data_dir()?,
     });
     let certs = data_dir.join("certs");
-    std::fs::create_dir_all(&certs).map_err(|source| DevError::Io {
-        path: certs.display().to_string(),
-        source,
-    })?;
+    private_dir(&data_dir)?;
+    private_dir(&certs)?;
     let worker = worker_name();
     ensure_certificates(&certs, &worker)?;
     let files = |name: &str| TlsFiles::in_dir(&certs, name);
@@ -153,6 +200,12 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         gpus: None,
         max_log_bytes_per_attempt: 64 * 1024 * 1024,
         memory_limit_factor: ferry_worker::config::DEFAULT_MEMORY_LIMIT_FACTOR,
+        containment: Default::default(),
+        pids_max: ferry_worker::config::DEFAULT_PIDS_MAX,
+        // Steps of `ferry dev` run as the user who started it (its data directory
+        // is that user's own; the CA key is gone, see `ensure_certificates`).
+        run_as: ferry_worker::executor::environment::current_user_name(),
+        pass_env: Vec::new(),
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

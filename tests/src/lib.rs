@@ -211,10 +211,94 @@ pub const CLIENT: &str = "alice";
 
 impl Drop for Cluster {
     /// A failing test shows the end of every coordinator's and every worker's log.
+    /// The workers are killed, and the cgroups they leave (with any step still in
+    /// them) removed.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        let trees: Vec<String> = self
+            .workers
+            .keys()
+            .map(|name| worker_cgroup_tree(name, &self.path(&format!("{name}-data"))))
+            .collect();
+        if std::thread::panicking() {
+            self.print_logs();
         }
+        for worker in self.workers.values_mut() {
+            worker.kill();
+        }
+        remove_worker_cgroups(&trees);
+    }
+}
+
+/// The name of a worker's cgroup tree (`ferry_worker::cgroup::worker_cgroup_name`
+/// for the names tests use): its name and a hash of its data directory.
+fn worker_cgroup_tree(name: &str, data_dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = blake3::hash(data_dir.as_os_str().as_bytes()).to_hex();
+    format!("{name}-{}", &hash[..12])
+}
+
+/// Kills what is left in the named worker trees (under any `ferry` folder of any
+/// mounted cgroup hierarchy) and removes them.
+fn remove_worker_cgroups(trees: &[String]) {
+    if trees.is_empty() {
+        return;
+    }
+    let mut ferry_folders = Vec::new();
+    let mut pending = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == "ferry" {
+                ferry_folders.push(entry.path());
+            } else if depth < 3 {
+                pending.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    for ferry in ferry_folders {
+        for tree in trees {
+            let tree = ferry.join(tree);
+            let Ok(entries) = std::fs::read_dir(&tree) else {
+                continue;
+            };
+            for attempt in entries.flatten() {
+                if attempt.file_type().is_ok_and(|t| t.is_dir()) {
+                    let attempt = attempt.path();
+                    for _ in 0..100 {
+                        let procs = std::fs::read_to_string(attempt.join("cgroup.procs"))
+                            .unwrap_or_default();
+                        let pids: Vec<i32> = procs
+                            .lines()
+                            .filter_map(|l| l.trim().parse().ok())
+                            .collect();
+                        if pids.is_empty() {
+                            break;
+                        }
+                        for pid in pids {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        // A v1 cgroup left frozen holds its processes until thawed.
+                        let _ = std::fs::write(attempt.join("freezer.state"), "THAWED");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = std::fs::remove_dir(&attempt);
+                }
+            }
+            let _ = std::fs::remove_dir(&tree);
+        }
+    }
+}
+
+impl Cluster {
+    fn print_logs(&self) {
         for slot in &self.coordinators {
             print_log_tail(
                 &format!("coordinator {}", slot.id),
@@ -529,15 +613,29 @@ impl Cluster {
 
     /// Issues a worker certificate and starts a worker with extra `worker.toml`
     /// lines (capacity overrides, GPU inventory, labels); waits until it is connected.
+    ///
+    /// Unless `extra_config` sets `run_as`, steps run as root (`run_as = "root"`):
+    /// most tests share files with their steps through the test's private
+    /// temporary folder. `t41_containment` runs them as an unprivileged user.
     pub fn add_worker(&mut self, name: &str, extra_config: &str) {
+        self.add_worker_with_env(name, extra_config, &[]);
+    }
+
+    /// [`Cluster::add_worker`] with extra variables in the worker's environment.
+    pub fn add_worker_with_env(&mut self, name: &str, extra_config: &str, env: &[(&str, &str)]) {
         if !self.pki.cert(name).exists() {
             self.pki.issue("worker", name).expect("worker cert");
         }
         let config = self.path(&format!("{name}.toml"));
+        let run_as = if extra_config.contains("run_as") {
+            ""
+        } else {
+            "run_as = \"root\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "name = \"{name}\"\n{}\ndata_dir = \"{name}-data\"\n{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
+                "name = \"{name}\"\n{}\ndata_dir = \"{name}-data\"\n{run_as}{extra_config}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}-key.pem\"\n",
                 self.worker_coordinators_line()
             ),
         )
@@ -547,11 +645,19 @@ impl Cluster {
         command
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let child = command.spawn().expect("start worker");
         self.workers.insert(name.to_string(), Daemon { child, log });
         self.wait_worker_connected(name);
+    }
+
+    /// Stops worker `name` with SIGTERM and waits (bounded) for it to exit.
+    pub fn terminate_worker(&mut self, name: &str) {
+        if let Some(worker) = self.workers.get_mut(name) {
+            worker.terminate();
+        }
     }
 
     /// Sends a signal to worker `name` (SIGKILL, or SIGSTOP/SIGCONT to cut it off

@@ -160,17 +160,32 @@ fn ferry_dev_runs_a_pipeline_with_no_flags_and_stops_on_sigterm() {
         "{config}"
     );
 
-    // Certificates for every member, in the data directory.
+    // Certificates for every member, in the data directory (0700); the CA's
+    // private key is gone once they are issued, so that no step can mint one.
     let certs = data.join("certs");
     for file in [
         "ca.pem",
-        "ca-key.pem",
         "dev-coordinator.pem",
         "dev-coordinator-key.pem",
         "dev-user.pem",
         "dev-user-key.pem",
     ] {
         assert!(certs.join(file).is_file(), "{file} missing in {certs:?}");
+    }
+    assert!(
+        !certs.join("ca-key.pem").exists(),
+        "the CA key is left in {certs:?}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [&data, &certs] {
+            let mode = std::fs::metadata(dir)
+                .expect("data dir")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o700, "{dir:?}");
+        }
     }
 
     // A plain `ferry run --watch`: no flags, no FERRY_* variables.

@@ -1,5 +1,7 @@
 //! `worker.toml`: the worker's name, its coordinators, where it keeps work
-//! directories, its TLS files, labels, and optional capacity overrides.
+//! directories, its TLS files, labels, optional capacity overrides, and how
+//! steps are contained (containment mode, pids limit, the user steps run as and
+//! the variables they receive from the worker's environment).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +9,8 @@ use std::path::{Path, PathBuf};
 use ferry_common::config_file::{ConfigFileError, load_toml};
 use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
+
+pub use crate::containment::ContainmentMode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "WorkerConfigFile")]
@@ -38,6 +42,21 @@ pub struct WorkerConfig {
     /// killed (0 turns the limit off).
     #[serde(default = "default_memory_limit_factor")]
     pub memory_limit_factor: f64,
+    /// How attempts are contained: `auto` (a cgroup each where the worker can
+    /// make one, else the subreaper), `cgroup` (required), `subreaper` (forced).
+    #[serde(default)]
+    pub containment: ContainmentMode,
+    /// Most processes (and threads) one attempt may hold at once (cgroup mode).
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u64,
+    /// Who a root worker runs steps as (default `nobody`); a worker that is not
+    /// root runs steps as itself and may only name itself.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Names of the worker's environment variables that steps also receive,
+    /// besides PATH, LANG, LC_* and TZ.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -59,6 +78,13 @@ fn default_memory_limit_factor() -> f64 {
 
 /// By default a step may hold twice the memory it asked for.
 pub const DEFAULT_MEMORY_LIMIT_FACTOR: f64 = 2.0;
+
+/// By default an attempt may hold this many processes and threads at once.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+
+fn default_pids_max() -> u64 {
+    DEFAULT_PIDS_MAX
+}
 
 fn default_log_limit() -> u64 {
     64 * 1024 * 1024
@@ -89,6 +115,14 @@ struct WorkerConfigFile {
     max_log_bytes_per_attempt: u64,
     #[serde(default = "default_memory_limit_factor")]
     memory_limit_factor: f64,
+    #[serde(default)]
+    containment: ContainmentMode,
+    #[serde(default = "default_pids_max")]
+    pids_max: u64,
+    #[serde(default)]
+    run_as: Option<String>,
+    #[serde(default)]
+    pass_env: Vec<String>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -105,7 +139,34 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
                 file.memory_limit_factor
             ));
         }
+        if file.pids_max == 0 {
+            return Err(
+                "pids_max = 0 is invalid: an attempt needs at least one process \
+                        (the default is 4096)"
+                    .into(),
+            );
+        }
+        if let Some(bad) = file
+            .pass_env
+            .iter()
+            .find(|name| name.is_empty() || name.contains('=') || name.contains('\0'))
+        {
+            return Err(format!(
+                "pass_env holds {bad:?}, which is not an environment variable name"
+            ));
+        }
+        if file.run_as.as_deref() == Some("") {
+            return Err(
+                "run_as is empty: name a user, or remove it (a root worker then runs \
+                        steps as nobody)"
+                    .into(),
+            );
+        }
         Ok(WorkerConfig {
+            containment: file.containment,
+            pids_max: file.pids_max,
+            run_as: file.run_as,
+            pass_env: file.pass_env,
             name: file.name,
             coordinators,
             data_dir: file.data_dir,
@@ -235,5 +296,29 @@ mod tests {
         );
         let unknown = parse("coordinatrs = [\"a:1\"]").unwrap_err();
         assert!(unknown.contains("coordinatrs"), "{unknown}");
+    }
+
+    #[test]
+    fn containment_settings_have_defaults_and_are_checked() {
+        let plain = parse("coordinator = \"a:1\"").unwrap();
+        assert_eq!(plain.containment, ContainmentMode::Auto);
+        assert_eq!(plain.pids_max, DEFAULT_PIDS_MAX);
+        assert_eq!(plain.run_as, None);
+        assert!(plain.pass_env.is_empty());
+        let set = parse(
+            "coordinator = \"a:1\"\ncontainment = \"subreaper\"\npids_max = 64\nrun_as = \"ferry\"\npass_env = [\"HTTP_PROXY\"]",
+        )
+        .unwrap();
+        assert_eq!(set.containment, ContainmentMode::Subreaper);
+        assert_eq!((set.pids_max, set.run_as.as_deref()), (64, Some("ferry")));
+        assert_eq!(set.pass_env, ["HTTP_PROXY"]);
+        let bad = parse("coordinator = \"a:1\"\ncontainment = \"jail\"").unwrap_err();
+        assert!(bad.contains("jail"), "{bad}");
+        let zero = parse("coordinator = \"a:1\"\npids_max = 0").unwrap_err();
+        assert!(zero.contains("pids_max = 0"), "{zero}");
+        let name = parse("coordinator = \"a:1\"\npass_env = [\"A=B\"]").unwrap_err();
+        assert!(name.contains("\"A=B\""), "{name}");
+        let empty = parse("coordinator = \"a:1\"\nrun_as = \"\"").unwrap_err();
+        assert!(empty.contains("run_as is empty"), "{empty}");
     }
 }

@@ -8,7 +8,9 @@
 //! assignments, switching coordinators on a leader hint or a failure, report
 //! delivery); [`executor`] runs one attempt, its calls following the same switch.
 
+pub mod cgroup;
 pub mod config;
+pub mod containment;
 pub mod executor;
 pub mod fingerprint;
 pub mod session;

@@ -1,5 +1,7 @@
-//! What an attempt's processes use: CPU time and peak memory of its process
-//! group, sampled from `/proc`, and the memory limit the worker enforces.
+//! What an attempt's processes use, where the worker has no cgroup for them
+//! (subreaper mode; with a cgroup the kernel accounts and limits them): CPU time
+//! and peak memory of its process group, sampled from `/proc`, and the memory
+//! limit the worker enforces.
 //!
 //! One [`Monitor`] per worker scans `/proc` once per period for every process
 //! group it watches (one scan however many attempts run), sums each group's
@@ -18,6 +20,9 @@ use tokio::sync::watch;
 /// What one `/proc/<pid>/stat` says that matters here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
+    /// R, S, D, Z, ...
+    pub state: char,
+    pub ppid: i32,
     pub pgrp: i32,
     /// utime + stime + cutime + cstime, in clock ticks: the process's own CPU
     /// time and that of the children it waited for.
@@ -34,6 +39,8 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<i64>().ok());
     let ticks = |n: usize| field(n).map(|v| v.max(0) as u64);
     Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: field(4)? as i32,
         pgrp: field(5)? as i32,
         cpu_ticks: ticks(14)? + ticks(15)? + ticks(16)? + ticks(17)?,
         rss_pages: ticks(24)?,
@@ -212,6 +219,7 @@ mod tests {
                     150 50 7 3 20 0 1 0 12345 104857600 2560 18446744073709551615";
         let stat = parse_stat(text).unwrap();
         assert_eq!(stat.pgrp, 4242);
+        assert_eq!((stat.state, stat.ppid), ('S', 1));
         assert_eq!(stat.cpu_ticks, 150 + 50 + 7 + 3);
         assert_eq!(stat.rss_pages, 2560);
         assert_eq!(parse_stat("garbage"), None);

@@ -1,6 +1,7 @@
 //! What every attempt on this worker shares: the choice of coordinator, the data
-//! directory, the GPUs, the limits, the usage monitor, the pool of work
-//! directories and the report sender. Every part of the executor reads it; it
+//! directory, the GPUs, the limits, the usage monitor, the containment, the
+//! step's user and base environment, the pool of work directories and the report
+//! sender. Every part of the executor reads it; it
 //! holds no logic.
 
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 
 use ferry_common::proto;
 
+use super::environment::StepIdentity;
+use crate::containment::Containment;
 use crate::session::leader::Coordinators;
 use crate::session::reports::Reports;
 use crate::usage::Monitor;
@@ -31,4 +34,12 @@ pub struct ExecutorContext {
     pub work_dirs: Arc<WorkDirs>,
     /// Sends the attempts' final reports, batched.
     pub reports: Reports,
+    /// A cgroup per attempt, or the subreaper.
+    pub containment: Arc<Containment>,
+    /// Most processes one attempt may hold (cgroup mode).
+    pub pids_max: u64,
+    /// Who steps run as.
+    pub identity: StepIdentity,
+    /// What a step's environment starts from (the allow-list of the worker's own).
+    pub base_environment: Arc<Vec<(String, String)>>,
 }

@@ -13,6 +13,7 @@
 //! `context` holds what they all share.
 
 mod context;
+pub mod environment;
 mod logs;
 mod metrics;
 mod outputs;
@@ -134,6 +135,28 @@ pub async fn run_attempt(
         attempt.run_id, attempt.step, attempt.attempt
     ));
     let _ = tokio::fs::remove_file(&metrics_path).await;
+    if let Some(user) = ctx.identity.switch_to.clone() {
+        // The step runs as another user: its work directory and metrics file
+        // become that user's, and nothing else of the worker's.
+        let (dir, metrics) = (work_dir.clone(), metrics_path.clone());
+        let handed = tokio::task::spawn_blocking(move || {
+            environment::hand_over(&dir, &metrics, &user)
+                .map_err(|e| format!("{e} (giving the work directory to \"{}\")", user.name))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(reason) = handed {
+            let _ = finished.send(true);
+            let _ = start_report.await;
+            give_back(ctx, bundle, work_dir, None).await;
+            return report(
+                "error",
+                None,
+                format!("cannot prepare the step's files: {reason}"),
+                Vec::new(),
+            );
+        }
+    }
     let began = Instant::now();
     let executed = execute(
         ctx,
@@ -158,21 +181,30 @@ pub async fn run_attempt(
             "timed_out",
             None,
             format!(
-                "timed out after {}; its process group was killed",
+                "timed out after {}; its processes were killed",
                 format_duration_ms(assignment.timeout_ms)
             ),
             Vec::new(),
         ),
         Ok(Ended::Cancelled) => report("cancelled", None, "cancelled".into(), Vec::new()),
         Ok(Ended::Lost(reason)) => report("error", None, reason, Vec::new()),
-        Ok(Ended::OverMemory { used, limit }) => report(
+        Ok(Ended::OverMemory {
+            used,
+            limit,
+            by_kernel,
+        }) => report(
             "error",
             None,
             format!(
-                "killed: its processes held {} of memory, over its limit of {} ({}× its \
-                 memory request of {}; memory_limit_factor in worker.toml)",
+                "killed: its processes held {} of memory, over its limit of {} (memory limit \
+                 exceeded{}; {}× its memory request of {}; memory_limit_factor in worker.toml)",
                 format_bytes(used),
                 format_bytes(limit),
+                if by_kernel {
+                    ", enforced by the kernel"
+                } else {
+                    ""
+                },
                 ctx.memory_limit_factor,
                 format_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
             ),

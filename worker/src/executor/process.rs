@@ -1,26 +1,34 @@
-//! An attempt's process: the command spawned in its own process group with the
-//! step's environment, its output handed to the log readers, then waited for
-//! until it exits, times out, is cancelled or holds too much memory; the whole
-//! group is killed (SIGTERM with a grace period, then SIGKILL), and the leader's
-//! final CPU time is read from its zombie before it is reaped.
+//! An attempt's process: the command spawned in its own process group and in
+//! the attempt's containment (its cgroup, joined before exec, or the worker's
+//! subreaper), as the step's user, with a clean environment; its output handed
+//! to the log readers, then waited for until it exits, times out, is cancelled
+//! or goes over its memory limit; then every process of the attempt is killed
+//! (SIGTERM with a grace period, then SIGKILL to everything in the cgroup), the
+//! usage read from the cgroup (or sampled, without one), and the leader's final
+//! CPU time read from its zombie before it is reaped.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::proto;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
 use super::context::ExecutorContext;
 use super::logs::{read_lines, ship_logs};
 use super::staging::{Staged, step_environment};
+use crate::cgroup::join_from_child;
+use crate::containment::Contained;
 use crate::usage::{read_stat, ticks_to_ms};
 
-/// How long a process group gets between SIGTERM and SIGKILL.
+/// How long an attempt's processes get between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How often an attempt's cgroup is checked for an OOM kill.
+const OOM_POLL: Duration = Duration::from_millis(200);
 
 /// What an attempt's processes used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,10 +44,12 @@ pub(super) enum Ended {
     Lost(String),
     TimedOut,
     Cancelled,
-    /// The group held more memory than its limit and was killed.
+    /// The attempt's processes went over its memory limit and were killed
+    /// (`by_kernel`: the kernel enforced the limit of its cgroup).
     OverMemory {
         used: u64,
         limit: u64,
+        by_kernel: bool,
     },
 }
 
@@ -94,29 +104,75 @@ pub(super) async fn execute(
     } else {
         PathBuf::from(program)
     };
+    let attempt = assignment.attempt.clone().unwrap_or_default();
+    let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
+    let limit = (ctx.memory_limit_factor > 0.0 && request > 0)
+        .then_some((request as f64 * ctx.memory_limit_factor) as u64);
+    let contained = Arc::new(
+        ctx.containment
+            .prepare(
+                attempt.run_id,
+                &attempt.step,
+                attempt.attempt,
+                limit,
+                ctx.pids_max,
+            )
+            .map_err(|e| format!("cannot contain the step: {e}"))?,
+    );
     // A std child, reaped by `wait_for_exit` (not by tokio), so that its final CPU
-    // time can be read before it is reaped.
+    // time can be read before it is reaped. It starts from an empty environment:
+    // nothing of the daemon's reaches it but the allow-list.
     let mut command = std::process::Command::new(&program_path);
+    let (marker_name, marker) = contained.marker();
     command
         .args(&assignment.command[1..])
         .current_dir(work_dir)
+        .env_clear()
+        .envs(ctx.base_environment.iter().cloned())
         .envs(step_environment(&ctx.gpus, assignment, work_dir, staged))
         .env("FERRY_METRICS", metrics_path)
+        .env(marker_name, marker)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = command
-        .spawn()
+    let procs_files = contained.procs_files();
+    let switch_to = ctx
+        .identity
+        .switch_to
+        .as_ref()
+        .map(|user| (user.uid, user.gid));
+    // SAFETY: the closure runs between fork and exec and only makes system calls
+    // (no allocation, no lock): it joins the attempt's cgroup, so that the step's
+    // program and everything it starts are in it from their first instruction,
+    // then drops root for the step's user (std's own uid switch would happen
+    // before this and leave the child unable to join a root-owned cgroup).
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            join_from_child(&procs_files)?;
+            // The worker's own 077 is not the step's business.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            if let Some((uid, gid)) = switch_to {
+                nix::unistd::setgroups(&[gid])?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = contained
+        .spawn(&mut command)
         .map_err(|e| format!("cannot start {program:?}: {e}"))?;
     let pid = child.id() as i32;
-    let group = Pid::from_raw(pid);
-    let attempt = assignment.attempt.clone().unwrap_or_default();
-    tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, pid, "step process started");
-    let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
-    let limit = (ctx.memory_limit_factor > 0.0 && request > 0)
-        .then_some((request as f64 * ctx.memory_limit_factor) as u64);
-    let mut watched = ctx.monitor.watch(pid, limit);
+    tracing::debug!(
+        pid,
+        contained = ctx.containment.uses_cgroups(),
+        "step process started"
+    );
+    // The kernel accounts and limits an attempt in a cgroup; otherwise its
+    // process group is sampled from /proc.
+    let mut watched = (!ctx.containment.uses_cgroups()).then(|| ctx.monitor.watch(pid, limit));
     let mut waiter = tokio::task::spawn_blocking(move || wait_for_exit(pid));
 
     let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
@@ -143,7 +199,8 @@ pub(super) async fn execute(
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
     let mut exit: Option<Result<(std::process::ExitStatus, Option<u64>), String>> = None;
-    let ended = tokio::select! {
+    let mut sampled_current = 0u64;
+    let mut ended = tokio::select! {
         waited = &mut waiter => {
             let waited = waited.unwrap_or_else(|e| Err(format!("waiting for the process failed: {e}")));
             let ended = match &waited {
@@ -155,25 +212,29 @@ pub(super) async fn execute(
         },
         _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Ended::TimedOut,
         _ = cancel.wait_for(|c| *c) => Ended::Cancelled,
-        used = over_limit(&mut watched.over) => Ended::OverMemory { used, limit: limit.unwrap_or(0) },
+        used = memory_exceeded(watched.as_mut().map(|w| &mut w.over), &contained, &mut sampled_current) => {
+            Ended::OverMemory { used, limit: limit.unwrap_or(0), by_kernel: watched.is_none() }
+        }
     };
-    if exit.is_none() {
-        // Memory is killed at once; otherwise the group gets a grace period.
-        if !matches!(ended, Ended::OverMemory { .. }) {
-            let _ = killpg(group, Signal::SIGTERM);
-            match tokio::time::timeout(KILL_GRACE, &mut waiter).await {
-                Ok(waited) => {
-                    exit = Some(waited.unwrap_or_else(|e| Err(e.to_string())));
-                }
-                Err(_) => {
-                    tracing::info!(?group, "process group ignored SIGTERM; sending SIGKILL")
-                }
+    if exit.is_none() && !matches!(ended, Ended::OverMemory { .. }) {
+        // Memory is killed at once; otherwise every process of the attempt gets a
+        // grace period.
+        let signalled = contained.clone();
+        let _ = tokio::task::spawn_blocking(move || signalled.signal_all(Signal::SIGTERM)).await;
+        match tokio::time::timeout(KILL_GRACE, &mut waiter).await {
+            Ok(waited) => {
+                exit = Some(waited.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            Err(_) => {
+                tracing::info!(pid, "the step ignored SIGTERM; sending SIGKILL")
             }
         }
     }
-    // Whatever the leader left behind in its group goes too, so that no process
-    // of a finished attempt outlives it.
-    let _ = killpg(group, Signal::SIGKILL);
+    // Whatever the step left behind goes too (its cgroup, or every descendant and
+    // orphan in subreaper mode), so that no process of a finished attempt
+    // outlives it; the leader is reaped by its waiter.
+    let killer = contained.clone();
+    let _ = tokio::task::spawn_blocking(move || killer.kill_all()).await;
     if exit.is_none() {
         exit = Some(
             waiter
@@ -181,19 +242,60 @@ pub(super) async fn execute(
                 .unwrap_or_else(|e| Err(format!("waiting for the process failed: {e}"))),
         );
     }
-    let (sampled_peak, sampled_cpu_ms) = watched.peaks();
-    drop(watched);
-    let usage = Usage {
-        cpu_time_ms: exit
-            .and_then(Result::ok)
-            .and_then(|(_, cpu)| cpu)
-            .unwrap_or(0)
-            .max(sampled_cpu_ms),
-        peak_memory_bytes: sampled_peak,
+    contained.leader_reaped();
+    let finisher = contained.clone();
+    let accounted = tokio::task::spawn_blocking(move || {
+        // Read before the cgroup goes, after every process in it has gone.
+        finisher.kill_all();
+        let accounted = finisher.usage().map(|usage| (usage, finisher.oom_kills()));
+        finisher.finish();
+        accounted
+    })
+    .await
+    .ok()
+    .flatten();
+    let leader_cpu_ms = exit
+        .as_ref()
+        .and_then(|e| e.as_ref().ok())
+        .and_then(|(_, cpu)| *cpu)
+        .unwrap_or(0);
+    let usage = match (&accounted, &watched) {
+        (Some((usage, _)), _) => Usage {
+            cpu_time_ms: usage.cpu_time_ms.max(leader_cpu_ms),
+            peak_memory_bytes: usage
+                .peak_memory_bytes
+                .unwrap_or(usage.current_memory_bytes.max(sampled_current)),
+        },
+        (None, Some(watched)) => {
+            let (sampled_peak, sampled_cpu_ms) = watched.peaks();
+            Usage {
+                cpu_time_ms: leader_cpu_ms.max(sampled_cpu_ms),
+                peak_memory_bytes: sampled_peak,
+            }
+        }
+        (None, None) => Usage {
+            cpu_time_ms: leader_cpu_ms,
+            peak_memory_bytes: 0,
+        },
     };
+    drop(watched);
+    // The kernel's OOM killer may have killed a child (the step went on or ended
+    // on its own) or the leader itself: the attempt ended over its memory limit.
+    if let (Some((_, oom_kills)), Ended::Exited(_)) = (&accounted, &ended)
+        && *oom_kills > 0
+    {
+        ended = Ended::OverMemory {
+            used: usage.peak_memory_bytes,
+            limit: limit.unwrap_or(0),
+            by_kernel: true,
+        };
+    }
+    if let Ended::OverMemory { used, .. } = &mut ended {
+        *used = (*used).max(usage.peak_memory_bytes);
+    }
     for reader in readers {
-        // A process that left the group may still hold the pipe open: do not wait
-        // for it forever.
+        // Every process that held the pipes is gone; a reader still ends within
+        // the grace period.
         let abort = reader.abort_handle();
         if tokio::time::timeout(KILL_GRACE, reader).await.is_err() {
             abort.abort();
@@ -203,6 +305,30 @@ pub(super) async fn execute(
     match ended {
         Ended::Lost(reason) => Err(reason),
         ended => Ok((ended, usage)),
+    }
+}
+
+/// Resolves with the memory the attempt held once it went over its limit: the
+/// sampler's word (subreaper mode), or the kernel's OOM count of the attempt's
+/// cgroup, polled (keeping the highest current usage seen in `sampled_current`
+/// for kernels without `memory.peak`).
+async fn memory_exceeded(
+    sampled: Option<&mut watch::Receiver<Option<u64>>>,
+    contained: &Contained,
+    sampled_current: &mut u64,
+) -> u64 {
+    if let Some(over) = sampled {
+        return over_limit(over).await;
+    }
+    loop {
+        tokio::time::sleep(OOM_POLL).await;
+        let Some(usage) = contained.usage() else {
+            return std::future::pending().await;
+        };
+        *sampled_current = (*sampled_current).max(usage.current_memory_bytes);
+        if contained.oom_kills() > 0 {
+            return usage.peak_memory_bytes.unwrap_or(*sampled_current);
+        }
     }
 }
 

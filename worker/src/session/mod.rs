@@ -17,8 +17,11 @@ use ferry_common::pki::PkiError;
 use ferry_common::proto::{self, worker_message::Kind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::WorkerConfig;
+use crate::containment::{Containment, ContainmentError};
+use crate::executor::environment::{RunAsError, base_environment, check_reachable, resolve_run_as};
 use crate::executor::{ExecutorContext, run_attempt};
 use crate::fingerprint::{Capacity, FingerprintError, discover};
 use crate::usage::Monitor;
@@ -50,6 +53,29 @@ pub enum WorkerError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RunAs(#[from] RunAsError),
+    #[error(transparent)]
+    Containment(#[from] ContainmentError),
+}
+
+/// Creates `dir` (and its parents) and sets its mode.
+fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// The worker's private key is readable by its owner only: a key that others
+/// may read is made 0600, with a warning.
+fn protect_key(key: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(key = %key.display(), mode = format!("{:o}", mode & 0o777), "the worker's key was readable by others; it is now 0600");
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 type Key = (u64, String, u32);
@@ -86,16 +112,49 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         });
     }
     let capacity = discover(&config)?;
+    // Everything the worker creates (logs, metrics, work directories, staged
+    // files) is its own: 0600 files, 0700 folders. Steps get 022 back (process.rs).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let identity = resolve_run_as(config.run_as.as_deref(), nix::unistd::geteuid())?;
+    match &identity.switch_to {
+        Some(user) => {
+            tracing::info!(user = %user.name, uid = user.uid.as_raw(), "steps run as an unprivileged user")
+        }
+        None if nix::unistd::geteuid().is_root() => tracing::warn!(
+            "run_as = \"root\": steps run as root and can read the worker's key and data directory"
+        ),
+        None => {}
+    }
     let data_dir_error = |path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| WorkerError::DataDir { path, source }
     };
-    for kept in ["logs", "metrics"] {
-        let dir = config.data_dir.join(kept);
-        std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
-    }
+    // Private to the worker; a step running as another user may only pass through
+    // to its work directory and its metrics file (execute, no listing).
+    let passable = if identity.switch_to.is_some() {
+        0o711
+    } else {
+        0o700
+    };
     let work = config.data_dir.join("work");
+    for (dir, mode) in [
+        (config.data_dir.clone(), passable),
+        (config.data_dir.join("logs"), 0o700),
+        (config.data_dir.join("metrics"), passable),
+    ] {
+        private_dir(&dir, mode).map_err(data_dir_error(&dir))?;
+    }
     let work_dirs = Arc::new(WorkDirs::open(work.clone()).map_err(data_dir_error(&work))?);
+    private_dir(&work, passable).map_err(data_dir_error(&work))?;
+    if let Some(user) = &identity.switch_to {
+        check_reachable(&work, user)?;
+    }
+    protect_key(&config.tls.key).map_err(data_dir_error(&config.tls.key))?;
+    let worker_id = crate::cgroup::worker_cgroup_name(
+        &config.name,
+        &std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
+    );
+    let containment = Containment::start(config.containment, &worker_id)?;
     let coordinators = Arc::new(Coordinators::new(
         &config.name,
         config.coordinators.clone(),
@@ -118,6 +177,15 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         reports: Reports::start(coordinators.clone(), shutdown.clone()),
         memory_limit_factor: config.memory_limit_factor,
         work_dirs,
+        containment,
+        pids_max: config.pids_max,
+        base_environment: Arc::new(base_environment(
+            std::env::vars_os()
+                .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?))),
+            &config.pass_env,
+            &identity,
+        )),
+        identity,
     };
     let attempts = Attempts::default();
     let mut tasks = JoinSet::new();
@@ -155,6 +223,8 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         let _ = cancel.send(true);
     }
     while tasks.join_next().await.is_some() {}
+    let containment = ctx.containment.clone();
+    let _ = tokio::task::spawn_blocking(move || containment.stop()).await;
     Ok(())
 }
 
@@ -285,14 +355,18 @@ fn start(
     tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "assignment received");
     let ctx = ctx.clone();
     let attempts = attempts.clone();
-    tasks.spawn(async move {
-        let report = run_attempt(&ctx, assignment, cancelled).await;
-        tracing::info!(
-            run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt,
-            outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
-            "attempt ended"
-        );
-        ctx.reports.deliver(report, shutdown).await;
-        lock(&attempts.0, "attempts").remove(&key);
-    });
+    // Everything the attempt logs carries its run, step and attempt.
+    let span = tracing::info_span!("attempt", run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt);
+    tasks.spawn(
+        async move {
+            let report = run_attempt(&ctx, assignment, cancelled).await;
+            tracing::info!(
+                outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
+                "attempt ended"
+            );
+            ctx.reports.deliver(report, shutdown).await;
+            lock(&attempts.0, "attempts").remove(&key);
+        }
+        .instrument(span),
+    );
 }
