@@ -153,6 +153,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         gpus: None,
         max_log_bytes_per_attempt: 64 * 1024 * 1024,
         memory_limit_factor: ferry_worker::config::DEFAULT_MEMORY_LIMIT_FACTOR,
+        max_unpacked_bundle_bytes: ferry_common::bundle::DEFAULT_MAX_UNPACKED_BYTES,
+        max_bundle_entries: ferry_common::bundle::DEFAULT_MAX_ENTRIES,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

@@ -38,6 +38,12 @@ pub struct WorkerConfig {
     /// killed (0 turns the limit off).
     #[serde(default = "default_memory_limit_factor")]
     pub memory_limit_factor: f64,
+    /// Most bytes a code bundle may unpack to (its entries' declared sizes).
+    #[serde(default = "default_max_unpacked_bundle_bytes")]
+    pub max_unpacked_bundle_bytes: u64,
+    /// Most entries (files, directories) a code bundle may hold.
+    #[serde(default = "default_max_bundle_entries")]
+    pub max_bundle_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -59,6 +65,14 @@ fn default_memory_limit_factor() -> f64 {
 
 /// By default a step may hold twice the memory it asked for.
 pub const DEFAULT_MEMORY_LIMIT_FACTOR: f64 = 2.0;
+
+fn default_max_unpacked_bundle_bytes() -> u64 {
+    ferry_common::bundle::DEFAULT_MAX_UNPACKED_BYTES
+}
+
+fn default_max_bundle_entries() -> u64 {
+    ferry_common::bundle::DEFAULT_MAX_ENTRIES
+}
 
 fn default_log_limit() -> u64 {
     64 * 1024 * 1024
@@ -89,6 +103,10 @@ struct WorkerConfigFile {
     max_log_bytes_per_attempt: u64,
     #[serde(default = "default_memory_limit_factor")]
     memory_limit_factor: f64,
+    #[serde(default = "default_max_unpacked_bundle_bytes")]
+    max_unpacked_bundle_bytes: u64,
+    #[serde(default = "default_max_bundle_entries")]
+    max_bundle_entries: u64,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -105,6 +123,13 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
                 file.memory_limit_factor
             ));
         }
+        if file.max_unpacked_bundle_bytes == 0 || file.max_bundle_entries == 0 {
+            return Err(
+                "max_unpacked_bundle_bytes and max_bundle_entries must be at least 1 \
+                 (no bundle could be unpacked)"
+                    .to_string(),
+            );
+        }
         Ok(WorkerConfig {
             name: file.name,
             coordinators,
@@ -116,6 +141,8 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             gpus: file.gpus,
             max_log_bytes_per_attempt: file.max_log_bytes_per_attempt,
             memory_limit_factor: file.memory_limit_factor,
+            max_unpacked_bundle_bytes: file.max_unpacked_bundle_bytes,
+            max_bundle_entries: file.max_bundle_entries,
         })
     }
 }

@@ -117,6 +117,10 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
         reports: Reports::start(coordinators.clone(), shutdown.clone()),
         memory_limit_factor: config.memory_limit_factor,
+        bundle_limits: ferry_common::bundle::UnpackLimits {
+            max_unpacked_bytes: config.max_unpacked_bundle_bytes,
+            max_entries: config.max_bundle_entries,
+        },
         work_dirs,
     };
     let attempts = Attempts::default();
