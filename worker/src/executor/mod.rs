@@ -70,7 +70,14 @@ pub async fn run_attempt(
             metrics: Vec::new(),
         };
     let bundle = assignment.bundle_digest.clone();
-    let (work_dir, mut fingerprint) = match ctx.work_dirs.take(&bundle) {
+    // A pooled directory is checked again, contents included, as it is taken.
+    let work_dirs = ctx.work_dirs.clone();
+    let wanted = bundle.clone();
+    let pooled = tokio::task::spawn_blocking(move || work_dirs.take(&wanted))
+        .await
+        .ok()
+        .flatten();
+    let (work_dir, mut fingerprint) = match pooled {
         Some((dir, fingerprint)) => (dir, Some(fingerprint)),
         None => (ctx.work_dirs.fresh(), None),
     };
