@@ -10,6 +10,7 @@ mod t20_failures;
 mod t25_power_loss;
 mod t30_restart;
 mod t40_security;
+mod t42_bundles;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;
