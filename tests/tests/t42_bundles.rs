@@ -462,3 +462,97 @@ fn a_worker_stopped_with_a_cancelled_attempts_uploads_pending_exits_within_secon
     );
     kill_processes_with_marker(&mark);
 }
+
+/// A `ferry` command with `HOME` set to `home` and no Ferry or XDG variables
+/// inherited (as `t60_dev` runs it).
+fn isolated_ferry(home: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(ferry_tests::bin("ferry"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("FERRY_") || key.starts_with("XDG_") {
+            command.env_remove(&key);
+        }
+    }
+    command.env("HOME", home).stdin(std::process::Stdio::null());
+    command
+}
+
+/// Kills `ferry dev` if the test ends before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn ferry_dev_stops_within_seconds_with_a_cancelled_attempt_in_flight() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+    let stdout = home.join("dev.out");
+    let mut dev = KillOnDrop(
+        isolated_ferry(home)
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--cpus",
+                "2",
+                "--memory",
+                "2Gi",
+            ])
+            .arg("--data-dir")
+            .arg(home.join("dev-data"))
+            .current_dir(home)
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(home.join("dev.log")).expect("log file"))
+            .spawn()
+            .expect("start ferry dev"),
+    );
+    wait_for(Duration::from_secs(30), "ferry dev to be ready", || {
+        std::fs::read_to_string(&stdout)
+            .ok()
+            .filter(|out| out.contains("client config written"))
+    });
+    let mark = marker("devstop");
+    let project = home.join("project");
+    write_pipeline(
+        &project,
+        &format!(
+            "name: devstop\nsteps:\n  - name: s\n    shell: \"echo started; sleep 600; echo {mark}\"\n"
+        ),
+        &[],
+    );
+    let submitted = isolated_ferry(home)
+        .args(["run", "pipeline.yaml"])
+        .current_dir(&project)
+        .output()
+        .expect("ferry run");
+    assert!(submitted.status.success(), "{submitted:?}");
+    wait_for(Duration::from_secs(30), "the step's process", || {
+        process_with_marker_exists(&mark).then_some(())
+    });
+    // The step has printed: its log is to be uploaded when it is stopped, to a
+    // coordinator that stops in the same process.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let child = &mut dev.0;
+    wait_for(
+        Duration::from_secs(10),
+        "ferry dev to exit within 10 s of SIGTERM",
+        || child.try_wait().expect("try_wait"),
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the step's process to be gone",
+        || (!process_with_marker_exists(&mark)).then_some(()),
+    );
+    kill_processes_with_marker(&mark);
+}

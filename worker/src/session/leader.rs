@@ -471,6 +471,33 @@ pub(super) mod tests {
         assert_eq!(coordinators.current().address, "c:3");
     }
 
+    // The clock is paused: a call that would otherwise retry for a minute ends
+    // as soon as the worker gives up, without the clock moving.
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_worker_ends_calls_under_way_and_retries_nothing() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2"]);
+        let give_up = Some(Instant::now() + Duration::from_secs(60));
+        let unavailable = tonic::Status::unavailable("connection refused");
+        assert!(coordinators.retry_after(0, &unavailable, give_up).is_some());
+        let started = Instant::now();
+        let call = coordinators.call(give_up, |_agent| async {
+            std::future::pending::<Result<tonic::Response<()>, tonic::Status>>().await
+        });
+        let stop = async {
+            tokio::task::yield_now().await;
+            coordinators.stop();
+        };
+        let (answer, ()) = tokio::join!(call, stop);
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(coordinators.stopping());
+        let generation = coordinators.current().generation;
+        assert_eq!(
+            coordinators.retry_after(generation, &unavailable, give_up),
+            None
+        );
+    }
+
     #[tokio::test]
     async fn hints_outside_the_list_are_followed_and_hints_to_itself_are_not() {
         let (_dir, coordinators) = coordinators(&["a:1", "b:2"]);
