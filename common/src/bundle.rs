@@ -376,8 +376,30 @@ pub fn paths_digest(bundle: impl Read, paths: &[String]) -> Result<String, Paths
         .map_err(|e| PathsDigestError::Archive(e.to_string()))?;
     let mut files: Vec<(String, [u8; 32])> = Vec::new();
     let mut matched = vec![false; paths.len()];
+    // Within the default unpack limits: the coordinator reads a blob here that
+    // a submission names as its bundle, which may be any stored blob.
+    let limits = UnpackLimits::default();
+    let mut seen = Unpacked::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| PathsDigestError::Archive(e.to_string()))?;
+        seen.entries += 1;
+        seen.bytes = seen.bytes.saturating_add(entry.size());
+        if seen.entries > limits.max_entries {
+            return Err(PathsDigestError::Archive(
+                BundleError::TooManyEntries {
+                    limit: limits.max_entries,
+                }
+                .to_string(),
+            ));
+        }
+        if seen.bytes > limits.max_unpacked_bytes {
+            return Err(PathsDigestError::Archive(
+                BundleError::UnpacksTooLarge {
+                    limit: limits.max_unpacked_bytes,
+                }
+                .to_string(),
+            ));
+        }
         if entry.header().entry_type() != EntryType::Regular {
             continue;
         }
