@@ -1030,6 +1030,9 @@ mod tests {
             matches!(err, BundleError::UnpacksTooLarge { .. }),
             "{err:?}"
         );
+        // The coordinator's digest of `cache.paths` stops there too.
+        let err = paths_digest(bytes.as_slice(), &["sparse.bin".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("unpacks to more than"), "{err}");
     }
 
     #[test]
