@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES};
@@ -289,17 +291,33 @@ async fn unpack_bundle(
     let digest = assignment.bundle_digest.clone();
     let limits = ctx.bundle_limits;
     let file = bundle_path.clone();
+    // When the attempt is cancelled this future is dropped, but the unpacking
+    // thread is not: the guard tells it to stop at its next read, and it then
+    // removes what it wrote (the attempt's own removal of the directory may have
+    // raced with its last writes).
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let stopped = stop.0.clone();
     let unpacked = tokio::task::spawn_blocking(move || {
-        let reader = std::fs::File::open(&file)
-            .map(|f| std::io::BufReader::with_capacity(256 * 1024, f))
+        let unpacked = std::fs::File::open(&file)
             .map_err(|e| BundleError::Io {
                 path: file,
                 source: e,
-            })?;
-        ferry_common::bundle::unpack_verified(reader, &digest, &dest, limits)
+            })
+            .and_then(|f| {
+                let reader = Stoppable {
+                    inner: std::io::BufReader::with_capacity(256 * 1024, f),
+                    stop: &stopped,
+                };
+                ferry_common::bundle::unpack_verified(reader, &digest, &dest, limits)
+            });
+        if stopped.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+        unpacked
     })
     .await
     .map_err(|e| StageError::Bundle(e.to_string()))?;
+    drop(stop);
     let error = match unpacked {
         Ok(_) => return Ok(()),
         Err(BundleError::DigestMismatch { expected, actual }) => StageError::Corrupt {
@@ -319,6 +337,31 @@ async fn unpack_bundle(
     // would only be refused again, and is not kept either.
     let _ = tokio::fs::remove_file(&bundle_path).await;
     Err(error)
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A reader that fails once its flag is set.
+struct Stoppable<'flag, R> {
+    inner: R,
+    stop: &'flag AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            // Not `Interrupted`, which readers retry.
+            return Err(std::io::Error::other("the attempt was cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Downloads a blob to `path`, hashing it on the way; only a verified blob is
