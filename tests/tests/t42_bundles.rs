@@ -329,75 +329,72 @@ fn peak_rss(pid: i32) -> u64 {
         * 1024
 }
 
-#[test]
-fn staging_a_large_bundle_does_not_hold_it_in_the_workers_memory() {
-    // Incompressible data stored as it is: the bundle is as large on the wire and
-    // on the worker's disk as unpacked, so a worker that read it into memory
-    // would grow by its whole size.
-    const DATA: u64 = 192 * 1024 * 1024;
-    // Measured: about 5 MiB (buffers of the download and the unpack).
-    const SLACK: u64 = 32 * 1024 * 1024;
-    let mut cluster = Cluster::start();
-    cluster.add_worker("w1", "");
+/// Writes a bundle of one file, `random.bin`, of `data` incompressible bytes
+/// stored as they are (the bundle is as large on the wire and on the worker's
+/// disk as unpacked); returns its path, digest and size.
+fn large_bundle(cluster: &Cluster, data: u64) -> (std::path::PathBuf, String, u64) {
     let path = cluster.path("large.tar.gz");
     {
         let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("bundle file"));
         let mut tar = tar::Builder::new(StoredGzip::new(file));
         let mut header = tar::Header::new_gnu();
         header.set_mode(0o644);
-        header.set_size(DATA);
+        header.set_size(data);
         let random = blake3::Hasher::new()
             .update(b"incompressible")
             .finalize_xof()
-            .take(DATA);
+            .take(data);
         tar.append_data(&mut header, "random.bin", random)
             .expect("tar entry");
         let gzip = tar.into_inner().expect("tar");
         gzip.finish().flush().expect("flush");
     }
     let size = std::fs::metadata(&path).expect("bundle").len();
-    assert!(size > DATA, "stored, not compressed: {size}");
-    let digest = {
-        let mut hasher = blake3::Hasher::new();
-        hasher
-            .update_reader(std::fs::File::open(&path).expect("bundle"))
-            .expect("hash");
-        hasher.finalize().to_hex().to_string()
-    };
-    let worker_pid = cluster.workers["w1"].pid();
-    let before = peak_rss(worker_pid);
-    let run = runtime().block_on(async {
-        let mut client = control(&cluster);
-        let mut file = std::fs::File::open(&path).expect("bundle");
-        let mut chunks = vec![proto::Chunk {
-            digest: digest.clone(),
+    assert!(size > data, "stored, not compressed: {size}");
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(&path).expect("bundle"))
+        .expect("hash");
+    (path, hasher.finalize().to_hex().to_string(), size)
+}
+
+/// Uploads the bundle at `path` in 1 MiB chunks and submits a one-step run of
+/// `shell` with it; returns the run's id.
+fn submit_with_bundle(cluster: &Cluster, path: &Path, digest: &str, size: u64, shell: &str) -> u64 {
+    runtime().block_on(async {
+        let mut client = control(cluster);
+        let mut file = std::fs::File::open(path).expect("bundle");
+        let header = proto::Chunk {
+            digest: digest.to_string(),
             size,
             data: Vec::new(),
-        }];
-        loop {
+        };
+        let digest_owned = digest.to_string();
+        let rest = futures::stream::iter(std::iter::from_fn(move || {
             let mut data = vec![0u8; 1 << 20];
             let n = file.read(&mut data).expect("read");
-            if n == 0 {
-                break;
-            }
-            data.truncate(n);
-            chunks.push(proto::Chunk {
-                digest: digest.clone(),
-                size,
-                data,
-            });
-        }
+            (n > 0).then(|| {
+                data.truncate(n);
+                proto::Chunk {
+                    digest: digest_owned.clone(),
+                    size,
+                    data,
+                }
+            })
+        }));
         client
-            .upload_bundle(futures::stream::iter(chunks))
+            .upload_bundle(futures::StreamExt::chain(
+                futures::stream::iter([header]),
+                rest,
+            ))
             .await
             .expect("the bundle is stored");
         client
             .submit_run(proto::SubmitRunRequest {
-                spec_yaml: "name: large\nsteps:\n  - name: s\n    shell: \"test -s random.bin\"\n"
-                    .to_string(),
+                spec_yaml: format!("name: large\nsteps:\n  - name: s\n    shell: \"{shell}\"\n"),
                 spec_file: "pipeline.yaml".to_string(),
                 params: Default::default(),
-                bundle_digest: digest.clone(),
+                bundle_digest: digest.to_string(),
                 request_id: String::new(),
                 no_cache: false,
             })
@@ -405,7 +402,21 @@ fn staging_a_large_bundle_does_not_hold_it_in_the_workers_memory() {
             .expect("submitted")
             .into_inner()
             .run_id
-    });
+    })
+}
+
+#[test]
+fn staging_a_large_bundle_does_not_hold_it_in_the_workers_memory() {
+    // A worker that read the bundle into memory would grow by its whole size.
+    const DATA: u64 = 192 * 1024 * 1024;
+    // Measured: about 5 MiB (buffers of the download and the unpack).
+    const SLACK: u64 = 32 * 1024 * 1024;
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", "");
+    let (path, digest, size) = large_bundle(&cluster, DATA);
+    let worker_pid = cluster.workers["w1"].pid();
+    let before = peak_rss(worker_pid);
+    let run = submit_with_bundle(&cluster, &path, &digest, size, "test -s random.bin");
     let status = cluster.wait_run(run, Duration::from_secs(120));
     assert_eq!(status["state"], "succeeded", "{status:#}");
     let after = peak_rss(worker_pid);
@@ -416,6 +427,48 @@ fn staging_a_large_bundle_does_not_hold_it_in_the_workers_memory() {
         before >> 20,
         after >> 20
     );
+}
+
+#[test]
+fn an_attempt_cancelled_while_its_bundle_unpacks_leaves_nothing() {
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", "");
+    let (path, digest, size) = large_bundle(&cluster, 128 * 1024 * 1024);
+    let run = submit_with_bundle(&cluster, &path, &digest, size, "sleep 600");
+    // Cancelled as soon as the bundle's file appears in the work directory:
+    // while it unpacks, most of the time (or once the step runs; either way
+    // nothing may stay).
+    wait_for(
+        Duration::from_secs(60),
+        "the bundle to be unpacking",
+        || {
+            work_dir_entries(&cluster, "w1")
+                .iter()
+                .any(|dir| {
+                    cluster
+                        .path(&format!("w1-data/work/{dir}/random.bin"))
+                        .exists()
+                })
+                .then_some(())
+        },
+    );
+    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
+    assert!(cancelled.success(), "{cancelled:?}");
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "cancelled", "{status:#}");
+    wait_for(
+        Duration::from_secs(20),
+        "the work directory to be removed",
+        || work_dir_entries(&cluster, "w1").is_empty().then_some(()),
+    );
+    // No partial download is left beside the cached bundles either.
+    let partials: Vec<_> = std::fs::read_dir(cluster.path("w1-data/bundles"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(partials.is_empty(), "{partials:?}");
 }
 
 #[test]

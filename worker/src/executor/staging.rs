@@ -339,6 +339,15 @@ async fn unpack_bundle(
     Err(error)
 }
 
+/// Removes a file when dropped (nothing once it has been renamed away).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Sets its flag when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -399,6 +408,9 @@ async fn fetch_blob_within(
         ".{file_name}.partial-{}-{number}",
         std::process::id()
     ));
+    // Removed however the download ends, a cancelled attempt's included (this
+    // future is then dropped).
+    let _partial_guard = RemoveOnDrop(partial.clone());
     let give_up = Instant::now() + FETCH_PATIENCE;
     loop {
         let coordinator = coordinators.current();
