@@ -201,10 +201,23 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
             assert_eq!(blob_files(&cluster, &digest), 0, "{what} left a file");
         }
 
-        // A real bundle goes through.
+        // A real bundle goes through, but not past the size it announced.
         let dir = cluster.path("real");
         write_pipeline(&dir, "name: real\nsteps: []\n", &[("a.txt", "a")]);
         let packed = ferry_common::bundle::pack_dir(&dir).expect("pack");
+        let short = packed.bytes.len() as u64 / 2;
+        let chunks = [Vec::new(), packed.bytes.clone()].map(|data| proto::Chunk {
+            digest: packed.digest.clone(),
+            size: short,
+            data,
+        });
+        let refused = client
+            .upload_bundle(futures::stream::iter(chunks))
+            .await
+            .expect_err("more bytes than announced were accepted");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(!stored(&mut client, &packed.digest, short).await);
+        assert_eq!(blob_files(&cluster, &packed.digest), 0);
         let blob = upload(&mut client, packed.bytes.clone())
             .await
             .expect("a real bundle is stored");
