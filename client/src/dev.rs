@@ -206,6 +206,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         // is that user's own; the CA key is gone, see `ensure_certificates`).
         run_as: ferry_worker::executor::environment::current_user_name(),
         pass_env: Vec::new(),
+        max_unpacked_bundle_bytes: ferry_common::bundle::DEFAULT_MAX_UNPACKED_BYTES,
+        max_bundle_entries: ferry_common::bundle::DEFAULT_MAX_ENTRIES,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

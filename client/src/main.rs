@@ -457,6 +457,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let signal = tokio::spawn(async move {
                 ferry_common::signals::terminated().await;
                 eprintln!("ferry dev: stopping");
+                ferry_common::signals::exit_after(
+                    ferry_common::signals::STOP_DEADLINE,
+                    "ferry dev",
+                );
                 let _ = stop.send(true);
             });
             let result = ferry_client::dev::run_dev(

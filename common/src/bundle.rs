@@ -5,8 +5,11 @@
 //! it into each step's work directory. Packing is deterministic (entries sorted by
 //! path, zeroed timestamps and owners, normalised modes, a fixed gzip header), so the
 //! same folder contents always give the same digest and an unchanged pipeline is
-//! never uploaded twice. Unpacking refuses any entry that could escape the
-//! destination directory.
+//! never uploaded twice. Unpacking streams (the archive is never held whole in
+//! memory), refuses any entry that could escape the destination directory, and
+//! stops at the [`UnpackLimits`] (declared sizes in all, entries) before writing
+//! past them; [`check_bundle`] makes the same walk without writing, which is how
+//! the coordinator refuses an upload that is not a bundle a worker can unpack.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -90,6 +93,29 @@ pub enum BundleError {
     /// The archive could not be read: it is truncated, corrupt or not a gzip'd tar.
     #[error("the bundle archive is invalid: {0}")]
     Archive(#[source] io::Error),
+    /// The archive's entries declare more bytes than the limit allows.
+    #[error(
+        "the bundle unpacks to more than {limit} bytes ({}), the limit on a bundle's unpacked size",
+        crate::spec::format_bytes(*limit)
+    )]
+    UnpacksTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The archive holds more entries than the limit allows.
+    #[error("the bundle holds more than {limit} entries, the limit on a bundle's entries")]
+    TooManyEntries {
+        /// The limit, in entries.
+        limit: u64,
+    },
+    /// The bytes read do not have the digest the bundle is named by.
+    #[error("the bundle is damaged: it is named {expected} but its bytes hash to {actual}")]
+    DigestMismatch {
+        /// The digest the bundle is named by.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
     /// An archive entry was refused because it could escape the destination or is
     /// not a regular file or directory.
     #[error("the bundle entry \"{entry}\" is refused: {reason}")]
@@ -350,8 +376,30 @@ pub fn paths_digest(bundle: impl Read, paths: &[String]) -> Result<String, Paths
         .map_err(|e| PathsDigestError::Archive(e.to_string()))?;
     let mut files: Vec<(String, [u8; 32])> = Vec::new();
     let mut matched = vec![false; paths.len()];
+    // Within the default unpack limits: the coordinator reads a blob here that
+    // a submission names as its bundle, which may be any stored blob.
+    let limits = UnpackLimits::default();
+    let mut seen = Unpacked::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| PathsDigestError::Archive(e.to_string()))?;
+        seen.entries += 1;
+        seen.bytes = seen.bytes.saturating_add(entry.size());
+        if seen.entries > limits.max_entries {
+            return Err(PathsDigestError::Archive(
+                BundleError::TooManyEntries {
+                    limit: limits.max_entries,
+                }
+                .to_string(),
+            ));
+        }
+        if seen.bytes > limits.max_unpacked_bytes {
+            return Err(PathsDigestError::Archive(
+                BundleError::UnpacksTooLarge {
+                    limit: limits.max_unpacked_bytes,
+                }
+                .to_string(),
+            ));
+        }
         if entry.header().entry_type() != EntryType::Regular {
             continue;
         }
@@ -400,79 +448,232 @@ pub enum PathsDigestError {
     Archive(String),
 }
 
-/// Unpacks a bundle into `dest` (created if needed) and returns the number of
-/// regular files written.
-///
-/// The digest is not checked here; the caller verifies it before unpacking. Entries
-/// with an absolute path or a `..` component, and entries that are neither regular
-/// files nor directories (symbolic links, hard links, devices, ...), are refused
-/// with [`BundleError::UnsafeEntry`] naming the entry. Files get mode 0o755 if the
-/// archive marks them owner-executable and 0o644 otherwise.
-pub fn unpack_bundle(bytes: &[u8], dest: &Path) -> Result<usize, BundleError> {
-    fs::create_dir_all(dest).map_err(|source| BundleError::Io {
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    let mut archive = Archive::new(GzDecoder::new(bytes));
-    let entries = archive.entries().map_err(BundleError::Archive)?;
-    let mut files = 0usize;
-    for entry in entries {
-        let mut entry = entry.map_err(BundleError::Archive)?;
-        let entry_type = entry.header().entry_type();
-        if entry_type.is_pax_global_extensions() {
-            continue;
-        }
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let refuse = |reason: &str| BundleError::UnsafeEntry {
-            entry: shown.clone(),
-            reason: reason.to_string(),
-        };
-        if !(entry_type.is_file() || entry_type.is_dir()) {
-            return Err(refuse(&format!(
-                "it is a {} entry; only regular files and directories are allowed",
-                entry_type_name(entry_type)
-            )));
-        }
-        let path = entry
-            .path()
-            .map_err(|_| refuse("its path is not valid on this system"))?
-            .into_owned();
-        let rel = safe_relative_path(&path).map_err(refuse)?;
-        let target = dest.join(&rel);
-        let io_err = |source: io::Error| BundleError::Io {
-            path: target.clone(),
-            source,
-        };
+/// How much a bundle may unpack to: its entries' declared sizes in all, and the
+/// number of its entries (every header the archive yields: files, directories,
+/// extension headers). Both are checked while the archive streams, an entry's
+/// declared size before any of its bytes is written, so that a small archive of
+/// zeros (or a file packed from a sparse one) is refused before it fills a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Most bytes the entries may declare in all.
+    pub max_unpacked_bytes: u64,
+    /// Most entries the archive may hold.
+    pub max_entries: u64,
+}
 
-        if entry_type.is_dir() {
-            if !rel.as_os_str().is_empty() {
-                fs::create_dir_all(&target).map_err(io_err)?;
-            }
-            continue;
+/// By default a bundle may unpack to 4 GiB.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// By default a bundle may hold 100,000 entries.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+impl Default for UnpackLimits {
+    fn default() -> UnpackLimits {
+        UnpackLimits {
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
         }
-        if rel.as_os_str().is_empty() {
-            return Err(refuse("a file entry must have a name"));
-        }
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(io_err)?;
-        }
-        let executable = entry
-            .header()
-            .mode()
-            .map(|m| m & 0o100 != 0)
-            .unwrap_or(false);
-        let mut out = File::create(&target).map_err(io_err)?;
-        io::copy(&mut entry, &mut out).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => BundleError::Archive(e),
-            _ => io_err(e),
-        })?;
-        out.flush().map_err(io_err)?;
-        drop(out);
-        set_file_mode(&target, executable).map_err(io_err)?;
-        files += 1;
     }
-    Ok(files)
+}
+
+/// What a bundle held, once checked or unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Regular files.
+    pub files: usize,
+    /// Every entry, directories included.
+    pub entries: u64,
+    /// The entries' declared sizes in all.
+    pub bytes: u64,
+}
+
+/// Unpacks a bundle held in memory into `dest` (created if needed), within the
+/// default [`UnpackLimits`], and returns the number of regular files written. The
+/// digest is not checked here; see [`unpack_verified`] for a bundle read from a
+/// file.
+pub fn unpack_bundle(bytes: &[u8], dest: &Path) -> Result<usize, BundleError> {
+    Ok(walk_bundle(bytes, Some(dest), UnpackLimits::default())?.files)
+}
+
+/// Checks, without writing anything, that `reader` yields a bundle Ferry can
+/// unpack: a gzip stream of a tar archive whose entries are regular files and
+/// directories with safe relative paths, within `limits`. The archive streams
+/// through: memory stays bounded whatever its size.
+pub fn check_bundle(reader: impl Read, limits: UnpackLimits) -> Result<Unpacked, BundleError> {
+    walk_bundle(reader, None, limits)
+}
+
+/// Unpacks the bundle that `reader` streams into `dest` (created if needed),
+/// hashing the compressed bytes on the way: once the archive is unpacked the rest
+/// of the stream is hashed too and the whole must have the BLAKE3 digest
+/// `expected`, else [`BundleError::DigestMismatch`]. When unpacking fails the rest
+/// is hashed as well, so that a damaged bundle is reported as such rather than as
+/// the damage's symptom. Whatever the error, the caller must discard `dest`: it
+/// may hold part of the bundle, or all of a bundle that is not the one named.
+pub fn unpack_verified(
+    reader: impl Read,
+    expected: &str,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> Result<Unpacked, BundleError> {
+    let mut hashing = HashingReader {
+        inner: reader,
+        hasher: blake3::Hasher::new(),
+    };
+    let walked = walk_bundle(&mut hashing, Some(dest), limits);
+    let drained = io::copy(&mut hashing, &mut io::sink());
+    let actual = hashing.hasher.finalize().to_hex().to_string();
+    if drained.is_ok() && actual != expected {
+        return Err(BundleError::DigestMismatch {
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    let unpacked = walked?;
+    drained.map_err(BundleError::Archive)?;
+    Ok(unpacked)
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads a bundle entry by entry, checking every entry against the rules and
+/// `limits` before anything of it is written, and writes it under `dest` when
+/// one is given. Unpacking and checking share this walk, so that a bundle the
+/// coordinator accepts is exactly one a worker can unpack.
+fn walk_bundle(
+    reader: impl Read,
+    dest: Option<&Path>,
+    limits: UnpackLimits,
+) -> Result<Unpacked, BundleError> {
+    if let Some(dest) = dest {
+        fs::create_dir_all(dest).map_err(|source| BundleError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut archive = Archive::new(GzDecoder::new(reader));
+    let mut seen = Unpacked::default();
+    {
+        let entries = archive.entries().map_err(BundleError::Archive)?;
+        for entry in entries {
+            let mut entry = entry.map_err(BundleError::Archive)?;
+            seen.entries += 1;
+            if seen.entries > limits.max_entries {
+                return Err(BundleError::TooManyEntries {
+                    limit: limits.max_entries,
+                });
+            }
+            // The declared size counts before a byte of it is read, whatever
+            // the entry's type: that bounds what is written and decompressed.
+            seen.bytes = seen.bytes.saturating_add(entry.size());
+            if seen.bytes > limits.max_unpacked_bytes {
+                return Err(BundleError::UnpacksTooLarge {
+                    limit: limits.max_unpacked_bytes,
+                });
+            }
+            if unpack_entry(&mut entry, dest)? {
+                seen.files += 1;
+            }
+        }
+    }
+    let mut decoder = archive.into_inner();
+    // What follows the tar's end (its padding) is read too, within the limit, so
+    // that the gzip trailer's checksum is checked and a stream that is not gzip
+    // at all (even an empty one) is refused.
+    let room = limits.max_unpacked_bytes.saturating_sub(seen.bytes);
+    let trailing = io::copy(
+        &mut (&mut decoder).take(room.saturating_add(1)),
+        &mut io::sink(),
+    )
+    .map_err(BundleError::Archive)?;
+    if trailing > room {
+        return Err(BundleError::UnpacksTooLarge {
+            limit: limits.max_unpacked_bytes,
+        });
+    }
+    if decoder.header().is_none() {
+        return Err(BundleError::Archive(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is not a gzip stream",
+        )));
+    }
+    Ok(seen)
+}
+
+/// Checks one entry and, with a `dest`, writes it there; true for a regular file.
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dest: Option<&Path>,
+) -> Result<bool, BundleError> {
+    let entry_type = entry.header().entry_type();
+    if entry_type.is_pax_global_extensions() {
+        return Ok(false);
+    }
+    let raw_path = entry.path_bytes().into_owned();
+    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let refuse = |reason: &str| BundleError::UnsafeEntry {
+        entry: shown.clone(),
+        reason: reason.to_string(),
+    };
+    if !(entry_type.is_file() || entry_type.is_dir()) {
+        return Err(refuse(&format!(
+            "it is a {} entry; only regular files and directories are allowed",
+            entry_type_name(entry_type)
+        )));
+    }
+    let path = entry
+        .path()
+        .map_err(|_| refuse("its path is not valid on this system"))?
+        .into_owned();
+    let rel = safe_relative_path(&path).map_err(refuse)?;
+    if entry_type.is_file() && rel.as_os_str().is_empty() {
+        return Err(refuse("a file entry must have a name"));
+    }
+    let Some(dest) = dest else {
+        // Checking only: the data is read through (the tar reader skips it), so
+        // that a truncated or corrupt stream is found.
+        io::copy(entry, &mut io::sink()).map_err(BundleError::Archive)?;
+        return Ok(entry_type.is_file());
+    };
+    let target = dest.join(&rel);
+    let io_err = |source: io::Error| BundleError::Io {
+        path: target.clone(),
+        source,
+    };
+    if entry_type.is_dir() {
+        if !rel.as_os_str().is_empty() {
+            fs::create_dir_all(&target).map_err(io_err)?;
+        }
+        return Ok(false);
+    }
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let executable = entry
+        .header()
+        .mode()
+        .map(|m| m & 0o100 != 0)
+        .unwrap_or(false);
+    let mut out = File::create(&target).map_err(io_err)?;
+    io::copy(entry, &mut out).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => BundleError::Archive(e),
+        _ => io_err(e),
+    })?;
+    out.flush().map_err(io_err)?;
+    drop(out);
+    set_file_mode(&target, executable).map_err(io_err)?;
+    Ok(true)
 }
 
 /// Returns `path` with `.` components removed, or the reason it is refused.
@@ -758,5 +959,167 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = pack_dir(&dir.path().join("nope")).unwrap_err();
         assert!(matches!(err, BundleError::NotADirectory { .. }));
+    }
+
+    /// A bundle of one file of `size` zeros, declared and written in full.
+    fn zeros_archive(name: &str, size: u64) -> Vec<u8> {
+        let mut header = Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_cksum();
+        let mut builder = Builder::new(
+            GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), Compression::default()),
+        );
+        builder.append(&header, io::repeat(0).take(size)).unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn a_bundle_that_unpacks_past_the_limit_is_refused_before_the_entry_is_written() {
+        let bytes = zeros_archive("zeros.bin", 10 * 1024 * 1024);
+        assert!(bytes.len() < 64 * 1024, "zeros compress well");
+        let limits = UnpackLimits {
+            max_unpacked_bytes: 1024 * 1024,
+            max_entries: 10,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let err = walk_bundle(bytes.as_slice(), Some(dest.path()), limits).unwrap_err();
+        assert!(
+            matches!(err, BundleError::UnpacksTooLarge { limit } if limit == 1024 * 1024),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("1048576 bytes"), "{err}");
+        assert!(
+            !dest.path().join("zeros.bin").exists(),
+            "refused before writing"
+        );
+        let err = check_bundle(bytes.as_slice(), limits).unwrap_err();
+        assert!(
+            matches!(err, BundleError::UnpacksTooLarge { .. }),
+            "{err:?}"
+        );
+        // Within the limit it unpacks.
+        let fine = check_bundle(bytes.as_slice(), UnpackLimits::default()).unwrap();
+        assert_eq!(
+            (fine.files, fine.entries, fine.bytes),
+            (1, 1, 10 * 1024 * 1024)
+        );
+    }
+
+    #[test]
+    fn a_huge_declared_size_is_refused_without_reading_its_data() {
+        // A header that declares 10 GiB followed by nothing: refused by its
+        // declared size, not by running out of data.
+        let mut header = Header::new_gnu();
+        header.set_path("sparse.bin").unwrap();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(10 * 1024 * 1024 * 1024);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(&[0u8; 1024]);
+        let mut gz = GzBuilder::new().write(Vec::new(), Compression::default());
+        gz.write_all(&tar).unwrap();
+        let bytes = gz.finish().unwrap();
+        let err = check_bundle(bytes.as_slice(), UnpackLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, BundleError::UnpacksTooLarge { .. }),
+            "{err:?}"
+        );
+        // The coordinator's digest of `cache.paths` stops there too.
+        let err = paths_digest(bytes.as_slice(), &["sparse.bin".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("unpacks to more than"), "{err}");
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            write(src.path(), &format!("f{i}"), b"x");
+        }
+        let packed = pack_dir(src.path()).unwrap();
+        let limits = UnpackLimits {
+            max_entries: 5,
+            ..UnpackLimits::default()
+        };
+        let err = check_bundle(packed.bytes.as_slice(), limits).unwrap_err();
+        assert!(
+            matches!(err, BundleError::TooManyEntries { limit: 5 }),
+            "{err:?}"
+        );
+        assert_eq!(
+            check_bundle(packed.bytes.as_slice(), UnpackLimits::default())
+                .unwrap()
+                .files,
+            20
+        );
+    }
+
+    #[test]
+    fn garbage_empty_and_truncated_streams_are_not_bundles() {
+        let limits = UnpackLimits::default();
+        for garbage in [&b"definitely not a gzip stream"[..], &b""[..]] {
+            let err = check_bundle(garbage, limits).unwrap_err();
+            assert!(matches!(err, BundleError::Archive(_)), "{err:?}");
+        }
+        let src = tempfile::tempdir().unwrap();
+        sample(src.path());
+        let packed = pack_dir(src.path()).unwrap();
+        let cut = &packed.bytes[..packed.bytes.len() - 10];
+        assert!(check_bundle(cut, limits).is_err());
+        let links = raw_archive(b"link", EntryType::Symlink, b"");
+        assert!(matches!(
+            check_bundle(links.as_slice(), limits).unwrap_err(),
+            BundleError::UnsafeEntry { .. }
+        ));
+        assert_eq!(
+            check_bundle(packed.bytes.as_slice(), limits).unwrap().files,
+            4
+        );
+    }
+
+    #[test]
+    fn unpack_verified_checks_the_digest_of_the_whole_stream() {
+        let src = tempfile::tempdir().unwrap();
+        sample(src.path());
+        let packed = pack_dir(src.path()).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let limits = UnpackLimits::default();
+        let done = unpack_verified(
+            packed.bytes.as_slice(),
+            &packed.digest,
+            &dest.path().join("a"),
+            limits,
+        )
+        .unwrap();
+        assert_eq!(done.files, 4);
+        // Bytes after the archive change the digest: refused even though the
+        // archive itself unpacks.
+        let mut longer = packed.bytes.clone();
+        longer.extend_from_slice(b"tail");
+        let err = unpack_verified(
+            longer.as_slice(),
+            &packed.digest,
+            &dest.path().join("b"),
+            limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BundleError::DigestMismatch { .. }), "{err:?}");
+        // A damaged archive is reported as damaged, not as its symptom.
+        let mut damaged = packed.bytes.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0xff;
+        let err = unpack_verified(
+            damaged.as_slice(),
+            &packed.digest,
+            &dest.path().join("c"),
+            limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BundleError::DigestMismatch { .. }), "{err:?}");
     }
 }

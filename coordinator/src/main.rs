@@ -51,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
     let signal = tokio::spawn(async move {
         ferry_common::signals::terminated().await;
         tracing::info!("stopping");
+        ferry_common::signals::exit_after(
+            ferry_common::signals::STOP_DEADLINE,
+            "ferry-coordinator",
+        );
         let _ = stop.send(true);
     });
     let served = coordinator.serve(shutdown).await;

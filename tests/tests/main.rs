@@ -11,6 +11,7 @@ mod t25_power_loss;
 mod t30_restart;
 mod t40_security;
 mod t41_containment;
+mod t42_bundles;
 mod t44_bounds;
 mod t50_specs;
 mod t60_dev;

@@ -342,3 +342,31 @@ fn the_subreaper_fallback_kills_a_setsid_child_at_cancel() {
     assert_eq!(status["state"], "cancelled", "{status:#}");
     wait_all_gone(&mark, name);
 }
+
+/// A work directory handed to `nobody` is still pooled: the second run of the
+/// same bundle starts in the directory the first one left.
+#[test]
+fn a_work_directory_given_to_the_step_user_is_reused() {
+    let cluster = contained_cluster("contain-pool", "", &[]);
+    let pipeline = write_pipeline(
+        &cluster.path("pool"),
+        "name: pool\nparams:\n  n: \"1\"\nsteps:\n  - name: where\n    shell: \"echo run ${params.n} in $(pwd)\"\n",
+        &[("data.txt", "data")],
+    );
+    let mut places = Vec::new();
+    for n in ["1", "2"] {
+        let run = cluster.submit(&pipeline, &["--param", &format!("n={n}")]);
+        let status = cluster.wait_run(run, Duration::from_secs(60));
+        assert_eq!(status["state"], "succeeded", "{status:#}");
+        let logs = cluster.ferry(&["logs", &run.to_string(), "where"]);
+        assert!(logs.success(), "{logs:?}");
+        let line = logs
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("run {n} in ")))
+            .unwrap_or_else(|| panic!("no pwd in {}", logs.stdout))
+            .to_string();
+        places.push(line.rsplit(" in ").next().unwrap_or_default().to_string());
+    }
+    assert_eq!(places[0], places[1], "the second run got a fresh directory");
+}

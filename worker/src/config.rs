@@ -57,6 +57,12 @@ pub struct WorkerConfig {
     /// besides PATH, LANG, LC_* and TZ.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// Most bytes a code bundle may unpack to (its entries' declared sizes).
+    #[serde(default = "default_max_unpacked_bundle_bytes")]
+    pub max_unpacked_bundle_bytes: u64,
+    /// Most entries (files, directories) a code bundle may hold.
+    #[serde(default = "default_max_bundle_entries")]
+    pub max_bundle_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -84,6 +90,14 @@ pub const DEFAULT_PIDS_MAX: u64 = 4096;
 
 fn default_pids_max() -> u64 {
     DEFAULT_PIDS_MAX
+}
+
+fn default_max_unpacked_bundle_bytes() -> u64 {
+    ferry_common::bundle::DEFAULT_MAX_UNPACKED_BYTES
+}
+
+fn default_max_bundle_entries() -> u64 {
+    ferry_common::bundle::DEFAULT_MAX_ENTRIES
 }
 
 fn default_log_limit() -> u64 {
@@ -123,6 +137,10 @@ struct WorkerConfigFile {
     run_as: Option<String>,
     #[serde(default)]
     pass_env: Vec<String>,
+    #[serde(default = "default_max_unpacked_bundle_bytes")]
+    max_unpacked_bundle_bytes: u64,
+    #[serde(default = "default_max_bundle_entries")]
+    max_bundle_entries: u64,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -162,6 +180,13 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
                     .into(),
             );
         }
+        if file.max_unpacked_bundle_bytes == 0 || file.max_bundle_entries == 0 {
+            return Err(
+                "max_unpacked_bundle_bytes and max_bundle_entries must be at least 1 \
+                 (no bundle could be unpacked)"
+                    .to_string(),
+            );
+        }
         Ok(WorkerConfig {
             containment: file.containment,
             pids_max: file.pids_max,
@@ -177,6 +202,8 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             gpus: file.gpus,
             max_log_bytes_per_attempt: file.max_log_bytes_per_attempt,
             memory_limit_factor: file.memory_limit_factor,
+            max_unpacked_bundle_bytes: file.max_unpacked_bundle_bytes,
+            max_bundle_entries: file.max_bundle_entries,
         })
     }
 }

@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let signal = tokio::spawn(async move {
         ferry_common::signals::terminated().await;
+        ferry_common::signals::exit_after(ferry_common::signals::STOP_DEADLINE, "ferry-worker");
         let _ = stop.send(true);
     });
     let result = ferry_worker::run(config, shutdown)

@@ -3,6 +3,7 @@
 //! status codes.
 
 mod agent;
+mod bundles;
 mod control;
 pub mod limits;
 mod peer;

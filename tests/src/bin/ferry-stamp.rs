@@ -15,6 +15,13 @@ fn main() -> std::io::Result<()> {
         .unwrap_or_default()
         .as_secs_f64();
     let file = std::path::PathBuf::from(file);
+    // The rename would replace whatever FILE is: only a regular file, or none.
+    if let Ok(meta) = std::fs::symlink_metadata(&file)
+        && !meta.is_file()
+    {
+        eprintln!("ferry-stamp: {} is not a regular file", file.display());
+        std::process::exit(2);
+    }
     let temporary = file.with_extension("tmp");
     std::fs::write(&temporary, format!("{seconds:.6}\n"))?;
     std::fs::rename(&temporary, &file)

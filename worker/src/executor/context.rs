@@ -30,6 +30,9 @@ pub struct ExecutorContext {
     /// A step is killed once its processes hold more than this times its memory
     /// request (0: never).
     pub memory_limit_factor: f64,
+    /// What a code bundle may unpack to (`max_unpacked_bundle_bytes`,
+    /// `max_bundle_entries` in worker.toml).
+    pub bundle_limits: ferry_common::bundle::UnpackLimits,
     /// Work directories, reused when an attempt left them untouched.
     pub work_dirs: Arc<WorkDirs>,
     /// Sends the attempts' final reports, batched.

@@ -188,9 +188,11 @@ pub fn base_environment(
 
 /// Gives `work_dir` (everything in it, links not followed) to the step's user,
 /// and creates the metrics file, owned by it, that the step may write; nothing
-/// else of the worker's data directory is the step's.
-pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+/// else of the worker's data directory is the step's. Only what is not the
+/// user's yet is changed (a change moves a file's change time, which the work
+/// directory pool compares): `Ok(true)` when something in `work_dir` changed.
+pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::io::Result<bool> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let owner = |path: &Path| {
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
@@ -201,23 +203,32 @@ pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::
         )
         .map_err(std::io::Error::from)
     };
+    let mut changed = false;
     let mut pending = vec![work_dir.to_path_buf()];
     while let Some(path) = pending.pop() {
-        owner(&path)?;
-        if std::fs::symlink_metadata(&path)?.is_dir() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.uid() != user.uid.as_raw() || meta.gid() != user.gid.as_raw() {
+            owner(&path)?;
+            changed = true;
+        }
+        if meta.is_dir() {
             for entry in std::fs::read_dir(&path)? {
                 pending.push(entry?.path());
             }
         }
     }
-    std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o700))?;
+    if std::fs::symlink_metadata(work_dir)?.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o700))?;
+        changed = true;
+    }
     let _ = std::fs::remove_file(metrics_file);
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(metrics_file)?;
-    owner(metrics_file)
+    owner(metrics_file)?;
+    Ok(changed)
 }
 
 #[cfg(test)]

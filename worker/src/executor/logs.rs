@@ -186,6 +186,15 @@ async fn push_with_retry(
                 tracing::warn!(%status, "log batch refused");
                 return;
             }
+            Err(status) if coordinators.stopping() => {
+                tracing::warn!(
+                    run = attempt.run_id,
+                    step = %attempt.step,
+                    %status,
+                    "the worker is stopping; a log batch is dropped"
+                );
+                return;
+            }
             Err(status) if Instant::now() + delay < give_up => {
                 tracing::debug!(%status, "log batch not delivered; retrying");
                 tokio::time::sleep(delay).await;

@@ -71,7 +71,14 @@ pub async fn run_attempt(
             metrics: Vec::new(),
         };
     let bundle = assignment.bundle_digest.clone();
-    let (work_dir, mut fingerprint) = match ctx.work_dirs.take(&bundle) {
+    // A pooled directory is checked again, contents included, as it is taken.
+    let work_dirs = ctx.work_dirs.clone();
+    let wanted = bundle.clone();
+    let pooled = tokio::task::spawn_blocking(move || work_dirs.take(&wanted))
+        .await
+        .ok()
+        .flatten();
+    let (work_dir, mut fingerprint) = match pooled {
         Some((dir, fingerprint)) => (dir, Some(fingerprint)),
         None => (ctx.work_dirs.fresh(), None),
     };
@@ -138,13 +145,23 @@ pub async fn run_attempt(
     if let Some(user) = ctx.identity.switch_to.clone() {
         // The step runs as another user: its work directory and metrics file
         // become that user's, and nothing else of the worker's.
+        // A directory it changed is fingerprinted again (the staged one was
+        // taken before), so that it can still be pooled; a pooled directory
+        // already is the user's and is left as it is.
         let (dir, metrics) = (work_dir.clone(), metrics_path.clone());
+        let pooled = fingerprint.is_some();
         let handed = tokio::task::spawn_blocking(move || {
-            environment::hand_over(&dir, &metrics, &user)
-                .map_err(|e| format!("{e} (giving the work directory to \"{}\")", user.name))
+            let changed = environment::hand_over(&dir, &metrics, &user)
+                .map_err(|e| format!("{e} (giving the work directory to \"{}\")", user.name))?;
+            Ok::<_, String>(
+                (changed && pooled).then(|| crate::workdirs::Fingerprint::of(&dir).ok().flatten()),
+            )
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        if let Ok(Some(again)) = &handed {
+            fingerprint = again.clone();
+        }
         if let Err(reason) = handed {
             let _ = finished.send(true);
             let _ = start_report.await;

@@ -88,12 +88,13 @@ pub(super) async fn upload_file(
             .await
             .map_err(|e| e.to_string())?;
         let coordinator = coordinators.current();
-        match coordinator
-            .agent
-            .clone()
-            .upload_artifact(file_chunks(file, &digest, size))
-            .await
-        {
+        let mut agent = coordinator.agent.clone();
+        // An upload under way when the worker gives up (it is stopping) ends.
+        let uploaded = tokio::select! {
+            uploaded = agent.upload_artifact(file_chunks(file, &digest, size)) => uploaded,
+            _ = coordinators.stopped() => Err(crate::session::leader::stopping_status()),
+        };
+        match uploaded {
             Ok(blob) => {
                 coordinators.answered(coordinator.generation);
                 let blob = blob.into_inner();

@@ -6,8 +6,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES};
 use ferry_common::proto;
 use ferry_common::spec::env_var_name;
 use tokio::io::AsyncWriteExt;
@@ -257,8 +260,14 @@ fn check_path_component(what: &'static str, name: &str) -> Result<(), StageError
     Ok(())
 }
 
-/// Creates `work_dir` with the assignment's code bundle unpacked in it (the
-/// bundle fetched once per worker and checked against its digest).
+/// Creates `work_dir` with the assignment's code bundle unpacked in it: the
+/// bundle is fetched once per worker (at most [`MAX_BUNDLE_BYTES`]) and streamed
+/// from its file through gunzip and tar into the directory, hashed on the way
+/// and checked against the worker's limits (`max_unpacked_bundle_bytes`,
+/// `max_bundle_entries`) before each entry is written; it is never held whole in
+/// memory. On any failure the caller removes the directory, so that nothing of a
+/// refused or damaged bundle stays on disk; a cached bundle file whose bytes no
+/// longer match its digest is removed too (the next attempt fetches it again).
 async fn unpack_bundle(
     ctx: &ExecutorContext,
     assignment: &proto::Assignment,
@@ -270,25 +279,98 @@ async fn unpack_bundle(
     let bundles = ctx.data_dir.join("bundles");
     let bundle_path = bundles.join(format!("{}.tar.gz", assignment.bundle_digest));
     if !bundle_path.exists() {
-        fetch_blob(&ctx.coordinators, &assignment.bundle_digest, &bundle_path).await?;
-    }
-    let bytes = tokio::fs::read(&bundle_path)
-        .await
-        .map_err(|e| io_error(format!("cannot read {}", bundle_path.display()), e))?;
-    let actual = blake3::hash(&bytes).to_hex().to_string();
-    if actual != assignment.bundle_digest {
-        let _ = tokio::fs::remove_file(&bundle_path).await;
-        return Err(StageError::Corrupt {
-            digest: assignment.bundle_digest.clone(),
-            actual,
-        });
+        fetch_blob_within(
+            &ctx.coordinators,
+            &assignment.bundle_digest,
+            &bundle_path,
+            Some(MAX_BUNDLE_BYTES),
+        )
+        .await?;
     }
     let dest = work_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || ferry_common::bundle::unpack_bundle(&bytes, &dest))
-        .await
-        .map_err(|e| StageError::Bundle(e.to_string()))?
-        .map_err(|e| StageError::Bundle(e.to_string()))?;
-    Ok(())
+    let digest = assignment.bundle_digest.clone();
+    let limits = ctx.bundle_limits;
+    let file = bundle_path.clone();
+    // When the attempt is cancelled this future is dropped, but the unpacking
+    // thread is not: the guard tells it to stop at its next read, and it then
+    // removes what it wrote (the attempt's own removal of the directory may have
+    // raced with its last writes).
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let stopped = stop.0.clone();
+    let unpacked = tokio::task::spawn_blocking(move || {
+        let unpacked = std::fs::File::open(&file)
+            .map_err(|e| BundleError::Io {
+                path: file,
+                source: e,
+            })
+            .and_then(|f| {
+                let reader = Stoppable {
+                    inner: std::io::BufReader::with_capacity(256 * 1024, f),
+                    stop: &stopped,
+                };
+                ferry_common::bundle::unpack_verified(reader, &digest, &dest, limits)
+            });
+        if stopped.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+        unpacked
+    })
+    .await
+    .map_err(|e| StageError::Bundle(e.to_string()))?;
+    drop(stop);
+    let error = match unpacked {
+        Ok(_) => return Ok(()),
+        Err(BundleError::DigestMismatch { expected, actual }) => StageError::Corrupt {
+            digest: expected,
+            actual,
+        },
+        Err(error @ BundleError::Io { .. }) => return Err(StageError::Bundle(error.to_string())),
+        Err(error @ BundleError::UnpacksTooLarge { .. }) => StageError::Bundle(format!(
+            "{error} (max_unpacked_bundle_bytes in worker.toml)"
+        )),
+        Err(error @ BundleError::TooManyEntries { .. }) => {
+            StageError::Bundle(format!("{error} (max_bundle_entries in worker.toml)"))
+        }
+        Err(error) => StageError::Bundle(error.to_string()),
+    };
+    // A damaged file is fetched again next time; a bundle this worker refuses
+    // would only be refused again, and is not kept either.
+    let _ = tokio::fs::remove_file(&bundle_path).await;
+    Err(error)
+}
+
+/// Removes a file when dropped (nothing once it has been renamed away).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A reader that fails once its flag is set.
+struct Stoppable<'flag, R> {
+    inner: R,
+    stop: &'flag AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            // Not `Interrupted`, which readers retry.
+            return Err(std::io::Error::other("the attempt was cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Downloads a blob to `path`, hashing it on the way; only a verified blob is
@@ -298,6 +380,17 @@ async fn fetch_blob(
     coordinators: &Coordinators,
     digest: &str,
     path: &Path,
+) -> Result<(), StageError> {
+    fetch_blob_within(coordinators, digest, path, None).await
+}
+
+/// [`fetch_blob`], refusing a blob larger than `max_bytes` (if given) as soon as
+/// its announced size or the bytes received pass it.
+async fn fetch_blob_within(
+    coordinators: &Coordinators,
+    digest: &str,
+    path: &Path,
+    max_bytes: Option<u64>,
 ) -> Result<(), StageError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(parent)
@@ -315,10 +408,13 @@ async fn fetch_blob(
         ".{file_name}.partial-{}-{number}",
         std::process::id()
     ));
+    // Removed however the download ends, a cancelled attempt's included (this
+    // future is then dropped).
+    let _partial_guard = RemoveOnDrop(partial.clone());
     let give_up = Instant::now() + FETCH_PATIENCE;
     loop {
         let coordinator = coordinators.current();
-        let downloaded = download_blob(&coordinator.agent, digest, &partial).await;
+        let downloaded = download_blob(&coordinator.agent, digest, &partial, max_bytes).await;
         if downloaded.is_err() {
             let _ = tokio::fs::remove_file(&partial).await;
         }
@@ -342,7 +438,12 @@ async fn fetch_blob(
 }
 
 /// One try at downloading a blob into `partial`, verified against its digest.
-async fn download_blob(agent: &Agent, digest: &str, partial: &Path) -> Result<(), StageError> {
+async fn download_blob(
+    agent: &Agent,
+    digest: &str,
+    partial: &Path,
+    max_bytes: Option<u64>,
+) -> Result<(), StageError> {
     let fetch = |status| StageError::Fetch {
         digest: digest.to_string(),
         status,
@@ -360,7 +461,17 @@ async fn download_blob(agent: &Agent, digest: &str, partial: &Path) -> Result<()
         .await
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
     let mut hasher = blake3::Hasher::new();
+    let mut received = 0u64;
     while let Some(chunk) = stream.message().await.map_err(fetch)? {
+        received = received.saturating_add(chunk.data.len() as u64);
+        if let Some(limit) = max_bytes
+            && (chunk.size > limit || received > limit)
+        {
+            return Err(StageError::Bundle(format!(
+                "blob {digest} is larger than the limit of {} for a code bundle",
+                ferry_common::spec::format_bytes(limit)
+            )));
+        }
         hasher.update(&chunk.data);
         file.write_all(&chunk.data)
             .await

@@ -100,6 +100,9 @@ pub struct Coordinators {
     switched: watch::Sender<u64>,
     /// The deadlines, from the heartbeat interval the leader asked for.
     timings: Mutex<Timings>,
+    /// True once the worker gives up on what it still has to send (it is
+    /// stopping): calls under way end, and nothing is tried again.
+    stopping: watch::Sender<bool>,
 }
 
 struct Choice {
@@ -145,7 +148,28 @@ impl Coordinators {
             }),
             switched,
             timings: Mutex::new(Timings::default()),
+            stopping: watch::channel(false).0,
         })
+    }
+
+    /// Gives up on every call: those under way end with `Cancelled`, and
+    /// [`Coordinators::retry_after`] says not to try again. The worker calls this
+    /// once it stops, after a short grace, so that an upload or a log batch of a
+    /// cancelled attempt is not retried for minutes against a coordinator that
+    /// is gone.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether [`Coordinators::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once [`Coordinators::stop`] is called.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// The deadlines of calls, from the lease the leader last told.
@@ -264,6 +288,7 @@ impl Coordinators {
             let answer = tokio::select! {
                 answer = tokio::time::timeout(limit, call(coordinator.agent)) => answer
                     .unwrap_or_else(|_| Err(unanswered(&coordinator.address, limit))),
+                _ = self.stopped() => return Err(stopping_status()),
                 // Another call moved on (the session found the new leader): make
                 // this one there, at once.
                 _ = switches.wait_for(|generation| *generation != coordinator.generation) => continue,
@@ -290,6 +315,9 @@ impl Coordinators {
         status: &tonic::Status,
         give_up: Option<Instant>,
     ) -> Option<Duration> {
+        if self.stopping() {
+            return None;
+        }
         if !calls_for_another_coordinator(status) {
             self.answered(generation);
             return None;
@@ -300,6 +328,11 @@ impl Coordinators {
             _ => Some(delay),
         }
     }
+}
+
+/// What a call given up because the worker stops ends with.
+pub fn stopping_status() -> tonic::Status {
+    tonic::Status::cancelled("the worker is stopping; given up")
 }
 
 fn client_for(address: &str, tls: &TlsMaterial) -> Result<Agent, ChannelError> {
@@ -436,6 +469,33 @@ pub(super) mod tests {
         let delay = coordinators.failed(3, &tonic::Status::unknown("stream reset"));
         assert_eq!(delay, switch_backoff(1));
         assert_eq!(coordinators.current().address, "c:3");
+    }
+
+    // The clock is paused: a call that would otherwise retry for a minute ends
+    // as soon as the worker gives up, without the clock moving.
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_worker_ends_calls_under_way_and_retries_nothing() {
+        let (_dir, coordinators) = coordinators(&["a:1", "b:2"]);
+        let give_up = Some(Instant::now() + Duration::from_secs(60));
+        let unavailable = tonic::Status::unavailable("connection refused");
+        assert!(coordinators.retry_after(0, &unavailable, give_up).is_some());
+        let started = Instant::now();
+        let call = coordinators.call(give_up, |_agent| async {
+            std::future::pending::<Result<tonic::Response<()>, tonic::Status>>().await
+        });
+        let stop = async {
+            tokio::task::yield_now().await;
+            coordinators.stop();
+        };
+        let (answer, ()) = tokio::join!(call, stop);
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(coordinators.stopping());
+        let generation = coordinators.current().generation;
+        assert_eq!(
+            coordinators.retry_after(generation, &unavailable, give_up),
+            None
+        );
     }
 
     #[tokio::test]

@@ -176,6 +176,10 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         monitor: Monitor::start(USAGE_SAMPLE_PERIOD, shutdown.clone()),
         reports: Reports::start(coordinators.clone(), shutdown.clone()),
         memory_limit_factor: config.memory_limit_factor,
+        bundle_limits: ferry_common::bundle::UnpackLimits {
+            max_unpacked_bytes: config.max_unpacked_bundle_bytes,
+            max_entries: config.max_bundle_entries,
+        },
         work_dirs,
         containment,
         pids_max: config.pids_max,
@@ -222,10 +226,43 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
     for cancel in lock(&attempts.0, "attempts").values() {
         let _ = cancel.send(true);
     }
-    while tasks.join_next().await.is_some() {}
+    // The attempts end (their processes killed) and try to send what they have
+    // for a moment; then every call is given up, and what still has not ended
+    // after that is abandoned, so that stopping takes seconds, not the minutes
+    // an upload may otherwise keep retrying against a coordinator that is gone.
+    if !join_within(&mut tasks, STOP_GRACE).await {
+        tracing::warn!(
+            attempts = tasks.len(),
+            grace_ms = STOP_GRACE.as_millis() as u64,
+            "attempts still sending after the grace; giving up on their uploads"
+        );
+        coordinators.stop();
+        if !join_within(&mut tasks, STOP_ABANDON).await {
+            tracing::warn!(
+                attempts = tasks.len(),
+                "attempts abandoned at shutdown; their reports are not sent"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    coordinators.stop();
     let containment = ctx.containment.clone();
     let _ = tokio::task::spawn_blocking(move || containment.stop()).await;
     Ok(())
+}
+
+/// How long attempts cancelled at shutdown may go on sending their logs,
+/// outputs and reports before the worker gives up on every call.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long they may take after that before they are abandoned.
+const STOP_ABANDON: Duration = Duration::from_secs(2);
+
+/// Waits up to `limit` for every task to end; whether they all did.
+async fn join_within(tasks: &mut JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_ok()
 }
 
 /// Why a session ended without an error.

@@ -11,7 +11,7 @@ use ferry_common::spec::{Pipeline, SpecError, parse_pipeline};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ControlService;
-use crate::api::{propose_status, receive_blob};
+use crate::api::propose_status;
 use crate::node::now_ms;
 use crate::state::{Command, Outcome};
 
@@ -197,7 +197,8 @@ pub(super) async fn upload_bundle(
     request: Request<Streaming<proto::Chunk>>,
 ) -> Result<Response<proto::BlobRef>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    let blob = receive_blob(&service.node.blobs, request.into_inner()).await?;
+    let blob =
+        crate::api::bundles::receive_bundle(&service.node.blobs, request.into_inner()).await?;
     service.node.replicate_blob(&blob.digest, blob.size).await?;
     tracing::info!(client = %caller.name, digest = %blob.digest, size = blob.size, "bundle stored");
     Ok(Response::new(blob))
