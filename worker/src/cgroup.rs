@@ -280,6 +280,17 @@ impl Hierarchy {
         })
     }
 
+    /// v1 only: the `tasks` file of the worker's own cgroup in the pids
+    /// controller (the parent of its tree), where a thread of the worker may be
+    /// moved without changing anything.
+    pub fn own_tasks_file(&self) -> Option<PathBuf> {
+        if self.version != Version::V1 {
+            return None;
+        }
+        let (_, base) = self.bases.iter().find(|(c, _)| *c == "pids")?;
+        Some(base.parent()?.parent()?.join("tasks"))
+    }
+
     /// Where the worker's tree is (v1: the memory controller's).
     pub fn describe(&self) -> String {
         self.bases
@@ -577,23 +588,59 @@ impl AttemptCgroup {
     }
 }
 
-/// Writes `0` (the calling process) into each of `files`: runs in the child
-/// between fork and exec, so it only makes system calls (no allocation, no lock:
-/// nix passes a `CStr` path through as it is).
-pub fn join_from_child(files: &[CString]) -> io::Result<()> {
-    use nix::fcntl::{OFlag, open};
-    use nix::sys::stat::Mode;
-    for file in files {
-        let fd = open(
-            file.as_c_str(),
-            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        if nix::unistd::write(&fd, b"0")? != 1 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
+/// How often [`KeepMigrationsFast`] moves its thread.
+const KEEP_FAST_PERIOD: Duration = Duration::from_millis(4);
+
+/// Cgroup v1: moving a process into a cgroup takes the kernel's lock for
+/// cgroup changes (`cgroup_threadgroup_rwsem`) for writing, and the first
+/// writer after a quiet spell waits for an RCU grace period (10-15 ms on the
+/// development machine, measured) before it gets it; every start of an attempt
+/// is such a move. This thread moves itself into the cgroup it is already in
+/// every few milliseconds, which changes nothing but keeps that lock in the
+/// mode where a writer does not wait: the same trade the kernel's
+/// `favordynmods` mount option makes (cgroup v2 and newer v1 mounts), which a
+/// worker cannot set on its host's hierarchy. Best effort: when a move fails, the
+/// thread says so once and ends, and starts are only slower.
+pub struct KeepMigrationsFast {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeepMigrationsFast {
+    pub fn start(tasks_file: PathBuf) -> io::Result<KeepMigrationsFast> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cgroup-keep-fast".into())
+            .spawn(move || {
+                let tid = nix::unistd::gettid().to_string();
+                while !stopping.load(Ordering::Relaxed) {
+                    if let Err(error) = std::fs::write(&tasks_file, &tid) {
+                        tracing::warn!(
+                            file = %tasks_file.display(),
+                            %error,
+                            "cannot keep cgroup moves fast; attempts start slower"
+                        );
+                        return;
+                    }
+                    std::thread::sleep(KEEP_FAST_PERIOD);
+                }
+            })?;
+        Ok(KeepMigrationsFast {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KeepMigrationsFast {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

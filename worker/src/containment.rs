@@ -25,7 +25,9 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::Deserialize;
 
-use crate::cgroup::{AttemptCgroup, CgroupUsage, Hierarchy, Version, attempt_cgroup_name};
+use crate::cgroup::{
+    AttemptCgroup, CgroupUsage, Hierarchy, KeepMigrationsFast, Version, attempt_cgroup_name,
+};
 use crate::usage::read_stat;
 
 /// The variable that ties a process to its attempt in subreaper mode.
@@ -58,6 +60,8 @@ pub enum ContainmentError {
 /// The worker's way of containing attempts, shared by all of them.
 pub struct Containment {
     hierarchy: Option<Hierarchy>,
+    /// Cgroup v1: keeps the moves into attempt cgroups fast while the worker runs.
+    keep_fast: Mutex<Option<KeepMigrationsFast>>,
     worker_pid: i32,
     /// Subreaper mode: the process of every running attempt, with its marker.
     leaders: Mutex<HashMap<i32, String>>,
@@ -83,8 +87,19 @@ impl Containment {
                 }
             },
         };
+        let keep_fast = hierarchy
+            .as_ref()
+            .and_then(Hierarchy::own_tasks_file)
+            .and_then(|tasks| match KeepMigrationsFast::start(tasks) {
+                Ok(kept) => Some(kept),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the thread that keeps cgroup moves fast");
+                    None
+                }
+            });
         let containment = Containment {
             hierarchy,
+            keep_fast: Mutex::new(keep_fast),
             worker_pid: std::process::id() as i32,
             leaders: Mutex::new(HashMap::new()),
             sequence: AtomicU64::new(1),
@@ -122,6 +137,7 @@ impl Containment {
 
     /// The worker stops (every attempt has ended): its cgroup tree goes.
     pub fn stop(&self) {
+        drop(lock(&self.keep_fast, "keep_fast").take());
         if let Some(hierarchy) = &self.hierarchy {
             hierarchy.remove_tree();
         }
@@ -167,7 +183,12 @@ impl Containment {
     /// lead no running attempt) not marked for another attempt, with their
     /// descendants. Returns each with whether it is a zombie child of the worker.
     fn sweep_targets(&self, marker: &str, leader: Option<i32>) -> Vec<(i32, bool)> {
-        let others: HashSet<i32> = lock(&self.leaders, "leaders")
+        // Held for the whole scan: `Contained::spawn` registers a new leader
+        // under this lock, so no child of the worker between its fork and its
+        // registration (still without its attempt's marker) is taken for an
+        // orphan here.
+        let leaders = lock(&self.leaders, "leaders");
+        let others: HashSet<i32> = leaders
             .iter()
             .filter(|(_, m)| m.as_str() != marker)
             .map(|(pid, _)| *pid)
@@ -207,6 +228,7 @@ impl Containment {
             targets.push((pid, *state == 'Z'));
             roots.extend(children.get(&pid).into_iter().flatten());
         }
+        drop(leaders);
         targets
     }
 }
@@ -252,18 +274,17 @@ impl Contained {
             .unwrap_or_default()
     }
 
-    /// Spawns `command` and records its process as the attempt's leader (under
+    /// Starts `step` and records its process as the attempt's leader (under
     /// the lock a sweep takes, so that no sweep takes a new leader for an orphan).
     pub fn spawn(
         &self,
-        command: &mut std::process::Command,
-    ) -> std::io::Result<std::process::Child> {
+        step: &crate::spawn::StepProcess,
+    ) -> std::io::Result<crate::spawn::Spawned> {
         let mut leaders = lock(&self.containment.leaders, "leaders");
-        let child = command.spawn()?;
-        let pid = child.id() as i32;
-        leaders.insert(pid, self.marker.clone());
-        *lock(&self.leader, "leader") = Some(pid);
-        Ok(child)
+        let spawned = crate::spawn::spawn(step)?;
+        leaders.insert(spawned.pid, self.marker.clone());
+        *lock(&self.leader, "leader") = Some(spawned.pid);
+        Ok(spawned)
     }
 
     /// The leader was reaped: its pid may be reused.

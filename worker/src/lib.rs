@@ -14,6 +14,7 @@ pub mod containment;
 pub mod executor;
 pub mod fingerprint;
 pub mod session;
+pub mod spawn;
 pub mod usage;
 pub mod workdirs;
 

@@ -558,11 +558,11 @@ fn client_channel(cluster: &Cluster, address: &str) -> anyhow::Result<Channel> {
     Ok(ferry_common::channel::endpoint(address, &tls)?.connect_lazy())
 }
 
-/// Uploads the pipeline folder's bundle through the CLI (one run, its `out` a
-/// file of its own, never a device: the step renames over it) and returns its digest.
+/// Uploads the pipeline folder's bundle through the CLI (one run, its `out` a file
+/// beside the folder, never a device: the step renames over it); returns its digest.
 fn upload_bundle(cluster: &Cluster, dir: &std::path::Path, yaml: &str) -> anyhow::Result<String> {
     let pipeline = write_pipeline(dir, yaml, &[]);
-    let out = format!("out={}", dir.join("first-run.out").display());
+    let out = format!("out={}", dir.with_extension("first-run").display());
     let run = cluster.submit(&pipeline, &["--param", &out]);
     cluster.wait_run(run, Duration::from_secs(60));
     Ok(ferry_common::bundle::pack_dir(dir)?.digest)

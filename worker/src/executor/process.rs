@@ -7,9 +7,8 @@
 //! usage read from the cgroup (or sampled, without one), and the leader's final
 //! CPU time read from its zombie before it is reaped.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 use super::context::ExecutorContext;
 use super::logs::{read_lines, ship_logs};
 use super::staging::{Staged, step_environment};
-use crate::cgroup::join_from_child;
 use crate::containment::Contained;
+use crate::spawn::StepProcess;
 use crate::usage::{read_stat, ticks_to_ms};
 
 /// How long an attempt's processes get between SIGTERM and SIGKILL.
@@ -99,11 +98,6 @@ pub(super) async fn execute(
     let Some(program) = assignment.command.first() else {
         return Err("the step has an empty command".into());
     };
-    let program_path = if program.contains('/') && !program.starts_with('/') {
-        work_dir.join(program)
-    } else {
-        PathBuf::from(program)
-    };
     let attempt = assignment.attempt.clone().unwrap_or_default();
     let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
     let limit = (ctx.memory_limit_factor > 0.0 && request > 0)
@@ -119,52 +113,35 @@ pub(super) async fn execute(
             )
             .map_err(|e| format!("cannot contain the step: {e}"))?,
     );
-    // A std child, reaped by `wait_for_exit` (not by tokio), so that its final CPU
-    // time can be read before it is reaped. It starts from an empty environment:
-    // nothing of the daemon's reaches it but the allow-list.
-    let mut command = std::process::Command::new(&program_path);
+    // Reaped by `wait_for_exit` (not by tokio), so that its final CPU time can
+    // be read before it is reaped. It starts from an empty environment: nothing
+    // of the daemon's reaches it but the allow-list (a later name wins).
     let (marker_name, marker) = contained.marker();
-    command
-        .args(&assignment.command[1..])
-        .current_dir(work_dir)
-        .env_clear()
-        .envs(ctx.base_environment.iter().cloned())
-        .envs(step_environment(&ctx.gpus, assignment, work_dir, staged))
-        .env("FERRY_METRICS", metrics_path)
-        .env(marker_name, marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let procs_files = contained.procs_files();
-    let switch_to = ctx
-        .identity
-        .switch_to
-        .as_ref()
-        .map(|user| (user.uid, user.gid));
-    // SAFETY: the closure runs between fork and exec and only makes system calls
-    // (no allocation, no lock): it joins the attempt's cgroup, so that the step's
-    // program and everything it starts are in it from their first instruction,
-    // then drops root for the step's user (std's own uid switch would happen
-    // before this and leave the child unable to join a root-owned cgroup).
-    #[allow(unsafe_code)]
-    unsafe {
-        command.pre_exec(move || {
-            join_from_child(&procs_files)?;
-            // The worker's own 077 is not the step's business.
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-            if let Some((uid, gid)) = switch_to {
-                nix::unistd::setgroups(&[gid])?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = contained
-        .spawn(&mut command)
+    let mut env: std::collections::BTreeMap<String, String> =
+        ctx.base_environment.iter().cloned().collect();
+    env.extend(step_environment(&ctx.gpus, assignment, work_dir, staged));
+    env.insert("FERRY_METRICS".into(), metrics_path.display().to_string());
+    env.insert(marker_name.into(), marker.into());
+    let step = StepProcess {
+        program: program.clone(),
+        args: assignment.command[1..].to_vec(),
+        env: env.into_iter().collect(),
+        cwd: work_dir.to_path_buf(),
+        // Joined before the step's program runs, so that it and everything it
+        // starts are in the cgroup from their first instruction.
+        cgroup_procs: contained.procs_files(),
+        user: ctx
+            .identity
+            .switch_to
+            .as_ref()
+            .map(|user| (user.uid.as_raw(), user.gid.as_raw())),
+        // The worker's own 077 is not the step's business.
+        umask: 0o022,
+    };
+    let spawned = contained
+        .spawn(&step)
         .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-    let pid = child.id() as i32;
+    let pid = spawned.pid;
     tracing::debug!(
         pid,
         contained = ctx.containment.uses_cgroups(),
@@ -176,15 +153,12 @@ pub(super) async fn execute(
     let mut waiter = tokio::task::spawn_blocking(move || wait_for_exit(pid));
 
     let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
-    let pipes = child
-        .stdout
-        .take()
-        .zip(child.stderr.take())
-        .ok_or("the step's output pipes are missing")?;
-    let stdout = tokio::process::ChildStdout::from_std(pipes.0)
-        .map_err(|e| format!("cannot read the step's stdout: {e}"))?;
-    let stderr = tokio::process::ChildStderr::from_std(pipes.1)
-        .map_err(|e| format!("cannot read the step's stderr: {e}"))?;
+    let stdout =
+        tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(spawned.stdout))
+            .map_err(|e| format!("cannot read the step's stdout: {e}"))?;
+    let stderr =
+        tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(spawned.stderr))
+            .map_err(|e| format!("cannot read the step's stderr: {e}"))?;
     let readers = [
         tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
         tokio::spawn(read_lines(stderr, "stderr", lines)),
