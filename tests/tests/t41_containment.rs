@@ -370,3 +370,25 @@ fn a_work_directory_given_to_the_step_user_is_reused() {
     }
     assert_eq!(places[0], places[1], "the second run got a fresh directory");
 }
+
+/// In subreaper mode the end of one attempt kills only its own processes, never
+/// a step of another attempt that has just been started (before its leader
+/// carries its attempt's marker): many short trials side by side all succeed.
+#[test]
+fn the_subreaper_fallback_keeps_concurrent_attempts_apart() {
+    let cluster = contained_cluster("contain-reaper-many", "containment = \"subreaper\"\n", &[]);
+    let values: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    let pipeline = write_pipeline(
+        &cluster.path("many"),
+        &format!(
+            "name: many\nsteps:\n  - name: t\n    matrix: {{i: [{}]}}\n    resources: {{cpu: 0.1, memory: 1Mi}}\n    shell: \"true ${{matrix.i}}\"\n",
+            values.join(", ")
+        ),
+        &[],
+    );
+    for _ in 0..3 {
+        let run = cluster.submit(&pipeline, &["--no-cache"]);
+        let status = cluster.wait_run(run, Duration::from_secs(120));
+        assert_eq!(status["state"], "succeeded", "{status:#}");
+    }
+}
