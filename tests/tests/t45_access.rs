@@ -97,6 +97,7 @@ fn user_b_is_refused_everything_against_user_a_and_nothing_changes() {
 
     // user-b, step by step, as in the issue.
     let done_text = done.to_string();
+    let running_text = running.to_string();
     let out = cluster.path("stolen.bin");
     let out = out.to_str().unwrap();
     let viewer = "the viewer role";
@@ -121,7 +122,7 @@ fn user_b_is_refused_everything_against_user_a_and_nothing_changes() {
         (vec!["lineage", &digest], viewer),
         (vec!["metrics", &done_text], viewer),
         (vec!["rerun", &done_text, "--from", "make"], viewer),
-        (vec!["cancel", &running.to_string()], editor),
+        (vec!["cancel", &running_text], editor),
         (vec!["schedules", "pause", "yearly"], editor),
         (vec!["schedules", "delete", "yearly"], editor),
         (vec!["artifacts", "unpin", "model"], editor),
