@@ -75,7 +75,7 @@ const EVERYONE: [Who; 8] = [
     Who::Coordinator,
 ];
 
-fn relation(who: Who, action: Action) -> Relation {
+fn relation(who: Who) -> Relation {
     let client = |project_role, owns| Relation {
         cert: CertRole::Client,
         admin: false,
@@ -131,7 +131,7 @@ fn expected(who: Who, action: Action) -> bool {
 fn the_matrix_of_every_action_and_every_kind_of_caller() {
     for action in ALL_ACTIONS {
         for who in EVERYONE {
-            let answer = decide(action, &relation(who, action));
+            let answer = decide(action, &relation(who));
             assert_eq!(
                 answer.is_ok(),
                 expected(who, action),
