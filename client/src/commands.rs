@@ -14,6 +14,7 @@ pub(crate) mod lineage;
 pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod pins;
+pub(crate) mod projects;
 pub(crate) mod rerun;
 pub(crate) mod run;
 pub(crate) mod runs;

@@ -17,8 +17,8 @@ use ferry_client::config::Overrides;
 
 use crate::commands::shared::{self, Client, LocalSpec, Output, Read};
 use crate::commands::{
-    artifacts, cancel, certs, cluster, gc, logs, metrics, pins, rerun, run, runs, schedules,
-    status, workers,
+    artifacts, cancel, certs, cluster, gc, logs, metrics, pins, projects, rerun, run, runs,
+    schedules, status, workers,
 };
 use crate::compare::Goal;
 
@@ -179,6 +179,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Projects and their members (viewer < editor < owner): create, list, add
+    /// or remove members.
+    Projects {
+        #[command(subcommand)]
+        command: ProjectsCommand,
+    },
+    /// The cluster's administrators: list, add, remove.
+    Admins {
+        #[command(subcommand)]
+        command: AdminsCommand,
+    },
     /// Show and change the coordinators' replication group.
     Cluster {
         #[command(subcommand)]
@@ -310,6 +321,55 @@ pub enum SchedulesCommand {
     Resume { name: String },
     /// Delete a schedule; the runs it started stay.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectsCommand {
+    /// Create a project (administrators only); its first owner is you or --owner.
+    Create {
+        /// The project's name, as pipelines name it in `project:`.
+        name: String,
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
+    /// The projects you are a member of (every project for an administrator),
+    /// and `default`.
+    List {
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Add or remove a project's members (its owners and administrators only).
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MembersCommand {
+    /// Add a member, or change a member's role.
+    Add {
+        project: String,
+        /// The user: the name in its client certificate.
+        user: String,
+        #[arg(long, default_value = "viewer", value_parser = ["viewer", "editor", "owner"])]
+        role: String,
+    },
+    /// Remove a member.
+    Remove { project: String, user: String },
+}
+
+#[derive(Subcommand)]
+pub enum AdminsCommand {
+    /// Administrators: those in `admins` of coordinator.toml and those added.
+    List {
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Make a user an administrator (administrators only).
+    Add { user: String },
+    /// Remove an administrator added with 'ferry admins add'.
+    Remove { user: String },
 }
 
 #[derive(Subcommand)]
@@ -651,6 +711,30 @@ async fn remote(
         Command::Gc { keep_last, dry_run } => {
             gc::collect_garbage(client, keep_last, dry_run, output).await?
         }
+        Command::Projects { command } => match command {
+            ProjectsCommand::Create { name, owner } => {
+                projects::create(client, name, owner, output).await?
+            }
+            ProjectsCommand::List { read } => projects::list(client, read, output).await?,
+            ProjectsCommand::Members {
+                command:
+                    MembersCommand::Add {
+                        project,
+                        user,
+                        role,
+                    },
+            } => projects::set_member(client, project, user, Some(role), output).await?,
+            ProjectsCommand::Members {
+                command: MembersCommand::Remove { project, user },
+            } => projects::set_member(client, project, user, None, output).await?,
+        },
+        Command::Admins { command } => match command {
+            AdminsCommand::List { read } => projects::list_admins(client, read, output).await?,
+            AdminsCommand::Add { user } => projects::set_admin(client, user, true, output).await?,
+            AdminsCommand::Remove { user } => {
+                projects::set_admin(client, user, false, output).await?
+            }
+        },
         Command::Certs { .. } | Command::Dev { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)

@@ -21,7 +21,7 @@ pub mod store;
 
 /// The pure core, a crate of its own: `crate::state`, `crate::scheduler` and
 /// `crate::query` are its modules.
-pub use ferry_coordinator_core::{query, scheduler, state};
+pub use ferry_coordinator_core::{access, query, scheduler, state};
 
 use std::net::SocketAddr;
 

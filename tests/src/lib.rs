@@ -426,10 +426,17 @@ impl Cluster {
             None => PathBuf::from(format!("coordinator-{id}-data")),
         };
         let data_dir = data_dir.to_str().expect("utf-8 data directory");
+        // The cluster's client user administers it (cordon, gc, membership),
+        // unless the test names the administrators itself.
+        let admins_line = if self.coordinator_extra.contains("admins") {
+            String::new()
+        } else {
+            format!("admins = [\"{CLIENT}\"]\n")
+        };
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
+                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{admins_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
                 self.coordinator_extra,
                 self.members_toml(),
             ),

@@ -7,6 +7,7 @@
 //! so the boundary ARCHITECTURE.md states is enforced by the compiler; time
 //! arrives inside commands. The coordinator re-exports these modules.
 
+pub mod access;
 pub mod query;
 pub mod scheduler;
 pub mod state;

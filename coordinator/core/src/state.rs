@@ -22,6 +22,7 @@ pub(crate) mod catalog;
 mod command;
 mod lineage;
 mod outcome;
+mod policy;
 mod records;
 mod resend;
 mod runs;
@@ -35,6 +36,7 @@ pub use command::{
 };
 pub use lineage::LineageNode;
 pub use outcome::{Outcome, StateError};
+pub use policy::{Caller, Policy, Project};
 pub use records::{
     ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptUsage, GpuInfo, InputRecord,
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
@@ -61,6 +63,8 @@ pub struct State {
     /// Derived: per cache key, the other steps (queued, or waiting behind the
     /// owner) that will take its result.
     pub cache_pending: BTreeMap<String, BTreeSet<(RunId, String)>>,
+    /// Projects, their members and the administrators added by command.
+    pub policy: Policy,
 }
 
 impl State {
@@ -76,6 +80,7 @@ impl State {
             catalog: Catalog::default(),
             cache_owners: BTreeMap::new(),
             cache_pending: BTreeMap::new(),
+            policy: Policy::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -127,6 +132,12 @@ impl State {
     /// Sets the cache index, schedules and pins (a restart or a snapshot).
     pub fn with_catalog(mut self, catalog: Catalog) -> State {
         self.catalog = catalog;
+        self
+    }
+
+    /// Sets the projects and administrators (a restart or a snapshot).
+    pub fn with_policy(mut self, policy: Policy) -> State {
+        self.policy = policy;
         self
     }
 
@@ -257,6 +268,22 @@ impl State {
                 now_ms,
             } => Ok(self.worker_lost(worker, &session, &reason, now_ms)),
             Command::TimeOutRun { run, now_ms } => Ok(self.time_out_run(run, now_ms)),
+            Command::CreateProject {
+                name,
+                owner,
+                now_ms,
+            } => self.create_project(name, owner, now_ms),
+            Command::SetProjectMember {
+                project,
+                user,
+                role,
+                now_ms,
+            } => self.set_project_member(project, user, role, now_ms),
+            Command::SetAdmin {
+                user,
+                admin,
+                now_ms: _,
+            } => self.set_admin(user, admin),
         }
     }
 

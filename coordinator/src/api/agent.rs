@@ -358,8 +358,13 @@ impl Agent for AgentService {
         &self,
         request: Request<proto::BlobRef>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
-        worker_identity(&request, None)?;
+        let identity = worker_identity(&request, None)?;
         let digest = request.into_inner().digest;
+        // Only the blobs of attempts assigned to this worker (the table's
+        // `FetchBlob` row).
+        self.node
+            .read(|state| crate::node::authorize::may_fetch_blob(&identity, &digest, state))
+            .map_err(Status::permission_denied)?;
         self.node.ensure_blob(&digest).await?;
         Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
     }

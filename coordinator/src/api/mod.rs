@@ -51,14 +51,18 @@ pub(crate) fn state_status(error: StateError) -> Status {
         StateError::RunNotFound(_)
         | StateError::ScheduleNotFound(_)
         | StateError::ArtifactNotFound(_)
-        | StateError::PinNotFound(_) => Status::not_found(error.to_string()),
+        | StateError::PinNotFound(_)
+        | StateError::ProjectNotFound(_)
+        | StateError::NotAProjectMember { .. }
+        | StateError::NotAnAdmin(_) => Status::not_found(error.to_string()),
         StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
-        StateError::ScheduleExists(_) | StateError::PinTaken { .. } => {
-            Status::already_exists(error.to_string())
-        }
+        StateError::ScheduleExists(_)
+        | StateError::PinTaken { .. }
+        | StateError::ProjectExists(_) => Status::already_exists(error.to_string()),
         StateError::RunStillRunning { .. }
         | StateError::NothingToRerun(_)
-        | StateError::RunCollected(_) => Status::failed_precondition(error.to_string()),
+        | StateError::RunCollected(_)
+        | StateError::LastProjectOwner { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 

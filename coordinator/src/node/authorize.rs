@@ -1,342 +1,278 @@
-//! Who may propose which command: one table, role by command, checked on the
-//! member that received the call and again on the leader for a forwarded command
-//! (on the original caller, not on the forwarding coordinator).
+//! Who may propose which command and read what: the caller's certificate and
+//! the thing a command or read acts on, related through the replicated policy
+//! (`state::policy`) and the configured administrators, then decided by the
+//! one table, [`crate::access`]. Checked on the member that received the call
+//! and again on the leader for a forwarded command (on the original caller, not
+//! on the forwarding coordinator); the control service's reads and listings and
+//! the agent service's blob downloads ask here too.
 //!
-//! A pure function of the caller's identity and the command: unit-tested here
-//! without a network. Membership changes are decided beside the table
-//! ([`authorize_membership`]): administrators only.
+//! Pure functions of the identity, the command and the state: unit-tested here
+//! without a network.
+
+use std::collections::BTreeSet;
 
 use ferry_common::pki::{Identity, Role};
 
-use crate::state::Command;
+use crate::access::{Action, CertRole, Denied, Relation, decide};
+use crate::state::{Caller, Command, Run, State};
 
-/// Who may propose a kind of command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allowed {
-    /// A client certificate whose name is the command's owner (the submitter of a
-    /// run, the owner of a schedule).
-    OwningClient,
-    /// Any client certificate.
-    AnyClient,
-    /// The worker certificate whose name the command carries.
-    NamedWorker,
-    /// A coordinator certificate: the leader's own loops.
-    Coordinator,
-}
-
-/// The kinds of command, without their data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    SubmitRun,
-    RerunRun,
-    CreateSchedule,
-    PauseSchedule,
-    DeleteSchedule,
-    PinArtifact,
-    UnpinArtifact,
-    Collect,
-    CancelRun,
-    SetWorkerMode,
-    RegisterWorker,
-    StepStarted,
-    StepFinished,
-    FireSchedule,
-    Assign,
-    WorkerLost,
-    TimeOutRun,
-}
-
-/// One row of the table: who may propose a kind of command, and what it does in
-/// words (for the refusal).
-pub struct Rule {
-    pub kind: CommandKind,
-    pub allowed: Allowed,
-    pub action: &'static str,
-}
-
-/// The whole table: every kind of command has exactly one row (tested).
-pub const RULES: &[Rule] = &[
-    rule(CommandKind::SubmitRun, Allowed::OwningClient, "submit runs"),
-    rule(CommandKind::RerunRun, Allowed::OwningClient, "start runs"),
-    rule(
-        CommandKind::CreateSchedule,
-        Allowed::OwningClient,
-        "create schedules",
-    ),
-    rule(
-        CommandKind::PauseSchedule,
-        Allowed::AnyClient,
-        "pause or resume schedules",
-    ),
-    rule(
-        CommandKind::DeleteSchedule,
-        Allowed::AnyClient,
-        "delete schedules",
-    ),
-    rule(
-        CommandKind::PinArtifact,
-        Allowed::AnyClient,
-        "pin artifacts",
-    ),
-    rule(
-        CommandKind::UnpinArtifact,
-        Allowed::AnyClient,
-        "unpin artifacts",
-    ),
-    rule(CommandKind::Collect, Allowed::AnyClient, "collect garbage"),
-    rule(CommandKind::CancelRun, Allowed::AnyClient, "cancel runs"),
-    rule(
-        CommandKind::SetWorkerMode,
-        Allowed::AnyClient,
-        "cordon or drain workers",
-    ),
-    rule(
-        CommandKind::RegisterWorker,
-        Allowed::NamedWorker,
-        "register workers",
-    ),
-    rule(
-        CommandKind::StepStarted,
-        Allowed::NamedWorker,
-        "report steps",
-    ),
-    rule(
-        CommandKind::StepFinished,
-        Allowed::NamedWorker,
-        "report steps",
-    ),
-    rule(
-        CommandKind::FireSchedule,
-        Allowed::Coordinator,
-        "fire schedules",
-    ),
-    rule(CommandKind::Assign, Allowed::Coordinator, "assign work"),
-    rule(
-        CommandKind::WorkerLost,
-        Allowed::Coordinator,
-        "declare workers lost",
-    ),
-    rule(
-        CommandKind::TimeOutRun,
-        Allowed::Coordinator,
-        "time out runs",
-    ),
-];
-
-const fn rule(kind: CommandKind, allowed: Allowed, action: &'static str) -> Rule {
-    Rule {
-        kind,
-        allowed,
-        action,
+/// The table's name for a certificate's role.
+pub fn cert_role(role: Role) -> CertRole {
+    match role {
+        Role::Client => CertRole::Client,
+        Role::Worker => CertRole::Worker,
+        Role::Coordinator => CertRole::Coordinator,
     }
 }
 
-/// A command's kind and the name it speaks for (its owner or its worker).
-fn classify(command: &Command) -> (CommandKind, Option<&str>) {
-    match command {
-        Command::SubmitRun { submitter, .. } => (CommandKind::SubmitRun, Some(submitter)),
-        Command::RerunRun { submitter, .. } => (CommandKind::RerunRun, Some(submitter)),
-        Command::CreateSchedule { schedule, .. } => {
-            (CommandKind::CreateSchedule, Some(&schedule.owner))
-        }
-        Command::PauseSchedule { .. } => (CommandKind::PauseSchedule, None),
-        Command::DeleteSchedule { .. } => (CommandKind::DeleteSchedule, None),
-        Command::PinArtifact { .. } => (CommandKind::PinArtifact, None),
-        Command::UnpinArtifact { .. } => (CommandKind::UnpinArtifact, None),
-        Command::Collect { .. } => (CommandKind::Collect, None),
-        Command::CancelRun { .. } => (CommandKind::CancelRun, None),
-        Command::SetWorkerMode { .. } => (CommandKind::SetWorkerMode, None),
-        Command::RegisterWorker { worker, .. } => (CommandKind::RegisterWorker, Some(&worker.name)),
-        Command::StepStarted { worker, .. } => (CommandKind::StepStarted, Some(worker)),
-        Command::StepFinished { worker, .. } => (CommandKind::StepFinished, Some(worker)),
-        Command::FireSchedule { .. } => (CommandKind::FireSchedule, None),
-        Command::Assign { .. } => (CommandKind::Assign, None),
-        Command::WorkerLost { .. } => (CommandKind::WorkerLost, None),
-        Command::TimeOutRun { .. } => (CommandKind::TimeOutRun, None),
+/// The caller as the policy sees it.
+pub fn caller<'a>(identity: &'a Identity, admins: &'a BTreeSet<String>) -> Caller<'a> {
+    Caller {
+        cert: cert_role(identity.role),
+        name: &identity.name,
+        configured_admins: admins,
     }
 }
 
-/// The row of a kind of command.
-pub fn rule_of(kind: CommandKind) -> &'static Rule {
-    RULES
-        .iter()
-        .find(|rule| rule.kind == kind)
-        .expect("every kind of command has a row (tested)")
-}
-
-/// Decides whether `caller` may propose `command`; a refusal says who may.
-pub fn authorize(caller: &Identity, command: &Command) -> Result<(), String> {
-    let (kind, subject) = classify(command);
-    let rule = rule_of(kind);
-    let subject = subject.unwrap_or_default();
-    let allowed = match rule.allowed {
-        Allowed::OwningClient => caller.role == Role::Client && caller.name == subject,
-        Allowed::AnyClient => caller.role == Role::Client,
-        Allowed::NamedWorker => caller.role == Role::Worker && caller.name == subject,
-        Allowed::Coordinator => caller.role == Role::Coordinator,
-    };
-    if allowed {
-        return Ok(());
-    }
-    Err(match rule.allowed {
-        Allowed::OwningClient if caller.role == Role::Client => format!(
-            "{caller} may not {} for \"{subject}\" (only under its own name)",
-            rule.action
-        ),
-        Allowed::OwningClient | Allowed::AnyClient => format!(
-            "{caller} may not {} (client certificates only)",
-            rule.action
-        ),
-        Allowed::NamedWorker => format!("{caller} may not report for worker \"{subject}\""),
-        Allowed::Coordinator => format!("{caller} may not {} (the leader only)", rule.action),
-    })
-}
-
-/// Decides whether `caller` may change the cluster's membership (add, promote or
-/// remove a member): a client certificate whose name is among `admins` (the
-/// `admins` of coordinator.toml). Not a command of the table above: a membership
-/// change is a Raft configuration change, proposed on the leader only. A refusal
-/// says what is needed.
-pub fn authorize_membership(
-    caller: &Identity,
-    admins: &std::collections::BTreeSet<String>,
-) -> Result<(), String> {
-    if caller.role == Role::Client && admins.contains(&caller.name) {
-        return Ok(());
-    }
-    let needed = "changing the cluster's membership needs an administrator: a client \
-                  certificate whose name is listed in `admins` in coordinator.toml";
-    Err(if admins.is_empty() {
-        format!(
-            "{caller} may not change the cluster's membership: no administrators are \
-             configured (`admins` in coordinator.toml is empty); {needed}"
-        )
-    } else if caller.role != Role::Client {
-        format!(
-            "{caller} may not change the cluster's membership (client certificates only); {needed}"
-        )
+/// A refusal in words: who asked, what for, and the role it needs.
+pub fn refusal(identity: &Identity, denied: &Denied, subject: &str) -> String {
+    let subject = if subject.is_empty() {
+        String::new()
     } else {
-        format!(
-            "{caller} may not change the cluster's membership: it is not an administrator; {needed}"
-        )
-    })
+        format!(" ({subject})")
+    };
+    format!(
+        "{identity} may not {}{subject}: that needs {}",
+        denied.what, denied.needed
+    )
+}
+
+/// Decides whether `identity` may propose `command` given `state`; a refusal
+/// names the role needed.
+pub fn authorize(
+    identity: &Identity,
+    command: &Command,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> Result<(), String> {
+    let caller = caller(identity, admins);
+    let policy = &state.policy;
+    let anything = || caller.relation(policy, "", "");
+    let named = |worker: &str| Relation {
+        named_worker: identity.role == Role::Worker && identity.name == worker,
+        ..Relation::stranger(caller.cert)
+    };
+    let run_relation = |id| {
+        state
+            .runs
+            .get(id)
+            .map_or_else(anything, |run| caller.to_run(policy, run))
+    };
+    let creation = |project: &str, owner: &str| -> Result<Relation, String> {
+        let relation = Relation {
+            as_self: owner == identity.name,
+            ..caller.relation(policy, project, owner)
+        };
+        // An administrator may use a project nobody created (its quotas may
+        // be configured); anyone else only one it is a member of.
+        if !relation.admin && !policy.project_exists(project) && relation.cert == CertRole::Client {
+            return Err(format!(
+                "{identity} may not use project \"{project}\": it does not exist; an \
+                 administrator creates it with 'ferry projects create {project}' and adds \
+                 members with 'ferry projects members add'"
+            ));
+        }
+        Ok(relation)
+    };
+    let (action, relation, subject) = match command {
+        Command::SubmitRun {
+            pipeline,
+            submitter,
+            ..
+        } => (
+            Action::SubmitRun,
+            creation(&pipeline.project, submitter)?,
+            format!("in project \"{}\"", pipeline.project),
+        ),
+        Command::RerunRun {
+            source, submitter, ..
+        } => {
+            let Some(run) = state.runs.get(source) else {
+                // Whether it exists is the state machine's answer.
+                let relation = creation("", submitter).unwrap_or_else(|_| anything());
+                return check(identity, Action::RerunRun, &relation, "");
+            };
+            let subject = format!("run {source}");
+            check(
+                identity,
+                Action::ReadRun,
+                &caller.to_run(policy, run),
+                &subject,
+            )?;
+            (
+                Action::RerunRun,
+                creation(&run.pipeline.project, submitter)?,
+                format!("from {subject} in project \"{}\"", run.pipeline.project),
+            )
+        }
+        Command::CreateSchedule { schedule, .. } => (
+            Action::CreateSchedule,
+            creation(&schedule.pipeline.project, &schedule.owner)?,
+            format!("in project \"{}\"", schedule.pipeline.project),
+        ),
+        Command::PauseSchedule { name, .. } | Command::DeleteSchedule { name, .. } => {
+            let action = if matches!(command, Command::PauseSchedule { .. }) {
+                Action::PauseSchedule
+            } else {
+                Action::DeleteSchedule
+            };
+            let relation = state
+                .catalog
+                .schedules
+                .get(name)
+                .map_or_else(anything, |schedule| {
+                    caller.relation(policy, &schedule.pipeline.project, &schedule.owner)
+                });
+            (action, relation, format!("schedule \"{name}\""))
+        }
+        Command::PinArtifact { digest, owner, .. } => (
+            Action::PinArtifact,
+            Relation {
+                as_self: *owner == identity.name,
+                ..caller.to_artifact(state, digest, None)
+            },
+            format!("artifact {digest}"),
+        ),
+        Command::UnpinArtifact { tag, .. } => {
+            let relation = state.catalog.pins.get(tag).map_or_else(anything, |pin| {
+                caller.to_artifact(state, &pin.digest, Some(&pin.owner))
+            });
+            (Action::UnpinArtifact, relation, format!("pin \"{tag}\""))
+        }
+        Command::Collect { .. } => (Action::Collect, anything(), String::new()),
+        Command::CancelRun { run, .. } => {
+            (Action::CancelRun, run_relation(run), format!("run {run}"))
+        }
+        Command::SetWorkerMode { worker, .. } => (
+            Action::SetWorkerMode,
+            anything(),
+            format!("worker \"{worker}\""),
+        ),
+        Command::CreateProject { name, .. } => (
+            Action::CreateProject,
+            anything(),
+            format!("project \"{name}\""),
+        ),
+        Command::SetProjectMember { project, .. } => (
+            Action::SetProjectMember,
+            caller.relation(policy, project, ""),
+            format!("project \"{project}\""),
+        ),
+        Command::SetAdmin { user, .. } => {
+            (Action::SetAdmin, anything(), format!("user \"{user}\""))
+        }
+        Command::RegisterWorker { worker, .. } => (
+            Action::RegisterWorker,
+            named(&worker.name),
+            format!("worker \"{}\"", worker.name),
+        ),
+        Command::StepStarted { worker, .. } => (
+            Action::StepStarted,
+            named(worker),
+            format!("worker \"{worker}\""),
+        ),
+        Command::StepFinished { worker, .. } => (
+            Action::StepFinished,
+            named(worker),
+            format!("worker \"{worker}\""),
+        ),
+        Command::FireSchedule { .. } => (Action::FireSchedule, anything(), String::new()),
+        Command::Assign { .. } => (Action::Assign, anything(), String::new()),
+        Command::WorkerLost { .. } => (Action::WorkerLost, anything(), String::new()),
+        Command::TimeOutRun { .. } => (Action::TimeOutRun, anything(), String::new()),
+    };
+    check(identity, action, &relation, &subject)
+}
+
+fn check(
+    identity: &Identity,
+    action: Action,
+    relation: &Relation,
+    subject: &str,
+) -> Result<(), String> {
+    decide(action, relation).map_err(|denied| refusal(identity, &denied, subject))
+}
+
+/// Whether `identity` may read `run` (status, logs, artifacts, metrics,
+/// lineage); listings keep only the runs this allows.
+pub fn may_read_run(
+    identity: &Identity,
+    run: &Run,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> Result<(), String> {
+    let relation = caller(identity, admins).to_run(&state.policy, run);
+    check(
+        identity,
+        Action::ReadRun,
+        &relation,
+        &format!("run {}", run.id),
+    )
+}
+
+/// Whether `identity` may see schedule `name` in a listing.
+pub fn may_read_schedule(
+    identity: &Identity,
+    schedule: &crate::state::Schedule,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> bool {
+    let relation = caller(identity, admins).relation(
+        &state.policy,
+        &schedule.pipeline.project,
+        &schedule.owner,
+    );
+    decide(Action::ReadSchedule, &relation).is_ok()
+}
+
+/// Whether `identity` may see a pin in a listing.
+pub fn may_read_pin(
+    identity: &Identity,
+    pin: &crate::state::Pin,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> bool {
+    let relation = caller(identity, admins).to_artifact(state, &pin.digest, Some(&pin.owner));
+    decide(Action::ReadPin, &relation).is_ok()
+}
+
+/// Whether a worker certificate may download blob `digest`: only for an
+/// attempt assigned to it.
+pub fn may_fetch_blob(identity: &Identity, digest: &str, state: &State) -> Result<(), String> {
+    let relation = Relation {
+        named_worker: identity.role == Role::Worker
+            && state.worker_needs_blob(&identity.name, digest),
+        ..Relation::stranger(cert_role(identity.role))
+    };
+    check(
+        identity,
+        Action::FetchBlob,
+        &relation,
+        &format!("blob {digest}"),
+    )
+}
+
+/// Whether `identity` may do an action that concerns no project or run (list
+/// workers, change the membership, ...).
+pub fn may(
+    identity: &Identity,
+    action: Action,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> Result<(), String> {
+    let relation = caller(identity, admins).relation(&state.policy, "", "");
+    check(identity, action, &relation, "")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_listed_clients_may_change_the_membership() {
-        let admins: std::collections::BTreeSet<String> = ["alice".to_string()].into();
-        assert!(authorize_membership(&identity(Role::Client, "alice"), &admins).is_ok());
-        let bob = authorize_membership(&identity(Role::Client, "bob"), &admins).unwrap_err();
-        assert!(
-            bob.starts_with(
-                "client \"bob\" may not change the cluster's membership: it is not an administrator"
-            ) && bob.contains("listed in `admins` in coordinator.toml"),
-            "{bob}"
-        );
-        // A worker or a coordinator named like an administrator is not one.
-        let worker = authorize_membership(&identity(Role::Worker, "alice"), &admins).unwrap_err();
-        assert!(worker.contains("(client certificates only)"), "{worker}");
-        assert!(authorize_membership(&identity(Role::Coordinator, "alice"), &admins).is_err());
-        let nobody = std::collections::BTreeSet::new();
-        let refusal = authorize_membership(&identity(Role::Client, "alice"), &nobody).unwrap_err();
-        assert!(
-            refusal.contains("no administrators are configured"),
-            "{refusal}"
-        );
-    }
-
-    fn identity(role: Role, name: &str) -> Identity {
-        Identity {
-            role,
-            name: name.to_string(),
-        }
-    }
-
-    const ALL_KINDS: [CommandKind; 17] = [
-        CommandKind::SubmitRun,
-        CommandKind::RerunRun,
-        CommandKind::CreateSchedule,
-        CommandKind::PauseSchedule,
-        CommandKind::DeleteSchedule,
-        CommandKind::PinArtifact,
-        CommandKind::UnpinArtifact,
-        CommandKind::Collect,
-        CommandKind::CancelRun,
-        CommandKind::SetWorkerMode,
-        CommandKind::RegisterWorker,
-        CommandKind::StepStarted,
-        CommandKind::StepFinished,
-        CommandKind::FireSchedule,
-        CommandKind::Assign,
-        CommandKind::WorkerLost,
-        CommandKind::TimeOutRun,
-    ];
-
-    #[test]
-    fn every_kind_has_exactly_one_row() {
-        assert_eq!(RULES.len(), ALL_KINDS.len());
-        for kind in ALL_KINDS {
-            assert_eq!(
-                RULES.iter().filter(|rule| rule.kind == kind).count(),
-                1,
-                "{kind:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn who_may_do_what() {
-        let alice = identity(Role::Client, "alice");
-        let bob = identity(Role::Client, "bob");
-        let worker = identity(Role::Worker, "w1");
-        let other_worker = identity(Role::Worker, "w2");
-        let coordinator = identity(Role::Coordinator, "2");
-        let cancel = Command::CancelRun { run: 1, now_ms: 0 };
-        assert!(authorize(&alice, &cancel).is_ok());
-        assert!(authorize(&bob, &cancel).is_ok());
-        let refusal = authorize(&worker, &cancel).unwrap_err();
-        assert!(refusal.contains("may not cancel runs (client certificates only)"));
-        assert!(authorize(&coordinator, &cancel).is_err());
-
-        let lost = Command::WorkerLost {
-            worker: "w1".to_string(),
-            session: "s".to_string(),
-            reason: String::new(),
-            now_ms: 0,
-        };
-        assert!(authorize(&coordinator, &lost).is_ok());
-        assert!(
-            authorize(&alice, &lost)
-                .unwrap_err()
-                .contains("may not declare workers lost (the leader only)")
-        );
-        assert!(authorize(&worker, &lost).is_err());
-
-        let pin = Command::UnpinArtifact {
-            tag: "best".to_string(),
-            now_ms: 0,
-        };
-        assert!(authorize(&alice, &pin).is_ok());
-        assert!(authorize(&worker, &pin).is_err());
-        assert!(authorize(&other_worker, &pin).is_err());
-
-        let rerun = Command::RerunRun {
-            source: 1,
-            from: None,
-            submitter: "alice".to_string(),
-            request_id: None,
-            now_ms: 0,
-        };
-        assert!(authorize(&alice, &rerun).is_ok());
-        assert!(
-            authorize(&bob, &rerun)
-                .unwrap_err()
-                .contains("may not start runs for \"alice\" (only under its own name)")
-        );
-        assert!(authorize(&worker, &rerun).is_err());
-    }
-}
+mod tests;

@@ -87,10 +87,25 @@ impl Membership {
         }
     }
 
-    /// Administrators only (see `authorize::authorize_membership`).
-    pub fn authorize(&self, caller: &Identity) -> Result<(), MembershipError> {
-        super::authorize::authorize_membership(caller, &self.admins)
-            .map_err(MembershipError::Denied)
+    /// The administrators configured on this member (`admins`).
+    pub fn admins(&self) -> &BTreeSet<String> {
+        &self.admins
+    }
+
+    /// Administrators only (the table's `ChangeMembership` row), configured or
+    /// added by `ferry admins add`.
+    pub fn authorize(
+        &self,
+        caller: &Identity,
+        state: &crate::state::State,
+    ) -> Result<(), MembershipError> {
+        super::authorize::may(
+            caller,
+            crate::access::Action::ChangeMembership,
+            state,
+            &self.admins,
+        )
+        .map_err(MembershipError::Denied)
     }
 
     fn note(&self, id: u64, waiting: String) {

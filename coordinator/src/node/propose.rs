@@ -60,7 +60,8 @@ impl Node {
         command: Command,
         mut resent: bool,
     ) -> Result<Outcome, ProposeError> {
-        authorize::authorize(caller, &command).map_err(ProposeError::Denied)?;
+        self.read(|state| authorize::authorize(caller, &command, state, self.membership.admins()))
+            .map_err(ProposeError::Denied)?;
         let budget = self.timings.propose_budget();
         let deadline = Instant::now() + budget;
         let mut role = self.role.clone();

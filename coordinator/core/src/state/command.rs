@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use ferry_spec::Pipeline;
 use serde::{Deserialize, Serialize};
 
+use crate::access::ProjectRole;
+
 use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
@@ -177,6 +179,25 @@ pub enum Command {
         run: RunId,
         now_ms: i64,
     },
+    /// `ferry projects create`: a project whose first member, `owner`, owns it.
+    CreateProject {
+        name: String,
+        owner: String,
+        now_ms: i64,
+    },
+    /// `ferry projects members add|remove`: `role` none removes the member.
+    SetProjectMember {
+        project: String,
+        user: String,
+        role: Option<ProjectRole>,
+        now_ms: i64,
+    },
+    /// `ferry admins add|remove`.
+    SetAdmin {
+        user: String,
+        admin: bool,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -212,7 +233,10 @@ impl Command {
             | Command::CancelRun { now_ms, .. }
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
-            | Command::TimeOutRun { now_ms, .. } => *now_ms = now,
+            | Command::TimeOutRun { now_ms, .. }
+            | Command::CreateProject { now_ms, .. }
+            | Command::SetProjectMember { now_ms, .. }
+            | Command::SetAdmin { now_ms, .. } => *now_ms = now,
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -239,6 +263,9 @@ impl Command {
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
             | Command::TimeOutRun { now_ms, .. }
+            | Command::CreateProject { now_ms, .. }
+            | Command::SetProjectMember { now_ms, .. }
+            | Command::SetAdmin { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
         }
     }
@@ -270,7 +297,10 @@ impl Command {
             | Command::CancelRun { .. }
             | Command::SetWorkerMode { .. }
             | Command::WorkerLost { .. }
-            | Command::TimeOutRun { .. } => true,
+            | Command::TimeOutRun { .. }
+            | Command::CreateProject { .. }
+            | Command::SetProjectMember { .. }
+            | Command::SetAdmin { .. } => true,
         }
     }
 }

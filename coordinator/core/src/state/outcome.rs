@@ -98,4 +98,20 @@ pub enum StateError {
          or choose another tag"
     )]
     PinTaken { tag: String, digest: String },
+    #[error(
+        "a project named \"{0}\" already exists (\"default\" always does); choose another name"
+    )]
+    ProjectExists(String),
+    #[error(
+        "there is no project named \"{0}\"; an administrator creates it with 'ferry projects create {0}'"
+    )]
+    ProjectNotFound(String),
+    #[error(
+        "\"{user}\" is the last owner of project \"{project}\"; make another member owner first"
+    )]
+    LastProjectOwner { project: String, user: String },
+    #[error("\"{user}\" is not a member of project \"{project}\"")]
+    NotAProjectMember { project: String, user: String },
+    #[error("\"{0}\" is not an administrator added by 'ferry admins add'")]
+    NotAnAdmin(String),
 }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::views::{input_views, pin_view};
 use super::{ControlService, refuse_collected};
 use crate::api::{ResponseStream, propose_status, send_blob};
-use crate::node::now_ms;
+use crate::node::{authorize, now_ms};
 use crate::state::{Command, Outcome};
 
 impl ControlService {
@@ -26,9 +26,10 @@ pub(super) async fn list_artifacts(
     service: &ControlService,
     request: Request<proto::ListArtifactsRequest>,
 ) -> Result<Response<proto::ListArtifactsResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     let run_id = request.get_ref().run_id;
+    service.may_read_run(&caller, run_id)?;
     let artifacts = service.node.read(|state| {
         let run = state
             .runs
@@ -57,6 +58,7 @@ pub(super) async fn download_artifact(
     request: Request<proto::DownloadArtifactRequest>,
 ) -> Result<Response<ResponseStream<proto::Chunk>>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    service.may_read_run(&caller, request.get_ref().run_id)?;
     let slot = service.streams.take(&caller.name)?;
     let query = request.into_inner();
     let digest = service.node.read(|state| {
@@ -110,18 +112,34 @@ pub(super) async fn lineage(
     service: &ControlService,
     request: Request<proto::LineageRequest>,
 ) -> Result<Response<proto::LineageResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     let digest = request.get_ref().digest.trim().to_string();
+    // The artifact asked about must be readable; its ancestors in runs the
+    // caller may not read are left out.
     let nodes = service
         .node
-        .read(|state| state.lineage(&digest))
+        .read(|state| {
+            let nodes = state.lineage(&digest)?;
+            let may_read = |run| match state.runs.get(&run) {
+                Some(run) => authorize::may_read_run(&caller, run, state, service.admins()),
+                None => Ok(()),
+            };
+            let first = nodes.first().map_or(Ok(()), |node| may_read(node.run));
+            Some(first.map(|()| {
+                nodes
+                    .into_iter()
+                    .filter(|node| may_read(node.run).is_ok())
+                    .collect::<Vec<_>>()
+            }))
+        })
         .ok_or_else(|| {
             Status::not_found(format!(
                 "no step produced an artifact with digest {digest:?} \
                  (see `ferry artifacts RUN` for digests)"
             ))
-        })?;
+        })?
+        .map_err(Status::permission_denied)?;
     let nodes = nodes
         .into_iter()
         .map(|n| proto::LineageNode {
@@ -202,13 +220,14 @@ pub(super) async fn list_pins(
     service: &ControlService,
     request: Request<proto::ListPinsRequest>,
 ) -> Result<Response<proto::ListPinsResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     let pins = service.node.read(|state| {
         state
             .catalog
             .pins
             .iter()
+            .filter(|(_, pin)| authorize::may_read_pin(&caller, pin, state, service.admins()))
             .map(|(tag, pin)| pin_view(tag, pin))
             .collect()
     });
@@ -220,6 +239,18 @@ pub(super) async fn collect_garbage(
     request: Request<proto::CollectGarbageRequest>,
 ) -> Result<Response<proto::CollectGarbageResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    // A dry run too: what it would delete is the cluster's whole history.
+    service
+        .node
+        .read(|state| {
+            authorize::may(
+                &caller,
+                crate::access::Action::Collect,
+                state,
+                service.admins(),
+            )
+        })
+        .map_err(Status::permission_denied)?;
     let gc = request.into_inner();
     service.consistent_read(false).await?;
     let grace_ms = service.node.retention.grace_ms;

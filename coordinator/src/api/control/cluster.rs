@@ -38,8 +38,7 @@ pub(super) async fn add_member(
     let caller = require_role(&request, Role::Client)?;
     service
         .node
-        .membership
-        .authorize(&caller)
+        .read(|state| service.node.membership.authorize(&caller, state))
         .map_err(membership_status)?;
     service.node.require_leader()?;
     let add = request.into_inner();
@@ -86,8 +85,7 @@ pub(super) async fn remove_member(
     let caller = require_role(&request, Role::Client)?;
     service
         .node
-        .membership
-        .authorize(&caller)
+        .read(|state| service.node.membership.authorize(&caller, state))
         .map_err(membership_status)?;
     service.node.require_leader()?;
     let id = request.get_ref().id;

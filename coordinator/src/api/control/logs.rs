@@ -53,6 +53,7 @@ pub(super) async fn stream_logs(
     request: Request<proto::StreamLogsRequest>,
 ) -> Result<Response<ResponseStream<proto::LogLine>>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    service.may_read_run(&caller, request.get_ref().run_id)?;
     let slot = service.streams.take(&caller.name)?;
     let query = request.into_inner();
     let run_id = query.run_id;

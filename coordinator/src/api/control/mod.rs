@@ -8,6 +8,7 @@
 mod artifacts;
 mod cluster;
 mod logs;
+mod policy;
 mod runs;
 mod schedules;
 mod submit;
@@ -21,8 +22,9 @@ use ferry_common::proto::{self, control_server::Control};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status};
-use crate::node::Node;
-use crate::state::Run;
+use crate::node::{Node, authorize};
+use crate::state::{Run, RunId};
+use ferry_common::pki::Identity;
 
 pub struct ControlService {
     node: Arc<Node>,
@@ -44,6 +46,25 @@ impl ControlService {
                 super::limits::MAX_CLIENT_STREAMS_PER_CALLER,
             ),
         }
+    }
+
+    /// The administrators configured on this member.
+    fn admins(&self) -> &std::collections::BTreeSet<String> {
+        self.node.membership.admins()
+    }
+
+    /// Refuses unless `caller` may read run `id` (the table's `ReadRun` row):
+    /// status, logs, artifacts, metrics, lineage. A run that does not exist is
+    /// not found.
+    fn may_read_run(&self, caller: &Identity, id: RunId) -> Result<(), Status> {
+        self.node.read(|state| {
+            let run = state
+                .runs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
+            authorize::may_read_run(caller, run, state, self.admins())
+                .map_err(Status::permission_denied)
+        })
     }
 
     /// Linearizable unless the caller asked for this replica's possibly stale view.
@@ -239,5 +260,40 @@ impl Control for ControlService {
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         cluster::remove_member(self, request).await
+    }
+
+    async fn create_project(
+        &self,
+        request: Request<proto::CreateProjectRequest>,
+    ) -> Result<Response<proto::ProjectView>, Status> {
+        policy::create_project(self, request).await
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<proto::ListProjectsRequest>,
+    ) -> Result<Response<proto::ListProjectsResponse>, Status> {
+        policy::list_projects(self, request).await
+    }
+
+    async fn set_project_member(
+        &self,
+        request: Request<proto::SetProjectMemberRequest>,
+    ) -> Result<Response<proto::ProjectView>, Status> {
+        policy::set_project_member(self, request).await
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<proto::ListAdminsRequest>,
+    ) -> Result<Response<proto::ListAdminsResponse>, Status> {
+        policy::list_admins(self, request).await
+    }
+
+    async fn set_admin(
+        &self,
+        request: Request<proto::SetAdminRequest>,
+    ) -> Result<Response<proto::ListAdminsResponse>, Status> {
+        policy::set_admin(self, request).await
     }
 }

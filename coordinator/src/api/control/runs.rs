@@ -13,7 +13,7 @@ use super::views::{
     run_with_id,
 };
 use crate::api::propose_status;
-use crate::node::now_ms;
+use crate::node::{authorize, now_ms};
 use crate::state::{Command, Run, RunId};
 
 /// Run summaries one `ListRuns` answer holds at most (the newest first): well
@@ -60,7 +60,7 @@ pub(super) async fn list_runs(
     service: &ControlService,
     request: Request<proto::ListRunsRequest>,
 ) -> Result<Response<proto::ListRunsResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     let conditions = match request.get_ref().r#where.trim() {
         "" => None,
@@ -72,9 +72,15 @@ pub(super) async fn list_runs(
     // Each run's metrics (for `--where`) and the summaries are computed once the
     // lock is released, on a blocking thread since a long history makes that
     // long, so that applying commands never waits on a listing.
-    let runs: Vec<Arc<Run>> = service
-        .node
-        .read(|state| state.runs.values().cloned().collect());
+    // Only the runs the caller may read (the table's `ReadRun` row).
+    let runs: Vec<Arc<Run>> = service.node.read(|state| {
+        state
+            .runs
+            .values()
+            .filter(|run| authorize::may_read_run(&caller, run, state, service.admins()).is_ok())
+            .cloned()
+            .collect()
+    });
     let fitted = tokio::task::spawn_blocking(move || {
         let find_run = |id: RunId| run_with_id(&runs, id);
         let meeting = runs.iter().rev().map(|run| &**run).filter(|run| {
@@ -110,8 +116,9 @@ pub(super) async fn get_run(
     service: &ControlService,
     request: Request<proto::GetRunRequest>,
 ) -> Result<Response<proto::RunView>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
+    service.may_read_run(&caller, request.get_ref().run_id)?;
     let proto::GetRunRequest {
         run_id,
         metric_history,

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::views::schedule_view;
 use super::{ControlService, submit};
 use crate::api::propose_status;
-use crate::node::now_ms;
+use crate::node::{authorize, now_ms};
 use crate::state::Command;
 
 impl ControlService {
@@ -56,7 +56,7 @@ pub(super) async fn list_schedules(
     service: &ControlService,
     request: Request<proto::ListSchedulesRequest>,
 ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     let now = now_ms();
     let schedules = service.node.read(|state| {
@@ -64,6 +64,7 @@ pub(super) async fn list_schedules(
             .catalog
             .schedules
             .values()
+            .filter(|s| authorize::may_read_schedule(&caller, s, state, service.admins()))
             .map(|s| schedule_view(s, now))
             .collect()
     });

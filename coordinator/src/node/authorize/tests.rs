@@ -1,0 +1,206 @@
+//! The table applied to commands and state: the user-b attack of issue 16,
+//! projects, workers and coordinators.
+
+use std::collections::BTreeSet;
+
+use ferry_common::pki::{Identity, Role};
+
+use super::*;
+use crate::access::ProjectRole;
+use crate::state::{Command, State};
+
+fn identity(role: Role, name: &str) -> Identity {
+    Identity {
+        role,
+        name: name.to_string(),
+    }
+}
+
+fn pipeline(project: &str) -> ferry_common::spec::Pipeline {
+    let text =
+        format!("name: p\nproject: {project}\nsteps:\n  - name: a\n    command: [\"true\"]\n");
+    ferry_common::spec::parse_pipeline("pipeline.yaml", &text, &Default::default())
+        .expect("pipeline")
+}
+
+fn submit(project: &str, submitter: &str) -> Command {
+    Command::SubmitRun {
+        pipeline: pipeline(project),
+        bundle_digest: "b".repeat(64),
+        submitter: submitter.to_string(),
+        request_id: None,
+        options: Default::default(),
+        now_ms: 1,
+        placements: Vec::new(),
+    }
+}
+
+/// A state with user-a's run 1 in `default`, and project `vision` owned by
+/// carol with dave as editor and erin as viewer, holding carol's run 2.
+fn state() -> State {
+    let mut state = State::from_records(Vec::new(), Vec::new(), 1);
+    state.apply(submit("default", "user-a")).expect("run 1");
+    for command in [
+        Command::CreateProject {
+            name: "vision".into(),
+            owner: "carol".into(),
+            now_ms: 1,
+        },
+        Command::SetProjectMember {
+            project: "vision".into(),
+            user: "dave".into(),
+            role: Some(ProjectRole::Editor),
+            now_ms: 1,
+        },
+        Command::SetProjectMember {
+            project: "vision".into(),
+            user: "erin".into(),
+            role: Some(ProjectRole::Viewer),
+            now_ms: 1,
+        },
+    ] {
+        state.apply(command).expect("policy");
+    }
+    state.apply(submit("vision", "carol")).expect("run 2");
+    state
+}
+
+#[test]
+fn user_b_may_not_touch_user_a_things_in_default() {
+    let state = state();
+    let admins = BTreeSet::from(["root".to_string()]);
+    let user_a = identity(Role::Client, "user-a");
+    let user_b = identity(Role::Client, "user-b");
+    let cancel = Command::CancelRun { run: 1, now_ms: 0 };
+    assert!(authorize(&user_a, &cancel, &state, &admins).is_ok());
+    let refused = authorize(&user_b, &cancel, &state, &admins).unwrap_err();
+    assert!(
+        refused.starts_with(
+            "client \"user-b\" may not cancel runs (run 1): that needs the editor role"
+        ),
+        "{refused}"
+    );
+    let run = &state.runs[&1];
+    assert!(may_read_run(&user_a, run, &state, &admins).is_ok());
+    assert!(may_read_run(&user_b, run, &state, &admins).is_err());
+    for admin_only in [
+        Command::Collect {
+            keep_last: 0,
+            now_ms: 0,
+            grace_ms: 0,
+        },
+        Command::SetWorkerMode {
+            worker: "w1".into(),
+            mode: crate::state::WorkerMode::Cordoned,
+            now_ms: 0,
+        },
+        Command::SetAdmin {
+            user: "user-b".into(),
+            admin: true,
+            now_ms: 0,
+        },
+    ] {
+        let refused = authorize(&user_b, &admin_only, &state, &admins).unwrap_err();
+        assert!(refused.contains("needs the admin role"), "{refused}");
+        assert!(
+            authorize(
+                &identity(Role::Client, "root"),
+                &admin_only,
+                &state,
+                &admins
+            )
+            .is_ok()
+        );
+    }
+    // Submitting into `default` under one's own name: anyone; for another: no one.
+    assert!(authorize(&user_b, &submit("default", "user-b"), &state, &admins).is_ok());
+    assert!(authorize(&user_b, &submit("default", "user-a"), &state, &admins).is_err());
+    // Rerunning another's run needs reading it.
+    let rerun = Command::RerunRun {
+        source: 1,
+        from: None,
+        submitter: "user-b".into(),
+        request_id: None,
+        now_ms: 0,
+    };
+    assert!(authorize(&user_b, &rerun, &state, &admins).is_err());
+}
+
+#[test]
+fn project_roles_decide_in_a_project() {
+    let state = state();
+    let admins = BTreeSet::new();
+    let carol = identity(Role::Client, "carol");
+    let dave = identity(Role::Client, "dave");
+    let erin = identity(Role::Client, "erin");
+    let user_b = identity(Role::Client, "user-b");
+    // Submitting into a project: editors and owners only.
+    assert!(authorize(&dave, &submit("vision", "dave"), &state, &admins).is_ok());
+    let viewer = authorize(&erin, &submit("vision", "erin"), &state, &admins).unwrap_err();
+    assert!(viewer.contains("needs the editor role"), "{viewer}");
+    assert!(authorize(&user_b, &submit("vision", "user-b"), &state, &admins).is_err());
+    let missing = authorize(&user_b, &submit("nowhere", "user-b"), &state, &admins).unwrap_err();
+    assert!(missing.contains("does not exist"), "{missing}");
+    // Reading and cancelling carol's run 2.
+    let run = &state.runs[&2];
+    assert!(may_read_run(&erin, run, &state, &admins).is_ok());
+    assert!(may_read_run(&user_b, run, &state, &admins).is_err());
+    let cancel = Command::CancelRun { run: 2, now_ms: 0 };
+    assert!(authorize(&dave, &cancel, &state, &admins).is_ok());
+    assert!(authorize(&erin, &cancel, &state, &admins).is_err());
+    // Members: the owner manages them, an editor does not.
+    let add = Command::SetProjectMember {
+        project: "vision".into(),
+        user: "user-b".into(),
+        role: Some(ProjectRole::Viewer),
+        now_ms: 0,
+    };
+    assert!(authorize(&carol, &add, &state, &admins).is_ok());
+    let editor = authorize(&dave, &add, &state, &admins).unwrap_err();
+    assert!(editor.contains("needs the owner role"), "{editor}");
+    // Creating projects: administrators only.
+    let create = Command::CreateProject {
+        name: "nlp".into(),
+        owner: "carol".into(),
+        now_ms: 0,
+    };
+    assert!(authorize(&carol, &create, &state, &admins).is_err());
+}
+
+#[test]
+fn workers_and_coordinators_act_only_as_themselves() {
+    let state = state();
+    let admins = BTreeSet::new();
+    let worker = identity(Role::Worker, "w1");
+    let coordinator = identity(Role::Coordinator, "coordinator");
+    let lost = Command::WorkerLost {
+        worker: "w1".into(),
+        session: "s".into(),
+        reason: String::new(),
+        now_ms: 0,
+    };
+    assert!(authorize(&coordinator, &lost, &state, &admins).is_ok());
+    assert!(authorize(&worker, &lost, &state, &admins).is_err());
+    let started = |name: &str| Command::StepStarted {
+        key: crate::state::AttemptKey {
+            run: 1,
+            step: "a".into(),
+            attempt: 1,
+        },
+        worker: name.into(),
+        now_ms: 0,
+    };
+    assert!(authorize(&worker, &started("w1"), &state, &admins).is_ok());
+    let other = authorize(&worker, &started("w2"), &state, &admins).unwrap_err();
+    assert!(
+        other.contains("the worker certificate the report names"),
+        "{other}"
+    );
+    let cancel = Command::CancelRun { run: 1, now_ms: 0 };
+    let refused = authorize(&worker, &cancel, &state, &admins).unwrap_err();
+    assert!(refused.contains("needs a client certificate"), "{refused}");
+    assert!(authorize(&coordinator, &cancel, &state, &admins).is_err());
+    // Nothing is assigned to w1: no blob for it.
+    assert!(may_fetch_blob(&worker, &"b".repeat(64), &state).is_err());
+    assert!(may_fetch_blob(&identity(Role::Client, "user-a"), "x", &state).is_err());
+}
