@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Catalog, Member, Run, RunId, State, Worker};
+use crate::state::{Catalog, Member, Revocations, Run, RunId, State, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -159,7 +159,8 @@ impl Store {
         Ok(
             State::from_records(data.runs, data.workers, data.next_run_id)
                 .with_members(data.members)
-                .with_catalog(data.catalog),
+                .with_catalog(data.catalog)
+                .with_revocations(data.revocations),
         )
     }
 
@@ -258,6 +259,7 @@ pub struct StateImage {
     members: Vec<Member>,
     next_run_id: RunId,
     catalog: Catalog,
+    revocations: Revocations,
 }
 
 impl StateImage {
@@ -268,6 +270,7 @@ impl StateImage {
             members: state.members.values().cloned().collect(),
             next_run_id: state.next_run_id,
             catalog: state.catalog.clone(),
+            revocations: state.revocations.clone(),
         }
     }
 
@@ -280,6 +283,7 @@ impl StateImage {
             members: &'a [Member],
             next_run_id: RunId,
             catalog: &'a Catalog,
+            revocations: &'a Revocations,
         }
         let view = View {
             runs: self.runs.iter().map(|run| run.as_ref()).collect(),
@@ -287,6 +291,7 @@ impl StateImage {
             members: &self.members,
             next_run_id: self.next_run_id,
             catalog: &self.catalog,
+            revocations: &self.revocations,
         };
         serde_json::to_vec(&view).expect("state always serializes")
     }
@@ -302,6 +307,9 @@ struct SnapshotData {
     /// Absent from snapshots made before the cache, schedules and pins existed.
     #[serde(default)]
     catalog: Catalog,
+    /// Absent from snapshots made before revocation existed.
+    #[serde(default)]
+    revocations: Revocations,
 }
 
 #[cfg(test)]
@@ -360,9 +368,17 @@ mod tests {
                 created_ms: 4,
             },
         );
+        state.revocations.serials.insert(
+            "ab12".into(),
+            crate::state::Revoked {
+                by: "alice".into(),
+                at_ms: 5,
+            },
+        );
         let restored = Store::state_from_snapshot(&Store::snapshot_data(&state)).unwrap();
         assert_eq!(restored.runs, state.runs);
         assert_eq!(restored.catalog, state.catalog, "cache index and pins kept");
+        assert_eq!(restored.revocations, state.revocations, "deny list kept");
         assert_eq!(restored.next_run_id, 2);
         assert_eq!(
             restored.requests.get("r-1"),

@@ -24,6 +24,7 @@ mod lineage;
 mod outcome;
 mod records;
 mod resend;
+pub mod revocation;
 mod runs;
 mod workers;
 
@@ -40,6 +41,7 @@ pub use records::{
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
     RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
 };
+pub use revocation::{PresentedCertificate, RevocationTarget, Revocations, Revoked};
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -61,6 +63,8 @@ pub struct State {
     /// Derived: per cache key, the other steps (queued, or waiting behind the
     /// owner) that will take its result.
     pub cache_pending: BTreeMap<String, BTreeSet<(RunId, String)>>,
+    /// The certificate deny list (`revocation`).
+    pub revocations: Revocations,
 }
 
 impl State {
@@ -76,6 +80,7 @@ impl State {
             catalog: Catalog::default(),
             cache_owners: BTreeMap::new(),
             cache_pending: BTreeMap::new(),
+            revocations: Revocations::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -127,6 +132,12 @@ impl State {
     /// Sets the cache index, schedules and pins (a restart or a snapshot).
     pub fn with_catalog(mut self, catalog: Catalog) -> State {
         self.catalog = catalog;
+        self
+    }
+
+    /// Sets the certificate deny list (a snapshot).
+    pub fn with_revocations(mut self, revocations: Revocations) -> State {
+        self.revocations = revocations;
         self
     }
 
@@ -257,6 +268,7 @@ impl State {
                 now_ms,
             } => Ok(self.worker_lost(worker, &session, &reason, now_ms)),
             Command::TimeOutRun { run, now_ms } => Ok(self.time_out_run(run, now_ms)),
+            Command::RevokeCertificate { target, by, now_ms } => self.revoke(target, by, now_ms),
         }
     }
 

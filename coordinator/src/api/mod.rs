@@ -52,7 +52,10 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::ScheduleNotFound(_)
         | StateError::ArtifactNotFound(_)
         | StateError::PinNotFound(_) => Status::not_found(error.to_string()),
-        StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
+        StateError::NoSuchRerunStep { .. } | StateError::InvalidRevocation(_) => {
+            Status::invalid_argument(error.to_string())
+        }
+        StateError::TooManyRevocations(_) => Status::resource_exhausted(error.to_string()),
         StateError::ScheduleExists(_) | StateError::PinTaken { .. } => {
             Status::already_exists(error.to_string())
         }

@@ -22,6 +22,11 @@ pub enum Allowed {
     NamedWorker,
     /// A coordinator certificate: the leader's own loops.
     Coordinator,
+    /// A client certificate whose name is among the configured administrators
+    /// (`admins` in coordinator.toml), as for membership changes: the table
+    /// checks the client role, `Node::propose_with` the name against `admins`
+    /// ([`needs_administrator`], [`authorize_membership`]).
+    Administrator,
 }
 
 /// The kinds of command, without their data.
@@ -44,6 +49,7 @@ pub enum CommandKind {
     Assign,
     WorkerLost,
     TimeOutRun,
+    RevokeCertificate,
 }
 
 /// One row of the table: who may propose a kind of command, and what it does in
@@ -121,6 +127,11 @@ pub const RULES: &[Rule] = &[
         Allowed::Coordinator,
         "time out runs",
     ),
+    rule(
+        CommandKind::RevokeCertificate,
+        Allowed::Administrator,
+        "revoke certificates",
+    ),
 ];
 
 const fn rule(kind: CommandKind, allowed: Allowed, action: &'static str) -> Rule {
@@ -153,6 +164,7 @@ fn classify(command: &Command) -> (CommandKind, Option<&str>) {
         Command::Assign { .. } => (CommandKind::Assign, None),
         Command::WorkerLost { .. } => (CommandKind::WorkerLost, None),
         Command::TimeOutRun { .. } => (CommandKind::TimeOutRun, None),
+        Command::RevokeCertificate { by, .. } => (CommandKind::RevokeCertificate, Some(by)),
     }
 }
 
@@ -174,6 +186,7 @@ pub fn authorize(caller: &Identity, command: &Command) -> Result<(), String> {
         Allowed::AnyClient => caller.role == Role::Client,
         Allowed::NamedWorker => caller.role == Role::Worker && caller.name == subject,
         Allowed::Coordinator => caller.role == Role::Coordinator,
+        Allowed::Administrator => caller.role == Role::Client && caller.name == subject,
     };
     if allowed {
         return Ok(());
@@ -189,11 +202,27 @@ pub fn authorize(caller: &Identity, command: &Command) -> Result<(), String> {
         ),
         Allowed::NamedWorker => format!("{caller} may not report for worker \"{subject}\""),
         Allowed::Coordinator => format!("{caller} may not {} (the leader only)", rule.action),
+        Allowed::Administrator if caller.role == Role::Client => format!(
+            "{caller} may not {} for \"{subject}\" (only under its own name)",
+            rule.action
+        ),
+        Allowed::Administrator => format!(
+            "{caller} may not {} (administrators' client certificates only)",
+            rule.action
+        ),
     })
 }
 
+/// For a command that is for administrators only, what it does in words: its
+/// proposer must also pass [`authorize_administrator`]'s check against `admins`.
+pub fn needs_administrator(command: &Command) -> Option<&'static str> {
+    let rule = rule_of(classify(command).0);
+    (rule.allowed == Allowed::Administrator).then_some(rule.action)
+}
+
 /// Decides whether `caller` may change the cluster's membership (add, promote or
-/// remove a member): a client certificate whose name is among `admins` (the
+/// remove a member) or propose an administrator's command (revoke a
+/// certificate): a client certificate whose name is among `admins` (the
 /// `admins` of coordinator.toml). Not a command of the table above: a membership
 /// change is a Raft configuration change, proposed on the leader only. A refusal
 /// says what is needed.
@@ -201,25 +230,41 @@ pub fn authorize_membership(
     caller: &Identity,
     admins: &std::collections::BTreeSet<String>,
 ) -> Result<(), String> {
+    authorize_administrator(caller, admins, "change the cluster's membership")
+}
+
+/// Decides whether `caller` is an administrator (a client certificate whose name
+/// is among `admins`) who may `action`; a refusal says what is needed.
+pub fn authorize_administrator(
+    caller: &Identity,
+    admins: &std::collections::BTreeSet<String>,
+    action: &str,
+) -> Result<(), String> {
     if caller.role == Role::Client && admins.contains(&caller.name) {
         return Ok(());
     }
-    let needed = "changing the cluster's membership needs an administrator: a client \
-                  certificate whose name is listed in `admins` in coordinator.toml";
+    let needed = format!(
+        "{} needs an administrator: a client certificate whose name is listed in `admins` in \
+         coordinator.toml",
+        action_gerund(action)
+    );
     Err(if admins.is_empty() {
         format!(
-            "{caller} may not change the cluster's membership: no administrators are \
-             configured (`admins` in coordinator.toml is empty); {needed}"
+            "{caller} may not {action}: no administrators are configured (`admins` in \
+             coordinator.toml is empty); {needed}"
         )
     } else if caller.role != Role::Client {
-        format!(
-            "{caller} may not change the cluster's membership (client certificates only); {needed}"
-        )
+        format!("{caller} may not {action} (client certificates only); {needed}")
     } else {
-        format!(
-            "{caller} may not change the cluster's membership: it is not an administrator; {needed}"
-        )
+        format!("{caller} may not {action}: it is not an administrator; {needed}")
     })
+}
+
+/// "change the cluster's membership" → "changing the cluster's membership".
+fn action_gerund(action: &str) -> String {
+    let (verb, rest) = action.split_once(' ').unwrap_or((action, ""));
+    let stem = verb.strip_suffix('e').unwrap_or(verb);
+    format!("{stem}ing {rest}").trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -249,6 +294,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_administrators_revoke_certificates() {
+        let revoke = |by: &str| Command::RevokeCertificate {
+            target: crate::state::RevocationTarget::Name("bob".into()),
+            by: by.to_string(),
+            now_ms: 0,
+        };
+        assert_eq!(
+            needs_administrator(&revoke("alice")),
+            Some("revoke certificates")
+        );
+        assert_eq!(
+            needs_administrator(&Command::CancelRun { run: 1, now_ms: 0 }),
+            None
+        );
+        let admins: std::collections::BTreeSet<String> = ["alice".to_string()].into();
+        let refusal = authorize_administrator(
+            &identity(Role::Client, "bob"),
+            &admins,
+            "revoke certificates",
+        )
+        .unwrap_err();
+        assert!(
+            refusal.starts_with("client \"bob\" may not revoke certificates: it is not an administrator; revoking certificates needs"),
+            "{refusal}"
+        );
+        assert!(authorize(&identity(Role::Client, "alice"), &revoke("alice")).is_ok());
+        assert!(authorize(&identity(Role::Client, "bob"), &revoke("alice")).is_err());
+        let worker = authorize(&identity(Role::Worker, "alice"), &revoke("alice")).unwrap_err();
+        assert!(
+            worker.contains("administrators' client certificates only"),
+            "{worker}"
+        );
+        assert!(authorize(&identity(Role::Coordinator, "1"), &revoke("1")).is_err());
+    }
+
     fn identity(role: Role, name: &str) -> Identity {
         Identity {
             role,
@@ -256,7 +337,7 @@ mod tests {
         }
     }
 
-    const ALL_KINDS: [CommandKind; 17] = [
+    const ALL_KINDS: [CommandKind; 18] = [
         CommandKind::SubmitRun,
         CommandKind::RerunRun,
         CommandKind::CreateSchedule,
@@ -274,6 +355,7 @@ mod tests {
         CommandKind::Assign,
         CommandKind::WorkerLost,
         CommandKind::TimeOutRun,
+        CommandKind::RevokeCertificate,
     ];
 
     #[test]

@@ -93,6 +93,12 @@ impl Membership {
             .map_err(MembershipError::Denied)
     }
 
+    /// Whether `caller` is an administrator who may `action` (another
+    /// administrator's command, such as revoking a certificate).
+    pub fn authorize_action(&self, caller: &Identity, action: &str) -> Result<(), String> {
+        super::authorize::authorize_administrator(caller, &self.admins, action)
+    }
+
     fn note(&self, id: u64, waiting: String) {
         lock(&self.learners, "learners")
             .entry(id)

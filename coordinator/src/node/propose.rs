@@ -61,6 +61,11 @@ impl Node {
         mut resent: bool,
     ) -> Result<Outcome, ProposeError> {
         authorize::authorize(caller, &command).map_err(ProposeError::Denied)?;
+        if let Some(action) = authorize::needs_administrator(&command) {
+            self.membership
+                .authorize_action(caller, action)
+                .map_err(ProposeError::Denied)?;
+        }
         let budget = self.timings.propose_budget();
         let deadline = Instant::now() + budget;
         let mut role = self.role.clone();

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use ferry_spec::Pipeline;
 use serde::{Deserialize, Serialize};
 
-use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};
+use super::{
+    AttemptKey, AttemptUsage, MetricPoint, RevocationTarget, RunId, Schedule, Worker, WorkerMode,
+};
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +179,14 @@ pub enum Command {
         run: RunId,
         now_ms: i64,
     },
+    /// `ferry certs revoke` (administrators): adds a serial number or a holder
+    /// name to the certificate deny list (see `revocation`).
+    RevokeCertificate {
+        target: RevocationTarget,
+        /// The administrator who asked.
+        by: String,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -212,7 +222,8 @@ impl Command {
             | Command::CancelRun { now_ms, .. }
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
-            | Command::TimeOutRun { now_ms, .. } => *now_ms = now,
+            | Command::TimeOutRun { now_ms, .. }
+            | Command::RevokeCertificate { now_ms, .. } => *now_ms = now,
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -239,6 +250,7 @@ impl Command {
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
             | Command::TimeOutRun { now_ms, .. }
+            | Command::RevokeCertificate { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
         }
     }
@@ -270,7 +282,8 @@ impl Command {
             | Command::CancelRun { .. }
             | Command::SetWorkerMode { .. }
             | Command::WorkerLost { .. }
-            | Command::TimeOutRun { .. } => true,
+            | Command::TimeOutRun { .. }
+            | Command::RevokeCertificate { .. } => true,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! request, propose or read, and build the answer from `views`.
 
 mod artifacts;
+mod certs;
 mod cluster;
 mod logs;
 mod runs;
@@ -239,5 +240,19 @@ impl Control for ControlService {
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         cluster::remove_member(self, request).await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<proto::RevokeCertificateRequest>,
+    ) -> Result<Response<proto::RevokeCertificateResponse>, Status> {
+        certs::revoke_certificate(self, request).await
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<proto::ListRevocationsRequest>,
+    ) -> Result<Response<proto::ListRevocationsResponse>, Status> {
+        certs::list_revocations(self, request).await
     }
 }
