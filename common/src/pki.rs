@@ -1053,10 +1053,15 @@ mod tests {
                     .unwrap(),
                 name
             );
-            let years = (x509.validity().not_after.timestamp()
-                - x509.validity().not_before.timestamp())
-                / (365 * 86400);
-            assert_eq!(years, 2);
+            // notBefore is backdated an hour; the lifetime runs from the issue.
+            let lifetime = x509.validity().not_after.timestamp()
+                - x509.validity().not_before.timestamp()
+                - 3600;
+            let expected = default_validity(role).as_secs() as i64;
+            assert!(
+                (expected - 5..=expected + 5).contains(&lifetime),
+                "{role}: {lifetime} s"
+            );
 
             let eku = x509.extended_key_usage().unwrap().unwrap().value;
             assert!(eku.client_auth);
