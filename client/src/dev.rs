@@ -100,7 +100,9 @@ fn ensure_certificates(dir: &Path, worker: &str) -> Result<(), DevError> {
         }
         for (role, name) in wanted {
             if missing(name) {
-                pki::issue(dir, dir, role, name, &[], &[])?;
+                // The CA key is removed below, so these certificates cannot be
+                // renewed: they keep the daemons' long lifetime, the client's too.
+                pki::issue_valid_for(dir, dir, role, name, &[], &[], pki::DAEMON_VALIDITY)?;
             }
         }
     }

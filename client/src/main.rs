@@ -424,7 +424,23 @@ enum CertsCommand {
         /// IP addresses the certificate is valid for (coordinators).
         #[arg(long)]
         ip: Vec<IpAddr>,
+        /// How long the certificate is valid from now, e.g. 12h, 90d or "30d 12h"
+        /// (default: 90d for clients, 731d for coordinators and workers).
+        #[arg(long, value_name = "DURATION")]
+        valid_for: Option<String>,
     },
+    /// Revoke a certificate (administrators): by serial number (as 'issue'
+    /// printed it), or every certificate issued for a name until now. Every
+    /// coordinator refuses it from its next request on.
+    Revoke {
+        /// A serial number (hexadecimal, ':' allowed) or a certificate name.
+        target: String,
+        /// Take TARGET as a name even if it looks like a serial number.
+        #[arg(long)]
+        name: bool,
+    },
+    /// List the revoked serial numbers and names.
+    Revoked,
 }
 
 fn init_tracing(default: &str) {
@@ -488,7 +504,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let output = cli.output;
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Certs { command } => {
+        Command::Certs {
+            command: command @ (CertsCommand::Init { .. } | CertsCommand::Issue { .. }),
+        } => {
             init_tracing("warn");
             match command {
                 CertsCommand::Init { dir } => certs::init(&dir)?,
@@ -499,7 +517,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     name,
                     dns,
                     ip,
-                } => certs::issue(&dir, out, &role, &name, &dns, &ip)?,
+                    valid_for,
+                } => certs::issue(certs::IssueRequest {
+                    dir: &dir,
+                    out,
+                    role: &role,
+                    name: &name,
+                    dns: &dns,
+                    ip: &ip,
+                    valid_for: valid_for.as_deref(),
+                })?,
+                CertsCommand::Revoke { .. } | CertsCommand::Revoked => {
+                    unreachable!("matched above")
+                }
             }
             Ok(ok)
         }
@@ -567,6 +597,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 _ => None,
             };
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
+            if let Some(warning) =
+                certs::expiry_warning(&config.tls.cert, ferry_common::time::now_ms())
+            {
+                eprintln!("{warning}");
+            }
             let mut connection = ferry_client::Connection::open(&config).await?;
             remote(&mut connection, command, validated, output).await
         }
@@ -735,6 +770,12 @@ async fn remote(
                 projects::set_admin(client, user, false, output).await?
             }
         },
+        Command::Certs {
+            command: CertsCommand::Revoke { target, name },
+        } => certs::revoke(client, &target, name, output).await?,
+        Command::Certs {
+            command: CertsCommand::Revoked,
+        } => certs::revoked(client, output).await?,
         Command::Certs { .. } | Command::Dev { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)

@@ -37,8 +37,16 @@ pub const CA_COMMON_NAME: &str = "Ferry cluster CA";
 
 /// Lifetime of the cluster CA, in days (10 years).
 const CA_VALIDITY_DAYS: u64 = 3652;
-/// Lifetime of an issued certificate, in days (2 years).
-const LEAF_VALIDITY_DAYS: u64 = 731;
+/// Default lifetime of a coordinator's or worker's certificate: 2 years (daemons
+/// whose certificates are replaced by hand; a compromised one is revoked).
+pub const DAEMON_VALIDITY: Duration = Duration::from_secs(731 * 24 * 60 * 60);
+/// Default lifetime of a client (user) certificate: 90 days, so that a
+/// certificate nobody remembers revoking stops working by itself.
+pub const CLIENT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Shortest lifetime `ferry certs issue --valid-for` accepts.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
+/// Longest lifetime `ferry certs issue --valid-for` accepts (the CA's own).
+pub const MAX_VALIDITY: Duration = Duration::from_secs(CA_VALIDITY_DAYS * 24 * 60 * 60);
 /// Certificates are valid from a little before they are issued, to tolerate clock skew.
 const BACKDATE: Duration = Duration::from_secs(60 * 60);
 /// Longest accepted name.
@@ -167,6 +175,28 @@ pub enum PkiError {
     /// A certificate could not be parsed or carries no valid Ferry identity.
     #[error("invalid certificate: {0}")]
     Certificate(String),
+    /// A certificate lifetime (`--valid-for`) is not acceptable.
+    #[error(
+        "invalid validity \"{value}\": {reason} (give a duration between 1 minute and 3652 days, \
+         such as 12h, 90d or \"30d 12h\")"
+    )]
+    InvalidValidity {
+        /// The text that was given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A certificate serial number is not acceptable.
+    #[error(
+        "invalid serial number \"{value}\": {reason} (a serial is up to 40 hexadecimal digits, \
+         optionally separated by ':', as 'ferry certs issue' prints it)"
+    )]
+    InvalidSerial {
+        /// The text that was given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// `init_ca` was asked to create a CA where one already exists.
     #[error(
         "a cluster CA already exists ({} is present); refusing to overwrite it, because every \
@@ -205,13 +235,139 @@ pub struct CaPaths {
     pub key: PathBuf,
 }
 
-/// Paths of a certificate and key written by [`issue`].
+/// Paths of a certificate and key written by [`issue`], and what identifies the
+/// certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedPaths {
     /// `<out_dir>/<name>.pem`.
     pub cert: PathBuf,
     /// `<out_dir>/<name>-key.pem` (mode 0600).
     pub key: PathBuf,
+    /// The certificate's serial number, as [`parse_serial`] writes it (what
+    /// `ferry certs revoke` takes).
+    pub serial: String,
+    /// When it stops being valid (seconds since the epoch).
+    pub not_after_secs: i64,
+}
+
+/// The default lifetime of a certificate for `role`: [`CLIENT_VALIDITY`] for
+/// clients, [`DAEMON_VALIDITY`] for coordinators and workers.
+pub fn default_validity(role: Role) -> Duration {
+    match role {
+        Role::Client => CLIENT_VALIDITY,
+        Role::Coordinator | Role::Worker => DAEMON_VALIDITY,
+    }
+}
+
+/// Parses a certificate lifetime such as `90d`, `12h` or `30d 12h` (humantime's
+/// syntax), between [`MIN_VALIDITY`] and [`MAX_VALIDITY`].
+pub fn parse_validity(text: &str) -> Result<Duration, PkiError> {
+    let invalid = |reason: String| PkiError::InvalidValidity {
+        value: text.to_string(),
+        reason,
+    };
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| invalid(e.to_string()))?;
+    if duration < MIN_VALIDITY {
+        return Err(invalid("it is shorter than a minute".to_string()));
+    }
+    if duration > MAX_VALIDITY {
+        return Err(invalid(
+            "it is longer than the cluster CA's own lifetime".to_string(),
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses a serial number as `ferry certs issue` prints it or as other tools do
+/// (`AB:12:...`, `0x...`), into Ferry's one form: lowercase hexadecimal, no
+/// separators, no leading zeros.
+pub fn parse_serial(text: &str) -> Result<String, PkiError> {
+    let invalid = |reason| PkiError::InvalidSerial {
+        value: text.to_string(),
+        reason,
+    };
+    let trimmed = text.trim();
+    let digits = trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+        .unwrap_or(trimmed);
+    let digits: String = digits
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if digits.is_empty() {
+        return Err(invalid("it holds no digits"));
+    }
+    if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "it holds a character that is not a hexadecimal digit",
+        ));
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Err(invalid("it is zero"));
+    }
+    if significant.len() > 40 {
+        return Err(invalid("it is longer than 20 bytes"));
+    }
+    Ok(significant.to_string())
+}
+
+/// Whether `text` is meant as a serial number rather than a holder name: it has
+/// a ':' (never in a name) or at least 16 hexadecimal digits and nothing else.
+pub fn looks_like_serial(text: &str) -> bool {
+    text.contains(':') || (text.len() >= 16 && text.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// What a certificate says about itself, as revocation and expiry need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The Ferry identity bound into it.
+    pub identity: Identity,
+    /// Its serial number, as [`parse_serial`] writes it.
+    pub serial: String,
+    /// When it was issued (milliseconds since the epoch, whole seconds): its
+    /// notBefore plus the hour Ferry backdates every certificate by.
+    pub issued_ms: i64,
+    /// When it stops being valid (seconds since the epoch).
+    pub not_after_secs: i64,
+}
+
+/// Reads identity, serial number, issue and expiry times from a DER certificate.
+pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, PkiError> {
+    let identity = identity_from_der(der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Certificate(format!("cannot parse the certificate: {e}")))?;
+    let serial_hex: String = cert
+        .raw_serial()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let serial = parse_serial(&serial_hex).map_err(|e| PkiError::Certificate(e.to_string()))?;
+    let not_before = cert.validity().not_before.timestamp();
+    let backdate_ms = i64::try_from(BACKDATE.as_millis()).unwrap_or(0);
+    Ok(CertificateFacts {
+        identity,
+        serial,
+        issued_ms: not_before.saturating_mul(1000).saturating_add(backdate_ms),
+        not_after_secs: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// [`certificate_facts`] of the first certificate in a PEM file.
+pub fn certificate_facts_of_file(path: &Path) -> Result<CertificateFacts, PkiError> {
+    let pem = read_bytes(path, "cert")?;
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| PkiError::BadFile {
+        what: "cert",
+        path: path.to_path_buf(),
+        reason: format!("it holds no PEM certificate (BEGIN CERTIFICATE): {e}"),
+    })?;
+    certificate_facts(&der).map_err(|e| PkiError::BadFile {
+        what: "cert",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Checks a certificate holder name: 1 to 64 characters from `[A-Za-z0-9_.-]`.
@@ -307,8 +463,8 @@ pub fn init_ca(dir: &Path) -> Result<CaPaths, PkiError> {
 ///
 /// The certificate has common name `name`, the URI SAN `spiffe://ferry/<role>/<name>`,
 /// the DNS and IP SANs given (coordinators always also get `localhost` and
-/// `127.0.0.1`) and is valid for 2 years. Coordinators may act as TLS servers and
-/// clients; workers and clients as TLS clients only.
+/// `127.0.0.1`) and is valid for the role's [`default_validity`]. Coordinators
+/// may act as TLS servers and clients; workers and clients as TLS clients only.
 pub fn issue(
     ca_dir: &Path,
     out_dir: &Path,
@@ -317,7 +473,35 @@ pub fn issue(
     dns: &[String],
     ips: &[IpAddr],
 ) -> Result<IssuedPaths, PkiError> {
+    issue_valid_for(
+        ca_dir,
+        out_dir,
+        role,
+        name,
+        dns,
+        ips,
+        default_validity(role),
+    )
+}
+
+/// [`issue`] with a lifetime of `valid_for` from now (between [`MIN_VALIDITY`]
+/// and [`MAX_VALIDITY`]).
+pub fn issue_valid_for(
+    ca_dir: &Path,
+    out_dir: &Path,
+    role: Role,
+    name: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+    valid_for: Duration,
+) -> Result<IssuedPaths, PkiError> {
     validate_name(name)?;
+    if !(MIN_VALIDITY..=MAX_VALIDITY).contains(&valid_for) {
+        return Err(PkiError::InvalidValidity {
+            value: humantime::format_duration(valid_for).to_string(),
+            reason: "it is outside the accepted range".to_string(),
+        });
+    }
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
     let ca_key_path = ca_dir.join(CA_KEY_FILE);
     let ca_pem = read_text(&ca_cert_path, "ca")?;
@@ -375,7 +559,7 @@ pub fn issue(
         Role::Worker | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    set_leaf_validity(&mut params, valid_for);
 
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
@@ -384,9 +568,12 @@ pub fn issue(
         path: out_dir.to_path_buf(),
         source,
     })?;
+    let facts = certificate_facts(cert.der())?;
     let paths = IssuedPaths {
         cert: out_dir.join(format!("{name}.pem")),
         key: out_dir.join(format!("{name}-key.pem")),
+        serial: facts.serial,
+        not_after_secs: facts.not_after_secs,
     };
     write_replace(&paths.key, key.serialize_pem().as_bytes()).map_err(|source| PkiError::Io {
         path: paths.key.clone(),
@@ -592,6 +779,19 @@ impl TlsMaterial {
 /// No certificate (a plaintext connection, or a Unix socket) gives
 /// `Status::unauthenticated`, and so does a certificate without a valid Ferry identity.
 pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    Ok(peer_certificate(request)?.identity.clone())
+}
+
+/// What the leaf certificate the caller presented says (identity, serial number,
+/// issue time), for [`peer_identity`] and the revocation check on each request.
+///
+/// The facts are a pure function of the certificate's bytes (the handshake
+/// already verified the chain), so parsed ones are remembered: every request of a
+/// connection presents the same certificate, and it is parsed once.
+pub fn peer_certificate<T>(
+    request: &tonic::Request<T>,
+) -> Result<std::sync::Arc<CertificateFacts>, tonic::Status> {
+    use std::sync::Arc;
     let certs = request.peer_certs();
     let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
         return Err(tonic::Status::unauthenticated(
@@ -599,30 +799,27 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::
              issued by the cluster CA",
         ));
     };
-    // The identity is a pure function of the certificate's bytes (the handshake
-    // already verified the chain), so parsed identities are remembered: every
-    // request of a connection presents the same certificate.
-    static KNOWN: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<Vec<u8>, Identity>>,
-    > = std::sync::LazyLock::new(Default::default);
+    type Known = std::collections::HashMap<Vec<u8>, Arc<CertificateFacts>>;
+    static KNOWN: std::sync::LazyLock<std::sync::Mutex<Known>> =
+        std::sync::LazyLock::new(Default::default);
     let der: &[u8] = leaf.as_ref();
-    if let Some(identity) = crate::locks::lock(&KNOWN, "known identities")
+    if let Some(facts) = crate::locks::lock(&KNOWN, "known certificates")
         .get(der)
         .cloned()
     {
-        return Ok(identity);
+        return Ok(facts);
     }
-    let identity = identity_from_der(der).map_err(|e| {
+    let facts = Arc::new(certificate_facts(der).map_err(|e| {
         tonic::Status::unauthenticated(format!("the client certificate was not accepted: {e}"))
-    })?;
+    })?);
     {
-        let mut known = crate::locks::lock(&KNOWN, "known identities");
+        let mut known = crate::locks::lock(&KNOWN, "known certificates");
         if known.len() >= 4096 {
             known.clear();
         }
-        known.insert(der.to_vec(), identity.clone());
+        known.insert(der.to_vec(), facts.clone());
     }
-    Ok(identity)
+    Ok(facts)
 }
 
 /// Like [`peer_identity`], and also requires the caller's role to be `role`
@@ -641,6 +838,16 @@ fn check_role(identity: Identity, role: Role) -> Result<Identity, tonic::Status>
         other = identity.role,
         name = identity.name
     )))
+}
+
+/// Sets not_before to a little before now and not_after `valid_for` after now.
+fn set_leaf_validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let epoch = date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + now.saturating_sub(BACKDATE);
+    params.not_after = epoch + now + valid_for;
 }
 
 /// Sets not_before to a little before now and not_after `days` later.
@@ -846,10 +1053,15 @@ mod tests {
                     .unwrap(),
                 name
             );
-            let years = (x509.validity().not_after.timestamp()
-                - x509.validity().not_before.timestamp())
-                / (365 * 86400);
-            assert_eq!(years, 2);
+            // notBefore is backdated an hour; the lifetime runs from the issue.
+            let lifetime = x509.validity().not_after.timestamp()
+                - x509.validity().not_before.timestamp()
+                - 3600;
+            let expected = default_validity(role).as_secs() as i64;
+            assert!(
+                (expected - 5..=expected + 5).contains(&lifetime),
+                "{role}: {lifetime} s"
+            );
 
             let eku = x509.extended_key_usage().unwrap().unwrap().value;
             assert!(eku.client_auth);
@@ -1044,6 +1256,99 @@ mod tests {
             matches!(err, PkiError::BadFile { what: "ca", .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn serials_parse_into_one_form() {
+        assert_eq!(parse_serial("4F:0C:00:e1").unwrap(), "4f0c00e1");
+        assert_eq!(parse_serial(" 0x00ab ").unwrap(), "ab");
+        assert_eq!(parse_serial("00:01").unwrap(), "1");
+        assert_eq!(parse_serial(&"f".repeat(40)).unwrap(), "f".repeat(40));
+        for bad in ["", ":", "0x", "00:00", "12g4", "bob", &"1".repeat(41)] {
+            let error = parse_serial(bad).unwrap_err();
+            assert!(
+                error.to_string().starts_with("invalid serial number"),
+                "{bad:?}: {error}"
+            );
+        }
+        assert!(looks_like_serial("4f:0c"));
+        assert!(looks_like_serial("0123456789abcdef"));
+        assert!(!looks_like_serial("user-b"));
+        assert!(!looks_like_serial("deadbeef"));
+    }
+
+    #[test]
+    fn validities_parse_within_bounds() {
+        let day = 24 * 60 * 60;
+        assert_eq!(
+            parse_validity("90d").unwrap(),
+            Duration::from_secs(90 * day)
+        );
+        assert_eq!(
+            parse_validity("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(
+            parse_validity("30d 12h").unwrap(),
+            Duration::from_secs(30 * day + 12 * 3600)
+        );
+        assert_eq!(parse_validity("1m").unwrap(), MIN_VALIDITY);
+        for bad in ["", "soon", "10s", "0d", "90", "20000d", "-1h"] {
+            let error = parse_validity(bad).unwrap_err();
+            assert!(
+                error.to_string().starts_with("invalid validity"),
+                "{bad:?}: {error}"
+            );
+        }
+        assert_eq!(default_validity(Role::Client), CLIENT_VALIDITY);
+        assert_eq!(default_validity(Role::Worker), DAEMON_VALIDITY);
+        assert_eq!(default_validity(Role::Coordinator), DAEMON_VALIDITY);
+    }
+
+    #[test]
+    fn issued_certificates_carry_their_serial_issue_time_and_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let hour = Duration::from_secs(3600);
+        let paths =
+            issue_valid_for(dir.path(), dir.path(), Role::Client, "bob", &[], &[], hour).unwrap();
+        let facts = certificate_facts(&der_of(&paths.cert)).unwrap();
+        assert_eq!(facts.serial, paths.serial);
+        assert_eq!(facts.not_after_secs, paths.not_after_secs);
+        assert!(
+            (now_secs + 3590..=now_secs + 3610).contains(&facts.not_after_secs),
+            "notAfter {} for now {now_secs}",
+            facts.not_after_secs
+        );
+        // The issue time is the moment of issue (notBefore is backdated an hour).
+        let issued_secs = facts.issued_ms / 1000;
+        assert!(
+            (now_secs - 5..=now_secs + 5).contains(&issued_secs),
+            "issued {issued_secs} for now {now_secs}"
+        );
+        assert_eq!(facts.identity.name, "bob");
+        assert_eq!(parse_serial(&facts.serial).unwrap(), facts.serial);
+        assert!(facts.serial.len() >= 30, "{}", facts.serial);
+        // Every certificate has its own serial, even for the same name.
+        let again = issue(dir.path(), dir.path(), Role::Client, "bob", &[], &[]).unwrap();
+        assert_ne!(again.serial, paths.serial);
+        // A lifetime out of bounds is refused.
+        let error = issue_valid_for(
+            dir.path(),
+            dir.path(),
+            Role::Client,
+            "carol",
+            &[],
+            &[],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(error, PkiError::InvalidValidity { .. }), "{error}");
+        assert!(!dir.path().join("carol.pem").exists());
     }
 
     #[test]

@@ -25,7 +25,9 @@ pub use ferry_coordinator_core::{access, query, scheduler, state};
 
 use std::net::SocketAddr;
 
-use api::limits::{MAX_PEER_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_CONNECTION, role_gate};
+use api::limits::{
+    MAX_PEER_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_CONNECTION, deny_list_of, role_gate,
+};
 use ferry_common::pki::{PkiError, Role, TlsMaterial};
 use ferry_common::proto::{
     agent_server::AgentServer, control_server::ControlServer, peer_server::PeerServer,
@@ -183,23 +185,24 @@ impl Coordinator {
             tasks_shutdown.clone(),
         )?;
         tracing::info!(id = self.config.id, address = %self.local_addr(), peer_address = %self.peer_addr(), "coordinator serving");
-        // Each service checks the caller's role on the call's headers, before its
-        // body is read or decoded (the handlers check again, and take the
-        // caller's identity from the same certificate).
+        // Each service checks the caller's role, and that its certificate is not
+        // revoked, on every call's headers, before its body is read or decoded
+        // (the handlers check the role again, and take the caller's identity
+        // from the same certificate).
         let control = InterceptedService::new(
             ControlServer::new(api::ControlService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            role_gate(Role::Client),
+            role_gate(Role::Client, deny_list_of(node.clone())),
         );
         let agent = InterceptedService::new(
             AgentServer::new(api::AgentService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            role_gate(Role::Worker),
+            role_gate(Role::Worker, deny_list_of(node.clone())),
         );
         let peer = InterceptedService::new(
             PeerServer::new(api::PeerService::new(node.clone()))
                 .max_decoding_message_size(consensus::transport::MAX_PEER_MESSAGE_BYTES),
-            role_gate(Role::Coordinator),
+            role_gate(Role::Coordinator, deny_list_of(node.clone())),
         );
         let (stop_servers, servers_shutdown) = watch::channel(false);
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Catalog, Member, Policy, Run, RunId, State, Worker};
+use crate::state::{Catalog, Member, Policy, Revocations, Run, RunId, State, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -160,7 +160,8 @@ impl Store {
             State::from_records(data.runs, data.workers, data.next_run_id)
                 .with_members(data.members)
                 .with_catalog(data.catalog)
-                .with_policy(data.policy),
+                .with_policy(data.policy)
+                .with_revocations(data.revocations),
         )
     }
 
@@ -260,6 +261,7 @@ pub struct StateImage {
     next_run_id: RunId,
     catalog: Catalog,
     policy: Policy,
+    revocations: Revocations,
 }
 
 impl StateImage {
@@ -271,6 +273,7 @@ impl StateImage {
             next_run_id: state.next_run_id,
             catalog: state.catalog.clone(),
             policy: state.policy.clone(),
+            revocations: state.revocations.clone(),
         }
     }
 
@@ -284,6 +287,7 @@ impl StateImage {
             next_run_id: RunId,
             catalog: &'a Catalog,
             policy: &'a Policy,
+            revocations: &'a Revocations,
         }
         let view = View {
             runs: self.runs.iter().map(|run| run.as_ref()).collect(),
@@ -292,6 +296,7 @@ impl StateImage {
             next_run_id: self.next_run_id,
             catalog: &self.catalog,
             policy: &self.policy,
+            revocations: &self.revocations,
         };
         serde_json::to_vec(&view).expect("state always serializes")
     }
@@ -310,6 +315,9 @@ struct SnapshotData {
     /// Absent from snapshots made before projects and added administrators.
     #[serde(default)]
     policy: Policy,
+    /// Absent from snapshots made before revocation existed.
+    #[serde(default)]
+    revocations: Revocations,
 }
 
 #[cfg(test)]
@@ -376,6 +384,13 @@ mod tests {
                 now_ms: 5,
             })
             .unwrap();
+        state.revocations.serials.insert(
+            "ab12".into(),
+            crate::state::Revoked {
+                by: "alice".into(),
+                at_ms: 5,
+            },
+        );
         let restored = Store::state_from_snapshot(&Store::snapshot_data(&state)).unwrap();
         assert_eq!(restored.runs, state.runs);
         assert_eq!(restored.catalog, state.catalog, "cache index and pins kept");
@@ -383,6 +398,7 @@ mod tests {
             restored.policy, state.policy,
             "projects and administrators kept"
         );
+        assert_eq!(restored.revocations, state.revocations, "deny list kept");
         assert_eq!(restored.next_run_id, 2);
         assert_eq!(
             restored.requests.get("r-1"),

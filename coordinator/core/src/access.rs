@@ -105,6 +105,8 @@ pub enum Action {
     SetAdmin,
     /// `ferry cluster add-member|remove-member` (a Raft configuration change).
     ChangeMembership,
+    /// `ferry certs revoke`.
+    RevokeCertificate,
     RegisterWorker,
     StepStarted,
     StepFinished,
@@ -203,6 +205,11 @@ pub const TABLE: &[Rule] = &[
         Action::ChangeMembership,
         Need::Admin,
         "change the cluster's membership",
+    ),
+    rule(
+        Action::RevokeCertificate,
+        Need::Admin,
+        "revoke certificates",
     ),
     rule(
         Action::RegisterWorker,

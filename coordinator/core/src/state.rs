@@ -25,6 +25,7 @@ mod outcome;
 mod policy;
 mod records;
 mod resend;
+pub mod revocation;
 mod runs;
 mod workers;
 
@@ -42,6 +43,7 @@ pub use records::{
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
     RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
 };
+pub use revocation::{PresentedCertificate, RevocationTarget, Revocations, Revoked};
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -65,6 +67,8 @@ pub struct State {
     pub cache_pending: BTreeMap<String, BTreeSet<(RunId, String)>>,
     /// Projects, their members and the administrators added by command.
     pub policy: Policy,
+    /// The certificate deny list (`revocation`).
+    pub revocations: Revocations,
 }
 
 impl State {
@@ -81,6 +85,7 @@ impl State {
             cache_owners: BTreeMap::new(),
             cache_pending: BTreeMap::new(),
             policy: Policy::default(),
+            revocations: Revocations::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -138,6 +143,12 @@ impl State {
     /// Sets the projects and administrators (a restart or a snapshot).
     pub fn with_policy(mut self, policy: Policy) -> State {
         self.policy = policy;
+        self
+    }
+
+    /// Sets the certificate deny list (a snapshot).
+    pub fn with_revocations(mut self, revocations: Revocations) -> State {
+        self.revocations = revocations;
         self
     }
 
@@ -284,6 +295,7 @@ impl State {
                 admin,
                 now_ms: _,
             } => self.set_admin(user, admin),
+            Command::RevokeCertificate { target, by, now_ms } => self.revoke(target, by, now_ms),
         }
     }
 

@@ -1,17 +1,20 @@
-//! What bounds a caller before its request reaches a handler: the role check that
-//! runs on a call's headers (the TLS connection's client certificate) before its
-//! body is read or decoded, and how many long-lived streams one caller may hold
+//! What bounds a caller before its request reaches a handler: the role and
+//! revocation check that runs on a call's headers (the TLS connection's client
+//! certificate) before its body is read or decoded, and how many long-lived
+//! streams one caller may hold
 //! open at once. The number of concurrent HTTP/2 streams per connection is set on
 //! the servers (`coordinator/src/lib.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ferry_common::pki::{Role, require_role};
+use ferry_common::pki::{CertificateFacts, Role, peer_certificate};
 use futures::StreamExt;
 use tonic::Status;
 
 use super::ResponseStream;
+use crate::node::Node;
+use crate::state::{PresentedCertificate, Revocations};
 
 /// Most concurrent HTTP/2 streams (calls) one connection to the client and
 /// worker server may have open; more wait in the caller's HTTP/2 client until one
@@ -28,15 +31,62 @@ pub const MAX_CLIENT_STREAMS_PER_CALLER: usize = 32;
 
 /// A tonic interceptor that refuses a call unless the client certificate of its
 /// TLS connection carries `role` (`PermissionDenied`, `Unauthenticated` without a
-/// Ferry identity). It sees only the call's headers and connection: the body is
+/// Ferry identity) and is not on the replicated deny list as this member has
+/// applied it (`Unauthenticated`, saying it was revoked). It runs on every call,
+/// so a certificate revoked while its connection stays open is refused from its
+/// next call on. It sees only the call's headers and connection: the body is
 /// neither read nor decoded for a refused call.
-pub fn role_gate(
+pub fn role_gate<Revoked>(
     role: Role,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    revoked: Revoked,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone
+where
+    Revoked: Fn(&CertificateFacts) -> Option<String> + Clone,
+{
     move |request: tonic::Request<()>| {
-        require_role(&request, role)?;
+        let facts = peer_certificate(&request)?;
+        check_role(&facts, role)?;
+        if let Some(reason) = revoked(&facts) {
+            tracing::warn!(
+                caller = %facts.identity,
+                serial = %facts.serial,
+                "refused a call: its certificate is revoked"
+            );
+            return Err(Status::unauthenticated(format!(
+                "the client certificate was revoked: {reason}"
+            )));
+        }
         Ok(request)
     }
+}
+
+/// The check [`role_gate`] makes against the deny list as `node` has applied it.
+pub fn deny_list_of(node: Arc<Node>) -> impl Fn(&CertificateFacts) -> Option<String> + Clone {
+    move |facts: &CertificateFacts| node.read(|state| revoked(&state.revocations, facts))
+}
+
+fn check_role(facts: &CertificateFacts, role: Role) -> Result<(), Status> {
+    if facts.identity.role == role {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "this service accepts {role} certificates only; the caller presented a {other} \
+         certificate for \"{name}\"",
+        other = facts.identity.role,
+        name = facts.identity.name
+    )))
+}
+
+/// Why the certificate described by `facts` is refused by `list`, if it is.
+pub fn revoked(list: &Revocations, facts: &CertificateFacts) -> Option<String> {
+    if list.is_empty() {
+        return None;
+    }
+    list.refusal(PresentedCertificate {
+        serial: &facts.serial,
+        name: &facts.identity.name,
+        issued_ms: facts.issued_ms,
+    })
 }
 
 /// How many streams of one kind each caller holds open, up to a limit.
@@ -150,8 +200,32 @@ mod tests {
 
     #[test]
     fn the_role_gate_refuses_a_call_without_a_certificate() {
-        let mut gate = role_gate(Role::Coordinator);
+        let mut gate = role_gate(Role::Coordinator, |_: &CertificateFacts| None);
         let refused = gate(tonic::Request::new(())).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_certificate_on_the_deny_list_is_revoked_by_serial_or_name() {
+        let facts = CertificateFacts {
+            identity: ferry_common::pki::Identity {
+                role: Role::Worker,
+                name: "w1".to_string(),
+            },
+            serial: "ab12".to_string(),
+            issued_ms: 5_000,
+            not_after_secs: 100,
+        };
+        let mut list = Revocations::default();
+        assert_eq!(revoked(&list, &facts), None);
+        let record = crate::state::Revoked {
+            by: "alice".to_string(),
+            at_ms: 6_000,
+        };
+        list.names.insert("w1".to_string(), record.clone());
+        assert!(revoked(&list, &facts).unwrap().contains("\"w1\""));
+        list.names.clear();
+        list.serials.insert("ab12".to_string(), record);
+        assert!(revoked(&list, &facts).unwrap().contains("serial ab12"));
     }
 }

@@ -55,7 +55,10 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::ProjectNotFound(_)
         | StateError::NotAProjectMember { .. }
         | StateError::NotAnAdmin(_) => Status::not_found(error.to_string()),
-        StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
+        StateError::NoSuchRerunStep { .. } | StateError::InvalidRevocation(_) => {
+            Status::invalid_argument(error.to_string())
+        }
+        StateError::TooManyRevocations(_) => Status::resource_exhausted(error.to_string()),
         StateError::ScheduleExists(_)
         | StateError::PinTaken { .. }
         | StateError::ProjectExists(_) => Status::already_exists(error.to_string()),

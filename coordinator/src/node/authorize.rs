@@ -171,6 +171,9 @@ pub fn authorize(
         Command::SetAdmin { user, .. } => {
             (Action::SetAdmin, anything(), format!("user \"{user}\""))
         }
+        Command::RevokeCertificate { target, .. } => {
+            (Action::RevokeCertificate, anything(), format!("{target:?}"))
+        }
         Command::RegisterWorker { worker, .. } => (
             Action::RegisterWorker,
             named(&worker.name),

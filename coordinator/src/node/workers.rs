@@ -224,6 +224,7 @@ impl Node {
             | Outcome::Report { .. }
             | Outcome::WorkerMode(_)
             | Outcome::Done
+            | Outcome::Revoked { .. }
             | Outcome::Unchanged => {}
         }
     }

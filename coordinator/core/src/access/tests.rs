@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 29] = [
+const ALL_ACTIONS: [Action; 30] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -18,6 +18,7 @@ const ALL_ACTIONS: [Action; 29] = [
     Action::SetProjectMember,
     Action::SetAdmin,
     Action::ChangeMembership,
+    Action::RevokeCertificate,
     Action::RegisterWorker,
     Action::StepStarted,
     Action::StepFinished,
@@ -109,7 +110,8 @@ fn expected(who: Who, action: Action) -> bool {
     let client = !matches!(who, Who::Worker | Who::Coordinator);
     match action {
         ListWorkers | ClusterStatus | ListProjects | ListAdmins => client,
-        Collect | SetWorkerMode | CreateProject | SetAdmin | ChangeMembership => who == Who::Admin,
+        Collect | SetWorkerMode | CreateProject | SetAdmin | ChangeMembership
+        | RevokeCertificate => who == Who::Admin,
         SetProjectMember => matches!(who, Who::Admin | Who::ProjectOwner),
         SubmitRun | RerunRun | CreateSchedule => {
             matches!(who, Who::Admin | Who::ProjectOwner | Who::Editor)

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::ProjectRole;
 
-use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};
+use super::{
+    AttemptKey, AttemptUsage, MetricPoint, RevocationTarget, RunId, Schedule, Worker, WorkerMode,
+};
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +200,14 @@ pub enum Command {
         admin: bool,
         now_ms: i64,
     },
+    /// `ferry certs revoke` (administrators): adds a serial number or a holder
+    /// name to the certificate deny list (see `revocation`).
+    RevokeCertificate {
+        target: RevocationTarget,
+        /// The administrator who asked.
+        by: String,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -236,7 +246,8 @@ impl Command {
             | Command::TimeOutRun { now_ms, .. }
             | Command::CreateProject { now_ms, .. }
             | Command::SetProjectMember { now_ms, .. }
-            | Command::SetAdmin { now_ms, .. } => *now_ms = now,
+            | Command::SetAdmin { now_ms, .. }
+            | Command::RevokeCertificate { now_ms, .. } => *now_ms = now,
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -266,6 +277,7 @@ impl Command {
             | Command::CreateProject { now_ms, .. }
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
+            | Command::RevokeCertificate { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
         }
     }
@@ -300,7 +312,8 @@ impl Command {
             | Command::TimeOutRun { .. }
             | Command::CreateProject { .. }
             | Command::SetProjectMember { .. }
-            | Command::SetAdmin { .. } => true,
+            | Command::SetAdmin { .. }
+            | Command::RevokeCertificate { .. } => true,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AttemptKey, RunId, WorkerMode};
+use super::{AttemptKey, RevocationTarget, RunId, WorkerMode};
 
 /// The result of applying a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,12 @@ pub enum Outcome {
         blobs: Vec<(String, u64)>,
         at_ms: i64,
         grace_ms: u64,
+    },
+    /// A certificate serial or name is on the deny list; `already`: it was
+    /// before this command.
+    Revoked {
+        target: RevocationTarget,
+        already: bool,
     },
 }
 
@@ -114,4 +120,11 @@ pub enum StateError {
     NotAProjectMember { project: String, user: String },
     #[error("\"{0}\" is not an administrator added by 'ferry admins add'")]
     NotAnAdmin(String),
+    #[error("cannot revoke: {0}")]
+    InvalidRevocation(String),
+    #[error(
+        "the certificate deny list is full ({0} entries); revoke by name instead of by serial, \
+         or start a new cluster CA"
+    )]
+    TooManyRevocations(usize),
 }

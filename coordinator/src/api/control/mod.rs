@@ -6,6 +6,7 @@
 //! request, propose or read, and build the answer from `views`.
 
 mod artifacts;
+mod certs;
 mod cluster;
 mod logs;
 mod policy;
@@ -295,5 +296,19 @@ impl Control for ControlService {
         request: Request<proto::SetAdminRequest>,
     ) -> Result<Response<proto::ListAdminsResponse>, Status> {
         policy::set_admin(self, request).await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<proto::RevokeCertificateRequest>,
+    ) -> Result<Response<proto::RevokeCertificateResponse>, Status> {
+        certs::revoke_certificate(self, request).await
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<proto::ListRevocationsRequest>,
+    ) -> Result<Response<proto::ListRevocationsResponse>, Status> {
+        certs::list_revocations(self, request).await
     }
 }
