@@ -13,6 +13,7 @@ mod t40_security;
 mod t41_containment;
 mod t42_bundles;
 mod t44_bounds;
+mod t46_secrets;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;

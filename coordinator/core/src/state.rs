@@ -10,7 +10,7 @@
 //! The records are in `records`, the commands in `command`, what applying one
 //! answers in `outcome`; this module holds the [`State`] and dispatches each
 //! command to its transition, which lives with its area: `runs`, `attempts`,
-//! `workers`, `cache` (results reused across runs) and `catalog` (schedules,
+//! `workers`, `cache` (results reused across runs), `secrets` (sealed values only) and `catalog` (schedules,
 //! pins and garbage collection).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +25,7 @@ mod outcome;
 mod records;
 mod resend;
 mod runs;
+mod secrets;
 mod workers;
 
 pub use attempts::{LOST_RETRIES, retry_delay_ms};
@@ -40,6 +41,7 @@ pub use records::{
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
     RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
 };
+pub use secrets::{SealedValue, Secret, secret_key};
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -257,6 +259,25 @@ impl State {
                 now_ms,
             } => Ok(self.worker_lost(worker, &session, &reason, now_ms)),
             Command::TimeOutRun { run, now_ms } => Ok(self.time_out_run(run, now_ms)),
+            Command::SetSecret {
+                project,
+                name,
+                sealed,
+                set_by,
+                now_ms,
+            } => Ok(self.set_secret(project, name, sealed, set_by, now_ms)),
+            Command::ResealSecret {
+                project,
+                name,
+                version,
+                sealed,
+                now_ms: _,
+            } => Ok(self.reseal_secret(&project, &name, version, sealed)),
+            Command::DeleteSecret {
+                project,
+                name,
+                now_ms: _,
+            } => self.delete_secret(&project, &name),
         }
     }
 

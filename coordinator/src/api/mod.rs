@@ -51,7 +51,8 @@ pub(crate) fn state_status(error: StateError) -> Status {
         StateError::RunNotFound(_)
         | StateError::ScheduleNotFound(_)
         | StateError::ArtifactNotFound(_)
-        | StateError::PinNotFound(_) => Status::not_found(error.to_string()),
+        | StateError::PinNotFound(_)
+        | StateError::SecretNotFound { .. } => Status::not_found(error.to_string()),
         StateError::NoSuchRerunStep { .. } => Status::invalid_argument(error.to_string()),
         StateError::ScheduleExists(_) | StateError::PinTaken { .. } => {
             Status::already_exists(error.to_string())

@@ -44,6 +44,9 @@ pub enum CommandKind {
     Assign,
     WorkerLost,
     TimeOutRun,
+    SetSecret,
+    ResealSecret,
+    DeleteSecret,
 }
 
 /// One row of the table: who may propose a kind of command, and what it does in
@@ -121,6 +124,19 @@ pub const RULES: &[Rule] = &[
         Allowed::Coordinator,
         "time out runs",
     ),
+    // Secrets: like the other client commands of a project; `set` speaks for
+    // its caller (recorded as who set it).
+    rule(CommandKind::SetSecret, Allowed::OwningClient, "set secrets"),
+    rule(
+        CommandKind::ResealSecret,
+        Allowed::AnyClient,
+        "seal secrets again",
+    ),
+    rule(
+        CommandKind::DeleteSecret,
+        Allowed::AnyClient,
+        "delete secrets",
+    ),
 ];
 
 const fn rule(kind: CommandKind, allowed: Allowed, action: &'static str) -> Rule {
@@ -153,6 +169,9 @@ fn classify(command: &Command) -> (CommandKind, Option<&str>) {
         Command::Assign { .. } => (CommandKind::Assign, None),
         Command::WorkerLost { .. } => (CommandKind::WorkerLost, None),
         Command::TimeOutRun { .. } => (CommandKind::TimeOutRun, None),
+        Command::SetSecret { set_by, .. } => (CommandKind::SetSecret, Some(set_by)),
+        Command::ResealSecret { .. } => (CommandKind::ResealSecret, None),
+        Command::DeleteSecret { .. } => (CommandKind::DeleteSecret, None),
     }
 }
 
@@ -256,7 +275,7 @@ mod tests {
         }
     }
 
-    const ALL_KINDS: [CommandKind; 17] = [
+    const ALL_KINDS: [CommandKind; 20] = [
         CommandKind::SubmitRun,
         CommandKind::RerunRun,
         CommandKind::CreateSchedule,
@@ -274,6 +293,9 @@ mod tests {
         CommandKind::Assign,
         CommandKind::WorkerLost,
         CommandKind::TimeOutRun,
+        CommandKind::SetSecret,
+        CommandKind::ResealSecret,
+        CommandKind::DeleteSecret,
     ];
 
     #[test]

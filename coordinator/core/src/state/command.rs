@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use ferry_spec::Pipeline;
 use serde::{Deserialize, Serialize};
 
-use super::{AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, Worker, WorkerMode};
+use super::{
+    AttemptKey, AttemptUsage, MetricPoint, RunId, Schedule, SealedValue, Worker, WorkerMode,
+};
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +179,29 @@ pub enum Command {
         run: RunId,
         now_ms: i64,
     },
+    /// `ferry secrets set`: the value sealed by the member that received it.
+    SetSecret {
+        project: String,
+        name: String,
+        sealed: SealedValue,
+        set_by: String,
+        now_ms: i64,
+    },
+    /// `ferry secrets rotate-key`: the same value of a secret, sealed again with
+    /// the current key; ignored unless the secret still has `version`.
+    ResealSecret {
+        project: String,
+        name: String,
+        version: u64,
+        sealed: SealedValue,
+        now_ms: i64,
+    },
+    /// `ferry secrets delete`.
+    DeleteSecret {
+        project: String,
+        name: String,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -212,7 +237,10 @@ impl Command {
             | Command::CancelRun { now_ms, .. }
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
-            | Command::TimeOutRun { now_ms, .. } => *now_ms = now,
+            | Command::TimeOutRun { now_ms, .. }
+            | Command::SetSecret { now_ms, .. }
+            | Command::ResealSecret { now_ms, .. }
+            | Command::DeleteSecret { now_ms, .. } => *now_ms = now,
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -239,6 +267,9 @@ impl Command {
             | Command::SetWorkerMode { now_ms, .. }
             | Command::WorkerLost { now_ms, .. }
             | Command::TimeOutRun { now_ms, .. }
+            | Command::SetSecret { now_ms, .. }
+            | Command::ResealSecret { now_ms, .. }
+            | Command::DeleteSecret { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
         }
     }
@@ -256,7 +287,8 @@ impl Command {
             Command::SubmitRun { request_id, .. } | Command::RerunRun { request_id, .. } => {
                 request_id.is_some()
             }
-            Command::Assign { .. } => false,
+            // A second application would make another version.
+            Command::Assign { .. } | Command::SetSecret { .. } => false,
             Command::CreateSchedule { .. }
             | Command::PauseSchedule { .. }
             | Command::DeleteSchedule { .. }
@@ -270,7 +302,9 @@ impl Command {
             | Command::CancelRun { .. }
             | Command::SetWorkerMode { .. }
             | Command::WorkerLost { .. }
-            | Command::TimeOutRun { .. } => true,
+            | Command::TimeOutRun { .. }
+            | Command::ResealSecret { .. }
+            | Command::DeleteSecret { .. } => true,
         }
     }
 }

@@ -10,6 +10,7 @@ mod cluster;
 mod logs;
 mod runs;
 mod schedules;
+mod secrets;
 mod submit;
 mod views;
 mod workers;
@@ -239,5 +240,33 @@ impl Control for ControlService {
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         cluster::remove_member(self, request).await
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<proto::SetSecretRequest>,
+    ) -> Result<Response<proto::SecretView>, Status> {
+        secrets::set_secret(self, request).await
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<proto::ListSecretsRequest>,
+    ) -> Result<Response<proto::ListSecretsResponse>, Status> {
+        secrets::list_secrets(self, request).await
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<proto::DeleteSecretRequest>,
+    ) -> Result<Response<proto::SecretView>, Status> {
+        secrets::delete_secret(self, request).await
+    }
+
+    async fn rotate_secrets_key(
+        &self,
+        request: Request<proto::RotateSecretsKeyRequest>,
+    ) -> Result<Response<proto::RotateSecretsKeyResponse>, Status> {
+        secrets::rotate_secrets_key(self, request).await
     }
 }
