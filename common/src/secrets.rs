@@ -264,7 +264,7 @@ mod tests {
         flipped.ciphertext[0] ^= 1;
         assert!(ring_a.open("default/hf", &flipped).is_err());
         // Rotation: b seals, a still opens what it sealed.
-        let rotated = Keyring::load(&b, &[a.clone()]).unwrap();
+        let rotated = Keyring::load(&b, std::slice::from_ref(&a)).unwrap();
         assert_eq!(rotated.open("default/hf", &sealed).unwrap(), value);
         assert_eq!(rotated.seal("default/hf", value).unwrap().key_id, id_b);
     }

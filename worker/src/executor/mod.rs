@@ -90,7 +90,7 @@ pub async fn run_attempt(
         staged = stage(ctx, &assignment, &work_dir, &mut fingerprint) => staged,
         _ = cancel.wait_for(|c| *c) => Err(StageError::Cancelled),
     };
-    let staged = match staged {
+    let mut staged = match staged {
         Ok(staged) => staged,
         Err(error) => {
             give_back(ctx, bundle, work_dir, fingerprint).await;
@@ -189,7 +189,7 @@ pub async fn run_attempt(
         tokio::task::spawn_blocking(move || secrets::prepare(&given, &data_dir, user.as_ref()))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-    let attempt_secrets = match prepared {
+    staged.secrets = match prepared {
         Ok(prepared) => prepared,
         Err(reason) => {
             let _ = finished.send(true);
@@ -206,11 +206,10 @@ pub async fn run_attempt(
         &log_path,
         &metrics_path,
         &staged,
-        &attempt_secrets,
         &mut cancel,
     )
     .await;
-    drop(attempt_secrets);
+    drop(std::mem::take(&mut staged.secrets));
     let ran = began.elapsed();
     let _ = finished.send(true);
     let _ = start_report.await;

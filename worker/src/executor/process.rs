@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::context::ExecutorContext;
 use super::logs::{read_lines, ship_logs};
-use super::secrets::AttemptSecrets;
 use super::staging::{Staged, step_environment};
 use crate::cgroup::join_from_child;
 use crate::containment::Contained;
@@ -95,7 +94,6 @@ pub(super) async fn execute(
     log_path: &Path,
     metrics_path: &Path,
     staged: &Staged,
-    secrets: &AttemptSecrets,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<(Ended, Usage), String> {
     let Some(program) = assignment.command.first() else {
@@ -132,9 +130,10 @@ pub(super) async fn execute(
         .env_clear()
         .envs(ctx.base_environment.iter().cloned())
         .envs(step_environment(&ctx.gpus, assignment, work_dir, staged))
-        .envs(secrets.env.iter().cloned())
+        .envs(staged.secrets.env.iter().cloned())
         .envs(
-            secrets
+            staged
+                .secrets
                 .dir
                 .iter()
                 .map(|dir| ("FERRY_SECRETS_DIR", dir.as_os_str())),
@@ -204,7 +203,7 @@ pub(super) async fn execute(
         receiver,
         ctx.max_log_bytes,
         log_path.to_path_buf(),
-        secrets.mask.clone(),
+        staged.secrets.mask.clone(),
     ));
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));

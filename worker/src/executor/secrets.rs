@@ -29,6 +29,17 @@ pub(super) struct AttemptSecrets {
     pub(super) mask: Vec<String>,
 }
 
+/// Names what is there, never a value.
+impl std::fmt::Debug for AttemptSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptSecrets")
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("dir", &self.dir)
+            .field("masked", &self.mask.len())
+            .finish()
+    }
+}
+
 impl Drop for AttemptSecrets {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take()

@@ -101,7 +101,7 @@ pub(super) async fn set_secret(
             set.name
         )));
     }
-    let sealed = seal(keyring(&service)?, &set.project, &set.name, &set.value)
+    let sealed = seal(keyring(service)?, &set.project, &set.name, &set.value)
         .map_err(|e| Status::internal(e.to_string()))?;
     drop(set.value);
     let outcome = service
@@ -178,7 +178,7 @@ pub(super) async fn rotate_secrets_key(
     request: Request<proto::RotateSecretsKeyRequest>,
 ) -> Result<Response<proto::RotateSecretsKeyResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    let keyring = keyring(&service)?;
+    let keyring = keyring(service)?;
     service.consistent_read(false).await?;
     let current = keyring.current_id().to_string();
     let stale: Vec<Secret> = service.node.read(|state| {
