@@ -252,7 +252,7 @@ fn cache_errors() {
         (
             "    cache: {verison: 2}\n",
             &[
-                "cache of step \"a\" has an unknown field \"verison\" (did you mean \"version\"?); use `version`, `paths` and `enabled`",
+                "cache of step \"a\" has an unknown field \"verison\" (did you mean \"version\"?); use `version`, `paths`, `enabled` and `secrets`",
             ],
             5,
         ),
