@@ -19,6 +19,7 @@ pub(crate) mod rerun;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod schedules;
+pub(crate) mod secrets;
 pub(crate) mod shared;
 pub(crate) mod status;
 pub(crate) mod workers;

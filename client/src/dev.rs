@@ -43,6 +43,8 @@ pub enum DevError {
     Worker(#[from] ferry_worker::WorkerError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secrets(#[from] ferry_common::secrets::SecretsError),
 }
 
 /// `$XDG_DATA_HOME/ferry/dev`, else `$HOME/.local/share/ferry/dev`.
@@ -147,6 +149,11 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
     let worker = worker_name();
     ensure_certificates(&certs, &worker)?;
     let files = |name: &str| TlsFiles::in_dir(&certs, name);
+    // The cluster's secrets key, made once beside the certificates.
+    let secrets_key = certs.join("secrets.key");
+    if !secrets_key.exists() {
+        ferry_common::secrets::create_key_file(&secrets_key)?;
+    }
 
     let coordinator = Coordinator::bind(CoordinatorConfig {
         listen: options.listen,
@@ -162,6 +169,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         retention: Default::default(),
         // The local user administers its own one-member cluster.
         admins: vec![CLIENT_NAME.to_string()],
+        secrets_key: Some(secrets_key),
+        secrets_keys: Vec::new(),
     })
     .await?;
     let address = coordinator.local_addr();

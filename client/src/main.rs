@@ -18,7 +18,7 @@ use ferry_client::config::Overrides;
 use crate::commands::shared::{self, Client, LocalSpec, Output, Read};
 use crate::commands::{
     artifacts, cancel, certs, cluster, gc, logs, metrics, pins, projects, rerun, run, runs,
-    schedules, status, workers,
+    schedules, secrets, status, workers,
 };
 use crate::compare::Goal;
 
@@ -194,6 +194,12 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Cluster secrets of a project: set, list (never values), delete, and seal
+    /// them again with a new key.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
     },
     /// Create a cluster CA and issue certificates.
     Certs {
@@ -401,7 +407,45 @@ enum ArtifactsCommand {
 }
 
 #[derive(Subcommand)]
+enum SecretsCommand {
+    /// Set a secret (a new version if it exists); the value is read from a file
+    /// or an environment variable, never from the command line.
+    Set {
+        /// 1 to 64 characters from a-z, 0-9, '_' and '-', starting with a letter.
+        name: String,
+        #[arg(long, default_value = ferry_common::spec::DEFAULT_PROJECT)]
+        project: String,
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "from_env",
+            required_unless_present = "from_env"
+        )]
+        from_file: Option<PathBuf>,
+        #[arg(long, value_name = "VAR")]
+        from_env: Option<String>,
+    },
+    /// List secrets: names, versions, who set them and when; never values.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        read: Read,
+    },
+    Delete {
+        name: String,
+        #[arg(long, default_value = ferry_common::spec::DEFAULT_PROJECT)]
+        project: String,
+    },
+    /// Seal every secret again with the coordinators' current `secrets_key`.
+    RotateKey,
+}
+
+#[derive(Subcommand)]
 enum CertsCommand {
+    /// Create a cluster secrets key: 32 random bytes, mode 0600, never over an
+    /// existing file.
+    SecretsKey { path: PathBuf },
     /// Create the cluster CA (ca.pem, ca-key.pem) in a directory.
     Init {
         #[arg(long, default_value = ".")]
@@ -505,11 +549,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Certs {
-            command: command @ (CertsCommand::Init { .. } | CertsCommand::Issue { .. }),
+            command:
+                command @ (CertsCommand::Init { .. }
+                | CertsCommand::SecretsKey { .. }
+                | CertsCommand::Issue { .. }),
         } => {
             init_tracing("warn");
             match command {
                 CertsCommand::Init { dir } => certs::init(&dir)?,
+                CertsCommand::SecretsKey { path } => secrets::create_key(&path)?,
                 CertsCommand::Issue {
                     dir,
                     out,
@@ -742,6 +790,28 @@ async fn remote(
             SchedulesCommand::Pause { name } => schedules::pause(client, name, output).await?,
             SchedulesCommand::Resume { name } => schedules::resume(client, name, output).await?,
             SchedulesCommand::Delete { name } => schedules::delete(client, name, output).await?,
+        },
+        Command::Secrets { command } => match command {
+            SecretsCommand::Set {
+                name,
+                project,
+                from_file,
+                from_env,
+            } => {
+                let source = match (&from_file, &from_env) {
+                    (Some(file), _) => secrets::Source::File(file),
+                    (None, Some(var)) => secrets::Source::Env(var),
+                    (None, None) => bail!("give the value with --from-file FILE or --from-env VAR"),
+                };
+                secrets::set(client, &name, &project, source, output).await?
+            }
+            SecretsCommand::List { project, read } => {
+                secrets::list(client, project.as_deref(), read, output).await?
+            }
+            SecretsCommand::Delete { name, project } => {
+                secrets::delete(client, &name, &project, output).await?
+            }
+            SecretsCommand::RotateKey => secrets::rotate_key(client, output).await?,
         },
         Command::Gc { keep_last, dry_run } => {
             gc::collect_garbage(client, keep_last, dry_run, output).await?

@@ -20,6 +20,7 @@ pub mod durable;
 pub mod faults;
 pub mod locks;
 pub mod pki;
+pub mod secrets;
 pub mod signals;
 /// The pipeline spec, a crate of its own (pure: no IO, no async).
 pub use ferry_spec as spec;

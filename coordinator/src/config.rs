@@ -54,6 +54,16 @@ pub struct CoordinatorConfig {
     /// may. Every member should list the same names: the leader decides.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// The cluster's current secrets key (32 random bytes, mode 0600; `ferry
+    /// certs secrets-key PATH` makes one): seals the values `ferry secrets set`
+    /// receives. Every member holds the same keys. Absent: this member refuses
+    /// `ferry secrets set` and cannot deliver secrets when it leads.
+    #[serde(default)]
+    pub secrets_key: Option<PathBuf>,
+    /// Earlier keys, kept to open what they sealed until `ferry secrets
+    /// rotate-key` has sealed everything again with `secrets_key`.
+    #[serde(default)]
+    pub secrets_keys: Vec<PathBuf>,
 }
 
 /// `[retention]`: garbage collection of old runs' logs and artifacts.
@@ -323,6 +333,17 @@ impl CoordinatorConfig {
         Ok(names)
     }
 
+    /// The keyring of `secrets_key` and `secrets_keys`; `None` without a
+    /// `secrets_key`.
+    pub fn secrets_keyring(
+        &self,
+    ) -> Result<Option<ferry_common::secrets::Keyring>, ferry_common::secrets::SecretsError> {
+        self.secrets_key
+            .as_ref()
+            .map(|current| ferry_common::secrets::Keyring::load(current, &self.secrets_keys))
+            .transpose()
+    }
+
     /// Reads the file; relative paths in it are taken relative to the file's folder.
     /// The administrators' names are checked here, so that a wrong one is named
     /// with the file.
@@ -337,6 +358,8 @@ impl CoordinatorConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.tls = config.tls.relative_to(base);
+        config.secrets_key = config.secrets_key.map(|key| base.join(key));
+        config.secrets_keys = config.secrets_keys.iter().map(|k| base.join(k)).collect();
         Ok(config)
     }
 }

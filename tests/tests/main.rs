@@ -14,6 +14,7 @@ mod t41_containment;
 mod t42_bundles;
 mod t44_bounds;
 mod t45_access;
+mod t46_secrets;
 mod t47_revocation;
 mod t50_specs;
 mod t60_dev;

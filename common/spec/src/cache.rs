@@ -59,14 +59,25 @@ pub(super) fn check_cache(cx: &StepContext<'_>, cache: &Value) -> CacheSpec {
                 ),
             },
             Some("paths") => spec.paths = check_cache_paths(cx, value),
+            Some("secrets") => match value {
+                Value::Bool(on) => spec.secrets = *on,
+                other => cx.error(
+                    at,
+                    format!(
+                        "cache.secrets of step {label} must be true or false, got {}",
+                        describe_value(other)
+                    ),
+                ),
+            },
             other => {
-                let hint =
-                    did_you_mean(other.and_then(|k| suggest(k, ["version", "paths", "enabled"])));
+                let hint = did_you_mean(
+                    other.and_then(|k| suggest(k, ["version", "paths", "enabled", "secrets"])),
+                );
                 cx.error(
                     at,
                     format!(
                         "cache of step {label} has an unknown field {}{hint}; use `version`, \
-                         `paths` and `enabled`",
+                         `paths`, `enabled` and `secrets`",
                         describe_value(key)
                     ),
                 );

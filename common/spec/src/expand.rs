@@ -140,6 +140,7 @@ pub(super) fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
         matrix,
         max_parallel,
         gather: _,
+        secrets,
     } = p;
     let render = |values: &BTreeMap<String, String>| {
         let command: Vec<String> = command.iter().map(|t| t.render(values)).collect();
@@ -167,6 +168,7 @@ pub(super) fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
         cache,
         trial: None,
         gather: links.gather,
+        secrets,
     };
     let Some(matrix) = matrix else {
         out.push(plain);

@@ -48,6 +48,7 @@ mod partial;
 mod paths;
 mod pipeline;
 mod raw;
+mod secrets;
 mod step;
 mod suggest;
 mod template;
@@ -60,6 +61,9 @@ mod tests;
 pub use names::{env_var_name, parse_param_override};
 pub use paths::validate_output_path;
 pub use pipeline::parse_pipeline;
+pub use secrets::{
+    MAX_SECRET_NAME_LEN, MAX_SECRETS_PER_STEP, SecretTarget, SecretUse, check_secret_name,
+};
 pub use types::{
     BestBy, CacheSpec, Diagnostic, Gather, Goal, GpuConstraint, Input, Pipeline, Resources,
     SpecError, Step, Trial,

@@ -28,4 +28,5 @@ pub(super) struct Partial {
     pub(super) max_parallel: Option<u32>,
     /// As written: the gathered steps are checked against the others later.
     pub(super) gather: Vec<Gather>,
+    pub(super) secrets: Vec<crate::SecretUse>,
 }

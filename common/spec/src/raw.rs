@@ -50,6 +50,7 @@ pub(super) struct RawStep {
     pub(super) matrix: Option<Value>,
     pub(super) max_parallel: Option<Value>,
     pub(super) gather: Option<Vec<Value>>,
+    pub(super) secrets: Option<Value>,
 }
 
 /// A step's `resources:`.

@@ -15,6 +15,7 @@ use super::names::is_param_name;
 use super::partial::Partial;
 use super::paths::normalize_output;
 use super::raw::{RawStep, describe_value, kind_of, positive_u32, scalar_text};
+use super::secrets::check_secrets;
 use super::suggest::{did_you_mean, suggest};
 use super::template::{Scope, StepText, Template};
 use super::types::{GpuConstraint, Resources};
@@ -403,6 +404,12 @@ pub(super) fn check_step(
         .flatten()
         .filter_map(|item| check_gather_item(&cx, item))
         .collect();
+    let env_names = env.keys().cloned().collect();
+    let secrets = step
+        .secrets
+        .as_ref()
+        .map(|v| check_secrets(&cx, v, &env_names))
+        .unwrap_or_default();
 
     Partial {
         name: me.unwrap_or_default().to_string(),
@@ -420,6 +427,7 @@ pub(super) fn check_step(
         matrix,
         max_parallel,
         gather,
+        secrets,
     }
 }
 

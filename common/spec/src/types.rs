@@ -91,6 +91,10 @@ pub struct Step {
     /// Sweeps (steps written with `matrix:`) whose every trial this step receives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gather: Vec<Gather>,
+    /// Cluster secrets the step receives (`secrets:`), by name: the values are
+    /// never in the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretUse>,
 }
 
 /// How a step is cached (`cache:` on a step).
@@ -108,6 +112,11 @@ pub struct CacheSpec {
     /// written without its trailing `/`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// `cache.secrets: true`: the names and versions (never the values) of the
+    /// step's secrets enter its cache key, so setting a secret again invalidates
+    /// the step's earlier results.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secrets: bool,
 }
 
 impl Default for CacheSpec {
@@ -116,6 +125,7 @@ impl Default for CacheSpec {
             enabled: true,
             version: String::new(),
             paths: Vec::new(),
+            secrets: false,
         }
     }
 }

@@ -107,6 +107,16 @@ pub enum Action {
     ChangeMembership,
     /// `ferry certs revoke`.
     RevokeCertificate,
+    /// `ferry secrets set` (a new secret, or a new version of one).
+    SetSecret,
+    /// `ferry secrets delete`.
+    DeleteSecret,
+    /// `ferry secrets rotate-key` (every secret sealed again).
+    ResealSecret,
+    /// A run's step asks for a secret.
+    UseSecret,
+    /// A secret (name, version, who set it; never its value) in `ferry secrets list`.
+    ReadSecret,
     RegisterWorker,
     StepStarted,
     StepFinished,
@@ -211,6 +221,15 @@ pub const TABLE: &[Rule] = &[
         Need::Admin,
         "revoke certificates",
     ),
+    rule(Action::SetSecret, Need::Editor, "set secrets"),
+    rule(Action::DeleteSecret, Need::Editor, "delete secrets"),
+    rule(
+        Action::ResealSecret,
+        Need::Admin,
+        "seal secrets again with a new key",
+    ),
+    rule(Action::UseSecret, Need::Editor, "use secrets in runs"),
+    rule(Action::ReadSecret, Need::Viewer, "see secrets"),
     rule(
         Action::RegisterWorker,
         Need::NamedWorker,

@@ -10,7 +10,7 @@
 //! The records are in `records`, the commands in `command`, what applying one
 //! answers in `outcome`; this module holds the [`State`] and dispatches each
 //! command to its transition, which lives with its area: `runs`, `attempts`,
-//! `workers`, `cache` (results reused across runs) and `catalog` (schedules,
+//! `workers`, `cache` (results reused across runs), `secrets` (sealed values only) and `catalog` (schedules,
 //! pins and garbage collection).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +27,7 @@ mod records;
 mod resend;
 pub mod revocation;
 mod runs;
+mod secrets;
 mod workers;
 
 pub use attempts::{LOST_RETRIES, retry_delay_ms};
@@ -44,6 +45,7 @@ pub use records::{
     RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
 };
 pub use revocation::{PresentedCertificate, RevocationTarget, Revocations, Revoked};
+pub use secrets::{SealedValue, Secret, secret_key};
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -296,6 +298,25 @@ impl State {
                 now_ms: _,
             } => self.set_admin(user, admin),
             Command::RevokeCertificate { target, by, now_ms } => self.revoke(target, by, now_ms),
+            Command::SetSecret {
+                project,
+                name,
+                sealed,
+                set_by,
+                now_ms,
+            } => Ok(self.set_secret(project, name, sealed, set_by, now_ms)),
+            Command::ResealSecret {
+                project,
+                name,
+                version,
+                sealed,
+                now_ms: _,
+            } => Ok(self.reseal_secret(&project, &name, version, sealed)),
+            Command::DeleteSecret {
+                project,
+                name,
+                now_ms: _,
+            } => self.delete_secret(&project, &name),
         }
     }
 

@@ -54,7 +54,8 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::PinNotFound(_)
         | StateError::ProjectNotFound(_)
         | StateError::NotAProjectMember { .. }
-        | StateError::NotAnAdmin(_) => Status::not_found(error.to_string()),
+        | StateError::NotAnAdmin(_)
+        | StateError::SecretNotFound { .. } => Status::not_found(error.to_string()),
         StateError::NoSuchRerunStep { .. } | StateError::InvalidRevocation(_) => {
             Status::invalid_argument(error.to_string())
         }

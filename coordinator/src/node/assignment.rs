@@ -77,6 +77,7 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
         timeout_ms: spec.timeout_ms.unwrap_or(0),
         pipeline: run.pipeline.name.clone(),
         gathers,
+        secrets: Vec::new(),
     })
 }
 

@@ -171,6 +171,42 @@ pub fn authorize(
         Command::SetAdmin { user, .. } => {
             (Action::SetAdmin, anything(), format!("user \"{user}\""))
         }
+        Command::SetSecret {
+            project,
+            name,
+            set_by,
+            ..
+        } => {
+            // A new version of an existing secret: as for its owner; a new
+            // secret: created under the caller's name in a project it may use.
+            let relation = match state.secret(project, name) {
+                Some(secret) => caller.relation(policy, project, &secret.set_by),
+                None => Relation {
+                    as_self: set_by == &identity.name,
+                    ..creation(project, set_by)?
+                },
+            };
+            (
+                Action::SetSecret,
+                relation,
+                format!("secret \"{name}\" of project \"{project}\""),
+            )
+        }
+        Command::DeleteSecret { project, name, .. } => {
+            let owner = state
+                .secret(project, name)
+                .map_or("", |s| s.set_by.as_str());
+            (
+                Action::DeleteSecret,
+                caller.relation(policy, project, owner),
+                format!("secret \"{name}\" of project \"{project}\""),
+            )
+        }
+        Command::ResealSecret { project, name, .. } => (
+            Action::ResealSecret,
+            anything(),
+            format!("secret \"{name}\" of project \"{project}\""),
+        ),
         Command::RevokeCertificate { target, .. } => {
             (Action::RevokeCertificate, anything(), format!("{target:?}"))
         }
@@ -221,6 +257,39 @@ pub fn may_read_run(
         &relation,
         &format!("run {}", run.id),
     )
+}
+
+/// Whether `identity` may use secret `name` of `project` in a run (an editor of
+/// the project, the one who set it, or an administrator).
+pub fn may_use_secret(
+    identity: &Identity,
+    project: &str,
+    name: &str,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> Result<(), String> {
+    let owner = state
+        .secret(project, name)
+        .map_or("", |s| s.set_by.as_str());
+    let relation = caller(identity, admins).relation(&state.policy, project, owner);
+    check(
+        identity,
+        Action::UseSecret,
+        &relation,
+        &format!("secret \"{name}\" of project \"{project}\""),
+    )
+}
+
+/// Whether `identity` may see a secret (never its value) in a listing.
+pub fn may_read_secret(
+    identity: &Identity,
+    secret: &crate::state::Secret,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> bool {
+    let relation =
+        caller(identity, admins).relation(&state.policy, &secret.project, &secret.set_by);
+    decide(Action::ReadSecret, &relation).is_ok()
 }
 
 /// Whether `identity` may see schedule `name` in a listing.

@@ -13,6 +13,7 @@ mod loops;
 pub mod machine;
 pub mod membership;
 mod propose;
+pub mod secrets;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -89,6 +90,8 @@ pub enum NodeError {
          remove the member and add it again so it copies the state from the others"
     )]
     Inconsistent { detail: String },
+    #[error("secrets_key in coordinator.toml: {0}")]
+    Secrets(#[from] ferry_common::secrets::SecretsError),
 }
 
 struct WorkerLink {
@@ -128,6 +131,9 @@ pub struct Node {
     stop: watch::Sender<Option<String>>,
     /// Administrators, learners and their promotion.
     pub membership: membership::Membership,
+    /// The secrets keys (`secrets_key`, `secrets_keys`): this member seals the
+    /// values it receives and, as the leader, opens them for assignments.
+    pub keyring: Option<Arc<ferry_common::secrets::Keyring>>,
 }
 
 /// The node's background tasks, each supervised (`ferry_common::tasks`): one
@@ -157,6 +163,7 @@ impl Node {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Node>, NodeTasks), NodeError> {
         let initial = config.initial_members()?;
+        let keyring = config.secrets_keyring()?.map(Arc::new);
         let snapshots = config.data_dir.join("snapshots");
         let log = WalLog::open(&config.data_dir.join("raft-log"), &snapshots)?;
         storage::move_sled_log_into(store.db(), &snapshots, &log)?;
@@ -309,6 +316,7 @@ impl Node {
             scheduler_idle: std::sync::atomic::AtomicBool::new(false),
             stop: watch::channel(None).0,
             membership,
+            keyring,
         });
         let driver = Driver::new(
             config.id,

@@ -128,7 +128,15 @@ impl Node {
         if !lock(&self.links, "links").contains_key(worker) {
             return;
         }
-        let assignment = self.read(|state| build_assignment(state, key));
+        // The leader opens the step's secrets here, for this message only: they
+        // travel on the worker's mTLS stream and are kept nowhere.
+        let keyring = self.keyring.as_deref();
+        let assignment = self.read(|state| {
+            build_assignment(state, key).map(|mut assignment| {
+                assignment.secrets = super::secrets::secret_values(state, keyring, key);
+                assignment
+            })
+        });
         match assignment {
             Some(assignment) => {
                 tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker, "assigned");
@@ -225,6 +233,7 @@ impl Node {
             | Outcome::WorkerMode(_)
             | Outcome::Done
             | Outcome::Revoked { .. }
+            | Outcome::SecretSet { .. }
             | Outcome::Unchanged => {}
         }
     }

@@ -1,5 +1,6 @@
 //! An attempt's output: reading its stdout and stderr line by line (long lines
-//! split, bytes decoded lossily), keeping every line in a local JSON-lines log
+//! split, bytes decoded lossily), masking the step's secret values in each line
+//! (`secrets::mask_line`), keeping every line in a local JSON-lines log
 //! file, and shipping the lines to the coordinator in numbered batches, capped at
 //! the worker's byte limit per attempt.
 
@@ -73,6 +74,7 @@ pub(super) async fn ship_logs(
     mut receiver: mpsc::Receiver<(&'static str, String)>,
     max_bytes: u64,
     log_path: PathBuf,
+    mask: Vec<String>,
 ) {
     // Every shipped line is also kept in a local file (JSON lines), uploaded whole
     // when the attempt ends; it is created with the first line (a silent step has
@@ -92,6 +94,9 @@ pub(super) async fn ship_logs(
                     if capped {
                         continue;
                     }
+                    // The step's secret values never leave the reader: not to
+                    // the log file, not to the coordinator.
+                    let text = super::secrets::mask_line(text, &mask);
                     bytes += text.len() as u64 + 1;
                     let text = if bytes > max_bytes {
                         capped = true;

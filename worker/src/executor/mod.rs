@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod outputs;
 mod process;
+mod secrets;
 mod staging;
 
 use std::os::unix::process::ExitStatusExt;
@@ -70,6 +71,9 @@ pub async fn run_attempt(
             ran_ms: 0,
             metrics: Vec::new(),
         };
+    if let Some(reason) = secrets::refused(&assignment) {
+        return report("error", None, reason, Vec::new());
+    }
     let bundle = assignment.bundle_digest.clone();
     // A pooled directory is checked again, contents included, as it is taken.
     let work_dirs = ctx.work_dirs.clone();
@@ -86,7 +90,7 @@ pub async fn run_attempt(
         staged = stage(ctx, &assignment, &work_dir, &mut fingerprint) => staged,
         _ = cancel.wait_for(|c| *c) => Err(StageError::Cancelled),
     };
-    let staged = match staged {
+    let mut staged = match staged {
         Ok(staged) => staged,
         Err(error) => {
             give_back(ctx, bundle, work_dir, fingerprint).await;
@@ -174,6 +178,26 @@ pub async fn run_attempt(
             );
         }
     }
+    // The step's secrets, for this attempt only: dropping them removes the
+    // attempt's secrets directory, whatever way the attempt ends.
+    let (given, data_dir, user) = (
+        assignment.clone(),
+        ctx.data_dir.clone(),
+        ctx.identity.switch_to.clone(),
+    );
+    let prepared =
+        tokio::task::spawn_blocking(move || secrets::prepare(&given, &data_dir, user.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+    staged.secrets = match prepared {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            let _ = finished.send(true);
+            let _ = start_report.await;
+            give_back(ctx, bundle, work_dir, fingerprint).await;
+            return report("error", None, reason, Vec::new());
+        }
+    };
     let began = Instant::now();
     let executed = execute(
         ctx,
@@ -185,6 +209,7 @@ pub async fn run_attempt(
         &mut cancel,
     )
     .await;
+    drop(std::mem::take(&mut staged.secrets));
     let ran = began.elapsed();
     let _ = finished.send(true);
     let _ = start_report.await;

@@ -120,6 +120,10 @@ pub(super) async fn execute(
     let mut env: std::collections::BTreeMap<String, String> =
         ctx.base_environment.iter().cloned().collect();
     env.extend(step_environment(&ctx.gpus, assignment, work_dir, staged));
+    env.extend(staged.secrets.env.iter().cloned());
+    if let Some(dir) = &staged.secrets.dir {
+        env.insert("FERRY_SECRETS_DIR".into(), dir.display().to_string());
+    }
     env.insert("FERRY_METRICS".into(), metrics_path.display().to_string());
     env.insert(marker_name.into(), marker.into());
     let step = StepProcess {
@@ -169,6 +173,7 @@ pub(super) async fn execute(
         receiver,
         ctx.max_log_bytes,
         log_path.to_path_buf(),
+        staged.secrets.mask.clone(),
     ));
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));

@@ -55,12 +55,15 @@ fn io_error(what: impl std::fmt::Display, error: std::io::Error) -> StageError {
 
 /// Where staging put an attempt's inputs and gathered sweeps; its environment
 /// names them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(super) struct Staged {
     /// Each input's file, by input name.
     inputs: Vec<(String, PathBuf)>,
     /// Each gathered sweep's directory, in the assignment's order.
     gathers: Vec<GatherDir>,
+    /// The step's secrets, set once the step's user has its files; dropping
+    /// them removes the attempt's secrets directory.
+    pub(super) secrets: super::secrets::AttemptSecrets,
 }
 
 /// One gathered sweep, staged under `<work dir>/gather/<step>`.

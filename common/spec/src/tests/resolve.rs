@@ -268,6 +268,7 @@ fn sweep_round_trips_through_json() {
         enabled: false,
         version: "7".into(),
         paths: vec!["src".into()],
+        secrets: false,
     };
     p.steps[1].trial.as_mut().unwrap().max_parallel = Some(3);
     let json = serde_json::to_string(&p).unwrap();

@@ -229,6 +229,7 @@ fn cache_forms() {
             enabled: false,
             version: "2".into(),
             paths: vec!["lib/util".into(), "src".into(), "train.py".into()],
+            secrets: false,
         }
     );
     let spec = cache_of("    cache: {version: \"v3-${params.x}\"}\n");
@@ -251,7 +252,7 @@ fn cache_errors() {
         (
             "    cache: {verison: 2}\n",
             &[
-                "cache of step \"a\" has an unknown field \"verison\" (did you mean \"version\"?); use `version`, `paths` and `enabled`",
+                "cache of step \"a\" has an unknown field \"verison\" (did you mean \"version\"?); use `version`, `paths`, `enabled` and `secrets`",
             ],
             5,
         ),
@@ -331,4 +332,46 @@ fn unknown_listed_params() {
         &["no parameter \"seed\" (it declares no parameters)"],
         Some(5),
     );
+}
+
+#[test]
+fn secrets_are_checked() {
+    let ok = ferry_spec_parse(
+        "name: p\nsteps:\n  - name: a\n    shell: echo\n    cache: {secrets: true}\n    secrets:\n      - {name: hf_token, env: HF_TOKEN}\n      - {name: ssh-key, file: id_key}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.steps[0].secrets,
+        vec![
+            crate::SecretUse {
+                name: "hf_token".into(),
+                target: crate::SecretTarget::Env("HF_TOKEN".into())
+            },
+            crate::SecretUse {
+                name: "ssh-key".into(),
+                target: crate::SecretTarget::File("id_key".into())
+            },
+        ]
+    );
+    assert!(ok.steps[0].cache.secrets);
+    for (bad, says) in [
+        ("[{name: Bad, env: X}]", "secret name \"Bad\" is invalid"),
+        ("[{name: a, env: FERRY_X}]", "reserved prefix FERRY_"),
+        ("[{name: a, file: ../x}]", "plain file name"),
+        ("[{name: a}]", "exactly one of `env`"),
+        ("[{name: a, env: X, file: y}]", "exactly one of `env`"),
+        ("[{name: a, env: X}, {name: b, env: X}]", "same"),
+        ("[{name: a, env: E}]", "also sets"),
+        ("[{name: a, value: x}]", "unknown field"),
+    ] {
+        let text = format!(
+            "name: p\nsteps:\n  - name: a\n    shell: echo\n    env: {{E: x}}\n    secrets: {bad}\n"
+        );
+        let err = ferry_spec_parse(&text).unwrap_err().to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+fn ferry_spec_parse(text: &str) -> Result<crate::Pipeline, crate::SpecError> {
+    crate::parse_pipeline("p.yaml", text, &Default::default())
 }

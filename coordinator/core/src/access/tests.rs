@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 30] = [
+const ALL_ACTIONS: [Action; 35] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -19,6 +19,11 @@ const ALL_ACTIONS: [Action; 30] = [
     Action::SetAdmin,
     Action::ChangeMembership,
     Action::RevokeCertificate,
+    Action::SetSecret,
+    Action::DeleteSecret,
+    Action::ResealSecret,
+    Action::UseSecret,
+    Action::ReadSecret,
     Action::RegisterWorker,
     Action::StepStarted,
     Action::StepFinished,
@@ -111,16 +116,17 @@ fn expected(who: Who, action: Action) -> bool {
     match action {
         ListWorkers | ClusterStatus | ListProjects | ListAdmins => client,
         Collect | SetWorkerMode | CreateProject | SetAdmin | ChangeMembership
-        | RevokeCertificate => who == Who::Admin,
+        | RevokeCertificate | ResealSecret => who == Who::Admin,
         SetProjectMember => matches!(who, Who::Admin | Who::ProjectOwner),
         SubmitRun | RerunRun | CreateSchedule => {
             matches!(who, Who::Admin | Who::ProjectOwner | Who::Editor)
         }
-        CancelRun | PauseSchedule | DeleteSchedule | PinArtifact | UnpinArtifact => matches!(
+        CancelRun | PauseSchedule | DeleteSchedule | PinArtifact | UnpinArtifact | SetSecret
+        | DeleteSecret | UseSecret => matches!(
             who,
             Who::Admin | Who::ProjectOwner | Who::Editor | Who::ResourceOwner
         ),
-        ReadRun | ReadSchedule | ReadPin => matches!(
+        ReadRun | ReadSchedule | ReadPin | ReadSecret => matches!(
             who,
             Who::Admin | Who::ProjectOwner | Who::Editor | Who::Viewer | Who::ResourceOwner
         ),

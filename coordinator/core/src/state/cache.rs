@@ -31,6 +31,10 @@ struct KeyMaterial<'a> {
     gather: &'a [Gather],
     outputs: &'a [String],
     version: &'a str,
+    /// `cache.secrets: true`: the step's secrets by name and version (never
+    /// their values); absent otherwise, so earlier keys stay the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets: Option<&'a BTreeMap<String, u64>>,
 }
 
 /// A step's cache key: the BLAKE3 hash (hex) of the canonical JSON of what
@@ -40,12 +44,15 @@ struct KeyMaterial<'a> {
 /// image (steps run without one today: `null`), `code` (the code bundle's digest,
 /// or the digest of the files under `cache.paths`), its inputs by name and
 /// digest, the values of the parameters it sees, its matrix values, what it
-/// gathers, its declared outputs, and `cache.version`.
+/// gathers, its declared outputs, and `cache.version`; with `cache.secrets:
+/// true`, the names and versions of its secrets (`secret_versions`, ignored
+/// otherwise). A secret's value never enters it.
 pub fn cache_key(
     step: &Step,
     params: &BTreeMap<String, String>,
     code: &str,
     inputs: &[InputRecord],
+    secret_versions: &BTreeMap<String, u64>,
 ) -> String {
     let material = KeyMaterial {
         ferry_cache_key: KEY_LAYOUT,
@@ -69,6 +76,7 @@ pub fn cache_key(
         gather: &step.gather,
         outputs: &step.outputs,
         version: &step.cache.version,
+        secrets: step.cache.secrets.then_some(secret_versions),
     };
     let bytes = serde_json::to_vec(&material).expect("the cache key material serializes");
     blake3::hash(&bytes).to_hex().to_string()
@@ -165,11 +173,22 @@ impl State {
         let spec = &run.pipeline.steps[index];
         let inputs = Self::resolve_inputs(run, spec);
         let key = spec.cache.enabled.then(|| {
+            let secret_versions = spec
+                .secrets
+                .iter()
+                .map(|used| {
+                    let version = self
+                        .secret(&run.pipeline.project, &used.name)
+                        .map_or(0, |s| s.version);
+                    (used.name.clone(), version)
+                })
+                .collect();
             cache_key(
                 spec,
                 &run.pipeline.params,
                 run.code_digest(&spec.name),
                 &inputs,
+                &secret_versions,
             )
         });
         let reads_cache = !run.no_cache;

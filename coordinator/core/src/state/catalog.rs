@@ -23,6 +23,12 @@ pub struct Catalog {
     /// Tag → pinned artifact.
     #[serde(default)]
     pub pins: BTreeMap<String, Pin>,
+    /// `project/name` → secret (sealed: never a plaintext value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, super::Secret>,
+    /// `project/name` → the last version a secret had, kept across a delete.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
 }
 
 /// A step result in the cache: the step that produced it and its outputs.

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::access::ProjectRole;
 
 use super::{
-    AttemptKey, AttemptUsage, MetricPoint, RevocationTarget, RunId, Schedule, Worker, WorkerMode,
+    AttemptKey, AttemptUsage, MetricPoint, RevocationTarget, RunId, Schedule, SealedValue, Worker,
+    WorkerMode,
 };
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
@@ -208,6 +209,29 @@ pub enum Command {
         by: String,
         now_ms: i64,
     },
+    /// `ferry secrets set`: the value sealed by the member that received it.
+    SetSecret {
+        project: String,
+        name: String,
+        sealed: SealedValue,
+        set_by: String,
+        now_ms: i64,
+    },
+    /// `ferry secrets rotate-key`: the same value of a secret, sealed again with
+    /// the current key; ignored unless the secret still has `version`.
+    ResealSecret {
+        project: String,
+        name: String,
+        version: u64,
+        sealed: SealedValue,
+        now_ms: i64,
+    },
+    /// `ferry secrets delete`.
+    DeleteSecret {
+        project: String,
+        name: String,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -247,7 +271,10 @@ impl Command {
             | Command::CreateProject { now_ms, .. }
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
-            | Command::RevokeCertificate { now_ms, .. } => *now_ms = now,
+            | Command::RevokeCertificate { now_ms, .. }
+            | Command::SetSecret { now_ms, .. }
+            | Command::ResealSecret { now_ms, .. }
+            | Command::DeleteSecret { now_ms, .. } => *now_ms = now,
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -278,6 +305,9 @@ impl Command {
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
             | Command::RevokeCertificate { now_ms, .. }
+            | Command::SetSecret { now_ms, .. }
+            | Command::ResealSecret { now_ms, .. }
+            | Command::DeleteSecret { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
         }
     }
@@ -295,7 +325,8 @@ impl Command {
             Command::SubmitRun { request_id, .. } | Command::RerunRun { request_id, .. } => {
                 request_id.is_some()
             }
-            Command::Assign { .. } => false,
+            // A second application would make another version.
+            Command::Assign { .. } | Command::SetSecret { .. } => false,
             Command::CreateSchedule { .. }
             | Command::PauseSchedule { .. }
             | Command::DeleteSchedule { .. }
@@ -313,7 +344,9 @@ impl Command {
             | Command::CreateProject { .. }
             | Command::SetProjectMember { .. }
             | Command::SetAdmin { .. }
-            | Command::RevokeCertificate { .. } => true,
+            | Command::RevokeCertificate { .. }
+            | Command::ResealSecret { .. }
+            | Command::DeleteSecret { .. } => true,
         }
     }
 }

@@ -35,8 +35,10 @@ pub enum Outcome {
     },
     /// A `TimeOutRun` that came too early or too late changed nothing.
     Unchanged,
-    /// A schedule or pin was created, changed or deleted.
+    /// A schedule, pin or secret was created, changed or deleted.
     Done,
+    /// A secret was set; its new version.
+    SecretSet { version: u64 },
     /// `ferry gc` at `at_ms`: these runs' logs and these blobs are to be
     /// deleted on every member (a blob written since `at_ms` minus a grace period,
     /// or referenced again by then, is kept).
@@ -127,4 +129,6 @@ pub enum StateError {
          or start a new cluster CA"
     )]
     TooManyRevocations(usize),
+    #[error("project \"{project}\" has no secret named \"{name}\" (see `ferry secrets list`)")]
+    SecretNotFound { project: String, name: String },
 }

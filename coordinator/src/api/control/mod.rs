@@ -12,6 +12,7 @@ mod logs;
 mod policy;
 mod runs;
 mod schedules;
+mod secrets;
 mod submit;
 mod views;
 mod workers;
@@ -310,5 +311,33 @@ impl Control for ControlService {
         request: Request<proto::ListRevocationsRequest>,
     ) -> Result<Response<proto::ListRevocationsResponse>, Status> {
         certs::list_revocations(self, request).await
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<proto::SetSecretRequest>,
+    ) -> Result<Response<proto::SecretView>, Status> {
+        secrets::set_secret(self, request).await
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<proto::ListSecretsRequest>,
+    ) -> Result<Response<proto::ListSecretsResponse>, Status> {
+        secrets::list_secrets(self, request).await
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<proto::DeleteSecretRequest>,
+    ) -> Result<Response<proto::SecretView>, Status> {
+        secrets::delete_secret(self, request).await
+    }
+
+    async fn rotate_secrets_key(
+        &self,
+        request: Request<proto::RotateSecretsKeyRequest>,
+    ) -> Result<Response<proto::RotateSecretsKeyResponse>, Status> {
+        secrets::rotate_secrets_key(self, request).await
     }
 }

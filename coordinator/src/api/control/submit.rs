@@ -239,6 +239,7 @@ pub(super) async fn submit_run(
     let submit = request.into_inner();
     let pipeline = service.parse_spec(&submit.spec_yaml, &submit.spec_file, submit.params)?;
     service.require_bundle(&submit.bundle_digest).await?;
+    service.require_secrets(&caller, &pipeline).await?;
     let code_digests = service
         .code_digests(&pipeline, &submit.bundle_digest)
         .await?;
@@ -329,6 +330,11 @@ pub(super) async fn schedule_to_create(
     }
     let pipeline = service.parse_spec(&create.spec_yaml, &create.spec_file, create.params)?;
     service.require_bundle(&create.bundle_digest).await?;
+    let owner_identity = ferry_common::pki::Identity {
+        role: Role::Client,
+        name: owner.clone(),
+    };
+    service.require_secrets(&owner_identity, &pipeline).await?;
     let code_digests = service
         .code_digests(&pipeline, &create.bundle_digest)
         .await?;

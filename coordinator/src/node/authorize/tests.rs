@@ -204,3 +204,60 @@ fn workers_and_coordinators_act_only_as_themselves() {
     assert!(may_fetch_blob(&worker, &"b".repeat(64), &state).is_err());
     assert!(may_fetch_blob(&identity(Role::Client, "user-a"), "x", &state).is_err());
 }
+
+/// Secrets: in `default`, a secret is its setter's (another client may neither
+/// replace, delete, use nor see it); in a project, by role; resealing is an
+/// administrator's.
+#[test]
+fn a_secret_is_used_and_changed_only_by_its_setter_its_project_or_an_admin() {
+    let mut state = state();
+    let sealed = crate::state::SealedValue {
+        key_id: "k".into(),
+        nonce: vec![0; 24],
+        ciphertext: vec![1; 32],
+    };
+    let set = |project: &str, by: &str| Command::SetSecret {
+        project: project.into(),
+        name: "token".into(),
+        sealed: sealed.clone(),
+        set_by: by.into(),
+        now_ms: 2,
+    };
+    let admins = BTreeSet::new();
+    let user_a = identity(Role::Client, "user-a");
+    let user_b = identity(Role::Client, "user-b");
+    assert!(authorize(&user_a, &set("default", "user-a"), &state, &admins).is_ok());
+    state.apply(set("default", "user-a")).expect("set");
+    state.apply(set("vision", "carol")).expect("set");
+    let refused = authorize(&user_b, &set("default", "user-b"), &state, &admins).unwrap_err();
+    assert!(refused.contains("may not set secrets"), "{refused}");
+    let delete = |project: &str| Command::DeleteSecret {
+        project: project.into(),
+        name: "token".into(),
+        now_ms: 3,
+    };
+    assert!(authorize(&user_b, &delete("default"), &state, &admins).is_err());
+    assert!(authorize(&user_a, &delete("default"), &state, &admins).is_ok());
+    assert!(may_use_secret(&user_b, "default", "token", &state, &admins).is_err());
+    assert!(may_use_secret(&user_a, "default", "token", &state, &admins).is_ok());
+    let secret = state.secret("default", "token").expect("secret").clone();
+    assert!(!may_read_secret(&user_b, &secret, &state, &admins));
+    // In a project: an editor uses and replaces, a viewer sees but does not use.
+    let dave = identity(Role::Client, "dave");
+    let erin = identity(Role::Client, "erin");
+    assert!(may_use_secret(&dave, "vision", "token", &state, &admins).is_ok());
+    assert!(authorize(&dave, &set("vision", "dave"), &state, &admins).is_ok());
+    assert!(may_use_secret(&erin, "vision", "token", &state, &admins).is_err());
+    let vision = state.secret("vision", "token").expect("secret").clone();
+    assert!(may_read_secret(&erin, &vision, &state, &admins));
+    let reseal = Command::ResealSecret {
+        project: "vision".into(),
+        name: "token".into(),
+        version: 1,
+        sealed: sealed.clone(),
+        now_ms: 4,
+    };
+    assert!(authorize(&dave, &reseal, &state, &admins).is_err());
+    let root: BTreeSet<String> = ["root".to_string()].into();
+    assert!(authorize(&identity(Role::Client, "root"), &reseal, &state, &root).is_ok());
+}
