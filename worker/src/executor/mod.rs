@@ -40,6 +40,7 @@ pub use context::ExecutorContext;
 pub use metrics::{parse_metrics, read_metrics};
 pub use outputs::checked_output_path;
 pub use process::Usage;
+pub use secrets::remove_leftovers as remove_leftover_secrets;
 
 /// How long the report that the step started keeps trying through coordinator
 /// failovers and restarts before the attempt goes on without it.

@@ -71,6 +71,36 @@ fn secrets_base(data_dir: &Path) -> PathBuf {
     }
 }
 
+/// The start of the name of every secrets directory of the worker whose data
+/// directory is `data_dir` (a tmpfs is shared by every worker of the host).
+fn dir_prefix(data_dir: &Path) -> String {
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = blake3::hash(absolute.as_os_str().as_encoded_bytes()).to_hex();
+    format!("ferry-secrets-{}-", &hash[..12])
+}
+
+/// At the worker's start: removes the secrets directories a previous run of
+/// this worker left behind (it was killed before its attempts ended; a tmpfs
+/// keeps them until the host restarts). Returns how many there were.
+pub fn remove_leftovers(data_dir: &Path) -> usize {
+    remove_leftovers_in(&secrets_base(data_dir), &dir_prefix(data_dir))
+}
+
+fn remove_leftovers_in(base: &Path, prefix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Prepares the attempt's secrets (see the module's comment).
 pub(super) fn prepare(
     assignment: &proto::Assignment,
@@ -122,7 +152,8 @@ pub(super) fn prepare(
     }
     let base = secrets_base(data_dir);
     let dir = base.join(format!(
-        "ferry-{}-{}-{}-{}",
+        "{}{}-{}-{}-{}",
+        dir_prefix(data_dir),
         std::process::id(),
         attempt.run_id,
         attempt.step,
@@ -188,6 +219,35 @@ pub(super) fn mask_line(text: String, mask: &[String]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod leftover_tests {
+    use super::*;
+
+    #[test]
+    fn only_this_workers_leftover_directories_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        let mine = dir_prefix(Path::new("/var/lib/ferry-a"));
+        let other = dir_prefix(Path::new("/var/lib/ferry-b"));
+        assert_ne!(mine, other);
+        for name in [
+            format!("{mine}1-2-train-1"),
+            format!("{mine}9-3-eval-2"),
+            format!("{other}1-2-train-1"),
+        ] {
+            std::fs::create_dir(base.path().join(&name)).unwrap();
+            std::fs::write(base.path().join(&name).join("token"), "value").unwrap();
+        }
+        std::fs::create_dir(base.path().join("unrelated")).unwrap();
+        assert_eq!(remove_leftovers_in(base.path(), &mine), 2);
+        let left: Vec<String> = std::fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().any(|n| n.starts_with(&other)));
+    }
 }
 
 #[cfg(test)]

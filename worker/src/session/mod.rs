@@ -150,6 +150,13 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         check_reachable(&work, user)?;
     }
     protect_key(&config.tls.key).map_err(data_dir_error(&config.tls.key))?;
+    let swept = crate::executor::remove_leftover_secrets(&config.data_dir);
+    if swept > 0 {
+        tracing::warn!(
+            swept,
+            "removed {swept} secrets directory(ies) a previous run of this worker left behind"
+        );
+    }
     let worker_id = crate::cgroup::worker_cgroup_name(
         &config.name,
         &std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
