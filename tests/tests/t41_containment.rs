@@ -105,6 +105,16 @@ fn wait_all_gone(mark: &str, worker: &str) {
     );
 }
 
+/// Cancels `run` and waits until it is cancelled and every process of it (marked
+/// `mark`) and its cgroup are gone.
+fn cancel_and_wait_all_gone(cluster: &Cluster, run: u64, mark: &str, worker: &str) {
+    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
+    assert!(cancelled.success(), "{cancelled:?}");
+    let status = cluster.wait_run(run, Duration::from_secs(30));
+    assert_eq!(status["state"], "cancelled", "{status:#}");
+    wait_all_gone(mark, worker);
+}
+
 fn wait_escaped(mark: &str) {
     wait_for(Duration::from_secs(30), "the escapes to start", || {
         (processes_with_marker(mark) >= 3).then_some(())
@@ -130,11 +140,7 @@ fn cancel_kills_setsid_and_double_forked_children() {
     let run = cluster.submit(&escaping_pipeline(&cluster, "cancel", &mark, ""), &[]);
     wait_escaped(&mark);
     assert!(attempt_cgroups(name) >= 1, "the attempt has a cgroup");
-    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
-    assert!(cancelled.success(), "{cancelled:?}");
-    let status = cluster.wait_run(run, Duration::from_secs(30));
-    assert_eq!(status["state"], "cancelled", "{status:#}");
-    wait_all_gone(&mark, name);
+    cancel_and_wait_all_gone(&cluster, run, &mark, name);
 }
 
 #[test]
@@ -336,11 +342,7 @@ fn the_subreaper_fallback_kills_a_setsid_child_at_cancel() {
     let run = cluster.submit(&escaping_pipeline(&cluster, "reaper", &mark, ""), &[]);
     wait_escaped(&mark);
     assert_eq!(attempt_cgroups(name), 0, "no cgroup in subreaper mode");
-    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
-    assert!(cancelled.success(), "{cancelled:?}");
-    let status = cluster.wait_run(run, Duration::from_secs(30));
-    assert_eq!(status["state"], "cancelled", "{status:#}");
-    wait_all_gone(&mark, name);
+    cancel_and_wait_all_gone(&cluster, run, &mark, name);
 }
 
 /// A work directory handed to `nobody` is still pooled: the second run of the

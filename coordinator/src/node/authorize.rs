@@ -207,9 +207,11 @@ pub fn authorize(
             anything(),
             format!("secret \"{name}\" of project \"{project}\""),
         ),
-        Command::RevokeCertificate { target, .. } => {
-            (Action::RevokeCertificate, anything(), format!("{target:?}"))
-        }
+        Command::RevokeCertificate { target, .. } => (
+            Action::RevokeCertificate,
+            anything(),
+            format!("certificate {target}"),
+        ),
         Command::RegisterWorker { worker, .. } => (
             Action::RegisterWorker,
             named(&worker.name),
