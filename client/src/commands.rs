@@ -6,6 +6,7 @@
 //! (and chains `run --watch` to [`status::watch`]).
 
 pub(crate) mod artifacts;
+pub(crate) mod audit;
 pub(crate) mod cancel;
 pub(crate) mod certs;
 pub(crate) mod cluster;

@@ -17,7 +17,7 @@ use ferry_client::config::Overrides;
 
 use crate::commands::shared::{self, Client, LocalSpec, Output, Read};
 use crate::commands::{
-    artifacts, cancel, certs, cluster, gc, logs, metrics, pins, projects, rerun, run, runs,
+    artifacts, audit, cancel, certs, cluster, gc, logs, metrics, pins, projects, rerun, run, runs,
     schedules, secrets, status, workers,
 };
 use crate::compare::Goal;
@@ -178,6 +178,23 @@ enum Command {
         /// Say what would be deleted without deleting anything.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// The audit log: who asked for what, when, and what came of it
+    /// (administrators: every record; a project's owners: their project's).
+    Audit {
+        /// Only records since a time (2026-12-06T14:00:00Z) or for how long
+        /// (1h, 7d).
+        #[arg(long, value_name = "TIME|AGO")]
+        since: Option<String>,
+        /// Only the requests of this user (certificate name).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only the records of this project.
+        #[arg(long, value_name = "PROJECT")]
+        project: Option<String>,
+        /// At most the newest N matching records (default 1000, at most 10000).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: u32,
     },
     /// Projects and their members (viewer < editor < owner): create, list, add
     /// or remove members.
@@ -815,6 +832,20 @@ async fn remote(
         },
         Command::Gc { keep_last, dry_run } => {
             gc::collect_garbage(client, keep_last, dry_run, output).await?
+        }
+        Command::Audit {
+            since,
+            user,
+            project,
+            limit,
+        } => {
+            let query = audit::AuditQuery {
+                since,
+                user,
+                project,
+                limit,
+            };
+            audit::list(client, query, output).await?
         }
         Command::Projects { command } => match command {
             ProjectsCommand::Create { name, owner } => {

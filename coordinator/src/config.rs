@@ -49,6 +49,8 @@ pub struct CoordinatorConfig {
     pub scheduling: SchedulingSettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// The names of the client certificates that may change the cluster's
     /// membership (`ferry cluster add-member`, `remove-member`). Empty: nobody
     /// may. Every member should list the same names: the leader decides.
@@ -86,6 +88,35 @@ impl Default for RetentionSettings {
             interval_ms: 60 * 60 * 1000,
             grace_ms: 10 * 60 * 1000,
         }
+    }
+}
+
+/// `[audit]`: how long the audit log keeps its records. The leader trims
+/// what is older than `keep_days` or beyond the newest `max_records` (at most
+/// `MAX_AUDIT_RECORDS`, which the state machine keeps whatever is set here).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    pub keep_days: u64,
+    pub max_records: u64,
+    /// How often the leader looks for records to trim.
+    pub interval_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            keep_days: 90,
+            max_records: 100_000,
+            interval_ms: 60_000,
+        }
+    }
+}
+
+impl AuditSettings {
+    /// How long a record is kept, in milliseconds.
+    pub fn keep_ms(&self) -> u64 {
+        self.keep_days.saturating_mul(24 * 60 * 60 * 1000)
     }
 }
 
@@ -222,6 +253,12 @@ pub enum ClusterConfigError {
     Lease(u64),
     #[error("retention.interval_ms must be at least 1000 (it is {0})")]
     RetentionInterval(u64),
+    #[error("audit.interval_ms must be at least 1000 (it is {0})")]
+    AuditInterval(u64),
+    #[error("audit.keep_days must be at least 1 (it is 0)")]
+    AuditKeepDays,
+    #[error("audit.max_records must be from 1 to {max} (it is {value})")]
+    AuditMaxRecords { value: u64, max: usize },
     #[error(
         "admins: entry {index} (\"{name}\") is not a certificate name: {reason}; list the names \
          of client certificates issued with `ferry certs issue --role client --name NAME`"
@@ -283,6 +320,19 @@ impl CoordinatorConfig {
             return Err(ClusterConfigError::RetentionInterval(
                 self.retention.interval_ms,
             ));
+        }
+        if self.audit.interval_ms < 1000 {
+            return Err(ClusterConfigError::AuditInterval(self.audit.interval_ms));
+        }
+        if self.audit.keep_days < 1 {
+            return Err(ClusterConfigError::AuditKeepDays);
+        }
+        let max = crate::state::MAX_AUDIT_RECORDS;
+        if self.audit.max_records < 1 || self.audit.max_records > max as u64 {
+            return Err(ClusterConfigError::AuditMaxRecords {
+                value: self.audit.max_records,
+                max,
+            });
         }
         self.admin_names()?;
         if self.join {

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Catalog, Member, Policy, Revocations, Run, RunId, State, Worker};
+use crate::state::{AuditLog, Catalog, Member, Policy, Revocations, Run, RunId, State, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -161,7 +161,8 @@ impl Store {
                 .with_members(data.members)
                 .with_catalog(data.catalog)
                 .with_policy(data.policy)
-                .with_revocations(data.revocations),
+                .with_revocations(data.revocations)
+                .with_audit(data.audit),
         )
     }
 
@@ -262,6 +263,7 @@ pub struct StateImage {
     catalog: Catalog,
     policy: Policy,
     revocations: Revocations,
+    audit: AuditLog,
 }
 
 impl StateImage {
@@ -274,6 +276,7 @@ impl StateImage {
             catalog: state.catalog.clone(),
             policy: state.policy.clone(),
             revocations: state.revocations.clone(),
+            audit: state.audit.clone(),
         }
     }
 
@@ -288,6 +291,7 @@ impl StateImage {
             catalog: &'a Catalog,
             policy: &'a Policy,
             revocations: &'a Revocations,
+            audit: &'a AuditLog,
         }
         let view = View {
             runs: self.runs.iter().map(|run| run.as_ref()).collect(),
@@ -297,6 +301,7 @@ impl StateImage {
             catalog: &self.catalog,
             policy: &self.policy,
             revocations: &self.revocations,
+            audit: &self.audit,
         };
         serde_json::to_vec(&view).expect("state always serializes")
     }
@@ -318,6 +323,9 @@ struct SnapshotData {
     /// Absent from snapshots made before revocation existed.
     #[serde(default)]
     revocations: Revocations,
+    /// Absent from snapshots made before the audit log existed.
+    #[serde(default)]
+    audit: AuditLog,
 }
 
 #[cfg(test)]

@@ -140,8 +140,20 @@ fn secrets_reach_the_step_and_nowhere_else() {
         "{listed}"
     );
     let text = cluster.ferry(&["secrets", "list"]);
+    // The audit log records each setting of it, never the value.
+    let audit = cluster.ferry(&["audit", "--output", "json"]);
+    assert!(audit.success(), "{audit:?}");
+    let sets = audit
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["action"] == "set-secret" && r["outcome"] == "accepted")
+        .count();
+    assert_eq!(sets, 2, "{audit:?}");
     for value in &seen {
         assert!(!list.stdout.contains(value.as_str()) && !text.stdout.contains(value.as_str()));
+        assert!(!audit.stdout.contains(value.as_str()), "{}", audit.stdout);
     }
 
     // Not in any byte of any coordinator's or the worker's files (data

@@ -13,7 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The role bound into the caller's certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CertRole {
     Client,
     Worker,
@@ -29,6 +30,16 @@ pub enum ProjectRole {
     Viewer,
     Editor,
     Owner,
+}
+
+impl CertRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Client => "client",
+            CertRole::Worker => "worker",
+            CertRole::Coordinator => "coordinator",
+        }
+    }
 }
 
 impl ProjectRole {
@@ -83,8 +94,9 @@ pub enum Need {
 }
 
 /// Every kind of request that is authorized: the commands (by kind, without
-/// their data) and the reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// their data) and the reads. The audit log names a request by its action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     SubmitRun,
     RerunRun,
@@ -141,6 +153,14 @@ pub enum Action {
     ListProjects,
     /// `ferry admins list`.
     ListAdmins,
+    /// A record of the audit log in `ferry audit`: the owners of its project
+    /// and administrators (a record of no project: administrators only).
+    ReadAudit,
+    /// A member writes what it refused, or a change outside the state machine
+    /// (the cluster's membership), into the audit log.
+    RecordAudit,
+    /// The leader's retention drops old audit records.
+    TrimAudit,
 }
 
 /// One row of the table.
@@ -265,6 +285,13 @@ pub const TABLE: &[Rule] = &[
     ),
     rule(Action::ListProjects, Need::AnyClient, "list projects"),
     rule(Action::ListAdmins, Need::AnyClient, "list administrators"),
+    rule(Action::ReadAudit, Need::ProjectOwner, "read the audit log"),
+    rule(
+        Action::RecordAudit,
+        Need::Coordinator,
+        "write the audit log",
+    ),
+    rule(Action::TrimAudit, Need::Coordinator, "trim the audit log"),
 ];
 
 /// The row of an action.

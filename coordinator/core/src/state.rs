@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 mod attempts;
+pub mod audit;
 mod cache;
 pub(crate) mod catalog;
 mod command;
@@ -31,6 +32,10 @@ mod secrets;
 mod workers;
 
 pub use attempts::{LOST_RETRIES, retry_delay_ms};
+pub use audit::{
+    AuditLog, AuditNote, AuditOutcome, AuditRecord, Described, MAX_AUDIT_RECORDS, Request,
+    Requester, describe,
+};
 pub use cache::{cache_key, producing_attempt_of};
 pub use catalog::{CacheEntry, Catalog, GcPlan, Pin, Schedule, gc_plan, live_blobs};
 pub use command::{
@@ -71,6 +76,8 @@ pub struct State {
     pub policy: Policy,
     /// The certificate deny list (`revocation`).
     pub revocations: Revocations,
+    /// Who asked for what, and what came of it (`audit`).
+    pub audit: AuditLog,
 }
 
 impl State {
@@ -88,6 +95,7 @@ impl State {
             cache_pending: BTreeMap::new(),
             policy: Policy::default(),
             revocations: Revocations::default(),
+            audit: AuditLog::default(),
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -151,6 +159,12 @@ impl State {
     /// Sets the certificate deny list (a snapshot).
     pub fn with_revocations(mut self, revocations: Revocations) -> State {
         self.revocations = revocations;
+        self
+    }
+
+    /// Sets the audit log (a snapshot).
+    pub fn with_audit(mut self, audit: AuditLog) -> State {
+        self.audit = audit;
         self
     }
 
@@ -317,6 +331,18 @@ impl State {
                 name,
                 now_ms: _,
             } => self.delete_secret(&project, &name),
+            Command::Request(request) => self.apply_request(*request),
+            Command::Audit { note, now_ms } => Ok(self.record_note(*note, now_ms)),
+            Command::TrimAudit {
+                keep_ms,
+                keep_max,
+                now_ms,
+            } => {
+                let before = now_ms.saturating_sub(i64::try_from(keep_ms).unwrap_or(i64::MAX));
+                let keep_max = usize::try_from(keep_max).unwrap_or(usize::MAX);
+                self.audit.trim(before, keep_max);
+                Ok(Outcome::Done)
+            }
         }
     }
 

@@ -231,6 +231,12 @@ pub fn authorize(
         Command::Assign { .. } => (Action::Assign, anything(), String::new()),
         Command::WorkerLost { .. } => (Action::WorkerLost, anything(), String::new()),
         Command::TimeOutRun { .. } => (Action::TimeOutRun, anything(), String::new()),
+        // The leader wraps a caller's command itself; one that arrives wrapped
+        // is a member's own record.
+        Command::Request(_) | Command::Audit { .. } => {
+            (Action::RecordAudit, anything(), String::new())
+        }
+        Command::TrimAudit { .. } => (Action::TrimAudit, anything(), String::new()),
     };
     check(identity, action, &relation, &subject)
 }
@@ -318,6 +324,22 @@ pub fn may_read_pin(
 ) -> bool {
     let relation = caller(identity, admins).to_artifact(state, &pin.digest, Some(&pin.owner));
     decide(Action::ReadPin, &relation).is_ok()
+}
+
+/// Whether `identity` may read the audit records of `project` (none: the
+/// records that concern no project): the project's owners and administrators.
+pub fn may_read_audit(
+    identity: &Identity,
+    project: Option<&str>,
+    state: &State,
+    admins: &BTreeSet<String>,
+) -> Result<(), String> {
+    let relation = caller(identity, admins).relation(&state.policy, project.unwrap_or(""), "");
+    let subject = project.map_or_else(
+        || "records of no project".to_string(),
+        |project| format!("records of project \"{project}\""),
+    );
+    check(identity, Action::ReadAudit, &relation, &subject)
 }
 
 /// Whether a worker certificate may download blob `digest`: only for an

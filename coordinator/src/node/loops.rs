@@ -276,6 +276,46 @@ pub(super) async fn retention_loop(
     }
 }
 
+/// Leader only: drops the audit records older than `[audit] keep_days` or
+/// beyond the newest `max_records`, proposing a `TrimAudit` only when there is
+/// something to drop.
+pub(super) async fn audit_retention_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let settings = node.audit.clone();
+    let period = Duration::from_millis(settings.interval_ms);
+    while let Some(leading) =
+        next_pass(&node, "coordinator.audit_retention", period, &mut shutdown).await
+    {
+        if !leading {
+            continue;
+        }
+        let now = now_ms();
+        let cutoff = now.saturating_sub(i64::try_from(settings.keep_ms()).unwrap_or(i64::MAX));
+        let due = node.read(|state| {
+            state.audit.len() as u64 > settings.max_records
+                || state
+                    .audit
+                    .oldest_ms()
+                    .is_some_and(|oldest| oldest < cutoff)
+        });
+        if !due {
+            continue;
+        }
+        let command = Command::TrimAudit {
+            keep_ms: settings.keep_ms(),
+            keep_max: settings.max_records,
+            now_ms: now,
+        };
+        match node.propose(command).await {
+            Ok(_) => tracing::info!(
+                keep_days = settings.keep_days,
+                max_records = settings.max_records,
+                "audit log trimmed"
+            ),
+            Err(error) => tracing::warn!(%error, "could not trim the audit log"),
+        }
+    }
+}
+
 pub(super) async fn lease_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_millis((node.lease_ms / 5).max(50));
     while let Some(leading) = next_pass(&node, "coordinator.leases", period, &mut shutdown).await {

@@ -8,6 +8,7 @@
 //! membership changes (learners, promotion, safety checks) and cluster status.
 
 mod assignment;
+pub mod audit;
 pub mod authorize;
 mod loops;
 pub mod machine;
@@ -121,6 +122,10 @@ pub struct Node {
     pub timings: ferry_common::timing::Timings,
     /// `[retention]`: the automatic `gc` policy and the grace period of blobs.
     pub retention: crate::config::RetentionSettings,
+    /// `[audit]`: how long the audit log keeps its records (the leader trims).
+    pub audit: crate::config::AuditSettings,
+    /// This member's own certificate identity: it records what it refused.
+    pub identity: ferry_common::pki::Identity,
     quotas: BTreeMap<String, scheduler::Quota>,
     /// Why each queued step stayed queued in the last scheduling pass (leader only).
     waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
@@ -250,6 +255,7 @@ impl Node {
             workers = state.workers.len(),
             "state loaded"
         );
+        let identity = tls.identity.clone();
         let membership = membership::Membership::new(
             config.admin_names()?,
             tls.clone(),
@@ -311,6 +317,8 @@ impl Node {
             lease_ms: config.scheduling.worker_lease_ms,
             timings: config.timings(),
             retention: config.retention.clone(),
+            audit: config.audit.clone(),
+            identity: identity.clone(),
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
             scheduler_idle: std::sync::atomic::AtomicBool::new(false),
@@ -375,6 +383,10 @@ impl Node {
                 Box::pin(membership::membership_loop(node.clone(), shutdown.clone())),
             ),
         ];
+        tasks.push((
+            "audit retention",
+            Box::pin(loops::audit_retention_loop(node.clone(), shutdown.clone())),
+        ));
         if let Some(keep_last) = node.retention.keep_last {
             let retention = loops::retention_loop(node.clone(), keep_last, shutdown.clone());
             tasks.push(("retention", Box::pin(retention)));

@@ -16,9 +16,9 @@ use ferry_common::proto;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Node, ProposeError, authorize, now_ms};
+use super::{Node, ProposeError, audit, authorize, now_ms};
 use crate::consensus::{ConsensusError, Input, Proposal};
-use crate::state::{Command, Outcome};
+use crate::state::{Command, Outcome, Request, Requester};
 
 /// How one try of a proposal ended, for the loop that tries again.
 enum Try {
@@ -58,10 +58,27 @@ impl Node {
         &self,
         caller: &Identity,
         command: Command,
+        resent: bool,
+    ) -> Result<Outcome, ProposeError> {
+        let authorized = self
+            .read(|state| authorize::authorize(caller, &command, state, self.membership.admins()));
+        if let Err(reason) = authorized {
+            let reason = self.refused(caller, self.describe(&command), reason).await;
+            return Err(ProposeError::Denied(reason));
+        }
+        let by = audit::audited(caller, &command);
+        self.propose_authorized(caller, command, by, resent).await
+    }
+
+    /// Proposes an authorized command here or on the leader until it is
+    /// answered, within `Timings::propose_budget`.
+    pub(super) async fn propose_authorized(
+        &self,
+        caller: &Identity,
+        command: Command,
+        by: Option<Requester>,
         mut resent: bool,
     ) -> Result<Outcome, ProposeError> {
-        self.read(|state| authorize::authorize(caller, &command, state, self.membership.admins()))
-            .map_err(ProposeError::Denied)?;
         let budget = self.timings.propose_budget();
         let deadline = Instant::now() + budget;
         let mut role = self.role.clone();
@@ -70,7 +87,7 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = match info.leader {
                 Some(leader) if leader == self.id => {
-                    local_try(self.propose_here(command.clone(), resent).await)
+                    local_try(self.propose_here(command.clone(), by.clone(), resent).await)
                 }
                 Some(leader) => {
                     self.forward_racing(leader, caller, &command, resent, left)
@@ -108,13 +125,18 @@ impl Node {
 
     /// Proposes a command of the coordinator itself (the scheduler), on the leader.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
-        self.propose_local(command).await
+        self.propose_local(command, None, false).await
     }
 
     /// Proposes here (the leader), and for a resent command settles a refusal
     /// that only says an earlier attempt took effect.
-    async fn propose_here(&self, command: Command, resent: bool) -> Result<Outcome, ProposeError> {
-        let answer = self.propose_local(command.clone()).await;
+    async fn propose_here(
+        &self,
+        command: Command,
+        by: Option<Requester>,
+        resent: bool,
+    ) -> Result<Outcome, ProposeError> {
+        let answer = self.propose_local(command.clone(), by, resent).await;
         match answer {
             Err(ProposeError::Rejected(refusal)) if resent => self
                 .read(|state| state.settle_resend(&command, Err(refusal)))
@@ -124,8 +146,14 @@ impl Node {
     }
 
     /// Proposes on this member, stamped with its clock (it is the leader, or the
-    /// proposal fails with `NotLeader`).
-    async fn propose_local(&self, mut command: Command) -> Result<Outcome, ProposeError> {
+    /// proposal fails with `NotLeader`); a request `by` a caller the audit log
+    /// names goes in wrapped, so that applying it records it.
+    async fn propose_local(
+        &self,
+        mut command: Command,
+        by: Option<Requester>,
+        resent: bool,
+    ) -> Result<Outcome, ProposeError> {
         let now = now_ms();
         command.stamp(now);
         if let Command::SubmitRun {
@@ -135,6 +163,14 @@ impl Node {
         } = &mut command
         {
             *placements = self.first_placements(pipeline, now);
+        }
+        if let Some(by) = by {
+            command = Command::Request(Box::new(Request {
+                by,
+                about: self.describe(&command),
+                resent,
+                command,
+            }));
         }
         let (reply, answer) = oneshot::channel();
         self.proposals

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 35] = [
+const ALL_ACTIONS: [Action; 38] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -39,6 +39,9 @@ const ALL_ACTIONS: [Action; 35] = [
     Action::ClusterStatus,
     Action::ListProjects,
     Action::ListAdmins,
+    Action::ReadAudit,
+    Action::RecordAudit,
+    Action::TrimAudit,
 ];
 
 #[test]
@@ -117,7 +120,7 @@ fn expected(who: Who, action: Action) -> bool {
         ListWorkers | ClusterStatus | ListProjects | ListAdmins => client,
         Collect | SetWorkerMode | CreateProject | SetAdmin | ChangeMembership
         | RevokeCertificate | ResealSecret => who == Who::Admin,
-        SetProjectMember => matches!(who, Who::Admin | Who::ProjectOwner),
+        SetProjectMember | ReadAudit => matches!(who, Who::Admin | Who::ProjectOwner),
         SubmitRun | RerunRun | CreateSchedule => {
             matches!(who, Who::Admin | Who::ProjectOwner | Who::Editor)
         }
@@ -131,7 +134,9 @@ fn expected(who: Who, action: Action) -> bool {
             Who::Admin | Who::ProjectOwner | Who::Editor | Who::Viewer | Who::ResourceOwner
         ),
         RegisterWorker | StepStarted | StepFinished | FetchBlob => who == Who::Worker,
-        FireSchedule | Assign | WorkerLost | TimeOutRun => who == Who::Coordinator,
+        FireSchedule | Assign | WorkerLost | TimeOutRun | RecordAudit | TrimAudit => {
+            who == Who::Coordinator
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::access::ProjectRole;
 
 use super::{
-    AttemptKey, AttemptUsage, MetricPoint, RevocationTarget, RunId, Schedule, SealedValue, Worker,
-    WorkerMode,
+    AttemptKey, AttemptUsage, AuditNote, MetricPoint, Request, RevocationTarget, RunId, Schedule,
+    SealedValue, Worker, WorkerMode,
 };
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
@@ -232,6 +232,23 @@ pub enum Command {
         name: String,
         now_ms: i64,
     },
+    /// A caller's command, as the leader proposes it: applied as the command,
+    /// and recorded in the audit log with its outcome (see `audit`).
+    Request(Box<Request>),
+    /// A record for the audit log made outside the state machine's
+    /// transitions: a request refused before it was proposed, a membership
+    /// change.
+    Audit {
+        note: Box<AuditNote>,
+        now_ms: i64,
+    },
+    /// The leader's audit retention: records older than `keep_ms` before
+    /// `now_ms` go, and the oldest beyond the newest `keep_max`.
+    TrimAudit {
+        keep_ms: u64,
+        keep_max: u64,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -274,7 +291,10 @@ impl Command {
             | Command::RevokeCertificate { now_ms, .. }
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
-            | Command::DeleteSecret { now_ms, .. } => *now_ms = now,
+            | Command::DeleteSecret { now_ms, .. }
+            | Command::Audit { now_ms, .. }
+            | Command::TrimAudit { now_ms, .. } => *now_ms = now,
+            Command::Request(request) => request.command.stamp(now),
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
                 *now_ms = now;
@@ -308,7 +328,10 @@ impl Command {
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
             | Command::DeleteSecret { now_ms, .. }
+            | Command::Audit { now_ms, .. }
+            | Command::TrimAudit { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
+            Command::Request(request) => request.command.now_ms(),
         }
     }
 
@@ -325,8 +348,9 @@ impl Command {
             Command::SubmitRun { request_id, .. } | Command::RerunRun { request_id, .. } => {
                 request_id.is_some()
             }
-            // A second application would make another version.
-            Command::Assign { .. } | Command::SetSecret { .. } => false,
+            // A second application would make another version (or record).
+            Command::Assign { .. } | Command::SetSecret { .. } | Command::Audit { .. } => false,
+            Command::Request(request) => request.command.safe_to_resend(),
             Command::CreateSchedule { .. }
             | Command::PauseSchedule { .. }
             | Command::DeleteSchedule { .. }
@@ -346,7 +370,8 @@ impl Command {
             | Command::SetAdmin { .. }
             | Command::RevokeCertificate { .. }
             | Command::ResealSecret { .. }
-            | Command::DeleteSecret { .. } => true,
+            | Command::DeleteSecret { .. }
+            | Command::TrimAudit { .. } => true,
         }
     }
 }

@@ -239,19 +239,26 @@ pub(super) async fn collect_garbage(
     request: Request<proto::CollectGarbageRequest>,
 ) -> Result<Response<proto::CollectGarbageResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    // A dry run too: what it would delete is the cluster's whole history.
-    service
-        .node
-        .read(|state| {
-            authorize::may(
-                &caller,
-                crate::access::Action::Collect,
-                state,
-                service.admins(),
-            )
-        })
-        .map_err(Status::permission_denied)?;
     let gc = request.into_inner();
+    // A dry run too: what it would delete is the cluster's whole history.
+    let allowed = service.node.read(|state| {
+        authorize::may(
+            &caller,
+            crate::access::Action::Collect,
+            state,
+            service.admins(),
+        )
+    });
+    if let Err(reason) = allowed {
+        let command = Command::Collect {
+            keep_last: gc.keep_last,
+            now_ms: 0,
+            grace_ms: 0,
+        };
+        let about = service.node.describe(&command);
+        let reason = service.node.refused(&caller, about, reason).await;
+        return Err(Status::permission_denied(reason));
+    }
     service.consistent_read(false).await?;
     let grace_ms = service.node.retention.grace_ms;
     let started_ms = now_ms();

@@ -2,13 +2,15 @@
 //! `ferry cluster add-member` and `ferry cluster remove-member`. Changes are for
 //! administrators only and are made on the leader (`node::membership`).
 
-use ferry_common::pki::{Role, require_role};
+use ferry_common::pki::{Identity, Role, require_role};
 use ferry_common::proto;
 use tonic::{Request, Response, Status};
 
 use super::ControlService;
+use crate::access::Action;
 use crate::api::propose_status;
 use crate::node::membership::MembershipError;
+use crate::state::{AuditOutcome, Described};
 
 pub(super) async fn cluster_status(
     service: &ControlService,
@@ -36,12 +38,19 @@ pub(super) async fn add_member(
     request: Request<proto::AddMemberRequest>,
 ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    service
-        .node
-        .read(|state| service.node.membership.authorize(&caller, state))
-        .map_err(membership_status)?;
-    service.node.require_leader()?;
     let add = request.into_inner();
+    let about = change_about(format!(
+        "add member {} at {} (peer address {})",
+        add.id,
+        add.client_address,
+        if add.peer_address.is_empty() {
+            &add.client_address
+        } else {
+            &add.peer_address
+        }
+    ));
+    authorize_change(service, &caller, &about).await?;
+    service.node.require_leader()?;
     if add.id == 0 {
         return Err(Status::invalid_argument(
             "member id 0 is not allowed; use ids from 1",
@@ -69,11 +78,9 @@ pub(super) async fn add_member(
         learner: true,
     };
     tracing::info!(member = member.id, client = %caller.name, "adding a member");
-    service
-        .node
-        .add_learner(member)
-        .await
-        .map_err(membership_status)?;
+    let added = service.node.add_learner(member).await;
+    record_change(service, &caller, about, &added).await;
+    added.map_err(membership_status)?;
     Ok(Response::new(service.node.cluster_status().await))
 }
 
@@ -83,17 +90,61 @@ pub(super) async fn remove_member(
     request: Request<proto::RemoveMemberRequest>,
 ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    service
-        .node
-        .read(|state| service.node.membership.authorize(&caller, state))
-        .map_err(membership_status)?;
-    service.node.require_leader()?;
     let id = request.get_ref().id;
+    let about = change_about(format!("remove member {id}"));
+    authorize_change(service, &caller, &about).await?;
+    service.node.require_leader()?;
     tracing::info!(member = id, client = %caller.name, "removing a member");
-    service
-        .node
-        .remove_member(id)
-        .await
-        .map_err(membership_status)?;
+    let removed = service.node.remove_member(id).await;
+    record_change(service, &caller, about, &removed).await;
+    removed.map_err(membership_status)?;
     Ok(Response::new(service.node.cluster_status().await))
+}
+
+/// A membership change as the audit log names it.
+fn change_about(summary: String) -> Described {
+    Described {
+        action: Action::ChangeMembership,
+        project: None,
+        summary,
+    }
+}
+
+/// Administrators only; a refusal is recorded in the audit log.
+async fn authorize_change(
+    service: &ControlService,
+    caller: &Identity,
+    about: &Described,
+) -> Result<(), Status> {
+    let allowed = service
+        .node
+        .read(|state| service.node.membership.authorize(caller, state));
+    if let Err(error) = allowed {
+        let reason = service
+            .node
+            .refused(caller, about.clone(), error.to_string())
+            .await;
+        tracing::debug!(%reason, "membership change refused");
+        return Err(membership_status(error));
+    }
+    Ok(())
+}
+
+/// A membership change is a Raft configuration change, outside the state
+/// machine: what came of it is recorded by an entry of its own.
+async fn record_change(
+    service: &ControlService,
+    caller: &Identity,
+    about: Described,
+    result: &Result<(), MembershipError>,
+) {
+    let outcome = match result {
+        Ok(()) => AuditOutcome::Accepted {
+            detail: String::new(),
+        },
+        Err(error) => AuditOutcome::Refused {
+            reason: error.to_string(),
+        },
+    };
+    service.node.record(caller, about, outcome).await;
 }

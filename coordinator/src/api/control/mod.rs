@@ -6,6 +6,7 @@
 //! request, propose or read, and build the answer from `views`.
 
 mod artifacts;
+mod audit;
 mod certs;
 mod cluster;
 mod logs;
@@ -304,6 +305,13 @@ impl Control for ControlService {
         request: Request<proto::RevokeCertificateRequest>,
     ) -> Result<Response<proto::RevokeCertificateResponse>, Status> {
         certs::revoke_certificate(self, request).await
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        audit::list_audit(self, request).await
     }
 
     async fn list_revocations(

@@ -94,6 +94,16 @@ impl ControlService {
                     })
             });
             if let Some(refusal) = refused {
+                let about = crate::state::Described {
+                    action: crate::access::Action::SubmitRun,
+                    project: Some(project.clone()),
+                    summary: format!(
+                        "submit pipeline \"{}\" ({} steps), which uses secrets",
+                        pipeline.name,
+                        pipeline.steps.len()
+                    ),
+                };
+                let refusal = self.node.refused(caller, about, refusal).await;
                 return Err(Status::permission_denied(refusal));
             }
         }
