@@ -202,6 +202,12 @@ enum Command {
         #[command(subcommand)]
         command: ProjectsCommand,
     },
+    /// Groups of users: `@GROUP` as a project member or administrator stands
+    /// for every user in it (administrators change them).
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
     /// The cluster's administrators: list, add, remove.
     Admins {
         #[command(subcommand)]
@@ -380,6 +386,19 @@ pub enum MembersCommand {
     },
     /// Remove a member.
     Remove { project: String, user: String },
+}
+
+#[derive(Subcommand)]
+pub enum GroupsCommand {
+    /// Groups and their users.
+    List {
+        #[command(flatten)]
+        read: Read,
+    },
+    /// Add a user to a group (made with its first user).
+    Add { group: String, user: String },
+    /// Remove a user from a group (gone with its last user).
+    Remove { group: String, user: String },
 }
 
 #[derive(Subcommand)]
@@ -863,6 +882,15 @@ async fn remote(
             ProjectsCommand::Members {
                 command: MembersCommand::Remove { project, user },
             } => projects::set_member(client, project, user, None, output).await?,
+        },
+        Command::Groups { command } => match command {
+            GroupsCommand::List { read } => projects::list_groups(client, read, output).await?,
+            GroupsCommand::Add { group, user } => {
+                projects::set_group_member(client, group, user, true, output).await?
+            }
+            GroupsCommand::Remove { group, user } => {
+                projects::set_group_member(client, group, user, false, output).await?
+            }
         },
         Command::Admins { command } => match command {
             AdminsCommand::List { read } => projects::list_admins(client, read, output).await?,

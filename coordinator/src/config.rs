@@ -368,7 +368,9 @@ impl CoordinatorConfig {
     pub fn admin_names(&self) -> Result<std::collections::BTreeSet<String>, ClusterConfigError> {
         let mut names = std::collections::BTreeSet::new();
         for (index, name) in self.admins.iter().enumerate() {
-            ferry_common::pki::validate_name(name).map_err(|error| ClusterConfigError::Admin {
+            // A group (`@ops`) of `ferry groups add` stands for its users.
+            let bare = name.strip_prefix(crate::state::GROUP_SIGIL).unwrap_or(name);
+            ferry_common::pki::validate_name(bare).map_err(|error| ClusterConfigError::Admin {
                 index,
                 name: name.clone(),
                 reason: match error {

@@ -310,3 +310,77 @@ fn project_members_act_by_role_and_admins_are_added_by_command() {
         "dave cordons after removal",
     );
 }
+
+#[test]
+fn a_group_gives_its_users_the_role_it_holds() {
+    let mut cluster = Cluster::start_replicated(1, "admins = [\"root\"]\n");
+    issue_clients(&cluster, &["root", "carol", "dave", "erin"]);
+    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    cluster.wait_worker_connected("w1");
+    let ok = |result: CliResult| assert!(result.success(), "{result:?}");
+
+    ok(cluster.ferry_as(
+        "root",
+        &["projects", "create", "vision", "--owner", "carol"],
+    ));
+    // Only administrators manage groups.
+    assert_denied(
+        &cluster.ferry_as("carol", &["groups", "add", "ml", "dave"]),
+        "the admin role",
+        "carol makes a group",
+    );
+    ok(cluster.ferry_as("root", &["groups", "add", "ml", "dave"]));
+    ok(cluster.ferry_as(
+        "carol",
+        &[
+            "projects", "members", "add", "vision", "@ml", "--role", "editor",
+        ],
+    ));
+    let bad = cluster.ferry_as("root", &["groups", "add", "bad name", "dave"]);
+    assert!(
+        !bad.success() && bad.stderr.contains("not a valid name"),
+        "{bad:?}"
+    );
+    let groups = cluster.ferry_as("erin", &["groups", "list", "--output", "json"]);
+    assert_eq!(
+        groups.json(),
+        serde_json::json!([{ "name": "ml", "users": ["dave"] }]),
+        "{groups:?}"
+    );
+
+    // dave submits as the group's editor; erin, in no group, may not.
+    let vision = write_pipeline(&cluster.path("vision"), &long_running("vision"), &[]);
+    let run = run_id(&submit_as(&cluster, "dave", &vision));
+    assert_denied(
+        &submit_as(&cluster, "erin", &vision),
+        "the editor role",
+        "erin submits",
+    );
+    let projects = cluster.ferry_as("dave", &["projects", "list", "--output", "json"]);
+    assert_eq!(projects.json()[1]["your_role"], "editor", "{projects:?}");
+
+    // An administrator by group.
+    ok(cluster.ferry_as("root", &["admins", "add", "@ops"]));
+    assert_denied(
+        &cluster.ferry_as("erin", &["workers", "cordon", "w1"]),
+        "the admin role",
+        "erin cordons before joining ops",
+    );
+    ok(cluster.ferry_as("root", &["groups", "add", "ops", "erin"]));
+    ok(cluster.ferry_as("erin", &["workers", "cordon", "w1"]));
+    ok(cluster.ferry_as("erin", &["workers", "uncordon", "w1"]));
+
+    // Leaving the group takes the role away.
+    ok(cluster.ferry_as("root", &["groups", "remove", "ml", "dave"]));
+    assert_denied(
+        &submit_as(&cluster, "dave", &vision),
+        "the editor role",
+        "dave submits after leaving ml",
+    );
+    let missing = cluster.ferry_as("root", &["groups", "remove", "ml", "dave"]);
+    assert!(
+        !missing.success() && missing.stderr.contains("is not in group"),
+        "{missing:?}"
+    );
+    ok(cluster.ferry_as("carol", &["cancel", &run.to_string()]));
+}

@@ -202,3 +202,69 @@ pub(crate) async fn set_admin(
     }
     Ok(())
 }
+
+fn print_groups(groups: &[proto::GroupView], output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        let list: Vec<_> = groups
+            .iter()
+            .map(|g| serde_json::json!({ "name": g.name, "users": g.users }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!("no groups (an administrator adds users with 'ferry groups add GROUP USER')");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| vec![format!("@{}", g.name), g.users.join(", ")])
+        .collect();
+    println!("{}", render::table(&["GROUP", "USERS"], &rows));
+    Ok(())
+}
+
+/// `ferry groups list`.
+pub(crate) async fn list_groups(
+    client: &mut Client,
+    read: Read,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = proto::ListGroupsRequest { stale: read.stale };
+    let answer = client
+        .rpc(request, |mut client, request| async move {
+            client.list_groups(request).await
+        })
+        .await?;
+    print_groups(&answer.groups, output)
+}
+
+/// `ferry groups add|remove GROUP USER`.
+pub(crate) async fn set_group_member(
+    client: &mut Client,
+    group: String,
+    user: String,
+    member: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = proto::SetGroupMemberRequest {
+        group: group.clone(),
+        user: user.clone(),
+        member,
+    };
+    let answer = client
+        .rpc(request, |mut client, request| async move {
+            client.set_group_member(request).await
+        })
+        .await?;
+    if output == Output::Json {
+        return print_groups(&answer.groups, output);
+    }
+    let group = group.trim_start_matches('@');
+    if member {
+        println!("{user} is in group @{group}");
+    } else {
+        println!("{user} is no longer in group @{group}");
+    }
+    Ok(())
+}

@@ -115,6 +115,10 @@ pub enum Action {
     SetProjectMember,
     /// `ferry admins add|remove`.
     SetAdmin,
+    /// `ferry groups add|remove`.
+    SetGroupMember,
+    /// `ferry groups list`.
+    ListGroups,
     /// `ferry cluster add-member|remove-member` (a Raft configuration change).
     ChangeMembership,
     /// `ferry certs revoke`.
@@ -285,6 +289,8 @@ pub const TABLE: &[Rule] = &[
     ),
     rule(Action::ListProjects, Need::AnyClient, "list projects"),
     rule(Action::ListAdmins, Need::AnyClient, "list administrators"),
+    rule(Action::SetGroupMember, Need::Admin, "manage groups"),
+    rule(Action::ListGroups, Need::AnyClient, "list groups"),
     rule(Action::ReadAudit, Need::ProjectOwner, "read the audit log"),
     rule(
         Action::RecordAudit,

@@ -43,7 +43,7 @@ pub use command::{
 };
 pub use lineage::LineageNode;
 pub use outcome::{Outcome, StateError};
-pub use policy::{Caller, Policy, Project};
+pub use policy::{Caller, GROUP_SIGIL, Policy, Project};
 pub use records::{
     ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptUsage, GpuInfo, InputRecord,
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
@@ -311,6 +311,12 @@ impl State {
                 admin,
                 now_ms: _,
             } => self.set_admin(user, admin),
+            Command::SetGroupMember {
+                group,
+                user,
+                member,
+                now_ms: _,
+            } => self.set_group_member(group, user, member),
             Command::RevokeCertificate { target, by, now_ms } => self.revoke(target, by, now_ms),
             Command::SetSecret {
                 project,

@@ -55,6 +55,7 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::ProjectNotFound(_)
         | StateError::NotAProjectMember { .. }
         | StateError::NotAnAdmin(_)
+        | StateError::NotAGroupMember { .. }
         | StateError::SecretNotFound { .. } => Status::not_found(error.to_string()),
         StateError::NoSuchRerunStep { .. } | StateError::InvalidRevocation(_) => {
             Status::invalid_argument(error.to_string())

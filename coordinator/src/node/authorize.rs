@@ -171,6 +171,11 @@ pub fn authorize(
         Command::SetAdmin { user, .. } => {
             (Action::SetAdmin, anything(), format!("user \"{user}\""))
         }
+        Command::SetGroupMember { group, .. } => (
+            Action::SetGroupMember,
+            anything(),
+            format!("group \"{group}\""),
+        ),
         Command::SetSecret {
             project,
             name,

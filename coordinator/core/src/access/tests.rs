@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 38] = [
+const ALL_ACTIONS: [Action; 40] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -40,6 +40,8 @@ const ALL_ACTIONS: [Action; 38] = [
     Action::ListProjects,
     Action::ListAdmins,
     Action::ReadAudit,
+    Action::SetGroupMember,
+    Action::ListGroups,
     Action::RecordAudit,
     Action::TrimAudit,
 ];
@@ -117,8 +119,8 @@ fn expected(who: Who, action: Action) -> bool {
     use Action::*;
     let client = !matches!(who, Who::Worker | Who::Coordinator);
     match action {
-        ListWorkers | ClusterStatus | ListProjects | ListAdmins => client,
-        Collect | SetWorkerMode | CreateProject | SetAdmin | ChangeMembership
+        ListWorkers | ClusterStatus | ListProjects | ListAdmins | ListGroups => client,
+        Collect | SetWorkerMode | CreateProject | SetAdmin | SetGroupMember | ChangeMembership
         | RevokeCertificate | ResealSecret => who == Who::Admin,
         SetProjectMember | ReadAudit => matches!(who, Who::Admin | Who::ProjectOwner),
         SubmitRun | RerunRun | CreateSchedule => {

@@ -477,6 +477,20 @@ pub fn describe(command: &Command, state: &State) -> Described {
                 format!("remove administrator \"{user}\"")
             },
         ),
+        Command::SetGroupMember {
+            group,
+            user,
+            member,
+            ..
+        } => about(
+            Action::SetGroupMember,
+            None,
+            if *member {
+                format!("add \"{user}\" to group \"{group}\"")
+            } else {
+                format!("remove \"{user}\" from group \"{group}\"")
+            },
+        ),
         Command::RevokeCertificate { target, .. } => about(
             Action::RevokeCertificate,
             None,

@@ -195,6 +195,13 @@ pub enum Command {
         role: Option<ProjectRole>,
         now_ms: i64,
     },
+    /// `ferry groups add|remove`: `user` joins or leaves `group`.
+    SetGroupMember {
+        group: String,
+        user: String,
+        member: bool,
+        now_ms: i64,
+    },
     /// `ferry admins add|remove`.
     SetAdmin {
         user: String,
@@ -288,6 +295,7 @@ impl Command {
             | Command::CreateProject { now_ms, .. }
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
+            | Command::SetGroupMember { now_ms, .. }
             | Command::RevokeCertificate { now_ms, .. }
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
@@ -324,6 +332,7 @@ impl Command {
             | Command::CreateProject { now_ms, .. }
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
+            | Command::SetGroupMember { now_ms, .. }
             | Command::RevokeCertificate { now_ms, .. }
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
@@ -368,6 +377,7 @@ impl Command {
             | Command::CreateProject { .. }
             | Command::SetProjectMember { .. }
             | Command::SetAdmin { .. }
+            | Command::SetGroupMember { .. }
             | Command::RevokeCertificate { .. }
             | Command::ResealSecret { .. }
             | Command::DeleteSecret { .. }

@@ -120,6 +120,8 @@ pub enum StateError {
     LastProjectOwner { project: String, user: String },
     #[error("\"{user}\" is not a member of project \"{project}\"")]
     NotAProjectMember { project: String, user: String },
+    #[error("\"{user}\" is not in group \"{group}\" (see `ferry groups list`)")]
+    NotAGroupMember { group: String, user: String },
     #[error("\"{0}\" is not an administrator added by 'ferry admins add'")]
     NotAnAdmin(String),
     #[error("cannot revoke: {0}")]

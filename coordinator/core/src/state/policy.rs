@@ -23,10 +23,17 @@ pub struct Policy {
     /// Created projects (and `default`, once a member was added to it).
     #[serde(default)]
     pub projects: BTreeMap<String, Project>,
-    /// Administrators added by `ferry admins add`.
+    /// Administrators added by `ferry admins add` (a user, or `@group`).
     #[serde(default)]
     pub admins: BTreeSet<String>,
+    /// Groups of users (`ferry groups add`): a project member or an
+    /// administrator named `@group` stands for every user in it.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeSet<String>>,
 }
+
+/// What marks a group where a user name could stand: `@ml-team`.
+pub const GROUP_SIGIL: char = '@';
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
@@ -46,14 +53,31 @@ pub struct Caller<'a> {
 }
 
 impl Policy {
-    /// Whether `user` is an administrator (configured or added).
+    /// Whether `user` is an administrator (configured or added, by name or
+    /// through a group).
     pub fn is_admin(&self, configured: &BTreeSet<String>, user: &str) -> bool {
-        configured.contains(user) || self.admins.contains(user)
+        let named = |list: &BTreeSet<String>| {
+            list.contains(user) || self.groups_of(user).any(|group| list.contains(&group))
+        };
+        named(configured) || named(&self.admins)
     }
 
-    /// `user`'s role in `project`, if it is a member.
+    /// `user`'s role in `project`, if it is a member: its own, or the
+    /// strongest of its groups'.
     pub fn role_in(&self, project: &str, user: &str) -> Option<ProjectRole> {
-        self.projects.get(project)?.members.get(user).copied()
+        let members = &self.projects.get(project)?.members;
+        let own = members.get(user).copied();
+        self.groups_of(user)
+            .filter_map(|group| members.get(&group).copied())
+            .fold(own, |best, role| best.max(Some(role)))
+    }
+
+    /// The groups `user` is in, each as a member name (`@group`).
+    pub fn groups_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.groups
+            .iter()
+            .filter(move |(_, users)| users.contains(user))
+            .map(|(group, _)| format!("{GROUP_SIGIL}{group}"))
     }
 
     /// Whether `project` exists (`default` always does).
@@ -206,6 +230,29 @@ impl State {
         Ok(Outcome::Done)
     }
 
+    /// `ferry groups add|remove`: a group exists while it has users.
+    pub(super) fn set_group_member(
+        &mut self,
+        group: String,
+        user: String,
+        member: bool,
+    ) -> Result<Outcome, StateError> {
+        if member {
+            self.policy.groups.entry(group).or_default().insert(user);
+            return Ok(Outcome::Done);
+        }
+        let Some(users) = self.policy.groups.get_mut(&group) else {
+            return Err(StateError::NotAGroupMember { group, user });
+        };
+        if !users.remove(&user) {
+            return Err(StateError::NotAGroupMember { group, user });
+        }
+        if users.is_empty() {
+            self.policy.groups.remove(&group);
+        }
+        Ok(Outcome::Done)
+    }
+
     pub(super) fn set_admin(&mut self, user: String, admin: bool) -> Result<Outcome, StateError> {
         if admin {
             self.policy.admins.insert(user);
@@ -292,6 +339,64 @@ mod tests {
     }
 
     #[test]
+    fn a_group_gives_its_users_the_role_it_has() {
+        let mut state = State::default();
+        let none = BTreeSet::new();
+        state
+            .create_project("vision".into(), "alice".into(), 1)
+            .unwrap();
+        state
+            .set_group_member("ml".into(), "dave".into(), true)
+            .unwrap();
+        state
+            .set_group_member("ml".into(), "erin".into(), true)
+            .unwrap();
+        state
+            .set_project_member("vision".into(), "@ml".into(), Some(ProjectRole::Editor), 2)
+            .unwrap();
+        state
+            .set_project_member("vision".into(), "erin".into(), Some(ProjectRole::Owner), 2)
+            .unwrap();
+        assert_eq!(
+            state.policy.role_in("vision", "dave"),
+            Some(ProjectRole::Editor)
+        );
+        // The strongest of its own and its groups' roles.
+        assert_eq!(
+            state.policy.role_in("vision", "erin"),
+            Some(ProjectRole::Owner)
+        );
+        assert_eq!(state.policy.role_in("vision", "frank"), None);
+        let relation = caller("dave", &none).relation(&state.policy, "vision", "alice");
+        assert!(decide(Action::CancelRun, &relation).is_ok());
+
+        // Administrators by group, configured or added.
+        assert!(!state.policy.is_admin(&none, "dave"));
+        state.set_admin("@ml".into(), true).unwrap();
+        assert!(state.policy.is_admin(&none, "dave"));
+        state.set_admin("@ml".into(), false).unwrap();
+        let configured = BTreeSet::from(["@ml".to_string()]);
+        assert!(state.policy.is_admin(&configured, "erin"));
+
+        // Leaving the group takes the role away; an empty group is gone.
+        state
+            .set_group_member("ml".into(), "dave".into(), false)
+            .unwrap();
+        assert_eq!(state.policy.role_in("vision", "dave"), None);
+        assert_eq!(
+            state.set_group_member("ml".into(), "dave".into(), false),
+            Err(StateError::NotAGroupMember {
+                group: "ml".into(),
+                user: "dave".into()
+            })
+        );
+        state
+            .set_group_member("ml".into(), "erin".into(), false)
+            .unwrap();
+        assert!(state.policy.groups.is_empty());
+    }
+
+    #[test]
     fn policy_commands_sent_twice_answer_as_once() {
         let mut state = State::default();
         let commands = [
@@ -321,6 +426,18 @@ mod tests {
                 user: "bob".into(),
                 admin: false,
                 now_ms: 5,
+            },
+            Command::SetGroupMember {
+                group: "ml".into(),
+                user: "bob".into(),
+                member: true,
+                now_ms: 6,
+            },
+            Command::SetGroupMember {
+                group: "ml".into(),
+                user: "bob".into(),
+                member: false,
+                now_ms: 7,
             },
         ];
         for command in commands {

@@ -41,7 +41,10 @@ impl State {
                 Ok(Outcome::Done)
             }
             (Command::SetProjectMember { .. }, Err(StateError::NotAProjectMember { .. }))
-            | (Command::SetAdmin { .. }, Err(StateError::NotAnAdmin(_))) => Ok(Outcome::Done),
+            | (Command::SetAdmin { .. }, Err(StateError::NotAnAdmin(_)))
+            | (Command::SetGroupMember { .. }, Err(StateError::NotAGroupMember { .. })) => {
+                Ok(Outcome::Done)
+            }
             (_, answer) => answer,
         }
     }

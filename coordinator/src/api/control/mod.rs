@@ -293,6 +293,20 @@ impl Control for ControlService {
         policy::list_admins(self, request).await
     }
 
+    async fn set_group_member(
+        &self,
+        request: Request<proto::SetGroupMemberRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        policy::set_group_member(self, request).await
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        policy::list_groups(self, request).await
+    }
+
     async fn set_admin(
         &self,
         request: Request<proto::SetAdminRequest>,

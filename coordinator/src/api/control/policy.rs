@@ -10,7 +10,7 @@ use super::ControlService;
 use crate::access::{Action, ProjectRole};
 use crate::api::propose_status;
 use crate::node::{authorize, now_ms};
-use crate::state::{Command, Project, State};
+use crate::state::{Command, GROUP_SIGIL, Policy, State};
 
 /// A project or user name: what a certificate name may be.
 fn checked_name(what: &str, name: &str) -> Result<String, Status> {
@@ -21,7 +21,70 @@ fn checked_name(what: &str, name: &str) -> Result<String, Status> {
     Ok(name.to_string())
 }
 
-fn project_view(name: &str, project: Option<&Project>, caller: &str) -> proto::ProjectView {
+/// A user name, or a group as `@group`: what a project member or an
+/// administrator may be.
+fn checked_member(what: &str, name: &str) -> Result<String, Status> {
+    let name = name.trim();
+    match name.strip_prefix(GROUP_SIGIL) {
+        Some(group) => Ok(format!("{GROUP_SIGIL}{}", checked_name("group", group)?)),
+        None => checked_name(what, name),
+    }
+}
+
+fn groups_answer(state: &crate::state::State) -> proto::ListGroupsResponse {
+    proto::ListGroupsResponse {
+        groups: state
+            .policy
+            .groups
+            .iter()
+            .map(|(name, users)| proto::GroupView {
+                name: name.clone(),
+                users: users.iter().cloned().collect(),
+            })
+            .collect(),
+    }
+}
+
+pub(super) async fn list_groups(
+    service: &ControlService,
+    request: Request<proto::ListGroupsRequest>,
+) -> Result<Response<proto::ListGroupsResponse>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    service.consistent_read(request.get_ref().stale).await?;
+    service.node.read(|state| {
+        authorize::may(&caller, Action::ListGroups, state, service.admins())
+            .map_err(Status::permission_denied)?;
+        Ok(Response::new(groups_answer(state)))
+    })
+}
+
+pub(super) async fn set_group_member(
+    service: &ControlService,
+    request: Request<proto::SetGroupMemberRequest>,
+) -> Result<Response<proto::ListGroupsResponse>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let set = request.into_inner();
+    let group = checked_name("group", set.group.trim().trim_start_matches(GROUP_SIGIL))?;
+    let user = checked_name("user", &set.user)?;
+    let command = Command::SetGroupMember {
+        group: group.clone(),
+        user: user.clone(),
+        member: set.member,
+        now_ms: now_ms(),
+    };
+    service
+        .node
+        .propose_as(&caller, command)
+        .await
+        .map_err(propose_status)?;
+    tracing::info!(group = %group, user = %user, member = set.member, by = %caller, "group member set");
+    service.consistent_read(false).await?;
+    Ok(Response::new(service.node.read(groups_answer)))
+}
+
+/// A project as `caller` sees it (its role: its own, or through a group).
+fn project_view(name: &str, policy: &Policy, caller: &str) -> proto::ProjectView {
+    let project = policy.projects.get(name);
     let members = project.map(|p| &p.members);
     proto::ProjectView {
         name: name.to_string(),
@@ -35,8 +98,8 @@ fn project_view(name: &str, project: Option<&Project>, caller: &str) -> proto::P
             .collect(),
         created_by: project.map(|p| p.created_by.clone()).unwrap_or_default(),
         created_ms: project.map_or(0, |p| p.created_ms),
-        caller_role: members
-            .and_then(|members| members.get(caller))
+        caller_role: policy
+            .role_in(name, caller)
             .map(|role| role.as_str().to_string())
             .unwrap_or_default(),
     }
@@ -56,7 +119,7 @@ impl ControlService {
             }
             Ok(Response::new(project_view(
                 name,
-                state.policy.projects.get(name),
+                &state.policy,
                 &caller.name,
             )))
         })
@@ -129,22 +192,19 @@ pub(super) async fn list_projects(
         // project for an administrator).
         let mut projects = vec![project_view(
             ferry_common::spec::DEFAULT_PROJECT,
-            state
-                .policy
-                .projects
-                .get(ferry_common::spec::DEFAULT_PROJECT),
+            &state.policy,
             &caller.name,
         )];
         projects.extend(
             state
                 .policy
                 .projects
-                .iter()
-                .filter(|(name, project)| {
+                .keys()
+                .filter(|name| {
                     name.as_str() != ferry_common::spec::DEFAULT_PROJECT
-                        && (admin || project.members.contains_key(&caller.name))
+                        && (admin || state.policy.role_in(name, &caller.name).is_some())
                 })
-                .map(|(name, project)| project_view(name, Some(project), &caller.name)),
+                .map(|name| project_view(name, &state.policy, &caller.name)),
         );
         Ok(Response::new(proto::ListProjectsResponse { projects }))
     })
@@ -157,7 +217,7 @@ pub(super) async fn set_project_member(
     let caller = require_role(&request, Role::Client)?;
     let set = request.into_inner();
     let project = checked_name("project", &set.project)?;
-    let user = checked_name("user", &set.user)?;
+    let user = checked_member("user", &set.user)?;
     let role = match set.role.trim() {
         "" => None,
         text => Some(ProjectRole::parse(text).ok_or_else(|| {
@@ -203,7 +263,7 @@ pub(super) async fn set_admin(
 ) -> Result<Response<proto::ListAdminsResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
     let set = request.into_inner();
-    let user = checked_name("user", &set.user)?;
+    let user = checked_member("user", &set.user)?;
     if !set.admin && service.admins().contains(&user) {
         // Authorized first, so that a refusal says what the caller lacks.
         service
