@@ -384,3 +384,58 @@ fn a_group_gives_its_users_the_role_it_holds() {
     );
     ok(cluster.ferry_as("carol", &["cancel", &run.to_string()]));
 }
+
+/// A run's project is one its submitter edits, so a project's quota holds
+/// every run charged to it: a stranger cannot name the project (and so
+/// neither spend nor dodge its quota), and a member's runs wait at it.
+#[test]
+fn quotas_apply_to_the_members_of_a_project() {
+    let mut cluster = Cluster::start_replicated(
+        1,
+        "admins = [\"root\"]\n[scheduling.quotas.capped]\ncpu = \"1\"\n",
+    );
+    issue_clients(&cluster, &["root", "dave", "frank"]);
+    cluster.add_worker("w1", "cpus = 4\nmemory = \"2Gi\"");
+    cluster.wait_worker_connected("w1");
+    let created = cluster.ferry_as("root", &["projects", "create", "capped", "--owner", "dave"]);
+    assert!(created.success(), "{created:?}");
+
+    let pipeline = |name: &str, project: &str| {
+        write_pipeline(
+            &cluster.path(name),
+            &format!(
+                "name: {name}\nproject: {project}\nsteps:\n  - name: wait\n    resources: {{cpu: 1}}\n    command: [sleep, \"120\"]\n"
+            ),
+            &[],
+        )
+    };
+    let first = run_id(&submit_as(&cluster, "dave", &pipeline("one", "capped")));
+    let second = run_id(&submit_as(&cluster, "dave", &pipeline("two", "capped")));
+    wait_for(RUN_TIMEOUT, "the first run to start", || {
+        (status_as(&cluster, "dave", first)["state"] == "running").then_some(())
+    });
+    let waiting = wait_for(RUN_TIMEOUT, "the second run to wait at the quota", || {
+        let status = status_as(&cluster, "dave", second);
+        let reason = status["steps"][0]["reason"].as_str()?.to_string();
+        reason
+            .contains("project capped is at its quota")
+            .then_some(reason)
+    });
+    assert!(waiting.contains("1 of 1 CPUs in use"), "{waiting}");
+
+    // A stranger may not charge the project, and its own runs in `default`
+    // do not wait behind the project's quota.
+    assert_denied(
+        &submit_as(&cluster, "frank", &pipeline("three", "capped")),
+        "the editor role",
+        "frank submits into capped",
+    );
+    let own = run_id(&submit_as(&cluster, "frank", &pipeline("four", "default")));
+    wait_for(RUN_TIMEOUT, "frank's own run to start", || {
+        (status_as(&cluster, "frank", own)["state"] == "running").then_some(())
+    });
+    for (user, run) in [("dave", first), ("dave", second), ("frank", own)] {
+        let cancel = cluster.ferry_as(user, &["cancel", &run.to_string()]);
+        assert!(cancel.success(), "{cancel:?}");
+    }
+}
