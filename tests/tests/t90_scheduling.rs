@@ -14,11 +14,23 @@ use serde_json::Value;
 /// A short worker lease so that a lost worker is noticed within seconds.
 const SHORT_LEASE: &str = "[scheduling]\nworker_lease_ms = 2000\n";
 
+/// The UUID of GPU `index` of worker `prefix` in [`gpu_worker_config`]: `g1`'s
+/// are hardware UUIDs (as NVML reports them), the others' a name that is not
+/// one (an inventory override may give anything).
+fn gpu_uuid(prefix: &str, index: u64) -> String {
+    if prefix == "g1" {
+        format!("GPU-5a1c0f3e-9b2d-4c7e-8f10-{index:012x}")
+    } else {
+        format!("GPU-{prefix}-{index}")
+    }
+}
+
 fn gpu_worker_config(prefix: &str) -> String {
     let mut config = "cpus = 4\nmemory = \"4Gi\"\n".to_string();
     for index in 0..2 {
         config.push_str(&format!(
-            "[[gpus]]\nindex = {index}\nuuid = \"GPU-{prefix}-{index}\"\nmodel = \"NVIDIA H100 80GB HBM3\"\nmemory = \"80Gi\"\n"
+            "[[gpus]]\nindex = {index}\nuuid = \"{}\"\nmodel = \"NVIDIA H100 80GB HBM3\"\nmemory = \"80Gi\"\n",
+            gpu_uuid(prefix, index)
         ));
     }
     config
@@ -51,7 +63,7 @@ fn four_one_gpu_steps_run_at_once_each_on_its_own_gpu() {
     for i in 1..=4 {
         yaml.push_str(&format!(
             "  - name: s{i}\n    params: [dir]\n    resources: {{cpu: 0.5, memory: 64Mi, gpu: 1}}\n    shell: |\n      \
-             echo \"$CUDA_VISIBLE_DEVICES|$NVIDIA_VISIBLE_DEVICES|$FERRY_GPUS\" > \"$FERRY_PARAM_DIR/$FERRY_STEP\"\n      \
+             echo \"$CUDA_DEVICE_ORDER|$CUDA_VISIBLE_DEVICES|$NVIDIA_VISIBLE_DEVICES|$FERRY_GPUS\" > \"$FERRY_PARAM_DIR/$FERRY_STEP\"\n      \
              i=0\n      \
              while [ \"$(ls \"$FERRY_PARAM_DIR\" | wc -l)\" -lt 4 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n      \
              [ \"$(ls \"$FERRY_PARAM_DIR\" | wc -l)\" -ge 4 ]\n"
@@ -69,22 +81,27 @@ fn four_one_gpu_steps_run_at_once_each_on_its_own_gpu() {
         let name = format!("s{i}");
         let seen_text = std::fs::read_to_string(seen.join(&name)).unwrap();
         let parts: Vec<&str> = seen_text.trim().split('|').collect();
-        assert_eq!(parts.len(), 3, "{seen_text:?}");
-        let (cuda, nvidia, ferry) = (parts[0], parts[1], parts[2]);
-        assert!(
-            cuda == "0" || cuda == "1",
-            "exactly one GPU index: {seen_text:?}"
-        );
-        assert_eq!(nvidia, cuda, "{seen_text:?}");
+        assert_eq!(parts.len(), 4, "{seen_text:?}");
+        let (order, cuda, nvidia, ferry) = (parts[0], parts[1], parts[2], parts[3]);
         let step = step_of(&status, &name);
         let worker = step["worker"].as_str().unwrap().to_string();
-        assert_eq!(ferry, format!("GPU-{worker}-{cuda}"), "{seen_text:?}");
-        assert_eq!(
-            attempts(step)[0]["gpus"],
-            serde_json::json!([cuda.parse::<u32>().unwrap()])
-        );
+        let gpus = attempts(step)[0]["gpus"].as_array().unwrap().clone();
+        assert_eq!(gpus.len(), 1, "exactly one GPU: {step:#}");
+        let index = gpus[0].as_u64().unwrap();
+        let uuid = gpu_uuid(&worker, index);
+        assert_eq!(ferry, uuid, "{seen_text:?}");
+        // CUDA sees the device by its UUID where the worker knows a hardware
+        // one, else by its index in PCI bus order (never CUDA's own order).
+        assert_eq!(order, "PCI_BUS_ID", "{seen_text:?}");
+        let device = if worker == "g1" {
+            uuid.clone()
+        } else {
+            index.to_string()
+        };
+        assert_eq!(cuda, device, "{seen_text:?}");
+        assert_eq!(nvidia, cuda, "{seen_text:?}");
         uuids.insert(ferry.to_string());
-        placements.insert((worker, cuda.to_string()));
+        placements.insert((worker, index));
     }
     assert_eq!(uuids.len(), 4, "four different GPUs: {uuids:?}");
     assert_eq!(placements.len(), 4, "{placements:?}");

@@ -523,29 +523,81 @@ pub(super) fn step_environment(
         }
         env.insert(name, gather.dir.display().to_string());
     }
-    let indices: Vec<String> = assignment.gpu_indices.iter().map(u32::to_string).collect();
-    let uuids: Vec<String> = assignment
-        .gpu_indices
-        .iter()
-        .filter_map(|i| gpus.iter().find(|g| g.index == *i))
-        .map(|g| g.uuid.clone())
-        .collect();
-    env.insert("CUDA_VISIBLE_DEVICES".into(), indices.join(","));
+    let (devices, uuids) = gpu_names(&assignment.gpu_indices, gpus);
+    // CUDA numbers devices fastest first unless told the PCI bus order (the
+    // order of NVML's indices): a device named by index is then the one meant.
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    env.insert("CUDA_VISIBLE_DEVICES".into(), devices.join(","));
     env.insert(
         "NVIDIA_VISIBLE_DEVICES".into(),
-        if indices.is_empty() {
+        if devices.is_empty() {
             "void".into()
         } else {
-            indices.join(",")
+            devices.join(",")
         },
     );
     env.insert("FERRY_GPUS".into(), uuids.join(","));
     env
 }
 
+/// How a step names its GPUs: each by its hardware UUID (`GPU-…` or `MIG-…`,
+/// which CUDA and the NVIDIA container runtime take in place of an index, so
+/// no numbering can select another device), or by its NVML index where the
+/// worker knows no real UUID (an inventory without one). Also every GPU's
+/// UUID as Ferry knows it, for `FERRY_GPUS`.
+pub(super) fn gpu_names(assigned: &[u32], gpus: &[proto::Gpu]) -> (Vec<String>, Vec<String>) {
+    assigned
+        .iter()
+        .map(|index| {
+            let uuid = gpus
+                .iter()
+                .find(|gpu| gpu.index == *index)
+                .map(|gpu| gpu.uuid.clone())
+                .unwrap_or_default();
+            let device = if is_hardware_uuid(&uuid) {
+                uuid.clone()
+            } else {
+                index.to_string()
+            };
+            (device, uuid)
+        })
+        .unzip()
+}
+
+/// `GPU-` or `MIG-` and a UUID: 32 hex digits, with dashes.
+fn is_hardware_uuid(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("GPU-")
+        .or_else(|| name.strip_prefix("MIG-"))
+    else {
+        return false;
+    };
+    rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        && rest.chars().filter(char::is_ascii_hexdigit).count() == 32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_are_named_by_uuid_where_one_is_known_else_by_pci_index() {
+        let gpu = |index, uuid: &str| proto::Gpu {
+            index,
+            uuid: uuid.into(),
+            model: "H100".into(),
+            memory_bytes: 1,
+        };
+        let real = "GPU-5a1c0f3e-9b2d-4c7e-8f10-2b3c4d5e6f70";
+        let mig = "MIG-0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6";
+        let gpus = [gpu(0, "GPU-w1-0"), gpu(1, real), gpu(2, mig)];
+        let (devices, uuids) = gpu_names(&[1, 0, 2], &gpus);
+        assert_eq!(devices, [real, "0", mig]);
+        assert_eq!(uuids, [real, "GPU-w1-0", mig]);
+        assert_eq!(gpu_names(&[], &gpus), (Vec::new(), Vec::new()));
+        assert!(!is_hardware_uuid("GPU-5a1c0f3e"));
+        assert!(!is_hardware_uuid("5a1c0f3e-9b2d-4c7e-8f10-2b3c4d5e6f70"));
+    }
     use crate::workdirs::WorkDirs;
 
     fn gather_input(step: &str, names: &[&str], best_trial: &str) -> proto::GatherInput {
