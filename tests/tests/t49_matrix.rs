@@ -227,8 +227,11 @@ struct Cell {
     problem: Option<String>,
 }
 
-fn short(expected: &Expected) -> &'static str {
+/// A cell in a word: what the table says.
+fn short(case: Case, caller: Caller, expected: &Expected) -> &'static str {
     match expected {
+        Expected::Allowed if expected_listed(case, caller) == Some(false) => "ok-hidden",
+        Expected::Allowed if case.must_change_nothing() => "ok-fenced",
         Expected::Allowed => "ok",
         Expected::Refused(_) => "DENY",
         Expected::Gate => "gate",
@@ -268,30 +271,32 @@ fn judge(
 }
 
 fn table(cells: &BTreeMap<(usize, Caller), Cell>) -> String {
-    let mut out = format!("{:<34}", "RPC");
+    let mut out = format!("{:<46}", "RPC");
     for caller in Caller::ALL {
-        out.push_str(&format!("{:>10}", caller.label()));
+        out.push_str(&format!("{:>11}", caller.label()));
     }
     out.push('\n');
     for (index, case) in Case::ALL.iter().enumerate() {
-        out.push_str(&format!(
-            "{:<34}",
-            format!("{}.{} ({case:?})", case.service().name(), case.rpc())
-                .chars()
-                .take(33)
-                .collect::<String>()
-        ));
+        let variant = format!("{case:?}");
+        let label = if variant == case.rpc() {
+            format!("{}.{}", case.service().name(), case.rpc())
+        } else {
+            format!("{}.{} [{variant}]", case.service().name(), case.rpc())
+        };
+        out.push_str(&format!("{label:<46}"));
         for caller in Caller::ALL {
             let cell = &cells[&(index, caller)];
             let mark = if cell.problem.is_some() { "!" } else { "" };
-            out.push_str(&format!(
-                "{:>10}",
-                format!("{mark}{}", short(&cell.expected))
-            ));
+            let word = short(*case, caller, &cell.expected);
+            out.push_str(&format!("{:>11}", format!("{mark}{word}")));
         }
         out.push('\n');
     }
-    out.push_str("(ok: allowed; DENY: refused by the table; gate: refused by the service's role gate; !: the call answered otherwise)\n");
+    out.push_str(
+        "(ok: allowed; ok-hidden: a listing without the fixture; ok-fenced: a report the \
+         state machine ignores; DENY: refused by the table; gate: refused by the service's \
+         role gate; !: the call answered otherwise)\n",
+    );
     for ((index, caller), cell) in cells {
         if let Some(problem) = &cell.problem {
             out.push_str(&format!(

@@ -17,6 +17,9 @@ use super::cases::{Caller, Case};
 pub const WAIT_SPEC: &str =
     "name: wait\nproject: p\nsteps:\n  - name: wait\n    command: [sleep, \"600\"]\n";
 
+/// A waiting run whose step asks for `p`'s secret `token`.
+pub const SECRET_SPEC: &str = "name: secret\nproject: p\nsteps:\n  - name: wait\n    command: [sleep, \"600\"]\n    secrets: [{name: token, env: TOKEN}]\n";
+
 /// A run that makes an artifact.
 pub const MAKE_SPEC: &str = "name: make\nproject: p\nsteps:\n  - name: make\n    shell: \"echo model-bytes > model.bin\"\n    outputs: [model.bin]\n";
 
@@ -238,6 +241,9 @@ impl Ctx {
             }
             Case::SubmitRun => {
                 submit(client, WAIT_SPEC, &bundle).await?;
+            }
+            Case::SubmitRunWithSecret => {
+                submit(client, SECRET_SPEC, &bundle).await?;
             }
             Case::ListRuns => {
                 let runs = bounded(client.list_runs(proto::ListRunsRequest::default())).await?;

@@ -42,6 +42,8 @@ pub enum Case {
     UploadBundle,
     HasBlob,
     SubmitRun,
+    /// A pipeline whose step asks for `p`'s secret.
+    SubmitRunWithSecret,
     ListRuns,
     GetRun,
     CancelRun,
@@ -91,10 +93,11 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 45] = [
+    pub const ALL: [Case; 46] = [
         Case::UploadBundle,
         Case::HasBlob,
         Case::SubmitRun,
+        Case::SubmitRunWithSecret,
         Case::ListRuns,
         Case::GetRun,
         Case::CancelRun,
@@ -142,6 +145,7 @@ impl Case {
     /// The RPC's name in proto/ferry/v1/ferry.proto.
     pub fn rpc(self) -> String {
         let name = match self {
+            Case::SubmitRunWithSecret => "SubmitRun",
             Case::SetSecretVersion | Case::SetSecretNew => "SetSecret",
             Case::RegisterOther => "Register",
             Case::HeartbeatOther => "Heartbeat",
@@ -183,6 +187,8 @@ impl Case {
             // (`listed`).
             Case::ListRuns | Case::ListSchedules | Case::ListPins | Case::ListSecrets => &[],
             Case::SubmitRun => &[Action::SubmitRun],
+            // The secrets a pipeline asks for are checked before it is proposed.
+            Case::SubmitRunWithSecret => &[Action::UseSecret, Action::SubmitRun],
             Case::GetRun
             | Case::StreamLogs
             | Case::ListArtifacts
@@ -276,6 +282,7 @@ pub fn placement(action: Action) -> Placement {
         | Action::SetSecret
         | Action::DeleteSecret
         | Action::ResealSecret
+        | Action::UseSecret
         | Action::ReadSecret
         | Action::RegisterWorker
         | Action::StepStarted
@@ -288,10 +295,6 @@ pub fn placement(action: Action) -> Placement {
         | Action::ClusterStatus
         | Action::ListProjects
         | Action::ListAdmins => Placement::Matrix,
-        Action::UseSecret => Placement::Internal(
-            "asked by SubmitRun/CreateSchedule for a pipeline that names secrets \
-             (t46 and the unit tests); the matrix's pipelines name none",
-        ),
         Action::FireSchedule | Action::Assign | Action::WorkerLost | Action::TimeOutRun => {
             Placement::Internal("proposed by the leader's own loops; no RPC carries it")
         }
