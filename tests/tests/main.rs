@@ -17,6 +17,7 @@ mod t45_access;
 mod t46_secrets;
 mod t47_revocation;
 mod t48_audit;
+mod t49_matrix;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;

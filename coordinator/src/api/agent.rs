@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
+use crate::access::{Action, CertRole, Relation, decide};
 use crate::node::{Node, now_ms};
 use crate::state::{
     AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, MAX_METRIC_NAME_LEN,
@@ -40,12 +41,27 @@ fn worker_identity<T>(request: &Request<T>, claimed: Option<&str>) -> Result<Ide
     if let Some(claimed) = claimed
         && claimed != identity.name
     {
-        return Err(Status::permission_denied(format!(
-            "worker certificate \"{}\" cannot act as worker \"{claimed}\"",
-            identity.name
-        )));
+        return Err(not_this_worker(
+            Action::RegisterWorker,
+            format!(
+                "worker certificate \"{}\" cannot act as worker \"{claimed}\"",
+                identity.name
+            ),
+        ));
     }
     Ok(identity)
+}
+
+/// A worker's call about another worker or its attempt, refused with the role
+/// the table's row for `action` needs.
+fn not_this_worker(action: Action, refusal: String) -> Status {
+    let relation = Relation::stranger(CertRole::Worker);
+    match decide(action, &relation) {
+        Err(denied) => {
+            Status::permission_denied(format!("{refusal}: that needs {}", denied.needed))
+        }
+        Ok(()) => Status::permission_denied(refusal),
+    }
 }
 
 fn attempt_key(attempt: Option<proto::AttemptRef>) -> Result<AttemptKey, Status> {
@@ -292,10 +308,10 @@ impl Agent for AgentService {
                 .map(|attempt| attempt.worker.clone())
         });
         if owner.as_deref() != Some(identity.name.as_str()) {
-            return Err(Status::permission_denied(format!(
-                "{key} was not assigned to worker \"{}\"",
-                identity.name
-            )));
+            return Err(not_this_worker(
+                Action::StepStarted,
+                format!("{key} was not assigned to worker \"{}\"", identity.name),
+            ));
         }
         let records: Vec<LogRecord> = batch
             .lines

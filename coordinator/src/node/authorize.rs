@@ -183,13 +183,20 @@ pub fn authorize(
             ..
         } => {
             // A new version of an existing secret: as for its owner; a new
-            // secret: created under the caller's name in a project it may use.
+            // secret: created under the caller's name in a project it may use
+            // (its editors', or in `default` anyone's own: the secret is not
+            // the caller's before it exists, so setting it does not make the
+            // caller its owner in a project).
             let relation = match state.secret(project, name) {
                 Some(secret) => caller.relation(policy, project, &secret.set_by),
-                None => Relation {
-                    as_self: set_by == &identity.name,
-                    ..creation(project, set_by)?
-                },
+                None => {
+                    let relation = creation(project, set_by)?;
+                    Relation {
+                        as_self: set_by == &identity.name,
+                        owns: relation.owns && relation.open_project,
+                        ..relation
+                    }
+                }
             };
             (
                 Action::SetSecret,

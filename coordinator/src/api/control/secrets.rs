@@ -217,6 +217,19 @@ pub(super) async fn rotate_secrets_key(
     request: Request<proto::RotateSecretsKeyRequest>,
 ) -> Result<Response<proto::RotateSecretsKeyResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    // Authorized first, also when no secret needs sealing again (then no
+    // command is proposed that would be refused).
+    service
+        .node
+        .read(|state| {
+            crate::node::authorize::may(
+                &caller,
+                crate::access::Action::ResealSecret,
+                state,
+                service.admins(),
+            )
+        })
+        .map_err(Status::permission_denied)?;
     let keyring = keyring(service)?;
     service.consistent_read(false).await?;
     let current = keyring.current_id().to_string();

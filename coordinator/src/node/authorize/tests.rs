@@ -261,3 +261,49 @@ fn a_secret_is_used_and_changed_only_by_its_setter_its_project_or_an_admin() {
     let root: BTreeSet<String> = ["root".to_string()].into();
     assert!(authorize(&identity(Role::Client, "root"), &reseal, &state, &root).is_ok());
 }
+
+/// A secret a project does not have yet is created by its editors (or an
+/// administrator) only: a viewer or a non-member naming itself as the setter
+/// does not become its owner (found by t49's matrix).
+#[test]
+fn a_new_secret_in_a_project_needs_its_editor_role() {
+    let state = state();
+    let sealed = crate::state::SealedValue {
+        key_id: "k".into(),
+        nonce: vec![0; 24],
+        ciphertext: vec![1; 32],
+    };
+    let set = |by: &str| Command::SetSecret {
+        project: "vision".into(),
+        name: "planted".into(),
+        sealed: sealed.clone(),
+        set_by: by.into(),
+        now_ms: 2,
+    };
+    let admins: BTreeSet<String> = ["root".to_string()].into();
+    for refused in ["erin", "user-b"] {
+        let message = authorize(
+            &identity(Role::Client, refused),
+            &set(refused),
+            &state,
+            &admins,
+        )
+        .expect_err("refused");
+        assert!(
+            message.contains("the editor role in the project"),
+            "{message}"
+        );
+    }
+    for allowed in ["dave", "carol", "root"] {
+        assert!(
+            authorize(
+                &identity(Role::Client, allowed),
+                &set(allowed),
+                &state,
+                &admins
+            )
+            .is_ok(),
+            "{allowed}"
+        );
+    }
+}
