@@ -91,6 +91,8 @@ pub enum Need {
     AssignedWorker,
     /// A coordinator certificate: the leader's own loops.
     Coordinator,
+    /// Any worker certificate.
+    AnyWorker,
 }
 
 /// Every kind of request that is authorized: the commands (by kind, without
@@ -119,6 +121,16 @@ pub enum Action {
     SetGroupMember,
     /// `ferry groups list`.
     ListGroups,
+    /// A client uploads a code bundle (content-addressed; nothing refers to
+    /// it until a submission it may make).
+    UploadBundle,
+    /// A client asks whether a blob is stored (before uploading a bundle).
+    CheckBlob,
+    /// `ferry certs revoked`.
+    ListRevocations,
+    /// A worker uploads an output or a whole log of an attempt (referred to
+    /// only by the report of the worker the attempt is assigned to).
+    UploadArtifact,
     /// `ferry cluster add-member|remove-member` (a Raft configuration change).
     ChangeMembership,
     /// `ferry certs revoke`.
@@ -291,6 +303,18 @@ pub const TABLE: &[Rule] = &[
     rule(Action::ListAdmins, Need::AnyClient, "list administrators"),
     rule(Action::SetGroupMember, Need::Admin, "manage groups"),
     rule(Action::ListGroups, Need::AnyClient, "list groups"),
+    rule(Action::UploadBundle, Need::AnyClient, "upload code bundles"),
+    rule(
+        Action::CheckBlob,
+        Need::AnyClient,
+        "ask whether a blob is stored",
+    ),
+    rule(
+        Action::ListRevocations,
+        Need::AnyClient,
+        "list revoked certificates",
+    ),
+    rule(Action::UploadArtifact, Need::AnyWorker, "upload artifacts"),
     rule(Action::ReadAudit, Need::ProjectOwner, "read the audit log"),
     rule(
         Action::RecordAudit,
@@ -363,6 +387,7 @@ pub fn decide(action: Action, relation: &Relation) -> Result<(), Denied> {
             relation.cert == CertRole::Worker && relation.named_worker
         }
         Need::Coordinator => relation.cert == CertRole::Coordinator,
+        Need::AnyWorker => relation.cert == CertRole::Worker,
         Need::Viewer | Need::Editor | Need::ProjectOwner => {
             client
                 && (!rule.own_name || relation.as_self)
@@ -410,6 +435,7 @@ fn needed_text(rule: &Rule, relation: &Relation) -> String {
             "a worker certificate with an attempt assigned to it that needs this blob".to_string()
         }
         Need::Coordinator => "a coordinator certificate (the leader only)".to_string(),
+        Need::AnyWorker => "a worker certificate".to_string(),
         Need::Viewer | Need::Editor | Need::ProjectOwner if relation.cert != CertRole::Client => {
             "a client certificate".to_string()
         }

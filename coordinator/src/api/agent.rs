@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
 use crate::access::{Action, CertRole, Relation, decide};
-use crate::node::{Node, now_ms};
+use crate::node::{Node, authorize, now_ms};
 use crate::state::{
     AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, MAX_METRIC_NAME_LEN,
     MAX_METRICS_PER_ATTEMPT, MetricPoint, Outcome, ReportedOutcome, Worker,
@@ -362,7 +362,11 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<proto::Chunk>>,
     ) -> Result<Response<proto::BlobRef>, Status> {
-        worker_identity(&request, None)?;
+        let caller = worker_identity(&request, None)?;
+        let admins = self.node.membership.admins();
+        self.node
+            .read(|state| authorize::may(&caller, Action::UploadArtifact, state, admins))
+            .map_err(Status::permission_denied)?;
         let blob = receive_blob(&self.node.blobs, request.into_inner()).await?;
         self.node.replicate_blob(&blob.digest, blob.size).await?;
         Ok(Response::new(blob))

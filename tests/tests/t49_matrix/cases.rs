@@ -186,9 +186,10 @@ impl Case {
     /// only its service's role gate (the table has no row for it).
     pub fn actions(self) -> &'static [Action] {
         match self {
-            Case::UploadBundle | Case::HasBlob | Case::ListRevocations | Case::UploadArtifact => {
-                &[]
-            }
+            Case::UploadBundle => &[Action::UploadBundle],
+            Case::HasBlob => &[Action::CheckBlob],
+            Case::ListRevocations => &[Action::ListRevocations],
+            Case::UploadArtifact => &[Action::UploadArtifact],
             // Listings answer every client and leave out what it may not read
             // (`listed`).
             Case::ListRuns | Case::ListSchedules | Case::ListPins | Case::ListSecrets => &[],
@@ -306,7 +307,11 @@ pub fn placement(action: Action) -> Placement {
         | Action::ListAdmins
         | Action::SetGroupMember
         | Action::ListGroups
-        | Action::ReadAudit => Placement::Matrix,
+        | Action::ReadAudit
+        | Action::UploadBundle
+        | Action::CheckBlob
+        | Action::ListRevocations
+        | Action::UploadArtifact => Placement::Matrix,
         Action::RecordAudit | Action::TrimAudit => {
             Placement::Internal("a member's own audit entries; no RPC carries them")
         }

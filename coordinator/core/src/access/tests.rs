@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 40] = [
+const ALL_ACTIONS: [Action; 44] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -42,6 +42,10 @@ const ALL_ACTIONS: [Action; 40] = [
     Action::ReadAudit,
     Action::SetGroupMember,
     Action::ListGroups,
+    Action::UploadBundle,
+    Action::CheckBlob,
+    Action::ListRevocations,
+    Action::UploadArtifact,
     Action::RecordAudit,
     Action::TrimAudit,
 ];
@@ -119,7 +123,9 @@ fn expected(who: Who, action: Action) -> bool {
     use Action::*;
     let client = !matches!(who, Who::Worker | Who::Coordinator);
     match action {
-        ListWorkers | ClusterStatus | ListProjects | ListAdmins | ListGroups => client,
+        ListWorkers | ClusterStatus | ListProjects | ListAdmins | ListGroups | UploadBundle
+        | CheckBlob | ListRevocations => client,
+        UploadArtifact => who == Who::Worker,
         Collect | SetWorkerMode | CreateProject | SetAdmin | SetGroupMember | ChangeMembership
         | RevokeCertificate | ResealSecret => who == Who::Admin,
         SetProjectMember | ReadAudit => matches!(who, Who::Admin | Who::ProjectOwner),

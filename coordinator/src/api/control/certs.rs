@@ -65,7 +65,8 @@ pub(super) async fn list_revocations(
     service: &ControlService,
     request: Request<proto::ListRevocationsRequest>,
 ) -> Result<Response<proto::ListRevocationsResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
+    service.may(&caller, crate::access::Action::ListRevocations)?;
     service.consistent_read(request.get_ref().stale).await?;
     let revocations = service.node.read(|state| {
         let list = &state.revocations;

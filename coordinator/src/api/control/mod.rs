@@ -56,6 +56,18 @@ impl ControlService {
         self.node.membership.admins()
     }
 
+    /// Refuses unless `caller` may do `action`, a row of the table that
+    /// concerns no project or run.
+    fn may(
+        &self,
+        caller: &ferry_common::pki::Identity,
+        action: crate::access::Action,
+    ) -> Result<(), Status> {
+        self.node
+            .read(|state| authorize::may(caller, action, state, self.admins()))
+            .map_err(Status::permission_denied)
+    }
+
     /// Refuses unless `caller` may read run `id` (the table's `ReadRun` row):
     /// status, logs, artifacts, metrics, lineage. A run that does not exist is
     /// not found.

@@ -11,6 +11,7 @@ use ferry_common::spec::{Pipeline, SpecError, parse_pipeline};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ControlService;
+use crate::access::Action;
 use crate::api::propose_status;
 use crate::node::now_ms;
 use crate::state::{Command, Outcome};
@@ -197,6 +198,7 @@ pub(super) async fn upload_bundle(
     request: Request<Streaming<proto::Chunk>>,
 ) -> Result<Response<proto::BlobRef>, Status> {
     let caller = require_role(&request, Role::Client)?;
+    service.may(&caller, Action::UploadBundle)?;
     let blob =
         crate::api::bundles::receive_bundle(&service.node.blobs, request.into_inner()).await?;
     service.node.replicate_blob(&blob.digest, blob.size).await?;
@@ -208,7 +210,8 @@ pub(super) async fn has_blob(
     service: &ControlService,
     request: Request<proto::BlobRef>,
 ) -> Result<Response<proto::HasBlobResponse>, Status> {
-    require_role(&request, Role::Client)?;
+    let caller = require_role(&request, Role::Client)?;
+    service.may(&caller, Action::CheckBlob)?;
     let blob = request.into_inner();
     let stored = service
         .node
