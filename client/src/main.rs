@@ -397,8 +397,10 @@ pub enum GroupsCommand {
     },
     /// Add a user to a group (made with its first user).
     Add { group: String, user: String },
-    /// Remove a user from a group (gone with its last user).
+    /// Remove a user from a group.
     Remove { group: String, user: String },
+    /// Delete a group and every role given to it.
+    Delete { group: String },
 }
 
 #[derive(Subcommand)]
@@ -890,6 +892,9 @@ async fn remote(
             }
             GroupsCommand::Remove { group, user } => {
                 projects::set_group_member(client, group, user, false, output).await?
+            }
+            GroupsCommand::Delete { group } => {
+                projects::delete_group(client, group, output).await?
             }
         },
         Command::Admins { command } => match command {

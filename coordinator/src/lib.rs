@@ -189,11 +189,13 @@ impl Coordinator {
         // revoked, on every call's headers, before its body is read or decoded
         // (the handlers check the role again, and take the caller's identity
         // from the same certificate).
-        let control = InterceptedService::new(
+        // Each client call runs with the id its client gave it in scope
+        // (`api::request_id`), which the audit log uses to tell repeats.
+        let control = api::request_id::RequestScope(InterceptedService::new(
             ControlServer::new(api::ControlService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             role_gate(Role::Client, deny_list_of(node.clone())),
-        );
+        ));
         let agent = InterceptedService::new(
             AgentServer::new(api::AgentService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

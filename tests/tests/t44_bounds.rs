@@ -239,6 +239,7 @@ fn a_client_certificate_is_refused_by_the_peer_service_before_its_body_is_decode
             caller: "spiffe://ferry/client/alice".to_string(),
             command: vec![b'{'; 60 * 1024 * 1024],
             resent: false,
+            request_id: String::new(),
         };
         let refused = runtime
             .block_on(peer.forward(request))

@@ -360,6 +360,12 @@ fn a_group_gives_its_users_the_role_it_holds() {
     assert_eq!(projects.json()[1]["your_role"], "editor", "{projects:?}");
 
     // An administrator by group.
+    let ghost = cluster.ferry_as("root", &["admins", "add", "@ops"]);
+    assert!(
+        !ghost.success() && ghost.stderr.contains("there is no group \"@ops\""),
+        "{ghost:?}"
+    );
+    ok(cluster.ferry_as("root", &["groups", "add", "ops", "carol"]));
     ok(cluster.ferry_as("root", &["admins", "add", "@ops"]));
     assert_denied(
         &cluster.ferry_as("erin", &["workers", "cordon", "w1"]),
@@ -383,6 +389,15 @@ fn a_group_gives_its_users_the_role_it_holds() {
         "{missing:?}"
     );
     ok(cluster.ferry_as("carol", &["cancel", &run.to_string()]));
+
+    // Deleting a group takes its roles: re-made, it inherits none.
+    ok(cluster.ferry_as("root", &["groups", "delete", "ops"]));
+    ok(cluster.ferry_as("root", &["groups", "add", "ops", "erin"]));
+    assert_denied(
+        &cluster.ferry_as("erin", &["workers", "cordon", "w1"]),
+        "the admin role",
+        "erin cordons through a re-made group",
+    );
 }
 
 /// A run's project is one its submitter edits, so a project's quota holds

@@ -5,7 +5,7 @@
 //! administrators everything and a project's owners their project only; the
 //! leader trims it by `[audit] max_records`.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_tests::{CliResult, Cluster, wait_for};
@@ -36,60 +36,120 @@ fn field<'a>(record: &'a Value, name: &str) -> &'a str {
     record[name].as_str().unwrap_or_default()
 }
 
+/// One CLI call of the test and the summary its record carries.
+struct Call {
+    args: Vec<String>,
+    summary: String,
+    result: Option<CliResult>,
+}
+
+fn calls() -> Vec<Call> {
+    let mut calls = Vec::new();
+    for n in 0..16 {
+        let project = format!("team-{n:02}");
+        calls.push(Call {
+            args: vec!["projects".into(), "create".into(), project.clone()],
+            summary: format!("create project \"{project}\" owned by \"root\""),
+            result: None,
+        });
+        // Succeeds again if applied twice: only its id tells a repeat.
+        let user = format!("user-{n:02}");
+        calls.push(Call {
+            args: vec![
+                "projects".into(),
+                "members".into(),
+                "add".into(),
+                project.clone(),
+                user.clone(),
+                "--role".into(),
+                "viewer".into(),
+            ],
+            summary: format!("make \"{user}\" viewer of project \"{project}\""),
+            result: None,
+        });
+    }
+    calls
+}
+
 #[test]
 fn every_accepted_command_is_in_the_log_exactly_once_across_a_leader_kill() {
     let mut cluster = Cluster::start_replicated(3, "admins = [\"root\", \"alice\"]\n");
     issue_clients(&cluster, &["root", "mallory"]);
+    let leader = cluster.leader(Duration::from_secs(20));
+    let leader_pid = cluster
+        .coordinators
+        .iter()
+        .find(|c| c.id == leader)
+        .and_then(|c| c.daemon.as_ref())
+        .map(|d| d.pid())
+        .expect("the leader runs");
 
-    let mut outcomes: BTreeMap<String, CliResult> = BTreeMap::new();
-    let mut killed = None;
-    for n in 0..24 {
-        if n == 8 {
-            let leader = cluster.leader(Duration::from_secs(20));
-            cluster.kill_member(leader);
-            killed = Some(leader);
-        }
-        let name = format!("team-{n:02}");
-        let result = cluster.ferry_as("root", &["projects", "create", &name]);
-        outcomes.insert(name, result);
-        if n % 6 == 0 {
-            let refused = cluster.ferry_as("mallory", &["projects", "create", "stolen"]);
-            assert!(
-                !refused.success() && refused.stderr.contains("PermissionDenied"),
-                "{refused:?}"
-            );
-        }
-    }
-    let killed = killed.expect("a leader was killed");
-    cluster.spawn_coordinator(killed, false);
+    // The calls go on from another thread while the leader is killed, so
+    // that some are in flight when it dies (and are retried by the CLI, or
+    // resent by the member that forwarded them).
+    let done = AtomicUsize::new(0);
+    let calls = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut calls = calls();
+            for call in &mut calls {
+                let args: Vec<&str> = call.args.iter().map(String::as_str).collect();
+                call.result = Some(cluster.ferry_as("root", &args));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            calls
+        });
+        wait_for(Duration::from_secs(60), "some calls to be made", || {
+            (done.load(Ordering::SeqCst) >= 6).then_some(())
+        });
+        // A raw kill of the process, as in a power loss of that machine.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(leader_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the leader");
+        worker.join().expect("the calls")
+    });
+    cluster.kill_member(leader);
+    cluster.spawn_coordinator(leader, false);
     cluster.wait_answering();
 
-    let records = audit(&cluster, "root", &["--limit", "10000"]);
-    let mut accepted: BTreeMap<String, usize> = BTreeMap::new();
-    for record in &records {
-        if field(record, "action") == "create-project" && field(record, "outcome") == "accepted" {
-            let project = field(record, "project").to_string();
-            *accepted.entry(project).or_default() += 1;
-        }
+    // Refusals, once the cluster is whole again: each recorded once.
+    for _ in 0..4 {
+        let refused = cluster.ferry_as("mallory", &["projects", "create", "stolen"]);
+        assert!(
+            !refused.success() && refused.stderr.contains("PermissionDenied"),
+            "{refused:?}"
+        );
     }
-    for (name, result) in &outcomes {
-        let count = accepted.get(name).copied().unwrap_or(0);
+
+    let records = audit(&cluster, "root", &["--limit", "10000"]);
+    let accepted = |summary: &str| {
+        records
+            .iter()
+            .filter(|r| field(r, "summary") == summary && field(r, "outcome") == "accepted")
+            .count()
+    };
+    let mut succeeded = 0;
+    for call in &calls {
+        let result = call.result.as_ref().expect("made");
+        let count = accepted(&call.summary);
         if result.success() {
-            assert_eq!(count, 1, "{name} was created once: {records:#?}");
+            succeeded += 1;
+            assert_eq!(count, 1, "{:?} accepted once: {records:#?}", call.args);
         } else {
-            assert!(count <= 1, "{name} at most once: {records:#?}");
+            assert!(count <= 1, "{:?} at most once: {records:#?}", call.args);
         }
     }
     assert!(
-        outcomes.values().filter(|r| r.success()).count() >= 20,
-        "most creations succeed across one leader change: {outcomes:?}"
+        succeeded >= calls.len() - 4,
+        "most calls succeed across one leader change"
     );
     // The sequence numbers are unique and rising.
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
-    // Mallory's refusals: recorded with who, what and the role needed, and
-    // nothing was created.
+    // Mallory's refusals: recorded once each, with who, what and the role
+    // needed, and nothing was created.
     let refusals: Vec<&Value> = records
         .iter()
         .filter(|r| field(r, "caller") == "mallory")
@@ -107,8 +167,8 @@ fn every_accepted_command_is_in_the_log_exactly_once_across_a_leader_kill() {
     let projects = cluster.ferry_as("root", &["projects", "list", "--output", "json"]);
     assert!(!projects.stdout.contains("stolen"), "{projects:?}");
     // The restarted member holds the same log: read it there.
-    let there = cluster.ferry_at(killed, &["audit", "--output", "json", "--limit", "10000"]);
-    assert!(there.success(), "{there:?} (member {killed})");
+    let there = cluster.ferry_at(leader, &["audit", "--output", "json", "--limit", "10000"]);
+    assert!(there.success(), "{there:?} (member {leader})");
     let there: Vec<u64> = there
         .json()
         .as_array()
@@ -118,7 +178,7 @@ fn every_accepted_command_is_in_the_log_exactly_once_across_a_leader_kill() {
         .collect();
     assert!(
         there.len() >= seqs.len() && there[..seqs.len()] == seqs[..],
-        "member {killed} holds the same records"
+        "member {leader} holds the same records"
     );
 }
 
@@ -190,7 +250,7 @@ fn owners_see_their_project_and_filters_narrow_the_log() {
     let future = audit(&cluster, "root", &["--since", "2100-01-01T00:00:00Z"]);
     assert!(future.is_empty(), "{future:#?}");
     let recent = audit(&cluster, "root", &["--since", "1h"]);
-    assert_eq!(recent.len(), all.len());
+    assert!(recent.len() >= all.len(), "{recent:#?}");
     let bad = cluster.ferry_as("root", &["audit", "--since", "yesterday"]);
     assert!(
         !bad.success() && bad.stderr.contains("--since \"yesterday\""),

@@ -98,6 +98,13 @@ pub(crate) async fn list(
             answer.matched
         );
     }
+    if answer.dropped > 0 {
+        println!(
+            "({} older records were dropped by the cluster's retention, [audit] in \
+             coordinator.toml)",
+            answer.dropped
+        );
+    }
     Ok(())
 }
 

@@ -268,3 +268,25 @@ pub(crate) async fn set_group_member(
     }
     Ok(())
 }
+
+/// `ferry groups delete GROUP`.
+pub(crate) async fn delete_group(
+    client: &mut Client,
+    group: String,
+    output: Output,
+) -> anyhow::Result<()> {
+    let request = proto::DeleteGroupRequest {
+        group: group.clone(),
+    };
+    let answer = client
+        .rpc(request, |mut client, request| async move {
+            client.delete_group(request).await
+        })
+        .await?;
+    if output == Output::Json {
+        return print_groups(&answer.groups, output);
+    }
+    let group = group.trim_start_matches('@');
+    println!("group @{group} deleted, with every role given to it");
+    Ok(())
+}

@@ -71,9 +71,13 @@ pub(crate) trait Rpc {
     ) -> anyhow::Result<Answer>
     where
         Request: Clone,
-        Call: FnMut(ControlClient<Channel>, Request) -> Reply,
+        Call: FnMut(ControlClient<Channel>, tonic::Request<Request>) -> Reply,
         Reply: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>;
 }
+
+/// The metadata key under which a call carries its id: the same on every
+/// retry, so that the cluster's audit log records a retried change once.
+const REQUEST_ID_HEADER: &str = "ferry-request-id";
 
 impl Rpc for Client {
     async fn rpc<Request, Answer, Call, Reply>(
@@ -83,12 +87,20 @@ impl Rpc for Client {
     ) -> anyhow::Result<Answer>
     where
         Request: Clone,
-        Call: FnMut(ControlClient<Channel>, Request) -> Reply,
+        Call: FnMut(ControlClient<Channel>, tonic::Request<Request>) -> Reply,
         Reply: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
     {
-        self.call(|client| call(client, request.clone()))
-            .await
-            .or_status()
+        let id: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            ferry_client::new_request_id()
+                .parse()
+                .expect("request ids are hex");
+        self.call(|client| {
+            let mut request = tonic::Request::new(request.clone());
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id.clone());
+            call(client, request)
+        })
+        .await
+        .or_status()
     }
 }
 

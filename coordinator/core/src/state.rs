@@ -317,6 +317,7 @@ impl State {
                 member,
                 now_ms: _,
             } => self.set_group_member(group, user, member),
+            Command::DeleteGroup { group, now_ms: _ } => self.delete_group(group),
             Command::RevokeCertificate { target, by, now_ms } => self.revoke(target, by, now_ms),
             Command::SetSecret {
                 project,

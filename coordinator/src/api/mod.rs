@@ -7,6 +7,7 @@ mod bundles;
 mod control;
 pub mod limits;
 mod peer;
+pub mod request_id;
 
 use std::pin::Pin;
 
@@ -56,10 +57,11 @@ pub(crate) fn state_status(error: StateError) -> Status {
         | StateError::NotAProjectMember { .. }
         | StateError::NotAnAdmin(_)
         | StateError::NotAGroupMember { .. }
+        | StateError::GroupNotFound(_)
         | StateError::SecretNotFound { .. } => Status::not_found(error.to_string()),
-        StateError::NoSuchRerunStep { .. } | StateError::InvalidRevocation(_) => {
-            Status::invalid_argument(error.to_string())
-        }
+        StateError::NoSuchRerunStep { .. }
+        | StateError::InvalidRevocation(_)
+        | StateError::InvalidRequest(_) => Status::invalid_argument(error.to_string()),
         StateError::TooManyRevocations(_) => Status::resource_exhausted(error.to_string()),
         StateError::ScheduleExists(_)
         | StateError::PinTaken { .. }

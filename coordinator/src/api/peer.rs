@@ -112,6 +112,15 @@ impl Peer for PeerService {
         let command: Command = serde_json::from_slice(&forwarded.command).map_err(|e| {
             Status::invalid_argument(format!("the forwarded command does not decode: {e}"))
         })?;
+        // The leader's own commands (and the wrapping that names a caller to
+        // the audit log) are made on the leader, never received.
+        if command.leader_only() {
+            return Err(Status::permission_denied(
+                "a member may not forward the leader's own commands (assignments, schedule \
+                 firings, lost workers, timeouts, audit requests and trims)",
+            ));
+        }
+        let request_id = (!forwarded.request_id.is_empty()).then_some(forwarded.request_id);
         if !self.node.role().is_leader() {
             return Err(Status::unavailable(
                 "this coordinator is no longer the leader",
@@ -119,7 +128,7 @@ impl Peer for PeerService {
         }
         let outcome = self
             .node
-            .propose_forwarded(&caller, command, forwarded.resent)
+            .propose_forwarded(&caller, command, forwarded.resent, request_id)
             .await
             .map_err(propose_status)?;
         Ok(Response::new(proto::ForwardResponse {

@@ -171,7 +171,7 @@ pub fn authorize(
         Command::SetAdmin { user, .. } => {
             (Action::SetAdmin, anything(), format!("user \"{user}\""))
         }
-        Command::SetGroupMember { group, .. } => (
+        Command::SetGroupMember { group, .. } | Command::DeleteGroup { group, .. } => (
             Action::SetGroupMember,
             anything(),
             format!("group \"{group}\""),

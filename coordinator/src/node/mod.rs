@@ -126,6 +126,8 @@ pub struct Node {
     pub audit: crate::config::AuditSettings,
     /// This member's own certificate identity: it records what it refused.
     pub identity: ferry_common::pki::Identity,
+    /// How many refusals of each caller this member records one by one.
+    refusals: audit::RefusalLimiter,
     quotas: BTreeMap<String, scheduler::Quota>,
     /// Why each queued step stayed queued in the last scheduling pass (leader only).
     waiting: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
@@ -319,6 +321,7 @@ impl Node {
             retention: config.retention.clone(),
             audit: config.audit.clone(),
             identity: identity.clone(),
+            refusals: audit::RefusalLimiter::default(),
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
             scheduler_idle: std::sync::atomic::AtomicBool::new(false),

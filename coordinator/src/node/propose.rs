@@ -40,7 +40,13 @@ impl Node {
         caller: &Identity,
         command: Command,
     ) -> Result<Outcome, ProposeError> {
-        self.propose_with(caller, command, false).await
+        // A client's id for the request (the same on its retries), kept apart
+        // from other callers'; else one made here.
+        let id = match crate::api::request_id::current() {
+            Some(id) => format!("{}/{id}", caller.uri()),
+            None => self.new_request_id(),
+        };
+        self.propose_with(caller, command, false, id).await
     }
 
     /// [`Node::propose_as`] for a command that a member forwarded; `resent`: an
@@ -50,8 +56,10 @@ impl Node {
         caller: &Identity,
         command: Command,
         resent: bool,
+        request_id: Option<String>,
     ) -> Result<Outcome, ProposeError> {
-        self.propose_with(caller, command, resent).await
+        let id = request_id.unwrap_or_else(|| self.new_request_id());
+        self.propose_with(caller, command, resent, id).await
     }
 
     async fn propose_with(
@@ -59,15 +67,18 @@ impl Node {
         caller: &Identity,
         command: Command,
         resent: bool,
+        id: String,
     ) -> Result<Outcome, ProposeError> {
         let authorized = self
             .read(|state| authorize::authorize(caller, &command, state, self.membership.admins()));
         if let Err(reason) = authorized {
-            let reason = self.refused(caller, self.describe(&command), reason).await;
+            let about = self.describe(&command);
+            let reason = self.refused_as(caller, about, reason, Some(id)).await;
             return Err(ProposeError::Denied(reason));
         }
         let by = audit::audited(caller, &command);
-        self.propose_authorized(caller, command, by, resent).await
+        self.propose_authorized(caller, command, by, resent, id)
+            .await
     }
 
     /// Proposes an authorized command here or on the leader until it is
@@ -78,6 +89,7 @@ impl Node {
         command: Command,
         by: Option<Requester>,
         mut resent: bool,
+        id: String,
     ) -> Result<Outcome, ProposeError> {
         let budget = self.timings.propose_budget();
         let deadline = Instant::now() + budget;
@@ -87,10 +99,11 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = match info.leader {
                 Some(leader) if leader == self.id => {
-                    local_try(self.propose_here(command.clone(), by.clone(), resent).await)
+                    let here = self.propose_here(command.clone(), by.clone(), resent, &id);
+                    local_try(here.await)
                 }
                 Some(leader) => {
-                    self.forward_racing(leader, caller, &command, resent, left)
+                    self.forward_racing(leader, caller, &command, resent, &id, left)
                         .await
                 }
                 None => Try::NotApplied(ConsensusError::NotLeader.into()),
@@ -125,7 +138,7 @@ impl Node {
 
     /// Proposes a command of the coordinator itself (the scheduler), on the leader.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
-        self.propose_local(command, None, false).await
+        self.propose_local(command, None, false, None).await
     }
 
     /// Proposes here (the leader), and for a resent command settles a refusal
@@ -135,8 +148,11 @@ impl Node {
         command: Command,
         by: Option<Requester>,
         resent: bool,
+        id: &str,
     ) -> Result<Outcome, ProposeError> {
-        let answer = self.propose_local(command.clone(), by, resent).await;
+        let answer = self
+            .propose_local(command.clone(), by, resent, Some(id))
+            .await;
         match answer {
             Err(ProposeError::Rejected(refusal)) if resent => self
                 .read(|state| state.settle_resend(&command, Err(refusal)))
@@ -153,6 +169,7 @@ impl Node {
         mut command: Command,
         by: Option<Requester>,
         resent: bool,
+        id: Option<&str>,
     ) -> Result<Outcome, ProposeError> {
         let now = now_ms();
         command.stamp(now);
@@ -169,6 +186,7 @@ impl Node {
                 by,
                 about: self.describe(&command),
                 resent,
+                id: id.map(str::to_string),
                 command,
             }));
         }
@@ -188,12 +206,13 @@ impl Node {
         caller: &Identity,
         command: &Command,
         resent: bool,
+        id: &str,
         left: Duration,
     ) -> Try {
         let limit = self.timings.forward_attempt().min(left);
         let mut role = self.role.clone();
         tokio::select! {
-            answer = tokio::time::timeout(limit, self.forward(leader, caller, command, resent)) => match answer {
+            answer = tokio::time::timeout(limit, self.forward(leader, caller, command, resent, id)) => match answer {
                 Ok(answer) => forward_try(answer),
                 Err(_) => Try::Unknown(ProposeError::Unanswered(format!(
                     "leader {leader} did not answer within {limit:?}"
@@ -215,6 +234,7 @@ impl Node {
         caller: &Identity,
         command: &Command,
         resent: bool,
+        id: &str,
     ) -> Result<Outcome, ProposeError> {
         let Some(mut client) = self.transport.client(leader) else {
             return Err(ConsensusError::NotLeader.into());
@@ -223,6 +243,7 @@ impl Node {
             caller: caller.uri(),
             command: serde_json::to_vec(command).expect("commands serialize"),
             resent,
+            request_id: id.to_string(),
         };
         let response = client
             .forward(request)

@@ -198,6 +198,18 @@ impl Ctx {
                 bounded(self.owner.pin_artifact(request)).await?;
                 tag
             }
+            Case::DeleteGroup => {
+                // A group of its own, so that deleting it takes nothing else.
+                let name = self.fresh("doomed");
+                let request = proto::SetGroupMemberRequest {
+                    group: name.clone(),
+                    user: "nobody".into(),
+                    member: true,
+                };
+                let admin = self.control.get_mut(&Caller::Admin).expect("the admin");
+                bounded(admin.set_group_member(request)).await?;
+                name
+            }
             Case::DeleteSecret => {
                 let name = self.fresh("doomed");
                 bounded(self.owner.set_secret(secret_request(&name, "old"))).await?;
@@ -411,6 +423,10 @@ impl Ctx {
             }
             Case::ListGroups => {
                 bounded(client.list_groups(proto::ListGroupsRequest::default())).await?;
+            }
+            Case::DeleteGroup => {
+                let request = proto::DeleteGroupRequest { group: fresh_name };
+                bounded(client.delete_group(request)).await?;
             }
             Case::ListAudit => {
                 // The records of project `p`: its owners' and administrators'.

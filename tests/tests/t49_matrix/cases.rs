@@ -72,6 +72,7 @@ pub enum Case {
     SetAdmin,
     SetGroupMember,
     ListGroups,
+    DeleteGroup,
     ListAudit,
     RevokeCertificate,
     ListRevocations,
@@ -96,7 +97,7 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 49] = [
+    pub const ALL: [Case; 50] = [
         Case::UploadBundle,
         Case::HasBlob,
         Case::SubmitRun,
@@ -129,6 +130,7 @@ impl Case {
         Case::SetAdmin,
         Case::SetGroupMember,
         Case::ListGroups,
+        Case::DeleteGroup,
         Case::ListAudit,
         Case::RevokeCertificate,
         Case::ListRevocations,
@@ -219,7 +221,7 @@ impl Case {
             Case::SetProjectMember => &[Action::SetProjectMember],
             Case::ListAdmins => &[Action::ListAdmins],
             Case::SetAdmin => &[Action::SetAdmin],
-            Case::SetGroupMember => &[Action::SetGroupMember],
+            Case::SetGroupMember | Case::DeleteGroup => &[Action::SetGroupMember],
             Case::ListGroups => &[Action::ListGroups],
             Case::ListAudit => &[Action::ReadAudit],
             Case::RevokeCertificate => &[Action::RevokeCertificate],

@@ -29,6 +29,10 @@ pub const MAX_AUDIT_RECORDS: usize = 200_000;
 /// Records per shared chunk.
 const CHUNK: usize = 1024;
 
+/// How many of the latest request ids the log remembers to tell a repeat:
+/// far more than the requests of one retry budget.
+pub const RECENT_IDS: usize = 10_000;
+
 /// Who made a request: the name and role of its certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requester {
@@ -56,6 +60,10 @@ pub struct Request {
     /// that only says so is recorded as a repeat, not a refusal.
     #[serde(default)]
     pub resent: bool,
+    /// The same on every try of one request (a client's retries to other
+    /// members, a member's resends): a second application is a repeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub command: Command,
 }
 
@@ -66,6 +74,9 @@ pub struct AuditNote {
     pub by: Requester,
     pub about: Described,
     pub outcome: AuditOutcome,
+    /// The request's id: a note for a request already recorded is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// What came of a request.
@@ -107,6 +118,9 @@ pub struct AuditLog {
     chunks: VecDeque<Arc<Vec<AuditRecord>>>,
     len: usize,
     next_seq: u64,
+    /// The latest request ids, oldest first, and the same as a set.
+    recent: VecDeque<String>,
+    recent_set: std::collections::HashSet<String>,
 }
 
 impl AuditLog {
@@ -128,11 +142,36 @@ impl AuditLog {
         self.iter().next().map(|record| record.time_ms)
     }
 
+    /// How many records retention has dropped so far (the records numbered
+    /// below the oldest kept one).
+    pub fn dropped(&self) -> u64 {
+        let next = self.next_seq.max(1);
+        next - 1 - self.len as u64
+    }
+
+    /// Remembers request `id`; whether it was known already.
+    fn seen(&mut self, id: &str) -> bool {
+        if self.recent_set.contains(id) {
+            return true;
+        }
+        self.recent.push_back(id.to_string());
+        self.recent_set.insert(id.to_string());
+        if self.recent.len() > RECENT_IDS
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
+        }
+        false
+    }
+
     fn push(&mut self, time_ms: i64, by: Requester, about: Described, outcome: AuditOutcome) {
         self.next_seq = self.next_seq.max(1);
+        // Never earlier than the record before it (leaders' clocks differ a
+        // little), so that the log is in time order for `--since` and trims.
+        let newest = self.iter().next_back().map_or(i64::MIN, |r| r.time_ms);
         let record = AuditRecord {
             seq: self.next_seq,
-            time_ms,
+            time_ms: time_ms.max(newest),
             caller: by.name,
             role: by.role,
             project: about.project,
@@ -186,7 +225,10 @@ impl AuditLog {
 /// they are cut into chunks.
 impl PartialEq for AuditLog {
     fn eq(&self, other: &AuditLog) -> bool {
-        self.len == other.len && self.next_seq == other.next_seq && self.iter().eq(other.iter())
+        self.len == other.len
+            && self.next_seq == other.next_seq
+            && self.recent == other.recent
+            && self.iter().eq(other.iter())
     }
 }
 
@@ -197,6 +239,8 @@ impl Eq for AuditLog {}
 struct AuditData {
     records: Vec<AuditRecord>,
     next_seq: u64,
+    #[serde(default)]
+    recent_ids: Vec<String>,
 }
 
 impl Serialize for AuditLog {
@@ -208,9 +252,10 @@ impl Serialize for AuditLog {
                 serializer.collect_seq(self.0.iter())
             }
         }
-        let mut data = serializer.serialize_struct("AuditData", 2)?;
+        let mut data = serializer.serialize_struct("AuditData", 3)?;
         data.serialize_field("records", &Records(self))?;
         data.serialize_field("next_seq", &self.next_seq)?;
+        data.serialize_field("recent_ids", &self.recent)?;
         data.end()
     }
 }
@@ -224,10 +269,14 @@ impl<'de> Deserialize<'de> for AuditLog {
         while records.peek().is_some() {
             chunks.push_back(Arc::new(records.by_ref().take(CHUNK).collect()));
         }
+        let recent: VecDeque<String> = data.recent_ids.into();
+        let recent_set = recent.iter().cloned().collect();
         Ok(AuditLog {
             chunks,
             len,
             next_seq: data.next_seq,
+            recent,
+            recent_set,
         })
     }
 }
@@ -239,10 +288,21 @@ impl State {
             by,
             about,
             resent,
+            id,
             command,
         } = request;
         let time_ms = command.now_ms();
-        let duplicate = self.is_duplicate_submission(&command);
+        // Only the leader wraps a command, and only once.
+        if matches!(
+            command,
+            Command::Request(_) | Command::Audit { .. } | Command::TrimAudit { .. }
+        ) {
+            return Err(StateError::InvalidRequest(
+                "a request wraps a caller's command, not another request".to_string(),
+            ));
+        }
+        let repeated_id = id.as_deref().is_some_and(|id| self.audit.seen(id));
+        let duplicate = repeated_id || self.is_duplicate_submission(&command);
         let copy = resent.then(|| command.clone());
         let answer = self.apply(command);
         let outcome = match (&answer, copy) {
@@ -251,6 +311,11 @@ impl State {
             },
             (Ok(outcome), _) => AuditOutcome::Accepted {
                 detail: detail(outcome),
+            },
+            // A second try of a request that was applied: its refusal only
+            // says so.
+            (Err(refusal), _) if repeated_id => AuditOutcome::Repeated {
+                detail: refusal.to_string(),
             },
             (Err(refusal), Some(command)) => {
                 match self.settle_resend(&command, Err(refusal.clone())) {
@@ -270,8 +335,12 @@ impl State {
         answer
     }
 
-    /// Records a note (a refusal, a membership change).
+    /// Records a note (a refusal, a membership change), unless its request
+    /// was recorded already.
     pub(super) fn record_note(&mut self, note: AuditNote, now_ms: i64) -> Outcome {
+        if note.id.as_deref().is_some_and(|id| self.audit.seen(id)) {
+            return Outcome::Unchanged;
+        }
         self.audit.push(now_ms, note.by, note.about, note.outcome);
         Outcome::Done
     }
@@ -490,6 +559,11 @@ pub fn describe(command: &Command, state: &State) -> Described {
             } else {
                 format!("remove \"{user}\" from group \"{group}\"")
             },
+        ),
+        Command::DeleteGroup { group, .. } => about(
+            Action::SetGroupMember,
+            None,
+            format!("delete group \"{group}\" and every role given to it"),
         ),
         Command::RevokeCertificate { target, .. } => about(
             Action::RevokeCertificate,

@@ -202,6 +202,11 @@ pub enum Command {
         member: bool,
         now_ms: i64,
     },
+    /// `ferry groups delete`: the group and every role given to it.
+    DeleteGroup {
+        group: String,
+        now_ms: i64,
+    },
     /// `ferry admins add|remove`.
     SetAdmin {
         user: String,
@@ -296,6 +301,7 @@ impl Command {
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
             | Command::SetGroupMember { now_ms, .. }
+            | Command::DeleteGroup { now_ms, .. }
             | Command::RevokeCertificate { now_ms, .. }
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
@@ -333,6 +339,7 @@ impl Command {
             | Command::SetProjectMember { now_ms, .. }
             | Command::SetAdmin { now_ms, .. }
             | Command::SetGroupMember { now_ms, .. }
+            | Command::DeleteGroup { now_ms, .. }
             | Command::RevokeCertificate { now_ms, .. }
             | Command::SetSecret { now_ms, .. }
             | Command::ResealSecret { now_ms, .. }
@@ -342,6 +349,20 @@ impl Command {
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
             Command::Request(request) => request.command.now_ms(),
         }
+    }
+
+    /// Whether only the leader makes the command, for its own loops or around a
+    /// caller's command (never forwarded by another member).
+    pub fn leader_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Assign { .. }
+                | Command::FireSchedule { .. }
+                | Command::WorkerLost { .. }
+                | Command::TimeOutRun { .. }
+                | Command::Request(_)
+                | Command::TrimAudit { .. }
+        )
     }
 
     /// Whether the command may be proposed again after an attempt whose outcome is
@@ -378,6 +399,7 @@ impl Command {
             | Command::SetProjectMember { .. }
             | Command::SetAdmin { .. }
             | Command::SetGroupMember { .. }
+            | Command::DeleteGroup { .. }
             | Command::RevokeCertificate { .. }
             | Command::ResealSecret { .. }
             | Command::DeleteSecret { .. }

@@ -124,6 +124,12 @@ pub enum StateError {
     NotAGroupMember { group: String, user: String },
     #[error("\"{0}\" is not an administrator added by 'ferry admins add'")]
     NotAnAdmin(String),
+    #[error("refused: {0}")]
+    InvalidRequest(String),
+    #[error(
+        "there is no group \"{0}\"; an administrator makes it with 'ferry groups add GROUP USER'"
+    )]
+    GroupNotFound(String),
     #[error("cannot revoke: {0}")]
     InvalidRevocation(String),
     #[error(

@@ -56,28 +56,52 @@ impl Policy {
     /// Whether `user` is an administrator (configured or added, by name or
     /// through a group).
     pub fn is_admin(&self, configured: &BTreeSet<String>, user: &str) -> bool {
-        let named = |list: &BTreeSet<String>| {
-            list.contains(user) || self.groups_of(user).any(|group| list.contains(&group))
-        };
-        named(configured) || named(&self.admins)
+        configured
+            .iter()
+            .chain(&self.admins)
+            .any(|name| self.stands_for(name, user))
     }
 
     /// `user`'s role in `project`, if it is a member: its own, or the
     /// strongest of its groups'.
     pub fn role_in(&self, project: &str, user: &str) -> Option<ProjectRole> {
-        let members = &self.projects.get(project)?.members;
-        let own = members.get(user).copied();
-        self.groups_of(user)
-            .filter_map(|group| members.get(&group).copied())
-            .fold(own, |best, role| best.max(Some(role)))
+        self.projects
+            .get(project)?
+            .members
+            .iter()
+            .filter(|(name, _)| self.stands_for(name, user))
+            .map(|(_, role)| *role)
+            .max()
     }
 
-    /// The groups `user` is in, each as a member name (`@group`).
-    pub fn groups_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = String> + 'a {
-        self.groups
-            .iter()
-            .filter(move |(_, users)| users.contains(user))
-            .map(|(group, _)| format!("{GROUP_SIGIL}{group}"))
+    /// Whether a member or administrator entry `name` (a user, or `@group`)
+    /// stands for `user`.
+    pub fn stands_for(&self, name: &str, user: &str) -> bool {
+        match name.strip_prefix(GROUP_SIGIL) {
+            Some(group) => self
+                .groups
+                .get(group)
+                .is_some_and(|users| users.contains(user)),
+            None => name == user,
+        }
+    }
+
+    /// Whether a member or administrator entry names an existing group, or a
+    /// user (every name does).
+    fn names_someone(&self, name: &str) -> bool {
+        name.strip_prefix(GROUP_SIGIL)
+            .is_none_or(|group| self.groups.contains_key(group))
+    }
+
+    /// Whether an owner entry stands for at least one user.
+    fn has_someone(&self, name: &str) -> bool {
+        match name.strip_prefix(GROUP_SIGIL) {
+            Some(group) => self
+                .groups
+                .get(group)
+                .is_some_and(|users| !users.is_empty()),
+            None => true,
+        }
     }
 
     /// Whether `project` exists (`default` always does).
@@ -192,12 +216,18 @@ impl State {
             .get(&project)
             .map(|record| &record.members);
         let current = members.and_then(|members| members.get(&user)).copied();
+        // An owner that is a group counts only while someone is in it.
         let other_owners = members.map_or(0, |members| {
             members
                 .iter()
-                .filter(|(name, role)| **role == ProjectRole::Owner && **name != user)
+                .filter(|(name, role)| {
+                    **role == ProjectRole::Owner && **name != user && self.policy.has_someone(name)
+                })
                 .count()
         });
+        if role.is_some() && !self.policy.names_someone(&user) {
+            return Err(StateError::GroupNotFound(user));
+        }
         // A created project keeps an owner (`default` needs none: every client
         // may use it, and administrators manage it).
         if current == Some(ProjectRole::Owner)
@@ -230,7 +260,8 @@ impl State {
         Ok(Outcome::Done)
     }
 
-    /// `ferry groups add|remove`: a group exists while it has users.
+    /// `ferry groups add|remove`: a group is made with its first user and
+    /// stays, empty or not, until it is deleted.
     pub(super) fn set_group_member(
         &mut self,
         group: String,
@@ -247,13 +278,49 @@ impl State {
         if !users.remove(&user) {
             return Err(StateError::NotAGroupMember { group, user });
         }
-        if users.is_empty() {
-            self.policy.groups.remove(&group);
+        Ok(Outcome::Done)
+    }
+
+    /// `ferry groups delete`: the group and every role given to it (as a
+    /// project member or an administrator), so that a group of the same name
+    /// made later inherits nothing. Refused where it is a project's last
+    /// owner with users.
+    pub(super) fn delete_group(&mut self, group: String) -> Result<Outcome, StateError> {
+        if !self.policy.groups.contains_key(&group) {
+            return Err(StateError::GroupNotFound(format!("{GROUP_SIGIL}{group}")));
         }
+        let entry = format!("{GROUP_SIGIL}{group}");
+        for (name, project) in &self.policy.projects {
+            let owners = project
+                .members
+                .iter()
+                .filter(|(member, role)| {
+                    **role == ProjectRole::Owner && self.policy.has_someone(member)
+                })
+                .count();
+            if project.members.get(&entry) == Some(&ProjectRole::Owner)
+                && self.policy.has_someone(&entry)
+                && owners == 1
+                && name != DEFAULT_PROJECT
+            {
+                return Err(StateError::LastProjectOwner {
+                    project: name.clone(),
+                    user: entry,
+                });
+            }
+        }
+        self.policy.groups.remove(&group);
+        for project in self.policy.projects.values_mut() {
+            project.members.remove(&entry);
+        }
+        self.policy.admins.remove(&entry);
         Ok(Outcome::Done)
     }
 
     pub(super) fn set_admin(&mut self, user: String, admin: bool) -> Result<Outcome, StateError> {
+        if admin && !self.policy.names_someone(&user) {
+            return Err(StateError::GroupNotFound(user));
+        }
         if admin {
             self.policy.admins.insert(user);
         } else if !self.policy.admins.remove(&user) {
@@ -378,7 +445,7 @@ mod tests {
         let configured = BTreeSet::from(["@ml".to_string()]);
         assert!(state.policy.is_admin(&configured, "erin"));
 
-        // Leaving the group takes the role away; an empty group is gone.
+        // Leaving the group takes the role away.
         state
             .set_group_member("ml".into(), "dave".into(), false)
             .unwrap();
@@ -390,10 +457,59 @@ mod tests {
                 user: "dave".into()
             })
         );
+        // A role goes only to a group that exists.
+        assert_eq!(
+            state.set_project_member(
+                "vision".into(),
+                "@ghost".into(),
+                Some(ProjectRole::Owner),
+                3
+            ),
+            Err(StateError::GroupNotFound("@ghost".into()))
+        );
+        assert_eq!(
+            state.set_admin("@ghost".into(), true),
+            Err(StateError::GroupNotFound("@ghost".into()))
+        );
+
+        // An owner group counts as an owner only while someone is in it.
         state
-            .set_group_member("ml".into(), "erin".into(), false)
+            .set_group_member("leads".into(), "gail".into(), true)
             .unwrap();
-        assert!(state.policy.groups.is_empty());
+        state
+            .set_project_member(
+                "vision".into(),
+                "@leads".into(),
+                Some(ProjectRole::Owner),
+                4,
+            )
+            .unwrap();
+        state
+            .set_project_member("vision".into(), "alice".into(), None, 5)
+            .unwrap();
+        state
+            .set_group_member("leads".into(), "gail".into(), false)
+            .unwrap();
+        assert!(matches!(
+            state.set_project_member("vision".into(), "erin".into(), None, 6),
+            Err(StateError::LastProjectOwner { .. })
+        ));
+
+        // Deleting a group takes every role it was given; a group of the same
+        // name made later inherits none.
+        state.set_admin("@ml".into(), true).unwrap();
+        state.delete_group("ml".into()).unwrap();
+        assert!(!state.policy.admins.contains("@ml"));
+        assert!(!state.policy.projects["vision"].members.contains_key("@ml"));
+        state
+            .set_group_member("ml".into(), "dave".into(), true)
+            .unwrap();
+        assert_eq!(state.policy.role_in("vision", "dave"), None);
+        assert!(!state.policy.is_admin(&none, "dave"));
+        assert_eq!(
+            state.delete_group("nowhere".into()),
+            Err(StateError::GroupNotFound("@nowhere".into()))
+        );
     }
 
     #[test]
@@ -438,6 +554,10 @@ mod tests {
                 user: "bob".into(),
                 member: false,
                 now_ms: 7,
+            },
+            Command::DeleteGroup {
+                group: "ml".into(),
+                now_ms: 8,
             },
         ];
         for command in commands {

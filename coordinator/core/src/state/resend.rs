@@ -42,9 +42,8 @@ impl State {
             }
             (Command::SetProjectMember { .. }, Err(StateError::NotAProjectMember { .. }))
             | (Command::SetAdmin { .. }, Err(StateError::NotAnAdmin(_)))
-            | (Command::SetGroupMember { .. }, Err(StateError::NotAGroupMember { .. })) => {
-                Ok(Outcome::Done)
-            }
+            | (Command::SetGroupMember { .. }, Err(StateError::NotAGroupMember { .. }))
+            | (Command::DeleteGroup { .. }, Err(StateError::GroupNotFound(_))) => Ok(Outcome::Done),
             (_, answer) => answer,
         }
     }

@@ -241,24 +241,14 @@ pub(super) async fn collect_garbage(
     let caller = require_role(&request, Role::Client)?;
     let gc = request.into_inner();
     // A dry run too: what it would delete is the cluster's whole history.
-    let allowed = service.node.read(|state| {
-        authorize::may(
-            &caller,
-            crate::access::Action::Collect,
-            state,
-            service.admins(),
-        )
-    });
-    if let Err(reason) = allowed {
-        let command = Command::Collect {
-            keep_last: gc.keep_last,
-            now_ms: 0,
-            grace_ms: 0,
-        };
-        let about = service.node.describe(&command);
-        let reason = service.node.refused(&caller, about, reason).await;
-        return Err(Status::permission_denied(reason));
-    }
+    let summary = format!(
+        "collect garbage, keeping the last {} runs of each pipeline{}",
+        gc.keep_last,
+        if gc.dry_run { " (dry run)" } else { "" }
+    );
+    service
+        .may_change(&caller, crate::access::Action::Collect, summary)
+        .await?;
     service.consistent_read(false).await?;
     let grace_ms = service.node.retention.grace_ms;
     let started_ms = now_ms();

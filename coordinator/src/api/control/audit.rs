@@ -36,7 +36,7 @@ pub(super) async fn list_audit(
     let project = (!query.project.is_empty()).then_some(query.project.as_str());
     let user = (!query.user.is_empty()).then_some(query.user.as_str());
     let admins = service.admins();
-    let (records, matched) = service
+    let (records, matched, dropped) = service
         .node
         .read(|state| {
             // Refused outright when the caller may see nothing the query asks
@@ -53,14 +53,9 @@ pub(super) async fn list_audit(
                 }
             };
             asked?;
-            let mut visible = std::collections::BTreeMap::new();
-            let mut may_see = |record: &AuditRecord| {
-                let key = record.project.clone();
-                *visible.entry(key).or_insert_with(|| {
-                    authorize::may_read_audit(&caller, record.project.as_deref(), state, admins)
-                        .is_ok()
-                })
-            };
+            // Decided once per project, borrowing the records' names.
+            let mut visible: std::collections::HashMap<Option<&str>, bool> = Default::default();
+
             let mut matched = 0u64;
             let mut newest = Vec::new();
             for record in state.audit.iter().rev() {
@@ -69,7 +64,11 @@ pub(super) async fn list_audit(
                 }
                 let wanted = user.is_none_or(|u| record.caller == u)
                     && project.is_none_or(|p| record.project.as_deref() == Some(p));
-                if !wanted || !may_see(record) {
+                let project = record.project.as_deref();
+                let may_see = *visible.entry(project).or_insert_with(|| {
+                    authorize::may_read_audit(&caller, project, state, admins).is_ok()
+                });
+                if !wanted || !may_see {
                     continue;
                 }
                 matched += 1;
@@ -78,10 +77,14 @@ pub(super) async fn list_audit(
                 }
             }
             newest.reverse();
-            Ok::<_, String>((newest, matched))
+            Ok::<_, String>((newest, matched, state.audit.dropped()))
         })
         .map_err(Status::permission_denied)?;
-    Ok(Response::new(proto::ListAuditResponse { records, matched }))
+    Ok(Response::new(proto::ListAuditResponse {
+        records,
+        matched,
+        dropped,
+    }))
 }
 
 fn view(record: &AuditRecord) -> proto::AuditRecordView {

@@ -56,6 +56,30 @@ impl ControlService {
         self.node.membership.admins()
     }
 
+    /// Refuses unless `caller` may make the change `action` (a row of the
+    /// table that concerns no project or run), recording a refusal in the
+    /// audit log under `summary`.
+    async fn may_change(
+        &self,
+        caller: &ferry_common::pki::Identity,
+        action: crate::access::Action,
+        summary: String,
+    ) -> Result<(), Status> {
+        let allowed = self
+            .node
+            .read(|state| authorize::may(caller, action, state, self.admins()));
+        let Err(reason) = allowed else {
+            return Ok(());
+        };
+        let about = crate::state::Described {
+            action,
+            project: None,
+            summary,
+        };
+        let reason = self.node.refused(caller, about, reason).await;
+        Err(Status::permission_denied(reason))
+    }
+
     /// Refuses unless `caller` may do `action`, a row of the table that
     /// concerns no project or run.
     fn may(
@@ -310,6 +334,13 @@ impl Control for ControlService {
         request: Request<proto::SetGroupMemberRequest>,
     ) -> Result<Response<proto::ListGroupsResponse>, Status> {
         policy::set_group_member(self, request).await
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<proto::DeleteGroupRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        policy::delete_group(self, request).await
     }
 
     async fn list_groups(

@@ -83,6 +83,27 @@ pub(super) async fn set_group_member(
 }
 
 /// A project as `caller` sees it (its role: its own, or through a group).
+pub(super) async fn delete_group(
+    service: &ControlService,
+    request: Request<proto::DeleteGroupRequest>,
+) -> Result<Response<proto::ListGroupsResponse>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let group = request.into_inner().group;
+    let group = checked_name("group", group.trim().trim_start_matches(GROUP_SIGIL))?;
+    let command = Command::DeleteGroup {
+        group: group.clone(),
+        now_ms: now_ms(),
+    };
+    service
+        .node
+        .propose_as(&caller, command)
+        .await
+        .map_err(propose_status)?;
+    tracing::info!(group = %group, by = %caller, "group deleted");
+    service.consistent_read(false).await?;
+    Ok(Response::new(service.node.read(groups_answer)))
+}
+
 fn project_view(name: &str, policy: &Policy, caller: &str) -> proto::ProjectView {
     let project = policy.projects.get(name);
     let members = project.map(|p| &p.members);
@@ -266,10 +287,10 @@ pub(super) async fn set_admin(
     let user = checked_member("user", &set.user)?;
     if !set.admin && service.admins().contains(&user) {
         // Authorized first, so that a refusal says what the caller lacks.
+        let summary = format!("remove administrator \"{user}\"");
         service
-            .node
-            .read(|state| authorize::may(&caller, Action::SetAdmin, state, service.admins()))
-            .map_err(Status::permission_denied)?;
+            .may_change(&caller, Action::SetAdmin, summary)
+            .await?;
         return Err(Status::failed_precondition(format!(
             "\"{user}\" is an administrator named in `admins` of coordinator.toml; remove it \
              there (on every coordinator) and restart them"

@@ -219,17 +219,10 @@ pub(super) async fn rotate_secrets_key(
     let caller = require_role(&request, Role::Client)?;
     // Authorized first, also when no secret needs sealing again (then no
     // command is proposed that would be refused).
+    let summary = "seal every secret again with the current key".to_string();
     service
-        .node
-        .read(|state| {
-            crate::node::authorize::may(
-                &caller,
-                crate::access::Action::ResealSecret,
-                state,
-                service.admins(),
-            )
-        })
-        .map_err(Status::permission_denied)?;
+        .may_change(&caller, crate::access::Action::ResealSecret, summary)
+        .await?;
     let keyring = keyring(service)?;
     service.consistent_read(false).await?;
     let current = keyring.current_id().to_string();

@@ -17,10 +17,15 @@ fn alice() -> Requester {
 
 /// `command` as the leader proposes a client's: described from `state`.
 fn request(state: &State, command: Command, resent: bool) -> Command {
+    with_id(state, command, resent, None)
+}
+
+fn with_id(state: &State, command: Command, resent: bool, id: Option<&str>) -> Command {
     Command::Request(Box::new(Request {
         by: alice(),
         about: describe(&command, state),
         resent,
+        id: id.map(str::to_string),
         command,
     }))
 }
@@ -163,9 +168,10 @@ fn notes_record_refusals_and_changes_outside_the_state_machine() {
         outcome: AuditOutcome::Refused {
             reason: "bob may not manage the project's members".into(),
         },
+        id: Some("bob/1".into()),
     };
     let answer = state.apply(Command::Audit {
-        note: Box::new(note),
+        note: Box::new(note.clone()),
         now_ms: 7,
     });
     assert_eq!(answer, Ok(Outcome::Done));
@@ -173,6 +179,91 @@ fn notes_record_refusals_and_changes_outside_the_state_machine() {
     let record = state.audit.iter().next().unwrap();
     assert_eq!(record.time_ms, 7);
     assert_eq!(record.summary, "make \"bob\" owner of project \"vision\"");
+    // The same refusal recorded again (by the leader after a follower): once.
+    let again = state.apply(Command::Audit {
+        note: Box::new(note),
+        now_ms: 8,
+    });
+    assert_eq!(again, Ok(Outcome::Unchanged));
+    assert_eq!(state.audit.len(), 1);
+}
+
+#[test]
+fn a_request_applied_again_under_its_id_is_a_repeat_even_when_it_succeeds_again() {
+    let mut state = State::default();
+    state
+        .apply(request(&state, create_project("vision", 1), false))
+        .unwrap();
+    let add = |now_ms| Command::SetProjectMember {
+        project: "vision".into(),
+        user: "bob".into(),
+        role: Some(ProjectRole::Editor),
+        now_ms,
+    };
+    // A client's retry reaching another member: not marked resent, same id.
+    state
+        .apply(with_id(&state, add(2), false, Some("alice/req-1")))
+        .unwrap();
+    state
+        .apply(with_id(&state, add(3), false, Some("alice/req-1")))
+        .unwrap();
+    // Another request doing the same is another acceptance.
+    state
+        .apply(with_id(&state, add(4), false, Some("alice/req-2")))
+        .unwrap();
+    let kinds: Vec<&str> = state
+        .audit
+        .iter()
+        .skip(1)
+        .map(|r| match &r.outcome {
+            AuditOutcome::Accepted { .. } => "accepted",
+            AuditOutcome::Refused { .. } => "refused",
+            AuditOutcome::Repeated { .. } => "repeated",
+        })
+        .collect();
+    assert_eq!(kinds, ["accepted", "repeated", "accepted"]);
+    // The ids are part of the snapshot.
+    let json = serde_json::to_vec(&state.audit).unwrap();
+    let restored: AuditLog = serde_json::from_slice(&json).unwrap();
+    let mut state = State::default()
+        .with_policy(state.policy.clone())
+        .with_audit(restored);
+    state
+        .apply(with_id(&state, add(5), false, Some("alice/req-2")))
+        .unwrap();
+    assert!(matches!(
+        state.audit.iter().last().unwrap().outcome,
+        AuditOutcome::Repeated { .. }
+    ));
+}
+
+#[test]
+fn a_request_never_wraps_another_and_records_keep_time_order() {
+    let mut state = State::default();
+    let inner = request(&state, create_project("vision", 5), false);
+    let nested = request(&state, inner, false);
+    assert!(matches!(
+        state.apply(nested),
+        Err(StateError::InvalidRequest(_))
+    ));
+    assert!(
+        state.policy.projects.is_empty(),
+        "the inner command was not applied"
+    );
+    // A leader whose clock is behind the last record's: no record goes back.
+    state.apply(note(100)).unwrap();
+    state.apply(note(90)).unwrap();
+    let times: Vec<i64> = state.audit.iter().map(|r| r.time_ms).collect();
+    assert_eq!(times, [100, 100]);
+    assert_eq!(state.audit.dropped(), 0);
+    state
+        .apply(Command::TrimAudit {
+            keep_ms: u64::MAX,
+            keep_max: 1,
+            now_ms: 200,
+        })
+        .unwrap();
+    assert_eq!(state.audit.dropped(), 1);
 }
 
 #[test]
@@ -207,6 +298,7 @@ fn note(now_ms: i64) -> Command {
             outcome: AuditOutcome::Accepted {
                 detail: String::new(),
             },
+            id: None,
         }),
         now_ms,
     }
@@ -290,4 +382,18 @@ fn a_snapshot_keeps_every_record_and_an_image_is_not_changed_by_later_ones() {
     let mut restored_state = State::default().with_audit(restored);
     restored_state.apply(note(3000)).unwrap();
     assert_eq!(restored_state.audit.iter().last().unwrap().seq, 2501);
+}
+
+#[test]
+fn only_the_leader_makes_requests_trims_and_its_loops_commands() {
+    let state = State::default();
+    let wrapped = request(&state, create_project("p", 0), false);
+    let trim = Command::TrimAudit {
+        keep_ms: 0,
+        keep_max: 0,
+        now_ms: 0,
+    };
+    assert!(wrapped.leader_only() && trim.leader_only());
+    assert!(!create_project("p", 0).leader_only());
+    assert!(!note(0).leader_only(), "a member forwards its own notes");
 }
