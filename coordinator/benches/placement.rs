@@ -37,6 +37,7 @@ fn workers(count: usize) -> Vec<WorkerSlot> {
                 gpus,
                 labels: BTreeMap::from([("zone".to_string(), format!("z{}", i % 3))]),
                 accepting: true,
+                containers: true,
             }
         })
         .collect()
@@ -63,6 +64,7 @@ fn queue(count: usize) -> Vec<QueuedStep> {
                 } else {
                     BTreeMap::new()
                 },
+                container: false,
                 priority: (i % 3) as i32,
                 project: format!("team-{}", i % 4),
                 sweep: None,

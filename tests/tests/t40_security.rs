@@ -100,6 +100,7 @@ fn register_request(name: &str) -> proto::RegisterRequest {
         labels: Default::default(),
         gpus: Vec::new(),
         running: Vec::new(),
+        container_runtime: String::new(),
     }
 }
 

@@ -133,6 +133,7 @@ fn a_huge_label_or_gpu_inventory_is_refused_at_registration() {
             labels,
             gpus,
             running: Vec::new(),
+            container_runtime: String::new(),
         };
     let label = HashMap::from([("zone".to_string(), "z".repeat(6 * 1024 * 1024))]);
     let refused = runtime

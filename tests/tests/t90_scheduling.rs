@@ -516,3 +516,37 @@ fn a_run_past_its_timeout_fails_and_its_processes_are_killed() {
         text.stdout
     );
 }
+
+/// Issue 17: a step with an image goes only to a worker with a container
+/// runtime; the workers here have none, so it waits and says why, while the
+/// process steps of the same run go ahead.
+#[test]
+fn a_step_with_an_image_never_reaches_a_worker_without_a_container_runtime() {
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    cluster.wait_worker_connected("w1");
+    let pipeline = write_pipeline(
+        &cluster.path("image"),
+        "name: image\nsteps:\n  - name: plain\n    command: [\"true\"]\n  - name: boxed\n    image: python:3.11-slim\n    command: [python3, -c, \"print(1)\"]\n",
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let reason = wait_for(Duration::from_secs(30), "the image step's reason", || {
+        let status = cluster.status(run);
+        let plain = step_of(&status, "plain");
+        let boxed = step_of(&status, "boxed");
+        (plain["state"] == "succeeded" && boxed["state"] == "queued")
+            .then(|| boxed["reason"].as_str().unwrap_or_default().to_string())
+    });
+    assert_eq!(
+        reason,
+        "needs a container runtime: no worker with Docker is registered"
+    );
+    let status = cluster.status(run);
+    assert!(
+        attempts(step_of(&status, "boxed")).is_empty(),
+        "never assigned: {status:#}"
+    );
+    let cancel = cluster.ferry(&["cancel", &run.to_string()]);
+    assert!(cancel.success(), "{cancel:?}");
+}

@@ -141,6 +141,7 @@ pub(super) fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
         max_parallel,
         gather: _,
         secrets,
+        container,
     } = p;
     let render = |values: &BTreeMap<String, String>| {
         let command: Vec<String> = command.iter().map(|t| t.render(values)).collect();
@@ -169,6 +170,7 @@ pub(super) fn expand_step(p: Partial, links: Links, out: &mut Vec<Step>) {
         trial: None,
         gather: links.gather,
         secrets,
+        container,
     };
     let Some(matrix) = matrix else {
         out.push(plain);

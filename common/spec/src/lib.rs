@@ -27,6 +27,8 @@
 //! - `locate` and `checker`: positions in the source text and the diagnostics
 //!   sink that checks report to;
 //! - `pipeline`: [`parse_pipeline`], which drives the checks below;
+//! - `container`: `image` and the container settings, at the top (every step's
+//!   default) and on a step;
 //! - `step`, `matrix`, `cache`, `gather`: the checks of one step (and the
 //!   expansion of a step written with `matrix:` into its trials);
 //! - `partial` and `expand`: a step as checked on its own, and the limits and
@@ -36,6 +38,7 @@
 
 mod cache;
 mod checker;
+mod container;
 pub mod cron;
 mod expand;
 mod gather;
@@ -65,8 +68,8 @@ pub use secrets::{
     MAX_SECRET_NAME_LEN, MAX_SECRETS_PER_STEP, SecretTarget, SecretUse, check_secret_name,
 };
 pub use types::{
-    BestBy, CacheSpec, Diagnostic, Gather, Goal, GpuConstraint, Input, Pipeline, Resources,
-    SpecError, Step, Trial,
+    BestBy, CacheSpec, ContainerSpec, Diagnostic, Gather, Goal, GpuConstraint, ImagePull, Input,
+    Network, Pipeline, Resources, SpecError, Step, Trial,
 };
 pub use units::{
     format_bytes, format_duration_ms, parse_cpu_millis, parse_duration_ms, parse_memory_bytes,

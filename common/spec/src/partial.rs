@@ -29,4 +29,5 @@ pub(super) struct Partial {
     /// As written: the gathered steps are checked against the others later.
     pub(super) gather: Vec<Gather>,
     pub(super) secrets: Vec<crate::SecretUse>,
+    pub(super) container: Option<super::types::ContainerSpec>,
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_yaml::Value;
 
 use super::checker::{Checker, check_duration};
+use super::container::{RawContainer, check_container};
 use super::expand::{Links, check_expanded_size, check_step_total, expand_step, trial_name};
 use super::gather::check_gathers;
 use super::graph::{StepNames, resolve_references, topological_order};
@@ -78,6 +79,15 @@ pub fn parse_pipeline(
         &raw.timeout,
     );
 
+    let top = RawContainer {
+        image: &raw.image,
+        image_pull: &raw.image_pull,
+        shm_size: &raw.shm_size,
+        network: &raw.network,
+        read_only_root: &raw.read_only_root,
+    };
+    let container_defaults = check_container(&ck, "the pipeline", |key| ck.loc.top(key, None), top);
+
     if steps.is_empty() {
         let at = ck.loc.top("steps", None);
         ck.error(at, "the pipeline has no steps".to_string());
@@ -125,7 +135,7 @@ pub fn parse_pipeline(
     let partials: Vec<Partial> = steps
         .iter()
         .enumerate()
-        .map(|(i, step)| check_step(&ck, i, step, &params))
+        .map(|(i, step)| check_step(&ck, i, step, &params, &container_defaults))
         .collect();
 
     // References between steps.

@@ -24,6 +24,11 @@ pub(super) struct RawPipeline {
     pub(super) project: Option<Value>,
     pub(super) max_parallel: Option<Value>,
     pub(super) timeout: Option<Value>,
+    pub(super) image: Option<Value>,
+    pub(super) image_pull: Option<Value>,
+    pub(super) shm_size: Option<Value>,
+    pub(super) network: Option<Value>,
+    pub(super) read_only_root: Option<Value>,
 }
 
 /// One item under `steps:`.
@@ -51,6 +56,11 @@ pub(super) struct RawStep {
     pub(super) max_parallel: Option<Value>,
     pub(super) gather: Option<Vec<Value>>,
     pub(super) secrets: Option<Value>,
+    pub(super) image: Option<Value>,
+    pub(super) image_pull: Option<Value>,
+    pub(super) shm_size: Option<Value>,
+    pub(super) network: Option<Value>,
+    pub(super) read_only_root: Option<Value>,
 }
 
 /// A step's `resources:`.

@@ -9,6 +9,7 @@ use serde_yaml::Value;
 
 use super::cache::check_cache;
 use super::checker::{Checker, StepContext, check_duration};
+use super::container::{ContainerFields, RawContainer, check_container};
 use super::gather::check_gather_item;
 use super::matrix::{check_matrix, matrix_keys};
 use super::names::is_param_name;
@@ -31,6 +32,7 @@ pub(super) fn check_step(
     i: usize,
     step: &RawStep,
     params: &BTreeMap<String, String>,
+    container_defaults: &ContainerFields,
 ) -> Partial {
     let me = step.name.as_deref();
     let label = me.map_or_else(|| format!("#{}", i + 1), |n| format!("{n:?}"));
@@ -410,6 +412,15 @@ pub(super) fn check_step(
         .as_ref()
         .map(|v| check_secrets(&cx, v, &env_names))
         .unwrap_or_default();
+    let own = RawContainer {
+        image: &step.image,
+        image_pull: &step.image_pull,
+        shm_size: &step.shm_size,
+        network: &step.network,
+        read_only_root: &step.read_only_root,
+    };
+    let container = check_container(ck, &format!("step {label}"), |key| cx.at(key, None), own)
+        .resolve(container_defaults, ck, &label);
 
     Partial {
         name: me.unwrap_or_default().to_string(),
@@ -428,6 +439,7 @@ pub(super) fn check_step(
         max_parallel,
         gather,
         secrets,
+        container,
     }
 }
 

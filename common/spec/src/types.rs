@@ -95,6 +95,52 @@ pub struct Step {
     /// never in the spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::SecretUse>,
+    /// The image the step runs in, and how (`image:` and the container
+    /// settings, the step's over the pipeline's); none: a process on the
+    /// worker's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// How a step runs in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// As written: a reference (`python:3.11-slim`, `registry/team/x@sha256:...`);
+    /// the worker resolves it to the image's ID before the step starts.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pull: ImagePull,
+    /// The container's `/dev/shm`; none: the runtime's default (64 MiB in Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub network: Network,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only_root: bool,
+}
+
+/// When the worker pulls a step's image (`image_pull:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagePull {
+    /// Only when the worker does not have it.
+    #[default]
+    IfNotPresent,
+    /// Before every attempt (a moved tag is followed).
+    Always,
+    /// Never: a missing image fails the attempt.
+    Never,
+}
+
+/// The network a step's container joins (`network:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// The runtime's default bridge: outbound access.
+    #[default]
+    Bridge,
+    /// No network at all.
+    None,
 }
 
 /// How a step is cached (`cache:` on a step).

@@ -69,6 +69,8 @@ pub struct WorkerSlot {
     pub labels: BTreeMap<String, String>,
     /// Only workers with a live assignment stream receive new work.
     pub accepting: bool,
+    /// The worker has a container runtime (runs steps with an `image`).
+    pub containers: bool,
 }
 
 /// A step waiting for a worker. The queue is given oldest first.
@@ -80,6 +82,8 @@ pub struct QueuedStep {
     pub gpu: GpuNeed,
     /// Labels a worker must carry (`zone=a`).
     pub selector: BTreeMap<String, String>,
+    /// The step runs in a container: only a worker with a runtime takes it.
+    pub container: bool,
     /// Higher first.
     pub priority: i32,
     pub project: String,
@@ -148,6 +152,7 @@ struct Shape {
     resources: Resources,
     gpu: GpuNeed,
     selector: BTreeMap<String, String>,
+    container: bool,
 }
 
 impl Shape {
@@ -156,13 +161,18 @@ impl Shape {
             resources: step.resources,
             gpu: step.gpu.clone(),
             selector: step.selector.clone(),
+            container: step.container,
         }
     }
 
+    /// The worker is of the kind the step asks for: its labels, and a
+    /// container runtime for a step with an image.
     fn selects(&self, worker: &WorkerSlot) -> bool {
-        self.selector
-            .iter()
-            .all(|(key, value)| worker.labels.get(key) == Some(value))
+        (!self.container || worker.containers)
+            && self
+                .selector
+                .iter()
+                .all(|(key, value)| worker.labels.get(key) == Some(value))
     }
 
     /// Fits in what the worker has free now.
@@ -409,16 +419,32 @@ fn quota_refusal(
 /// Why a step of this shape has no worker now: none with its labels, none that
 /// could ever hold it (naming what is short), or none with room at the moment.
 fn no_room_reason(shape: &Shape, workers: &[WorkerSlot]) -> String {
-    let labelled: Vec<&WorkerSlot> = workers.iter().filter(|w| shape.selects(w)).collect();
-    let with_labels = if shape.selector.is_empty() {
-        String::new()
+    let reason = room_reason(shape, workers);
+    if shape.container {
+        format!("needs a container runtime: {reason}")
     } else {
+        reason
+    }
+}
+
+fn room_reason(shape: &Shape, workers: &[WorkerSlot]) -> String {
+    let labelled: Vec<&WorkerSlot> = workers.iter().filter(|w| shape.selects(w)).collect();
+    let mut kinds = Vec::new();
+    if shape.container {
+        kinds.push("Docker".to_string());
+    }
+    if !shape.selector.is_empty() {
         let labels: Vec<String> = shape
             .selector
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        format!(" with labels {}", labels.join(","))
+        kinds.push(format!("labels {}", labels.join(",")));
+    }
+    let with_labels = if kinds.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", kinds.join(" and "))
     };
     if labelled.is_empty() {
         return if workers.is_empty() {
@@ -499,12 +525,14 @@ pub fn never_fits_reason(
     need: Resources,
     gpu: &GpuNeed,
     selector: &BTreeMap<String, String>,
+    container: bool,
     workers: &[WorkerSlot],
 ) -> Option<String> {
     let shape = Shape {
         resources: need,
         gpu: gpu.clone(),
         selector: selector.clone(),
+        container,
     };
     if workers.iter().any(|w| shape.fits_idle(w)) {
         return None;
@@ -581,6 +609,7 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
                 resources: spec.resources,
                 gpu: gpu_need(spec),
                 selector: spec.node_selector.clone(),
+                container: spec.container.is_some(),
                 priority: run.pipeline.priority,
                 project: run.pipeline.project.clone(),
                 sweep: spec.trial.as_ref().map(|t| t.of.clone()),
@@ -623,6 +652,7 @@ pub fn first_placements(
             resources: spec.resources,
             gpu: gpu_need(spec),
             selector: spec.node_selector.clone(),
+            container: spec.container.is_some(),
             priority: pipeline.priority,
             project: pipeline.project.clone(),
             sweep: spec.trial.as_ref().map(|t| t.of.clone()),
@@ -769,6 +799,7 @@ pub fn worker_slots(state: &State, accepting: &BTreeSet<String>) -> Vec<WorkerSl
                 free_gpus,
                 labels: worker.labels.clone(),
                 accepting: worker.schedulable() && accepting.contains(&worker.name),
+                containers: worker.container_runtime.is_some(),
             }
         })
         .collect()

@@ -36,6 +36,9 @@ impl AgentService {
 }
 
 /// The caller must be a worker, and must speak under its own certificate's name.
+/// The longest container runtime name a worker may advertise.
+const MAX_RUNTIME_NAME: usize = 128;
+
 fn worker_identity<T>(request: &Request<T>, claimed: Option<&str>) -> Result<Identity, Status> {
     let identity = require_role(request, Role::Worker)?;
     if let Some(claimed) = claimed
@@ -159,6 +162,14 @@ impl Agent for AgentService {
             })
             .collect();
         let session = format!("{}-{}", identity.name, now_ms());
+        let runtime = register.container_runtime.trim().to_string();
+        if runtime.len() > MAX_RUNTIME_NAME {
+            return Err(Status::invalid_argument(format!(
+                "the container runtime a worker advertises is at most {MAX_RUNTIME_NAME} bytes \
+                 (\"docker 28.2.2\"), got {}",
+                runtime.len()
+            )));
+        }
         let worker = Worker {
             name: identity.name.clone(),
             capacity: Resources {
@@ -172,6 +183,7 @@ impl Agent for AgentService {
             session: session.clone(),
             mode: Default::default(),
             lost_ms: None,
+            container_runtime: (!runtime.is_empty()).then_some(runtime),
         };
         let running = request_running(register.running);
         self.node

@@ -315,6 +315,9 @@ async fn session(
             labels: config.labels.clone().into_iter().collect(),
             gpus: capacity.gpus.clone(),
             running: attempts.refs(),
+            // This worker runs steps as processes only: a step with an image
+            // is never placed on it.
+            container_runtime: String::new(),
         }),
     )
     .await

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::types::render;
 use super::*;
 
+mod containers;
 mod gather;
 mod graph;
 mod matrix;

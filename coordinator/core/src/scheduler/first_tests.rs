@@ -43,6 +43,7 @@ fn with_worker(cpu_millis: u64) -> State {
                 session: "s".into(),
                 mode: WorkerMode::Active,
                 lost_ms: None,
+                container_runtime: None,
             },
             running: Vec::new(),
             now_ms: 1,

@@ -34,6 +34,7 @@ fn worker(name: &str, capacity: Resources, gpu_count: u32) -> WorkerSlot {
         gpus,
         labels: BTreeMap::new(),
         accepting: true,
+        containers: false,
     }
 }
 
@@ -44,6 +45,7 @@ fn step(run: RunId, name: &str, resources: Resources) -> QueuedStep {
         resources,
         gpu: GpuNeed::default(),
         selector: BTreeMap::new(),
+        container: false,
         priority: 0,
         project: String::new(),
         sweep: None,
@@ -260,6 +262,43 @@ fn selectors_and_gpu_constraints_choose_the_worker() {
 }
 
 #[test]
+fn a_step_with_an_image_goes_only_to_a_worker_with_a_container_runtime() {
+    let mut image = step(1, "image", res(100, 1, 0));
+    image.container = true;
+    let plain = worker("plain", res(8000, 8192, 0), 0);
+    let mut docker = worker("docker", res(1000, 1024, 0), 0);
+    docker.containers = true;
+    // Best fit would pick the bigger worker for a process; the image goes
+    // where Docker is.
+    let placed = place(&[image.clone()], &[plain.clone(), docker.clone()], &none());
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].worker, "docker");
+    let waiting = plan(&[image.clone()], std::slice::from_ref(&plain), &none()).waiting;
+    assert_eq!(
+        waiting[0].reason,
+        "needs a container runtime: no worker with Docker is registered"
+    );
+    let mut busy = docker.clone();
+    busy.free = res(0, 0, 0);
+    let waiting = plan(&[image.clone()], &[plain.clone(), busy], &none()).waiting;
+    assert_eq!(
+        waiting[0].reason,
+        "needs a container runtime: waiting for room on a worker with Docker"
+    );
+    assert_eq!(
+        never_fits_reason(
+            res(100, 1, 0),
+            &GpuNeed::default(),
+            &BTreeMap::new(),
+            true,
+            &[plain]
+        )
+        .unwrap(),
+        "needs a container runtime: no worker with Docker is registered"
+    );
+}
+
+#[test]
 fn reasons_name_what_is_short() {
     let workers = vec![worker("w", res(2000, 1024, 0), 1)];
     assert_eq!(
@@ -267,6 +306,7 @@ fn reasons_name_what_is_short() {
             res(1000, 100, 1),
             &GpuNeed::default(),
             &BTreeMap::new(),
+            false,
             &workers
         ),
         None
@@ -275,6 +315,7 @@ fn reasons_name_what_is_short() {
         res(64000, 100, 2),
         &GpuNeed::default(),
         &BTreeMap::new(),
+        false,
         &workers,
     )
     .unwrap();
@@ -287,7 +328,14 @@ fn reasons_name_what_is_short() {
         "{reason}"
     );
     assert_eq!(
-        never_fits_reason(res(1, 1, 0), &GpuNeed::default(), &BTreeMap::new(), &[]).unwrap(),
+        never_fits_reason(
+            res(1, 1, 0),
+            &GpuNeed::default(),
+            &BTreeMap::new(),
+            false,
+            &[]
+        )
+        .unwrap(),
         "no worker is registered"
     );
     let mut labelled = step(1, "a", res(100, 1, 2));
@@ -360,6 +408,7 @@ mod properties {
                     free_gpus,
                     labels: BTreeMap::from([("zone".to_string(), format!("z{zone}"))]),
                     accepting,
+                    containers: index.is_multiple_of(2),
                 }
             })
     }
@@ -394,6 +443,7 @@ mod properties {
                     selector: zone
                         .map(|z| BTreeMap::from([("zone".to_string(), format!("z{z}"))]))
                         .unwrap_or_default(),
+                    container: index.is_multiple_of(3),
                     priority,
                     project: format!("p{project}"),
                     sweep: None,
@@ -494,6 +544,10 @@ mod properties {
                 for (key, value) in &step.selector {
                     prop_assert_eq!(worker.labels.get(key), Some(value));
                 }
+                prop_assert!(
+                    !step.container || worker.containers,
+                    "a step with an image on a worker without a container runtime"
+                );
                 *cpu.entry(&worker.name).or_default() += step.resources.cpu_millis;
                 *memory.entry(&worker.name).or_default() += step.resources.memory_bytes;
                 prop_assert_eq!(p.gpus.len(), step.resources.gpus as usize);
@@ -598,6 +652,7 @@ steps:
                 session: "s".into(),
                 mode: WorkerMode::Active,
                 lost_ms: None,
+                container_runtime: None,
             },
             running: Vec::new(),
             now_ms: 2,
@@ -695,6 +750,7 @@ steps:
                 session: "s".into(),
                 mode: WorkerMode::Active,
                 lost_ms: None,
+                container_runtime: None,
             },
             running: Vec::new(),
             now_ms: 2,

@@ -339,6 +339,10 @@ pub struct Worker {
     /// when it registers again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_ms: Option<i64>,
+    /// The container runtime it runs steps with an `image` in (`docker
+    /// 28.2.2`); none: it runs processes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
 }
 
 impl Worker {

@@ -396,6 +396,7 @@ pub(super) fn run_view(
                         spec.resources,
                         &scheduler::gpu_need(spec),
                         &spec.node_selector,
+                        spec.container.is_some(),
                         &workers,
                     )
                     .or_else(|| {

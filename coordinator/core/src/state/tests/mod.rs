@@ -60,6 +60,7 @@ fn worker(name: &str, cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Worker {
         session: format!("{name}-session-1"),
         mode: WorkerMode::Active,
         lost_ms: None,
+        container_runtime: None,
     }
 }
 
