@@ -16,6 +16,7 @@ mod t44_bounds;
 mod t45_access;
 mod t46_secrets;
 mod t47_revocation;
+mod t48_member_certs;
 mod t50_specs;
 mod t60_dev;
 mod t70_replication;
