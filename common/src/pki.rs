@@ -824,18 +824,6 @@ impl TlsFiles {
 }
 
 impl TlsMaterial {
-    /// TLS settings for a tonic server: this member's certificate and key, and the
-    /// cluster CA as the only client root. Clients must present a certificate.
-    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &self.cert_pem,
-                &self.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
-    }
-
     /// TLS settings for a tonic channel to a server whose certificate names
     /// `domain` (a DNS name or IP address in its SANs): the cluster CA as the only
     /// root, and this member's certificate as the client identity.
@@ -1522,7 +1510,8 @@ mod tests {
         init_ca(dir.path()).unwrap();
         issue_simple(dir.path(), dir.path(), Role::Coordinator, "member-1");
         let material = TlsFiles::in_dir(dir.path(), "member-1").load().unwrap();
-        let _server = material.server_config();
+        let never: crate::tls_server::DenyCheck = Arc::new(|_: &CertificateFacts| None);
+        crate::tls_server::server_config(&material, never).unwrap();
         let _client = material.client_config("localhost");
     }
 

@@ -105,6 +105,11 @@ impl Coordinator {
     /// directory and binds the listening port.
     pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
         let tls = config.tls.load()?;
+        // A coordinator certificate speaks for one member: the peer service of
+        // every other member holds the caller to the member id it names. Checked
+        // before anything is created or bound, like the configuration.
+        config.initial_members().map_err(node::NodeError::from)?;
+        ferry_common::pki::check_own_member_certificate(&tls.identity, config.id)?;
         // Made durable: the Raft log inside it must not vanish with its name.
         ferry_common::durable::create_dir_all(&config.data_dir).map_err(|source| {
             CoordinatorError::DataDir {
@@ -143,10 +148,6 @@ impl Coordinator {
             ),
             None => None,
         };
-        config.initial_members().map_err(node::NodeError::from)?;
-        // A coordinator certificate speaks for one member: the peer service of
-        // every other member holds the caller to the member id it names.
-        ferry_common::pki::check_own_member_certificate(&tls.identity, config.id)?;
         // Port 0 asks the system for a port: record the one it gave, since a
         // one-member cluster names itself by its listening address.
         let mut config = config;

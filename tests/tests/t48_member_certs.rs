@@ -163,5 +163,5 @@ fn a_coordinator_refuses_to_start_with_another_members_certificate() {
             && stderr.contains("--member 3"),
         "the refusal should say whose certificate it is and how to get the right one: {stderr}"
     );
-    assert!(!dir.path().join("data/state").exists(), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "{stderr}");
 }
