@@ -28,9 +28,7 @@ impl PeerService {
     pub fn new(node: Arc<Node>) -> PeerService {
         PeerService { node }
     }
-}
 
-impl PeerService {
     /// The member id the caller's coordinator certificate speaks for
     /// (`PermissionDenied` for a certificate that names none).
     fn calling_member<T>(&self, request: &Request<T>) -> Result<(Identity, u64), Status> {
