@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use crate::config::{ClientConfig, ConfigError, default_config_path};
 
-const COORDINATOR_NAME: &str = "dev-coordinator";
+/// The coordinator's certificate names its member id (`pki::member_name(1)`):
+/// `ferry dev` runs member 1 of a one-member cluster.
+const COORDINATOR_NAME: &str = "member-1";
 const CLIENT_NAME: &str = "dev-user";
 
 #[derive(Debug, Clone)]
@@ -246,4 +248,14 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
     served?;
     worked?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_coordinator_certificate_speaks_for_member_1() {
+        assert_eq!(COORDINATOR_NAME, pki::member_name(1));
+    }
 }

@@ -190,6 +190,9 @@ impl Connection {
             });
             let mut last = match attempt {
                 Ok(response) => return Ok(response.into_inner()),
+                Err(status) if let Some(refused) = revoked_in_handshake(&status) => {
+                    return Err(refused);
+                }
                 Err(status) if worth_retrying_elsewhere(&status) => status,
                 Err(status) => return Err(status),
             };
@@ -264,6 +267,26 @@ async fn dial(
     })
 }
 
+/// The refusal a call met when the coordinator turned this client's certificate
+/// away in the TLS handshake because it is revoked (the `certificate_revoked`
+/// alert, which tonic reports as a bare transport error), as `Unauthenticated`
+/// in words; `None` for any other failure. Every member refuses a revoked
+/// certificate, so such a call is not retried elsewhere.
+pub fn revoked_in_handshake(status: &tonic::Status) -> Option<tonic::Status> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = current {
+        if error.to_string().contains("CertificateRevoked") {
+            return Some(tonic::Status::unauthenticated(
+                "the coordinator refused this client's certificate in the TLS handshake: the \
+                 certificate was revoked (see 'ferry certs revoked'); ask an administrator for \
+                 a new one ('ferry certs issue')",
+            ));
+        }
+        current = error.source();
+    }
+    None
+}
+
 /// The innermost message of an error chain ("connection refused", not "transport error").
 pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
@@ -333,6 +356,23 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_handshake_refused_as_revoked_is_said_in_words() {
+        let alert = std::io::Error::other("received fatal alert: CertificateRevoked");
+        let transport = tonic::Status::from_error(Box::new(alert));
+        assert_eq!(transport.code(), tonic::Code::Unknown);
+        let refused = revoked_in_handshake(&transport).expect("recognized");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(
+            refused.message().contains("certificate was revoked"),
+            "{}",
+            refused.message()
+        );
+        let other = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(revoked_in_handshake(&other).is_none());
+        assert!(revoked_in_handshake(&tonic::Status::unavailable("no leader")).is_none());
     }
 
     #[test]

@@ -498,8 +498,13 @@ enum CertsCommand {
         out: Option<PathBuf>,
         #[arg(long, value_parser = ["coordinator", "worker", "client"])]
         role: String,
-        #[arg(long)]
-        name: String,
+        /// The holder's name (workers and clients).
+        #[arg(long, required_unless_present = "member", conflicts_with = "member")]
+        name: Option<String>,
+        /// The member id a coordinator's certificate speaks for: its name is
+        /// member-<id> and only the coordinator configured with that `id` uses it.
+        #[arg(long, value_name = "ID")]
+        member: Option<u64>,
         /// DNS names the certificate is valid for (coordinators).
         #[arg(long)]
         dns: Vec<String>,
@@ -601,6 +606,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     out,
                     role,
                     name,
+                    member,
                     dns,
                     ip,
                     valid_for,
@@ -608,7 +614,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     dir: &dir,
                     out,
                     role: &role,
-                    name: &name,
+                    holder: certs::Holder::from_arguments(name, member),
                     dns: &dns,
                     ip: &ip,
                     valid_for: valid_for.as_deref(),

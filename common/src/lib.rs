@@ -29,3 +29,4 @@ pub use ferry_spec::cron;
 pub mod tasks;
 pub mod time;
 pub mod timing;
+pub mod tls_server;

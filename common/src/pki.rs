@@ -123,6 +123,57 @@ pub fn spiffe_uri(role: Role, name: &str) -> String {
     format!("{SPIFFE_PREFIX}{role}/{name}")
 }
 
+/// What a coordinator's certificate name starts with: the rest is its member id
+/// (`member-2`), so that a coordinator certificate speaks for one member only.
+pub const MEMBER_NAME_PREFIX: &str = "member-";
+
+/// The certificate name of member `id`: `member-<id>`.
+pub fn member_name(id: u64) -> String {
+    format!("{MEMBER_NAME_PREFIX}{id}")
+}
+
+/// The member id a certificate name carries (`member-2` gives 2): decimal, not 0,
+/// no leading zeros, so that each id has exactly one name.
+pub fn member_id_of_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(MEMBER_NAME_PREFIX)?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The member id of a coordinator certificate, or why it has none.
+pub fn member_id(identity: &Identity) -> Result<u64, String> {
+    if identity.role != Role::Coordinator {
+        return Err(format!(
+            "it is a {} certificate (for \"{}\"), not a coordinator's",
+            identity.role, identity.name
+        ));
+    }
+    member_id_of_name(&identity.name).ok_or_else(|| {
+        format!(
+            "its name \"{}\" names no member id (a coordinator's certificate is named \
+             {MEMBER_NAME_PREFIX}<id>: issue it with 'ferry certs issue --role coordinator \
+             --member <id>')",
+            identity.name
+        )
+    })
+}
+
+/// Checks that `identity`, this coordinator's own certificate, names member `id`
+/// (what a coordinator checks at start).
+pub fn check_own_member_certificate(identity: &Identity, id: u64) -> Result<(), PkiError> {
+    let wrong = |reason: String| PkiError::WrongMember { id, reason };
+    match member_id(identity) {
+        Ok(named) if named == id => Ok(()),
+        Ok(named) => Err(wrong(format!(
+            "it is the certificate of member {named} (\"{}\")",
+            identity.name
+        ))),
+        Err(reason) => Err(wrong(reason)),
+    }
+}
+
 /// Errors from creating, issuing, loading or inspecting certificates.
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -196,6 +247,27 @@ pub enum PkiError {
         value: String,
         /// Why it was refused.
         reason: &'static str,
+    },
+    /// A coordinator certificate was asked for under a name that carries no member id.
+    #[error(
+        "a coordinator's certificate is named after the member id it speaks for \
+         ({MEMBER_NAME_PREFIX}<id>), not \"{name}\": give --member <id> instead of --name"
+    )]
+    CoordinatorName {
+        /// The name that was given.
+        name: String,
+    },
+    /// A coordinator's certificate does not name the member id it is configured with.
+    #[error(
+        "this coordinator is member {id} (`id` in its configuration), but its TLS certificate \
+         does not speak for member {id}: {reason}. Issue one with 'ferry certs issue --role \
+         coordinator --member {id}' and point [tls] cert and key at it"
+    )]
+    WrongMember {
+        /// The configured member id.
+        id: u64,
+        /// What the certificate says instead.
+        reason: String,
     },
     /// `init_ca` was asked to create a CA where one already exists.
     #[error(
@@ -463,7 +535,7 @@ pub fn init_ca(dir: &Path) -> Result<CaPaths, PkiError> {
 ///
 /// The certificate has common name `name`, the URI SAN `spiffe://ferry/<role>/<name>`,
 /// the DNS and IP SANs given (coordinators always also get `localhost` and
-/// `127.0.0.1`) and is valid for the role's [`default_validity`]. Coordinators
+/// `127.0.0.1`; their name must be [`member_name`] of the member they speak for) and is valid for the role's [`default_validity`]. Coordinators
 /// may act as TLS servers and clients; workers and clients as TLS clients only.
 pub fn issue(
     ca_dir: &Path,
@@ -496,6 +568,11 @@ pub fn issue_valid_for(
     valid_for: Duration,
 ) -> Result<IssuedPaths, PkiError> {
     validate_name(name)?;
+    if role == Role::Coordinator && member_id_of_name(name).is_none() {
+        return Err(PkiError::CoordinatorName {
+            name: name.to_string(),
+        });
+    }
     if !(MIN_VALIDITY..=MAX_VALIDITY).contains(&valid_for) {
         return Err(PkiError::InvalidValidity {
             value: humantime::format_duration(valid_for).to_string(),
@@ -747,18 +824,6 @@ impl TlsFiles {
 }
 
 impl TlsMaterial {
-    /// TLS settings for a tonic server: this member's certificate and key, and the
-    /// cluster CA as the only client root. Clients must present a certificate.
-    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &self.cert_pem,
-                &self.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
-    }
-
     /// TLS settings for a tonic channel to a server whose certificate names
     /// `domain` (a DNS name or IP address in its SANs): the cluster CA as the only
     /// root, and this member's certificate as the client identity.
@@ -1008,7 +1073,7 @@ mod tests {
 
         let out = dir.path().join("tls");
         for (role, name) in [
-            (Role::Coordinator, "coord-1"),
+            (Role::Coordinator, "member-1"),
             (Role::Worker, "gpu_box.2"),
             (Role::Client, "alice"),
         ] {
@@ -1113,6 +1178,69 @@ mod tests {
         assert!(leaf_a.verify_signature(Some(ca_b_x.public_key())).is_err());
         // Both CAs share a name, so only the signature tells them apart.
         assert_eq!(leaf_a.issuer(), leaf_b.issuer());
+    }
+
+    #[test]
+    fn coordinator_certificates_name_their_member_id() {
+        assert_eq!(member_name(2), "member-2");
+        assert_eq!(member_id_of_name("member-2"), Some(2));
+        assert_eq!(member_id_of_name("member-12"), Some(12));
+        for bad in [
+            "member-",
+            "member-0",
+            "member-02",
+            "member-2a",
+            "member--2",
+            "coord1",
+            "2",
+        ] {
+            assert_eq!(member_id_of_name(bad), None, "{bad}");
+        }
+        let coordinator = |name: &str| Identity {
+            role: Role::Coordinator,
+            name: name.to_string(),
+        };
+        assert_eq!(member_id(&coordinator("member-3")), Ok(3));
+        let error = member_id(&coordinator("coordinator")).unwrap_err();
+        assert!(error.contains("--member <id>"), "{error}");
+        let worker = Identity {
+            role: Role::Worker,
+            name: "member-3".to_string(),
+        };
+        assert!(
+            member_id(&worker)
+                .unwrap_err()
+                .contains("worker certificate")
+        );
+
+        check_own_member_certificate(&coordinator("member-3"), 3).unwrap();
+        let error = check_own_member_certificate(&coordinator("member-2"), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("member 3") && error.contains("certificate of member 2"),
+            "{error}"
+        );
+        assert!(error.contains("--member 3"), "{error}");
+
+        // Issuing refuses a coordinator name without a member id, and writes nothing.
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let error = issue(
+            dir.path(),
+            dir.path(),
+            Role::Coordinator,
+            "coord1",
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(error, PkiError::CoordinatorName { .. }), "{error}");
+        assert!(error.to_string().contains("--member"), "{error}");
+        assert!(!dir.path().join("coord1.pem").exists());
+        issue_simple(dir.path(), dir.path(), Role::Coordinator, "member-1");
+        // Other roles may be named anything valid, member-like or not.
+        issue_simple(dir.path(), dir.path(), Role::Client, "member-1-user");
     }
 
     #[test]
@@ -1380,9 +1508,10 @@ mod tests {
     fn tonic_configs_build() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        issue_simple(dir.path(), dir.path(), Role::Coordinator, "coord");
-        let material = TlsFiles::in_dir(dir.path(), "coord").load().unwrap();
-        let _server = material.server_config();
+        issue_simple(dir.path(), dir.path(), Role::Coordinator, "member-1");
+        let material = TlsFiles::in_dir(dir.path(), "member-1").load().unwrap();
+        let never: crate::tls_server::DenyCheck = Arc::new(|_: &CertificateFacts| None);
+        crate::tls_server::server_config(&material, never).unwrap();
         let _client = material.client_config("localhost");
     }
 
@@ -1448,16 +1577,16 @@ mod tests {
     fn issued_certificates_work_for_mutual_tls() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        issue_simple(dir.path(), dir.path(), Role::Coordinator, "coord");
+        issue_simple(dir.path(), dir.path(), Role::Coordinator, "member-1");
         issue_simple(dir.path(), dir.path(), Role::Worker, "w1");
         issue_simple(dir.path(), dir.path(), Role::Client, "alice");
 
         for (client, role) in [
             ("w1", Role::Worker),
             ("alice", Role::Client),
-            ("coord", Role::Coordinator),
+            ("member-1", Role::Coordinator),
         ] {
-            let identity = handshake(dir.path(), "coord", client).unwrap();
+            let identity = handshake(dir.path(), "member-1", client).unwrap();
             assert_eq!(identity.role, role);
             assert_eq!(identity.name, client);
         }
@@ -1469,7 +1598,7 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         init_ca(other.path()).unwrap();
         issue_simple(other.path(), dir.path(), Role::Client, "mallory");
-        let err = handshake(dir.path(), "coord", "mallory").unwrap_err();
+        let err = handshake(dir.path(), "member-1", "mallory").unwrap_err();
         assert!(err.starts_with("server:"), "{err}");
     }
 }

@@ -425,7 +425,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
         let config = CoordinatorConfig::load(&path).unwrap();
         assert_eq!(config.listen.port(), 7443);
-        assert!(config.tls.key.ends_with("coord1-key.pem"));
+        assert!(config.tls.key.ends_with("member-1-key.pem"));
         assert_eq!(config.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);
     }
 
@@ -467,11 +467,11 @@ mod tests {
             assert_eq!(config.tls.ca, Path::new("/etc/ferry/ca.pem"));
             assert_eq!(
                 config.tls.cert,
-                PathBuf::from(format!("/etc/ferry/coord{id}.pem"))
+                PathBuf::from(format!("/etc/ferry/member-{id}.pem"))
             );
             assert_eq!(
                 config.tls.key,
-                PathBuf::from(format!("/etc/ferry/coord{id}-key.pem"))
+                PathBuf::from(format!("/etc/ferry/member-{id}-key.pem"))
             );
             assert!(!config.join, "{}", path.display());
             assert_eq!(config.admins, ["alice"], "{}", path.display());
@@ -489,7 +489,7 @@ mod tests {
         assert!(config.join);
         assert_eq!(config.admins, ["alice"]);
         assert_eq!(config.peer_listen, Some("0.0.0.0:7444".parse().unwrap()));
-        assert_eq!(config.tls.cert, Path::new("/etc/ferry/coord4.pem"));
+        assert_eq!(config.tls.cert, Path::new("/etc/ferry/member-4.pem"));
         assert_eq!(config.members, (1..=4).map(member).collect::<Vec<_>>());
         assert!(config.initial_members().unwrap().is_empty());
         let text = std::fs::read_to_string(&path).unwrap();

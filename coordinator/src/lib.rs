@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use api::limits::{
     MAX_PEER_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_CONNECTION, deny_list_of, role_gate,
 };
-use ferry_common::pki::{PkiError, Role, TlsMaterial};
+use ferry_common::pki::{CertificateFacts, PkiError, Role, TlsMaterial};
 use ferry_common::proto::{
     agent_server::AgentServer, control_server::ControlServer, peer_server::PeerServer,
 };
@@ -68,6 +68,12 @@ pub enum CoordinatorError {
     },
 }
 
+/// Most TLS handshakes one server runs at once; further connections wait (in
+/// the listen backlog) until one finishes.
+const MAX_HANDSHAKES: usize = 128;
+/// Longest a TLS handshake may take: a caller that stalls in it is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long open calls may take to finish once the servers stop.
 const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -99,6 +105,11 @@ impl Coordinator {
     /// directory and binds the listening port.
     pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordinatorError> {
         let tls = config.tls.load()?;
+        // A coordinator certificate speaks for one member: the peer service of
+        // every other member holds the caller to the member id it names. Checked
+        // before anything is created or bound, like the configuration.
+        config.initial_members().map_err(node::NodeError::from)?;
+        ferry_common::pki::check_own_member_certificate(&tls.identity, config.id)?;
         // Made durable: the Raft log inside it must not vanish with its name.
         ferry_common::durable::create_dir_all(&config.data_dir).map_err(|source| {
             CoordinatorError::DataDir {
@@ -137,7 +148,6 @@ impl Coordinator {
             ),
             None => None,
         };
-        config.initial_members().map_err(node::NodeError::from)?;
         // Port 0 asks the system for a port: record the one it gave, since a
         // one-member cluster names itself by its listening address.
         let mut config = config;
@@ -210,22 +220,30 @@ impl Coordinator {
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|s| *s).await;
         };
-        let mut main_server = tonic::transport::Server::builder()
-            .max_concurrent_streams(if self.peer_listener.is_some() {
+        // The TLS handshake itself refuses a revoked certificate (as this member
+        // has applied the deny list): such a caller gets no connection at all.
+        let denied = deny_list_of(node.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            ferry_common::tls_server::server_config(
+                &self.tls,
+                std::sync::Arc::new(move |facts: &CertificateFacts| denied(facts)),
+            )?,
+        ));
+        let mut main_server = tonic::transport::Server::builder().max_concurrent_streams(
+            if self.peer_listener.is_some() {
                 MAX_STREAMS_PER_CONNECTION
             } else {
                 MAX_PEER_STREAMS_PER_CONNECTION
-            })
-            .tls_config(self.tls.server_config())?;
+            },
+        );
         let main_router = main_server.add_service(control).add_service(agent);
         let (main_router, mut peer_server) = match self.peer_listener {
             Some(listener) => {
                 let server = tonic::transport::Server::builder()
                     .max_concurrent_streams(MAX_PEER_STREAMS_PER_CONNECTION)
-                    .tls_config(self.tls.server_config())?
                     .add_service(peer)
                     .serve_with_incoming_shutdown(
-                        no_delay(listener),
+                        tls_incoming(listener, acceptor.clone()),
                         until_stopped(servers_shutdown.clone()),
                     );
                 (main_router, Some(tokio::spawn(server)))
@@ -233,7 +251,7 @@ impl Coordinator {
             None => (main_router.add_service(peer), None),
         };
         let mut main = tokio::spawn(main_router.serve_with_incoming_shutdown(
-            no_delay(self.listener),
+            tls_incoming(self.listener, acceptor),
             until_stopped(servers_shutdown),
         ));
         let mut stopped = node.subscribe_stop();
@@ -285,6 +303,40 @@ fn server_death(
     };
     tracing::error!(server = which, %detail, "a gRPC server stopped by itself; stopping this member");
     format!("the {which} server stopped by itself: {detail}")
+}
+
+/// Accepted connections after their TLS handshake (with the deny-list check in
+/// the acceptor's configuration), several handshakes at a time so that a slow
+/// caller holds up no other. tonic reads each request's client certificate from
+/// the TLS stream (`Request::peer_certs`). A failed handshake is an error item,
+/// which the server logs and skips.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
+{
+    use futures::StreamExt;
+    no_delay(listener)
+        .map(move |accepted| {
+            let acceptor = acceptor.clone();
+            async move {
+                let socket = accepted?;
+                let peer = socket.peer_addr().ok();
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                let result = match handshake.await {
+                    Ok(result) => result,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
+                    )),
+                };
+                if let Err(error) = &result {
+                    tracing::debug!(?peer, %error, "a TLS handshake failed");
+                }
+                result
+            }
+        })
+        .buffer_unordered(MAX_HANDSHAKES)
 }
 
 /// Accepted connections with Nagle's algorithm off: a server given its own

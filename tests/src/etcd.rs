@@ -20,7 +20,7 @@ use crate::{CLIENT, Daemon, Pki, free_port};
 
 /// The certificate every member presents, to clients and to its peers (a
 /// coordinator's certificate names `localhost` and `127.0.0.1`).
-const MEMBER_CERT: &str = "coordinator";
+const MEMBER_CERT: &str = "member-1";
 
 /// Running etcd members; every one is killed when this is dropped.
 pub struct EtcdCluster {
@@ -46,7 +46,7 @@ impl EtcdCluster {
         let root = tempfile::tempdir().context("temporary folder for etcd")?;
         let pki = if tls {
             let pki = Pki::new(&root.path().join("certs"))?;
-            pki.issue("coordinator", MEMBER_CERT)?;
+            pki.issue_member(1, &[])?;
             pki.issue("client", CLIENT)?;
             Some(pki)
         } else {

@@ -68,6 +68,21 @@ impl Pki {
         Ok(())
     }
 
+    /// A coordinator certificate for member `id` (named `member-<id>`), valid
+    /// for `ips` besides 127.0.0.1.
+    pub fn issue_member(&self, id: u64, ips: &[String]) -> anyhow::Result<()> {
+        let mut command = Command::new(bin("ferry"));
+        command
+            .args(["certs", "issue", "--dir"])
+            .arg(&self.dir)
+            .args(["--role", "coordinator", "--member", &id.to_string()]);
+        for ip in ips {
+            command.args(["--ip", ip]);
+        }
+        run_ok(&mut command)?;
+        Ok(())
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
@@ -357,8 +372,9 @@ impl Cluster {
     fn unstarted(members: u64, extra: &str) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let pki = Pki::new(&root.path().join("certs")).expect("CA");
-        pki.issue("coordinator", "coordinator")
-            .expect("coordinator cert");
+        for id in 1..=members {
+            pki.issue_member(id, &[]).expect("coordinator cert");
+        }
         pki.issue("client", CLIENT).expect("client cert");
         Cluster {
             pki,
@@ -433,10 +449,18 @@ impl Cluster {
         } else {
             format!("admins = [\"{CLIENT}\"]\n")
         };
+        // Each member presents its own certificate (`member-<id>`); one added
+        // later gets its own when it first starts.
+        let cert_name = ferry_common::pki::member_name(id);
+        if !self.pki.cert(&cert_name).exists() {
+            self.pki
+                .issue_member(id, &[self.coordinators[index].host.to_string()])
+                .expect("coordinator cert");
+        }
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{admins_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n{}",
+                "id = {id}\nlisten = \"{address}\"\ndata_dir = \"{data_dir}\"\n{join_line}{admins_line}{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{cert_name}.pem\"\nkey = \"certs/{cert_name}-key.pem\"\n{}",
                 self.coordinator_extra,
                 self.members_toml(),
             ),

@@ -531,15 +531,12 @@ impl crate::Cluster {
             slot.host = IpAddr::V4(member_ip(slot.id));
             ips.push(slot.host.to_string());
         }
-        let mut issue = Command::new(crate::bin("ferry"));
-        issue
-            .args(["certs", "issue", "--dir"])
-            .arg(&cluster.pki.dir)
-            .args(["--role", "coordinator", "--name", "coordinator"]);
-        for ip in &ips {
-            issue.args(["--ip", ip]);
+        for id in 1..=members {
+            cluster
+                .pki
+                .issue_member(id, &ips)
+                .expect("coordinator certificate naming every member's address");
         }
-        crate::run_ok(&mut issue).expect("coordinator certificate naming every member's address");
         let ports: Vec<(u64, u16)> = cluster
             .coordinators
             .iter()

@@ -12,6 +12,7 @@ mod t30_restart;
 mod t40_security;
 mod t41_containment;
 mod t42_bundles;
+mod t43_member_certs;
 mod t44_bounds;
 mod t45_access;
 mod t46_secrets;

@@ -211,7 +211,7 @@ fn worker_and_coordinator_certificates_cannot_use_the_control_service() {
     let before = run_ids(&cluster);
     assert!(before.is_empty());
 
-    for (name, role) in [("w1", "worker"), ("coordinator", "coordinator")] {
+    for (name, role) in [("w1", "worker"), ("member-1", "coordinator")] {
         let result = cluster.ferry_as(name, &["runs"]);
         assert!(!result.success(), "{name} listed runs: {result:?}");
         assert!(
@@ -354,14 +354,14 @@ fn run_until_exit(binary: &str, config: &Path, log: &Path) -> (bool, String) {
 fn the_coordinator_refuses_to_start_without_its_private_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = Pki::new(&dir.path().join("certs")).expect("CA");
-    pki.issue("coordinator", "coordinator").expect("cert");
-    let key = pki.key("coordinator");
+    pki.issue_member(1, &[]).expect("cert");
+    let key = pki.key("member-1");
     std::fs::remove_file(&key).expect("remove the key");
     let config = dir.path().join("coordinator.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator-key.pem\"\n",
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"data\"\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/member-1.pem\"\nkey = \"certs/member-1-key.pem\"\n",
             free_port()
         ),
     )

@@ -37,10 +37,9 @@ const ADMIN: &str = "root";
 /// The worker certificate of the matrix: registered nowhere, running nothing.
 const WORKER: &str = "w2";
 
-/// The certificate a coordinator presents (one place, so that per-member
-/// certificate names change only here).
-fn coordinator_certificate(_cluster: &Cluster) -> String {
-    "coordinator".to_string()
+/// The certificate a coordinator presents: the one member's (`member-ID`).
+fn coordinator_certificate(cluster: &Cluster) -> String {
+    format!("member-{}", cluster.coordinators[0].id)
 }
 
 fn certificate_of(cluster: &Cluster, caller: Caller) -> String {

@@ -165,8 +165,8 @@ fn ferry_dev_runs_a_pipeline_with_no_flags_and_stops_on_sigterm() {
     let certs = data.join("certs");
     for file in [
         "ca.pem",
-        "dev-coordinator.pem",
-        "dev-coordinator-key.pem",
+        "member-1.pem",
+        "member-1-key.pem",
         "dev-user.pem",
         "dev-user-key.pem",
     ] {

@@ -31,11 +31,44 @@ pub(crate) struct IssueRequest<'a> {
     pub dir: &'a Path,
     pub out: Option<PathBuf>,
     pub role: &'a str,
-    pub name: &'a str,
+    pub holder: Holder,
     pub dns: &'a [String],
     pub ip: &'a [IpAddr],
     /// `--valid-for`; the role's default when absent.
     pub valid_for: Option<&'a str>,
+}
+
+/// Whom `ferry certs issue` names: `--name` or a coordinator's `--member`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Holder {
+    Name(String),
+    Member(u64),
+}
+
+impl Holder {
+    /// From the two exclusive options (clap requires one of them).
+    pub(crate) fn from_arguments(name: Option<String>, member: Option<u64>) -> Holder {
+        match (name, member) {
+            (_, Some(id)) => Holder::Member(id),
+            (Some(name), None) => Holder::Name(name),
+            (None, None) => Holder::Name(String::new()),
+        }
+    }
+
+    /// The certificate name for `role`; `--member` is for coordinators only, and
+    /// member 0 does not exist.
+    fn name_for(&self, role: Role) -> anyhow::Result<String> {
+        match self {
+            Holder::Name(name) => Ok(name.clone()),
+            Holder::Member(_) if role != Role::Coordinator => anyhow::bail!(
+                "--member is for coordinator certificates; give a {role} certificate a --name"
+            ),
+            Holder::Member(0) => {
+                anyhow::bail!("--member 0: member ids start at 1 (0 is not a Raft id)")
+            }
+            Holder::Member(id) => Ok(pki::member_name(*id)),
+        }
+    }
 }
 
 /// `ferry certs issue`: a key and certificate for `role`, signed by the CA in
@@ -43,6 +76,7 @@ pub(crate) struct IssueRequest<'a> {
 /// default; prints its serial number (what `ferry certs revoke` takes).
 pub(crate) fn issue(request: IssueRequest<'_>) -> anyhow::Result<()> {
     let role: Role = request.role.parse()?;
+    let name = request.holder.name_for(role)?;
     let valid_for = match request.valid_for {
         Some(text) => pki::parse_validity(text)?,
         None => pki::default_validity(role),
@@ -52,7 +86,7 @@ pub(crate) fn issue(request: IssueRequest<'_>) -> anyhow::Result<()> {
         request.dir,
         &out,
         role,
-        request.name,
+        &name,
         request.dns,
         request.ip,
         valid_for,
@@ -64,7 +98,6 @@ pub(crate) fn issue(request: IssueRequest<'_>) -> anyhow::Result<()> {
         paths.serial,
         render::utc_time(paths.not_after_secs.saturating_mul(1000)),
         humantime::format_duration(valid_for),
-        name = request.name,
     );
     Ok(())
 }
@@ -201,6 +234,21 @@ pub(crate) fn expiry_warning(cert: &Path, now_ms: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coordinator_certificate_is_named_by_its_member_id() {
+        let member = Holder::from_arguments(None, Some(2));
+        assert_eq!(member.name_for(Role::Coordinator).unwrap(), "member-2");
+        let error = member.name_for(Role::Worker).unwrap_err().to_string();
+        assert!(error.contains("--member is for coordinator"), "{error}");
+        let error = Holder::Member(0)
+            .name_for(Role::Coordinator)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("start at 1"), "{error}");
+        let named = Holder::from_arguments(Some("gpu-01".to_string()), None);
+        assert_eq!(named.name_for(Role::Worker).unwrap(), "gpu-01");
+    }
 
     #[test]
     fn a_certificate_close_to_its_end_gets_a_warning() {

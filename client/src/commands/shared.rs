@@ -43,6 +43,7 @@ pub struct Read {
 /// A refused call as the user reads it: the coordinator's message (written to
 /// say what to do about it) and the gRPC code.
 fn status_error(status: tonic::Status) -> anyhow::Error {
+    let status = ferry_client::revoked_in_handshake(&status).unwrap_or(status);
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_common::pki::{Identity, Role, require_role};
+use ferry_common::pki::{Identity, Role, peer_certificate, require_role};
 use ferry_common::proto::{self, agent_server::Agent};
 use ferry_common::spec::Resources;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::until_revoked;
 use super::{ResponseStream, propose_status, receive_blob, send_blob};
 use crate::access::{Action, CertRole, Relation, decide};
 use crate::node::{Node, authorize, now_ms};
@@ -259,6 +260,7 @@ impl Agent for AgentService {
         request: Request<proto::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let identity = worker_identity(&request, Some(&request.get_ref().name))?;
+        let facts = peer_certificate(&request)?;
         self.node.require_leader()?;
         let session = request.into_inner().session;
         let current = self
@@ -272,7 +274,11 @@ impl Agent for AgentService {
         }
         let (sender, receiver) = mpsc::channel(crate::node::WORKER_STREAM_DEPTH);
         self.node.attach_worker(&identity.name, &session, sender);
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(until_revoked(
+            Box::pin(ReceiverStream::new(receiver)),
+            self.node.clone(),
+            facts,
+        )))
     }
 
     async fn step_started(
@@ -391,6 +397,7 @@ impl Agent for AgentService {
         request: Request<proto::BlobRef>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
         let identity = worker_identity(&request, None)?;
+        let facts = peer_certificate(&request)?;
         let digest = request.into_inner().digest;
         // Only the blobs of attempts assigned to this worker (the table's
         // `FetchBlob` row).
@@ -398,7 +405,11 @@ impl Agent for AgentService {
             .read(|state| crate::node::authorize::may_fetch_blob(&identity, &digest, state))
             .map_err(Status::permission_denied)?;
         self.node.ensure_blob(&digest).await?;
-        Ok(Response::new(send_blob(&self.node.blobs, &digest).await?))
+        Ok(Response::new(until_revoked(
+            send_blob(&self.node.blobs, &digest).await?,
+            self.node.clone(),
+            facts,
+        )))
     }
 
     async fn step_finished(

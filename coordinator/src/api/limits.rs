@@ -89,6 +89,57 @@ pub fn revoked(list: &Revocations, facts: &CertificateFacts) -> Option<String> {
     })
 }
 
+/// `stream`, cut short with `Unauthenticated` (saying the certificate was
+/// revoked) as soon as this member has applied a revocation of the certificate
+/// described by `facts`. The per-call check refuses a revoked certificate's next
+/// call; this ends the long-lived calls it already has open (a worker's
+/// assignment stream, `ferry logs --follow`, downloads). The deny list is looked
+/// at again each time this member applies an entry, not on a timer.
+pub fn until_revoked<T: Send + 'static>(
+    stream: ResponseStream<T>,
+    node: Arc<Node>,
+    facts: Arc<CertificateFacts>,
+) -> ResponseStream<T> {
+    let mut applied = node.subscribe_state();
+    let revocation = Box::pin(async move {
+        loop {
+            if let Some(reason) = node.read(|state| revoked(&state.revocations, &facts)) {
+                tracing::warn!(
+                    caller = %facts.identity,
+                    serial = %facts.serial,
+                    "ended an open stream: its certificate was revoked"
+                );
+                return reason;
+            }
+            if applied.changed().await.is_err() {
+                // The member is stopping; its servers end the stream.
+                return std::future::pending().await;
+            }
+        }
+    });
+    Box::pin(cut_by(stream, revocation))
+}
+
+/// `stream` until `reason` resolves, then one `Unauthenticated` error and the end.
+fn cut_by<T: Send + 'static>(
+    stream: ResponseStream<T>,
+    reason: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>,
+) -> impl futures::Stream<Item = Result<T, Status>> + Send {
+    futures::stream::unfold(Some((stream, reason)), |open| async move {
+        let (mut stream, mut reason) = open?;
+        tokio::select! {
+            biased;
+            reason = &mut reason => Some((
+                Err(Status::unauthenticated(format!(
+                    "the client certificate was revoked: {reason}"
+                ))),
+                None,
+            )),
+            item = stream.next() => item.map(|item| (item, Some((stream, reason)))),
+        }
+    })
+}
+
 /// How many streams of one kind each caller holds open, up to a limit.
 pub struct StreamSlots {
     what: &'static str,
@@ -196,6 +247,43 @@ mod tests {
         assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
         drop(stream);
         assert_eq!(slots.held_by("alice"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_ends_with_the_revocation_and_no_more_items() {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<u32, Status>>(4);
+        let (revoke, revoked) = tokio::sync::oneshot::channel::<String>();
+        let stream: ResponseStream<u32> =
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        let reason = Box::pin(async move {
+            match revoked.await {
+                Ok(reason) => reason,
+                Err(_) => std::future::pending().await,
+            }
+        });
+        let mut stream = Box::pin(cut_by(stream, reason));
+        sender.send(Ok(1)).await.unwrap();
+        assert_eq!(stream.next().await.map(|r| r.ok()), Some(Some(1)));
+        sender.send(Ok(2)).await.unwrap();
+        revoke
+            .send("serial ab12 revoked by alice".to_string())
+            .unwrap();
+        let error = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            error.message(),
+            "the client certificate was revoked: serial ab12 revoked by alice"
+        );
+        // The item still queued is not sent after the refusal.
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_by_itself_is_not_cut() {
+        let stream: ResponseStream<u32> = Box::pin(futures::stream::iter([Ok(1)]));
+        let never = Box::pin(std::future::pending::<String>());
+        let items: Vec<_> = cut_by(stream, never).collect().await;
+        assert_eq!(items.len(), 1);
     }
 
     #[test]

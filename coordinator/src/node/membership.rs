@@ -261,6 +261,22 @@ impl Node {
         })
         .await
         .map_err(|error| format!("the probe failed: {error}"))??;
+        match ferry_common::pki::member_id(&identity) {
+            Ok(id) if id == member.id => {}
+            Ok(id) => {
+                return Err(format!(
+                    "the coordinator at {} presented the certificate of member {id}, not of \
+                     member {}",
+                    member.peer_address, member.id
+                ));
+            }
+            Err(reason) => {
+                return Err(format!(
+                    "the certificate of the coordinator at {} is refused: {reason}",
+                    member.peer_address
+                ));
+            }
+        }
         let mut client = self
             .transport
             .client(member.id)

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use ferry_common::proto::{self, control_server::Control};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::until_revoked;
 use super::{ResponseStream, propose_status};
 use crate::node::{Node, authorize};
 use crate::state::{Run, RunId};
-use ferry_common::pki::Identity;
+use ferry_common::pki::{Identity, peer_certificate};
 
 pub struct ControlService {
     node: Arc<Node>,
@@ -191,7 +192,9 @@ impl Control for ControlService {
         &self,
         request: Request<proto::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        logs::stream_logs(self, request).await
+        let facts = peer_certificate(&request)?;
+        let stream = logs::stream_logs(self, request).await?;
+        Ok(stream.map(|stream| until_revoked(stream, self.node.clone(), facts)))
     }
 
     async fn list_artifacts(
@@ -207,7 +210,9 @@ impl Control for ControlService {
         &self,
         request: Request<proto::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
-        artifacts::download_artifact(self, request).await
+        let facts = peer_certificate(&request)?;
+        let stream = artifacts::download_artifact(self, request).await?;
+        Ok(stream.map(|stream| until_revoked(stream, self.node.clone(), facts)))
     }
 
     async fn rerun_run(

@@ -148,14 +148,14 @@ mod tests {
         let certs = dir.path();
         init_ca(certs).unwrap();
         let localhost = ["127.0.0.1".parse().unwrap()];
-        issue(certs, certs, Role::Coordinator, "coord1", &[], &localhost).unwrap();
-        issue(certs, certs, Role::Coordinator, "coord2", &[], &localhost).unwrap();
+        issue(certs, certs, Role::Coordinator, "member-1", &[], &localhost).unwrap();
+        issue(certs, certs, Role::Coordinator, "member-2", &[], &localhost).unwrap();
         issue(certs, certs, Role::Worker, "w1", &[], &localhost).unwrap();
-        let mine = TlsFiles::in_dir(certs, "coord1").load().unwrap();
+        let mine = TlsFiles::in_dir(certs, "member-1").load().unwrap();
 
-        let (address, server) = serve_once(certs, "coord2");
+        let (address, server) = serve_once(certs, "member-2");
         let identity = probe_coordinator(&address, &mine, Duration::from_secs(5)).unwrap();
-        assert_eq!(identity.name, "coord2");
+        assert_eq!(identity.name, "member-2");
         server.join().unwrap();
 
         // A worker's certificate is not issued for serving: the handshake fails;
@@ -179,12 +179,12 @@ mod tests {
             other.path(),
             other.path(),
             Role::Coordinator,
-            "coord9",
+            "member-9",
             &[],
             &localhost,
         )
         .unwrap();
-        let (address, server) = serve_once(other.path(), "coord9");
+        let (address, server) = serve_once(other.path(), "member-9");
         let refusal = probe_coordinator(&address, &mine, Duration::from_secs(5)).unwrap_err();
         assert!(refusal.contains("the TLS handshake"), "{refusal}");
         server.join().unwrap();
