@@ -5,7 +5,8 @@
 # The example pipelines run Python 3 (standard library only); protoc is vendored
 # by a build dependency, and TLS uses ring. The partition tests put members in
 # network namespaces (iproute2, iptables); the power-loss test mounts a FUSE
-# filesystem (fuse3's fusermount3). Both need root.
+# filesystem (fuse3's fusermount3). Both need root. The deploy test checks the
+# systemd units with systemd-analyze.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"

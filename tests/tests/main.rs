@@ -3,6 +3,7 @@
 //! (`cargo build --workspace`); the harness is in `tests/src/lib.rs`.
 
 mod t05_structure;
+mod t07_systemd;
 mod t10_iris;
 mod t15_failstop;
 mod t16_worker_failstop;
