@@ -68,9 +68,9 @@ pub enum CoordinatorError {
     },
 }
 
-/// Most TLS handshakes one server runs at once; further connections wait (in
-/// the listen backlog) until one finishes.
-const MAX_HANDSHAKES: usize = 128;
+/// Most TLS handshakes one server runs at once; a connection beyond them is
+/// closed at once (the others go on).
+const MAX_HANDSHAKES: usize = 1024;
 /// Longest a TLS handshake may take: a caller that stalls in it is dropped.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -306,37 +306,60 @@ fn server_death(
 }
 
 /// Accepted connections after their TLS handshake (with the deny-list check in
-/// the acceptor's configuration), several handshakes at a time so that a slow
-/// caller holds up no other. tonic reads each request's client certificate from
-/// the TLS stream (`Request::peer_certs`). A failed handshake is an error item,
-/// which the server logs and skips.
+/// the acceptor's configuration). Accepting never waits on a handshake: each
+/// runs in a task of its own (at most [`MAX_HANDSHAKES`] at once, each within
+/// [`HANDSHAKE_TIMEOUT`]; a connection beyond that is closed at once), so
+/// connections that never finish their handshake hold up no other caller.
+/// tonic reads each request's client certificate from the TLS stream
+/// (`Request::peer_certs`). A failed handshake is logged and dropped.
 fn tls_incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
 ) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
 {
     use futures::StreamExt;
-    no_delay(listener)
-        .map(move |accepted| {
-            let acceptor = acceptor.clone();
-            async move {
-                let socket = accepted?;
-                let peer = socket.peer_addr().ok();
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
-                let result = match handshake.await {
-                    Ok(result) => result,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"),
-                    )),
-                };
-                if let Err(error) = &result {
-                    tracing::debug!(?peer, %error, "a TLS handshake failed");
+    let (ready, handshaken) = tokio::sync::mpsc::channel(64);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    // Yields only accept errors (which the server logs); every accepted socket
+    // goes to a handshake task, whose stream comes out of `handshaken`.
+    let accepting = no_delay(listener).filter_map(move |accepted| {
+        let outcome = match accepted {
+            Err(error) => Some(Err(error)),
+            Ok(socket) => {
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+                        tokio::spawn(async move {
+                            let peer = socket.peer_addr().ok();
+                            let handshake = acceptor.accept(socket);
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    drop(slot);
+                                    // The server is gone when nobody receives.
+                                    let _ = ready.send(stream).await;
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(?peer, %error, "a TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(
+                                    ?peer,
+                                    "a TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"
+                                ),
+                            }
+                        });
+                    }
+                    Err(_) => tracing::warn!(
+                        "{MAX_HANDSHAKES} TLS handshakes are under way: a new connection was \
+                         closed"
+                    ),
                 }
-                result
+                None
             }
-        })
-        .buffer_unordered(MAX_HANDSHAKES)
+        };
+        std::future::ready(outcome)
+    });
+    let handshaken = tokio_stream::wrappers::ReceiverStream::new(handshaken).map(Ok);
+    futures::stream::select(accepting, handshaken)
 }
 
 /// Accepted connections with Nagle's algorithm off: a server given its own

@@ -22,8 +22,11 @@ fn verify(name: &str, binary: &str) {
     let built = bin(binary);
     let dir = tempfile::tempdir().expect("temporary directory");
     let unit = dir.path().join(name);
-    std::fs::write(&unit, text.replace(&installed, &built.display().to_string()))
-        .expect("write the unit");
+    std::fs::write(
+        &unit,
+        text.replace(&installed, &built.display().to_string()),
+    )
+    .expect("write the unit");
     let output = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)

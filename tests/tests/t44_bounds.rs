@@ -371,3 +371,28 @@ fn the_data_directory_is_the_coordinators_user_only() {
         "{log}"
     );
 }
+
+/// Connections that open TCP and never start their TLS handshake (a slowloris)
+/// hold up no other caller: each handshake runs on its own, so a client is
+/// answered while hundreds of them still wait, none closed yet.
+#[test]
+fn idle_connections_that_never_finish_a_handshake_hold_up_no_caller() {
+    use std::io::Read;
+    let cluster = Cluster::start();
+    let address = cluster.address();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&address).expect("connect"))
+        .collect();
+    let answered = cluster.ferry(&["runs"]);
+    assert!(answered.success(), "{answered:?}");
+    // Had the call waited for the idle connections' handshakes to time out,
+    // the server would have closed them by now.
+    for (index, mut stream) in idle.into_iter().enumerate() {
+        stream.set_nonblocking(true).expect("non-blocking");
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("idle connection {index} was not left waiting: {other:?}"),
+        }
+    }
+}
