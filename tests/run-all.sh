@@ -6,7 +6,8 @@
 # by a build dependency, and TLS uses ring. The partition tests put members in
 # network namespaces (iproute2, iptables); the power-loss test mounts a FUSE
 # filesystem (fuse3's fusermount3). Both need root. The deploy test checks the
-# systemd units with systemd-analyze.
+# systemd units with systemd-analyze; the Compose test builds Ferry's images
+# from Debian packages with mmdebstrap and runs them with docker-compose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
