@@ -116,3 +116,14 @@ fn container_settings_are_checked_where_they_are_written() {
         render(&diags)
     );
 }
+
+#[test]
+fn the_sklearn_example_runs_every_step_in_its_image() {
+    let p = parse(include_str!("../../../../examples/sklearn/pipeline.yaml")).unwrap();
+    assert_eq!(p.steps.len(), 6, "split, four trials, report");
+    for step in &p.steps {
+        let container = step.container.as_ref().expect("an image");
+        assert_eq!(container.image, "ferry/python-sklearn:bookworm");
+        assert_eq!(container.pull, ImagePull::Never);
+    }
+}
