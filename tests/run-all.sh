@@ -5,7 +5,9 @@
 # The example pipelines run Python 3 (standard library only); protoc is vendored
 # by a build dependency, and TLS uses ring. The partition tests put members in
 # network namespaces (iproute2, iptables); the power-loss test mounts a FUSE
-# filesystem (fuse3's fusermount3). Both need root.
+# filesystem (fuse3's fusermount3). Both need root. The container tests build
+# their image from a static busybox (busybox-static) and need the Docker Engine's
+# socket (they are skipped, saying so, without one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
