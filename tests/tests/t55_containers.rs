@@ -4,9 +4,10 @@
 //! sees its staged input, its env and Ferry's variables but nothing of the
 //! worker's environment, runs as a non-root user, streams its log, writes its
 //! metrics and an output that downloads verified; `image_pull: never` with a
-//! missing image fails with a clear reason; cancel, a timeout and a memory
-//! limit leave no container; a starting worker removes the containers a previous run of it
-//! left. Skipped, saying why, on a machine without a Docker socket.
+//! missing image, or a failed pull, fails with a clear reason; cancel, a
+//! timeout and a memory limit leave no container; a worker killed mid-step
+//! removes the container its crashed run left when it starts again (and never
+//! another worker's). Skipped, saying why, on a machine without a Docker socket.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -280,6 +281,53 @@ fn cancel_stops_and_removes_the_container_and_a_restarted_worker_removes_leftove
     );
     assert!(container_exists(&foreign), "another worker's stays");
     remove_container(&foreign);
+}
+
+#[test]
+fn a_worker_killed_mid_step_removes_its_container_when_it_starts_again() {
+    if !docker_available() {
+        return;
+    }
+    let image = test_image();
+    let worker = "t55-crash";
+    let config = "cpus = 4\nmemory = \"4Gi\"\ncontainer_runtime = \"docker\"\n";
+    let mut cluster = Cluster::start();
+    cluster.add_worker(worker, config);
+    let pipeline = write_pipeline(
+        &cluster.path("crash"),
+        &format!(
+            "name: crash\nsteps:\n  - name: long\n    image: {image}\n    image_pull: never\n    shell: \"sleep 300\"\n"
+        ),
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let first = wait_for(Duration::from_secs(60), "the step's container", || {
+        containers_of(worker, run).into_iter().next()
+    });
+    cluster.signal_worker(worker, nix::sys::signal::Signal::SIGKILL);
+    // A worker killed outright cannot clean up: the container outlives it
+    // until the worker starts again on the same data directory.
+    assert!(
+        container_exists(&first),
+        "the container outlived the worker"
+    );
+    cluster.add_worker(worker, config);
+    let removed = !container_exists(&first);
+    // The lost attempt may have been started again: cancel it, then check
+    // that nothing of the run is left.
+    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    wait_for(
+        Duration::from_secs(20),
+        "the run's containers to go",
+        || containers_of(worker, run).is_empty().then_some(()),
+    );
+    assert!(
+        removed,
+        "the restarted worker removed the crashed run's container"
+    );
+    assert!(cancelled.success(), "{cancelled:?}");
+    assert_ne!(status["state"], "running", "{status:#}");
 }
 
 #[test]

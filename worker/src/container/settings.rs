@@ -180,8 +180,8 @@ pub fn network_mode(spec: &proto::ContainerSpec) -> String {
 }
 
 /// Docker's create request for `plan`: the command replaces the image's
-/// entrypoint (a step's `command` is the whole command line), every
-/// capability is dropped, privileges can never be gained, auto-removal is off
+/// entrypoint (a step's `command` is the whole command line) and runs under
+/// the engine's init, every capability is dropped, privileges can never be gained, auto-removal is off
 /// (the worker reads the exit state first, then removes the container and its
 /// anonymous volumes).
 pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
@@ -221,7 +221,10 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
         tmpfs,
         auto_remove: Some(false),
         privileged: Some(false),
-        init: Some(false),
+        // The engine's init (tini) as PID 1: it passes the stop's SIGTERM on to
+        // the step (a PID 1 without a handler would ignore it) and reaps
+        // orphans.
+        init: Some(true),
         device_requests,
         ..Default::default()
     };
@@ -324,6 +327,7 @@ mod tests {
         assert_eq!(host.security_opt.unwrap(), ["no-new-privileges"]);
         assert_eq!(host.privileged, Some(false));
         assert_eq!(host.auto_remove, Some(false));
+        assert_eq!(host.init, Some(true));
         assert_eq!(host.network_mode.as_deref(), Some("bridge"));
         assert_eq!(host.shm_size, None);
         assert_eq!(host.readonly_rootfs, Some(false));
