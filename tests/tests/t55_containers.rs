@@ -5,9 +5,9 @@
 //! worker's environment, runs as a non-root user, streams its log, writes its
 //! metrics and an output that downloads verified; `image_pull: never` with a
 //! missing image, or a failed pull, fails with a clear reason; cancel, a
-//! timeout and a memory limit leave no container; a worker killed mid-step
-//! removes the container its crashed run left when it starts again (and never
-//! another worker's). Skipped, saying why, on a machine without a Docker socket.
+//! timeout, a memory limit and the worker's stop leave no container; a worker
+//! killed mid-step removes the container its crashed run left when it starts
+//! again (and never another worker's). Skipped, saying why, on a machine without a Docker socket.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -328,6 +328,34 @@ fn a_worker_killed_mid_step_removes_its_container_when_it_starts_again() {
     );
     assert!(cancelled.success(), "{cancelled:?}");
     assert_ne!(status["state"], "running", "{status:#}");
+}
+
+#[test]
+fn a_stopping_worker_stops_and_removes_its_containers() {
+    if !docker_available() {
+        return;
+    }
+    let image = test_image();
+    let worker = "t55-stop";
+    let mut cluster = docker_cluster(worker, &[]);
+    let pipeline = write_pipeline(
+        &cluster.path("stop"),
+        &format!(
+            "name: stop\nsteps:\n  - name: long\n    image: {image}\n    image_pull: never\n    shell: \"sleep 300\"\n"
+        ),
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    wait_for(Duration::from_secs(60), "the step's container", || {
+        (!containers_of(worker, run).is_empty()).then_some(())
+    });
+    cluster.terminate_worker(worker);
+    assert!(
+        containers_of(worker, run).is_empty(),
+        "the worker removed its container before it exited"
+    );
+    let cancelled = cluster.ferry(&["cancel", &run.to_string()]);
+    assert!(cancelled.success(), "{cancelled:?}");
 }
 
 #[test]
