@@ -7,7 +7,9 @@
 # network namespaces (iproute2, iptables); the power-loss test mounts a FUSE
 # filesystem (fuse3's fusermount3). Both need root. The deploy test checks the
 # systemd units with systemd-analyze; the Compose test builds Ferry's images
-# from Debian packages with mmdebstrap and runs them with docker-compose.
+# from Debian packages with mmdebstrap and runs them with docker-compose; the
+# container tests build their image from a static busybox (busybox-static) and
+# need the Docker Engine's socket (they are skipped, saying so, without one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,8 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# The static build: a dynamically linked /bin/busybox cannot run in an image.
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"

@@ -222,6 +222,10 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         pass_env: Vec::new(),
         max_unpacked_bundle_bytes: ferry_common::bundle::DEFAULT_MAX_UNPACKED_BYTES,
         max_bundle_entries: ferry_common::bundle::DEFAULT_MAX_ENTRIES,
+        // Steps with an image run when Docker answers on this machine.
+        container_runtime: Default::default(),
+        docker_socket: ferry_worker::config::DEFAULT_DOCKER_SOCKET.into(),
+        container_user: Default::default(),
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

@@ -21,6 +21,7 @@ mod t47_revocation;
 mod t48_audit;
 mod t49_matrix;
 mod t50_specs;
+mod t55_containers;
 mod t57_compose;
 mod t60_dev;
 mod t70_replication;

@@ -523,7 +523,11 @@ fn a_run_past_its_timeout_fails_and_its_processes_are_killed() {
 #[test]
 fn a_step_with_an_image_never_reaches_a_worker_without_a_container_runtime() {
     let mut cluster = Cluster::start();
-    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    // This machine may have Docker: the worker is told not to use it.
+    cluster.add_worker(
+        "w1",
+        "cpus = 2\nmemory = \"2Gi\"\ncontainer_runtime = \"none\"",
+    );
     cluster.wait_worker_connected("w1");
     let pipeline = write_pipeline(
         &cluster.path("image"),

@@ -1,7 +1,8 @@
 //! `worker.toml`: the worker's name, its coordinators, where it keeps work
 //! directories, its TLS files, labels, optional capacity overrides, and how
 //! steps are contained (containment mode, pids limit, the user steps run as and
-//! the variables they receive from the worker's environment).
+//! the variables they receive from the worker's environment) and the container
+//! runtime (`container_runtime`, `docker_socket`, `container_user`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use ferry_common::config_file::{ConfigFileError, load_toml};
 use ferry_common::pki::TlsFiles;
 use serde::Deserialize;
 
+pub use crate::container::{ContainerRuntimeMode, ContainerUser};
 pub use crate::containment::ContainmentMode;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +65,16 @@ pub struct WorkerConfig {
     /// Most entries (files, directories) a code bundle may hold.
     #[serde(default = "default_max_bundle_entries")]
     pub max_bundle_entries: u64,
+    /// Whether steps with an image run here: `auto` (Docker if its socket
+    /// answers at start), `docker` (required), `none`.
+    #[serde(default)]
+    pub container_runtime: ContainerRuntimeMode,
+    /// The Docker Engine's unix socket.
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: PathBuf,
+    /// Who a container step runs as (`UID` or `UID:GID`; default nobody).
+    #[serde(default)]
+    pub container_user: ContainerUser,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -98,6 +110,13 @@ fn default_max_unpacked_bundle_bytes() -> u64 {
 
 fn default_max_bundle_entries() -> u64 {
     ferry_common::bundle::DEFAULT_MAX_ENTRIES
+}
+
+/// Where the Docker Engine listens by default.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_DOCKER_SOCKET)
 }
 
 fn default_log_limit() -> u64 {
@@ -141,6 +160,12 @@ struct WorkerConfigFile {
     max_unpacked_bundle_bytes: u64,
     #[serde(default = "default_max_bundle_entries")]
     max_bundle_entries: u64,
+    #[serde(default)]
+    container_runtime: ContainerRuntimeMode,
+    #[serde(default = "default_docker_socket")]
+    docker_socket: PathBuf,
+    #[serde(default)]
+    container_user: Option<String>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -187,7 +212,15 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
                     .to_string(),
             );
         }
+        let container_user = match file.container_user.as_deref() {
+            None => ContainerUser::default(),
+            Some(text) => ContainerUser::parse(text)
+                .map_err(|why| format!("container_user = {text:?} is invalid: {why}"))?,
+        };
         Ok(WorkerConfig {
+            container_runtime: file.container_runtime,
+            docker_socket: file.docker_socket,
+            container_user,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,
@@ -250,6 +283,7 @@ impl WorkerConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.tls = config.tls.relative_to(base);
+        config.docker_socket = base.join(&config.docker_socket);
         Ok(config)
     }
 }
@@ -347,5 +381,49 @@ mod tests {
         assert!(name.contains("\"A=B\""), "{name}");
         let empty = parse("coordinator = \"a:1\"\nrun_as = \"\"").unwrap_err();
         assert!(empty.contains("run_as is empty"), "{empty}");
+    }
+
+    #[test]
+    fn container_settings_have_defaults_and_are_checked() {
+        let plain = parse("coordinator = \"a:1\"").unwrap();
+        assert_eq!(plain.container_runtime, ContainerRuntimeMode::Auto);
+        assert_eq!(plain.docker_socket, Path::new(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(
+            plain.container_user,
+            ContainerUser {
+                uid: 65534,
+                gid: 65534
+            }
+        );
+        let set = parse(
+            "coordinator = \"a:1\"\ncontainer_runtime = \"none\"\ndocker_socket = \"/run/d.sock\"\ncontainer_user = \"1000:100\"",
+        )
+        .unwrap();
+        assert_eq!(set.container_runtime, ContainerRuntimeMode::None);
+        assert_eq!(set.docker_socket, Path::new("/run/d.sock"));
+        assert_eq!(
+            set.container_user,
+            ContainerUser {
+                uid: 1000,
+                gid: 100
+            }
+        );
+        let only_uid = parse("coordinator = \"a:1\"\ncontainer_user = \"1000\"").unwrap();
+        assert_eq!(
+            only_uid.container_user,
+            ContainerUser {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        let bad = parse("coordinator = \"a:1\"\ncontainer_runtime = \"podman\"").unwrap_err();
+        assert!(bad.contains("podman"), "{bad}");
+        for wrong in ["nobody", "1000:", ":1", "1:2:3", ""] {
+            let error = parse(&format!(
+                "coordinator = \"a:1\"\ncontainer_user = \"{wrong}\""
+            ))
+            .unwrap_err();
+            assert!(error.contains("container_user"), "{wrong}: {error}");
+        }
     }
 }

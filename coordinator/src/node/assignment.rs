@@ -78,7 +78,29 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
         pipeline: run.pipeline.name.clone(),
         gathers,
         secrets: Vec::new(),
+        container: spec.container.as_ref().map(container_to_proto),
     })
+}
+
+/// The step's container settings as the worker receives them.
+fn container_to_proto(container: &ferry_common::spec::ContainerSpec) -> proto::ContainerSpec {
+    use ferry_common::spec::{ImagePull, Network};
+    proto::ContainerSpec {
+        image: container.image.clone(),
+        pull: match container.pull {
+            ImagePull::IfNotPresent => "if-not-present",
+            ImagePull::Always => "always",
+            ImagePull::Never => "never",
+        }
+        .to_string(),
+        shm_size_bytes: container.shm_size_bytes.unwrap_or(0),
+        network: match container.network {
+            Network::Bridge => "bridge",
+            Network::None => "none",
+        }
+        .to_string(),
+        read_only_root: container.read_only_root,
+    }
 }
 
 /// Every trial of the sweep `gather.step` for a gathering step: their output
@@ -156,4 +178,52 @@ fn last_metrics(state: &State, run: &crate::state::Run, index: usize) -> BTreeMa
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::spec::{ContainerSpec, ImagePull, Network};
+
+    #[test]
+    fn a_steps_container_settings_travel_to_the_worker_as_written() {
+        let spec = ContainerSpec {
+            image: "python:3.11-slim".into(),
+            pull: ImagePull::Never,
+            shm_size_bytes: Some(1 << 30),
+            network: Network::None,
+            read_only_root: true,
+        };
+        assert_eq!(
+            container_to_proto(&spec),
+            proto::ContainerSpec {
+                image: "python:3.11-slim".into(),
+                pull: "never".into(),
+                shm_size_bytes: 1 << 30,
+                network: "none".into(),
+                read_only_root: true,
+            }
+        );
+        let defaults = ContainerSpec {
+            image: "busybox".into(),
+            pull: ImagePull::default(),
+            shm_size_bytes: None,
+            network: Network::default(),
+            read_only_root: false,
+        };
+        let sent = container_to_proto(&defaults);
+        assert_eq!(
+            (
+                sent.pull.as_str(),
+                sent.shm_size_bytes,
+                sent.network.as_str()
+            ),
+            ("if-not-present", 0, "bridge")
+        );
+        let always = ContainerSpec {
+            pull: ImagePull::Always,
+            ..defaults
+        };
+        assert_eq!(container_to_proto(&always).pull, "always");
+    }
 }

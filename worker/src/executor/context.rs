@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ferry_common::proto;
 
 use super::environment::StepIdentity;
+use crate::container::DockerRuntime;
 use crate::containment::Containment;
 use crate::session::leader::Coordinators;
 use crate::session::reports::Reports;
@@ -45,4 +46,7 @@ pub struct ExecutorContext {
     pub identity: StepIdentity,
     /// What a step's environment starts from (the allow-list of the worker's own).
     pub base_environment: Arc<Vec<(String, String)>>,
+    /// The container runtime steps with an image run in; none when the
+    /// worker has none (they are then never placed here).
+    pub containers: Option<Arc<DockerRuntime>>,
 }

@@ -186,6 +186,18 @@ pub fn base_environment(
     env
 }
 
+/// Who a container step's files are handed to: the container's user, when
+/// the worker is root (a worker that is not root runs containers as itself,
+/// and its files are already its own).
+pub fn container_step_user(user: crate::container::ContainerUser) -> Option<StepUser> {
+    nix::unistd::geteuid().is_root().then(|| StepUser {
+        name: user.docker_form(),
+        uid: Uid::from_raw(user.uid),
+        gid: Gid::from_raw(user.gid),
+        home: PathBuf::from("/"),
+    })
+}
+
 /// Gives `work_dir` (everything in it, links not followed) to the step's user,
 /// and creates the metrics file, owned by it, that the step may write; nothing
 /// else of the worker's data directory is the step's. Only what is not the

@@ -10,10 +10,13 @@
 //! starts the `logs` readers and shipper and takes the environment from
 //! `staging`), `logs` (line readers, the local log file, shipping), `outputs`
 //! (checked outputs and uploads) and `metrics` (the `FERRY_METRICS` file).
-//! `context` holds what they all share.
+//! `context` holds what they all share. A step with an image runs through
+//! `in_container` instead of `process` (the same staging, logs, outputs and
+//! metrics; the container runtime is `crate::container`).
 
 mod context;
 pub mod environment;
+mod in_container;
 mod logs;
 mod metrics;
 mod outputs;
@@ -31,6 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::workdirs::{Fingerprint, WorkDirs};
+use in_container::execute_in_container;
 use outputs::{collect_outputs, upload_file};
 use process::{Ended, execute};
 use staging::{StageError, stage};
@@ -75,6 +79,26 @@ pub async fn run_attempt(
     if let Some(reason) = secrets::refused(&assignment) {
         return report("error", None, reason, Vec::new());
     }
+    if let Some(container) = &assignment.container
+        && ctx.containers.is_none()
+    {
+        return report(
+            "error",
+            None,
+            format!(
+                "the step runs in image {:?}, but this worker has no container runtime                  (container_runtime in worker.toml)",
+                container.image
+            ),
+            Vec::new(),
+        );
+    }
+    // Who the step's files are handed to: the container's user for a step in
+    // a container (when the worker is root and can hand them over), else the
+    // process steps' user.
+    let step_user = match (&assignment.container, &ctx.containers) {
+        (Some(_), Some(runtime)) => environment::container_step_user(runtime.user),
+        _ => ctx.identity.switch_to.clone(),
+    };
     let bundle = assignment.bundle_digest.clone();
     // A pooled directory is checked again, contents included, as it is taken.
     let work_dirs = ctx.work_dirs.clone();
@@ -147,7 +171,7 @@ pub async fn run_attempt(
         attempt.run_id, attempt.step, attempt.attempt
     ));
     let _ = tokio::fs::remove_file(&metrics_path).await;
-    if let Some(user) = ctx.identity.switch_to.clone() {
+    if let Some(user) = step_user.clone() {
         // The step runs as another user: its work directory and metrics file
         // become that user's, and nothing else of the worker's.
         // A directory it changed is fingerprinted again (the staged one was
@@ -181,11 +205,7 @@ pub async fn run_attempt(
     }
     // The step's secrets, for this attempt only: dropping them removes the
     // attempt's secrets directory, whatever way the attempt ends.
-    let (given, data_dir, user) = (
-        assignment.clone(),
-        ctx.data_dir.clone(),
-        ctx.identity.switch_to.clone(),
-    );
+    let (given, data_dir, user) = (assignment.clone(), ctx.data_dir.clone(), step_user);
     let prepared =
         tokio::task::spawn_blocking(move || secrets::prepare(&given, &data_dir, user.as_ref()))
             .await
@@ -200,16 +220,34 @@ pub async fn run_attempt(
         }
     };
     let began = Instant::now();
-    let executed = execute(
-        ctx,
-        &assignment,
-        &work_dir,
-        &log_path,
-        &metrics_path,
-        &staged,
-        &mut cancel,
-    )
-    .await;
+    let executed = match (&assignment.container, &ctx.containers) {
+        (Some(container), Some(runtime)) => {
+            execute_in_container(
+                ctx,
+                runtime,
+                container,
+                &assignment,
+                &work_dir,
+                &log_path,
+                &metrics_path,
+                &staged,
+                &mut cancel,
+            )
+            .await
+        }
+        _ => {
+            execute(
+                ctx,
+                &assignment,
+                &work_dir,
+                &log_path,
+                &metrics_path,
+                &staged,
+                &mut cancel,
+            )
+            .await
+        }
+    };
     drop(std::mem::take(&mut staged.secrets));
     let ran = began.elapsed();
     let _ = finished.send(true);
@@ -251,6 +289,22 @@ pub async fn run_attempt(
                 ctx.memory_limit_factor,
                 format_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
             ),
+            Vec::new(),
+        ),
+        Ok(Ended::ContainerOutOfMemory { limit }) => report(
+            "error",
+            None,
+            if limit > 0 {
+                format!(
+                    "killed: out of memory (limit {}; {}× its memory request of {}, \
+                     memory_limit_factor in worker.toml)",
+                    format_bytes(limit),
+                    ctx.memory_limit_factor,
+                    format_bytes(assignment.resources.as_ref().map_or(0, |r| r.memory_bytes))
+                )
+            } else {
+                "killed: out of memory (no limit was set; the host ran out)".to_string()
+            },
             Vec::new(),
         ),
         Ok(Ended::Exited(status)) => match status.code() {

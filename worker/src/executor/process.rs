@@ -50,6 +50,11 @@ pub(super) enum Ended {
         limit: u64,
         by_kernel: bool,
     },
+    /// The kernel killed the attempt's container for going over its memory
+    /// limit (the engine's `OOMKilled`).
+    ContainerOutOfMemory {
+        limit: u64,
+    },
 }
 
 /// Waits (blocking) until process `pid` has exited; reads its final CPU time as

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
+use crate::container::{ContainerUser, DockerRuntime};
 use crate::containment::{Containment, ContainmentError};
 use crate::executor::environment::{RunAsError, base_environment, check_reachable, resolve_run_as};
 use crate::executor::{ExecutorContext, run_attempt};
@@ -55,6 +56,8 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     RunAs(#[from] RunAsError),
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
     Containment(#[from] ContainmentError),
 }
@@ -162,6 +165,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         &std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
     );
     let containment = Containment::start(config.containment, &worker_id)?;
+    let containers = start_container_runtime(&config, &worker_id).await?;
     let coordinators = Arc::new(Coordinators::new(
         &config.name,
         config.coordinators.clone(),
@@ -197,6 +201,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
             &identity,
         )),
         identity,
+        containers,
     };
     let attempts = Attempts::default();
     let mut tasks = JoinSet::new();
@@ -259,6 +264,53 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
     Ok(())
 }
 
+/// Detects the container runtime `worker.toml` asks for and removes the
+/// containers an earlier run of this worker left (it runs no attempt yet, so
+/// none of them is its own any more). A worker that is not root runs
+/// containers as itself, since the work directories are its own.
+async fn start_container_runtime(
+    config: &WorkerConfig,
+    worker_id: &str,
+) -> Result<Option<Arc<DockerRuntime>>, WorkerError> {
+    let me = nix::unistd::geteuid();
+    let user = if me.is_root() {
+        config.container_user
+    } else {
+        let own = ContainerUser {
+            uid: me.as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        if config.container_user != ContainerUser::default() && config.container_user != own {
+            tracing::warn!(
+                container_user = %config.container_user.docker_form(),
+                "container_user is ignored: the worker is not root, so containers run as the \
+                 worker's own user (who owns the work directories)"
+            );
+        }
+        own
+    };
+    let Some(runtime) = DockerRuntime::detect(
+        config.container_runtime,
+        &config.docker_socket,
+        user,
+        &config.name,
+        worker_id,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    tracing::info!(runtime = %runtime.advertised(), user = %user.docker_form(), "container steps run here");
+    let removed = runtime.remove_leftovers().await;
+    if removed > 0 {
+        tracing::warn!(
+            removed,
+            "removed {removed} container(s) a previous run of this worker left behind"
+        );
+    }
+    Ok(Some(Arc::new(runtime)))
+}
+
 /// How long attempts cancelled at shutdown may go on sending their logs,
 /// outputs and reports before the worker gives up on every call.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -315,9 +367,13 @@ async fn session(
             labels: config.labels.clone().into_iter().collect(),
             gpus: capacity.gpus.clone(),
             running: attempts.refs(),
-            // This worker runs steps as processes only: a step with an image
-            // is never placed on it.
-            container_runtime: String::new(),
+            // Empty without a runtime: a step with an image is then never
+            // placed on this worker.
+            container_runtime: ctx
+                .containers
+                .as_ref()
+                .map(|runtime| runtime.advertised())
+                .unwrap_or_default(),
         }),
     )
     .await
