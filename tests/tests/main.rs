@@ -22,6 +22,7 @@ mod t48_audit;
 mod t49_matrix;
 mod t50_specs;
 mod t55_containers;
+mod t56_sklearn;
 mod t57_compose;
 mod t60_dev;
 mod t70_replication;
