@@ -139,10 +139,14 @@ steps:
         tree["reason"].as_str().unwrap_or("").contains("timed out"),
         "{tree:#}"
     );
+    // `started_ms` is when the leader applied the worker's report of the
+    // start, a moment after the process began (more under load), and the
+    // timeout runs from the process's start: the bounds allow for that, and
+    // still tell a timeout that fired at once or never.
     let elapsed = tries[0]["finished_ms"].as_i64().unwrap_or(0)
         - tries[0]["started_ms"].as_i64().unwrap_or(0);
     assert!(
-        (1_900..20_000).contains(&elapsed),
+        (1_000..20_000).contains(&elapsed),
         "ended {elapsed} ms after it started, for a 2 s timeout"
     );
     assert_eq!(step_of(&status, "after")["state"], "skipped");
