@@ -149,6 +149,27 @@ steps:
     let status = cluster.wait_run(run, Duration::from_secs(120));
     assert_eq!(status["state"], "succeeded", "{status:#}");
     let boxed = step_of(&status, "boxed");
+    // The attempt records the image it ran by content, as the engine knows it.
+    let inspected = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .expect("docker image inspect");
+    let id = String::from_utf8_lossy(&inspected.stdout)
+        .trim()
+        .to_string();
+    assert!(id.starts_with("sha256:"), "{inspected:?}");
+    assert_eq!(boxed["attempts"][0]["image_id"], id, "{boxed:#}");
+    assert_eq!(
+        step_of(&status, "make")["attempts"][0]["image_id"],
+        serde_json::Value::Null,
+        "a process step ran no image"
+    );
+    let table = cluster.ferry(&["status", &run.to_string(), "--attempts"]);
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        table.success() && table.stdout.contains(short),
+        "`ferry status --attempts` shows the image: {table:?}"
+    );
     assert_eq!(
         boxed["attempts"][0]["metrics"],
         serde_json::json!([{"name": "accuracy", "value": 0.75, "step": null, "count": 1}]),

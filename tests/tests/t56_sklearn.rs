@@ -45,7 +45,10 @@ fn the_sklearn_example_trains_inside_the_image_built_from_debian_packages() {
             String::from_utf8_lossy(&built.stderr)
         );
         let id = String::from_utf8_lossy(&built.stdout);
-        assert!(id.trim().starts_with("sha256:"), "it prints the image ID: {id}");
+        assert!(
+            id.trim().starts_with("sha256:"),
+            "it prints the image ID: {id}"
+        );
     }
 
     let mut cluster = Cluster::start();
@@ -62,7 +65,10 @@ fn the_sklearn_example_trains_inside_the_image_built_from_debian_packages() {
     }
     let logs = cluster.ferry(&["logs", &run.to_string(), "train.0"]);
     assert!(
-        logs.success() && logs.stdout.contains("scikit-learn 1.2.1: 20 trees, depth 2"),
+        logs.success()
+            && logs
+                .stdout
+                .contains("scikit-learn 1.2.1: 20 trees, depth 2"),
         "the trial ran the image's scikit-learn: {logs:?}"
     );
     let metrics = cluster.ferry(&["metrics", &run.to_string(), "--output", "json"]);

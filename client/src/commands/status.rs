@@ -134,6 +134,8 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
                     "gpus": a.gpus,
                     "cpu_time_ms": a.cpu_time_ms,
                     "peak_memory_bytes": a.peak_memory_bytes,
+                    "image_id": (!a.image_id.is_empty()).then_some(&a.image_id),
+                    "image_repo_digest": (!a.image_repo_digest.is_empty()).then_some(&a.image_repo_digest),
                     "metrics": metrics_json(&a.metrics),
                 })).collect::<Vec<_>>(),
             })
@@ -245,6 +247,11 @@ pub(crate) async fn status(
                             .map(u32::to_string)
                             .collect::<Vec<_>>()
                             .join(","),
+                        // `sha256:` and the first 12 hex digits, as `docker images`.
+                        a.image_id.strip_prefix("sha256:").map_or_else(
+                            || a.image_id.clone(),
+                            |hex| hex.chars().take(12).collect(),
+                        ),
                         a.reason.clone(),
                     ]
                 })
@@ -256,7 +263,7 @@ pub(crate) async fn status(
             render::table(
                 &[
                     "STEP", "ATTEMPT", "WORKER", "OUTCOME", "TIME", "EXIT", "CPU", "PEAK MEM",
-                    "GPUS", "REASON"
+                    "GPUS", "IMAGE", "REASON"
                 ],
                 &rows
             )

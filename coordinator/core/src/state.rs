@@ -46,8 +46,8 @@ pub use outcome::{Outcome, StateError};
 pub use policy::{Caller, GROUP_SIGIL, Policy, Project};
 pub use records::{
     ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptUsage, GpuInfo, InputRecord,
-    MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, Reuse, ReuseKind, Run,
-    RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
+    MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, RanImage, Reuse, ReuseKind,
+    Run, RunId, RunState, StepRecord, StepState, Worker, WorkerLoad, WorkerMode,
 };
 pub use revocation::{PresentedCertificate, RevocationTarget, Revocations, Revoked};
 pub use secrets::{SealedValue, Secret, secret_key};

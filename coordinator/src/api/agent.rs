@@ -18,7 +18,7 @@ use crate::access::{Action, CertRole, Relation, decide};
 use crate::node::{Node, authorize, now_ms};
 use crate::state::{
     AttemptKey, AttemptReport, AttemptUsage, Command, GpuInfo, MAX_METRIC_NAME_LEN,
-    MAX_METRICS_PER_ATTEMPT, MetricPoint, Outcome, ReportedOutcome, Worker,
+    MAX_METRICS_PER_ATTEMPT, MetricPoint, Outcome, RanImage, ReportedOutcome, Worker,
 };
 use crate::store::LogRecord;
 
@@ -522,6 +522,11 @@ impl AgentService {
                 .map(|o| (o.name, o.digest, o.size))
                 .collect(),
             ran_ms: finished.has_ran_ms.then_some(finished.ran_ms),
+            image: (!finished.image_id.is_empty()).then(|| RanImage {
+                id: finished.image_id,
+                repo_digest: (!finished.image_repo_digest.is_empty())
+                    .then_some(finished.image_repo_digest),
+            }),
             usage: (finished.cpu_time_ms > 0 || finished.peak_memory_bytes > 0).then_some(
                 AttemptUsage {
                     cpu_time_ms: finished.cpu_time_ms,

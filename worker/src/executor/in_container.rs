@@ -34,7 +34,8 @@ const PIPE_BYTES: usize = 64 * 1024;
 
 /// Runs the step's command in a container to its end; how it ended (usage is
 /// the engine's to account and is not read yet). An error when the image could
-/// not be resolved or the container not made.
+/// not be resolved or the container not made. `ran_image` gets the image's ID
+/// and repository digest as soon as it is resolved, for the report.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn execute_in_container(
     ctx: &ExecutorContext,
@@ -46,6 +47,7 @@ pub(super) async fn execute_in_container(
     metrics_path: &Path,
     staged: &Staged,
     cancel: &mut watch::Receiver<bool>,
+    ran_image: &mut Option<(String, Option<String>)>,
 ) -> Result<(Ended, Usage), String> {
     if assignment.command.is_empty() {
         return Err("the step has an empty command".into());
@@ -64,6 +66,7 @@ pub(super) async fn execute_in_container(
         repo_digest = resolved.repo_digest.as_deref().unwrap_or(""),
         "the step's image is resolved"
     );
+    *ran_image = Some((resolved.id.clone(), resolved.repo_digest.clone()));
     let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
     let memory_limit = memory_limit(request, ctx.memory_limit_factor);
     let plan = ContainerPlan {

@@ -75,6 +75,8 @@ pub async fn run_attempt(
             has_ran_ms: false,
             ran_ms: 0,
             metrics: Vec::new(),
+            image_id: String::new(),
+            image_repo_digest: String::new(),
         };
     if let Some(reason) = secrets::refused(&assignment) {
         return report("error", None, reason, Vec::new());
@@ -220,6 +222,7 @@ pub async fn run_attempt(
         }
     };
     let began = Instant::now();
+    let mut ran_image = None;
     let executed = match (&assignment.container, &ctx.containers) {
         (Some(container), Some(runtime)) => {
             execute_in_container(
@@ -232,6 +235,7 @@ pub async fn run_attempt(
                 &metrics_path,
                 &staged,
                 &mut cancel,
+                &mut ran_image,
             )
             .await
         }
@@ -336,6 +340,10 @@ pub async fn run_attempt(
         }
     }
     let _ = tokio::fs::remove_file(&metrics_path).await;
+    if let Some((id, repo_digest)) = ran_image {
+        result.image_id = id;
+        result.image_repo_digest = repo_digest.unwrap_or_default();
+    }
     result.cpu_time_ms = usage.cpu_time_ms;
     result.peak_memory_bytes = usage.peak_memory_bytes;
     result.has_ran_ms = true;

@@ -192,6 +192,7 @@ fn the_state_machine_checks_each_first_placement_again() {
                 usage: None,
                 ran_ms: Some(1),
                 metrics: Vec::new(),
+                image: None,
             },
             now_ms: 3,
         })

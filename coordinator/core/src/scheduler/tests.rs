@@ -811,6 +811,7 @@ steps:
                         usage: None,
                         ran_ms: None,
                         metrics: Vec::new(),
+                        image: None,
                     },
                     now_ms: now,
                 })

@@ -105,6 +105,7 @@ impl State {
             log: None,
             usage: None,
             metrics: Vec::new(),
+            image: None,
         });
         step.state = StepState::Assigned;
         step.reason = None;
@@ -257,6 +258,7 @@ impl State {
         if (report.log.is_some()
             || report.usage.is_some()
             || report.ran_ms.is_some()
+            || report.image.is_some()
             || !report.metrics.is_empty())
             && let Some(attempt) = self
                 .runs
@@ -270,6 +272,9 @@ impl State {
             }
             attempt.usage = report.usage;
             attempt.metrics = report.metrics;
+            if report.image.is_some() {
+                attempt.image = report.image;
+            }
             if attempt.started_ms.is_none()
                 && let Some(ran) = report.ran_ms
             {

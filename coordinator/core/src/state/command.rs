@@ -52,6 +52,9 @@ pub struct AttemptReport {
     pub ran_ms: Option<u64>,
     #[serde(default)]
     pub metrics: Vec<MetricPoint>,
+    /// A container step's image, as the worker resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<super::RanImage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -147,6 +147,18 @@ pub struct Attempt {
     /// What the step reported through `FERRY_METRICS`, in the order written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricPoint>,
+    /// The image a container step ran, as its worker resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<RanImage>,
+}
+
+/// The image an attempt ran: its ID (`sha256:...`, what the engine ran) and
+/// its repository digest where it has one (`name@sha256:...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RanImage {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_digest: Option<String>,
 }
 
 /// One metric value a step reported: a name, a value and an optional step

@@ -467,6 +467,12 @@ pub(super) fn run_view(
                             cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
                             peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
                             metrics: metric_views(&a.metrics, history),
+                            image_id: a.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+                            image_repo_digest: a
+                                .image
+                                .as_ref()
+                                .and_then(|i| i.repo_digest.clone())
+                                .unwrap_or_default(),
                         })
                         .collect(),
                     reused: record

@@ -106,6 +106,7 @@ steps:
             log: None,
             usage: None,
             metrics: Vec::new(),
+            image: None,
         }
     );
     assert_eq!(
@@ -459,6 +460,7 @@ fn failure_reasons_name_the_exit() {
             usage: None,
             ran_ms: None,
             metrics: Vec::new(),
+            image: None,
         },
     );
     assert_eq!(
@@ -478,6 +480,7 @@ fn failure_reasons_name_the_exit() {
             usage: None,
             ran_ms: None,
             metrics: Vec::new(),
+            image: None,
         },
     );
     assert_eq!(sim.attempt(&c).outcome, Some(AttemptOutcome::Failed));

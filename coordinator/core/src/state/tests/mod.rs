@@ -104,6 +104,7 @@ fn exited_ok(outputs: &[&str]) -> AttemptReport {
         usage: None,
         ran_ms: None,
         metrics: Vec::new(),
+        image: None,
     }
 }
 
@@ -117,6 +118,7 @@ fn exited(code: i32) -> AttemptReport {
         usage: None,
         ran_ms: None,
         metrics: Vec::new(),
+        image: None,
     }
 }
 
@@ -130,6 +132,7 @@ fn timed_out() -> AttemptReport {
         usage: None,
         ran_ms: None,
         metrics: Vec::new(),
+        image: None,
     }
 }
 
@@ -144,6 +147,7 @@ fn stopped_by_worker() -> AttemptReport {
         usage: None,
         ran_ms: None,
         metrics: Vec::new(),
+        image: None,
     }
 }
 
