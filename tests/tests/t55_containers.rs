@@ -472,3 +472,56 @@ fn remove_container(id: &str) {
         .stdout(Stdio::null())
         .status();
 }
+
+/// `resources.cpu` is a CPU quota the kernel enforces: two busy loops in a
+/// step that asked for half a CPU get about half a CPU, measured by the
+/// container's own cgroup (the CPU time it was charged) against the time that
+/// passed, not by how long the step took.
+#[test]
+fn a_cpu_bound_container_is_held_to_its_cpu_quota() {
+    if !docker_available() {
+        return;
+    }
+    let image = test_image();
+    let mut cluster = Cluster::start();
+    cluster.add_worker(
+        "t55-cpu",
+        "cpus = 4\nmemory = \"4Gi\"\ncontainer_runtime = \"docker\"\n",
+    );
+    // cgroup v1 (cpuacct.usage, ns) or v2 (cpu.stat usage_usec).
+    let script = r#"usage() { if [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then cat /sys/fs/cgroup/cpuacct/cpuacct.usage; else awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat; fi; }
+u0=$(usage); t0=$(cut -d' ' -f1 /proc/uptime)
+(while :; do :; done) & a=$!
+(while :; do :; done) & b=$!
+sleep 3
+u1=$(usage); t1=$(cut -d' ' -f1 /proc/uptime)
+kill $a $b
+echo "charged_ns=$((u1 - u0))"
+echo "uptime=$t0 $t1"
+"#;
+    let yaml = format!(
+        "name: cpu\nsteps:\n  - name: spin\n    image: {image}\n    image_pull: never\n    resources: {{cpu: 0.5, memory: 64Mi}}\n    shell: |\n{}",
+        script
+            .lines()
+            .map(|line| format!("      {line}\n"))
+            .collect::<String>()
+    );
+    let pipeline = write_pipeline(&cluster.path("cpu"), &yaml, &[]);
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(120));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let logs = cluster.ferry(&["logs", &run.to_string(), "spin"]);
+    assert!(logs.success(), "{logs:?}");
+    let charged: f64 = line_value(&logs.stdout, "charged_ns=")
+        .parse()
+        .expect("nanoseconds");
+    let uptime = line_value(&logs.stdout, "uptime=");
+    let (t0, t1) = uptime.split_once(' ').expect("two readings");
+    let wall = t1.parse::<f64>().expect("seconds") - t0.parse::<f64>().expect("seconds");
+    let cpus = charged / 1e9 / wall;
+    // Unthrottled, two busy loops would take up to two CPUs.
+    assert!(
+        (0.2..0.7).contains(&cpus),
+        "two busy loops were charged {cpus:.2} CPUs over {wall:.2} s for a quota of 0.5"
+    );
+}
