@@ -2,8 +2,10 @@
 //! with nothing pulled (deploy/docker/build.sh), `docker-compose up` brings up
 //! three coordinators and two workers with certificates made by the one-shot
 //! `certs` service, the iris example runs from the host's CLI, the leader's
-//! container is killed mid-run and the run completes, and `down -v` leaves no
-//! container, volume or network of the project behind.
+//! container is killed mid-run and the run completes, a container step runs
+//! through the host's engine from a worker in a container (the work directory
+//! at the same path on both sides), and `down -v` leaves no container, volume
+//! or network of the project behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,6 +34,8 @@ struct Project {
     name: String,
     certs: tempfile::TempDir,
     home: tempfile::TempDir,
+    /// The workers' data, at the same path on the host and in the workers.
+    work: tempfile::TempDir,
     ports: [u16; 3],
 }
 
@@ -44,6 +48,7 @@ impl Project {
             .arg("-f")
             .arg(repo().join("deploy/docker/compose.yaml"))
             .env("FERRY_CERTS", self.certs.path())
+            .env("FERRY_WORK", self.work.path())
             .env("FERRY_PORT_1", self.ports[0].to_string())
             .env("FERRY_PORT_2", self.ports[1].to_string())
             .env("FERRY_PORT_3", self.ports[2].to_string());
@@ -118,6 +123,7 @@ fn a_compose_cluster_runs_iris_through_the_loss_of_its_leader_and_leaves_nothing
         name: format!("ferrytest{}", std::process::id()),
         certs: tempfile::tempdir().expect("certs directory"),
         home: tempfile::tempdir().expect("home directory"),
+        work: tempfile::tempdir().expect("work directory"),
         ports: [free_port(), free_port(), free_port()],
     };
     run(project.compose().args(["up", "-d"]));
@@ -164,9 +170,54 @@ fn a_compose_cluster_runs_iris_through_the_loss_of_its_leader_and_leaves_nothing
     let select = project.json(&["artifacts", &run_id.to_string(), "--output", "json"]);
     assert!(select.is_some(), "its artifacts are listed");
 
-    // Torn down, nothing of the project is left.
+    // A container step from a worker in a container: the host's engine runs
+    // it in the locally built base image, on the work directory the worker
+    // made (the same path on both sides), with the input a process step made.
+    let dir = project.work.path().join("boxed-pipeline");
+    std::fs::create_dir_all(&dir).expect("pipeline directory");
+    std::fs::write(
+        dir.join("pipeline.yaml"),
+        "name: boxed\nsteps:\n  - name: make\n    shell: \"echo made-by-a-process > data.txt\"\n    outputs: [data.txt]\n  - name: boxed\n    image: ferry/base:bookworm\n    image_pull: never\n    inputs: {d: make/data.txt}\n    command: [python3, -c, \"import os; open('out.txt', 'w').write(open(os.environ['FERRY_INPUT_D']).read().strip() + ' then a container as ' + str(os.getuid()))\"]\n    outputs: [out.txt]\n",
+    )
+    .expect("pipeline");
+    let submitted = project.ferry(&["run", dir.to_str().expect("utf-8 path")]);
+    assert!(submitted.status.success(), "{submitted:?}");
+    let boxed = ferry_tests::parse_run_id(&String::from_utf8_lossy(&submitted.stdout))
+        .expect("a run id");
+    let state = wait_for(Duration::from_secs(120), "the container run", || {
+        let run = project.json(&["status", &boxed.to_string(), "--output", "json"])?;
+        let state = run["state"].as_str()?.to_string();
+        (state != "running" && state != "queued").then_some(run)
+    });
+    assert_eq!(state["state"], "succeeded", "{state:#}");
+    let out = project.work.path().join("out.txt");
+    let got = project.ferry(&[
+        "artifacts",
+        "get",
+        &boxed.to_string(),
+        "boxed",
+        "out.txt",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("out.txt"),
+        "made-by-a-process then a container as 65534"
+    );
+
+    // Torn down, nothing of the project is left, nor any step container of
+    // its workers.
     run(project
         .compose()
         .args(["down", "-v", "--remove-orphans", "--timeout", "5"]));
     assert_eq!(project.leftovers(), Vec::<String>::new());
+    for worker in ["worker-1", "worker-2"] {
+        let label = format!("label=ferry.worker={worker}");
+        let left = run(Command::new("docker").args(["ps", "-a", "-q", "--filter", &label]));
+        assert!(
+            String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+            "{worker} left step containers"
+        );
+    }
 }
