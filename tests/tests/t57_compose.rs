@@ -182,8 +182,8 @@ fn a_compose_cluster_runs_iris_through_the_loss_of_its_leader_and_leaves_nothing
     .expect("pipeline");
     let submitted = project.ferry(&["run", dir.to_str().expect("utf-8 path")]);
     assert!(submitted.status.success(), "{submitted:?}");
-    let boxed = ferry_tests::parse_run_id(&String::from_utf8_lossy(&submitted.stdout))
-        .expect("a run id");
+    let boxed =
+        ferry_tests::parse_run_id(&String::from_utf8_lossy(&submitted.stdout)).expect("a run id");
     let state = wait_for(Duration::from_secs(120), "the container run", || {
         let run = project.json(&["status", &boxed.to_string(), "--output", "json"])?;
         let state = run["state"].as_str()?.to_string();

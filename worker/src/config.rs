@@ -75,6 +75,11 @@ pub struct WorkerConfig {
     /// Who a container step runs as (`UID` or `UID:GID`; default nobody).
     #[serde(default)]
     pub container_user: ContainerUser,
+    /// The Docker client configuration whose `auths` give registry
+    /// credentials for pulls; none: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`, if there is one.
+    #[serde(default)]
+    pub docker_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -166,6 +171,8 @@ struct WorkerConfigFile {
     docker_socket: PathBuf,
     #[serde(default)]
     container_user: Option<String>,
+    #[serde(default)]
+    docker_config: Option<PathBuf>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -221,6 +228,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             container_runtime: file.container_runtime,
             docker_socket: file.docker_socket,
             container_user,
+            docker_config: file.docker_config,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,

@@ -6,6 +6,7 @@
 //! attempt uses these is the executor's (`executor/in_container.rs`); what the
 //! container is made of is [`settings`], pure.
 
+pub mod auth;
 pub mod settings;
 
 use std::collections::HashMap;
@@ -36,6 +37,41 @@ pub enum ContainerError {
          not answer: {reason}; start Docker, fix docker_socket, or set container_runtime = \"none\""
     )]
     DockerRequired { socket: String, reason: String },
+    #[error(
+        "the Docker configuration {path} (registry credentials for pulls; docker_config in \
+         worker.toml) cannot be used: {reason}"
+    )]
+    DockerConfig { path: String, reason: String },
+}
+
+/// The registry credentials of the worker's Docker configuration: `path`, or
+/// else `$DOCKER_CONFIG/config.json`, or else `$HOME/.docker/config.json`. A
+/// default file that does not exist gives none; a named one must exist.
+pub fn registry_auths(path: Option<&Path>) -> Result<auth::RegistryAuths, ContainerError> {
+    let (path, named) = match path {
+        Some(path) => (path.to_path_buf(), true),
+        None => match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) => (Path::new(&dir).join("config.json"), false),
+            None => match std::env::var_os("HOME") {
+                Some(home) => (Path::new(&home).join(".docker/config.json"), false),
+                None => return Ok(auth::RegistryAuths::default()),
+            },
+        },
+    };
+    let failed = |reason: String| ContainerError::DockerConfig {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !named => {
+            return Ok(auth::RegistryAuths::default());
+        }
+        Err(error) => return Err(failed(error.to_string())),
+    };
+    let auths = auth::RegistryAuths::parse(&text).map_err(failed)?;
+    tracing::info!(path = %path.display(), registries = auths.len(), "registry credentials for pulls");
+    Ok(auths)
 }
 
 /// An image resolved to its content.
@@ -65,6 +101,8 @@ pub struct DockerRuntime {
     /// Its name and data directory's hash, its containers' `ferry.worker-id`
     /// label (what leftovers are found by).
     pub worker_id: String,
+    /// Registry credentials for pulls (the worker's Docker configuration).
+    pub auths: auth::RegistryAuths,
 }
 
 impl DockerRuntime {
@@ -77,6 +115,7 @@ impl DockerRuntime {
         user: ContainerUser,
         worker: &str,
         worker_id: &str,
+        auths: auth::RegistryAuths,
     ) -> Result<Option<DockerRuntime>, ContainerError> {
         if mode == ContainerRuntimeMode::None {
             return Ok(None);
@@ -88,6 +127,7 @@ impl DockerRuntime {
                 user,
                 worker: worker.to_string(),
                 worker_id: worker_id.to_string(),
+                auths,
             })),
             Ok(Err(reason)) => not_answering(mode, socket, reason),
             Err(_) => not_answering(
@@ -149,8 +189,9 @@ impl DockerRuntime {
         removed
     }
 
-    /// Resolves `image` to its ID, pulling it as `pull` says (registry
-    /// credentials are the engine's own). The error is the attempt's reason.
+    /// Resolves `image` to its ID, pulling it as `pull` says (with the
+    /// credentials the worker's Docker configuration has for its registry).
+    /// The error is the attempt's reason.
     pub async fn resolve_image(
         &self,
         image: &str,
@@ -175,7 +216,7 @@ impl DockerRuntime {
                 ..Default::default()
             }),
             None,
-            None,
+            self.auths.for_image(image),
         );
         // A failure shows either as an error answer or as an error in the
         // progress stream.

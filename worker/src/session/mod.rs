@@ -289,12 +289,14 @@ async fn start_container_runtime(
         }
         own
     };
+    let auths = crate::container::registry_auths(config.docker_config.as_deref())?;
     let Some(runtime) = DockerRuntime::detect(
         config.container_runtime,
         &config.docker_socket,
         user,
         &config.name,
         worker_id,
+        auths,
     )
     .await?
     else {
