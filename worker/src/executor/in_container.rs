@@ -15,10 +15,10 @@ use bollard::container::LogOutput;
 use ferry_common::proto;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::context::ExecutorContext;
-use super::logs::{read_lines, ship_logs};
+use super::logs::LogPipeline;
 use super::process::{Ended, Usage};
 use super::staging::{Staged, gpu_names, step_environment};
 use crate::container::settings::{
@@ -163,21 +163,16 @@ async fn run_container(
 ) -> Result<Ended, String> {
     let attempt = assignment.attempt.clone().unwrap_or_default();
     let output = runtime.attach(id).await?;
-    let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
     let (stdout, mut stdout_in) = tokio::io::simplex(PIPE_BYTES);
     let (stderr, mut stderr_in) = tokio::io::simplex(PIPE_BYTES);
-    let readers = [
-        tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
-        tokio::spawn(read_lines(stderr, "stderr", lines)),
-    ];
-    let shipper = tokio::spawn(ship_logs(
-        ctx.coordinators.clone(),
-        attempt.clone(),
-        receiver,
-        ctx.max_log_bytes,
-        log_path.to_path_buf(),
+    let logs = LogPipeline::start(
+        ctx,
+        &attempt,
+        stdout,
+        stderr,
+        log_path,
         staged.secrets.mask.clone(),
-    ));
+    );
     // The engine's frames, split back into the two streams; it ends when the
     // container has exited (or the connection goes).
     let demux = tokio::spawn(async move {
@@ -227,13 +222,7 @@ async fn run_container(
     if tokio::time::timeout(STOP_GRACE, demux).await.is_err() {
         abort.abort();
     }
-    for reader in readers {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(STOP_GRACE, reader).await.is_err() {
-            abort.abort();
-        }
-    }
-    let _ = shipper.await;
+    logs.finish(STOP_GRACE).await;
     ended
 }
 

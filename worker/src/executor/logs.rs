@@ -4,7 +4,7 @@
 //! file, and shipping the lines to the coordinator in numbered batches, capped at
 //! the worker's byte limit per attempt.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::context::ExecutorContext;
 use crate::session::leader::Coordinators;
 
 /// Longest log line kept; a longer one is split.
@@ -24,6 +25,54 @@ const LOG_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a log batch keeps trying through coordinator failovers and restarts
 /// before it is given up.
 const LOG_PATIENCE: Duration = Duration::from_secs(60);
+
+/// An attempt's output on its way: a reader per stream and the shipper they
+/// feed, for a process and a container alike.
+pub(super) struct LogPipeline {
+    readers: [tokio::task::JoinHandle<()>; 2],
+    shipper: tokio::task::JoinHandle<()>,
+}
+
+impl LogPipeline {
+    /// Starts reading `stdout` and `stderr` and shipping their lines for
+    /// `attempt` (masked, capped, kept in `log_path`).
+    pub(super) fn start(
+        ctx: &ExecutorContext,
+        attempt: &proto::AttemptRef,
+        stdout: impl AsyncRead + Unpin + Send + 'static,
+        stderr: impl AsyncRead + Unpin + Send + 'static,
+        log_path: &Path,
+        mask: Vec<String>,
+    ) -> LogPipeline {
+        let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
+        let readers = [
+            tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
+            tokio::spawn(read_lines(stderr, "stderr", lines)),
+        ];
+        let shipper = tokio::spawn(ship_logs(
+            ctx.coordinators.clone(),
+            attempt.clone(),
+            receiver,
+            ctx.max_log_bytes,
+            log_path.to_path_buf(),
+            mask,
+        ));
+        LogPipeline { readers, shipper }
+    }
+
+    /// Once the step has ended: each reader gets `grace` to reach the end of
+    /// its stream (a process that still holds it is cut off), then the shipper
+    /// sends what they read.
+    pub(super) async fn finish(self, grace: Duration) {
+        for reader in self.readers {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(grace, reader).await.is_err() {
+                abort.abort();
+            }
+        }
+        let _ = self.shipper.await;
+    }
+}
 
 /// Reads lines (split at `MAX_LINE_BYTES`), lossily decoded, until end of file.
 pub(super) async fn read_lines(

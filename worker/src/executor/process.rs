@@ -15,10 +15,10 @@ use std::time::Duration;
 use ferry_common::proto;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::context::ExecutorContext;
-use super::logs::{read_lines, ship_logs};
+use super::logs::LogPipeline;
 use super::staging::{Staged, step_environment};
 use crate::containment::Contained;
 use crate::spawn::StepProcess;
@@ -161,25 +161,20 @@ pub(super) async fn execute(
     let mut watched = (!ctx.containment.uses_cgroups()).then(|| ctx.monitor.watch(pid, limit));
     let mut waiter = tokio::task::spawn_blocking(move || wait_for_exit(pid));
 
-    let (lines, receiver) = mpsc::channel::<(&'static str, String)>(1024);
     let stdout =
         tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(spawned.stdout))
             .map_err(|e| format!("cannot read the step's stdout: {e}"))?;
     let stderr =
         tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(spawned.stderr))
             .map_err(|e| format!("cannot read the step's stderr: {e}"))?;
-    let readers = [
-        tokio::spawn(read_lines(stdout, "stdout", lines.clone())),
-        tokio::spawn(read_lines(stderr, "stderr", lines)),
-    ];
-    let shipper = tokio::spawn(ship_logs(
-        ctx.coordinators.clone(),
-        attempt.clone(),
-        receiver,
-        ctx.max_log_bytes,
-        log_path.to_path_buf(),
+    let logs = LogPipeline::start(
+        ctx,
+        &attempt,
+        stdout,
+        stderr,
+        log_path,
         staged.secrets.mask.clone(),
-    ));
+    );
 
     let timeout = (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
     let mut exit: Option<Result<(std::process::ExitStatus, Option<u64>), String>> = None;
@@ -277,15 +272,9 @@ pub(super) async fn execute(
     if let Ended::OverMemory { used, .. } = &mut ended {
         *used = (*used).max(usage.peak_memory_bytes);
     }
-    for reader in readers {
-        // Every process that held the pipes is gone; a reader still ends within
-        // the grace period.
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(KILL_GRACE, reader).await.is_err() {
-            abort.abort();
-        }
-    }
-    let _ = shipper.await;
+    // Every process that held the pipes is gone; a reader still ends within
+    // the grace period.
+    logs.finish(KILL_GRACE).await;
     match ended {
         Ended::Lost(reason) => Err(reason),
         ended => Ok((ended, usage)),
