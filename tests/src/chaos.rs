@@ -509,3 +509,36 @@ pub fn run(options: &ChaosOptions, say: &mut dyn FnMut(String)) -> ChaosReport {
         converged,
     }
 }
+
+/// `ferry-bench chaos`: the nemesis against a partitionable cluster for
+/// `seconds` (seed from the clock unless given), printing every action, then
+/// the verdicts; an error unless the history is linearizable and the members
+/// converged.
+pub fn bench(
+    seconds: u64,
+    seed: Option<u64>,
+    members: u64,
+    clients: Option<usize>,
+) -> anyhow::Result<()> {
+    let seed = seed.unwrap_or_else(fresh_seed);
+    let mut chaos = ChaosOptions::new(std::time::Duration::from_secs(seconds), seed);
+    chaos.members = members;
+    if let Some(clients) = clients {
+        chaos.clients = clients;
+    }
+    let report = run(&chaos, &mut |line| println!("{line}"));
+    println!("replay with: ferry-bench chaos --seed {seed} --seconds {seconds}");
+    use crate::linearizability::Verdict;
+    match (&report.verdict, report.converged) {
+        (Verdict::Linearizable { .. }, true) => Ok(()),
+        (Verdict::Linearizable { .. }, false) => {
+            anyhow::bail!("chaos seed {seed}: the members did not converge")
+        }
+        (Verdict::GaveUp { explored }, _) => {
+            anyhow::bail!("chaos seed {seed}: the checker gave up after {explored} states")
+        }
+        (Verdict::NotLinearizable { .. }, _) => {
+            anyhow::bail!("chaos seed {seed}: the history is not linearizable")
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 mod binaries;
 pub mod chaos;
+pub mod container_bench;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod lazyfs;

@@ -6,6 +6,7 @@
 //! target/release/ferry-bench [commit|failover|graceful|steps|latency|cache|all]
 //!     [--seconds N] [--clients N] [--trials N] [--runs N] [--steps N] [--sweeps N]
 //! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
+//! target/release/ferry-bench containers [--steps N] [--trials N]   # needs Docker
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
 //!     [--value-bytes N] [--tls] [--etcd-binary PATH]
@@ -42,6 +43,9 @@
 //!   10) against `--members` coordinators while `--clients` clients (default 3)
 //!   submit and count runs; prints every action, the checker's verdict on the
 //!   history and whether the members converged; exits non-zero when either fails.
+//! - `containers` (not part of `all`; needs Docker): `--steps` no-op container
+//!   steps and `--trials` stamped ones against the same containers made directly
+//!   (`ferry_tests::container_bench`).
 //! - `etcd` (not part of `all`; needs the `etcd` feature and an installed `etcd`):
 //!   `commit`'s load, the same loop on the same connections, as puts of
 //!   `--value-bytes` to new keys of an etcd cluster it starts (see `etcd.rs`).
@@ -128,10 +132,10 @@ fn options() -> anyhow::Result<Options> {
                 options.etcd_binary = args.next().context("--etcd-binary needs a path")?.into()
             }
             "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
-            | "etcd" | "all" => options.what = arg,
+            | "etcd" | "containers" | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
                  [--steps N] [--sweeps N] [--seed N] [--value-bytes N] [--tls] \
                  [--etcd-binary PATH]"
@@ -1128,7 +1132,8 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = options()?;
     if options.what == "chaos" {
-        return bench_chaos(&options);
+        let clients = options.clients_given.then_some(options.clients);
+        return ferry_tests::chaos::bench(options.seconds, options.seed, options.members, clients);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -1153,37 +1158,11 @@ fn main() -> anyhow::Result<()> {
         if matches!(options.what.as_str(), "cache" | "all") {
             bench_cache(&options).await?;
         }
+        if options.what == "containers" {
+            ferry_tests::container_bench::run(options.steps, options.trials).await?;
+        }
         Ok(())
     })
-}
-
-/// `chaos`: the nemesis against a partitionable cluster, then the verdicts.
-fn bench_chaos(options: &Options) -> anyhow::Result<()> {
-    let seed = options.seed.unwrap_or_else(ferry_tests::chaos::fresh_seed);
-    let mut chaos =
-        ferry_tests::chaos::ChaosOptions::new(Duration::from_secs(options.seconds), seed);
-    chaos.members = options.members;
-    if options.clients_given {
-        chaos.clients = options.clients;
-    }
-    let report = ferry_tests::chaos::run(&chaos, &mut |line| println!("{line}"));
-    println!(
-        "replay with: ferry-bench chaos --seed {seed} --seconds {}",
-        options.seconds
-    );
-    use ferry_tests::linearizability::Verdict;
-    match (&report.verdict, report.converged) {
-        (Verdict::Linearizable { .. }, true) => Ok(()),
-        (Verdict::Linearizable { .. }, false) => {
-            anyhow::bail!("chaos seed {seed}: the members did not converge")
-        }
-        (Verdict::GaveUp { explored }, _) => {
-            anyhow::bail!("chaos seed {seed}: the checker gave up after {explored} states")
-        }
-        (Verdict::NotLinearizable { .. }, _) => {
-            anyhow::bail!("chaos seed {seed}: the history is not linearizable")
-        }
-    }
 }
 
 /// A run's view, read linearizably (as `ferry status` reads it).
