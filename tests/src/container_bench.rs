@@ -6,6 +6,8 @@
 //!   attach, start, wait, remove), called directly, with no coordinator.
 //! - Ferry: one coordinator and one worker (4 CPUs, Docker) on this machine.
 //!
+//! The two sides take turns (latency trials alternate; the throughput runs go
+//! peer, Ferry, Ferry, peer), so that load from elsewhere falls on both.
 //! Latency: one container at a time; the container runs `ferry-stamp`, which
 //! reads the clock first thing; the time from the first call (`create` for the
 //! peer, `SubmitRun` for Ferry) to that reading. Throughput: `--steps` no-op
@@ -116,36 +118,9 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
         },
     };
 
-    // The peer, one at a time: the first call to the stamp.
-    let mut peer_latency = Vec::new();
-    for n in 0..trials {
-        let out = dir.join(format!("stamp-{n}"));
-        let command = vec![
-            dir.join("ferry-stamp").display().to_string(),
-            out.display().to_string(),
-        ];
-        let began = SystemTime::now();
-        one_container(&runtime, &plan(command, n as u64)).await?;
-        peer_latency.push((read_stamp(&out)? - unix_seconds(began)) * 1e3);
-    }
-    // The peer, `steps` no-ops 16 at a time.
-    let began = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    for n in 0..steps {
-        let (runtime, slots) = (runtime.clone(), slots.clone());
-        let plan = plan(vec!["true".into()], n as u64);
-        tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await?;
-            one_container(&runtime, &plan).await
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let peer_rate = steps as f64 / began.elapsed().as_secs_f64();
-
-    // Ferry.
+    // Ferry's cluster, started first: the two sides then take turns (a peer
+    // trial, a Ferry trial, ...), so that a change in the machine's load
+    // falls on both alike.
     let mut cluster = Cluster::start();
     cluster.add_worker(
         "bench",
@@ -157,17 +132,34 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
     let stamp_yaml = format!(
         "name: stamp\nsteps:\n  - name: stamp\n    image: {IMAGE}\n    image_pull: never\n    command: [\"./ferry-stamp\", \"stamp.out\"]\n    outputs: [stamp.out]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
     );
-    let stamp_dir = scratch.path().join("stamp");
-    let bundle = upload(
+    let stamp_bundle = upload(
         &cluster,
-        &stamp_dir,
+        &scratch.path().join("stamp"),
         &stamp_yaml,
         &[("ferry-stamp", &stamp)],
     )?;
-    let mut ferry_latency = Vec::new();
-    for _ in 0..trials {
+    let mut noops = "name: noops\nsteps:\n".to_string();
+    for n in 0..steps {
+        noops.push_str(&format!(
+            "  - name: s{n}\n    image: {IMAGE}\n    image_pull: never\n    command: [\"true\"]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
+        ));
+    }
+    let noops_bundle = upload(&cluster, &scratch.path().join("noops"), &noops, &[])?;
+
+    // Latency, one container at a time: the first call to the stamp.
+    let (mut peer_latency, mut ferry_latency) = (Vec::new(), Vec::new());
+    for n in 0..trials {
+        let out = dir.join(format!("stamp-{n}"));
+        let command = vec![
+            dir.join("ferry-stamp").display().to_string(),
+            out.display().to_string(),
+        ];
         let began = SystemTime::now();
-        let run = submit(&mut client, &stamp_yaml, &bundle).await?;
+        one_container(&runtime, &plan(command, n as u64)).await?;
+        peer_latency.push((read_stamp(&out)? - unix_seconds(began)) * 1e3);
+
+        let began = SystemTime::now();
+        let run = submit(&mut client, &stamp_yaml, &stamp_bundle).await?;
         wait_run(&mut client, run).await?;
         let out = scratch.path().join(format!("ferry-stamp-{run}"));
         let got = cluster.ferry(&[
@@ -182,18 +174,34 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
         anyhow::ensure!(got.success(), "download the stamp: {got:?}");
         ferry_latency.push((read_stamp(&out)? - unix_seconds(began)) * 1e3);
     }
-    let mut noops = "name: noops\nsteps:\n".to_string();
-    for n in 0..steps {
-        noops.push_str(&format!(
-            "  - name: s{n}\n    image: {IMAGE}\n    image_pull: never\n    command: [\"true\"]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
-        ));
+
+    // Throughput, `steps` no-ops 16 at a time: peer, Ferry, Ferry, peer.
+    let (mut peer_rates, mut ferry_rates) = (Vec::new(), Vec::new());
+    for ferry_turn in [false, true, true, false] {
+        let began = Instant::now();
+        if ferry_turn {
+            let run = submit(&mut client, &noops, &noops_bundle).await?;
+            wait_run(&mut client, run).await?;
+            ferry_rates.push(steps as f64 / began.elapsed().as_secs_f64());
+            continue;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        for n in 0..steps {
+            let (runtime, slots) = (runtime.clone(), slots.clone());
+            let plan = plan(vec!["true".into()], n as u64);
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await?;
+                one_container(&runtime, &plan).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        peer_rates.push(steps as f64 / began.elapsed().as_secs_f64());
     }
-    let noops_dir = scratch.path().join("noops");
-    let bundle = upload(&cluster, &noops_dir, &noops, &[])?;
-    let began = Instant::now();
-    let run = submit(&mut client, &noops, &bundle).await?;
-    wait_run(&mut client, run).await?;
-    let ferry_rate = steps as f64 / began.elapsed().as_secs_f64();
+    let peer_rate = peer_rates.iter().sum::<f64>() / peer_rates.len() as f64;
+    let ferry_rate = ferry_rates.iter().sum::<f64>() / ferry_rates.len() as f64;
 
     let (peer_p50, peer_p90) = median_and_p90(peer_latency);
     let (ferry_p50, ferry_p90) = median_and_p90(ferry_latency);
@@ -201,12 +209,13 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
     println!(
         "containers: start latency, first call to the container's clock, {trials} one after another: \
          Docker alone p50 {peer_p50:.0} ms p90 {peer_p90:.0} ms; Ferry p50 {ferry_p50:.0} ms p90 {ferry_p90:.0} ms \
-         (+{:.0} % at p50)",
+         ({:+.0} % at p50)",
         (ferry_p50 / peer_p50 - 1.0) * 100.0
     );
     println!(
-        "containers: {steps} no-op containers, {CONCURRENCY} at a time: Docker alone {peer_rate:.1}/s; \
-         Ferry {ferry_rate:.1}/s ({:.0} % of Docker's)",
+        "containers: {steps} no-op containers, {CONCURRENCY} at a time (peer, Ferry, Ferry, peer): \
+         Docker alone {peer_rates:.1?}/s; Ferry {ferry_rates:.1?}/s; means {peer_rate:.1} and \
+         {ferry_rate:.1}/s ({:.0} % of Docker's)",
         ferry_rate / peer_rate * 100.0
     );
     Ok(())
