@@ -21,50 +21,57 @@ const IMAGE: &str = "ferry-t55-busybox:latest";
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Whether the tests can run here; prints why not.
-fn docker_available() -> bool {
+pub(crate) fn docker_available() -> bool {
     if !Path::new(DOCKER_SOCKET).exists() {
-        eprintln!("t55 skipped: no Docker socket at {DOCKER_SOCKET}");
+        eprintln!("container tests skipped: no Docker socket at {DOCKER_SOCKET}");
         return false;
     }
     true
 }
 
-/// Builds the test image once: a static busybox and its applets' links,
-/// imported into the engine (`docker import`), so that no registry is needed.
-fn test_image() -> &'static str {
+/// Builds the test image once (see [`import_busybox`]).
+pub(crate) fn test_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        assert!(
-            Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} is missing: install Debian's busybox-static (tests/run-all.sh does)"
-        );
-        let root = tempfile::tempdir().expect("temp dir");
-        let bin = root.path().join("bin");
-        std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        for applet in [
-            "sh", "echo", "cat", "id", "env", "dd", "sleep", "pwd", "ls", "true", "printf",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
-        }
-        std::fs::create_dir_all(root.path().join("tmp")).expect("tmp");
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(root.path())
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tar");
-        let imported = Command::new("docker")
-            .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.take().expect("tar output"))
-            .output()
-            .expect("docker import");
-        let archived = tar.wait().expect("wait for tar");
-        assert!(archived.success(), "tar: {archived:?}");
-        assert!(imported.status.success(), "docker import: {imported:?}");
-    });
+    BUILT.get_or_init(|| import_busybox(IMAGE, &[]));
     IMAGE
+}
+
+/// Imports an image named `tag` into the engine (`docker import`, so that no
+/// registry is needed): a static busybox and its applets' links, and `files`
+/// (path in the image, content).
+pub(crate) fn import_busybox(tag: &str, files: &[(&str, &str)]) {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: install Debian's busybox-static (tests/run-all.sh does)"
+    );
+    let root = tempfile::tempdir().expect("temp dir");
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "echo", "cat", "id", "env", "dd", "sleep", "pwd", "ls", "true", "printf",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+    }
+    std::fs::create_dir_all(root.path().join("tmp")).expect("tmp");
+    for (path, content) in files {
+        std::fs::write(root.path().join(path), content).expect("image file");
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    let imported = Command::new("docker")
+        .args(["import", "-", tag])
+        .stdin(tar.stdout.take().expect("tar output"))
+        .output()
+        .expect("docker import");
+    let archived = tar.wait().expect("wait for tar");
+    assert!(archived.success(), "tar: {archived:?}");
+    assert!(imported.status.success(), "docker import: {imported:?}");
 }
 
 /// IDs of the containers of run `run` on worker `worker`, running or not
@@ -86,7 +93,7 @@ fn containers_of(worker: &str, run: u64) -> Vec<String> {
 
 /// A cluster with one worker that must have Docker; `env` goes into the
 /// worker's own environment.
-fn docker_cluster(worker: &str, env: &[(&str, &str)]) -> Cluster {
+pub(crate) fn docker_cluster(worker: &str, env: &[(&str, &str)]) -> Cluster {
     let mut cluster = Cluster::start();
     cluster.add_worker_with_env(
         worker,

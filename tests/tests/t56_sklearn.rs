@@ -1,7 +1,8 @@
 //! The scikit-learn example (issue 17): the image comes from Debian packages by
 //! deploy/images/build-python-image.sh (no registry), and examples/sklearn
 //! trains and sweeps a random forest inside it on a worker whose host has no
-//! scikit-learn, every step in a container.
+//! scikit-learn, every step in a container; run again, every step takes the
+//! first run's result by the image's ID in its cache key.
 
 use std::path::Path;
 use std::process::Command;
@@ -90,4 +91,26 @@ fn the_sklearn_example_trains_inside_the_image_built_from_debian_packages() {
     let best: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&best).expect("best.json")).expect("json");
     assert!(best["accuracy"].as_f64().unwrap_or(0.0) > 0.8, "{best}");
+
+    // The same pipeline again: each step's key holds the image's ID, known
+    // once the worker resolved it, so every step's attempt stops before
+    // running and takes the first run's result.
+    let inspected = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
+        .output()
+        .expect("docker image inspect");
+    let id = String::from_utf8_lossy(&inspected.stdout)
+        .trim()
+        .to_string();
+    let again = cluster.submit(&repo().join("examples/sklearn"), &[]);
+    let status = cluster.wait_run(again, Duration::from_secs(120));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    for step in ["split", "train.0", "train.3", "report"] {
+        let record = step_of(&status, step);
+        assert_eq!(record["reused"], "cached", "{record:#}");
+        assert_eq!(record["reused_run"], run, "{record:#}");
+        let attempt = &record["attempts"][0];
+        assert_eq!(attempt["outcome"], "deferred", "{record:#}");
+        assert_eq!(attempt["image_id"], id, "{record:#}");
+    }
 }

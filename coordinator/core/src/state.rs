@@ -21,6 +21,7 @@ pub mod audit;
 mod cache;
 pub(crate) mod catalog;
 mod command;
+mod images;
 mod lineage;
 mod outcome;
 mod policy;
@@ -269,6 +270,12 @@ impl State {
                 worker,
                 now_ms,
             } => self.step_started(&key, &worker, now_ms),
+            Command::ImageResolved {
+                key,
+                worker,
+                image,
+                now_ms,
+            } => self.image_resolved(&key, &worker, image, now_ms),
             Command::StepFinished {
                 key,
                 worker,

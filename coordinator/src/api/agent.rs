@@ -124,6 +124,23 @@ fn check_registration(register: &proto::RegisterRequest) -> Result<(), Status> {
 /// Most reports one `StepsFinished` call may carry.
 const MAX_REPORTS_PER_CALL: usize = 256;
 
+/// The longest image ID and repository digest a worker may report.
+const MAX_IMAGE_REF: usize = 1024;
+
+/// The image a worker reports an attempt ran (none when `id` is empty), with
+/// its bounds checked.
+fn ran_image(id: String, repo_digest: String) -> Result<Option<RanImage>, Status> {
+    if id.len() > MAX_IMAGE_REF || repo_digest.len() > MAX_IMAGE_REF {
+        return Err(Status::invalid_argument(format!(
+            "an image ID or repository digest is at most {MAX_IMAGE_REF} bytes"
+        )));
+    }
+    Ok((!id.is_empty()).then(|| RanImage {
+        id,
+        repo_digest: (!repo_digest.is_empty()).then_some(repo_digest),
+    }))
+}
+
 fn report_ack(outcome: Outcome) -> proto::Ack {
     match outcome {
         Outcome::Report { accepted, detail } => proto::Ack {
@@ -302,6 +319,37 @@ impl Agent for AgentService {
             .map_err(propose_status)?;
         tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, "step started");
         Ok(Response::new(report_ack(outcome)))
+    }
+
+    async fn image_resolved(
+        &self,
+        request: Request<proto::ImageResolvedRequest>,
+    ) -> Result<Response<proto::ImageResolvedResponse>, Status> {
+        let identity = worker_identity(&request, None)?;
+        self.node.require_leader()?;
+        let resolved = request.into_inner();
+        let key = attempt_key(resolved.attempt)?;
+        let image = ran_image(resolved.image_id, resolved.image_repo_digest)?
+            .ok_or_else(|| Status::invalid_argument("the resolved image has no ID"))?;
+        let outcome = self
+            .node
+            .propose_as(
+                &identity,
+                Command::ImageResolved {
+                    key: key.clone(),
+                    worker: identity.name.clone(),
+                    image,
+                    now_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(propose_status)?;
+        let (run, reason) = match outcome {
+            Outcome::ImageChecked { run, reason } => (run, reason),
+            other => (false, format!("unexpected answer {other:?}")),
+        };
+        tracing::debug!(run = key.run, step = %key.step, attempt = key.attempt, worker = %identity.name, go = run, %reason, "image resolved");
+        Ok(Response::new(proto::ImageResolvedResponse { run, reason }))
     }
 
     async fn push_logs(
@@ -502,6 +550,7 @@ impl AgentService {
             _ => None,
         };
         check_metrics(&finished.metrics)?;
+        let image = ran_image(finished.image_id, finished.image_repo_digest)?;
         let report = AttemptReport {
             metrics: finished
                 .metrics
@@ -522,11 +571,7 @@ impl AgentService {
                 .map(|o| (o.name, o.digest, o.size))
                 .collect(),
             ran_ms: finished.has_ran_ms.then_some(finished.ran_ms),
-            image: (!finished.image_id.is_empty()).then(|| RanImage {
-                id: finished.image_id,
-                repo_digest: (!finished.image_repo_digest.is_empty())
-                    .then_some(finished.image_repo_digest),
-            }),
+            image,
             usage: (finished.cpu_time_ms > 0 || finished.peak_memory_bytes > 0).then_some(
                 AttemptUsage {
                     cpu_time_ms: finished.cpu_time_ms,

@@ -78,7 +78,14 @@ pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assign
         pipeline: run.pipeline.name.clone(),
         gathers,
         secrets: Vec::new(),
-        container: spec.container.as_ref().map(container_to_proto),
+        container: spec
+            .container
+            .as_ref()
+            .map(|container| proto::ContainerSpec {
+                // Its cache key waits for the image's ID (see `State::image_resolved`).
+                report_image: spec.cache.enabled,
+                ..container_to_proto(container)
+            }),
     })
 }
 
@@ -100,6 +107,7 @@ fn container_to_proto(container: &ferry_common::spec::ContainerSpec) -> proto::C
         }
         .to_string(),
         read_only_root: container.read_only_root,
+        report_image: false,
     }
 }
 
@@ -202,6 +210,7 @@ mod tests {
                 shm_size_bytes: 1 << 30,
                 network: "none".into(),
                 read_only_root: true,
+                report_image: false,
             }
         );
         let defaults = ContainerSpec {

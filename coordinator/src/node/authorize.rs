@@ -229,7 +229,7 @@ pub fn authorize(
             named(&worker.name),
             format!("worker \"{}\"", worker.name),
         ),
-        Command::StepStarted { worker, .. } => (
+        Command::StepStarted { worker, .. } | Command::ImageResolved { worker, .. } => (
             Action::StepStarted,
             named(worker),
             format!("worker \"{worker}\""),

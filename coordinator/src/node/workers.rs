@@ -230,6 +230,7 @@ impl Node {
             }
             Outcome::Registered { .. }
             | Outcome::Report { .. }
+            | Outcome::ImageChecked { .. }
             | Outcome::WorkerMode(_)
             | Outcome::Done
             | Outcome::Revoked { .. }

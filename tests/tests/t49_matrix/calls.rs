@@ -508,6 +508,14 @@ impl Ctx {
                 let request = proto::StepStartedRequest { attempt };
                 answer.accepted = Some(bounded(client.step_started(request)).await?.accepted);
             }
+            Case::ImageResolvedForeign => {
+                let request = proto::ImageResolvedRequest {
+                    attempt,
+                    image_id: "sha256:forged".to_string(),
+                    image_repo_digest: String::new(),
+                };
+                answer.accepted = Some(bounded(client.image_resolved(request)).await?.run);
+            }
             Case::PushLogsForeign => {
                 let request = proto::LogBatch {
                     attempt,

@@ -89,6 +89,7 @@ pub enum Case {
     HeartbeatOther,
     AssignmentsOther,
     StepStartedForeign,
+    ImageResolvedForeign,
     PushLogsForeign,
     UploadArtifact,
     FetchBlobUnassigned,
@@ -97,7 +98,7 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 50] = [
+    pub const ALL: [Case; 51] = [
         Case::UploadBundle,
         Case::HasBlob,
         Case::SubmitRun,
@@ -143,6 +144,7 @@ impl Case {
         Case::HeartbeatOther,
         Case::AssignmentsOther,
         Case::StepStartedForeign,
+        Case::ImageResolvedForeign,
         Case::PushLogsForeign,
         Case::UploadArtifact,
         Case::FetchBlobUnassigned,
@@ -159,6 +161,7 @@ impl Case {
             Case::HeartbeatOther => "Heartbeat",
             Case::AssignmentsOther => "Assignments",
             Case::StepStartedForeign => "StepStarted",
+            Case::ImageResolvedForeign => "ImageResolved",
             Case::PushLogsForeign => "PushLogs",
             Case::FetchBlobUnassigned => "FetchBlob",
             Case::StepFinishedForeign => "StepFinished",
@@ -175,6 +178,7 @@ impl Case {
             | Case::HeartbeatOther
             | Case::AssignmentsOther
             | Case::StepStartedForeign
+            | Case::ImageResolvedForeign
             | Case::PushLogsForeign
             | Case::UploadArtifact
             | Case::FetchBlobUnassigned
@@ -232,7 +236,9 @@ impl Case {
             Case::RegisterOther | Case::HeartbeatOther | Case::AssignmentsOther => {
                 &[Action::RegisterWorker]
             }
-            Case::StepStartedForeign | Case::PushLogsForeign => &[Action::StepStarted],
+            Case::StepStartedForeign | Case::ImageResolvedForeign | Case::PushLogsForeign => {
+                &[Action::StepStarted]
+            }
             Case::FetchBlobUnassigned => &[Action::FetchBlob],
             Case::StepFinishedForeign | Case::StepsFinishedForeign => &[Action::StepFinished],
         }
@@ -255,7 +261,10 @@ impl Case {
     fn report_names_caller(self) -> bool {
         matches!(
             self,
-            Case::StepStartedForeign | Case::StepFinishedForeign | Case::StepsFinishedForeign
+            Case::StepStartedForeign
+                | Case::ImageResolvedForeign
+                | Case::StepFinishedForeign
+                | Case::StepsFinishedForeign
         )
     }
 

@@ -24,7 +24,7 @@ use super::staging::{Staged, gpu_names, step_environment};
 use crate::container::settings::{
     AttemptLabels, ContainerPlan, PullPolicy, container_body, network_mode,
 };
-use crate::container::{ContainerExit, DockerRuntime};
+use crate::container::{ContainerExit, DockerRuntime, ResolvedImage};
 
 /// How long a container gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -32,41 +32,105 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// line readers.
 const PIPE_BYTES: usize = 64 * 1024;
 
-/// Runs the step's command in a container to its end; how it ended (usage is
-/// the engine's to account and is not read yet). An error when the image could
-/// not be resolved or the container not made. `ran_image` gets the image's ID
-/// and repository digest as soon as it is resolved, for the report.
+/// How long the report of a resolved image keeps trying through coordinator
+/// failovers before the attempt is given up (and retried by the coordinator).
+const IMAGE_REPORT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What becomes of an attempt once its image is resolved.
+pub(super) enum Resolution {
+    /// It runs in this image.
+    Run(ResolvedImage),
+    /// The coordinator ended it (its step's result exists, or an identical
+    /// step computes it): nothing runs and nothing is reported.
+    Stop(String),
+    /// It ends with this outcome and reason.
+    End(&'static str, String),
+}
+
+/// Resolves the step's image to its ID (pulling it per policy) and, for a
+/// cached step, reports it and waits for the coordinator's answer: the step's
+/// cache key holds the image's ID, so only now can it tell whether the step
+/// runs.
+pub(super) async fn resolve_image(
+    ctx: &ExecutorContext,
+    runtime: &DockerRuntime,
+    spec: &proto::ContainerSpec,
+    attempt: &proto::AttemptRef,
+    cancel: &mut watch::Receiver<bool>,
+) -> Resolution {
+    let resolved = tokio::select! {
+        resolved = runtime.resolve_image(&spec.image, PullPolicy::from_assignment(&spec.pull)) => resolved,
+        _ = cancel.wait_for(|c| *c) => return Resolution::End("cancelled", "cancelled before it started".into()),
+    };
+    let resolved = match resolved {
+        Ok(resolved) => resolved,
+        Err(reason) => return Resolution::End("error", reason),
+    };
+    tracing::info!(
+        image = %spec.image,
+        image_id = %resolved.id,
+        repo_digest = resolved.repo_digest.as_deref().unwrap_or(""),
+        "the step's image is resolved"
+    );
+    if !spec.report_image {
+        return Resolution::Run(resolved);
+    }
+    let request = proto::ImageResolvedRequest {
+        attempt: Some(attempt.clone()),
+        image_id: resolved.id.clone(),
+        image_repo_digest: resolved.repo_digest.clone().unwrap_or_default(),
+    };
+    let give_up = tokio::time::Instant::now() + IMAGE_REPORT_PATIENCE;
+    let answer = tokio::select! {
+        answer = ctx.coordinators.call(Some(give_up), |mut agent| {
+            let request = request.clone();
+            async move { agent.image_resolved(request).await }
+        }) => answer,
+        _ = cancel.wait_for(|c| *c) => return Resolution::End("cancelled", "cancelled before it started".into()),
+    };
+    match answer {
+        Ok(answer) if answer.run => Resolution::Run(resolved),
+        Ok(answer) => Resolution::Stop(answer.reason),
+        Err(status) if ferry_common::channel::is_refusal(status.code()) => Resolution::End(
+            "error",
+            format!(
+                "the coordinator refused the step's resolved image: {}",
+                status.message()
+            ),
+        ),
+        // Not "error": the step did not fail, so the coordinator retries it
+        // without using up its retries.
+        Err(status) => Resolution::End(
+            "cancelled",
+            format!(
+                "no coordinator answered the report of the step's resolved image within {}s: {}",
+                IMAGE_REPORT_PATIENCE.as_secs(),
+                status.message()
+            ),
+        ),
+    }
+}
+
+/// Runs the step's command in a container of the `resolved` image to its end;
+/// how it ended (usage is the engine's to account and is not read yet). An
+/// error when the container could not be made.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn execute_in_container(
     ctx: &ExecutorContext,
     runtime: &DockerRuntime,
     spec: &proto::ContainerSpec,
+    resolved: &ResolvedImage,
     assignment: &proto::Assignment,
     work_dir: &Path,
     log_path: &Path,
     metrics_path: &Path,
     staged: &Staged,
     cancel: &mut watch::Receiver<bool>,
-    ran_image: &mut Option<(String, Option<String>)>,
 ) -> Result<(Ended, Usage), String> {
     if assignment.command.is_empty() {
         return Err("the step has an empty command".into());
     }
     let attempt = assignment.attempt.clone().unwrap_or_default();
-    let resolved = tokio::select! {
-        resolved = runtime.resolve_image(&spec.image, PullPolicy::from_assignment(&spec.pull)) => resolved?,
-        _ = cancel.wait_for(|c| *c) => return Ok((Ended::Cancelled, Usage::default())),
-    };
-    tracing::info!(
-        run = attempt.run_id,
-        step = %attempt.step,
-        attempt = attempt.attempt,
-        image = %spec.image,
-        image_id = %resolved.id,
-        repo_digest = resolved.repo_digest.as_deref().unwrap_or(""),
-        "the step's image is resolved"
-    );
-    *ran_image = Some((resolved.id.clone(), resolved.repo_digest.clone()));
     let request = assignment.resources.as_ref().map_or(0, |r| r.memory_bytes);
     let memory_limit = memory_limit(request, ctx.memory_limit_factor);
     let plan = ContainerPlan {

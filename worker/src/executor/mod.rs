@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::workdirs::{Fingerprint, WorkDirs};
-use in_container::execute_in_container;
+use in_container::{Resolution, execute_in_container, resolve_image};
 use outputs::{collect_outputs, upload_file};
 use process::{Ended, execute};
 use staging::{StageError, stage};
@@ -53,12 +53,53 @@ const STEP_STARTED_PATIENCE: Duration = Duration::from_secs(10);
 /// fewer per short step); its final report says how long it ran.
 const START_REPORT_DELAY: Duration = Duration::from_millis(100);
 
-/// Runs one attempt and returns the report to send. Never panics on a bad step:
-/// every failure becomes an outcome with a reason.
+/// Runs one attempt and returns the report to send; none when the coordinator
+/// ended the attempt before it ran (a container step whose result, keyed by the
+/// image's ID, exists or is being computed). Never panics on a bad step: every
+/// failure becomes an outcome with a reason.
 pub async fn run_attempt(
     ctx: &ExecutorContext,
     assignment: proto::Assignment,
+    cancel: watch::Receiver<bool>,
+) -> Option<proto::StepFinishedRequest> {
+    let mut cancel = cancel;
+    let mut resolved = None;
+    if let (Some(container), Some(runtime)) = (&assignment.container, &ctx.containers) {
+        let attempt = assignment.attempt.clone().unwrap_or_default();
+        match resolve_image(ctx, runtime, container, &attempt, &mut cancel).await {
+            Resolution::Run(image) => resolved = Some(image),
+            Resolution::Stop(reason) => {
+                tracing::info!(%reason, "the coordinator ended the attempt before it ran");
+                return None;
+            }
+            Resolution::End(outcome, reason) => {
+                return Some(failed_report(&assignment, outcome, reason));
+            }
+        }
+    }
+    Some(run_resolved(ctx, assignment, cancel, resolved).await)
+}
+
+/// The report of an attempt that ended before it ran.
+fn failed_report(
+    assignment: &proto::Assignment,
+    outcome: &str,
+    reason: String,
+) -> proto::StepFinishedRequest {
+    proto::StepFinishedRequest {
+        attempt: assignment.attempt.clone(),
+        outcome: outcome.to_string(),
+        reason,
+        ..Default::default()
+    }
+}
+
+/// Runs one attempt whose image (for a step with one) is resolved.
+async fn run_resolved(
+    ctx: &ExecutorContext,
+    assignment: proto::Assignment,
     mut cancel: watch::Receiver<bool>,
+    resolved: Option<crate::container::ResolvedImage>,
 ) -> proto::StepFinishedRequest {
     let attempt = assignment.attempt.clone().unwrap_or_default();
     let report =
@@ -222,20 +263,19 @@ pub async fn run_attempt(
         }
     };
     let began = Instant::now();
-    let mut ran_image = None;
-    let executed = match (&assignment.container, &ctx.containers) {
-        (Some(container), Some(runtime)) => {
+    let executed = match (&assignment.container, &ctx.containers, &resolved) {
+        (Some(container), Some(runtime), Some(image)) => {
             execute_in_container(
                 ctx,
                 runtime,
                 container,
+                image,
                 &assignment,
                 &work_dir,
                 &log_path,
                 &metrics_path,
                 &staged,
                 &mut cancel,
-                &mut ran_image,
             )
             .await
         }
@@ -340,9 +380,9 @@ pub async fn run_attempt(
         }
     }
     let _ = tokio::fs::remove_file(&metrics_path).await;
-    if let Some((id, repo_digest)) = ran_image {
-        result.image_id = id;
-        result.image_repo_digest = repo_digest.unwrap_or_default();
+    if let Some(image) = resolved {
+        result.image_id = image.id;
+        result.image_repo_digest = image.repo_digest.unwrap_or_default();
     }
     result.cpu_time_ms = usage.cpu_time_ms;
     result.peak_memory_bytes = usage.peak_memory_bytes;

@@ -464,12 +464,14 @@ fn start(
     let span = tracing::info_span!("attempt", run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt);
     tasks.spawn(
         async move {
-            let report = run_attempt(&ctx, assignment, cancelled).await;
-            tracing::info!(
-                outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
-                "attempt ended"
-            );
-            ctx.reports.deliver(report, shutdown).await;
+            // None: the coordinator ended the attempt before it ran.
+            if let Some(report) = run_attempt(&ctx, assignment, cancelled).await {
+                tracing::info!(
+                    outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
+                    "attempt ended"
+                );
+                ctx.reports.deliver(report, shutdown).await;
+            }
             lock(&attempts.0, "attempts").remove(&key);
         }
         .instrument(span),

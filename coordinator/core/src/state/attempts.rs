@@ -58,8 +58,12 @@ impl State {
         if run.steps[index].state != StepState::Queued {
             return None;
         }
+        // A step with an image decides once the worker has resolved it
+        // (`image_resolved`); the key of an earlier attempt is not this one's.
+        let has_image = run.pipeline.steps[index].container.is_some();
         // An identical step computes (or computed) its result: take that instead.
         if let Some(key) = run.steps[index].cache_key.clone()
+            && !has_image
             && !run.no_cache
             && self.defer_to_cache(&key, placement.run, index, now_ms)
         {
@@ -110,6 +114,11 @@ impl State {
         step.state = StepState::Assigned;
         step.reason = None;
         step.not_before_ms = None;
+        let earlier_key = if has_image {
+            step.cache_key.take()
+        } else {
+            None
+        };
         let key = AttemptKey {
             run: placement.run,
             step: placement.step.clone(),
@@ -117,13 +126,24 @@ impl State {
         };
         load.attempts
             .insert(key.clone(), (resources, placement.gpus.clone()));
-        self.claim_cache_key(placement.run, index);
+        if has_image {
+            if let Some(old) = earlier_key {
+                let me = (placement.run, placement.step.clone());
+                self.forget_pending(&old, &me);
+            }
+        } else {
+            self.claim_cache_key(placement.run, index);
+        }
         Some(key)
     }
 
     /// Checks that a report names the current attempt of an active step, made by the
     /// worker that attempt was given to. Anything else is stale and must be refused.
-    fn fence(&self, key: &AttemptKey, worker: &str) -> Result<Result<(), String>, StateError> {
+    pub(super) fn fence(
+        &self,
+        key: &AttemptKey,
+        worker: &str,
+    ) -> Result<Result<(), String>, StateError> {
         let run = self
             .runs
             .get(&key.run)
@@ -339,6 +359,8 @@ impl State {
                 step.state = StepState::Cancelled;
                 step.reason = reason;
             }
+            // Ended by `image_resolved`, which moves the step itself.
+            AttemptOutcome::Deferred => {}
             AttemptOutcome::Failed | AttemptOutcome::TimedOut | AttemptOutcome::Lost => {
                 // A failure of the step itself uses up its `retries` and waits an
                 // exponential backoff; an attempt lost with its worker is retried at
@@ -348,7 +370,13 @@ impl State {
                     .iter()
                     .filter(|a| a.outcome == Some(AttemptOutcome::Lost))
                     .count() as u32;
-                let failures = step.attempts.len() as u32 - lost;
+                // An attempt deferred to the cache did not fail.
+                let deferred = step
+                    .attempts
+                    .iter()
+                    .filter(|a| a.outcome == Some(AttemptOutcome::Deferred))
+                    .count() as u32;
+                let failures = step.attempts.len() as u32 - lost - deferred;
                 let why = reason.unwrap_or_else(|| outcome.as_str().to_string());
                 if outcome == AttemptOutcome::Lost && lost <= LOST_RETRIES {
                     step.state = StepState::Queued;

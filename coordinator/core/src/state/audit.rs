@@ -491,6 +491,14 @@ pub fn describe(command: &Command, state: &State) -> Described {
                 key.run, key.step, key.attempt
             ),
         ),
+        Command::ImageResolved { key, worker, .. } => about(
+            Action::StepStarted,
+            run_project(&key.run),
+            format!(
+                "report run {} step \"{}\" attempt {} resolved its image on \"{worker}\"",
+                key.run, key.step, key.attempt
+            ),
+        ),
         Command::StepFinished { key, worker, .. } => about(
             Action::StepFinished,
             run_project(&key.run),

@@ -41,7 +41,8 @@ struct KeyMaterial<'a> {
 /// determines its result: the step's name as written (a trial is known by its
 /// sweep's name and its matrix values), the resolved command, its environment (the `env` of
 /// the spec, parameters substituted; Ferry holds no secret values), its container
-/// image (steps run without one today: `null`), `code` (the code bundle's digest,
+/// image by content (`image_id`, the ID the worker resolved the image's name to;
+/// `null` for a process step), `code` (the code bundle's digest,
 /// or the digest of the files under `cache.paths`), its inputs by name and
 /// digest, the values of the parameters it sees, its matrix values, what it
 /// gathers, its declared outputs, and `cache.version`; with `cache.secrets:
@@ -53,6 +54,7 @@ pub fn cache_key(
     code: &str,
     inputs: &[InputRecord],
     secret_versions: &BTreeMap<String, u64>,
+    image_id: Option<&str>,
 ) -> String {
     let material = KeyMaterial {
         ferry_cache_key: KEY_LAYOUT,
@@ -61,7 +63,7 @@ pub fn cache_key(
         step: step.trial.as_ref().map_or(&step.name, |t| &t.of),
         command: &step.command,
         env: &step.env,
-        image: None,
+        image: image_id,
         code,
         inputs: inputs
             .iter()
@@ -166,13 +168,18 @@ impl State {
         inputs
     }
 
-    fn make_ready(&mut self, run_id: RunId, index: usize) {
-        let Some(run) = self.runs.get(&run_id) else {
-            return;
-        };
+    /// The cache key of step number `index` of `run` given its `inputs` and,
+    /// for a step with an image, the image's ID; none when caching is off for
+    /// the step.
+    pub(super) fn key_of_step(
+        &self,
+        run: &Run,
+        index: usize,
+        inputs: &[InputRecord],
+        image_id: Option<&str>,
+    ) -> Option<String> {
         let spec = &run.pipeline.steps[index];
-        let inputs = Self::resolve_inputs(run, spec);
-        let key = spec.cache.enabled.then(|| {
+        spec.cache.enabled.then(|| {
             let secret_versions = spec
                 .secrets
                 .iter()
@@ -187,10 +194,27 @@ impl State {
                 spec,
                 &run.pipeline.params,
                 run.code_digest(&spec.name),
-                &inputs,
+                inputs,
                 &secret_versions,
+                image_id,
             )
-        });
+        })
+    }
+
+    fn make_ready(&mut self, run_id: RunId, index: usize) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        let spec = &run.pipeline.steps[index];
+        let inputs = Self::resolve_inputs(run, spec);
+        // A step with an image has no key until a worker resolves the image
+        // to its ID (`image_resolved`): the name alone may stand for another
+        // image on another worker, or for a rebuilt one.
+        let key = if spec.container.is_some() {
+            None
+        } else {
+            self.key_of_step(run, index, &inputs, None)
+        };
         let reads_cache = !run.no_cache;
         let hit = key
             .as_ref()
@@ -277,7 +301,7 @@ impl State {
         self.cache_owners.entry(key).or_insert(me);
     }
 
-    fn forget_pending(&mut self, key: &str, me: &(RunId, String)) {
+    pub(super) fn forget_pending(&mut self, key: &str, me: &(RunId, String)) {
         if let Some(pending) = self.cache_pending.get_mut(key) {
             pending.remove(me);
             if pending.is_empty() {
@@ -287,7 +311,11 @@ impl State {
     }
 
     /// Completes a step with the outputs of the step that produced them.
-    fn complete_from(record: &mut super::StepRecord, entry: &CacheEntry, how: ReuseKind) {
+    pub(super) fn complete_from(
+        record: &mut super::StepRecord,
+        entry: &CacheEntry,
+        how: ReuseKind,
+    ) {
         record.state = StepState::Succeeded;
         record.reason = None;
         record.not_before_ms = None;

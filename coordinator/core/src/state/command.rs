@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::access::ProjectRole;
 
 use super::{
-    AttemptKey, AttemptUsage, AuditNote, MetricPoint, Request, RevocationTarget, RunId, Schedule,
-    SealedValue, Worker, WorkerMode,
+    AttemptKey, AttemptUsage, AuditNote, MetricPoint, RanImage, Request, RevocationTarget, RunId,
+    Schedule, SealedValue, Worker, WorkerMode,
 };
 
 /// One placement decided by the scheduler and carried by [`Command::Assign`].
@@ -54,7 +54,7 @@ pub struct AttemptReport {
     pub metrics: Vec<MetricPoint>,
     /// A container step's image, as the worker resolved it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<super::RanImage>,
+    pub image: Option<RanImage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +264,16 @@ pub enum Command {
         keep_max: u64,
         now_ms: i64,
     },
+    /// A worker resolved the image of the attempt `key` to `image`, before
+    /// running anything: the step's cache key is computed with the image's
+    /// ID, and the attempt either goes on or ends (`Deferred`) because its
+    /// result exists or is being computed by an identical step.
+    ImageResolved {
+        key: AttemptKey,
+        worker: String,
+        image: RanImage,
+        now_ms: i64,
+    },
 }
 
 /// How a run is submitted, beside its pipeline.
@@ -310,7 +320,8 @@ impl Command {
             | Command::ResealSecret { now_ms, .. }
             | Command::DeleteSecret { now_ms, .. }
             | Command::Audit { now_ms, .. }
-            | Command::TrimAudit { now_ms, .. } => *now_ms = now,
+            | Command::TrimAudit { now_ms, .. }
+            | Command::ImageResolved { now_ms, .. } => *now_ms = now,
             Command::Request(request) => request.command.stamp(now),
             Command::RegisterWorker { worker, now_ms, .. } => {
                 worker.registered_ms = now;
@@ -349,6 +360,7 @@ impl Command {
             | Command::DeleteSecret { now_ms, .. }
             | Command::Audit { now_ms, .. }
             | Command::TrimAudit { now_ms, .. }
+            | Command::ImageResolved { now_ms, .. }
             | Command::RegisterWorker { now_ms, .. } => *now_ms,
             Command::Request(request) => request.command.now_ms(),
         }
@@ -393,6 +405,7 @@ impl Command {
             | Command::Collect { .. }
             | Command::RegisterWorker { .. }
             | Command::StepStarted { .. }
+            | Command::ImageResolved { .. }
             | Command::StepFinished { .. }
             | Command::CancelRun { .. }
             | Command::SetWorkerMode { .. }

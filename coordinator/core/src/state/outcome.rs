@@ -22,6 +22,10 @@ pub enum Outcome {
     Registered { resend: Vec<AttemptKey> },
     /// A worker report: `accepted` is false for a stale or fenced report.
     Report { accepted: bool, detail: String },
+    /// The answer to a worker's resolved image: run the attempt, or stop it
+    /// (`reason` says why: its step took a cached result, waits for an
+    /// identical step, or the report was fenced).
+    ImageChecked { run: bool, reason: String },
     /// A run was cancelled (or timed out); these attempts must be stopped on their
     /// workers.
     Cancelled { stop: Vec<(AttemptKey, String)> },

@@ -112,6 +112,10 @@ pub enum AttemptOutcome {
     Cancelled,
     /// The worker no longer runs it (it restarted, or was declared lost).
     Lost,
+    /// Stopped before its command ran: once the worker had resolved the
+    /// step's image, the step's cache key named a result that exists or that
+    /// an identical step is computing, and the step takes that instead.
+    Deferred,
 }
 
 impl AttemptOutcome {
@@ -122,6 +126,7 @@ impl AttemptOutcome {
             AttemptOutcome::TimedOut => "timed_out",
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Deferred => "deferred",
         }
     }
 }
@@ -217,8 +222,10 @@ pub struct StepRecord {
     /// trial's outputs, named `<trial>/<output>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputRecord>,
-    /// Its cache key (see [`cache_key`](super::cache_key)), once its inputs are known; none when
-    /// caching is off for the step.
+    /// Its cache key (see [`cache_key`](super::cache_key)), once its inputs are known (and,
+    /// for a step with an image, once a worker resolved the image to its ID:
+    /// the key of the attempt that last resolved it); none when caching is
+    /// off for the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,
     /// Set when the step did not run in this run: its outputs are those of the

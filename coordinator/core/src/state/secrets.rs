@@ -184,7 +184,7 @@ mod tests {
         let mut step = pipeline.steps[0].clone();
         let key = |step: &ferry_spec::Step, version: u64| {
             let versions = [("hf".to_string(), version)].into();
-            crate::state::cache_key(step, &Default::default(), "code", &[], &versions)
+            crate::state::cache_key(step, &Default::default(), "code", &[], &versions, None)
         };
         assert_eq!(key(&step, 1), key(&step, 2), "off by default");
         step.cache.secrets = true;

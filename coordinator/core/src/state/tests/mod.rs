@@ -10,6 +10,7 @@ use super::*;
 
 mod caching;
 mod fencing;
+mod images;
 mod lifecycle;
 mod queries;
 mod replay;
