@@ -7,7 +7,8 @@
 //! missing image, or a failed pull, fails with a clear reason; cancel, a
 //! timeout, a memory limit and the worker's stop leave no container; a worker
 //! killed mid-step removes the container its crashed run left when it starts
-//! again (and never another worker's). Skipped, saying why, on a machine without a Docker socket.
+//! again (and never another worker's); an attempt reports its container's CPU
+//! time and peak memory. Skipped, saying why, on a machine without a Docker socket.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -483,9 +484,10 @@ fn remove_container(id: &str) {
 /// `resources.cpu` is a CPU quota the kernel enforces: two busy loops in a
 /// step that asked for half a CPU get about half a CPU, measured by the
 /// container's own cgroup (the CPU time it was charged) against the time that
-/// passed, not by how long the step took.
+/// passed, not by how long the step took. The attempt reports that CPU time,
+/// and a step that fills a buffer reports a peak memory of at least its size.
 #[test]
-fn a_cpu_bound_container_is_held_to_its_cpu_quota() {
+fn a_cpu_bound_container_is_held_to_its_cpu_quota_and_its_usage_is_reported() {
     if !docker_available() {
         return;
     }
@@ -506,8 +508,9 @@ kill $a $b
 echo "charged_ns=$((u1 - u0))"
 echo "uptime=$t0 $t1"
 "#;
+    // dd reads into one 48 MiB buffer, 40 times, then exits at once.
     let yaml = format!(
-        "name: cpu\nsteps:\n  - name: spin\n    image: {image}\n    image_pull: never\n    resources: {{cpu: 0.5, memory: 64Mi}}\n    shell: |\n{}",
+        "name: cpu\nsteps:\n  - name: spin\n    image: {image}\n    image_pull: never\n    resources: {{cpu: 0.5, memory: 64Mi}}\n    shell: |\n{}  - name: hold\n    needs: [spin]\n    image: {image}\n    image_pull: never\n    resources: {{memory: 64Mi}}\n    shell: \"dd if=/dev/zero of=/dev/null bs=48M count=40\"\n",
         script
             .lines()
             .map(|line| format!("      {line}\n"))
@@ -530,5 +533,78 @@ echo "uptime=$t0 $t1"
     assert!(
         (0.2..0.7).contains(&cpus),
         "two busy loops were charged {cpus:.2} CPUs over {wall:.2} s for a quota of 0.5"
+    );
+
+    // The attempt's CPU time is the container's: at least what the loops were
+    // charged (less what the last reading before the exit may miss), and no
+    // more than the quota allows over the attempt's time.
+    let spin = &step_of(&status, "spin")["attempts"][0];
+    let cpu_ms = spin["cpu_time_ms"].as_u64().unwrap_or(0) as f64;
+    let attempt_ms = (spin["finished_ms"].as_i64().unwrap_or(0)
+        - spin["started_ms"].as_i64().unwrap_or(0)) as f64;
+    assert!(
+        cpu_ms >= 0.8 * charged / 1e6 && cpu_ms <= 0.7 * attempt_ms,
+        "the attempt reports {cpu_ms} ms of CPU; the loops were charged {:.0} ms over an attempt of {attempt_ms} ms: {spin:#}",
+        charged / 1e6
+    );
+    let hold = &step_of(&status, "hold")["attempts"][0];
+    assert_eq!(hold["outcome"], "succeeded", "{hold:#}");
+    let peak = hold["peak_memory_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        ((48 << 20)..(128 << 20)).contains(&peak),
+        "a 48 MiB buffer, a 128 MiB limit: {hold:#}"
+    );
+    let table = cluster.ferry(&["status", &run.to_string(), "--attempts"]);
+    assert!(
+        table.success() && table.stdout.contains("MiB"),
+        "`ferry status --attempts` shows the peak memory: {table:?}"
+    );
+}
+
+/// A worker that cannot read its containers' cgroups (one in a container of its
+/// own, given only the engine's socket) reports their usage from the engine's
+/// stats stream, one reading a second. The debug build's fault point
+/// `worker.container-cgroup` stands in for such a worker.
+#[test]
+fn without_the_cgroup_files_a_container_reports_the_engines_stats() {
+    if !docker_available() {
+        return;
+    }
+    let image = test_image();
+    let worker = "t55-stats";
+    let cluster = docker_cluster(
+        worker,
+        &[("FERRY_FAULTS", "worker.container-cgroup=return")],
+    );
+    cluster.signal_worker(worker, nix::sys::signal::Signal::SIGUSR1);
+    wait_for(Duration::from_secs(10), "the fault to be armed", || {
+        cluster
+            .worker_log(worker)
+            .contains("faults armed")
+            .then_some(())
+    });
+    let pipeline = write_pipeline(
+        &cluster.path("stats"),
+        &format!(
+            "name: stats\nsteps:\n  - name: spin\n    image: {image}\n    image_pull: never\n    resources: {{cpu: 0.5, memory: 64Mi}}\n    shell: \"(while :; do :; done) & a=$!; sleep 4; kill $a\"\n"
+        ),
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    // At most half a CPU for 4 s (less on a busy machine), read about once a
+    // second until the end.
+    let spin = &step_of(&status, "spin")["attempts"][0];
+    let cpu_ms = spin["cpu_time_ms"].as_u64().unwrap_or(0);
+    let attempt_ms = (spin["finished_ms"].as_i64().unwrap_or(0)
+        - spin["started_ms"].as_i64().unwrap_or(0)) as u64;
+    assert!(
+        cpu_ms >= 250 && cpu_ms * 10 <= attempt_ms * 7,
+        "a busy loop held to half a CPU for 4 s: {spin:#}"
+    );
+    assert!(
+        spin["peak_memory_bytes"].as_u64().unwrap_or(0) > 0,
+        "{spin:#}"
     );
 }

@@ -4,10 +4,12 @@
 //! behind, resolves an image (inspect, pull per policy), and creates, attaches
 //! to, starts, stops, inspects and removes an attempt's container. How an
 //! attempt uses these is the executor's (`executor/in_container.rs`); what the
-//! container is made of is [`settings`], pure.
+//! container is made of is [`settings`], pure; what it used is sampled by
+//! [`usage`] while it runs.
 
 pub mod auth;
 pub mod settings;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::Path;

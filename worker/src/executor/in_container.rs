@@ -3,7 +3,8 @@
 //! attached before it starts and fed to the same line readers and shipper as a
 //! process's (same caps, same secret masking), then waited for until it exits,
 //! times out or is cancelled (the engine's stop: SIGTERM, grace, SIGKILL); its
-//! exit code and OOM kill read from the engine, and the container removed with
+//! exit code and OOM kill read from the engine, its CPU time and peak memory
+//! sampled while it ran (`container::usage`), and the container removed with
 //! its anonymous volumes, whatever way the attempt ended.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use super::staging::{Staged, gpu_names, step_environment};
 use crate::container::settings::{
     AttemptLabels, ContainerPlan, PullPolicy, container_body, network_mode,
 };
+use crate::container::usage::ContainerUsage;
 use crate::container::{ContainerExit, DockerRuntime, ResolvedImage};
 
 /// How long a container gets between SIGTERM and SIGKILL.
@@ -112,8 +114,8 @@ pub(super) async fn resolve_image(
 }
 
 /// Runs the step's command in a container of the `resolved` image to its end;
-/// how it ended (usage is the engine's to account and is not read yet). An
-/// error when the container could not be made.
+/// how it ended and what it used. An error when the container could not be
+/// made.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn execute_in_container(
     ctx: &ExecutorContext,
@@ -181,7 +183,7 @@ pub(super) async fn execute_in_container(
     if let Err(error) = runtime.remove(&id).await {
         tracing::warn!(container = %id, %error, "cannot remove the step's container");
     }
-    ran.map(|ended| (ended, Usage::default()))
+    ran
 }
 
 /// The kernel's memory limit for a container: the memory request times
@@ -213,7 +215,8 @@ fn container_environment(
     env
 }
 
-/// Attaches, starts and waits for the container; how it ended.
+/// Attaches, starts and waits for the container, sampling its usage while it
+/// runs; how it ended and what it used.
 #[allow(clippy::too_many_arguments)]
 async fn run_container(
     ctx: &ExecutorContext,
@@ -224,7 +227,7 @@ async fn run_container(
     staged: &Staged,
     cancel: &mut watch::Receiver<bool>,
     memory_limit: Option<u64>,
-) -> Result<Ended, String> {
+) -> Result<(Ended, Usage), String> {
     let attempt = assignment.attempt.clone().unwrap_or_default();
     let output = runtime.attach(id).await?;
     let (stdout, mut stdout_in) = tokio::io::simplex(PIPE_BYTES);
@@ -257,20 +260,27 @@ async fn run_container(
         let _ = stderr_in.shutdown().await;
     });
     let started = runtime.start(id).await;
+    let mut usage = ContainerUsage::started();
     let ended = match started {
         Err(reason) => Err(reason),
         Ok(()) => {
             let timeout =
                 (assignment.timeout_ms > 0).then(|| Duration::from_millis(assignment.timeout_ms));
-            let stopped = tokio::select! {
-                _ = runtime.wait(id) => None,
-                _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Some(Ended::TimedOut),
-                _ = cancel.wait_for(|c| *c) => Some(Ended::Cancelled),
+            let waited = async {
+                tokio::select! {
+                    _ = runtime.wait(id) => None,
+                    _ = async { match timeout { Some(t) => tokio::time::sleep(t).await, None => std::future::pending().await } } => Some(Ended::TimedOut),
+                    _ = cancel.wait_for(|c| *c) => Some(Ended::Cancelled),
+                }
             };
+            let stopped = usage.sample_during(runtime, id, waited).await;
             match stopped {
                 Some(ended) => {
-                    runtime.stop(id, STOP_GRACE).await;
-                    runtime.wait(id).await;
+                    let stop = async {
+                        runtime.stop(id, STOP_GRACE).await;
+                        runtime.wait(id).await;
+                    };
+                    usage.sample_during(runtime, id, stop).await;
                     Ok(ended)
                 }
                 None => runtime
@@ -287,7 +297,14 @@ async fn run_container(
         abort.abort();
     }
     logs.finish(STOP_GRACE).await;
-    ended
+    let used = usage.used();
+    ended.map(|ended| {
+        let usage = Usage {
+            cpu_time_ms: used.cpu_time_ns / 1_000_000,
+            peak_memory_bytes: used.peak_memory_bytes,
+        };
+        (ended, usage)
+    })
 }
 
 /// How an exited container ended for the attempt: the kernel's OOM kill, or
