@@ -130,7 +130,7 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
     let channel = client_channel(&cluster)?;
     let mut client = ControlClient::new(channel);
     let stamp_yaml = format!(
-        "name: stamp\nsteps:\n  - name: stamp\n    image: {IMAGE}\n    image_pull: never\n    command: [\"./ferry-stamp\", \"stamp.out\"]\n    outputs: [stamp.out]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
+        "name: stamp\nparams: {{nonce: \"0\"}}\nsteps:\n  - name: stamp\n    image: {IMAGE}\n    image_pull: never\n    env: {{NONCE: \"${{params.nonce}}\"}}\n    command: [\"./ferry-stamp\", \"stamp.out\"]\n    outputs: [stamp.out]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
     );
     let stamp_bundle = upload(
         &cluster,
@@ -138,10 +138,10 @@ pub async fn run(steps: usize, trials: usize) -> anyhow::Result<()> {
         &stamp_yaml,
         &[("ferry-stamp", &stamp)],
     )?;
-    let mut noops = "name: noops\nsteps:\n".to_string();
+    let mut noops = "name: noops\nparams: {nonce: \"0\"}\nsteps:\n".to_string();
     for n in 0..steps {
         noops.push_str(&format!(
-            "  - name: s{n}\n    image: {IMAGE}\n    image_pull: never\n    command: [\"true\"]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
+            "  - name: s{n}\n    image: {IMAGE}\n    image_pull: never\n    env: {{NONCE: \"${{params.nonce}}\"}}\n    command: [\"true\"]\n    resources: {{cpu: 0.25, memory: 64Mi}}\n"
         ));
     }
     let noops_bundle = upload(&cluster, &scratch.path().join("noops"), &noops, &[])?;
@@ -267,6 +267,9 @@ fn upload(
     Ok(ferry_common::bundle::pack_dir(dir)?.digest)
 }
 
+/// The nonce of the next run this benchmark submits.
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 async fn submit(
     client: &mut ControlClient<Channel>,
     yaml: &str,
@@ -275,10 +278,19 @@ async fn submit(
     let request = proto::SubmitRunRequest {
         spec_yaml: yaml.to_string(),
         spec_file: "pipeline.yaml".into(),
-        params: Default::default(),
+        // A fresh nonce per run: every step has a key no earlier run made,
+        // so it runs, on the default path (the run reads the cache, and a
+        // step with an image reports its resolved ID before it runs).
+        params: [(
+            "nonce".to_string(),
+            NONCE
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        )]
+        .into(),
         bundle_digest: bundle.to_string(),
         request_id: String::new(),
-        no_cache: true,
+        no_cache: false,
     };
     Ok(client.submit_run(request).await?.into_inner().run_id)
 }

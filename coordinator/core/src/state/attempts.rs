@@ -302,6 +302,7 @@ impl State {
                     Some(now_ms.saturating_sub(ran as i64).max(attempt.assigned_ms));
             }
         }
+        self.key_from_ran_image(key);
         self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
         Ok(Outcome::Report {
             accepted: true,

@@ -87,6 +87,35 @@ impl State {
         }
     }
 
+    /// A step with an image in a run that does not read the cache is not
+    /// asked to report its image before running (nothing would stop it): its
+    /// key, for the cache to record its success, is made from the image its
+    /// final report names.
+    pub(super) fn key_from_ran_image(&mut self, key: &AttemptKey) {
+        let Some(run) = self.runs.get(&key.run) else {
+            return;
+        };
+        let Some(index) = run.step_index(&key.step) else {
+            return;
+        };
+        let record = &run.steps[index];
+        if record.cache_key.is_some() || run.pipeline.steps[index].container.is_none() {
+            return;
+        }
+        let Some(id) = record
+            .current_attempt()
+            .and_then(|a| a.image.as_ref())
+            .map(|i| i.id.clone())
+        else {
+            return;
+        };
+        let inputs = record.inputs.clone();
+        let made = self.key_of_step(run, index, &inputs, Some(&id));
+        if let Some(run) = self.runs.get_mut(&key.run).map(Arc::make_mut) {
+            run.steps[index].cache_key = made;
+        }
+    }
+
     /// Ends the current attempt of `key` as deferred and frees its worker's
     /// capacity; the step, for the caller to move on.
     fn defer_attempt(

@@ -226,3 +226,27 @@ fn an_image_step_without_caching_records_its_image_and_runs() {
     assert_eq!(sim.step(run, "train").cache_key, None);
     assert!(sim.attempt(&key).image.is_some());
 }
+
+#[test]
+fn a_run_that_does_not_read_the_cache_keys_its_success_by_the_image_it_reports() {
+    let mut sim = Sim::new();
+    sim.register(big_worker("w1"));
+    // --no-cache: the worker is not asked to report its image first; the
+    // final report names it and the key is made from it.
+    let fresh = sim.submit(&image_pipeline("trainer:1", 0));
+    let key = sim.assign(fresh, "train", "w1");
+    sim.start(&key);
+    let mut report = exited_ok(&[]);
+    report.outputs = vec![("model.bin".into(), "blake3:m".into(), 10)];
+    report.image = Some(RanImage {
+        id: IMAGE_A.into(),
+        repo_digest: None,
+    });
+    sim.finish(&key, report);
+    assert!(sim.step(fresh, "train").cache_key.is_some());
+    // A later run of the same image takes that result.
+    let cached = sim.submit_cached(&image_pipeline("trainer:1", 0));
+    assert!(!sim.train_in(cached, IMAGE_A, "unused"));
+    let step = sim.step(cached, "train");
+    assert_eq!(step.reused.as_ref().map(|r| r.run), Some(fresh));
+}
