@@ -90,6 +90,10 @@ pub(super) async fn resolve_image(
         }) => answer,
         _ = cancel.wait_for(|c| *c) => return Resolution::End("cancelled", "cancelled before it started".into()),
     };
+    tracing::debug!(
+        answered = answer.is_ok(),
+        "the coordinator answered the image report"
+    );
     match answer {
         Ok(answer) if answer.run => Resolution::Run(resolved),
         Ok(answer) => Resolution::Stop(answer.reason),
@@ -260,6 +264,7 @@ async fn run_container(
         let _ = stderr_in.shutdown().await;
     });
     let started = runtime.start(id).await;
+    tracing::debug!(container = %id, ok = started.is_ok(), "step container started");
     let mut usage = ContainerUsage::started();
     let ended = match started {
         Err(reason) => Err(reason),

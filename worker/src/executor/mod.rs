@@ -159,7 +159,10 @@ async fn run_resolved(
         _ = cancel.wait_for(|c| *c) => Err(StageError::Cancelled),
     };
     let mut staged = match staged {
-        Ok(staged) => staged,
+        Ok(staged) => {
+            tracing::debug!("staged");
+            staged
+        }
         Err(error) => {
             give_back(ctx, bundle, work_dir, fingerprint).await;
             if matches!(error, StageError::Cancelled) {
