@@ -169,8 +169,11 @@ impl BlobStore {
         })
     }
 
-    /// Reads a blob as a stream of chunks; the last item is an error if the bytes
-    /// on disk no longer match the digest.
+    /// Reads a blob as a stream of frames of up to [`READ_FRAME`] bytes; the
+    /// last item is an error if the bytes on disk no longer match the digest.
+    /// Each frame is read and hashed on a blocking thread, one frame ahead of
+    /// the consumer at most (the stream is polled for the next frame only
+    /// when the previous one was taken).
     pub async fn read(
         &self,
         digest: &str,
@@ -178,50 +181,77 @@ impl BlobStore {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
-        // A named location (not a temporary) keeps this future Send for every
-        // lifetime, so that callers can spawn it.
-        let location = location(digest);
-        let result = match self.store.get(&location).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => {
+        let path = self.file_of(digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, size))
+        })
+        .await
+        .map_err(|e| io_error(std::io::Error::other(e)))?;
+        let (file, size) = match opened {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(BlobError::NotFound(digest.to_string()));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_error(e)),
         };
-        let size = result.meta.size;
         let expected = digest.to_string();
-        let inner = result.into_stream();
-        let stream = futures::stream::unfold(
-            (inner, blake3::Hasher::new(), false),
-            move |(mut inner, mut hasher, done)| {
-                let expected = expected.clone();
-                async move {
-                    if done {
-                        return None;
+        let reader = Some((file, blake3::Hasher::new()));
+        let stream = futures::stream::unfold(reader, move |reader| {
+            let expected = expected.clone();
+            async move {
+                let (file, hasher) = reader?;
+                let frame = tokio::task::spawn_blocking(move || read_frame(file, hasher))
+                    .await
+                    .map_err(|e| io_error(std::io::Error::other(e)));
+                match frame {
+                    Ok(Ok((bytes, file, hasher))) if !bytes.is_empty() => {
+                        Some((Ok(bytes), Some((file, hasher))))
                     }
-                    match inner.next().await {
-                        Some(Ok(bytes)) => {
-                            hasher.update(&bytes);
-                            Some((Ok(bytes), (inner, hasher, false)))
-                        }
-                        Some(Err(e)) => Some((Err(BlobError::from(e)), (inner, hasher, true))),
-                        None => {
-                            let actual = hasher.finalize().to_hex().to_string();
-                            if actual == expected {
-                                None
-                            } else {
-                                Some((
-                                    Err(BlobError::DigestMismatch { expected, actual }),
-                                    (inner, hasher, true),
-                                ))
-                            }
-                        }
+                    Ok(Ok((_, _, hasher))) => {
+                        let actual = hasher.finalize().to_hex().to_string();
+                        (actual != expected)
+                            .then_some((Err(BlobError::DigestMismatch { expected, actual }), None))
                     }
+                    Ok(Err(e)) => Some((Err(io_error(e)), None)),
+                    Err(e) => Some((Err(e), None)),
                 }
-            },
-        );
+            }
+        });
         Ok((size, stream.boxed()))
     }
+}
+
+/// The most bytes one frame of a blob read carries.
+pub const READ_FRAME: usize = 1 << 20;
+
+/// Reads the next frame of a blob (empty at its end) and hashes it.
+fn read_frame(
+    mut file: std::fs::File,
+    mut hasher: blake3::Hasher,
+) -> std::io::Result<(Bytes, std::fs::File, blake3::Hasher)> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; READ_FRAME];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buffer.truncate(filled);
+    hasher.update(&buffer);
+    Ok((Bytes::from(buffer), file, hasher))
+}
+
+fn io_error(error: std::io::Error) -> BlobError {
+    BlobError::Storage(object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(error),
+    })
 }
 
 /// Makes a blob durable: its data, its name in its fan-out directory, and that
