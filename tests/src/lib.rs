@@ -4,6 +4,7 @@
 //! (`ports`), starts real coordinator and worker processes, runs the `ferry` CLI
 //! against them, and kills everything it started when dropped.
 
+pub mod artifact_bench;
 mod binaries;
 pub mod chaos;
 pub mod container_bench;

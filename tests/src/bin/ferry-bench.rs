@@ -7,6 +7,7 @@
 //!     [--seconds N] [--clients N] [--trials N] [--runs N] [--steps N] [--sweeps N]
 //! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
 //! target/release/ferry-bench containers [--steps N] [--trials N]   # needs Docker
+//! target/release/ferry-bench artifacts [--mib N] [--members N]      # see artifact_bench.rs
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
 //!     [--value-bytes N] [--tls] [--etcd-binary PATH]
@@ -86,6 +87,8 @@ struct Options {
     etcd_tls: bool,
     /// The `etcd` binary to run.
     etcd_binary: std::path::PathBuf,
+    /// The artifact's size for `artifacts`.
+    mib: u64,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -104,6 +107,7 @@ fn options() -> anyhow::Result<Options> {
         value_bytes: ETCD_VALUE_BYTES,
         etcd_tls: false,
         etcd_binary: "etcd".into(),
+        mib: 1024,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -128,17 +132,18 @@ fn options() -> anyhow::Result<Options> {
             "--sweeps" => options.sweeps = number("--sweeps")? as usize,
             "--value-bytes" => options.value_bytes = number("--value-bytes")? as usize,
             "--tls" => options.etcd_tls = true,
+            "--mib" => options.mib = number("--mib")?,
             "--etcd-binary" => {
                 options.etcd_binary = args.next().context("--etcd-binary needs a path")?.into()
             }
             "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
-            | "etcd" | "containers" | "all" => options.what = arg,
+            | "etcd" | "containers" | "artifacts" | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|artifacts|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
                  [--steps N] [--sweeps N] [--seed N] [--value-bytes N] [--tls] \
-                 [--etcd-binary PATH]"
+                 [--etcd-binary PATH] [--mib N]"
             ),
         }
     }
@@ -1160,6 +1165,11 @@ fn main() -> anyhow::Result<()> {
         }
         if options.what == "containers" {
             ferry_tests::container_bench::run(options.steps, options.trials).await?;
+        }
+        if options.what == "artifacts" {
+            let (mib, members) = (options.mib, options.members);
+            tokio::task::spawn_blocking(move || ferry_tests::artifact_bench::run(mib, members))
+                .await??;
         }
         Ok(())
     })
