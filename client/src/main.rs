@@ -677,13 +677,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Schedules {
                     command:
                         SchedulesCommand::Create {
+                            name,
                             pipeline,
                             params,
                             cron,
-                            ..
                         },
                 } => {
-                    ferry_common::cron::Cron::parse(cron).map_err(anyhow::Error::msg)?;
+                    // The coordinator's own check of a schedule's name and cron.
+                    let now = ferry_common::time::now_ms();
+                    if let Some(problem) = ferry_common::spec::schedule_problem(name, cron, now) {
+                        bail!(problem);
+                    }
                     Some(shared::validate(pipeline, params)?)
                 }
                 _ => None,

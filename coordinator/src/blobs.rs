@@ -127,6 +127,52 @@ impl BlobStore {
         }
     }
 
+    /// The stored blobs that `live` does not name and that were last written
+    /// at or before `before_ms`, with their sizes: what `ferry gc` deletes
+    /// although no collected run refers to it (a bundle uploaded for a
+    /// submission that was refused or never made). A file being received is
+    /// not listed (it is stored under a staging name until it is verified),
+    /// and one written within the grace period stays.
+    pub async fn unreferenced(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+        before_ms: i64,
+    ) -> Vec<(String, u64)> {
+        let dir = self.dir.clone();
+        let live = live.clone();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let Ok(prefixes) = std::fs::read_dir(&dir) else {
+                return found;
+            };
+            for prefix in prefixes.flatten() {
+                let Ok(files) = std::fs::read_dir(prefix.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let name = file.file_name().to_string_lossy().into_owned();
+                    if !is_valid_digest(&name)
+                        || prefix.file_name().to_string_lossy() != name[..2]
+                        || live.contains(&name)
+                        || !store.written_before(&name, before_ms)
+                    {
+                        continue;
+                    }
+                    if let Ok(meta) = file.metadata()
+                        && meta.is_file()
+                    {
+                        found.push((name, meta.len()));
+                    }
+                }
+            }
+            found.sort();
+            found
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Whether the blob is stored here with exactly this size.
     pub async fn holds(&self, digest: &str, size: u64) -> Result<bool, BlobError> {
         Ok(self.size_of(digest).await? == Some(size))
@@ -353,6 +399,28 @@ mod tests {
             out.extend_from_slice(&chunk?);
         }
         Ok(out)
+    }
+
+    #[tokio::test]
+    async fn unreferenced_blobs_are_listed_once_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let mut digests = Vec::new();
+        for data in [&b"kept"[..], &b"orphan"[..]] {
+            let digest = blake3::hash(data).to_hex().to_string();
+            let mut upload = store.begin(&digest, data.len() as u64).await.unwrap();
+            upload.write(Bytes::copy_from_slice(data)).await.unwrap();
+            upload.finish().await.unwrap();
+            digests.push(digest);
+        }
+        // A staging file and a stray name are never listed.
+        std::fs::write(dir.path().join(&digests[0][..2]).join("x#1"), b"partial").unwrap();
+        let live: std::collections::BTreeSet<String> = [digests[0].clone()].into();
+        let now = ferry_common::time::now_ms();
+        // Written within the grace period: kept.
+        assert!(store.unreferenced(&live, now - 60_000).await.is_empty());
+        let found = store.unreferenced(&live, now + 1000).await;
+        assert_eq!(found, vec![(digests[1].clone(), 6)]);
     }
 
     #[tokio::test]

@@ -51,6 +51,12 @@ pub struct CoordinatorConfig {
     pub retention: RetentionSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    /// `[limits]`: the bounds on a submitted pipeline (file size, steps, trials
+    /// a step, expanded size). Every member should set the same values: the
+    /// member that receives a submission checks it, and `ferry` checks against
+    /// the values of the member it asks.
+    #[serde(default)]
+    pub limits: ferry_common::spec::SubmitLimits,
     /// The names of the client certificates that may change the cluster's
     /// membership (`ferry cluster add-member`, `remove-member`). Empty: nobody
     /// may. Every member should list the same names: the leader decides.
@@ -255,6 +261,8 @@ pub enum ClusterConfigError {
     RetentionInterval(u64),
     #[error("audit.interval_ms must be at least 1000 (it is {0})")]
     AuditInterval(u64),
+    #[error("limits.{key} {message}")]
+    Limits { key: &'static str, message: String },
     #[error("audit.keep_days must be at least 1 (it is 0)")]
     AuditKeepDays,
     #[error("audit.max_records must be from 1 to {max} (it is {value})")]
@@ -326,6 +334,9 @@ impl CoordinatorConfig {
         }
         if self.audit.keep_days < 1 {
             return Err(ClusterConfigError::AuditKeepDays);
+        }
+        if let Some((key, message)) = self.limits.problem() {
+            return Err(ClusterConfigError::Limits { key, message });
         }
         let max = crate::state::MAX_AUDIT_RECORDS;
         if self.audit.max_records < 1 || self.audit.max_records > max as u64 {
@@ -675,6 +686,29 @@ mod tests {
         );
         let error = with_scheduling("[scheduling.quotas.vision]\ngpu = 1\n").unwrap_err();
         assert!(error.contains("gpu"), "{error}");
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let defaults = with_scheduling("").unwrap();
+        assert_eq!(defaults.limits, ferry_common::spec::SubmitLimits::default());
+        let set =
+            with_scheduling("[limits]\nmax_steps = 100000\nmax_trials_per_step = 10000\n").unwrap();
+        assert_eq!(set.limits.max_steps, 100_000);
+        assert_eq!(set.limits.max_trials_per_step, 10_000);
+        assert_eq!(set.limits.max_spec_bytes, 1024 * 1024);
+        let error = with_scheduling("[limits]\nmax_steps = 0\n").unwrap_err();
+        assert!(
+            error.contains("limits.max_steps must be at least 1 (it is 0)"),
+            "{error}"
+        );
+        let error = with_scheduling("[limits]\nmax_spec_bytes = 99999999\n").unwrap_err();
+        assert!(
+            error.contains("limits.max_spec_bytes must be at most"),
+            "{error}"
+        );
+        let error = with_scheduling("[limits]\nmax_stepz = 3\n").unwrap_err();
+        assert!(error.contains("max_stepz"), "{error}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod t47_revocation;
 mod t48_audit;
 mod t49_matrix;
 mod t50_specs;
+mod t51_limits;
 mod t55_containers;
 mod t56_sklearn;
 mod t57_compose;

@@ -66,6 +66,21 @@ fn a_seven_mib_parameter_is_refused_by_the_cli_and_by_the_coordinator() {
     );
     let result = cluster.ferry(&["run", pipeline.to_str().expect("utf-8")]);
     assert!(!result.success(), "{:?}", result.stdout);
+    // The file itself is over the cluster's limit: refused for that first, as
+    // the coordinator would, before it is parsed.
+    assert!(
+        result.stderr.contains("the pipeline file is") && result.stderr.contains("1048576"),
+        "{}",
+        result.stderr
+    );
+    assert!(result.stderr.len() < 4096, "the value is echoed back");
+    let pipeline = write_pipeline(
+        &cluster.path("big-default"),
+        &WITH_PARAM.replace("blob: \"\"", &format!("blob: \"{}\"", &huge[..100 * 1024])),
+        &[],
+    );
+    let result = cluster.ferry(&["run", pipeline.to_str().expect("utf-8")]);
+    assert!(!result.success(), "{:?}", result.stdout);
     assert!(
         result.stderr.contains("\"blob\"") && result.stderr.contains("65536"),
         "{}",

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ferry_common::proto;
 
-use super::shared::{Client, LocalSpec, Rpc, upload_bundle};
+use super::shared::{Client, LocalSpec, Rpc, prepare};
 
 /// `ferry run`: uploads the pipeline's code bundle and submits a run of it;
 /// says what was submitted and returns the run.
@@ -15,7 +15,7 @@ pub(crate) async fn submit(
     local: LocalSpec,
     no_cache: bool,
 ) -> anyhow::Result<u64> {
-    let bundle = upload_bundle(client, pipeline, &local.spec).await?;
+    let (spec, bundle) = prepare(client, pipeline, &local).await?;
     // The same request id on every retry: a submission that was applied before the
     // answer got lost is answered with its run, never started twice.
     let request = proto::SubmitRunRequest {
@@ -35,7 +35,7 @@ pub(crate) async fn submit(
         .run_id;
     println!(
         "run {run} ({}) submitted; code bundle {}{}",
-        local.spec.name,
+        spec.name,
         bundle.describe(),
         if no_cache { "; cache not used" } else { "" }
     );

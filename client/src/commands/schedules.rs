@@ -6,7 +6,7 @@ use std::path::Path;
 use ferry_common::proto;
 use serde_json::json;
 
-use super::shared::{Client, LocalSpec, Output, Read, Rpc, upload_bundle};
+use super::shared::{Client, LocalSpec, Output, Read, Rpc, prepare};
 use crate::render;
 
 fn schedule_json(s: &proto::ScheduleView) -> serde_json::Value {
@@ -114,7 +114,7 @@ pub(crate) async fn create(
     local: LocalSpec,
     output: Output,
 ) -> anyhow::Result<()> {
-    let bundle = upload_bundle(client, pipeline, &local.spec).await?;
+    let (spec, bundle) = prepare(client, pipeline, &local).await?;
     // A name is created once: a retry after a lost answer is refused
     // (AlreadyExists), never a second schedule.
     let request = proto::CreateScheduleRequest {
@@ -133,7 +133,7 @@ pub(crate) async fn create(
     let done = format!(
         "schedule {} created: runs {} at {:?} (UTC), next {}; code bundle {}",
         view.name,
-        local.spec.name,
+        spec.name,
         view.cron,
         next_tick(&view),
         bundle.describe()

@@ -15,7 +15,10 @@ use ferry_client::Connection;
 use ferry_common::digest::{CHUNK_SIZE, is_valid_digest, short};
 use ferry_common::proto;
 use ferry_common::proto::control_client::ControlClient;
-use ferry_common::spec::{parse_param_override, parse_pipeline};
+use ferry_common::spec::{
+    MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, Pipeline, SubmitLimits,
+    parse_param_override, parse_pipeline_within, parse_submission,
+};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -105,14 +108,37 @@ impl Rpc for Client {
     }
 }
 
-/// A pipeline file read and validated locally, with the same code the coordinator
-/// runs, so that a bad spec fails before anything is uploaded.
+/// A pipeline file read and checked locally before connecting (every check
+/// that does not depend on the cluster's `[limits]`), checked again against
+/// the cluster's limits by [`prepare`] before anything is uploaded.
 pub(crate) struct LocalSpec {
     pub(crate) yaml: String,
     pub(crate) file_name: String,
     pub(crate) overrides: BTreeMap<String, String>,
-    pub(crate) spec: ferry_common::spec::Pipeline,
 }
+
+impl LocalSpec {
+    /// The pipeline, checked as the coordinator checks it under `limits`
+    /// ([`parse_submission`], the coordinator's own check).
+    pub(crate) fn check(&self, limits: &SubmitLimits) -> anyhow::Result<Pipeline> {
+        Ok(parse_submission(
+            limits,
+            &self.file_name,
+            &self.yaml,
+            &self.overrides,
+        )?)
+    }
+}
+
+/// The loosest limits a cluster may set: what a pipeline is checked against
+/// before the cluster's own limits are known (every other problem is reported
+/// even when no coordinator is reachable).
+const LOOSEST_LIMITS: SubmitLimits = SubmitLimits {
+    max_spec_bytes: MAX_SPEC_BYTES_CEILING,
+    max_steps: usize::MAX,
+    max_trials_per_step: usize::MAX,
+    max_expanded_bytes: MAX_EXPANDED_BYTES_CEILING,
+};
 
 /// The pipeline file a path names: the file itself, or `pipeline.yaml` (else
 /// `pipeline.yml`) in a folder.
@@ -132,6 +158,9 @@ pub(crate) fn pipeline_file(path: &Path) -> anyhow::Result<std::path::PathBuf> {
         })
 }
 
+/// Reads the pipeline file and its `--param` overrides and checks them against
+/// the loosest limits a cluster may have (a file larger than any cluster takes
+/// is left to [`prepare`], which names the cluster's limit).
 pub(crate) fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<LocalSpec> {
     let yaml = std::fs::read_to_string(pipeline)
         .with_context(|| format!("cannot read {}", pipeline.display()))?;
@@ -144,13 +173,56 @@ pub(crate) fn validate(pipeline: &Path, params: &[String]) -> anyhow::Result<Loc
         let (key, value) = parse_param_override(text)?;
         overrides.insert(key, value);
     }
-    let spec = parse_pipeline(&file_name, &yaml, &overrides)?;
+    if yaml.len() <= LOOSEST_LIMITS.max_spec_bytes {
+        parse_pipeline_within(&file_name, &yaml, &overrides, &LOOSEST_LIMITS)?;
+    }
     Ok(LocalSpec {
         yaml,
         file_name,
         overrides,
-        spec,
     })
+}
+
+/// The limits the cluster checks a submission against (`GetLimits`); a
+/// coordinator too old to answer it checks the defaults.
+pub(crate) async fn cluster_limits(client: &mut Client) -> anyhow::Result<SubmitLimits> {
+    let answer = client
+        .call(|mut client| async move { client.get_limits(proto::GetLimitsRequest {}).await })
+        .await;
+    let view = match answer {
+        Ok(view) => view,
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(SubmitLimits::default());
+        }
+        Err(status) => return Err(status).or_status(),
+    };
+    let defaults = SubmitLimits::default();
+    let pick = |value: u64, default: usize| match value {
+        0 => default,
+        value => usize::try_from(value).unwrap_or(usize::MAX),
+    };
+    Ok(SubmitLimits {
+        max_spec_bytes: pick(view.max_spec_bytes, defaults.max_spec_bytes),
+        max_steps: pick(view.max_steps, defaults.max_steps),
+        max_trials_per_step: pick(view.max_trials_per_step, defaults.max_trials_per_step),
+        max_expanded_bytes: pick(view.max_expanded_bytes, defaults.max_expanded_bytes),
+    })
+}
+
+/// Everything a submission of `local` needs, checked as the coordinator will
+/// check it before anything is uploaded: the pipeline against the cluster's
+/// limits, then the code bundle (packed, its `cache.paths`, and the archive
+/// walk the coordinator makes on receipt); only then is the bundle uploaded
+/// (unless stored already). A refusal here leaves nothing on the coordinators.
+pub(crate) async fn prepare(
+    client: &mut Client,
+    pipeline: &Path,
+    local: &LocalSpec,
+) -> anyhow::Result<(Pipeline, UploadedBundle)> {
+    let limits = cluster_limits(client).await?;
+    let spec = local.check(&limits)?;
+    let bundle = upload_bundle(client, pipeline, &spec).await?;
+    Ok((spec, bundle))
 }
 
 /// A code bundle as stored on the coordinators.
@@ -181,9 +253,10 @@ impl UploadedBundle {
 
 /// Packs the folder holding `pipeline` into a code bundle and uploads it unless
 /// the coordinators hold it already. Each step's `cache.paths` must be in the
-/// bundle (the coordinator checks it too): checked first, so that a pipeline
-/// it would refuse leaves nothing stored.
-pub(crate) async fn upload_bundle(
+/// bundle and the archive must pass the coordinator's check on receipt
+/// (`check_bundle` with the default unpack limits): both checked first, so
+/// that a pipeline it would refuse leaves nothing stored.
+async fn upload_bundle(
     client: &mut Client,
     pipeline: &Path,
     spec: &ferry_common::spec::Pipeline,
@@ -206,6 +279,16 @@ pub(crate) async fn upload_bundle(
     }
     let bundle = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let bundle = ferry_common::bundle::pack_dir(&folder)?;
+        ferry_common::bundle::check_bundle(
+            bundle.bytes.as_slice(),
+            ferry_common::bundle::UnpackLimits::default(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the code bundle packed from {} is not one Ferry can unpack: {e}",
+                folder.display()
+            )
+        })?;
         for (step, paths) in &cache_paths {
             ferry_common::bundle::paths_digest(bundle.bytes.as_slice(), paths)
                 .map_err(|e| anyhow::anyhow!("cache.paths of step \"{step}\": {e}"))?;

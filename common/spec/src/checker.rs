@@ -6,6 +6,7 @@ use std::cell::RefCell;
 
 use serde_yaml::Value;
 
+use super::limits::SubmitLimits;
 use super::locate::{Locator, Pos};
 use super::raw::kind_of;
 use super::types::Diagnostic;
@@ -15,6 +16,8 @@ use super::units::parse_duration_ms;
 pub(super) struct Checker<'a> {
     file: &'a str,
     pub(super) loc: Locator<'a>,
+    /// The limits in force (the coordinators' `[limits]`).
+    pub(super) limits: SubmitLimits,
     /// Behind a `RefCell` so that checks can report through a shared reference,
     /// which lets a [`StepContext`] hold the checker next to the step it is about.
     /// The list is only borrowed inside [`Checker::error`], so borrows never
@@ -23,10 +26,11 @@ pub(super) struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    pub(super) fn new(file: &'a str, loc: Locator<'a>) -> Self {
+    pub(super) fn new(file: &'a str, loc: Locator<'a>, limits: SubmitLimits) -> Self {
         Checker {
             file,
             loc,
+            limits,
             diagnostics: RefCell::new(Vec::new()),
         }
     }

@@ -11,9 +11,8 @@ use super::partial::Partial;
 use super::template::{Template, TemplatePart};
 use super::types::{Gather, Input, Step, Trial};
 use super::units::format_bytes;
-use super::{MAX_EXPANDED_BYTES, MAX_STEPS};
 
-/// Reports a pipeline with more than [`MAX_STEPS`] steps once its matrices are
+/// Reports a pipeline with more than `max_steps` steps once its matrices are
 /// expanded. Counts only: nothing is expanded yet.
 pub(super) fn check_step_total(ck: &Checker<'_>, partials: &[Partial]) {
     let matrix_steps = partials.iter().filter(|p| p.matrix.is_some()).count();
@@ -22,16 +21,17 @@ pub(super) fn check_step_total(ck: &Checker<'_>, partials: &[Partial]) {
         .filter_map(|p| p.matrix.as_ref())
         .fold(0usize, |sum, m| sum.saturating_add(m.len()));
     let total = trials.saturating_add(partials.len() - matrix_steps);
-    if total <= MAX_STEPS {
+    let max_steps = ck.limits.max_steps;
+    if total <= max_steps {
         return;
     }
     let at = ck.loc.top("steps", None);
     let message = if matrix_steps == 0 {
-        format!("the pipeline has {total} steps; at most {MAX_STEPS} are allowed")
+        format!("the pipeline has {total} steps; at most {max_steps} are allowed")
     } else {
         format!(
             "the pipeline expands to {total} steps ({trials} of them trials of matrix steps); \
-             at most {MAX_STEPS} are allowed"
+             at most {max_steps} are allowed"
         )
     };
     ck.error(at, message);
@@ -83,7 +83,8 @@ pub(super) fn check_expanded_size(
             largest = Some((bytes, &p.name));
         }
     }
-    if total <= MAX_EXPANDED_BYTES {
+    let max_bytes = ck.limits.max_expanded_bytes;
+    if total <= max_bytes {
         return;
     }
     let at = ck.loc.top("steps", None);
@@ -102,7 +103,7 @@ pub(super) fn check_expanded_size(
              environment){biggest}; at most {} are allowed: move long scripts into files \
              of the code bundle, or use fewer combinations",
             format_bytes(total as u64),
-            format_bytes(MAX_EXPANDED_BYTES as u64)
+            format_bytes(max_bytes as u64)
         ),
     );
 }

@@ -53,6 +53,7 @@ mod pipeline;
 mod raw;
 mod secrets;
 mod step;
+mod submit;
 mod suggest;
 mod template;
 mod types;
@@ -61,12 +62,14 @@ mod units;
 #[cfg(test)]
 mod tests;
 
+pub use limits::{MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, SubmitLimits};
 pub use names::{env_var_name, parse_param_override};
 pub use paths::validate_output_path;
-pub use pipeline::parse_pipeline;
+pub use pipeline::{parse_pipeline, parse_pipeline_within};
 pub use secrets::{
     MAX_SECRET_NAME_LEN, MAX_SECRETS_PER_STEP, SecretTarget, SecretUse, check_secret_name,
 };
+pub use submit::{parse_submission, schedule_problem};
 pub use types::{
     BestBy, CacheSpec, ContainerSpec, Diagnostic, Gather, Goal, GpuConstraint, ImagePull, Input,
     Network, Pipeline, Resources, SpecError, Step, Trial,
@@ -88,7 +91,8 @@ pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
 /// Longest delay between two attempts of a step.
 pub const MAX_RETRY_BACKOFF_MS: u64 = 10 * 60 * 1000;
 /// Most bytes a pipeline may take once its sweeps are expanded (estimated):
-/// the expanded pipeline is what the coordinators store and replicate.
+/// the expanded pipeline is what the coordinators store and replicate. The
+/// default of `[limits] max_expanded_bytes` ([`SubmitLimits`]).
 pub const MAX_EXPANDED_BYTES: usize = 4 * 1024 * 1024;
 /// Accepted `priority` range.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
@@ -96,10 +100,15 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 pub const DEFAULT_PROJECT: &str = "default";
 /// Most labels a `node_selector` may ask for.
 pub const MAX_SELECTOR_LABELS: usize = 32;
-/// Most combinations (trials) one step written with `matrix:` may expand to.
+/// Most combinations (trials) one step written with `matrix:` may expand to:
+/// the default of `[limits] max_trials_per_step` ([`SubmitLimits`]).
 pub const MAX_TRIALS_PER_STEP: usize = 1000;
-/// Most steps a pipeline may have once every `matrix:` step is expanded.
+/// Most steps a pipeline may have once every `matrix:` step is expanded: the
+/// default of `[limits] max_steps` ([`SubmitLimits`]).
 pub const MAX_STEPS: usize = 5000;
+/// Largest pipeline file (bytes) a submission may carry: the default of
+/// `[limits] max_spec_bytes` ([`SubmitLimits`]).
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 /// Longest metric name (in bytes) that `gather` may pick the best trial by; the
 /// same bound applies to the metrics steps report (the worker skips longer names,
 /// the coordinator refuses a report with one).

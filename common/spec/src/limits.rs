@@ -3,7 +3,13 @@
 //! `parse_pipeline`, so the CLI refuses exactly what the coordinator refuses) and
 //! what a worker advertises when it registers (checked by the worker at start and
 //! by the coordinator's agent service). Every check is pure; each message names
-//! the field and the limit and never echoes an oversize value whole.
+//! the field and the limit and never echoes an oversize value whole. Also the
+//! limits on a submitted pipeline ([`SubmitLimits`], the coordinators'
+//! `[limits]`; checked by `parse_submission`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{MAX_EXPANDED_BYTES, MAX_SPEC_BYTES, MAX_STEPS, MAX_TRIALS_PER_STEP};
 
 /// Longest value (in bytes) one pipeline parameter may have, a default or a
 /// `--param` override.
@@ -22,6 +28,78 @@ pub const MAX_WORKER_GPUS: usize = 64;
 pub const MAX_GPU_FIELD_BYTES: usize = 256;
 /// Most attempts a re-registering worker may say it still holds.
 pub const MAX_RUNNING_AT_REGISTRATION: usize = 4096;
+
+/// Largest `max_spec_bytes` a cluster may set: a pipeline file travels in one
+/// gRPC message (8 MiB at most, with its parameters).
+pub const MAX_SPEC_BYTES_CEILING: usize = 4 * 1024 * 1024;
+/// Largest `max_expanded_bytes` a cluster may set: the expanded pipeline is one
+/// Raft entry, replicated to every member.
+pub const MAX_EXPANDED_BYTES_CEILING: usize = 256 * 1024 * 1024;
+
+/// The bounds on one submitted pipeline (`[limits]` in coordinator.toml; every
+/// member should set the same values). `Default` is today's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitLimits {
+    /// Largest pipeline file, in bytes, checked before it is parsed.
+    pub max_spec_bytes: usize,
+    /// Most steps once every `matrix:` step is expanded.
+    pub max_steps: usize,
+    /// Most trials one `matrix:` step may expand to.
+    pub max_trials_per_step: usize,
+    /// Most bytes the expanded pipeline may take (estimated).
+    pub max_expanded_bytes: usize,
+}
+
+impl Default for SubmitLimits {
+    fn default() -> Self {
+        SubmitLimits {
+            max_spec_bytes: MAX_SPEC_BYTES,
+            max_steps: MAX_STEPS,
+            max_trials_per_step: MAX_TRIALS_PER_STEP,
+            max_expanded_bytes: MAX_EXPANDED_BYTES,
+        }
+    }
+}
+
+impl SubmitLimits {
+    /// Why these limits cannot be used, if they cannot: the key (as in
+    /// `[limits]`) and what is wrong with its value.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let bounds = [
+            (
+                "max_spec_bytes",
+                self.max_spec_bytes,
+                MAX_SPEC_BYTES_CEILING,
+            ),
+            ("max_steps", self.max_steps, usize::MAX),
+            ("max_trials_per_step", self.max_trials_per_step, usize::MAX),
+            (
+                "max_expanded_bytes",
+                self.max_expanded_bytes,
+                MAX_EXPANDED_BYTES_CEILING,
+            ),
+        ];
+        for (key, value, ceiling) in bounds {
+            if value == 0 {
+                return Some((key, "must be at least 1 (it is 0)".to_string()));
+            }
+            if value > ceiling {
+                return Some((key, format!("must be at most {ceiling} (it is {value})")));
+            }
+        }
+        if self.max_trials_per_step > self.max_steps {
+            return Some((
+                "max_trials_per_step",
+                format!(
+                    "must not exceed max_steps ({}; it is {})",
+                    self.max_steps, self.max_trials_per_step
+                ),
+            ));
+        }
+        None
+    }
+}
 
 /// How many characters of a value a message shows before cutting it short.
 const SHOWN_CHARS: usize = 60;

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_yaml::Value;
 
-use super::MAX_TRIALS_PER_STEP;
 use super::checker::StepContext;
 use super::locate::Pos;
 use super::names::{env_var_name, is_param_name};
@@ -31,7 +30,7 @@ enum Combinations {
 }
 
 impl Matrix {
-    /// How many trials the step expands to (at most [`MAX_TRIALS_PER_STEP`]: a
+    /// How many trials the step expands to (at most `max_trials_per_step`: a
     /// matrix is only built once its size is checked).
     pub(super) fn len(&self) -> usize {
         match &self.combinations {
@@ -346,8 +345,9 @@ fn check_matrix_entry(
 /// Reports a matrix that expands to too many trials; `None` is an overflow.
 fn check_trial_count(cx: &StepContext<'_>, at: Option<Pos>, count: Option<usize>) -> bool {
     let label = cx.label;
+    let max = cx.ck.limits.max_trials_per_step;
     let count = match count {
-        Some(n) if n <= MAX_TRIALS_PER_STEP => return true,
+        Some(n) if n <= max => return true,
         Some(n) => n.to_string(),
         None => format!("more than {}", usize::MAX),
     };
@@ -355,7 +355,7 @@ fn check_trial_count(cx: &StepContext<'_>, at: Option<Pos>, count: Option<usize>
         at,
         format!(
             "matrix of step {label} expands to {count} combinations; at most \
-             {MAX_TRIALS_PER_STEP} are allowed"
+             {max} are allowed"
         ),
     );
     false

@@ -12,6 +12,7 @@ use super::container::{RawContainer, check_container};
 use super::expand::{Links, check_expanded_size, check_step_total, expand_step, trial_name};
 use super::gather::check_gathers;
 use super::graph::{StepNames, resolve_references, topological_order};
+use super::limits::SubmitLimits;
 use super::locate::{Locator, strip_comment};
 use super::names::{
     describe_name_rule, env_var_name, is_param_name, is_pipeline_name, is_step_name,
@@ -27,11 +28,25 @@ use super::{DEFAULT_PROJECT, PRIORITY_RANGE};
 /// messages; `overrides` are the `--param NAME=VALUE` values (see
 /// [`parse_param_override`](super::parse_param_override)). All semantic
 /// problems found are reported together; a YAML syntax, unknown-field or type
-/// error is reported alone.
+/// error is reported alone. Counts are checked against the default
+/// [`SubmitLimits`]; see [`parse_pipeline_within`].
 pub fn parse_pipeline(
     file_name: &str,
     yaml: &str,
     overrides: &BTreeMap<String, String>,
+) -> Result<Pipeline, SpecError> {
+    parse_pipeline_within(file_name, yaml, overrides, &SubmitLimits::default())
+}
+
+/// [`parse_pipeline`] with the step, trial and expanded-size counts checked
+/// against `limits` (a submission goes through
+/// [`parse_submission`](super::parse_submission), which checks the file's size
+/// first).
+pub fn parse_pipeline_within(
+    file_name: &str,
+    yaml: &str,
+    overrides: &BTreeMap<String, String>,
+    limits: &SubmitLimits,
 ) -> Result<Pipeline, SpecError> {
     let empty = yaml.lines().all(|l| {
         let t = strip_comment(l).trim();
@@ -45,7 +60,7 @@ pub fn parse_pipeline(
     }
     let raw: RawPipeline = serde_yaml::from_str(yaml).map_err(|e| yaml_error(file_name, &e))?;
     let steps = raw.steps.unwrap_or_default();
-    let ck = Checker::new(file_name, Locator::new(yaml, steps.len()));
+    let ck = Checker::new(file_name, Locator::new(yaml, steps.len()), *limits);
 
     // Pipeline name.
     let name = match raw.name {

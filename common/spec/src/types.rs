@@ -304,7 +304,7 @@ pub(super) fn render(diagnostics: &[Diagnostic]) -> String {
 pub(super) const COMMAND_LINE: &str = "command line";
 
 impl SpecError {
-    pub(super) fn single(file: &str, message: String) -> Self {
+    pub(crate) fn single(file: &str, message: String) -> Self {
         SpecError {
             diagnostics: vec![Diagnostic {
                 file: file.to_string(),

@@ -126,6 +126,9 @@ pub enum Action {
     UploadBundle,
     /// A client asks whether a blob is stored (before uploading a bundle).
     CheckBlob,
+    /// A client asks for the limits a submission is checked against (before
+    /// uploading a bundle).
+    ReadLimits,
     /// `ferry certs revoked`.
     ListRevocations,
     /// A worker uploads an output or a whole log of an attempt (referred to
@@ -308,6 +311,11 @@ pub const TABLE: &[Rule] = &[
         Action::CheckBlob,
         Need::AnyClient,
         "ask whether a blob is stored",
+    ),
+    rule(
+        Action::ReadLimits,
+        Need::AnyClient,
+        "read the submission limits",
     ),
     rule(
         Action::ListRevocations,

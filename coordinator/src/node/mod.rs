@@ -124,6 +124,8 @@ pub struct Node {
     pub retention: crate::config::RetentionSettings,
     /// `[audit]`: how long the audit log keeps its records (the leader trims).
     pub audit: crate::config::AuditSettings,
+    /// `[limits]`: what a submitted pipeline is checked against.
+    pub limits: ferry_common::spec::SubmitLimits,
     /// This member's own certificate identity: it records what it refused.
     pub identity: ferry_common::pki::Identity,
     /// How many refusals of each caller this member records one by one.
@@ -320,6 +322,7 @@ impl Node {
             timings: config.timings(),
             retention: config.retention.clone(),
             audit: config.audit.clone(),
+            limits: config.limits,
             identity: identity.clone(),
             refusals: audit::RefusalLimiter::default(),
             quotas: config.scheduling.quotas()?,

@@ -205,8 +205,18 @@ impl Node {
                     .filter(|digest| !live.contains(digest))
                     .collect();
                 tokio::spawn(async move {
+                    // Then the blobs nothing refers to at all (a bundle uploaded
+                    // for a submission that was refused or never made), on the
+                    // same grace rule.
+                    let unreferenced: Vec<String> = blob_store
+                        .unreferenced(&live, before_ms)
+                        .await
+                        .into_iter()
+                        .map(|(digest, _)| digest)
+                        .filter(|digest| !blobs.contains(digest))
+                        .collect();
                     let mut freed = 0u64;
-                    for digest in &blobs {
+                    for digest in blobs.iter().chain(&unreferenced) {
                         match blob_store.delete(digest, before_ms).await {
                             Ok(bytes) => freed += bytes,
                             Err(error) => tracing::warn!(digest, %error, "could not delete a blob"),
@@ -222,6 +232,7 @@ impl Node {
                     tracing::info!(
                         runs = runs.len(),
                         blobs = blobs.len(),
+                        unreferenced = unreferenced.len(),
                         freed,
                         lines,
                         "garbage collected"

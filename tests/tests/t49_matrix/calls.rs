@@ -251,6 +251,9 @@ impl Ctx {
                 };
                 bounded(client.has_blob(blob)).await?;
             }
+            Case::GetLimits => {
+                bounded(client.get_limits(proto::GetLimitsRequest {})).await?;
+            }
             Case::SubmitRun => {
                 submit(client, WAIT_SPEC, &bundle).await?;
             }

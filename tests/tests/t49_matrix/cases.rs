@@ -41,6 +41,7 @@ impl Service {
 pub enum Case {
     UploadBundle,
     HasBlob,
+    GetLimits,
     SubmitRun,
     /// A pipeline whose step asks for `p`'s secret.
     SubmitRunWithSecret,
@@ -98,9 +99,10 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 51] = [
+    pub const ALL: [Case; 52] = [
         Case::UploadBundle,
         Case::HasBlob,
+        Case::GetLimits,
         Case::SubmitRun,
         Case::SubmitRunWithSecret,
         Case::ListRuns,
@@ -194,6 +196,7 @@ impl Case {
         match self {
             Case::UploadBundle => &[Action::UploadBundle],
             Case::HasBlob => &[Action::CheckBlob],
+            Case::GetLimits => &[Action::ReadLimits],
             Case::ListRevocations => &[Action::ListRevocations],
             Case::UploadArtifact => &[Action::UploadArtifact],
             // Listings answer every client and leave out what it may not read
@@ -321,6 +324,7 @@ pub fn placement(action: Action) -> Placement {
         | Action::ReadAudit
         | Action::UploadBundle
         | Action::CheckBlob
+        | Action::ReadLimits
         | Action::ListRevocations
         | Action::UploadArtifact => Placement::Matrix,
         Action::RecordAudit | Action::TrimAudit => {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 44] = [
+const ALL_ACTIONS: [Action; 45] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -45,6 +45,7 @@ const ALL_ACTIONS: [Action; 44] = [
     Action::UploadBundle,
     Action::CheckBlob,
     Action::ListRevocations,
+    Action::ReadLimits,
     Action::UploadArtifact,
     Action::RecordAudit,
     Action::TrimAudit,
@@ -124,7 +125,7 @@ fn expected(who: Who, action: Action) -> bool {
     let client = !matches!(who, Who::Worker | Who::Coordinator);
     match action {
         ListWorkers | ClusterStatus | ListProjects | ListAdmins | ListGroups | UploadBundle
-        | CheckBlob | ListRevocations => client,
+        | CheckBlob | ReadLimits | ListRevocations => client,
         UploadArtifact => who == Who::Worker,
         Collect | SetWorkerMode | CreateProject | SetAdmin | SetGroupMember | ChangeMembership
         | RevokeCertificate | ResealSecret => who == Who::Admin,

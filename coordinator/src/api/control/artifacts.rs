@@ -271,6 +271,17 @@ pub(super) async fn collect_garbage(
             }
         }
     }
+    // And the blobs nothing refers to (a bundle whose submission was refused
+    // or never made), old enough to go: each member deletes its own.
+    let live = service.node.read(crate::state::live_blobs);
+    let unreferenced: Vec<(String, u64)> = service
+        .node
+        .blobs
+        .unreferenced(&live, before_ms)
+        .await
+        .into_iter()
+        .filter(|(digest, _)| !plan.blobs.contains_key(digest))
+        .collect();
     let (runs, blobs) = if gc.dry_run {
         (plan.runs, plan.blobs.into_iter().collect::<Vec<_>>())
     } else {
@@ -295,7 +306,13 @@ pub(super) async fn collect_garbage(
         .iter()
         .filter_map(|(digest, _)| sizes.get(digest).copied())
         .collect();
-    let (deleted, bytes) = (freed.len() as u64, freed.iter().sum::<u64>());
+    let (deleted, bytes) = (
+        (freed.len() + unreferenced.len()) as u64,
+        freed
+            .iter()
+            .chain(unreferenced.iter().map(|(_, size)| size))
+            .sum::<u64>(),
+    );
     let held: Vec<u64> = blobs
         .iter()
         .filter_map(|(digest, _)| recent.get(digest).copied())

@@ -376,6 +376,13 @@ impl Control for ControlService {
         audit::list_audit(self, request).await
     }
 
+    async fn get_limits(
+        &self,
+        request: Request<proto::GetLimitsRequest>,
+    ) -> Result<Response<proto::LimitsView>, Status> {
+        submit::get_limits(self, request).await
+    }
+
     async fn list_revocations(
         &self,
         request: Request<proto::ListRevocationsRequest>,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ferry_common::pki::{Role, require_role};
 use ferry_common::proto;
-use ferry_common::spec::{Pipeline, SpecError, parse_pipeline};
+use ferry_common::spec::{Pipeline, SpecError, SubmitLimits, parse_submission};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ControlService;
@@ -15,9 +15,6 @@ use crate::access::Action;
 use crate::api::propose_status;
 use crate::node::now_ms;
 use crate::state::{Command, Outcome};
-
-/// Upper bound on a submitted pipeline file.
-const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// Pipelines already parsed and validated, by a hash of what determines the
 /// result (file name, text, parameter overrides): a sweep or a scheduled job
@@ -33,10 +30,12 @@ const PARSED_PIPELINES_KEPT: usize = 256;
 impl ParsedPipelines {
     fn parse(
         &self,
+        limits: &SubmitLimits,
         file: &str,
         yaml: &str,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Pipeline, SpecError> {
+        // Limits come from the configuration, fixed while this member runs.
         let mut hasher = blake3::Hasher::new();
         for part in [file, yaml] {
             hasher.update(&(part.len() as u64).to_le_bytes());
@@ -52,7 +51,7 @@ impl ParsedPipelines {
         if let Some(pipeline) = self.lock().get(&key) {
             return Ok(pipeline.clone());
         }
-        let pipeline = parse_pipeline(file, yaml, overrides)?;
+        let pipeline = parse_submission(limits, file, yaml, overrides)?;
         let mut parsed = self.lock();
         if parsed.len() >= PARSED_PIPELINES_KEPT {
             parsed.clear();
@@ -68,19 +67,14 @@ impl ParsedPipelines {
 
 impl ControlService {
     /// Validates a submitted pipeline file (with its `--param` overrides) exactly
-    /// as the CLI did.
+    /// as the CLI did: `parse_submission` against this member's `[limits]`, which
+    /// `GetLimits` tells the CLI.
     fn parse_spec(
         &self,
         yaml: &str,
         file: &str,
         params: HashMap<String, String>,
     ) -> Result<Pipeline, Status> {
-        if yaml.len() > MAX_SPEC_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the pipeline file is {} bytes; the limit is {MAX_SPEC_BYTES}",
-                yaml.len()
-            )));
-        }
         let file = if file.is_empty() {
             "pipeline.yaml"
         } else {
@@ -88,7 +82,7 @@ impl ControlService {
         };
         let overrides: BTreeMap<String, String> = params.into_iter().collect();
         (self.parsed)
-            .parse(file, yaml, &overrides)
+            .parse(&self.node.limits, file, yaml, &overrides)
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
@@ -206,6 +200,23 @@ pub(super) async fn upload_bundle(
     Ok(Response::new(blob))
 }
 
+/// `GetLimits`: this member's `[limits]`, which `ferry` checks a pipeline
+/// against before it uploads anything.
+pub(super) async fn get_limits(
+    service: &ControlService,
+    request: Request<proto::GetLimitsRequest>,
+) -> Result<Response<proto::LimitsView>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    service.may(&caller, Action::ReadLimits)?;
+    let limits = &service.node.limits;
+    Ok(Response::new(proto::LimitsView {
+        max_spec_bytes: limits.max_spec_bytes as u64,
+        max_steps: limits.max_steps as u64,
+        max_trials_per_step: limits.max_trials_per_step as u64,
+        max_expanded_bytes: limits.max_expanded_bytes as u64,
+    }))
+}
+
 pub(super) async fn has_blob(
     service: &ControlService,
     request: Request<proto::BlobRef>,
@@ -318,18 +329,10 @@ pub(super) async fn schedule_to_create(
     create: proto::CreateScheduleRequest,
     owner: String,
 ) -> Result<crate::state::Schedule, Status> {
-    if !is_schedule_name(&create.name) {
-        return Err(Status::invalid_argument(format!(
-            "schedule name {:?} is invalid: use 1 to 64 characters from A-Z, a-z, 0-9, '_', '.', '-'",
-            create.name
-        )));
-    }
-    let cron = ferry_common::cron::Cron::parse(&create.cron).map_err(Status::invalid_argument)?;
-    if cron.next_after(now_ms()).is_none() {
-        return Err(Status::invalid_argument(format!(
-            "cron expression {:?} never fires: no date in the next 8 years matches it",
-            cron.expr()
-        )));
+    if let Some(problem) =
+        ferry_common::spec::schedule_problem(&create.name, &create.cron, now_ms())
+    {
+        return Err(Status::invalid_argument(problem));
     }
     let pipeline = service.parse_spec(&create.spec_yaml, &create.spec_file, create.params)?;
     service.require_bundle(&create.bundle_digest).await?;
@@ -356,11 +359,4 @@ pub(super) async fn schedule_to_create(
         fired: 0,
         missed: 0,
     })
-}
-
-fn is_schedule_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
