@@ -199,10 +199,13 @@ impl Node {
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();
+                // A shared store (the S3 bucket) is cleaned by the leader
+                // alone; the other members only drop their log lines.
+                let deletes = !blob_store.is_shared() || self.role().is_leader();
                 let blobs: Vec<String> = blobs
                     .iter()
                     .map(|(digest, _)| digest.clone())
-                    .filter(|digest| !live.contains(digest))
+                    .filter(|digest| deletes && !live.contains(digest))
                     .collect();
                 tokio::spawn(async move {
                     let mut freed = 0u64;
