@@ -19,7 +19,7 @@ use ferry_common::digest::is_valid_digest;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ClientOptions, CredentialProvider, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::Deserialize;
 
 use super::{BlobError, BlobFile, READ_FRAME};
@@ -91,6 +91,62 @@ pub fn read_credentials_file(path: &Path) -> Result<AwsCredential, BlobError> {
     })
 }
 
+/// The credentials of `blobs.credentials_file`, read again when the file's
+/// modification time changes (rotation without a restart). A file that no
+/// longer reads well keeps the last good credentials in use, with a warning,
+/// and is tried again on the next request.
+#[derive(Debug)]
+pub struct FileCredentials {
+    path: PathBuf,
+    current: std::sync::Mutex<(Option<std::time::SystemTime>, Arc<AwsCredential>)>,
+}
+
+impl FileCredentials {
+    /// Reads the file now: an unusable one is refused at start.
+    pub fn open(path: &Path) -> Result<FileCredentials, BlobError> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let credential = read_credentials_file(path)?;
+        Ok(FileCredentials {
+            path: path.to_path_buf(),
+            current: std::sync::Mutex::new((modified, Arc::new(credential))),
+        })
+    }
+
+    pub fn current(&self) -> Arc<AwsCredential> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut current = ferry_common::locks::lock(&self.current, "s3 credentials");
+        if modified.is_some() && modified != current.0 {
+            match read_credentials_file(&self.path) {
+                Ok(credential) => {
+                    tracing::info!(path = %self.path.display(), "S3 credentials read again");
+                    *current = (modified, Arc::new(credential));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "S3 credentials file unusable; the last good credentials stay in use");
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+impl CredentialProvider for FileCredentials {
+    type Credential = AwsCredential;
+
+    // The trait is declared with `async_trait`; this is its expansion.
+    fn get_credential<'a, 'b>(
+        &'a self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = object_store::Result<Arc<AwsCredential>>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { Ok(self.current()) })
+    }
+}
+
 /// The credentials in `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
 /// (optional) `AWS_SESSION_TOKEN` of `lookup` (the environment).
 pub fn credentials_from(
@@ -137,9 +193,12 @@ impl S3Blobs {
         settings
             .check()
             .map_err(|e| BlobError::Config(e.to_string()))?;
-        let credentials = match &settings.credentials_file {
-            Some(path) => read_credentials_file(path)?,
-            None => credentials_from(|name| std::env::var(name).ok())?,
+        let credentials: object_store::aws::AwsCredentialProvider = match &settings.credentials_file
+        {
+            Some(path) => Arc::new(FileCredentials::open(path)?),
+            None => Arc::new(object_store::StaticCredentialProvider::new(
+                credentials_from(|name| std::env::var(name).ok())?,
+            )),
         };
         let bucket = settings.bucket.clone().unwrap_or_default();
         // A part (or a whole read) may take long on a slow link: no overall
@@ -150,13 +209,9 @@ impl S3Blobs {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(settings.region.as_deref().unwrap_or(REGION))
-            .with_access_key_id(credentials.key_id)
-            .with_secret_access_key(credentials.secret_key)
+            .with_credentials(credentials)
             .with_virtual_hosted_style_request(false)
             .with_client_options(options);
-        if let Some(token) = credentials.token {
-            builder = builder.with_token(token);
-        }
         if let Some(endpoint) = &settings.endpoint {
             builder = builder
                 .with_endpoint(endpoint.trim_end_matches('/'))
@@ -533,6 +588,23 @@ mod tests {
             read_credentials_file(&path).is_err(),
             "unknown keys are refused"
         );
+        // Rotation: a changed file is read again; a broken one keeps the last
+        // good credentials.
+        let write = |text: &str, age_s: u64| {
+            std::fs::write(&path, text).unwrap();
+            let file = std::fs::File::options().append(true).open(&path).unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            file.set_modified(at).unwrap();
+        };
+        write("access_key_id = \"A\"\nsecret_access_key = \"S\"\n", 30);
+        let rotating = FileCredentials::open(&path).unwrap();
+        assert_eq!(rotating.current().key_id, "A");
+        write("access_key_id = \"B\"\nsecret_access_key = \"S\"\n", 20);
+        assert_eq!(rotating.current().key_id, "B");
+        write("access_key_id = \"C\"\n", 10);
+        assert_eq!(rotating.current().key_id, "B", "a broken file is not taken");
+        write("access_key_id = \"D\"\nsecret_access_key = \"S\"\n", 5);
+        assert_eq!(rotating.current().key_id, "D");
         let missing = read_credentials_file(&dir.path().join("none"))
             .unwrap_err()
             .to_string();
