@@ -28,4 +28,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# The S3 backend's tests run s3s-fs (the s3s project's file-backed S3 server,
+# from crates.io; 0.14.1 is the last release our toolchain builds).
+if ! command -v s3s-fs >/dev/null 2>&1 && [ -z "${FERRY_S3S_FS:-}" ]; then
+  echo "installing s3s-fs for the S3 blob backend's tests" >&2
+  CARGO_TARGET_DIR=/tmp/s3s-build cargo install s3s-fs@0.14.1 --features binary --locked
+  rm -rf /tmp/s3s-build
+fi
+
 cargo build --workspace && cargo test --workspace

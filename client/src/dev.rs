@@ -171,6 +171,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         retention: Default::default(),
         audit: Default::default(),
         limits: Default::default(),
+        blobs: Default::default(),
         // The local user administers its own one-member cluster.
         admins: vec![CLIENT_NAME.to_string()],
         secrets_key: Some(secrets_key),

@@ -57,6 +57,8 @@ pub struct CoordinatorConfig {
     /// the values of the member it asks.
     #[serde(default)]
     pub limits: ferry_common::spec::SubmitLimits,
+    #[serde(default)]
+    pub blobs: BlobsSettings,
     /// The names of the client certificates that may change the cluster's
     /// membership (`ferry cluster add-member`, `remove-member`). Empty: nobody
     /// may. Every member should list the same names: the leader decides.
@@ -94,6 +96,152 @@ impl Default for RetentionSettings {
             interval_ms: 60 * 60 * 1000,
             grace_ms: 10 * 60 * 1000,
         }
+    }
+}
+
+/// `[blobs]`: where blobs (code bundles, artifacts, step logs) are kept.
+/// `backend = "local"` (the default): in each member's data directory,
+/// copied to a majority of the members. `backend = "s3"`: in an S3 bucket
+/// (AWS or an S3-compatible server), which every member reads and writes and
+/// which is then the durable store: nothing is copied between members.
+/// Every member should carry the same settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobsSettings {
+    /// `"local"` or `"s3"`.
+    pub backend: String,
+    /// S3: the bucket (it must exist).
+    pub bucket: Option<String>,
+    /// S3: keys are `<prefix>/blobs/<dd>/<digest>` (no prefix: `blobs/...`).
+    pub prefix: String,
+    /// S3: the server's URL, e.g. `https://s3.example.net:9000`; requests use
+    /// path-style addressing. Absent: AWS S3 in `region`. Plain `http://` only
+    /// when the endpoint says so.
+    pub endpoint: Option<String>,
+    /// S3: the region requests are signed for (default `us-east-1`).
+    pub region: Option<String>,
+    /// S3: a TOML file, readable by its owner only (mode 0600), holding
+    /// `access_key_id`, `secret_access_key` and optionally `session_token`.
+    /// Absent: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
+    /// `AWS_SESSION_TOKEN` from the coordinator's environment (no other
+    /// `AWS_*` variable is read).
+    pub credentials_file: Option<PathBuf>,
+    /// S3: a blob larger than this is uploaded in parts of this size (at
+    /// least 5 MiB, S3's minimum part size); smaller ones in one request.
+    /// Each upload through a coordinator buffers up to two parts in memory.
+    pub part_bytes: u64,
+}
+
+/// S3's smallest part of a multipart upload (but the last).
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+impl Default for BlobsSettings {
+    fn default() -> Self {
+        BlobsSettings {
+            backend: "local".into(),
+            bucket: None,
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            credentials_file: None,
+            part_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl BlobsSettings {
+    pub fn is_s3(&self) -> bool {
+        self.backend == "s3"
+    }
+
+    /// The key prefix, without slashes at either end ("" for none).
+    pub fn key_prefix(&self) -> &str {
+        self.prefix.trim_matches('/')
+    }
+
+    /// Refuses settings that cannot work, naming the key.
+    pub fn check(&self) -> Result<(), ClusterConfigError> {
+        let bad = |key: &'static str, reason: String| ClusterConfigError::Blobs { key, reason };
+        match self.backend.as_str() {
+            "local" => {
+                let s3_only = [
+                    ("bucket", self.bucket.is_some()),
+                    ("prefix", !self.prefix.is_empty()),
+                    ("endpoint", self.endpoint.is_some()),
+                    ("region", self.region.is_some()),
+                    ("credentials_file", self.credentials_file.is_some()),
+                ];
+                if let Some((key, _)) = s3_only.into_iter().find(|(_, set)| *set) {
+                    return Err(bad(key, "only for backend = \"s3\"".into()));
+                }
+                return Ok(());
+            }
+            "s3" => {}
+            other => {
+                return Err(bad(
+                    "backend",
+                    format!("{other:?} is not a backend; use \"local\" or \"s3\""),
+                ));
+            }
+        }
+        let bucket = self
+            .bucket
+            .as_deref()
+            .ok_or_else(|| bad("bucket", "required with backend = \"s3\"".into()))?;
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Err(bad(
+                "bucket",
+                format!(
+                    "{bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' \
+                     and '.')"
+                ),
+            ));
+        }
+        let prefix = self.key_prefix();
+        if !prefix.is_empty()
+            && prefix
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(bad(
+                "prefix",
+                format!("{:?} has an empty, \".\" or \"..\" segment", self.prefix),
+            ));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let host = endpoint
+                .strip_prefix("https://")
+                .or_else(|| endpoint.strip_prefix("http://"));
+            if host.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+                return Err(bad(
+                    "endpoint",
+                    format!("{endpoint:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(region) = &self.region
+            && (region.is_empty() || region.contains(char::is_whitespace))
+        {
+            return Err(bad("region", format!("{region:?} is not a region")));
+        }
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.part_bytes) {
+            return Err(bad(
+                "part_bytes",
+                format!(
+                    "must be from {MIN_PART_BYTES} to {MAX_PART_BYTES} (it is {})",
+                    self.part_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -278,6 +426,8 @@ pub enum ClusterConfigError {
     },
     #[error("admins: \"{0}\" is listed twice")]
     DuplicateAdmin(String),
+    #[error("blobs.{key}: {reason}")]
+    Blobs { key: &'static str, reason: String },
 }
 
 impl CoordinatorConfig {
@@ -324,6 +474,7 @@ impl CoordinatorConfig {
             return Err(ClusterConfigError::Lease(self.scheduling.worker_lease_ms));
         }
         self.scheduling.quotas()?;
+        self.blobs.check()?;
         if self.retention.interval_ms < 1000 {
             return Err(ClusterConfigError::RetentionInterval(
                 self.retention.interval_ms,
@@ -746,5 +897,65 @@ mod tests {
         assert!(error.contains("\"alice\" is listed twice"), "{error}");
         let error = load("admins = \"alice\"").unwrap_err();
         assert!(error.contains("admins"), "{error}");
+    }
+
+    #[test]
+    fn blob_storage_is_local_by_default_and_s3_when_configured() {
+        let config = with_scheduling("").unwrap();
+        assert_eq!(config.blobs, BlobsSettings::default());
+        assert!(!config.blobs.is_s3());
+        let config = with_scheduling(
+            "[blobs]\nbackend = \"s3\"\nbucket = \"ferry-blobs\"\nprefix = \"/prod/ml/\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\ncredentials_file = \"/etc/ferry/s3.toml\"\npart_bytes = 8388608\n",
+        )
+        .unwrap();
+        assert!(config.blobs.is_s3());
+        assert_eq!(config.blobs.bucket.as_deref(), Some("ferry-blobs"));
+        assert_eq!(config.blobs.key_prefix(), "prod/ml");
+        assert_eq!(config.blobs.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.blobs.part_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn bad_blob_settings_are_refused_naming_the_key() {
+        let refused = |blobs: &str| with_scheduling(&format!("[blobs]\n{blobs}")).unwrap_err();
+        let s3 = "backend = \"s3\"\nbucket = \"b-1\"\n";
+        for (blobs, expected) in [
+            (
+                "backend = \"gcs\"\n",
+                "blobs.backend: \"gcs\" is not a backend",
+            ),
+            ("backend = \"s3\"\n", "blobs.bucket: required"),
+            (
+                "bucket = \"b-1\"\n",
+                "blobs.bucket: only for backend = \"s3\"",
+            ),
+            ("endpoint = \"http://x\"\n", "blobs.endpoint: only for"),
+            (
+                "backend = \"s3\"\nbucket = \"Has_Caps\"\n",
+                "blobs.bucket: \"Has_Caps\" is not a bucket name",
+            ),
+            (&format!("{s3}prefix = \"a//b\"\n"), "blobs.prefix:"),
+            (&format!("{s3}prefix = \"a/../b\"\n"), "blobs.prefix:"),
+            (
+                &format!("{s3}endpoint = \"ftp://host\"\n"),
+                "blobs.endpoint: \"ftp://host\" is not an http",
+            ),
+            (&format!("{s3}endpoint = \"https://\"\n"), "blobs.endpoint:"),
+            (&format!("{s3}region = \"\"\n"), "blobs.region:"),
+            (
+                &format!("{s3}part_bytes = 1024\n"),
+                "blobs.part_bytes: must be from 5242880",
+            ),
+        ] {
+            let error = refused(blobs);
+            assert!(error.contains(expected), "{blobs:?}: {error}");
+        }
+        assert!(refused("bucket_name = \"x\"\n").contains("bucket_name"));
+        assert!(
+            with_scheduling(&format!(
+                "[blobs]\n{s3}endpoint = \"https://s3.example.net:9000/\"\n"
+            ))
+            .is_ok()
+        );
     }
 }

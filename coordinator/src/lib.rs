@@ -182,8 +182,9 @@ impl Coordinator {
     /// longer serve: its storage failed, or it was removed from the cluster.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<(), CoordinatorError> {
         let store = store::Store::open(&self.config.data_dir.join("state"))?;
-        let blobs = blobs::BlobStore::open(
-            &self.config.data_dir.join("blobs"),
+        let blobs = blobs::BlobStore::from_settings(
+            &self.config.blobs,
+            &self.config.data_dir,
             self.config.max_blob_bytes,
         )?;
         let (stop_tasks, tasks_shutdown) = watch::channel(false);

@@ -87,6 +87,10 @@ impl Node {
                 .map(|member| member.id)
                 .collect()
         });
+        // The bucket every member shares is the durable store.
+        if self.blobs.is_shared() {
+            return Ok(());
+        }
         let members = voters.len().max(1);
         let majority = members / 2 + 1;
         let here = usize::from(voters.contains(&self.id) || voters.is_empty());
@@ -142,6 +146,12 @@ impl Node {
     pub async fn ensure_blob(&self, digest: &str) -> Result<u64, Status> {
         if let Some(size) = self.blobs.size_of(digest).await.map_err(blob_status)? {
             return Ok(size);
+        }
+        if self.blobs.is_shared() {
+            // Every member reads the same bucket: no peer has it either.
+            return Err(Status::not_found(format!(
+                "blob {digest} is not in the blob bucket"
+            )));
         }
         let mut last_error =
             Status::not_found(format!("blob {digest} is not stored on any coordinator"));

@@ -16,6 +16,7 @@ pub mod load;
 pub mod netns;
 mod ports;
 mod proxy;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -351,6 +352,22 @@ impl Cluster {
     pub fn start_replicated(members: u64, extra: &str) -> Cluster {
         let mut cluster = Cluster::unstarted(members, extra);
         for id in 1..=members {
+            cluster.spawn_coordinator(id, false);
+        }
+        cluster.wait_answering();
+        cluster
+    }
+
+    /// Like [`Cluster::start_replicated`], with `env` in every coordinator's
+    /// environment.
+    pub fn start_replicated_with_env(
+        members: u64,
+        extra: &str,
+        env: &[(String, String)],
+    ) -> Cluster {
+        let mut cluster = Cluster::unstarted(members, extra);
+        for id in 1..=members {
+            cluster.coordinator_env.insert(id, env.to_vec());
             cluster.spawn_coordinator(id, false);
         }
         cluster.wait_answering();

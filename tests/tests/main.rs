@@ -32,6 +32,7 @@ mod t71_membership;
 mod t72_failover;
 mod t75_partitions;
 mod t80_corruption;
+mod t85_s3;
 mod t90_scheduling;
 mod t95_metrics;
 mod t97_reproducible;

@@ -81,7 +81,7 @@ pub fn blob_status(error: BlobError) -> Status {
         BlobError::DigestMismatch { .. } => Status::data_loss(error.to_string()),
         BlobError::NotFound(_) => Status::not_found(error.to_string()),
         BlobError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
-        BlobError::Storage(_) => Status::internal(error.to_string()),
+        BlobError::Storage(_) | BlobError::Config(_) => Status::internal(error.to_string()),
     }
 }
 

@@ -199,22 +199,29 @@ impl Node {
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();
+                // A shared store (the S3 bucket) is cleaned by the leader
+                // alone; the other members only drop their log lines.
+                let deletes = !blob_store.is_shared() || self.role().is_leader();
                 let blobs: Vec<String> = blobs
                     .iter()
                     .map(|(digest, _)| digest.clone())
-                    .filter(|digest| !live.contains(digest))
+                    .filter(|digest| deletes && !live.contains(digest))
                     .collect();
                 tokio::spawn(async move {
                     // Then the blobs nothing refers to at all (a bundle uploaded
                     // for a submission that was refused or never made), on the
                     // same grace rule.
-                    let unreferenced: Vec<String> = blob_store
-                        .unreferenced(&live, before_ms)
-                        .await
-                        .into_iter()
-                        .map(|(digest, _)| digest)
-                        .filter(|digest| !blobs.contains(digest))
-                        .collect();
+                    let unreferenced: Vec<String> = if deletes {
+                        blob_store
+                            .unreferenced(&live, before_ms)
+                            .await
+                            .into_iter()
+                            .map(|(digest, _)| digest)
+                            .filter(|digest| !blobs.contains(digest))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     let mut freed = 0u64;
                     for digest in blobs.iter().chain(&unreferenced) {
                         match blob_store.delete(digest, before_ms).await {

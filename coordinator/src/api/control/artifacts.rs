@@ -264,7 +264,7 @@ pub(super) async fn collect_garbage(
     let mut recent = HashMap::new();
     for digest in plan.blobs.keys() {
         if let Ok(Some(size)) = service.node.blobs.size_of(digest).await {
-            if service.node.blobs.written_before(digest, before_ms) {
+            if service.node.blobs.written_before(digest, before_ms).await {
                 sizes.insert(digest.clone(), size);
             } else {
                 recent.insert(digest.clone(), size);

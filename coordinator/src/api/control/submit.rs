@@ -139,12 +139,19 @@ impl ControlService {
             }
         }
         if !missing.is_empty() {
-            let file = self.node.blobs.file_of(bundle_digest);
+            // The stored file, or (S3) a verified temporary copy removed
+            // once read.
+            let file = self
+                .node
+                .blobs
+                .open_file(bundle_digest)
+                .await
+                .map_err(crate::api::blob_status)?;
             let computed = tokio::task::spawn_blocking(move || {
                 missing
                     .into_iter()
                     .map(|paths| {
-                        let digest = std::fs::File::open(&file)
+                        let digest = std::fs::File::open(file.path())
                             .map(std::io::BufReader::new)
                             .map_err(|e| {
                                 ferry_common::bundle::PathsDigestError::Archive(e.to_string())

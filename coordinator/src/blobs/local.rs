@@ -1,9 +1,6 @@
-//! The blob store: code bundles and artifacts, content-addressed by BLAKE3 and kept
-//! through the `object_store` crate (the local filesystem today).
-//!
-//! Architecture invariant: a blob is visible under its digest only after every byte
-//! of it has been hashed and the hash matched the digest the sender claimed; a blob
-//! is hashed again while it is read, and a mismatch ends the read with an error.
+//! The local blob store: one file per blob under the member's data directory
+//! (`<data_dir>/blobs/<dd>/<digest>`), written through `object_store`'s local
+//! filesystem and read with blocking IO in [`READ_FRAME`] frames.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,24 +12,10 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    #[error("\"{0}\" is not a BLAKE3 digest (64 lowercase hex characters)")]
-    BadDigest(String),
-    #[error("blob {0} is not stored here")]
-    NotFound(String),
-    #[error("blob is larger than the limit of {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error("blob content does not match its digest: expected {expected}, got {actual}")]
-    DigestMismatch { expected: String, actual: String },
-    #[error("blob size does not match: the sender announced {announced} bytes and sent {sent}")]
-    SizeMismatch { announced: u64, sent: u64 },
-    #[error("blob storage error: {0}")]
-    Storage(#[from] object_store::Error),
-}
+use super::{BlobError, READ_FRAME};
 
 #[derive(Clone, Debug)]
-pub struct BlobStore {
+pub struct LocalBlobs {
     store: Arc<LocalFileSystem>,
     dir: std::path::PathBuf,
     max_blob_bytes: u64,
@@ -48,15 +31,15 @@ fn location(digest: &str) -> ObjectPath {
     ObjectPath::from(format!("{}/{}", &digest[..2], digest))
 }
 
-impl BlobStore {
-    pub fn open(dir: &Path, max_blob_bytes: u64) -> Result<BlobStore, BlobError> {
+impl LocalBlobs {
+    pub fn open(dir: &Path, max_blob_bytes: u64) -> Result<LocalBlobs, BlobError> {
         ferry_common::durable::create_dir_all(dir).map_err(|e| {
             BlobError::Storage(object_store::Error::Generic {
                 store: "LocalFileSystem",
                 source: Box::new(e),
             })
         })?;
-        Ok(BlobStore {
+        Ok(LocalBlobs {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
             dir: dir.to_path_buf(),
             max_blob_bytes,
@@ -178,7 +161,7 @@ impl BlobStore {
         Ok(self.size_of(digest).await? == Some(size))
     }
 
-    fn remember(&self, digest: &str, size: u64) {
+    pub(super) fn remember(&self, digest: &str, size: u64) {
         let mut known = ferry_common::locks::lock(&self.known, "known blobs");
         if known.len() >= MAX_KNOWN_BLOBS {
             known.clear();
@@ -187,7 +170,7 @@ impl BlobStore {
     }
 
     /// Starts receiving a blob that the sender says has this digest and size.
-    pub async fn begin(&self, digest: &str, size: u64) -> Result<Upload, BlobError> {
+    pub async fn begin(&self, digest: &str, size: u64) -> Result<LocalUpload, BlobError> {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
@@ -204,7 +187,7 @@ impl BlobStore {
         } else {
             Some(self.store.put_multipart(&location(digest)).await?)
         };
-        Ok(Upload {
+        Ok(LocalUpload {
             expected: digest.to_string(),
             announced: size,
             received: 0,
@@ -269,9 +252,6 @@ impl BlobStore {
     }
 }
 
-/// The most bytes one frame of a blob read carries.
-pub const READ_FRAME: usize = 1 << 20;
-
 /// Reads the next frame of a blob (empty at its end) and hashes it.
 fn read_frame(
     mut file: std::fs::File,
@@ -313,19 +293,19 @@ fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A blob being received: hashed as it arrives, published only by [`Upload::finish`]
+/// A blob being received: hashed as it arrives, published only by [`LocalUpload::finish`]
 /// when the digest matches.
-pub struct Upload {
+pub struct LocalUpload {
     expected: String,
     announced: u64,
     received: u64,
     hasher: blake3::Hasher,
     sink: Option<Box<dyn MultipartUpload>>,
     path: std::path::PathBuf,
-    store: BlobStore,
+    store: LocalBlobs,
 }
 
-impl Upload {
+impl LocalUpload {
     pub async fn write(&mut self, data: Bytes) -> Result<(), BlobError> {
         self.received += data.len() as u64;
         if self.received > self.announced {
@@ -392,7 +372,7 @@ impl Upload {
 mod tests {
     use super::*;
 
-    async fn read_all(store: &BlobStore, digest: &str) -> Result<Vec<u8>, BlobError> {
+    async fn read_all(store: &LocalBlobs, digest: &str) -> Result<Vec<u8>, BlobError> {
         let (_, mut stream) = store.read(digest).await?;
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -404,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn unreferenced_blobs_are_listed_once_old_enough() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let store = LocalBlobs::open(dir.path(), 1 << 20).unwrap();
         let mut digests = Vec::new();
         for data in [&b"kept"[..], &b"orphan"[..]] {
             let digest = blake3::hash(data).to_hex().to_string();
@@ -426,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn roundtrip_and_dedup() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let store = LocalBlobs::open(dir.path(), 1 << 20).unwrap();
         let data = b"hello blob".repeat(100);
         let digest = blake3::hash(&data).to_hex().to_string();
         for _ in 0..2 {
@@ -448,7 +428,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_digest_is_refused_and_nothing_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let store = LocalBlobs::open(dir.path(), 1 << 20).unwrap();
         let claimed = blake3::hash(b"something else").to_hex().to_string();
         let mut upload = store.begin(&claimed, 5).await.unwrap();
         upload.write(Bytes::from_static(b"hello")).await.unwrap();
@@ -462,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn corruption_on_disk_is_detected_on_read() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let store = LocalBlobs::open(dir.path(), 1 << 20).unwrap();
         let data = b"precious model weights";
         let digest = blake3::hash(data).to_hex().to_string();
         let mut upload = store.begin(&digest, data.len() as u64).await.unwrap();
@@ -479,7 +459,7 @@ mod tests {
     #[tokio::test]
     async fn size_limits_and_bad_digests_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path(), 10).unwrap();
+        let store = LocalBlobs::open(dir.path(), 10).unwrap();
         let digest = blake3::hash(b"x").to_hex().to_string();
         assert!(matches!(
             store.begin(&digest, 11).await,
