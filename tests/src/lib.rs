@@ -15,6 +15,7 @@ pub mod load;
 pub mod netns;
 mod ports;
 mod proxy;
+pub mod sched_bench;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

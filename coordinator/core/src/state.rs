@@ -82,11 +82,13 @@ pub struct State {
     pub revocations: Revocations,
     /// Who asked for what, and what came of it (`audit`).
     pub audit: AuditLog,
-    /// Derived, not replicated: moves when an applied command may let a
-    /// scheduling pass place more than the last one (a step became queued, an
-    /// attempt ended, a worker registered or changed mode). The leader's
-    /// scheduler skips a pass while it stays put.
-    pub schedule_generation: u64,
+    /// Derived, not replicated: what may let a scheduling pass place more
+    /// than the last one. `room_generation` moves when an applied command may
+    /// free room (an attempt ended, a worker registered or changed mode:
+    /// `Command::may_free_room`), `queued_generation` when a step became
+    /// queued. The leader's scheduler skips a pass while both stay put.
+    pub room_generation: u64,
+    pub queued_generation: u64,
 }
 
 impl State {
@@ -105,7 +107,8 @@ impl State {
             policy: Policy::default(),
             revocations: Revocations::default(),
             audit: AuditLog::default(),
-            schedule_generation: 0,
+            room_generation: 0,
+            queued_generation: 0,
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -199,8 +202,11 @@ impl State {
         let frees_room = command.may_free_room();
         let outcome = self.apply_command(command);
         let newly_queued = self.runs.settle();
-        if frees_room || newly_queued {
-            self.schedule_generation = self.schedule_generation.wrapping_add(1);
+        if frees_room {
+            self.room_generation = self.room_generation.wrapping_add(1);
+        }
+        if newly_queued {
+            self.queued_generation = self.queued_generation.wrapping_add(1);
         }
         outcome
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_common::time::now_ms;
 use tokio::sync::watch;
@@ -82,21 +82,38 @@ pub(super) async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiv
 /// not be proposed (no quorum, leadership moving).
 const RETRY_AFTER_FAILED_ASSIGN: Duration = Duration::from_millis(50);
 
+/// Shortest time between two passes while steps wait for room (under load):
+/// a step queued meanwhile joins the next pass, so that a flood of submissions
+/// is served in batches. Room that frees up is served at once.
+const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What the last scheduling pass saw.
+struct Seen {
+    room: u64,
+    queued: u64,
+    accepting: BTreeSet<String>,
+    at: Instant,
+    /// It placed nothing and left steps waiting (for room, a quota, a
+    /// `max_parallel`).
+    full: bool,
+}
+
 /// Only the leader schedules; a new leader resumes from the replicated state.
 ///
-/// A pass runs when something changed that could allow a placement: the state's
-/// `schedule_generation` moved (a step became queued, an attempt ended, a worker
-/// registered or changed mode), the workers with a live stream changed, a retry
-/// backoff ended, or the last pass placed steps (more may fit). It runs at once:
-/// there is no fixed gap between passes. At most one `Assign` is in flight;
-/// what is applied meanwhile is served by the next pass, which starts as soon
-/// as that proposal returns (batching only under load). Otherwise the loop
-/// sleeps on the state's changes without scanning, so an idle leader with a
-/// large backlog and no room does no scheduling work.
+/// A pass runs at once when something changed that could allow a placement:
+/// room (`State::room_generation`: an attempt ended, a worker registered or
+/// changed mode), the workers with a live stream, a retry backoff ended, the
+/// last pass placed steps (more may fit), or a step became queued
+/// (`State::queued_generation`) while the last pass did not leave steps
+/// waiting. A step queued while others wait for room is placed by a pass at
+/// most `BATCH_INTERVAL` after the last one (batching only under load). At
+/// most one `Assign` is in flight; what is applied meanwhile is served by the
+/// next pass, which starts as soon as that proposal returns. Otherwise the loop
+/// sleeps on the state's changes without scanning: an idle leader with a large
+/// backlog and no room does no scheduling work.
 pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = node.subscribe_state();
-    // What the last pass saw: the schedule generation and the accepting workers.
-    let mut seen: Option<(u64, BTreeSet<String>)> = None;
+    let mut seen: Option<Seen> = None;
     let mut placed_last = false;
     let mut next_retry: Option<i64> = None;
     loop {
@@ -115,15 +132,33 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
         }
         let accepting = node.accepting_workers();
         let now = now_ms();
-        let generation = node.read(|state| state.schedule_generation);
+        let (room, queued) = node.read(|state| (state.room_generation, state.queued_generation));
         let retry_due = next_retry.is_some_and(|at| at <= now);
-        let unchanged = seen
-            .as_ref()
-            .is_some_and(|(g, a)| *g == generation && *a == accepting);
-        if placed_last || retry_due || !unchanged {
-            let placements = schedule_pass(&node, &accepting, now, &mut next_retry, generation);
-            seen = Some((generation, accepting));
+        // A pass now, or the time until a batched one.
+        let (pass, batch_in) = match &seen {
+            None => (true, None),
+            Some(_) if placed_last || retry_due => (true, None),
+            Some(last) if last.room != room || last.accepting != accepting => (true, None),
+            Some(last) if last.queued != queued => {
+                let waited = last.at.elapsed();
+                if last.full && waited < BATCH_INTERVAL {
+                    (false, Some(BATCH_INTERVAL - waited))
+                } else {
+                    (true, None)
+                }
+            }
+            Some(_) => (false, None),
+        };
+        if pass {
+            let (placements, left_waiting) = schedule_pass(&node, &accepting, now, &mut next_retry);
             placed_last = !placements.is_empty();
+            seen = Some(Seen {
+                room,
+                queued,
+                accepting,
+                at: Instant::now(),
+                full: !placed_last && left_waiting,
+            });
             if placed_last {
                 let count = placements.len();
                 tracing::debug!(placements = count, "scheduling pass placed steps");
@@ -158,11 +193,21 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
                 }
             }
         }
-        // Wake for the next change, the end of the earliest retry backoff, or a
-        // second from now at the latest (a closed worker stream is noticed then).
-        let wait = next_retry
+        // Wake for the next change, a batched pass, the end of the earliest
+        // retry backoff, or a second from now at the latest (a closed worker
+        // stream is noticed then).
+        let retry_in = next_retry
             .map(|at| Duration::from_millis(at.saturating_sub(now).clamp(1, 1000) as u64))
             .unwrap_or(Duration::from_secs(1));
+        let wait = batch_in.map_or(retry_in, |batch| batch.min(retry_in));
+        if batch_in.is_some() {
+            // Only time (or room) can start the batched pass: not every change.
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = changes.changed() => {}
@@ -172,22 +217,22 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
     tracing::info!("scheduler stopped");
 }
 
-/// One scheduling pass: the placements to propose. Records why each step left
-/// queued waits, the next retry time, and whether the pass left nothing to do
-/// (`scheduler_idle`, which lets a submission place its first steps itself).
+/// One scheduling pass: the placements to propose, and whether steps were left
+/// waiting. Records why each step left queued waits, the next retry time, and
+/// whether the pass left nothing to do (`scheduler_idle`, which lets a
+/// submission place its first steps itself).
 fn schedule_pass(
     node: &Node,
     accepting: &BTreeSet<String>,
     now: i64,
     next_retry: &mut Option<i64>,
-    generation: u64,
-) -> Vec<crate::state::Placement> {
+) -> (Vec<crate::state::Placement>, bool) {
     // Nothing can be placed without a connected worker: skip the queue.
     if accepting.is_empty() {
         lock(&node.waiting, "waiting").clear();
         node.scheduler_idle.store(false, Ordering::Relaxed);
         *next_retry = None;
-        return Vec::new();
+        return (Vec::new(), false);
     }
     let (plan, retry) = node.read(|state| {
         let (queue, next_retry) = scheduler::ready_queue(state, now);
@@ -196,19 +241,16 @@ fn schedule_pass(
         (scheduler::plan(&queue, &workers, &limits), next_retry)
     });
     *next_retry = retry;
-    let busy = !plan.placements.is_empty() || !plan.waiting.is_empty();
+    let left_waiting = !plan.waiting.is_empty();
+    let busy = !plan.placements.is_empty() || left_waiting;
     node.scheduler_idle.store(!busy, Ordering::Relaxed);
     let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
     for w in plan.waiting {
         waiting.entry(w.run).or_default().insert(w.step, w.reason);
     }
     *lock(&node.waiting, "waiting") = waiting;
-    tracing::trace!(
-        generation,
-        placements = plan.placements.len(),
-        "scheduling pass"
-    );
-    plan.placements
+    tracing::trace!(placements = plan.placements.len(), "scheduling pass");
+    (plan.placements, left_waiting)
 }
 
 impl Node {
