@@ -17,6 +17,7 @@ pub mod netns;
 mod ports;
 mod proxy;
 pub mod s3;
+pub mod sched_bench;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -554,3 +554,45 @@ fn a_step_with_an_image_never_reaches_a_worker_without_a_container_runtime() {
     let cancel = cluster.ferry(&["cancel", &run.to_string()]);
     assert!(cancel.success(), "{cancel:?}");
 }
+
+/// A 200-step chain of no-op steps: every hop is scheduled (each step's attempt
+/// started only after its dependency's finished) and the run succeeds. No
+/// timing is asserted here; `ferry-bench chain` measures the rate.
+#[test]
+fn a_chain_of_200_steps_completes_with_every_hop_recorded() {
+    const STEPS: usize = 200;
+    let mut cluster = Cluster::start();
+    cluster.add_worker("w1", "cpus = 2\nmemory = \"2Gi\"");
+    cluster.wait_worker_connected("w1");
+    let mut yaml = "name: chain\nsteps:\n".to_string();
+    for i in 0..STEPS {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    command: [\"true\"]\n    cache: false\n    resources: {{cpu: 0.1, memory: 16Mi}}\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: [s{}]\n", i - 1));
+        }
+    }
+    let pipeline = write_pipeline(&cluster.path("chain"), &yaml, &[]);
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(180));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let mut previous_finished: Option<i64> = None;
+    for i in 0..STEPS {
+        let step = step_of(&status, &format!("s{i}"));
+        assert_eq!(step["state"], "succeeded", "s{i}: {step:#}");
+        let tries = attempts(step);
+        assert_eq!(tries.len(), 1, "s{i} ran once: {step:#}");
+        let started = tries[0]["started_ms"].as_i64().expect("started_ms");
+        let finished = tries[0]["finished_ms"].as_i64().expect("finished_ms");
+        assert!(started <= finished, "s{i}: {step:#}");
+        if let Some(before) = previous_finished {
+            assert!(
+                started >= before,
+                "s{i} started at {started}, before s{} finished at {before}",
+                i - 1
+            );
+        }
+        previous_finished = Some(finished);
+    }
+}

@@ -568,55 +568,62 @@ pub const QUEUE_WINDOW: usize = 256;
 /// run first, in pipeline order within a run; at most [`QUEUE_WINDOW`] per
 /// project and priority), and the earliest time a step now waiting out a retry
 /// backoff becomes ready.
+///
+/// Reads the index of queued steps that `State::apply` keeps
+/// ([`crate::state::ReadyIndex`]), so it costs in proportion to the window (and
+/// the runs it skips: at their `max_parallel`, or every queued step in a
+/// backoff), not to the number of runs.
 pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>) {
-    let mut runs: Vec<&crate::state::Run> = state
-        .runs
-        .values()
-        .filter(|r| !r.state.is_terminal())
-        .map(|r| &**r)
-        .collect();
-    // Stable: runs of one priority stay oldest first.
-    runs.sort_by_key(|r| std::cmp::Reverse(r.pipeline.priority));
-    let mut taken: HashMap<(i32, &str), usize> = HashMap::new();
+    let index = state.runs.ready();
     let mut queue = Vec::new();
-    let mut next_retry: Option<i64> = None;
-    for run in runs {
-        let key = (run.pipeline.priority, run.pipeline.project.as_str());
-        let taken = taken.entry(key).or_default();
-        // A run or sweep at its max_parallel cannot take more steps this pass:
-        // its further steps are left out of the window, so that they do not
-        // crowd out steps that could go.
-        // Counted only for a run that gets as far as the window.
-        let mut room: Option<RoomInRun> = None;
-        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-            if record.state != crate::state::StepState::Queued {
-                continue;
+    for ((std::cmp::Reverse(priority), project), runs) in index.classes() {
+        let mut taken = 0usize;
+        for id in runs {
+            if taken >= QUEUE_WINDOW {
+                break;
             }
-            if let Some(at) = record.not_before_ms.filter(|at| *at > now_ms) {
-                next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+            let Some(run) = state.runs.get(id) else {
                 continue;
+            };
+            // A run or sweep at its max_parallel cannot take more steps this
+            // pass: its further steps are left out of the window, so that they
+            // do not crowd out steps that could go.
+            let mut room: Option<RoomInRun> = None;
+            for position in index.queued_steps(*id) {
+                let position = *position as usize;
+                let (Some(record), Some(spec)) =
+                    (run.steps.get(position), run.pipeline.steps.get(position))
+                else {
+                    continue;
+                };
+                if record.not_before_ms.is_some_and(|at| at > now_ms) {
+                    continue;
+                }
+                if taken >= QUEUE_WINDOW {
+                    break;
+                }
+                if !room.get_or_insert_with(|| RoomInRun::of(run)).take(spec) {
+                    continue;
+                }
+                taken += 1;
+                queue.push(QueuedStep {
+                    run: run.id,
+                    step: spec.name.clone(),
+                    resources: spec.resources,
+                    gpu: gpu_need(spec),
+                    selector: spec.node_selector.clone(),
+                    container: spec.container.is_some(),
+                    priority: *priority,
+                    project: project.clone(),
+                    sweep: spec.trial.as_ref().map(|t| t.of.clone()),
+                });
             }
-            if *taken >= QUEUE_WINDOW {
-                continue;
-            }
-            if !room.get_or_insert_with(|| RoomInRun::of(run)).take(spec) {
-                continue;
-            }
-            *taken += 1;
-            queue.push(QueuedStep {
-                run: run.id,
-                step: spec.name.clone(),
-                resources: spec.resources,
-                gpu: gpu_need(spec),
-                selector: spec.node_selector.clone(),
-                container: spec.container.is_some(),
-                priority: run.pipeline.priority,
-                project: run.pipeline.project.clone(),
-                sweep: spec.trial.as_ref().map(|t| t.of.clone()),
-            });
         }
     }
-    (queue, next_retry)
+    // Classes of one priority interleave by run age (stable: a run's steps stay
+    // in pipeline order).
+    queue.sort_by_key(|step| (std::cmp::Reverse(step.priority), step.run));
+    (queue, index.next_retry_after(now_ms))
 }
 
 /// Where the first steps of a run about to be submitted go (those that need no
@@ -661,7 +668,7 @@ pub fn first_placements(
     if queue.is_empty() {
         return Vec::new();
     }
-    let mut limits = limits(state, quotas);
+    let mut limits = limits(state, quotas, &[]);
     limits.runs.insert(
         NEW_RUN,
         RunLimit {
@@ -805,14 +812,21 @@ pub fn worker_slots(state: &State, accepting: &BTreeSet<String>) -> Vec<WorkerSl
         .collect()
 }
 
-/// The limits in force: the configured project quotas, what each project holds
-/// now, and each running run's `max_parallel` with how many attempts it holds.
-pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
+/// The limits in force for `queue`: the configured project quotas, what each
+/// project holds now, and the `max_parallel` of each run (and sweep) with steps
+/// in the queue, with how many attempts it holds. Costs in proportion to the
+/// queue and the attempts assigned or running, not to the number of runs.
+pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>, queue: &[QueuedStep]) -> Limits {
     let mut limits = Limits {
         quotas: quotas.clone(),
         ..Limits::default()
     };
-    for run in state.runs.values().filter(|r| !r.state.is_terminal()) {
+    let queued_runs: BTreeSet<RunId> = queue.iter().map(|step| step.run).collect();
+    for run in queued_runs
+        .iter()
+        .filter_map(|id| state.runs.get(id))
+        .filter(|r| !r.state.is_terminal())
+    {
         if let Some(max) = run.pipeline.max_parallel {
             limits.runs.entry(run.id).or_default().max_parallel = Some(max);
         }
@@ -828,6 +842,13 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
             }
         }
     }
+    count_held(state, &mut limits);
+    limits
+}
+
+/// Adds what the assigned and running attempts hold to `limits`: per run, per
+/// sweep with a limit already in `limits`, and per project.
+fn count_held(state: &State, limits: &mut Limits) {
     for load in state.loads.values() {
         for (key, (resources, _)) in &load.attempts {
             limits.runs.entry(key.run).or_default().active += 1;
@@ -857,7 +878,6 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>) -> Limits {
             }
         }
     }
-    limits
 }
 
 #[cfg(test)]
@@ -865,3 +885,9 @@ mod tests;
 
 #[cfg(test)]
 mod first_tests;
+
+#[cfg(test)]
+mod reference;
+
+#[cfg(test)]
+mod index_tests;

@@ -25,6 +25,7 @@ mod images;
 mod lineage;
 mod outcome;
 mod policy;
+mod ready;
 mod records;
 mod resend;
 pub mod revocation;
@@ -45,6 +46,7 @@ pub use command::{
 pub use lineage::LineageNode;
 pub use outcome::{Outcome, StateError};
 pub use policy::{Caller, GROUP_SIGIL, Policy, Project};
+pub use ready::{Class, ReadyIndex, Runs};
 pub use records::{
     ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptUsage, GpuInfo, InputRecord,
     MAX_METRIC_NAME_LEN, MAX_METRICS_PER_ATTEMPT, Member, MetricPoint, RanImage, Reuse, ReuseKind,
@@ -57,7 +59,8 @@ pub use secrets::{SealedValue, Secret, secret_key};
 pub struct State {
     /// Shared so that a snapshot can hold the runs of one moment while later
     /// commands change others (`Arc::make_mut` copies only a run still held).
-    pub runs: BTreeMap<RunId, Arc<Run>>,
+    /// With the derived index of their queued steps (`ready`).
+    pub runs: Runs,
     pub workers: BTreeMap<String, Worker>,
     pub loads: BTreeMap<String, WorkerLoad>,
     pub next_run_id: RunId,
@@ -79,6 +82,13 @@ pub struct State {
     pub revocations: Revocations,
     /// Who asked for what, and what came of it (`audit`).
     pub audit: AuditLog,
+    /// Derived, not replicated: what may let a scheduling pass place more
+    /// than the last one. `room_generation` moves when an applied command may
+    /// free room (an attempt ended, a worker registered or changed mode:
+    /// `Command::may_free_room`), `queued_generation` when a step became
+    /// queued. The leader's scheduler skips a pass while both stay put.
+    pub room_generation: u64,
+    pub queued_generation: u64,
 }
 
 impl State {
@@ -97,6 +107,8 @@ impl State {
             policy: Policy::default(),
             revocations: Revocations::default(),
             audit: AuditLog::default(),
+            room_generation: 0,
+            queued_generation: 0,
         };
         for run in state.runs.values() {
             if let Some(request) = &run.request_id {
@@ -187,6 +199,19 @@ impl State {
     }
 
     pub fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
+        let frees_room = command.may_free_room();
+        let outcome = self.apply_command(command);
+        let newly_queued = self.runs.settle();
+        if frees_room {
+            self.room_generation = self.room_generation.wrapping_add(1);
+        }
+        if newly_queued {
+            self.queued_generation = self.queued_generation.wrapping_add(1);
+        }
+        outcome
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<Outcome, StateError> {
         match command {
             Command::SubmitRun {
                 pipeline,

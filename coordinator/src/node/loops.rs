@@ -78,20 +78,51 @@ pub(super) async fn leadership_loop(node: Arc<Node>, mut shutdown: watch::Receiv
     lock(&node.links, "links").clear();
 }
 
-/// Shortest time between two scheduling passes while work is queued: each pass
-/// then places a bigger batch (measured: 5 ms gave ~1,450 no-op steps/s on two
-/// cores, 20 ms ~1,550); an idle cluster schedules a change at once.
-const MIN_PASS_INTERVAL: Duration = Duration::from_millis(20);
+/// How long the scheduler waits before placing again after an `Assign` could
+/// not be proposed (no quorum, leadership moving).
+const RETRY_AFTER_FAILED_ASSIGN: Duration = Duration::from_millis(50);
+
+/// Shortest time between two passes while steps wait for room (under load):
+/// a step queued meanwhile joins the next pass, so that a flood of submissions
+/// is served in batches. Room that frees up is served at once.
+const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What the last scheduling pass saw.
+struct Seen {
+    room: u64,
+    queued: u64,
+    accepting: BTreeSet<String>,
+    at: Instant,
+    /// It placed nothing and left steps waiting (for room, a quota, a
+    /// `max_parallel`).
+    full: bool,
+}
 
 /// Only the leader schedules; a new leader resumes from the replicated state.
+///
+/// A pass runs at once when something changed that could allow a placement:
+/// room (`State::room_generation`: an attempt ended, a worker registered or
+/// changed mode), the workers with a live stream, a retry backoff ended, the
+/// last pass placed steps (more may fit), or a step became queued
+/// (`State::queued_generation`) while the last pass did not leave steps
+/// waiting. A step queued while others wait for room is placed by a pass at
+/// most `BATCH_INTERVAL` after the last one (batching only under load). At
+/// most one `Assign` is in flight; what is applied meanwhile is served by the
+/// next pass, which starts as soon as that proposal returns. Otherwise the loop
+/// sleeps on the state's changes without scanning: an idle leader with a large
+/// backlog and no room does no scheduling work.
 pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = node.subscribe_state();
+    let mut seen: Option<Seen> = None;
+    let mut placed_last = false;
+    let mut next_retry: Option<i64> = None;
     loop {
         if ferry_common::faults::should_return("coordinator.scheduler") {
             return;
         }
         if !node.role().is_leader() {
             node.scheduler_idle.store(false, Ordering::Relaxed);
+            seen = None;
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = changes.changed() => {}
@@ -100,62 +131,126 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
             continue;
         }
         let accepting = node.accepting_workers();
-        // Nothing can be placed without a connected worker: skip the scan of the
-        // queue (it grows with every queued step).
         let now = now_ms();
-        let (placements, next_retry, left_waiting) = if accepting.is_empty() {
-            lock(&node.waiting, "waiting").clear();
-            (Vec::new(), None, false)
-        } else {
-            let (plan, next_retry) = node.read(|state| {
-                let (queue, next_retry) = scheduler::ready_queue(state, now);
-                let workers = scheduler::worker_slots(state, &accepting);
-                let limits = scheduler::limits(state, &node.quotas);
-                (scheduler::plan(&queue, &workers, &limits), next_retry)
-            });
-            let left_waiting = !plan.waiting.is_empty();
-            let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
-            for w in plan.waiting {
-                waiting.entry(w.run).or_default().insert(w.step, w.reason);
+        let (room, queued) = node.read(|state| (state.room_generation, state.queued_generation));
+        let retry_due = next_retry.is_some_and(|at| at <= now);
+        // A pass now, or the time until a batched one.
+        let (pass, batch_in) = match &seen {
+            None => (true, None),
+            Some(_) if placed_last || retry_due => (true, None),
+            Some(last) if last.room != room || last.accepting != accepting => (true, None),
+            Some(last) if last.queued != queued => {
+                let waited = last.at.elapsed();
+                if last.full && waited < BATCH_INTERVAL {
+                    (false, Some(BATCH_INTERVAL - waited))
+                } else {
+                    (true, None)
+                }
             }
-            *lock(&node.waiting, "waiting") = waiting;
-            (plan.placements, next_retry, left_waiting)
+            Some(_) => (false, None),
         };
-        let busy = !placements.is_empty() || left_waiting;
-        node.scheduler_idle
-            .store(!busy && !accepting.is_empty(), Ordering::Relaxed);
-        if !placements.is_empty() {
-            let count = placements.len();
-            tracing::debug!(placements = count, "scheduling pass placed steps");
-            let command = Command::Assign {
-                placements,
-                now_ms: now_ms(),
-            };
-            match node.propose(command).await {
-                Ok(_) => tracing::debug!(placements = count, "assignments committed"),
-                Err(error) => tracing::warn!(%error, "could not propose assignments"),
+        if pass {
+            let (placements, left_waiting) = schedule_pass(&node, &accepting, now, &mut next_retry);
+            placed_last = !placements.is_empty();
+            seen = Some(Seen {
+                room,
+                queued,
+                accepting,
+                at: Instant::now(),
+                full: !placed_last && left_waiting,
+            });
+            if placed_last {
+                let count = placements.len();
+                tracing::debug!(placements = count, "scheduling pass placed steps");
+                let command = Command::Assign {
+                    placements,
+                    now_ms: now_ms(),
+                };
+                match node.propose(command).await {
+                    Ok(Outcome::Assigned(made)) if !made.is_empty() => {
+                        tracing::debug!(placements = count, "assignments committed");
+                        // The next pass at once: it serves what was applied
+                        // meanwhile, and what did not fit in this pass's window.
+                        continue;
+                    }
+                    Ok(_) => {
+                        // Every placement refused (a worker gone since): a pass
+                        // again after the next change, not at once.
+                        tracing::debug!(placements = count, "no assignment applied");
+                        placed_last = false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not propose assignments");
+                        // Nothing changed in the state: pass again shortly.
+                        placed_last = false;
+                        seen = None;
+                        tokio::select! {
+                            _ = shutdown.wait_for(|stop| *stop) => break,
+                            _ = tokio::time::sleep(RETRY_AFTER_FAILED_ASSIGN) => {}
+                        }
+                        continue;
+                    }
+                }
             }
         }
-        // Wake for the next change, the end of the earliest retry backoff, or a
-        // second from now at the latest. After a pass that placed work or left
-        // some waiting (under load), the next is at least MIN_PASS_INTERVAL later,
-        // so that one pass serves the changes of several commands; after a pass
-        // with nothing to place, the next change is scheduled at once.
-        let wait = next_retry
+        // Wake for the next change, a batched pass, the end of the earliest
+        // retry backoff, or a second from now at the latest (a closed worker
+        // stream is noticed then).
+        let retry_in = next_retry
             .map(|at| Duration::from_millis(at.saturating_sub(now).clamp(1, 1000) as u64))
             .unwrap_or(Duration::from_secs(1));
-        let pass_began = Instant::now();
+        let wait = batch_in.map_or(retry_in, |batch| batch.min(retry_in));
+        if batch_in.is_some() {
+            // Only time (or room) can start the batched pass: not every change.
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = changes.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
-        let since = pass_began.elapsed();
-        if busy && since < MIN_PASS_INTERVAL {
-            tokio::time::sleep(MIN_PASS_INTERVAL - since).await;
-        }
     }
     tracing::info!("scheduler stopped");
+}
+
+/// One scheduling pass: the placements to propose, and whether steps were left
+/// waiting. Records why each step left queued waits, the next retry time, and
+/// whether the pass left nothing to do (`scheduler_idle`, which lets a
+/// submission place its first steps itself).
+fn schedule_pass(
+    node: &Node,
+    accepting: &BTreeSet<String>,
+    now: i64,
+    next_retry: &mut Option<i64>,
+) -> (Vec<crate::state::Placement>, bool) {
+    // Nothing can be placed without a connected worker: skip the queue.
+    if accepting.is_empty() {
+        lock(&node.waiting, "waiting").clear();
+        node.scheduler_idle.store(false, Ordering::Relaxed);
+        *next_retry = None;
+        return (Vec::new(), false);
+    }
+    let (plan, retry) = node.read(|state| {
+        let (queue, next_retry) = scheduler::ready_queue(state, now);
+        let workers = scheduler::worker_slots(state, accepting);
+        let limits = scheduler::limits(state, &node.quotas, &queue);
+        (scheduler::plan(&queue, &workers, &limits), next_retry)
+    });
+    *next_retry = retry;
+    let left_waiting = !plan.waiting.is_empty();
+    let busy = !plan.placements.is_empty() || left_waiting;
+    node.scheduler_idle.store(!busy, Ordering::Relaxed);
+    let mut waiting: HashMap<RunId, BTreeMap<String, String>> = HashMap::new();
+    for w in plan.waiting {
+        waiting.entry(w.run).or_default().insert(w.step, w.reason);
+    }
+    *lock(&node.waiting, "waiting") = waiting;
+    tracing::trace!(placements = plan.placements.len(), "scheduling pass");
+    (plan.placements, left_waiting)
 }
 
 impl Node {

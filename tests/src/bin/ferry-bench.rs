@@ -8,6 +8,7 @@
 //! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
 //! target/release/ferry-bench containers [--steps N] [--trials N]   # needs Docker
 //! target/release/ferry-bench artifacts [--mib N] [--members N]      # see artifact_bench.rs
+//! target/release/ferry-bench chain [--steps 1000] | backlog [--queued 1000,10000,100000]
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
 //!     [--value-bytes N] [--tls] [--etcd-binary PATH]
@@ -1135,6 +1136,9 @@ async fn measure_sweep_submissions(
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if ferry_tests::sched_bench::dispatch()? {
+        return Ok(()); // `chain` or `backlog` (ferry_tests::sched_bench)
+    }
     let options = options()?;
     if options.what == "chaos" {
         let clients = options.clients_given.then_some(options.clients);

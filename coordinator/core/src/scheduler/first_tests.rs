@@ -113,7 +113,11 @@ fn an_idle_cluster_places_the_first_steps_with_the_submission() {
     };
     let (queue, _) = ready_queue(&two_rounds, 2);
     let workers = worker_slots(&two_rounds, &accepting());
-    let plan = plan(&queue, &workers, &limits(&two_rounds, &BTreeMap::new()));
+    let plan = plan(
+        &queue,
+        &workers,
+        &limits(&two_rounds, &BTreeMap::new(), &queue),
+    );
     two_rounds
         .apply(Command::Assign {
             placements: plan.placements,

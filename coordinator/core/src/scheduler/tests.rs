@@ -674,7 +674,7 @@ steps:
             max_gpus: Some(1),
         },
     )]);
-    let placements = place(&queue, &workers, &limits(&state, &quotas));
+    let placements = place(&queue, &workers, &limits(&state, &quotas, &queue));
     assert_eq!(placements.len(), 2);
     assert_eq!(placements[0].gpus, [0]);
     state
@@ -683,7 +683,7 @@ steps:
             now_ms: 4,
         })
         .unwrap();
-    let limits = limits(&state, &quotas);
+    let limits = limits(&state, &quotas, &queue);
     assert_eq!(
         limits.usage["vision"],
         Usage {
@@ -765,7 +765,7 @@ steps:
         let plan = plan(
             &queue,
             &worker_slots(&state, &accepting),
-            &limits(&state, &BTreeMap::new()),
+            &limits(&state, &BTreeMap::new(), &queue),
         );
         if let Some(waiting) = plan.waiting.first() {
             assert!(

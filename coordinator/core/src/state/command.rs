@@ -422,4 +422,43 @@ impl Command {
             | Command::TrimAudit { .. } => true,
         }
     }
+
+    /// Whether applying the command may make room for a queued step: end an
+    /// attempt (room on a worker, a run's or sweep's `max_parallel`, a project's
+    /// quota), or add or reopen a worker. A step that becomes queued is noticed
+    /// by the index itself ([`Runs::settle`](super::Runs::settle)).
+    pub fn may_free_room(&self) -> bool {
+        match self {
+            Command::Request(request) => request.command.may_free_room(),
+            Command::StepFinished { .. }
+            | Command::ImageResolved { .. }
+            | Command::CancelRun { .. }
+            | Command::TimeOutRun { .. }
+            | Command::WorkerLost { .. }
+            | Command::RegisterWorker { .. }
+            | Command::SetWorkerMode { .. }
+            | Command::Collect { .. } => true,
+            Command::SubmitRun { .. }
+            | Command::RerunRun { .. }
+            | Command::Assign { .. }
+            | Command::StepStarted { .. }
+            | Command::CreateSchedule { .. }
+            | Command::PauseSchedule { .. }
+            | Command::DeleteSchedule { .. }
+            | Command::FireSchedule { .. }
+            | Command::PinArtifact { .. }
+            | Command::UnpinArtifact { .. }
+            | Command::CreateProject { .. }
+            | Command::SetProjectMember { .. }
+            | Command::SetAdmin { .. }
+            | Command::SetGroupMember { .. }
+            | Command::DeleteGroup { .. }
+            | Command::RevokeCertificate { .. }
+            | Command::SetSecret { .. }
+            | Command::ResealSecret { .. }
+            | Command::DeleteSecret { .. }
+            | Command::Audit { .. }
+            | Command::TrimAudit { .. } => false,
+        }
+    }
 }

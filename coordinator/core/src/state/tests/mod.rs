@@ -189,7 +189,7 @@ struct Marked {
 impl Marked {
     fn of(state: &State) -> Marked {
         Marked {
-            runs: state.runs.clone(),
+            runs: (*state.runs).clone(),
             workers: state.workers.clone(),
             next_run_id: state.next_run_id,
             catalog: state.catalog.clone(),
@@ -475,7 +475,7 @@ impl Sim {
     /// Everything `apply` may change, for before/after comparisons.
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            runs: self.state.runs.clone(),
+            runs: (*self.state.runs).clone(),
             workers: self.state.workers.clone(),
             loads: self.state.loads.clone(),
             next_run_id: self.state.next_run_id,
