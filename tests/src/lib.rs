@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod lazyfs;
 pub mod linearizability;
 pub mod load;
+pub mod logs_bench;
 pub mod netns;
 mod ports;
 mod proxy;

@@ -15,8 +15,16 @@ use ferry_common::locks::lock;
 
 use crate::store::LogRecord;
 
-/// Bytes of text kept per running attempt at most; past them the oldest lines go.
+/// Bytes kept per running attempt at most (text and a line's own cost, so that
+/// short lines are bounded too); past them the oldest lines go.
 pub const TAIL_BYTES: usize = 1024 * 1024;
+/// What a line costs beside its text and step name (the record, its strings'
+/// headers, the queue's slot).
+const LINE_COST: usize = 128;
+
+fn cost(line: &LogRecord) -> usize {
+    LINE_COST + line.text.len() + line.step.len()
+}
 /// How often tails of attempts that are no longer running are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,7 +62,7 @@ impl LiveLogs {
                 continue;
             }
             tail.last_seq = Some(line.seq);
-            tail.bytes += line.text.len();
+            tail.bytes += cost(&line);
             tail.lines.push_back(line);
             added += 1;
         }
@@ -62,7 +70,7 @@ impl LiveLogs {
             let Some(old) = tail.lines.pop_front() else {
                 break;
             };
-            tail.bytes -= old.text.len();
+            tail.bytes -= cost(&old);
         }
         added
     }
@@ -126,7 +134,7 @@ impl LiveLogs {
             .retain(|(run, step, attempt), _| running(*run, step, *attempt));
     }
 
-    /// Bytes of text held, all tails together.
+    /// Bytes held, all tails together.
     pub fn bytes(&self) -> usize {
         self.tails().values().map(|tail| tail.bytes).sum()
     }
@@ -182,6 +190,13 @@ mod tests {
         let kept = live.read(7, "", &HashMap::new(), |_, _| false, usize::MAX);
         assert_eq!(kept.last().unwrap().seq, 9_999);
         assert!(kept.len() < 1100);
+        // Short lines too.
+        for seq in 10_000..200_000 {
+            live.append(7, "train", 1, vec![line(seq, "y")]);
+        }
+        assert!(live.bytes() <= TAIL_BYTES);
+        let kept = live.read(7, "", &HashMap::new(), |_, _| false, usize::MAX);
+        assert!(kept.len() < 10_000, "{}", kept.len());
 
         live.drop_attempt(7, "train", 1);
         assert_eq!(live.bytes(), 0);
