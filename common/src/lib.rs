@@ -19,6 +19,7 @@ pub mod digest;
 pub mod durable;
 pub mod faults;
 pub mod locks;
+pub mod logchunk;
 pub mod pki;
 pub mod secrets;
 pub mod signals;

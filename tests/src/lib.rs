@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod lazyfs;
 pub mod linearizability;
 pub mod load;
+pub mod logs_bench;
 pub mod netns;
 mod ports;
 mod proxy;

@@ -5,6 +5,7 @@
 mod t05_structure;
 mod t07_systemd;
 mod t10_iris;
+mod t12_logs;
 mod t15_failstop;
 mod t16_worker_failstop;
 mod t20_failures;

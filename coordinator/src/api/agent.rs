@@ -371,8 +371,12 @@ impl Agent for AgentService {
                 .get(&key.run)
                 .and_then(|run| run.step(&key.step))
                 .and_then(|step| step.attempts.iter().find(|a| a.number == key.attempt))
-                .map(|attempt| attempt.worker.clone())
+                .map(|attempt| (attempt.worker.clone(), attempt.finished_ms.is_none()))
         });
+        let (owner, running) = match owner {
+            Some((owner, running)) => (Some(owner), running),
+            None => (None, false),
+        };
         if owner.as_deref() != Some(identity.name.as_str()) {
             return Err(not_this_worker(
                 Action::StepStarted,
@@ -407,16 +411,27 @@ impl Agent for AgentService {
                 }
             })
             .collect();
-        self.node
-            .store
-            .append_logs(key.run, &records)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.node
-            .store
-            .flush()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.node.logs_appended();
+        // Live lines are kept in memory, the newest of each running attempt
+        // (`node::live_logs`): the attempt's log is stored once, as the blob
+        // its worker uploads with the report. Lines of an attempt that has
+        // already ended add nothing (its blob has them).
+        if running {
+            self.node
+                .live_logs
+                .append(key.run, &key.step, key.attempt, records);
+            self.node.logs_appended();
+        }
+        let node = &self.node;
+        node.live_logs.sweep(|run, step, attempt| {
+            node.read(|state| {
+                state
+                    .runs
+                    .get(&run)
+                    .and_then(|run| run.step(step))
+                    .and_then(|step| step.attempts.iter().find(|a| a.number == attempt))
+                    .is_some_and(|attempt| attempt.finished_ms.is_none())
+            })
+        });
         Ok(Response::new(proto::Ack {
             accepted: true,
             detail: String::new(),
@@ -593,6 +608,12 @@ impl AgentService {
             .await
             .map_err(propose_status)?;
         let ack = report_ack(outcome);
+        if ack.accepted {
+            // The report is applied: the attempt's blob is its log now.
+            self.node
+                .live_logs
+                .drop_attempt(key.run, &key.step, key.attempt);
+        }
         // Routine at debug (one line per step is a write per step at thousands of
         // steps a second); a refused report is worth a warning.
         if ack.accepted {

@@ -10,6 +10,7 @@
 mod assignment;
 pub mod audit;
 pub mod authorize;
+pub mod live_logs;
 mod loops;
 pub mod machine;
 pub mod membership;
@@ -111,6 +112,8 @@ pub struct Node {
     pub blobs: BlobStore,
     state_version: watch::Sender<u64>,
     log_version: watch::Sender<u64>,
+    /// The newest lines of running attempts (leader only; `live_logs`).
+    pub live_logs: live_logs::LiveLogs,
     links: Mutex<HashMap<String, WorkerLink>>,
     heartbeats: Mutex<HashMap<String, i64>>,
     /// When this member last became the leader: a worker's lease runs from its last
@@ -315,6 +318,7 @@ impl Node {
             blobs,
             state_version: watch::channel(0).0,
             log_version: watch::channel(0).0,
+            live_logs: live_logs::LiveLogs::default(),
             links: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             leading_since_ms: Mutex::new(now_ms()),

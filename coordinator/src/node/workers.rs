@@ -196,6 +196,9 @@ impl Node {
                 // member's clock, so a clock running slow must not make a fresh
                 // blob look old (a fast one only keeps more).
                 let before_ms = (*at_ms).min(now_ms()).saturating_sub(*grace_ms as i64);
+                for run in runs {
+                    self.live_logs.drop_run(*run);
+                }
                 let store = self.store.clone();
                 let blob_store = self.blobs.clone();
                 let runs = runs.clone();

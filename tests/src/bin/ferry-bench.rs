@@ -48,6 +48,8 @@
 //! - `containers` (not part of `all`; needs Docker): `--steps` no-op container
 //!   steps and `--trials` stamped ones against the same containers made directly
 //!   (`ferry_tests::container_bench`).
+//! - `logs` (not part of `all`): a 200 MB printer as a step against a pipe, the
+//!   coordinator's disk and memory, 10 readers, `logs -f` lag (`logs_bench`).
 //! - `etcd` (not part of `all`; needs the `etcd` feature and an installed `etcd`):
 //!   `commit`'s load, the same loop on the same connections, as puts of
 //!   `--value-bytes` to new keys of an etcd cluster it starts (see `etcd.rs`).
@@ -138,10 +140,10 @@ fn options() -> anyhow::Result<Options> {
                 options.etcd_binary = args.next().context("--etcd-binary needs a path")?.into()
             }
             "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
-            | "etcd" | "containers" | "artifacts" | "all" => options.what = arg,
+            | "etcd" | "containers" | "artifacts" | "logs" | "all" => options.what = arg,
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|artifacts|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|artifacts|logs|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
                  [--steps N] [--sweeps N] [--seed N] [--value-bytes N] [--tls] \
                  [--etcd-binary PATH] [--mib N]"
@@ -1140,6 +1142,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(()); // `chain` or `backlog` (ferry_tests::sched_bench)
     }
     let options = options()?;
+    if options.what == "logs" {
+        return ferry_tests::logs_bench::run();
+    }
     if options.what == "chaos" {
         let clients = options.clients_given.then_some(options.clients);
         return ferry_tests::chaos::bench(options.seconds, options.seed, options.members, clients);

@@ -209,7 +209,7 @@ async fn run_resolved(
     });
 
     let log_path = ctx.data_dir.join("logs").join(format!(
-        "run-{}-{}-{}.jsonl",
+        "run-{}-{}-{}.jsonl.gz",
         attempt.run_id, attempt.step, attempt.attempt
     ));
     let metrics_path = ctx.data_dir.join("metrics").join(format!(

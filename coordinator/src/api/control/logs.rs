@@ -1,9 +1,13 @@
-//! `ferry logs`: a run's log lines, from the blobs of finished attempts and the
-//! live lines of running ones, followed until the run ends when asked.
+//! `ferry logs`: a run's log lines, from the blobs of finished attempts (read
+//! and decoded a piece at a time, so a reader holds about a chunk of lines
+//! whatever the log's size) and the live lines of running ones (the newest
+//! this member received, `node::live_logs`), followed until the run ends when
+//! asked.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use ferry_common::logchunk::LogDecoder;
 use ferry_common::pki::{Role, require_role};
 use ferry_common::proto;
 use futures::StreamExt;
@@ -11,41 +15,13 @@ use tonic::{Request, Response, Status};
 
 use super::{ControlService, refuse_collected};
 use crate::api::ResponseStream;
-use crate::node::Node;
 
-/// One line of an attempt's log blob, as the worker wrote it.
-#[derive(serde::Deserialize)]
-struct BlobLogLine {
-    stream: String,
-    seq: u64,
-    timestamp_ms: i64,
-    text: String,
-}
+/// Feeds the decoder this much of a blob at a time: what one step of the
+/// stream holds stays around a chunk of lines (`logchunk::CHUNK_RAW_BYTES`).
+const FEED_BYTES: usize = 1024;
 
-/// Reads an attempt's whole log from its blob (copied from a peer if this member
-/// lacks it).
-async fn read_log_blob(node: &Node, digest: &str) -> Result<Vec<BlobLogLine>, Status> {
-    node.ensure_blob(digest).await?;
-    let (_, mut chunks) = node
-        .blobs
-        .read(digest)
-        .await
-        .map_err(crate::api::blob_status)?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        bytes.extend_from_slice(&chunk.map_err(crate::api::blob_status)?);
-    }
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            serde_json::from_slice(line).map_err(|e| {
-                Status::data_loss(format!(
-                    "log blob {digest} holds a line that does not decode: {e}"
-                ))
-            })
-        })
-        .collect()
+fn undecodable(digest: &str, error: ferry_common::logchunk::LogChunkError) -> Status {
+    Status::data_loss(format!("log blob {digest} does not decode: {error}"))
 }
 
 pub(super) async fn stream_logs(
@@ -109,19 +85,44 @@ pub(super) async fn stream_logs(
                     continue;
                 }
                 let after = sent_live.get(&key).copied();
-                for line in read_log_blob(&node, &digest).await? {
-                    if after.is_some_and(|seen| line.seq <= seen) {
-                        continue;
-                    }
-                    yield proto::LogLine {
-                        run_id,
-                        step: step.clone(),
-                        attempt,
-                        stream: line.stream,
-                        seq: line.seq,
-                        timestamp_ms: line.timestamp_ms,
-                        text: line.text,
+                // Copied from a peer if this member lacks it.
+                node.ensure_blob(&digest).await?;
+                let (_, mut pieces) = node
+                    .blobs
+                    .read(&digest)
+                    .await
+                    .map_err(crate::api::blob_status)?;
+                let mut decoder = Some(LogDecoder::new());
+                while let Some(decoding) = decoder.as_mut() {
+                    let lines = match pieces.next().await {
+                        Some(piece) => {
+                            let piece = piece.map_err(crate::api::blob_status)?;
+                            let mut lines = Vec::new();
+                            for bytes in piece.chunks(FEED_BYTES) {
+                                lines.extend(decoding.feed(bytes).map_err(|e| undecodable(&digest, e))?);
+                            }
+                            lines
+                        }
+                        None => decoder
+                            .take()
+                            .expect("decoding")
+                            .finish()
+                            .map_err(|e| undecodable(&digest, e))?,
                     };
+                    for line in lines {
+                        if after.is_some_and(|seen| line.seq <= seen) {
+                            continue;
+                        }
+                        yield proto::LogLine {
+                            run_id,
+                            step: step.clone(),
+                            attempt,
+                            stream: line.stream,
+                            seq: line.seq,
+                            timestamp_ms: line.timestamp_ms,
+                            text: line.text,
+                        };
+                    }
                 }
                 sent_whole.insert(key);
             }
@@ -141,6 +142,34 @@ pub(super) async fn stream_logs(
                         continue;
                     }
                     let seen = sent_live.entry(key).or_insert(line.seq);
+                    *seen = (*seen).max(line.seq);
+                    yield proto::LogLine {
+                        run_id,
+                        step: line.step,
+                        attempt: line.attempt,
+                        stream: line.stream,
+                        seq: line.seq,
+                        timestamp_ms: line.timestamp_ms,
+                        text: line.text,
+                    };
+                }
+                if count < 1000 {
+                    break;
+                }
+            }
+            // Live lines of running attempts, newest kept (from the sled trees
+            // above only for attempts that ran before logs were kept in memory).
+            loop {
+                let lines = node.live_logs.read(
+                    run_id,
+                    &query.step,
+                    &sent_live,
+                    |step, attempt| sent_whole.contains(&(step.to_string(), attempt)),
+                    1000,
+                );
+                let count = lines.len();
+                for line in lines {
+                    let seen = sent_live.entry((line.step.clone(), line.attempt)).or_insert(line.seq);
                     *seen = (*seen).max(line.seq);
                     yield proto::LogLine {
                         run_id,
