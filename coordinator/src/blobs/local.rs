@@ -326,21 +326,14 @@ impl LocalUpload {
     }
 
     pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
-        if self.received != self.announced {
-            self.abort().await;
-            return Err(BlobError::SizeMismatch {
-                announced: self.announced,
-                sent: self.received,
-            });
-        }
-        let actual = self.hasher.finalize().to_hex().to_string();
-        if actual != self.expected {
-            self.abort().await;
-            return Err(BlobError::DigestMismatch {
-                expected: self.expected.clone(),
-                actual,
-            });
-        }
+        let actual =
+            match super::verified(self.announced, self.received, &self.hasher, &self.expected) {
+                Ok(actual) => actual,
+                Err(error) => {
+                    self.abort().await;
+                    return Err(error);
+                }
+            };
         if let Some(mut sink) = self.sink.take() {
             sink.complete().await?;
             // Durable before it is acknowledged: the file and the directory entry

@@ -38,6 +38,31 @@ pub enum BlobError {
     Config(String),
 }
 
+/// The digest of a received blob once it is whole: the sender announced
+/// `announced` bytes and sent `received`, hashed by `hasher`, and claimed
+/// `expected`; an error (the upload must be aborted) if either differs.
+fn verified(
+    announced: u64,
+    received: u64,
+    hasher: &blake3::Hasher,
+    expected: &str,
+) -> Result<String, BlobError> {
+    if received != announced {
+        return Err(BlobError::SizeMismatch {
+            announced,
+            sent: received,
+        });
+    }
+    let actual = hasher.finalize().to_hex().to_string();
+    if actual != expected {
+        return Err(BlobError::DigestMismatch {
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(actual)
+}
+
 /// The most bytes one frame of a blob read carries.
 pub const READ_FRAME: usize = 1 << 20;
 

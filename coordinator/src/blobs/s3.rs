@@ -517,21 +517,14 @@ impl S3Upload {
     }
 
     pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
-        if self.received != self.announced {
-            self.abort().await;
-            return Err(BlobError::SizeMismatch {
-                announced: self.announced,
-                sent: self.received,
-            });
-        }
-        let actual = self.hasher.finalize().to_hex().to_string();
-        if actual != self.expected {
-            self.abort().await;
-            return Err(BlobError::DigestMismatch {
-                expected: self.expected.clone(),
-                actual,
-            });
-        }
+        let actual =
+            match super::verified(self.announced, self.received, &self.hasher, &self.expected) {
+                Ok(actual) => actual,
+                Err(error) => {
+                    self.abort().await;
+                    return Err(error);
+                }
+            };
         let location = self.store.location(&actual);
         match std::mem::replace(&mut self.sink, Sink::Discard) {
             Sink::Discard => {}
