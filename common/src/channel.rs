@@ -46,6 +46,14 @@ pub fn parse_address(address: &str) -> Result<(String, String), ChannelError> {
     Ok((format!("https://{rest}"), host.to_string()))
 }
 
+/// How many bytes an HTTP/2 stream may have in flight before its receiver
+/// acknowledges them: room for a few blob frames (1 MiB each), so that a
+/// transfer is not held to the protocol's default of 64 KiB per round trip.
+/// Clients and servers use the same.
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// The same for all the streams of one connection together.
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// The endpoint of a coordinator, with TLS, timeouts and keep-alives set.
 /// `endpoint(..)?.connect_lazy()` gives a channel that connects on first use and
 /// reconnects by itself after a failure; `.connect().await` connects now.
@@ -63,6 +71,8 @@ pub fn endpoint(
         })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         // A member that stops answering (stopped, cut off) is given up within
         // two failovers, whatever call waits on it; callers add their deadlines.
         .http2_keep_alive_interval(keepalive_interval)

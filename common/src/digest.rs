@@ -6,14 +6,11 @@
 //! functions, so a digest computed on one side always matches the other.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 /// Size of one blob chunk on the wire, in bytes (256 KiB).
 pub const CHUNK_SIZE: usize = 256 * 1024;
-
-/// Size of one read when hashing a file, in bytes (64 KiB).
-const READ_SIZE: usize = 64 * 1024;
 
 /// Returns true if `s` looks like a digest: exactly 64 lowercase hexadecimal characters.
 pub fn is_valid_digest(s: &str) -> bool {
@@ -27,22 +24,16 @@ pub fn digest_bytes(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
-/// Hashes the file at `path` in 64 KiB reads and returns its hex BLAKE3 digest and
+/// Hashes the file at `path` (see [`crate::blobio`]: holes are not read) and returns its hex BLAKE3 digest and
 /// its size in bytes.
 pub fn digest_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_SIZE];
     let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
+    // Frames of a MiB hashed on every core; holes are not read.
+    for frame in crate::blobio::FrameReader::new(File::open(path)?)? {
+        let frame = frame?;
+        frame.hash_into(&mut hasher);
+        size += frame.len();
     }
     Ok((hasher.finalize().to_hex().to_string(), size))
 }
@@ -92,7 +83,9 @@ mod tests {
 
     #[test]
     fn file_digest_matches_bytes_digest_across_read_boundaries() {
-        let data: Vec<u8> = (0..(3 * READ_SIZE + 17)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(3 * crate::blobio::FRAME_BYTES + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&data).unwrap();
         f.flush().unwrap();

@@ -12,6 +12,7 @@ pub mod proto {
     tonic::include_proto!("ferry.v1");
 }
 
+pub mod blobio;
 pub mod bundle;
 pub mod channel;
 pub mod config_file;

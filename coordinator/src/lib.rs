@@ -230,17 +230,16 @@ impl Coordinator {
                 std::sync::Arc::new(move |facts: &CertificateFacts| denied(facts)),
             )?,
         ));
-        let mut main_server = tonic::transport::Server::builder().max_concurrent_streams(
-            if self.peer_listener.is_some() {
+        let mut main_server =
+            server_builder().max_concurrent_streams(if self.peer_listener.is_some() {
                 MAX_STREAMS_PER_CONNECTION
             } else {
                 MAX_PEER_STREAMS_PER_CONNECTION
-            },
-        );
+            });
         let main_router = main_server.add_service(control).add_service(agent);
         let (main_router, mut peer_server) = match self.peer_listener {
             Some(listener) => {
-                let server = tonic::transport::Server::builder()
+                let server = server_builder()
                     .max_concurrent_streams(MAX_PEER_STREAMS_PER_CONNECTION)
                     .add_service(peer)
                     .serve_with_incoming_shutdown(
@@ -290,6 +289,15 @@ impl Coordinator {
             None => Ok(()),
         }
     }
+}
+
+/// A server with the same flow-control windows as the clients
+/// (`ferry_common::channel`), so that blob frames are not held to HTTP/2's
+/// default 64 KiB per round trip.
+fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(ferry_common::channel::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(ferry_common::channel::CONNECTION_WINDOW_BYTES)
 }
 
 /// Why a server task ended before the coordinator asked it to.

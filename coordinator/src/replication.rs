@@ -38,8 +38,7 @@ fn copy_to_peer(
         if probe?.into_inner().present {
             return Ok(());
         }
-        let (size, stream) = blobs.read(&digest).await.map_err(blob_status)?;
-        // A read error ends the stream early; the peer then refuses the short blob.
+        let (size, stream) = blobs.read_frames(&digest, 0).await.map_err(blob_status)?;
         // The blob is read into a small queue that the call drains; a read error
         // ends the stream early and the peer then refuses the short blob.
         let (sender, receiver) = tokio::sync::mpsc::channel::<proto::Chunk>(8);
@@ -48,18 +47,13 @@ fn copy_to_peer(
             let header = proto::Chunk {
                 digest: digest.clone(),
                 size,
-                data: Vec::new(),
+                ..Default::default()
             };
             if sender.send(header).await.is_err() {
                 return;
             }
-            while let Some(Ok(data)) = stream.next().await {
-                let chunk = proto::Chunk {
-                    digest: digest.clone(),
-                    size,
-                    data: data.to_vec(),
-                };
-                if sender.send(chunk).await.is_err() {
+            while let Some(Ok(frame)) = stream.next().await {
+                if sender.send(frame.into_chunk()).await.is_err() {
                     return;
                 }
             }

@@ -33,6 +33,7 @@ mod t71_membership;
 mod t72_failover;
 mod t75_partitions;
 mod t80_corruption;
+mod t83_artifacts;
 mod t85_s3;
 mod t90_scheduling;
 mod t95_metrics;

@@ -58,6 +58,7 @@ async fn upload(
             digest: digest.clone(),
             size,
             data,
+            zeros: 0,
         })
         .collect();
     tokio::time::timeout(
@@ -152,6 +153,7 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
             digest: digest.clone(),
             size,
             data: Vec::new(),
+            zeros: 0,
         };
         let chunks =
             futures::StreamExt::chain(futures::stream::iter([first]), futures::stream::pending());
@@ -210,6 +212,7 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
             digest: packed.digest.clone(),
             size: short,
             data,
+            zeros: 0,
         });
         let refused = client
             .upload_bundle(futures::stream::iter(chunks))
@@ -381,6 +384,7 @@ fn submit_with_bundle(cluster: &Cluster, path: &Path, digest: &str, size: u64, s
             digest: digest.to_string(),
             size,
             data: Vec::new(),
+            zeros: 0,
         };
         let digest_owned = digest.to_string();
         let rest = futures::stream::iter(std::iter::from_fn(move || {
@@ -392,6 +396,7 @@ fn submit_with_bundle(cluster: &Cluster, path: &Path, digest: &str, size: u64, s
                     digest: digest_owned.clone(),
                     size,
                     data,
+                    zeros: 0,
                 }
             })
         }));

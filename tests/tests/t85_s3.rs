@@ -246,6 +246,7 @@ async fn upload(
             digest: digest.to_string(),
             size,
             data,
+            zeros: 0,
         })
         .collect();
     client

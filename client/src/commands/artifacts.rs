@@ -1,10 +1,10 @@
 //! `ferry artifacts RUN` and `ferry artifacts get`: a run's artifacts, and one
 //! downloaded and verified (pins have their own module).
 
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ferry_common::blobio::{Frame, FrameReader, FrameWriter};
 use ferry_common::proto;
 use serde_json::json;
 
@@ -67,50 +67,110 @@ pub(crate) async fn download(
         Some(path) => path.to_path_buf(),
         None => Path::new(name.rsplit('/').next().unwrap_or(name)).to_path_buf(),
     };
-    let request = proto::DownloadArtifactRequest {
-        run_id: run,
-        step: step.to_string(),
-        name: name.to_string(),
-    };
-    let mut stream = client
-        .rpc(request, |mut client, request| async move {
-            client.download_artifact(request).await
-        })
-        .await?;
-    let partial = target.with_extension("ferry-partial");
-    let mut file = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut expected = String::new();
-    let mut size = 0u64;
-    loop {
-        match stream.message().await.or_status() {
-            Ok(Some(chunk)) => {
-                if expected.is_empty() {
-                    expected = chunk.digest.clone();
+    // The bytes so far live in `<target>.ferry-partial`, and the digest they
+    // belong to beside them: an interrupted download (a broken connection, a
+    // coordinator failing over, ^C) goes on from there, now or when the same
+    // command runs again.
+    let partial = partial_path(&target, "ferry-partial");
+    let partial_digest = partial_path(&target, "ferry-partial.digest");
+    let mut resume = Resume::load(&partial, &partial_digest);
+    let mut tries_left = STREAM_TRIES;
+    let (actual, size) = loop {
+        let request = proto::DownloadArtifactRequest {
+            run_id: run,
+            step: step.to_string(),
+            name: name.to_string(),
+            offset: resume.as_ref().map_or(0, |r| r.writer.written()),
+        };
+        let mut stream = client
+            .rpc(request, |mut client, request| async move {
+                client.download_artifact(request).await
+            })
+            .await?;
+        let header = match stream.message().await.or_status()? {
+            Some(header) => header,
+            None => bail!("{name}: the coordinator sent nothing"),
+        };
+        let mut state = match resume.take() {
+            Some(state)
+                if state.digest == header.digest && state.writer.written() <= header.size =>
+            {
+                if state.writer.written() > 0 {
+                    eprintln!(
+                        "{name}: resuming at {} of {}",
+                        render::bytes(state.writer.written()),
+                        render::bytes(header.size)
+                    );
                 }
-                hasher.update(&chunk.data);
-                size += chunk.data.len() as u64;
-                file.write_all(&chunk.data)?;
+                state
             }
-            Ok(None) => break,
-            Err(error) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(error);
+            Some(_) => {
+                // The bytes held belong to another blob: start over.
+                tries_left -= 1;
+                if tries_left == 0 {
+                    bail!("{name}: the artifact kept changing while it was downloaded");
+                }
+                continue;
+            }
+            None => Resume::start(&partial, &partial_digest, &header.digest)?,
+        };
+        let mut failed = None;
+        let mut pending = Some(header);
+        loop {
+            let chunk = match pending.take() {
+                Some(chunk) => chunk,
+                None => match stream.message().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(status) => {
+                        failed = Some(status);
+                        break;
+                    }
+                },
+            };
+            for frame in Frame::from_chunk(chunk) {
+                frame.hash_into(&mut state.hasher);
+                state
+                    .writer
+                    .write(&frame)
+                    .with_context(|| format!("cannot write {}", partial.display()))?;
             }
         }
-    }
-    file.sync_all()?;
-    drop(file);
-    let actual = hasher.finalize().to_hex().to_string();
-    if actual != expected {
-        let _ = std::fs::remove_file(&partial);
-        bail!(
-            "{name}: downloaded content hashes to {actual}, expected {expected}; nothing written"
-        );
-    }
+        if let Some(status) = failed {
+            tries_left -= 1;
+            let written = state.writer.written();
+            if ferry_common::channel::is_refusal(status.code()) || tries_left == 0 {
+                let _ = state.writer.finish().map(|file| file.sync_all());
+                return Err(super::shared::status_error(status).context(format!(
+                    "{name}: the download stopped at {}; run the same command again to resume it",
+                    render::bytes(written)
+                )));
+            }
+            eprintln!(
+                "{name}: the download broke off at {} ({}); resuming",
+                render::bytes(written),
+                status.message()
+            );
+            resume = Some(state);
+            continue;
+        }
+        let size = state.writer.written();
+        let file = state.writer.finish()?;
+        file.sync_all()?;
+        let actual = state.hasher.finalize().to_hex().to_string();
+        if actual != state.digest {
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&partial_digest);
+            bail!(
+                "{name}: downloaded content hashes to {actual}, expected {}; nothing written",
+                state.digest
+            );
+        }
+        break (actual, size);
+    };
     std::fs::rename(&partial, &target)
         .with_context(|| format!("cannot write {}", target.display()))?;
+    let _ = std::fs::remove_file(&partial_digest);
     println!(
         "{}: {}, blake3 {}…{} verified",
         target.display(),
@@ -119,4 +179,65 @@ pub(crate) async fn download(
         &actual[actual.len() - 2..]
     );
     Ok(())
+}
+
+/// How many times a download that broke off is taken up again in one command.
+const STREAM_TRIES: u32 = 5;
+
+/// `<dir>/<file name>.<suffix>` beside the target.
+fn partial_path(target: &Path, suffix: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// A download under way: the digest its bytes belong to, the file they go
+/// to, and the hash of every byte written so far.
+struct Resume {
+    digest: String,
+    writer: FrameWriter,
+    hasher: blake3::Hasher,
+}
+
+impl Resume {
+    /// What an earlier, interrupted download left, if anything usable: its
+    /// bytes are hashed again (a file changed since is then caught by the
+    /// digest at the end).
+    fn load(partial: &Path, digest_file: &Path) -> Option<Resume> {
+        let digest = std::fs::read_to_string(digest_file)
+            .ok()?
+            .trim()
+            .to_string();
+        if !ferry_common::digest::is_valid_digest(&digest) {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        let reader = FrameReader::new(std::fs::File::open(partial).ok()?).ok()?;
+        let size = reader.size();
+        for frame in reader {
+            frame.ok()?.hash_into(&mut hasher);
+        }
+        let file = std::fs::File::options().write(true).open(partial).ok()?;
+        let writer = FrameWriter::resuming(file, size).ok()?;
+        Some(Resume {
+            digest,
+            writer,
+            hasher,
+        })
+    }
+
+    /// A fresh download of `digest`.
+    fn start(partial: &Path, digest_file: &Path, digest: &str) -> anyhow::Result<Resume> {
+        let file = std::fs::File::create(partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        std::fs::write(digest_file, digest)
+            .with_context(|| format!("cannot write {}", digest_file.display()))?;
+        Ok(Resume {
+            digest: digest.to_string(),
+            writer: FrameWriter::new(file),
+            hasher: blake3::Hasher::new(),
+        })
+    }
 }

@@ -45,7 +45,7 @@ pub struct Read {
 
 /// A refused call as the user reads it: the coordinator's message (written to
 /// say what to do about it) and the gRPC code.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     let status = ferry_client::revoked_in_handshake(&status).unwrap_or(status);
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
@@ -321,6 +321,7 @@ async fn upload_bundle(
                 },
                 size,
                 data: data.to_vec(),
+                zeros: 0,
             })
             .collect();
         if chunks.is_empty() {
@@ -328,6 +329,7 @@ async fn upload_bundle(
                 digest,
                 size: 0,
                 data: Vec::new(),
+                zeros: 0,
             });
         }
         // Content-addressed: sending it again after a failover stores it once.

@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 
 use bytes::{Buf, Bytes};
+use ferry_common::blobio::Frame;
 use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES, UnpackLimits, Unpacked, check_bundle};
 use ferry_common::proto;
 use ferry_common::spec::format_bytes;
@@ -52,11 +53,22 @@ pub(super) async fn receive_bundle(
         }),
         feed,
     };
-    let mut next = Some(Bytes::from(first.data));
+    // The check reads bytes: a zero run is made real (a bundle is small).
+    let announced = first.size;
+    let pieces = |chunk: proto::Chunk| -> Result<Vec<Bytes>, Status> {
+        if chunk.zeros > announced {
+            return Err(Status::invalid_argument(format!(
+                "the upload sent a run of {} zero bytes, more than the {announced} bytes it announced",
+                chunk.zeros
+            )));
+        }
+        Ok(Frame::from_chunk(chunk)
+            .flat_map(Frame::into_bytes)
+            .collect())
+    };
+    let mut next = pieces(first)?;
     loop {
-        if let Some(data) = next.take()
-            && !data.is_empty()
-        {
+        for data in std::mem::take(&mut next) {
             if let Err(error) = upload.write(data.clone()).await {
                 upload.abort().await;
                 // More bytes than announced (and so, at most, the limit) is
@@ -69,7 +81,13 @@ pub(super) async fn receive_bundle(
             }
         }
         match chunks.message().await {
-            Ok(Some(chunk)) => next = Some(Bytes::from(chunk.data)),
+            Ok(Some(chunk)) => match pieces(chunk) {
+                Ok(more) => next = more,
+                Err(refused) => {
+                    upload.abort().await;
+                    return Err(refused);
+                }
+            },
             Ok(None) => break,
             Err(status) => {
                 upload.abort().await;

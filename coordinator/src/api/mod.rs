@@ -11,7 +11,7 @@ pub mod request_id;
 
 use std::pin::Pin;
 
-use bytes::Bytes;
+use ferry_common::blobio::Frame;
 use ferry_common::proto;
 use futures::{Stream, StreamExt};
 use tonic::{Status, Streaming};
@@ -104,19 +104,14 @@ pub async fn receive_blob(
         .begin(&first.digest, first.size)
         .await
         .map_err(blob_status)?;
-    if !first.data.is_empty() {
-        upload
-            .write(Bytes::from(first.data))
-            .await
-            .map_err(blob_status)?;
-    }
-    loop {
+    let mut next = Some(first);
+    while let Some(chunk) = next.take() {
+        for frame in Frame::from_chunk(chunk) {
+            // An error abandons the upload (nothing is kept).
+            upload.write_frame(frame).await.map_err(blob_status)?;
+        }
         match chunks.message().await {
-            Ok(Some(chunk)) => upload
-                .write(Bytes::from(chunk.data))
-                .await
-                .map_err(blob_status)?,
-            Ok(None) => break,
+            Ok(chunk) => next = chunk,
             Err(status) => {
                 upload.abort().await;
                 return Err(status);
@@ -136,21 +131,28 @@ pub(crate) async fn send_blob(
     blobs: &BlobStore,
     digest: &str,
 ) -> Result<ResponseStream<proto::Chunk>, Status> {
-    let (size, stream) = blobs.read(digest).await.map_err(blob_status)?;
-    let digest = digest.to_string();
+    send_blob_from(blobs, digest, 0).await
+}
+
+/// [`send_blob`] from byte `offset` on (a resumed download): the first chunk
+/// still names the whole blob's digest and size (an offset past the end sends
+/// nothing more: the client then sees its bytes belong to another blob).
+/// Holes and zero-filled stretches travel as zero runs.
+pub(crate) async fn send_blob_from(
+    blobs: &BlobStore,
+    digest: &str,
+    offset: u64,
+) -> Result<ResponseStream<proto::Chunk>, Status> {
+    let (size, stream) = blobs
+        .read_frames(digest, offset)
+        .await
+        .map_err(blob_status)?;
     // A first chunk names digest and size even for an empty blob.
     let header = proto::Chunk {
-        digest: digest.clone(),
+        digest: digest.to_string(),
         size,
-        data: Vec::new(),
+        ..Default::default()
     };
-    let chunks = stream.map(move |item| {
-        item.map(|data| proto::Chunk {
-            digest: digest.clone(),
-            size,
-            data: data.to_vec(),
-        })
-        .map_err(blob_status)
-    });
+    let chunks = stream.map(|item| item.map(Frame::into_chunk).map_err(blob_status));
     Ok(Box::pin(futures::stream::iter([Ok(header)]).chain(chunks)))
 }

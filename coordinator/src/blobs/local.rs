@@ -1,18 +1,20 @@
 //! The local blob store: one file per blob under the member's data directory
-//! (`<data_dir>/blobs/<dd>/<digest>`), written through `object_store`'s local
-//! filesystem and read with blocking IO in [`READ_FRAME`] frames.
+//! (`<data_dir>/blobs/<dd>/<digest>`), looked up and deleted through
+//! `object_store`'s local filesystem, written and read as [`Frame`]s (holes
+//! stay holes) by a thread per transfer with blocking IO.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ferry_common::blobio::{Frame, FrameReader, FrameWriter};
 use ferry_common::digest::is_valid_digest;
 use futures::stream::{BoxStream, StreamExt};
+use object_store::ObjectStoreExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 
-use super::{BlobError, READ_FRAME};
+use super::BlobError;
 
 #[derive(Clone, Debug)]
 pub struct LocalBlobs {
@@ -179,98 +181,169 @@ impl LocalBlobs {
                 limit: self.max_blob_bytes,
             });
         }
-        let sink = if self.holds(digest, size).await? {
+        let path = self.file_of(digest);
+        let staging = if self.holds(digest, size).await? {
             self.touch(digest);
             // Already stored: the bytes are still hashed, to answer honestly, but not kept.
             // (A stored file of another size is damaged and gets replaced.)
             None
         } else {
-            Some(self.store.put_multipart(&location(digest)).await?)
+            static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let number = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A name that is not a digest: never read, listed or collected as a blob.
+            Some(path.with_file_name(format!(".{digest}.{}-{number}.partial", std::process::id())))
         };
+        let (frames, received) = tokio::sync::mpsc::channel(FRAMES_IN_FLIGHT);
+        let writing = tokio::task::spawn_blocking({
+            let staging = staging.clone();
+            move || receive_frames(received, staging)
+        });
         Ok(LocalUpload {
             expected: digest.to_string(),
             announced: size,
             received: 0,
-            hasher: blake3::Hasher::new(),
-            sink,
-            path: self.dir.join(&digest[..2]).join(digest),
+            writer: Some(Writer { frames, writing }),
+            staging,
+            path,
             store: self.clone(),
         })
     }
 
-    /// Reads a blob as a stream of frames of up to [`READ_FRAME`] bytes; the
-    /// last item is an error if the bytes on disk no longer match the digest.
-    /// Each frame is read and hashed on a blocking thread, one frame ahead of
-    /// the consumer at most (the stream is polled for the next frame only
-    /// when the previous one was taken).
-    pub async fn read(
+    /// Reads a blob as a stream of frames of up to [`super::READ_FRAME`] bytes (zero
+    /// runs for its holes and zero-filled stretches), skipping its first
+    /// `offset` bytes; the last item is an error if the bytes on disk no longer
+    /// match the digest (the skipped bytes are read and hashed too). A thread
+    /// reads and hashes a few frames ahead of the consumer, and stops when the
+    /// stream is dropped.
+    pub async fn read_frames(
         &self,
         digest: &str,
-    ) -> Result<(u64, BoxStream<'static, Result<Bytes, BlobError>>), BlobError> {
+        offset: u64,
+    ) -> Result<(u64, BoxStream<'static, Result<Frame, BlobError>>), BlobError> {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
         let path = self.file_of(digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            let size = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, size))
-        })
-        .await
-        .map_err(|e| io_error(std::io::Error::other(e)))?;
-        let (file, size) = match opened {
-            Ok(opened) => opened,
+        let opened =
+            tokio::task::spawn_blocking(move || FrameReader::new(std::fs::File::open(&path)?))
+                .await
+                .map_err(|e| io_error(std::io::Error::other(e)))?;
+        let reader = match opened {
+            Ok(reader) => reader,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(BlobError::NotFound(digest.to_string()));
             }
             Err(e) => return Err(io_error(e)),
         };
+        let size = reader.size();
+        let (sender, frames) = tokio::sync::mpsc::channel(FRAMES_IN_FLIGHT);
         let expected = digest.to_string();
-        let reader = Some((file, blake3::Hasher::new()));
-        let stream = futures::stream::unfold(reader, move |reader| {
-            let expected = expected.clone();
-            async move {
-                let (file, hasher) = reader?;
-                let frame = tokio::task::spawn_blocking(move || read_frame(file, hasher))
-                    .await
-                    .map_err(|e| io_error(std::io::Error::other(e)));
-                match frame {
-                    Ok(Ok((bytes, file, hasher))) if !bytes.is_empty() => {
-                        Some((Ok(bytes), Some((file, hasher))))
-                    }
-                    Ok(Ok((_, _, hasher))) => {
-                        let actual = hasher.finalize().to_hex().to_string();
-                        (actual != expected)
-                            .then_some((Err(BlobError::DigestMismatch { expected, actual }), None))
-                    }
-                    Ok(Err(e)) => Some((Err(io_error(e)), None)),
-                    Err(e) => Some((Err(e), None)),
-                }
-            }
-        });
-        Ok((size, stream.boxed()))
+        tokio::task::spawn_blocking(move || send_frames(reader, offset, &expected, &sender));
+        Ok((
+            size,
+            tokio_stream::wrappers::ReceiverStream::new(frames).boxed(),
+        ))
     }
 }
 
-/// Reads the next frame of a blob (empty at its end) and hashes it.
-fn read_frame(
-    mut file: std::fs::File,
-    mut hasher: blake3::Hasher,
-) -> std::io::Result<(Bytes, std::fs::File, blake3::Hasher)> {
-    use std::io::Read;
-    let mut buffer = vec![0u8; READ_FRAME];
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Frames read ahead of a reader, or received ahead of the writer.
+const FRAMES_IN_FLIGHT: usize = 4;
+
+/// The reading thread of [`LocalBlobs::read_frames`].
+fn send_frames(
+    mut reader: FrameReader,
+    mut skip: u64,
+    expected: &str,
+    sender: &tokio::sync::mpsc::Sender<Result<Frame, BlobError>>,
+) {
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let frame = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = sender.blocking_send(Err(io_error(e)));
+                return;
+            }
+        };
+        frame.hash_into(&mut hasher);
+        let frame = match frame {
+            frame if skip >= frame.len() => {
+                skip -= frame.len();
+                continue;
+            }
+            Frame::Data(data) => Frame::Data(data.slice(std::mem::take(&mut skip) as usize..)),
+            Frame::Zeros(count) => Frame::Zeros(count - std::mem::take(&mut skip)),
+        };
+        if sender.blocking_send(Ok(frame)).is_err() {
+            return;
         }
     }
-    buffer.truncate(filled);
-    hasher.update(&buffer);
-    Ok((Bytes::from(buffer), file, hasher))
+    let actual = hasher.finalize().to_hex().to_string();
+    if actual != expected {
+        let _ = sender.blocking_send(Err(BlobError::DigestMismatch {
+            expected: expected.to_string(),
+            actual,
+        }));
+    }
+}
+
+/// What the receiving thread is told.
+enum Received {
+    Frame(Frame),
+    /// Every frame arrived: make the file durable. (A queue closed without it
+    /// abandons the upload, and the staging file is removed.)
+    Complete,
+}
+
+/// The receiving thread of a [`LocalUpload`]: hashes every frame and, when
+/// `staging` is given, writes it there (zero runs as holes), synced once
+/// complete; returns the hasher. The staging file is removed unless the upload
+/// completed.
+fn receive_frames(
+    mut received: tokio::sync::mpsc::Receiver<Received>,
+    staging: Option<PathBuf>,
+) -> std::io::Result<blake3::Hasher> {
+    let mut hasher = blake3::Hasher::new();
+    let written = (|| {
+        let mut writer = match &staging {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(FrameWriter::new(
+                    std::fs::File::options()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)?,
+                ))
+            }
+            None => None,
+        };
+        while let Some(message) = received.blocking_recv() {
+            match message {
+                Received::Frame(frame) => {
+                    frame.hash_into(&mut hasher);
+                    if let Some(writer) = writer.as_mut() {
+                        writer.write(&frame)?;
+                    }
+                }
+                Received::Complete => {
+                    if let Some(writer) = writer {
+                        writer.finish()?.sync_all()?;
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        Ok::<_, std::io::Error>(false)
+    })();
+    if !matches!(written, Ok(true))
+        && let Some(path) = &staging
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    written.map(|_| hasher)
 }
 
 fn io_error(error: std::io::Error) -> BlobError {
@@ -280,10 +353,11 @@ fn io_error(error: std::io::Error) -> BlobError {
     })
 }
 
-/// Makes a blob durable: its data, its name in its fan-out directory, and that
-/// directory's name in the store's root (the store creates it on first use).
-fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
+/// Publishes a received blob: its staging file renamed to its name, and that
+/// name made durable in its fan-out directory and the directory's in the
+/// store's root (the data itself was synced by the receiving thread).
+fn publish(staging: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(staging, path)?;
     if let Some(dir) = path.parent() {
         ferry_common::durable::sync_dir(dir)?;
         if let Some(root) = dir.parent() {
@@ -293,21 +367,36 @@ fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A blob being received: hashed as it arrives, published only by [`LocalUpload::finish`]
-/// when the digest matches.
+/// The receiving thread of an upload and the queue that feeds it.
+struct Writer {
+    frames: tokio::sync::mpsc::Sender<Received>,
+    writing: tokio::task::JoinHandle<std::io::Result<blake3::Hasher>>,
+}
+
+/// A blob being received: hashed and written to a staging file on a thread of
+/// its own as it arrives (the network and the disk work at once), published
+/// under its digest only by [`LocalUpload::finish`] when the digest matches.
+/// Dropped unfinished, it leaves nothing behind: the thread removes its file
+/// once its queue closes.
 pub struct LocalUpload {
     expected: String,
     announced: u64,
     received: u64,
-    hasher: blake3::Hasher,
-    sink: Option<Box<dyn MultipartUpload>>,
-    path: std::path::PathBuf,
+    writer: Option<Writer>,
+    staging: Option<PathBuf>,
+    path: PathBuf,
     store: LocalBlobs,
 }
 
 impl LocalUpload {
     pub async fn write(&mut self, data: Bytes) -> Result<(), BlobError> {
-        self.received += data.len() as u64;
+        self.write_frame(Frame::Data(data)).await
+    }
+
+    /// Takes the next frame of the blob; an error (the upload is then
+    /// abandoned) when it passes the announced size or the disk failed.
+    pub async fn write_frame(&mut self, frame: Frame) -> Result<(), BlobError> {
+        self.received = self.received.saturating_add(frame.len());
         if self.received > self.announced {
             self.abort().await;
             return Err(BlobError::SizeMismatch {
@@ -315,50 +404,79 @@ impl LocalUpload {
                 sent: self.received,
             });
         }
-        self.hasher.update(&data);
-        if let Some(sink) = self.sink.as_mut()
-            && let Err(e) = sink.put_part(PutPayload::from(data)).await
-        {
-            self.abort().await;
-            return Err(e.into());
+        let Some(writer) = self.writer.as_ref() else {
+            return Err(abandoned());
+        };
+        if writer.frames.send(Received::Frame(frame)).await.is_err() {
+            // The thread stopped: it failed, and says why.
+            return Err(match self.writer.take() {
+                Some(writer) => joined(writer.writing.await).err().unwrap_or_else(abandoned),
+                None => abandoned(),
+            });
         }
         Ok(())
     }
 
     pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
-        let actual =
-            match super::verified(self.announced, self.received, &self.hasher, &self.expected) {
-                Ok(actual) => actual,
-                Err(error) => {
-                    self.abort().await;
-                    return Err(error);
+        let Some(writer) = self.writer.take() else {
+            return Err(abandoned());
+        };
+        // Only a complete upload is made durable; anything else is abandoned
+        // (and its file removed by the thread).
+        if self.received == self.announced {
+            let _ = writer.frames.send(Received::Complete).await;
+        }
+        drop(writer.frames);
+        let hasher = joined(writer.writing.await)?;
+        let verified = super::verified(self.announced, self.received, &hasher, &self.expected);
+        let staging = self.staging.take();
+        let actual = match verified {
+            Ok(actual) => actual,
+            Err(error) => {
+                if let Some(staging) = staging {
+                    let _ = tokio::fs::remove_file(staging).await;
                 }
-            };
-        if let Some(mut sink) = self.sink.take() {
-            sink.complete().await?;
-            // Durable before it is acknowledged: the file and the directory entry
-            // the rename created.
+                return Err(error);
+            }
+        };
+        if let Some(staging) = staging {
             let path = self.path.clone();
-            tokio::task::spawn_blocking(move || sync_file_and_dir(&path))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|e| {
-                    BlobError::Storage(object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source: Box::new(e),
-                    })
-                })?;
+            let published = tokio::task::spawn_blocking(move || {
+                let published = publish(&staging, &path);
+                if published.is_err() {
+                    let _ = std::fs::remove_file(&staging);
+                }
+                published
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()));
+            published.and_then(|r| r).map_err(io_error)?;
         }
         self.store.remember(&actual, self.received);
         Ok((actual, self.received))
     }
 
     pub async fn abort(&mut self) {
-        if let Some(mut sink) = self.sink.take() {
-            let _ = sink.abort().await;
+        // The thread removes the staging file once its queue closes.
+        if let Some(writer) = self.writer.take() {
+            drop(writer.frames);
+            let _ = writer.writing.await;
         }
     }
+}
+
+fn abandoned() -> BlobError {
+    io_error(std::io::Error::other("the upload was abandoned"))
+}
+
+/// The receiving thread's answer.
+fn joined(
+    result: Result<std::io::Result<blake3::Hasher>, tokio::task::JoinError>,
+) -> Result<blake3::Hasher, BlobError> {
+    result
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(io_error)
 }
 
 #[cfg(test)]
@@ -366,10 +484,12 @@ mod tests {
     use super::*;
 
     async fn read_all(store: &LocalBlobs, digest: &str) -> Result<Vec<u8>, BlobError> {
-        let (_, mut stream) = store.read(digest).await?;
+        let (_, mut stream) = store.read_frames(digest, 0).await?;
         let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk?);
+        while let Some(frame) = stream.next().await {
+            for piece in frame?.into_bytes() {
+                out.extend_from_slice(&piece);
+            }
         }
         Ok(out)
     }

@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use ferry_common::blobio::Frame;
+use futures::stream::{BoxStream, StreamExt};
 
 use crate::config::BlobsSettings;
 
@@ -64,7 +65,7 @@ fn verified(
 }
 
 /// The most bytes one frame of a blob read carries.
-pub const READ_FRAME: usize = 1 << 20;
+pub const READ_FRAME: usize = ferry_common::blobio::FRAME_BYTES;
 
 /// Where this member keeps blobs.
 #[derive(Clone, Debug)]
@@ -163,19 +164,59 @@ impl BlobStore {
     pub async fn begin(&self, digest: &str, size: u64) -> Result<Upload, BlobError> {
         match self {
             BlobStore::Local(store) => Ok(Upload::Local(store.begin(digest, size).await?)),
-            BlobStore::S3(store) => Ok(Upload::S3(store.begin(digest, size).await?)),
+            BlobStore::S3(store) => Ok(Upload::S3(Box::new(store.begin(digest, size).await?))),
         }
     }
 
-    /// Reads a blob as a stream of frames of up to [`READ_FRAME`] bytes; the
+    /// Reads a blob as a stream of pieces of up to [`READ_FRAME`] bytes; the
     /// last item is an error if the stored bytes no longer match the digest.
     pub async fn read(
         &self,
         digest: &str,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, BlobError>>), BlobError> {
         match self {
-            BlobStore::Local(store) => store.read(digest).await,
+            BlobStore::Local(store) => {
+                let (size, frames) = store.read_frames(digest, 0).await?;
+                let pieces = frames.flat_map(|frame| {
+                    futures::stream::iter(match frame {
+                        Ok(frame) => frame.into_bytes().map(Ok).collect::<Vec<_>>(),
+                        Err(error) => vec![Err(error)],
+                    })
+                });
+                Ok((size, pieces.boxed()))
+            }
             BlobStore::S3(store) => store.read(digest).await,
+        }
+    }
+
+    /// Reads a blob as [`Frame`]s (a local store sends its holes and zero-filled
+    /// stretches as zero runs) from byte `offset` on; the blob is still hashed
+    /// whole, and the last item is an error if it no longer matches its digest.
+    pub async fn read_frames(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Result<(u64, BoxStream<'static, Result<Frame, BlobError>>), BlobError> {
+        match self {
+            BlobStore::Local(store) => store.read_frames(digest, offset).await,
+            BlobStore::S3(store) => {
+                let (size, pieces) = store.read(digest).await?;
+                let mut skip = offset;
+                let frames = pieces.filter_map(move |piece| {
+                    let frame = match piece {
+                        Ok(data) if skip >= data.len() as u64 => {
+                            skip -= data.len() as u64;
+                            None
+                        }
+                        Ok(data) => Some(Ok(Frame::Data(
+                            data.slice(std::mem::take(&mut skip) as usize..),
+                        ))),
+                        Err(error) => Some(Err(error)),
+                    };
+                    futures::future::ready(frame)
+                });
+                Ok((size, frames.boxed()))
+            }
         }
     }
 
@@ -223,7 +264,8 @@ impl Drop for BlobFile {
 /// [`Upload::finish`] when the digest matches.
 pub enum Upload {
     Local(LocalUpload),
-    S3(S3Upload),
+    /// Boxed: it holds a hasher and a part being filled.
+    S3(Box<S3Upload>),
 }
 
 impl Upload {
@@ -231,6 +273,20 @@ impl Upload {
         match self {
             Upload::Local(upload) => upload.write(data).await,
             Upload::S3(upload) => upload.write(data).await,
+        }
+    }
+
+    /// Takes the next frame: the local store keeps a zero run as a hole; S3
+    /// is sent the zeros.
+    pub async fn write_frame(&mut self, frame: Frame) -> Result<(), BlobError> {
+        match self {
+            Upload::Local(upload) => upload.write_frame(frame).await,
+            Upload::S3(upload) => {
+                for piece in frame.into_bytes() {
+                    upload.write(piece).await?;
+                }
+                Ok(())
+            }
         }
     }
 

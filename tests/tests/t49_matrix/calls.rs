@@ -99,6 +99,7 @@ pub fn chunks(bytes: &[u8]) -> Vec<proto::Chunk> {
             digest: digest.clone(),
             size,
             data,
+            zeros: 0,
         })
         .collect()
 }
@@ -306,6 +307,7 @@ impl Ctx {
                     run_id: done,
                     step: "make".to_string(),
                     name: "model.bin".to_string(),
+                    offset: 0,
                 };
                 drain(bounded(client.download_artifact(request)).await?).await?;
             }

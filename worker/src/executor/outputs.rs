@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_common::digest::{CHUNK_SIZE, digest_file};
+use ferry_common::blobio::FrameReader;
+use ferry_common::digest::digest_file;
 use ferry_common::proto;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::context::ExecutorContext;
@@ -84,9 +84,7 @@ pub(super) async fn upload_file(
     // again on the coordinator switched to, reading the file afresh each time.
     let give_up = Instant::now() + UPLOAD_PATIENCE;
     loop {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
         let coordinator = coordinators.current();
         let mut agent = coordinator.agent.clone();
         // An upload under way when the worker gives up (it is stopping) ends.
@@ -113,36 +111,39 @@ pub(super) async fn upload_file(
     }
 }
 
-/// A file as upload chunks: the first names digest and size, the rest carry data.
+/// A file as upload chunks: the first names digest and size, the rest carry
+/// frames of up to a MiB read a few ahead on a blocking thread (holes and
+/// zero-filled stretches as zero runs, not bytes). A read error ends the
+/// stream early, and the coordinator then refuses the short upload.
 fn file_chunks(
-    file: tokio::fs::File,
+    file: std::fs::File,
     digest: &str,
     size: u64,
 ) -> impl futures::Stream<Item = proto::Chunk> + Send + 'static {
     let first = proto::Chunk {
         digest: digest.to_string(),
         size,
-        data: Vec::new(),
+        ..Default::default()
     };
-    let rest = futures::stream::unfold(file, |mut file| async move {
-        let mut buffer = vec![0u8; CHUNK_SIZE];
-        match file.read(&mut buffer).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((
-                    proto::Chunk {
-                        digest: String::new(),
-                        size: 0,
-                        data: buffer,
-                    },
-                    file,
-                ))
+    let (sender, chunks) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let Ok(reader) = FrameReader::new(file) else {
+            return;
+        };
+        for frame in reader {
+            let Ok(frame) = frame else {
+                return;
+            };
+            if sender.blocking_send(frame.into_chunk()).is_err() {
+                return;
             }
         }
     });
-    futures::stream::iter([first]).chain(rest)
+    futures::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(chunks))
 }
+
+/// Frames of an upload read ahead of the network.
+const FRAMES_AHEAD: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ferry_common::blobio::Frame;
 use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES};
 use ferry_common::proto;
 use ferry_common::spec::env_var_name;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::context::ExecutorContext;
@@ -465,8 +466,9 @@ async fn download_blob(
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
     let mut hasher = blake3::Hasher::new();
     let mut received = 0u64;
+    let write_error = |e| io_error(format!("cannot write {}", partial.display()), e);
     while let Some(chunk) = stream.message().await.map_err(fetch)? {
-        received = received.saturating_add(chunk.data.len() as u64);
+        received = received.saturating_add(chunk.data.len() as u64 + chunk.zeros);
         if let Some(limit) = max_bytes
             && (chunk.size > limit || received > limit)
         {
@@ -475,14 +477,22 @@ async fn download_blob(
                 ferry_common::spec::format_bytes(limit)
             )));
         }
-        hasher.update(&chunk.data);
-        file.write_all(&chunk.data)
-            .await
-            .map_err(|e| io_error(format!("cannot write {}", partial.display()), e))?;
+        // Zero runs (holes, zero-filled stretches) are left as holes.
+        for frame in Frame::from_chunk(chunk) {
+            frame.hash_into(&mut hasher);
+            match frame {
+                Frame::Data(data) => file.write_all(&data).await.map_err(write_error)?,
+                Frame::Zeros(count) => {
+                    let count = i64::try_from(count).unwrap_or(i64::MAX);
+                    file.seek(std::io::SeekFrom::Current(count))
+                        .await
+                        .map_err(write_error)?;
+                }
+            }
+        }
     }
-    file.flush()
-        .await
-        .map_err(|e| io_error(format!("cannot write {}", partial.display()), e))?;
+    file.flush().await.map_err(write_error)?;
+    file.set_len(received).await.map_err(write_error)?;
     drop(file);
     let actual = hasher.finalize().to_hex().to_string();
     if actual != digest {

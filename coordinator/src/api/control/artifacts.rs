@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::views::{input_views, pin_view};
 use super::{ControlService, refuse_collected};
-use crate::api::{ResponseStream, propose_status, send_blob};
+use crate::api::{ResponseStream, propose_status, send_blob_from};
 use crate::node::{authorize, now_ms};
 use crate::state::{Command, Outcome};
 
@@ -103,7 +103,7 @@ pub(super) async fn download_artifact(
     })?;
     service.node.ensure_blob(&digest).await?;
     Ok(Response::new(crate::api::limits::holding(
-        send_blob(&service.node.blobs, &digest).await?,
+        send_blob_from(&service.node.blobs, &digest, query.offset).await?,
         slot,
     )))
 }

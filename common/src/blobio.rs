@@ -1,0 +1,400 @@
+//! A blob's bytes between a file and the wire, in frames: data frames of up to
+//! [`FRAME_BYTES`], and zero runs that stand for that many zero bytes. A
+//! [`FrameReader`] never reads a file's holes (it asks the filesystem where
+//! the data is) and turns a data frame that is all zeros into a zero run, so a
+//! sparse file or one full of zeros costs a few bytes on the wire; a
+//! [`FrameWriter`] writes zero runs as holes. Every reader of a blob hashes the
+//! zeros too ([`Frame::hash_into`]): a zero run is a way of sending bytes, not
+//! of leaving them out of the digest.
+//!
+//! On the wire a [`proto::Chunk`] carries its `data` followed by `zeros` zero
+//! bytes; older senders never set `zeros`.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use crate::proto;
+
+/// The most bytes one data frame carries (and one chunk of a blob on the wire).
+pub const FRAME_BYTES: usize = 1 << 20;
+
+/// Zeros to hash from, without allocating.
+static ZEROS: [u8; FRAME_BYTES] = [0; FRAME_BYTES];
+
+/// A piece of a blob, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Data(Bytes),
+    /// This many zero bytes.
+    Zeros(u64),
+}
+
+impl Frame {
+    /// How many bytes of the blob the frame stands for.
+    pub fn len(&self) -> u64 {
+        match self {
+            Frame::Data(data) => data.len() as u64,
+            Frame::Zeros(count) => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the bytes the frame stands for to `hasher`.
+    pub fn hash_into(&self, hasher: &mut blake3::Hasher) {
+        match self {
+            Frame::Data(data) => hash_bytes(hasher, data),
+            Frame::Zeros(count) => hash_zeros(hasher, *count),
+        }
+    }
+
+    /// The frame as a chunk on the wire (no digest or size: those are the
+    /// first chunk's).
+    pub fn into_chunk(self) -> proto::Chunk {
+        match self {
+            Frame::Data(data) => proto::Chunk {
+                data: data.into(),
+                ..Default::default()
+            },
+            Frame::Zeros(zeros) => proto::Chunk {
+                zeros,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The frames a chunk on the wire carries: its data, then its zeros (either
+    /// may be empty).
+    pub fn from_chunk(chunk: proto::Chunk) -> impl Iterator<Item = Frame> {
+        let data = (!chunk.data.is_empty()).then(|| Frame::Data(Bytes::from(chunk.data)));
+        let zeros = (chunk.zeros > 0).then_some(Frame::Zeros(chunk.zeros));
+        data.into_iter().chain(zeros)
+    }
+
+    /// The frame's bytes, a zero run made real in pieces of at most
+    /// [`FRAME_BYTES`] (for a store that cannot keep holes).
+    pub fn into_bytes(self) -> impl Iterator<Item = Bytes> {
+        let (data, zeros) = match self {
+            Frame::Data(data) => (Some(data), 0),
+            Frame::Zeros(count) => (None, count),
+        };
+        let pieces = zeros.div_ceil(FRAME_BYTES as u64);
+        data.into_iter().chain((0..pieces).map(move |piece| {
+            let start = piece * FRAME_BYTES as u64;
+            let len = (zeros - start).min(FRAME_BYTES as u64) as usize;
+            Bytes::from_static(&ZEROS[..len])
+        }))
+    }
+}
+
+/// Adds `bytes` to `hasher`, on every core for a large piece (BLAKE3 hashes
+/// the subtrees of a piece independently).
+pub fn hash_bytes(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= PARALLEL_HASH_BYTES {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
+}
+
+/// The smallest piece worth hashing on several threads (blake3's advice:
+/// 128 KiB).
+const PARALLEL_HASH_BYTES: usize = 128 * 1024;
+
+/// Adds `count` zero bytes to `hasher`.
+pub fn hash_zeros(hasher: &mut blake3::Hasher, mut count: u64) {
+    while count > 0 {
+        let piece = count.min(FRAME_BYTES as u64) as usize;
+        hash_bytes(hasher, &ZEROS[..piece]);
+        count -= piece as u64;
+    }
+}
+
+/// Whether every byte is zero (vectorizes: no early exit inside a block).
+pub fn is_all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Reads a file as [`Frame`]s from an offset to its end (its size when
+/// opened). Positioned reads only: the file's own offset is not used.
+#[derive(Debug)]
+pub struct FrameReader {
+    file: File,
+    offset: u64,
+    size: u64,
+    /// The end of the data extent `offset` is in, once asked.
+    data_end: u64,
+    /// Whether the filesystem answers `SEEK_DATA`/`SEEK_HOLE`.
+    finds_holes: bool,
+}
+
+impl FrameReader {
+    /// Reads `file` from its start; its size is taken now.
+    pub fn new(file: File) -> io::Result<FrameReader> {
+        let size = file.metadata()?.len();
+        Ok(FrameReader {
+            file,
+            offset: 0,
+            size,
+            data_end: 0,
+            finds_holes: true,
+        })
+    }
+
+    /// Starts at `offset` instead (at most the size).
+    pub fn from_offset(mut self, offset: u64) -> FrameReader {
+        self.offset = offset.min(self.size);
+        self
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The next frame, `None` at the end. A file that shrank while it was read
+    /// is an error (`UnexpectedEof`).
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        if self.offset >= self.size {
+            return Ok(None);
+        }
+        if self.finds_holes && self.offset >= self.data_end {
+            match self.seek_to(nix::unistd::Whence::SeekData) {
+                Ok(data) if data > self.offset => {
+                    let zeros = data.min(self.size) - self.offset;
+                    self.offset += zeros;
+                    return Ok(Some(Frame::Zeros(zeros)));
+                }
+                Ok(_) => {
+                    self.data_end = self
+                        .seek_to(nix::unistd::Whence::SeekHole)
+                        .unwrap_or(self.size)
+                        .min(self.size);
+                }
+                // No data after the offset: the rest is a hole.
+                Err(nix::errno::Errno::ENXIO) => {
+                    let zeros = self.size - self.offset;
+                    self.offset = self.size;
+                    return Ok(Some(Frame::Zeros(zeros)));
+                }
+                Err(_) => self.finds_holes = false,
+            }
+        }
+        if !self.finds_holes {
+            self.data_end = self.size;
+        }
+        // A filesystem may report data ending at the offset (a racing write);
+        // read at least to the next frame boundary.
+        let end = self.data_end.max(self.offset + 1).min(self.size);
+        let len = (end - self.offset).min(FRAME_BYTES as u64) as usize;
+        let mut buffer = vec![0u8; len];
+        self.file.read_exact_at(&mut buffer, self.offset)?;
+        self.offset += len as u64;
+        Ok(Some(if is_all_zero(&buffer) {
+            Frame::Zeros(len as u64)
+        } else {
+            Frame::Data(Bytes::from(buffer))
+        }))
+    }
+
+    fn seek_to(&self, whence: nix::unistd::Whence) -> nix::Result<u64> {
+        let offset = i64::try_from(self.offset).map_err(|_| nix::errno::Errno::EOVERFLOW)?;
+        nix::unistd::lseek(&self.file, offset, whence).map(|at| at as u64)
+    }
+}
+
+impl Iterator for FrameReader {
+    type Item = io::Result<Frame>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_frame().transpose()
+    }
+}
+
+/// Writes [`Frame`]s to a file in order, zero runs as holes.
+#[derive(Debug)]
+pub struct FrameWriter {
+    file: File,
+    written: u64,
+}
+
+impl FrameWriter {
+    /// Writes from the file's start.
+    pub fn new(file: File) -> FrameWriter {
+        FrameWriter { file, written: 0 }
+    }
+
+    /// Writes after the first `offset` bytes already in the file (a resumed
+    /// download); whatever follows them is cut off.
+    pub fn resuming(mut file: File, offset: u64) -> io::Result<FrameWriter> {
+        file.set_len(offset)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(FrameWriter {
+            file,
+            written: offset,
+        })
+    }
+
+    /// Bytes the file holds so far (zero runs included).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn write(&mut self, frame: &Frame) -> io::Result<()> {
+        match frame {
+            Frame::Data(data) => self.file.write_all(data)?,
+            Frame::Zeros(count) => {
+                let count = i64::try_from(*count)
+                    .map_err(|_| io::Error::other("a zero run longer than a file can be"))?;
+                self.file.seek(SeekFrom::Current(count))?;
+            }
+        }
+        self.written += frame.len();
+        Ok(())
+    }
+
+    /// Sets the file's length (a trailing zero run is a hole, not yet part of
+    /// the file) and gives the file back, not yet synced.
+    pub fn finish(self) -> io::Result<File> {
+        self.file.set_len(self.written)?;
+        Ok(self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames_of(path: &std::path::Path) -> Vec<Frame> {
+        FrameReader::new(File::open(path).unwrap())
+            .unwrap()
+            .collect::<io::Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    fn copy_through_frames(from: &std::path::Path, to: &std::path::Path) -> Vec<Frame> {
+        let frames = frames_of(from);
+        let mut writer = FrameWriter::new(File::create(to).unwrap());
+        for frame in &frames {
+            writer.write(frame).unwrap();
+        }
+        writer.finish().unwrap();
+        frames
+    }
+
+    fn digest_of(frames: &[Frame]) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for frame in frames {
+            frame.hash_into(&mut hasher);
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+
+    #[test]
+    fn a_sparse_file_travels_as_zero_runs_and_lands_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("sparse");
+        let size = 64 * FRAME_BYTES as u64;
+        let file = File::create(&from).unwrap();
+        file.set_len(size).unwrap();
+        file.write_all_at(b"middle", size / 2).unwrap();
+        file.write_all_at(b"end", size - 3).unwrap();
+        drop(file);
+        let to = dir.path().join("copy");
+        let frames = copy_through_frames(&from, &to);
+        let data: u64 = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Data(_)))
+            .map(Frame::len)
+            .sum();
+        // Only the pages around the two writes are read as data (tmpfs and
+        // ext4 report data per page or block).
+        assert!(data <= 2 * 2 * FRAME_BYTES as u64, "{data} bytes of data");
+        assert_eq!(frames.iter().map(Frame::len).sum::<u64>(), size);
+        let original = std::fs::read(&from).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), original);
+        assert_eq!(
+            digest_of(&frames),
+            blake3::hash(&original).to_hex().to_string()
+        );
+        let meta = std::fs::metadata(&to).unwrap();
+        assert_eq!(meta.len(), size);
+        assert!(meta.blocks() * 512 < size / 4, "the copy is not sparse");
+    }
+
+    #[test]
+    fn written_zeros_become_zero_runs_and_data_stays_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("dense");
+        let mut content = vec![0u8; 3 * FRAME_BYTES + 17];
+        content[FRAME_BYTES + 5] = 1;
+        content[3 * FRAME_BYTES + 16] = 9;
+        std::fs::write(&from, &content).unwrap();
+        let to = dir.path().join("copy");
+        let frames = copy_through_frames(&from, &to);
+        assert_eq!(frames.len(), 4, "{frames:?}");
+        assert_eq!(frames[0], Frame::Zeros(FRAME_BYTES as u64));
+        assert!(matches!(frames[1], Frame::Data(_)));
+        assert_eq!(frames[2], Frame::Zeros(FRAME_BYTES as u64));
+        assert!(matches!(frames[3], Frame::Data(_)));
+        assert_eq!(std::fs::read(&to).unwrap(), content);
+        assert_eq!(
+            digest_of(&frames),
+            blake3::hash(&content).to_hex().to_string()
+        );
+    }
+
+    #[test]
+    fn a_trailing_zero_run_sets_the_length_and_a_resume_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut writer = FrameWriter::new(File::create(&path).unwrap());
+        writer
+            .write(&Frame::Data(Bytes::from_static(b"abc")))
+            .unwrap();
+        writer.write(&Frame::Zeros(5)).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc\0\0\0\0\0");
+        // Resume after 4 bytes: the rest is replaced.
+        let file = File::options().write(true).open(&path).unwrap();
+        let mut writer = FrameWriter::resuming(file, 4).unwrap();
+        writer
+            .write(&Frame::Data(Bytes::from_static(b"xy")))
+            .unwrap();
+        assert_eq!(writer.written(), 6);
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc\0xy");
+        let reader = FrameReader::new(File::open(&path).unwrap())
+            .unwrap()
+            .from_offset(4);
+        let rest: Vec<Frame> = reader.collect::<io::Result<_>>().unwrap();
+        assert_eq!(rest, vec![Frame::Data(Bytes::from_static(b"xy"))]);
+    }
+
+    #[test]
+    fn chunks_carry_data_then_zeros_and_zero_runs_become_bytes_on_demand() {
+        let chunk = proto::Chunk {
+            data: b"ab".to_vec(),
+            zeros: 3,
+            ..Default::default()
+        };
+        let frames: Vec<Frame> = Frame::from_chunk(chunk).collect();
+        assert_eq!(
+            frames,
+            vec![Frame::Data(Bytes::from_static(b"ab")), Frame::Zeros(3)]
+        );
+        let pieces: Vec<Bytes> = Frame::Zeros(FRAME_BYTES as u64 + 2).into_bytes().collect();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[1].len(), 2);
+        assert!(Frame::from_chunk(proto::Chunk::default()).next().is_none());
+        assert!(is_all_zero(&[0; 10_000]));
+        assert!(!is_all_zero(&[&[0u8; 9_999][..], &[1]].concat()));
+    }
+}

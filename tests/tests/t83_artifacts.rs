@@ -1,0 +1,193 @@
+//! Large artifacts on the embedded store, on a three-member cluster: a 1 GiB
+//! output (random bytes with a run of written zeros) goes up and comes back
+//! byte for byte (the step's own SHA-256 of it checked against the download,
+//! the BLAKE3 digest by the CLI), a 2 GiB sparse output is stored and sent
+//! as holes (the coordinators' disks and the download stay sparse), a
+//! download resumes from what an interrupted one left, a partial file that
+//! does not match is caught by the digest and replaced, and the daemons'
+//! memory stays flat throughout.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_tests::{Cluster, write_pipeline};
+
+const MIB: u64 = 1 << 20;
+
+/// A process's peak resident memory in MiB (`VmHWM`).
+fn peak_mib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+/// Bytes allocated on disk under `dir` (holes not counted).
+fn allocated(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_gigabyte_and_a_sparse_file_round_trip_resumably_with_flat_memory() {
+    let mut cluster = Cluster::start_replicated(3, "");
+    cluster.add_worker("worker", "memory = \"4Gi\"\n");
+    cluster.wait_worker_connected("worker");
+    let pipeline = write_pipeline(
+        &cluster.path("pipeline"),
+        r#"
+name: large
+steps:
+  - name: make
+    shell: |
+      set -e
+      { head -c 400M /dev/urandom; head -c 200M /dev/zero; head -c 424M /dev/urandom; } > big.bin
+      sha256sum big.bin | cut -d' ' -f1 > big.sha256
+      truncate -s 2G holes.bin
+      printf middle | dd of=holes.bin bs=1 seek=1073741824 conv=notrunc status=none
+    outputs: [big.bin, big.sha256, holes.bin]
+    cache: false
+    resources: {memory: 512Mi}
+"#,
+        &[],
+    );
+    let before: Vec<u64> = (1..=3)
+        .map(|id| allocated(&cluster.path(&format!("coordinator-{id}-data"))))
+        .collect();
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(600));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let run = run.to_string();
+
+    // Byte for byte: the CLI checks the BLAKE3 digest, the step's SHA-256 the
+    // bytes it wrote.
+    let get = |name: &str, target: &Path| {
+        cluster.ferry(&[
+            "artifacts",
+            "get",
+            &run,
+            "make",
+            name,
+            "-o",
+            target.to_str().unwrap(),
+        ])
+    };
+    let big = cluster.path("big.bin");
+    let got = get("big.bin", &big);
+    assert!(got.success() && got.stdout.contains("verified"), "{got:?}");
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 1024 * MIB);
+    let sums = cluster.path("big.sha256");
+    assert!(get("big.sha256", &sums).success());
+    assert_eq!(
+        sha256_of(&big),
+        std::fs::read_to_string(&sums).unwrap().trim(),
+        "the downloaded bytes are not the bytes the step wrote"
+    );
+
+    // The sparse file: stored as holes on every member (the 1 GiB output
+    // and the small ones take ~1 GiB each; holes nothing), sent as zero runs,
+    // and written as holes.
+    let holes = cluster.path("holes.bin");
+    let got = get("holes.bin", &holes);
+    assert!(got.success() && got.stdout.contains("verified"), "{got:?}");
+    let meta = std::fs::metadata(&holes).unwrap();
+    assert_eq!(meta.len(), 2048 * MIB);
+    assert!(
+        meta.blocks() * 512 < 16 * MIB,
+        "the download of a sparse file is not sparse: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let content = std::fs::read(&holes).unwrap();
+    assert_eq!(&content[1 << 30..(1 << 30) + 6], b"middle");
+    assert!(content[..1 << 30].iter().all(|b| *b == 0));
+    drop(content);
+    for (id, before) in (1..=3).zip(before) {
+        let grew = allocated(&cluster.path(&format!("coordinator-{id}-data"))) - before;
+        assert!(
+            grew < 1024 * MIB + 200 * MIB,
+            "coordinator {id} grew by {grew} bytes for 1 GiB of data and a 2 GiB sparse file"
+        );
+    }
+
+    // An interrupted download (its bytes so far and the digest they belong
+    // to) is taken up where it stopped.
+    let resumed = cluster.path("resumed.bin");
+    let partial = cluster.path("resumed.bin.ferry-partial");
+    let digest_file = cluster.path("resumed.bin.ferry-partial.digest");
+    let digest = blake3_of(&big);
+    {
+        use std::io::Read;
+        let mut prefix = vec![0u8; (300 * MIB) as usize];
+        std::fs::File::open(&big)
+            .unwrap()
+            .read_exact(&mut prefix)
+            .unwrap();
+        std::fs::write(&partial, &prefix).unwrap();
+        std::fs::write(&digest_file, &digest).unwrap();
+    }
+    let got = get("big.bin", &resumed);
+    assert!(got.success(), "{got:?}");
+    assert!(got.stderr.contains("resuming at 300"), "{got:?}");
+    assert_eq!(blake3_of(&resumed), digest);
+    assert!(!partial.exists() && !digest_file.exists());
+
+    // A partial file whose bytes are not the blob's: the digest catches it,
+    // nothing is written, and the next try starts over.
+    std::fs::write(&partial, vec![7u8; MIB as usize]).unwrap();
+    std::fs::write(&digest_file, &digest).unwrap();
+    std::fs::remove_file(&resumed).unwrap();
+    let got = get("big.bin", &resumed);
+    assert!(!got.success(), "{got:?}");
+    assert!(got.stderr.contains("nothing written"), "{got:?}");
+    assert!(!resumed.exists() && !partial.exists());
+    let got = get("big.bin", &resumed);
+    assert!(got.success(), "{got:?}");
+    assert_eq!(blake3_of(&resumed), digest);
+
+    // A partial file of another blob (another digest beside it) is dropped.
+    std::fs::write(&partial, b"other").unwrap();
+    std::fs::write(&digest_file, blake3_of(&sums)).unwrap();
+    let got = get("big.sha256", &cluster.path("sums-again"));
+    assert!(got.success(), "{got:?}");
+
+    // Memory stayed flat: frames of a MiB, a few in flight, whatever the size
+    // (loose bounds for a debug build; `ferry-bench artifacts` measures).
+    for coordinator in &cluster.coordinators {
+        let daemon = coordinator.daemon.as_ref().expect("running");
+        let peak = peak_mib(daemon.pid());
+        assert!(peak < 400, "a coordinator peaked at {peak} MiB");
+    }
+    let peak = peak_mib(cluster.workers["worker"].pid());
+    assert!(peak < 400, "the worker peaked at {peak} MiB");
+}
+
+fn blake3_of(path: &Path) -> String {
+    ferry_common::digest::digest_file(path).unwrap().0
+}
