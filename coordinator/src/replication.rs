@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
+use ferry_common::blobio::Frame;
 use ferry_common::proto;
 use futures::StreamExt;
 use tonic::Status;
 
-use crate::api::{blob_status, receive_blob};
+use crate::api::{Copies, blob_status, receive_blob, receive_blob_copied};
 use crate::blobs::BlobStore;
 use crate::node::Node;
 
@@ -67,7 +68,114 @@ fn copy_to_peer(
     })
 }
 
+/// How long a member may leave a frame of a blob being received unread before
+/// it is dropped from the copies made during the upload (it gets its copy
+/// afterwards, if a majority still needs it).
+const LANE_PATIENCE: Duration = Duration::from_secs(5);
+/// Frames queued for one member during an upload.
+const LANE_FRAMES: usize = 8;
+
+/// Copies of a blob sent to the other members while it is received: one
+/// `PutBlob` stream per member, fed frame by frame. A member that fails or
+/// falls behind is dropped (its stream ends short, and it refuses the blob).
+struct PeerCopies {
+    peers: Vec<(
+        u64,
+        proto::peer_client::PeerClient<tonic::transport::Channel>,
+    )>,
+    lanes: Vec<Lane>,
+}
+
+struct Lane {
+    peer: u64,
+    sender: Option<tokio::sync::mpsc::Sender<proto::Chunk>>,
+    call: tokio::task::JoinHandle<Result<proto::BlobRef, Status>>,
+}
+
+impl Copies for PeerCopies {
+    async fn begin(&mut self, digest: &str, size: u64) {
+        for (peer, mut client) in std::mem::take(&mut self.peers) {
+            let (sender, receiver) = tokio::sync::mpsc::channel(LANE_FRAMES);
+            let header = proto::Chunk {
+                digest: digest.to_string(),
+                size,
+                ..Default::default()
+            };
+            if sender.try_send(header).is_err() {
+                continue;
+            }
+            let call = tokio::spawn(async move {
+                client
+                    .put_blob(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                    .await
+                    .map(tonic::Response::into_inner)
+            });
+            self.lanes.push(Lane {
+                peer,
+                sender: Some(sender),
+                call,
+            });
+        }
+    }
+
+    async fn frame(&mut self, frame: &Frame) {
+        for lane in &mut self.lanes {
+            let Some(sender) = &lane.sender else {
+                continue;
+            };
+            let sent = tokio::time::timeout(LANE_PATIENCE, sender.send(frame.clone().into_chunk()));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                tracing::debug!(
+                    peer = lane.peer,
+                    "a member fell behind a blob upload; it is copied afterwards"
+                );
+                lane.sender = None;
+            }
+        }
+    }
+}
+
+impl PeerCopies {
+    /// Ends every stream and waits for the members' answers (bounded).
+    async fn finish(self) {
+        for mut lane in self.lanes {
+            lane.sender = None;
+            match tokio::time::timeout(PEER_BLOB_TIMEOUT, lane.call).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(status))) => {
+                    tracing::debug!(peer = lane.peer, error = %status.message(), "copy during the upload refused");
+                }
+                _ => tracing::debug!(peer = lane.peer, "copy during the upload did not finish"),
+            }
+        }
+    }
+}
+
 impl Node {
+    /// Receives a blob (see [`receive_blob`]) and copies it to the other
+    /// members as it arrives, so that replication costs no time after the
+    /// upload; returns once a majority holds it ([`Node::replicate_blob`]
+    /// then only confirms, or copies to members the upload left behind).
+    pub async fn receive_replicated(
+        &self,
+        chunks: tonic::Streaming<proto::Chunk>,
+    ) -> Result<proto::BlobRef, Status> {
+        let blob = if self.blobs.is_shared() {
+            receive_blob(&self.blobs, chunks).await?
+        } else {
+            let mut copies = PeerCopies {
+                peers: self.transport.clients(),
+                lanes: Vec::new(),
+            };
+            let received = receive_blob_copied(&self.blobs, chunks, &mut copies).await;
+            // A failed upload drops the streams short: the members refuse it.
+            copies.finish().await;
+            received?
+        };
+        self.replicate_blob(&blob.digest, blob.size).await?;
+        Ok(blob)
+    }
+
     /// Copies a blob stored here to the other members until a majority of the
     /// voters holds it; fails (`Unavailable`) when fewer than a majority could.
     /// Learners get copies too, but do not count: a learner that never started

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::limits::until_revoked;
-use super::{ResponseStream, propose_status, receive_blob, send_blob};
+use super::{ResponseStream, propose_status, send_blob};
 use crate::access::{Action, CertRole, Relation, decide};
 use crate::node::{Node, authorize, now_ms};
 use crate::state::{
@@ -448,8 +448,7 @@ impl Agent for AgentService {
         self.node
             .read(|state| authorize::may(&caller, Action::UploadArtifact, state, admins))
             .map_err(Status::permission_denied)?;
-        let blob = receive_blob(&self.node.blobs, request.into_inner()).await?;
-        self.node.replicate_blob(&blob.digest, blob.size).await?;
+        let blob = self.node.receive_replicated(request.into_inner()).await?;
         Ok(Response::new(blob))
     }
 

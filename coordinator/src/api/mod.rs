@@ -94,7 +94,33 @@ pub(crate) fn is_digest(digest: &str) -> bool {
 /// size), verifying it before it becomes visible.
 pub async fn receive_blob(
     blobs: &BlobStore,
+    chunks: Streaming<proto::Chunk>,
+) -> Result<proto::BlobRef, Status> {
+    receive_blob_copied(blobs, chunks, &mut NoCopies).await
+}
+
+/// Where a blob being received is copied as it arrives (other members), beside
+/// the local store.
+pub(crate) trait Copies {
+    /// The blob's digest and size, before any frame.
+    async fn begin(&mut self, digest: &str, size: u64);
+    /// The next frame, after the local store took it.
+    async fn frame(&mut self, frame: &Frame);
+}
+
+/// No copies: the blob goes to the local store only.
+pub(crate) struct NoCopies;
+
+impl Copies for NoCopies {
+    async fn begin(&mut self, _digest: &str, _size: u64) {}
+    async fn frame(&mut self, _frame: &Frame) {}
+}
+
+/// [`receive_blob`], handing every frame to `copies` too.
+pub(crate) async fn receive_blob_copied(
+    blobs: &BlobStore,
     mut chunks: Streaming<proto::Chunk>,
+    copies: &mut impl Copies,
 ) -> Result<proto::BlobRef, Status> {
     let first = chunks
         .message()
@@ -104,11 +130,16 @@ pub async fn receive_blob(
         .begin(&first.digest, first.size)
         .await
         .map_err(blob_status)?;
+    copies.begin(&first.digest, first.size).await;
     let mut next = Some(first);
     while let Some(chunk) = next.take() {
         for frame in Frame::from_chunk(chunk) {
             // An error abandons the upload (nothing is kept).
-            upload.write_frame(frame).await.map_err(blob_status)?;
+            upload
+                .write_frame(frame.clone())
+                .await
+                .map_err(blob_status)?;
+            copies.frame(&frame).await;
         }
         match chunks.message().await {
             Ok(chunk) => next = chunk,
