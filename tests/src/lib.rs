@@ -19,6 +19,7 @@ mod ports;
 mod proxy;
 pub mod s3;
 pub mod sched_bench;
+pub mod uploads;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,62 +13,12 @@ use std::time::{Duration, Instant};
 
 use ferry_common::bundle::MAX_BUNDLE_BYTES;
 use ferry_common::proto::{self, control_client::ControlClient};
+use ferry_tests::uploads::{control, runtime, upload_bundle};
 use ferry_tests::{
     Cluster, kill_processes_with_marker, marker, process_with_marker_exists, step_of, wait_for,
     write_pipeline,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-fn runtime() -> tokio::runtime::Runtime {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Runtime::new().expect("tokio runtime")
-}
-
-/// The control service as the cluster's client user; connects on first use.
-fn control(cluster: &Cluster) -> ControlClient<Channel> {
-    let read = |path: &Path| std::fs::read(path).expect("TLS file");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&cluster.pki.ca())))
-        .identity(Identity::from_pem(
-            read(&cluster.pki.cert("alice")),
-            read(&cluster.pki.key("alice")),
-        ))
-        .domain_name("127.0.0.1");
-    let channel = Endpoint::from_shared(format!("https://{}", cluster.address()))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .expect("TLS config")
-        .connect_lazy();
-    ControlClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024)
-}
-
-/// Uploads `bytes` as a bundle, whole, with their true digest and size.
-async fn upload(
-    client: &mut ControlClient<Channel>,
-    bytes: Vec<u8>,
-) -> Result<proto::BlobRef, tonic::Status> {
-    let digest = blake3::hash(&bytes).to_hex().to_string();
-    let size = bytes.len() as u64;
-    let chunks: Vec<proto::Chunk> = std::iter::once(Vec::new())
-        .chain(bytes.chunks(1 << 20).map(<[u8]>::to_vec))
-        .map(|data| proto::Chunk {
-            digest: digest.clone(),
-            size,
-            data,
-            zeros: 0,
-        })
-        .collect();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        client.upload_bundle(futures::stream::iter(chunks)),
-    )
-    .await
-    .expect("the upload was answered")
-    .map(tonic::Response::into_inner)
-}
+use tonic::transport::Channel;
 
 async fn stored(client: &mut ControlClient<Channel>, digest: &str, size: u64) -> bool {
     client
@@ -187,7 +137,7 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
         ] {
             let digest = blake3::hash(&bytes).to_hex().to_string();
             let size = bytes.len() as u64;
-            let refused = upload(&mut client, bytes)
+            let refused = upload_bundle(&mut client, bytes)
                 .await
                 .expect_err(&format!("{what} was stored as a bundle"));
             assert_eq!(
@@ -221,7 +171,7 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert!(!stored(&mut client, &packed.digest, short).await);
         assert_eq!(blob_files(&cluster, &packed.digest), 0);
-        let blob = upload(&mut client, packed.bytes.clone())
+        let blob = upload_bundle(&mut client, packed.bytes.clone())
             .await
             .expect("a real bundle is stored");
         assert_eq!(blob.digest, packed.digest);

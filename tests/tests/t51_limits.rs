@@ -110,8 +110,8 @@ fn the_cli_checks_the_clusters_limits_before_uploading_and_gc_takes_orphans() {
     let referenced = blob_files(&blobs);
     assert_eq!(referenced.len(), 1, "{referenced:?}");
 
-    // A submission the coordinator refuses after the upload (its secret is
-    // unknown): the bundle is stored but nothing refers to it.
+    // A pipeline naming a secret its project does not have is refused before
+    // its bundle is uploaded.
     let orphan = write_pipeline(
         &cluster.path("orphan"),
         "name: orphan\nsteps:\n  - name: a\n    shell: echo hi\n    \
@@ -120,6 +120,24 @@ fn the_cli_checks_the_clusters_limits_before_uploading_and_gc_takes_orphans() {
     );
     let result = cluster.ferry(&["run", orphan.to_str().unwrap()]);
     assert!(!result.success(), "{result:?}");
+    assert!(
+        result.stderr.contains("asks for secret \"nope\"")
+            && result.stderr.contains("nothing was uploaded"),
+        "{}",
+        result.stderr
+    );
+    assert_eq!(blob_files(&blobs), referenced, "nothing was uploaded");
+
+    // A bundle uploaded but never submitted (a client that stopped between
+    // the two calls) is referenced by nothing.
+    let packed = ferry_common::bundle::pack_dir(orphan.parent().unwrap()).unwrap();
+    let runtime = ferry_tests::uploads::runtime();
+    runtime
+        .block_on(async {
+            let mut client = ferry_tests::uploads::control(&cluster);
+            ferry_tests::uploads::upload_bundle(&mut client, packed.bytes).await
+        })
+        .expect("the bundle is stored");
     assert_eq!(blob_files(&blobs).len(), 2, "the orphan bundle was stored");
 
     // `ferry gc` (grace 0) deletes the orphan, keeps the queued run's bundle.

@@ -221,8 +221,47 @@ pub(crate) async fn prepare(
 ) -> anyhow::Result<(Pipeline, UploadedBundle)> {
     let limits = cluster_limits(client).await?;
     let spec = local.check(&limits)?;
+    check_secrets_exist(client, &spec).await?;
     let bundle = upload_bundle(client, pipeline, &spec).await?;
     Ok((spec, bundle))
+}
+
+/// Refuses, before anything is uploaded, a pipeline whose steps ask for a
+/// secret its project does not have (the coordinator checks again, and
+/// checks that the caller may use them).
+async fn check_secrets_exist(client: &mut Client, spec: &Pipeline) -> anyhow::Result<()> {
+    if spec.steps.iter().all(|s| s.secrets.is_empty()) {
+        return Ok(());
+    }
+    let request = proto::ListSecretsRequest {
+        project: spec.project.clone(),
+        stale: false,
+    };
+    let held = client
+        .rpc(request, |mut client, request| async move {
+            client.list_secrets(request).await
+        })
+        .await?
+        .secrets;
+    let missing = spec
+        .steps
+        .iter()
+        .flat_map(|step| step.secrets.iter().map(move |used| (step, used)))
+        .find(|(_, used)| {
+            !held
+                .iter()
+                .any(|s| s.project == spec.project && s.name == used.name)
+        });
+    if let Some((step, used)) = missing {
+        let (project, name) = (&spec.project, &used.name);
+        anyhow::bail!(
+            "step {:?} asks for secret {name:?}, which project {project:?} does not have; \
+             set it first with `ferry secrets set {name} --project {project} --from-file FILE` \
+             (nothing was uploaded)",
+            step.name
+        );
+    }
+    Ok(())
 }
 
 /// A code bundle as stored on the coordinators.
