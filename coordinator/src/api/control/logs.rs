@@ -24,6 +24,28 @@ fn undecodable(digest: &str, error: ferry_common::logchunk::LogChunkError) -> St
     Status::data_loss(format!("log blob {digest} does not decode: {error}"))
 }
 
+/// A live line (of a running attempt, or one kept in sled by an older
+/// version) as sent, recording it as the newest sent of its attempt.
+fn live_line(
+    run_id: u64,
+    line: crate::store::LogRecord,
+    sent_live: &mut HashMap<(String, u32), u64>,
+) -> proto::LogLine {
+    let seen = sent_live
+        .entry((line.step.clone(), line.attempt))
+        .or_insert(line.seq);
+    *seen = (*seen).max(line.seq);
+    proto::LogLine {
+        run_id,
+        step: line.step,
+        attempt: line.attempt,
+        stream: line.stream,
+        seq: line.seq,
+        timestamp_ms: line.timestamp_ms,
+        text: line.text,
+    }
+}
+
 pub(super) async fn stream_logs(
     service: &ControlService,
     request: Request<proto::StreamLogsRequest>,
@@ -137,21 +159,10 @@ pub(super) async fn stream_logs(
                     if !query.step.is_empty() && line.step != query.step {
                         continue;
                     }
-                    let key = (line.step.clone(), line.attempt);
-                    if sent_whole.contains(&key) {
+                    if sent_whole.contains(&(line.step.clone(), line.attempt)) {
                         continue;
                     }
-                    let seen = sent_live.entry(key).or_insert(line.seq);
-                    *seen = (*seen).max(line.seq);
-                    yield proto::LogLine {
-                        run_id,
-                        step: line.step,
-                        attempt: line.attempt,
-                        stream: line.stream,
-                        seq: line.seq,
-                        timestamp_ms: line.timestamp_ms,
-                        text: line.text,
-                    };
+                    yield live_line(run_id, line, &mut sent_live);
                 }
                 if count < 1000 {
                     break;
@@ -169,17 +180,7 @@ pub(super) async fn stream_logs(
                 );
                 let count = lines.len();
                 for line in lines {
-                    let seen = sent_live.entry((line.step.clone(), line.attempt)).or_insert(line.seq);
-                    *seen = (*seen).max(line.seq);
-                    yield proto::LogLine {
-                        run_id,
-                        step: line.step,
-                        attempt: line.attempt,
-                        stream: line.stream,
-                        seq: line.seq,
-                        timestamp_ms: line.timestamp_ms,
-                        text: line.text,
-                    };
+                    yield live_line(run_id, line, &mut sent_live);
                 }
                 if count < 1000 {
                     break;
