@@ -198,12 +198,19 @@ pub fn container_step_user(user: crate::container::ContainerUser) -> Option<Step
     })
 }
 
-/// Gives `work_dir` (everything in it, links not followed) to the step's user,
-/// and creates the metrics file, owned by it, that the step may write; nothing
-/// else of the worker's data directory is the step's. Only what is not the
-/// user's yet is changed (a change moves a file's change time, which the work
-/// directory pool compares): `Ok(true)` when something in `work_dir` changed.
-pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::io::Result<bool> {
+/// Gives `work_dir` (everything in it, links not followed, except the `shared`
+/// files: hard links to the worker's read-only blob cache entries, which stay
+/// the worker's) to the step's user, and creates the metrics file, owned by
+/// it, that the step may write; nothing else of the worker's data directory is
+/// the step's. Only what is not the user's yet is changed (a change moves a
+/// file's change time, which the work directory pool compares): `Ok(true)`
+/// when something in `work_dir` changed.
+pub fn hand_over(
+    work_dir: &Path,
+    metrics_file: &Path,
+    user: &StepUser,
+    shared: &[PathBuf],
+) -> std::io::Result<bool> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let owner = |path: &Path| {
         nix::unistd::fchownat(
@@ -215,9 +222,13 @@ pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::
         )
         .map_err(std::io::Error::from)
     };
+    let shared: std::collections::HashSet<&Path> = shared.iter().map(PathBuf::as_path).collect();
     let mut changed = false;
     let mut pending = vec![work_dir.to_path_buf()];
     while let Some(path) = pending.pop() {
+        if shared.contains(path.as_path()) {
+            continue;
+        }
         let meta = std::fs::symlink_metadata(&path)?;
         if meta.uid() != user.uid.as_raw() || meta.gid() != user.gid.as_raw() {
             owner(&path)?;
