@@ -1,7 +1,9 @@
 //! The worker's cache of inputs and bundles (issue 18, item 1): a pipeline
 //! run again with `--no-cache` gets its input from the worker's cache, not a
 //! second download, as a hard link to the cache's read-only entry that the
-//! step (running as `nobody`) can neither write nor make writable; a small
+//! step (running as `nobody`) can neither write nor make writable; the cache
+//! outlives a restart of the worker, and an entry damaged on disk meanwhile is
+//! downloaded again before a step sees it; a small
 //! `[cache] max_bytes` evicts the least recently used entries, the evicted
 //! input is downloaded again, the cache's files stay within the bound, and a
 //! step that overwrites its copy of an input changes nothing for the next run.
@@ -122,7 +124,8 @@ fn a_second_run_links_its_input_from_the_cache_and_its_step_cannot_change_it() {
     // Every folder above the data directory must let `nobody` pass.
     std::fs::set_permissions(cluster.root.path(), std::fs::Permissions::from_mode(0o711))
         .expect("chmod");
-    cluster.add_worker(worker, "cpus = 2\nmemory = \"2Gi\"\nrun_as = \"nobody\"\n");
+    let config = "cpus = 2\nmemory = \"2Gi\"\nrun_as = \"nobody\"\n";
+    cluster.add_worker(worker, config);
     let data: String = (1..=20_000).map(|i| format!("{i}\n")).collect();
     let digest = blake3::hash(data.as_bytes()).to_hex().to_string();
     let pipeline = write_pipeline(
@@ -140,6 +143,7 @@ steps:
       if chmod u+w "$FERRY_INPUT_D" 2>/dev/null; then echo made-writable >> seen.txt; fi
       if truncate -s 0 "$FERRY_INPUT_D" 2>/dev/null; then echo truncated >> seen.txt; fi
       if touch -d 2001-01-01 "$FERRY_INPUT_D" 2>/dev/null; then echo touched >> seen.txt; fi
+      if seq 1 20000 | cmp -s - "$FERRY_INPUT_D"; then echo same >> seen.txt; fi
       wc -c < "$FERRY_INPUT_D" >> seen.txt
     outputs: [seen.txt]
 "#,
@@ -183,7 +187,7 @@ steps:
         let seen = artifact(&cluster, run, "use", "seen.txt");
         assert_eq!(
             seen,
-            format!("{inode} 0 444\n{}\n", data.len()),
+            format!("{inode} 0 444\nsame\n{}\n", data.len()),
             "run {run}"
         );
     }
@@ -191,6 +195,38 @@ steps:
         std::fs::read_to_string(&entry).expect("entry"),
         data,
         "the entry is intact"
+    );
+    assert_entries_intact(&blobs);
+
+    // The disk damages the entry while the worker is down: same size, same
+    // mode, its modification time kept. After the restart the cache is still
+    // used (the bundle), and the damaged input is found, removed and
+    // downloaded again before any step sees it.
+    cluster.terminate_worker(worker);
+    let time = meta.modified().expect("modification time");
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(&entry, data.replacen("1\n", "9\n", 1)).expect("damage the entry");
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    std::fs::File::open(&entry)
+        .and_then(|file| file.set_modified(time))
+        .expect("set the time back");
+    cluster.add_worker(worker, config);
+    let third = run_to_success(&cluster, &pipeline, &["--no-cache"]);
+    assert_eq!(staged(&cluster, worker, third, "make").bundle, "cache");
+    let staged_third = staged(&cluster, worker, third, "use");
+    assert_eq!(
+        (staged_third.from_cache, staged_third.downloaded),
+        (0, 1),
+        "{staged_third:?}"
+    );
+    assert!(
+        plain(&cluster.worker_log(worker)).contains("a damaged blob cache entry was removed"),
+        "the damage is logged"
+    );
+    let renewed = std::fs::metadata(&entry).expect("the input's entry").ino();
+    assert_eq!(
+        artifact(&cluster, third, "use", "seen.txt"),
+        format!("{renewed} 0 444\nsame\n{}\n", data.len())
     );
     assert_entries_intact(&blobs);
 }
