@@ -327,6 +327,36 @@ mod tests {
     }
 
     #[test]
+    fn hand_over_leaves_the_links_to_the_blob_cache_to_the_worker() {
+        use std::os::unix::fs::MetadataExt;
+        // Needs root to give files away (skipped otherwise).
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: giving files to another user needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("work");
+        let input = work.join("inputs/data");
+        std::fs::create_dir_all(&input).unwrap();
+        let (linked, copied) = (input.join("linked.csv"), work.join("train.py"));
+        std::fs::write(&linked, "a,b\n").unwrap();
+        std::fs::write(&copied, "print(1)\n").unwrap();
+        let user = StepUser {
+            name: "someone".into(),
+            uid: Uid::from_raw(54321),
+            gid: Gid::from_raw(54321),
+            home: PathBuf::from("/nonexistent"),
+        };
+        let metrics = root.path().join("metrics.jsonl");
+        assert!(hand_over(&work, &metrics, &user, std::slice::from_ref(&linked)).unwrap());
+        let owner = |path: &Path| std::fs::symlink_metadata(path).unwrap().uid();
+        assert_eq!(owner(&linked), 0, "the cache's entry stays the worker's");
+        for given in [&work, &input, &copied, &metrics] {
+            assert_eq!(owner(given), 54321, "{}", given.display());
+        }
+    }
+
+    #[test]
     fn run_as_names_an_existing_user() {
         let root = Uid::from_raw(0);
         let identity = resolve_run_as(None, root).unwrap();

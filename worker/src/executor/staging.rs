@@ -170,6 +170,7 @@ pub(super) async fn stage(
     // Every gathered path is checked before anything is fetched, so that a bad
     // one fails the attempt at once.
     let gather_plans = plan_gathers(work_dir, &assignment.gathers)?;
+    let began = Instant::now();
     let mut bundle = "pooled";
     if fingerprint.is_none() {
         bundle = match unpack_bundle(ctx, assignment, work_dir).await? {
@@ -219,6 +220,7 @@ pub(super) async fn stage(
         bytes_from_cache = tally.bytes_from_cache,
         bytes_downloaded = tally.bytes_downloaded,
         hard_linked = tally.shared.len(),
+        staging_ms = began.elapsed().as_millis() as u64,
         "staged"
     );
     staged.shared = tally.shared;
