@@ -27,6 +27,7 @@ mod t55_containers;
 mod t56_sklearn;
 mod t57_compose;
 mod t58_image_cache;
+mod t59_input_cache;
 mod t60_dev;
 mod t70_replication;
 mod t71_membership;

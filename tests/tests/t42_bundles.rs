@@ -429,12 +429,16 @@ fn an_attempt_cancelled_while_its_bundle_unpacks_leaves_nothing() {
         "the work directory to be removed",
         || work_dir_entries(&cluster, "w1").is_empty().then_some(()),
     );
-    // No partial download is left beside the cached bundles either.
-    let partials: Vec<_> = std::fs::read_dir(cluster.path("w1-data/bundles"))
+    // No download is left beside the blob cache's entries either.
+    let incoming = cluster.path("w1-data/cache/incoming");
+    assert!(
+        incoming.is_dir(),
+        "the worker keeps downloads in {incoming:?}"
+    );
+    let partials: Vec<_> = std::fs::read_dir(&incoming)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
         .collect();
     assert!(partials.is_empty(), "{partials:?}");
 }

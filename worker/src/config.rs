@@ -2,7 +2,8 @@
 //! directories, its TLS files, labels, optional capacity overrides, and how
 //! steps are contained (containment mode, pids limit, the user steps run as and
 //! the variables they receive from the worker's environment) and the container
-//! runtime (`container_runtime`, `docker_socket`, `container_user`).
+//! runtime (`container_runtime`, `docker_socket`, `container_user`), and the
+//! bound on the cache of inputs and bundles (`[cache] max_bytes`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub struct WorkerConfig {
     /// The coordinators' addresses, `HOST:PORT`, in the order they are tried; never
     /// empty. The worker finds the leader among them.
     pub coordinators: Vec<String>,
-    /// Work directories, cached bundles.
+    /// Work directories, the cache of inputs and bundles.
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
     #[serde(default)]
@@ -80,6 +81,52 @@ pub struct WorkerConfig {
     /// `$HOME/.docker/config.json`, if there is one.
     #[serde(default)]
     pub docker_config: Option<PathBuf>,
+    /// `[cache]`: the cache of inputs and bundles under `<data_dir>/cache`.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]` in worker.toml: the content-addressed cache of inputs, gathered
+/// files and code bundles that attempts on this worker share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most bytes its entries hold (a number, or a size such as `"50Gi"`); the
+    /// least recently used go first. 0 turns the cache off: every attempt
+    /// downloads what it needs.
+    #[serde(
+        default = "default_cache_max_bytes",
+        deserialize_with = "deserialize_size"
+    )]
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            max_bytes: default_cache_max_bytes(),
+        }
+    }
+}
+
+fn default_cache_max_bytes() -> u64 {
+    crate::blobcache::DEFAULT_MAX_BYTES
+}
+
+/// A size in bytes: a number, or a string with a suffix (`"512Mi"`, `"2G"`).
+fn deserialize_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(bytes),
+        Size::Text(text) if text.trim() == "0" => Ok(0),
+        Size::Text(text) => ferry_common::spec::parse_memory_bytes(&text)
+            .map_err(|why| serde::de::Error::custom(format!("max_bytes = {text:?}: {why}"))),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -173,6 +220,8 @@ struct WorkerConfigFile {
     container_user: Option<String>,
     #[serde(default)]
     docker_config: Option<PathBuf>,
+    #[serde(default)]
+    cache: CacheConfig,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -229,6 +278,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             docker_socket: file.docker_socket,
             container_user,
             docker_config: file.docker_config,
+            cache: file.cache,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,
@@ -389,6 +439,36 @@ mod tests {
         assert!(name.contains("\"A=B\""), "{name}");
         let empty = parse("coordinator = \"a:1\"\nrun_as = \"\"").unwrap_err();
         assert!(empty.contains("run_as is empty"), "{empty}");
+    }
+
+    #[test]
+    fn the_cache_bound_has_a_default_takes_sizes_and_zero_turns_it_off() {
+        let with = |cache: &str| {
+            let text = format!(
+                "name = \"w\"\ncoordinator = \"a:1\"\ndata_dir = \"d\"\n[tls]\nca = \"c\"\ncert = \"w\"\nkey = \"k\"\n{cache}\n"
+            );
+            toml::from_str::<WorkerConfig>(&text).map_err(|e| e.to_string())
+        };
+        let plain = with("").unwrap();
+        assert_eq!(plain.cache.max_bytes, crate::blobcache::DEFAULT_MAX_BYTES);
+        let empty = with("[cache]").unwrap();
+        assert_eq!(empty.cache.max_bytes, crate::blobcache::DEFAULT_MAX_BYTES);
+        for (given, bytes) in [
+            ("1048576", 1 << 20),
+            ("\"50Gi\"", 50 << 30),
+            ("\"2G\"", 2_000_000_000),
+            ("0", 0),
+            ("\"0\"", 0),
+        ] {
+            let config = with(&format!("[cache]\nmax_bytes = {given}")).unwrap();
+            assert_eq!(config.cache.max_bytes, bytes, "{given}");
+        }
+        let bad = with("[cache]\nmax_bytes = \"lots\"").unwrap_err();
+        assert!(bad.contains("max_bytes = \"lots\""), "{bad}");
+        let negative = with("[cache]\nmax_bytes = -1").unwrap_err();
+        assert!(negative.contains("max_bytes"), "{negative}");
+        let unknown = with("[cache]\nmax_entries = 3").unwrap_err();
+        assert!(unknown.contains("max_entries"), "{unknown}");
     }
 
     #[test]

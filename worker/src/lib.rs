@@ -8,8 +8,10 @@
 //! and GPUs; [`session`] keeps the session with the leader (register, heartbeat,
 //! assignments, switching coordinators on a leader hint or a failure, report
 //! delivery); [`executor`] runs one attempt, its calls following the same switch;
-//! [`container`] drives the Docker Engine for steps with an image.
+//! [`container`] drives the Docker Engine for steps with an image; [`blobcache`]
+//! keeps the inputs and bundles attempts fetched, for the next ones.
 
+pub mod blobcache;
 pub mod cgroup;
 pub mod config;
 pub mod container;

@@ -1,7 +1,7 @@
 //! What every attempt on this worker shares: the choice of coordinator, the data
 //! directory, the GPUs, the limits, the usage monitor, the containment, the
-//! step's user and base environment, the pool of work directories and the report
-//! sender. Every part of the executor reads it; it
+//! step's user and base environment, the pool of work directories, the blob
+//! cache and the report sender. Every part of the executor reads it; it
 //! holds no logic.
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ferry_common::proto;
 
 use super::environment::StepIdentity;
+use crate::blobcache::BlobCache;
 use crate::container::DockerRuntime;
 use crate::containment::Containment;
 use crate::session::leader::Coordinators;
@@ -36,6 +37,8 @@ pub struct ExecutorContext {
     pub bundle_limits: ferry_common::bundle::UnpackLimits,
     /// Work directories, reused when an attempt left them untouched.
     pub work_dirs: Arc<WorkDirs>,
+    /// Inputs, gathered files and bundles already fetched, by digest.
+    pub blob_cache: Arc<BlobCache>,
     /// Sends the attempts' final reports, batched.
     pub reports: Reports,
     /// A cgroup per attempt, or the subreaper.

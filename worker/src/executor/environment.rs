@@ -198,12 +198,19 @@ pub fn container_step_user(user: crate::container::ContainerUser) -> Option<Step
     })
 }
 
-/// Gives `work_dir` (everything in it, links not followed) to the step's user,
-/// and creates the metrics file, owned by it, that the step may write; nothing
-/// else of the worker's data directory is the step's. Only what is not the
-/// user's yet is changed (a change moves a file's change time, which the work
-/// directory pool compares): `Ok(true)` when something in `work_dir` changed.
-pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::io::Result<bool> {
+/// Gives `work_dir` (everything in it, links not followed, except the `shared`
+/// files: hard links to the worker's read-only blob cache entries, which stay
+/// the worker's) to the step's user, and creates the metrics file, owned by
+/// it, that the step may write; nothing else of the worker's data directory is
+/// the step's. Only what is not the user's yet is changed (a change moves a
+/// file's change time, which the work directory pool compares): `Ok(true)`
+/// when something in `work_dir` changed.
+pub fn hand_over(
+    work_dir: &Path,
+    metrics_file: &Path,
+    user: &StepUser,
+    shared: &[PathBuf],
+) -> std::io::Result<bool> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let owner = |path: &Path| {
         nix::unistd::fchownat(
@@ -215,9 +222,13 @@ pub fn hand_over(work_dir: &Path, metrics_file: &Path, user: &StepUser) -> std::
         )
         .map_err(std::io::Error::from)
     };
+    let shared: std::collections::HashSet<&Path> = shared.iter().map(PathBuf::as_path).collect();
     let mut changed = false;
     let mut pending = vec![work_dir.to_path_buf()];
     while let Some(path) = pending.pop() {
+        if shared.contains(path.as_path()) {
+            continue;
+        }
         let meta = std::fs::symlink_metadata(&path)?;
         if meta.uid() != user.uid.as_raw() || meta.gid() != user.gid.as_raw() {
             owner(&path)?;
@@ -313,6 +324,36 @@ mod tests {
         );
         set(&root.path().join("data"), 0o711);
         assert_eq!(check_reachable(&work, &user), Ok(()));
+    }
+
+    #[test]
+    fn hand_over_leaves_the_links_to_the_blob_cache_to_the_worker() {
+        use std::os::unix::fs::MetadataExt;
+        // Needs root to give files away (skipped otherwise).
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: giving files to another user needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("work");
+        let input = work.join("inputs/data");
+        std::fs::create_dir_all(&input).unwrap();
+        let (linked, copied) = (input.join("linked.csv"), work.join("train.py"));
+        std::fs::write(&linked, "a,b\n").unwrap();
+        std::fs::write(&copied, "print(1)\n").unwrap();
+        let user = StepUser {
+            name: "someone".into(),
+            uid: Uid::from_raw(54321),
+            gid: Gid::from_raw(54321),
+            home: PathBuf::from("/nonexistent"),
+        };
+        let metrics = root.path().join("metrics.jsonl");
+        assert!(hand_over(&work, &metrics, &user, std::slice::from_ref(&linked)).unwrap());
+        let owner = |path: &Path| std::fs::symlink_metadata(path).unwrap().uid();
+        assert_eq!(owner(&linked), 0, "the cache's entry stays the worker's");
+        for given in [&work, &input, &copied, &metrics] {
+            assert_eq!(owner(given), 54321, "{}", given.display());
+        }
     }
 
     #[test]

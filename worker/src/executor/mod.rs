@@ -154,8 +154,14 @@ async fn run_resolved(
         Some((dir, fingerprint)) => (dir, Some(fingerprint)),
         None => (ctx.work_dirs.fresh(), None),
     };
+    // A staged file may be a hard link to the blob cache's read-only entry only
+    // if the step cannot write it: it runs as another user than the worker
+    // (the entry's owner), and not as root.
+    let may_link = step_user
+        .as_ref()
+        .is_some_and(|user| !user.uid.is_root() && user.uid != nix::unistd::geteuid());
     let staged = tokio::select! {
-        staged = stage(ctx, &assignment, &work_dir, &mut fingerprint) => staged,
+        staged = stage(ctx, &assignment, &work_dir, &mut fingerprint, may_link) => staged,
         _ = cancel.wait_for(|c| *c) => Err(StageError::Cancelled),
     };
     let mut staged = match staged {
@@ -225,8 +231,9 @@ async fn run_resolved(
         // already is the user's and is left as it is.
         let (dir, metrics) = (work_dir.clone(), metrics_path.clone());
         let pooled = fingerprint.is_some();
+        let shared = staged.shared.clone();
         let handed = tokio::task::spawn_blocking(move || {
-            let changed = environment::hand_over(&dir, &metrics, &user)
+            let changed = environment::hand_over(&dir, &metrics, &user, &shared)
                 .map_err(|e| format!("{e} (giving the work directory to \"{}\")", user.name))?;
             Ok::<_, String>(
                 (changed && pooled).then(|| crate::workdirs::Fingerprint::of(&dir).ok().flatten()),

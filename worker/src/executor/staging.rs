@@ -1,8 +1,10 @@
-//! Staging an attempt into its work directory: the code bundle (fetched once per
-//! worker, checked against its digest, unpacked unless a pooled directory already
-//! holds it), the input artifacts and the trials of any gathered sweep, every path
-//! the assignment names checked before anything is written; and the environment
-//! that tells the step where all that is, who it is and which GPUs it may use.
+//! Staging an attempt into its work directory: the code bundle (through the
+//! worker's blob cache, checked against its digest, unpacked unless a pooled
+//! directory already holds it), the input artifacts and the trials of any
+//! gathered sweep (each through the cache, then hard-linked or copied into
+//! place), every path the assignment names checked before anything is written;
+//! and the environment that tells the step where all that is, who it is and
+//! which GPUs it may use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::context::ExecutorContext;
+use crate::blobcache::{CacheError, Placement, Source};
 use crate::session::leader::{Agent, Coordinators};
 use crate::workdirs::Fingerprint;
 
@@ -46,6 +49,8 @@ pub(super) enum StageError {
         path: String,
         problem: &'static str,
     },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("cancelled")]
     Cancelled,
 }
@@ -65,6 +70,64 @@ pub(super) struct Staged {
     /// The step's secrets, set once the step's user has its files; dropping
     /// them removes the attempt's secrets directory.
     pub(super) secrets: super::secrets::AttemptSecrets,
+    /// Files hard-linked to the worker's blob cache: they stay the worker's
+    /// (read-only), never handed to the step's user.
+    pub(super) shared: Vec<PathBuf>,
+}
+
+/// What staging took from the blob cache and what it downloaded.
+#[derive(Debug, Default)]
+struct Tally {
+    from_cache: u64,
+    downloaded: u64,
+    bytes_from_cache: u64,
+    bytes_downloaded: u64,
+    shared: Vec<PathBuf>,
+}
+
+/// Puts blobs into one attempt's work directory through the blob cache.
+struct Stager<'ctx> {
+    ctx: &'ctx ExecutorContext,
+    /// Whether a file may be a hard link to the cache's read-only entry: only
+    /// when the step runs as another user than the worker, and not as root.
+    may_link: bool,
+    tally: std::sync::Mutex<Tally>,
+}
+
+impl Stager<'_> {
+    /// Puts blob `digest` at `path` (parent directories created), from the
+    /// cache, fetching it into the cache first if need be.
+    async fn blob(&self, digest: &str, path: &Path) -> Result<(), StageError> {
+        let coordinators = &self.ctx.coordinators;
+        let lease = self
+            .ctx
+            .blob_cache
+            .get(digest, |download: PathBuf| async move {
+                fetch_blob(coordinators, digest, &download).await
+            })
+            .await?;
+        let (source, size) = (lease.source(), lease.size());
+        let (dest, may_link) = (path.to_path_buf(), self.may_link);
+        let placed = tokio::task::spawn_blocking(move || lease.place(&dest, may_link))
+            .await
+            .map_err(|e| StageError::Io(e.to_string()))?
+            .map_err(|e| io_error(format!("cannot put blob {digest} at {}", path.display()), e))?;
+        let mut tally = ferry_common::locks::lock(&self.tally, "staging tally");
+        match source {
+            Source::Cache => {
+                tally.from_cache += 1;
+                tally.bytes_from_cache += size;
+            }
+            Source::Downloaded => {
+                tally.downloaded += 1;
+                tally.bytes_downloaded += size;
+            }
+        }
+        if placed == Placement::HardLinked {
+            tally.shared.push(path.to_path_buf());
+        }
+        Ok(())
+    }
 }
 
 /// One gathered sweep, staged under `<work dir>/gather/<step>`.
@@ -94,20 +157,27 @@ const GATHER_MANIFEST: &str = "trials.json";
 /// Stages into `work_dir`: unpacks the bundle unless the directory came from the
 /// pool with it (`fingerprint` is then set; a fresh unpack sets it), then the
 /// inputs at `inputs/<name>/<file name>` and the gathered sweeps at
-/// `gather/<step>/`. Everything staged lives under the work directory and is
-/// written after the fingerprint is taken, so a directory that received an input
-/// or a gathered file no longer matches it and is never pooled.
+/// `gather/<step>/`, each from the blob cache: a hard link to its read-only
+/// entry where `may_link` (the step runs as another user than the worker, not
+/// root), else a copy. A directory that received an input or a gathered file
+/// loses its fingerprint and is never pooled.
 pub(super) async fn stage(
     ctx: &ExecutorContext,
     assignment: &proto::Assignment,
     work_dir: &Path,
     fingerprint: &mut Option<Fingerprint>,
+    may_link: bool,
 ) -> Result<Staged, StageError> {
     // Every gathered path is checked before anything is fetched, so that a bad
     // one fails the attempt at once.
     let gather_plans = plan_gathers(work_dir, &assignment.gathers)?;
+    let began = Instant::now();
+    let mut bundle = "pooled";
     if fingerprint.is_none() {
-        unpack_bundle(ctx, assignment, work_dir).await?;
+        bundle = match unpack_bundle(ctx, assignment, work_dir).await? {
+            Source::Cache => "cache",
+            Source::Downloaded => "downloaded",
+        };
         let dir = work_dir.to_path_buf();
         *fingerprint = tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
             .await
@@ -115,6 +185,14 @@ pub(super) async fn stage(
             .and_then(Result::ok)
             .flatten();
     }
+    if !(assignment.inputs.is_empty() && gather_plans.is_empty()) {
+        *fingerprint = None;
+    }
+    let stager = Stager {
+        ctx,
+        may_link,
+        tally: std::sync::Mutex::default(),
+    };
     let mut staged = Staged::default();
     for input in &assignment.inputs {
         check_path_component("input", &input.name)?;
@@ -128,16 +206,25 @@ pub(super) async fn stage(
             .join("inputs")
             .join(&input.name)
             .join(&input.file_name);
-        fetch_blob(&ctx.coordinators, &input.digest, &path).await?;
+        stager.blob(&input.digest, &path).await?;
         staged.inputs.push((input.name.clone(), path));
     }
     for plan in gather_plans {
-        stage_gather(&plan, |digest, path| {
-            fetch_blob(&ctx.coordinators, digest, path)
-        })
-        .await?;
+        stage_gather(&plan, |digest, path| stager.blob(digest, path)).await?;
         staged.gathers.push(plan.dir);
     }
+    let tally = stager.tally.into_inner().unwrap_or_else(|e| e.into_inner());
+    tracing::info!(
+        bundle,
+        inputs_from_cache = tally.from_cache,
+        inputs_downloaded = tally.downloaded,
+        bytes_from_cache = tally.bytes_from_cache,
+        bytes_downloaded = tally.bytes_downloaded,
+        hard_linked = tally.shared.len(),
+        staging_ms = began.elapsed().as_millis() as u64,
+        "staged"
+    );
+    staged.shared = tally.shared;
     Ok(staged)
 }
 
@@ -265,43 +352,44 @@ fn check_path_component(what: &'static str, name: &str) -> Result<(), StageError
 }
 
 /// Creates `work_dir` with the assignment's code bundle unpacked in it: the
-/// bundle is fetched once per worker (at most [`MAX_BUNDLE_BYTES`]) and streamed
-/// from its file through gunzip and tar into the directory, hashed on the way
-/// and checked against the worker's limits (`max_unpacked_bundle_bytes`,
+/// bundle comes from the worker's blob cache, fetched into it (at most
+/// [`MAX_BUNDLE_BYTES`]) if need be, and is streamed from the cache's file
+/// through gunzip and tar into the directory, hashed on the way and checked
+/// against the worker's limits (`max_unpacked_bundle_bytes`,
 /// `max_bundle_entries`) before each entry is written; it is never held whole in
 /// memory. On any failure the caller removes the directory, so that nothing of a
-/// refused or damaged bundle stays on disk; a cached bundle file whose bytes no
-/// longer match its digest is removed too (the next attempt fetches it again).
+/// refused or damaged bundle stays on disk; a bundle whose bytes no longer match
+/// its digest, or that this worker refuses, leaves the cache too (the next
+/// attempt fetches it again). Says whether the bundle came from the cache.
 async fn unpack_bundle(
     ctx: &ExecutorContext,
     assignment: &proto::Assignment,
     work_dir: &Path,
-) -> Result<(), StageError> {
+) -> Result<Source, StageError> {
     tokio::fs::create_dir_all(work_dir)
         .await
         .map_err(|e| io_error(format!("cannot create {}", work_dir.display()), e))?;
-    let bundles = ctx.data_dir.join("bundles");
-    let bundle_path = bundles.join(format!("{}.tar.gz", assignment.bundle_digest));
-    if !bundle_path.exists() {
-        fetch_blob_within(
-            &ctx.coordinators,
-            &assignment.bundle_digest,
-            &bundle_path,
-            Some(MAX_BUNDLE_BYTES),
-        )
+    let digest = assignment.bundle_digest.as_str();
+    let coordinators = &ctx.coordinators;
+    let lease = ctx
+        .blob_cache
+        .get(digest, |download: PathBuf| async move {
+            fetch_blob_within(coordinators, digest, &download, Some(MAX_BUNDLE_BYTES)).await
+        })
         .await?;
-    }
+    let source = lease.source();
     let dest = work_dir.to_path_buf();
-    let digest = assignment.bundle_digest.clone();
+    let digest = digest.to_string();
     let limits = ctx.bundle_limits;
-    let file = bundle_path.clone();
     // When the attempt is cancelled this future is dropped, but the unpacking
     // thread is not: the guard tells it to stop at its next read, and it then
     // removes what it wrote (the attempt's own removal of the directory may have
-    // raced with its last writes).
+    // raced with its last writes). The thread holds the lease, so that the
+    // cache keeps the bundle's file until it is done.
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let stopped = stop.0.clone();
-    let unpacked = tokio::task::spawn_blocking(move || {
+    let (unpacked, lease) = tokio::task::spawn_blocking(move || {
+        let file = lease.path().to_path_buf();
         let unpacked = std::fs::File::open(&file)
             .map_err(|e| BundleError::Io {
                 path: file,
@@ -317,13 +405,13 @@ async fn unpack_bundle(
         if stopped.load(Ordering::Relaxed) {
             let _ = std::fs::remove_dir_all(&dest);
         }
-        unpacked
+        (unpacked, lease)
     })
     .await
     .map_err(|e| StageError::Bundle(e.to_string()))?;
     drop(stop);
     let error = match unpacked {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(source),
         Err(BundleError::DigestMismatch { expected, actual }) => StageError::Corrupt {
             digest: expected,
             actual,
@@ -339,7 +427,7 @@ async fn unpack_bundle(
     };
     // A damaged file is fetched again next time; a bundle this worker refuses
     // would only be refused again, and is not kept either.
-    let _ = tokio::fs::remove_file(&bundle_path).await;
+    lease.discard();
     Err(error)
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::blobcache::{BlobCache, CacheError};
 use crate::config::WorkerConfig;
 use crate::container::{ContainerUser, DockerRuntime};
 use crate::containment::{Containment, ContainmentError};
@@ -60,6 +61,8 @@ pub enum WorkerError {
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
     Containment(#[from] ContainmentError),
+    #[error(transparent)]
+    BlobCache(#[from] CacheError),
 }
 
 /// Creates `dir` (and its parents) and sets its mode.
@@ -148,6 +151,12 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         private_dir(&dir, mode).map_err(data_dir_error(&dir))?;
     }
     let work_dirs = Arc::new(WorkDirs::open(work.clone()).map_err(data_dir_error(&work))?);
+    // Bundles were kept in `bundles/`, unbounded, before the blob cache.
+    let _ = std::fs::remove_dir_all(config.data_dir.join("bundles"));
+    let cache_root = config.data_dir.join("cache");
+    // A directory listing and a `stat` per entry: entries are hashed at their
+    // first use, not here.
+    let blob_cache = BlobCache::open(&cache_root, config.cache.max_bytes)?;
     private_dir(&work, passable).map_err(data_dir_error(&work))?;
     if let Some(user) = &identity.switch_to {
         check_reachable(&work, user)?;
@@ -192,6 +201,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
             max_entries: config.max_bundle_entries,
         },
         work_dirs,
+        blob_cache,
         containment,
         pids_max: config.pids_max,
         base_environment: Arc::new(base_environment(
