@@ -229,6 +229,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         docker_socket: ferry_worker::config::DEFAULT_DOCKER_SOCKET.into(),
         container_user: Default::default(),
         docker_config: None,
+        bucket_ca: None,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

@@ -80,6 +80,11 @@ pub struct WorkerConfig {
     /// `$HOME/.docker/config.json`, if there is one.
     #[serde(default)]
     pub docker_config: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted, besides the system's, for the
+    /// blob bucket's HTTPS endpoint (the S3 backend: workers read and write
+    /// blobs there with presigned URLs). No S3 credentials go here.
+    #[serde(default)]
+    pub bucket_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -173,6 +178,8 @@ struct WorkerConfigFile {
     container_user: Option<String>,
     #[serde(default)]
     docker_config: Option<PathBuf>,
+    #[serde(default)]
+    bucket_ca: Option<PathBuf>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -229,6 +236,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             docker_socket: file.docker_socket,
             container_user,
             docker_config: file.docker_config,
+            bucket_ca: file.bucket_ca,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,

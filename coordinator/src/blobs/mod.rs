@@ -18,7 +18,7 @@ pub mod local;
 pub mod s3;
 
 pub use local::{LocalBlobs, LocalUpload};
-pub use s3::{S3Blobs, S3Upload};
+pub use s3::{PreparedUpload, ReadUrl, S3Blobs, S3Upload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {

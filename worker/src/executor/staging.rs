@@ -440,13 +440,19 @@ async fn fetch_blob_within(
         .map_err(|e| io_error(format!("cannot move {} into place", path.display()), e))
 }
 
-/// One try at downloading a blob into `partial`, verified against its digest.
+/// One try at downloading a blob into `partial`, verified against its digest:
+/// from the bucket with a presigned URL when the store is one, else over
+/// `FetchBlob`.
 async fn download_blob(
     agent: &Agent,
     digest: &str,
     partial: &Path,
     max_bytes: Option<u64>,
 ) -> Result<(), StageError> {
+    // Straight from the bucket when the store is one (`direct`).
+    if super::direct::download(agent, digest, partial, max_bytes).await? {
+        return Ok(());
+    }
     let fetch = |status| StageError::Fetch {
         digest: digest.to_string(),
         status,
