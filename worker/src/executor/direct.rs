@@ -25,7 +25,6 @@ use ferry_common::proto;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::staging::StageError;
 use crate::session::leader::{Agent, Coordinators};
 
 /// How many fresh URLs one transfer (or one part) asks for after the bucket
@@ -103,6 +102,19 @@ fn offered() -> bool {
 
 fn not_offered() {
     NOT_OFFERED_UNTIL_MS.store(now_ms() + NOT_OFFERED_FOR_MS, Ordering::Relaxed);
+}
+
+/// Why a direct download failed (staging turns it into its own error).
+#[derive(Debug)]
+pub(super) enum DownloadError {
+    /// The leader gave no URL, or the bucket refused the download.
+    Fetch(tonic::Status),
+    /// The bytes hash to `actual`, not to the digest asked for.
+    Corrupt { actual: String },
+    /// The blob is larger than `limit` (a code bundle).
+    TooLarge { limit: u64 },
+    /// Writing the partial file failed.
+    Io(String),
 }
 
 /// What one HTTP request to the bucket ended with, when not a success.
@@ -192,14 +204,11 @@ pub(super) async fn download(
     digest: &str,
     partial: &Path,
     max_bytes: Option<u64>,
-) -> Result<bool, StageError> {
+) -> Result<bool, DownloadError> {
     if !offered() {
         return Ok(false);
     }
-    let fetch = |status| StageError::Fetch {
-        digest: digest.to_string(),
-        status,
-    };
+    let fetch = DownloadError::Fetch;
     let mut renewals = 0;
     loop {
         let request = proto::BlobUrlsRequest {
@@ -233,7 +242,7 @@ pub(super) async fn download(
         if let Some(limit) = max_bytes
             && url.size > limit
         {
-            return Err(too_large(digest, limit));
+            return Err(DownloadError::TooLarge { limit });
         }
         if renewals == 0 {
             stale_when_armed(answer.expires_in_ms).await;
@@ -255,13 +264,6 @@ pub(super) async fn download(
     }
 }
 
-fn too_large(digest: &str, limit: u64) -> StageError {
-    StageError::Bundle(format!(
-        "blob {digest} is larger than the limit of {} for a code bundle",
-        ferry_common::spec::format_bytes(limit)
-    ))
-}
-
 /// GETs `url` into `partial` (created afresh each try), hashing on the way:
 /// the outer error is this worker's (a write failed, the bytes do not match,
 /// too large), the inner one the bucket's answer.
@@ -270,9 +272,9 @@ async fn get_into(
     digest: &str,
     partial: &Path,
     max_bytes: Option<u64>,
-) -> Result<Result<(), Refusal>, StageError> {
+) -> Result<Result<(), Refusal>, DownloadError> {
     let io = |what: &str, e: std::io::Error| {
-        StageError::Io(format!("cannot {what} {}: {e}", partial.display()))
+        DownloadError::Io(format!("cannot {what} {}: {e}", partial.display()))
     };
     let response = match client().get(url).send().await {
         Ok(response) if response.status().is_success() => response,
@@ -295,7 +297,7 @@ async fn get_into(
         if let Some(limit) = max_bytes
             && received > limit
         {
-            return Err(too_large(digest, limit));
+            return Err(DownloadError::TooLarge { limit });
         }
         hasher.update(&piece);
         file.write_all(&piece).await.map_err(|e| io("write", e))?;
@@ -303,10 +305,7 @@ async fn get_into(
     file.flush().await.map_err(|e| io("write", e))?;
     let actual = hasher.finalize().to_hex().to_string();
     if actual != digest {
-        return Err(StageError::Corrupt {
-            digest: digest.to_string(),
-            actual,
-        });
+        return Err(DownloadError::Corrupt { actual });
     }
     Ok(Ok(()))
 }

@@ -450,8 +450,10 @@ async fn download_blob(
     max_bytes: Option<u64>,
 ) -> Result<(), StageError> {
     // Straight from the bucket when the store is one (`direct`).
-    if super::direct::download(agent, digest, partial, max_bytes).await? {
-        return Ok(());
+    match super::direct::download(agent, digest, partial, max_bytes).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(error) => return Err(direct_error(digest, error)),
     }
     let fetch = |status| StageError::Fetch {
         digest: digest.to_string(),
@@ -498,6 +500,21 @@ async fn download_blob(
         });
     }
     Ok(())
+}
+
+/// A direct download's failure as staging tells it.
+fn direct_error(digest: &str, error: super::direct::DownloadError) -> StageError {
+    use super::direct::DownloadError;
+    let digest = digest.to_string();
+    match error {
+        DownloadError::Fetch(status) => StageError::Fetch { digest, status },
+        DownloadError::Corrupt { actual } => StageError::Corrupt { digest, actual },
+        DownloadError::TooLarge { limit } => StageError::Bundle(format!(
+            "blob {digest} is larger than the limit of {} for a code bundle",
+            ferry_common::spec::format_bytes(limit)
+        )),
+        DownloadError::Io(message) => StageError::Io(message),
+    }
 }
 
 /// The environment a step sees beyond the worker's own: its parameters and env,
