@@ -344,6 +344,10 @@ fn workers_move_blobs_straight_to_and_from_the_bucket() {
         "expired URLs were asked for again ({renewed} times):\n{}",
         cluster.worker_log("w1")
     );
+    assert!(
+        !cluster.worker_log("w1").contains("X-Amz-Signature"),
+        "no presigned URL (a bearer token) is logged"
+    );
     for digest in stale_digests.values() {
         let bytes = std::fs::read(server.object_file(&key_of(prefix, digest))).expect("object");
         assert_eq!(blake3::hash(&bytes).to_hex().to_string(), *digest);

@@ -152,6 +152,12 @@ fn s3_error_text(status: reqwest::StatusCode, body: &str) -> String {
     }
 }
 
+/// A transport error in words, without its URL: a presigned URL is a bearer
+/// token until it expires, and messages end up in logs and attempt reasons.
+fn unsigned(error: reqwest::Error) -> String {
+    error.without_url().to_string()
+}
+
 /// Classifies a response that is not a success.
 async fn refusal_of(response: reqwest::Response) -> Refusal {
     let status = response.status();
@@ -279,7 +285,7 @@ async fn get_into(
     let response = match client().get(url).send().await {
         Ok(response) if response.status().is_success() => response,
         Ok(response) => return Ok(Err(refusal_of(response).await)),
-        Err(error) => return Ok(Err(Refusal::Transient(error.to_string()))),
+        Err(error) => return Ok(Err(Refusal::Transient(unsigned(error)))),
     };
     let file = tokio::fs::File::create(partial)
         .await
@@ -291,7 +297,12 @@ async fn get_into(
     while let Some(piece) = body.next().await {
         let piece = match piece {
             Ok(piece) => piece,
-            Err(error) => return Ok(Err(Refusal::Transient(format!("cut off: {error}")))),
+            Err(error) => {
+                return Ok(Err(Refusal::Transient(format!(
+                    "cut off: {}",
+                    unsigned(error)
+                ))));
+            }
         };
         received += piece.len() as u64;
         if let Some(limit) = max_bytes
@@ -521,7 +532,7 @@ async fn put(url: &str, bytes: bytes::Bytes) -> Result<String, Refusal> {
             .unwrap_or_default()
             .to_string()),
         Ok(response) => Err(refusal_of(response).await),
-        Err(error) => Err(Refusal::Transient(error.to_string())),
+        Err(error) => Err(Refusal::Transient(unsigned(error))),
     }
 }
 
