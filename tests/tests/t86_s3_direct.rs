@@ -186,8 +186,8 @@ fn workers_move_blobs_straight_to_and_from_the_bucket() {
     eprintln!("the coordinator read and wrote {carried} bytes during the run");
     assert!(
         carried < SIZE / 4,
-        "the coordinator read and wrote {carried} bytes during a run that moved 3 x {SIZE} \
-         bytes of artifacts: they went through it"
+        "the coordinator read and wrote {carried} bytes during a run whose {SIZE}-byte \
+         output went up and back down: the bytes went through it"
     );
     let log = cluster.worker_log("w1");
     assert!(
