@@ -6,8 +6,8 @@
 //!
 //! A download is hashed on its way into the partial file and refused when it
 //! does not hash to its digest (an object damaged in the bucket). An upload
-//! sends the file it hashed, one part (at most `part_bytes`) at a time, each
-//! hashed again as it is read, so that a file changed under it is never
+//! sends the file it hashed, two parts (of at most `part_bytes`) at a time,
+//! each hashed again as it is read, so that a file changed under it is never
 //! completed. After a 403 (the URL expired), no answer or a 5xx, the worker
 //! asks the leader for a fresh URL and sends again, a few times (a server
 //! refusing an expired URL may close the connection before it reads the
@@ -36,6 +36,8 @@ const NOT_OFFERED_FOR_MS: i64 = 60_000;
 const URL_CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an upload keeps trying through coordinator failovers.
 const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
+/// Parts of one upload sent at once (each held in memory while it goes).
+const PARTS_IN_FLIGHT: usize = 2;
 
 static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
 /// Until when (milliseconds since the epoch) the leader is believed to offer
@@ -435,8 +437,9 @@ pub(super) async fn upload(
     }
 }
 
-/// Sends every part of a multipart upload, asking for more URLs (or fresh
-/// ones) as needed; returns the parts' ETags in order.
+/// Sends every part of a multipart upload, [`PARTS_IN_FLIGHT`] at a time
+/// (read and hashed in order, so at most that many parts are in memory),
+/// asking for more URLs as needed; returns the parts' ETags in order.
 async fn send_parts<F, Fut>(
     file: &mut tokio::fs::File,
     hasher: &mut blake3::Hasher,
@@ -456,45 +459,82 @@ where
     let mut first = prepared.first_part;
     let mut urls = prepared.part_urls;
     let mut etags = Vec::with_capacity(parts as usize);
+    let mut in_flight = futures::stream::FuturesOrdered::new();
     let mut left = size;
     for number in 1..=parts {
+        if in_flight.len() >= PARTS_IN_FLIGHT {
+            let etag = in_flight.next().await.expect("a part in flight")?;
+            etags.push(etag);
+        }
         let length = left.min(part_bytes);
         let bytes = read_part(file, length, hasher).await?;
         left -= length;
-        let mut renewals = 0;
-        loop {
-            let index = number.checked_sub(first).map(|i| i as usize);
-            let Some(url) = index.and_then(|i| urls.get(i)) else {
+        let index = number.checked_sub(first).map(|i| i as usize);
+        let url = match index.and_then(|i| urls.get(i)) {
+            Some(url) => url.clone(),
+            None => {
                 let more = prepare(upload_id.clone(), number)
                     .await
                     .map_err(|s| s.message().to_string())?;
                 (first, urls) = (more.first_part, more.part_urls);
-                if urls.is_empty() || first != number {
-                    return Err(format!("the leader sent no URL for part {number}"));
+                match urls.first() {
+                    Some(url) if first == number => url.clone(),
+                    _ => return Err(format!("the leader sent no URL for part {number}")),
                 }
-                continue;
-            };
-            if number == 1 && renewals == 0 {
-                stale_when_armed(expires_in_ms).await;
             }
-            match put(url, bytes.clone()).await {
-                Ok(etag) => {
-                    etags.push(etag);
-                    break;
-                }
-                Err(refusal) if try_again(&refusal, &mut renewals, digest).await => {
-                    urls.clear();
-                }
-                Err(refusal) => {
-                    return Err(format!(
-                        "the bucket refused part {number} of blob {digest}: {}",
-                        refusal.message()
-                    ));
-                }
+        };
+        let stale_for = (number == 1).then_some(expires_in_ms);
+        in_flight.push_back(send_part(
+            url, bytes, number, &upload_id, prepare, digest, stale_for,
+        ));
+    }
+    while let Some(etag) = in_flight.next().await {
+        etags.push(etag?);
+    }
+    Ok(etags)
+}
+
+/// Sends part `number` to `url`, asking for a fresh URL after a 403 or no
+/// answer; returns its ETag. `stale_for`: see [`stale_when_armed`].
+async fn send_part<F, Fut>(
+    mut url: String,
+    bytes: bytes::Bytes,
+    number: u32,
+    upload_id: &str,
+    prepare: &F,
+    digest: &str,
+    stale_for: Option<u64>,
+) -> Result<String, String>
+where
+    F: Fn(String, u32) -> Fut,
+    Fut: Future<Output = Result<proto::PrepareUploadResponse, tonic::Status>>,
+{
+    if let Some(expires_in_ms) = stale_for {
+        stale_when_armed(expires_in_ms).await;
+    }
+    let mut renewals = 0;
+    loop {
+        match put(&url, bytes.clone()).await {
+            Ok(etag) => return Ok(etag),
+            Err(refusal) if try_again(&refusal, &mut renewals, digest).await => {
+                let fresh = prepare(upload_id.to_string(), number)
+                    .await
+                    .map_err(|s| s.message().to_string())?;
+                url = fresh
+                    .part_urls
+                    .into_iter()
+                    .next()
+                    .filter(|_| fresh.first_part == number)
+                    .ok_or_else(|| format!("the leader sent no URL for part {number}"))?;
+            }
+            Err(refusal) => {
+                return Err(format!(
+                    "the bucket refused part {number} of blob {digest}: {}",
+                    refusal.message()
+                ));
             }
         }
     }
-    Ok(etags)
 }
 
 /// Reads the next `length` bytes of `file`, hashing them.
