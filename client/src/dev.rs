@@ -231,6 +231,7 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         docker_config: None,
         // The worker's cache of inputs and bundles, with its default bound.
         cache: Default::default(),
+        bucket_ca: None,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;

@@ -128,9 +128,18 @@ pub struct BlobsSettings {
     pub credentials_file: Option<PathBuf>,
     /// S3: a blob larger than this is uploaded in parts of this size (at
     /// least 5 MiB, S3's minimum part size); smaller ones in one request.
-    /// Each upload through a coordinator buffers up to two parts in memory.
+    /// Each upload through a coordinator buffers up to two parts in memory;
+    /// a worker's direct upload sends parts of this size too.
     pub part_bytes: u64,
+    /// S3: how long a presigned URL the leader gives a worker stays good
+    /// (milliseconds, whole seconds from 1 s to 7 days, S3's longest). A
+    /// request must start before it passes; a worker whose URL expired asks
+    /// for a new one.
+    pub presign_expiry_ms: u64,
 }
+
+/// The longest a presigned URL may live (S3's limit for SigV4).
+pub const MAX_PRESIGN_EXPIRY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// S3's smallest part of a multipart upload (but the last).
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
@@ -147,6 +156,7 @@ impl Default for BlobsSettings {
             region: None,
             credentials_file: None,
             part_bytes: 16 * 1024 * 1024,
+            presign_expiry_ms: 15 * 60 * 1000,
         }
     }
 }
@@ -241,7 +251,23 @@ impl BlobsSettings {
                 ),
             ));
         }
+        if !(1000..=MAX_PRESIGN_EXPIRY_MS).contains(&self.presign_expiry_ms)
+            || !self.presign_expiry_ms.is_multiple_of(1000)
+        {
+            return Err(bad(
+                "presign_expiry_ms",
+                format!(
+                    "must be whole seconds from 1000 to {MAX_PRESIGN_EXPIRY_MS} (it is {})",
+                    self.presign_expiry_ms
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a presigned URL lives.
+    pub fn presign_expiry(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.presign_expiry_ms)
     }
 }
 
@@ -905,9 +931,13 @@ mod tests {
         assert_eq!(config.blobs, BlobsSettings::default());
         assert!(!config.blobs.is_s3());
         let config = with_scheduling(
-            "[blobs]\nbackend = \"s3\"\nbucket = \"ferry-blobs\"\nprefix = \"/prod/ml/\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\ncredentials_file = \"/etc/ferry/s3.toml\"\npart_bytes = 8388608\n",
+            "[blobs]\nbackend = \"s3\"\nbucket = \"ferry-blobs\"\nprefix = \"/prod/ml/\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\ncredentials_file = \"/etc/ferry/s3.toml\"\npart_bytes = 8388608\npresign_expiry_ms = 60000\n",
         )
         .unwrap();
+        assert_eq!(
+            config.blobs.presign_expiry(),
+            std::time::Duration::from_secs(60)
+        );
         assert!(config.blobs.is_s3());
         assert_eq!(config.blobs.bucket.as_deref(), Some("ferry-blobs"));
         assert_eq!(config.blobs.key_prefix(), "prod/ml");
@@ -945,6 +975,15 @@ mod tests {
             (
                 &format!("{s3}part_bytes = 1024\n"),
                 "blobs.part_bytes: must be from 5242880",
+            ),
+            (
+                &format!("{s3}presign_expiry_ms = 1500\n"),
+                "blobs.presign_expiry_ms: must be whole seconds",
+            ),
+            (&format!("{s3}presign_expiry_ms = 0\n"), "presign_expiry_ms"),
+            (
+                &format!("{s3}presign_expiry_ms = 604801000\n"),
+                "presign_expiry_ms",
             ),
         ] {
             let error = refused(blobs);

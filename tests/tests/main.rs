@@ -36,6 +36,7 @@ mod t75_partitions;
 mod t80_corruption;
 mod t83_artifacts;
 mod t85_s3;
+mod t86_s3_direct;
 mod t90_scheduling;
 mod t95_metrics;
 mod t97_reproducible;

@@ -9,8 +9,9 @@
 //! digest, whether it went in one request or in parts (the three-member
 //! cluster uses 5 MiB parts, so its 12 MiB output goes up in three).
 //!
-//! Workers still send and fetch the bytes through the coordinators (presigned
-//! URLs come later).
+//! The workers here move their bytes straight to and from the bucket with
+//! presigned URLs (`t86_s3_direct` checks that in detail); the clients'
+//! bundle uploads and `ferry artifacts get` go through the coordinators.
 
 use std::path::Path;
 use std::time::Duration;

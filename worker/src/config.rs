@@ -84,6 +84,11 @@ pub struct WorkerConfig {
     /// `[cache]`: the cache of inputs and bundles under `<data_dir>/cache`.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// A PEM file of CA certificates trusted, besides the system's, for the
+    /// blob bucket's HTTPS endpoint (the S3 backend: workers read and write
+    /// blobs there with presigned URLs). No S3 credentials go here.
+    #[serde(default)]
+    pub bucket_ca: Option<PathBuf>,
 }
 
 /// `[cache]` in worker.toml: the content-addressed cache of inputs, gathered
@@ -222,6 +227,7 @@ struct WorkerConfigFile {
     docker_config: Option<PathBuf>,
     #[serde(default)]
     cache: CacheConfig,
+    bucket_ca: Option<PathBuf>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -279,6 +285,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             container_user,
             docker_config: file.docker_config,
             cache: file.cache,
+            bucket_ca: file.bucket_ca,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,

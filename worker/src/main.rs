@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--config is required");
     };
     let config = WorkerConfig::load(&config)?;
+    ferry_worker::executor::direct::configure(config.bucket_ca.as_deref())?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let signal = tokio::spawn(async move {
         ferry_common::signals::terminated().await;

@@ -153,6 +153,12 @@ pub enum Action {
     StepFinished,
     /// A worker downloads a bundle or an input.
     FetchBlob,
+    /// A worker asks for presigned URLs to read, straight from the bucket,
+    /// blobs an attempt assigned to it needs (the S3 blob backend).
+    BlobUrls,
+    /// A worker asks for presigned URLs to upload an output or the log of an
+    /// attempt it holds straight to the bucket, and completes that upload.
+    DirectUpload,
     FireSchedule,
     Assign,
     WorkerLost,
@@ -280,6 +286,16 @@ pub const TABLE: &[Rule] = &[
         Action::FetchBlob,
         Need::AssignedWorker,
         "fetch blobs for attempts",
+    ),
+    rule(
+        Action::BlobUrls,
+        Need::AssignedWorker,
+        "get URLs to read blobs for attempts",
+    ),
+    rule(
+        Action::DirectUpload,
+        Need::NamedWorker,
+        "upload an attempt's outputs to the bucket",
     ),
     rule(Action::FireSchedule, Need::Coordinator, "fire schedules"),
     rule(Action::Assign, Need::Coordinator, "assign work"),

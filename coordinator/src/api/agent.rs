@@ -22,6 +22,8 @@ use crate::state::{
 };
 use crate::store::LogRecord;
 
+mod direct;
+
 /// Bounds on what one worker message may carry.
 const MAX_LOG_LINES_PER_BATCH: usize = 5000;
 const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
@@ -472,6 +474,33 @@ impl Agent for AgentService {
             self.node.clone(),
             facts,
         )))
+    }
+
+    async fn blob_urls(
+        &self,
+        request: Request<proto::BlobUrlsRequest>,
+    ) -> Result<Response<proto::BlobUrlsResponse>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let answer = direct::blob_urls(&self.node, &identity, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn prepare_upload(
+        &self,
+        request: Request<proto::PrepareUploadRequest>,
+    ) -> Result<Response<proto::PrepareUploadResponse>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let answer = direct::prepare_upload(&self.node, &identity, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<proto::CompleteUploadRequest>,
+    ) -> Result<Response<proto::BlobRef>, Status> {
+        let identity = worker_identity(&request, None)?;
+        let answer = direct::complete_upload(&self.node, &identity, request.into_inner()).await?;
+        Ok(Response::new(answer))
     }
 
     async fn step_finished(

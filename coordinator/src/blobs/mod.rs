@@ -6,6 +6,10 @@
 //! Architecture invariant: a blob is visible under its digest only after every byte
 //! of it has been hashed and the hash matched the digest the sender claimed; a blob
 //! is hashed again while it is read, and a mismatch ends the read with an error.
+//! With the S3 backend a worker uploads its outputs to the bucket itself
+//! (`s3::presign`): it hashes what it sends, the leader checks the object's
+//! size before the digest is recorded, and every reader (the workers too)
+//! hashes again, so a wrong object is refused, never used.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +23,7 @@ pub mod local;
 pub mod s3;
 
 pub use local::{LocalBlobs, LocalUpload};
-pub use s3::{S3Blobs, S3Upload};
+pub use s3::{PreparedUpload, ReadUrl, S3Blobs, S3Upload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {

@@ -25,6 +25,10 @@ use serde::Deserialize;
 use super::{BlobError, BlobFile, READ_FRAME};
 use crate::config::BlobsSettings;
 
+mod presign;
+
+pub use presign::{PreparedUpload, ReadUrl};
+
 /// Most digests remembered as present, or as touched, before the memory is
 /// cleared.
 const MAX_REMEMBERED: usize = 65_536;
@@ -39,6 +43,8 @@ pub struct S3Blobs {
     root: String,
     part_bytes: usize,
     max_blob_bytes: u64,
+    /// How long a presigned URL given to a worker lives.
+    presign_expiry: std::time::Duration,
     /// Temporary verified copies for blocking readers ([`BlobFile`]).
     spool: PathBuf,
     /// Sizes of blobs known to be stored (blobs are immutable).
@@ -231,6 +237,7 @@ impl S3Blobs {
             },
             part_bytes: settings.part_bytes as usize,
             max_blob_bytes,
+            presign_expiry: settings.presign_expiry(),
             spool: spool.to_path_buf(),
             known: Arc::default(),
             touched: Arc::default(),

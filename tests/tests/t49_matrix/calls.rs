@@ -543,6 +543,30 @@ impl Ctx {
                 };
                 drain(bounded(client.fetch_blob(request)).await?).await?;
             }
+            Case::BlobUrlsUnassigned => {
+                let request = proto::BlobUrlsRequest {
+                    digests: vec![bundle],
+                };
+                bounded(client.blob_urls(request)).await?;
+            }
+            Case::PrepareUploadForeign => {
+                let request = proto::PrepareUploadRequest {
+                    attempt,
+                    digest: blake3::hash(b"forged").to_hex().to_string(),
+                    size: 6,
+                    ..Default::default()
+                };
+                bounded(client.prepare_upload(request)).await?;
+            }
+            Case::CompleteUploadForeign => {
+                let request = proto::CompleteUploadRequest {
+                    attempt,
+                    digest: blake3::hash(b"forged").to_hex().to_string(),
+                    size: 6,
+                    ..Default::default()
+                };
+                bounded(client.complete_upload(request)).await?;
+            }
             Case::StepFinishedForeign => {
                 answer.accepted = Some(bounded(client.step_finished(finished)).await?.accepted);
             }

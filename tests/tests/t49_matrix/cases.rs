@@ -94,12 +94,17 @@ pub enum Case {
     PushLogsForeign,
     UploadArtifact,
     FetchBlobUnassigned,
+    /// Presigned URLs for the bundle of `w1`'s attempt.
+    BlobUrlsUnassigned,
+    /// Upload URLs for, and completing an upload of, `w1`'s attempt.
+    PrepareUploadForeign,
+    CompleteUploadForeign,
     StepFinishedForeign,
     StepsFinishedForeign,
 }
 
 impl Case {
-    pub const ALL: [Case; 52] = [
+    pub const ALL: [Case; 55] = [
         Case::UploadBundle,
         Case::HasBlob,
         Case::GetLimits,
@@ -150,6 +155,9 @@ impl Case {
         Case::PushLogsForeign,
         Case::UploadArtifact,
         Case::FetchBlobUnassigned,
+        Case::BlobUrlsUnassigned,
+        Case::PrepareUploadForeign,
+        Case::CompleteUploadForeign,
         Case::StepFinishedForeign,
         Case::StepsFinishedForeign,
     ];
@@ -166,6 +174,9 @@ impl Case {
             Case::ImageResolvedForeign => "ImageResolved",
             Case::PushLogsForeign => "PushLogs",
             Case::FetchBlobUnassigned => "FetchBlob",
+            Case::BlobUrlsUnassigned => "BlobUrls",
+            Case::PrepareUploadForeign => "PrepareUpload",
+            Case::CompleteUploadForeign => "CompleteUpload",
             Case::StepFinishedForeign => "StepFinished",
             Case::StepsFinishedForeign => "StepsFinished",
             // The other variants are named like their RPCs.
@@ -184,6 +195,9 @@ impl Case {
             | Case::PushLogsForeign
             | Case::UploadArtifact
             | Case::FetchBlobUnassigned
+            | Case::BlobUrlsUnassigned
+            | Case::PrepareUploadForeign
+            | Case::CompleteUploadForeign
             | Case::StepFinishedForeign
             | Case::StepsFinishedForeign => Service::Agent,
             _ => Service::Control,
@@ -243,6 +257,8 @@ impl Case {
                 &[Action::StepStarted]
             }
             Case::FetchBlobUnassigned => &[Action::FetchBlob],
+            Case::BlobUrlsUnassigned => &[Action::BlobUrls],
+            Case::PrepareUploadForeign | Case::CompleteUploadForeign => &[Action::DirectUpload],
             Case::StepFinishedForeign | Case::StepsFinishedForeign => &[Action::StepFinished],
         }
     }
@@ -312,6 +328,8 @@ pub fn placement(action: Action) -> Placement {
         | Action::StepStarted
         | Action::StepFinished
         | Action::FetchBlob
+        | Action::BlobUrls
+        | Action::DirectUpload
         | Action::ReadRun
         | Action::ReadSchedule
         | Action::ReadPin

@@ -15,6 +15,7 @@
 //! metrics; the container runtime is `crate::container`).
 
 mod context;
+pub mod direct;
 pub mod environment;
 mod in_container;
 mod logs;
@@ -362,7 +363,7 @@ async fn run_resolved(
             Vec::new(),
         ),
         Ok(Ended::Exited(status)) => match status.code() {
-            Some(0) => match collect_outputs(ctx, &assignment.outputs, &work_dir).await {
+            Some(0) => match collect_outputs(ctx, &attempt, &assignment.outputs, &work_dir).await {
                 Ok(outputs) => report("exited", Some(0), String::new(), outputs),
                 Err(reason) => report("error", Some(0), reason, Vec::new()),
             },
@@ -402,7 +403,7 @@ async fn run_resolved(
     // The whole log goes up as a blob with the report: the coordinators keep it on
     // a majority, so it outlives the leader that received the live lines.
     if tokio::fs::try_exists(&log_path).await.unwrap_or(false) {
-        match upload_file(&ctx.coordinators, &log_path).await {
+        match upload_file(&ctx.coordinators, &attempt, &log_path).await {
             Ok((digest, size)) => result.log = Some(proto::BlobRef { digest, size }),
             Err(error) => {
                 tracing::warn!(%error, run = attempt.run_id, step = %attempt.step, "the attempt's log could not be uploaded")

@@ -23,6 +23,7 @@ const UPLOAD_PATIENCE: Duration = Duration::from_secs(120);
 /// link out of it) and uploads it.
 pub(super) async fn collect_outputs(
     ctx: &ExecutorContext,
+    attempt: &proto::AttemptRef,
     outputs: &[String],
     work_dir: &Path,
 ) -> Result<Vec<proto::OutputFile>, String> {
@@ -32,7 +33,7 @@ pub(super) async fn collect_outputs(
     let mut files = Vec::new();
     for name in outputs {
         let path = checked_output_path(&root, name)?;
-        let (digest, size) = upload_file(&ctx.coordinators, &path)
+        let (digest, size) = upload_file(&ctx.coordinators, attempt, &path)
             .await
             .map_err(|e| format!("cannot upload output \"{name}\": {e}"))?;
         files.push(proto::OutputFile {
@@ -71,8 +72,11 @@ pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
+/// Uploads a file of `attempt` (an output, its log): straight to the bucket
+/// with presigned URLs when the store is one, else over `UploadArtifact`.
 pub(super) async fn upload_file(
     coordinators: &Coordinators,
+    attempt: &proto::AttemptRef,
     path: &Path,
 ) -> Result<(String, u64), String> {
     let owned = path.to_path_buf();
@@ -80,6 +84,9 @@ pub(super) async fn upload_file(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    if super::direct::upload(coordinators, attempt, path, &digest, size).await? {
+        return Ok((digest, size));
+    }
     // The coordinator may be failing over or restarting when a step ends: try
     // again on the coordinator switched to, reading the file afresh each time.
     let give_up = Instant::now() + UPLOAD_PATIENCE;

@@ -529,13 +529,21 @@ async fn fetch_blob_within(
         .map_err(|e| io_error(format!("cannot move {} into place", path.display()), e))
 }
 
-/// One try at downloading a blob into `partial`, verified against its digest.
+/// One try at downloading a blob into `partial`, verified against its digest:
+/// from the bucket with a presigned URL when the store is one, else over
+/// `FetchBlob`.
 async fn download_blob(
     agent: &Agent,
     digest: &str,
     partial: &Path,
     max_bytes: Option<u64>,
 ) -> Result<(), StageError> {
+    // Straight from the bucket when the store is one (`direct`).
+    match super::direct::download(agent, digest, partial, max_bytes).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(error) => return Err(direct_error(digest, error)),
+    }
     let fetch = |status| StageError::Fetch {
         digest: digest.to_string(),
         status,
@@ -590,6 +598,21 @@ async fn download_blob(
         });
     }
     Ok(())
+}
+
+/// A direct download's failure as staging tells it.
+fn direct_error(digest: &str, error: super::direct::DownloadError) -> StageError {
+    use super::direct::DownloadError;
+    let digest = digest.to_string();
+    match error {
+        DownloadError::Fetch(status) => StageError::Fetch { digest, status },
+        DownloadError::Corrupt { actual } => StageError::Corrupt { digest, actual },
+        DownloadError::TooLarge { limit } => StageError::Bundle(format!(
+            "blob {digest} is larger than the limit of {} for a code bundle",
+            ferry_common::spec::format_bytes(limit)
+        )),
+        DownloadError::Io(message) => StageError::Io(message),
+    }
 }
 
 /// The environment a step sees beyond the worker's own: its parameters and env,

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const ALL_ACTIONS: [Action; 45] = [
+const ALL_ACTIONS: [Action; 47] = [
     Action::SubmitRun,
     Action::RerunRun,
     Action::CancelRun,
@@ -28,6 +28,8 @@ const ALL_ACTIONS: [Action; 45] = [
     Action::StepStarted,
     Action::StepFinished,
     Action::FetchBlob,
+    Action::BlobUrls,
+    Action::DirectUpload,
     Action::FireSchedule,
     Action::Assign,
     Action::WorkerLost,
@@ -142,7 +144,9 @@ fn expected(who: Who, action: Action) -> bool {
             who,
             Who::Admin | Who::ProjectOwner | Who::Editor | Who::Viewer | Who::ResourceOwner
         ),
-        RegisterWorker | StepStarted | StepFinished | FetchBlob => who == Who::Worker,
+        RegisterWorker | StepStarted | StepFinished | FetchBlob | BlobUrls | DirectUpload => {
+            who == Who::Worker
+        }
         FireSchedule | Assign | WorkerLost | TimeOutRun | RecordAudit | TrimAudit => {
             who == Who::Coordinator
         }
