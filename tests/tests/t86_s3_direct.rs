@@ -146,9 +146,11 @@ fn workers_move_blobs_straight_to_and_from_the_bucket() {
         server.blobs_toml(prefix, Some(&path))
     );
     let mut cluster = Cluster::start_replicated(1, &blobs);
+    // No worker cache: every read of a blob goes to the bucket (the damaged
+    // object below would otherwise be served from the worker's copy).
     cluster.add_worker_with_env(
         "w1",
-        "",
+        "[cache]\nmax_bytes = 0\n",
         &[
             ("RUST_LOG", "info,ferry_worker=debug"),
             ("FERRY_FAULTS", "worker.stale-presigned-url=return"),
