@@ -322,12 +322,17 @@ fn receive_frames(
         };
         while let Some(message) = received.blocking_recv() {
             match message {
-                Received::Frame(frame) => {
-                    frame.hash_into(&mut hasher);
-                    if let Some(writer) = writer.as_mut() {
-                        writer.write(&frame)?;
+                Received::Frame(frame) => match writer.as_mut() {
+                    // The frame is hashed (on the pool) while it is written.
+                    Some(writer) => {
+                        let ((), written) = rayon_core::join(
+                            || frame.hash_into(&mut hasher),
+                            || writer.write(&frame),
+                        );
+                        written?;
                     }
-                }
+                    None => frame.hash_into(&mut hasher),
+                },
                 Received::Complete => {
                     if let Some(writer) = writer {
                         writer.finish()?.sync_all()?;
