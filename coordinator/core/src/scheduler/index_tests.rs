@@ -274,6 +274,13 @@ fn run_ops(ops: Vec<Op>) {
             &state.runs.rebuilt_index(),
             "the index drifted from the runs"
         );
+        for run in state.runs.values() {
+            assert!(
+                run.steps.derived_matches_records(),
+                "run {}'s step counts drifted from its records",
+                run.id
+            );
+        }
         // A command that queued a step, or may have made room, moved the
         // generation.
         if !queued(&state).is_subset(&queued_before) {

@@ -4,9 +4,12 @@
 //! change them live with [`State::apply`](super::State::apply).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use ferry_spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
+
+use super::Steps;
 
 pub type RunId = u64;
 
@@ -284,8 +287,9 @@ pub struct Run {
     pub submitted_ms: i64,
     pub finished_ms: Option<i64>,
     pub state: RunState,
-    /// One record per pipeline step, in the pipeline's (topological) order.
-    pub steps: Vec<StepRecord>,
+    /// One record per pipeline step, in the pipeline's (topological) order,
+    /// with their positions by name and counts by state (`state::steps`).
+    pub steps: Steps,
     /// Why the run ended, when not by its steps alone (e.g. its timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -312,6 +316,10 @@ pub struct Run {
     /// Collected, and none of its blobs is kept by anything else any more.
     #[serde(default, skip_serializing_if = "is_false")]
     pub released: bool,
+    /// Derived on first use: the sweeps with a `max_parallel` (see
+    /// [`Run::sweep_limits`]).
+    #[serde(skip)]
+    pub(super) sweep_limits: OnceLock<Vec<(String, u32)>>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -319,12 +327,32 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl Run {
+    /// The record of the step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
-        self.steps.iter().find(|s| s.name == name)
+        self.steps.named(name)
     }
 
-    pub(super) fn step_index(&self, name: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.name == name)
+    /// The position of the step named `name` in `steps` (and in the pipeline).
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.position(name)
+    }
+
+    /// The sweeps of its pipeline with a `max_parallel`, and that limit, by
+    /// sweep name (found once, not per scheduling pass).
+    pub fn sweep_limits(&self) -> &[(String, u32)] {
+        self.sweep_limits.get_or_init(|| {
+            let limits: BTreeMap<&str, u32> = self
+                .pipeline
+                .steps
+                .iter()
+                .filter_map(|s| s.trial.as_ref())
+                .filter_map(|t| t.max_parallel.map(|max| (t.of.as_str(), max)))
+                .collect();
+            limits
+                .into_iter()
+                .map(|(sweep, max)| (sweep.to_string(), max))
+                .collect()
+        })
     }
 
     /// What stands for the code of step `name` in its cache key.
