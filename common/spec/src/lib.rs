@@ -62,7 +62,9 @@ mod units;
 #[cfg(test)]
 mod tests;
 
-pub use limits::{MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, SubmitLimits};
+pub use limits::{
+    MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, MAX_SUBMIT_MESSAGE_BYTES, SubmitLimits,
+};
 pub use names::{env_var_name, parse_param_override};
 pub use paths::validate_output_path;
 pub use pipeline::{parse_pipeline, parse_pipeline_within};
