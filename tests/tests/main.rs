@@ -35,5 +35,6 @@ mod t75_partitions;
 mod t80_corruption;
 mod t85_s3;
 mod t90_scheduling;
+mod t91_wide;
 mod t95_metrics;
 mod t97_reproducible;

@@ -407,8 +407,13 @@ impl State {
         }
         let settled = (run.steps[index].cache_key.clone(), run.steps[index].state);
         // Its own run goes on first, so that its next steps take the lead over
-        // identical steps of runs that wait for this one.
-        self.advance(key.run, now_ms);
+        // identical steps of runs that wait for this one. A success can only
+        // ready the step's dependents.
+        if settled.1 == StepState::Succeeded {
+            self.advance_from(key.run, index, now_ms);
+        } else {
+            self.advance(key.run, now_ms);
+        }
         if let (Some(cache_key), state) = settled {
             self.settle_cache(&cache_key, key.run, &key.step, state, now_ms);
         }

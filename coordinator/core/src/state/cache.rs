@@ -132,6 +132,45 @@ impl State {
         }
     }
 
+    /// [`State::advance`] after step `index` of the run succeeded: only its
+    /// dependents can become ready (and, through a cache hit, theirs), so only
+    /// they are examined; the same outcome as a whole pass, at the cost of the
+    /// step's dependents rather than of the run's waiting steps (a long chain).
+    pub(super) fn advance_from(&mut self, run_id: RunId, index: usize, now_ms: i64) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        if run.state.is_terminal() {
+            return;
+        }
+        let mut work: std::collections::BTreeSet<usize> =
+            run.dependents(index).iter().map(|p| *p as usize).collect();
+        while let Some(next) = work.pop_first() {
+            let Some(run) = self.runs.get(&run_id) else {
+                return;
+            };
+            let record = &run.steps[next];
+            let spec = &run.pipeline.steps[next];
+            if record.state == StepState::Waiting
+                && record.cache_key.is_none()
+                && spec.needs.iter().all(|need| {
+                    run.step(need)
+                        .is_some_and(|s| s.state == StepState::Succeeded)
+                })
+            {
+                self.make_ready(run_id, next);
+                if let Some(run) = self.runs.get(&run_id)
+                    && run.steps[next].state == StepState::Succeeded
+                {
+                    work.extend(run.dependents(next).iter().map(|p| *p as usize));
+                }
+            }
+        }
+        if let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) {
+            Self::finish_run_if_done(run, now_ms);
+        }
+    }
+
     /// The artifacts step `spec` of `run` is given: its inputs, and for each
     /// sweep it gathers every trial's outputs (named `<trial>/<output>`).
     fn resolve_inputs(run: &Run, spec: &Step) -> Vec<InputRecord> {

@@ -88,6 +88,11 @@ impl StepState {
         }
     }
 
+    /// The state named `name` (as [`StepState::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<StepState> {
+        super::STEP_STATES.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -320,6 +325,9 @@ pub struct Run {
     /// [`Run::sweep_limits`]).
     #[serde(skip)]
     pub(super) sweep_limits: OnceLock<Vec<(String, u32)>>,
+    /// Derived on first use: each step's dependents (see [`Run::dependents`]).
+    #[serde(skip)]
+    pub(super) dependents: OnceLock<Vec<Vec<u32>>>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -330,6 +338,28 @@ impl Run {
     /// The record of the step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
         self.steps.named(name)
+    }
+
+    /// The positions of the steps that need step `index` (its direct
+    /// dependents), ascending; found once per run.
+    pub fn dependents(&self, index: usize) -> &[u32] {
+        let all = self.dependents.get_or_init(|| {
+            let mut all = vec![Vec::new(); self.pipeline.steps.len()];
+            for (i, spec) in self.pipeline.steps.iter().enumerate() {
+                for need in &spec.needs {
+                    if let Some(j) = self.step_index(need) {
+                        all[j].push(u32::try_from(i).unwrap_or(u32::MAX));
+                    }
+                }
+            }
+            all
+        });
+        all.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// The spec of the step named `name`.
+    pub fn spec(&self, name: &str) -> Option<&ferry_spec::Step> {
+        self.pipeline.steps.get(self.step_index(name)?)
     }
 
     /// The position of the step named `name` in `steps` (and in the pipeline).

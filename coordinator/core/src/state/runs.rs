@@ -69,6 +69,7 @@ impl State {
             collected_ms: None,
             released: false,
             sweep_limits: Default::default(),
+            dependents: Default::default(),
         };
         self.runs.insert(id, Arc::new(run));
         id

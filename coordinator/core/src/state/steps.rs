@@ -123,6 +123,9 @@ pub struct Steps {
     /// Derived: each step as the counts last saw it.
     seen: Vec<Seen>,
     counts: StateCounts,
+    /// Derived: the positions of the steps in each state (by [`STEP_STATES`]
+    /// order), for a page of the steps in one state.
+    by_state: [BTreeSet<u32>; 9],
     /// Derived: waiting steps without a cache key, by position.
     movable: BTreeSet<u32>,
     /// Positions changed since the last `refresh` (may repeat).
@@ -145,6 +148,7 @@ impl Steps {
             records,
             positions,
             counts: StateCounts::default(),
+            by_state: Default::default(),
             movable: BTreeSet::new(),
             pending: Vec::new(),
             touched: None,
@@ -152,6 +156,7 @@ impl Steps {
         for (i, record) in steps.records.iter().enumerate() {
             let seen = Seen::of(record);
             steps.counts.add(seen.state);
+            steps.by_state[slot(seen.state)].insert(position(i));
             if seen.movable() {
                 steps.movable.insert(position(i));
             }
@@ -194,6 +199,10 @@ impl Steps {
             }
             self.counts.remove(before.state);
             self.counts.add(now.state);
+            if before.state != now.state {
+                self.by_state[slot(before.state)].remove(&p);
+                self.by_state[slot(now.state)].insert(p);
+            }
             if before.movable() {
                 self.movable.remove(&p);
             }
@@ -220,6 +229,30 @@ impl Steps {
     pub fn movable(&self) -> impl Iterator<Item = usize> + '_ {
         debug_assert!(!self.stale(), "steps changed but not refreshed");
         self.movable.iter().map(|p| *p as usize)
+    }
+
+    /// A page of the steps: the positions of at most `limit` steps from the
+    /// `offset`-th of those in `state` (every step when `None`), in pipeline
+    /// order, and how many steps `state` matches (as of the last
+    /// [`Steps::refresh`]). Costs the page and the offset, not the run.
+    pub fn page(&self, state: Option<StepState>, offset: usize, limit: usize) -> (Vec<usize>, usize) {
+        debug_assert!(!self.stale(), "steps changed but not refreshed");
+        match state {
+            None => {
+                let end = offset.saturating_add(limit).min(self.records.len());
+                ((offset.min(end)..end).collect(), self.records.len())
+            }
+            Some(state) => {
+                let members = &self.by_state[slot(state)];
+                let page = members
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|p| *p as usize)
+                    .collect();
+                (page, members.len())
+            }
+        }
     }
 
     /// Whether records changed since the last [`Steps::take_touched`].
@@ -252,6 +285,7 @@ impl Steps {
             && self.positions == fresh.positions
             && self.seen == fresh.seen
             && self.counts == fresh.counts
+            && self.by_state == fresh.by_state
             && self.movable == fresh.movable
     }
 }

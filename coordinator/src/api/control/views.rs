@@ -260,7 +260,7 @@ pub(super) fn run_summary<'a>(
         submitted_ms: run.submitted_ms,
         finished_ms: run.finished_ms.unwrap_or(0),
         steps_total: run.steps.len() as u32,
-        steps_done: run.steps.iter().filter(|s| s.state.is_terminal()).count() as u32,
+        steps_done: (run.steps.len() - run.steps.counts().unfinished()) as u32,
         reason: run.reason.clone().unwrap_or_default(),
         priority: run.pipeline.priority,
         project: run.pipeline.project.clone(),
@@ -335,9 +335,20 @@ fn metric_views(points: &[crate::state::MetricPoint], history: bool) -> Vec<prot
     views
 }
 
-/// A run as `ferry status` shows it. A queued step's reason is, in order: that no
+/// Which of a run's steps a view lists: at most `limit` of those in `state`
+/// (every state when `None`) from the `offset`-th, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StepPage {
+    pub(super) state: Option<StepState>,
+    pub(super) offset: usize,
+    pub(super) limit: usize,
+}
+
+/// A run as `ferry status` shows it: its summary, its steps' counts by state,
+/// and the steps of `page`. A queued step's reason is, in order: that no
 /// worker can ever hold it, the retry backoff it waits out, why the leader's last
-/// scheduling pass left it queued (`waiting`), or what its record says.
+/// scheduling pass left it queued (`waiting`), or what its record says. Costs
+/// the page, not the run (but for the summary's metrics).
 pub(super) fn run_view(
     state: &State,
     run: &Run,
@@ -345,6 +356,7 @@ pub(super) fn run_view(
     waiting: &BTreeMap<String, String>,
     now_ms: i64,
     history: bool,
+    page: StepPage,
 ) -> proto::RunView {
     let accepting = state
         .workers
@@ -355,15 +367,18 @@ pub(super) fn run_view(
     let workers = scheduler::worker_slots(state, &accepting);
     // Steps a run's or sweep's max_parallel holds back never reach a scheduling
     // pass: say so.
-    let active_run = run.steps.iter().filter(|s| s.state.is_active()).count() as u32;
+    let active_run = u32::try_from(run.steps.counts().active()).unwrap_or(u32::MAX);
     let mut active_sweeps: BTreeMap<&str, u32> = BTreeMap::new();
-    for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-        if let Some(trial) = &spec.trial
-            && record.state.is_active()
-        {
-            *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+    if !run.sweep_limits().is_empty() {
+        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+            if let Some(trial) = &spec.trial
+                && record.state.is_active()
+            {
+                *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+            }
         }
     }
+    let (positions, matched) = run.steps.page(page.state, page.offset, page.limit);
     let held_back = |spec: &ferry_common::spec::Step| -> Option<String> {
         if let Some(trial) = &spec.trial
             && let Some(max) = trial.max_parallel
@@ -385,10 +400,9 @@ pub(super) fn run_view(
             })
     };
     let steps =
-        run.steps
+        positions
             .iter()
-            .zip(&run.pipeline.steps)
-            .enumerate()
+            .map(|&index| (index, (&run.steps[index], &run.pipeline.steps[index])))
             .map(|(index, (record, spec))| {
                 let current = record.current_attempt();
                 let reason = match record.state {
@@ -520,6 +534,15 @@ pub(super) fn run_view(
             .collect(),
         bundle_digest: run.bundle_digest.clone(),
         trimmed: String::new(),
+        step_counts: run
+            .steps
+            .counts()
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(state, count)| (state.as_str().to_string(), count as u64))
+            .collect(),
+        steps_offset: page.offset as u64,
+        steps_matched: matched as u64,
     }
 }
 

@@ -57,6 +57,23 @@ fn positions_counts_and_movable_steps_follow_changes() {
 }
 
 #[test]
+fn pages_list_the_steps_in_order_within_a_state() {
+    let mut steps = steps(10);
+    for i in [1, 4, 5, 8] {
+        steps[i].state = StepState::Failed;
+    }
+    steps.refresh();
+    assert_eq!(steps.page(None, 0, 3), (vec![0, 1, 2], 10));
+    assert_eq!(steps.page(None, 8, 5), (vec![8, 9], 10));
+    assert_eq!(steps.page(None, 12, 5), (vec![], 10));
+    assert_eq!(steps.page(Some(StepState::Failed), 1, 2), (vec![4, 5], 4));
+    assert_eq!(steps.page(Some(StepState::Failed), 3, 9), (vec![8], 4));
+    assert_eq!(steps.page(Some(StepState::Running), 0, 9), (vec![], 0));
+    assert_eq!(StepState::parse("timed_out"), Some(StepState::TimedOut));
+    assert_eq!(StepState::parse("nope"), None);
+}
+
+#[test]
 fn a_read_back_steps_derives_everything_again() {
     let mut steps = steps(3);
     steps[2].state = StepState::Failed;
@@ -93,5 +110,12 @@ proptest! {
         }
         steps.refresh();
         prop_assert!(steps.derived_matches_records());
+        // A page of one state is what filtering every step finds.
+        for state in STEP_STATES {
+            let all: Vec<usize> = (0..steps.len()).filter(|i| steps[*i].state == state).collect();
+            let (page, matched) = steps.page(Some(state), 2, 5);
+            prop_assert_eq!(matched, all.len());
+            prop_assert_eq!(page, all.iter().copied().skip(2).take(5).collect::<Vec<_>>());
+        }
     }
 }
