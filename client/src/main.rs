@@ -104,25 +104,14 @@ enum Command {
         watch: bool,
     },
     /// Show every step of a run: state, attempt, worker, duration, exit code, reason.
-    /// A run of more than 1,000 steps shows its steps' counts by state and a
-    /// page of 100 steps (--page, --limit); --state lists only the steps in one
-    /// state.
+    /// A run of more than 1,000 steps: its counts by state and a page of steps.
     Status {
         run: u64,
         /// Also list every attempt of every step.
         #[arg(long)]
         attempts: bool,
-        /// Only the steps in this state (waiting, queued, assigned, running,
-        /// succeeded, failed, timed_out, cancelled, skipped).
-        #[arg(long, value_name = "STATE")]
-        state: Option<String>,
-        /// Which page of steps to show, from 1.
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-        page: u32,
-        /// Steps per page (at most 5,000; default: every step of a run of
-        /// at most 1,000 steps, else 100).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5000))]
-        limit: Option<u32>,
+        #[command(flatten)]
+        steps: status::StepQuery,
         #[command(flatten)]
         read: Read,
     },
@@ -775,14 +764,9 @@ async fn remote(
         Command::Status {
             run,
             attempts,
-            state,
-            page,
-            limit,
+            steps,
             read,
-        } => {
-            let steps = status::StepQuery { state, page, limit };
-            status::status(client, run, attempts, &steps, read, output).await?
-        }
+        } => status::status(client, run, attempts, &steps, read, output).await?,
         Command::Watch { run } => return status::watch(client, run).await,
         Command::Metrics {
             run,

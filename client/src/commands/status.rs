@@ -172,10 +172,19 @@ fn origin_lines(summary: &proto::RunSummary) -> Vec<String> {
 }
 
 /// Which steps `ferry status` asks for: `--state`, `--page` (from 1), `--limit`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct StepQuery {
+    /// Only the steps in this state (waiting, queued, assigned, running,
+    /// succeeded, failed, timed_out, cancelled, skipped).
+    #[arg(long, value_name = "STATE")]
     pub(crate) state: Option<String>,
+    /// Which page of steps to show, from 1.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) page: u32,
+    /// Steps per page (at most 5,000; default: every step of a run of at most
+    /// 1,000 steps, else 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub(crate) limit: Option<u32>,
 }
 
@@ -188,7 +197,9 @@ impl StepQuery {
     fn request(&self, run: u64, read: Read) -> proto::GetRunRequest {
         let page = self.page.max(1);
         // The coordinator's default page is 100 steps: a later page needs its size.
-        let limit = self.limit.unwrap_or(if page > 1 { DEFAULT_PAGE } else { 0 });
+        let limit = self
+            .limit
+            .unwrap_or(if page > 1 { DEFAULT_PAGE } else { 0 });
         proto::GetRunRequest {
             run_id: run,
             stale: read.stale,
@@ -227,7 +238,11 @@ fn counts_line(counts: &std::collections::HashMap<String, u64>) -> String {
         .filter(|(state, _)| !ORDER.contains(&state.as_str()))
         .collect();
     others.sort();
-    parts.extend(others.into_iter().map(|(state, n)| format!("{state} {}", n)));
+    parts.extend(
+        others
+            .into_iter()
+            .map(|(state, n)| format!("{state} {}", n)),
+    );
     parts.join(" · ")
 }
 
@@ -251,12 +266,7 @@ fn page_line(view: &proto::RunView, query: &StepQuery, run: u64) -> String {
     }
     let first = view.steps_offset + 1;
     let last = view.steps_offset + shown;
-    let mut line = format!(
-        "{which} steps {}–{} of {}",
-        first,
-        last,
-        matched
-    );
+    let mut line = format!("{which} steps {}–{} of {}", first, last, matched);
     line = line.trim_start().to_string();
     if last < matched {
         let page = query.page.max(1) + 1;

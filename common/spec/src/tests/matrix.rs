@@ -154,7 +154,11 @@ fn range(count: usize) -> String {
 fn trials_per_step_are_limited() {
     let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
     let d = single(
-        &format!("{base}    matrix: {{a: {}, b: {}}}\n", range(120), range(100)),
+        &format!(
+            "{base}    matrix: {{a: {}, b: {}}}\n",
+            range(120),
+            range(100)
+        ),
         &[],
         Some(5),
     );

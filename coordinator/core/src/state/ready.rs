@@ -77,10 +77,10 @@ impl ReadyIndex {
             _ => {
                 let old = self.drop_entry(id);
                 let new = entry_of(run);
-                let newly = new.queued.iter().any(|p| {
-                    old.as_ref()
-                        .is_none_or(|o: &Entry| !o.queued.contains(p))
-                });
+                let newly = new
+                    .queued
+                    .iter()
+                    .any(|p| old.as_ref().is_none_or(|o: &Entry| !o.queued.contains(p)));
                 self.put_entry(id, new);
                 return newly;
             }

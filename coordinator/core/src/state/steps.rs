@@ -235,7 +235,12 @@ impl Steps {
     /// `offset`-th of those in `state` (every step when `None`), in pipeline
     /// order, and how many steps `state` matches (as of the last
     /// [`Steps::refresh`]). Costs the page and the offset, not the run.
-    pub fn page(&self, state: Option<StepState>, offset: usize, limit: usize) -> (Vec<usize>, usize) {
+    pub fn page(
+        &self,
+        state: Option<StepState>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<usize>, usize) {
         debug_assert!(!self.stale(), "steps changed but not refreshed");
         match state {
             None => {

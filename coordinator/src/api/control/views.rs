@@ -399,130 +399,130 @@ pub(super) fn run_view(
                 )
             })
     };
-    let steps =
-        positions
-            .iter()
-            .map(|&index| (index, (&run.steps[index], &run.pipeline.steps[index])))
-            .map(|(index, (record, spec))| {
-                let current = record.current_attempt();
-                let reason = match record.state {
-                    StepState::Queued => scheduler::never_fits_reason(
-                        spec.resources,
-                        &scheduler::gpu_need(spec),
-                        &spec.node_selector,
-                        spec.container.is_some(),
-                        &workers,
-                    )
-                    .or_else(|| {
-                        record
-                            .not_before_ms
-                            .filter(|t| *t > now_ms)
-                            .and(record.reason.clone())
-                    })
-                    .or_else(|| waiting.get(&record.name).cloned())
-                    .or_else(|| held_back(spec))
-                    .or_else(|| record.reason.clone())
-                    .unwrap_or_else(|| "waiting for a worker with room".to_string()),
-                    StepState::Waiting if record.cache_key.is_some() => {
-                        record.reason.clone().unwrap_or_default()
-                    }
-                    StepState::Waiting => {
-                        let pending: Vec<&str> = spec
-                            .needs
-                            .iter()
-                            .filter(|need| {
-                                run.step(need)
-                                    .is_some_and(|s| s.state != StepState::Succeeded)
-                            })
-                            .map(String::as_str)
-                            .collect();
-                        format!("needs {}", pending.join(", "))
-                    }
-                    _ => record
-                        .reason
-                        .clone()
-                        .or_else(|| current.and_then(|a| a.reason.clone()))
-                        .unwrap_or_default(),
-                };
-                proto::StepView {
-                    name: record.name.clone(),
-                    state: record.state.as_str().to_string(),
-                    attempt: current.map(|a| a.number).unwrap_or(0),
-                    worker: current.map(|a| a.worker.clone()).unwrap_or_default(),
-                    started_ms: current.and_then(|a| a.started_ms).unwrap_or(0),
-                    finished_ms: current.and_then(|a| a.finished_ms).unwrap_or(0),
-                    has_exit_code: current.and_then(|a| a.exit_code).is_some(),
-                    exit_code: current.and_then(|a| a.exit_code).unwrap_or(0),
-                    reason,
-                    needs: spec.needs.clone(),
-                    resources: Some(resources(spec.resources)),
-                    attempts: record
-                        .attempts
-                        .iter()
-                        .map(|a| proto::AttemptView {
-                            attempt: a.number,
-                            worker: a.worker.clone(),
-                            outcome: a.outcome.map(|o| o.as_str().to_string()).unwrap_or_else(
-                                || {
-                                    if a.started_ms.is_some() {
-                                        "running"
-                                    } else {
-                                        "assigned"
-                                    }
-                                    .to_string()
-                                },
-                            ),
-                            started_ms: a.started_ms.unwrap_or(0),
-                            finished_ms: a.finished_ms.unwrap_or(0),
-                            has_exit_code: a.exit_code.is_some(),
-                            exit_code: a.exit_code.unwrap_or(0),
-                            reason: a.reason.clone().unwrap_or_default(),
-                            gpus: a.gpus.clone(),
-                            cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
-                            peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
-                            metrics: metric_views(&a.metrics, history),
-                            image_id: a.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
-                            image_repo_digest: a
-                                .image
-                                .as_ref()
-                                .and_then(|i| i.repo_digest.clone())
-                                .unwrap_or_default(),
-                        })
-                        .collect(),
-                    reused: record
-                        .reused
-                        .as_ref()
-                        .map(|r| r.how.as_str().to_string())
-                        .unwrap_or_default(),
-                    reused_run: record.reused.as_ref().map_or(0, |r| r.run),
-                    reused_step: record
-                        .reused
-                        .as_ref()
-                        .map(|r| r.step.clone())
-                        .unwrap_or_default(),
-                    inputs: input_views(&record.inputs),
-                    cache_key: record.cache_key.clone().unwrap_or_default(),
-                    trial_of: spec
-                        .trial
-                        .as_ref()
-                        .map(|t| t.of.clone())
-                        .unwrap_or_default(),
-                    matrix: spec
-                        .trial
-                        .as_ref()
-                        .map(|t| t.values.clone().into_iter().collect())
-                        .unwrap_or_default(),
-                    metrics: if record.state == StepState::Succeeded {
-                        state
-                            .producing_attempt(run, index)
-                            .map(|a| metric_views(&a.metrics, history))
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    },
+    let steps = positions
+        .iter()
+        .map(|&index| (index, (&run.steps[index], &run.pipeline.steps[index])))
+        .map(|(index, (record, spec))| {
+            let current = record.current_attempt();
+            let reason = match record.state {
+                StepState::Queued => scheduler::never_fits_reason(
+                    spec.resources,
+                    &scheduler::gpu_need(spec),
+                    &spec.node_selector,
+                    spec.container.is_some(),
+                    &workers,
+                )
+                .or_else(|| {
+                    record
+                        .not_before_ms
+                        .filter(|t| *t > now_ms)
+                        .and(record.reason.clone())
+                })
+                .or_else(|| waiting.get(&record.name).cloned())
+                .or_else(|| held_back(spec))
+                .or_else(|| record.reason.clone())
+                .unwrap_or_else(|| "waiting for a worker with room".to_string()),
+                StepState::Waiting if record.cache_key.is_some() => {
+                    record.reason.clone().unwrap_or_default()
                 }
-            })
-            .collect();
+                StepState::Waiting => {
+                    let pending: Vec<&str> = spec
+                        .needs
+                        .iter()
+                        .filter(|need| {
+                            run.step(need)
+                                .is_some_and(|s| s.state != StepState::Succeeded)
+                        })
+                        .map(String::as_str)
+                        .collect();
+                    format!("needs {}", pending.join(", "))
+                }
+                _ => record
+                    .reason
+                    .clone()
+                    .or_else(|| current.and_then(|a| a.reason.clone()))
+                    .unwrap_or_default(),
+            };
+            proto::StepView {
+                name: record.name.clone(),
+                state: record.state.as_str().to_string(),
+                attempt: current.map(|a| a.number).unwrap_or(0),
+                worker: current.map(|a| a.worker.clone()).unwrap_or_default(),
+                started_ms: current.and_then(|a| a.started_ms).unwrap_or(0),
+                finished_ms: current.and_then(|a| a.finished_ms).unwrap_or(0),
+                has_exit_code: current.and_then(|a| a.exit_code).is_some(),
+                exit_code: current.and_then(|a| a.exit_code).unwrap_or(0),
+                reason,
+                needs: spec.needs.clone(),
+                resources: Some(resources(spec.resources)),
+                attempts: record
+                    .attempts
+                    .iter()
+                    .map(|a| proto::AttemptView {
+                        attempt: a.number,
+                        worker: a.worker.clone(),
+                        outcome: a
+                            .outcome
+                            .map(|o| o.as_str().to_string())
+                            .unwrap_or_else(|| {
+                                if a.started_ms.is_some() {
+                                    "running"
+                                } else {
+                                    "assigned"
+                                }
+                                .to_string()
+                            }),
+                        started_ms: a.started_ms.unwrap_or(0),
+                        finished_ms: a.finished_ms.unwrap_or(0),
+                        has_exit_code: a.exit_code.is_some(),
+                        exit_code: a.exit_code.unwrap_or(0),
+                        reason: a.reason.clone().unwrap_or_default(),
+                        gpus: a.gpus.clone(),
+                        cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
+                        peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
+                        metrics: metric_views(&a.metrics, history),
+                        image_id: a.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+                        image_repo_digest: a
+                            .image
+                            .as_ref()
+                            .and_then(|i| i.repo_digest.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                reused: record
+                    .reused
+                    .as_ref()
+                    .map(|r| r.how.as_str().to_string())
+                    .unwrap_or_default(),
+                reused_run: record.reused.as_ref().map_or(0, |r| r.run),
+                reused_step: record
+                    .reused
+                    .as_ref()
+                    .map(|r| r.step.clone())
+                    .unwrap_or_default(),
+                inputs: input_views(&record.inputs),
+                cache_key: record.cache_key.clone().unwrap_or_default(),
+                trial_of: spec
+                    .trial
+                    .as_ref()
+                    .map(|t| t.of.clone())
+                    .unwrap_or_default(),
+                matrix: spec
+                    .trial
+                    .as_ref()
+                    .map(|t| t.values.clone().into_iter().collect())
+                    .unwrap_or_default(),
+                metrics: if record.state == StepState::Succeeded {
+                    state
+                        .producing_attempt(run, index)
+                        .map(|a| metric_views(&a.metrics, history))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+        .collect();
     proto::RunView {
         summary: Some(run_summary(run, &|id| run_in(state, id))),
         steps,

@@ -31,7 +31,11 @@ fn positions_counts_and_movable_steps_follow_changes() {
     assert_eq!(steps.position("nope"), None);
     assert_eq!(steps.counts().of(StepState::Waiting), 5);
     assert_eq!(steps.movable().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
-    assert_eq!(steps.take_touched(), Touched::All, "a new run is indexed whole");
+    assert_eq!(
+        steps.take_touched(),
+        Touched::All,
+        "a new run is indexed whole"
+    );
 
     steps[1].state = StepState::Queued;
     steps[3].cache_key = Some("k".into());
@@ -79,7 +83,10 @@ fn a_read_back_steps_derives_everything_again() {
     steps[2].state = StepState::Failed;
     steps.refresh();
     let json = serde_json::to_string(&steps).unwrap();
-    assert!(json.starts_with('['), "serialized as the plain list: {json}");
+    assert!(
+        json.starts_with('['),
+        "serialized as the plain list: {json}"
+    );
     let back: Steps = serde_json::from_str(&json).unwrap();
     assert_eq!(back, steps);
     assert_eq!(back.counts(), steps.counts());
