@@ -212,3 +212,41 @@ pub(super) async fn cancel_run(
         service.run_view(run_id, false, &first_page).await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(offset: u32, limit: u32, state: &str) -> proto::GetRunRequest {
+        proto::GetRunRequest {
+            run_id: 1,
+            step_offset: offset,
+            step_limit: limit,
+            step_state: state.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_small_run_is_shown_whole_and_a_big_one_a_page_at_a_time() {
+        let whole = step_page(&request(0, 0, ""), 1000).unwrap();
+        assert_eq!((whole.state, whole.offset, whole.limit), (None, 0, 1000));
+        let big = step_page(&request(0, 0, ""), 1001).unwrap();
+        assert_eq!(big.limit, DEFAULT_STEP_PAGE);
+        let later = step_page(&request(200, 0, ""), 10).unwrap();
+        assert_eq!((later.offset, later.limit), (200, DEFAULT_STEP_PAGE));
+        let huge = step_page(&request(0, 1_000_000, "failed"), 10).unwrap();
+        assert_eq!(
+            (huge.state, huge.limit),
+            (Some(StepState::Failed), MAX_STEP_PAGE)
+        );
+        let error = step_page(&request(0, 0, "sleeping"), 10).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error.message().contains("\"sleeping\" is not a step state")
+                && error.message().contains("timed_out"),
+            "{}",
+            error.message()
+        );
+    }
+}
