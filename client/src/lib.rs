@@ -247,7 +247,7 @@ async fn dial(
                 Ok(Ok(channel)) => {
                     let client = ControlClient::new(channel)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                        .max_encoding_message_size(ferry_common::spec::MAX_SUBMIT_MESSAGE_BYTES);
                     return Ok((index, client));
                 }
                 Ok(Err(error)) => failures[index] = Some(root_cause(&error)),

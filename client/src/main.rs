@@ -104,11 +104,14 @@ enum Command {
         watch: bool,
     },
     /// Show every step of a run: state, attempt, worker, duration, exit code, reason.
+    /// A run of more than 1,000 steps: its counts by state and a page of steps.
     Status {
         run: u64,
         /// Also list every attempt of every step.
         #[arg(long)]
         attempts: bool,
+        #[command(flatten)]
+        steps: status::StepQuery,
         #[command(flatten)]
         read: Read,
     },
@@ -761,8 +764,9 @@ async fn remote(
         Command::Status {
             run,
             attempts,
+            steps,
             read,
-        } => status::status(client, run, attempts, read, output).await?,
+        } => status::status(client, run, attempts, &steps, read, output).await?,
         Command::Watch { run } => return status::watch(client, run).await,
         Command::Metrics {
             run,

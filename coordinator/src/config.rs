@@ -870,10 +870,10 @@ mod tests {
         let defaults = with_scheduling("").unwrap();
         assert_eq!(defaults.limits, ferry_common::spec::SubmitLimits::default());
         let set =
-            with_scheduling("[limits]\nmax_steps = 100000\nmax_trials_per_step = 10000\n").unwrap();
-        assert_eq!(set.limits.max_steps, 100_000);
-        assert_eq!(set.limits.max_trials_per_step, 10_000);
-        assert_eq!(set.limits.max_spec_bytes, 1024 * 1024);
+            with_scheduling("[limits]\nmax_steps = 200000\nmax_trials_per_step = 20000\n").unwrap();
+        assert_eq!(set.limits.max_steps, 200_000);
+        assert_eq!(set.limits.max_trials_per_step, 20_000);
+        assert_eq!(set.limits.max_spec_bytes, 8 * 1024 * 1024);
         let error = with_scheduling("[limits]\nmax_steps = 0\n").unwrap_err();
         assert!(
             error.contains("limits.max_steps must be at least 1 (it is 0)"),

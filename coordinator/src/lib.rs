@@ -39,7 +39,8 @@ use tonic::service::interceptor::InterceptedService;
 
 pub use config::CoordinatorConfig;
 
-/// Largest gRPC message accepted (a chunk is 256 KiB; a spec at most 1 MiB).
+/// Largest gRPC message a worker may send (a chunk is 256 KiB); clients may
+/// send a pipeline file up to `spec::MAX_SUBMIT_MESSAGE_BYTES`.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +205,7 @@ impl Coordinator {
         // (`api::request_id`), which the audit log uses to tell repeats.
         let control = api::request_id::RequestScope(InterceptedService::new(
             ControlServer::new(api::ControlService::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(ferry_common::spec::MAX_SUBMIT_MESSAGE_BYTES),
             role_gate(Role::Client, deny_list_of(node.clone())),
         ));
         let agent = InterceptedService::new(

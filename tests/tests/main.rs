@@ -38,5 +38,6 @@ mod t83_artifacts;
 mod t85_s3;
 mod t86_s3_direct;
 mod t90_scheduling;
+mod t91_wide;
 mod t95_metrics;
 mod t97_reproducible;

@@ -54,11 +54,12 @@ const WITH_PARAM: &str =
     "name: params\nparams:\n  blob: \"\"\nsteps:\n  - name: hello\n    shell: \"echo hi\"\n";
 
 #[test]
-fn a_seven_mib_parameter_is_refused_by_the_cli_and_by_the_coordinator() {
+fn a_thirteen_mib_parameter_is_refused_by_the_cli_and_by_the_coordinator() {
     let cluster = Cluster::start();
     // The CLI: a default too large, then an override too large (an argument
-    // cannot hold 7 MiB: the kernel limits one to 128 KiB).
-    let huge = "x".repeat(7 * 1024 * 1024);
+    // cannot hold 13 MiB: the kernel limits one to 128 KiB; the file is over the
+    // loosest limit a cluster may set, so the CLI asks the cluster first).
+    let huge = "x".repeat(13 * 1024 * 1024);
     let pipeline = write_pipeline(
         &cluster.path("huge-default"),
         &WITH_PARAM.replace("blob: \"\"", &format!("blob: \"{huge}\"")),
@@ -69,7 +70,7 @@ fn a_seven_mib_parameter_is_refused_by_the_cli_and_by_the_coordinator() {
     // The file itself is over the cluster's limit: refused for that first, as
     // the coordinator would, before it is parsed.
     assert!(
-        result.stderr.contains("the pipeline file is") && result.stderr.contains("1048576"),
+        result.stderr.contains("the pipeline file is") && result.stderr.contains("8388608"),
         "{}",
         result.stderr
     );
@@ -114,12 +115,12 @@ fn a_seven_mib_parameter_is_refused_by_the_cli_and_by_the_coordinator() {
         spec_file: "pipeline.yaml".to_string(),
         params: HashMap::from([("blob".to_string(), huge)]),
         bundle_digest: bundle.clone(),
-        request_id: "seven-mib".to_string(),
+        request_id: "thirteen-mib".to_string(),
         no_cache: false,
     };
     let refused = runtime
         .block_on(control.submit_run(request))
-        .expect_err("a 7 MiB parameter was accepted");
+        .expect_err("a 13 MiB parameter was accepted");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(
         refused.message().contains("\"blob\"") && refused.message().contains("65536"),

@@ -57,7 +57,7 @@ fn the_cli_checks_the_clusters_limits_before_uploading_and_gc_takes_orphans() {
             "{name}: a bundle reached the coordinator"
         );
     };
-    // Over the cluster's file size (well under the default 1 MiB): refused by
+    // Over the cluster's file size (well under the default 8 MiB): refused by
     // the CLI before it is parsed or anything is uploaded.
     let mut big = steps(1);
     big.push_str(&format!("# {}\n", "x".repeat(5000)));

@@ -408,7 +408,16 @@ pub(crate) async fn get_run_view(
         run_id: run,
         stale: read.stale,
         metric_history,
+        ..Default::default()
     };
+    get_run_request(client, request).await
+}
+
+/// A run's view as `request` asks for it (a page of its steps, say).
+pub(crate) async fn get_run_request(
+    client: &mut Client,
+    request: proto::GetRunRequest,
+) -> anyhow::Result<proto::RunView> {
     client
         .rpc(request, |mut client, request| async move {
             client.get_run(request).await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_common::proto;
 use serde_json::json;
 
-use super::shared::{Client, Output, Read, get_run, summary_json};
+use super::shared::{Client, Output, Read, get_run, get_run_request, summary_json};
 use crate::render;
 
 fn step_time(step: &proto::StepView, now: i64) -> String {
@@ -97,6 +97,9 @@ fn view_json(view: &proto::RunView) -> serde_json::Value {
     if !view.trimmed.is_empty() {
         json["trimmed"] = json!(view.trimmed);
     }
+    json["step_counts"] = json!(view.step_counts);
+    json["steps_offset"] = json!(view.steps_offset);
+    json["steps_matched"] = json!(view.steps_matched);
     json["steps"] = view
         .steps
         .iter()
@@ -168,16 +171,134 @@ fn origin_lines(summary: &proto::RunSummary) -> Vec<String> {
     lines
 }
 
+/// Which steps `ferry status` asks for: `--state`, `--page` (from 1), `--limit`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct StepQuery {
+    /// Only the steps in this state (waiting, queued, assigned, running,
+    /// succeeded, failed, timed_out, cancelled, skipped).
+    #[arg(long, value_name = "STATE")]
+    pub(crate) state: Option<String>,
+    /// Which page of steps to show, from 1.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) page: u32,
+    /// Steps per page (at most 5,000; default: every step of a run of at most
+    /// 1,000 steps, else 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub(crate) limit: Option<u32>,
+}
+
+impl StepQuery {
+    /// Whether it asks for anything but the default.
+    fn paged(&self) -> bool {
+        self.state.is_some() || self.page > 1 || self.limit.is_some()
+    }
+
+    fn request(&self, run: u64, read: Read) -> proto::GetRunRequest {
+        let page = self.page.max(1);
+        // The coordinator's default page is 100 steps: a later page needs its size.
+        let limit = self
+            .limit
+            .unwrap_or(if page > 1 { DEFAULT_PAGE } else { 0 });
+        proto::GetRunRequest {
+            run_id: run,
+            stale: read.stale,
+            step_offset: (page - 1).saturating_mul(limit),
+            step_limit: limit,
+            step_state: self.state.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The page size the coordinator gives a run too large to show whole.
+const DEFAULT_PAGE: u32 = 100;
+
+/// The steps' counts by state, in the order a step goes through them:
+/// `succeeded 99000 · running 800 · queued 200`.
+fn counts_line(counts: &std::collections::HashMap<String, u64>) -> String {
+    const ORDER: [&str; 9] = [
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "skipped",
+        "running",
+        "assigned",
+        "queued",
+        "waiting",
+    ];
+    let mut parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|state| counts.get(*state).map(|n| format!("{state} {}", n)))
+        .collect();
+    // A state this client does not know yet is shown too.
+    let mut others: Vec<(&String, &u64)> = counts
+        .iter()
+        .filter(|(state, _)| !ORDER.contains(&state.as_str()))
+        .collect();
+    others.sort();
+    parts.extend(
+        others
+            .into_iter()
+            .map(|(state, n)| format!("{state} {}", n)),
+    );
+    parts.join(" · ")
+}
+
+/// The line under a page of steps: which steps these are and how to see more.
+fn page_line(view: &proto::RunView, query: &StepQuery, run: u64) -> String {
+    let shown = view.steps.len() as u64;
+    let which = query
+        .state
+        .as_deref()
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    let matched = view.steps_matched;
+    if matched == 0 {
+        return format!("no{which} steps");
+    }
+    if shown == 0 {
+        return format!(
+            "no{which} steps from step {}: there are {matched}",
+            view.steps_offset + 1
+        );
+    }
+    let first = view.steps_offset + 1;
+    let last = view.steps_offset + shown;
+    let mut line = format!("{which} steps {}–{} of {}", first, last, matched);
+    line = line.trim_start().to_string();
+    if last < matched {
+        let page = query.page.max(1) + 1;
+        let limit = query
+            .limit
+            .map(|l| format!(" --limit {l}"))
+            .unwrap_or_default();
+        let state = query
+            .state
+            .as_deref()
+            .map(|s| format!(" --state {s}"))
+            .unwrap_or_default();
+        line.push_str(&format!(
+            "; next: ferry status {run}{state} --page {page}{limit}"
+        ));
+    }
+    line
+}
+
 /// `ferry status RUN`: the run, then a row per step (and, with `attempts`, a
-/// row per attempt of each step).
+/// row per attempt of each step). A run too large to list whole (or a page
+/// asked for) also gets its steps' counts by state and a line saying which
+/// steps are listed.
 pub(crate) async fn status(
     client: &mut Client,
     run: u64,
     attempts: bool,
+    query: &StepQuery,
     read: Read,
     output: Output,
 ) -> anyhow::Result<()> {
-    let view = get_run(client, run, read).await?;
+    let view = get_run_request(client, query.request(run, read)).await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&view_json(&view))?);
         return Ok(());
@@ -210,7 +331,16 @@ pub(crate) async fn status(
     if summary.priority != 0 || !matches!(summary.project.as_str(), "" | "default") {
         println!("project {}, priority {}", summary.project, summary.priority);
     }
-    println!("{}", render::table(&STEP_HEADERS, &step_rows(&view, now)));
+    let paged = query.paged() || view.steps_matched > view.steps.len() as u64;
+    if paged {
+        println!("steps: {}", counts_line(&view.step_counts));
+    }
+    if !view.steps.is_empty() || !paged {
+        println!("{}", render::table(&STEP_HEADERS, &step_rows(&view, now)));
+    }
+    if paged {
+        println!("{}", page_line(&view, query, run));
+    }
     if attempts {
         let rows: Vec<Vec<String>> = view
             .steps

@@ -196,7 +196,11 @@ pub(super) fn topological_order(
     }
 
     let name = |i: usize| steps[i].name.as_deref().unwrap_or("?");
-    let mut remaining: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
+    let mut ordered = vec![false; n];
+    for &i in &order {
+        ordered[i] = true;
+    }
+    let mut remaining: BTreeSet<usize> = (0..n).filter(|&i| !ordered[i]).collect();
     loop {
         // Drop steps that are merely downstream of a cycle.
         loop {

@@ -62,7 +62,9 @@ mod units;
 #[cfg(test)]
 mod tests;
 
-pub use limits::{MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, SubmitLimits};
+pub use limits::{
+    MAX_EXPANDED_BYTES_CEILING, MAX_SPEC_BYTES_CEILING, MAX_SUBMIT_MESSAGE_BYTES, SubmitLimits,
+};
 pub use names::{env_var_name, parse_param_override};
 pub use paths::validate_output_path;
 pub use pipeline::{parse_pipeline, parse_pipeline_within};
@@ -92,8 +94,9 @@ pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
 pub const MAX_RETRY_BACKOFF_MS: u64 = 10 * 60 * 1000;
 /// Most bytes a pipeline may take once its sweeps are expanded (estimated):
 /// the expanded pipeline is what the coordinators store and replicate. The
-/// default of `[limits] max_expanded_bytes` ([`SubmitLimits`]).
-pub const MAX_EXPANDED_BYTES: usize = 4 * 1024 * 1024;
+/// default of `[limits] max_expanded_bytes` ([`SubmitLimits`]): room for
+/// [`MAX_STEPS`] plain steps (about 300 bytes each by the estimate).
+pub const MAX_EXPANDED_BYTES: usize = 48 * 1024 * 1024;
 /// Accepted `priority` range.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 /// The project of a pipeline that names none.
@@ -102,13 +105,14 @@ pub const DEFAULT_PROJECT: &str = "default";
 pub const MAX_SELECTOR_LABELS: usize = 32;
 /// Most combinations (trials) one step written with `matrix:` may expand to:
 /// the default of `[limits] max_trials_per_step` ([`SubmitLimits`]).
-pub const MAX_TRIALS_PER_STEP: usize = 1000;
+pub const MAX_TRIALS_PER_STEP: usize = 10_000;
 /// Most steps a pipeline may have once every `matrix:` step is expanded: the
 /// default of `[limits] max_steps` ([`SubmitLimits`]).
-pub const MAX_STEPS: usize = 5000;
+pub const MAX_STEPS: usize = 100_000;
 /// Largest pipeline file (bytes) a submission may carry: the default of
-/// `[limits] max_spec_bytes` ([`SubmitLimits`]).
-pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+/// `[limits] max_spec_bytes` ([`SubmitLimits`]): room for [`MAX_STEPS`]
+/// steps written out one by one (a short step takes 40 to 80 bytes).
+pub const MAX_SPEC_BYTES: usize = 8 * 1024 * 1024;
 /// Longest metric name (in bytes) that `gather` may pick the best trial by; the
 /// same bound applies to the metrics steps report (the worker skips longer names,
 /// the coordinator refuses a report with one).

@@ -30,11 +30,17 @@ pub const MAX_GPU_FIELD_BYTES: usize = 256;
 pub const MAX_RUNNING_AT_REGISTRATION: usize = 4096;
 
 /// Largest `max_spec_bytes` a cluster may set: a pipeline file travels in one
-/// gRPC message (8 MiB at most, with its parameters).
-pub const MAX_SPEC_BYTES_CEILING: usize = 4 * 1024 * 1024;
+/// gRPC message ([`MAX_SUBMIT_MESSAGE_BYTES`] at most, with its parameters).
+pub const MAX_SPEC_BYTES_CEILING: usize = 12 * 1024 * 1024;
+/// Largest message a client may send the coordinators' `Control` service (and
+/// the most they accept): a pipeline file at [`MAX_SPEC_BYTES_CEILING`], its
+/// parameters ([`MAX_PARAMS_TOTAL_BYTES`]) and room to spare.
+pub const MAX_SUBMIT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest `max_expanded_bytes` a cluster may set: the expanded pipeline is one
-/// Raft entry, replicated to every member.
-pub const MAX_EXPANDED_BYTES_CEILING: usize = 256 * 1024 * 1024;
+/// Raft entry (JSON about the size the estimate gives), replicated to every
+/// member in one peer message of at most 64 MiB; the rest is the estimate's
+/// margin.
+pub const MAX_EXPANDED_BYTES_CEILING: usize = 56 * 1024 * 1024;
 
 /// The bounds on one submitted pipeline (`[limits]` in coordinator.toml; every
 /// member should set the same values). `Default` is today's limits.

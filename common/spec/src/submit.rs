@@ -80,12 +80,12 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_todays_limits() {
+    fn defaults_hold_100_000_steps_and_10_000_trials() {
         let limits = SubmitLimits::default();
-        assert_eq!(limits.max_spec_bytes, 1024 * 1024);
-        assert_eq!(limits.max_steps, 5000);
-        assert_eq!(limits.max_trials_per_step, 1000);
-        assert_eq!(limits.max_expanded_bytes, 4 * 1024 * 1024);
+        assert_eq!(limits.max_spec_bytes, 8 * 1024 * 1024);
+        assert_eq!(limits.max_steps, 100_000);
+        assert_eq!(limits.max_trials_per_step, 10_000);
+        assert_eq!(limits.max_expanded_bytes, 48 * 1024 * 1024);
         assert_eq!(limits.problem(), None);
     }
 

@@ -590,7 +590,7 @@ pub fn ready_queue(state: &State, now_ms: i64) -> (Vec<QueuedStep>, Option<i64>)
             // do not crowd out steps that could go.
             let mut room: Option<RoomInRun> = None;
             for position in index.queued_steps(*id) {
-                let position = *position as usize;
+                let position = position as usize;
                 let (Some(record), Some(spec)) =
                     (run.steps.get(position), run.pipeline.steps.get(position))
                 else {
@@ -710,36 +710,31 @@ struct RoomInRun<'a> {
 
 impl<'a> RoomInRun<'a> {
     fn of(run: &'a crate::state::Run) -> RoomInRun<'a> {
-        let limited_sweeps = run
-            .pipeline
-            .steps
-            .iter()
-            .any(|s| s.trial.as_ref().is_some_and(|t| t.max_parallel.is_some()));
-        if run.pipeline.max_parallel.is_none() && !limited_sweeps {
+        let limited = run.sweep_limits();
+        if run.pipeline.max_parallel.is_none() && limited.is_empty() {
             return RoomInRun {
                 run: None,
                 sweeps: HashMap::new(),
             };
         }
-        let mut active_run = 0u32;
+        let active_run = u32::try_from(run.steps.counts().active()).unwrap_or(u32::MAX);
         let mut active_sweeps: HashMap<&str, u32> = HashMap::new();
-        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-            if record.state.is_active() {
-                active_run += 1;
-                if let Some(trial) = &spec.trial {
+        if !limited.is_empty() {
+            for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+                if record.state.is_active()
+                    && let Some(trial) = &spec.trial
+                {
                     *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
                 }
             }
         }
-        let mut sweeps = HashMap::new();
-        for spec in &run.pipeline.steps {
-            if let Some(trial) = &spec.trial
-                && let Some(max) = trial.max_parallel
-            {
-                let active = active_sweeps.get(trial.of.as_str()).copied().unwrap_or(0);
-                sweeps.insert(trial.of.as_str(), max.saturating_sub(active));
-            }
-        }
+        let sweeps = limited
+            .iter()
+            .map(|(sweep, max)| {
+                let active = active_sweeps.get(sweep.as_str()).copied().unwrap_or(0);
+                (sweep.as_str(), max.saturating_sub(active))
+            })
+            .collect();
         RoomInRun {
             run: run
                 .pipeline
@@ -830,16 +825,12 @@ pub fn limits(state: &State, quotas: &BTreeMap<String, Quota>, queue: &[QueuedSt
         if let Some(max) = run.pipeline.max_parallel {
             limits.runs.entry(run.id).or_default().max_parallel = Some(max);
         }
-        for spec in &run.pipeline.steps {
-            if let Some(trial) = &spec.trial
-                && let Some(max) = trial.max_parallel
-            {
-                limits
-                    .sweeps
-                    .entry((run.id, trial.of.clone()))
-                    .or_default()
-                    .max_parallel = Some(max);
-            }
+        for (sweep, max) in run.sweep_limits() {
+            limits
+                .sweeps
+                .entry((run.id, sweep.clone()))
+                .or_default()
+                .max_parallel = Some(*max);
         }
     }
     count_held(state, &mut limits);
@@ -860,10 +851,8 @@ fn count_held(state: &State, limits: &mut Limits) {
                     .is_some_and(|((r, _), _)| *r == key.run);
                 if has_sweep_limit
                     && let Some(trial) = run
-                        .pipeline
-                        .steps
-                        .iter()
-                        .find(|s| s.name == key.step)
+                        .step_index(&key.step)
+                        .and_then(|index| run.pipeline.steps.get(index))
                         .and_then(|s| s.trial.as_ref())
                     && let Some(limit) = limits.sweeps.get_mut(&(key.run, trial.of.clone()))
                 {

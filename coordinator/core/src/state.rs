@@ -31,6 +31,7 @@ mod resend;
 pub mod revocation;
 mod runs;
 mod secrets;
+mod steps;
 mod workers;
 
 pub use attempts::{LOST_RETRIES, retry_delay_ms};
@@ -54,6 +55,7 @@ pub use records::{
 };
 pub use revocation::{PresentedCertificate, RevocationTarget, Revocations, Revoked};
 pub use secrets::{SealedValue, Secret, secret_key};
+pub use steps::{STEP_STATES, StateCounts, Steps, Touched};
 
 #[derive(Debug, Default)]
 pub struct State {

@@ -28,7 +28,7 @@ fn resources_to_proto(resources: ferry_common::spec::Resources) -> proto::Resour
 /// the artifacts to stage as inputs, and the GPUs it may use.
 pub fn build_assignment(state: &State, key: &AttemptKey) -> Option<proto::Assignment> {
     let run = state.runs.get(&key.run)?;
-    let spec = run.pipeline.steps.iter().find(|s| s.name == key.step)?;
+    let spec = run.spec(&key.step)?;
     let attempt = run
         .step(&key.step)?
         .attempts

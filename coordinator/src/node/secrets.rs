@@ -52,7 +52,7 @@ pub fn secret_values(
     let Some(run) = state.runs.get(&key.run) else {
         return Vec::new();
     };
-    let Some(spec) = run.pipeline.steps.iter().find(|s| s.name == key.step) else {
+    let Some(spec) = run.spec(&key.step) else {
         return Vec::new();
     };
     let project = &run.pipeline.project;

@@ -154,30 +154,34 @@ fn range(count: usize) -> String {
 fn trials_per_step_are_limited() {
     let base = "name: s\nsteps:\n  - name: train\n    command: [x]\n";
     let d = single(
-        &format!("{base}    matrix: {{a: {}, b: {}}}\n", range(40), range(30)),
+        &format!(
+            "{base}    matrix: {{a: {}, b: {}}}\n",
+            range(120),
+            range(100)
+        ),
         &[],
         Some(5),
     );
     assert_eq!(
         d.message,
-        "matrix of step \"train\" expands to 1200 combinations; at most 1000 are allowed"
+        "matrix of step \"train\" expands to 12000 combinations; at most 10000 are allowed"
     );
-    let entries: Vec<String> = (0..1001).map(|n| format!("{{a: {n}}}")).collect();
+    let entries: Vec<String> = (0..10_001).map(|n| format!("{{a: {n}}}")).collect();
     single(
         &format!("{base}    matrix: [{}]\n", entries.join(", ")),
-        &["matrix of step \"train\" expands to 1001 combinations; at most 1000"],
+        &["matrix of step \"train\" expands to 10001 combinations; at most 10000"],
         Some(5),
     );
     let p = parse(&format!(
-        "{base}    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
+        "{base}    matrix: {{a: {r}, b: {r}, c: {r}, d: {r}}}\n",
         r = range(10)
     ))
     .unwrap();
     assert_eq!(p.steps.len(), MAX_TRIALS_PER_STEP);
-    assert_eq!(p.steps[999].name, "train.999");
+    assert_eq!(p.steps[9999].name, "train.9999");
     assert_eq!(
-        p.steps[999].trial.as_ref().unwrap().values,
-        values(&[("a", "9"), ("b", "9"), ("c", "9")])
+        p.steps[9999].trial.as_ref().unwrap().values,
+        values(&[("a", "9"), ("b", "9"), ("c", "9"), ("d", "9")])
     );
 }
 
@@ -189,7 +193,7 @@ fn huge_grids_are_refused_before_expansion() {
             "{base}    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
             r = range(100)
         ),
-        &["expands to 1000000 combinations; at most 1000 are allowed"],
+        &["expands to 1000000 combinations; at most 10000 are allowed"],
         Some(5),
     );
     // 10^40 combinations: only counting, never expanding, can answer this.
@@ -197,7 +201,7 @@ fn huge_grids_are_refused_before_expansion() {
     single(
         &format!("{base}    matrix: {{{}}}\n", keys.join(", ")),
         &[&format!(
-            "expands to more than {} combinations; at most 1000 are allowed",
+            "expands to more than {} combinations; at most 10000 are allowed",
             usize::MAX
         )],
         Some(5),
@@ -208,28 +212,28 @@ fn huge_grids_are_refused_before_expansion() {
 fn expanded_pipeline_is_limited() {
     let sweep = |name: &str| {
         format!(
-            "  - name: {name}\n    command: [x]\n    matrix: {{a: {r}, b: {r}, c: {r}}}\n",
+            "  - name: {name}\n    command: [x]\n    matrix: {{a: {r}, b: {r}, c: {r}, d: {r}}}\n",
             r = range(10)
         )
     };
-    let five: String = (0..5).map(|k| sweep(&format!("s{k}"))).collect();
-    let p = parse(&format!("name: big\nsteps:\n{five}")).unwrap();
+    let ten: String = (0..10).map(|k| sweep(&format!("s{k}"))).collect();
+    let p = parse(&format!("name: big\nsteps:\n{ten}")).unwrap();
     assert_eq!(p.steps.len(), MAX_STEPS);
     let d = single(
-        &format!("name: big\nsteps:\n{five}  - name: one_more\n    command: [x]\n"),
+        &format!("name: big\nsteps:\n{ten}  - name: one_more\n    command: [x]\n"),
         &[],
         Some(2),
     );
     assert_eq!(
         d.message,
-        "the pipeline expands to 5001 steps (5000 of them trials of matrix steps); at most 5000 are allowed"
+        "the pipeline expands to 100001 steps (100000 of them trials of matrix steps); at most 100000 are allowed"
     );
     let plain: String = (0..=MAX_STEPS)
         .map(|k| format!("  - name: s{k}\n    command: [x]\n"))
         .collect();
     single(
         &format!("name: big\nsteps:\n{plain}"),
-        &["the pipeline has 5001 steps; at most 5000 are allowed"],
+        &["the pipeline has 100001 steps; at most 100000 are allowed"],
         Some(2),
     );
 }
@@ -422,8 +426,8 @@ fn matrix_placeholders_are_checked() {
 
 #[test]
 fn a_pipeline_too_large_once_expanded_is_refused_before_expansion() {
-    let script = "x".repeat(10_000);
-    let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let script = "x".repeat(6_000);
+    let values: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
     let yaml = format!(
         "name: big\nsteps:\n  - name: t\n    matrix: {{i: [{}]}}\n    shell: \"echo ${{matrix.i}} {script}\"\n",
         values.join(", ")
@@ -431,9 +435,9 @@ fn a_pipeline_too_large_once_expanded_is_refused_before_expansion() {
     single(
         &yaml,
         &[
-            "the pipeline expands to about 9.9 MiB",
+            "the pipeline expands to about 60.4 MiB",
             "step \"t\" alone takes about",
-            "at most 4.0 MiB are allowed",
+            "at most 48.0 MiB are allowed",
         ],
         Some(2),
     );

@@ -274,6 +274,24 @@ fn run_ops(ops: Vec<Op>) {
             &state.runs.rebuilt_index(),
             "the index drifted from the runs"
         );
+        for run in state.runs.values() {
+            assert!(
+                run.steps.derived_matches_records(),
+                "run {}'s step counts drifted from its records",
+                run.id
+            );
+            // What a whole pass of `advance` would find: no waiting step
+            // whose needs all succeeded is left waiting.
+            if run.state == crate::state::RunState::Running {
+                for index in run.steps.movable() {
+                    let ready = run.pipeline.steps[index].needs.iter().all(|need| {
+                        run.step(need)
+                            .is_some_and(|s| s.state == crate::state::StepState::Succeeded)
+                    });
+                    assert!(!ready, "run {} step {index} left waiting", run.id);
+                }
+            }
+        }
         // A command that queued a step, or may have made room, moved the
         // generation.
         if !queued(&state).is_subset(&queued_before) {

@@ -71,12 +71,7 @@ impl State {
         }
         let worker = self.workers.get(&placement.worker)?;
         let run = self.runs.get(&placement.run)?;
-        let resources = run
-            .pipeline
-            .steps
-            .iter()
-            .find(|s| s.name == placement.step)?
-            .resources;
+        let resources = run.pipeline.steps.get(index)?.resources;
         let load = self.loads.entry(worker.name.clone()).or_default();
         let used = load.in_use();
         let gpus_in_use = load.gpus_in_use();
@@ -220,11 +215,10 @@ impl State {
                 detail,
             });
         }
-        let declared = self.runs[&key.run]
-            .pipeline
-            .steps
-            .iter()
-            .find(|s| s.name == key.step)
+        let run = &self.runs[&key.run];
+        let declared = run
+            .step_index(&key.step)
+            .and_then(|index| run.pipeline.steps.get(index))
             .map(|s| s.outputs.clone())
             .unwrap_or_default();
         let (outcome, reason) = match report.outcome {
@@ -284,7 +278,10 @@ impl State {
                 .runs
                 .get_mut(&key.run)
                 .map(Arc::make_mut)
-                .and_then(|run| run.steps.iter_mut().find(|s| s.name == key.step))
+                .and_then(|run| {
+                    let index = run.step_index(&key.step)?;
+                    Some(&mut run.steps[index])
+                })
                 .and_then(|step| step.attempts.last_mut())
         {
             if report.log.is_some() {
@@ -410,8 +407,13 @@ impl State {
         }
         let settled = (run.steps[index].cache_key.clone(), run.steps[index].state);
         // Its own run goes on first, so that its next steps take the lead over
-        // identical steps of runs that wait for this one.
-        self.advance(key.run, now_ms);
+        // identical steps of runs that wait for this one. A success can only
+        // ready the step's dependents.
+        if settled.1 == StepState::Succeeded {
+            self.advance_from(key.run, index, now_ms);
+        } else {
+            self.advance(key.run, now_ms);
+        }
         if let (Some(cache_key), state) = settled {
             self.settle_cache(&cache_key, key.run, &key.step, state, now_ms);
         }

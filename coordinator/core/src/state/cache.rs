@@ -3,7 +3,7 @@
 //! cache, set to wait behind an identical step already computing the same key,
 //! or queued.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_spec::{Gather, Step};
@@ -96,39 +96,74 @@ impl State {
         if run.state.is_terminal() {
             return;
         }
-        // Steps before the first one waiting without a key cannot move in this
-        // pass (most completions, e.g. of independent steps, find none).
-        let first = run
-            .steps
-            .iter()
-            .position(|s| s.state == StepState::Waiting && s.cache_key.is_none())
-            .unwrap_or(run.steps.len());
-        let mut succeeded: BTreeSet<String> = if first < run.steps.len() {
-            run.steps
-                .iter()
-                .filter(|s| s.state == StepState::Succeeded)
-                .map(|s| s.name.clone())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        for index in first..run.steps.len() {
+        if run.steps.stale()
+            && let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut)
+        {
+            run.steps.refresh();
+        }
+        // Only waiting steps without a key can move (most completions, e.g. of
+        // independent steps, find none).
+        let candidates: Vec<usize> = self
+            .runs
+            .get(&run_id)
+            .map(|run| run.steps.movable().collect())
+            .unwrap_or_default();
+        for index in candidates {
             let Some(run) = self.runs.get(&run_id) else {
                 return;
             };
             let record = &run.steps[index];
             let spec = &run.pipeline.steps[index];
             // A waiting step with a key is waiting behind an identical step.
+            // A step's needs come before it, so a cache hit earlier in this
+            // pass is seen here.
             if record.state == StepState::Waiting
                 && record.cache_key.is_none()
-                && spec.needs.iter().all(|need| succeeded.contains(need))
+                && spec.needs.iter().all(|need| {
+                    run.step(need)
+                        .is_some_and(|s| s.state == StepState::Succeeded)
+                })
             {
                 self.make_ready(run_id, index);
             }
-            if let Some(record) = self.runs.get(&run_id).map(|r| &r.steps[index])
-                && record.state == StepState::Succeeded
+        }
+        if let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) {
+            Self::finish_run_if_done(run, now_ms);
+        }
+    }
+
+    /// [`State::advance`] after step `index` of the run succeeded: only its
+    /// dependents can become ready (and, through a cache hit, theirs), so only
+    /// they are examined; the same outcome as a whole pass, at the cost of the
+    /// step's dependents rather than of the run's waiting steps (a long chain).
+    pub(super) fn advance_from(&mut self, run_id: RunId, index: usize, now_ms: i64) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        if run.state.is_terminal() {
+            return;
+        }
+        let mut work: std::collections::BTreeSet<usize> =
+            run.dependents(index).iter().map(|p| *p as usize).collect();
+        while let Some(next) = work.pop_first() {
+            let Some(run) = self.runs.get(&run_id) else {
+                return;
+            };
+            let record = &run.steps[next];
+            let spec = &run.pipeline.steps[next];
+            if record.state == StepState::Waiting
+                && record.cache_key.is_none()
+                && spec.needs.iter().all(|need| {
+                    run.step(need)
+                        .is_some_and(|s| s.state == StepState::Succeeded)
+                })
             {
-                succeeded.insert(record.name.clone());
+                self.make_ready(run_id, next);
+                if let Some(run) = self.runs.get(&run_id)
+                    && run.steps[next].state == StepState::Succeeded
+                {
+                    work.extend(run.dependents(next).iter().map(|p| *p as usize));
+                }
             }
         }
         if let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) {

@@ -4,9 +4,12 @@
 //! change them live with [`State::apply`](super::State::apply).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use ferry_spec::{Pipeline, Resources};
 use serde::{Deserialize, Serialize};
+
+use super::Steps;
 
 pub type RunId = u64;
 
@@ -83,6 +86,11 @@ impl StepState {
             StepState::Cancelled => "cancelled",
             StepState::Skipped => "skipped",
         }
+    }
+
+    /// The state named `name` (as [`StepState::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<StepState> {
+        super::STEP_STATES.into_iter().find(|s| s.as_str() == name)
     }
 
     pub fn is_terminal(self) -> bool {
@@ -284,8 +292,9 @@ pub struct Run {
     pub submitted_ms: i64,
     pub finished_ms: Option<i64>,
     pub state: RunState,
-    /// One record per pipeline step, in the pipeline's (topological) order.
-    pub steps: Vec<StepRecord>,
+    /// One record per pipeline step, in the pipeline's (topological) order,
+    /// with their positions by name and counts by state (`state::steps`).
+    pub steps: Steps,
     /// Why the run ended, when not by its steps alone (e.g. its timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -312,6 +321,13 @@ pub struct Run {
     /// Collected, and none of its blobs is kept by anything else any more.
     #[serde(default, skip_serializing_if = "is_false")]
     pub released: bool,
+    /// Derived on first use: the sweeps with a `max_parallel` (see
+    /// [`Run::sweep_limits`]).
+    #[serde(skip)]
+    pub(super) sweep_limits: OnceLock<Vec<(String, u32)>>,
+    /// Derived on first use: each step's dependents (see [`Run::dependents`]).
+    #[serde(skip)]
+    pub(super) dependents: OnceLock<Vec<Vec<u32>>>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -319,12 +335,54 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl Run {
+    /// The record of the step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
-        self.steps.iter().find(|s| s.name == name)
+        self.steps.named(name)
     }
 
-    pub(super) fn step_index(&self, name: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.name == name)
+    /// The positions of the steps that need step `index` (its direct
+    /// dependents), ascending; found once per run.
+    pub fn dependents(&self, index: usize) -> &[u32] {
+        let all = self.dependents.get_or_init(|| {
+            let mut all = vec![Vec::new(); self.pipeline.steps.len()];
+            for (i, spec) in self.pipeline.steps.iter().enumerate() {
+                for need in &spec.needs {
+                    if let Some(j) = self.step_index(need) {
+                        all[j].push(u32::try_from(i).unwrap_or(u32::MAX));
+                    }
+                }
+            }
+            all
+        });
+        all.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// The spec of the step named `name`.
+    pub fn spec(&self, name: &str) -> Option<&ferry_spec::Step> {
+        self.pipeline.steps.get(self.step_index(name)?)
+    }
+
+    /// The position of the step named `name` in `steps` (and in the pipeline).
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.position(name)
+    }
+
+    /// The sweeps of its pipeline with a `max_parallel`, and that limit, by
+    /// sweep name (found once, not per scheduling pass).
+    pub fn sweep_limits(&self) -> &[(String, u32)] {
+        self.sweep_limits.get_or_init(|| {
+            let limits: BTreeMap<&str, u32> = self
+                .pipeline
+                .steps
+                .iter()
+                .filter_map(|s| s.trial.as_ref())
+                .filter_map(|t| t.max_parallel.map(|max| (t.of.as_str(), max)))
+                .collect();
+            limits
+                .into_iter()
+                .map(|(sweep, max)| (sweep.to_string(), max))
+                .collect()
+        })
     }
 
     /// What stands for the code of step `name` in its cache key.

@@ -68,18 +68,22 @@ impl State {
             schedule: None,
             collected_ms: None,
             released: false,
+            sweep_limits: Default::default(),
+            dependents: Default::default(),
         };
         self.runs.insert(id, Arc::new(run));
         id
     }
 
     pub(super) fn finish_run_if_done(run: &mut Run, now_ms: i64) {
-        if run.state.is_terminal() || !run.steps.iter().all(|s| s.state.is_terminal()) {
+        run.steps.refresh();
+        let counts = *run.steps.counts();
+        if run.state.is_terminal() || counts.unfinished() > 0 {
             return;
         }
-        run.state = if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
+        run.state = if counts.of(StepState::Succeeded) == run.steps.len() {
             RunState::Succeeded
-        } else if run.steps.iter().any(|s| s.state == StepState::Cancelled) {
+        } else if counts.of(StepState::Cancelled) > 0 {
             RunState::Cancelled
         } else {
             RunState::Failed
@@ -143,7 +147,7 @@ impl State {
             return Vec::new();
         };
         let mut stop = Vec::new();
-        for step in &mut run.steps {
+        for step in run.steps.iter_mut() {
             if step.state.is_terminal() {
                 continue;
             }

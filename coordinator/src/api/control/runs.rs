@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 
 use super::ControlService;
 use super::views::{
-    bounded_run_view, bounded_summary, newest_that_fit, run_metrics, run_summary, run_view,
-    run_with_id,
+    StepPage, bounded_run_view, bounded_summary, newest_that_fit, run_metrics, run_summary,
+    run_view, run_with_id,
 };
 use crate::api::propose_status;
 use crate::node::{authorize, now_ms};
-use crate::state::{Command, Run, RunId};
+use crate::state::{Command, Run, RunId, STEP_STATES, StepState};
 
 /// Run summaries one `ListRuns` answer holds at most (the newest first): well
 /// under the 8 MiB message limit, whatever the cluster's history.
@@ -24,9 +24,52 @@ const SUMMARY_TRIM_BYTES: usize = 256 * 1024;
 /// Largest run view answered whole (`ferry status`; the client accepts 8 MiB):
 /// a larger one is cut down (`bounded_run_view`) rather than refused.
 const RUN_VIEW_BYTES: usize = 6 * 1024 * 1024;
+/// A run with at most this many steps is shown whole when the request asks for
+/// no page (`step_limit` 0): `ferry status` of a small run lists every step.
+pub(super) const WHOLE_RUN_STEPS: usize = 1000;
+/// The page a request that asks for none gets of a larger run.
+pub(super) const DEFAULT_STEP_PAGE: usize = 100;
+/// Most steps one view lists.
+pub(super) const MAX_STEP_PAGE: usize = 5000;
+
+/// The page of steps a `GetRun` request asks for; a state it names must be
+/// one (`StepState::as_str`).
+pub(super) fn step_page(
+    request: &proto::GetRunRequest,
+    steps_total: usize,
+) -> Result<StepPage, Status> {
+    let state = match request.step_state.trim() {
+        "" => None,
+        name => Some(StepState::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = STEP_STATES.iter().map(|s| s.as_str()).collect();
+            Status::invalid_argument(format!(
+                "{name:?} is not a step state; the states are {}",
+                known.join(", ")
+            ))
+        })?),
+    };
+    let offset = request.step_offset as usize;
+    let limit = match request.step_limit as usize {
+        0 if state.is_none() && offset == 0 && steps_total <= WHOLE_RUN_STEPS => WHOLE_RUN_STEPS,
+        0 => DEFAULT_STEP_PAGE,
+        limit => limit.min(MAX_STEP_PAGE),
+    };
+    Ok(StepPage {
+        state,
+        offset,
+        limit,
+    })
+}
 
 impl ControlService {
-    async fn run_view(&self, id: RunId, history: bool) -> Result<proto::RunView, Status> {
+    /// The view of run `id` with the steps of the page `request` asks for (every
+    /// step of a small run when it asks for none).
+    async fn run_view(
+        &self,
+        id: RunId,
+        history: bool,
+        request: &proto::GetRunRequest,
+    ) -> Result<proto::RunView, Status> {
         let live = self.node.live_workers().await;
         let waiting = self.node.waiting_reasons(id);
         self.node
@@ -35,6 +78,7 @@ impl ControlService {
                     .runs
                     .get(&id)
                     .ok_or_else(|| Status::not_found(format!("run {id} does not exist")))?;
+                let page = step_page(request, run.steps.len())?;
                 Ok(run_view(
                     state,
                     run,
@@ -42,6 +86,7 @@ impl ControlService {
                     &waiting,
                     now_ms(),
                     history,
+                    page,
                 ))
             })
             .map(|view| {
@@ -119,12 +164,13 @@ pub(super) async fn get_run(
     let caller = require_role(&request, Role::Client)?;
     service.consistent_read(request.get_ref().stale).await?;
     service.may_read_run(&caller, request.get_ref().run_id)?;
+    let request = request.into_inner();
     let proto::GetRunRequest {
         run_id,
         metric_history,
         ..
-    } = *request.get_ref();
-    let view = service.run_view(run_id, metric_history).await?;
+    } = request;
+    let view = service.run_view(run_id, metric_history, &request).await?;
     let size = prost::Message::encoded_len(&view);
     if metric_history && size > LIST_RUNS_BYTES {
         let values: usize = view
@@ -161,5 +207,46 @@ pub(super) async fn cancel_run(
         .await
         .map_err(propose_status)?;
     tracing::info!(run = run_id, client = %caller.name, "run cancelled");
-    Ok(Response::new(service.run_view(run_id, false).await?))
+    let first_page = proto::GetRunRequest::default();
+    Ok(Response::new(
+        service.run_view(run_id, false, &first_page).await?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(offset: u32, limit: u32, state: &str) -> proto::GetRunRequest {
+        proto::GetRunRequest {
+            run_id: 1,
+            step_offset: offset,
+            step_limit: limit,
+            step_state: state.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_small_run_is_shown_whole_and_a_big_one_a_page_at_a_time() {
+        let whole = step_page(&request(0, 0, ""), 1000).unwrap();
+        assert_eq!((whole.state, whole.offset, whole.limit), (None, 0, 1000));
+        let big = step_page(&request(0, 0, ""), 1001).unwrap();
+        assert_eq!(big.limit, DEFAULT_STEP_PAGE);
+        let later = step_page(&request(200, 0, ""), 10).unwrap();
+        assert_eq!((later.offset, later.limit), (200, DEFAULT_STEP_PAGE));
+        let huge = step_page(&request(0, 1_000_000, "failed"), 10).unwrap();
+        assert_eq!(
+            (huge.state, huge.limit),
+            (Some(StepState::Failed), MAX_STEP_PAGE)
+        );
+        let error = step_page(&request(0, 0, "sleeping"), 10).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error.message().contains("\"sleeping\" is not a step state")
+                && error.message().contains("timed_out"),
+            "{}",
+            error.message()
+        );
+    }
 }

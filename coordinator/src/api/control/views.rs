@@ -260,7 +260,7 @@ pub(super) fn run_summary<'a>(
         submitted_ms: run.submitted_ms,
         finished_ms: run.finished_ms.unwrap_or(0),
         steps_total: run.steps.len() as u32,
-        steps_done: run.steps.iter().filter(|s| s.state.is_terminal()).count() as u32,
+        steps_done: (run.steps.len() - run.steps.counts().unfinished()) as u32,
         reason: run.reason.clone().unwrap_or_default(),
         priority: run.pipeline.priority,
         project: run.pipeline.project.clone(),
@@ -335,9 +335,20 @@ fn metric_views(points: &[crate::state::MetricPoint], history: bool) -> Vec<prot
     views
 }
 
-/// A run as `ferry status` shows it. A queued step's reason is, in order: that no
+/// Which of a run's steps a view lists: at most `limit` of those in `state`
+/// (every state when `None`) from the `offset`-th, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StepPage {
+    pub(super) state: Option<StepState>,
+    pub(super) offset: usize,
+    pub(super) limit: usize,
+}
+
+/// A run as `ferry status` shows it: its summary, its steps' counts by state,
+/// and the steps of `page`. A queued step's reason is, in order: that no
 /// worker can ever hold it, the retry backoff it waits out, why the leader's last
-/// scheduling pass left it queued (`waiting`), or what its record says.
+/// scheduling pass left it queued (`waiting`), or what its record says. Costs
+/// the page, not the run (but for the summary's metrics).
 pub(super) fn run_view(
     state: &State,
     run: &Run,
@@ -345,6 +356,7 @@ pub(super) fn run_view(
     waiting: &BTreeMap<String, String>,
     now_ms: i64,
     history: bool,
+    page: StepPage,
 ) -> proto::RunView {
     let accepting = state
         .workers
@@ -355,15 +367,18 @@ pub(super) fn run_view(
     let workers = scheduler::worker_slots(state, &accepting);
     // Steps a run's or sweep's max_parallel holds back never reach a scheduling
     // pass: say so.
-    let active_run = run.steps.iter().filter(|s| s.state.is_active()).count() as u32;
+    let active_run = u32::try_from(run.steps.counts().active()).unwrap_or(u32::MAX);
     let mut active_sweeps: BTreeMap<&str, u32> = BTreeMap::new();
-    for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
-        if let Some(trial) = &spec.trial
-            && record.state.is_active()
-        {
-            *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+    if !run.sweep_limits().is_empty() {
+        for (record, spec) in run.steps.iter().zip(&run.pipeline.steps) {
+            if let Some(trial) = &spec.trial
+                && record.state.is_active()
+            {
+                *active_sweeps.entry(trial.of.as_str()).or_default() += 1;
+            }
         }
     }
+    let (positions, matched) = run.steps.page(page.state, page.offset, page.limit);
     let held_back = |spec: &ferry_common::spec::Step| -> Option<String> {
         if let Some(trial) = &spec.trial
             && let Some(max) = trial.max_parallel
@@ -384,131 +399,130 @@ pub(super) fn run_view(
                 )
             })
     };
-    let steps =
-        run.steps
-            .iter()
-            .zip(&run.pipeline.steps)
-            .enumerate()
-            .map(|(index, (record, spec))| {
-                let current = record.current_attempt();
-                let reason = match record.state {
-                    StepState::Queued => scheduler::never_fits_reason(
-                        spec.resources,
-                        &scheduler::gpu_need(spec),
-                        &spec.node_selector,
-                        spec.container.is_some(),
-                        &workers,
-                    )
-                    .or_else(|| {
-                        record
-                            .not_before_ms
-                            .filter(|t| *t > now_ms)
-                            .and(record.reason.clone())
-                    })
-                    .or_else(|| waiting.get(&record.name).cloned())
-                    .or_else(|| held_back(spec))
-                    .or_else(|| record.reason.clone())
-                    .unwrap_or_else(|| "waiting for a worker with room".to_string()),
-                    StepState::Waiting if record.cache_key.is_some() => {
-                        record.reason.clone().unwrap_or_default()
-                    }
-                    StepState::Waiting => {
-                        let pending: Vec<&str> = spec
-                            .needs
-                            .iter()
-                            .filter(|need| {
-                                run.step(need)
-                                    .is_some_and(|s| s.state != StepState::Succeeded)
-                            })
-                            .map(String::as_str)
-                            .collect();
-                        format!("needs {}", pending.join(", "))
-                    }
-                    _ => record
-                        .reason
-                        .clone()
-                        .or_else(|| current.and_then(|a| a.reason.clone()))
-                        .unwrap_or_default(),
-                };
-                proto::StepView {
-                    name: record.name.clone(),
-                    state: record.state.as_str().to_string(),
-                    attempt: current.map(|a| a.number).unwrap_or(0),
-                    worker: current.map(|a| a.worker.clone()).unwrap_or_default(),
-                    started_ms: current.and_then(|a| a.started_ms).unwrap_or(0),
-                    finished_ms: current.and_then(|a| a.finished_ms).unwrap_or(0),
-                    has_exit_code: current.and_then(|a| a.exit_code).is_some(),
-                    exit_code: current.and_then(|a| a.exit_code).unwrap_or(0),
-                    reason,
-                    needs: spec.needs.clone(),
-                    resources: Some(resources(spec.resources)),
-                    attempts: record
-                        .attempts
-                        .iter()
-                        .map(|a| proto::AttemptView {
-                            attempt: a.number,
-                            worker: a.worker.clone(),
-                            outcome: a.outcome.map(|o| o.as_str().to_string()).unwrap_or_else(
-                                || {
-                                    if a.started_ms.is_some() {
-                                        "running"
-                                    } else {
-                                        "assigned"
-                                    }
-                                    .to_string()
-                                },
-                            ),
-                            started_ms: a.started_ms.unwrap_or(0),
-                            finished_ms: a.finished_ms.unwrap_or(0),
-                            has_exit_code: a.exit_code.is_some(),
-                            exit_code: a.exit_code.unwrap_or(0),
-                            reason: a.reason.clone().unwrap_or_default(),
-                            gpus: a.gpus.clone(),
-                            cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
-                            peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
-                            metrics: metric_views(&a.metrics, history),
-                            image_id: a.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
-                            image_repo_digest: a
-                                .image
-                                .as_ref()
-                                .and_then(|i| i.repo_digest.clone())
-                                .unwrap_or_default(),
-                        })
-                        .collect(),
-                    reused: record
-                        .reused
-                        .as_ref()
-                        .map(|r| r.how.as_str().to_string())
-                        .unwrap_or_default(),
-                    reused_run: record.reused.as_ref().map_or(0, |r| r.run),
-                    reused_step: record
-                        .reused
-                        .as_ref()
-                        .map(|r| r.step.clone())
-                        .unwrap_or_default(),
-                    inputs: input_views(&record.inputs),
-                    cache_key: record.cache_key.clone().unwrap_or_default(),
-                    trial_of: spec
-                        .trial
-                        .as_ref()
-                        .map(|t| t.of.clone())
-                        .unwrap_or_default(),
-                    matrix: spec
-                        .trial
-                        .as_ref()
-                        .map(|t| t.values.clone().into_iter().collect())
-                        .unwrap_or_default(),
-                    metrics: if record.state == StepState::Succeeded {
-                        state
-                            .producing_attempt(run, index)
-                            .map(|a| metric_views(&a.metrics, history))
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    },
+    let steps = positions
+        .iter()
+        .map(|&index| (index, (&run.steps[index], &run.pipeline.steps[index])))
+        .map(|(index, (record, spec))| {
+            let current = record.current_attempt();
+            let reason = match record.state {
+                StepState::Queued => scheduler::never_fits_reason(
+                    spec.resources,
+                    &scheduler::gpu_need(spec),
+                    &spec.node_selector,
+                    spec.container.is_some(),
+                    &workers,
+                )
+                .or_else(|| {
+                    record
+                        .not_before_ms
+                        .filter(|t| *t > now_ms)
+                        .and(record.reason.clone())
+                })
+                .or_else(|| waiting.get(&record.name).cloned())
+                .or_else(|| held_back(spec))
+                .or_else(|| record.reason.clone())
+                .unwrap_or_else(|| "waiting for a worker with room".to_string()),
+                StepState::Waiting if record.cache_key.is_some() => {
+                    record.reason.clone().unwrap_or_default()
                 }
-            })
-            .collect();
+                StepState::Waiting => {
+                    let pending: Vec<&str> = spec
+                        .needs
+                        .iter()
+                        .filter(|need| {
+                            run.step(need)
+                                .is_some_and(|s| s.state != StepState::Succeeded)
+                        })
+                        .map(String::as_str)
+                        .collect();
+                    format!("needs {}", pending.join(", "))
+                }
+                _ => record
+                    .reason
+                    .clone()
+                    .or_else(|| current.and_then(|a| a.reason.clone()))
+                    .unwrap_or_default(),
+            };
+            proto::StepView {
+                name: record.name.clone(),
+                state: record.state.as_str().to_string(),
+                attempt: current.map(|a| a.number).unwrap_or(0),
+                worker: current.map(|a| a.worker.clone()).unwrap_or_default(),
+                started_ms: current.and_then(|a| a.started_ms).unwrap_or(0),
+                finished_ms: current.and_then(|a| a.finished_ms).unwrap_or(0),
+                has_exit_code: current.and_then(|a| a.exit_code).is_some(),
+                exit_code: current.and_then(|a| a.exit_code).unwrap_or(0),
+                reason,
+                needs: spec.needs.clone(),
+                resources: Some(resources(spec.resources)),
+                attempts: record
+                    .attempts
+                    .iter()
+                    .map(|a| proto::AttemptView {
+                        attempt: a.number,
+                        worker: a.worker.clone(),
+                        outcome: a
+                            .outcome
+                            .map(|o| o.as_str().to_string())
+                            .unwrap_or_else(|| {
+                                if a.started_ms.is_some() {
+                                    "running"
+                                } else {
+                                    "assigned"
+                                }
+                                .to_string()
+                            }),
+                        started_ms: a.started_ms.unwrap_or(0),
+                        finished_ms: a.finished_ms.unwrap_or(0),
+                        has_exit_code: a.exit_code.is_some(),
+                        exit_code: a.exit_code.unwrap_or(0),
+                        reason: a.reason.clone().unwrap_or_default(),
+                        gpus: a.gpus.clone(),
+                        cpu_time_ms: a.usage.map_or(0, |u| u.cpu_time_ms),
+                        peak_memory_bytes: a.usage.map_or(0, |u| u.peak_memory_bytes),
+                        metrics: metric_views(&a.metrics, history),
+                        image_id: a.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+                        image_repo_digest: a
+                            .image
+                            .as_ref()
+                            .and_then(|i| i.repo_digest.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                reused: record
+                    .reused
+                    .as_ref()
+                    .map(|r| r.how.as_str().to_string())
+                    .unwrap_or_default(),
+                reused_run: record.reused.as_ref().map_or(0, |r| r.run),
+                reused_step: record
+                    .reused
+                    .as_ref()
+                    .map(|r| r.step.clone())
+                    .unwrap_or_default(),
+                inputs: input_views(&record.inputs),
+                cache_key: record.cache_key.clone().unwrap_or_default(),
+                trial_of: spec
+                    .trial
+                    .as_ref()
+                    .map(|t| t.of.clone())
+                    .unwrap_or_default(),
+                matrix: spec
+                    .trial
+                    .as_ref()
+                    .map(|t| t.values.clone().into_iter().collect())
+                    .unwrap_or_default(),
+                metrics: if record.state == StepState::Succeeded {
+                    state
+                        .producing_attempt(run, index)
+                        .map(|a| metric_views(&a.metrics, history))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+        .collect();
     proto::RunView {
         summary: Some(run_summary(run, &|id| run_in(state, id))),
         steps,
@@ -520,6 +534,15 @@ pub(super) fn run_view(
             .collect(),
         bundle_digest: run.bundle_digest.clone(),
         trimmed: String::new(),
+        step_counts: run
+            .steps
+            .counts()
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(state, count)| (state.as_str().to_string(), count as u64))
+            .collect(),
+        steps_offset: page.offset as u64,
+        steps_matched: matched as u64,
     }
 }
 

@@ -15,6 +15,7 @@ mod lifecycle;
 mod queries;
 mod replay;
 mod resend;
+mod scale;
 mod workers;
 
 const MIB: u64 = 1 << 20;
