@@ -136,15 +136,20 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// Reads `file` from its start; its size is taken now.
+    /// Reads `file` from its start; its size is taken now. Only a file with
+    /// fewer blocks than its size has holes to look for: a dense file is read
+    /// without asking the filesystem where its data is (so a filesystem whose
+    /// `SEEK_DATA` is wrong cannot make data look like a hole there).
     pub fn new(file: File) -> io::Result<FrameReader> {
-        let size = file.metadata()?.len();
+        use std::os::unix::fs::MetadataExt;
+        let metadata = file.metadata()?;
+        let size = metadata.len();
         Ok(FrameReader {
             file,
             offset: 0,
             size,
             data_end: 0,
-            finds_holes: true,
+            finds_holes: metadata.blocks().saturating_mul(512) < size,
         })
     }
 
@@ -177,8 +182,15 @@ impl FrameReader {
                         .unwrap_or(self.size)
                         .min(self.size);
                 }
-                // No data after the offset: the rest is a hole.
+                // No data after the offset: the rest is a hole, unless the
+                // file shrank.
                 Err(nix::errno::Errno::ENXIO) => {
+                    if self.file.metadata()?.len() < self.size {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file shrank while it was read",
+                        ));
+                    }
                     let zeros = self.size - self.offset;
                     self.offset = self.size;
                     return Ok(Some(Frame::Zeros(zeros)));
@@ -189,9 +201,12 @@ impl FrameReader {
         if !self.finds_holes {
             self.data_end = self.size;
         }
-        // A filesystem may report data ending at the offset (a racing write);
-        // read at least to the next frame boundary.
-        let end = self.data_end.max(self.offset + 1).min(self.size);
+        // A filesystem may report data ending at the offset (a racing write):
+        // then read a whole frame.
+        if self.data_end <= self.offset {
+            self.data_end = self.offset + FRAME_BYTES as u64;
+        }
+        let end = self.data_end.min(self.size);
         let len = (end - self.offset).min(FRAME_BYTES as u64) as usize;
         let mut buffer = vec![0u8; len];
         self.file.read_exact_at(&mut buffer, self.offset)?;

@@ -93,6 +93,10 @@ struct Lane {
 }
 
 impl Copies for PeerCopies {
+    fn end(&mut self) {
+        PeerCopies::end(self);
+    }
+
     async fn begin(&mut self, digest: &str, size: u64) {
         for (peer, mut client) in std::mem::take(&mut self.peers) {
             let (sender, receiver) = tokio::sync::mpsc::channel(LANE_FRAMES);
@@ -136,43 +140,80 @@ impl Copies for PeerCopies {
 }
 
 impl PeerCopies {
-    /// Ends every stream and waits for the members' answers (bounded).
-    async fn finish(self) {
-        for mut lane in self.lanes {
+    /// Ends every stream (the members then check and store what they got).
+    fn end(&mut self) {
+        for lane in &mut self.lanes {
             lane.sender = None;
-            match tokio::time::timeout(PEER_BLOB_TIMEOUT, lane.call).await {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(status))) => {
-                    tracing::debug!(peer = lane.peer, error = %status.message(), "copy during the upload refused");
+        }
+    }
+
+    /// Waits for the members' answers, all at once, until `needed` of the
+    /// `voters` confirm they hold the blob; the rest finish in the background.
+    /// Returns whether enough confirmed.
+    async fn confirmed(self, voters: &std::collections::BTreeSet<u64>, needed: usize) -> bool {
+        let mut answers: futures::stream::FuturesUnordered<_> = self
+            .lanes
+            .into_iter()
+            .map(|lane| async move {
+                let answer = tokio::time::timeout(PEER_BLOB_TIMEOUT, lane.call).await;
+                let held = matches!(answer, Ok(Ok(Ok(_))));
+                if !held {
+                    tracing::debug!(
+                        peer = lane.peer,
+                        "a member did not take the copy sent during the upload"
+                    );
                 }
-                _ => tracing::debug!(peer = lane.peer, "copy during the upload did not finish"),
+                (lane.peer, held)
+            })
+            .collect();
+        let mut confirmed = 0;
+        while confirmed < needed {
+            match answers.next().await {
+                Some((peer, true)) if voters.contains(&peer) => confirmed += 1,
+                Some(_) => {}
+                None => return false,
             }
         }
+        tokio::spawn(async move { while answers.next().await.is_some() {} });
+        true
     }
 }
 
 impl Node {
     /// Receives a blob (see [`receive_blob`]) and copies it to the other
     /// members as it arrives, so that replication costs no time after the
-    /// upload; returns once a majority holds it ([`Node::replicate_blob`]
-    /// then only confirms, or copies to members the upload left behind).
+    /// upload; answered once a majority of the voters holds it. Should the
+    /// copies made on the way not reach a majority, [`Node::replicate_blob`]
+    /// copies it afterwards.
     pub async fn receive_replicated(
         &self,
         chunks: tonic::Streaming<proto::Chunk>,
     ) -> Result<proto::BlobRef, Status> {
-        let blob = if self.blobs.is_shared() {
-            receive_blob(&self.blobs, chunks).await?
-        } else {
-            let mut copies = PeerCopies {
-                peers: self.transport.clients(),
-                lanes: Vec::new(),
-            };
-            let received = receive_blob_copied(&self.blobs, chunks, &mut copies).await;
-            // A failed upload drops the streams short: the members refuse it.
-            copies.finish().await;
-            received?
+        if self.blobs.is_shared() {
+            return receive_blob(&self.blobs, chunks).await;
+        }
+        let voters: std::collections::BTreeSet<u64> = self.read(|state| {
+            state
+                .members
+                .values()
+                .filter(|member| !member.learner)
+                .map(|member| member.id)
+                .collect()
+        });
+        let majority = voters.len().max(1) / 2 + 1;
+        let here = usize::from(voters.contains(&self.id) || voters.is_empty());
+        let mut copies = PeerCopies {
+            peers: self.transport.clients(),
+            lanes: Vec::new(),
         };
-        self.replicate_blob(&blob.digest, blob.size).await?;
+        // A failed upload drops the streams short: the members refuse it.
+        let blob = receive_blob_copied(&self.blobs, chunks, &mut copies).await?;
+        if !copies
+            .confirmed(&voters, majority.saturating_sub(here))
+            .await
+        {
+            self.replicate_blob(&blob.digest, blob.size).await?;
+        }
         Ok(blob)
     }
 

@@ -192,11 +192,28 @@ steps:
     assert!(got.success(), "{got:?}");
     assert_eq!(blake3_of(&resumed), digest);
 
-    // A partial file of another blob (another digest beside it) is dropped.
+    // A partial file of another blob (another digest beside it) is dropped,
+    // and so is one longer than the blob.
+    std::fs::remove_file(&resumed).unwrap();
     std::fs::write(&partial, b"other").unwrap();
     std::fs::write(&digest_file, blake3_of(&sums)).unwrap();
-    let got = get("big.sha256", &cluster.path("sums-again"));
+    let got = get("big.bin", &resumed);
     assert!(got.success(), "{got:?}");
+    assert!(got.stderr.contains("starting over"), "{got:?}");
+    assert_eq!(blake3_of(&resumed), digest);
+    let small = cluster.path("small.sha256");
+    let small_partial = cluster.path("small.sha256.ferry-partial");
+    std::fs::write(&small_partial, vec![1u8; 4096]).unwrap();
+    std::fs::write(
+        cluster.path("small.sha256.ferry-partial.digest"),
+        blake3_of(&sums),
+    )
+    .unwrap();
+    let got = get("big.sha256", &small);
+    assert!(got.success(), "{got:?}");
+    assert!(got.stderr.contains("starting over"), "{got:?}");
+    assert_eq!(blake3_of(&small), blake3_of(&sums));
+    assert!(!small_partial.exists());
 
     // Memory stayed flat: frames of a MiB, a few in flight, whatever the size
     // (loose bounds for a debug build; `ferry-bench artifacts` measures).

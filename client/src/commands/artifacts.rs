@@ -106,6 +106,10 @@ pub(crate) async fn download(
             }
             Some(_) => {
                 // The bytes held belong to another blob: start over.
+                eprintln!(
+                    "{name}: {} holds another blob's bytes; starting over",
+                    partial.display()
+                );
                 tries_left -= 1;
                 if tries_left == 0 {
                     bail!("{name}: the artifact kept changing while it was downloaded");
@@ -115,6 +119,8 @@ pub(crate) async fn download(
             None => Resume::start(&partial, &partial_digest, &header.digest)?,
         };
         let mut failed = None;
+        let size = header.size;
+        let started_at = state.writer.written();
         let mut pending = Some(header);
         loop {
             let chunk = match pending.take() {
@@ -129,6 +135,9 @@ pub(crate) async fn download(
                 },
             };
             for frame in Frame::from_chunk(chunk) {
+                if state.writer.written().saturating_add(frame.len()) > size {
+                    bail!("{name}: the coordinator sent more than the {size} bytes it announced");
+                }
                 frame.hash_into(&mut state.hasher);
                 state
                     .writer
@@ -136,9 +145,25 @@ pub(crate) async fn download(
                     .with_context(|| format!("cannot write {}", partial.display()))?;
             }
         }
+        // A stream that ended early is taken up like one that broke off.
+        if failed.is_none() && state.writer.written() < size {
+            failed = Some(tonic::Status::unavailable("the stream ended early"));
+        }
         if let Some(status) = failed {
-            tries_left -= 1;
             let written = state.writer.written();
+            if status.code() == tonic::Code::DataLoss {
+                // The stored copy itself is damaged: these bytes are no use.
+                drop(state);
+                let _ = std::fs::remove_file(&partial);
+                let _ = std::fs::remove_file(&partial_digest);
+                return Err(super::shared::status_error(status).context(format!(
+                    "{name}: the coordinator's copy is damaged; nothing written"
+                )));
+            }
+            // A try that moved forward does not count against the others.
+            if written == started_at {
+                tries_left -= 1;
+            }
             if ferry_common::channel::is_refusal(status.code()) || tries_left == 0 {
                 let _ = state.writer.finish().map(|file| file.sync_all());
                 return Err(super::shared::status_error(status).context(format!(
@@ -151,6 +176,7 @@ pub(crate) async fn download(
                 render::bytes(written),
                 status.message()
             );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             resume = Some(state);
             continue;
         }

@@ -106,6 +106,9 @@ pub(crate) trait Copies {
     async fn begin(&mut self, digest: &str, size: u64);
     /// The next frame, after the local store took it.
     async fn frame(&mut self, frame: &Frame);
+    /// Every frame arrived (before the local store makes the blob durable, so
+    /// that the copies are made durable meanwhile).
+    fn end(&mut self);
 }
 
 /// No copies: the blob goes to the local store only.
@@ -114,6 +117,7 @@ pub(crate) struct NoCopies;
 impl Copies for NoCopies {
     async fn begin(&mut self, _digest: &str, _size: u64) {}
     async fn frame(&mut self, _frame: &Frame) {}
+    fn end(&mut self) {}
 }
 
 /// [`receive_blob`], handing every frame to `copies` too.
@@ -149,6 +153,7 @@ pub(crate) async fn receive_blob_copied(
             }
         }
     }
+    copies.end();
     let (digest, size) = upload.finish().await.map_err(|error| match error {
         BlobError::DigestMismatch { .. } => Status::invalid_argument(error.to_string()),
         other => blob_status(other),
@@ -184,6 +189,10 @@ pub(crate) async fn send_blob_from(
         size,
         ..Default::default()
     };
+    if offset > size {
+        // Nothing is read: the client sees its bytes belong to another blob.
+        return Ok(Box::pin(futures::stream::iter([Ok(header)])));
+    }
     let chunks = stream.map(|item| item.map(Frame::into_chunk).map_err(blob_status));
     Ok(Box::pin(futures::stream::iter([Ok(header)]).chain(chunks)))
 }

@@ -1,7 +1,7 @@
 //! The local blob store: one file per blob under the member's data directory
 //! (`<data_dir>/blobs/<dd>/<digest>`), looked up and deleted through
 //! `object_store`'s local filesystem, written and read as [`Frame`]s (holes
-//! stay holes) by a thread per transfer with blocking IO.
+//! stay holes), a frame at a time on a blocking task.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -182,39 +182,56 @@ impl LocalBlobs {
             });
         }
         let path = self.file_of(digest);
-        let staging = if self.holds(digest, size).await? {
-            self.touch(digest);
-            // Already stored: the bytes are still hashed, to answer honestly, but not kept.
-            // (A stored file of another size is damaged and gets replaced.)
-            None
-        } else {
-            static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let number = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // A name that is not a digest: never read, listed or collected as a blob.
-            Some(path.with_file_name(format!(".{digest}.{}-{number}.partial", std::process::id())))
-        };
-        let (frames, received) = tokio::sync::mpsc::channel(FRAMES_IN_FLIGHT);
-        let writing = tokio::task::spawn_blocking({
-            let staging = staging.clone();
-            move || receive_frames(received, staging)
-        });
-        Ok(LocalUpload {
+        let mut upload = LocalUpload {
             expected: digest.to_string(),
             announced: size,
             received: 0,
-            writer: Some(Writer { frames, writing }),
-            staging,
+            sink: Some(Box::new(Sink {
+                hasher: blake3::Hasher::new(),
+                writer: None,
+            })),
+            staging: None,
             path,
             store: self.clone(),
+        };
+        if self.holds(digest, size).await? {
+            self.touch(digest);
+            // Already stored: the bytes are still hashed, to answer honestly, but
+            // not kept. (A stored file of another size is damaged and gets replaced.)
+            return Ok(upload);
+        }
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let number = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A name that is not a digest: never read, listed or collected as a blob.
+        let staging = upload
+            .path
+            .with_file_name(format!(".{digest}.{}-{number}.partial", std::process::id()));
+        // Removed by the upload's `Drop` unless published.
+        upload.staging = Some(staging.clone());
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = staging.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&staging)
         })
+        .await
+        .map_err(|e| io_error(std::io::Error::other(e)))?
+        .map_err(io_error)?;
+        if let Some(sink) = upload.sink.as_mut() {
+            sink.writer = Some(FrameWriter::new(file));
+        }
+        Ok(upload)
     }
 
-    /// Reads a blob as a stream of frames of up to [`super::READ_FRAME`] bytes (zero
-    /// runs for its holes and zero-filled stretches), skipping its first
+    /// Reads a blob as a stream of frames of up to [`super::READ_FRAME`] bytes
+    /// (zero runs for its holes and zero-filled stretches), skipping its first
     /// `offset` bytes; the last item is an error if the bytes on disk no longer
-    /// match the digest (the skipped bytes are read and hashed too). A thread
-    /// reads and hashes a few frames ahead of the consumer, and stops when the
-    /// stream is dropped.
+    /// match the digest (the skipped bytes are read and hashed too). Each frame
+    /// is read and hashed on a blocking task when the consumer asks for it: an
+    /// idle reader holds no thread.
     pub async fn read_frames(
         &self,
         digest: &str,
@@ -236,119 +253,61 @@ impl LocalBlobs {
             Err(e) => return Err(io_error(e)),
         };
         let size = reader.size();
-        let (sender, frames) = tokio::sync::mpsc::channel(FRAMES_IN_FLIGHT);
         let expected = digest.to_string();
-        tokio::task::spawn_blocking(move || send_frames(reader, offset, &expected, &sender));
-        Ok((
-            size,
-            tokio_stream::wrappers::ReceiverStream::new(frames).boxed(),
-        ))
+        let start = Some(Reading {
+            reader,
+            hasher: blake3::Hasher::new(),
+            skip: offset,
+        });
+        let frames = futures::stream::unfold(start, move |reading| {
+            let expected = expected.clone();
+            async move {
+                let reading = reading?;
+                let next = tokio::task::spawn_blocking(move || reading.next())
+                    .await
+                    .map_err(|e| io_error(std::io::Error::other(e)));
+                match next {
+                    Ok(Ok((Some(frame), reading))) => Some((Ok(frame), Some(reading))),
+                    Ok(Ok((None, reading))) => {
+                        let actual = reading.hasher.finalize().to_hex().to_string();
+                        (actual != expected)
+                            .then_some((Err(BlobError::DigestMismatch { expected, actual }), None))
+                    }
+                    Ok(Err(e)) => Some((Err(io_error(e)), None)),
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
+        });
+        Ok((size, frames.boxed()))
     }
 }
 
-/// Frames read ahead of a reader, or received ahead of the writer.
-const FRAMES_IN_FLIGHT: usize = 4;
+/// A blob being read: the file, the hash so far, and the bytes still to skip
+/// before frames are sent (a resumed download).
+struct Reading {
+    reader: FrameReader,
+    hasher: blake3::Hasher,
+    skip: u64,
+}
 
-/// The reading thread of [`LocalBlobs::read_frames`].
-fn send_frames(
-    mut reader: FrameReader,
-    mut skip: u64,
-    expected: &str,
-    sender: &tokio::sync::mpsc::Sender<Result<Frame, BlobError>>,
-) {
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        let frame = match reader.next_frame() {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = sender.blocking_send(Err(io_error(e)));
-                return;
-            }
-        };
-        frame.hash_into(&mut hasher);
-        let frame = match frame {
-            frame if skip >= frame.len() => {
-                skip -= frame.len();
+impl Reading {
+    /// The next frame to send (hashing what it skips), `None` at the end.
+    fn next(mut self) -> std::io::Result<(Option<Frame>, Reading)> {
+        while let Some(frame) = self.reader.next_frame()? {
+            frame.hash_into(&mut self.hasher);
+            if self.skip >= frame.len() {
+                self.skip -= frame.len();
                 continue;
             }
-            Frame::Data(data) => Frame::Data(data.slice(std::mem::take(&mut skip) as usize..)),
-            Frame::Zeros(count) => Frame::Zeros(count - std::mem::take(&mut skip)),
-        };
-        if sender.blocking_send(Ok(frame)).is_err() {
-            return;
+            let skip = std::mem::take(&mut self.skip);
+            let frame = match frame {
+                Frame::Data(data) => Frame::Data(data.slice(skip as usize..)),
+                Frame::Zeros(count) => Frame::Zeros(count - skip),
+            };
+            return Ok((Some(frame), self));
         }
+        Ok((None, self))
     }
-    let actual = hasher.finalize().to_hex().to_string();
-    if actual != expected {
-        let _ = sender.blocking_send(Err(BlobError::DigestMismatch {
-            expected: expected.to_string(),
-            actual,
-        }));
-    }
-}
-
-/// What the receiving thread is told.
-enum Received {
-    Frame(Frame),
-    /// Every frame arrived: make the file durable. (A queue closed without it
-    /// abandons the upload, and the staging file is removed.)
-    Complete,
-}
-
-/// The receiving thread of a [`LocalUpload`]: hashes every frame and, when
-/// `staging` is given, writes it there (zero runs as holes), synced once
-/// complete; returns the hasher. The staging file is removed unless the upload
-/// completed.
-fn receive_frames(
-    mut received: tokio::sync::mpsc::Receiver<Received>,
-    staging: Option<PathBuf>,
-) -> std::io::Result<blake3::Hasher> {
-    let mut hasher = blake3::Hasher::new();
-    let written = (|| {
-        let mut writer = match &staging {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(FrameWriter::new(
-                    std::fs::File::options()
-                        .write(true)
-                        .create_new(true)
-                        .open(path)?,
-                ))
-            }
-            None => None,
-        };
-        while let Some(message) = received.blocking_recv() {
-            match message {
-                Received::Frame(frame) => match writer.as_mut() {
-                    // The frame is hashed (on the pool) while it is written.
-                    Some(writer) => {
-                        let ((), written) = rayon_core::join(
-                            || frame.hash_into(&mut hasher),
-                            || writer.write(&frame),
-                        );
-                        written?;
-                    }
-                    None => frame.hash_into(&mut hasher),
-                },
-                Received::Complete => {
-                    if let Some(writer) = writer {
-                        writer.finish()?.sync_all()?;
-                    }
-                    return Ok(true);
-                }
-            }
-        }
-        Ok::<_, std::io::Error>(false)
-    })();
-    if !matches!(written, Ok(true))
-        && let Some(path) = &staging
-    {
-        let _ = std::fs::remove_file(path);
-    }
-    written.map(|_| hasher)
 }
 
 fn io_error(error: std::io::Error) -> BlobError {
@@ -358,10 +317,11 @@ fn io_error(error: std::io::Error) -> BlobError {
     })
 }
 
-/// Publishes a received blob: its staging file renamed to its name, and that
-/// name made durable in its fan-out directory and the directory's in the
-/// store's root (the data itself was synced by the receiving thread).
-fn publish(staging: &Path, path: &Path) -> std::io::Result<()> {
+/// Publishes a received blob: its data synced, its staging file renamed to
+/// its name, and that name made durable in its fan-out directory and the
+/// directory's in the store's root.
+fn publish(writer: FrameWriter, staging: &Path, path: &Path) -> std::io::Result<()> {
+    writer.finish()?.sync_all()?;
     std::fs::rename(staging, path)?;
     if let Some(dir) = path.parent() {
         ferry_common::durable::sync_dir(dir)?;
@@ -372,25 +332,36 @@ fn publish(staging: &Path, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The receiving thread of an upload and the queue that feeds it.
-struct Writer {
-    frames: tokio::sync::mpsc::Sender<Received>,
-    writing: tokio::task::JoinHandle<std::io::Result<blake3::Hasher>>,
+/// What an upload's blocking tasks carry between frames.
+struct Sink {
+    hasher: blake3::Hasher,
+    /// The staging file; none when the blob is already stored.
+    writer: Option<FrameWriter>,
 }
 
-/// A blob being received: hashed and written to a staging file on a thread of
-/// its own as it arrives (the network and the disk work at once), published
-/// under its digest only by [`LocalUpload::finish`] when the digest matches.
-/// Dropped unfinished, it leaves nothing behind: the thread removes its file
-/// once its queue closes.
+/// A blob being received: each frame hashed and written to a staging file on
+/// a blocking task (zero runs as holes), published under its digest only by
+/// [`LocalUpload::finish`] when the digest matches. Dropped unpublished
+/// (refused, abandoned, or its caller gone mid-way), it removes its staging
+/// file.
 pub struct LocalUpload {
     expected: String,
     announced: u64,
     received: u64,
-    writer: Option<Writer>,
+    /// Out while a frame is being written; none once the upload failed.
+    /// (Boxed: a hasher is 2 KiB.)
+    sink: Option<Box<Sink>>,
     staging: Option<PathBuf>,
     path: PathBuf,
     store: LocalBlobs,
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        if let Some(staging) = self.staging.take() {
+            let _ = std::fs::remove_file(staging);
+        }
+    }
 }
 
 impl LocalUpload {
@@ -409,79 +380,51 @@ impl LocalUpload {
                 sent: self.received,
             });
         }
-        let Some(writer) = self.writer.as_ref() else {
+        let Some(mut sink) = self.sink.take() else {
             return Err(abandoned());
         };
-        if writer.frames.send(Received::Frame(frame)).await.is_err() {
-            // The thread stopped: it failed, and says why.
-            return Err(match self.writer.take() {
-                Some(writer) => joined(writer.writing.await).err().unwrap_or_else(abandoned),
-                None => abandoned(),
-            });
-        }
+        let written = tokio::task::spawn_blocking(move || {
+            frame.hash_into(&mut sink.hasher);
+            if let Some(writer) = sink.writer.as_mut() {
+                writer.write(&frame)?;
+            }
+            Ok::<_, std::io::Error>(sink)
+        })
+        .await
+        .map_err(|e| io_error(std::io::Error::other(e)))?
+        .map_err(io_error)?;
+        self.sink = Some(written);
         Ok(())
     }
 
     pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
-        let Some(writer) = self.writer.take() else {
+        let Some(sink) = self.sink.take() else {
             return Err(abandoned());
         };
-        // Only a complete upload is made durable; anything else is abandoned
-        // (and its file removed by the thread).
-        if self.received == self.announced {
-            let _ = writer.frames.send(Received::Complete).await;
-        }
-        drop(writer.frames);
-        let hasher = joined(writer.writing.await)?;
-        let verified = super::verified(self.announced, self.received, &hasher, &self.expected);
-        let staging = self.staging.take();
-        let actual = match verified {
-            Ok(actual) => actual,
-            Err(error) => {
-                if let Some(staging) = staging {
-                    let _ = tokio::fs::remove_file(staging).await;
-                }
-                return Err(error);
-            }
-        };
-        if let Some(staging) = staging {
+        let actual = super::verified(self.announced, self.received, &sink.hasher, &self.expected)?;
+        if let (Some(writer), Some(staging)) = (sink.writer, self.staging.clone()) {
             let path = self.path.clone();
-            let published = tokio::task::spawn_blocking(move || {
-                let published = publish(&staging, &path);
-                if published.is_err() {
-                    let _ = std::fs::remove_file(&staging);
-                }
-                published
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()));
-            published.and_then(|r| r).map_err(io_error)?;
+            tokio::task::spawn_blocking(move || publish(writer, &staging, &path))
+                .await
+                .map_err(|e| io_error(std::io::Error::other(e)))?
+                .map_err(io_error)?;
+            // Published: nothing left to remove.
+            self.staging = None;
         }
         self.store.remember(&actual, self.received);
         Ok((actual, self.received))
     }
 
     pub async fn abort(&mut self) {
-        // The thread removes the staging file once its queue closes.
-        if let Some(writer) = self.writer.take() {
-            drop(writer.frames);
-            let _ = writer.writing.await;
+        self.sink = None;
+        if let Some(staging) = self.staging.take() {
+            let _ = tokio::fs::remove_file(staging).await;
         }
     }
 }
 
 fn abandoned() -> BlobError {
     io_error(std::io::Error::other("the upload was abandoned"))
-}
-
-/// The receiving thread's answer.
-fn joined(
-    result: Result<std::io::Result<blake3::Hasher>, tokio::task::JoinError>,
-) -> Result<blake3::Hasher, BlobError> {
-    result
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(io_error)
 }
 
 #[cfg(test)]

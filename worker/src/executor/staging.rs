@@ -562,9 +562,21 @@ async fn download_blob(
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
     let mut hasher = blake3::Hasher::new();
     let mut received = 0u64;
+    let mut announced: Option<u64> = None;
     let write_error = |e| io_error(format!("cannot write {}", partial.display()), e);
     while let Some(chunk) = stream.message().await.map_err(fetch)? {
-        received = received.saturating_add(chunk.data.len() as u64 + chunk.zeros);
+        received = received
+            .saturating_add(chunk.data.len() as u64)
+            .saturating_add(chunk.zeros);
+        if announced.is_none() {
+            announced = Some(chunk.size);
+        }
+        if received > announced.unwrap_or(0) {
+            return Err(StageError::Io(format!(
+                "blob {digest} arrived longer than the {} bytes announced",
+                announced.unwrap_or(0)
+            )));
+        }
         if let Some(limit) = max_bytes
             && (chunk.size > limit || received > limit)
         {
