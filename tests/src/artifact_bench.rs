@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::procfs::{allocated_bytes, peak_mib};
 use crate::{Cluster, step_of, write_pipeline};
 
 /// Seconds since the epoch, now.
@@ -30,34 +31,6 @@ fn now_seconds() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
-}
-
-/// A process's peak resident memory in MiB (`VmHWM`).
-fn peak_mib(pid: i32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Bytes under `dir`, as allocated on disk (`du -sb` would count holes).
-fn allocated_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
-                Ok(meta) => total += meta.blocks() * 512,
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 /// Writes `mib` MiB of random bytes to `path`.
@@ -196,15 +169,15 @@ pub fn run(mib: u64, members: u64) -> anyhow::Result<()> {
         .coordinators
         .iter()
         .filter_map(|c| c.daemon.as_ref())
-        .map(|d| format!("{:.0}", peak_mib(d.pid()).unwrap_or(0.0)))
+        .map(|d| peak_mib(d.pid()).unwrap_or(0).to_string())
         .collect();
     let worker = cluster
         .workers
         .get("bench")
         .and_then(|w| peak_mib(w.pid()))
-        .unwrap_or(0.0);
+        .unwrap_or(0);
     println!(
-        "artifacts: peak resident memory: coordinators {} MiB, worker {worker:.0} MiB",
+        "artifacts: peak resident memory: coordinators {} MiB, worker {worker} MiB",
         coordinators.join(", ")
     );
     Ok(())

@@ -16,6 +16,7 @@ pub mod load;
 pub mod logs_bench;
 pub mod netns;
 mod ports;
+pub mod procfs;
 mod proxy;
 pub mod s3;
 pub mod sched_bench;

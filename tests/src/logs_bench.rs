@@ -11,6 +11,7 @@
 //! - `ferry logs -f` lag: a step prints its clock every 10 ms for 3 s; the
 //!   follower's arrival time minus the stamp, per line (same machine clock).
 
+use crate::procfs::status_kib;
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -44,23 +45,6 @@ fn bytes_under(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// A `/proc/PID/status` figure in KiB (`VmHWM`, `VmRSS`).
-fn status_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn unix_seconds() -> f64 {
@@ -109,7 +93,10 @@ pub fn run() -> anyhow::Result<()> {
         .context("coordinator")?
         .pid();
     let data = cluster.path("coordinator-1-data");
-    let (disk_before, hwm_before) = (bytes_under(&data), status_kib(coordinator, "VmHWM"));
+    let (disk_before, hwm_before) = (
+        bytes_under(&data),
+        status_kib(coordinator, "VmHWM").unwrap_or(0),
+    );
     let step_out = cluster.path("step.seconds");
     let pipeline = write_pipeline(
         &cluster.path("flood"),
@@ -124,7 +111,7 @@ pub fn run() -> anyhow::Result<()> {
     anyhow::ensure!(status["state"] == "succeeded", "{status:#}");
     let step = read_seconds(&step_out)?;
     let disk = bytes_under(&data).saturating_sub(disk_before);
-    let hwm = status_kib(coordinator, "VmHWM");
+    let hwm = status_kib(coordinator, "VmHWM").unwrap_or(0);
     println!(
         "logs: {PRINTED} bytes printed by one generator: into a pipe {pipe:.2} s ({:.0} MB/s); \
          as a step with a {} MiB cap {step:.2} s ({:.0} % of the pipe's speed)",
@@ -143,7 +130,7 @@ pub fn run() -> anyhow::Result<()> {
     );
 
     // 10 readers of the finished attempt at once.
-    let rss_before = status_kib(coordinator, "VmRSS");
+    let rss_before = status_kib(coordinator, "VmRSS").unwrap_or(0);
     let started = Instant::now();
     let readers: Vec<_> = (0..10)
         .map(|_| cluster.ferry_spawn(&["logs", &run.to_string(), "flood"]))
@@ -160,7 +147,7 @@ pub fn run() -> anyhow::Result<()> {
                 break;
             }
             count += n as u64;
-            rss_most = rss_most.max(status_kib(coordinator, "VmRSS"));
+            rss_most = rss_most.max(status_kib(coordinator, "VmRSS").unwrap_or(0));
         }
         reader.wait()?;
         bytes.push(count);

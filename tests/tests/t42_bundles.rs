@@ -278,23 +278,6 @@ impl<W: Write> Write for StoredGzip<W> {
     }
 }
 
-/// The peak resident memory of a process (`VmHWM`), in bytes.
-fn peak_rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("VmHWM")
-        * 1024
-}
-
 /// Writes a bundle of one file, `random.bin`, of `data` incompressible bytes
 /// stored as they are (the bundle is as large on the wire and on the worker's
 /// disk as unpacked); returns its path, digest and size.
@@ -383,11 +366,11 @@ fn staging_a_large_bundle_does_not_hold_it_in_the_workers_memory() {
     cluster.add_worker("w1", "");
     let (path, digest, size) = large_bundle(&cluster, DATA);
     let worker_pid = cluster.workers["w1"].pid();
-    let before = peak_rss(worker_pid);
+    let before = ferry_tests::procfs::status_kib(worker_pid, "VmHWM").expect("VmHWM") * 1024;
     let run = submit_with_bundle(&cluster, &path, &digest, size, "test -s random.bin");
     let status = cluster.wait_run(run, Duration::from_secs(120));
     assert_eq!(status["state"], "succeeded", "{status:#}");
-    let after = peak_rss(worker_pid);
+    let after = ferry_tests::procfs::status_kib(worker_pid, "VmHWM").expect("VmHWM") * 1024;
     assert!(
         after < before + SLACK,
         "staging a {} MiB bundle raised the worker's peak memory from {} MiB to {} MiB",

@@ -227,18 +227,6 @@ fn a_huge_label_or_gpu_inventory_is_refused_at_registration() {
     );
 }
 
-/// The process's peak resident memory, in bytes.
-fn peak_rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmHWM");
-    kib * 1024
-}
-
 #[test]
 fn a_client_certificate_is_refused_by_the_peer_service_before_its_body_is_decoded() {
     let cluster = Cluster::start();
@@ -250,7 +238,7 @@ fn a_client_certificate_is_refused_by_the_peer_service_before_its_body_is_decode
     let runtime = runtime();
     let _entered = runtime.enter();
     let mut peer = PeerClient::new(channel_as(&cluster, ferry_tests::CLIENT));
-    let before = peak_rss(pid);
+    let before = ferry_tests::procfs::status_kib(pid, "VmHWM").expect("VmHWM") * 1024;
     for _ in 0..3 {
         let request = proto::ForwardRequest {
             caller: "spiffe://ferry/client/alice".to_string(),
@@ -269,7 +257,8 @@ fn a_client_certificate_is_refused_by_the_peer_service_before_its_body_is_decode
         );
     }
     // Three 60 MB messages decoded would have raised the peak by 60 MB at least.
-    let grown = peak_rss(pid).saturating_sub(before);
+    let grown = (ferry_tests::procfs::status_kib(pid, "VmHWM").expect("VmHWM") * 1024)
+        .saturating_sub(before);
     assert!(
         grown < 24 * 1024 * 1024,
         "the coordinator's peak memory grew by {grown} bytes"

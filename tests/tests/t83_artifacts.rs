@@ -11,36 +11,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_tests::procfs::{allocated_bytes, peak_mib};
 use ferry_tests::{Cluster, write_pipeline};
 
 const MIB: u64 = 1 << 20;
-
-/// A process's peak resident memory in MiB (`VmHWM`).
-fn peak_mib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib / 1024
-}
-
-/// Bytes allocated on disk under `dir` (holes not counted).
-fn allocated(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
-                Ok(meta) => total += meta.blocks() * 512,
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
 
 /// Files under `dir` with more than 16 MiB allocated, for a failure's message.
 fn large_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
@@ -97,7 +71,7 @@ steps:
         &[],
     );
     let before: Vec<u64> = (1..=3)
-        .map(|id| allocated(&cluster.path(&format!("coordinator-{id}-data"))))
+        .map(|id| allocated_bytes(&cluster.path(&format!("coordinator-{id}-data"))))
         .collect();
     let run = cluster.submit(&pipeline, &[]);
     let status = cluster.wait_run(run, Duration::from_secs(600));
@@ -149,7 +123,7 @@ steps:
     // (A stored 2 GiB sparse file would take twice the bound's margin.)
     for (id, before) in (1..=3).zip(before) {
         let dir = cluster.path(&format!("coordinator-{id}-data"));
-        let grew = allocated(&dir) - before;
+        let grew = allocated_bytes(&dir) - before;
         assert!(
             grew < 1024 * MIB + 512 * MIB,
             "coordinator {id} grew by {grew} bytes for 1 GiB of data and a 2 GiB sparse file: {:?}",
@@ -219,10 +193,10 @@ steps:
     // (loose bounds for a debug build; `ferry-bench artifacts` measures).
     for coordinator in &cluster.coordinators {
         let daemon = coordinator.daemon.as_ref().expect("running");
-        let peak = peak_mib(daemon.pid());
+        let peak = peak_mib(daemon.pid()).expect("running");
         assert!(peak < 400, "a coordinator peaked at {peak} MiB");
     }
-    let peak = peak_mib(cluster.workers["worker"].pid());
+    let peak = peak_mib(cluster.workers["worker"].pid()).expect("running");
     assert!(peak < 400, "the worker peaked at {peak} MiB");
 }
 

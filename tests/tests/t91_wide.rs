@@ -7,6 +7,7 @@
 //! `FERRY_T91_STEPS` runs it with fewer steps (a multiple of 10 from 2,000, for
 //! trying it).
 
+use ferry_tests::procfs::status_kib;
 use std::time::{Duration, Instant};
 
 use ferry_tests::{Cluster, wait_for, write_pipeline};
@@ -17,23 +18,6 @@ const SWEEPS: usize = 10;
 /// to catch a structure that grows with the square of the steps, not to
 /// measure.
 const PEAK_BOUND_MIB: u64 = 3 * 1024;
-
-/// A `/proc/PID/status` figure (`VmHWM`, `VmRSS`) in MiB.
-fn status_mib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib / 1024)
-}
 
 /// The CPU time (user and system) a process has used, from `/proc/PID/stat`.
 fn cpu_time(pid: i32) -> Duration {
@@ -196,8 +180,8 @@ fn wide_run(steps: usize) {
     let mut peaks = Vec::new();
     for slot in &cluster.coordinators {
         let pid = slot.daemon.as_ref().expect("coordinator running").pid();
-        let peak = status_mib(pid, "VmHWM");
-        let now = status_mib(pid, "VmRSS");
+        let peak = status_kib(pid, "VmHWM").unwrap_or(0) / 1024;
+        let now = status_kib(pid, "VmRSS").unwrap_or(0) / 1024;
         peaks.push(format!(
             "member {}: peak {peak} MiB, now {now} MiB",
             slot.id

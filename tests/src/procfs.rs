@@ -1,0 +1,45 @@
+//! What the kernel says about a process or a directory, as tests and
+//! benchmarks read it: one place for `/proc/PID/status` figures and for the
+//! bytes a directory takes on disk.
+
+use std::path::Path;
+
+/// A `/proc/PID/status` figure in KiB (`VmHWM`: peak resident memory,
+/// `VmRSS`: resident now); `None` once the process is gone.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// A process's peak resident memory (`VmHWM`) in MiB; `None` once it is gone.
+pub fn peak_mib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmHWM").map(|kib| kib / 1024)
+}
+
+/// Bytes allocated on disk under `dir` (its holes not counted, unlike
+/// `du -sb`).
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
