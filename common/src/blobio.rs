@@ -21,6 +21,11 @@ use crate::proto;
 /// The most bytes one data frame carries (and one chunk of a blob on the wire).
 pub const FRAME_BYTES: usize = 1 << 20;
 
+/// The most bytes handed to one `write(2)`: on the development VM a 1 MiB
+/// write into the page cache and its later fsync cost four times what 128 KiB
+/// writes do (`dd bs=1M` + fsync of 1 GiB: 2.9–3.6 s; `bs=128K`: 0.8–0.9 s).
+pub const WRITE_BYTES: usize = 128 * 1024;
+
 /// Zeros to hash from, without allocating.
 static ZEROS: [u8; FRAME_BYTES] = [0; FRAME_BYTES];
 
@@ -263,7 +268,11 @@ impl FrameWriter {
 
     pub fn write(&mut self, frame: &Frame) -> io::Result<()> {
         match frame {
-            Frame::Data(data) => self.file.write_all(data)?,
+            Frame::Data(data) => {
+                for piece in data.chunks(WRITE_BYTES) {
+                    self.file.write_all(piece)?;
+                }
+            }
             Frame::Zeros(count) => {
                 let count = i64::try_from(*count)
                     .map_err(|_| io::Error::other("a zero run longer than a file can be"))?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_common::blobio::Frame;
+use ferry_common::blobio::{Frame, WRITE_BYTES};
 use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES};
 use ferry_common::proto;
 use ferry_common::spec::env_var_name;
@@ -589,7 +589,11 @@ async fn download_blob(
         for frame in Frame::from_chunk(chunk) {
             frame.hash_into(&mut hasher);
             match frame {
-                Frame::Data(data) => file.write_all(&data).await.map_err(write_error)?,
+                Frame::Data(data) => {
+                    for piece in data.chunks(WRITE_BYTES) {
+                        file.write_all(piece).await.map_err(write_error)?;
+                    }
+                }
                 Frame::Zeros(count) => {
                     let count = i64::try_from(count).unwrap_or(i64::MAX);
                     file.seek(std::io::SeekFrom::Current(count))
