@@ -23,6 +23,9 @@ const CLIENT_NAME: &str = "dev-user";
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
+    /// Where to write the client configuration (`--config` or
+    /// `FERRY_CONFIG`); none: the default path.
+    pub config: Option<PathBuf>,
     pub listen: SocketAddr,
     pub cpus: Option<f64>,
     pub memory: Option<String>,
@@ -188,7 +191,10 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         coordinators: vec![address.to_string()],
         tls: files(CLIENT_NAME),
     };
-    let client_path = default_config_path()?;
+    let client_path = match options.config.clone() {
+        Some(path) => path,
+        None => default_config_path()?,
+    };
     if let Ok(previous) = std::fs::read_to_string(&client_path)
         && !previous.starts_with(crate::config::DEV_CONFIG_HEADER)
     {

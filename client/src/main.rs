@@ -651,6 +651,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let result = ferry_client::dev::run_dev(
                 ferry_client::dev::DevOptions {
                     data_dir,
+                    config: overrides.config.clone(),
                     listen,
                     cpus,
                     memory,

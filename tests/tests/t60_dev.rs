@@ -355,3 +355,26 @@ fn ferry_dev_keeps_a_foreign_client_config_as_a_backup() {
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), foreign);
     assert!(again.terminate().success());
 }
+
+/// `ferry dev --config PATH` (or `FERRY_CONFIG`) writes the client
+/// configuration there, and leaves the default path alone.
+#[test]
+fn ferry_dev_writes_the_client_config_where_it_is_told() {
+    let home_dir = tempfile::tempdir().expect("temp dir");
+    let home = home_dir.path();
+    let config = home.join("elsewhere/ferry.toml");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let mut dev = Dev::start(home, &["--config", config_arg]);
+    let written = dev.wait_line("client config written", Duration::from_secs(30));
+    assert!(written.contains(&config.display().to_string()), "{written}");
+    assert!(config.is_file());
+    assert!(!home.join(".config/ferry/config.toml").exists());
+    let runs = run_ferry(
+        home,
+        home,
+        &["--config", config_arg, "runs", "--output", "json"],
+    );
+    assert!(runs.success(), "{runs:?}");
+    let status = dev.terminate();
+    assert!(status.success(), "ferry dev exited with {status}");
+}
