@@ -59,6 +59,36 @@ struct EntryBatchRef<'a, C: Serialize> {
     commands: &'a [C],
 }
 
+/// The data of the entry that carries `batch`: an [`EntryBatchRef`], written
+/// around the commands' own JSON where their proposers encoded it (off the
+/// loop), else encoded here.
+fn entry_data<S: StateMachine>(origin: u64, seq: u64, batch: &[Proposal<S>]) -> Vec<u8> {
+    if batch.iter().any(|p| p.encoded.is_none()) {
+        let commands: Vec<&S::Command> = batch.iter().map(|p| &p.command).collect();
+        return serde_json::to_vec(&EntryBatchRef {
+            origin,
+            seq,
+            commands: &commands,
+        })
+        .expect("commands always serialize");
+    }
+    let size: usize = batch
+        .iter()
+        .filter_map(|p| p.encoded.as_ref())
+        .map(Vec::len)
+        .sum();
+    let mut data = Vec::with_capacity(size + batch.len() + 64);
+    data.extend_from_slice(format!(r#"{{"origin":{origin},"seq":{seq},"commands":["#).as_bytes());
+    for (i, encoded) in batch.iter().filter_map(|p| p.encoded.as_ref()).enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        data.extend_from_slice(encoded);
+    }
+    data.extend_from_slice(b"]}");
+    data
+}
+
 /// The Raft log as raft-rs sees it: the durable log, except that the snapshot a
 /// follower needs is read on a blocking thread ahead of time (raft-rs asks for it
 /// on the loop, and reading means reading and verifying a whole file), and a
@@ -555,14 +585,9 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let data = entry_data(self.raw.raft.id, seq, &batch);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let data = serde_json::to_vec(&EntryBatchRef {
-            origin: self.raw.raft.id,
-            seq,
-            commands: &commands,
-        })
-        .expect("commands always serialize");
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();

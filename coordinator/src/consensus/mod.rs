@@ -130,6 +130,10 @@ pub type Answer<S> =
 pub struct Proposal<S: StateMachine> {
     pub command: S::Command,
     pub reply: oneshot::Sender<Answer<S>>,
+    /// The command as the JSON its entry carries, when the proposer encoded it
+    /// already (off the Raft loop: a 100,000-step submission is 28 MB of it);
+    /// else the loop encodes it.
+    pub encoded: Option<Vec<u8>>,
 }
 
 /// Requests to the Raft loop other than proposals.

@@ -10,6 +10,7 @@
 mod assignment;
 pub mod audit;
 pub mod authorize;
+mod in_flight;
 pub mod live_logs;
 mod loops;
 pub mod machine;
@@ -139,6 +140,8 @@ pub struct Node {
     /// The last scheduling pass found nothing to place and nothing waiting: a
     /// submission's first steps may then be placed with it (leader only).
     scheduler_idle: std::sync::atomic::AtomicBool,
+    /// Requests being proposed here, by id: a retry joins the first (leader).
+    in_flight: in_flight::InFlight,
     /// Turns true when this member must stop serving (storage failure, removed).
     stop: watch::Sender<Option<String>>,
     /// Administrators, learners and their promotion.
@@ -332,6 +335,7 @@ impl Node {
             quotas: config.scheduling.quotas()?,
             waiting: Mutex::new(HashMap::new()),
             scheduler_idle: std::sync::atomic::AtomicBool::new(false),
+            in_flight: in_flight::InFlight::default(),
             stop: watch::channel(None).0,
             membership,
             keyring,

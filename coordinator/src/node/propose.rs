@@ -16,7 +16,7 @@ use ferry_common::proto;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Node, ProposeError, audit, authorize, now_ms};
+use super::{Node, ProposeError, audit, authorize, in_flight, now_ms};
 use crate::consensus::{ConsensusError, Input, Proposal};
 use crate::state::{Command, Outcome, Request, Requester};
 
@@ -150,14 +150,14 @@ impl Node {
         resent: bool,
         id: &str,
     ) -> Result<Outcome, ProposeError> {
-        let answer = self
-            .propose_local(command.clone(), by, resent, Some(id))
-            .await;
-        match answer {
-            Err(ProposeError::Rejected(refusal)) if resent => self
+        // Kept only to settle a resend's refusal: a large submission's copy costs.
+        let copy = resent.then(|| command.clone());
+        let answer = self.propose_local(command, by, resent, Some(id)).await;
+        match (answer, copy) {
+            (Err(ProposeError::Rejected(refusal)), Some(command)) => self
                 .read(|state| state.settle_resend(&command, Err(refusal)))
                 .map_err(ProposeError::Rejected),
-            other => other,
+            (other, _) => other,
         }
     }
 
@@ -171,6 +171,18 @@ impl Node {
         resent: bool,
         id: Option<&str>,
     ) -> Result<Outcome, ProposeError> {
+        // A request already being proposed here (the same id: a retry) waits
+        // for that proposal's answer (`in_flight`).
+        let owner = match id {
+            Some(id) => match self.in_flight.claim(id, std::mem::discriminant(&command)) {
+                in_flight::Claim::Joined(waiting) => {
+                    tracing::debug!(request = id, "joined the same request in flight");
+                    return waiting.answer().await;
+                }
+                in_flight::Claim::Mine(owner) => Some(owner),
+            },
+            None => None,
+        };
         let now = now_ms();
         command.stamp(now);
         if let Command::SubmitRun {
@@ -190,12 +202,25 @@ impl Node {
                 command,
             }));
         }
-        let (reply, answer) = oneshot::channel();
-        self.proposals
-            .send(Proposal { command, reply })
-            .await
-            .map_err(|_| ConsensusError::ShuttingDown)?;
-        Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???)
+        let proposals = self.proposals.clone();
+        let proposal = async move {
+            let (reply, answer) = oneshot::channel();
+            // Encoded here, not on the Raft loop (`Proposal::encoded`).
+            let encoded = Some(serde_json::to_vec(&command).expect("commands serialize"));
+            proposals
+                .send(Proposal {
+                    command,
+                    reply,
+                    encoded,
+                })
+                .await
+                .map_err(|_| ConsensusError::ShuttingDown)?;
+            Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???)
+        };
+        match owner {
+            Some(owner) => owner.run(proposal).await,
+            None => proposal.await,
+        }
     }
 
     /// Forwards to `leader` until it answers, the leader this member sees
