@@ -143,9 +143,24 @@ impl Connection {
         F: FnMut(ControlClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_allowing(Duration::ZERO, call).await
+    }
+
+    /// [`Connection::call`] for a call that may take `extra` longer than any
+    /// other (a large submission: `Timings::submission_allowance`): each attempt
+    /// and the whole budget are that much longer.
+    pub async fn call_allowing<T, F, Fut>(
+        &mut self,
+        extra: Duration,
+        call: F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut(ControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let timings = ferry_common::timing::Timings::default();
-        let give_up = Instant::now() + timings.client_retry_budget();
-        self.call_within(call, timings.client_attempt(), Some(give_up))
+        let give_up = Instant::now() + timings.client_retry_budget() + extra;
+        self.call_within(call, timings.client_attempt() + extra, Some(give_up))
             .await
     }
 

@@ -18,6 +18,10 @@ pub const DEFAULT_ELECTION_TICKS: u64 = 10;
 pub const DEFAULT_WORKER_LEASE_MS: u64 = 10_000;
 /// Workers heartbeat this many times per lease.
 pub const HEARTBEATS_PER_LEASE: u64 = 5;
+/// A submission of up to this many steps waits no longer than any command.
+const SUBMISSION_STEPS_UNCOUNTED: usize = 10_000;
+/// Beyond that, one more failover of waiting for each this many steps.
+const SUBMISSION_STEPS_PER_FAILOVER: usize = 10_000;
 
 /// The cluster's timing settings, and every deadline derived from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +163,19 @@ impl Timings {
     pub fn client_retry_budget(&self) -> Duration {
         self.propose_budget() + self.failover() * 2
     }
+
+    /// What a submission of `steps` steps may take beyond a small command's
+    /// deadlines, at every level that waits for it (the client's attempts and
+    /// budget, a member's forward and proposal budget): each member encodes,
+    /// syncs, decodes and applies it, and a 100,000-step one is tens of MB
+    /// (one failover for each 10,000 steps beyond the first 10,000; none for
+    /// a small one). A retry is cheap (it joins the first on the leader), but
+    /// giving up early turns a slow success into an error.
+    pub fn submission_allowance(&self, steps: usize) -> Duration {
+        let extra =
+            steps.saturating_sub(SUBMISSION_STEPS_UNCOUNTED) / SUBMISSION_STEPS_PER_FAILOVER;
+        self.failover() * u32::try_from(extra).unwrap_or(u32::MAX)
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +199,10 @@ mod tests {
         assert_eq!(t.worker_call(), MS(4_000));
         assert_eq!(t.client_attempt(), MS(12_000));
         assert_eq!(t.client_retry_budget(), MS(14_000));
+        assert_eq!(t.submission_allowance(5_000), MS(0));
+        assert_eq!(t.submission_allowance(19_999), MS(0));
+        assert_eq!(t.submission_allowance(20_000), MS(2_000));
+        assert_eq!(t.submission_allowance(100_000), MS(18_000));
     }
 
     #[test]

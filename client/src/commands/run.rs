@@ -27,8 +27,10 @@ pub(crate) async fn submit(
         no_cache,
     };
     tracing::debug!(request_id = %request.request_id, "submitting");
+    // A big submission takes each member a while to apply: waited for longer.
+    let allowance = ferry_common::timing::Timings::default().submission_allowance(spec.steps.len());
     let run = client
-        .rpc(request, |mut client, request| async move {
+        .rpc_allowing(request, allowance, |mut client, request| async move {
             client.submit_run(request).await
         })
         .await?

@@ -76,6 +76,23 @@ pub(crate) trait Rpc {
     where
         Request: Clone,
         Call: FnMut(ControlClient<Channel>, tonic::Request<Request>) -> Reply,
+        Reply: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
+    {
+        self.rpc_allowing(request, std::time::Duration::ZERO, call)
+            .await
+    }
+
+    /// [`Rpc::rpc`] for a call that may take `extra` longer than others
+    /// (`Connection::call_allowing`).
+    async fn rpc_allowing<Request, Answer, Call, Reply>(
+        &mut self,
+        request: Request,
+        extra: std::time::Duration,
+        call: Call,
+    ) -> anyhow::Result<Answer>
+    where
+        Request: Clone,
+        Call: FnMut(ControlClient<Channel>, tonic::Request<Request>) -> Reply,
         Reply: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>;
 }
 
@@ -84,9 +101,10 @@ pub(crate) trait Rpc {
 const REQUEST_ID_HEADER: &str = "ferry-request-id";
 
 impl Rpc for Client {
-    async fn rpc<Request, Answer, Call, Reply>(
+    async fn rpc_allowing<Request, Answer, Call, Reply>(
         &mut self,
         request: Request,
+        extra: std::time::Duration,
         mut call: Call,
     ) -> anyhow::Result<Answer>
     where
@@ -98,7 +116,7 @@ impl Rpc for Client {
             ferry_client::new_request_id()
                 .parse()
                 .expect("request ids are hex");
-        self.call(|client| {
+        self.call_allowing(extra, |client| {
             let mut request = tonic::Request::new(request.clone());
             request.metadata_mut().insert(REQUEST_ID_HEADER, id.clone());
             call(client, request)

@@ -91,7 +91,8 @@ impl Node {
         mut resent: bool,
         id: String,
     ) -> Result<Outcome, ProposeError> {
-        let budget = self.timings.propose_budget();
+        let allowance = self.submission_allowance(&command);
+        let budget = self.timings.propose_budget() + allowance;
         let deadline = Instant::now() + budget;
         let mut role = self.role.clone();
         loop {
@@ -103,7 +104,7 @@ impl Node {
                     local_try(here.await)
                 }
                 Some(leader) => {
-                    self.forward_racing(leader, caller, &command, resent, &id, left)
+                    self.forward_racing(leader, caller, &command, resent, &id, allowance, left)
                         .await
                 }
                 None => Try::NotApplied(ConsensusError::NotLeader.into()),
@@ -223,8 +224,27 @@ impl Node {
         }
     }
 
+    /// How much longer than others `command` may take to be applied: a
+    /// submission by its steps, a rerun by its source's
+    /// (`Timings::submission_allowance`).
+    fn submission_allowance(&self, command: &Command) -> Duration {
+        let steps = match command {
+            Command::SubmitRun { pipeline, .. } => pipeline.steps.len(),
+            Command::RerunRun { source, .. } => self.read(|state| {
+                state
+                    .runs
+                    .get(source)
+                    .map_or(0, |run| run.pipeline.steps.len())
+            }),
+            _ => 0,
+        };
+        self.timings.submission_allowance(steps)
+    }
+
     /// Forwards to `leader` until it answers, the leader this member sees
-    /// changes, or `Timings::forward_attempt` (at most `left`) passes.
+    /// changes, or `Timings::forward_attempt` plus `allowance` (at most `left`)
+    /// passes.
+    #[allow(clippy::too_many_arguments)]
     async fn forward_racing(
         &self,
         leader: u64,
@@ -232,9 +252,10 @@ impl Node {
         command: &Command,
         resent: bool,
         id: &str,
+        allowance: Duration,
         left: Duration,
     ) -> Try {
-        let limit = self.timings.forward_attempt().min(left);
+        let limit = (self.timings.forward_attempt() + allowance).min(left);
         let mut role = self.role.clone();
         tokio::select! {
             answer = tokio::time::timeout(limit, self.forward(leader, caller, command, resent, id)) => match answer {
