@@ -869,8 +869,14 @@ fn count_held(state: &State, limits: &mut Limits) {
     }
 }
 
+mod next;
+pub use next::next_placements;
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod next_tests;
 
 #[cfg(test)]
 mod first_tests;

@@ -308,7 +308,11 @@ impl State {
                 worker,
                 report,
                 now_ms,
-            } => self.step_finished(&key, &worker, report, now_ms),
+                placements,
+            } => {
+                let outcome = self.step_finished(&key, &worker, report, now_ms)?;
+                Ok(self.assign_dependents(&key, outcome, placements, now_ms))
+            }
             Command::CancelRun { run, now_ms } => self.cancel_run(run, now_ms),
             Command::SetWorkerMode {
                 worker,

@@ -145,7 +145,9 @@ fn ran_image(id: String, repo_digest: String) -> Result<Option<RanImage>, Status
 
 fn report_ack(outcome: Outcome) -> proto::Ack {
     match outcome {
-        Outcome::Report { accepted, detail } => proto::Ack {
+        Outcome::Report {
+            accepted, detail, ..
+        } => proto::Ack {
             accepted,
             detail,
             retry: false,
@@ -631,6 +633,7 @@ impl AgentService {
                     worker: identity.name.clone(),
                     report,
                     now_ms: now_ms(),
+                    placements: Vec::new(),
                 },
             )
             .await

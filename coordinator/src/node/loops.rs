@@ -287,6 +287,36 @@ impl Node {
         }
         placements
     }
+
+    /// On the leader, for a worker's report about to be proposed: the
+    /// dependents it makes ready, placed when the last scheduling pass left
+    /// nothing to do (`scheduler::next_placements` checks the queue and the
+    /// report itself), so that they are assigned in the report's own Raft entry;
+    /// none otherwise.
+    pub(super) fn next_placements(
+        &self,
+        key: &crate::state::AttemptKey,
+        worker: &str,
+        report: &crate::state::AttemptReport,
+        now: i64,
+    ) -> Vec<crate::state::FirstPlacement> {
+        if !self.scheduler_idle.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let accepting = self.accepting_workers();
+        let placements = self.read(|state| {
+            scheduler::next_placements(state, key, worker, report, &accepting, &self.quotas, now)
+        });
+        if !placements.is_empty() {
+            tracing::debug!(
+                run = key.run,
+                step = %key.step,
+                placements = placements.len(),
+                "placing the next steps with the report"
+            );
+        }
+        placements
+    }
 }
 
 /// On the leader: declares lost every worker whose lease ran out (a committed

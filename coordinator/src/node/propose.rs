@@ -186,13 +186,20 @@ impl Node {
         };
         let now = now_ms();
         command.stamp(now);
-        if let Command::SubmitRun {
-            pipeline,
-            placements,
-            ..
-        } = &mut command
-        {
-            *placements = self.first_placements(pipeline, now);
+        match &mut command {
+            Command::SubmitRun {
+                pipeline,
+                placements,
+                ..
+            } => *placements = self.first_placements(pipeline, now),
+            Command::StepFinished {
+                key,
+                worker,
+                report,
+                placements,
+                ..
+            } => *placements = self.next_placements(key, worker, report, now),
+            _ => {}
         }
         if let Some(by) = by {
             command = Command::Request(Box::new(Request {

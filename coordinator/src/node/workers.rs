@@ -153,7 +153,9 @@ impl Node {
 
     pub(crate) fn carry_out(&self, outcome: &Outcome) {
         match outcome {
-            Outcome::Assigned(assigned) | Outcome::RunSubmitted { assigned, .. } => {
+            Outcome::Assigned(assigned)
+            | Outcome::RunSubmitted { assigned, .. }
+            | Outcome::Report { assigned, .. } => {
                 for (key, worker) in assigned {
                     self.push_assignment(key, worker);
                 }
@@ -250,7 +252,6 @@ impl Node {
                 });
             }
             Outcome::Registered { .. }
-            | Outcome::Report { .. }
             | Outcome::ImageChecked { .. }
             | Outcome::WorkerMode(_)
             | Outcome::Done

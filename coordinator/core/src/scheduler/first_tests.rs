@@ -199,6 +199,7 @@ fn the_state_machine_checks_each_first_placement_again() {
                 image: None,
             },
             now_ms: 3,
+            placements: Vec::new(),
         })
         .unwrap();
     let placements = placed(&state, one);

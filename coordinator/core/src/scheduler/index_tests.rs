@@ -232,6 +232,7 @@ fn run_ops(ops: Vec<Op>) {
                         worker: worker.clone(),
                         report: report(ok),
                         now_ms: now,
+                        placements: Vec::new(),
                     });
                     expect_moved = true;
                 }

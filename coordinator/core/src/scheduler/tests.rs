@@ -814,6 +814,7 @@ steps:
                         image: None,
                     },
                     now_ms: now,
+                    placements: Vec::new(),
                 })
                 .unwrap();
             finished += 1;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use ferry_spec::format_duration_ms;
 
 use super::{
-    ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptReport, Outcome, Placement,
-    ReportedOutcome, Run, State, StateError, StepState,
+    ArtifactRecord, Attempt, AttemptKey, AttemptOutcome, AttemptReport, FirstPlacement, Outcome,
+    Placement, ReportedOutcome, Run, State, StateError, StepState,
 };
 
 /// How many times an attempt lost with its worker is retried (beyond `retries`).
@@ -180,10 +180,7 @@ impl State {
         now_ms: i64,
     ) -> Result<Outcome, StateError> {
         if let Err(detail) = self.fence(key, worker)? {
-            return Ok(Outcome::Report {
-                accepted: false,
-                detail,
-            });
+            return Ok(Outcome::report_refused(detail));
         }
         let run = self
             .runs
@@ -196,10 +193,7 @@ impl State {
         if let Some(attempt) = step.attempts.last_mut() {
             attempt.started_ms.get_or_insert(now_ms);
         }
-        Ok(Outcome::Report {
-            accepted: true,
-            detail: String::new(),
-        })
+        Ok(Outcome::report_accepted())
     }
 
     pub(super) fn step_finished(
@@ -210,10 +204,7 @@ impl State {
         now_ms: i64,
     ) -> Result<Outcome, StateError> {
         if let Err(detail) = self.fence(key, worker)? {
-            return Ok(Outcome::Report {
-                accepted: false,
-                detail,
-            });
+            return Ok(Outcome::report_refused(detail));
         }
         let run = &self.runs[&key.run];
         let declared = run
@@ -223,10 +214,7 @@ impl State {
             .unwrap_or_default();
         let (outcome, reason) = match report.outcome {
             ReportedOutcome::Exited if report.exit_code == Some(0) => {
-                let missing: Vec<&String> = declared
-                    .iter()
-                    .filter(|d| !report.outputs.iter().any(|(name, _, _)| name == *d))
-                    .collect();
+                let missing = missing_outputs(&declared, &report);
                 if missing.is_empty() {
                     (AttemptOutcome::Succeeded, report.reason)
                 } else {
@@ -301,10 +289,65 @@ impl State {
         }
         self.key_from_ran_image(key);
         self.end_attempt(key, outcome, report.exit_code, reason, outputs, now_ms);
-        Ok(Outcome::Report {
+        Ok(Outcome::report_accepted())
+    }
+
+    /// After a `StepFinished` report was applied: assigns the dependents the
+    /// leader placed with it, if the attempt succeeded (a refused report, a
+    /// failure or a retry drops them all), each through the checks of an
+    /// `Assign` (a step the cache completed or that is not ready, a worker gone
+    /// or full: that placement is dropped, and the scheduling pass places the
+    /// step). The outcome names the attempts made, to be pushed to workers.
+    pub(super) fn assign_dependents(
+        &mut self,
+        key: &AttemptKey,
+        outcome: Outcome,
+        placements: Vec<FirstPlacement>,
+        now_ms: i64,
+    ) -> Outcome {
+        let (detail, mut assigned) = match outcome {
+            Outcome::Report {
+                accepted: true,
+                detail,
+                assigned,
+            } => (detail, assigned),
+            other => return other,
+        };
+        let succeeded = self
+            .runs
+            .get(&key.run)
+            .and_then(|run| run.step(&key.step))
+            .is_some_and(|step| step.state == StepState::Succeeded);
+        if succeeded && !placements.is_empty() {
+            let placements = placements.into_iter().map(|p| Placement {
+                run: key.run,
+                step: p.step,
+                worker: p.worker,
+                gpus: p.gpus,
+            });
+            assigned.extend(self.assign(placements, now_ms));
+        }
+        Outcome::Report {
             accepted: true,
-            detail: String::new(),
-        })
+            detail,
+            assigned,
+        }
+    }
+
+    /// Whether applying this report now would end the attempt `key` as a
+    /// success: the report is not fenced, the process exited 0 and every
+    /// declared output is reported. What the leader predicts from before it
+    /// proposes the report ([`crate::scheduler::next_placements`]).
+    pub fn report_succeeds(&self, key: &AttemptKey, worker: &str, report: &AttemptReport) -> bool {
+        if !matches!(self.fence(key, worker), Ok(Ok(()))) {
+            return false;
+        }
+        let Some(spec) = self.runs.get(&key.run).and_then(|run| run.spec(&key.step)) else {
+            return false;
+        };
+        report.outcome == ReportedOutcome::Exited
+            && report.exit_code == Some(0)
+            && missing_outputs(&spec.outputs, report).is_empty()
     }
 
     /// Ends the current attempt of a step, frees its worker capacity, and moves the
@@ -433,4 +476,12 @@ impl State {
             }
         }
     }
+}
+
+/// The declared outputs a report does not name.
+fn missing_outputs<'a>(declared: &'a [String], report: &AttemptReport) -> Vec<&'a String> {
+    declared
+        .iter()
+        .filter(|d| !report.outputs.iter().any(|(name, _, _)| name == *d))
+        .collect()
 }

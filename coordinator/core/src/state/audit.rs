@@ -372,6 +372,7 @@ fn detail(outcome: &Outcome) -> String {
         Outcome::Report {
             accepted: false,
             detail,
+            ..
         } => format!("ignored: {detail}"),
         _ => String::new(),
     }

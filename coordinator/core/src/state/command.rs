@@ -23,9 +23,11 @@ pub struct Placement {
     pub gpus: Vec<u32>,
 }
 
-/// A placement of one of the first steps of a run that a `SubmitRun` creates,
-/// decided by the leader when it proposes the submission (see
-/// [`first_placements`](crate::scheduler::first_placements)).
+/// A placement of a step of the run a command is about, decided by the leader
+/// when it proposes the command: one of the first steps of the run a
+/// `SubmitRun` creates (see [`first_placements`](crate::scheduler::first_placements)),
+/// or a dependent that a `StepFinished` makes ready (see
+/// [`next_placements`](crate::scheduler::next_placements)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirstPlacement {
     pub step: String,
@@ -160,6 +162,12 @@ pub enum Command {
         worker: String,
         report: AttemptReport,
         now_ms: i64,
+        /// Set by the leader only (whatever a caller sent is replaced): the
+        /// dependents the report makes ready, placed in the same entry as the
+        /// report; applied only when the attempt succeeded, each checked again
+        /// like an `Assign`'s placement.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        placements: Vec<FirstPlacement>,
     },
     CancelRun {
         run: RunId,

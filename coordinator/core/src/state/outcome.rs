@@ -21,7 +21,14 @@ pub enum Outcome {
     /// must be pushed to it again.
     Registered { resend: Vec<AttemptKey> },
     /// A worker report: `accepted` is false for a stale or fenced report.
-    Report { accepted: bool, detail: String },
+    /// `assigned`: the dependents of a finished step placed with its report,
+    /// to be pushed to their workers.
+    Report {
+        accepted: bool,
+        detail: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        assigned: Vec<(AttemptKey, String)>,
+    },
     /// The answer to a worker's resolved image: run the attempt, or stop it
     /// (`reason` says why: its step took a cached result, waits for an
     /// identical step, or the report was fenced).
@@ -61,6 +68,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A worker report taken, with nothing placed.
+    pub fn report_accepted() -> Outcome {
+        Outcome::Report {
+            accepted: true,
+            detail: String::new(),
+            assigned: Vec::new(),
+        }
+    }
+
+    /// A worker report refused (stale or fenced), and why.
+    pub fn report_refused(detail: String) -> Outcome {
+        Outcome::Report {
+            accepted: false,
+            detail,
+            assigned: Vec::new(),
+        }
+    }
+
     /// A run submitted (or named again by a resubmission) with nothing placed.
     pub fn submitted(run: RunId) -> Outcome {
         Outcome::RunSubmitted {

@@ -165,6 +165,7 @@ fn refusal_detail(outcome: Outcome) -> String {
         Outcome::Report {
             accepted: false,
             detail,
+            ..
         } => detail,
         other => panic!("expected a refused report, got {other:?}"),
     }
@@ -325,6 +326,7 @@ impl Sim {
             worker: worker.to_string(),
             report,
             now_ms,
+            placements: Vec::new(),
         })
     }
 

@@ -186,6 +186,7 @@ fn commands_are_unchanged_by_the_raft_entry_encoding() {
             worker: "w1".into(),
             report,
             now_ms: 5,
+            placements: Vec::new(),
         },
         Command::CancelRun { run: 1, now_ms: 6 },
     ];

@@ -76,18 +76,21 @@ steps:
         worker: "w1".to_string(),
         report: exited_ok(&["x.txt"]),
         now_ms: at(),
+        placements: Vec::new(),
     });
     commands.push(Command::StepFinished {
         key: key(3, "a", 1),
         worker: "w1".to_string(), // refused: wrong worker
         report: exited_ok(&["x.txt"]),
         now_ms: at(),
+        placements: Vec::new(),
     });
     commands.push(Command::StepFinished {
         key: key(4, "final", 1),
         worker: "w3".to_string(),
         report: exited(9),
         now_ms: at(),
+        placements: Vec::new(),
     });
     commands.push(Command::Assign {
         placements: vec![

@@ -156,6 +156,7 @@ fn worker_commands_resent_change_nothing() {
         worker: "w1".into(),
         report: exited(0),
         now_ms,
+        placements: Vec::new(),
     };
     let (first, _) = twice(&mut sim, finished);
     assert!(accepted(&first.unwrap()));

@@ -144,6 +144,7 @@ fn drive_wide_run(steps: usize, workers: usize) -> (State, RunId, Timings) {
                     worker,
                     report: exited_ok(&[]),
                     now_ms: now,
+                    placements: Vec::new(),
                 })
                 .unwrap();
         }

@@ -260,6 +260,7 @@ fn a_step_whose_start_was_never_reported_starts_when_the_worker_says_it_ran_from
         worker: "w1".to_string(),
         report,
         now_ms: at,
+        placements: Vec::new(),
     })
     .unwrap();
     assert_eq!(sim.step_state(run, "a"), StepState::Succeeded);
@@ -274,6 +275,7 @@ fn a_step_whose_start_was_never_reported_starts_when_the_worker_says_it_ran_from
         worker: "w1".to_string(),
         report,
         now_ms: at,
+        placements: Vec::new(),
     })
     .unwrap();
     assert_eq!(
