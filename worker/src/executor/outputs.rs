@@ -73,9 +73,10 @@ pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
 }
 
 /// Outputs at least this large are hashed while they are sent (the digest
-/// travels in the last chunk) rather than in a pass of their own first (0.3 s
-/// a GiB on the development VM, half of its `cp` + fsync; with both cores
-/// busy with TLS the saving was within the noise there: BENCHMARKS.md). A
+/// travels in the last chunk) rather than in a pass of their own first. On
+/// the development VM a step's exit to stored was faster so in four paired
+/// runs out of four, and no faster than before this work with the pass
+/// (BENCHMARKS.md), although an upload timed alone was not faster. A
 /// smaller one is hashed first, so that one the store already holds is not
 /// written again.
 const HASH_WHILE_SENDING_BYTES: u64 = 64 << 20;
