@@ -63,7 +63,7 @@ impl Frame {
     pub fn into_chunk(self) -> proto::Chunk {
         match self {
             Frame::Data(data) => proto::Chunk {
-                data: data.into(),
+                data,
                 ..Default::default()
             },
             Frame::Zeros(zeros) => proto::Chunk {
@@ -76,7 +76,7 @@ impl Frame {
     /// The frames a chunk on the wire carries: its data, then its zeros (either
     /// may be empty).
     pub fn from_chunk(chunk: proto::Chunk) -> impl Iterator<Item = Frame> {
-        let data = (!chunk.data.is_empty()).then(|| Frame::Data(Bytes::from(chunk.data)));
+        let data = (!chunk.data.is_empty()).then_some(Frame::Data(chunk.data));
         let zeros = (chunk.zeros > 0).then_some(Frame::Zeros(chunk.zeros));
         data.into_iter().chain(zeros)
     }
@@ -242,12 +242,32 @@ impl Iterator for FrameReader {
 pub struct FrameWriter {
     file: File,
     written: u64,
+    /// With early writeback: where the data not yet handed to writeback
+    /// starts.
+    writeback_from: Option<u64>,
 }
+
+/// How much written data an early-writeback writer gathers before it asks
+/// the kernel to start writing it out.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
 impl FrameWriter {
     /// Writes from the file's start.
     pub fn new(file: File) -> FrameWriter {
-        FrameWriter { file, written: 0 }
+        FrameWriter {
+            file,
+            written: 0,
+            writeback_from: None,
+        }
+    }
+
+    /// Asks the kernel to start writing the data out every few MiB
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait), so
+    /// that the disk works while more arrives and the final fsync has little
+    /// left to do. Not a durability step: the file must still be synced.
+    pub fn with_early_writeback(mut self) -> FrameWriter {
+        self.writeback_from = Some(self.written);
+        self
     }
 
     /// Writes after the first `offset` bytes already in the file (a resumed
@@ -258,6 +278,7 @@ impl FrameWriter {
         Ok(FrameWriter {
             file,
             written: offset,
+            writeback_from: None,
         })
     }
 
@@ -280,6 +301,12 @@ impl FrameWriter {
             }
         }
         self.written += frame.len();
+        if let Some(from) = self.writeback_from
+            && self.written - from >= WRITEBACK_BYTES
+        {
+            start_writeback(&self.file, from, self.written - from);
+            self.writeback_from = Some(self.written);
+        }
         Ok(())
     }
 
@@ -288,6 +315,124 @@ impl FrameWriter {
     pub fn finish(self) -> io::Result<File> {
         self.file.set_len(self.written)?;
         Ok(self.file)
+    }
+}
+
+/// Starts writing `len` bytes of `file` from `offset` out to the disk without
+/// waiting for it; a failure only means the final sync does all the work.
+/// (Not in `nix`; `libc` only.)
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and
+    // the call only reads its arguments.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Frames queued for each thread of a [`FrameSink`].
+pub const QUEUED_FRAMES: usize = 4;
+
+/// Where the frames of a blob being received go: hashed on one blocking
+/// thread and written (when there is a writer) on another, each fed through
+/// a queue of [`QUEUED_FRAMES`], so that the network, the hash and the disk
+/// work at once. Dropped unfinished, its threads stop after the frames
+/// already queued.
+#[derive(Debug)]
+pub struct FrameSink {
+    hash_lane: tokio::sync::mpsc::Sender<Frame>,
+    hashing: tokio::task::JoinHandle<blake3::Hasher>,
+    write_lane: Option<tokio::sync::mpsc::Sender<Frame>>,
+    writing: Option<tokio::task::JoinHandle<io::Result<FrameWriter>>>,
+    /// The writer failed: every later frame is refused.
+    broken: bool,
+}
+
+impl FrameSink {
+    /// Starts the threads (inside a tokio runtime): `hasher` continues from
+    /// what it has hashed, `writer` (if any) from what it has written.
+    pub fn start(mut hasher: blake3::Hasher, writer: Option<FrameWriter>) -> FrameSink {
+        let (hash_lane, mut to_hash) = tokio::sync::mpsc::channel::<Frame>(QUEUED_FRAMES);
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(frame) = to_hash.blocking_recv() {
+                frame.hash_into(&mut hasher);
+            }
+            hasher
+        });
+        let (write_lane, writing) = match writer {
+            Some(mut writer) => {
+                let (lane, mut to_write) = tokio::sync::mpsc::channel::<Frame>(QUEUED_FRAMES);
+                let writing = tokio::task::spawn_blocking(move || {
+                    while let Some(frame) = to_write.blocking_recv() {
+                        writer.write(&frame)?;
+                    }
+                    Ok(writer)
+                });
+                (Some(lane), Some(writing))
+            }
+            None => (None, None),
+        };
+        FrameSink {
+            hash_lane,
+            hashing,
+            write_lane,
+            writing,
+            broken: false,
+        }
+    }
+
+    /// Queues the next frame for both threads (waiting while a queue is
+    /// full); an error when the writer failed.
+    pub async fn push(&mut self, frame: Frame) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("the writer failed earlier"));
+        }
+        if let Some(lane) = &self.write_lane
+            && lane.send(frame.clone()).await.is_err()
+        {
+            // The writer stopped: its error says why.
+            self.write_lane = None;
+            self.broken = true;
+            return Err(match self.writing.take() {
+                Some(writing) => match writing.await {
+                    Ok(Err(error)) => error,
+                    Ok(Ok(_)) => io::Error::other("the writer stopped early"),
+                    Err(error) => io::Error::other(error),
+                },
+                None => io::Error::other("the writer stopped early"),
+            });
+        }
+        if self.hash_lane.send(frame).await.is_err() {
+            return Err(io::Error::other("the hashing thread stopped"));
+        }
+        Ok(())
+    }
+
+    /// Waits for both threads to take every frame queued; gives back the
+    /// hasher and the writer (not yet finished or synced).
+    pub async fn finish(self) -> io::Result<(blake3::Hasher, Option<FrameWriter>)> {
+        let FrameSink {
+            hash_lane,
+            hashing,
+            write_lane,
+            writing,
+            broken,
+        } = self;
+        if broken {
+            return Err(io::Error::other("the writer failed earlier"));
+        }
+        drop(hash_lane);
+        drop(write_lane);
+        let writer = match writing {
+            Some(writing) => Some(writing.await.map_err(io::Error::other)??),
+            None => None,
+        };
+        let hasher = hashing.await.map_err(io::Error::other)?;
+        Ok((hasher, writer))
     }
 }
 
@@ -402,10 +547,57 @@ mod tests {
         assert_eq!(rest, vec![Frame::Data(Bytes::from_static(b"xy"))]);
     }
 
+    #[tokio::test]
+    async fn a_sink_hashes_and_writes_every_frame_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sunk");
+        let mut content = Vec::new();
+        let writer = FrameWriter::new(File::create(&path).unwrap()).with_early_writeback();
+        let mut sink = FrameSink::start(blake3::Hasher::new(), Some(writer));
+        for i in 0..40u8 {
+            // Data frames of a few sizes, and zero runs between them.
+            let data = vec![i + 1; 300_000 + usize::from(i) * 1000];
+            content.extend_from_slice(&data);
+            sink.push(Frame::Data(Bytes::from(data))).await.unwrap();
+            if i % 3 == 0 {
+                content.extend(std::iter::repeat_n(0u8, 5000));
+                sink.push(Frame::Zeros(5000)).await.unwrap();
+            }
+        }
+        let (hasher, writer) = sink.finish().await.unwrap();
+        writer.unwrap().finish().unwrap().sync_all().unwrap();
+        assert_eq!(hasher.finalize(), blake3::hash(&content));
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_writer_fails_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails.
+        let writer = FrameWriter::new(File::open(&path).unwrap());
+        let mut sink = FrameSink::start(blake3::Hasher::new(), Some(writer));
+        let mut failed = false;
+        for _ in 0..(2 * QUEUED_FRAMES + 2) {
+            if sink
+                .push(Frame::Data(Bytes::from_static(b"data")))
+                .await
+                .is_err()
+            {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the writer's failure was never reported");
+        assert!(sink.push(Frame::Zeros(1)).await.is_err());
+        assert!(sink.finish().await.is_err());
+    }
+
     #[test]
     fn chunks_carry_data_then_zeros_and_zero_runs_become_bytes_on_demand() {
         let chunk = proto::Chunk {
-            data: b"ab".to_vec(),
+            data: Bytes::from_static(b"ab"),
             zeros: 3,
             ..Default::default()
         };

@@ -93,16 +93,26 @@ struct Lane {
 }
 
 impl Copies for PeerCopies {
-    fn end(&mut self) {
+    async fn end(&mut self, claimed: Option<&str>) {
+        // A blob named at the end: each member checks its own hash against
+        // the digest the sender named, as this one does.
+        if let Some(claimed) = claimed {
+            let last = proto::Chunk {
+                digest: claimed.to_string(),
+                ..Default::default()
+            };
+            self.send_all(|| last.clone()).await;
+        }
         PeerCopies::end(self);
     }
 
-    async fn begin(&mut self, digest: &str, size: u64) {
+    async fn begin(&mut self, digest: Option<&str>, size: u64) {
         for (peer, mut client) in std::mem::take(&mut self.peers) {
             let (sender, receiver) = tokio::sync::mpsc::channel(LANE_FRAMES);
             let header = proto::Chunk {
-                digest: digest.to_string(),
+                digest: digest.unwrap_or_default().to_string(),
                 size,
+                digest_last: digest.is_none(),
                 ..Default::default()
             };
             if sender.try_send(header).is_err() {
@@ -123,11 +133,19 @@ impl Copies for PeerCopies {
     }
 
     async fn frame(&mut self, frame: &Frame) {
+        self.send_all(|| frame.clone().into_chunk()).await;
+    }
+}
+
+impl PeerCopies {
+    /// Sends a chunk to every member still taking the copy; one that leaves
+    /// it unread for [`LANE_PATIENCE`], or failed, is dropped.
+    async fn send_all(&mut self, chunk: impl Fn() -> proto::Chunk) {
         for lane in &mut self.lanes {
             let Some(sender) = &lane.sender else {
                 continue;
             };
-            let sent = tokio::time::timeout(LANE_PATIENCE, sender.send(frame.clone().into_chunk()));
+            let sent = tokio::time::timeout(LANE_PATIENCE, sender.send(chunk()));
             if !matches!(sent.await, Ok(Ok(()))) {
                 tracing::debug!(
                     peer = lane.peer,
@@ -137,9 +155,7 @@ impl Copies for PeerCopies {
             }
         }
     }
-}
 
-impl PeerCopies {
     /// Ends every stream (the members then check and store what they got).
     fn end(&mut self) {
         for lane in &mut self.lanes {

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_common::proto;
 
 use crate::procfs::{allocated_bytes, peak_mib};
 use crate::{Cluster, step_of, write_pipeline};
@@ -33,24 +34,97 @@ fn now_seconds() -> f64 {
         .as_secs_f64()
 }
 
-/// Writes `mib` MiB of random bytes to `path`.
-fn random_file(path: &Path, mib: u64) -> anyhow::Result<()> {
+/// Writes `mib` MiB of random bytes to `path` (from `seed`), synced when
+/// `sync` (else freshly written, as a step's output is when it exits).
+fn random_file(path: &Path, mib: u64, seed: u64, sync: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path)?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xA24B_AED4_963E_E407);
     let mut block = vec![0u8; 1 << 20];
     for _ in 0..mib {
-        for word in block.chunks_mut(8) {
-            // xorshift64*: incompressible enough for a disk and a hash.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        random_block(&mut state, &mut block);
+        // 128 KiB at a time, as `head` and `cp` write.
+        for piece in block.chunks(128 * 1024) {
+            file.write_all(piece)?;
         }
-        file.write_all(&block)?;
     }
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     Ok(())
+}
+
+/// Fills `block` with pseudo-random bytes (xorshift64*: incompressible enough
+/// for a disk and a hash).
+fn random_block(state: &mut u64, block: &mut [u8]) {
+    for word in block.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let value = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        word.copy_from_slice(&value[..word.len()]);
+    }
+}
+
+/// `cp` and then fsync of the copy, in seconds: the disk's reference.
+fn copy_and_sync(from: &Path, to: &Path) -> anyhow::Result<f64> {
+    let began = Instant::now();
+    std::fs::copy(from, to)?;
+    std::fs::File::open(to)?.sync_all()?;
+    let seconds = began.elapsed().as_secs_f64();
+    std::fs::remove_file(to)?;
+    Ok(seconds)
+}
+
+/// The disk's own figures, on the cluster's disk, in the same run.
+struct References {
+    /// `cp` of a synced file.
+    cp: f64,
+    /// `cp` + fsync of the copy, of a synced file.
+    cp_sync: f64,
+    /// The same of a file just written and not synced (as a step's output is
+    /// when the step exits: its own writeback competes).
+    cp_sync_fresh: f64,
+    /// `digest_file` of the synced file (in the page cache).
+    hash: f64,
+}
+
+impl References {
+    fn measure(cluster: &Cluster, mib: u64) -> anyhow::Result<References> {
+        let reference = cluster.path("reference.bin");
+        let copy = cluster.path("reference-copy.bin");
+        random_file(&reference, mib, 1, true)?;
+        let began = Instant::now();
+        std::fs::copy(&reference, &copy)?;
+        let cp = began.elapsed().as_secs_f64();
+        std::fs::remove_file(&copy)?;
+        let cp_sync = copy_and_sync(&reference, &copy)?;
+        let began = Instant::now();
+        ferry_common::digest::digest_file(&reference)?;
+        let hash = began.elapsed().as_secs_f64();
+        std::fs::remove_file(&reference)?;
+        random_file(&reference, mib, 2, false)?;
+        let cp_sync_fresh = copy_and_sync(&reference, &copy)?;
+        std::fs::remove_file(&reference)?;
+        Ok(References {
+            cp,
+            cp_sync,
+            cp_sync_fresh,
+            hash,
+        })
+    }
+}
+
+/// The load average (1, 5, 15 minutes), as `/proc/loadavg` says.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// One artifact's way in and out: seconds from the step's exit to stored, and
@@ -104,24 +178,7 @@ pub fn run(mib: u64, members: u64) -> anyhow::Result<()> {
     cluster.add_worker("bench", "cpus = 2\nmemory = \"4Gi\"\n");
     cluster.wait_worker_connected("bench");
 
-    // The disk's own figures, on the cluster's disk, in this run.
-    let reference = cluster.path("reference.bin");
-    random_file(&reference, mib)?;
-    let copy = cluster.path("reference-copy.bin");
-    let began = Instant::now();
-    std::fs::copy(&reference, &copy)?;
-    let cp = began.elapsed().as_secs_f64();
-    std::fs::remove_file(&copy)?;
-    let began = Instant::now();
-    std::fs::copy(&reference, &copy)?;
-    std::fs::File::open(&copy)?.sync_all()?;
-    let cp_sync = began.elapsed().as_secs_f64();
-    std::fs::remove_file(&copy)?;
-    let began = Instant::now();
-    ferry_common::digest::digest_file(&reference)?;
-    let hash = began.elapsed().as_secs_f64();
-    std::fs::remove_file(&reference)?;
-
+    let references = References::measure(&cluster, mib)?;
     let stamp = now_seconds();
     let (stored, fetched) = round_trip(
         &cluster,
@@ -145,19 +202,31 @@ pub fn run(mib: u64, members: u64) -> anyhow::Result<()> {
         .sum::<u64>()
         .saturating_sub(before);
     let rate = |seconds: f64| mib as f64 / seconds;
+    let References {
+        cp,
+        cp_sync,
+        cp_sync_fresh,
+        hash,
+    } = references;
+    // The target's figure is against the faster reference: the one that
+    // flatters Ferry less.
+    let reference = cp_sync.min(cp_sync_fresh);
     println!(
-        "artifacts: {mib} MiB, {members} member(s), at unix time {stamp:.0}; this disk in the same run: \
-         cp {cp:.2} s ({:.0} MiB/s), cp+fsync {cp_sync:.2} s ({:.0} MiB/s), BLAKE3 one thread {hash:.2} s",
+        "artifacts: {mib} MiB, {members} member(s), at unix time {stamp:.0}, load {}; this disk in the same run: \
+         cp {cp:.2} s ({:.0} MiB/s), cp+fsync {cp_sync:.2} s ({:.0} MiB/s), cp+fsync of a freshly \
+         written file {cp_sync_fresh:.2} s ({:.0} MiB/s), BLAKE3 (every core) {hash:.2} s",
+        load_average(),
         rate(cp),
-        rate(cp_sync)
+        rate(cp_sync),
+        rate(cp_sync_fresh)
     );
     println!(
-        "artifacts: step exit to stored {stored:.2} s ({:.0} MiB/s, {:.0} % of cp+fsync); \
-         ferry artifacts get {fetched:.2} s ({:.0} MiB/s, {:.0} % of cp+fsync)",
+        "artifacts: step exit to stored {stored:.2} s ({:.0} MiB/s, {:.0} % of the faster cp+fsync); \
+         ferry artifacts get {fetched:.2} s ({:.0} MiB/s, {:.0} %)",
         rate(stored),
-        cp_sync / stored * 100.0,
+        reference / stored * 100.0,
         rate(fetched),
-        cp_sync / fetched * 100.0
+        reference / fetched * 100.0
     );
     println!(
         "artifacts: sparse {} MiB (no data): stored {sparse_stored:.2} s, get {sparse_fetched:.2} s; \
@@ -181,4 +250,263 @@ pub fn run(mib: u64, members: u64) -> anyhow::Result<()> {
         coordinators.join(", ")
     );
     Ok(())
+}
+
+/// `ferry-bench artifact-stages`: each stage of an artifact's way timed
+/// alone (`Instant`, in this process), `rounds` times alternating, on the
+/// cluster's disk, with a real coordinator (or `members`) for the network
+/// stages. The upload stages call `UploadArtifact` directly with a worker's
+/// certificate and a digest known beforehand, so they hold no pre-hash.
+pub async fn stages(mib: u64, members: u64, rounds: u64) -> anyhow::Result<()> {
+    let cluster = Cluster::start_replicated(members, "");
+    cluster.pki.issue("worker", "stager")?;
+    let tls = ferry_common::pki::TlsFiles {
+        ca: cluster.pki.ca(),
+        cert: cluster.pki.cert("stager"),
+        key: cluster.pki.key("stager"),
+    }
+    .load()?;
+    let leader = cluster.leader(Duration::from_secs(30));
+    let address = cluster.coordinators[(leader - 1) as usize].address();
+    let channel = ferry_common::channel::endpoint(&address, &tls)?
+        .connect()
+        .await?;
+    let mut agent = proto::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    let data_dirs: Vec<_> = (1..=members)
+        .map(|id| cluster.path(&format!("coordinator-{id}-data")))
+        .collect();
+    let mut figures: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let mut note =
+        |name: &'static str, seconds: f64| match figures.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, list)) => list.push(seconds),
+            None => figures.push((name, vec![seconds])),
+        };
+    println!(
+        "artifact stages: {mib} MiB, {members} member(s), load {}",
+        load_average()
+    );
+    for round in 0..rounds {
+        let output = cluster.path("stage-output.bin");
+        let copy = cluster.path("stage-copy.bin");
+        // References: cp + fsync of a synced file and of a freshly written one.
+        random_file(&output, mib, 1000 + round, true)?;
+        note("cp + fsync, synced source", copy_and_sync(&output, &copy)?);
+        random_file(&output, mib, 2000 + round, false)?;
+        note(
+            "cp + fsync, freshly written source",
+            copy_and_sync(&output, &copy)?,
+        );
+        // The worker's stages, on a freshly written output.
+        random_file(&output, mib, 3000 + round, false)?;
+        let began = Instant::now();
+        let (digest, size) = ferry_common::digest::digest_file(&output)?;
+        note(
+            "worker: hash the output (digest_file)",
+            began.elapsed().as_secs_f64(),
+        );
+        let began = Instant::now();
+        let mut read = 0u64;
+        for frame in ferry_common::blobio::FrameReader::new(std::fs::File::open(&output)?)? {
+            read += frame?.len();
+        }
+        anyhow::ensure!(read == size);
+        note(
+            "worker: read the output as frames",
+            began.elapsed().as_secs_f64(),
+        );
+        // The wire and the coordinator.
+        let began = Instant::now();
+        let stored = agent
+            .upload_artifact(file_chunks(&output, &digest, size)?)
+            .await?
+            .into_inner();
+        anyhow::ensure!(stored.digest == digest);
+        note(
+            "upload, new blob: read + TLS + receive + hash + write + fsync (+ copies)",
+            began.elapsed().as_secs_f64(),
+        );
+        let began = Instant::now();
+        agent
+            .upload_artifact(file_chunks(&output, &digest, size)?)
+            .await?;
+        note(
+            "upload, blob already stored: read + TLS + receive + hash, nothing written",
+            began.elapsed().as_secs_f64(),
+        );
+        // Hashing while sending: the digest named in the last chunk.
+        random_file(&output, mib, 6000 + round, false)?;
+        let began = Instant::now();
+        let stored = agent
+            .upload_artifact(file_chunks_named_last(&output)?)
+            .await?
+            .into_inner();
+        anyhow::ensure!(stored.size == size);
+        note(
+            "upload, new blob, digest named last: read + hash + TLS + receive + hash + write + fsync (+ copies)",
+            began.elapsed().as_secs_f64(),
+        );
+        // The coordinator's disk work alone, from frames in memory.
+        let frames = memory_frames(mib, 4000 + round);
+        let staging = cluster.path("stage-staging.bin");
+        let began = Instant::now();
+        let mut writer = ferry_common::blobio::FrameWriter::new(std::fs::File::create(&staging)?);
+        for frame in &frames {
+            writer.write(frame)?;
+        }
+        let file = writer.finish()?;
+        note(
+            "coordinator: write frames to a staging file",
+            began.elapsed().as_secs_f64(),
+        );
+        let began = Instant::now();
+        file.sync_all()?;
+        note(
+            "coordinator: fsync of that file",
+            began.elapsed().as_secs_f64(),
+        );
+        std::fs::remove_file(&staging)?;
+        let frames = memory_frames(mib, 5000 + round);
+        let began = Instant::now();
+        let mut hasher = blake3::Hasher::new();
+        let mut writer = ferry_common::blobio::FrameWriter::new(std::fs::File::create(&staging)?);
+        for frame in &frames {
+            frame.hash_into(&mut hasher);
+            writer.write(frame)?;
+        }
+        writer.finish()?.sync_all()?;
+        note(
+            "coordinator (and get): hash + write + fsync, one thread",
+            began.elapsed().as_secs_f64(),
+        );
+        std::fs::remove_file(&staging)?;
+        let frames = memory_frames(mib, 7000 + round);
+        let began = Instant::now();
+        let writer = ferry_common::blobio::FrameWriter::new(std::fs::File::create(&staging)?)
+            .with_early_writeback();
+        let mut sink = ferry_common::blobio::FrameSink::start(blake3::Hasher::new(), Some(writer));
+        for frame in &frames {
+            sink.push(frame.clone()).await?;
+        }
+        let (_, writer) = sink.finish().await?;
+        writer.context("the writer")?.finish()?.sync_all()?;
+        note(
+            "coordinator (and get): hash || write (FrameSink, early writeback) + fsync",
+            began.elapsed().as_secs_f64(),
+        );
+        std::fs::remove_file(&staging)?;
+        let began = Instant::now();
+        let mut hasher = blake3::Hasher::new();
+        for frame in &frames {
+            frame.hash_into(&mut hasher);
+        }
+        note("hash of frames in memory", began.elapsed().as_secs_f64());
+        drop(frames);
+        // The get's sending side: the stored blob read and hashed.
+        let blob = data_dirs[(leader - 1) as usize]
+            .join("blobs")
+            .join(&digest[..2])
+            .join(&digest);
+        let began = Instant::now();
+        let mut hasher = blake3::Hasher::new();
+        for frame in ferry_common::blobio::FrameReader::new(std::fs::File::open(&blob)?)? {
+            frame?.hash_into(&mut hasher);
+        }
+        anyhow::ensure!(hasher.finalize().to_hex().to_string() == digest);
+        note(
+            "get: read + hash the stored blob",
+            began.elapsed().as_secs_f64(),
+        );
+        std::fs::remove_file(&output)?;
+    }
+    println!("| stage, {mib} MiB | seconds ({rounds} rounds) | MiB/s (best) |");
+    println!("|---|---:|---:|");
+    for (name, list) in &figures {
+        let best = list.iter().copied().fold(f64::INFINITY, f64::min);
+        let all: Vec<String> = list.iter().map(|s| format!("{s:.2}")).collect();
+        println!(
+            "| {name} | {} | {:.0} |",
+            all.join(" / "),
+            mib as f64 / best
+        );
+    }
+    println!("load at the end: {}", load_average());
+    Ok(())
+}
+
+/// `mib` frames of a MiB of pseudo-random bytes, in memory: one buffer sent
+/// again and again. (A GiB of fresh buffers measured the VM's first touch of
+/// memory, not the disk: writing them took 11-12 s where `cp` takes 2.)
+fn memory_frames(mib: u64, seed: u64) -> Vec<ferry_common::blobio::Frame> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xA24B_AED4_963E_E407);
+    let mut block = vec![0u8; ferry_common::blobio::FRAME_BYTES];
+    random_block(&mut state, &mut block);
+    let frame = ferry_common::blobio::Frame::Data(block.into());
+    (0..mib).map(|_| frame.clone()).collect()
+}
+
+/// A file as upload chunks, as the worker sends one: a first chunk naming
+/// digest and size, then frames read a few ahead on a blocking thread.
+fn file_chunks(
+    path: &Path,
+    digest: &str,
+    size: u64,
+) -> anyhow::Result<impl futures::Stream<Item = proto::Chunk> + Send + 'static> {
+    use futures::StreamExt;
+    let reader = ferry_common::blobio::FrameReader::new(std::fs::File::open(path)?)?;
+    let first = proto::Chunk {
+        digest: digest.to_string(),
+        size,
+        ..Default::default()
+    };
+    let (sender, chunks) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        for frame in reader {
+            let Ok(frame) = frame else { return };
+            if sender.blocking_send(frame.into_chunk()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(futures::stream::iter([first]).chain(tokio_stream_of(chunks)))
+}
+
+/// A file as upload chunks as the worker sends a large one: the first chunk
+/// names the size only, the frames are hashed as they are read, and the last
+/// chunk names the digest.
+fn file_chunks_named_last(
+    path: &Path,
+) -> anyhow::Result<impl futures::Stream<Item = proto::Chunk> + Send + 'static> {
+    use futures::StreamExt;
+    let reader = ferry_common::blobio::FrameReader::new(std::fs::File::open(path)?)?;
+    let first = proto::Chunk {
+        size: reader.size(),
+        digest_last: true,
+        ..Default::default()
+    };
+    let (sender, chunks) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        for frame in reader {
+            let Ok(frame) = frame else { return };
+            frame.hash_into(&mut hasher);
+            if sender.blocking_send(frame.into_chunk()).is_err() {
+                return;
+            }
+        }
+        let last = proto::Chunk {
+            digest: hasher.finalize().to_hex().to_string(),
+            ..Default::default()
+        };
+        let _ = sender.blocking_send(last);
+    });
+    Ok(futures::stream::iter([first]).chain(tokio_stream_of(chunks)))
+}
+
+/// A receiver as a stream (without another dependency).
+fn tokio_stream_of<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
 }

@@ -48,8 +48,9 @@ pub async fn upload_bundle(
         .map(|data| proto::Chunk {
             digest: digest.clone(),
             size,
-            data,
+            data: data.into(),
             zeros: 0,
+            digest_last: false,
         })
         .collect();
     tokio::time::timeout(

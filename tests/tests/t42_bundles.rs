@@ -102,8 +102,9 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
         let first = proto::Chunk {
             digest: digest.clone(),
             size,
-            data: Vec::new(),
+            data: Default::default(),
             zeros: 0,
+            digest_last: false,
         };
         let chunks =
             futures::StreamExt::chain(futures::stream::iter([first]), futures::stream::pending());
@@ -161,8 +162,9 @@ fn the_coordinator_refuses_an_oversize_announcement_and_bytes_that_are_no_bundle
         let chunks = [Vec::new(), packed.bytes.clone()].map(|data| proto::Chunk {
             digest: packed.digest.clone(),
             size: short,
-            data,
+            data: data.into(),
             zeros: 0,
+            digest_last: false,
         });
         let refused = client
             .upload_bundle(futures::stream::iter(chunks))
@@ -316,8 +318,9 @@ fn submit_with_bundle(cluster: &Cluster, path: &Path, digest: &str, size: u64, s
         let header = proto::Chunk {
             digest: digest.to_string(),
             size,
-            data: Vec::new(),
+            data: Default::default(),
             zeros: 0,
+            digest_last: false,
         };
         let digest_owned = digest.to_string();
         let rest = futures::stream::iter(std::iter::from_fn(move || {
@@ -328,8 +331,9 @@ fn submit_with_bundle(cluster: &Cluster, path: &Path, digest: &str, size: u64, s
                 proto::Chunk {
                     digest: digest_owned.clone(),
                     size,
-                    data,
+                    data: data.into(),
                     zeros: 0,
+                    digest_last: false,
                 }
             })
         }));

@@ -203,3 +203,113 @@ steps:
 fn blake3_of(path: &Path) -> String {
     ferry_common::digest::digest_file(path).unwrap().0
 }
+
+/// An upload whose sender names the digest at the end (as a worker sends a
+/// large output): every member checks its own hash against that claim. A
+/// wrong claim, or a chunk after it, is refused and leaves nothing on any
+/// member; the right one is stored on every member under the digest.
+#[test]
+fn a_digest_named_last_is_checked_by_every_member() {
+    use ferry_common::proto;
+    let cluster = Cluster::start_replicated(3, "");
+    cluster
+        .pki
+        .issue("worker", "uploader")
+        .expect("worker cert");
+    let tls = ferry_common::pki::TlsFiles {
+        ca: cluster.pki.ca(),
+        cert: cluster.pki.cert("uploader"),
+        key: cluster.pki.key("uploader"),
+    }
+    .load()
+    .expect("TLS files");
+    let leader = cluster.leader(Duration::from_secs(30));
+    let address = cluster.coordinators[(leader - 1) as usize].address();
+    let data: Vec<u8> = (0..3 * MIB as usize + 12_345)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    let digest = blake3::hash(&data).to_hex().to_string();
+    let chunks = |claim: &str, extra: bool| {
+        let mut chunks = vec![proto::Chunk {
+            size: data.len() as u64,
+            digest_last: true,
+            ..Default::default()
+        }];
+        chunks.extend(data.chunks(MIB as usize).map(|piece| proto::Chunk {
+            data: piece.to_vec().into(),
+            ..Default::default()
+        }));
+        chunks.push(proto::Chunk {
+            digest: claim.to_string(),
+            ..Default::default()
+        });
+        if extra {
+            chunks.push(proto::Chunk {
+                zeros: 1,
+                ..Default::default()
+            });
+        }
+        chunks
+    };
+    let blob_dirs: Vec<_> = (1..=3)
+        .map(|id| {
+            cluster
+                .path(&format!("coordinator-{id}-data"))
+                .join("blobs")
+        })
+        .collect();
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for dir in &blob_dirs {
+            let mut stack = vec![dir.clone()];
+            while let Some(next) = stack.pop() {
+                for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+                    if entry.path().is_dir() {
+                        stack.push(entry.path());
+                    } else {
+                        found.push(entry.path());
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let before = files();
+    let runtime = ferry_tests::uploads::runtime();
+    runtime.block_on(async {
+        let channel = ferry_common::channel::endpoint(&address, &tls)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connected");
+        let mut agent = proto::agent_client::AgentClient::new(channel);
+        let wrong = blake3::hash(b"something else").to_hex().to_string();
+        for (claim, extra) in [(wrong.as_str(), false), (digest.as_str(), true)] {
+            let refused = agent
+                .upload_artifact(futures::stream::iter(chunks(claim, extra)))
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        }
+        // Nothing stored anywhere, and every member's staging file removed.
+        ferry_tests::wait_for(Duration::from_secs(30), "staging files removed", || {
+            (files() == before).then_some(())
+        });
+        let stored = agent
+            .upload_artifact(futures::stream::iter(chunks(&digest, false)))
+            .await
+            .expect("stored")
+            .into_inner();
+        assert_eq!(stored.digest, digest);
+        assert_eq!(stored.size, data.len() as u64);
+    });
+    // Every member ends up holding it under its digest, byte for byte.
+    for dir in &blob_dirs {
+        let path = dir.join(&digest[..2]).join(&digest);
+        ferry_tests::wait_for(Duration::from_secs(30), "the copy on every member", || {
+            path.exists().then_some(())
+        });
+        assert_eq!(std::fs::read(&path).expect("stored blob"), data);
+    }
+}

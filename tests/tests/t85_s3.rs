@@ -246,8 +246,9 @@ async fn upload(
         .map(|data| proto::Chunk {
             digest: digest.to_string(),
             size,
-            data,
+            data: data.into(),
             zeros: 0,
+            digest_last: false,
         })
         .collect();
     client

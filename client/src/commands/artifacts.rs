@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use ferry_common::blobio::{Frame, FrameReader, FrameWriter};
+use ferry_common::blobio::{Frame, FrameReader, FrameSink, FrameWriter};
 use ferry_common::proto;
 use serde_json::json;
 
@@ -91,7 +91,7 @@ pub(crate) async fn download(
             Some(header) => header,
             None => bail!("{name}: the coordinator sent nothing"),
         };
-        let mut state = match resume.take() {
+        let state = match resume.take() {
             Some(state)
                 if state.digest == header.digest && state.writer.written() <= header.size =>
             {
@@ -121,6 +121,15 @@ pub(crate) async fn download(
         let mut failed = None;
         let size = header.size;
         let started_at = state.writer.written();
+        let mut written = started_at;
+        // Hashed on one thread and written on another while the next chunks
+        // arrive.
+        let Resume {
+            digest,
+            writer,
+            hasher,
+        } = state;
+        let mut sink = FrameSink::start(hasher, Some(writer.with_early_writeback()));
         let mut pending = Some(header);
         loop {
             let chunk = match pending.take() {
@@ -135,16 +144,24 @@ pub(crate) async fn download(
                 },
             };
             for frame in Frame::from_chunk(chunk) {
-                if state.writer.written().saturating_add(frame.len()) > size {
+                if written.saturating_add(frame.len()) > size {
                     bail!("{name}: the coordinator sent more than the {size} bytes it announced");
                 }
-                frame.hash_into(&mut state.hasher);
-                state
-                    .writer
-                    .write(&frame)
+                written += frame.len();
+                sink.push(frame)
+                    .await
                     .with_context(|| format!("cannot write {}", partial.display()))?;
             }
         }
+        let (hasher, writer) = sink
+            .finish()
+            .await
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        let state = Resume {
+            digest,
+            writer: writer.context("the download's writer")?,
+            hasher,
+        };
         // A stream that ended early is taken up like one that broke off.
         if failed.is_none() && state.writer.written() < size {
             failed = Some(tonic::Status::unavailable("the stream ended early"));

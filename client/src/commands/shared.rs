@@ -377,16 +377,14 @@ async fn upload_bundle(
                     String::new()
                 },
                 size,
-                data: data.to_vec(),
-                zeros: 0,
+                data: data.to_vec().into(),
+                ..Default::default()
             })
             .collect();
         if chunks.is_empty() {
             chunks.push(proto::Chunk {
                 digest,
-                size: 0,
-                data: Vec::new(),
-                zeros: 0,
+                ..Default::default()
             });
         }
         // Content-addressed: sending it again after a failover stores it once.

@@ -91,7 +91,8 @@ pub(crate) fn is_digest(digest: &str) -> bool {
 }
 
 /// Receives a blob sent as a stream of chunks (the first one names digest and
-/// size), verifying it before it becomes visible.
+/// size, or only the size with `digest_last`: then the last one names the
+/// digest), verifying it before it becomes visible.
 pub async fn receive_blob(
     blobs: &BlobStore,
     chunks: Streaming<proto::Chunk>,
@@ -102,22 +103,24 @@ pub async fn receive_blob(
 /// Where a blob being received is copied as it arrives (other members), beside
 /// the local store.
 pub(crate) trait Copies {
-    /// The blob's digest and size, before any frame.
-    async fn begin(&mut self, digest: &str, size: u64);
+    /// The blob's digest (none when the sender names it at the end) and
+    /// size, before any frame.
+    async fn begin(&mut self, digest: Option<&str>, size: u64);
     /// The next frame, after the local store took it.
     async fn frame(&mut self, frame: &Frame);
     /// Every frame arrived (before the local store makes the blob durable, so
-    /// that the copies are made durable meanwhile).
-    fn end(&mut self);
+    /// that the copies are made durable meanwhile); `claimed`: the digest the
+    /// sender named at the end, if it did.
+    async fn end(&mut self, claimed: Option<&str>);
 }
 
 /// No copies: the blob goes to the local store only.
 pub(crate) struct NoCopies;
 
 impl Copies for NoCopies {
-    async fn begin(&mut self, _digest: &str, _size: u64) {}
+    async fn begin(&mut self, _digest: Option<&str>, _size: u64) {}
     async fn frame(&mut self, _frame: &Frame) {}
-    fn end(&mut self) {}
+    async fn end(&mut self, _claimed: Option<&str>) {}
 }
 
 /// [`receive_blob`], handing every frame to `copies` too.
@@ -126,17 +129,33 @@ pub(crate) async fn receive_blob_copied(
     mut chunks: Streaming<proto::Chunk>,
     copies: &mut impl Copies,
 ) -> Result<proto::BlobRef, Status> {
-    let first = chunks
+    let mut first = chunks
         .message()
         .await?
         .ok_or_else(|| Status::invalid_argument("the upload carried no chunk"))?;
-    let mut upload = blobs
-        .begin(&first.digest, first.size)
-        .await
-        .map_err(blob_status)?;
-    copies.begin(&first.digest, first.size).await;
+    let named_last = first.digest.is_empty() && first.digest_last;
+    let mut upload = if named_last {
+        blobs.begin_unnamed(first.size).await
+    } else {
+        blobs.begin(&first.digest, first.size).await
+    }
+    .map_err(blob_status)?;
+    copies
+        .begin((!named_last).then_some(first.digest.as_str()), first.size)
+        .await;
+    // Only a later chunk names the digest at the end.
+    first.digest.clear();
+    let mut claimed: Option<String> = None;
     let mut next = Some(first);
-    while let Some(chunk) = next.take() {
+    while let Some(mut chunk) = next.take() {
+        if claimed.is_some() {
+            upload.abort().await;
+            return Err(Status::invalid_argument(
+                "a chunk followed the one that named the blob's digest",
+            ));
+        }
+        let names =
+            (named_last && !chunk.digest.is_empty()).then(|| std::mem::take(&mut chunk.digest));
         for frame in Frame::from_chunk(chunk) {
             // An error abandons the upload (nothing is kept).
             upload
@@ -145,6 +164,7 @@ pub(crate) async fn receive_blob_copied(
                 .map_err(blob_status)?;
             copies.frame(&frame).await;
         }
+        claimed = claimed.or(names);
         match chunks.message().await {
             Ok(chunk) => next = chunk,
             Err(status) => {
@@ -153,11 +173,14 @@ pub(crate) async fn receive_blob_copied(
             }
         }
     }
-    copies.end();
-    let (digest, size) = upload.finish().await.map_err(|error| match error {
-        BlobError::DigestMismatch { .. } => Status::invalid_argument(error.to_string()),
-        other => blob_status(other),
-    })?;
+    copies.end(claimed.as_deref()).await;
+    let (digest, size) = upload
+        .finish_claimed(claimed.as_deref())
+        .await
+        .map_err(|error| match error {
+            BlobError::DigestMismatch { .. } => Status::invalid_argument(error.to_string()),
+            other => blob_status(other),
+        })?;
     Ok(proto::BlobRef { digest, size })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_common::blobio::{Frame, FrameReader, FrameWriter};
+use ferry_common::blobio::{Frame, FrameReader, FrameSink, FrameWriter};
 use ferry_common::digest::is_valid_digest;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::ObjectStoreExt;
@@ -176,62 +176,73 @@ impl LocalBlobs {
         if !is_valid_digest(digest) {
             return Err(BlobError::BadDigest(digest.to_string()));
         }
+        self.check_size(size)?;
+        if self.holds(digest, size).await? {
+            self.touch(digest);
+            // Already stored: the bytes are still hashed, to answer honestly, but
+            // not kept. (A stored file of another size is damaged and gets replaced.)
+            return Ok(self.upload(Some(digest), size, None));
+        }
+        let staging = self
+            .file_of(digest)
+            .with_file_name(format!(".{digest}.{}.partial", upload_number()));
+        let file = create_staging(staging.clone()).await?;
+        Ok(self.upload(Some(digest), size, Some((staging, file))))
+    }
+
+    /// Starts receiving a blob of this size whose digest the sender names
+    /// only at its end (it hashes while it sends): the bytes go to a staging
+    /// file in the store's root, published under the digest this member
+    /// computes, which must equal the sender's.
+    pub async fn begin_unnamed(&self, size: u64) -> Result<LocalUpload, BlobError> {
+        self.check_size(size)?;
+        let staging = self
+            .dir
+            .join(format!(".upload.{}.partial", upload_number()));
+        let file = create_staging(staging.clone()).await?;
+        Ok(self.upload(None, size, Some((staging, file))))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), BlobError> {
         if size > self.max_blob_bytes {
             return Err(BlobError::TooLarge {
                 limit: self.max_blob_bytes,
             });
         }
-        let path = self.file_of(digest);
-        let mut upload = LocalUpload {
-            expected: digest.to_string(),
+        Ok(())
+    }
+
+    /// An upload whose frames go to a hashing thread and, when there is a
+    /// staging file, a writing thread.
+    fn upload(
+        &self,
+        expected: Option<&str>,
+        size: u64,
+        staging: Option<(PathBuf, std::fs::File)>,
+    ) -> LocalUpload {
+        let (staging, writer) = match staging {
+            Some((path, file)) => (
+                Some(path),
+                Some(FrameWriter::new(file).with_early_writeback()),
+            ),
+            None => (None, None),
+        };
+        LocalUpload {
+            expected: expected.map(str::to_string),
             announced: size,
             received: 0,
-            sink: Some(Box::new(Sink {
-                hasher: blake3::Hasher::new(),
-                writer: None,
-            })),
-            staging: None,
-            path,
+            sink: Some(FrameSink::start(blake3::Hasher::new(), writer)),
+            staging,
             store: self.clone(),
-        };
-        if self.holds(digest, size).await? {
-            self.touch(digest);
-            // Already stored: the bytes are still hashed, to answer honestly, but
-            // not kept. (A stored file of another size is damaged and gets replaced.)
-            return Ok(upload);
         }
-        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let number = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // A name that is not a digest: never read, listed or collected as a blob.
-        let staging = upload
-            .path
-            .with_file_name(format!(".{digest}.{}-{number}.partial", std::process::id()));
-        // Removed by the upload's `Drop` unless published.
-        upload.staging = Some(staging.clone());
-        let file = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = staging.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&staging)
-        })
-        .await
-        .map_err(|e| io_error(std::io::Error::other(e)))?
-        .map_err(io_error)?;
-        if let Some(sink) = upload.sink.as_mut() {
-            sink.writer = Some(FrameWriter::new(file));
-        }
-        Ok(upload)
     }
 
     /// Reads a blob as a stream of frames of up to [`super::READ_FRAME`] bytes
     /// (zero runs for its holes and zero-filled stretches), skipping its first
     /// `offset` bytes; the last item is an error if the bytes on disk no longer
     /// match the digest (the skipped bytes are read and hashed too). Each frame
-    /// is read and hashed on a blocking task when the consumer asks for it: an
-    /// idle reader holds no thread.
+    /// is read and hashed on a blocking task one frame ahead of the consumer:
+    /// an idle reader holds no thread.
     pub async fn read_frames(
         &self,
         digest: &str,
@@ -254,20 +265,24 @@ impl LocalBlobs {
         };
         let size = reader.size();
         let expected = digest.to_string();
-        let start = Some(Reading {
+        let reading = Reading {
             reader,
             hasher: blake3::Hasher::new(),
             skip: offset,
-        });
-        let frames = futures::stream::unfold(start, move |reading| {
+        };
+        // One frame is read and hashed ahead of the consumer, on a blocking
+        // task that ends when the frame is ready: the disk and the hash work
+        // while the previous frame is sent, and an idle reader holds no thread.
+        let start = Some(tokio::task::spawn_blocking(move || reading.next()));
+        let frames = futures::stream::unfold(start, move |ahead| {
             let expected = expected.clone();
             async move {
-                let reading = reading?;
-                let next = tokio::task::spawn_blocking(move || reading.next())
-                    .await
-                    .map_err(|e| io_error(std::io::Error::other(e)));
+                let next = ahead?.await.map_err(|e| io_error(std::io::Error::other(e)));
                 match next {
-                    Ok(Ok((Some(frame), reading))) => Some((Ok(frame), Some(reading))),
+                    Ok(Ok((Some(frame), reading))) => {
+                        let ahead = tokio::task::spawn_blocking(move || reading.next());
+                        Some((Ok(frame), Some(ahead)))
+                    }
                     Ok(Ok((None, reading))) => {
                         let actual = reading.hasher.finalize().to_hex().to_string();
                         (actual != expected)
@@ -317,11 +332,38 @@ fn io_error(error: std::io::Error) -> BlobError {
     })
 }
 
+/// A number for a staging name that no other upload of this process uses.
+fn upload_number() -> String {
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{number}", std::process::id())
+}
+
+/// Creates a staging file (a name that is not a digest: never read, listed
+/// or collected as a blob) and the directory it goes in.
+async fn create_staging(staging: PathBuf) -> Result<std::fs::File, BlobError> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = staging.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+    })
+    .await
+    .map_err(|e| io_error(std::io::Error::other(e)))?
+    .map_err(io_error)
+}
+
 /// Publishes a received blob: its data synced, its staging file renamed to
 /// its name, and that name made durable in its fan-out directory and the
 /// directory's in the store's root.
 fn publish(writer: FrameWriter, staging: &Path, path: &Path) -> std::io::Result<()> {
     writer.finish()?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::rename(staging, path)?;
     if let Some(dir) = path.parent() {
         ferry_common::durable::sync_dir(dir)?;
@@ -332,27 +374,20 @@ fn publish(writer: FrameWriter, staging: &Path, path: &Path) -> std::io::Result<
     Ok(())
 }
 
-/// What an upload's blocking tasks carry between frames.
-struct Sink {
-    hasher: blake3::Hasher,
-    /// The staging file; none when the blob is already stored.
-    writer: Option<FrameWriter>,
-}
-
-/// A blob being received: each frame hashed and written to a staging file on
-/// a blocking task (zero runs as holes), published under its digest only by
-/// [`LocalUpload::finish`] when the digest matches. Dropped unpublished
-/// (refused, abandoned, or its caller gone mid-way), it removes its staging
-/// file.
+/// A blob being received: each frame hashed on one blocking thread and
+/// written to a staging file on another (zero runs as holes), published under
+/// its digest only by [`LocalUpload::finish`] when the digest matches.
+/// Dropped unpublished (refused, abandoned, or its caller gone mid-way), it
+/// removes its staging file.
 pub struct LocalUpload {
-    expected: String,
+    /// The digest the sender named first; none when it names it at the end.
+    expected: Option<String>,
     announced: u64,
     received: u64,
-    /// Out while a frame is being written; none once the upload failed.
-    /// (Boxed: a hasher is 2 KiB.)
-    sink: Option<Box<Sink>>,
+    /// None once the upload failed.
+    sink: Option<FrameSink>,
+    /// None when the blob is already stored (the bytes are only hashed).
     staging: Option<PathBuf>,
-    path: PathBuf,
     store: LocalBlobs,
 }
 
@@ -380,30 +415,47 @@ impl LocalUpload {
                 sent: self.received,
             });
         }
-        let Some(mut sink) = self.sink.take() else {
+        let Some(sink) = self.sink.as_mut() else {
             return Err(abandoned());
         };
-        let written = tokio::task::spawn_blocking(move || {
-            frame.hash_into(&mut sink.hasher);
-            if let Some(writer) = sink.writer.as_mut() {
-                writer.write(&frame)?;
-            }
-            Ok::<_, std::io::Error>(sink)
-        })
-        .await
-        .map_err(|e| io_error(std::io::Error::other(e)))?
-        .map_err(io_error)?;
-        self.sink = Some(written);
+        if let Err(error) = sink.push(frame).await {
+            self.abort().await;
+            return Err(io_error(error));
+        }
         Ok(())
     }
 
-    pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
+    /// Publishes the blob once every byte arrived and hashed to the digest
+    /// the sender named first; returns its digest and size.
+    pub async fn finish(self) -> Result<(String, u64), BlobError> {
+        self.finish_claimed(None).await
+    }
+
+    /// [`LocalUpload::finish`], for a sender that named the digest at the
+    /// end (`claimed`): this member's own hash must equal it.
+    pub async fn finish_claimed(
+        mut self,
+        claimed: Option<&str>,
+    ) -> Result<(String, u64), BlobError> {
         let Some(sink) = self.sink.take() else {
             return Err(abandoned());
         };
-        let actual = super::verified(self.announced, self.received, &sink.hasher, &self.expected)?;
-        if let (Some(writer), Some(staging)) = (sink.writer, self.staging.clone()) {
-            let path = self.path.clone();
+        let (hasher, writer) = sink.finish().await.map_err(io_error)?;
+        let expected = match (&self.expected, claimed) {
+            (Some(expected), _) => expected.clone(),
+            (None, Some(claimed)) => claimed.to_string(),
+            (None, None) => {
+                return Err(BlobError::BadDigest(
+                    "(none: the sender never named the digest)".to_string(),
+                ));
+            }
+        };
+        let actual = super::verified(self.announced, self.received, &hasher, &expected)?;
+        let path = self.store.file_of(&actual);
+        if self.expected.is_none() && self.store.holds(&actual, self.received).await? {
+            // Named at the end and already stored: the copy is not needed.
+            self.store.touch(&actual);
+        } else if let (Some(writer), Some(staging)) = (writer, self.staging.clone()) {
             tokio::task::spawn_blocking(move || publish(writer, &staging, &path))
                 .await
                 .map_err(|e| io_error(std::io::Error::other(e)))?
@@ -484,6 +536,72 @@ mod tests {
         }
         assert_eq!(read_all(&store, &digest).await.unwrap(), data);
         assert_eq!(store.size_of(&digest).await.unwrap(), Some(1000));
+    }
+
+    /// Files in the store's directory tree, staging files included.
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(&next).unwrap().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_digest_named_last_is_checked_and_the_blob_stored_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobs::open(dir.path(), 1 << 30).unwrap();
+        let data = b"hashed while it was sent".repeat(100_000);
+        let digest = blake3::hash(&data).to_hex().to_string();
+        // A wrong claim: refused, nothing stored, no staging file left.
+        let mut upload = store.begin_unnamed(data.len() as u64).await.unwrap();
+        upload.write(Bytes::from(data.clone())).await.unwrap();
+        let wrong = blake3::hash(b"other").to_hex().to_string();
+        assert!(matches!(
+            upload.finish_claimed(Some(&wrong)).await,
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        // No claim at all: refused too.
+        let mut upload = store.begin_unnamed(data.len() as u64).await.unwrap();
+        upload.write(Bytes::from(data.clone())).await.unwrap();
+        assert!(upload.finish_claimed(None).await.is_err());
+        assert!(
+            files_under(dir.path()).is_empty(),
+            "{:?}",
+            files_under(dir.path())
+        );
+        assert_eq!(store.size_of(&digest).await.unwrap(), None);
+        // The right claim: stored under its digest; again: still one file.
+        for _ in 0..2 {
+            let mut upload = store.begin_unnamed(data.len() as u64).await.unwrap();
+            upload
+                .write(Bytes::from(data[..1000].to_vec()))
+                .await
+                .unwrap();
+            upload
+                .write_frame(Frame::Data(Bytes::from(data[1000..].to_vec())))
+                .await
+                .unwrap();
+            let (stored, size) = upload.finish_claimed(Some(&digest)).await.unwrap();
+            assert_eq!(
+                (stored.as_str(), size),
+                (digest.as_str(), data.len() as u64)
+            );
+        }
+        assert_eq!(files_under(dir.path()), vec![store.file_of(&digest)]);
+        assert_eq!(read_all(&store, &digest).await.unwrap(), data);
+        // An upload dropped unfinished leaves nothing.
+        let mut upload = store.begin_unnamed(10).await.unwrap();
+        upload.write(Bytes::from_static(b"half")).await.unwrap();
+        drop(upload);
+        assert_eq!(files_under(dir.path()), vec![store.file_of(&digest)]);
     }
 
     #[tokio::test]

@@ -172,6 +172,18 @@ impl BlobStore {
         }
     }
 
+    /// Starts receiving a blob of this size whose sender names its digest at
+    /// the end ([`Upload::finish_claimed`]). Only the local store takes one:
+    /// an S3 upload is keyed by its digest from the start.
+    pub async fn begin_unnamed(&self, size: u64) -> Result<Upload, BlobError> {
+        match self {
+            BlobStore::Local(store) => Ok(Upload::Local(store.begin_unnamed(size).await?)),
+            BlobStore::S3(_) => Err(BlobError::BadDigest(
+                "(none: the S3 store needs the digest in the first chunk)".to_string(),
+            )),
+        }
+    }
+
     /// Reads a blob as a stream of pieces of up to [`READ_FRAME`] bytes; the
     /// last item is an error if the stored bytes no longer match the digest.
     pub async fn read(
@@ -297,8 +309,14 @@ impl Upload {
     /// Publishes the blob under its digest if every byte arrived and matched;
     /// returns its digest and size.
     pub async fn finish(self) -> Result<(String, u64), BlobError> {
+        self.finish_claimed(None).await
+    }
+
+    /// [`Upload::finish`] of a blob whose sender named the digest at the end:
+    /// `claimed`, which this member's own hash must equal.
+    pub async fn finish_claimed(self, claimed: Option<&str>) -> Result<(String, u64), BlobError> {
         match self {
-            Upload::Local(upload) => upload.finish().await,
+            Upload::Local(upload) => upload.finish_claimed(claimed).await,
             Upload::S3(upload) => upload.finish().await,
         }
     }

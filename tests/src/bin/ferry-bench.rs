@@ -8,6 +8,7 @@
 //! target/release/ferry-bench chaos [--seconds N] [--seed N] [--members N] [--clients N]
 //! target/release/ferry-bench containers [--steps N] [--trials N]   # needs Docker
 //! target/release/ferry-bench artifacts [--mib N] [--members N]      # see artifact_bench.rs
+//! target/release/ferry-bench artifact-stages [--mib N] [--members N] # each stage alone
 //! target/release/ferry-bench chain [--steps 1000] | backlog [--queued 1000,10000,100000]
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
@@ -140,10 +141,12 @@ fn options() -> anyhow::Result<Options> {
                 options.etcd_binary = args.next().context("--etcd-binary needs a path")?.into()
             }
             "commit" | "failover" | "graceful" | "steps" | "latency" | "cache" | "chaos"
-            | "etcd" | "containers" | "artifacts" | "logs" | "all" => options.what = arg,
+            | "etcd" | "containers" | "artifacts" | "artifact-stages" | "logs" | "all" => {
+                options.what = arg
+            }
             other => anyhow::bail!(
                 "unknown argument {other:?}; usage: ferry-bench \
-                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|artifacts|logs|all] [--seconds N] \
+                 [commit|failover|graceful|steps|latency|cache|chaos|etcd|containers|artifacts|artifact-stages|logs|all] [--seconds N] \
                  [--clients N] [--trials N] [--members N] [--snapshot-every N] [--runs N] \
                  [--steps N] [--sweeps N] [--seed N] [--value-bytes N] [--tls] \
                  [--etcd-binary PATH] [--mib N]"
@@ -1179,6 +1182,9 @@ fn main() -> anyhow::Result<()> {
             let (mib, members) = (options.mib, options.members);
             tokio::task::spawn_blocking(move || ferry_tests::artifact_bench::run(mib, members))
                 .await??;
+        }
+        if options.what == "artifact-stages" {
+            ferry_tests::artifact_bench::stages(options.mib, options.members, 2).await?;
         }
         Ok(())
     })

@@ -98,8 +98,9 @@ pub fn chunks(bytes: &[u8]) -> Vec<proto::Chunk> {
         .map(|data| proto::Chunk {
             digest: digest.clone(),
             size,
-            data,
+            data: data.into(),
             zeros: 0,
+            digest_last: false,
         })
         .collect()
 }

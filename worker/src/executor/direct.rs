@@ -106,6 +106,45 @@ fn not_offered() {
     NOT_OFFERED_UNTIL_MS.store(now_ms() + NOT_OFFERED_FOR_MS, Ordering::Relaxed);
 }
 
+/// Whether the blob store is each coordinator's own (so that an upload goes
+/// over `UploadArtifact`, which takes a digest named at the end): known
+/// when the leader said so lately, else asked with a `PrepareUpload` that
+/// names no digest (a local store answers `direct = false` before looking
+/// at it; a bucket refuses it).
+pub(super) async fn is_local_store(
+    coordinators: &Coordinators,
+    attempt: &proto::AttemptRef,
+) -> bool {
+    if !offered() {
+        return true;
+    }
+    let request = proto::PrepareUploadRequest {
+        attempt: Some(attempt.clone()),
+        ..Default::default()
+    };
+    let give_up = tokio::time::Instant::now() + PROBE_PATIENCE;
+    let answer = coordinators
+        .call(Some(give_up), move |mut agent| {
+            let request = request.clone();
+            async move { agent.prepare_upload(request).await }
+        })
+        .await;
+    match answer {
+        Ok(prepared) if !prepared.direct => {
+            not_offered();
+            true
+        }
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            not_offered();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// How long [`is_local_store`] keeps asking through failovers.
+const PROBE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Why a direct download failed (staging turns it into its own error).
 #[derive(Debug)]
 pub(super) enum DownloadError {

@@ -72,6 +72,15 @@ pub fn checked_output_path(root: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
+/// Outputs at least this large are hashed while they are sent (the digest
+/// travels in the last chunk) rather than in a pass of their own first. On
+/// the development VM a step's exit to stored was faster so in four paired
+/// runs out of four, and no faster than before this work with the pass
+/// (BENCHMARKS.md), although an upload timed alone was not faster. A
+/// smaller one is hashed first, so that one the store already holds is not
+/// written again.
+const HASH_WHILE_SENDING_BYTES: u64 = 64 << 20;
+
 /// Uploads a file of `attempt` (an output, its log): straight to the bucket
 /// with presigned URLs when the store is one, else over `UploadArtifact`.
 pub(super) async fn upload_file(
@@ -79,6 +88,19 @@ pub(super) async fn upload_file(
     attempt: &proto::AttemptRef,
     path: &Path,
 ) -> Result<(String, u64), String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size >= HASH_WHILE_SENDING_BYTES
+        && super::direct::is_local_store(coordinators, attempt).await
+    {
+        match send_file(coordinators, path, None).await {
+            Ok(blob) => return Ok(blob),
+            // A coordinator that wants the digest first (an older one).
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                tracing::debug!(%status, file = %path.display(), "upload refused without the digest first; hashing first");
+            }
+            Err(status) => return Err(status.message().to_string()),
+        }
+    }
     let owned = path.to_path_buf();
     let (digest, size) = tokio::task::spawn_blocking(move || digest_file(&owned))
         .await
@@ -87,16 +109,30 @@ pub(super) async fn upload_file(
     if super::direct::upload(coordinators, attempt, path, &digest, size).await? {
         return Ok((digest, size));
     }
-    // The coordinator may be failing over or restarting when a step ends: try
-    // again on the coordinator switched to, reading the file afresh each time.
+    send_file(coordinators, path, Some(&digest))
+        .await
+        .map_err(|status| status.message().to_string())
+}
+
+/// Sends a file over `UploadArtifact`, its digest named first (`digest`) or,
+/// without one, computed while it is sent and named in the last chunk. The
+/// coordinator may be failing over or restarting when a step ends: tries
+/// again on the coordinator switched to, reading the file afresh each time.
+async fn send_file(
+    coordinators: &Coordinators,
+    path: &Path,
+    digest: Option<&str>,
+) -> Result<(String, u64), tonic::Status> {
     let give_up = Instant::now() + UPLOAD_PATIENCE;
     loop {
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(path).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let chunks =
+            file_chunks(file, digest).map_err(|e| tonic::Status::internal(e.to_string()))?;
         let coordinator = coordinators.current();
         let mut agent = coordinator.agent.clone();
         // An upload under way when the worker gives up (it is stopping) ends.
         let uploaded = tokio::select! {
-            uploaded = agent.upload_artifact(file_chunks(file, &digest, size)) => uploaded,
+            uploaded = agent.upload_artifact(chunks) => uploaded,
             _ = coordinators.stopped() => Err(crate::session::leader::stopping_status()),
         };
         match uploaded {
@@ -111,42 +147,53 @@ pub(super) async fn upload_file(
                         tracing::debug!(%status, file = %path.display(), "upload failed; retrying");
                         tokio::time::sleep(delay).await;
                     }
-                    None => return Err(status.message().to_string()),
+                    None => return Err(status),
                 }
             }
         }
     }
 }
 
-/// A file as upload chunks: the first names digest and size, the rest carry
-/// frames of up to a MiB read a few ahead on a blocking thread (holes and
-/// zero-filled stretches as zero runs, not bytes). A read error ends the
-/// stream early, and the coordinator then refuses the short upload.
+/// A file as upload chunks: the first names the size and the digest, or,
+/// without a `digest`, says that the last chunk names it (`digest_last`: the
+/// frames are hashed as they are read, and the digest follows them). The
+/// rest carry frames of up to a MiB read a few ahead on a blocking thread
+/// (holes and zero-filled stretches as zero runs, not bytes). A read error
+/// ends the stream early, and the coordinator then refuses the short upload.
 fn file_chunks(
     file: std::fs::File,
-    digest: &str,
-    size: u64,
-) -> impl futures::Stream<Item = proto::Chunk> + Send + 'static {
+    digest: Option<&str>,
+) -> std::io::Result<impl futures::Stream<Item = proto::Chunk> + Send + 'static> {
+    let reader = FrameReader::new(file)?;
     let first = proto::Chunk {
-        digest: digest.to_string(),
-        size,
+        digest: digest.unwrap_or_default().to_string(),
+        size: reader.size(),
+        digest_last: digest.is_none(),
         ..Default::default()
     };
+    let mut hasher = digest.is_none().then(blake3::Hasher::new);
     let (sender, chunks) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
     tokio::task::spawn_blocking(move || {
-        let Ok(reader) = FrameReader::new(file) else {
-            return;
-        };
         for frame in reader {
             let Ok(frame) = frame else {
                 return;
             };
+            if let Some(hasher) = hasher.as_mut() {
+                frame.hash_into(hasher);
+            }
             if sender.blocking_send(frame.into_chunk()).is_err() {
                 return;
             }
         }
+        if let Some(hasher) = hasher {
+            let last = proto::Chunk {
+                digest: hasher.finalize().to_hex().to_string(),
+                ..Default::default()
+            };
+            let _ = sender.blocking_send(last);
+        }
     });
-    futures::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(chunks))
+    Ok(futures::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(chunks)))
 }
 
 /// Frames of an upload read ahead of the network.

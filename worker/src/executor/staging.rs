@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_common::blobio::{Frame, WRITE_BYTES};
+use ferry_common::blobio::{Frame, FrameSink, FrameWriter};
 use ferry_common::bundle::{BundleError, MAX_BUNDLE_BYTES};
 use ferry_common::proto;
 use ferry_common::spec::env_var_name;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::context::ExecutorContext;
@@ -557,10 +556,11 @@ async fn download_blob(
         .await
         .map_err(fetch)?
         .into_inner();
-    let mut file = tokio::fs::File::create(partial)
-        .await
+    let file = std::fs::File::create(partial)
         .map_err(|e| io_error(format!("cannot create {}", partial.display()), e))?;
-    let mut hasher = blake3::Hasher::new();
+    // Hashed on one thread and written on another (zero runs, holes and
+    // zero-filled stretches, as holes) while the next chunks arrive.
+    let mut sink = FrameSink::start(blake3::Hasher::new(), Some(FrameWriter::new(file)));
     let mut received = 0u64;
     let mut announced: Option<u64> = None;
     let write_error = |e| io_error(format!("cannot write {}", partial.display()), e);
@@ -585,27 +585,14 @@ async fn download_blob(
                 ferry_common::spec::format_bytes(limit)
             )));
         }
-        // Zero runs (holes, zero-filled stretches) are left as holes.
         for frame in Frame::from_chunk(chunk) {
-            frame.hash_into(&mut hasher);
-            match frame {
-                Frame::Data(data) => {
-                    for piece in data.chunks(WRITE_BYTES) {
-                        file.write_all(piece).await.map_err(write_error)?;
-                    }
-                }
-                Frame::Zeros(count) => {
-                    let count = i64::try_from(count).unwrap_or(i64::MAX);
-                    file.seek(std::io::SeekFrom::Current(count))
-                        .await
-                        .map_err(write_error)?;
-                }
-            }
+            sink.push(frame).await.map_err(write_error)?;
         }
     }
-    file.flush().await.map_err(write_error)?;
-    file.set_len(received).await.map_err(write_error)?;
-    drop(file);
+    let (hasher, writer) = sink.finish().await.map_err(write_error)?;
+    if let Some(writer) = writer {
+        writer.finish().map_err(write_error)?;
+    }
     let actual = hasher.finalize().to_hex().to_string();
     if actual != digest {
         return Err(StageError::Corrupt {
