@@ -118,8 +118,12 @@ fn wide_run(steps: usize) {
     // Polled every 2 s, not as often as `wait_run` does: the CLI's own starts
     // would take the cores the steps need.
     let deadline = Instant::now() + Duration::from_secs(60 * 60);
+    // How long each of these `ferry status` calls took while the run ran.
+    let mut polls = Vec::new();
     let status = loop {
+        let asked = Instant::now();
         let status = cluster.status(run);
+        polls.push(asked.elapsed());
         if status["state"] != "running" {
             break status;
         }
@@ -193,9 +197,17 @@ fn wide_run(steps: usize) {
         )
         .map(|(name, pid)| format!("{name} {:.1?}", cpu_time(pid)))
         .collect();
+    polls.sort();
+    let running_polls = format!(
+        "{} polls while running: p50 {:.2?}, p90 {:.2?}, max {:.2?}",
+        polls.len(),
+        polls[polls.len() / 2],
+        polls[polls.len() * 9 / 10],
+        polls[polls.len() - 1]
+    );
     eprintln!(
         "t91: {steps} steps on 3 members and 2 workers: submitted in {submitted:.2?}, done in \
-         {ran:.2?} ({:.0} steps/s); ferry status while running {running_status:.2?}, done \
+         {ran:.2?} ({:.0} steps/s); {running_polls}; ferry status while running {running_status:.2?}, done \
          {done_status:.2?}, a page of 1000 {paged_status:.2?}, --state failed \
          {failed_status:.2?}; {}; CPU time: {}",
         steps as f64 / ran.as_secs_f64(),
