@@ -53,6 +53,9 @@ pub fn parse_address(address: &str) -> Result<(String, String), ChannelError> {
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// The same for all the streams of one connection together.
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+/// The largest HTTP/2 frame a peer may send: a blob frame (1 MiB) and its
+/// chunk's header fit in one, instead of 64 frames of the default 16 KiB.
+pub const MAX_FRAME_BYTES: u32 = (1 << 20) + (16 << 10);
 
 /// The endpoint of a coordinator, with TLS, timeouts and keep-alives set.
 /// `endpoint(..)?.connect_lazy()` gives a channel that connects on first use and
@@ -73,6 +76,7 @@ pub fn endpoint(
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         // A member that stops answering (stopped, cut off) is given up within
         // two failovers, whatever call waits on it; callers add their deadlines.
         .http2_keep_alive_interval(keepalive_interval)

@@ -299,6 +299,7 @@ fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(ferry_common::channel::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(ferry_common::channel::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(ferry_common::channel::MAX_FRAME_BYTES)
 }
 
 /// Why a server task ended before the coordinator asked it to.

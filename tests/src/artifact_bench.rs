@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_common::proto;
 
-use crate::procfs::{allocated_bytes, peak_mib};
+use crate::procfs::{allocated_bytes, cpu_ticks, peak_mib};
 use crate::{Cluster, step_of, write_pipeline};
 
 /// Seconds since the epoch, now.
@@ -327,6 +327,27 @@ pub async fn stages(mib: u64, members: u64, rounds: u64) -> anyhow::Result<()> {
             "upload, new blob: read + TLS + receive + hash + write + fsync (+ copies)",
             began.elapsed().as_secs_f64(),
         );
+        // FERRY_BENCH_WIRE_ONLY=1: the wire stage three times and nothing
+        // else (to profile it, or to compare two builds' wire).
+        if std::env::var_os("FERRY_BENCH_WIRE_ONLY").is_some() {
+            for _ in 0..3 {
+                let began = Instant::now();
+                agent
+                    .upload_artifact(file_chunks(&output, &digest, size)?)
+                    .await?;
+                println!("wire: {:.2} s", began.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        let coordinator_pid = cluster.coordinators[(leader - 1) as usize]
+            .daemon
+            .as_ref()
+            .context("the leader's process")?
+            .pid();
+        let cpu_before = (
+            cpu_ticks(std::process::id() as i32)?,
+            cpu_ticks(coordinator_pid)?,
+        );
         let began = Instant::now();
         agent
             .upload_artifact(file_chunks(&output, &digest, size)?)
@@ -334,6 +355,14 @@ pub async fn stages(mib: u64, members: u64, rounds: u64) -> anyhow::Result<()> {
         note(
             "upload, blob already stored: read + TLS + receive + hash, nothing written",
             began.elapsed().as_secs_f64(),
+        );
+        note(
+            "  its CPU seconds: sender (this process)",
+            ticks_seconds(cpu_ticks(std::process::id() as i32)? - cpu_before.0),
+        );
+        note(
+            "  its CPU seconds: coordinator",
+            ticks_seconds(cpu_ticks(coordinator_pid)? - cpu_before.1),
         );
         // Hashing while sending: the digest named in the last chunk.
         random_file(&output, mib, 6000 + round, false)?;
@@ -419,6 +448,29 @@ pub async fn stages(mib: u64, members: u64, rounds: u64) -> anyhow::Result<()> {
             began.elapsed().as_secs_f64(),
         );
         std::fs::remove_file(&output)?;
+        // The transport alone, in this process: the same bytes over loopback
+        // TCP, over rustls (the ring provider and the certificates Ferry uses),
+        // and over rustls with the receiver hashing what it reads.
+        let material = ferry_common::pki::TlsFiles {
+            ca: cluster.pki.ca(),
+            cert: cluster.pki.cert("member-1"),
+            key: cluster.pki.key("member-1"),
+        }
+        .load()?;
+        for (name, transport) in [
+            ("loopback TCP alone, 1 MiB writes", Transport::Tcp),
+            ("TLS alone (rustls, ring), 1 MiB writes", Transport::Tls),
+            ("TLS alone + hash on receive", Transport::TlsHashed),
+            (
+                "TLS alone + hash || write (FrameSink) + fsync on receive",
+                Transport::TlsStored,
+            ),
+        ] {
+            let seconds = transport_alone(transport, &material, &tls, mib, &staging)
+                .await
+                .with_context(|| format!("stage {name}"))?;
+            note(name, seconds);
+        }
     }
     println!("| stage, {mib} MiB | seconds ({rounds} rounds) | MiB/s (best) |");
     println!("|---|---:|---:|");
@@ -509,4 +561,161 @@ fn tokio_stream_of<T: Send + 'static>(
     mut receiver: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |context| receiver.poll_recv(context))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Tcp,
+    Tls,
+    TlsHashed,
+    TlsStored,
+}
+
+/// Seconds to move `mib` MiB from one task to another over loopback: plain
+/// TCP, or mutual TLS with `server` and `client`'s certificates (the receiver
+/// reads into a 1 MiB buffer; with `TlsHashed` it also hashes what it reads).
+async fn transport_alone(
+    transport: Transport,
+    server: &ferry_common::pki::TlsMaterial,
+    client: &ferry_common::pki::TlsMaterial,
+    mib: u64,
+    staging: &Path,
+) -> anyhow::Result<f64> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server_config = Arc::new(ferry_common::tls_server::server_config(
+        server,
+        Arc::new(|_| None),
+    )?);
+    let client_config = Arc::new(client_rustls(client)?);
+    let total = mib << 20;
+    let staging = staging.to_path_buf();
+    // The receiver answers one byte when it has everything, and the sender
+    // waits for it (closing with unread bytes, such as TLS session tickets,
+    // would reset the connection under the receiver).
+    async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        total: u64,
+        hash: bool,
+    ) -> anyhow::Result<()> {
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut hasher = blake3::Hasher::new();
+        let mut got = 0u64;
+        while got < total {
+            let n = stream.read(&mut buffer).await?;
+            anyhow::ensure!(n > 0, "the stream ended early");
+            if hash {
+                hasher.update(&buffer[..n]);
+            }
+            got += n as u64;
+        }
+        stream.write_all(&[1]).await?;
+        stream.flush().await?;
+        Ok(())
+    }
+    // Whole 1 MiB frames, hashed on one thread and written on another with
+    // early writeback, then synced: the coordinator's sink.
+    async fn store<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        total: u64,
+        staging: std::path::PathBuf,
+    ) -> anyhow::Result<()> {
+        let writer = ferry_common::blobio::FrameWriter::new(std::fs::File::create(&staging)?)
+            .with_early_writeback();
+        let mut sink = ferry_common::blobio::FrameSink::start(blake3::Hasher::new(), Some(writer));
+        let mut got = 0u64;
+        while got < total {
+            let want = (total - got).min(1 << 20) as usize;
+            let mut frame = bytes::BytesMut::zeroed(want);
+            stream.read_exact(&mut frame).await?;
+            got += want as u64;
+            sink.push(ferry_common::blobio::Frame::Data(frame.freeze()))
+                .await?;
+        }
+        let (_, writer) = sink.finish().await?;
+        writer.context("the writer")?.finish()?.sync_all()?;
+        std::fs::remove_file(&staging)?;
+        stream.write_all(&[1]).await?;
+        stream.flush().await?;
+        Ok(())
+    }
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        total: u64,
+    ) -> anyhow::Result<()> {
+        let block = vec![7u8; 1 << 20];
+        let mut sent = 0u64;
+        while sent < total {
+            stream.write_all(&block).await?;
+            sent += block.len() as u64;
+        }
+        stream.flush().await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await?;
+        Ok(())
+    }
+    let receiver = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        match transport {
+            Transport::Tcp => receive(socket, total, false).await,
+            _ => {
+                let stream = tokio_rustls::TlsAcceptor::from(server_config)
+                    .accept(socket)
+                    .await?;
+                if transport == Transport::TlsStored {
+                    store(stream, total, staging).await
+                } else {
+                    receive(stream, total, transport == Transport::TlsHashed).await
+                }
+            }
+        }
+    });
+    let socket = tokio::net::TcpStream::connect(address).await?;
+    socket.set_nodelay(true)?;
+    let began;
+    if transport == Transport::Tcp {
+        began = Instant::now();
+        send(socket, total).await?;
+    } else {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let stream = tokio_rustls::TlsConnector::from(client_config)
+            .connect(name, socket)
+            .await?;
+        began = Instant::now();
+        send(stream, total).await?;
+    }
+    receiver.await??;
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// A rustls client configuration with the cluster CA and `material`'s
+/// certificate, as the gRPC clients have.
+fn client_rustls(
+    material: &ferry_common::pki::TlsMaterial,
+) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&material.ca_pem) {
+        roots.add(certificate?)?;
+    }
+    let chain =
+        CertificateDer::pem_slice_iter(&material.cert_pem).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&material.key_pem)?;
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?,
+    )
+}
+
+/// Clock ticks as seconds (the kernel's `USER_HZ`, 100 on Linux).
+fn ticks_seconds(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
 }

@@ -43,3 +43,16 @@ pub fn allocated_bytes(dir: &Path) -> u64 {
     }
     total
 }
+
+/// The process's user plus system CPU time, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which ends with the last ')').
+    let rest = &stat[stat
+        .rfind(')')
+        .ok_or_else(|| anyhow::anyhow!("no command name in /proc/{pid}/stat"))?
+        + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after the name.
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}

@@ -21,6 +21,7 @@ use ferry_common::pki::TlsFiles;
 use ferry_common::proto::{self, control_client::ControlClient};
 use tonic::transport::Channel;
 
+use crate::procfs::cpu_ticks;
 use crate::{CLIENT, Cluster, write_pipeline};
 
 const NOOP: &str = "name: noop\nsteps:\n  - name: s\n    command: [\"true\"]\n    cache: false\n    resources: {cpu: 0.1, memory: 16Mi}\n";
@@ -207,16 +208,6 @@ pub async fn chain(steps: usize) -> anyhow::Result<()> {
         percentile(&mut gaps, 1.0)
     );
     Ok(())
-}
-
-/// The process's user plus system CPU time, in clock ticks.
-fn cpu_ticks(pid: i32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which ends with the last ')').
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after the name.
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
 /// Submits `count` no-op runs, `CONCURRENCY` at a time; their ids in order.

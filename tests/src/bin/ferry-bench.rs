@@ -9,6 +9,7 @@
 //! target/release/ferry-bench containers [--steps N] [--trials N]   # needs Docker
 //! target/release/ferry-bench artifacts [--mib N] [--members N]      # see artifact_bench.rs
 //! target/release/ferry-bench artifact-stages [--mib N] [--members N] # each stage alone
+//!     (FERRY_BENCH_WIRE_ONLY=1: only the wire stage, three times)
 //! target/release/ferry-bench chain [--steps 1000] | backlog [--queued 1000,10000,100000]
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
