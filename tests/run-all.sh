@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# The Python SDK's tests run in a virtual environment of their own.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
@@ -37,3 +39,11 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ -z "${FERRY_S3S_FS:-}" ]; then
 fi
 
 cargo build --workspace && cargo test --workspace
+
+# The Python SDK (sdk/python), installed with pip into a fresh virtual
+# environment from PyPI, tested against the `ferry` just built (its tests
+# start a real `ferry dev`).
+rm -rf target/sdk-venv
+python3 -m venv target/sdk-venv
+target/sdk-venv/bin/pip install --quiet --disable-pip-version-check './sdk/python[test]'
+FERRY_BIN="$PWD/target/debug/ferry" target/sdk-venv/bin/python -m pytest -q -p no:cacheprovider sdk/python/tests

@@ -7,6 +7,7 @@
 
 pub(crate) mod artifacts;
 pub(crate) mod audit;
+pub(crate) mod bundle;
 pub(crate) mod cancel;
 pub(crate) mod certs;
 pub(crate) mod cluster;

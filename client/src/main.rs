@@ -74,6 +74,16 @@ enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Pack a folder as 'ferry run' packs it (honouring .ferryignore) and show
+    /// the code bundle's digest, size and files; nothing is uploaded.
+    Bundle {
+        /// The folder [default: the current one].
+        #[arg(default_value = ".")]
+        folder: PathBuf,
+        /// Also list every entry of the archive.
+        #[arg(long)]
+        list: bool,
+    },
     /// List runs, or set them side by side with 'ferry runs diff' and 'ferry runs
     /// compare'.
     #[command(args_conflicts_with_subcommands = true)]
@@ -663,6 +673,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             result?;
             Ok(ok)
         }
+        Command::Bundle { folder, list } => {
+            init_tracing("warn");
+            commands::bundle::show(&folder, list, output)?;
+            Ok(ok)
+        }
         mut command => {
             init_tracing("warn");
             // A pipeline may be named by its file or by its folder.
@@ -925,7 +940,9 @@ async fn remote(
         Command::Certs {
             command: CertsCommand::Revoked,
         } => certs::revoked(client, output).await?,
-        Command::Certs { .. } | Command::Dev { .. } => unreachable!("handled before connecting"),
+        Command::Certs { .. } | Command::Dev { .. } | Command::Bundle { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

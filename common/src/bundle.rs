@@ -256,6 +256,26 @@ fn pack_dir_with_limit(dir: &Path, limit: u64) -> Result<PackedBundle, BundleErr
     })
 }
 
+/// The paths of a bundle's entries in archive order, a directory's with a
+/// trailing `/` (what `ferry bundle --list` shows).
+pub fn entry_names(bundle: impl Read) -> Result<Vec<String>, BundleError> {
+    let bad = |source: io::Error| BundleError::Io {
+        path: PathBuf::from("<bundle>"),
+        source,
+    };
+    let mut archive = Archive::new(GzDecoder::new(bundle));
+    let mut names = Vec::new();
+    for entry in archive.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let mut name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        if entry.header().entry_type() == EntryType::Directory && !name.ends_with('/') {
+            name.push('/');
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 /// Walks `dir` and returns every file and directory to pack, unsorted.
 fn collect_items(dir: &Path) -> Result<Vec<Item>, BundleError> {
     let mut walker = WalkBuilder::new(dir);
@@ -749,6 +769,32 @@ mod tests {
         write(root, "src/train.py", b"print('train')\n");
         write(root, "src/lib/util.py", b"x = 1\n");
         write(root, ".hidden", b"kept\n");
+    }
+
+    /// The bundle format pinned: the Python SDK's packer must give these
+    /// bytes too (`sdk/python/tests/test_bundle.py` pins the same digest for
+    /// the same tree). A change here is a change of every bundle's digest.
+    #[test]
+    fn the_format_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "pipeline.yaml", b"steps: []\n");
+        write(root, "src/train.py", b"print('train')\n");
+        write(root, "run.sh", b"#!/bin/sh\necho hi\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        write(root, ".ferryignore", b"*.tmp\n");
+        write(root, "scratch.tmp", b"junk\n");
+        fs::create_dir(root.join("empty")).unwrap();
+        let packed = pack_dir(root).unwrap();
+        assert_eq!(packed.files, 4);
+        assert_eq!(
+            packed.digest,
+            "f322a8553c1d1ddc34cbcca3eeb730fd4c89c8b912d22d7576849429640d3c1c"
+        );
     }
 
     #[test]

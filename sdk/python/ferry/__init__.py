@@ -1,0 +1,62 @@
+"""Ferry's Python SDK: drive a Ferry cluster from Python and notebooks.
+
+>>> import ferry
+>>> client = ferry.Client()                      # the CLI's configuration
+>>> run = client.submit("examples/iris", params={"seed": 7})
+>>> run.wait()                                   # progress, then the final status
+>>> run.metrics_frame()                          # every metric value, as a DataFrame
+"""
+
+from .bundle import BundleError, PackedBundle, pack_dir
+from .client import (
+    Artifact,
+    Attempt,
+    Client,
+    LogLine,
+    Metric,
+    Run,
+    RunStatus,
+    RunSummary,
+    Step,
+    Worker,
+)
+from .config import ClientConfig
+from .errors import (
+    Conflict,
+    ConfigError,
+    Diagnostic,
+    FerryError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RunFailed,
+    SpecError,
+    Unavailable,
+)
+
+__all__ = [
+    "Artifact",
+    "Attempt",
+    "BundleError",
+    "Client",
+    "ClientConfig",
+    "ConfigError",
+    "Conflict",
+    "Diagnostic",
+    "FerryError",
+    "InvalidRequest",
+    "LogLine",
+    "Metric",
+    "NotFound",
+    "PackedBundle",
+    "PermissionDenied",
+    "Run",
+    "RunFailed",
+    "RunStatus",
+    "RunSummary",
+    "SpecError",
+    "Step",
+    "Unavailable",
+    "Worker",
+    "pack_dir",
+]
