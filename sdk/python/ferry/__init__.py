@@ -7,6 +7,7 @@
 >>> run.metrics_frame()                          # every metric value, as a DataFrame
 """
 
+from .authoring import Gather, Gpu, Input, OutputRef, Resources, compile, log_metric, matrix_value, pipeline, step
 from .bundle import BundleError, PackedBundle, pack_dir
 from .client import (
     Artifact,
@@ -35,6 +36,16 @@ from .errors import (
 )
 
 __all__ = [
+    "Gather",
+    "Gpu",
+    "Input",
+    "OutputRef",
+    "Resources",
+    "compile",
+    "log_metric",
+    "matrix_value",
+    "pipeline",
+    "step",
     "Artifact",
     "Attempt",
     "BundleError",

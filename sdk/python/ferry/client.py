@@ -156,20 +156,28 @@ class Client:
 
     def submit(
         self,
-        pipeline: PathLike,
+        pipeline: Union[PathLike, Any],
         params: Optional[Mapping[str, Any]] = None,
         no_cache: bool = False,
     ) -> "Run":
         """Packs the pipeline's folder as the CLI does, uploads the code bundle
         if the cluster does not hold it yet, and submits a run.
 
-        ``pipeline`` is a YAML file, or a folder holding ``pipeline.yaml``.
+        ``pipeline`` is a YAML file, a folder holding ``pipeline.yaml``, or a
+        ``@ferry.pipeline`` function (compiled with :func:`ferry.compile`; its
+        module's folder, or the folder above its package, is the bundle).
         ``params`` override the pipeline's parameters (values are sent as
         text). A spec the coordinator refuses raises :class:`ferry.SpecError`
         with the file, line and column of each problem.
         """
+        from .authoring import PipelineFunction, compile as compile_pipeline, module_of
         from .bundle import pack_dir
 
+        if isinstance(pipeline, PipelineFunction):
+            spec_yaml = compile_pipeline(pipeline, params)
+            folder, module = module_of(pipeline.fn)
+            bundle = pack_dir(folder)
+            return self._submit(spec_yaml, f"{module}.py", bundle, params, no_cache)
         path = Path(pipeline)
         if path.is_dir():
             path = path / "pipeline.yaml"
@@ -178,10 +186,13 @@ class Client:
         except OSError as error:
             raise errors.InvalidRequest(f"cannot read the pipeline {path}: {error}") from None
         bundle = pack_dir(path.parent if str(path.parent) else Path("."))
+        return self._submit(yaml_text, path.name, bundle, params, no_cache)
+
+    def _submit(self, yaml_text: str, spec_file: str, bundle: Any, params: Optional[Mapping[str, Any]], no_cache: bool) -> "Run":
         digest = self._upload_bundle(bundle.data, bundle.digest)
         request = pb.SubmitRunRequest(
             spec_yaml=yaml_text,
-            spec_file=path.name,
+            spec_file=spec_file,
             params={str(k): _param_text(v) for k, v in (params or {}).items()},
             bundle_digest=digest,
             request_id=uuid.uuid4().hex,
@@ -608,7 +619,8 @@ class Run:
         if raise_on_failure and status.state != "succeeded":
             failed = status.failed_steps()
             described = ", ".join(
-                f"{s.name} (exit code {s.exit_code}{': ' + s.reason if s.reason else ''})"
+                f"{s.name} (exit code {s.exit_code}"
+                f"{': ' + s.reason if s.reason and not s.reason.startswith('exited with code') else ''})"
                 if s.exit_code is not None
                 else f"{s.name} ({s.reason or s.state})"
                 for s in failed

@@ -35,6 +35,9 @@ def isolated_env(home: Path) -> Dict[str, str]:
     """The environment with no FERRY_ or XDG_ variable and HOME set to ``home``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FERRY_", "XDG_"))}
     env["HOME"] = str(home)
+    # Python steps run `python3 -m ferry.run`: this interpreter's folder first,
+    # where ferry-sdk is installed.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
 
