@@ -20,6 +20,7 @@ pub mod procfs;
 mod proxy;
 pub mod s3;
 pub mod sched_bench;
+pub mod sdk_bench;
 pub mod uploads;
 
 use std::collections::BTreeMap;

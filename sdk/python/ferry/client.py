@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import blake3
 import grpc
@@ -18,7 +19,21 @@ from .config import ClientConfig, PathLike, parse_address
 from .v1 import ferry_pb2 as pb
 from .v1 import ferry_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "Run", "RunSummary", "RunStatus", "Step", "Attempt", "LogLine", "Artifact", "Metric", "Worker"]
+__all__ = [
+    "Client",
+    "Run",
+    "RunSummary",
+    "RunStatus",
+    "Step",
+    "Attempt",
+    "LogLine",
+    "Artifact",
+    "Metric",
+    "Worker",
+    "Comparison",
+    "LineageNode",
+    "Schedule",
+]
 
 #: Bytes per chunk of a bundle upload (the CLI's chunk size).
 CHUNK_BYTES = 256 * 1024
@@ -73,6 +88,12 @@ class Client:
             self._channels.append(grpc.secure_channel(target, credentials, options=options))
         self._stubs = [pb_grpc.ControlStub(channel) for channel in self._channels]
         self._current = 0
+        # Packed bundles by folder, with the signature of the files they were
+        # packed from, and the digests the cluster is known to hold: a loop of
+        # submissions of one folder packs and uploads it once.
+        self._lock = threading.Lock()
+        self._packed: Dict[str, Tuple[Any, Any]] = {}
+        self._stored: set = set()
 
     # ----------------------------------------------------------- plumbing
 
@@ -170,25 +191,7 @@ class Client:
         text). A spec the coordinator refuses raises :class:`ferry.SpecError`
         with the file, line and column of each problem.
         """
-        from .authoring import PipelineFunction, compile as compile_pipeline, module_of
-        from .bundle import pack_dir
-
-        if isinstance(pipeline, PipelineFunction):
-            spec_yaml = compile_pipeline(pipeline, params)
-            folder, module = module_of(pipeline.fn)
-            bundle = pack_dir(folder)
-            return self._submit(spec_yaml, f"{module}.py", bundle, params, no_cache)
-        path = Path(pipeline)
-        if path.is_dir():
-            path = path / "pipeline.yaml"
-        try:
-            yaml_text = path.read_text()
-        except OSError as error:
-            raise errors.InvalidRequest(f"cannot read the pipeline {path}: {error}") from None
-        bundle = pack_dir(path.parent if str(path.parent) else Path("."))
-        return self._submit(yaml_text, path.name, bundle, params, no_cache)
-
-    def _submit(self, yaml_text: str, spec_file: str, bundle: Any, params: Optional[Mapping[str, Any]], no_cache: bool) -> "Run":
+        yaml_text, spec_file, bundle = self._prepare(pipeline, params)
         digest = self._upload_bundle(bundle.data, bundle.digest)
         request = pb.SubmitRunRequest(
             spec_yaml=yaml_text,
@@ -198,12 +201,82 @@ class Client:
             request_id=uuid.uuid4().hex,
             no_cache=no_cache,
         )
-        answer = self._call("SubmitRun", request, write=True)
+        try:
+            answer = self._call("SubmitRun", request, write=True)
+        except errors.Conflict as refused:
+            if "is not stored" not in str(refused):
+                raise
+            # Collected since this client last uploaded it: upload it again and
+            # send the same submission (it was not applied).
+            with self._lock:
+                self._stored.discard(digest)
+            self._upload_bundle(bundle.data, bundle.digest)
+            answer = self._call("SubmitRun", request, write=True)
         return Run(self, answer.run_id)
 
+    def submit_many(
+        self,
+        pipeline: Union[PathLike, Any],
+        params: Sequence[Mapping[str, Any]],
+        no_cache: bool = False,
+        concurrency: int = 16,
+    ) -> List["Run"]:
+        """Submits one run per parameter set (a sweep of runs from a notebook),
+        ``concurrency`` at a time over this client's connection; the runs in
+        the order of ``params``. The bundle is packed and uploaded once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            return list(pool.map(lambda p: self.submit(pipeline, params=p, no_cache=no_cache), params))
+
+    def _prepare(self, pipeline: Union[PathLike, Any], params: Optional[Mapping[str, Any]]) -> Tuple[str, str, Any]:
+        """The spec's text, its file name and the packed code bundle."""
+        from .authoring import PipelineFunction, compile as compile_pipeline, module_of
+
+        if isinstance(pipeline, PipelineFunction):
+            spec_yaml = compile_pipeline(pipeline, params)
+            folder, module = module_of(pipeline.fn)
+            return spec_yaml, f"{module}.py", self._pack(folder)
+        path = Path(pipeline)
+        if path.is_dir():
+            path = path / "pipeline.yaml"
+        try:
+            yaml_text = path.read_text()
+        except OSError as error:
+            raise errors.InvalidRequest(f"cannot read the pipeline {path}: {error}") from None
+        return yaml_text, path.name, self._pack(path.parent if str(path.parent) else Path("."))
+
+    def _pack(self, folder: Path) -> Any:
+        """The folder's bundle, packed again only when a file under it changed
+        (its paths, sizes, modes and modification times; a folder with a file
+        changed in the second before it was packed is packed every time)."""
+        from .bundle import pack_dir
+
+        key = str(folder.resolve())
+        signature = _signature(folder)
+        with self._lock:
+            known = self._packed.get(key)
+        if known is not None and known[0] == signature:
+            return known[1]
+        started = time.time_ns()
+        bundle = pack_dir(folder)
+        # A file changed within a second before packing may change again
+        # without its size or (coarse) modification time showing it, as git's
+        # "racily clean" entries: such a folder is packed again next time.
+        newest = max((entry[3] for entry in signature), default=0)
+        if newest < started - 1_000_000_000:
+            with self._lock:
+                self._packed[key] = (signature, bundle)
+        return bundle
+
     def _upload_bundle(self, data: bytes, digest: str) -> str:
+        with self._lock:
+            if digest in self._stored:
+                return digest
         blob = pb.BlobRef(digest=digest, size=len(data))
         if self._call("HasBlob", blob).present:
+            with self._lock:
+                self._stored.add(digest)
             return digest
 
         def chunks() -> Iterator[pb.Chunk]:
@@ -229,6 +302,8 @@ class Client:
                     continue
                 raise errors.from_rpc_error(error, address) from None
             self._current = index
+            with self._lock:
+                self._stored.add(digest)
             return digest
         raise self._none_answered(failures)
 
@@ -243,10 +318,121 @@ class Client:
         answer = self._call("ListRuns", pb.ListRunsRequest(where=where or "", limit=limit))
         return [RunSummary._of(self, summary) for summary in answer.runs]
 
+    def rerun(self, run: Union[int, "Run"], from_step: Optional[str] = None) -> "Run":
+        """Starts a new run of an earlier run's pipeline and code, reusing the
+        outputs of its steps that succeeded; ``from_step`` runs again from
+        that step (or sweep, by its written name) and every step after it
+        (default: from the steps that did not succeed)."""
+        run_id = run.id if isinstance(run, Run) else int(run)
+        request = pb.RerunRunRequest(run_id=run_id, request_id=uuid.uuid4().hex, **{"from": from_step or ""})
+        return Run(self, self._call("RerunRun", request, write=True).run_id)
+
+    def compare(self, runs: Sequence[Union[int, "Run"]], metric: Optional[str] = None, goal: str = "max") -> "Comparison":
+        """Runs side by side: state, the parameters that differ between them
+        and every metric (each run's last value); with ``metric``, best first
+        (``goal`` ``"max"`` or ``"min"``), ties and runs without it in the
+        order given, as ``ferry runs compare`` ranks them."""
+        if goal not in ("max", "min"):
+            raise errors.InvalidRequest(f"goal must be 'max' or 'min', got {goal!r}")
+        summaries = [Run(self, r.id if isinstance(r, Run) else int(r)).status(limit=1).summary for r in runs]
+        names = sorted({k for s in summaries for k in s.params})
+        first = summaries[0].params if summaries else {}
+        differing = [n for n in names if any(s.params.get(n) != first.get(n) for s in summaries)]
+        metrics = sorted({k for s in summaries for k in s.metrics})
+        order = list(range(len(summaries)))
+        best: Optional[int] = None
+        if metric is not None:
+            metrics = [metric] + [m for m in metrics if m != metric]
+            sign = -1.0 if goal == "max" else 1.0
+
+            def key(i: int) -> Any:
+                value = summaries[i].metrics.get(metric)
+                missing = value is None or value != value
+                return (missing, 0.0 if missing else sign * value, i)
+
+            order.sort(key=key)
+            top = summaries[order[0]].metrics.get(metric) if order else None
+            if top is not None and top == top:
+                best = summaries[order[0]].id
+        rows = [
+            {
+                "run": summaries[i].id,
+                "pipeline": summaries[i].pipeline,
+                "state": summaries[i].state,
+                "params": {n: summaries[i].params.get(n) for n in differing},
+                "metrics": dict(summaries[i].metrics),
+                "best": summaries[i].id == best,
+            }
+            for i in order
+        ]
+        return Comparison(params=differing, metrics=metrics, runs=rows, metric=metric, goal=goal, best=best)
+
+    def lineage(self, digest: str) -> List["LineageNode"]:
+        """Where an artifact came from: the step, run, command, code and
+        parameters that made it, then the same for each of its inputs,
+        breadth first. ``digest`` is a full BLAKE3 digest."""
+        answer = self._call("Lineage", pb.LineageRequest(digest=digest))
+        return [LineageNode._of(node) for node in answer.nodes]
+
+    def create_schedule(
+        self,
+        name: str,
+        pipeline: Union[PathLike, Any],
+        cron: str,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> "Schedule":
+        """Starts ``pipeline`` (a YAML file or folder, or a ``@ferry.pipeline``
+        function) on a schedule: ``cron`` in UTC, 5 fields (or 6 with seconds
+        first), e.g. ``"0 2 * * *"``. Its code bundle is uploaded now."""
+        spec_yaml, spec_file, bundle = self._prepare(pipeline, params)
+        digest = self._upload_bundle(bundle.data, bundle.digest)
+        request = pb.CreateScheduleRequest(
+            name=name,
+            cron=cron,
+            spec_yaml=spec_yaml,
+            spec_file=spec_file,
+            params={str(k): _param_text(v) for k, v in (params or {}).items()},
+            bundle_digest=digest,
+        )
+        return Schedule._of(self._call("CreateSchedule", request, write=True))
+
+    def schedules(self) -> List["Schedule"]:
+        """Every schedule: cron, pipeline, owner, paused, last and next tick."""
+        return [Schedule._of(v) for v in self._call("ListSchedules", pb.ListSchedulesRequest()).schedules]
+
+    def pause_schedule(self, name: str) -> "Schedule":
+        """Stops a schedule from starting runs until it is resumed."""
+        return Schedule._of(self._call("PauseSchedule", pb.PauseScheduleRequest(name=name, paused=True), write=True))
+
+    def resume_schedule(self, name: str) -> "Schedule":
+        """Lets a paused schedule start runs again (a missed tick fires once)."""
+        return Schedule._of(self._call("PauseSchedule", pb.PauseScheduleRequest(name=name, paused=False), write=True))
+
+    def delete_schedule(self, name: str) -> "Schedule":
+        """Deletes a schedule (its runs stay)."""
+        return Schedule._of(self._call("DeleteSchedule", pb.DeleteScheduleRequest(name=name), write=True))
+
     def workers(self) -> List["Worker"]:
         """Every worker the cluster knows: capacity, use, labels, mode."""
         answer = self._call("ListWorkers", pb.ListWorkersRequest())
         return [Worker._of(view) for view in answer.workers]
+
+
+def _signature(folder: Path) -> Tuple[Tuple[str, int, int, int], ...]:
+    """Every path under ``folder`` (not following links, skipping ``.git``)
+    with its size, mode and modification time: what a bundle depends on."""
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            entries.append((path, st.st_size, st.st_mode, st.st_mtime_ns))
+    entries.sort()
+    return tuple(entries)
 
 
 def _param_text(value: Any) -> str:
@@ -505,6 +691,107 @@ class Worker:
             memory_in_use=w.in_use.memory_bytes,
             gpus_in_use=w.in_use.gpus,
             labels=dict(w.labels),
+        )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Runs side by side (:meth:`Client.compare`)."""
+
+    #: The parameters whose values differ between the runs.
+    params: List[str]
+    #: Every metric any run reported (the ranking metric first).
+    metrics: List[str]
+    #: One record per run (``run``, ``pipeline``, ``state``, ``params``,
+    #: ``metrics``, ``best``), best first when ranked by a metric.
+    runs: List[Dict[str, Any]]
+    #: The ranking metric and goal, if any, and the best run's id.
+    metric: Optional[str]
+    goal: str
+    best: Optional[int]
+
+    def frame(self) -> Any:
+        """The runs as a pandas DataFrame: one row per run, a column per
+        differing parameter and per metric."""
+        import pandas
+
+        return pandas.DataFrame.from_records(
+            [
+                {"run": r["run"], "state": r["state"], **r["params"], **{m: r["metrics"].get(m) for m in self.metrics}}
+                for r in self.runs
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """An artifact in a lineage: what made it (run, step, attempt, command,
+    code, parameters, matrix values) and its inputs."""
+
+    digest: str
+    name: str
+    size: int
+    run_id: int
+    step: str
+    attempt: int
+    command: List[str]
+    bundle_digest: str
+    code_digest: str
+    params: Dict[str, str]
+    matrix: Dict[str, str]
+    #: Each input as (name, digest, size).
+    inputs: List[Tuple[str, str, int]]
+
+    @classmethod
+    def _of(cls, n: Any) -> "LineageNode":
+        return cls(
+            digest=n.digest,
+            name=n.name,
+            size=n.size,
+            run_id=n.run_id,
+            step=n.step,
+            attempt=n.attempt,
+            command=list(n.command),
+            bundle_digest=n.bundle_digest,
+            code_digest=n.code_digest,
+            params=dict(n.params),
+            matrix=dict(n.matrix),
+            inputs=[(i.name, i.digest, i.size) for i in n.inputs],
+        )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule: a pipeline started on a cron expression (UTC)."""
+
+    name: str
+    cron: str
+    pipeline: str
+    owner: str
+    paused: bool
+    #: Milliseconds since the epoch (0: none yet).
+    last_tick_ms: int
+    next_tick_ms: int
+    #: The last run it started (0: none yet), runs started, ticks missed.
+    last_run: int
+    fired: int
+    missed: int
+    params: Dict[str, str]
+
+    @classmethod
+    def _of(cls, v: Any) -> "Schedule":
+        return cls(
+            name=v.name,
+            cron=v.cron,
+            pipeline=v.pipeline,
+            owner=v.owner,
+            paused=v.paused,
+            last_tick_ms=v.last_tick_ms,
+            next_tick_ms=v.next_tick_ms,
+            last_run=v.last_run,
+            fired=v.fired,
+            missed=v.missed,
+            params=dict(v.params),
         )
 
 

@@ -158,3 +158,20 @@ def test_missing_configuration_says_what_to_do(tmp_path: Path, monkeypatch: pyte
     assert "ferry dev" in str(raised.value) and "FERRY_COORDINATOR" in str(raised.value)
     with pytest.raises(ferry.ConfigError, match="only TLS"):
         ferry.Client("http://127.0.0.1:1", ca="a", cert="b", key="c")
+
+
+def test_a_folder_is_packed_again_when_a_file_changes(client: ferry.Client, tmp_path: Path, dev) -> None:
+    folder = tmp_path / "changing"
+    folder.mkdir()
+    (folder / "pipeline.yaml").write_text("name: changing\nsteps:\n  - name: s\n    shell: \"cat note.txt\"\n")
+    (folder / "note.txt").write_text("first\n")
+    first = client.submit(folder).wait(progress=False)
+    assert client.submit(folder).wait(progress=False).bundle_digest == first.bundle_digest
+    (folder / "note.txt").write_text("second, longer\n")
+    changed = client.submit(folder)
+    status = changed.wait(progress=False)
+    assert status.bundle_digest != first.bundle_digest
+    assert status.bundle_digest == json.loads(dev.ferry("--output", "json", "bundle", str(folder)).stdout)["digest"]
+    assert [line.text for line in changed.logs()] == ["second, longer"]
+    runs = client.submit_many(folder, [{}, {}, {}], concurrency=2)
+    assert len({r.id for r in runs}) == 3

@@ -11,6 +11,7 @@
 //! target/release/ferry-bench artifact-stages [--mib N] [--members N] # each stage alone
 //!     (FERRY_BENCH_WIRE_ONLY=1: only the wire stage, three times)
 //! target/release/ferry-bench chain [--steps 1000] | backlog [--queued 1000,10000,100000]
+//! target/release/ferry-bench sdk-submissions [--runs 1000] [--rounds 2] [--python PATH]
 //! cargo build --release -p ferry-tests --features etcd   # needs protoc
 //! target/release/ferry-bench etcd [--seconds N] [--clients N] [--members N]
 //!     [--value-bytes N] [--tls] [--etcd-binary PATH]
@@ -1144,6 +1145,9 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if ferry_tests::sched_bench::dispatch()? {
         return Ok(()); // `chain` or `backlog` (ferry_tests::sched_bench)
+    }
+    if ferry_tests::sdk_bench::dispatch()? {
+        return Ok(()); // `sdk-submissions` (ferry_tests::sdk_bench)
     }
     let options = options()?;
     if options.what == "logs" {
