@@ -985,34 +985,59 @@ def _status_of(client: Client, view: Any) -> RunStatus:
 
 
 class _Progress:
-    """Steps done of total: a widget in Jupyter (with ipywidgets), else one
-    line rewritten on a terminal's stderr (nothing when stderr is not one)."""
+    """Steps done of total: in Jupyter a bar updated in place (an ipywidgets
+    bar when ipywidgets is installed, else an HTML <progress> element updated
+    through its display id), on a terminal one line rewritten on stderr, and
+    nothing when stderr is not a terminal."""
 
     def __init__(self, run_id: int) -> None:
         self.run_id = run_id
         self.widget: Any = None
+        self.label: Any = None
+        self.handle: Any = None
         self.tty = sys.stderr.isatty()
         self.last = ""
-        try:  # Jupyter
+        try:
             from IPython import get_ipython  # type: ignore[import-not-found]
 
-            if get_ipython() is not None and "IPKernelApp" in get_ipython().config:
-                import ipywidgets  # type: ignore[import-not-found]
-                from IPython.display import display  # type: ignore[import-not-found]
-
-                self.widget = ipywidgets.IntProgress(min=0, max=1, description=f"run {run_id}")
-                self.label = ipywidgets.Label()
-                display(ipywidgets.HBox([self.widget, self.label]))
+            shell = get_ipython()
+            in_notebook = shell is not None and "IPKernelApp" in shell.config
         except Exception:
-            self.widget = None
+            in_notebook = False
+        if not in_notebook:
+            return
+        from IPython.display import HTML, display  # type: ignore[import-not-found]
+
+        try:
+            import ipywidgets  # type: ignore[import-not-found]
+
+            self.widget = ipywidgets.IntProgress(min=0, max=1, description=f"run {run_id}")
+            self.label = ipywidgets.Label()
+            display(ipywidgets.HBox([self.widget, self.label]))
+        except ImportError:
+            self.handle = display(HTML(self._html(0, 1, "submitted")), display_id=True)
+
+    def _html(self, done: int, total: int, text: str) -> str:
+        import html
+
+        return (
+            f'<progress value="{done}" max="{max(total, 1)}" style="width: 20em"></progress> '
+            f"<code>{html.escape(text)}</code>"
+        )
 
     def update(self, summary: RunSummary) -> None:
         text = f"run {self.run_id}: {summary.steps_done}/{summary.steps_total} steps, {summary.state}"
+        if text == self.last:
+            return
         if self.widget is not None:
             self.widget.max = max(summary.steps_total, 1)
             self.widget.value = summary.steps_done
             self.label.value = text
-        elif self.tty and text != self.last:
+        elif self.handle is not None:
+            from IPython.display import HTML  # type: ignore[import-not-found]
+
+            self.handle.update(HTML(self._html(summary.steps_done, summary.steps_total, text)))
+        elif self.tty:
             width = 30
             filled = width * summary.steps_done // max(summary.steps_total, 1)
             sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K")
@@ -1020,6 +1045,6 @@ class _Progress:
         self.last = text
 
     def close(self) -> None:
-        if self.widget is None and self.tty and self.last:
+        if self.widget is None and self.handle is None and self.tty and self.last:
             sys.stderr.write("\n")
             sys.stderr.flush()
