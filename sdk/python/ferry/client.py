@@ -347,8 +347,9 @@ class Client:
 
             def key(i: int) -> Any:
                 value = summaries[i].metrics.get(metric)
-                missing = value is None or value != value
-                return (missing, 0.0 if missing else sign * value, i)
+                if value is None or value != value:  # missing or NaN: last
+                    return (True, 0.0, i)
+                return (False, sign * value, i)
 
             order.sort(key=key)
             top = summaries[order[0]].metrics.get(metric) if order else None
