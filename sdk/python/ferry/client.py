@@ -39,6 +39,9 @@ __all__ = [
 CHUNK_BYTES = 256 * 1024
 #: The largest answer accepted (a big run's view, a page of steps).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Submissions per message of a ``submit_many`` stream: gRPC's cost per
+#: message is paid once for this many.
+SUBMIT_BATCH = 256
 #: The metadata key of a call's id, the same on every retry of the call.
 REQUEST_ID_HEADER = "ferry-request-id"
 
@@ -219,24 +222,123 @@ class Client:
         pipeline: Union[PathLike, Any],
         params: Sequence[Mapping[str, Any]],
         no_cache: bool = False,
-        concurrency: int = 16,
     ) -> List["Run"]:
-        """Submits one run per parameter set (a sweep of runs from a notebook),
-        ``concurrency`` at a time over this client's connection; the runs in
-        the order of ``params``. The bundle is packed and uploaded once."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Submits one run per parameter set (a sweep of runs from a notebook)
+        on one streaming call: the coordinator checks and proposes each as
+        :meth:`submit` would (its own run, answered once committed), several
+        at a time, and answers in order. The bundle is packed and uploaded
+        once. Returns the runs in the order of ``params``.
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            return list(pool.map(lambda p: self.submit(pipeline, params=p, no_cache=no_cache), params))
+        Every set is sent even when one is refused; the first refusal is then
+        raised, with ``index`` (its position in ``params``) and ``submitted``
+        (the runs the others started, None where refused). Should the member
+        go away mid-way, the unanswered submissions are sent to the next one
+        (each carries its own request id, so none starts twice)."""
+        sets = [dict(p) for p in params]
+        if not sets:
+            return []
+        yaml_text, spec_file, folder = self._spec(pipeline, sets[0])
+        bundle = self._pack(folder)
+        # A YAML spec is the same text for every set (its parameters travel
+        # beside it); a Python pipeline is compiled with each set, all before
+        # anything is sent, so that a mistake in one sends none.
+        specs: Optional[List[Tuple[str, str]]] = None
+        if not isinstance(pipeline, (str, os.PathLike)):
+            specs = [self._spec(pipeline, values)[:2] for values in sets]
+        digest = self._upload_bundle(bundle.data, bundle.digest)
+        # Unique per submission, the same when one is sent again.
+        prefix = uuid.uuid4().hex
 
-    def _prepare(self, pipeline: Union[PathLike, Any], params: Optional[Mapping[str, Any]]) -> Tuple[str, str, Any]:
-        """The spec's text, its file name and the packed code bundle."""
+        def batch_of(positions: Sequence[int]) -> Any:
+            """The submissions at ``positions`` as one message, built as the
+            stream takes them (Python's work overlaps the coordinator's)."""
+            batch = pb.SubmitRunsRequest()
+            for n in positions:
+                text, file = specs[n] if specs is not None else (yaml_text, spec_file)
+                request = batch.runs.add(
+                    spec_yaml=text, spec_file=file, bundle_digest=digest, request_id=f"{prefix}-{n}", no_cache=no_cache
+                )
+                for name, value in sets[n].items():
+                    request.params[str(name)] = _param_text(value)
+            return batch
+
+        runs: Dict[int, int] = {}
+        refused: Dict[int, errors.FerryError] = {}
+        self._submit_stream(batch_of, len(sets), runs, refused)
+        gone = [i for i, e in refused.items() if isinstance(e, errors.Conflict) and "is not stored" in str(e)]
+        if gone:
+            # Collected since this client last uploaded it: upload it again
+            # and send those submissions again (they were not applied).
+            with self._lock:
+                self._stored.discard(digest)
+            self._upload_bundle(bundle.data, bundle.digest)
+            for i in gone:
+                del refused[i]
+            self._submit_stream(batch_of, len(sets), runs, refused, only=gone)
+        started = [Run(self, runs[i]) if i in runs else None for i in range(len(sets))]
+        if refused:
+            first = refused[min(refused)]
+            first.index = min(refused)
+            first.submitted = started
+            raise first
+        return [run for run in started if run is not None]
+
+    def _submit_stream(
+        self,
+        batch_of: Callable[[Sequence[int]], Any],
+        total: int,
+        runs: Dict[int, int],
+        refused: Dict[int, errors.FerryError],
+        only: Optional[Sequence[int]] = None,
+    ) -> None:
+        """Sends the ``total`` submissions (those at positions ``only``, or
+        all) on ``SubmitRuns``, ``SUBMIT_BATCH`` a message made by
+        ``batch_of``, filling ``runs`` and ``refused`` by position; the
+        unanswered ones go to the next member when one goes away."""
+        pending = list(range(total)) if only is None else sorted(only)
+        failures: List[str] = []
+        count = len(self._stubs)
+        for offset in range(count):
+            if not pending:
+                return
+            index = (self._current + offset) % count
+            address = self.config.coordinators[index]
+            sent = list(pending)
+            # A deadline that grows with the stream (at least 100 a second).
+            timeout = self.timeout + len(sent) / 100.0
+            batches = (batch_of(sent[start : start + SUBMIT_BATCH]) for start in range(0, len(sent), SUBMIT_BATCH))
+            try:
+                for reply in self._stubs[index].SubmitRuns(batches, timeout=timeout):
+                    for answer in reply.answers:
+                        position = sent[answer.index]
+                        if answer.code == 0:
+                            runs[position] = answer.run_id
+                        else:
+                            refused[position] = errors.from_code(answer.code, answer.message, address)
+            except grpc.RpcError as error:
+                if error.code() in _FAILOVER:
+                    failures.append(f"{address}: {error.details()}")
+                    pending = [i for i in sent if i not in runs and i not in refused]
+                    continue
+                raise errors.from_rpc_error(error, address) from None
+            self._current = index
+            pending = [i for i in sent if i not in runs and i not in refused]
+            if pending:
+                raise errors.FerryError(
+                    f"coordinator {address} ended the submission stream with {len(pending)} "
+                    "submissions unanswered"
+                )
+            return
+        raise self._none_answered(failures)
+
+    def _spec(self, pipeline: Union[PathLike, Any], params: Optional[Mapping[str, Any]]) -> Tuple[str, str, Path]:
+        """The spec's text, its file name and the folder its bundle is packed from."""
         from .authoring import PipelineFunction, compile as compile_pipeline, module_of
 
         if isinstance(pipeline, PipelineFunction):
             spec_yaml = compile_pipeline(pipeline, params)
             folder, module = module_of(pipeline.fn)
-            return spec_yaml, f"{module}.py", self._pack(folder)
+            return spec_yaml, f"{module}.py", folder
         path = Path(pipeline)
         if path.is_dir():
             path = path / "pipeline.yaml"
@@ -244,7 +346,12 @@ class Client:
             yaml_text = path.read_text()
         except OSError as error:
             raise errors.InvalidRequest(f"cannot read the pipeline {path}: {error}") from None
-        return yaml_text, path.name, self._pack(path.parent if str(path.parent) else Path("."))
+        return yaml_text, path.name, path.parent if str(path.parent) else Path(".")
+
+    def _prepare(self, pipeline: Union[PathLike, Any], params: Optional[Mapping[str, Any]]) -> Tuple[str, str, Any]:
+        """The spec's text, its file name and the packed code bundle."""
+        yaml_text, spec_file, folder = self._spec(pipeline, params)
+        return yaml_text, spec_file, self._pack(folder)
 
     def _pack(self, folder: Path) -> Any:
         """The folder's bundle, packed again only when a file under it changed

@@ -26,6 +26,13 @@ __all__ = [
 class FerryError(Exception):
     """Every error the SDK raises derives from this one."""
 
+    #: Raised by ``Client.submit_many`` for the first refused submission: its
+    #: position in ``params`` (None otherwise).
+    index: Optional[int] = None
+    #: Raised by ``Client.submit_many``: one entry per parameter set, the
+    #: ``Run`` it started or None where it was refused (empty otherwise).
+    submitted: Sequence[Optional[object]] = ()
+
 
 class ConfigError(FerryError):
     """The client configuration is missing, unreadable or invalid (what the
@@ -138,6 +145,20 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> FerryError:
     """The SDK's exception for a refused or failed call to ``address``."""
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else None) or str(error)
+    return from_status(code, details, address)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_code(code: int, details: str, address: str) -> FerryError:
+    """The SDK's exception for a refusal given as a numeric gRPC status code
+    (as a ``SubmitRuns`` reply carries it)."""
+    return from_status(_CODES.get(code), details, address)
+
+
+def from_status(code: Optional[grpc.StatusCode], details: str, address: str) -> FerryError:
+    """The SDK's exception for status ``code`` with the coordinator's message."""
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"coordinator {address} is unavailable: {details}", [address])
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):

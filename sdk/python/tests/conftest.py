@@ -26,9 +26,13 @@ except ImportError:
     sys.path.insert(0, str(REPO / "sdk" / "python"))
 
 
+# Read once: the ``client`` fixture clears every FERRY_ variable.
+_FERRY_BIN = Path(os.environ.get("FERRY_BIN", REPO / "target" / "debug" / "ferry"))
+
+
 def ferry_bin() -> Path:
     """The ``ferry`` binary the tests run."""
-    return Path(os.environ.get("FERRY_BIN", REPO / "target" / "debug" / "ferry"))
+    return _FERRY_BIN
 
 
 def isolated_env(home: Path) -> Dict[str, str]:

@@ -132,6 +132,35 @@ def test_failover_to_the_next_address(dev) -> None:
         assert isinstance(client.runs(), list)
 
 
+def test_submit_many_answers_in_order_and_raises_the_first_refusal(dev, tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    (folder / "pipeline.yaml").write_text(
+        'name: many\nparams:\n  n: 0\nsteps:\n  - name: s\n    command: ["echo", "n=${params.n}"]\n'
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The first address answers nothing: the stream goes to the next.
+    with ferry.Client([f"127.0.0.1:{port}", dev.address], config=dev.config, timeout=5) as client:
+        runs = client.submit_many(folder, [{"n": i} for i in range(40)])
+        assert len({run.id for run in runs}) == 40
+        for i in (0, 17, 39):
+            status = runs[i].wait(progress=False)
+            assert status.state == "succeeded"
+            assert [line.text for line in runs[i].logs()] == [f"n={i}"]
+        with pytest.raises(ferry.SpecError) as raised:
+            # (n values not run before: a run of n=3 would reuse the one above)
+            client.submit_many(folder, [{"n": 101}, {"nope": 2}, {"n": 103}, {"other": 4}])
+        error = raised.value
+        assert error.index == 1, error
+        assert "nope" in str(error), error
+        started = list(error.submitted)
+        assert started[1] is None and started[3] is None
+        assert all(isinstance(run, ferry.Run) for run in (started[0], started[2]))
+        assert [line.text for line in started[2].logs(follow=True)] == ["n=103"]
+
+
 def test_a_certificate_from_another_ca_is_refused(dev, tmp_path: Path) -> None:
     from conftest import ferry_bin
 
@@ -173,5 +202,5 @@ def test_a_folder_is_packed_again_when_a_file_changes(client: ferry.Client, tmp_
     assert status.bundle_digest != first.bundle_digest
     assert status.bundle_digest == json.loads(dev.ferry("--output", "json", "bundle", str(folder)).stdout)["digest"]
     assert [line.text for line in changed.logs()] == ["second, longer"]
-    runs = client.submit_many(folder, [{}, {}, {}], concurrency=2)
+    runs = client.submit_many(folder, [{}, {}, {}])
     assert len({r.id for r in runs}) == 3

@@ -119,6 +119,34 @@ pub async fn submit(
     Ok(bounded(client.submit_run(request)).await?.run_id)
 }
 
+/// One submission on a `SubmitRuns` stream; a refusal in its reply as the
+/// status `SubmitRun` would answer.
+pub async fn submit_on_stream(
+    client: &mut ControlClient<Channel>,
+    spec: &str,
+    bundle: &str,
+) -> Result<u64, Status> {
+    let request = proto::SubmitRunRequest {
+        spec_yaml: spec.to_string(),
+        spec_file: "matrix.yaml".to_string(),
+        bundle_digest: bundle.to_string(),
+        ..Default::default()
+    };
+    let batch = proto::SubmitRunsRequest {
+        runs: vec![request],
+    };
+    let mut replies = bounded(client.submit_runs(futures::stream::iter([batch]))).await?;
+    let answer = tokio::time::timeout(CALL_TIMEOUT, replies.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no answer in 20 s"))??
+        .and_then(|reply| reply.answers.into_iter().next())
+        .ok_or_else(|| Status::internal("the SubmitRuns stream ended unanswered"))?;
+    if answer.code != 0 {
+        return Err(Status::new(tonic::Code::from(answer.code), answer.message));
+    }
+    Ok(answer.run_id)
+}
+
 pub fn schedule_request(name: &str, bundle: &str) -> proto::CreateScheduleRequest {
     proto::CreateScheduleRequest {
         name: name.to_string(),
@@ -258,6 +286,9 @@ impl Ctx {
             }
             Case::SubmitRun => {
                 submit(client, WAIT_SPEC, &bundle).await?;
+            }
+            Case::SubmitRuns => {
+                submit_on_stream(client, WAIT_SPEC, &bundle).await?;
             }
             Case::SubmitRunWithSecret => {
                 submit(client, SECRET_SPEC, &bundle).await?;

@@ -43,6 +43,8 @@ pub enum Case {
     HasBlob,
     GetLimits,
     SubmitRun,
+    /// One submission on a `SubmitRuns` stream: refused in its reply.
+    SubmitRuns,
     /// A pipeline whose step asks for `p`'s secret.
     SubmitRunWithSecret,
     ListRuns,
@@ -104,11 +106,12 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 55] = [
+    pub const ALL: [Case; 56] = [
         Case::UploadBundle,
         Case::HasBlob,
         Case::GetLimits,
         Case::SubmitRun,
+        Case::SubmitRuns,
         Case::SubmitRunWithSecret,
         Case::ListRuns,
         Case::GetRun,
@@ -216,7 +219,7 @@ impl Case {
             // Listings answer every client and leave out what it may not read
             // (`listed`).
             Case::ListRuns | Case::ListSchedules | Case::ListPins | Case::ListSecrets => &[],
-            Case::SubmitRun => &[Action::SubmitRun],
+            Case::SubmitRun | Case::SubmitRuns => &[Action::SubmitRun],
             // The secrets a pipeline asks for are checked before it is proposed.
             Case::SubmitRunWithSecret => &[Action::UseSecret, Action::SubmitRun],
             Case::GetRun

@@ -30,12 +30,17 @@ use crate::node::{Node, authorize};
 use crate::state::{Run, RunId};
 use ferry_common::pki::{Identity, peer_certificate};
 
+/// (bundle digest, cache.paths) → the digest of those files.
+type CodeMemo = HashMap<(String, Vec<String>), String>;
+
+/// Cheap to clone (shared parts): a `SubmitRuns` stream holds a clone.
+#[derive(Clone)]
 pub struct ControlService {
     node: Arc<Node>,
-    parsed: submit::ParsedPipelines,
-    /// (bundle digest, cache.paths) → the digest of those files.
-    code_memo: std::sync::Mutex<HashMap<(String, Vec<String>), String>>,
-    /// Long-lived answer streams (logs, downloads) open per client.
+    parsed: Arc<submit::ParsedPipelines>,
+    code_memo: Arc<std::sync::Mutex<CodeMemo>>,
+    /// Long-lived answer streams (logs, downloads, submission streams) open
+    /// per client.
     streams: Arc<super::limits::StreamSlots>,
 }
 
@@ -43,10 +48,10 @@ impl ControlService {
     pub fn new(node: Arc<Node>) -> ControlService {
         ControlService {
             node,
-            parsed: submit::ParsedPipelines::default(),
+            parsed: Default::default(),
             code_memo: Default::default(),
             streams: super::limits::StreamSlots::new(
-                "log and download streams",
+                "log, download and submission streams",
                 super::limits::MAX_CLIENT_STREAMS_PER_CALLER,
             ),
         }
@@ -149,6 +154,21 @@ impl Control for ControlService {
         request: Request<proto::SubmitRunRequest>,
     ) -> Result<Response<proto::SubmitRunResponse>, Status> {
         submit::submit_run(self, request).await
+    }
+
+    type SubmitRunsStream = ResponseStream<proto::SubmitRunsReply>;
+
+    async fn submit_runs(
+        &self,
+        request: Request<Streaming<proto::SubmitRunsRequest>>,
+    ) -> Result<Response<Self::SubmitRunsStream>, Status> {
+        let facts = peer_certificate(&request)?;
+        let stream = submit::submit_runs(self, request)?;
+        Ok(Response::new(until_revoked(
+            stream,
+            self.node.clone(),
+            facts,
+        )))
     }
 
     async fn list_runs(

@@ -5,14 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ferry_common::pki::{Role, require_role};
+use ferry_common::pki::{Identity, Role, require_role};
 use ferry_common::proto;
 use ferry_common::spec::{Pipeline, SpecError, SubmitLimits, parse_submission};
+use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ControlService;
 use crate::access::Action;
-use crate::api::propose_status;
+use crate::api::{ResponseStream, propose_status};
 use crate::node::now_ms;
 use crate::state::{Command, Outcome};
 
@@ -257,17 +258,118 @@ pub(super) async fn submit_run(
     request: Request<proto::SubmitRunRequest>,
 ) -> Result<Response<proto::SubmitRunResponse>, Status> {
     let caller = require_role(&request, Role::Client)?;
-    let submit = request.into_inner();
+    let run_id = submit_one(service, &caller, request.into_inner()).await?;
+    Ok(Response::new(proto::SubmitRunResponse { run_id }))
+}
+
+/// How many submissions of one `SubmitRuns` stream are checked and proposed
+/// at once: as many as the 16 concurrent `SubmitRun` calls `ferry-bench`
+/// makes, so that a stream asks no more of the cluster than they do.
+pub const SUBMIT_STREAM_IN_FLIGHT: usize = 16;
+
+/// Most answers of a `SubmitRuns` stream sent in one reply.
+const SUBMIT_STREAM_ANSWERS_PER_REPLY: usize = 256;
+/// How long a reply waits for more answers after its first: a client pays
+/// per message (Python's grpcio about 0.1 ms of CPU each), and a batch of
+/// submissions needs no answer sooner.
+const SUBMIT_STREAM_REPLY_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// `SubmitRuns`: each submission of the stream's batches submitted as
+/// `SubmitRun` would, [`SUBMIT_STREAM_IN_FLIGHT`] at a time, answered in the
+/// order sent (the answers ready at once in one reply); a refused one is
+/// answered with its status and the stream goes on. The stream holds one of
+/// the caller's stream slots while it is open.
+pub(super) fn submit_runs(
+    service: &ControlService,
+    request: Request<Streaming<proto::SubmitRunsRequest>>,
+) -> Result<ResponseStream<proto::SubmitRunsReply>, Status> {
+    let caller = require_role(&request, Role::Client)?;
+    let slot = service.streams.take(&caller.name)?;
+    let service = service.clone();
+    let submissions = request.into_inner().flat_map(|batch| match batch {
+        Ok(batch) => futures::stream::iter(batch.runs.into_iter().map(Ok)).left_stream(),
+        // A broken request stream ends the answer with its status.
+        Err(broken) => futures::stream::once(std::future::ready(Err(broken))).right_stream(),
+    });
+    let replies = submissions
+        .enumerate()
+        .map(move |(index, submission)| {
+            let service = service.clone();
+            let caller = caller.clone();
+            async move {
+                let index = index as u64;
+                Ok(match submit_one(&service, &caller, submission?).await {
+                    Ok(run_id) => proto::SubmitRunsAnswer {
+                        index,
+                        run_id,
+                        ..Default::default()
+                    },
+                    Err(refused) => proto::SubmitRunsAnswer {
+                        index,
+                        run_id: 0,
+                        code: refused.code() as i32,
+                        message: refused.message().to_string(),
+                    },
+                })
+            }
+        })
+        .buffered(SUBMIT_STREAM_IN_FLIGHT);
+    Ok(crate::api::limits::holding(
+        Box::pin(in_replies(Box::pin(replies))),
+        slot,
+    ))
+}
+
+/// `answers` grouped into replies: each reply holds the answers that come
+/// within [`SUBMIT_STREAM_REPLY_WAIT`] of its first, at most
+/// [`SUBMIT_STREAM_ANSWERS_PER_REPLY`]. An error ends the stream.
+fn in_replies(
+    answers: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::SubmitRunsAnswer, Status>> + Send>,
+    >,
+) -> impl futures::Stream<Item = Result<proto::SubmitRunsReply, Status>> + Send {
+    futures::stream::unfold(Some(answers), |open| async move {
+        let mut answers = open?;
+        let mut reply = proto::SubmitRunsReply {
+            answers: vec![match answers.next().await? {
+                Ok(answer) => answer,
+                Err(broken) => return Some((Err(broken), None)),
+            }],
+        };
+        let wait = tokio::time::sleep(SUBMIT_STREAM_REPLY_WAIT);
+        tokio::pin!(wait);
+        while reply.answers.len() < SUBMIT_STREAM_ANSWERS_PER_REPLY {
+            tokio::select! {
+                biased;
+                next = answers.next() => match next {
+                    Some(Ok(answer)) => reply.answers.push(answer),
+                    Some(Err(broken)) => return Some((Err(broken), None)),
+                    None => return Some((Ok(reply), None)),
+                },
+                () = &mut wait => break,
+            }
+        }
+        Some((Ok(reply), Some(answers)))
+    })
+}
+
+/// One submission by `caller`: the spec parsed against this member's limits,
+/// its bundle and secrets checked, proposed and committed; the run's id.
+async fn submit_one(
+    service: &ControlService,
+    caller: &Identity,
+    submit: proto::SubmitRunRequest,
+) -> Result<u64, Status> {
     let pipeline = service.parse_spec(&submit.spec_yaml, &submit.spec_file, submit.params)?;
     service.require_bundle(&submit.bundle_digest).await?;
-    service.require_secrets(&caller, &pipeline).await?;
+    service.require_secrets(caller, &pipeline).await?;
     let code_digests = service
         .code_digests(&pipeline, &submit.bundle_digest)
         .await?;
     let outcome = service
         .node
         .propose_as(
-            &caller,
+            caller,
             Command::SubmitRun {
                 pipeline,
                 bundle_digest: submit.bundle_digest,
@@ -287,7 +389,7 @@ pub(super) async fn submit_run(
         return Err(Status::internal("unexpected outcome of a submission"));
     };
     tracing::debug!(run = run_id, client = %caller.name, "run submitted");
-    Ok(Response::new(proto::SubmitRunResponse { run_id }))
+    Ok(run_id)
 }
 
 /// The client's request id, or one this member makes up: every submission
@@ -366,4 +468,76 @@ pub(super) async fn schedule_to_create(
         fired: 0,
         missed: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(index: u64) -> Result<proto::SubmitRunsAnswer, Status> {
+        Ok(proto::SubmitRunsAnswer {
+            index,
+            run_id: index + 1,
+            ..Default::default()
+        })
+    }
+
+    async fn replies(
+        answers: Vec<Result<proto::SubmitRunsAnswer, Status>>,
+    ) -> Vec<Result<Vec<u64>, tonic::Code>> {
+        in_replies(Box::pin(futures::stream::iter(answers)))
+            .map(|reply| {
+                reply
+                    .map(|reply| reply.answers.iter().map(|a| a.index).collect())
+                    .map_err(|status| status.code())
+            })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn answers_ready_together_go_in_one_reply_of_at_most_the_limit() {
+        assert_eq!(
+            replies((0..3).map(answer).collect()).await,
+            vec![Ok(vec![0, 1, 2])]
+        );
+        let many = replies((0..300).map(answer).collect()).await;
+        assert_eq!(many.len(), 2);
+        assert_eq!(
+            many[0].as_ref().unwrap().len(),
+            SUBMIT_STREAM_ANSWERS_PER_REPLY
+        );
+        assert_eq!(many[1].as_ref().unwrap(), &(256..300).collect::<Vec<_>>());
+        assert!(replies(Vec::new()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_broken_request_stream_ends_the_replies_with_its_status() {
+        let broken = vec![
+            answer(0),
+            Err(Status::cancelled("the client went away")),
+            answer(2),
+        ];
+        assert_eq!(replies(broken).await, vec![Err(tonic::Code::Cancelled)]);
+        let first = vec![Err(Status::cancelled("gone")), answer(1)];
+        assert_eq!(replies(first).await, vec![Err(tonic::Code::Cancelled)]);
+    }
+
+    #[tokio::test]
+    async fn a_reply_waits_for_later_answers_only_briefly() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut stream = Box::pin(in_replies(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(receiver),
+        )));
+        sender.send(answer(0)).unwrap();
+        // Nothing more comes: the reply leaves once the wait is over.
+        let reply = stream.next().await.unwrap().unwrap();
+        assert_eq!(reply.answers.len(), 1);
+        sender.send(answer(1)).unwrap();
+        sender.send(answer(2)).unwrap();
+        drop(sender);
+        let reply = stream.next().await.unwrap().unwrap();
+        assert_eq!(reply.answers.len(), 2);
+        assert!(stream.next().await.is_none());
+    }
 }

@@ -609,6 +609,30 @@ class SubmitRunResponse(_message.Message):
     run_id: int
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
+class SubmitRunsRequest(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[SubmitRunRequest]
+    def __init__(self, runs: _Optional[_Iterable[_Union[SubmitRunRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitRunsReply(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[SubmitRunsAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[SubmitRunsAnswer, _Mapping]]] = ...) -> None: ...
+
+class SubmitRunsAnswer(_message.Message):
+    __slots__ = ("index", "run_id", "code", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    run_id: int
+    code: int
+    message: str
+    def __init__(self, index: _Optional[int] = ..., run_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class ListRunsRequest(_message.Message):
     __slots__ = ("stale", "where", "limit")
     STALE_FIELD_NUMBER: _ClassVar[int]

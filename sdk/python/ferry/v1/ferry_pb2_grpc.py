@@ -51,6 +51,11 @@ class ControlStub(object):
                 request_serializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunResponse.FromString,
                 _registered_method=True)
+        self.SubmitRuns = channel.stream_stream(
+                '/ferry.v1.Control/SubmitRuns',
+                request_serializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunsRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunsReply.FromString,
+                _registered_method=True)
         self.ListRuns = channel.unary_unary(
                 '/ferry.v1.Control/ListRuns',
                 request_serializer=ferry_dot_v1_dot_ferry__pb2.ListRunsRequest.SerializeToString,
@@ -257,6 +262,17 @@ class ControlServicer(object):
 
     def SubmitRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitRuns(self, request_iterator, context):
+        """Many submissions on one call, sent in batches: each submission is
+        checked and proposed as SubmitRun would (its own run, its own Raft entry,
+        answered once committed), SUBMIT_STREAM_IN_FLIGHT at a time, and answered
+        in the order sent, the answers ready at once batched together. A refused
+        submission is answered with its status; the stream goes on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -522,6 +538,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.SubmitRun,
                     request_deserializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunResponse.SerializeToString,
+            ),
+            'SubmitRuns': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitRuns,
+                    request_deserializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunsRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_ferry__pb2.SubmitRunsReply.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
@@ -792,6 +813,33 @@ class Control(object):
             '/ferry.v1.Control/SubmitRun',
             ferry_dot_v1_dot_ferry__pb2.SubmitRunRequest.SerializeToString,
             ferry_dot_v1_dot_ferry__pb2.SubmitRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitRuns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ferry.v1.Control/SubmitRuns',
+            ferry_dot_v1_dot_ferry__pb2.SubmitRunsRequest.SerializeToString,
+            ferry_dot_v1_dot_ferry__pb2.SubmitRunsReply.FromString,
             options,
             channel_credentials,
             insecure,
