@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import List
 
 import blake3
 import pytest
@@ -159,6 +160,38 @@ def test_submit_many_answers_in_order_and_raises_the_first_refusal(dev, tmp_path
         assert started[1] is None and started[3] is None
         assert all(isinstance(run, ferry.Run) for run in (started[0], started[2]))
         assert [line.text for line in started[2].logs(follow=True)] == ["n=103"]
+
+
+def test_a_bundle_gone_from_the_cluster_is_uploaded_again(
+    client: ferry.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client believes the cluster holds these bundles (as after an upload
+    # that `ferry gc` later collected); the coordinator refuses the
+    # submissions, and the client uploads each bundle again and resends.
+    uploads: List[str] = []
+    real_upload = client._upload_bundle
+
+    def counted(data: bytes, digest: str) -> str:
+        uploads.append(digest)
+        return real_upload(data, digest)
+
+    monkeypatch.setattr(client, "_upload_bundle", counted)
+    for way in ("submit", "submit_many"):
+        folder = tmp_path / way
+        folder.mkdir()
+        (folder / "pipeline.yaml").write_text(f'name: gone\nsteps:\n  - name: s\n    command: ["echo", "{way}"]\n')
+        digest = ferry.pack_dir(folder).digest
+        client._stored.add(digest)
+        if way == "submit":
+            runs = [client.submit(folder)]
+        else:
+            runs = client.submit_many(folder, [{}, {}])
+        for run in runs:
+            status = run.wait(progress=False)
+            assert status.state == "succeeded" and status.bundle_digest == digest
+        assert [line.text for line in runs[0].logs()] == [way]
+        # Once believed stored, once again after the refusal.
+        assert uploads.count(digest) == 2, uploads
 
 
 def test_a_certificate_from_another_ca_is_refused(dev, tmp_path: Path) -> None:
