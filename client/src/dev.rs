@@ -29,6 +29,8 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     pub cpus: Option<f64>,
     pub memory: Option<String>,
+    /// Where the coordinator serves `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,9 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         admins: vec![CLIENT_NAME.to_string()],
         secrets_key: Some(secrets_key),
         secrets_keys: Vec::new(),
+        metrics: ferry_coordinator::config::MetricsSettings {
+            listen: options.metrics_listen,
+        },
     })
     .await?;
     let address = coordinator.local_addr();
@@ -186,6 +191,9 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         "ferry dev: coordinator listening on {address} (data in {})",
         data_dir.display()
     );
+    if let Some(metrics) = coordinator.metrics_addr() {
+        println!("ferry dev: metrics at http://{metrics}/metrics");
+    }
 
     let client = ClientConfig {
         coordinators: vec![address.to_string()],

@@ -257,6 +257,10 @@ enum Command {
         /// Memory the worker offers, e.g. 8Gi [default: all of this machine's].
         #[arg(long)]
         memory: Option<String>,
+        /// Serve the coordinator's Prometheus metrics at http://ADDRESS/metrics
+        /// (plain HTTP; port 0 picks a free port) [default: not served].
+        #[arg(long, value_name = "ADDRESS")]
+        metrics_listen: Option<SocketAddr>,
     },
 }
 
@@ -643,6 +647,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen,
             cpus,
             memory,
+            metrics_listen,
         } => {
             init_tracing("warn,ferry_coordinator=info,ferry_worker=info");
             // `ferry dev` is a coordinator and a worker in one process: the same
@@ -665,6 +670,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     listen,
                     cpus,
                     memory,
+                    metrics_listen,
                 },
                 shutdown,
             )

@@ -21,6 +21,7 @@ pub mod durable;
 pub mod faults;
 pub mod locks;
 pub mod logchunk;
+pub mod metrics;
 pub mod pki;
 pub mod secrets;
 pub mod signals;

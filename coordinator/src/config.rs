@@ -74,6 +74,19 @@ pub struct CoordinatorConfig {
     /// rotate-key` has sealed everything again with `secrets_key`.
     #[serde(default)]
     pub secrets_keys: Vec<PathBuf>,
+    /// `[metrics]`: Prometheus metrics over plain HTTP, off unless `listen`
+    /// is set.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: where `GET /metrics` is served (plain HTTP, no client
+/// certificate: give it a loopback or otherwise private address). Absent: not
+/// served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[retention]`: garbage collection of old runs' logs and artifacts.
@@ -615,6 +628,26 @@ mod tests {
         assert_eq!(config.listen.port(), 7443);
         assert!(config.tls.key.ends_with("member-1-key.pem"));
         assert_eq!(config.max_blob_bytes, DEFAULT_MAX_BLOB_BYTES);
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_unless_configured_and_a_bad_address_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n\
+                    [tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(CoordinatorConfig::load(&path).unwrap().metrics.listen, None);
+        std::fs::write(&path, format!("{base}[metrics]\nlisten = \"nowhere\"\n")).unwrap();
+        let error = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("c.toml") && error.contains("listen"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod api;
 pub mod blobs;
 pub mod config;
 pub mod consensus;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod store;
@@ -99,6 +100,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     listener: TcpListener,
     peer_listener: Option<TcpListener>,
+    /// `[metrics] listen`, bound.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Coordinator {
@@ -149,6 +152,14 @@ impl Coordinator {
             ),
             None => None,
         };
+        let metrics_listener = match config.metrics.listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| CoordinatorError::Bind { address, source })?,
+            ),
+            None => None,
+        };
         // Port 0 asks the system for a port: record the one it gave, since a
         // one-member cluster names itself by its listening address.
         let mut config = config;
@@ -163,6 +174,7 @@ impl Coordinator {
             config,
             listener,
             peer_listener,
+            metrics_listener,
         })
     }
 
@@ -176,6 +188,13 @@ impl Coordinator {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` turns true; a leader first hands leadership to an
@@ -219,6 +238,18 @@ impl Coordinator {
             role_gate(Role::Coordinator, deny_list_of(node.clone())),
         );
         let (stop_servers, servers_shutdown) = watch::channel(false);
+        // Every call is counted and timed; served only with `[metrics] listen`.
+        let exported = metrics::exported(&node);
+        let grpc_metrics = exported.grpc.clone();
+        let mut metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+            tokio::spawn(ferry_common::metrics::serve(
+                listener,
+                std::sync::Arc::new(exported.registry),
+                exported.refresh,
+                until_stopped_owned(servers_shutdown.clone()),
+            ))
+        });
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|s| *s).await;
         };
@@ -232,7 +263,7 @@ impl Coordinator {
             )?,
         ));
         let mut main_server =
-            server_builder().max_concurrent_streams(if self.peer_listener.is_some() {
+            server_builder(&grpc_metrics).max_concurrent_streams(if self.peer_listener.is_some() {
                 MAX_STREAMS_PER_CONNECTION
             } else {
                 MAX_PEER_STREAMS_PER_CONNECTION
@@ -240,7 +271,7 @@ impl Coordinator {
         let main_router = main_server.add_service(control).add_service(agent);
         let (main_router, mut peer_server) = match self.peer_listener {
             Some(listener) => {
-                let server = server_builder()
+                let server = server_builder(&grpc_metrics)
                     .max_concurrent_streams(MAX_PEER_STREAMS_PER_CONNECTION)
                     .add_service(peer)
                     .serve_with_incoming_shutdown(
@@ -264,6 +295,12 @@ impl Coordinator {
                 None => std::future::pending().await,
             }
         };
+        let metrics_ended = async {
+            match &mut metrics_server {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
         let failure = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
                 node.step_down().await;
@@ -272,6 +309,7 @@ impl Coordinator {
             reason = stopped.wait_for(|r| r.is_some()) => reason.ok().and_then(|r| r.clone()),
             ended = &mut main => Some(server_death("client and worker", ended)),
             ended = peer_ended => Some(server_death("peer", ended)),
+            ended = metrics_ended => Some(metrics_death(ended)),
         };
         let _ = stop_servers.send(true);
         let _ = stop_tasks.send(true);
@@ -284,6 +322,9 @@ impl Coordinator {
         if let Some(peer_server) = peer_server {
             finish_within(peer_server, SERVER_DRAIN).await?;
         }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         served?;
         match failure {
             Some(reason) => Err(CoordinatorError::Stopped(reason)),
@@ -294,12 +335,33 @@ impl Coordinator {
 
 /// A server with the same flow-control windows as the clients
 /// (`ferry_common::channel`), so that blob frames are not held to HTTP/2's
-/// default 64 KiB per round trip.
-fn server_builder() -> tonic::transport::Server {
+/// default 64 KiB per round trip, whose calls `grpc` counts and times.
+fn server_builder(
+    grpc: &ferry_common::metrics::GrpcMetrics,
+) -> tonic::transport::Server<
+    tower_layer::Stack<ferry_common::metrics::GrpcMetricsLayer, tower_layer::Identity>,
+> {
     tonic::transport::Server::builder()
         .initial_stream_window_size(ferry_common::channel::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(ferry_common::channel::CONNECTION_WINDOW_BYTES)
         .max_frame_size(ferry_common::channel::MAX_FRAME_BYTES)
+        .layer(grpc.layer())
+}
+
+/// Resolves once `receiver` turns true (or its sender is gone).
+async fn until_stopped_owned(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|s| *s).await;
+}
+
+/// Why the metrics server ended before the coordinator asked it to.
+fn metrics_death(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    let detail = match ended {
+        Ok(Ok(())) => "it returned".to_string(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    tracing::error!(%detail, "the metrics server stopped by itself; stopping this member");
+    format!("the metrics server stopped by itself: {detail}")
 }
 
 /// Why a server task ended before the coordinator asked it to.

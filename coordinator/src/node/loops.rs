@@ -150,7 +150,9 @@ pub(super) async fn schedule_loop(node: Arc<Node>, mut shutdown: watch::Receiver
             Some(_) => (false, None),
         };
         if pass {
+            let started = Instant::now();
             let (placements, left_waiting) = schedule_pass(&node, &accepting, now, &mut next_retry);
+            node.metrics.scheduling_pass(started.elapsed());
             placed_last = !placements.is_empty();
             seen = Some(Seen {
                 room,

@@ -15,6 +15,7 @@ pub mod live_logs;
 mod loops;
 pub mod machine;
 pub mod membership;
+pub mod metrics;
 mod propose;
 pub mod secrets;
 mod workers;
@@ -142,6 +143,8 @@ pub struct Node {
     scheduler_idle: std::sync::atomic::AtomicBool,
     /// Requests being proposed here, by id: a retry joins the first (leader).
     in_flight: in_flight::InFlight,
+    /// What this member counts for Prometheus (served when `[metrics]` is set).
+    pub metrics: metrics::NodeMetrics,
     /// Turns true when this member must stop serving (storage failure, removed).
     stop: watch::Sender<Option<String>>,
     /// Administrators, learners and their promotion.
@@ -336,6 +339,7 @@ impl Node {
             waiting: Mutex::new(HashMap::new()),
             scheduler_idle: std::sync::atomic::AtomicBool::new(false),
             in_flight: in_flight::InFlight::default(),
+            metrics: metrics::NodeMetrics::default(),
             stop: watch::channel(None).0,
             membership,
             keyring,

@@ -211,7 +211,9 @@ impl Node {
             }));
         }
         let proposals = self.proposals.clone();
+        let metrics = self.metrics.clone();
         let proposal = async move {
+            let started = std::time::Instant::now();
             let (reply, answer) = oneshot::channel();
             // Encoded here, not on the Raft loop (`Proposal::encoded`).
             let encoded = Some(serde_json::to_vec(&command).expect("commands serialize"));
@@ -223,7 +225,10 @@ impl Node {
                 })
                 .await
                 .map_err(|_| ConsensusError::ShuttingDown)?;
-            Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???)
+            let answered: Result<Outcome, ProposeError> =
+                async { Ok(answer.await.map_err(|_| ConsensusError::ShuttingDown)???) }.await;
+            metrics.proposed(&answered, started.elapsed());
+            answered
         };
         match owner {
             Some(owner) => owner.run(proposal).await,

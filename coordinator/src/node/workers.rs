@@ -156,6 +156,7 @@ impl Node {
             Outcome::Assigned(assigned)
             | Outcome::RunSubmitted { assigned, .. }
             | Outcome::Report { assigned, .. } => {
+                self.metrics.placed(assigned.len());
                 for (key, worker) in assigned {
                     self.push_assignment(key, worker);
                 }

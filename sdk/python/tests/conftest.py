@@ -53,7 +53,7 @@ class Dev:
         self.log = home / "dev.log"
         self.process = subprocess.Popen(
             [str(ferry_bin()), "dev", "--listen", "127.0.0.1:0", "--cpus", "2", "--memory", "2Gi",
-             "--data-dir", str(home / "dev-data")],
+             "--data-dir", str(home / "dev-data"), "--metrics-listen", "127.0.0.1:0"],
             cwd=home,
             env=isolated_env(home),
             stdin=subprocess.DEVNULL,
@@ -66,6 +66,7 @@ class Dev:
         threading.Thread(target=self._read, daemon=True).start()
         self.address = self.wait_line("coordinator listening on").split("listening on ")[1].split(" ")[0]
         self.config = Path(self.wait_line("client config written to").split("written to ")[1].strip())
+        self.metrics_url = self.wait_line("metrics at ").split("metrics at ")[1].strip()
 
     def _read(self) -> None:
         assert self.process.stdout is not None

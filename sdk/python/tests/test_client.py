@@ -183,9 +183,9 @@ def test_a_bundle_gone_from_the_cluster_is_uploaded_again(
         digest = ferry.pack_dir(folder).digest
         client._stored.add(digest)
         if way == "submit":
-            runs = [client.submit(folder)]
+            runs = [client.submit(folder, no_cache=True)]
         else:
-            runs = client.submit_many(folder, [{}, {}])
+            runs = client.submit_many(folder, [{}, {}], no_cache=True)
         for run in runs:
             status = run.wait(progress=False)
             assert status.state == "succeeded" and status.bundle_digest == digest

@@ -1,0 +1,94 @@
+//! What a node counts for Prometheus as it works (cheap atomics, kept whether
+//! or not they are served; `crate::metrics` registers and serves them).
+
+use std::time::Duration;
+
+use ferry_common::metrics::latency_buckets;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::ProposeError;
+use crate::state::Outcome;
+
+/// A proposal's result: `applied` (accepted by the state machine),
+/// `refused` (committed, but the state machine refused it) or `failed` (not
+/// known to be committed: leadership lost, shutting down).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// What the node counts as it works (cheap atomics, kept whether or not they
+/// are served).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    proposals: Family<ResultLabels, Counter>,
+    proposal_seconds: Histogram,
+    pass_seconds: Histogram,
+    placements: Counter,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics {
+            proposals: Family::default(),
+            proposal_seconds: Histogram::new(latency_buckets()),
+            pass_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
+            placements: Counter::default(),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// A proposal made on this member (the leader) was answered after `took`.
+    pub fn proposed(&self, answer: &Result<Outcome, ProposeError>, took: Duration) {
+        let result = match answer {
+            Ok(_) => "applied",
+            Err(ProposeError::Rejected(_)) => "refused",
+            Err(_) => "failed",
+        };
+        self.proposals.get_or_create(&ResultLabels { result }).inc();
+        if result != "failed" {
+            self.proposal_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A scheduling pass (the leader's) took `took`.
+    pub fn scheduling_pass(&self, took: Duration) {
+        self.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// This member applied `count` placements of steps on workers.
+    pub fn placed(&self, count: usize) {
+        self.placements.inc_by(count as u64);
+    }
+
+    pub(crate) fn register_scheduler(&self, scheduler: &mut Registry) {
+        scheduler.register(
+            "pass_seconds",
+            "How long the leader's scheduling passes took",
+            self.pass_seconds.clone(),
+        );
+        scheduler.register(
+            "placements",
+            "Steps placed on workers, as this member applied them",
+            self.placements.clone(),
+        );
+    }
+
+    pub(crate) fn register(&self, raft: &mut Registry) {
+        raft.register(
+            "proposals",
+            "Commands proposed on this member (as the leader), by result",
+            self.proposals.clone(),
+        );
+        raft.register(
+            "proposal_seconds",
+            "How long a command proposed on this member took to be committed and applied",
+            self.proposal_seconds.clone(),
+        );
+    }
+}
