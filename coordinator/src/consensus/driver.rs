@@ -198,7 +198,8 @@ struct PendingBatch<S: StateMachine> {
 
 /// What a blocking job of the loop finished.
 enum Background {
-    Compacted(Result<u64, LogStoreError>),
+    /// The snapshot's index (or why none was made), its size and how long it took.
+    Compacted(Result<u64, LogStoreError>, usize, std::time::Duration),
     SnapshotRead(Result<Snapshot, raft::Error>),
 }
 
@@ -850,17 +851,22 @@ impl<S: StateMachine, L: LogStore, N: Network> Driver<S, L, N> {
                     "log compacted into a snapshot"
                 );
             }
-            let _ = done.send(Background::Compacted(result.map(|()| index)));
+            let _ = done.send(Background::Compacted(
+                result.map(|()| index),
+                bytes,
+                began.elapsed(),
+            ));
         });
         Ok(())
     }
 
     fn background_finished(&mut self, done: Background) {
         match done {
-            Background::Compacted(result) => {
+            Background::Compacted(result, bytes, took) => {
                 self.compacting = None;
                 match result {
                     Ok(index) => {
+                        self.machine.snapshot_made(bytes, took);
                         self.snapshot_index = self.snapshot_index.max(index);
                         // A copy read for followers is older now: free it; the
                         // next follower that needs one gets the new one read.

@@ -73,6 +73,9 @@ pub trait StateMachine: Send + Sync + 'static {
     fn deliver(&self, outcome: &Self::Outcome);
     /// Called after each batch of entries was applied and answered.
     fn applied(&self);
+    /// The log was compacted into a snapshot of `bytes` bytes, which took
+    /// `took` to encode and store (for metrics; nothing by default).
+    fn snapshot_made(&self, _bytes: usize, _took: std::time::Duration) {}
 }
 
 /// The state at one applied index; `encode` gives the snapshot's data.

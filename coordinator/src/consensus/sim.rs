@@ -38,6 +38,8 @@ struct Sequence {
 #[derive(Default)]
 struct Machine {
     state: Mutex<Sequence>,
+    /// Snapshots made, as the driver reported them.
+    snapshots: std::sync::atomic::AtomicUsize,
 }
 
 struct Image(Sequence);
@@ -102,6 +104,12 @@ impl StateMachine for Machine {
     fn deliver(&self, _outcome: &usize) {}
 
     fn applied(&self) {}
+
+    fn snapshot_made(&self, bytes: usize, _took: std::time::Duration) {
+        assert!(bytes > 0, "a snapshot holds the sequence");
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A member's outbox: what its driver sent, picked up by the test network.
@@ -832,6 +840,14 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
         cluster.run(1).await;
     }
     assert!(cluster.compacted(leader), "the leader compacted its log");
+    let made = cluster.members[&leader]
+        .machine
+        .snapshots
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        made >= 1,
+        "the machine heard of each snapshot made ({made})"
+    );
     cluster.converge().await;
     assert!(
         cluster.compacted(behind),

@@ -91,6 +91,10 @@ impl StateMachine for Replica {
     fn applied(&self) {
         self.node.state_changed();
     }
+
+    fn snapshot_made(&self, bytes: usize, took: std::time::Duration) {
+        self.node.metrics.snapshot_made(bytes, took);
+    }
 }
 
 /// Every member's peer address, by id.

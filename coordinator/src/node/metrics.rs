@@ -29,6 +29,8 @@ pub struct NodeMetrics {
     proposal_seconds: Histogram,
     pass_seconds: Histogram,
     placements: Counter,
+    snapshot_seconds: Histogram,
+    snapshot_bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -38,6 +40,8 @@ impl Default for NodeMetrics {
             proposal_seconds: Histogram::new(latency_buckets()),
             pass_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
             placements: Counter::default(),
+            snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            snapshot_bytes: Default::default(),
         }
     }
 }
@@ -54,6 +58,12 @@ impl NodeMetrics {
         if result != "failed" {
             self.proposal_seconds.observe(took.as_secs_f64());
         }
+    }
+
+    /// This member compacted its log into a snapshot of `bytes` in `took`.
+    pub fn snapshot_made(&self, bytes: usize, took: Duration) {
+        self.snapshot_seconds.observe(took.as_secs_f64());
+        self.snapshot_bytes.set(bytes as i64);
     }
 
     /// A scheduling pass (the leader's) took `took`.
@@ -80,6 +90,17 @@ impl NodeMetrics {
     }
 
     pub(crate) fn register(&self, raft: &mut Registry) {
+        raft.register(
+            "snapshot_seconds",
+            "How long compacting the log into a snapshot took (encoding and storing); \
+             its count is the number of snapshots made",
+            self.snapshot_seconds.clone(),
+        );
+        raft.register(
+            "snapshot_bytes",
+            "The size of the last snapshot this member made",
+            self.snapshot_bytes.clone(),
+        );
         raft.register(
             "proposals",
             "Commands proposed on this member (as the leader), by result",
