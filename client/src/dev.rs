@@ -246,6 +246,8 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         // The worker's cache of inputs and bundles, with its default bound.
         cache: Default::default(),
         bucket_ca: None,
+        // Served with the coordinator's, on `--metrics-listen`.
+        metrics_listen: None,
     };
     let capacity = ferry_worker::fingerprint::discover(&worker_config)
         .map_err(ferry_worker::WorkerError::from)?;
@@ -266,8 +268,13 @@ pub async fn run_dev(options: DevOptions, shutdown: watch::Receiver<bool>) -> Re
         "ferry dev: try 'ferry run examples/iris/pipeline.yaml --watch'; Ctrl-C stops the cluster"
     );
 
+    // One process, one /metrics: the worker's families beside the coordinator's.
+    let worker_metrics = ferry_worker::metrics::WorkerMetrics::default();
+    let mut coordinator = coordinator;
+    let exported = worker_metrics.clone();
+    coordinator.export_also(Box::new(move |registry| exported.register(registry)));
     let serving = coordinator.serve(shutdown.clone());
-    let working = ferry_worker::run(worker_config, shutdown.clone());
+    let working = ferry_worker::run_with(worker_config, worker_metrics, shutdown.clone());
     let (served, worked) = tokio::join!(serving, working);
     served?;
     worked?;

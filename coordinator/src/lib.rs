@@ -102,7 +102,12 @@ pub struct Coordinator {
     peer_listener: Option<TcpListener>,
     /// `[metrics] listen`, bound.
     metrics_listener: Option<TcpListener>,
+    /// Registers more families beside the coordinator's (`export_also`).
+    also_exported: Vec<RegisterMore>,
 }
+
+/// Registers families in the registry a coordinator serves.
+pub type RegisterMore = Box<dyn FnOnce(&mut prometheus_client::registry::Registry) + Send>;
 
 impl Coordinator {
     /// Loads the TLS material (refusing to start without it), opens the data
@@ -175,6 +180,7 @@ impl Coordinator {
             listener,
             peer_listener,
             metrics_listener,
+            also_exported: Vec::new(),
         })
     }
 
@@ -188,6 +194,12 @@ impl Coordinator {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves the families `register` adds beside the coordinator's (`ferry
+    /// dev`: its worker's, on the one address).
+    pub fn export_also(&mut self, register: RegisterMore) {
+        self.also_exported.push(register);
     }
 
     /// Where `GET /metrics` is served, when `[metrics] listen` is set.
@@ -239,7 +251,10 @@ impl Coordinator {
         );
         let (stop_servers, servers_shutdown) = watch::channel(false);
         // Every call is counted and timed; served only with `[metrics] listen`.
-        let exported = metrics::exported(&node);
+        let mut exported = metrics::exported(&node);
+        for register in self.also_exported {
+            register(&mut exported.registry);
+        }
         let grpc_metrics = exported.grpc.clone();
         let mut metrics_server = self.metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");

@@ -40,4 +40,5 @@ mod t86_s3_direct;
 mod t90_scheduling;
 mod t91_wide;
 mod t95_metrics;
+mod t96_prometheus;
 mod t97_reproducible;

@@ -89,6 +89,10 @@ pub struct WorkerConfig {
     /// blobs there with presigned URLs). No S3 credentials go here.
     #[serde(default)]
     pub bucket_ca: Option<PathBuf>,
+    /// `[metrics] listen`: where `GET /metrics` is served (plain HTTP);
+    /// absent: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[cache]` in worker.toml: the content-addressed cache of inputs, gathered
@@ -228,6 +232,15 @@ struct WorkerConfigFile {
     #[serde(default)]
     cache: CacheConfig,
     bucket_ca: Option<PathBuf>,
+    #[serde(default)]
+    metrics: MetricsFile,
+}
+
+/// `[metrics]` in worker.toml.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    listen: Option<std::net::SocketAddr>,
 }
 
 impl TryFrom<WorkerConfigFile> for WorkerConfig {
@@ -286,6 +299,7 @@ impl TryFrom<WorkerConfigFile> for WorkerConfig {
             docker_config: file.docker_config,
             cache: file.cache,
             bucket_ca: file.bucket_ca,
+            metrics_listen: file.metrics.listen,
             containment: file.containment,
             pids_max: file.pids_max,
             run_as: file.run_as,

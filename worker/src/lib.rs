@@ -18,10 +18,11 @@ pub mod container;
 pub mod containment;
 pub mod executor;
 pub mod fingerprint;
+pub mod metrics;
 pub mod session;
 pub mod spawn;
 pub mod usage;
 pub mod workdirs;
 
 pub use config::WorkerConfig;
-pub use session::{Coordinators, WorkerError, leader_hint, run};
+pub use session::{Coordinators, WorkerError, leader_hint, run, run_with};

@@ -86,6 +86,19 @@ def test_metrics_parse_and_move_with_a_run(client: ferry.Client, dev, iris: Path
     assert placed == 15, placed
     assert value(after, "ferry_scheduler_pass_seconds", "ferry_scheduler_pass_seconds_count") > 0
 
+    # The worker's side (ferry dev serves it on the same address): 15 process
+    # attempts, their logs, and nothing held once they ended.
+    started = value(after, "ferry_worker_attempts", "ferry_worker_attempts_total", runtime="process") - value(
+        before, "ferry_worker_attempts", "ferry_worker_attempts_total", runtime="process")
+    assert started == 15, started
+    logged = value(after, "ferry_worker_log_bytes", "ferry_worker_log_bytes_total") - value(
+        before, "ferry_worker_log_bytes", "ferry_worker_log_bytes_total")
+    assert logged > 0
+    assert value(after, "ferry_worker_cpu_millis", "ferry_worker_cpu_millis", state="capacity") == 2000
+    assert value(after, "ferry_worker_memory_bytes", "ferry_worker_memory_bytes", state="capacity") == 2 << 30
+    for family in ("ferry_worker_cpu_millis", "ferry_worker_memory_bytes", "ferry_worker_gpus"):
+        assert value(after, family, family, state="in_use") == 0, family
+
     # The iris run's 15 steps each reported through a proposal (and more:
     # starts, placements), every one applied.
     proposals = value(after, "ferry_raft_proposals", "ferry_raft_proposals_total", result="applied") - value(
@@ -117,6 +130,24 @@ def test_queued_steps_are_counted_by_project_and_priority(client: ferry.Client, 
     later = scrape(dev.metrics_url)
     assert value(later, "ferry_scheduler_queued_steps", "ferry_scheduler_queued_steps",
                  project="default") == 0
+
+
+def test_a_memory_kill_is_counted(client: ferry.Client, dev, tmp_path: Path) -> None:
+    folder = tmp_path / "hungry"
+    folder.mkdir()
+    (folder / "pipeline.yaml").write_text(
+        "name: hungry\nsteps:\n  - name: s\n"
+        '    command: ["python3", "-c", "import time; b = bytearray(400 << 20); time.sleep(10)"]\n'
+        "    resources: {cpu: 0.1, memory: 32Mi}\n"
+    )
+    settle(client)
+    before = scrape(dev.metrics_url)
+    status = client.submit(folder, no_cache=True).wait(progress=False, raise_on_failure=False)
+    assert status.state == "failed", status
+    after = scrape(dev.metrics_url)
+    kills = value(after, "ferry_worker_memory_kills", "ferry_worker_memory_kills_total") - value(
+        before, "ferry_worker_memory_kills", "ferry_worker_memory_kills_total")
+    assert kills == 1, (kills, [step.reason for step in status.steps])
 
 
 def test_only_metrics_is_served(dev) -> None:

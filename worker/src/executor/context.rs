@@ -52,4 +52,6 @@ pub struct ExecutorContext {
     /// The container runtime steps with an image run in; none when the
     /// worker has none (they are then never placed here).
     pub containers: Option<Arc<DockerRuntime>>,
+    /// What the worker counts for Prometheus.
+    pub metrics: crate::metrics::WorkerMetrics,
 }

@@ -311,6 +311,15 @@ async fn run_resolved(
         Ok((ended, usage)) => (Ok(ended), usage),
         Err(reason) => (Err(reason), Usage::default()),
     };
+    if let Ok(written) = std::fs::metadata(&log_path) {
+        ctx.metrics.logged(written.len());
+    }
+    if matches!(
+        ended,
+        Ok(Ended::OverMemory { .. } | Ended::ContainerOutOfMemory { .. })
+    ) {
+        ctx.metrics.memory_killed();
+    }
     let mut result = match ended {
         Err(reason) => report("error", None, reason, Vec::new()),
         Ok(Ended::TimedOut) => report(

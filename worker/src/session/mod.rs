@@ -63,6 +63,11 @@ pub enum WorkerError {
     Containment(#[from] ContainmentError),
     #[error(transparent)]
     BlobCache(#[from] CacheError),
+    #[error("cannot serve metrics on {address}: {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Creates `dir` (and its parents) and sets its mode.
@@ -109,7 +114,54 @@ impl Attempts {
 }
 
 /// Runs the worker until `shutdown` turns true; then cancels what still runs.
+/// With `[metrics] listen`, serves its metrics there meanwhile (a metrics
+/// server that stops by itself stops the worker).
 pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let metrics = crate::metrics::WorkerMetrics::default();
+    let Some(address) = config.metrics_listen else {
+        return run_with(config, metrics, shutdown).await;
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| WorkerError::Metrics { address, source })?;
+    tracing::info!(address = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ferry");
+    metrics.register(&mut registry);
+    let mut stopped = shutdown.clone();
+    let mut serving = tokio::spawn(ferry_common::metrics::serve(
+        listener,
+        Arc::new(registry),
+        ferry_common::metrics::no_refresh(),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    let working = run_with(config, metrics, shutdown);
+    tokio::pin!(working);
+    tokio::select! {
+        result = &mut working => {
+            serving.abort();
+            result
+        }
+        ended = &mut serving => {
+            let source = match ended {
+                Ok(Err(error)) => error,
+                Ok(Ok(())) => std::io::Error::other("it stopped by itself"),
+                Err(error) => std::io::Error::other(error.to_string()),
+            };
+            tracing::error!(%source, "the metrics server stopped; stopping the worker");
+            Err(WorkerError::Metrics { address, source })
+        }
+    }
+}
+
+/// Runs the worker, counting into `metrics` (`ferry dev` serves them with the
+/// coordinator's), until `shutdown` turns true; then cancels what still runs.
+pub async fn run_with(
+    config: WorkerConfig,
+    metrics: crate::metrics::WorkerMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let tls = config.tls.load()?;
     if tls.identity.name != config.name {
         return Err(WorkerError::NameMismatch {
@@ -118,6 +170,11 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         });
     }
     let capacity = discover(&config)?;
+    metrics.set_capacity(crate::metrics::Held {
+        cpu_millis: capacity.cpu_millis,
+        memory_bytes: capacity.memory_bytes,
+        gpus: capacity.gpus.len() as u64,
+    });
     // Everything the worker creates (logs, metrics, work directories, staged
     // files) is its own: 0600 files, 0700 folders. Steps get 022 back (process.rs).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -212,6 +269,7 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
         )),
         identity,
         containers,
+        metrics,
     };
     let attempts = Attempts::default();
     let mut tasks = JoinSet::new();
@@ -470,6 +528,16 @@ fn start(
     tracing::debug!(run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt, "assignment received");
     let ctx = ctx.clone();
     let attempts = attempts.clone();
+    let held = assignment
+        .resources
+        .map(|r| crate::metrics::Held {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            gpus: u64::from(r.gpus),
+        })
+        .unwrap_or_default();
+    ctx.metrics
+        .attempt_started(held, assignment.container.is_some());
     // Everything the attempt logs carries its run, step and attempt.
     let span = tracing::info_span!("attempt", run = attempt.run_id, step = %attempt.step, attempt = attempt.attempt);
     tasks.spawn(
@@ -480,7 +548,10 @@ fn start(
                     outcome = %report.outcome, exit_code = report.exit_code, reason = %report.reason,
                     "attempt ended"
                 );
+                ctx.metrics.attempt_ended(held);
                 ctx.reports.deliver(report, shutdown).await;
+            } else {
+                ctx.metrics.attempt_ended(held);
             }
             lock(&attempts.0, "attempts").remove(&key);
         }

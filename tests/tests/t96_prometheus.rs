@@ -1,0 +1,90 @@
+//! Prometheus metrics of the daemons themselves: a coordinator and a worker
+//! started with `[metrics] listen` serve `/metrics` (OpenMetrics text), and
+//! the worker's counters move with an attempt. (`sdk/python/tests/test_metrics.py`
+//! parses `ferry dev`'s with prometheus_client and checks every family.)
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use ferry_tests::{Cluster, free_port, write_pipeline};
+
+/// The body of `GET /metrics` at `address` (HTTP/1.0, so the server closes).
+fn scrape(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: ferry\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.to_string()
+}
+
+#[test]
+fn the_daemons_serve_their_metrics_where_configured() {
+    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
+    let worker_metrics = format!("127.0.0.1:{}", free_port());
+    let mut cluster = Cluster::start_replicated(
+        1,
+        &format!("[metrics]\nlisten = \"{coordinator_metrics}\"\n"),
+    );
+    cluster.add_worker(
+        "w1",
+        &format!("cpus = 2\nmemory = \"2Gi\"\n[metrics]\nlisten = \"{worker_metrics}\"\n"),
+    );
+    let coordinator = scrape(&coordinator_metrics);
+    assert!(
+        coordinator.contains("ferry_raft_role{role=\"leader\"} 1"),
+        "{coordinator}"
+    );
+    assert!(
+        coordinator.contains(
+            "ferry_grpc_requests_total{service=\"Agent\",method=\"Register\",code=\"OK\"}"
+        ),
+        "{coordinator}"
+    );
+    let idle = scrape(&worker_metrics);
+    assert!(
+        idle.contains("ferry_worker_cpu_millis{state=\"capacity\"} 2000"),
+        "{idle}"
+    );
+    assert!(
+        !idle.contains("ferry_raft"),
+        "a worker serves only its own: {idle}"
+    );
+
+    let pipeline = write_pipeline(
+        &cluster.path("one"),
+        "name: one\nsteps:\n  - name: s\n    command: [\"echo\", \"hello\"]\n",
+        &[],
+    );
+    let run = cluster.submit(&pipeline, &[]);
+    let status = cluster.wait_run(run, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let worked = scrape(&worker_metrics);
+    for line in [
+        "ferry_worker_attempts_total{runtime=\"process\"} 1",
+        "ferry_worker_cpu_millis{state=\"in_use\"} 0",
+        "ferry_worker_log_bytes_total ",
+    ] {
+        assert!(worked.contains(line), "{line} missing:\n{worked}");
+    }
+    let coordinator = scrape(&coordinator_metrics);
+    assert!(
+        coordinator.contains("ferry_steps_finished_total{outcome=\"succeeded\"} 1"),
+        "{coordinator}"
+    );
+}
