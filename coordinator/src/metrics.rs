@@ -85,8 +85,20 @@ pub fn exported(node: &Arc<Node>) -> Exported {
          from the cache counts as succeeded)",
         finished.clone(),
     );
+    let blobs = registry.sub_registry_with_prefix("blob");
+    node.metrics.register_blobs(blobs);
+    let (stored, stored_bytes): (Gauge, Gauge) = Default::default();
+    if !node.blobs.is_shared() {
+        blobs.register("stored", "Blobs in this member's own store", stored.clone());
+        blobs.register(
+            "stored_bytes",
+            "Bytes of the blobs in this member's own store",
+            stored_bytes.clone(),
+        );
+    }
     let node = node.clone();
     let refresh: Refresh = Arc::new(move || {
+        let (stored, stored_bytes) = (stored.clone(), stored_bytes.clone());
         let (node, role, term, commit, applied) = (
             node.clone(),
             role.clone(),
@@ -96,6 +108,10 @@ pub fn exported(node: &Arc<Node>) -> Exported {
         );
         let (queued, finished) = (queued.clone(), finished.clone());
         Box::pin(async move {
+            if let Some((count, bytes)) = node.blobs.stored().await {
+                stored.set(count as i64);
+                stored_bytes.set(bytes as i64);
+            }
             let (classes, ended) =
                 node.read(|state| (queued_by_class(state), finished_by_outcome(state)));
             // A class that emptied is no longer reported.

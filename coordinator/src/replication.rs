@@ -260,6 +260,7 @@ impl Node {
         // answered as soon as a majority holds the blob, so one slow or unreachable
         // member delays nothing, and the copies still under way finish in the
         // background (the other members get the blob too).
+        let began = std::time::Instant::now();
         let clients = self.transport.clients();
         let (done, mut reports) = tokio::sync::mpsc::channel(clients.len().max(1));
         for (id, client) in clients {
@@ -290,6 +291,7 @@ impl Node {
             }
         }
         if held >= majority {
+            self.metrics.blob_replicated(began.elapsed());
             Ok(())
         } else {
             Err(Status::unavailable(format!(

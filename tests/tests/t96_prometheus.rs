@@ -83,8 +83,12 @@ fn the_daemons_serve_their_metrics_where_configured() {
         assert!(worked.contains(line), "{line} missing:\n{worked}");
     }
     let coordinator = scrape(&coordinator_metrics);
-    assert!(
-        coordinator.contains("ferry_steps_finished_total{outcome=\"succeeded\"} 1"),
-        "{coordinator}"
-    );
+    for line in [
+        "ferry_steps_finished_total{outcome=\"succeeded\"} 1",
+        "ferry_blob_uploads_total{kind=\"bundle\"} 1",
+        "ferry_blob_stored ",
+        "ferry_blob_stored_bytes ",
+    ] {
+        assert!(coordinator.contains(line), "{line} missing:\n{coordinator}");
+    }
 }

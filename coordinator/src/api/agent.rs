@@ -453,6 +453,7 @@ impl Agent for AgentService {
             .read(|state| authorize::may(&caller, Action::UploadArtifact, state, admins))
             .map_err(Status::permission_denied)?;
         let blob = self.node.receive_replicated(request.into_inner()).await?;
+        self.node.metrics.blob_uploaded("artifact", blob.size);
         Ok(Response::new(blob))
     }
 
@@ -502,6 +503,7 @@ impl Agent for AgentService {
     ) -> Result<Response<proto::BlobRef>, Status> {
         let identity = worker_identity(&request, None)?;
         let answer = direct::complete_upload(&self.node, &identity, request.into_inner()).await?;
+        self.node.metrics.blob_uploaded("artifact", answer.size);
         Ok(Response::new(answer))
     }
 

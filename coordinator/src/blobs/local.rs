@@ -112,6 +112,38 @@ impl LocalBlobs {
         }
     }
 
+    /// How many blobs this store holds and their bytes (a walk of its
+    /// folders on a blocking thread; files being received are not counted).
+    pub async fn stored(&self) -> (u64, u64) {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut count, mut bytes) = (0u64, 0u64);
+            let Ok(prefixes) = std::fs::read_dir(&dir) else {
+                return (0, 0);
+            };
+            for prefix in prefixes.flatten() {
+                let Ok(files) = std::fs::read_dir(prefix.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let name = file.file_name().to_string_lossy().into_owned();
+                    if !is_valid_digest(&name) {
+                        continue;
+                    }
+                    if let Ok(meta) = file.metadata()
+                        && meta.is_file()
+                    {
+                        count += 1;
+                        bytes += meta.len();
+                    }
+                }
+            }
+            (count, bytes)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// The stored blobs that `live` does not name and that were last written
     /// at or before `before_ms`, with their sizes: what `ferry gc` deletes
     /// although no collected run refers to it (a bundle uploaded for a

@@ -140,6 +140,15 @@ impl BlobStore {
         }
     }
 
+    /// How many blobs this member's own store holds and their bytes; none
+    /// for a bucket (shared by every member: listing it costs requests).
+    pub async fn stored(&self) -> Option<(u64, u64)> {
+        match self {
+            BlobStore::Local(store) => Some(store.stored().await),
+            BlobStore::S3(_) => None,
+        }
+    }
+
     /// The stored blobs that `live` does not name, last written at or before
     /// `before_ms`, with their sizes (`ferry gc` deletes them: a bundle of a
     /// submission that was refused or never made).

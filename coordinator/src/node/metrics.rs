@@ -31,6 +31,15 @@ pub struct NodeMetrics {
     placements: Counter,
     snapshot_seconds: Histogram,
     snapshot_bytes: prometheus_client::metrics::gauge::Gauge,
+    uploads: Family<KindLabels, Counter>,
+    upload_bytes: Family<KindLabels, Counter>,
+    replication_seconds: Histogram,
+}
+
+/// What a blob is: `bundle` or `artifact`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
 }
 
 impl Default for NodeMetrics {
@@ -42,6 +51,9 @@ impl Default for NodeMetrics {
             placements: Counter::default(),
             snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             snapshot_bytes: Default::default(),
+            uploads: Family::default(),
+            upload_bytes: Family::default(),
+            replication_seconds: Histogram::new(latency_buckets()),
         }
     }
 }
@@ -64,6 +76,36 @@ impl NodeMetrics {
     pub fn snapshot_made(&self, bytes: usize, took: Duration) {
         self.snapshot_seconds.observe(took.as_secs_f64());
         self.snapshot_bytes.set(bytes as i64);
+    }
+
+    /// A client uploaded a code bundle, or a worker an artifact, of `bytes`.
+    pub fn blob_uploaded(&self, kind: &'static str, bytes: u64) {
+        let kind = KindLabels { kind };
+        self.uploads.get_or_create(&kind).inc();
+        self.upload_bytes.get_or_create(&kind).inc_by(bytes);
+    }
+
+    /// A blob was copied to a majority of the voters in `took`.
+    pub fn blob_replicated(&self, took: Duration) {
+        self.replication_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn register_blobs(&self, blobs: &mut Registry) {
+        blobs.register(
+            "uploads",
+            "Blobs uploaded to this member, by kind (bundle, artifact)",
+            self.uploads.clone(),
+        );
+        blobs.register(
+            "upload_bytes",
+            "Bytes of blobs uploaded to this member, by kind",
+            self.upload_bytes.clone(),
+        );
+        blobs.register(
+            "replication_seconds",
+            "How long copying a blob stored here to a majority of the voters took",
+            self.replication_seconds.clone(),
+        );
     }
 
     /// A scheduling pass (the leader's) took `took`.

@@ -86,6 +86,15 @@ def test_metrics_parse_and_move_with_a_run(client: ferry.Client, dev, iris: Path
     assert placed == 15, placed
     assert value(after, "ferry_scheduler_pass_seconds", "ferry_scheduler_pass_seconds_count") > 0
 
+    # Its outputs were uploaded as artifacts into this member's store.
+    uploads = value(after, "ferry_blob_uploads", "ferry_blob_uploads_total", kind="artifact") - value(
+        before, "ferry_blob_uploads", "ferry_blob_uploads_total", kind="artifact")
+    assert uploads >= 1, uploads
+    assert value(after, "ferry_blob_upload_bytes", "ferry_blob_upload_bytes_total", kind="artifact") > 0
+    assert value(after, "ferry_blob_stored", "ferry_blob_stored") >= value(before, "ferry_blob_stored", "ferry_blob_stored") + 1
+    assert value(after, "ferry_blob_stored_bytes", "ferry_blob_stored_bytes") > 0
+    assert types["ferry_blob_replication_seconds"] == "histogram"
+
     # The worker's side (ferry dev serves it on the same address): 15 process
     # attempts, their logs, and nothing held once they ended.
     started = value(after, "ferry_worker_attempts", "ferry_worker_attempts_total", runtime="process") - value(

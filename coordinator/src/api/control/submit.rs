@@ -204,6 +204,7 @@ pub(super) async fn upload_bundle(
     let blob =
         crate::api::bundles::receive_bundle(&service.node.blobs, request.into_inner()).await?;
     service.node.replicate_blob(&blob.digest, blob.size).await?;
+    service.node.metrics.blob_uploaded("bundle", blob.size);
     tracing::info!(client = %caller.name, digest = %blob.digest, size = blob.size, "bundle stored");
     Ok(Response::new(blob))
 }
