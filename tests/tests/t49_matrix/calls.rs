@@ -105,17 +105,22 @@ pub fn chunks(bytes: &[u8]) -> Vec<proto::Chunk> {
         .collect()
 }
 
+/// A submission of `spec` with code bundle `bundle`.
+fn submission(spec: &str, bundle: &str) -> proto::SubmitRunRequest {
+    proto::SubmitRunRequest {
+        spec_yaml: spec.to_string(),
+        spec_file: "matrix.yaml".to_string(),
+        bundle_digest: bundle.to_string(),
+        ..Default::default()
+    }
+}
+
 pub async fn submit(
     client: &mut ControlClient<Channel>,
     spec: &str,
     bundle: &str,
 ) -> Result<u64, Status> {
-    let request = proto::SubmitRunRequest {
-        spec_yaml: spec.to_string(),
-        spec_file: "matrix.yaml".to_string(),
-        bundle_digest: bundle.to_string(),
-        ..Default::default()
-    };
+    let request = submission(spec, bundle);
     Ok(bounded(client.submit_run(request)).await?.run_id)
 }
 
@@ -126,14 +131,8 @@ pub async fn submit_on_stream(
     spec: &str,
     bundle: &str,
 ) -> Result<u64, Status> {
-    let request = proto::SubmitRunRequest {
-        spec_yaml: spec.to_string(),
-        spec_file: "matrix.yaml".to_string(),
-        bundle_digest: bundle.to_string(),
-        ..Default::default()
-    };
     let batch = proto::SubmitRunsRequest {
-        runs: vec![request],
+        runs: vec![submission(spec, bundle)],
     };
     let mut replies = bounded(client.submit_runs(futures::stream::iter([batch]))).await?;
     let answer = tokio::time::timeout(CALL_TIMEOUT, replies.message())
