@@ -91,4 +91,14 @@ fn the_daemons_serve_their_metrics_where_configured() {
     ] {
         assert!(coordinator.contains(line), "{line} missing:\n{coordinator}");
     }
+
+    // Stopping is not a failure of its metrics server: the worker exits 0.
+    cluster.terminate_worker("w1");
+    let worker = cluster.workers.get_mut("w1").expect("the worker");
+    let status = worker.child.try_wait().expect("its status");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the worker stopped with {status:?}: {}",
+        std::fs::read_to_string(&worker.log).unwrap_or_default()
+    );
 }

@@ -127,14 +127,13 @@ pub async fn run(config: WorkerConfig, shutdown: watch::Receiver<bool>) -> Resul
     tracing::info!(address = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
     let mut registry = prometheus_client::registry::Registry::with_prefix("ferry");
     metrics.register(&mut registry);
-    let mut stopped = shutdown.clone();
+    // Served until the worker has stopped (then aborted): it ends by itself
+    // only on a failure.
     let mut serving = tokio::spawn(ferry_common::metrics::serve(
         listener,
         Arc::new(registry),
         ferry_common::metrics::no_refresh(),
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
+        std::future::pending(),
     ));
     let working = run_with(config, metrics, shutdown);
     tokio::pin!(working);
