@@ -329,6 +329,9 @@ class Client:
                     "submissions unanswered"
                 )
             return
+        if not pending:
+            # The last member answered everything before its stream broke.
+            return
         raise self._none_answered(failures)
 
     def _spec(self, pipeline: Union[PathLike, Any], params: Optional[Mapping[str, Any]]) -> Tuple[str, str, Path]:
