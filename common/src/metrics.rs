@@ -43,16 +43,21 @@ pub fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
 }
 
 /// Serves `registry` at `GET /metrics` on `listener` until `shutdown`
-/// resolves; every other path is 404.
+/// resolves; every other path is 404. Scrapes run one at a time: a refresh
+/// (which may clear a family and set it again, or bring a counter up to a
+/// value read from state) is never seen half done, nor done twice at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     refresh: Refresh,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     let scrape = move || {
         let (registry, refresh) = (registry.clone(), refresh.clone());
+        let one_at_a_time = one_at_a_time.clone();
         async move {
+            let _scraping = one_at_a_time.lock().await;
             refresh().await;
             let mut text = String::new();
             match prometheus_client::encoding::text::encode(&mut text, &registry) {
