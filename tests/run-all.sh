@@ -25,6 +25,10 @@ command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # The static build: a dynamically linked /bin/busybox cannot run in an image.
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+# The web UI's tests drive a headless Chromium through chromedriver over
+# WebDriver (tests/src/browser.rs; they are skipped, saying so, without them).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"

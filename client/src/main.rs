@@ -6,6 +6,7 @@ mod commands;
 mod compare;
 mod lineage;
 mod render;
+mod ui;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -261,6 +262,17 @@ enum Command {
         /// (plain HTTP; port 0 picks a free port) [default: not served].
         #[arg(long, value_name = "ADDRESS")]
         metrics_listen: Option<SocketAddr>,
+    },
+    /// Serve a web UI on this machine that acts as you (your client
+    /// certificate) on the cluster: runs, DAGs, live logs, metric curves.
+    Ui {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Allow a non-loopback --listen address. Whoever reaches it acts as
+        /// you on the cluster, with your certificate's rights.
+        #[arg(long)]
+        expose: bool,
     },
 }
 
@@ -679,6 +691,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             result?;
             Ok(ok)
         }
+        Command::Ui { listen, expose } => {
+            init_tracing("warn,ferry=info");
+            let config = ferry_client::ClientConfig::resolve(&overrides)?;
+            let config_source = match &overrides.config {
+                Some(path) => path.display().to_string(),
+                None => ferry_client::default_config_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "flags and environment".into()),
+            };
+            let options = ui::UiOptions {
+                listen,
+                expose,
+                config_source,
+            };
+            ui::serve(&config, options, ferry_common::signals::terminated()).await?;
+            Ok(ok)
+        }
         Command::Bundle { folder, list } => {
             init_tracing("warn");
             commands::bundle::show(&folder, list, output)?;
@@ -946,7 +975,10 @@ async fn remote(
         Command::Certs {
             command: CertsCommand::Revoked,
         } => certs::revoked(client, output).await?,
-        Command::Certs { .. } | Command::Dev { .. } | Command::Bundle { .. } => {
+        Command::Certs { .. }
+        | Command::Dev { .. }
+        | Command::Bundle { .. }
+        | Command::Ui { .. } => {
             unreachable!("handled before connecting")
         }
     }

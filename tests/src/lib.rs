@@ -6,8 +6,10 @@
 
 pub mod artifact_bench;
 mod binaries;
+pub mod browser;
 pub mod chaos;
 pub mod container_bench;
+pub mod dev;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod lazyfs;
@@ -21,6 +23,7 @@ mod proxy;
 pub mod s3;
 pub mod sched_bench;
 pub mod sdk_bench;
+pub mod ui_bench;
 pub mod uploads;
 
 use std::collections::BTreeMap;

@@ -180,7 +180,7 @@ async fn run(runs: usize, rounds: usize, python: &str) -> anyhow::Result<()> {
 }
 
 /// Packs and uploads the folder's bundle once; its digest.
-async fn upload_bundle(
+pub(crate) async fn upload_bundle(
     channel: &tonic::transport::Channel,
     folder: &Path,
 ) -> anyhow::Result<String> {
@@ -233,8 +233,18 @@ const BATCH: usize = 256;
 
 /// `count` submissions on one `SubmitRuns` call, in batches of [`BATCH`]
 /// (the coordinator keeps `SUBMIT_STREAM_IN_FLIGHT`, 16, in flight).
-async fn submit_stream(
+pub(crate) async fn submit_stream(
     channel: &tonic::transport::Channel,
+    bundle: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    submit_stream_of(channel, PIPELINE, bundle, count).await
+}
+
+/// [`submit_stream`] of the pipeline `spec`.
+pub(crate) async fn submit_stream_of(
+    channel: &tonic::transport::Channel,
+    spec: &str,
     bundle: &str,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -245,7 +255,7 @@ async fn submit_stream(
         .as_nanos();
     let requests: Vec<proto::SubmitRunRequest> = (0..count)
         .map(|i| proto::SubmitRunRequest {
-            spec_yaml: PIPELINE.into(),
+            spec_yaml: spec.into(),
             spec_file: "pipeline.yaml".into(),
             bundle_digest: bundle.to_string(),
             request_id: format!("bench-{}-{stream}-{i}", std::process::id()),

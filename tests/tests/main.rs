@@ -42,3 +42,4 @@ mod t91_wide;
 mod t95_metrics;
 mod t96_prometheus;
 mod t97_reproducible;
+mod t98_ui;

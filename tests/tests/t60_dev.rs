@@ -2,126 +2,10 @@
 //! config, so that a plain `ferry run` works with no flags and no environment; and
 //! the messages a user gets when nothing is configured or nothing is listening.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ferry_tests::{CliResult, Pki, bin, free_port, parse_run_id, wait_for, write_pipeline};
-
-/// A `ferry` command with `HOME` set to `home` and no Ferry or XDG variables
-/// inherited, so that only what the test sets up can configure it.
-fn isolated(home: &Path) -> Command {
-    let mut command = Command::new(bin("ferry"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("FERRY_") || key.starts_with("XDG_") {
-            command.env_remove(&key);
-        }
-    }
-    command.env("HOME", home).stdin(Stdio::null());
-    command
-}
-
-fn run_ferry(home: &Path, cwd: &Path, args: &[&str]) -> CliResult {
-    let output = isolated(home)
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run ferry");
-    CliResult::from(output)
-}
-
-/// A running `ferry dev`; SIGKILLed when dropped if it is still running.
-struct Dev {
-    child: Child,
-    /// Lines of its stdout, read by a thread.
-    lines: mpsc::Receiver<String>,
-    stdout: Vec<String>,
-    log: PathBuf,
-}
-
-impl Dev {
-    fn start(home: &Path, extra: &[&str]) -> Dev {
-        let log = home.join("dev.log");
-        let mut child = isolated(home)
-            .args([
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--cpus",
-                "2",
-                "--memory",
-                "2Gi",
-            ])
-            .args(extra)
-            .current_dir(home)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start ferry dev");
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Dev {
-            child,
-            lines,
-            stdout: Vec::new(),
-            log,
-        }
-    }
-
-    /// Waits (bounded) for a stdout line containing `text` and returns it.
-    fn wait_line(&mut self, text: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.stdout.iter().find(|l| l.contains(text)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.stdout.push(line),
-                Err(error) => panic!(
-                    "no line with {text:?} from ferry dev ({error}); stdout: {:?}; stderr:\n{}",
-                    self.stdout,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits (bounded) for it to exit by itself.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM");
-        let child = &mut self.child;
-        wait_for(
-            Duration::from_secs(20),
-            "ferry dev to exit after SIGTERM",
-            || child.try_wait().expect("try_wait"),
-        )
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use ferry_tests::dev::{run_ferry, start_dev};
+use ferry_tests::{Pki, free_port, parse_run_id, write_pipeline};
 
 const TWO_STEPS: &str = "name: dev-smoke
 steps:
@@ -139,7 +23,7 @@ fn ferry_dev_runs_a_pipeline_with_no_flags_and_stops_on_sigterm() {
     let home_dir = tempfile::tempdir().expect("temp dir");
     let home = home_dir.path();
     let data = home.join("dev-data");
-    let mut dev = Dev::start(home, &["--data-dir", data.to_str().expect("utf-8 path")]);
+    let mut dev = start_dev(home, &["--data-dir", data.to_str().expect("utf-8 path")]);
 
     let written = dev.wait_line("client config written", Duration::from_secs(30));
     let config_path = home.join(".config/ferry/config.toml");
@@ -242,7 +126,7 @@ fn ferry_dev_runs_a_pipeline_with_no_flags_and_stops_on_sigterm() {
 fn ferry_dev_keeps_its_data_under_home_by_default() {
     let home_dir = tempfile::tempdir().expect("temp dir");
     let home = home_dir.path();
-    let mut dev = Dev::start(home, &[]);
+    let mut dev = start_dev(home, &[]);
     let listening = dev.wait_line("coordinator listening on", Duration::from_secs(30));
     let default = home.join(".local/share/ferry/dev");
     assert!(
@@ -335,7 +219,7 @@ fn ferry_dev_keeps_a_foreign_client_config_as_a_backup() {
     let data = home.join("dev-data");
     let data_arg = data.to_str().unwrap().to_string();
     let extra = ["--data-dir", data_arg.as_str()];
-    let mut dev = Dev::start(home, &extra);
+    let mut dev = start_dev(home, &extra);
     let moved = dev.wait_line("previous client config was moved", Duration::from_secs(30));
     let backup = home.join(".config/ferry/config.toml.bak");
     assert!(moved.contains(backup.to_str().unwrap()), "{moved}");
@@ -349,7 +233,7 @@ fn ferry_dev_keeps_a_foreign_client_config_as_a_backup() {
     assert!(dev.terminate().success());
 
     // Restarting replaces its own config and leaves the backup alone.
-    let mut again = Dev::start(home, &extra);
+    let mut again = start_dev(home, &extra);
     let line = again.wait_line("client config written", Duration::from_secs(30));
     assert!(line.contains("client config written"), "{line}");
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), foreign);
@@ -364,7 +248,7 @@ fn ferry_dev_writes_the_client_config_where_it_is_told() {
     let home = home_dir.path();
     let config = home.join("elsewhere/ferry.toml");
     let config_arg = config.to_str().expect("utf-8 path");
-    let mut dev = Dev::start(home, &["--config", config_arg]);
+    let mut dev = start_dev(home, &["--config", config_arg]);
     let written = dev.wait_line("client config written", Duration::from_secs(30));
     assert!(written.contains(&config.display().to_string()), "{written}");
     assert!(config.is_file());

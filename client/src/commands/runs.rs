@@ -9,7 +9,7 @@ use crate::render;
 
 /// The NOTE column of `ferry runs`: how a run came to be, and whether it was
 /// collected.
-fn run_note(run: &proto::RunSummary) -> String {
+pub(crate) fn run_note(run: &proto::RunSummary) -> String {
     let mut notes = Vec::new();
     if run.rerun_of > 0 {
         notes.push(format!("rerun of {}", run.rerun_of));
@@ -24,7 +24,7 @@ fn run_note(run: &proto::RunSummary) -> String {
 }
 
 /// The STEPS column of `ferry runs`: done of total, and how many were cached.
-fn run_steps(run: &proto::RunSummary) -> String {
+pub(crate) fn run_steps(run: &proto::RunSummary) -> String {
     if run.steps_cached > 0 {
         format!(
             "{}/{} ({} cached)",

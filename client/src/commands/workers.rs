@@ -9,7 +9,7 @@ use crate::render;
 
 /// What `ferry workers` shows in its STATE column: whether the worker is connected
 /// (or was declared lost), and what an operator allows on it.
-fn worker_state(w: &proto::WorkerView) -> String {
+pub(crate) fn worker_state(w: &proto::WorkerView) -> String {
     let link = if w.lost_ms > 0 {
         "lost"
     } else if w.connected {

@@ -1146,8 +1146,8 @@ fn main() -> anyhow::Result<()> {
     if ferry_tests::sched_bench::dispatch()? {
         return Ok(()); // `chain` or `backlog` (ferry_tests::sched_bench)
     }
-    if ferry_tests::sdk_bench::dispatch()? {
-        return Ok(()); // `sdk-submissions` (ferry_tests::sdk_bench)
+    if ferry_tests::sdk_bench::dispatch()? || ferry_tests::ui_bench::dispatch()? {
+        return Ok(()); // `sdk-submissions` (sdk_bench), `ui` (ui_bench)
     }
     let options = options()?;
     if options.what == "logs" {
