@@ -129,6 +129,18 @@ fn fetch(address: &str, path: &str) -> anyhow::Result<(f64, f64, usize)> {
     Ok((server, wall, raw.len()))
 }
 
+/// The body of a GET.
+fn page_text(address: &str, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(address)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    Ok(raw)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -187,6 +199,13 @@ async fn pages(options: &Options) -> anyhow::Result<()> {
         for (_, path) in &pages {
             fetch(&address, path)?;
         }
+        // The listing holds every run (not a page of a smaller answer).
+        let count = page_text(&address, "/runs")?;
+        let every = format!("100 of {} runs", options.runs + 1);
+        anyhow::ensure!(
+            count.contains(&every),
+            "the runs page does not say {every:?}"
+        );
         println!(
             "{:<48} {:>9} {:>9} {:>9} {:>10} {:>9}",
             "page", "median", "p95", "max", "wall med.", "bytes"

@@ -138,6 +138,9 @@ fn router(ui: Shared) -> Router {
         .route("/cluster", get(pages::cluster::cluster))
         .route("/assets/style.css", get(style))
         .route("/assets/live.js", get(script))
+        .fallback(|uri: axum::http::Uri| async move {
+            error::UiError::NotFound(format!("there is no page at {uri}")).into_response()
+        })
         .layer(middleware::from_fn_with_state(ui.clone(), checked))
         .with_state(ui)
 }
