@@ -102,3 +102,50 @@ fn the_daemons_serve_their_metrics_where_configured() {
         std::fs::read_to_string(&worker.log).unwrap_or_default()
     );
 }
+
+/// The address a member logged for its metrics (`listen = "127.0.0.1:0"`).
+fn logged_metrics_address(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving Prometheus metrics at /metrics"))?;
+    let start = line.find("127.0.0.1:")?;
+    let address: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    Some(address)
+}
+
+#[test]
+fn a_bundle_copied_to_a_majority_is_timed() {
+    let cluster = Cluster::start_replicated(3, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    cluster.leader(Duration::from_secs(30));
+    let addresses: Vec<String> = (1..=3)
+        .map(|id| {
+            ferry_tests::wait_for(
+                Duration::from_secs(20),
+                &format!("member {id} to log its metrics address"),
+                || logged_metrics_address(&cluster.member_log(id)),
+            )
+        })
+        .collect();
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferry_blob_replication_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before: f64 = addresses.iter().map(|a| count(&scrape(a))).sum();
+    // No worker: the run stays queued; its bundle is uploaded and copied.
+    let pipeline = write_pipeline(
+        &cluster.path("copied"),
+        "name: copied\nsteps:\n  - name: s\n    command: [\"true\"]\n",
+        &[("data.txt", "some bytes to copy\n")],
+    );
+    cluster.submit(&pipeline, &[]);
+    let after: f64 = addresses.iter().map(|a| count(&scrape(a))).sum();
+    assert!(
+        after >= before + 1.0,
+        "no copy timed: {before} before, {after} after"
+    );
+}
