@@ -42,6 +42,8 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ -z "${FERRY_S3S_FS:-}" ]; then
   rm -rf /tmp/s3s-build
 fi
 
+# Chromium was installed above: the browser tests must run, not skip.
+export FERRY_REQUIRE_BROWSER=1
 cargo build --workspace && cargo test --workspace
 
 # The Python SDK (sdk/python), installed with pip into a fresh virtual

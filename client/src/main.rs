@@ -273,6 +273,10 @@ enum Command {
         /// you on the cluster, with your certificate's rights.
         #[arg(long)]
         expose: bool,
+        /// A host name browsers reach the UI by (repeatable; with --expose):
+        /// requests naming any other host are refused.
+        #[arg(long = "allow-host", value_name = "NAME[:PORT]", requires = "expose")]
+        allow_hosts: Vec<String>,
     },
 }
 
@@ -691,7 +695,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             result?;
             Ok(ok)
         }
-        Command::Ui { listen, expose } => {
+        Command::Ui {
+            listen,
+            expose,
+            allow_hosts,
+        } => {
             init_tracing("warn,ferry=info");
             let config = ferry_client::ClientConfig::resolve(&overrides)?;
             let config_source = match &overrides.config {
@@ -703,6 +711,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let options = ui::UiOptions {
                 listen,
                 expose,
+                allow_hosts,
                 config_source,
             };
             ui::serve(&config, options, ferry_common::signals::terminated()).await?;

@@ -83,8 +83,14 @@ impl Browser {
     /// Whether browser tests can run here; prints why not, as the container
     /// tests do when Docker is absent. A test starts with
     /// `if !Browser::available() { return; }`.
+    ///
+    /// With `FERRY_REQUIRE_BROWSER=1` (set by tests/run-all.sh, which installs
+    /// them) a missing browser is a failure, not a skip.
     pub fn available() -> bool {
         match Browser::unavailable() {
+            Some(reason) if std::env::var_os("FERRY_REQUIRE_BROWSER").is_some_and(|v| v == "1") => {
+                panic!("browser tests cannot run: {reason} (FERRY_REQUIRE_BROWSER=1)")
+            }
             Some(reason) => {
                 eprintln!("browser tests skipped: {reason}");
                 false

@@ -155,6 +155,18 @@ async fn the_ui_shows_runs_live_and_acts_only_with_its_token() {
         .to_string();
     let base = format!("http://{address}");
 
+    // Beyond loopback only when asked, and then only under the names given.
+    let refused = run_ferry(home, home, &["ui", "--listen", "0.0.0.0:0"]);
+    assert!(
+        !refused.success() && refused.stderr.contains("--expose"),
+        "{refused:?}"
+    );
+    let unnamed = run_ferry(home, home, &["ui", "--listen", "0.0.0.0:0", "--expose"]);
+    assert!(
+        !unnamed.success() && unnamed.stderr.contains("--allow-host"),
+        "{unnamed:?}"
+    );
+
     // The iris example, to its end.
     let iris = workspace_root().join("examples/iris");
     let iris_run = submit(home, &iris, &["--watch"]);
@@ -310,6 +322,17 @@ async fn the_ui_shows_runs_live_and_acts_only_with_its_token() {
         "{log_text}"
     );
     browser.screenshot("log-ended").await.unwrap();
+    let (status, _, text) = http(
+        &address,
+        "GET",
+        &format!("/runs/{slow_run}/steps/talk/log.txt"),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(text.lines().count(), 25, "{text}");
+    assert!(text.contains("[1 stderr] warn 12"), "{text}");
     // The run page, opened before the run ended, followed it to the end.
     browser
         .goto(&format!("{base}/runs/{slow_run}"))

@@ -489,11 +489,14 @@ fn write_node(out: &mut String, node: &Node<'_>, c: Point) {
         Some(detail) => format!("{}\n{}", node.label, detail),
         None => node.label.to_owned(),
     };
+    // A box with nowhere to go is not a link (an empty href reloads the page).
+    if !node.href.is_empty() {
+        let _ = write!(out, "<a href=\"{}\">", escape(node.href));
+    }
     let _ = write!(
         out,
-        "<a href=\"{}\"><g class=\"node\" data-step=\"{}\" data-state=\"{}\"><title>{}</title>\
+        "<g class=\"node\" data-step=\"{}\" data-state=\"{}\"><title>{}</title>\
          <rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"6\"/>",
-        escape(node.href),
         escape(node.key),
         escape(node.state),
         escape(&title),
@@ -517,7 +520,10 @@ fn write_node(out: &mut String, node: &Node<'_>, c: Point) {
             &fit(detail, DETAIL_CHAR_W),
         );
     }
-    out.push_str("</g></a>");
+    out.push_str("</g>");
+    if !node.href.is_empty() {
+        out.push_str("</a>");
+    }
 }
 
 /// Writes a centred `<text>` element.

@@ -19,6 +19,10 @@ pub(crate) enum UiError {
     /// Refused by the UI itself (a missing CSRF token, a foreign origin or host).
     #[error("{0}")]
     Forbidden(String),
+    /// Something that should not happen did (a bug of ours, or an answer
+    /// from the cluster that contradicts itself).
+    #[error("{0}")]
+    Internal(String),
     /// A template failed to render (a bug of ours).
     #[error("rendering the page failed: {0}")]
     Render(#[from] minijinja::Error),
@@ -31,7 +35,7 @@ impl UiError {
             UiError::NotFound(_) => StatusCode::NOT_FOUND,
             UiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             UiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            UiError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UiError::Render(_) | UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

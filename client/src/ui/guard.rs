@@ -2,8 +2,10 @@
 //! identity.
 //!
 //! - Every request must name this server in `Host` (`127.0.0.1:PORT`,
-//!   `localhost:PORT`, ...): a page served from another name that resolves to
-//!   loopback (DNS rebinding) is refused before anything is read.
+//!   `localhost:PORT`, the bound address, or a name given with
+//!   `--allow-host`): a page served from another name that resolves to this
+//!   server (DNS rebinding) is refused before anything is read. There is no
+//!   "any host" mode, exposed or not.
 //! - A state-changing request (POST) must carry this server's token twice, in
 //!   a form field and in a cookie (`SameSite=Strict`, `HttpOnly`), and, when
 //!   the browser says where the form came from (`Origin`), come from this
@@ -21,7 +23,7 @@ use super::error::UiError;
 pub(crate) struct Guard {
     token: String,
     cookie_name: String,
-    /// The `Host` values this server answers to; empty: any (`--expose`).
+    /// The `Host` values this server answers to.
     hosts: Vec<String>,
 }
 
@@ -29,21 +31,29 @@ pub(crate) struct Guard {
 pub(crate) const TOKEN_FIELD: &str = "csrf";
 
 impl Guard {
-    pub(crate) fn new(address: SocketAddr, expose: bool) -> Guard {
-        Guard::with_token(address, expose, ferry_client::new_request_id())
+    /// A guard for a server on `address` that also answers to `names`
+    /// (`--allow-host`: host names, with or without the port).
+    pub(crate) fn new(address: SocketAddr, names: &[String]) -> Guard {
+        Guard::with_token(address, names, ferry_client::new_request_id())
     }
 
-    fn with_token(address: SocketAddr, expose: bool, token: String) -> Guard {
+    fn with_token(address: SocketAddr, names: &[String], token: String) -> Guard {
         let port = address.port();
-        let hosts = if expose {
-            Vec::new()
-        } else {
-            let mut hosts = vec![address.to_string()];
-            if address.ip().is_loopback() {
-                hosts.push(format!("localhost:{port}"));
-            }
-            hosts
-        };
+        let mut hosts = Vec::new();
+        if !address.ip().is_unspecified() {
+            hosts.push(address.to_string());
+        }
+        if address.ip().is_loopback() {
+            hosts.push(format!("localhost:{port}"));
+        }
+        for name in names {
+            // A name without a port is reached on this server's port.
+            let with_port = match name.rsplit_once(':') {
+                Some((_, p)) if p.parse::<u16>().is_ok() && !name.ends_with(']') => name.clone(),
+                _ => format!("{name}:{port}"),
+            };
+            hosts.push(with_port);
+        }
         Guard {
             token,
             // Cookies are per host, not per port: two UIs on one machine each
@@ -51,6 +61,11 @@ impl Guard {
             cookie_name: format!("ferry_ui_csrf_{port}"),
             hosts,
         }
+    }
+
+    /// Whether any `Host` would be accepted (no address or name to answer to).
+    pub(crate) fn answers_nobody(&self) -> bool {
+        self.hosts.is_empty()
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -66,9 +81,6 @@ impl Guard {
     }
 
     pub(crate) fn check_host(&self, headers: &HeaderMap) -> Result<(), UiError> {
-        if self.hosts.is_empty() {
-            return Ok(());
-        }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -150,7 +162,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn guard() -> Guard {
-        Guard::with_token("127.0.0.1:8080".parse().unwrap(), false, "t0ken".into())
+        Guard::with_token("127.0.0.1:8080".parse().unwrap(), &[], "t0ken".into())
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -181,12 +193,19 @@ mod tests {
                 .is_err()
         );
         assert!(g.check_host(&HeaderMap::new()).is_err());
-        let exposed = Guard::with_token("0.0.0.0:8080".parse().unwrap(), true, "t".into());
-        assert!(
-            exposed
-                .check_host(&headers(&[(header::HOST, "ui.example")]))
-                .is_ok()
-        );
+        // Exposed: only the names given, never any host at all.
+        let names = ["ui.example".to_string(), "10.0.0.5:8080".to_string()];
+        let exposed = Guard::with_token("0.0.0.0:8080".parse().unwrap(), &names, "t".into());
+        let host = |g: &Guard, h: &str| g.check_host(&headers(&[(header::HOST, h)])).is_ok();
+        assert!(host(&exposed, "ui.example:8080"));
+        assert!(host(&exposed, "10.0.0.5:8080"));
+        assert!(!host(&exposed, "evil.example:8080"));
+        assert!(!host(&exposed, "0.0.0.0:8080"));
+        let unnamed = Guard::with_token("0.0.0.0:8080".parse().unwrap(), &[], "t".into());
+        assert!(unnamed.answers_nobody());
+        let bound = Guard::with_token("10.0.0.5:8080".parse().unwrap(), &[], "t".into());
+        assert!(host(&bound, "10.0.0.5:8080"));
+        assert!(!host(&bound, "localhost:8080"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod error;
 mod gateway;
 mod guard;
 mod pages;
+mod query;
 mod views;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct UiOptions {
     pub listen: SocketAddr,
     /// Allow a non-loopback address: whoever reaches it acts as the user.
     pub expose: bool,
+    /// Host names browsers reach it by, besides its address (`--allow-host`).
+    pub allow_hosts: Vec<String>,
     /// Where the client configuration came from, for the banner.
     pub config_source: String,
 }
@@ -53,6 +56,11 @@ pub enum UiStartError {
          Add --expose to bind it anyway, or use 127.0.0.1"
     )]
     NotLoopback(SocketAddr),
+    #[error(
+        "{0} names no address a browser can use; name the host names it will be reached \
+         by with --allow-host NAME (requests naming any other host are refused)"
+    )]
+    NoHostName(SocketAddr),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -69,6 +77,17 @@ pub(crate) struct Ui {
     pub(crate) gateway: Gateway,
     pub(crate) views: Views,
     pub(crate) guard: Guard,
+    /// Becomes true when the server stops: live streams end with it, so
+    /// that an open page does not hold the shutdown.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Ui {
+    /// Resolves once the server is stopping.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
 }
 
 pub(crate) type Shared = Arc<Ui>;
@@ -90,10 +109,16 @@ pub async fn serve(
             source,
         })?;
     let address = listener.local_addr().map_err(UiStartError::Serve)?;
+    let guard = Guard::new(address, &options.allow_hosts);
+    if guard.answers_nobody() {
+        return Err(UiStartError::NoHostName(address));
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let ui = Arc::new(Ui {
         views: Views::new(gateway.identity().to_string()),
-        guard: Guard::new(address, options.expose),
+        guard,
         gateway,
+        stopping,
     });
     println!(
         "ferry ui: http://{address} (acting as {} through {})",
@@ -109,7 +134,10 @@ pub async fn serve(
     }
     tracing::info!(%address, identity = ui.gateway.identity(), "ferry ui serving");
     axum::serve(listener, router(ui))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
         .await
         .map_err(UiStartError::Serve)
 }
@@ -127,6 +155,7 @@ fn router(ui: Shared) -> Router {
             "/runs/{run}/steps/{step}/log/events",
             get(pages::logs::events),
         )
+        .route("/runs/{run}/steps/{step}/log.txt", get(pages::logs::text))
         .route("/runs/{run}/download", get(pages::step::download))
         .route("/runs/{run}/metrics", get(pages::metrics::run))
         .route("/runs/{run}/cancel", post(pages::actions::cancel))
@@ -149,11 +178,11 @@ fn router(ui: Shared) -> Router {
 /// another site reaching it through DNS rebinding), and says how long the
 /// server took (`Server-Timing: app;dur=MS`, what the benchmark reads).
 async fn checked(State(ui): State<Shared>, request: Request, next: Next) -> Response {
-    if let Err(refusal) = ui.guard.check_host(request.headers()) {
-        return refusal.into_response();
-    }
     let started = Instant::now();
-    let mut response = next.run(request).await;
+    let mut response = match ui.guard.check_host(request.headers()) {
+        Err(refusal) => refusal.into_response(),
+        Ok(()) => next.run(request).await,
+    };
     let took = started.elapsed().as_secs_f64() * 1000.0;
     if let Ok(value) = HeaderValue::from_str(&format!("app;dur={took:.2}")) {
         response.headers_mut().insert("server-timing", value);

@@ -51,6 +51,7 @@ impl Views {
             ferry_common::digest::short(&digest).to_string()
         });
         env.add_filter("metric", |value: f64| render::metric(value));
+        env.add_filter("encode", |text: String| super::query::encode(&text));
         Views { env }
     }
 
@@ -77,28 +78,45 @@ mod tests {
     use minijinja::context;
 
     #[test]
-    fn every_template_parses_and_escapes() {
-        let views = Views::new("<b>me</b>".into());
-        let response = views
-            .page(
-                "cluster.html",
-                context! { members => Vec::<Value>::new(), leader => 0, answered_by => 0 },
-                "c=1",
-            )
-            .expect("renders");
-        assert_eq!(response.status(), 200);
-        let env = &views.env;
-        let text = env
-            .render_str("{{ x }}", context! { x => "<script>alert(1)</script>" })
-            .unwrap();
-        // render_str has no file name; the pages are .html files:
-        let _ = text;
-        let page = env.get_template("base.html").unwrap();
-        let html = page
-            .render(context! { title => "<script>x</script>" })
-            .unwrap();
-        assert!(!html.contains("<script>x</script>"));
-        assert!(!html.contains("<b>me</b>"));
-        assert!(html.contains("&lt;b&gt;me&lt;&#x2f;b&gt;") || html.contains("&lt;b&gt;me"));
+    fn every_template_escapes_what_it_is_given() {
+        const EVIL: &str = "<script>alert('x')</script>\"&";
+        let views = Views::new(EVIL.into());
+        let row = context! {
+            id => 1, name => EVIL, state => EVIL, pipeline => EVIL, text => EVIL,
+            stream => EVIL, digest => EVIL, label => EVIL, reason => EVIL, key => EVIL,
+            detail => EVIL, note => EVIL, worker => EVIL, matrix => EVIL, params => vec![EVIL],
+            metrics => vec![EVIL], where_values => vec![EVIL], rows => Vec::<Value>::new(),
+            submitted_ms => 1, started_ms => 1, next_tick_ms => 1, last_tick_ms => 1,
+            last_run => 1, attempt => 1, reused_run => 1, gpus => EVIL, size => EVIL,
+        };
+        let everything = context! {
+            title => EVIL, run => 1, step => row.clone(), summary => row.clone(),
+            runs => vec![row.clone()], sections => vec![row.clone()], lines => vec![row.clone()],
+            steps => vec![row.clone()], charts => Vec::<Value>::new(), table => vec![row.clone()],
+            workers => vec![row.clone()], schedules => vec![row.clone()], members => vec![row.clone()],
+            attempts => vec![row.clone()], inputs => vec![row.clone()], outputs => vec![row.clone()],
+            params => vec![vec![EVIL, EVIL]], matrix => vec![vec![EVIL, EVIL]],
+            filters => row.clone(), problem => EVIL, digest => EVIL, reason => EVIL,
+            pipelines => vec![EVIL], projects => vec![EVIL], where_names => vec![EVIL],
+            from_choices => vec![EVIL], metric => EVIL, goal => EVIL, log => EVIL,
+            bundle => EVIL, trimmed => EVIL, csrf => EVIL, request_id => EVIL,
+            reused => EVIL, reused_step => EVIL, events => EVIL, text => EVIL,
+        };
+        for (name, _) in TEMPLATES {
+            let html = views
+                .env
+                .get_template(name)
+                .unwrap()
+                .render(&everything)
+                .unwrap();
+            assert!(
+                !html.contains("<script>alert"),
+                "{name} printed markup:\n{html}"
+            );
+            assert!(
+                html.contains("&lt;script&gt;"),
+                "{name} printed nothing given"
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@ function followRun(root) {
   const events = new EventSource("/runs/" + encodeURIComponent(run) + "/events");
   events.addEventListener("update", (message) => {
     const update = JSON.parse(message.data);
+    const problem = document.getElementById("live-problem");
+    if (problem) problem.remove();
     setState(document.getElementById("run-state"), update.state);
     const steps = document.getElementById("run-steps");
     if (steps) steps.textContent = update.steps;
@@ -42,8 +44,14 @@ function followRun(root) {
     }
   });
   events.addEventListener("problem", (message) => {
-    const steps = document.getElementById("run-steps");
-    if (steps) steps.title = message.data;
+    let problem = document.getElementById("live-problem");
+    if (!problem) {
+      problem = document.createElement("p");
+      problem.id = "live-problem";
+      problem.className = "error";
+      root.insertBefore(problem, root.firstChild);
+    }
+    problem.textContent = "Live updates: " + message.data;
   });
 }
 

@@ -57,7 +57,7 @@ pub(crate) fn graph(nodes: &[proto::LineageNode]) -> (Vec<Item>, Vec<(usize, usi
                 href: format!(
                     "/runs/{}/steps/{}",
                     node.run_id,
-                    super::runs::encode(&node.step)
+                    crate::ui::query::encode(&node.step)
                 ),
             },
         );

@@ -4,17 +4,23 @@
 
 use std::convert::Infallible;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use ferry_common::proto;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use minijinja::context;
 use serde::Serialize;
 
 use super::whole_run;
 use crate::ui::Shared;
 use crate::ui::error::{PageResult, UiError};
+
+/// Lines a log page shows of an ended step: the newest (a log of millions
+/// of lines would not fit a page); `log.txt` has them all.
+const SHOWN: usize = 10_000;
 
 /// States in which a step may still write to its log.
 const LIVE_STATES: &[&str] = &["waiting", "queued", "assigned", "running"];
@@ -44,7 +50,9 @@ pub(crate) async fn page(
         return Err(UiError::NotFound(format!("run {run} has no step {step:?}")));
     };
     let follow = LIVE_STATES.contains(&found.state.as_str());
-    let mut lines = Vec::new();
+    // The newest SHOWN lines; the whole log is at log.txt.
+    let mut lines = std::collections::VecDeque::new();
+    let mut total = 0usize;
     if !follow {
         let request = proto::StreamLogsRequest {
             run_id: run,
@@ -59,10 +67,14 @@ pub(crate) async fn page(
             })
             .await?;
         while let Some(l) = stream.message().await? {
-            lines.push(line(l));
+            total += 1;
+            if lines.len() == SHOWN {
+                lines.pop_front();
+            }
+            lines.push_back(line(l));
         }
     }
-    let encoded = super::runs::encode(&step);
+    let encoded = crate::ui::query::encode(&step);
     ui.views.page(
         "log.html",
         context! {
@@ -75,10 +87,52 @@ pub(crate) async fn page(
             reused_step => found.reused_step,
             follow => follow,
             events => format!("/runs/{run}/steps/{encoded}/log/events"),
+            text => format!("/runs/{run}/steps/{encoded}/log.txt"),
+            total => total,
+            cut => total > lines.len(),
             lines => lines,
         },
         &ui.guard.cookie(),
     )
+}
+
+/// `GET /runs/{run}/steps/{step}/log.txt`: the whole log as plain text,
+/// streamed, one `[attempt stream] text` line per line.
+pub(crate) async fn text(
+    State(ui): State<Shared>,
+    Path((run, step)): Path<(u64, String)>,
+) -> PageResult {
+    let request = proto::StreamLogsRequest {
+        run_id: run,
+        step,
+        follow: false,
+    };
+    let mut stream = ui
+        .gateway
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.stream_logs(request).await }
+        })
+        .await?;
+    let body = async_stream::stream! {
+        loop {
+            match stream.message().await {
+                Ok(Some(l)) => {
+                    yield Ok::<_, std::io::Error>(format!("[{} {}] {}\n", l.attempt, l.stream, l.text));
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    yield Err(std::io::Error::other(status.message().to_string()));
+                    break;
+                }
+            }
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `GET /runs/{run}/steps/{step}/log/events`: every line so far, then each as
@@ -94,6 +148,7 @@ pub(crate) async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |last| last + 1);
+    let stop = ui.clone();
     let stream = async_stream::stream! {
         let request = proto::StreamLogsRequest { run_id: run, step, follow: true };
         let mut lines = match ui
@@ -141,5 +196,6 @@ pub(crate) async fn events(
         };
         yield Ok(Event::default().event("end").data(state));
     };
+    let stream = stream.take_until(async move { stop.stopped().await });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -15,6 +15,7 @@ use crate::compare::{self, Goal};
 use crate::ui::Shared;
 use crate::ui::chart::{self, Emphasis};
 use crate::ui::error::{PageResult, UiError};
+use crate::ui::query::pairs;
 
 /// Runs the comparison takes at most.
 const MAX_COMPARED: usize = 20;
@@ -125,7 +126,7 @@ fn draw(
         })
         .collect();
     chart::line_chart(name, x_label, name, &series)
-        .map_err(|error| UiError::BadRequest(format!("cannot draw {name}: {error}")))
+        .map_err(|error| UiError::Internal(format!("cannot draw {name}: {error}")))
 }
 
 #[derive(Serialize)]
@@ -144,49 +145,6 @@ fn parse_goal(text: Option<&str>) -> Result<Goal, UiError> {
             "goal must be max or min, got {other:?}"
         ))),
     }
-}
-
-/// The query's pairs, in order (`run` may repeat).
-fn pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-/// Percent-decodes a query component (`+` is a space).
-fn decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                match (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) {
-                    (Some(high), Some(low)) => {
-                        out.push(high * 16 + low);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /runs/{run}/metrics[?goal=min]`.
@@ -413,19 +371,5 @@ mod tests {
         assert!(spread_single_values(&mut scores));
         assert_eq!(scores[1].points, [(1.0, 0.7)]);
         assert!(!spread_single_values(&mut charts[0].1.clone()));
-    }
-
-    #[test]
-    fn query_pairs_decode() {
-        assert_eq!(
-            pairs(Some("run=1&run=2&metric=acc%3E+x&goal=")),
-            [
-                ("run".to_string(), "1".to_string()),
-                ("run".to_string(), "2".to_string()),
-                ("metric".to_string(), "acc> x".to_string()),
-                ("goal".to_string(), String::new()),
-            ]
-        );
-        assert_eq!(decode("%zz%4"), "%zz%4");
     }
 }

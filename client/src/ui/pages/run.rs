@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use ferry_common::proto;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use minijinja::context;
 use serde::Serialize;
 
@@ -84,7 +84,7 @@ pub(crate) fn graph(run: u64, steps: &[proto::StepView]) -> Graph {
         describe(run, b, steps);
     }
     let mut edges: Vec<(usize, usize)> = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
+    for step in steps {
         let to = box_of_step[step.name.as_str()];
         for need in &step.needs {
             if let Some(&from) = box_of_step.get(need.as_str())
@@ -94,7 +94,6 @@ pub(crate) fn graph(run: u64, steps: &[proto::StepView]) -> Graph {
                 edges.push((from, to));
             }
         }
-        let _ = i;
     }
     edges.sort_unstable();
     Graph { boxes, edges }
@@ -108,7 +107,7 @@ fn describe(run: u64, b: &mut Shape, steps: &[proto::StepView]) {
     {
         b.state = step.state.clone();
         b.detail = step_detail(step);
-        b.href = format!("/runs/{run}/steps/{}", super::runs::encode(&step.name));
+        b.href = format!("/runs/{run}/steps/{}", crate::ui::query::encode(&step.name));
         return;
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -181,7 +180,7 @@ fn step_row(run: u64, step: &proto::StepView) -> StepRow {
     };
     StepRow {
         name: step.name.clone(),
-        href: format!("/runs/{run}/steps/{}", super::runs::encode(&step.name)),
+        href: format!("/runs/{run}/steps/{}", crate::ui::query::encode(&step.name)),
         state: step.state.clone(),
         attempt: step.attempt,
         worker: step.worker.clone(),
@@ -324,11 +323,14 @@ pub(crate) async fn events(
     State(ui): State<Shared>,
     Path(run): Path<u64>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stop = ui.clone();
     let stream = async_stream::stream! {
         let mut last: Option<Update> = None;
+        let mut failures = 0u32;
         loop {
             match whole_run(&ui, run, false).await {
                 Ok(view) => {
+                    failures = 0;
                     let now = update(run, &view);
                     if last.as_ref() != Some(&now) {
                         if let Ok(data) = serde_json::to_string(&now) {
@@ -342,11 +344,19 @@ pub(crate) async fn events(
                 }
                 Err(error) => {
                     yield Ok(Event::default().event("problem").data(error.to_string()));
+                    // Asking again will not help: the run is gone, or not
+                    // the user's to see, or the request is wrong.
+                    if matches!(error.status().as_u16(), 400 | 403 | 404) {
+                        break;
+                    }
+                    failures += 1;
                 }
             }
-            tokio::time::sleep(POLL).await;
+            // Polls more slowly while the cluster keeps failing.
+            tokio::time::sleep(POLL * (1 << failures.min(4))).await;
         }
     };
+    let stream = stream.take_until(async move { stop.stopped().await });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

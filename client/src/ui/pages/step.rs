@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use ferry_common::blobio::Frame;
 use ferry_common::proto;
+use futures::{Stream, StreamExt};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 
@@ -107,8 +108,8 @@ pub(crate) async fn page(
             size: render::bytes(a.size),
             download: Some(format!(
                 "/runs/{run}/download?step={}&name={}",
-                super::runs::encode(&a.step),
-                super::runs::encode(&a.name)
+                crate::ui::query::encode(&a.step),
+                crate::ui::query::encode(&a.name)
             )),
         })
         .collect();
@@ -151,7 +152,7 @@ pub(crate) async fn page(
             inputs => inputs,
             outputs => outputs,
             metrics => metrics,
-            log => format!("/runs/{run}/steps/{}/log", super::runs::encode(&name)),
+            log => format!("/runs/{run}/steps/{}/log", crate::ui::query::encode(&name)),
         },
         &ui.guard.cookie(),
     )
@@ -167,16 +168,98 @@ pub(crate) struct Artifact {
 /// zeros.
 const ZERO_PIECE: u64 = 1024 * 1024;
 
+/// The blob's bytes from `chunks`, hashed on the way and checked against
+/// `expected` (digest) and `size`. The last piece is held back until the
+/// check passes: a response whose `Content-Length` is `size` would otherwise
+/// be complete, and look fine to the browser, before a mismatch could be
+/// told. On a mismatch (or a broken stream) the body ends with an error
+/// short of its length, and the browser reports a failed download.
+pub(crate) fn verified<S>(
+    mut chunks: S,
+    expected: String,
+    size: u64,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>>
+where
+    S: Stream<Item = Result<proto::Chunk, tonic::Status>> + Unpin,
+{
+    async_stream::stream! {
+        let mut hasher = blake3::Hasher::new();
+        let mut sent = 0u64;
+        let mut held: Option<Bytes> = None;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(status) => {
+                    yield Err(std::io::Error::other(status.message().to_string()));
+                    return;
+                }
+            };
+            for frame in Frame::from_chunk(chunk) {
+                let mut pieces = Vec::new();
+                match frame {
+                    Frame::Data(data) => pieces.push(data),
+                    Frame::Zeros(mut count) => {
+                        while count > 0 {
+                            let piece = count.min(ZERO_PIECE);
+                            pieces.push(Bytes::from(vec![0u8; piece as usize]));
+                            count -= piece;
+                        }
+                    }
+                }
+                for piece in pieces {
+                    hasher.update(&piece);
+                    sent += piece.len() as u64;
+                    if sent > size {
+                        yield Err(std::io::Error::other("the artifact is longer than announced"));
+                        return;
+                    }
+                    if let Some(previous) = held.replace(piece) {
+                        yield Ok(previous);
+                    }
+                }
+            }
+        }
+        let actual = hasher.finalize().to_hex().to_string();
+        if sent != size || actual != expected {
+            tracing::warn!(sent, size, %expected, %actual, "download did not verify");
+            yield Err(std::io::Error::other("the artifact's bytes do not match its digest"));
+            return;
+        }
+        if let Some(last) = held {
+            yield Ok(last);
+        }
+    }
+}
+
 /// `GET /runs/{run}/download?step=S&name=N`: the artifact's bytes as they
-/// arrive from the cluster, hashed on the way. The size is announced up front;
-/// if the bytes do not match the digest (or the stream breaks), the body ends
-/// with an error, so the browser reports a failed download rather than keeping
-/// a wrong file.
+/// arrive from the cluster, checked against the digest the run's artifact
+/// list records (see [`verified`]).
 pub(crate) async fn download(
     State(ui): State<Shared>,
     Path(run): Path<u64>,
     Query(artifact): Query<Artifact>,
 ) -> PageResult {
+    let listed = ui
+        .gateway
+        .call(|mut client| async move {
+            client
+                .list_artifacts(proto::ListArtifactsRequest {
+                    run_id: run,
+                    stale: false,
+                })
+                .await
+        })
+        .await?;
+    let Some(recorded) = listed
+        .artifacts
+        .into_iter()
+        .find(|a| a.step == artifact.step && a.name == artifact.name)
+    else {
+        return Err(UiError::NotFound(format!(
+            "run {run} has no artifact {:?} of step {:?}",
+            artifact.name, artifact.step
+        )));
+    };
     let request = proto::DownloadArtifactRequest {
         run_id: run,
         step: artifact.step.clone(),
@@ -196,53 +279,15 @@ pub(crate) async fn download(
             artifact.step, artifact.name
         )));
     };
-    let (digest, size) = (first.digest.clone(), first.size);
-    let expected = digest.clone();
-    let body = async_stream::stream! {
-        let mut hasher = blake3::Hasher::new();
-        let mut sent = 0u64;
-        let mut next = Some(first);
-        loop {
-            let chunk = match next.take() {
-                Some(chunk) => chunk,
-                None => match stream.message().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(status) => {
-                        yield Err(std::io::Error::other(status.message().to_string()));
-                        return;
-                    }
-                },
-            };
-            for frame in Frame::from_chunk(chunk) {
-                match frame {
-                    Frame::Data(data) => {
-                        hasher.update(&data);
-                        sent += data.len() as u64;
-                        yield Ok(data);
-                    }
-                    Frame::Zeros(mut count) => {
-                        while count > 0 {
-                            let piece = count.min(ZERO_PIECE);
-                            let zeros = Bytes::from(vec![0u8; piece as usize]);
-                            hasher.update(&zeros);
-                            sent += piece;
-                            count -= piece;
-                            yield Ok(zeros);
-                        }
-                    }
-                }
-            }
-            if sent > size {
-                break;
-            }
-        }
-        let actual = hasher.finalize().to_hex().to_string();
-        if sent != size || actual != expected {
-            tracing::warn!(run, sent, size, %expected, %actual, "download did not verify");
-            yield Err(std::io::Error::other("the artifact's bytes do not match its digest"));
-        }
-    };
+    if first.digest != recorded.digest || first.size != recorded.size {
+        return Err(UiError::Internal(format!(
+            "the cluster sent {} ({} bytes) for {}/{}, which the run records as {} ({} bytes)",
+            first.digest, first.size, artifact.step, artifact.name, recorded.digest, recorded.size
+        )));
+    }
+    let size = recorded.size;
+    let chunks = futures::stream::iter([Ok(first)]).chain(stream);
+    let body = verified(chunks, recorded.digest.clone(), size);
     let file_name = artifact
         .name
         .rsplit('/')
@@ -267,10 +312,75 @@ pub(crate) async fn download(
             ),
             (
                 header::HeaderName::from_static("x-ferry-digest"),
-                digest.clone(),
+                recorded.digest,
             ),
         ],
         Body::from_stream(body),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8], zeros: u64) -> Result<proto::Chunk, tonic::Status> {
+        Ok(proto::Chunk {
+            data: Bytes::copy_from_slice(data),
+            zeros,
+            ..Default::default()
+        })
+    }
+
+    async fn collect(
+        chunks: Vec<Result<proto::Chunk, tonic::Status>>,
+        digest: &str,
+        size: u64,
+    ) -> (Vec<u8>, bool) {
+        let stream = verified(futures::stream::iter(chunks), digest.to_string(), size);
+        futures::pin_mut!(stream);
+        let (mut bytes, mut failed) = (Vec::new(), false);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(piece) => bytes.extend_from_slice(&piece),
+                Err(_) => failed = true,
+            }
+        }
+        (bytes, failed)
+    }
+
+    #[tokio::test]
+    async fn a_good_blob_passes_whole() {
+        let mut whole = b"hello ".to_vec();
+        whole.extend(std::iter::repeat_n(0u8, 3));
+        whole.extend_from_slice(b"world");
+        let digest = blake3::hash(&whole).to_hex().to_string();
+        let (bytes, failed) = collect(
+            vec![chunk(b"hello ", 3), chunk(b"world", 0)],
+            &digest,
+            whole.len() as u64,
+        )
+        .await;
+        assert!(!failed);
+        assert_eq!(bytes, whole);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_blob_of_the_right_size_never_completes() {
+        let digest = blake3::hash(b"hello world").to_hex().to_string();
+        let (bytes, failed) =
+            collect(vec![chunk(b"hello ", 0), chunk(b"w0rld", 0)], &digest, 11).await;
+        assert!(failed);
+        // Short of the announced length: the browser cannot take it as done.
+        assert!(bytes.len() < 11, "{} bytes passed", bytes.len());
+    }
+
+    #[tokio::test]
+    async fn a_broken_or_long_stream_fails() {
+        let digest = blake3::hash(b"abc").to_hex().to_string();
+        let broken = vec![chunk(b"ab", 0), Err(tonic::Status::unavailable("gone"))];
+        assert!(collect(broken, &digest, 3).await.1);
+        let long = vec![chunk(b"abcd", 0)];
+        assert!(collect(long, &digest, 3).await.1);
+    }
 }
