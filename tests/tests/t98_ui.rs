@@ -245,6 +245,22 @@ async fn the_ui_shows_runs_live_and_acts_only_with_its_token() {
         &["artifacts", &iris_run.to_string(), "--output", "json"],
     );
     assert!(listed.stdout.contains(digest), "{listed:?}");
+    // An input, by its digest: to the run and step that wrote it.
+    let scaler = listed
+        .json()
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|a| a["name"] == "scaler.json")
+        .and_then(|a| a["digest"].as_str().map(str::to_string))
+        .expect("standardize's scaler.json");
+    let (status, headers, _) = http(&address, "GET", &format!("/artifacts/{scaler}"), &[], "");
+    assert_eq!(status, 303);
+    let location = header(&headers, "location").expect("a redirect");
+    assert!(location.contains("step=standardize"), "{location}");
+    let (status, _, body) = http(&address, "GET", location, &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(blake3::hash(&body).to_hex().as_str(), scaler);
 
     // Metrics: one point per value reported.
     browser

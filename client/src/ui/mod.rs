@@ -157,6 +157,7 @@ fn router(ui: Shared) -> Router {
         )
         .route("/runs/{run}/steps/{step}/log.txt", get(pages::logs::text))
         .route("/runs/{run}/download", get(pages::step::download))
+        .route("/artifacts/{digest}", get(pages::step::by_digest))
         .route("/runs/{run}/metrics", get(pages::metrics::run))
         .route("/runs/{run}/cancel", post(pages::actions::cancel))
         .route("/runs/{run}/rerun", post(pages::actions::rerun))

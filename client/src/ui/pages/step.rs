@@ -5,7 +5,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use ferry_common::blobio::Frame;
 use ferry_common::proto;
 use futures::{Stream, StreamExt};
@@ -120,7 +120,7 @@ pub(crate) async fn page(
             name: i.name.clone(),
             digest: i.digest.clone(),
             size: render::bytes(i.size),
-            download: None,
+            download: Some(format!("/artifacts/{}", i.digest)),
         })
         .collect();
     let resources = step.resources.unwrap_or_default();
@@ -229,6 +229,48 @@ where
             yield Ok(last);
         }
     }
+}
+
+/// `GET /artifacts/{digest}`: the artifact with this digest, from the step
+/// attempt that wrote it (as its lineage says): a redirect to that run's
+/// download, so it is checked the same way.
+pub(crate) async fn by_digest(State(ui): State<Shared>, Path(digest): Path<String>) -> PageResult {
+    if !ferry_common::digest::is_valid_digest(&digest) {
+        return Err(UiError::BadRequest(format!(
+            "{digest:?} is not an artifact digest (64 lowercase hexadecimal characters)"
+        )));
+    }
+    let lineage = ui
+        .gateway
+        .call(|mut client| {
+            let digest = digest.clone();
+            async move {
+                client
+                    .lineage(proto::LineageRequest {
+                        digest,
+                        stale: false,
+                    })
+                    .await
+            }
+        })
+        .await?;
+    let Some(made) = lineage.nodes.iter().find(|n| n.digest == digest) else {
+        return Err(UiError::NotFound(format!(
+            "no step of a run you may read wrote an artifact {digest}"
+        )));
+    };
+    // The name a run's artifact list gives: the step's own output name.
+    let name = made
+        .name
+        .strip_prefix(&format!("{}/", made.step))
+        .unwrap_or(&made.name);
+    Ok(Redirect::to(&format!(
+        "/runs/{}/download?step={}&name={}",
+        made.run_id,
+        crate::ui::query::encode(&made.step),
+        crate::ui::query::encode(name)
+    ))
+    .into_response())
 }
 
 /// `GET /runs/{run}/download?step=S&name=N`: the artifact's bytes as they
