@@ -24,6 +24,7 @@ steps:
       for i in $(seq 1 12); do echo "line $i"; echo "warn $i" >&2; sleep 0.4; done
       echo '<script>window.__pwned = 2</script>'
       for s in 1 2 3 4 5; do echo "{\"name\": \"loss\", \"value\": 0.$s, \"step\": $s}" >> "$FERRY_METRICS"; done
+      echo '{"name": "<script>window.__pwned = 3</script>", "value": 1}' >> "$FERRY_METRICS"
   - name: after
     needs: [talk]
     shell: "echo done"
@@ -399,6 +400,19 @@ async fn the_ui_shows_runs_live_and_acts_only_with_its_token() {
             .unwrap(),
         5
     );
+    // A metric named with markup: a chart titled with it, as text.
+    assert_eq!(browser.count("section.chart").await.unwrap(), 2);
+    let headings = browser.text("main").await.unwrap();
+    assert!(
+        headings.contains("<script>window.__pwned = 3</script>"),
+        "{headings}"
+    );
+    let pwned = browser
+        .client()
+        .execute("return typeof window.__pwned", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, serde_json::json!("undefined"));
 
     // Cancel: refused without the token (and from another origin), done from
     // the page.
