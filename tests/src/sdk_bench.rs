@@ -63,11 +63,36 @@ pub fn dispatch() -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn run(runs: usize, rounds: usize, python: &str) -> anyhow::Result<()> {
+/// A one-member cluster with no worker (runs stay queued), a folder holding
+/// `spec` as its pipeline, a client's channel to it, and the folder's bundle
+/// uploaded (its digest).
+pub(crate) async fn queued_cluster(
+    spec: &str,
+) -> anyhow::Result<(
+    Cluster,
+    std::path::PathBuf,
+    tonic::transport::Channel,
+    String,
+)> {
     let cluster = Cluster::start_replicated(1, "");
     let folder = cluster.path("queued");
     std::fs::create_dir_all(&folder)?;
-    std::fs::write(folder.join("pipeline.yaml"), PIPELINE)?;
+    std::fs::write(folder.join("pipeline.yaml"), spec)?;
+    let tls = TlsFiles {
+        ca: cluster.pki.ca(),
+        cert: cluster.pki.cert(CLIENT),
+        key: cluster.pki.key(CLIENT),
+    }
+    .load()?;
+    let channel = ferry_common::channel::endpoint(&cluster.address(), &tls)?
+        .connect()
+        .await?;
+    let bundle = upload_bundle(&channel, &folder).await?;
+    Ok((cluster, folder, channel, bundle))
+}
+
+async fn run(runs: usize, rounds: usize, python: &str) -> anyhow::Result<()> {
+    let (cluster, folder, channel, bundle) = queued_cluster(PIPELINE).await?;
     let config = cluster.path("client.toml");
     std::fs::write(
         &config,
@@ -79,16 +104,6 @@ async fn run(runs: usize, rounds: usize, python: &str) -> anyhow::Result<()> {
             cluster.pki.key(CLIENT).display()
         ),
     )?;
-    let tls = TlsFiles {
-        ca: cluster.pki.ca(),
-        cert: cluster.pki.cert(CLIENT),
-        key: cluster.pki.key(CLIENT),
-    }
-    .load()?;
-    let channel = ferry_common::channel::endpoint(&cluster.address(), &tls)?
-        .connect()
-        .await?;
-    let bundle = upload_bundle(&channel, &folder).await?;
     println!(
         "sdk-submissions: {runs} runs a round, {CONCURRENCY} at a time, one member, load {}",
         crate::artifact_bench::load_average()
@@ -180,7 +195,7 @@ async fn run(runs: usize, rounds: usize, python: &str) -> anyhow::Result<()> {
 }
 
 /// Packs and uploads the folder's bundle once; its digest.
-pub(crate) async fn upload_bundle(
+async fn upload_bundle(
     channel: &tonic::transport::Channel,
     folder: &Path,
 ) -> anyhow::Result<String> {

@@ -24,10 +24,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use ferry_common::pki::TlsFiles;
 
-use crate::sdk_bench::{submit_stream_of, upload_bundle};
-use crate::{CLIENT, Cluster};
+use crate::Cluster;
+use crate::sdk_bench::{queued_cluster, submit_stream_of};
 
 const QUEUED: &str = "name: queued\nparams:\n  lr: 0.1\nsteps:\n  - name: s\n    command: [\"true\"]\n    cache: false\n    resources: {cpu: 0.1, memory: 16Mi}\n";
 
@@ -155,20 +154,7 @@ fn sorted(mut values: Vec<f64>) -> Vec<f64> {
 }
 
 async fn pages(options: &Options) -> anyhow::Result<()> {
-    let cluster = Cluster::start_replicated(1, "");
-    let folder = cluster.path("queued");
-    std::fs::create_dir_all(&folder)?;
-    std::fs::write(folder.join("pipeline.yaml"), QUEUED)?;
-    let tls = TlsFiles {
-        ca: cluster.pki.ca(),
-        cert: cluster.pki.cert(CLIENT),
-        key: cluster.pki.key(CLIENT),
-    }
-    .load()?;
-    let channel = ferry_common::channel::endpoint(&cluster.address(), &tls)?
-        .connect()
-        .await?;
-    let bundle = upload_bundle(&channel, &folder).await?;
+    let (cluster, _folder, channel, bundle) = queued_cluster(QUEUED).await?;
     let began = Instant::now();
     submit_stream_of(&channel, QUEUED, &bundle, options.runs).await?;
     let values: Vec<String> = (0..options.trials).map(|i| i.to_string()).collect();

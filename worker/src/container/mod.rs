@@ -85,6 +85,11 @@ pub struct ResolvedImage {
     pub repo_digest: Option<String>,
 }
 
+/// How long [`DockerRuntime::exit_settled`] waits at most for the engine
+/// to mark a SIGKILLed container as killed for memory, and how often it asks.
+const OOM_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+const OOM_SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How a container ended, from the engine's inspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContainerExit {
@@ -342,6 +347,30 @@ impl DockerRuntime {
             exit_code: state.exit_code.unwrap_or(-1),
             oom_killed: state.oom_killed.unwrap_or(false),
         })
+    }
+
+    /// [`DockerRuntime::exit`], giving the engine a moment to record an
+    /// OOM kill: a container the kernel killed for memory can be reported as
+    /// exited with 137 (SIGKILL) before the engine has handled the kernel's
+    /// OOM event and marked it `OOMKilled` (seen with cgroup v1 under load).
+    /// Only a memory-limited container that ended with SIGKILL waits, at most
+    /// [`OOM_SETTLE`].
+    pub async fn exit_settled(
+        &self,
+        id: &str,
+        memory_limited: bool,
+    ) -> Result<ContainerExit, String> {
+        let deadline = tokio::time::Instant::now() + OOM_SETTLE;
+        let mut exit = self.exit(id).await?;
+        while memory_limited
+            && !exit.oom_killed
+            && exit.exit_code == 137
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(OOM_SETTLE_PAUSE).await;
+            exit = self.exit(id).await?;
+        }
+        Ok(exit)
     }
 
     /// Removes the container, killing it if it still runs, with its anonymous

@@ -289,7 +289,7 @@ async fn run_container(
                     Ok(ended)
                 }
                 None => runtime
-                    .exit(id)
+                    .exit_settled(id, memory_limit.is_some())
                     .await
                     .map(|exit| ended_from(exit, memory_limit)),
             }

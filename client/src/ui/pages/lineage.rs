@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use ferry_common::digest::{is_valid_digest, short};
+use ferry_common::digest::short;
 use ferry_common::proto;
 use minijinja::context;
 use serde::Serialize;
 
 use crate::render;
-use crate::ui::error::{PageResult, UiError};
+use crate::ui::error::PageResult;
 use crate::ui::{Shared, dag};
 
 /// A box of the lineage graph.
@@ -119,25 +119,7 @@ struct StepRow {
 
 /// `GET /lineage/{digest}`.
 pub(crate) async fn page(State(ui): State<Shared>, Path(digest): Path<String>) -> PageResult {
-    if !is_valid_digest(&digest) {
-        return Err(UiError::BadRequest(format!(
-            "{digest:?} is not an artifact digest (64 lowercase hexadecimal characters)"
-        )));
-    }
-    let answer = ui
-        .gateway
-        .call(|mut client| {
-            let digest = digest.clone();
-            async move {
-                client
-                    .lineage(proto::LineageRequest {
-                        digest,
-                        stale: false,
-                    })
-                    .await
-            }
-        })
-        .await?;
+    let answer = super::lineage_of(&ui, &digest).await?;
     let (items, edges) = graph(&answer.nodes);
     let nodes: Vec<dag::Node<'_>> = items
         .iter()

@@ -51,6 +51,39 @@ pub(crate) async fn whole_run(ui: &Ui, run: u64, history: bool) -> Result<proto:
     view.ok_or_else(|| UiError::NotFound(format!("run {run} not found")))
 }
 
+/// The lineage of the artifact `digest` (checked to be a digest first).
+pub(crate) async fn lineage_of(ui: &Ui, digest: &str) -> Result<proto::LineageResponse, UiError> {
+    if !ferry_common::digest::is_valid_digest(digest) {
+        return Err(UiError::BadRequest(format!(
+            "{digest:?} is not an artifact digest (64 lowercase hexadecimal characters)"
+        )));
+    }
+    let request = proto::LineageRequest {
+        digest: digest.to_string(),
+        stale: false,
+    };
+    Ok(ui
+        .gateway
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.lineage(request).await }
+        })
+        .await?)
+}
+
+/// Every artifact of `run`.
+pub(crate) async fn artifacts_of(ui: &Ui, run: u64) -> Result<Vec<proto::ArtifactView>, UiError> {
+    let request = proto::ListArtifactsRequest {
+        run_id: run,
+        stale: false,
+    };
+    Ok(ui
+        .gateway
+        .call(|mut client| async move { client.list_artifacts(request).await })
+        .await?
+        .artifacts)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> i64 {
     ferry_common::time::now_ms()

@@ -87,19 +87,8 @@ pub(crate) async fn page(
     let Some(step) = view.steps.iter().find(|s| s.name == name) else {
         return Err(UiError::NotFound(format!("run {run} has no step {name:?}")));
     };
-    let artifacts = ui
-        .gateway
-        .call(|mut client| async move {
-            client
-                .list_artifacts(proto::ListArtifactsRequest {
-                    run_id: run,
-                    stale: false,
-                })
-                .await
-        })
-        .await?;
+    let artifacts = super::artifacts_of(&ui, run).await?;
     let outputs: Vec<FileRow> = artifacts
-        .artifacts
         .iter()
         .filter(|a| a.step == name)
         .map(|a| FileRow {
@@ -235,25 +224,7 @@ where
 /// attempt that wrote it (as its lineage says): a redirect to that run's
 /// download, so it is checked the same way.
 pub(crate) async fn by_digest(State(ui): State<Shared>, Path(digest): Path<String>) -> PageResult {
-    if !ferry_common::digest::is_valid_digest(&digest) {
-        return Err(UiError::BadRequest(format!(
-            "{digest:?} is not an artifact digest (64 lowercase hexadecimal characters)"
-        )));
-    }
-    let lineage = ui
-        .gateway
-        .call(|mut client| {
-            let digest = digest.clone();
-            async move {
-                client
-                    .lineage(proto::LineageRequest {
-                        digest,
-                        stale: false,
-                    })
-                    .await
-            }
-        })
-        .await?;
+    let lineage = super::lineage_of(&ui, &digest).await?;
     let Some(made) = lineage.nodes.iter().find(|n| n.digest == digest) else {
         return Err(UiError::NotFound(format!(
             "no step of a run you may read wrote an artifact {digest}"
@@ -281,19 +252,8 @@ pub(crate) async fn download(
     Path(run): Path<u64>,
     Query(artifact): Query<Artifact>,
 ) -> PageResult {
-    let listed = ui
-        .gateway
-        .call(|mut client| async move {
-            client
-                .list_artifacts(proto::ListArtifactsRequest {
-                    run_id: run,
-                    stale: false,
-                })
-                .await
-        })
-        .await?;
-    let Some(recorded) = listed
-        .artifacts
+    let Some(recorded) = super::artifacts_of(&ui, run)
+        .await?
         .into_iter()
         .find(|a| a.step == artifact.step && a.name == artifact.name)
     else {
